@@ -1,0 +1,62 @@
+# The two commands of the README: `make run` and `make test`. Everything else
+# here is a convenience around CMake.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+JOBS       ?= $(shell nproc)
+PYTHON     ?= /usr/bin/python3
+
+.PHONY: all setup build run sink test test-unit test-integration fuzz lint format clean
+
+all: build
+
+setup:
+	@sh deploy/setup.sh
+
+$(BUILD)/Makefile:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: setup $(BUILD)/Makefile
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/sealpost up
+
+# A sink that prints what it receives, for the route in sealpost.conf.
+sink: setup
+	$(PYTHON) -m aiosmtpd -n -c aiosmtpd.handlers.Debugging -l 127.0.0.1:2526
+
+$(ASAN_BUILD)/Makefile:
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSEALPOST_SANITIZE=ON
+
+$(FUZZ_BUILD)/Makefile:
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSEALPOST_SANITIZE=ON \
+		-DSEALPOST_FUZZ=ON
+
+# Unit tests run in the plain and the sanitizer build; the integration tests
+# drive the sanitizer build's binary, so a memory error in any path they reach
+# fails the run. The fuzz targets run a fixed number of iterations.
+test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data
+	cd $(BUILD) && ctest --output-on-failure
+	cd $(ASAN_BUILD) && ctest --output-on-failure
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
+	SEALPOST_BIN=$(CURDIR)/$(ASAN_BUILD)/sealpost $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# Longer fuzzing runs, by hand.
+fuzz: setup $(FUZZ_BUILD)/Makefile
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data
+	$(FUZZ_BUILD)/tests/fuzz_command -max_total_time=300 tests/fuzz/corpus/command
+	$(FUZZ_BUILD)/tests/fuzz_data -max_total_time=300 tests/fuzz/corpus/data
+
+lint: setup $(BUILD)/Makefile
+	clang-tidy -p $(BUILD) --quiet $$(git ls-files '*.c')
+	cppcheck --enable=warning,performance,portability --error-exitcode=1 --quiet \
+		--inline-suppr -I . $$(git ls-files '*.c')
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -1,0 +1,28 @@
+/* The subcommands and what they share. */
+#ifndef SEALPOST_CMD_H
+#define SEALPOST_CMD_H
+
+#include "core/core.h"
+
+#include <stdbool.h>
+
+/* Parses the common options (-c/--config, -h/--help) and loads the
+ * configuration; exits with a message naming the problem when it is bad. */
+void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg);
+
+/* What one process runs on its loop. */
+typedef struct serve_options {
+    bool ingress;
+    bool worker;
+    bool private_redis; /* start redis-server when no [redis] url is set */
+} serve_options_t;
+
+/* Runs until SIGINT or SIGTERM, then stops cleanly. Returns the exit code. */
+int cmd_serve(const config_t *cfg, serve_options_t opts);
+
+int cmd_up(int argc, char **argv);
+int cmd_ingress(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
+int cmd_check_config(int argc, char **argv);
+
+#endif

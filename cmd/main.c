@@ -1,0 +1,82 @@
+/* sealpost: one binary, one subcommand per role. */
+#include "cmd/cmd.h"
+
+#include <getopt.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_text[] =
+    "usage: sealpost COMMAND [-c FILE]\n"
+    "\n"
+    "commands:\n"
+    "  up            run the single-node stack: redis-server (unless [redis] url is set),\n"
+    "                one ingress and one worker\n"
+    "  ingress       run an SMTP ingress node\n"
+    "  worker        run a delivery worker\n"
+    "  check-config  print the effective configuration\n"
+    "  version       print the version\n"
+    "\n"
+    "The configuration is read from -c FILE, else $SEALPOST_CONFIG, else ./sealpost.conf\n"
+    "when it exists; SEALPOST_<SECTION>_<KEY> in the environment overrides any key.\n";
+
+void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
+{
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        if (opt == 'c') {
+            path = optarg;
+        } else {
+            fputs(usage, opt == 'h' ? stdout : stderr);
+            exit(opt == 'h' ? 0 : 2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sealpost: unexpected argument '%s'\n%s", argv[optind], usage);
+        exit(2);
+    }
+    char err[600];
+    if (config_load(cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: configuration error: %s\n", err);
+        exit(2);
+    }
+    log_set_level(cfg->log.level);
+}
+
+int main(int argc, char **argv)
+{
+    if (sodium_init() < 0) {
+        fprintf(stderr, "sealpost: libsodium failed to initialise\n");
+        return 1;
+    }
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "help")) {
+        fputs(usage_text, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } commands[] = {
+        {"up", cmd_up},
+        {"ingress", cmd_ingress},
+        {"worker", cmd_worker},
+        {"check-config", cmd_check_config},
+    };
+    if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+        printf("sealpost %s\n", SEALPOST_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "sealpost: unknown command '%s'\n%s", argv[1], usage_text);
+    return 2;
+}

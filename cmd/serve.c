@@ -1,0 +1,208 @@
+/* Running the services of one process on one libuv loop, and stopping them in
+ * order on SIGINT/SIGTERM: stop accepting and claiming, let messages in flight
+ * get their reply, close Redis, then stop the private redis-server if any. */
+#include "cmd/cmd.h"
+
+#include "delivery/delivery.h"
+#include "ingress/ingress.h"
+#include "queue/queue.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#define SHUTDOWN_GRACE_MS 15000
+
+typedef struct runtime {
+    uv_loop_t *loop;
+    const config_t *cfg;
+    queue_t *queue;
+    ingress_t *ingress;
+    worker_t *worker;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t deadline;
+    uv_process_t redis;
+    bool redis_running;
+    bool stopping;
+    unsigned stops_pending;
+    int exit_code;
+} runtime_t;
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void finish(runtime_t *rt)
+{
+    queue_close(rt->queue);
+    rt->queue = NULL;
+    if (rt->redis_running) {
+        uv_process_kill(&rt->redis, SIGTERM); /* on_redis_exit closes the rest */
+        return;
+    }
+    uv_walk(rt->loop, close_walk, NULL);
+}
+
+static void on_service_stopped(void *arg)
+{
+    runtime_t *rt = arg;
+    if (--rt->stops_pending == 0) finish(rt);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    runtime_t *rt = t->data;
+    log_error("event=shutdown_timeout grace_ms=%d", SHUTDOWN_GRACE_MS);
+    if (rt->redis_running) uv_process_kill(&rt->redis, SIGTERM);
+    exit(1);
+}
+
+static void stop(runtime_t *rt, int exit_code)
+{
+    if (rt->stopping) return;
+    rt->stopping = true;
+    rt->exit_code = exit_code;
+    log_info("event=stopping");
+    uv_timer_start(&rt->deadline, on_deadline, SHUTDOWN_GRACE_MS, 0);
+    uv_unref((uv_handle_t *)&rt->deadline);
+    rt->stops_pending = 1; /* held until both services are asked */
+    if (rt->ingress) {
+        rt->stops_pending++;
+        ingress_stop(rt->ingress, on_service_stopped, rt);
+    }
+    if (rt->worker) {
+        rt->stops_pending++;
+        worker_stop(rt->worker, on_service_stopped, rt);
+    }
+    on_service_stopped(rt);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    runtime_t *rt = h->data;
+    if (rt->stopping) {
+        log_warn("event=forced_exit signal=%d", signum);
+        if (rt->redis_running) uv_process_kill(&rt->redis, SIGTERM);
+        exit(1);
+    }
+    stop(rt, 0);
+}
+
+static void on_redis_exit(uv_process_t *p, int64_t status, int signum)
+{
+    runtime_t *rt = p->data;
+    rt->redis_running = false;
+    uv_close((uv_handle_t *)p, NULL);
+    if (!rt->stopping) {
+        log_error("event=redis_exited status=%lld signal=%d", (long long)status, signum);
+        stop(rt, 1);
+        return;
+    }
+    if (!rt->queue) uv_walk(rt->loop, close_walk, NULL);
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) < 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(tmp, 0700) < 0 && errno != EEXIST) ? -1 : 0;
+}
+
+/* The private Redis: durable (AOF, fsync before every reply), never evicting
+ * queue keys, on loopback only. */
+static int start_redis(runtime_t *rt)
+{
+    const config_t *cfg = rt->cfg;
+    char port[8], dir[PATH_MAX], logfile[PATH_MAX + 16];
+    /* Absolute: redis-server changes into --dir before it opens the log. */
+    if (mkdir_p(cfg->up.data_dir) < 0 || !realpath(cfg->up.data_dir, dir)) {
+        log_error("event=start_failed what=data_dir path=%s error=\"%s\"", cfg->up.data_dir,
+                  strerror(errno));
+        return -1;
+    }
+    snprintf(port, sizeof port, "%u", cfg->up.redis_port);
+    snprintf(logfile, sizeof logfile, "%s/redis.log", dir);
+    char *args[] = {(char *)cfg->up.redis_server,
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    dir,
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--logfile",
+                    logfile,
+                    "--daemonize",
+                    "no",
+                    NULL};
+    uv_process_options_t opts = {0};
+    opts.file = args[0];
+    opts.args = args;
+    opts.exit_cb = on_redis_exit;
+    rt->redis.data = rt;
+    int rc = uv_spawn(rt->loop, &rt->redis, &opts);
+    if (rc < 0) {
+        log_error("event=start_failed what=redis-server error=\"%s\" hint=\"install redis-server "
+                  "or set [redis] url\"",
+                  uv_strerror(rc));
+        return -1;
+    }
+    rt->redis_running = true;
+    log_info("event=redis_started pid=%d port=%s dir=%s", rt->redis.pid, port, cfg->up.data_dir);
+    return 0;
+}
+
+int cmd_serve(const config_t *cfg, serve_options_t opts)
+{
+    runtime_t rt = {.loop = uv_default_loop(), .cfg = cfg};
+    char err[600];
+    net_hostport_t redis;
+    config_redis_address(cfg, &redis);
+    uv_signal_init(rt.loop, &rt.sigint);
+    uv_signal_init(rt.loop, &rt.sigterm);
+    uv_timer_init(rt.loop, &rt.deadline);
+    rt.sigint.data = rt.sigterm.data = rt.deadline.data = &rt;
+    uv_signal_start(&rt.sigint, on_signal, SIGINT);
+    uv_signal_start(&rt.sigterm, on_signal, SIGTERM);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (opts.private_redis && !cfg->redis.url[0] && start_redis(&rt) < 0) return 1;
+    rt.queue = queue_open(rt.loop, &redis, cfg->redis.timeout_ms, cfg->redis.shards);
+    if (!rt.queue) {
+        log_error("event=start_failed what=queue error=\"out of memory\"");
+        return 1;
+    }
+    log_info("event=starting version=%s redis=%s:%u", SEALPOST_VERSION, redis.host, redis.port);
+    if (opts.ingress && !(rt.ingress = ingress_start(rt.loop, cfg, rt.queue, err, sizeof err))) {
+        log_error("event=start_failed what=ingress error=\"%s\"", err);
+        stop(&rt, 1);
+    }
+    if (!rt.stopping && opts.worker &&
+        !(rt.worker = worker_start(rt.loop, cfg, rt.queue, err, sizeof err))) {
+        log_error("event=start_failed what=worker error=\"%s\"", err);
+        stop(&rt, 1);
+    }
+    uv_run(rt.loop, UV_RUN_DEFAULT);
+    uv_loop_close(rt.loop);
+    log_info("event=stopped exit=%d", rt.exit_code);
+    return rt.exit_code;
+}

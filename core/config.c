@@ -1,0 +1,456 @@
+/* Configuration: one table of keys, each with a type, a place in config_t and a
+ * default written as the text a user would put in the file. Defaults, the file
+ * and the environment all go through the same setter, so they are checked alike. */
+#include "core/core.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+extern char **environ;
+
+enum key_type { T_STRING, T_UINT, T_SIZE, T_HOSTPORT, T_DOMAINS, T_CIDRS, T_LOGLEVEL, T_PORT };
+
+typedef struct key_spec {
+    const char *section;
+    const char *name;
+    enum key_type type;
+    size_t offset;
+    size_t size; /* for strings: the buffer size */
+    unsigned long long min, max;
+    const char *def;
+} key_spec_t;
+
+#define OFF(field) offsetof(config_t, field), sizeof(((config_t *)0)->field)
+
+static const key_spec_t keys[] = {
+    {"redis", "url", T_STRING, OFF(redis.url), 0, 0, ""},
+    {"redis", "shards", T_UINT, OFF(redis.shards), 1, 16384, "128"},
+    {"redis", "timeout_ms", T_UINT, OFF(redis.timeout_ms), 10, 600000, "2000"},
+
+    {"ingress", "listen", T_HOSTPORT, OFF(ingress.listen), 0, 0, "127.0.0.1:2525"},
+    {"ingress", "hostname", T_STRING, OFF(ingress.hostname), 0, 0, ""},
+    {"ingress", "max_message_size", T_SIZE, OFF(ingress.max_message_size), 1024, 1ULL << 31,
+     "26214400"},
+    {"ingress", "max_recipients", T_UINT, OFF(ingress.max_recipients), 1, 100000, "1000"},
+    {"ingress", "max_line_length", T_UINT, OFF(ingress.max_line_length), 1000, 65536, "1000"},
+    {"ingress", "max_connections", T_UINT, OFF(ingress.max_connections), 1, 1000000, "1000"},
+    {"ingress", "command_timeout", T_UINT, OFF(ingress.command_timeout), 1, 86400, "300"},
+    {"ingress", "data_timeout", T_UINT, OFF(ingress.data_timeout), 1, 86400, "600"},
+    {"ingress", "relay_domains", T_DOMAINS, OFF(ingress.relay_domains), 0, 0, ""},
+    {"ingress", "trusted_networks", T_CIDRS, OFF(ingress.trusted_networks), 0, 0,
+     "127.0.0.0/8 ::1/128"},
+
+    {"worker", "concurrency", T_UINT, OFF(worker.concurrency), 1, 10000, "20"},
+    {"worker", "lease_seconds", T_UINT, OFF(worker.lease_seconds), 1, 86400, "300"},
+    {"worker", "retry_delay", T_UINT, OFF(worker.retry_delay), 1, 86400, "300"},
+    {"worker", "max_lease_expiries", T_UINT, OFF(worker.max_lease_expiries), 1, 1000, "5"},
+    {"worker", "connect_timeout", T_UINT, OFF(worker.connect_timeout), 1, 3600, "30"},
+    {"worker", "command_timeout", T_UINT, OFF(worker.command_timeout), 1, 3600, "300"},
+    {"worker", "data_timeout", T_UINT, OFF(worker.data_timeout), 1, 3600, "600"},
+    {"worker", "helo_name", T_STRING, OFF(worker.helo_name), 0, 0, ""},
+    {"worker", "relayhost", T_HOSTPORT, OFF(worker.relayhost), 0, 0, ""},
+
+    {"up", "data_dir", T_STRING, OFF(up.data_dir), 0, 0, "./var"},
+    {"up", "redis_server", T_STRING, OFF(up.redis_server), 0, 0, "redis-server"},
+    {"up", "redis_port", T_PORT, OFF(up.redis_port), 1, 65535, "6380"},
+
+    {"log", "level", T_LOGLEVEL, OFF(log.level), 0, 0, "info"},
+};
+
+#define N_KEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const key_spec_t *find_key(const char *section, const char *name)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (!strcasecmp(keys[i].section, section) && !strcasecmp(keys[i].name, name))
+            return &keys[i];
+    return NULL;
+}
+
+static int parse_unsigned(const char *text, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    if (*text < '0' || *text > '9') return -1;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+static bool valid_domain(const char *d)
+{
+    size_t n = strlen(d);
+    if (n == 0 || n > 253) return false;
+    for (const char *p = d; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '.'))
+            return false;
+    return true;
+}
+
+struct list_ctx {
+    config_t *cfg;
+    const key_spec_t *spec;
+    char *err;
+    size_t errlen;
+};
+
+static int add_list_item(const char *item, void *arg)
+{
+    struct list_ctx *lc = arg;
+    config_t *cfg = lc->cfg;
+    if (lc->spec->type == T_DOMAINS) {
+        if (cfg->ingress.n_relay_domains >= CONFIG_MAX_LIST || !valid_domain(item)) {
+            snprintf(lc->err, lc->errlen, "bad or too many domains: '%s'", item);
+            return -1;
+        }
+        char *slot = cfg->ingress.relay_domains[cfg->ingress.n_relay_domains++];
+        snprintf(slot, 256, "%s", item);
+        util_ascii_lower(slot);
+        return 0;
+    }
+    if (cfg->ingress.n_trusted_networks >= CONFIG_MAX_LIST ||
+        net_cidr_parse(item, &cfg->ingress.trusted_networks[cfg->ingress.n_trusted_networks]) < 0) {
+        snprintf(lc->err, lc->errlen, "bad or too many networks: '%s'", item);
+        return -1;
+    }
+    cfg->ingress.n_trusted_networks++;
+    return 0;
+}
+
+/* Sets one key from its text form; a list value replaces the whole list
+ * unless append is set (a continuation line). */
+static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, bool append, char *err,
+                   size_t errlen)
+{
+    char *field = (char *)cfg + spec->offset;
+    unsigned long long v;
+    switch (spec->type) {
+    case T_STRING:
+        if (strlen(value) >= spec->size) {
+            snprintf(err, errlen, "value longer than %zu characters", spec->size - 1);
+            return -1;
+        }
+        memcpy(field, value, strlen(value) + 1);
+        return 0;
+    case T_UINT:
+    case T_SIZE:
+    case T_PORT:
+        if (parse_unsigned(value, &v) < 0 || v < spec->min || v > spec->max) {
+            snprintf(err, errlen, "'%s' is not a whole number from %llu to %llu", value, spec->min,
+                     spec->max);
+            return -1;
+        }
+        if (spec->type == T_UINT)
+            *(unsigned *)field = (unsigned)v;
+        else if (spec->type == T_SIZE)
+            *(size_t *)field = (size_t)v;
+        else
+            *(uint16_t *)field = (uint16_t)v;
+        return 0;
+    case T_HOSTPORT:
+        if (*value == 0) {
+            memset(field, 0, sizeof(net_hostport_t));
+            return 0;
+        }
+        if (net_hostport_parse(value, 25, (net_hostport_t *)field) < 0) {
+            snprintf(err, errlen, "'%s' is not host:port", value);
+            return -1;
+        }
+        return 0;
+    case T_LOGLEVEL:
+        if (log_parse_level(value, (enum log_level *)field) < 0) {
+            snprintf(err, errlen, "'%s' is not one of debug, info, warn, error", value);
+            return -1;
+        }
+        return 0;
+    case T_DOMAINS:
+    case T_CIDRS: {
+        if (!append && spec->type == T_DOMAINS) cfg->ingress.n_relay_domains = 0;
+        if (!append && spec->type == T_CIDRS) cfg->ingress.n_trusted_networks = 0;
+        struct list_ctx lc = {cfg, spec, err, errlen};
+        snprintf(err, errlen, "a list item is too long");
+        return util_split_list(value, add_list_item, &lc);
+    }
+    }
+    return -1;
+}
+
+static int set_route(config_t *cfg, const char *domain, const char *value, char *err, size_t errlen)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s", domain);
+    util_ascii_lower(name);
+    if (!valid_domain(name)) {
+        snprintf(err, errlen, "'%s' is not a domain", domain);
+        return -1;
+    }
+    config_route_t *r = NULL;
+    for (unsigned i = 0; i < cfg->n_routes; i++)
+        if (!strcmp(cfg->routes[i].domain, name)) r = &cfg->routes[i];
+    if (!r) {
+        if (cfg->n_routes >= CONFIG_MAX_LIST) {
+            snprintf(err, errlen, "more than %d routes", CONFIG_MAX_LIST);
+            return -1;
+        }
+        r = &cfg->routes[cfg->n_routes++];
+        snprintf(r->domain, sizeof r->domain, "%s", name);
+    }
+    if (net_hostport_parse(value, 25, &r->dest) < 0) {
+        snprintf(err, errlen, "'%s' is not host:port", value);
+        return -1;
+    }
+    return 0;
+}
+
+void config_defaults(config_t *cfg)
+{
+    char err[256];
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (set_key(cfg, &keys[i], keys[i].def, false, err, sizeof err) < 0)
+            abort(); /* a bad table */
+}
+
+struct file_ctx {
+    config_t *cfg;
+    FILE *fp;
+    unsigned line;
+    bool continuation; /* the line read last starts with white space */
+    char *err;
+    size_t errlen;
+    bool failed;
+};
+
+/* inih reads line by line through this, which is how a handler error learns
+ * its line. Debian's libinih cuts lines at 200 octets and would parse the rest
+ * as a line of its own, so a longer line is refused here; long lists go on
+ * indented continuation lines instead. */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct file_ctx *fc = stream;
+    char *s = fgets(str, num, fc->fp);
+    if (!s) return NULL;
+    fc->line++;
+    fc->continuation = s[0] == ' ' || s[0] == '\t';
+    size_t n = strlen(s);
+    if (n == (size_t)num - 1 && s[n - 1] != '\n' && !feof(fc->fp) && !fc->failed) {
+        snprintf(fc->err, fc->errlen,
+                 "%s:%u: line longer than %d characters; continue a list on indented lines",
+                 fc->cfg->path, fc->line, num - 2);
+        fc->failed = true;
+        return NULL;
+    }
+    return s;
+}
+
+static int on_ini_key(void *user, const char *section, const char *name, const char *value)
+{
+    struct file_ctx *fc = user;
+    char msg[300];
+    int rc;
+    if (fc->failed) return 0;
+    if (!strcasecmp(section, "routes")) {
+        rc = set_route(fc->cfg, name, value, msg, sizeof msg);
+    } else {
+        const key_spec_t *spec = find_key(section, name);
+        if (!spec) {
+            snprintf(msg, sizeof msg, "unknown key");
+            rc = -1;
+        } else if (fc->continuation && spec->type != T_DOMAINS && spec->type != T_CIDRS) {
+            snprintf(msg, sizeof msg, "only lists continue on indented lines");
+            rc = -1;
+        } else {
+            rc = set_key(fc->cfg, spec, value, fc->continuation, msg, sizeof msg);
+        }
+    }
+    if (rc < 0) {
+        snprintf(fc->err, fc->errlen, "%s:%u: [%s] %s: %s", fc->cfg->path, fc->line, section, name,
+                 msg);
+        fc->failed = true;
+        return 0;
+    }
+    return 1;
+}
+
+static int load_file(config_t *cfg, const char *path, char *err, size_t errlen)
+{
+    struct file_ctx fc = {.cfg = cfg, .fp = fopen(path, "r"), .err = err, .errlen = errlen};
+    if (!fc.fp) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    snprintf(cfg->path, sizeof cfg->path, "%s", path);
+    int rc = ini_parse_stream(read_line, &fc, on_ini_key, &fc);
+    fclose(fc.fp);
+    if (fc.failed) return -1;
+    if (rc != 0) {
+        snprintf(err, errlen, "%s:%d: syntax error (expected [section] or key = value)", path, rc);
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether an environment name starts with one of our sections and '_'. */
+static bool known_section_prefix(const char *name)
+{
+    for (size_t i = 0; i < N_KEYS; i++) {
+        size_t sl = strlen(keys[i].section);
+        if (!strncasecmp(name, keys[i].section, sl) && name[sl] == '_') return true;
+    }
+    return false;
+}
+
+/* SEALPOST_<SECTION>_<KEY>=value; a variable whose section is not ours is
+ * left alone, one that names our section but no key of it is an error. For [routes] the key is the
+ * domain with '.' written as '_': SEALPOST_ROUTES_EXAMPLE_TEST=127.0.0.1:2526. */
+static int load_environment(config_t *cfg, char *err, size_t errlen)
+{
+    static const char prefix[] = "SEALPOST_";
+    for (char **env = environ; *env; env++) {
+        if (strncmp(*env, prefix, sizeof prefix - 1)) continue;
+        const char *name = *env + sizeof prefix - 1;
+        const char *eq = strchr(name, '=');
+        if (!eq || !strncmp(*env, "SEALPOST_CONFIG=", 16)) continue;
+        char var[300], msg[300];
+        snprintf(var, sizeof var, "%.*s", (int)(eq - *env), *env);
+        int rc = -1;
+        if (!strncmp(name, "ROUTES_", 7)) {
+            char domain[256];
+            snprintf(domain, sizeof domain, "%.*s", (int)(eq - name - 7), name + 7);
+            for (char *p = domain; *p; p++)
+                if (*p == '_') *p = '.';
+            rc = set_route(cfg, domain, eq + 1, msg, sizeof msg);
+        } else {
+            const key_spec_t *spec = NULL;
+            for (size_t i = 0; i < N_KEYS && !spec; i++) {
+                size_t sl = strlen(keys[i].section);
+                if (!strncasecmp(name, keys[i].section, sl) && name[sl] == '_' &&
+                    (size_t)(eq - name) == sl + 1 + strlen(keys[i].name) &&
+                    !strncasecmp(name + sl + 1, keys[i].name, strlen(keys[i].name)))
+                    spec = &keys[i];
+            }
+            if (spec)
+                rc = set_key(cfg, spec, eq + 1, false, msg, sizeof msg);
+            else if (!known_section_prefix(name))
+                continue; /* not ours, e.g. SEALPOST_BIN */
+            else
+                snprintf(msg, sizeof msg, "unknown key");
+        }
+        if (rc < 0) {
+            snprintf(err, errlen, "environment %s: %s", var, msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int config_load(config_t *cfg, const char *path, char *err, size_t errlen)
+{
+    config_defaults(cfg);
+    if (!path || !*path) path = getenv("SEALPOST_CONFIG");
+    if ((!path || !*path) && access("sealpost.conf", F_OK) == 0) path = "sealpost.conf";
+    if (path && *path && load_file(cfg, path, err, errlen) < 0) return -1;
+    if (load_environment(cfg, err, errlen) < 0) return -1;
+    if (!cfg->ingress.hostname[0] &&
+        gethostname(cfg->ingress.hostname, sizeof cfg->ingress.hostname - 1) < 0)
+        snprintf(cfg->ingress.hostname, sizeof cfg->ingress.hostname, "localhost");
+    if (!cfg->worker.helo_name[0])
+        snprintf(cfg->worker.helo_name, sizeof cfg->worker.helo_name, "%s", cfg->ingress.hostname);
+    if (cfg->redis.url[0]) {
+        net_hostport_t hp;
+        if (config_redis_address(cfg, &hp) < 0) {
+            snprintf(err, errlen, "[redis] url: '%s' is not redis://host:port", cfg->redis.url);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
+{
+    const char *field = (const char *)cfg + spec->offset;
+    switch (spec->type) {
+    case T_STRING:
+        buf_printf(out, "%s", field);
+        break;
+    case T_UINT:
+        buf_printf(out, "%u", *(const unsigned *)field);
+        break;
+    case T_SIZE:
+        buf_printf(out, "%zu", *(const size_t *)field);
+        break;
+    case T_PORT:
+        buf_printf(out, "%u", *(const uint16_t *)field);
+        break;
+    case T_HOSTPORT: {
+        const net_hostport_t *hp = (const net_hostport_t *)field;
+        if (!hp->host[0]) break;
+        buf_printf(out, strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
+        break;
+    }
+    case T_LOGLEVEL: {
+        static const char *names[] = {"debug", "info", "warn", "error"};
+        buf_printf(out, "%s", names[*(const enum log_level *)field]);
+        break;
+    }
+    case T_DOMAINS:
+        for (unsigned i = 0; i < cfg->ingress.n_relay_domains; i++)
+            buf_printf(out, "%s%s", i ? " " : "", cfg->ingress.relay_domains[i]);
+        break;
+    case T_CIDRS:
+        for (unsigned i = 0; i < cfg->ingress.n_trusted_networks; i++) {
+            char text[64];
+            net_cidr_text(&cfg->ingress.trusted_networks[i], text, sizeof text);
+            buf_printf(out, "%s%s", i ? " " : "", text);
+        }
+        break;
+    }
+}
+
+int config_print(const config_t *cfg, buf_t *out)
+{
+    const char *section = "";
+    buf_printf(out, "; effective configuration (file: %s)\n", cfg->path[0] ? cfg->path : "none");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (strcmp(section, keys[i].section)) {
+            section = keys[i].section;
+            buf_printf(out, "\n[%s]\n", section);
+        }
+        buf_printf(out, "%s = ", keys[i].name);
+        print_value(cfg, &keys[i], out);
+        buf_printf(out, "\n");
+    }
+    buf_printf(out, "\n[routes]\n");
+    for (unsigned i = 0; i < cfg->n_routes; i++) {
+        const net_hostport_t *hp = &cfg->routes[i].dest;
+        buf_printf(out, strchr(hp->host, ':') ? "%s = [%s]:%u\n" : "%s = %s:%u\n",
+                   cfg->routes[i].domain, hp->host, hp->port);
+    }
+    return 0;
+}
+
+const net_hostport_t *config_route_for(const config_t *cfg, const char *domain)
+{
+    for (unsigned i = 0; i < cfg->n_routes; i++)
+        if (!strcasecmp(cfg->routes[i].domain, domain)) return &cfg->routes[i].dest;
+    return cfg->worker.relayhost.host[0] ? &cfg->worker.relayhost : NULL;
+}
+
+int config_redis_address(const config_t *cfg, net_hostport_t *out)
+{
+    if (!cfg->redis.url[0]) {
+        snprintf(out->host, sizeof out->host, "127.0.0.1");
+        out->port = cfg->up.redis_port;
+        return 0;
+    }
+    const char *p = cfg->redis.url;
+    if (!strncmp(p, "redis://", 8)) p += 8;
+    return net_hostport_parse(p, 6379, out);
+}

@@ -1,0 +1,156 @@
+/* core: the ground floor shared by every process: configuration, logging,
+ * byte buffers, network addresses and small utilities. Includes nothing of ours. */
+#ifndef SEALPOST_CORE_H
+#define SEALPOST_CORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* ---- logging: one line per event, key=value ---- */
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+void log_set_level(enum log_level level);
+int log_parse_level(const char *name, enum log_level *out);
+void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
+#define log_info(...)  log_write(LOG_INFO, __VA_ARGS__)
+#define log_warn(...)  log_write(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_write(LOG_ERROR, __VA_ARGS__)
+
+/* ---- growable byte buffer with a hard cap ---- */
+
+typedef struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} buf_t;
+
+void buf_init(buf_t *b);
+void buf_free(buf_t *b);
+void buf_reset(buf_t *b);
+/* Returns -1 (and leaves the buffer unchanged) when memory runs out. */
+int buf_append(buf_t *b, const void *data, size_t len);
+/* Makes room for extra more bytes (plus a NUL) without changing len. */
+int buf_reserve(buf_t *b, size_t extra);
+int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes. */
+void buf_consume(buf_t *b, size_t n);
+
+/* ---- network addresses ---- */
+
+typedef struct net_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix;
+} net_cidr_t;
+
+typedef struct net_hostport {
+    char host[256];
+    uint16_t port;
+} net_hostport_t;
+
+/* "10.0.0.0/8", "::1/128", or a bare address (full prefix). */
+int net_cidr_parse(const char *text, net_cidr_t *out);
+/* Writes "10.0.0.0/8". */
+void net_cidr_text(const net_cidr_t *cidr, char *out, size_t outlen);
+bool net_cidr_match(const net_cidr_t *cidr, const struct sockaddr *sa);
+/* "host:port", "[v6]:port"; default_port when the port is left out (0: required). */
+int net_hostport_parse(const char *text, uint16_t default_port, net_hostport_t *out);
+/* Resolves a numeric host:port into a sockaddr (no DNS). */
+int net_sockaddr_from(const net_hostport_t *hp, struct sockaddr_storage *out);
+/* The bare address text of a sockaddr ("127.0.0.1", "::1"). */
+void net_addr_text(const struct sockaddr *sa, char *out, size_t outlen);
+
+/* ---- utilities ---- */
+
+/* Milliseconds on the realtime clock. */
+int64_t util_now_ms(void);
+/* 128 random bits as 32 lowercase hex characters plus NUL. */
+void util_random_id(char out[33]);
+/* Uniform random number in [0, bound). */
+uint32_t util_random_below(uint32_t bound);
+/* RFC 5322 date-time for now, e.g. "Sat, 28 Nov 2026 16:41:52 +0000". */
+void util_rfc5322_date(char *out, size_t outlen);
+/* Lower-cases ASCII in place. */
+void util_ascii_lower(char *s);
+/* Splits on commas and white space; calls fn for each non-empty item. */
+int util_split_list(const char *text, int (*fn)(const char *item, void *arg), void *arg);
+
+/* ---- configuration ---- */
+
+#define CONFIG_MAX_LIST 64
+
+typedef struct config_route {
+    char domain[256];
+    net_hostport_t dest;
+} config_route_t;
+
+typedef struct config {
+    char path[512]; /* the file read, or "" for built-in defaults */
+
+    struct {
+        char url[512]; /* empty: the private redis-server of "sealpost up" */
+        unsigned shards;
+        unsigned timeout_ms;
+    } redis;
+
+    struct {
+        net_hostport_t listen;
+        char hostname[256];
+        size_t max_message_size;
+        unsigned max_recipients;
+        unsigned max_line_length;
+        unsigned max_connections;
+        unsigned command_timeout;
+        unsigned data_timeout;
+        char relay_domains[CONFIG_MAX_LIST][256];
+        unsigned n_relay_domains;
+        net_cidr_t trusted_networks[CONFIG_MAX_LIST];
+        unsigned n_trusted_networks;
+    } ingress;
+
+    struct {
+        unsigned concurrency;
+        unsigned lease_seconds;
+        unsigned retry_delay;
+        unsigned max_lease_expiries;
+        unsigned connect_timeout;
+        unsigned command_timeout;
+        unsigned data_timeout;
+        char helo_name[256];
+        net_hostport_t relayhost; /* host[0] == 0: none */
+    } worker;
+
+    config_route_t routes[CONFIG_MAX_LIST];
+    unsigned n_routes;
+
+    struct {
+        char data_dir[512];
+        char redis_server[256];
+        uint16_t redis_port;
+    } up;
+
+    struct {
+        enum log_level level;
+    } log;
+} config_t;
+
+/* Fills in the built-in defaults. */
+void config_defaults(config_t *cfg);
+/* Reads path (NULL: $SEALPOST_CONFIG, then ./sealpost.conf when it exists, else
+ * defaults only), then applies SEALPOST_<SECTION>_<KEY> from the environment.
+ * On error writes a message naming file, line and key into err and returns -1. */
+int config_load(config_t *cfg, const char *path, char *err, size_t errlen);
+/* Writes the effective configuration as INI. */
+int config_print(const config_t *cfg, buf_t *out);
+/* The static route for a domain, the relayhost, or NULL. */
+const net_hostport_t *config_route_for(const config_t *cfg, const char *domain);
+/* The Redis host and port the configuration points at. */
+int config_redis_address(const config_t *cfg, net_hostport_t *out);
+
+#endif

@@ -1,0 +1,327 @@
+/* The SMTP client: one transaction per job, every recipient in it, one step
+ * at a time (greeting, EHLO or HELO, MAIL, each RCPT, DATA, body, QUIT). */
+#include "delivery/client.h"
+
+#include "proto/proto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum step {
+    STEP_GREETING,
+    STEP_EHLO,
+    STEP_HELO,
+    STEP_MAIL,
+    STEP_RCPT,
+    STEP_DATA,
+    STEP_BODY,
+    STEP_QUIT
+};
+
+typedef struct client {
+    uv_loop_t *loop;
+    const config_t *cfg;
+    const queue_job_t *job;
+    char dest[300];
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_timer_t timer;
+    int handles_open;
+    enum step step;
+    unsigned rcpt_index;
+    unsigned accepted;
+    buf_t in;
+    int multiline_code; /* code of the reply being read, 0 between replies */
+    client_result_t result;
+    bool finished; /* result reported */
+    client_done_cb done;
+    void *arg;
+} client_t;
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    client_t *c = h->data;
+    if (--c->handles_open > 0) return;
+    c->done(&c->result, c->arg);
+    free(c->result.codes);
+    buf_free(&c->in);
+    free(c);
+}
+
+static void client_close(client_t *c)
+{
+    if (c->finished) return;
+    c->finished = true;
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+/* Records a text for the attempt, without control characters. */
+static void set_detail(client_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void set_detail(client_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->result.detail, sizeof c->result.detail, fmt, ap);
+    va_end(ap);
+    for (char *p = c->result.detail; *p; p++)
+        if ((unsigned char)*p < 32 || *p == '"' || *p == 127) *p = ' ';
+}
+
+/* Every recipient not yet decided gets code (0: not reached). */
+static void settle_undecided(client_t *c, int code)
+{
+    for (unsigned i = 0; i < c->result.n_codes; i++)
+        if (c->result.codes[i] == 0 || (c->result.codes[i] / 100 == 2 && c->step <= STEP_BODY))
+            c->result.codes[i] = code;
+}
+
+static void fail(client_t *c, const char *what)
+{
+    set_detail(c, "%s: %s", c->dest, what);
+    settle_undecided(c, 0);
+    client_close(c);
+}
+
+struct write_req {
+    uv_write_t req;
+    char data[];
+};
+
+static void on_written(uv_write_t *req, int status)
+{
+    client_t *c = req->handle->data;
+    free(req);
+    if (status < 0 && !c->finished) fail(c, uv_strerror(status));
+}
+
+static void send_raw(client_t *c, const char *data, size_t len)
+{
+    struct write_req *w = malloc(sizeof *w + len);
+    if (!w) {
+        fail(c, "out of memory");
+        return;
+    }
+    memcpy(w->data, data, len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(w);
+        fail(c, "write failed");
+    }
+}
+
+static void arm(client_t *c, unsigned seconds);
+
+static void send_line(client_t *c, enum step next, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void send_line(client_t *c, enum step next, const char *fmt, ...)
+{
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n > sizeof line - 3) {
+        fail(c, "command too long");
+        return;
+    }
+    memcpy(line + n, "\r\n", 2);
+    c->step = next;
+    arm(c, c->cfg->worker.command_timeout);
+    send_raw(c, line, (size_t)n + 2);
+}
+
+static void send_body(client_t *c)
+{
+    const queue_job_t *job = c->job;
+    size_t len = proto_dot_stuffed_len(job->body, job->body_len);
+    char *out = malloc(len);
+    if (!out) {
+        fail(c, "out of memory");
+        return;
+    }
+    proto_dot_stuff(job->body, job->body_len, out);
+    c->step = STEP_BODY;
+    arm(c, c->cfg->worker.data_timeout);
+    send_raw(c, out, len);
+    free(out);
+}
+
+static void send_next_rcpt(client_t *c)
+{
+    if (c->rcpt_index < c->job->n_rcpts) {
+        send_line(c, STEP_RCPT, "RCPT TO:<%s>", c->job->rcpts[c->rcpt_index]);
+    } else if (c->accepted) {
+        send_line(c, STEP_DATA, "DATA");
+    } else {
+        send_line(c, STEP_QUIT, "QUIT");
+    }
+}
+
+/* One complete reply: decide the next step. */
+static void on_reply(client_t *c, int code, const char *text)
+{
+    int class = code / 100;
+    if (class != 2 && !(c->step == STEP_DATA && code == 354))
+        set_detail(c, "%s said: %s", c->dest, text);
+    switch (c->step) {
+    case STEP_GREETING:
+        if (class == 2)
+            send_line(c, STEP_EHLO, "EHLO %s", c->cfg->worker.helo_name);
+        else
+            fail(c, "greeting refused");
+        return;
+    case STEP_EHLO:
+    case STEP_HELO:
+        if (class == 2)
+            send_line(c, STEP_MAIL, "MAIL FROM:<%s>", c->job->sender);
+        else if (c->step == STEP_EHLO && class == 5)
+            send_line(c, STEP_HELO, "HELO %s", c->cfg->worker.helo_name);
+        else
+            fail(c, text);
+        return;
+    case STEP_MAIL:
+        if (class == 2) {
+            send_next_rcpt(c);
+            return;
+        }
+        settle_undecided(c, code);
+        send_line(c, STEP_QUIT, "QUIT");
+        return;
+    case STEP_RCPT:
+        c->result.codes[c->rcpt_index++] = code;
+        if (class == 2) c->accepted++;
+        send_next_rcpt(c);
+        return;
+    case STEP_DATA:
+        if (code == 354) {
+            send_body(c);
+            return;
+        }
+        settle_undecided(c, class == 2 ? 451 : code); /* 2xx to DATA is a protocol error */
+        send_line(c, STEP_QUIT, "QUIT");
+        return;
+    case STEP_BODY:
+        settle_undecided(c, code);
+        if (class == 2) set_detail(c, "%s said: %s", c->dest, text);
+        c->step = STEP_QUIT; /* settled: a failure after this changes nothing */
+        send_line(c, STEP_QUIT, "QUIT");
+        return;
+    case STEP_QUIT:
+        client_close(c);
+        return;
+    }
+}
+
+/* Splits input into reply lines; a multi-line reply counts once, at its last line. */
+static void read_replies(client_t *c)
+{
+    char *lf;
+    while (!c->finished && (lf = memchr(c->in.data, '\n', c->in.len))) {
+        size_t len = (size_t)(lf - c->in.data);
+        if (len && c->in.data[len - 1] == '\r') len--;
+        bool last;
+        int code = proto_reply_line(c->in.data, len, &last);
+        if (code < 0 || (c->multiline_code && code != c->multiline_code)) {
+            fail(c, "malformed reply");
+            return;
+        }
+        c->multiline_code = last ? 0 : code;
+        char text[512];
+        snprintf(text, sizeof text, "%.*s", (int)(len > 500 ? 500 : len), c->in.data);
+        buf_consume(&c->in, (size_t)(lf - c->in.data) + 1);
+        if (last) on_reply(c, code, text);
+    }
+    if (!c->finished && c->in.len > 4096) fail(c, "reply line too long");
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    client_t *c = h->data;
+    (void)suggested;
+    if (buf_reserve(&c->in, 4096) < 0)
+        *b = uv_buf_init(NULL, 0);
+    else
+        *b = uv_buf_init(c->in.data + c->in.len, 4096);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
+{
+    client_t *c = stream->data;
+    (void)b;
+    if (c->finished) return;
+    if (n < 0) {
+        /* A peer that hangs up after its reply to QUIT (or any settled reply) is fine. */
+        if (c->step == STEP_QUIT)
+            client_close(c);
+        else
+            fail(c, n == UV_EOF ? "connection closed" : uv_strerror((int)n));
+        return;
+    }
+    c->in.len += (size_t)n;
+    read_replies(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    client_t *c = t->data;
+    if (c->step == STEP_QUIT)
+        client_close(c);
+    else
+        fail(c, "timeout");
+}
+
+static void arm(client_t *c, unsigned seconds)
+{
+    uv_timer_start(&c->timer, on_timeout, (uint64_t)seconds * 1000, 0);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    client_t *c = req->data;
+    if (c->finished) return;
+    if (status < 0) {
+        fail(c, uv_strerror(status));
+        return;
+    }
+    c->step = STEP_GREETING;
+    arm(c, c->cfg->worker.command_timeout);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
+                    const queue_job_t *job, client_done_cb done, void *arg)
+{
+    client_t *c = calloc(1, sizeof *c);
+    int *codes = calloc(job->n_rcpts ? job->n_rcpts : 1, sizeof *codes);
+    if (!c || !codes) {
+        free(c);
+        free(codes);
+        client_result_t r = {NULL, 0, "out of memory"};
+        done(&r, arg);
+        return;
+    }
+    c->loop = loop;
+    c->cfg = cfg;
+    c->job = job;
+    c->done = done;
+    c->arg = arg;
+    c->result.codes = codes;
+    c->result.n_codes = job->n_rcpts;
+    snprintf(c->dest, sizeof c->dest, "%s:%u", dest->host, dest->port);
+    uv_tcp_init(loop, &c->tcp);
+    uv_timer_init(loop, &c->timer);
+    c->tcp.data = c->timer.data = c->connect_req.data = c;
+    c->handles_open = 2;
+    arm(c, cfg->worker.connect_timeout);
+    struct sockaddr_storage addr;
+    if (net_sockaddr_from(dest, &addr) < 0) {
+        fail(c, "route is not a numeric address");
+        return;
+    }
+    int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connected);
+    if (rc < 0) fail(c, uv_strerror(rc));
+}

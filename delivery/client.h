@@ -1,0 +1,27 @@
+/* Private to delivery/: one SMTP client transaction on libuv. */
+#ifndef SEALPOST_DELIVERY_CLIENT_H
+#define SEALPOST_DELIVERY_CLIENT_H
+
+#include "core/core.h"
+#include "queue/queue.h"
+
+#include <uv.h>
+
+typedef struct client_result {
+    /* Per recipient of the job: the reply that decides its fate (2xx
+     * delivered, 4xx try again, 5xx failed), or 0 when the transaction never
+     * reached it (connection failure: try again). */
+    int *codes;
+    unsigned n_codes;
+    /* The reply or error worth recording: "451 4.3.0 ..." or "connect: ...". */
+    char detail[256];
+} client_result_t;
+
+typedef void (*client_done_cb)(const client_result_t *result, void *arg);
+
+/* Delivers job (all its recipients in one transaction) to dest. done runs
+ * exactly once, also when the call fails at once. */
+void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
+                    const queue_job_t *job, client_done_cb done, void *arg);
+
+#endif

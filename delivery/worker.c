@@ -1,0 +1,310 @@
+/* The worker's claim loop.
+ *
+ * The worker keeps, per shard, the time it expects the shard to have work
+ * again (from the "next" figure of its last claim there) and sleeps until the
+ * earliest one. It learns of new work from a pub/sub wake-up sent by enqueue
+ * and by a deferral, and rescans every shard after (re)subscribing and at a
+ * slow interval in case a wake-up was lost: pub/sub is at-most-once. */
+#include "delivery/delivery.h"
+
+#include "delivery/client.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define RESCAN_MS      30000
+#define REDIS_RETRY_MS 500
+#define NEVER          UINT64_MAX
+
+struct worker {
+    uv_loop_t *loop;
+    const config_t *cfg;
+    queue_t *queue;
+    char owner[300];
+    uint64_t *next_due; /* per shard, on uv_now's clock */
+    unsigned n_shards;
+    unsigned cursor;
+    uint64_t next_rescan;
+    bool claiming;
+    unsigned active;
+    uv_timer_t timer;
+    bool stopping;
+    bool closed;
+    void (*on_stopped)(void *arg);
+    void *on_stopped_arg;
+};
+
+typedef struct delivery {
+    worker_t *w;
+    unsigned shard;
+    queue_claimed_t claimed;
+    queue_job_t *job;
+    uv_timer_t lease_timer;
+} delivery_t;
+
+static void tick(worker_t *w);
+
+/* ---- one delivery ---- */
+
+static void on_worker_closed(uv_handle_t *h)
+{
+    worker_t *w = h->data;
+    void (*done)(void *) = w->on_stopped;
+    void *arg = w->on_stopped_arg;
+    free(w->next_due);
+    free(w);
+    if (done) done(arg);
+}
+
+static void maybe_stopped(worker_t *w)
+{
+    if (w->stopping && w->active == 0 && !w->claiming && !w->closed) {
+        w->closed = true;
+        uv_close((uv_handle_t *)&w->timer, on_worker_closed);
+    }
+}
+
+static void on_delivery_closed(uv_handle_t *h)
+{
+    delivery_t *d = h->data;
+    worker_t *w = d->w;
+    queue_job_free(d->job);
+    free(d);
+    w->active--;
+    maybe_stopped(w);
+    tick(w);
+}
+
+static void delivery_finish(delivery_t *d)
+{
+    uv_close((uv_handle_t *)&d->lease_timer, on_delivery_closed);
+}
+
+static void on_completed(int status, const char *err, void *arg)
+{
+    delivery_t *d = arg;
+    if (status < 0)
+        log_warn("event=complete_failed mid=%s job=%s error=\"%s\"", d->job->mid, d->job->jid, err);
+    delivery_finish(d);
+}
+
+static void log_outcome(const delivery_t *d, const char *rcpt, int code, const char *detail)
+{
+    const char *event = code / 100 == 2 ? "delivered" : code / 100 == 5 ? "failed" : "deferred";
+    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", event, d->job->mid, rcpt,
+             d->job->attempts + 1, detail);
+}
+
+/* Records the attempt. Recipients that got 2xx are done; 4xx and unreached
+ * ones are tried again after the retry delay. 5xx ones are dropped here:
+ * bounces come with the delivery issue, until then the log says "failed". */
+static void record(delivery_t *d, const int *codes, const char *detail)
+{
+    queue_job_t *job = d->job;
+    const char **pending = calloc(job->n_rcpts, sizeof *pending);
+    unsigned n = 0;
+    if (!pending) {
+        delivery_finish(d); /* the lease runs out and the job is tried again */
+        return;
+    }
+    for (unsigned i = 0; i < job->n_rcpts; i++) {
+        int code = codes ? codes[i] : 0;
+        log_outcome(d, job->rcpts[i], code, detail);
+        if (code / 100 != 2 && code / 100 != 5) pending[n++] = job->rcpts[i];
+    }
+    if (n) {
+        uint64_t due = uv_now(d->w->loop) + (uint64_t)d->w->cfg->worker.retry_delay * 1000;
+        if (due < d->w->next_due[d->shard]) d->w->next_due[d->shard] = due;
+    }
+    int rc = queue_complete(d->w->queue, job, pending, n, d->w->cfg->worker.retry_delay * 1000,
+                            detail, on_completed, d);
+    free(pending);
+    if (rc < 0) on_completed(-1, "redis not connected", d);
+}
+
+static void on_delivered(const client_result_t *result, void *arg)
+{
+    delivery_t *d = arg;
+    record(d, result->codes, result->detail);
+}
+
+static void on_lease_timer(uv_timer_t *t);
+
+static void on_extended(int status, const char *err, void *arg)
+{
+    delivery_t *d = arg;
+    if (status < 0)
+        log_warn("event=lease_extend_failed mid=%s job=%s error=\"%s\"", d->job->mid, d->job->jid,
+                 err);
+}
+
+static void on_lease_timer(uv_timer_t *t)
+{
+    delivery_t *d = t->data;
+    if (queue_extend(d->w->queue, d->job, d->w->cfg->worker.lease_seconds * 1000, on_extended, d) <
+        0)
+        log_warn("event=lease_extend_failed mid=%s error=\"redis not connected\"", d->job->mid);
+}
+
+static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
+{
+    delivery_t *d = arg;
+    if (!job) {
+        if (status < 0) log_warn("event=fetch_failed job=%s error=\"%s\"", d->claimed.jid, err);
+        delivery_finish(d);
+        return;
+    }
+    d->job = job;
+    uint64_t renew = (uint64_t)d->w->cfg->worker.lease_seconds * 1000 / 3;
+    uv_timer_start(&d->lease_timer, on_lease_timer, renew, renew);
+    const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
+    if (!route) {
+        char detail[300];
+        snprintf(detail, sizeof detail, "no route to %s", job->domain);
+        record(d, NULL, detail);
+        return;
+    }
+    client_deliver(d->w->loop, d->w->cfg, route, job, on_delivered, d);
+}
+
+static void start_delivery(worker_t *w, unsigned shard, const queue_claimed_t *claimed)
+{
+    delivery_t *d = calloc(1, sizeof *d);
+    if (!d) return; /* the lease runs out and the job is tried again */
+    d->w = w;
+    d->shard = shard;
+    d->claimed = *claimed;
+    uv_timer_init(w->loop, &d->lease_timer);
+    d->lease_timer.data = d;
+    w->active++;
+    if (queue_fetch(w->queue, shard, claimed, on_fetched, d) < 0)
+        on_fetched(-1, "redis not connected", NULL, d);
+}
+
+/* ---- claiming ---- */
+
+struct claim_ctx {
+    worker_t *w;
+    unsigned shard;
+    unsigned max;
+};
+
+static void on_claimed(int status, const char *err, long long next_ms, const queue_claimed_t *jobs,
+                       unsigned n, void *arg)
+{
+    struct claim_ctx *cc = arg;
+    worker_t *w = cc->w;
+    uint64_t now = uv_now(w->loop);
+    w->claiming = false;
+    if (status < 0) {
+        log_warn("event=claim_failed shard=%u error=\"%s\"", cc->shard, err);
+        w->next_due[cc->shard] = now + REDIS_RETRY_MS;
+    } else if (n == cc->max) {
+        w->next_due[cc->shard] = now; /* there may be more */
+    } else {
+        w->next_due[cc->shard] = next_ms < 0 ? NEVER : now + (uint64_t)next_ms;
+    }
+    for (unsigned i = 0; i < n && status == 0; i++)
+        start_delivery(w, cc->shard, &jobs[i]);
+    free(cc);
+    maybe_stopped(w);
+    tick(w);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    tick(t->data);
+}
+
+static bool claim_one(worker_t *w, uint64_t now, unsigned slots)
+{
+    for (unsigned i = 0; i < w->n_shards; i++) {
+        unsigned s = (w->cursor + i) % w->n_shards;
+        if (w->next_due[s] > now) continue;
+        w->cursor = s + 1;
+        struct claim_ctx *cc = malloc(sizeof *cc);
+        if (!cc) return false;
+        *cc = (struct claim_ctx){w, s, slots};
+        w->claiming = true;
+        if (queue_claim(w->queue, s, w->owner, slots, w->cfg->worker.lease_seconds * 1000,
+                        w->cfg->worker.max_lease_expiries, on_claimed, cc) < 0) {
+            w->claiming = false;
+            free(cc);
+            return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+static void tick(worker_t *w)
+{
+    if (w->stopping || w->claiming) return;
+    uint64_t now = uv_now(w->loop);
+    if (now >= w->next_rescan) {
+        for (unsigned s = 0; s < w->n_shards; s++)
+            w->next_due[s] = 0;
+        w->next_rescan = now + RESCAN_MS;
+    }
+    unsigned slots = w->cfg->worker.concurrency - w->active;
+    if (!queue_ready(w->queue)) {
+        uv_timer_start(&w->timer, on_timer, REDIS_RETRY_MS, 0);
+        return;
+    }
+    if (slots > 0 && claim_one(w, now, slots)) return;
+    if (slots == 0) return; /* a finished delivery ticks again */
+    uint64_t wake = w->next_rescan;
+    for (unsigned s = 0; s < w->n_shards; s++)
+        if (w->next_due[s] < wake) wake = w->next_due[s];
+    uv_timer_start(&w->timer, on_timer, wake > now ? wake - now : 0, 0);
+}
+
+static void on_wake(uint32_t shard, void *arg)
+{
+    worker_t *w = arg;
+    if (shard == UINT32_MAX)
+        w->next_rescan = 0;
+    else if (shard < w->n_shards)
+        w->next_due[shard] = 0;
+    tick(w);
+}
+
+worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
+                       size_t errlen)
+{
+    worker_t *w = calloc(1, sizeof *w);
+    if (w) w->next_due = calloc(queue_shards(queue), sizeof *w->next_due);
+    if (!w || !w->next_due) {
+        if (w) free(w);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    char id[33];
+    util_random_id(id);
+    snprintf(w->owner, sizeof w->owner, "%s:%d:%.8s", cfg->worker.helo_name, (int)getpid(), id);
+    w->loop = loop;
+    w->cfg = cfg;
+    w->queue = queue;
+    w->n_shards = queue_shards(queue);
+    uv_timer_init(loop, &w->timer);
+    w->timer.data = w;
+    if (queue_watch(queue, on_wake, w) < 0) {
+        snprintf(err, errlen, "cannot watch the queue");
+        uv_close((uv_handle_t *)&w->timer, on_worker_closed);
+        return NULL;
+    }
+    log_info("event=worker_started owner=%s concurrency=%u", w->owner, cfg->worker.concurrency);
+    tick(w);
+    return w;
+}
+
+void worker_stop(worker_t *w, void (*done)(void *arg), void *arg)
+{
+    w->stopping = true;
+    w->on_stopped = done;
+    w->on_stopped_arg = arg;
+    uv_timer_stop(&w->timer);
+    maybe_stopped(w);
+}

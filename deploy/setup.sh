@@ -1,0 +1,33 @@
+#!/bin/sh
+# Installs the Debian packages sealpost needs to build, run and test, when they
+# are missing. Idempotent. As root it runs apt-get; otherwise it prints the
+# exact command and stops.
+set -eu
+
+packages="cmake make gcc clang pkg-config libuv1-dev libhiredis-dev libinih-dev
+libsodium-dev libssl-dev libcmocka-dev libclang-rt-14-dev redis-server swaks
+python3 python3-pytest python3-redis python3-aiosmtpd clang-tidy cppcheck clang-format"
+
+missing=""
+for p in $packages; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+        *"install ok installed"*) ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "sealpost: missing packages. Run as root:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends$missing" >&2
+    exit 1
+fi
+
+echo "sealpost: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# redis-server's package starts a system Redis on 6379; we never use it, and
+# policy-rc.d keeps it from starting inside containers and CI.
+apt-get install -y -qq --no-install-recommends $missing

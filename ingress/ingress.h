@@ -1,0 +1,22 @@
+/* ingress: the libuv SMTP server that accepts mail and commits it to the queue.
+ * A message is acknowledged with 250 only after the queue's enqueue call has
+ * returned success; any failure on the way is 451 and the client keeps it. */
+#ifndef SEALPOST_INGRESS_H
+#define SEALPOST_INGRESS_H
+
+#include "core/core.h"
+#include "queue/queue.h"
+
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct ingress ingress_t;
+
+/* Listens on cfg->ingress.listen. cfg and queue must outlive the ingress. */
+ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
+                         size_t errlen);
+/* Stops accepting and closes every session; messages in flight to Redis get
+ * their reply first. done runs once everything is closed. */
+void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,689 @@
+/* The SMTP session: one table of commands, each with a check (is it allowed
+ * now, are its arguments well-formed) and a proceed (do it, reply).
+ *
+ * Input is processed one complete line at a time from a buffer, so pipelined
+ * commands are handled in order; while a message is being committed to Redis
+ * the session is "busy" and nothing after the DATA terminator is looked at
+ * until the 250/451 for that message has been queued for sending. Replies are
+ * collected and flushed in one write when the session waits for input. */
+#include "ingress/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MAX_INPUT_BUFFER (256 * 1024) /* stop reading beyond this while busy */
+#define HARD_ERROR_LIMIT 20
+
+struct session {
+    ingress_t *ingress;
+    const config_t *cfg;
+    session_t *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    char peer[64];
+    bool trusted;
+
+    buf_t in;
+    buf_t out;
+    unsigned writes_pending;
+    bool reading;
+    bool busy;      /* waiting for the queue */
+    bool quitting;  /* close once the output is written */
+    bool closed;    /* handle closing; free when not busy */
+    bool skip_line; /* discarding the rest of an over-long command line */
+    unsigned errors;
+
+    char helo[256];
+    bool esmtp;
+    bool in_mail;
+    char sender[PROTO_PATH_MAX + 1];
+    char **rcpts;
+    unsigned n_rcpts;
+    bool in_data;
+    proto_data_t data;
+    buf_t body;
+    char mid[33];
+};
+
+/* ---- output ---- */
+
+static void reply(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reply(session_t *s, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n > sizeof line - 3) n = (int)sizeof line - 3;
+    line[n++] = '\r';
+    line[n++] = '\n';
+    if (buf_append(&s->out, line, (size_t)n) < 0) s->quitting = true;
+    if (line[0] == '5' || line[0] == '4') s->errors++;
+}
+
+struct write_req {
+    uv_write_t req;
+    session_t *s;
+    char data[];
+};
+
+static void session_close(session_t *s);
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct write_req *w = (struct write_req *)req;
+    session_t *s = w->s;
+    free(w);
+    s->writes_pending--;
+    if (status < 0 || (s->quitting && s->writes_pending == 0 && !s->busy)) session_close(s);
+}
+
+static void flush(session_t *s)
+{
+    if (s->out.len == 0 || s->closed) return;
+    struct write_req *w = malloc(sizeof *w + s->out.len);
+    if (!w) {
+        session_close(s);
+        return;
+    }
+    w->s = s;
+    memcpy(w->data, s->out.data, s->out.len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)s->out.len);
+    buf_reset(&s->out);
+    if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_written) < 0) {
+        free(w);
+        session_close(s);
+        return;
+    }
+    s->writes_pending++;
+}
+
+/* ---- transaction state ---- */
+
+static void transaction_reset(session_t *s)
+{
+    for (unsigned i = 0; i < s->n_rcpts; i++)
+        free(s->rcpts[i]);
+    free(s->rcpts);
+    s->rcpts = NULL;
+    s->n_rcpts = 0;
+    s->in_mail = false;
+    s->in_data = false;
+    s->sender[0] = 0;
+    s->mid[0] = 0;
+    buf_free(&s->body);
+}
+
+static bool domain_is_relay(const config_t *cfg, const char *domain)
+{
+    for (unsigned i = 0; i < cfg->ingress.n_relay_domains; i++)
+        if (!strcasecmp(cfg->ingress.relay_domains[i], domain)) return true;
+    return false;
+}
+
+/* ---- commands: checks ---- */
+
+typedef struct command {
+    proto_verb_t verb;
+    bool (*check)(session_t *s, const proto_command_t *cmd);
+    void (*proceed)(session_t *s, const proto_command_t *cmd);
+} command_t;
+
+static bool check_none(session_t *s, const proto_command_t *cmd)
+{
+    (void)s;
+    (void)cmd;
+    return true;
+}
+
+static bool check_no_args(session_t *s, const proto_command_t *cmd)
+{
+    if (cmd->args_len == 0) return true;
+    reply(s, "501 5.5.4 Syntax: %s takes no arguments", proto_verb_name(cmd->verb));
+    return false;
+}
+
+/* RFC 5321 §4.1.1.1: a domain or an address literal; we take any printable
+ * word, since the name is only recorded, never trusted. */
+static bool check_helo(session_t *s, const proto_command_t *cmd)
+{
+    bool ok = cmd->args_len > 0 && cmd->args_len < sizeof s->helo;
+    for (size_t i = 0; ok && i < cmd->args_len; i++)
+        ok = cmd->args[i] > 32 && cmd->args[i] < 127;
+    if (!ok) reply(s, "501 5.5.4 Syntax: %s hostname", proto_verb_name(cmd->verb));
+    return ok;
+}
+
+static bool check_mail(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    if (!s->helo[0]) {
+        reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        return false;
+    }
+    if (s->in_mail) {
+        reply(s, "503 5.5.1 Error: nested MAIL command");
+        return false;
+    }
+    return true;
+}
+
+static bool check_rcpt(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    if (!s->in_mail) {
+        reply(s, "503 5.5.1 Error: need MAIL command");
+        return false;
+    }
+    if (s->n_rcpts >= s->cfg->ingress.max_recipients) {
+        reply(s, "452 4.5.3 Error: too many recipients");
+        return false;
+    }
+    return true;
+}
+
+static bool check_data(session_t *s, const proto_command_t *cmd)
+{
+    if (!check_no_args(s, cmd)) return false;
+    if (!s->in_mail) {
+        reply(s, "503 5.5.1 Error: need MAIL command");
+        return false;
+    }
+    if (s->n_rcpts == 0) {
+        reply(s, "554 5.5.1 Error: no valid recipients");
+        return false;
+    }
+    return true;
+}
+
+/* Parses the path and reports a syntax error with the right code. */
+static bool parse_path(session_t *s, const proto_command_t *cmd, bool allow_null,
+                       proto_path_t *path)
+{
+    enum proto_status st = proto_path_parse(cmd->args, cmd->args_len, allow_null, path);
+    if (st == PROTO_E_PATH_LENGTH)
+        reply(s, "501 5.1.3 Address too long");
+    else if (st == PROTO_E_PARAM)
+        reply(s, "501 5.5.4 Syntax error in parameters");
+    else if (st != PROTO_OK)
+        reply(s, "501 5.1.%d Bad %s address syntax", cmd->verb == PROTO_MAIL ? 7 : 3,
+              cmd->verb == PROTO_MAIL ? "sender" : "recipient");
+    if (st != PROTO_OK) return false;
+    if (path->utf8) {
+        reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        return false;
+    }
+    return true;
+}
+
+/* ---- commands: proceeds ---- */
+
+static void proceed_helo(session_t *s, const proto_command_t *cmd)
+{
+    transaction_reset(s);
+    memcpy(s->helo, cmd->args, cmd->args_len);
+    s->helo[cmd->args_len] = 0;
+    s->esmtp = cmd->verb == PROTO_EHLO;
+    if (!s->esmtp) {
+        reply(s, "250 %s", s->cfg->ingress.hostname);
+        return;
+    }
+    reply(s, "250-%s", s->cfg->ingress.hostname);
+    reply(s, "250-PIPELINING");
+    reply(s, "250-SIZE %zu", s->cfg->ingress.max_message_size);
+    reply(s, "250-8BITMIME");
+    reply(s, "250 ENHANCEDSTATUSCODES");
+}
+
+static bool mail_params_ok(session_t *s, const proto_path_t *path)
+{
+    for (unsigned i = 0; i < path->n_params; i++) {
+        const proto_param_t *p = &path->params[i];
+        if (p->key_len == 4 && !strncasecmp(p->key, "SIZE", 4) && p->value) {
+            char text[24];
+            if (p->value_len >= sizeof text) goto too_big;
+            memcpy(text, p->value, p->value_len);
+            text[p->value_len] = 0;
+            char *end;
+            unsigned long long size = strtoull(text, &end, 10);
+            if (*end || text[0] < '0' || text[0] > '9') break;
+            if (size > s->cfg->ingress.max_message_size) goto too_big;
+        } else if (p->key_len == 4 && !strncasecmp(p->key, "BODY", 4) && p->value &&
+                   ((p->value_len == 4 && !strncasecmp(p->value, "7BIT", 4)) ||
+                    (p->value_len == 8 && !strncasecmp(p->value, "8BITMIME", 8)))) {
+            continue;
+        } else {
+            reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
+            return false;
+        }
+        continue;
+    too_big:
+        reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        return false;
+    }
+    return true;
+}
+
+static void proceed_mail(session_t *s, const proto_command_t *cmd)
+{
+    proto_path_t path;
+    if (!parse_path(s, cmd, true, &path) || !mail_params_ok(s, &path)) return;
+    memcpy(s->sender, path.addr, sizeof s->sender);
+    s->in_mail = true;
+    reply(s, "250 2.1.0 Ok");
+}
+
+static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
+{
+    proto_path_t path;
+    if (!parse_path(s, cmd, false, &path)) return;
+    if (path.n_params) {
+        reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)path.params[0].key_len,
+              path.params[0].key);
+        return;
+    }
+    if (!s->trusted && !domain_is_relay(s->cfg, proto_path_domain(&path))) {
+        log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer, path.addr);
+        reply(s, "554 5.7.1 <%s>: Relay access denied", path.addr);
+        return;
+    }
+    for (unsigned i = 0; i < s->n_rcpts; i++)
+        if (!strcmp(s->rcpts[i], path.addr)) { /* a duplicate is accepted once */
+            reply(s, "250 2.1.5 Ok");
+            return;
+        }
+    char **grown = realloc(s->rcpts, (s->n_rcpts + 1) * sizeof *grown);
+    char *copy = strdup(path.addr);
+    if (grown) s->rcpts = grown;
+    if (!grown || !copy) {
+        free(copy);
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    s->rcpts[s->n_rcpts++] = copy;
+    reply(s, "250 2.1.5 Ok");
+}
+
+static void start_body(session_t *s)
+{
+    char date[64];
+    util_random_id(s->mid);
+    util_rfc5322_date(date, sizeof date);
+    buf_reset(&s->body);
+    buf_printf(&s->body, "Received: from %s ([%s])\r\n\tby %s (sealpost) with %s id %s\r\n\t",
+               s->helo, s->peer, s->cfg->ingress.hostname, s->esmtp ? "ESMTP" : "SMTP", s->mid);
+    if (s->n_rcpts == 1) buf_printf(&s->body, "for <%s>; ", s->rcpts[0]);
+    buf_printf(&s->body, "%s\r\n", date);
+    proto_data_init(&s->data, s->cfg->ingress.max_line_length, s->cfg->ingress.max_message_size);
+}
+
+static void proceed_data(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    start_body(s);
+    if (!s->body.data) {
+        reply(s, "451 4.3.1 Insufficient system resources");
+        return;
+    }
+    s->in_data = true;
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void proceed_rset(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    transaction_reset(s);
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void proceed_noop(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void proceed_quit(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    reply(s, "221 2.0.0 Bye");
+    s->quitting = true;
+}
+
+static void proceed_help(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY");
+}
+
+/* VRFY would tell a stranger which mailboxes exist (RFC 5321 §3.5.3, §7.3). */
+static void proceed_vrfy(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void proceed_not_implemented(session_t *s, const proto_command_t *cmd)
+{
+    reply(s, "502 5.5.1 %s command not implemented", proto_verb_name(cmd->verb));
+}
+
+static const command_t commands[] = {
+    {PROTO_HELO, check_helo, proceed_helo},
+    {PROTO_EHLO, check_helo, proceed_helo},
+    {PROTO_MAIL, check_mail, proceed_mail},
+    {PROTO_RCPT, check_rcpt, proceed_rcpt},
+    {PROTO_DATA, check_data, proceed_data},
+    {PROTO_RSET, check_no_args, proceed_rset},
+    {PROTO_NOOP, check_none, proceed_noop},
+    {PROTO_QUIT, check_no_args, proceed_quit},
+    {PROTO_HELP, check_none, proceed_help},
+    {PROTO_VRFY, check_none, proceed_vrfy},
+    {PROTO_EXPN, check_none, proceed_not_implemented},
+    {PROTO_TURN, check_none, proceed_not_implemented},
+    {PROTO_STARTTLS, check_none, proceed_not_implemented},
+    {PROTO_AUTH, check_none, proceed_not_implemented},
+    {PROTO_BDAT, check_none, proceed_not_implemented},
+};
+
+static void dispatch(session_t *s, const char *line, size_t len)
+{
+    proto_command_t cmd;
+    if (proto_command_parse(line, len, &cmd) != PROTO_OK) {
+        reply(s, "501 5.5.2 Syntax error");
+        return;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (commands[i].verb != cmd.verb) continue;
+        if (commands[i].check(s, &cmd)) commands[i].proceed(s, &cmd);
+        return;
+    }
+    reply(s, "500 5.5.2 Error: command not recognized");
+}
+
+/* ---- committing a message ---- */
+
+static void process(session_t *s);
+
+static void on_enqueued(int status, const char *err, void *arg)
+{
+    session_t *s = arg;
+    s->busy = false;
+    if (s->closed) { /* the client went away; the message is stored or not, unacknowledged */
+        session_close(s);
+        return;
+    }
+    if (status == 0) {
+        log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", s->mid, s->peer,
+                 s->sender, s->n_rcpts, s->body.len);
+        reply(s, "250 2.0.0 Ok: queued as %s", s->mid);
+    } else {
+        log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\"", s->mid, s->peer, err);
+        reply(s, "451 4.3.0 Error: queue file write error, try again later");
+    }
+    transaction_reset(s);
+    process(s);
+}
+
+static void commit_message(session_t *s)
+{
+    queue_message_t m;
+    char info[400];
+    memcpy(m.id, s->mid, sizeof m.id);
+    snprintf(info, sizeof info, "client=%s helo=%s", s->peer, s->helo);
+    m.sender = s->sender;
+    m.rcpts = (const char **)s->rcpts;
+    m.n_rcpts = s->n_rcpts;
+    m.info = info;
+    m.body = s->body.data;
+    m.body_len = s->body.len;
+    s->busy = true;
+    if (!queue_ready(s->ingress->queue) || queue_enqueue(s->ingress->queue, &m, on_enqueued, s) < 0)
+        on_enqueued(-1, "redis not connected", s);
+}
+
+static void finish_data(session_t *s)
+{
+    s->in_data = false;
+    switch (s->data.error) {
+    case PROTO_DATA_OK:
+        commit_message(s);
+        return;
+    case PROTO_DATA_BARE_LF:
+    case PROTO_DATA_BARE_CR:
+        reply(s, "550 5.6.0 Message refused: bare <CR> or <LF> in message data");
+        break;
+    case PROTO_DATA_LONG_LINE:
+        reply(s, "550 5.6.0 Message refused: line longer than %u octets",
+              s->cfg->ingress.max_line_length);
+        break;
+    case PROTO_DATA_TOO_BIG:
+        reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        break;
+    }
+    log_info("event=refused reason=data_error error=%d client=%s", (int)s->data.error, s->peer);
+    transaction_reset(s);
+}
+
+/* Decodes what is buffered; returns true when the end of data was reached. */
+static bool consume_data(session_t *s)
+{
+    if (buf_reserve(&s->body, s->in.len) < 0) {
+        reply(s, "451 4.3.1 Insufficient system resources");
+        s->quitting = true;
+        return false;
+    }
+    size_t out_len;
+    size_t used =
+        proto_data_feed(&s->data, s->in.data, s->in.len, s->body.data + s->body.len, &out_len);
+    s->body.len += out_len;
+    buf_consume(&s->in, used);
+    return s->data.done;
+}
+
+/* ---- the input loop ---- */
+
+static void take_line(session_t *s)
+{
+    char *lf = memchr(s->in.data, '\n', s->in.len);
+    size_t max = s->cfg->ingress.max_line_length;
+    if (!lf) {
+        if (s->in.len > max) { /* keep nothing of an over-long line */
+            if (!s->skip_line) reply(s, "500 5.5.2 Error: line too long");
+            s->skip_line = true;
+            buf_reset(&s->in);
+        }
+        return;
+    }
+    size_t len = (size_t)(lf - s->in.data);
+    if (s->skip_line) {
+        s->skip_line = false;
+    } else if (len + 1 > max) {
+        reply(s, "500 5.5.2 Error: line too long");
+    } else if (len == 0 || s->in.data[len - 1] != '\r') {
+        reply(s, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
+    } else {
+        dispatch(s, s->in.data, len - 1);
+    }
+    buf_consume(&s->in, len + 1);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
+static void on_timeout(uv_timer_t *t);
+
+static void arm_timer(session_t *s)
+{
+    unsigned secs = s->in_data ? s->cfg->ingress.data_timeout : s->cfg->ingress.command_timeout;
+    uv_timer_start(&s->timer, on_timeout, (uint64_t)secs * 1000, 0);
+}
+
+static void process(session_t *s)
+{
+    while (!s->busy && !s->quitting && !s->closed) {
+        if (s->errors >= HARD_ERROR_LIMIT) {
+            reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
+            s->quitting = true;
+            break;
+        }
+        if (s->in_data) {
+            if (!consume_data(s)) break;
+            finish_data(s);
+            continue;
+        }
+        size_t before = s->in.len;
+        if (before == 0) break;
+        take_line(s);
+        if (s->in.len == before) break; /* no complete line yet */
+    }
+    flush(s);
+    if (s->closed) return;
+    if (s->quitting && s->writes_pending == 0 && !s->busy) {
+        session_close(s);
+        return;
+    }
+    bool want = !s->quitting && (!s->busy || s->in.len < MAX_INPUT_BUFFER);
+    if (want && !s->reading) uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
+    if (!want && s->reading) uv_read_stop((uv_stream_t *)&s->tcp);
+    s->reading = want;
+    arm_timer(s);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    session_t *s = h->data;
+    (void)suggested;
+    if (buf_reserve(&s->in, 65536) < 0) {
+        *b = uv_buf_init(NULL, 0);
+        return;
+    }
+    *b = uv_buf_init(s->in.data + s->in.len, 65536);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
+{
+    session_t *s = stream->data;
+    (void)b;
+    if (n < 0) {
+        session_close(s);
+        return;
+    }
+    s->in.len += (size_t)n;
+    process(s);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    session_t *s = t->data;
+    log_info("event=timeout client=%s state=%s", s->peer, s->in_data ? "data" : "command");
+    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->ingress.hostname);
+    s->quitting = true;
+    flush(s);
+    if (s->writes_pending == 0 && !s->busy) session_close(s);
+}
+
+/* ---- life cycle ---- */
+
+static void session_free(session_t *s)
+{
+    ingress_t *ingress = s->ingress;
+    transaction_reset(s);
+    buf_free(&s->in);
+    buf_free(&s->out);
+    free(s);
+    ingress_session_gone(ingress);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    session_t *s = h->data;
+    /* Two handles: the socket and the timer; the last one frees. */
+    if (h == (uv_handle_t *)&s->tcp)
+        s->tcp.data = NULL;
+    else
+        s->timer.data = NULL;
+    if (!s->tcp.data && !s->timer.data && !s->busy) session_free(s);
+}
+
+static void session_close(session_t *s)
+{
+    if (!s->closed) {
+        s->closed = true;
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            s->ingress->sessions = s->next;
+        if (s->next) s->next->prev = s->prev;
+        uv_close((uv_handle_t *)&s->tcp, on_closed);
+        uv_close((uv_handle_t *)&s->timer, on_closed);
+        return;
+    }
+    /* Already closing: a reply from Redis that arrived late frees it now. */
+    if (!s->tcp.data && !s->timer.data && !s->busy) session_free(s);
+}
+
+static bool peer_trusted(const config_t *cfg, const struct sockaddr *sa)
+{
+    for (unsigned i = 0; i < cfg->ingress.n_trusted_networks; i++)
+        if (net_cidr_match(&cfg->ingress.trusted_networks[i], sa)) return true;
+    return false;
+}
+
+void session_start(ingress_t *ingress, uv_tcp_t *tcp)
+{
+    session_t *s = (session_t *)((char *)tcp - offsetof(session_t, tcp));
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    s->ingress = ingress;
+    s->cfg = ingress->cfg;
+    s->tcp.data = s;
+    uv_timer_init(ingress->loop, &s->timer);
+    s->timer.data = s;
+    s->next = ingress->sessions;
+    if (s->next) s->next->prev = s;
+    ingress->sessions = s;
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+        net_addr_text((struct sockaddr *)&ss, s->peer, sizeof s->peer);
+        s->trusted = peer_trusted(s->cfg, (struct sockaddr *)&ss);
+    } else {
+        snprintf(s->peer, sizeof s->peer, "unknown");
+    }
+    log_debug("event=connect client=%s trusted=%d", s->peer, s->trusted);
+    if (ingress->n_sessions > s->cfg->ingress.max_connections) {
+        reply(s, "421 4.7.0 %s Error: too many connections", s->cfg->ingress.hostname);
+        s->quitting = true;
+    } else {
+        reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
+    }
+    process(s);
+}
+
+uv_tcp_t *session_alloc_handle(void)
+{
+    session_t *s = calloc(1, sizeof *s);
+    return s ? &s->tcp : NULL;
+}
+
+void session_discard_handle(uv_tcp_t *tcp)
+{
+    free((char *)tcp - offsetof(session_t, tcp));
+}
+
+void session_shutdown_all(ingress_t *ingress)
+{
+    for (session_t *s = ingress->sessions, *next; s; s = next) {
+        next = s->next;
+        if (s->busy) {
+            s->quitting = true; /* closes after the reply for its message */
+            continue;
+        }
+        reply(s, "421 4.3.2 %s Service shutting down", s->cfg->ingress.hostname);
+        s->quitting = true;
+        flush(s);
+        if (s->writes_pending == 0) session_close(s);
+    }
+}

@@ -1,0 +1,121 @@
+/* The DATA decoder (RFC 5321 §4.1.1.4, §4.5.2) and dot-stuffing for sending.
+ *
+ * Only CRLF "." CRLF ends the data. A bare LF or a bare CR anywhere is an error
+ * (SMTP smuggling relies on receivers that accept <LF>.<LF> or <CR>.<CR> as the
+ * end while the next hop does not), but the decoder keeps scanning for the
+ * real end marker so the session stays in step with the client. */
+#include "proto/proto.h"
+
+#include <string.h>
+
+enum { S_LINE_START, S_IN_LINE, S_CR, S_DOT, S_DOT_CR };
+
+void proto_data_init(proto_data_t *d, size_t max_line, size_t max_size)
+{
+    memset(d, 0, sizeof *d);
+    d->max_line = max_line;
+    d->max_size = max_size;
+    d->state = S_LINE_START;
+}
+
+static void fail(proto_data_t *d, enum proto_data_error e)
+{
+    if (d->error == PROTO_DATA_OK) d->error = e;
+}
+
+static void emit(proto_data_t *d, char c, char *out, size_t *out_len)
+{
+    if (d->error) return;
+    if (d->size >= d->max_size) {
+        fail(d, PROTO_DATA_TOO_BIG);
+        return;
+    }
+    out[(*out_len)++] = c;
+    d->size++;
+}
+
+size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, size_t *out_len)
+{
+    size_t i = 0;
+    *out_len = 0;
+    while (i < len && !d->done) {
+        char c = in[i++];
+        if (++d->line_len > d->max_line) fail(d, PROTO_DATA_LONG_LINE);
+    again:
+        switch (d->state) {
+        case S_LINE_START:
+            if (c == '.') {
+                d->state = S_DOT;
+                break;
+            }
+            d->state = S_IN_LINE;
+            goto again;
+        case S_IN_LINE:
+            if (c == '\r') {
+                emit(d, c, out, out_len);
+                d->state = S_CR;
+            } else if (c == '\n') {
+                /* Not a line end: a "." after it must not look like a line start,
+                 * or "\n.\r\n" would end the data early. */
+                fail(d, PROTO_DATA_BARE_LF);
+                d->line_len = 0;
+            } else {
+                emit(d, c, out, out_len);
+            }
+            break;
+        case S_CR:
+            if (c == '\n') {
+                emit(d, c, out, out_len);
+                d->state = S_LINE_START;
+                d->line_len = 0;
+                break;
+            }
+            fail(d, PROTO_DATA_BARE_CR);
+            d->state = S_IN_LINE;
+            goto again;
+        case S_DOT:
+            if (c == '\r') {
+                d->state = S_DOT_CR;
+                break;
+            }
+            d->state = S_IN_LINE; /* a leading dot is dropped: dot-unstuffing */
+            goto again;
+        case S_DOT_CR:
+            if (c == '\n') {
+                d->done = true;
+                break;
+            }
+            fail(d, PROTO_DATA_BARE_CR);
+            d->state = S_IN_LINE;
+            goto again;
+        }
+    }
+    return i;
+}
+
+size_t proto_dot_stuffed_len(const char *body, size_t len)
+{
+    size_t n = len;
+    bool line_start = true;
+    for (size_t i = 0; i < len; i++) {
+        if (line_start && body[i] == '.') n++;
+        line_start = body[i] == '\n';
+    }
+    if (len < 2 || body[len - 2] != '\r' || body[len - 1] != '\n') n += len ? 2 : 0;
+    return n + 3;
+}
+
+void proto_dot_stuff(const char *body, size_t len, char *out)
+{
+    bool line_start = true;
+    for (size_t i = 0; i < len; i++) {
+        if (line_start && body[i] == '.') *out++ = '.';
+        *out++ = body[i];
+        line_start = body[i] == '\n';
+    }
+    if (len && (len < 2 || body[len - 2] != '\r' || body[len - 1] != '\n')) {
+        *out++ = '\r';
+        *out++ = '\n';
+    }
+    memcpy(out, ".\r\n", 3);
+}

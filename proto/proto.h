@@ -1,0 +1,126 @@
+/* proto: SMTP protocol code with no I/O. Command lines, paths and ESMTP
+ * parameters (RFC 5321 §4.1), the DATA decoder (dot-unstuffing, strict CRLF
+ * rules), reply lines, and dot-stuffing for the client side. Includes nothing
+ * of ours; every function works on caller-owned, bounded memory. */
+#ifndef SEALPOST_PROTO_H
+#define SEALPOST_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum proto_status {
+    PROTO_OK = 0,
+    PROTO_E_SYNTAX,      /* command or argument syntax */
+    PROTO_E_PATH,        /* mailbox syntax */
+    PROTO_E_PATH_LENGTH, /* local part over 64, domain over 255, path over 256 */
+    PROTO_E_PARAM,       /* ESMTP parameter syntax, or too many of them */
+};
+
+/* ---- commands ---- */
+
+typedef enum proto_verb {
+    PROTO_UNKNOWN,
+    PROTO_HELO,
+    PROTO_EHLO,
+    PROTO_MAIL,
+    PROTO_RCPT,
+    PROTO_DATA,
+    PROTO_RSET,
+    PROTO_NOOP,
+    PROTO_QUIT,
+    PROTO_HELP,
+    PROTO_VRFY,
+    PROTO_EXPN,
+    PROTO_STARTTLS,
+    PROTO_AUTH,
+    PROTO_BDAT,
+    PROTO_TURN,
+    PROTO_VERB_COUNT
+} proto_verb_t;
+
+typedef struct proto_command {
+    proto_verb_t verb;
+    const char *args; /* points into the line: after "VERB " (after "FROM:"/"TO:" for MAIL/RCPT) */
+    size_t args_len;
+} proto_command_t;
+
+/* Splits a command line (without its CRLF) into verb and arguments. An unknown
+ * verb is PROTO_OK with PROTO_UNKNOWN; MAIL without "FROM:" or RCPT without "TO:"
+ * is PROTO_E_SYNTAX. A NUL byte anywhere is PROTO_E_SYNTAX. */
+enum proto_status proto_command_parse(const char *line, size_t len, proto_command_t *out);
+const char *proto_verb_name(proto_verb_t verb);
+
+/* ---- paths and parameters ---- */
+
+#define PROTO_PATH_MAX   256
+#define PROTO_MAX_PARAMS 8
+
+typedef struct proto_param {
+    const char *key; /* points into the argument text */
+    size_t key_len;
+    const char *value; /* NULL when the parameter has no "=value" */
+    size_t value_len;
+} proto_param_t;
+
+typedef struct proto_path {
+    char addr[PROTO_PATH_MAX + 1]; /* "local@domain", domain lower-cased; "" for <> */
+    size_t at;                     /* index of '@' in addr (0 for the null path) */
+    bool utf8;                     /* has non-ASCII octets (needs SMTPUTF8) */
+    proto_param_t params[PROTO_MAX_PARAMS];
+    unsigned n_params;
+} proto_path_t;
+
+/* Parses "<path> [SP param ...]" as after "MAIL FROM:" or "RCPT TO:". The null
+ * path "<>" is accepted only when allow_null is set. A source route
+ * ("<@a,@b:user@c>") is accepted and dropped, as RFC 5321 §4.1.2 asks. */
+enum proto_status proto_path_parse(const char *args, size_t len, bool allow_null,
+                                   proto_path_t *out);
+/* The domain part of a parsed path ("" for the null path). */
+const char *proto_path_domain(const proto_path_t *path);
+/* Finds a parameter by keyword (case-insensitive); NULL when absent. */
+const proto_param_t *proto_path_param(const proto_path_t *path, const char *key);
+
+/* ---- the DATA decoder ---- */
+
+enum proto_data_error {
+    PROTO_DATA_OK = 0,
+    PROTO_DATA_BARE_LF,   /* LF not preceded by CR */
+    PROTO_DATA_BARE_CR,   /* CR not followed by LF */
+    PROTO_DATA_LONG_LINE, /* a line over max_line octets, CRLF included */
+    PROTO_DATA_TOO_BIG,   /* more than max_size octets of content */
+};
+
+typedef struct proto_data {
+    size_t max_line;
+    size_t max_size;
+    size_t size;     /* content octets so far */
+    size_t line_len; /* octets of the current line so far, as sent */
+    int state;
+    enum proto_data_error error; /* the first error; decoding goes on to the end marker */
+    bool done;
+} proto_data_t;
+
+void proto_data_init(proto_data_t *d, size_t max_line, size_t max_size);
+/* Decodes input until the end of data (the line "." after CRLF) or the end of the
+ * input. Content goes to out (at most len octets are written, never more than the
+ * input); *out_len gets how many. Returns how many input octets were consumed:
+ * fewer than len only when the end marker was reached, and the rest belongs to
+ * whatever follows DATA. After an error nothing more is written to out, but the
+ * input is still scanned for the end marker so the session stays in step. */
+size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, size_t *out_len);
+
+/* ---- dot-stuffing for sending ---- */
+
+/* The size of body after dot-stuffing, with a final CRLF if it lacks one, plus the
+ * ".CRLF" end marker. */
+size_t proto_dot_stuffed_len(const char *body, size_t len);
+/* Writes exactly proto_dot_stuffed_len(body, len) octets to out. */
+void proto_dot_stuff(const char *body, size_t len, char *out);
+
+/* ---- replies ---- */
+
+/* Parses one reply line ("250-text" or "250 text" or "250"). Returns the code
+ * (200..599) and sets *last for the final line of a reply; -1 when malformed. */
+int proto_reply_line(const char *line, size_t len, bool *last);
+
+#endif

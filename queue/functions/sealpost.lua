@@ -1,0 +1,140 @@
+#!lua name=sealpost
+--[[
+The queue's Redis Functions library. Every key a function touches is passed in
+KEYS and carries the shard's hash tag {mq:<s>}, so each call stays in one slot
+(Redis Cluster) and is atomic. Time comes from the server.
+
+Keys of shard T = {mq:<s>}:
+  T:due   zset  job id -> due time (ms)
+  T:lease zset  job id -> lease deadline (ms)
+  T:held  zset  job id -> time held
+  T:meta  hash  <jid>:tok fencing token, <jid>:own owner, <jid>:exp lease expiries
+  T:m:<mid>  hash envelope: sender, received, info, bodies, open (jobs not done)
+  T:b:<mid>:<n> string body variant n
+  T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error
+  T:st    hash  counters
+  T:dom   hash  domain -> queued jobs
+]]
+
+local WAKE_CHANNEL = 'sealpost:wake'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- KEYS: m, b0, due, st, dom, j1..jn
+-- ARGV: mid, shard, sender, info, body, n, then (jid, domain, rcpts) per job
+local function enqueue(keys, args)
+  if redis.call('EXISTS', keys[1]) == 1 then
+    return 'duplicate'
+  end
+  local now = now_ms()
+  local n = tonumber(args[6])
+  if #keys ~= 5 + n or #args ~= 6 + 3 * n then
+    return redis.error_reply('ERR enqueue: arguments do not match keys')
+  end
+  redis.call('HSET', keys[1], 'sender', args[3], 'received', now, 'info', args[4],
+             'bodies', 1, 'open', n)
+  redis.call('SET', keys[2], args[5])
+  for i = 1, n do
+    local jid, domain, rcpts = args[4 + 3 * i], args[5 + 3 * i], args[6 + 3 * i]
+    redis.call('HSET', keys[5 + i], 'mid', args[1], 'domain', domain, 'rcpts', rcpts,
+               'attempts', 0)
+    redis.call('ZADD', keys[3], now, jid)
+    redis.call('HINCRBY', keys[5], domain, 1)
+  end
+  redis.call('HINCRBY', keys[4], 'enqueued', 1)
+  redis.call('PUBLISH', WAKE_CHANNEL, args[2])
+  return 'ok'
+end
+
+-- KEYS: due, lease, meta, held, st
+-- ARGV: owner, lease_ms, max, max_expiries
+-- Returns {next_ms, {jid, token, ...}}
+local function claim(keys, args)
+  local now = now_ms()
+  local lease_ms, max, max_exp = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  for _, jid in ipairs(redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 100)) do
+    redis.call('ZREM', keys[2], jid)
+    redis.call('HDEL', keys[3], jid .. ':own')
+    if redis.call('HINCRBY', keys[3], jid .. ':exp', 1) >= max_exp then
+      redis.call('ZADD', keys[4], now, jid)
+      redis.call('HINCRBY', keys[5], 'poisoned', 1)
+    else
+      redis.call('ZADD', keys[1], now, jid)
+      redis.call('HINCRBY', keys[5], 'lease_expired', 1)
+    end
+  end
+  local out = {}
+  for _, jid in ipairs(redis.call('ZRANGEBYSCORE', keys[1], '-inf', now, 'LIMIT', 0, max)) do
+    redis.call('ZREM', keys[1], jid)
+    redis.call('ZADD', keys[2], now + lease_ms, jid)
+    out[#out + 1] = jid
+    out[#out + 1] = redis.call('HINCRBY', keys[3], jid .. ':tok', 1)
+    redis.call('HSET', keys[3], jid .. ':own', args[1])
+  end
+  local next_ms = -1
+  for _, k in ipairs({keys[1], keys[2]}) do
+    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local d = math.max(0, tonumber(first[2]) - now)
+      if next_ms < 0 or d < next_ms then next_ms = d end
+    end
+  end
+  return {next_ms, out}
+end
+
+local function lease_valid(keys, jid, token)
+  return redis.call('HGET', keys[3], jid .. ':tok') == token
+     and redis.call('ZSCORE', keys[2], jid)
+end
+
+-- KEYS: j, m, b0.  Returns {job fields, envelope fields, body} or nil.
+local function fetch(keys, args)
+  local job = redis.call('HGETALL', keys[1])
+  if #job == 0 then return nil end
+  return {job, redis.call('HGETALL', keys[2]), redis.call('GET', keys[3])}
+end
+
+-- KEYS: due, lease, meta.  ARGV: jid, token, lease_ms
+local function extend(keys, args)
+  if not lease_valid(keys, args[1], args[2]) then return 'stale' end
+  redis.call('ZADD', keys[2], 'XX', now_ms() + tonumber(args[3]), args[1])
+  return 'ok'
+end
+
+-- KEYS: due, lease, meta, st, dom, j, m, b0..b(n-1)
+-- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard
+local function complete(keys, args)
+  local jid = args[1]
+  if not lease_valid(keys, jid, args[2]) then return 'stale' end
+  local now = now_ms()
+  redis.call('ZREM', keys[2], jid)
+  redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
+  if args[3] ~= '' then
+    redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
+    redis.call('HINCRBY', keys[6], 'attempts', 1)
+    redis.call('ZADD', keys[1], now + tonumber(args[4]), jid)
+    redis.call('HINCRBY', keys[4], 'deferred', 1)
+    -- Workers learn the new due time by claiming; this tells them to look.
+    redis.call('PUBLISH', WAKE_CHANNEL, args[7])
+    return 'deferred'
+  end
+  redis.call('DEL', keys[6])
+  redis.call('HDEL', keys[3], jid .. ':tok')
+  if redis.call('HINCRBY', keys[5], args[6], -1) <= 0 then
+    redis.call('HDEL', keys[5], args[6])
+  end
+  redis.call('HINCRBY', keys[4], 'completed', 1)
+  if redis.call('HINCRBY', keys[7], 'open', -1) <= 0 then
+    for i = 7, #keys do redis.call('DEL', keys[i]) end
+  end
+  return 'done'
+end
+
+redis.register_function('enqueue', enqueue)
+redis.register_function('claim', claim)
+redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-writes'}}
+redis.register_function('extend', extend)
+redis.register_function('complete', complete)

@@ -1,0 +1,528 @@
+/* The queue's C API: builds the keys and arguments of each Redis function call
+ * and turns replies back into C. The logic itself lives in functions/sealpost.lua. */
+#include "queue/queue.h"
+
+#include "queue/redis.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const char queue_functions_lua[];
+extern const size_t queue_functions_lua_len;
+
+#define WAKE_CHANNEL "sealpost:wake"
+#define KEY_MAX      320
+
+struct queue {
+    uv_loop_t *loop;
+    net_hostport_t redis;
+    unsigned timeout_ms;
+    unsigned shards;
+    rconn_t *conn;
+    rconn_t *watch_conn;
+    void (*on_wake)(uint32_t shard, void *arg);
+    void *on_wake_arg;
+};
+
+typedef char key_t_[KEY_MAX];
+
+static void on_library_loaded(redisReply *reply, const char *err, void *arg)
+{
+    queue_t *q = arg;
+    if (!reply)
+        log_error("event=function_load_failed redis=%s:%u error=\"%s\"", q->redis.host,
+                  q->redis.port, err);
+    else if (reply->type == REDIS_REPLY_ERROR)
+        log_error("event=function_load_failed redis=%s:%u error=\"%s\"", q->redis.host,
+                  q->redis.port, reply->str);
+}
+
+/* The library is loaded on every connection: a Redis that restarted without
+ * its AOF, or a new master after failover, gets it before our next call. */
+static void on_connect(rconn_t *conn, void *arg)
+{
+    const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", queue_functions_lua};
+    size_t lens[] = {8, 4, 7, queue_functions_lua_len};
+    if (rconn_command(conn, on_library_loaded, arg, 4, argv, lens) < 0)
+        log_error("event=function_load_failed error=\"not connected\"");
+}
+
+queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
+                    unsigned shards)
+{
+    queue_t *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    q->loop = loop;
+    q->redis = *redis;
+    q->timeout_ms = timeout_ms;
+    q->shards = shards;
+    q->conn = rconn_new(loop, redis->host, redis->port, timeout_ms, on_connect, q);
+    if (!q->conn) {
+        free(q);
+        return NULL;
+    }
+    return q;
+}
+
+void queue_close(queue_t *q)
+{
+    if (!q) return;
+    rconn_free(q->conn);
+    rconn_free(q->watch_conn);
+    free(q);
+}
+
+bool queue_ready(const queue_t *q)
+{
+    return rconn_connected(q->conn);
+}
+
+unsigned queue_shards(const queue_t *q)
+{
+    return q->shards;
+}
+
+static uint32_t hex_value(char c)
+{
+    if (c >= 'a' && c <= 'f') return (uint32_t)(c - 'a' + 10);
+    if (c >= '0' && c <= '9') return (uint32_t)(c - '0');
+    return 0;
+}
+
+unsigned queue_shard_of(const queue_t *q, const char *mid)
+{
+    /* Message ids are random, so their first 32 bits spread messages evenly. */
+    uint32_t h = 0;
+    for (int i = 0; i < 8 && mid[i]; i++)
+        h = h * 16 + hex_value(mid[i]);
+    return h % q->shards;
+}
+
+static void shard_key(key_t_ out, unsigned shard, const char *suffix)
+{
+    snprintf(out, KEY_MAX, "{mq:%u}:%s", shard, suffix);
+}
+
+/* ---- calls ---- */
+
+/* A call in flight: argv storage plus the caller's callback. */
+struct call {
+    queue_t *q;
+    void (*done)(struct call *call, redisReply *reply, const char *err);
+    union {
+        queue_status_cb status;
+        queue_claim_cb claim;
+        queue_fetch_cb fetch;
+    } cb;
+    void *arg;
+    unsigned shard;
+    queue_claimed_t claimed;
+};
+
+static void on_call_reply(redisReply *reply, const char *err, void *arg)
+{
+    struct call *call = arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        err = reply->str;
+        reply = NULL;
+    }
+    call->done(call, reply, err);
+    free(call);
+}
+
+/* FCALL name numkeys keys... args... */
+static int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,
+                 int nargs, const char **args, const size_t *arg_lens)
+{
+    int argc = 3 + nkeys + nargs;
+    const char **argv = calloc((size_t)argc, sizeof *argv);
+    size_t *lens = calloc((size_t)argc, sizeof *lens);
+    char numkeys[16];
+    int rc = -1;
+    if (argv && lens) {
+        snprintf(numkeys, sizeof numkeys, "%d", nkeys);
+        argv[0] = read_only ? "FCALL_RO" : "FCALL";
+        argv[1] = name;
+        argv[2] = numkeys;
+        for (int i = 0; i < nkeys; i++)
+            argv[3 + i] = keys[i];
+        for (int i = 0; i < nargs; i++) {
+            argv[3 + nkeys + i] = args[i];
+            lens[3 + nkeys + i] = arg_lens ? arg_lens[i] : strlen(args[i]);
+        }
+        for (int i = 0; i < 3 + nkeys; i++)
+            lens[i] = strlen(argv[i]);
+        rc = rconn_command(call->q->conn, on_call_reply, call, argc, argv, lens);
+    }
+    free(argv);
+    free(lens);
+    if (rc < 0) free(call);
+    return rc;
+}
+
+static struct call *call_new(queue_t *q, void *arg)
+{
+    struct call *call = calloc(1, sizeof *call);
+    if (call) {
+        call->q = q;
+        call->arg = arg;
+    }
+    return call;
+}
+
+/* Replies that are a status word: "ok", "duplicate", "done", "deferred", or "stale". */
+static void on_status_reply(struct call *call, redisReply *reply, const char *err)
+{
+    if (!reply) {
+        call->cb.status(-1, err, call->arg);
+    } else if ((reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS) &&
+               strcmp(reply->str, "stale") != 0) {
+        call->cb.status(0, NULL, call->arg);
+    } else {
+        call->cb.status(-1, reply->type == REDIS_REPLY_STRING ? reply->str : "unexpected reply",
+                        call->arg);
+    }
+}
+
+/* ---- enqueue ---- */
+
+struct job_group {
+    const char *domain;
+    buf_t rcpts;
+};
+
+int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg)
+{
+    unsigned shard = queue_shard_of(q, m->id);
+    struct job_group *groups = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof *groups);
+    unsigned n = 0;
+    int rc = -1;
+    if (!groups || m->n_rcpts == 0) goto out;
+    for (unsigned i = 0; i < m->n_rcpts; i++) {
+        const char *at = strrchr(m->rcpts[i], '@');
+        const char *domain = at ? at + 1 : "";
+        unsigned g = 0;
+        while (g < n && strcmp(groups[g].domain, domain))
+            g++;
+        if (g == n) {
+            groups[n].domain = domain;
+            buf_init(&groups[n++].rcpts);
+        }
+        if (groups[g].rcpts.len && buf_append(&groups[g].rcpts, "\n", 1) < 0) goto out;
+        if (buf_append(&groups[g].rcpts, m->rcpts[i], strlen(m->rcpts[i])) < 0) goto out;
+    }
+
+    size_t nkeys = 5 + n, nargs = 6 + 3 * (size_t)n;
+    key_t_ *keybuf = calloc(nkeys, sizeof *keybuf);
+    const char **keys = calloc(nkeys, sizeof *keys);
+    char(*jids)[48] = calloc(n, sizeof *jids);
+    const char **args = calloc(nargs, sizeof *args);
+    size_t *lens = calloc(nargs, sizeof *lens);
+    struct call *call = call_new(q, arg);
+    if (keybuf && keys && jids && args && lens && call) {
+        char suffix[64], shard_text[16], count[16];
+        snprintf(suffix, sizeof suffix, "m:%s", m->id);
+        shard_key(keybuf[0], shard, suffix);
+        snprintf(suffix, sizeof suffix, "b:%s:0", m->id);
+        shard_key(keybuf[1], shard, suffix);
+        shard_key(keybuf[2], shard, "due");
+        shard_key(keybuf[3], shard, "st");
+        shard_key(keybuf[4], shard, "dom");
+        snprintf(shard_text, sizeof shard_text, "%u", shard);
+        snprintf(count, sizeof count, "%u", n);
+        const char *head[] = {m->id, shard_text, m->sender, m->info ? m->info : ""};
+        for (int i = 0; i < 4; i++)
+            args[i] = head[i], lens[i] = strlen(head[i]);
+        args[4] = m->body, lens[4] = m->body_len;
+        args[5] = count, lens[5] = strlen(count);
+        for (unsigned g = 0; g < n; g++) {
+            snprintf(jids[g], sizeof jids[g], "%s.%u", m->id, g);
+            snprintf(suffix, sizeof suffix, "j:%s", jids[g]);
+            shard_key(keybuf[5 + g], shard, suffix);
+            size_t a = 6 + 3 * (size_t)g;
+            args[a] = jids[g], lens[a] = strlen(jids[g]);
+            args[a + 1] = groups[g].domain, lens[a + 1] = strlen(groups[g].domain);
+            args[a + 2] = groups[g].rcpts.data, lens[a + 2] = groups[g].rcpts.len;
+        }
+        for (size_t i = 0; i < nkeys; i++)
+            keys[i] = keybuf[i];
+        call->done = on_status_reply;
+        call->cb.status = cb;
+        rc = fcall(call, "enqueue", false, (int)nkeys, keys, (int)nargs, args, lens);
+        call = NULL; /* fcall owns it now */
+    }
+    free(call);
+    free(keybuf);
+    free(keys);
+    free(jids);
+    free(args);
+    free(lens);
+out:
+    for (unsigned g = 0; g < n; g++)
+        buf_free(&groups[g].rcpts);
+    free(groups);
+    return rc;
+}
+
+/* ---- claim ---- */
+
+static long long reply_integer(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER) return r->integer;
+    if (r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
+    return -1;
+}
+
+static void on_claim_reply(struct call *call, redisReply *reply, const char *err)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        call->cb.claim(-1, reply ? "unexpected reply" : err, -1, NULL, 0, call->arg);
+        return;
+    }
+    const redisReply *list = reply->element[1];
+    unsigned n = (unsigned)(list->elements / 2);
+    queue_claimed_t *jobs = calloc(n ? n : 1, sizeof *jobs);
+    if (!jobs) {
+        call->cb.claim(-1, "out of memory", -1, NULL, 0, call->arg);
+        return;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const redisReply *jid = list->element[2 * i];
+        if (jid->type == REDIS_REPLY_STRING)
+            snprintf(jobs[i].jid, sizeof jobs[i].jid, "%s", jid->str);
+        jobs[i].token = reply_integer(list->element[2 * i + 1]);
+    }
+    call->cb.claim(0, NULL, reply_integer(reply->element[0]), jobs, n, call->arg);
+    free(jobs);
+}
+
+int queue_claim(queue_t *q, unsigned shard, const char *owner, unsigned max, unsigned lease_ms,
+                unsigned max_expiries, queue_claim_cb cb, void *arg)
+{
+    key_t_ kb[5];
+    const char *keys[5];
+    static const char *const names[] = {"due", "lease", "meta", "held", "st"};
+    for (int i = 0; i < 5; i++) {
+        shard_key(kb[i], shard, names[i]);
+        keys[i] = kb[i];
+    }
+    char smax[16], slease[16], sexp[16];
+    snprintf(smax, sizeof smax, "%u", max);
+    snprintf(slease, sizeof slease, "%u", lease_ms);
+    snprintf(sexp, sizeof sexp, "%u", max_expiries);
+    const char *args[] = {owner, slease, smax, sexp};
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_claim_reply;
+    call->cb.claim = cb;
+    return fcall(call, "claim", false, 5, keys, 4, args, NULL);
+}
+
+/* ---- fetch ---- */
+
+static const redisReply *hash_field(const redisReply *flat, const char *name)
+{
+    for (size_t i = 0; i + 1 < flat->elements; i += 2)
+        if (flat->element[i]->type == REDIS_REPLY_STRING && !strcmp(flat->element[i]->str, name))
+            return flat->element[i + 1];
+    return NULL;
+}
+
+static char *field_dup(const redisReply *flat, const char *name)
+{
+    const redisReply *v = hash_field(flat, name);
+    if (!v || v->type != REDIS_REPLY_STRING) return strdup("");
+    return strndup(v->str, v->len);
+}
+
+static int split_rcpts(queue_job_t *job, const char *text)
+{
+    unsigned n = 1;
+    for (const char *p = text; *p; p++)
+        n += *p == '\n';
+    job->rcpts = calloc(n, sizeof *job->rcpts);
+    if (!job->rcpts) return -1;
+    const char *p = text;
+    while (*p) {
+        size_t len = strcspn(p, "\n");
+        if (len && !(job->rcpts[job->n_rcpts++] = strndup(p, len))) return -1;
+        p += len + (p[len] == '\n');
+    }
+    return 0;
+}
+
+static queue_job_t *job_from_reply(const struct call *call, const redisReply *reply)
+{
+    const redisReply *jf = reply->element[0], *mf = reply->element[1], *body = reply->element[2];
+    if (jf->type != REDIS_REPLY_ARRAY || mf->type != REDIS_REPLY_ARRAY) return NULL;
+    queue_job_t *job = calloc(1, sizeof *job);
+    if (!job) return NULL;
+    job->shard = call->shard;
+    job->token = call->claimed.token;
+    memcpy(job->jid, call->claimed.jid, sizeof job->jid);
+    snprintf(job->mid, sizeof job->mid, "%.32s", job->jid);
+    const redisReply *v = hash_field(jf, "domain");
+    if (v && v->type == REDIS_REPLY_STRING) snprintf(job->domain, sizeof job->domain, "%s", v->str);
+    v = hash_field(jf, "attempts");
+    job->attempts = v ? (unsigned)reply_integer(v) : 0;
+    v = hash_field(mf, "received");
+    job->received_ms = v ? reply_integer(v) : 0;
+    job->sender = field_dup(mf, "sender");
+    char *rcpts = field_dup(jf, "rcpts");
+    int rc = (job->sender && rcpts) ? split_rcpts(job, rcpts) : -1;
+    free(rcpts);
+    if (rc == 0 && body->type == REDIS_REPLY_STRING) {
+        job->body = malloc(body->len ? body->len : 1);
+        if (job->body) memcpy(job->body, body->str, body->len);
+        job->body_len = body->len;
+    }
+    if (rc < 0 || !job->body || job->n_rcpts == 0) {
+        queue_job_free(job);
+        return NULL;
+    }
+    return job;
+}
+
+static void on_fetch_reply(struct call *call, redisReply *reply, const char *err)
+{
+    if (!reply) {
+        call->cb.fetch(-1, err, NULL, call->arg);
+    } else if (reply->type == REDIS_REPLY_NIL) {
+        call->cb.fetch(0, NULL, NULL, call->arg);
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
+        call->cb.fetch(-1, "unexpected reply", NULL, call->arg);
+    } else {
+        queue_job_t *job = job_from_reply(call, reply);
+        call->cb.fetch(job ? 0 : -1, job ? NULL : "malformed job", job, call->arg);
+    }
+}
+
+int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_fetch_cb cb,
+                void *arg)
+{
+    key_t_ kb[3];
+    char suffix[96];
+    snprintf(suffix, sizeof suffix, "j:%s", claimed->jid);
+    shard_key(kb[0], shard, suffix);
+    snprintf(suffix, sizeof suffix, "m:%.32s", claimed->jid);
+    shard_key(kb[1], shard, suffix);
+    snprintf(suffix, sizeof suffix, "b:%.32s:0", claimed->jid);
+    shard_key(kb[2], shard, suffix);
+    const char *keys[] = {kb[0], kb[1], kb[2]};
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_fetch_reply;
+    call->cb.fetch = cb;
+    call->shard = shard;
+    call->claimed = *claimed;
+    return fcall(call, "fetch", true, 3, keys, 0, NULL, NULL);
+}
+
+void queue_job_free(queue_job_t *job)
+{
+    if (!job) return;
+    for (unsigned i = 0; i < job->n_rcpts; i++)
+        free(job->rcpts[i]);
+    free(job->rcpts);
+    free(job->sender);
+    free(job->body);
+    free(job);
+}
+
+/* ---- extend and complete ---- */
+
+int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
+                 void *arg)
+{
+    key_t_ kb[3];
+    shard_key(kb[0], job->shard, "due");
+    shard_key(kb[1], job->shard, "lease");
+    shard_key(kb[2], job->shard, "meta");
+    const char *keys[] = {kb[0], kb[1], kb[2]};
+    char token[32], lease[16];
+    snprintf(token, sizeof token, "%lld", job->token);
+    snprintf(lease, sizeof lease, "%u", lease_ms);
+    const char *args[] = {job->jid, token, lease};
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_status_reply;
+    call->cb.status = cb;
+    return fcall(call, "extend", false, 3, keys, 3, args, NULL);
+}
+
+int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
+                   unsigned n_pending, unsigned delay_ms, const char *error, queue_status_cb cb,
+                   void *arg)
+{
+    key_t_ kb[8];
+    char suffix[96];
+    static const char *const names[] = {"due", "lease", "meta", "st", "dom"};
+    for (int i = 0; i < 5; i++)
+        shard_key(kb[i], job->shard, names[i]);
+    snprintf(suffix, sizeof suffix, "j:%s", job->jid);
+    shard_key(kb[5], job->shard, suffix);
+    snprintf(suffix, sizeof suffix, "m:%s", job->mid);
+    shard_key(kb[6], job->shard, suffix);
+    snprintf(suffix, sizeof suffix, "b:%s:0", job->mid);
+    shard_key(kb[7], job->shard, suffix);
+    const char *keys[8];
+    for (int i = 0; i < 8; i++)
+        keys[i] = kb[i];
+
+    buf_t list;
+    buf_init(&list);
+    for (unsigned i = 0; i < n_pending; i++)
+        if ((i && buf_append(&list, "\n", 1) < 0) ||
+            buf_append(&list, pending[i], strlen(pending[i])) < 0) {
+            buf_free(&list);
+            return -1;
+        }
+    char token[32], delay[16], shard[16];
+    snprintf(token, sizeof token, "%lld", job->token);
+    snprintf(delay, sizeof delay, "%u", delay_ms);
+    snprintf(shard, sizeof shard, "%u", job->shard);
+    const char *args[] = {job->jid,    token, list.data ? list.data : "", delay, error ? error : "",
+                          job->domain, shard};
+    int rc = -1;
+    struct call *call = call_new(q, arg);
+    if (call) {
+        call->done = on_status_reply;
+        call->cb.status = cb;
+        rc = fcall(call, "complete", false, 8, keys, 7, args, NULL);
+    }
+    buf_free(&list);
+    return rc;
+}
+
+/* ---- wake-ups ---- */
+
+static void on_wake_message(const char *payload, size_t len, void *arg)
+{
+    queue_t *q = arg;
+    if (!payload) return; /* dropped: on_watch_connect announces the rescan */
+    char text[16];
+    if (len == 0 || len >= sizeof text) return;
+    memcpy(text, payload, len);
+    text[len] = 0;
+    unsigned long shard = strtoul(text, NULL, 10);
+    if (shard < q->shards) q->on_wake((uint32_t)shard, q->on_wake_arg);
+}
+
+static void on_watch_connect(rconn_t *conn, void *arg)
+{
+    queue_t *q = arg;
+    (void)conn;
+    q->on_wake(UINT32_MAX, q->on_wake_arg);
+}
+
+int queue_watch(queue_t *q, void (*on_wake)(uint32_t shard, void *arg), void *arg)
+{
+    q->on_wake = on_wake;
+    q->on_wake_arg = arg;
+    q->watch_conn =
+        rconn_new(q->loop, q->redis.host, q->redis.port, q->timeout_ms, on_watch_connect, q);
+    if (!q->watch_conn) return -1;
+    return rconn_subscribe(q->watch_conn, WAKE_CHANNEL, on_wake_message, q);
+}

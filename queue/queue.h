@@ -1,0 +1,100 @@
+/* queue: the Redis-backed message queue. Every operation is one call of a
+ * function in the "sealpost" Redis Functions library (queue/functions/), which
+ * keeps each message's keys in one hash-tagged shard so one call is atomic and
+ * works the same on one Redis and on Redis Cluster. All calls are asynchronous
+ * on a libuv loop; each callback runs exactly once, or not at all when the call
+ * itself returned -1 (no connection). */
+#ifndef SEALPOST_QUEUE_H
+#define SEALPOST_QUEUE_H
+
+#include "core/core.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct queue queue_t;
+
+/* status 0 on success; otherwise err says what went wrong. */
+typedef void (*queue_status_cb)(int status, const char *err, void *arg);
+
+queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
+                    unsigned shards);
+void queue_close(queue_t *q);
+/* Connected to Redis (the library is loaded first on every connection). */
+bool queue_ready(const queue_t *q);
+unsigned queue_shards(const queue_t *q);
+/* The shard a message id lives in. */
+unsigned queue_shard_of(const queue_t *q, const char *mid);
+
+/* ---- ingress side ---- */
+
+typedef struct queue_message {
+    char id[33];        /* 128 random bits in hex: util_random_id */
+    const char *sender; /* "" for the null sender */
+    const char **rcpts; /* "local@domain", domain lower-case */
+    unsigned n_rcpts;
+    const char *info; /* one line about the submission, for the operator */
+    const char *body;
+    size_t body_len;
+} queue_message_t;
+
+/* Stores the envelope, the body and one delivery job per recipient domain in
+ * one atomic call; idempotent on the message id. */
+int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg);
+
+/* ---- worker side ---- */
+
+typedef struct queue_claimed {
+    char jid[48];
+    long long token;
+} queue_claimed_t;
+
+/* next_ms: milliseconds until the shard has something due again (a job or an
+ * expiring lease), -1 when it is empty. */
+typedef void (*queue_claim_cb)(int status, const char *err, long long next_ms,
+                               const queue_claimed_t *jobs, unsigned n_jobs, void *arg);
+
+/* Leases up to max due jobs of one shard to owner, reclaiming expired leases
+ * first; a job whose lease expired max_expiries times is held instead. */
+int queue_claim(queue_t *q, unsigned shard, const char *owner, unsigned max, unsigned lease_ms,
+                unsigned max_expiries, queue_claim_cb cb, void *arg);
+
+typedef struct queue_job {
+    unsigned shard;
+    char jid[48];
+    long long token;
+    char mid[33];
+    char domain[256];
+    char *sender;
+    char **rcpts;
+    unsigned n_rcpts;
+    unsigned attempts;
+    long long received_ms;
+    char *body;
+    size_t body_len;
+} queue_job_t;
+
+/* job is NULL when the job no longer exists (deleted); the callee owns it. */
+typedef void (*queue_fetch_cb)(int status, const char *err, queue_job_t *job, void *arg);
+int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_fetch_cb cb,
+                void *arg);
+void queue_job_free(queue_job_t *job);
+
+/* Renews the lease; fails with err "stale" when the lease was lost. */
+int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
+                 void *arg);
+
+/* Records the attempt: the recipients still pending (none: the job is done)
+ * are due again after delay_ms, with error as the last error. Fails with err
+ * "stale" when the lease was lost (another worker owns the job now). */
+int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
+                   unsigned n_pending, unsigned delay_ms, const char *error, queue_status_cb cb,
+                   void *arg);
+
+/* Calls on_wake(shard) when something was enqueued into a shard, and
+ * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */
+int queue_watch(queue_t *q, void (*on_wake)(uint32_t shard, void *arg), void *arg);
+
+#endif

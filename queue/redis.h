@@ -1,0 +1,34 @@
+/* Private to queue/: one Redis connection on a libuv loop, with our own
+ * hiredis adapter, a deadline per request and reconnection from a timer. */
+#ifndef SEALPOST_QUEUE_REDIS_H
+#define SEALPOST_QUEUE_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct rconn rconn_t;
+
+/* reply is NULL when err says why (timeout, connection lost, not connected).
+ * An error reply from Redis arrives as a reply of type REDIS_REPLY_ERROR. */
+typedef void (*rconn_reply_cb)(redisReply *reply, const char *err, void *arg);
+/* Runs each time a connection is established, before queued requests are answered. */
+typedef void (*rconn_connect_cb)(rconn_t *conn, void *arg);
+
+rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
+                   rconn_connect_cb on_connect, void *arg);
+/* Closes the connection; pending callbacks run with an error first. */
+void rconn_free(rconn_t *conn);
+bool rconn_connected(const rconn_t *conn);
+
+/* Sends one command. Returns -1 without calling cb when there is no
+ * connection to send it on; otherwise cb runs exactly once, later. */
+int rconn_command(rconn_t *conn, rconn_reply_cb cb, void *arg, int argc, const char **argv,
+                  const size_t *lens);
+/* Subscribes to a channel on this (dedicated) connection, again after each
+ * reconnect. cb gets each message payload, and NULL when the connection drops
+ * (messages may have been missed). */
+int rconn_subscribe(rconn_t *conn, const char *channel,
+                    void (*cb)(const char *payload, size_t len, void *arg), void *arg);
+
+#endif

@@ -1,0 +1,251 @@
+"""Real peers for the integration tests: redis-server, aiosmtpd sinks and the
+sealpost binary itself, each started on loopback in a temporary folder and
+stopped by the test that started it."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("SEALPOST_BIN", str(ROOT / "build" / "sealpost"))
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A durable redis-server (AOF, fsync always) that can be stopped and
+    started again on the same port and data."""
+
+    def __init__(self, tmp: Path):
+        self.dir = tmp / "redis"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--maxmemory-policy", "noeviction",
+             "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open("127.0.0.1", self.port), what="redis-server")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self):
+        return redis_py.Redis(port=self.port)
+
+
+class Sink:
+    """An aiosmtpd server that records every message; replies can be scripted
+    per recipient with rcpt_reply(address) -> reply string or None."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.host = host
+        self.port = free_port(host)
+        self.messages = []  # (mail_from, [rcpts], content bytes)
+        self.lock = threading.Lock()
+        self.rcpt_reply = lambda addr: None
+        self.data_delay = 0.0
+        self.controller = Controller(self, hostname=host, port=self.port)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rcpt_reply(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            import asyncio
+            await asyncio.sleep(self.data_delay)
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  envelope.original_content))
+        return "250 2.0.0 OK"
+
+    def count(self):
+        with self.lock:
+            return len(self.messages)
+
+    def start(self):
+        self.controller.start()
+        return self
+
+    def stop(self):
+        self.controller.stop()
+
+
+class Sealpost:
+    """One sealpost process (ingress, worker or up) with its own config."""
+
+    def __init__(self, tmp: Path, name: str, config: str, command: str):
+        self.path = tmp / f"{name}.conf"
+        self.path.write_text(config)
+        self.log_path = tmp / f"{name}.log"
+        self.command = command
+        self.proc = None
+        self.log = None
+
+    def start(self, wait_port=None):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, self.command, "-c", str(self.path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.path.parent)
+        if wait_port:
+            wait_for(lambda: port_open("127.0.0.1", wait_port) or self.proc.poll() is not None,
+                     what=f"sealpost {self.command} on port {wait_port}")
+            assert self.proc.poll() is None, self.read_log()
+        return self
+
+    def read_log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout=20):
+        """SIGTERM and wait; returns the exit code."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"sealpost {self.command} ignored SIGTERM")
+        self.log.close()
+        return self.proc.returncode
+
+    def check_clean_exit(self):
+        """Stops the process and fails on a non-zero exit or a sanitizer report."""
+        code = self.stop()
+        log = self.read_log()
+        assert "ERROR: AddressSanitizer" not in log, log[-4000:]
+        assert "runtime error:" not in log, log[-4000:]
+        assert code == 0, f"exit {code}\n{log[-4000:]}"
+
+
+def base_config(redis_port, listen_port, sink_port, extra=""):
+    return f"""
+[redis]
+url = redis://127.0.0.1:{redis_port}
+timeout_ms = 1000
+
+[ingress]
+listen = 127.0.0.1:{listen_port}
+hostname = mx.sealpost.test
+relay_domains = example.test
+
+[worker]
+lease_seconds = 3
+retry_delay = 1
+connect_timeout = 5
+command_timeout = 10
+
+[routes]
+example.test = 127.0.0.1:{sink_port}
+
+[log]
+level = info
+{extra}
+"""
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink():
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+class Stack:
+    """Redis, a sink, and sealpost processes made from one configuration."""
+
+    def __init__(self, tmp, redis_server, sink):
+        self.tmp = tmp
+        self.redis = redis_server
+        self.sink = sink
+        self.smtp_port = free_port()
+        self.procs = []
+
+    def config(self, extra=""):
+        return base_config(self.redis.port, self.smtp_port, self.sink.port, extra)
+
+    def ingress(self, extra="", name="ingress"):
+        p = Sealpost(self.tmp, name, self.config(extra), "ingress").start(self.smtp_port)
+        self.procs.append(p)
+        wait_for(lambda: "event=redis_connected" in p.read_log(), what="ingress to reach redis")
+        return p
+
+    def worker(self, extra="", name=None):
+        name = name or f"worker{len(self.procs)}"
+        p = Sealpost(self.tmp, name, self.config(extra), "worker").start()
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+
+
+@pytest.fixture
+def stack(tmp_path, redis_server, sink):
+    st = Stack(tmp_path, redis_server, sink)
+    yield st
+    st.close()
+
+
+def pytest_configure(config):
+    if not Path(BIN).exists():
+        raise pytest.UsageError(f"sealpost binary not found at {BIN}; run `make` first")
+    if not shutil.which("redis-server"):
+        raise pytest.UsageError("redis-server not found; run `make setup`")
