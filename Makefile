@@ -42,7 +42,7 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(ASAN_BUILD) && ctest --output-on-failure
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
-	SEALPOST_BIN=$(CURDIR)/$(ASAN_BUILD)/sealpost $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 # Longer fuzzing runs, by hand.
 fuzz: setup $(FUZZ_BUILD)/Makefile

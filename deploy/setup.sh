@@ -28,6 +28,6 @@ fi
 echo "sealpost: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# redis-server's package starts a system Redis on 6379; we never use it, and
-# policy-rc.d keeps it from starting inside containers and CI.
+# redis-server's package may start a system Redis on 6379; sealpost never uses
+# that one (`sealpost up` runs its own on 6380, tests on free ports).
 apt-get install -y -qq --no-install-recommends $missing

@@ -1,6 +1,7 @@
 /* SMTP command lines, paths and ESMTP parameters (RFC 5321 §4.1, RFC 6531). */
 #include "proto/proto.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 #include <strings.h>
 
@@ -150,9 +151,18 @@ static size_t scan_domain(const unsigned char *p, size_t len, bool *utf8)
 {
     size_t i = 0;
     if (len && p[0] == '[') {
-        for (i = 1; i < len && p[i] != ']'; i++)
-            if (p[i] < 33 || p[i] > 126 || p[i] == '[' || p[i] == '\\') return 0;
-        return (i < len && i > 1) ? i + 1 : 0;
+        /* RFC 5321 §4.1.3: an IPv4 literal or "IPv6:" and an IPv6 address; no
+         * other tag is standardised, so general literals are refused. */
+        char text[64];
+        const unsigned char *close = memchr(p, ']', len);
+        size_t n = close ? (size_t)(close - p) - 1 : 0;
+        if (n == 0 || n >= sizeof text) return 0;
+        memcpy(text, p + 1, n);
+        text[n] = 0;
+        unsigned char addr[16];
+        bool ok = !strncasecmp(text, "IPv6:", 5) ? inet_pton(AF_INET6, text + 5, addr) == 1
+                                                 : inet_pton(AF_INET, text, addr) == 1;
+        return ok ? n + 2 : 0;
     }
     size_t label = 0;
     while (i < len && p[i] != '>') {

@@ -289,10 +289,10 @@ static void on_claim_reply(struct call *call, redisReply *reply, const char *err
         return;
     }
     for (unsigned i = 0; i < n; i++) {
-        const redisReply *jid = list->element[2 * i];
+        const redisReply *jid = list->element[(size_t)2 * i];
         if (jid->type == REDIS_REPLY_STRING)
             snprintf(jobs[i].jid, sizeof jobs[i].jid, "%s", jid->str);
-        jobs[i].token = reply_integer(list->element[2 * i + 1]);
+        jobs[i].token = reply_integer(list->element[(size_t)2 * i + 1]);
     }
     call->cb.claim(0, NULL, reply_integer(reply->element[0]), jobs, n, call->arg);
     free(jobs);

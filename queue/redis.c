@@ -135,7 +135,7 @@ static void drop(rconn_t *c, const char *why)
 {
     redisAsyncContext *ac = c->ac;
     if (!ac) return;
-    if (c->connected)
+    if (c->connected && !c->closing)
         log_warn("event=redis_disconnect redis=%s:%d reason=\"%s\"", c->host, c->port, why);
     c->ac = NULL;
     c->connected = false;

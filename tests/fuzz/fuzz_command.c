@@ -43,7 +43,9 @@ static void check_path(const char *args, size_t len, bool allow_null)
     for (size_t i = 0; i < n; i++)
         non_ascii |= (unsigned char)p.addr[i] >= 0x80;
     CHECK(non_ascii == p.utf8);
-    CHECK(memchr(p.addr, '>', n) == NULL);
+    /* A '>' can only be inside a quoted local part. */
+    const char *gt = memchr(p.addr, '>', n);
+    CHECK(gt == NULL || (p.addr[0] == '"' && (size_t)(gt - p.addr) < p.at));
     if (n == 0) {
         CHECK(allow_null);
         CHECK(p.at == 0);

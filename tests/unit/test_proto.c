@@ -687,8 +687,8 @@ static void test_data_line_length(void **state)
     char *big = test_malloc(5 * 1000 + 4);
     assert_non_null(big);
     for (int i = 0; i < 5; i++) {
-        memset(big + i * 1000, 'a' + i, 998);
-        memcpy(big + i * 1000 + 998, "\r\n", 2);
+        memset(big + (size_t)i * 1000, 'a' + i, 998);
+        memcpy(big + (size_t)i * 1000 + 998, "\r\n", 2);
     }
     memcpy(big + 5000, ".\r\n", 3);
     expect_data(big, 5003, 1000, 1 << 20, big, 5000, 5003, PROTO_DATA_OK, true);
