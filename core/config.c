@@ -47,7 +47,9 @@ static const key_spec_t keys[] = {
 
     {"worker", "concurrency", T_UINT, OFF(worker.concurrency), 1, 10000, "20"},
     {"worker", "lease_seconds", T_UINT, OFF(worker.lease_seconds), 1, 86400, "300"},
-    {"worker", "retry_delay", T_UINT, OFF(worker.retry_delay), 1, 86400, "300"},
+    {"worker", "min_backoff", T_UINT, OFF(worker.min_backoff), 1, 86400, "300"},
+    {"worker", "max_backoff", T_UINT, OFF(worker.max_backoff), 1, 604800, "3600"},
+    {"worker", "max_queue_lifetime", T_UINT, OFF(worker.max_queue_lifetime), 1, 31536000, "432000"},
     {"worker", "max_lease_expiries", T_UINT, OFF(worker.max_lease_expiries), 1, 1000, "5"},
     {"worker", "connect_timeout", T_UINT, OFF(worker.connect_timeout), 1, 3600, "30"},
     {"worker", "command_timeout", T_UINT, OFF(worker.command_timeout), 1, 3600, "300"},
@@ -363,6 +365,11 @@ int config_load(config_t *cfg, const char *path, char *err, size_t errlen)
         snprintf(cfg->ingress.hostname, sizeof cfg->ingress.hostname, "localhost");
     if (!cfg->worker.helo_name[0])
         snprintf(cfg->worker.helo_name, sizeof cfg->worker.helo_name, "%s", cfg->ingress.hostname);
+    if (cfg->worker.max_backoff < cfg->worker.min_backoff) {
+        snprintf(err, errlen, "[worker] max_backoff (%u) is below min_backoff (%u)",
+                 cfg->worker.max_backoff, cfg->worker.min_backoff);
+        return -1;
+    }
     if (cfg->redis.url[0]) {
         net_hostport_t hp;
         if (config_redis_address(cfg, &hp) < 0) {

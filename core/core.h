@@ -117,7 +117,9 @@ typedef struct config {
     struct {
         unsigned concurrency;
         unsigned lease_seconds;
-        unsigned retry_delay;
+        unsigned min_backoff; /* seconds; doubles per attempt up to max_backoff */
+        unsigned max_backoff;
+        unsigned max_queue_lifetime; /* seconds; then the message bounces as expired */
         unsigned max_lease_expiries;
         unsigned connect_timeout;
         unsigned command_timeout;

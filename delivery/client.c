@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum step {
     STEP_GREETING,
@@ -33,6 +34,9 @@ typedef struct client {
     unsigned accepted;
     buf_t in;
     int multiline_code; /* code of the reply being read, 0 between replies */
+    bool peer_8bitmime; /* from the EHLO reply */
+    bool peer_size_known;
+    unsigned long long peer_size; /* the peer's SIZE limit, 0: none given */
     client_result_t result;
     bool finished; /* result reported */
     client_done_cb done;
@@ -45,6 +49,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (--c->handles_open > 0) return;
     c->done(&c->result, c->arg);
     free(c->result.codes);
+    free(c->result.replies);
     buf_free(&c->in);
     free(c);
 }
@@ -57,7 +62,14 @@ static void client_close(client_t *c)
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
-/* Records a text for the attempt, without control characters. */
+/* Remote text goes into logs (key="value"), Redis and bounces: no control
+ * characters, no quotes. */
+static void sanitize(char *text)
+{
+    for (char *p = text; *p; p++)
+        if ((unsigned char)*p < 32 || *p == '"' || *p == 127) *p = ' ';
+}
+
 static void set_detail(client_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void set_detail(client_t *c, const char *fmt, ...)
@@ -66,22 +78,28 @@ static void set_detail(client_t *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->result.detail, sizeof c->result.detail, fmt, ap);
     va_end(ap);
-    for (char *p = c->result.detail; *p; p++)
-        if ((unsigned char)*p < 32 || *p == '"' || *p == 127) *p = ' ';
+    sanitize(c->result.detail);
 }
 
-/* Every recipient not yet decided gets code (0: not reached). */
-static void settle_undecided(client_t *c, int code)
+static void set_reply(client_t *c, unsigned i, int code, const char *text)
+{
+    c->result.codes[i] = code;
+    snprintf(c->result.replies[i], CLIENT_REPLY_MAX, "%.*s", CLIENT_REPLY_MAX - 1, text);
+    sanitize(c->result.replies[i]);
+}
+
+/* Every recipient not yet decided gets code and text (code 0: not reached). */
+static void settle_undecided(client_t *c, int code, const char *text)
 {
     for (unsigned i = 0; i < c->result.n_codes; i++)
         if (c->result.codes[i] == 0 || (c->result.codes[i] / 100 == 2 && c->step <= STEP_BODY))
-            c->result.codes[i] = code;
+            set_reply(c, i, code, text);
 }
 
 static void fail(client_t *c, const char *what)
 {
     set_detail(c, "%s: %s", c->dest, what);
-    settle_undecided(c, 0);
+    settle_undecided(c, 0, c->result.detail);
     client_close(c);
 }
 
@@ -161,6 +179,41 @@ static void send_next_rcpt(client_t *c)
     }
 }
 
+/* An EHLO reply line names one extension (RFC 5321 §4.1.1.1). */
+static void note_extension(client_t *c, const char *line, size_t len)
+{
+    if (len < 4) return;
+    const char *kw = line + 4;
+    size_t n = len - 4;
+    if (n >= 8 && !strncasecmp(kw, "8BITMIME", 8) && (n == 8 || kw[8] == ' '))
+        c->peer_8bitmime = true;
+    if (n >= 4 && !strncasecmp(kw, "SIZE", 4) && (n == 4 || kw[4] == ' ')) {
+        c->peer_size_known = true;
+        c->peer_size = n > 5 ? strtoull(kw + 5, NULL, 10) : 0;
+    }
+}
+
+/* MAIL FROM, with SIZE and BODY when the peer offers them. A message over the
+ * peer's announced limit fails here with the peer's own figure. */
+static void send_mail(client_t *c)
+{
+    const queue_job_t *job = c->job;
+    if (c->peer_size_known && c->peer_size && job->body_len > c->peer_size) {
+        char text[160];
+        snprintf(text, sizeof text, "552 5.3.4 message size %zu exceeds the limit of %llu",
+                 job->body_len, c->peer_size);
+        set_detail(c, "%s: %s", c->dest, text);
+        settle_undecided(c, 552, text);
+        send_line(c, STEP_QUIT, "QUIT");
+        return;
+    }
+    char size[40] = "";
+    if (c->peer_size_known) snprintf(size, sizeof size, " SIZE=%zu", job->body_len);
+    bool body = c->peer_8bitmime && job->mail_params[0];
+    send_line(c, STEP_MAIL, "MAIL FROM:<%s>%s%s%s", job->sender, size, body ? " " : "",
+              body ? job->mail_params : "");
+}
+
 /* One complete reply: decide the next step. */
 static void on_reply(client_t *c, int code, const char *text)
 {
@@ -177,7 +230,7 @@ static void on_reply(client_t *c, int code, const char *text)
     case STEP_EHLO:
     case STEP_HELO:
         if (class == 2)
-            send_line(c, STEP_MAIL, "MAIL FROM:<%s>", c->job->sender);
+            send_mail(c);
         else if (c->step == STEP_EHLO && class == 5)
             send_line(c, STEP_HELO, "HELO %s", c->cfg->worker.helo_name);
         else
@@ -188,11 +241,11 @@ static void on_reply(client_t *c, int code, const char *text)
             send_next_rcpt(c);
             return;
         }
-        settle_undecided(c, code);
+        settle_undecided(c, code, text);
         send_line(c, STEP_QUIT, "QUIT");
         return;
     case STEP_RCPT:
-        c->result.codes[c->rcpt_index++] = code;
+        set_reply(c, c->rcpt_index++, code, text);
         if (class == 2) c->accepted++;
         send_next_rcpt(c);
         return;
@@ -201,11 +254,12 @@ static void on_reply(client_t *c, int code, const char *text)
             send_body(c);
             return;
         }
-        settle_undecided(c, class == 2 ? 451 : code); /* 2xx to DATA is a protocol error */
+        /* 2xx to DATA is a protocol error: try again later. */
+        settle_undecided(c, class == 2 ? 451 : code, text);
         send_line(c, STEP_QUIT, "QUIT");
         return;
     case STEP_BODY:
-        settle_undecided(c, code);
+        settle_undecided(c, code, text);
         if (class == 2) set_detail(c, "%s said: %s", c->dest, text);
         c->step = STEP_QUIT; /* settled: a failure after this changes nothing */
         send_line(c, STEP_QUIT, "QUIT");
@@ -230,6 +284,7 @@ static void read_replies(client_t *c)
             return;
         }
         c->multiline_code = last ? 0 : code;
+        if (c->step == STEP_EHLO && code / 100 == 2) note_extension(c, c->in.data, len);
         char text[512];
         snprintf(text, sizeof text, "%.*s", (int)(len > 500 ? 500 : len), c->in.data);
         buf_consume(&c->in, (size_t)(lf - c->in.data) + 1);
@@ -296,11 +351,14 @@ void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *
                     const queue_job_t *job, client_done_cb done, void *arg)
 {
     client_t *c = calloc(1, sizeof *c);
-    int *codes = calloc(job->n_rcpts ? job->n_rcpts : 1, sizeof *codes);
-    if (!c || !codes) {
+    size_t n = job->n_rcpts ? job->n_rcpts : 1;
+    int *codes = calloc(n, sizeof *codes);
+    char(*replies)[CLIENT_REPLY_MAX] = calloc(n, sizeof *replies);
+    if (!c || !codes || !replies) {
         free(c);
         free(codes);
-        client_result_t r = {NULL, 0, "out of memory"};
+        free(replies);
+        client_result_t r = {.detail = "out of memory"};
         done(&r, arg);
         return;
     }
@@ -310,8 +368,10 @@ void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *
     c->done = done;
     c->arg = arg;
     c->result.codes = codes;
+    c->result.replies = replies;
     c->result.n_codes = job->n_rcpts;
     snprintf(c->dest, sizeof c->dest, "%s:%u", dest->host, dest->port);
+    c->result.remote = c->dest;
     uv_tcp_init(loop, &c->tcp);
     uv_timer_init(loop, &c->timer);
     c->tcp.data = c->timer.data = c->connect_req.data = c;

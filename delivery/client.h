@@ -7,14 +7,18 @@
 
 #include <uv.h>
 
+#define CLIENT_REPLY_MAX 200
+
 typedef struct client_result {
     /* Per recipient of the job: the reply that decides its fate (2xx
      * delivered, 4xx try again, 5xx failed), or 0 when the transaction never
      * reached it (connection failure: try again). */
     int *codes;
+    char (*replies)[CLIENT_REPLY_MAX]; /* per recipient: the deciding reply text */
     unsigned n_codes;
     /* The reply or error worth recording: "451 4.3.0 ..." or "connect: ...". */
     char detail[256];
+    const char *remote; /* "host:port" that was tried */
 } client_result_t;
 
 typedef void (*client_done_cb)(const client_result_t *result, void *arg);

@@ -7,6 +7,7 @@
  * slow interval in case a wake-up was lost: pub/sub is at-most-once. */
 #include "delivery/delivery.h"
 
+#include "delivery/bounce.h"
 #include "delivery/client.h"
 
 #include <stdio.h>
@@ -90,44 +91,129 @@ static void on_completed(int status, const char *err, void *arg)
     delivery_finish(d);
 }
 
-static void log_outcome(const delivery_t *d, const char *rcpt, int code, const char *detail)
+static void log_outcome(const delivery_t *d, const char *rcpt, const char *event,
+                        const char *detail)
 {
-    const char *event = code / 100 == 2 ? "delivered" : code / 100 == 5 ? "failed" : "deferred";
     log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", event, d->job->mid, rcpt,
              d->job->attempts + 1, detail);
 }
 
-/* Records the attempt. Recipients that got 2xx are done; 4xx and unreached
- * ones are tried again after the retry delay. 5xx ones are dropped here:
- * bounces come with the delivery issue, until then the log says "failed". */
-static void record(delivery_t *d, const int *codes, const char *detail)
+/* The delay before attempt n+1 (n attempts made so far): the backoff doubles
+ * from min_backoff per attempt up to max_backoff, and the delay is drawn
+ * uniformly from [min_backoff, that backoff] ("full jitter" above a floor),
+ * so retries of many messages spread out but never come sooner than
+ * min_backoff. */
+static uint64_t backoff_ms(const config_t *cfg, unsigned attempts)
+{
+    uint64_t lo = (uint64_t)cfg->worker.min_backoff * 1000;
+    uint64_t hi = lo, cap = (uint64_t)cfg->worker.max_backoff * 1000;
+    for (unsigned i = 0; i < attempts && hi < cap; i++)
+        hi *= 2;
+    if (hi > cap) hi = cap;
+    uint64_t span = hi - lo;
+    return lo +
+           (span ? util_random_below((uint32_t)(span > UINT32_MAX ? UINT32_MAX : span) + 1) : 0);
+}
+
+/* What one attempt decided, recipient by recipient. */
+typedef struct outcome {
+    const char **pending; /* tried again later */
+    unsigned n_pending;
+    bounce_rcpt_t *failed; /* bounced now */
+    char (*status)[16];
+    unsigned n_failed;
+} outcome_t;
+
+static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool expired)
 {
     queue_job_t *job = d->job;
-    const char **pending = calloc(job->n_rcpts, sizeof *pending);
-    unsigned n = 0;
-    if (!pending) {
-        delivery_finish(d); /* the lease runs out and the job is tried again */
-        return;
-    }
     for (unsigned i = 0; i < job->n_rcpts; i++) {
-        int code = codes ? codes[i] : 0;
-        log_outcome(d, job->rcpts[i], code, detail);
-        if (code / 100 != 2 && code / 100 != 5) pending[n++] = job->rcpts[i];
+        int code = r ? r->codes[i] : 0;
+        const char *reply = r && r->replies[i][0] ? r->replies[i] : (r ? r->detail : "");
+        if (code / 100 == 2) {
+            log_outcome(d, job->rcpts[i], "delivered", reply);
+        } else if (code / 100 == 5 || expired) {
+            bounce_rcpt_t *f = &o->failed[o->n_failed];
+            f->addr = job->rcpts[i];
+            f->remote = code / 100 == 5;
+            f->diagnostic = reply;
+            if (f->remote)
+                bounce_status_of(reply, o->status[o->n_failed]);
+            else
+                snprintf(o->status[o->n_failed], 16, "4.4.7"); /* delivery time expired */
+            f->status = o->status[o->n_failed++];
+            log_outcome(d, job->rcpts[i], f->remote ? "bounced" : "expired", reply);
+        } else {
+            o->pending[o->n_pending++] = job->rcpts[i];
+            log_outcome(d, job->rcpts[i], "deferred", reply);
+        }
     }
-    if (n) {
-        uint64_t due = uv_now(d->w->loop) + (uint64_t)d->w->cfg->worker.retry_delay * 1000;
-        if (due < d->w->next_due[d->shard]) d->w->next_due[d->shard] = due;
+}
+
+/* Builds the bounce for the failed recipients; false when none is due (no
+ * failures, or a null sender: never bounce a bounce). */
+static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t *o,
+                        queue_bounce_t *b, buf_t *body)
+{
+    if (o->n_failed == 0 || !d->job->sender[0]) return false;
+    queue_bounce_id(d->w->queue, d->shard, b->id);
+    bounce_report_t report = {
+        .reporting_mta = d->w->cfg->worker.helo_name,
+        .remote_mta = r ? r->remote : NULL,
+        .bounce_id = b->id,
+        .job = d->job,
+        .rcpts = o->failed,
+        .n_rcpts = o->n_failed,
+    };
+    if (bounce_build(&report, body) < 0) return false;
+    b->rcpt = d->job->sender;
+    b->info = "bounce";
+    b->body = body->data;
+    b->body_len = body->len;
+    log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", d->job->mid, b->id, b->rcpt,
+             o->n_failed);
+    return true;
+}
+
+/* Records the attempt: 2xx recipients are done, 4xx and unreached ones are
+ * tried again after the backoff, 5xx ones (and every pending one once the
+ * message is older than max_queue_lifetime) are bounced in the same call. */
+static void record(delivery_t *d, const client_result_t *r)
+{
+    queue_job_t *job = d->job;
+    const config_t *cfg = d->w->cfg;
+    outcome_t o = {
+        .pending = calloc(job->n_rcpts, sizeof *o.pending),
+        .failed = calloc(job->n_rcpts, sizeof *o.failed),
+        .status = calloc(job->n_rcpts, sizeof *o.status),
+    };
+    buf_t body;
+    buf_init(&body);
+    int rc = -1;
+    if (o.pending && o.failed && o.status) {
+        int64_t age_ms = util_now_ms() - job->received_ms;
+        classify(d, r, &o, age_ms > (int64_t)cfg->worker.max_queue_lifetime * 1000);
+        queue_bounce_t bounce;
+        bool bouncing = make_bounce(d, r, &o, &bounce, &body);
+        uint64_t delay = backoff_ms(cfg, job->attempts);
+        if (o.n_pending) {
+            uint64_t due = uv_now(d->w->loop) + delay;
+            if (due < d->w->next_due[d->shard]) d->w->next_due[d->shard] = due;
+        }
+        rc = queue_complete(d->w->queue, job, o.pending, o.n_pending, (unsigned)delay,
+                            r ? r->detail : "", bouncing ? &bounce : NULL, on_completed, d);
     }
-    int rc = queue_complete(d->w->queue, job, pending, n, d->w->cfg->worker.retry_delay * 1000,
-                            detail, on_completed, d);
-    free(pending);
-    if (rc < 0) on_completed(-1, "redis not connected", d);
+    free(o.pending);
+    free(o.failed);
+    free(o.status);
+    buf_free(&body);
+    if (rc < 0) on_completed(-1, "redis not connected or out of memory", d);
 }
 
 static void on_delivered(const client_result_t *result, void *arg)
 {
     delivery_t *d = arg;
-    record(d, result->codes, result->detail);
+    record(d, result->codes ? result : NULL);
 }
 
 static void on_lease_timer(uv_timer_t *t);
@@ -161,9 +247,8 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     uv_timer_start(&d->lease_timer, on_lease_timer, renew, renew);
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
     if (!route) {
-        char detail[300];
-        snprintf(detail, sizeof detail, "no route to %s", job->domain);
-        record(d, NULL, detail);
+        log_warn("event=no_route mid=%s domain=%s", job->mid, job->domain);
+        record(d, NULL);
         return;
     }
     client_deliver(d->w->loop, d->w->cfg, route, job, on_delivered, d);

@@ -8,6 +8,7 @@
  * collected and flushed in one write when the session waits for input. */
 #include "ingress/session.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,7 @@ struct session {
     char helo[256];
     bool esmtp;
     bool in_mail;
+    bool body_8bit; /* BODY=8BITMIME */
     char sender[PROTO_PATH_MAX + 1];
     char **rcpts;
     unsigned n_rcpts;
@@ -114,6 +116,7 @@ static void transaction_reset(session_t *s)
     s->rcpts = NULL;
     s->n_rcpts = 0;
     s->in_mail = false;
+    s->body_8bit = false;
     s->in_data = false;
     s->sender[0] = 0;
     s->mid[0] = 0;
@@ -241,31 +244,55 @@ static void proceed_helo(session_t *s, const proto_command_t *cmd)
     reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
+/* RFC 1870 size-value: 1*20DIGIT. */
+static bool parse_size(const proto_param_t *p, unsigned long long *out)
+{
+    if (!p->value || p->value_len == 0 || p->value_len > 20) return false;
+    unsigned long long v = 0;
+    for (size_t i = 0; i < p->value_len; i++) {
+        if (p->value[i] < '0' || p->value[i] > '9') return false;
+        unsigned digit = (unsigned)(p->value[i] - '0');
+        v = v > (ULLONG_MAX - digit) / 10 ? ULLONG_MAX : v * 10 + digit;
+    }
+    *out = v;
+    return true;
+}
+
+static bool param_is(const proto_param_t *p, const char *key)
+{
+    return p->key_len == strlen(key) && !strncasecmp(p->key, key, p->key_len);
+}
+
+static bool value_is(const proto_param_t *p, const char *value)
+{
+    return p->value && p->value_len == strlen(value) && !strncasecmp(p->value, value, p->value_len);
+}
+
+/* Checks MAIL's parameters; remembers BODY=8BITMIME to pass it on. */
 static bool mail_params_ok(session_t *s, const proto_path_t *path)
 {
+    if (path->n_params && !s->esmtp) {
+        reply(s, "555 5.5.4 Parameters need EHLO");
+        return false;
+    }
     for (unsigned i = 0; i < path->n_params; i++) {
         const proto_param_t *p = &path->params[i];
-        if (p->key_len == 4 && !strncasecmp(p->key, "SIZE", 4) && p->value) {
-            char text[24];
-            if (p->value_len >= sizeof text) goto too_big;
-            memcpy(text, p->value, p->value_len);
-            text[p->value_len] = 0;
-            char *end;
-            unsigned long long size = strtoull(text, &end, 10);
-            if (*end || text[0] < '0' || text[0] > '9') break;
-            if (size > s->cfg->ingress.max_message_size) goto too_big;
-        } else if (p->key_len == 4 && !strncasecmp(p->key, "BODY", 4) && p->value &&
-                   ((p->value_len == 4 && !strncasecmp(p->value, "7BIT", 4)) ||
-                    (p->value_len == 8 && !strncasecmp(p->value, "8BITMIME", 8)))) {
-            continue;
+        unsigned long long size;
+        if (param_is(p, "SIZE")) {
+            if (!parse_size(p, &size)) {
+                reply(s, "501 5.5.4 Bad SIZE parameter");
+                return false;
+            }
+            if (size > s->cfg->ingress.max_message_size) {
+                reply(s, "552 5.3.4 Message size exceeds fixed limit");
+                return false;
+            }
+        } else if (param_is(p, "BODY") && (value_is(p, "7BIT") || value_is(p, "8BITMIME"))) {
+            s->body_8bit = value_is(p, "8BITMIME");
         } else {
             reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
             return false;
         }
-        continue;
-    too_big:
-        reply(s, "552 5.3.4 Message size exceeds fixed limit");
-        return false;
     }
     return true;
 }
@@ -440,6 +467,7 @@ static void commit_message(session_t *s)
     m.rcpts = (const char **)s->rcpts;
     m.n_rcpts = s->n_rcpts;
     m.info = info;
+    m.mail_params = s->body_8bit ? "BODY=8BITMIME" : "";
     m.body = s->body.data;
     m.body_len = s->body.len;
     s->busy = true;

@@ -213,7 +213,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
         if (buf_append(&groups[g].rcpts, m->rcpts[i], strlen(m->rcpts[i])) < 0) goto out;
     }
 
-    size_t nkeys = 5 + n, nargs = 6 + 3 * (size_t)n;
+    size_t nkeys = 5 + n, nargs = 7 + 3 * (size_t)n;
     key_t_ *keybuf = calloc(nkeys, sizeof *keybuf);
     const char **keys = calloc(nkeys, sizeof *keys);
     char(*jids)[48] = calloc(n, sizeof *jids);
@@ -231,16 +231,17 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
         shard_key(keybuf[4], shard, "dom");
         snprintf(shard_text, sizeof shard_text, "%u", shard);
         snprintf(count, sizeof count, "%u", n);
-        const char *head[] = {m->id, shard_text, m->sender, m->info ? m->info : ""};
-        for (int i = 0; i < 4; i++)
+        const char *head[] = {m->id, shard_text, m->sender, m->mail_params ? m->mail_params : "",
+                              m->info ? m->info : ""};
+        for (int i = 0; i < 5; i++)
             args[i] = head[i], lens[i] = strlen(head[i]);
-        args[4] = m->body, lens[4] = m->body_len;
-        args[5] = count, lens[5] = strlen(count);
+        args[5] = m->body, lens[5] = m->body_len;
+        args[6] = count, lens[6] = strlen(count);
         for (unsigned g = 0; g < n; g++) {
             snprintf(jids[g], sizeof jids[g], "%s.%u", m->id, g);
             snprintf(suffix, sizeof suffix, "j:%s", jids[g]);
             shard_key(keybuf[5 + g], shard, suffix);
-            size_t a = 6 + 3 * (size_t)g;
+            size_t a = 7 + 3 * (size_t)g;
             args[a] = jids[g], lens[a] = strlen(jids[g]);
             args[a + 1] = groups[g].domain, lens[a + 1] = strlen(groups[g].domain);
             args[a + 2] = groups[g].rcpts.data, lens[a + 2] = groups[g].rcpts.len;
@@ -370,8 +371,9 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     v = hash_field(mf, "received");
     job->received_ms = v ? reply_integer(v) : 0;
     job->sender = field_dup(mf, "sender");
+    job->mail_params = field_dup(mf, "params");
     char *rcpts = field_dup(jf, "rcpts");
-    int rc = (job->sender && rcpts) ? split_rcpts(job, rcpts) : -1;
+    int rc = (job->sender && job->mail_params && rcpts) ? split_rcpts(job, rcpts) : -1;
     free(rcpts);
     if (rc == 0 && body->type == REDIS_REPLY_STRING) {
         job->body = malloc(body->len ? body->len : 1);
@@ -427,6 +429,7 @@ void queue_job_free(queue_job_t *job)
         free(job->rcpts[i]);
     free(job->rcpts);
     free(job->sender);
+    free(job->mail_params);
     free(job->body);
     free(job);
 }
@@ -452,11 +455,23 @@ int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_st
     return fcall(call, "extend", false, 3, keys, 3, args, NULL);
 }
 
-int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
-                   unsigned n_pending, unsigned delay_ms, const char *error, queue_status_cb cb,
-                   void *arg)
+void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
 {
-    key_t_ kb[8];
+    /* The shard is the first 32 bits mod shards: rewrite them to a random
+     * value that lands in this shard, keeping the rest random. */
+    util_random_id(out);
+    uint32_t top = (uint32_t)(UINT32_MAX / q->shards);
+    uint32_t v = util_random_below(top) * q->shards + shard;
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08x", v);
+    memcpy(out, hex, 8);
+}
+
+int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
+                   unsigned n_pending, unsigned delay_ms, const char *error,
+                   const queue_bounce_t *bounce, queue_status_cb cb, void *arg)
+{
+    key_t_ kb[11];
     char suffix[96];
     static const char *const names[] = {"due", "lease", "meta", "st", "dom"};
     for (int i = 0; i < 5; i++)
@@ -467,8 +482,19 @@ int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pendin
     shard_key(kb[6], job->shard, suffix);
     snprintf(suffix, sizeof suffix, "b:%s:0", job->mid);
     shard_key(kb[7], job->shard, suffix);
-    const char *keys[8];
-    for (int i = 0; i < 8; i++)
+    char bjid[48] = "";
+    if (bounce) {
+        snprintf(suffix, sizeof suffix, "m:%s", bounce->id);
+        shard_key(kb[8], job->shard, suffix);
+        snprintf(suffix, sizeof suffix, "b:%s:0", bounce->id);
+        shard_key(kb[9], job->shard, suffix);
+        snprintf(bjid, sizeof bjid, "%s.0", bounce->id);
+        snprintf(suffix, sizeof suffix, "j:%s", bjid);
+        shard_key(kb[10], job->shard, suffix);
+    }
+    int nkeys = bounce ? 11 : 8;
+    const char *keys[11];
+    for (int i = 0; i < nkeys; i++)
         keys[i] = kb[i];
 
     buf_t list;
@@ -483,14 +509,26 @@ int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pendin
     snprintf(token, sizeof token, "%lld", job->token);
     snprintf(delay, sizeof delay, "%u", delay_ms);
     snprintf(shard, sizeof shard, "%u", job->shard);
-    const char *args[] = {job->jid,    token, list.data ? list.data : "", delay, error ? error : "",
-                          job->domain, shard};
+    const char *at = bounce ? strrchr(bounce->rcpt, '@') : NULL;
+    const char *args[13] = {
+        job->jid, token, list.data ? list.data : "", delay, error ? error : "", job->domain, shard};
+    size_t lens[13];
+    if (bounce) {
+        const char *extra[] = {bounce->id,       bounce->info ? bounce->info : "",
+                               bounce->body,     bjid,
+                               at ? at + 1 : "", bounce->rcpt};
+        memcpy(args + 7, extra, sizeof extra);
+    }
+    int nargs = bounce ? 13 : 7;
+    for (int i = 0; i < nargs; i++)
+        lens[i] = strlen(args[i]);
+    if (bounce) lens[9] = bounce->body_len;
     int rc = -1;
     struct call *call = call_new(q, arg);
     if (call) {
         call->done = on_status_reply;
         call->cb.status = cb;
-        rc = fcall(call, "complete", false, 8, keys, 7, args, NULL);
+        rc = fcall(call, "complete", false, nkeys, keys, nargs, args, lens);
     }
     buf_free(&list);
     return rc;

@@ -35,7 +35,8 @@ typedef struct queue_message {
     const char *sender; /* "" for the null sender */
     const char **rcpts; /* "local@domain", domain lower-case */
     unsigned n_rcpts;
-    const char *info; /* one line about the submission, for the operator */
+    const char *info;        /* one line about the submission, for the operator */
+    const char *mail_params; /* MAIL parameters to pass on ("BODY=8BITMIME"), or "" */
     const char *body;
     size_t body_len;
 } queue_message_t;
@@ -68,6 +69,7 @@ typedef struct queue_job {
     char mid[33];
     char domain[256];
     char *sender;
+    char *mail_params;
     char **rcpts;
     unsigned n_rcpts;
     unsigned attempts;
@@ -86,12 +88,25 @@ void queue_job_free(queue_job_t *job);
 int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
                  void *arg);
 
+/* A bounce (delivery status notification) to enqueue with a completion. */
+typedef struct queue_bounce {
+    char id[33];      /* from queue_bounce_id, so it lives in the job's shard */
+    const char *rcpt; /* the original sender */
+    const char *info;
+    const char *body;
+    size_t body_len;
+} queue_bounce_t;
+
+/* A fresh message id that hashes to the given shard. */
+void queue_bounce_id(const queue_t *q, unsigned shard, char out[33]);
+
 /* Records the attempt: the recipients still pending (none: the job is done)
- * are due again after delay_ms, with error as the last error. Fails with err
- * "stale" when the lease was lost (another worker owns the job now). */
+ * are due again after delay_ms, with error as the last error; bounce (may be
+ * NULL), from the null sender, is enqueued in the same atomic call. Fails with
+ * err "stale" when the lease was lost (another worker owns the job now). */
 int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
-                   unsigned n_pending, unsigned delay_ms, const char *error, queue_status_cb cb,
-                   void *arg);
+                   unsigned n_pending, unsigned delay_ms, const char *error,
+                   const queue_bounce_t *bounce, queue_status_cb cb, void *arg);
 
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */

@@ -9,7 +9,8 @@ Keys of shard T = {mq:<s>}:
   T:lease zset  job id -> lease deadline (ms)
   T:held  zset  job id -> time held
   T:meta  hash  <jid>:tok fencing token, <jid>:own owner, <jid>:exp lease expiries
-  T:m:<mid>  hash envelope: sender, received, info, bodies, open (jobs not done)
+  T:m:<mid>  hash envelope: sender, params (MAIL parameters), received, info, bodies,
+             open (jobs not done)
   T:b:<mid>:<n> string body variant n
   T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error
   T:st    hash  counters
@@ -23,30 +24,35 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Writes one message: envelope, body, and its jobs, due now.
+-- k: {m, b0, due, st, dom, j1..jn}
+-- a: {mid, shard, sender, params, info, body, n, (jid, domain, rcpts)...}
+local function store_message(k, a, now)
+  local n = tonumber(a[7])
+  if #k ~= 5 + n or #a ~= 7 + 3 * n then
+    return redis.error_reply('ERR arguments do not match keys')
+  end
+  redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
+             'bodies', 1, 'open', n)
+  redis.call('SET', k[2], a[6])
+  for i = 1, n do
+    local jid, domain, rcpts = a[5 + 3 * i], a[6 + 3 * i], a[7 + 3 * i]
+    redis.call('HSET', k[5 + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts, 'attempts', 0)
+    redis.call('ZADD', k[3], now, jid)
+    redis.call('HINCRBY', k[5], domain, 1)
+  end
+  redis.call('HINCRBY', k[4], 'enqueued', 1)
+  redis.call('PUBLISH', WAKE_CHANNEL, a[2])
+  return 'ok'
+end
+
 -- KEYS: m, b0, due, st, dom, j1..jn
--- ARGV: mid, shard, sender, info, body, n, then (jid, domain, rcpts) per job
+-- ARGV: mid, shard, sender, params, info, body, n, then (jid, domain, rcpts) per job
 local function enqueue(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
   end
-  local now = now_ms()
-  local n = tonumber(args[6])
-  if #keys ~= 5 + n or #args ~= 6 + 3 * n then
-    return redis.error_reply('ERR enqueue: arguments do not match keys')
-  end
-  redis.call('HSET', keys[1], 'sender', args[3], 'received', now, 'info', args[4],
-             'bodies', 1, 'open', n)
-  redis.call('SET', keys[2], args[5])
-  for i = 1, n do
-    local jid, domain, rcpts = args[4 + 3 * i], args[5 + 3 * i], args[6 + 3 * i]
-    redis.call('HSET', keys[5 + i], 'mid', args[1], 'domain', domain, 'rcpts', rcpts,
-               'attempts', 0)
-    redis.call('ZADD', keys[3], now, jid)
-    redis.call('HINCRBY', keys[5], domain, 1)
-  end
-  redis.call('HINCRBY', keys[4], 'enqueued', 1)
-  redis.call('PUBLISH', WAKE_CHANNEL, args[2])
-  return 'ok'
+  return store_message(keys, args, now_ms())
 end
 
 -- KEYS: due, lease, meta, held, st
@@ -104,14 +110,24 @@ local function extend(keys, args)
   return 'ok'
 end
 
--- KEYS: due, lease, meta, st, dom, j, m, b0..b(n-1)
+-- KEYS: due, lease, meta, st, dom, j, m, b0 [, bounce m, bounce b0, bounce j]
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard
+--       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt]
+-- A bounce for the recipients that failed in this attempt is written in the
+-- same call, in this shard (its id was chosen to hash here), so a failure is
+-- never recorded without its bounce, nor bounced twice.
 local function complete(keys, args)
   local jid = args[1]
   if not lease_valid(keys, jid, args[2]) then return 'stale' end
   local now = now_ms()
   redis.call('ZREM', keys[2], jid)
   redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
+  if #keys == 11 then
+    store_message({keys[9], keys[10], keys[1], keys[4], keys[5], keys[11]},
+                  {args[8], args[7], '', '', args[9], args[10], 1, args[11], args[12], args[13]},
+                  now)
+    redis.call('HINCRBY', keys[4], 'bounced', 1)
+  end
   if args[3] ~= '' then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
     redis.call('HINCRBY', keys[6], 'attempts', 1)
@@ -128,7 +144,7 @@ local function complete(keys, args)
   end
   redis.call('HINCRBY', keys[4], 'completed', 1)
   if redis.call('HINCRBY', keys[7], 'open', -1) <= 0 then
-    for i = 7, #keys do redis.call('DEL', keys[i]) end
+    redis.call('DEL', keys[7], keys[8])
   end
   return 'done'
 end

@@ -180,12 +180,14 @@ relay_domains = example.test
 
 [worker]
 lease_seconds = 3
-retry_delay = 1
+min_backoff = 1
+max_backoff = 2
 connect_timeout = 5
 command_timeout = 10
 
 [routes]
 example.test = 127.0.0.1:{sink_port}
+origin.test = 127.0.0.1:{sink_port}
 
 [log]
 level = info
