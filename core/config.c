@@ -56,6 +56,8 @@ static const key_spec_t keys[] = {
     {"worker", "data_timeout", T_UINT, OFF(worker.data_timeout), 1, 3600, "600"},
     {"worker", "helo_name", T_STRING, OFF(worker.helo_name), 0, 0, ""},
     {"worker", "relayhost", T_HOSTPORT, OFF(worker.relayhost), 0, 0, ""},
+    {"worker", "dns_servers", T_STRING, OFF(worker.dns_servers), 0, 0, ""},
+    {"worker", "smtp_port", T_PORT, OFF(worker.smtp_port), 1, 65535, "25"},
 
     {"up", "data_dir", T_STRING, OFF(up.data_dir), 0, 0, "./var"},
     {"up", "redis_server", T_STRING, OFF(up.redis_server), 0, 0, "redis-server"},

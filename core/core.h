@@ -126,6 +126,8 @@ typedef struct config {
         unsigned data_timeout;
         char helo_name[256];
         net_hostport_t relayhost; /* host[0] == 0: none */
+        char dns_servers[512];    /* "host:port ..."; empty: /etc/resolv.conf */
+        uint16_t smtp_port;       /* of MX hosts */
     } worker;
 
     config_route_t routes[CONFIG_MAX_LIST];

@@ -7,21 +7,33 @@
 #include <string.h>
 #include <time.h>
 
+/* Reads 1 to max digits at *p; -1 when there are none or too many. */
+static int read_number(const char **p, int max)
+{
+    int v = 0, n = 0;
+    while (**p >= '0' && **p <= '9') {
+        if (++n > max) return -1;
+        v = v * 10 + (*(*p)++ - '0');
+    }
+    return n ? v : -1;
+}
+
 void bounce_status_of(const char *reply, char out[16])
 {
-    /* "550 5.1.1 text": class digit, dot, 1-3 digits, dot, 1-3 digits. */
-    const char *p = reply;
-    while (*p && *p != ' ')
+    /* "550 5.1.1 text": class, subject (1-3 digits), detail (1-3 digits),
+     * the class matching the reply's (RFC 3463). */
+    const char *p = strchr(reply, ' ');
+    if (p) {
         p++;
-    while (*p == ' ')
-        p++;
-    size_t n = strspn(p, "0123456789.");
-    int a, b, c;
-    char tail;
-    if (n > 2 && n < 12 && (p[0] == '4' || p[0] == '5') && reply[0] == p[0] &&
-        sscanf(p, "%1d.%3d.%3d%c", &a, &b, &c, &tail) >= 3) {
-        snprintf(out, 16, "%d.%d.%d", a, b, c);
-        return;
+        int class = read_number(&p, 1);
+        int subject = *p == '.' ? (p++, read_number(&p, 3)) : -1;
+        int detail = *p == '.' ? (p++, read_number(&p, 3)) : -1;
+        if (class == reply[0] - '0' && (class == 4 || class == 5) && subject >= 0 && detail >= 0 &&
+            (*p == ' ' || *p == 0)) {
+            snprintf(out, 16, "%u.%u.%u", (unsigned)class % 10u, (unsigned)subject % 1000u,
+                     (unsigned)detail % 1000u);
+            return;
+        }
     }
     snprintf(out, 16, "%c.0.0", reply[0] == '4' ? '4' : '5');
 }

@@ -25,6 +25,7 @@ typedef struct client {
     const config_t *cfg;
     const queue_job_t *job;
     char dest[300];
+    char name[300];
     uv_tcp_t tcp;
     uv_connect_t connect_req;
     uv_timer_t timer;
@@ -98,6 +99,7 @@ static void settle_undecided(client_t *c, int code, const char *text)
 
 static void fail(client_t *c, const char *what)
 {
+    c->result.before_mail = c->step < STEP_MAIL;
     set_detail(c, "%s: %s", c->dest, what);
     settle_undecided(c, 0, c->result.detail);
     client_close(c);
@@ -348,7 +350,7 @@ static void on_connected(uv_connect_t *req, int status)
 }
 
 void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
-                    const queue_job_t *job, client_done_cb done, void *arg)
+                    const char *name, const queue_job_t *job, client_done_cb done, void *arg)
 {
     client_t *c = calloc(1, sizeof *c);
     size_t n = job->n_rcpts ? job->n_rcpts : 1;
@@ -371,7 +373,8 @@ void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *
     c->result.replies = replies;
     c->result.n_codes = job->n_rcpts;
     snprintf(c->dest, sizeof c->dest, "%s:%u", dest->host, dest->port);
-    c->result.remote = c->dest;
+    snprintf(c->name, sizeof c->name, "%s", name ? name : c->dest);
+    c->result.remote = c->name;
     uv_tcp_init(loop, &c->tcp);
     uv_timer_init(loop, &c->timer);
     c->tcp.data = c->timer.data = c->connect_req.data = c;

@@ -18,14 +18,17 @@ typedef struct client_result {
     unsigned n_codes;
     /* The reply or error worth recording: "451 4.3.0 ..." or "connect: ...". */
     char detail[256];
-    const char *remote; /* "host:port" that was tried */
+    const char *remote; /* the MX name, or "host:port", that was tried */
+    bool before_mail;   /* failed before MAIL FROM: the next MX host may do better */
+    bool local;         /* codes and replies are our own decision, not a server's */
 } client_result_t;
 
 typedef void (*client_done_cb)(const client_result_t *result, void *arg);
 
-/* Delivers job (all its recipients in one transaction) to dest. done runs
- * exactly once, also when the call fails at once. */
+/* Delivers job (all its recipients in one transaction) to dest, whose MX
+ * name is name (NULL for a static route). done runs exactly once, also when
+ * the call fails at once. */
 void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
-                    const queue_job_t *job, client_done_cb done, void *arg);
+                    const char *name, const queue_job_t *job, client_done_cb done, void *arg);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include "delivery/bounce.h"
 #include "delivery/client.h"
+#include "delivery/dns.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@ struct worker {
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
+    dns_t *dns;
     char owner[300];
     uint64_t *next_due; /* per shard, on uv_now's clock */
     unsigned n_shards;
@@ -43,6 +45,8 @@ typedef struct delivery {
     queue_claimed_t claimed;
     queue_job_t *job;
     uv_timer_t lease_timer;
+    dns_result_t *mx;  /* NULL for a static route */
+    unsigned mx_index; /* the target being tried */
 } delivery_t;
 
 static void tick(worker_t *w);
@@ -54,6 +58,7 @@ static void on_worker_closed(uv_handle_t *h)
     worker_t *w = h->data;
     void (*done)(void *) = w->on_stopped;
     void *arg = w->on_stopped_arg;
+    dns_free(w->dns);
     free(w->next_due);
     free(w);
     if (done) done(arg);
@@ -72,6 +77,7 @@ static void on_delivery_closed(uv_handle_t *h)
     delivery_t *d = h->data;
     worker_t *w = d->w;
     queue_job_free(d->job);
+    free(d->mx);
     free(d);
     w->active--;
     maybe_stopped(w);
@@ -135,14 +141,15 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         } else if (code / 100 == 5 || expired) {
             bounce_rcpt_t *f = &o->failed[o->n_failed];
             f->addr = job->rcpts[i];
-            f->remote = code / 100 == 5;
+            bool refused = code / 100 == 5;
+            f->remote = refused && !r->local;
             f->diagnostic = reply;
-            if (f->remote)
+            if (refused)
                 bounce_status_of(reply, o->status[o->n_failed]);
             else
                 snprintf(o->status[o->n_failed], 16, "4.4.7"); /* delivery time expired */
             f->status = o->status[o->n_failed++];
-            log_outcome(d, job->rcpts[i], f->remote ? "bounced" : "expired", reply);
+            log_outcome(d, job->rcpts[i], refused ? "bounced" : "expired", reply);
         } else {
             o->pending[o->n_pending++] = job->rcpts[i];
             log_outcome(d, job->rcpts[i], "deferred", reply);
@@ -159,7 +166,7 @@ static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t
     queue_bounce_id(d->w->queue, d->shard, b->id);
     bounce_report_t report = {
         .reporting_mta = d->w->cfg->worker.helo_name,
-        .remote_mta = r ? r->remote : NULL,
+        .remote_mta = r && !r->local ? r->remote : NULL,
         .bounce_id = b->id,
         .job = d->job,
         .rcpts = o->failed,
@@ -210,10 +217,64 @@ static void record(delivery_t *d, const client_result_t *r)
     if (rc < 0) on_completed(-1, "redis not connected or out of memory", d);
 }
 
+static void deliver_to_target(delivery_t *d);
+
+/* Moves on to the next MX target when this one failed before the
+ * transaction began (RFC 5321 §5.1); otherwise records the attempt. */
 static void on_delivered(const client_result_t *result, void *arg)
 {
     delivery_t *d = arg;
+    if (result->before_mail && d->mx && d->mx_index + 1 < d->mx->n_targets) {
+        log_info("event=next_mx mid=%s failed=%s detail=\"%s\"", d->job->mid,
+                 d->mx->names[d->mx_index], result->detail);
+        d->mx_index++;
+        deliver_to_target(d);
+        return;
+    }
     record(d, result->codes ? result : NULL);
+}
+
+/* An outcome decided here, not by a server: every recipient gets code and
+ * text ("550 5.1.10 ..."), so it is deferred or bounced like a reply. */
+static void record_local(delivery_t *d, int code, const char *text)
+{
+    unsigned n = d->job->n_rcpts;
+    client_result_t r = {.codes = calloc(n, sizeof *r.codes),
+                         .replies = calloc(n, sizeof *r.replies),
+                         .n_codes = n,
+                         .local = true};
+    snprintf(r.detail, sizeof r.detail, "%s", text);
+    for (unsigned i = 0; r.codes && r.replies && i < n; i++) {
+        r.codes[i] = code;
+        snprintf(r.replies[i], sizeof r.replies[i], "%s", text);
+    }
+    record(d, r.codes && r.replies ? &r : NULL);
+    free(r.codes);
+    free(r.replies);
+}
+
+static void deliver_to_target(delivery_t *d)
+{
+    client_deliver(d->w->loop, d->w->cfg, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index],
+                   d->job, on_delivered, d);
+}
+
+static void on_resolved(const dns_result_t *result, void *arg)
+{
+    delivery_t *d = arg;
+    log_debug("event=mx mid=%s domain=%s status=%d targets=%u detail=\"%s\"", d->job->mid,
+              d->job->domain, (int)result->status, result->n_targets, result->detail);
+    if (result->status != DNS_OK) {
+        record_local(d, result->status == DNS_TEMPFAIL ? 451 : 550, result->detail);
+        return;
+    }
+    d->mx = malloc(sizeof *d->mx);
+    if (!d->mx) {
+        record_local(d, 451, "451 4.3.0 out of memory");
+        return;
+    }
+    *d->mx = *result;
+    deliver_to_target(d);
 }
 
 static void on_lease_timer(uv_timer_t *t);
@@ -245,13 +306,12 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     d->job = job;
     uint64_t renew = (uint64_t)d->w->cfg->worker.lease_seconds * 1000 / 3;
     uv_timer_start(&d->lease_timer, on_lease_timer, renew, renew);
+    /* A static route (or the relayhost) wins over MX. */
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
-    if (!route) {
-        log_warn("event=no_route mid=%s domain=%s", job->mid, job->domain);
-        record(d, NULL);
-        return;
-    }
-    client_deliver(d->w->loop, d->w->cfg, route, job, on_delivered, d);
+    if (route)
+        client_deliver(d->w->loop, d->w->cfg, route, NULL, job, on_delivered, d);
+    else
+        dns_resolve_mx(d->w->dns, job->domain, d->w->cfg->worker.smtp_port, on_resolved, d);
 }
 
 static void start_delivery(worker_t *w, unsigned shard, const queue_claimed_t *claimed)
@@ -375,6 +435,10 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
     w->n_shards = queue_shards(queue);
     uv_timer_init(loop, &w->timer);
     w->timer.data = w;
+    if (!(w->dns = dns_new(loop, cfg->worker.dns_servers, err, errlen))) {
+        uv_close((uv_handle_t *)&w->timer, on_worker_closed);
+        return NULL;
+    }
     if (queue_watch(queue, on_wake, w) < 0) {
         snprintf(err, errlen, "cannot watch the queue");
         uv_close((uv_handle_t *)&w->timer, on_worker_closed);

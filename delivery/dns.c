@@ -1,0 +1,336 @@
+/* MX resolution with c-ares, driven by the libuv loop: c-ares tells us which
+ * sockets to watch (ARES_OPT_SOCK_STATE_CB) and when its next timeout is; a
+ * uv_poll_t per socket and one timer call back into ares_process_fd. */
+#include "delivery/dns.h"
+
+#include <arpa/nameser.h>
+#include <ares.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ADDRS_PER_HOST 4
+
+typedef struct sock_watch {
+    uv_poll_t poll;
+    ares_socket_t fd;
+    dns_t *dns;
+    struct sock_watch *next;
+} sock_watch_t;
+
+struct dns {
+    uv_loop_t *loop;
+    ares_channel channel;
+    uv_timer_t timer;
+    sock_watch_t *socks;
+};
+
+/* ---- the event loop glue ---- */
+
+static void schedule_timer(dns_t *dns);
+
+static void on_timer(uv_timer_t *t)
+{
+    dns_t *dns = t->data;
+    ares_process_fd(dns->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    schedule_timer(dns);
+}
+
+static void schedule_timer(dns_t *dns)
+{
+    struct timeval tv;
+    if (!ares_timeout(dns->channel, NULL, &tv)) {
+        uv_timer_stop(&dns->timer);
+        return;
+    }
+    uint64_t ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000 + 1;
+    uv_timer_start(&dns->timer, on_timer, ms, 0);
+}
+
+static void on_sock_poll(uv_poll_t *h, int status, int events)
+{
+    sock_watch_t *w = h->data;
+    dns_t *dns = w->dns;
+    bool error = status < 0; /* let c-ares read the error */
+    ares_process_fd(dns->channel, (error || (events & UV_READABLE)) ? w->fd : ARES_SOCKET_BAD,
+                    (error || (events & UV_WRITABLE)) ? w->fd : ARES_SOCKET_BAD);
+    schedule_timer(dns);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
+{
+    dns_t *dns = data;
+    sock_watch_t **link = &dns->socks;
+    while (*link && (*link)->fd != fd)
+        link = &(*link)->next;
+    sock_watch_t *w = *link;
+    if (!readable && !writable) {
+        if (!w) return;
+        *link = w->next;
+        uv_poll_stop(&w->poll);
+        uv_close((uv_handle_t *)&w->poll, on_watch_closed);
+        return;
+    }
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || uv_poll_init_socket(dns->loop, &w->poll, fd) < 0) {
+            free(w);
+            log_error("event=dns_watch_failed fd=%d", (int)fd);
+            return; /* the query times out */
+        }
+        w->fd = fd;
+        w->dns = dns;
+        w->poll.data = w;
+        w->next = dns->socks;
+        dns->socks = w;
+    }
+    uv_poll_start(&w->poll, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0),
+                  on_sock_poll);
+}
+
+dns_t *dns_new(uv_loop_t *loop, const char *servers, char *err, size_t errlen)
+{
+    static int library = -1;
+    if (library < 0) library = ares_library_init(ARES_LIB_INIT_ALL);
+    dns_t *dns = calloc(1, sizeof *dns);
+    if (!dns || library != ARES_SUCCESS) {
+        snprintf(err, errlen, "c-ares: cannot initialise");
+        free(dns);
+        return NULL;
+    }
+    dns->loop = loop;
+    struct ares_options opts = {0};
+    opts.sock_state_cb = on_sock_state;
+    opts.sock_state_cb_data = dns;
+    opts.lookups = (char *)"b"; /* DNS only: /etc/hosts says nothing about mail routing */
+    opts.timeout = 3000;
+    opts.tries = 2;
+    int rc = ares_init_options(&dns->channel, &opts,
+                               ARES_OPT_SOCK_STATE_CB | ARES_OPT_LOOKUPS | ARES_OPT_TIMEOUTMS |
+                                   ARES_OPT_TRIES);
+    if (rc != ARES_SUCCESS) {
+        snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
+        free(dns);
+        return NULL;
+    }
+    if (servers && *servers) {
+        char csv[512];
+        snprintf(csv, sizeof csv, "%s", servers);
+        for (char *p = csv; *p; p++)
+            if (*p == ' ' || *p == '\t') *p = ',';
+        rc = ares_set_servers_ports_csv(dns->channel, csv);
+        if (rc != ARES_SUCCESS) {
+            snprintf(err, errlen, "[worker] dns_servers: '%s': %s", servers, ares_strerror(rc));
+            ares_destroy(dns->channel);
+            free(dns);
+            return NULL;
+        }
+    }
+    uv_timer_init(loop, &dns->timer);
+    dns->timer.data = dns;
+    return dns;
+}
+
+static void on_dns_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void dns_free(dns_t *dns)
+{
+    if (!dns) return;
+    ares_destroy(dns->channel); /* closes its sockets through on_sock_state */
+    while (dns->socks)
+        on_sock_state(dns, dns->socks->fd, 0, 0);
+    uv_close((uv_handle_t *)&dns->timer, on_dns_closed);
+}
+
+/* ---- MX resolution ---- */
+
+typedef struct mx_host {
+    char name[256];
+    unsigned short preference;
+    uint32_t tiebreak; /* random: equal preferences in random order */
+    net_hostport_t addrs[ADDRS_PER_HOST];
+    unsigned n_addrs;
+    int status;
+} mx_host_t;
+
+typedef struct mx_request {
+    dns_t *dns;
+    char domain[256];
+    uint16_t port;
+    dns_mx_cb cb;
+    void *arg;
+    bool implicit; /* no MX records: the domain itself */
+    mx_host_t hosts[DNS_MAX_TARGETS];
+    unsigned n_hosts;
+    unsigned pending;
+} mx_request_t;
+
+typedef struct addr_request {
+    mx_request_t *req;
+    unsigned index;
+} addr_request_t;
+
+static void finish(mx_request_t *req, dns_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void finish(mx_request_t *req, dns_status_t status, const char *fmt, ...)
+{
+    dns_result_t *r = calloc(1, sizeof *r);
+    if (r) {
+        r->status = status;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(r->detail, sizeof r->detail, fmt, ap);
+        va_end(ap);
+        for (unsigned i = 0; i < req->n_hosts && status == DNS_OK; i++)
+            for (unsigned j = 0; j < req->hosts[i].n_addrs && r->n_targets < DNS_MAX_TARGETS; j++) {
+                r->targets[r->n_targets] = req->hosts[i].addrs[j];
+                memcpy(r->names[r->n_targets++], req->hosts[i].name, 256);
+            }
+        req->cb(r, req->arg);
+        free(r);
+    } else {
+        dns_result_t tmp = {.status = DNS_TEMPFAIL, .detail = "out of memory"};
+        req->cb(&tmp, req->arg);
+    }
+    free(req);
+}
+
+static bool no_such_name(int status)
+{
+    return status == ARES_ENOTFOUND || status == ARES_ENODATA;
+}
+
+static void addresses_done(mx_request_t *req)
+{
+    unsigned found = 0;
+    bool temporary = false;
+    for (unsigned i = 0; i < req->n_hosts; i++) {
+        found += req->hosts[i].n_addrs;
+        temporary |= req->hosts[i].n_addrs == 0 && !no_such_name(req->hosts[i].status);
+    }
+    if (found)
+        finish(req, DNS_OK, "%u address(es)", found);
+    else if (req->implicit && !temporary)
+        finish(req, DNS_NO_HOST, "550 5.4.4 %s has no MX and no address record", req->domain);
+    else
+        finish(req, DNS_TEMPFAIL, "451 4.4.3 no address for the mail hosts of %s", req->domain);
+}
+
+static void on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
+{
+    addr_request_t *ar = arg;
+    mx_request_t *req = ar->req;
+    mx_host_t *host = &req->hosts[ar->index];
+    (void)timeouts;
+    free(ar);
+    host->status = status;
+    for (struct ares_addrinfo_node *n = ai ? ai->nodes : NULL; n && host->n_addrs < ADDRS_PER_HOST;
+         n = n->ai_next) {
+        net_hostport_t *hp = &host->addrs[host->n_addrs++];
+        net_addr_text(n->ai_addr, hp->host, sizeof hp->host);
+        hp->port = req->port;
+    }
+    if (ai) ares_freeaddrinfo(ai);
+    if (--req->pending == 0) addresses_done(req);
+}
+
+static void resolve_hosts(mx_request_t *req)
+{
+    struct ares_addrinfo_hints hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    req->pending = req->n_hosts;
+    for (unsigned i = 0, n = req->n_hosts; i < n; i++) {
+        addr_request_t *ar = malloc(sizeof *ar);
+        if (!ar) {
+            req->hosts[i].status = ARES_ENOMEM;
+            if (--req->pending == 0) addresses_done(req);
+            continue;
+        }
+        *ar = (addr_request_t){req, i};
+        ares_getaddrinfo(req->dns->channel, req->hosts[i].name, NULL, &hints, on_addrinfo, ar);
+    }
+}
+
+/* Sorts by preference, then by the random tiebreak. */
+static void sort_hosts(mx_request_t *req)
+{
+    for (unsigned i = 1; i < req->n_hosts; i++) {
+        mx_host_t h = req->hosts[i];
+        unsigned j = i;
+        while (j > 0 && (req->hosts[j - 1].preference > h.preference ||
+                         (req->hosts[j - 1].preference == h.preference &&
+                          req->hosts[j - 1].tiebreak > h.tiebreak))) {
+            req->hosts[j] = req->hosts[j - 1];
+            j--;
+        }
+        req->hosts[j] = h;
+    }
+}
+
+static void add_host(mx_request_t *req, const char *name, unsigned short preference)
+{
+    if (req->n_hosts >= DNS_MAX_TARGETS) return;
+    mx_host_t *h = &req->hosts[req->n_hosts++];
+    snprintf(h->name, sizeof h->name, "%s", name);
+    h->preference = preference;
+    h->tiebreak = util_random_below(UINT32_MAX);
+}
+
+static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    mx_request_t *req = arg;
+    struct ares_mx_reply *mx = NULL;
+    (void)timeouts;
+    if (status == ARES_SUCCESS) status = ares_parse_mx_reply(abuf, alen, &mx);
+    if (status == ARES_ENOTFOUND) {
+        finish(req, DNS_NXDOMAIN, "550 5.1.2 domain %s does not exist", req->domain);
+        return;
+    }
+    if (status == ARES_ENODATA) { /* RFC 5321 §5.1: the domain is its own mail host */
+        req->implicit = true;
+        add_host(req, req->domain, 0);
+        resolve_hosts(req);
+        return;
+    }
+    if (status != ARES_SUCCESS) {
+        finish(req, DNS_TEMPFAIL, "451 4.4.3 MX lookup for %s failed: %s", req->domain,
+               ares_strerror(status));
+        return;
+    }
+    /* RFC 7505: one record, preference 0, host "." */
+    if (!mx->next && (mx->host[0] == 0 || !strcmp(mx->host, "."))) {
+        ares_free_data(mx);
+        finish(req, DNS_NULL_MX, "550 5.1.10 %s does not accept mail (null MX)", req->domain);
+        return;
+    }
+    for (struct ares_mx_reply *m = mx; m; m = m->next)
+        if (m->host[0] && strcmp(m->host, ".")) add_host(req, m->host, m->priority);
+    ares_free_data(mx);
+    sort_hosts(req);
+    resolve_hosts(req);
+}
+
+void dns_resolve_mx(dns_t *dns, const char *domain, uint16_t port, dns_mx_cb cb, void *arg)
+{
+    mx_request_t *req = calloc(1, sizeof *req);
+    if (!req) {
+        dns_result_t r = {.status = DNS_TEMPFAIL, .detail = "out of memory"};
+        cb(&r, arg);
+        return;
+    }
+    req->dns = dns;
+    snprintf(req->domain, sizeof req->domain, "%s", domain);
+    req->port = port;
+    req->cb = cb;
+    req->arg = arg;
+    ares_query(dns->channel, domain, ns_c_in, ns_t_mx, on_mx, req);
+    schedule_timer(dns);
+}
