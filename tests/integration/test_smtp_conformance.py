@@ -99,42 +99,37 @@ class Client:
         self.send(line.encode() + b"\r\n" if isinstance(line, str) else line + b"\r\n")
         return self.reply(timeout)
 
+    def _recv_by(self, deadline):
+        """One chunk before the deadline: bytes, b"" when the server closed
+        (or reset) the connection, None on timeout."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        except ConnectionResetError:
+            return b""
+
     def pending(self, wait=0.3):
         """Whatever the server sends, unasked, within `wait` seconds."""
         data, self.buf = self.buf, b""
         deadline = time.monotonic() + wait
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return data
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                return data
-            if not chunk:
-                return data
+        while (chunk := self._recv_by(deadline)):
             data += chunk
+        return data
 
     def closed_by_server(self, timeout=3.0):
         """True when the server closes the connection within `timeout` (and sends
         nothing more before that)."""
         assert self.buf == b"", f"unread data {self.buf!r}"
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                return False
-            except ConnectionResetError:
-                return True
-            if not chunk:
-                return True
-            raise AssertionError(f"unexpected data before close: {chunk!r}")
+        chunk = self._recv_by(time.monotonic() + timeout)
+        if chunk is None:
+            return False
+        assert chunk == b"", f"unexpected data before close: {chunk!r}"
+        return True
 
 
 def expect(reply, code, enhanced=None):
