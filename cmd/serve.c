@@ -25,6 +25,7 @@ typedef struct runtime {
     worker_t *worker;
     uv_signal_t sigint, sigterm;
     uv_timer_t deadline;
+    uv_timer_t finisher; /* runs finish() outside any library callback */
     uv_process_t redis;
     bool redis_running;
     bool stopping;
@@ -49,10 +50,18 @@ static void finish(runtime_t *rt)
     uv_walk(rt->loop, close_walk, NULL);
 }
 
+static void on_finisher(uv_timer_t *t)
+{
+    finish(t->data);
+}
+
+/* The last service may report from inside a hiredis callback, where closing
+ * the queue's handles would pull them from under hiredis: finish on the next
+ * loop iteration instead. */
 static void on_service_stopped(void *arg)
 {
     runtime_t *rt = arg;
-    if (--rt->stops_pending == 0) finish(rt);
+    if (--rt->stops_pending == 0) uv_timer_start(&rt->finisher, on_finisher, 0, 0);
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -180,7 +189,8 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     uv_signal_init(rt.loop, &rt.sigint);
     uv_signal_init(rt.loop, &rt.sigterm);
     uv_timer_init(rt.loop, &rt.deadline);
-    rt.sigint.data = rt.sigterm.data = rt.deadline.data = &rt;
+    uv_timer_init(rt.loop, &rt.finisher);
+    rt.sigint.data = rt.sigterm.data = rt.deadline.data = rt.finisher.data = &rt;
     uv_signal_start(&rt.sigint, on_signal, SIGINT);
     uv_signal_start(&rt.sigterm, on_signal, SIGTERM);
     signal(SIGPIPE, SIG_IGN);

@@ -314,6 +314,10 @@ static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int 
     for (struct ares_mx_reply *m = mx; m; m = m->next)
         if (m->host[0] && strcmp(m->host, ".")) add_host(req, m->host, m->priority);
     ares_free_data(mx);
+    if (req->n_hosts == 0) { /* only "." records: treat as null MX, or nothing ever finishes */
+        finish(req, DNS_NULL_MX, "550 5.1.10 %s does not accept mail (null MX)", req->domain);
+        return;
+    }
     sort_hosts(req);
     resolve_hosts(req);
 }

@@ -45,6 +45,8 @@ typedef struct delivery {
     queue_claimed_t claimed;
     queue_job_t *job;
     uv_timer_t lease_timer;
+    unsigned extends_pending; /* replies that still point at this delivery */
+    bool finishing;
     dns_result_t *mx;  /* NULL for a static route */
     unsigned mx_index; /* the target being tried */
 } delivery_t;
@@ -84,9 +86,14 @@ static void on_delivery_closed(uv_handle_t *h)
     tick(w);
 }
 
+/* Frees the delivery once no lease extension is in flight: its reply would
+ * otherwise land on freed memory. */
 static void delivery_finish(delivery_t *d)
 {
-    uv_close((uv_handle_t *)&d->lease_timer, on_delivery_closed);
+    d->finishing = true;
+    uv_timer_stop(&d->lease_timer);
+    if (d->extends_pending == 0 && !uv_is_closing((uv_handle_t *)&d->lease_timer))
+        uv_close((uv_handle_t *)&d->lease_timer, on_delivery_closed);
 }
 
 static void on_completed(int status, const char *err, void *arg)
@@ -207,6 +214,7 @@ static void record(delivery_t *d, const client_result_t *r)
             uint64_t due = uv_now(d->w->loop) + delay;
             if (due < d->w->next_due[d->shard]) d->w->next_due[d->shard] = due;
         }
+        uv_timer_stop(&d->lease_timer); /* no extension after the completion */
         rc = queue_complete(d->w->queue, job, o.pending, o.n_pending, (unsigned)delay,
                             r ? r->detail : "", bouncing ? &bounce : NULL, on_completed, d);
     }
@@ -282,9 +290,11 @@ static void on_lease_timer(uv_timer_t *t);
 static void on_extended(int status, const char *err, void *arg)
 {
     delivery_t *d = arg;
+    d->extends_pending--;
     if (status < 0)
         log_warn("event=lease_extend_failed mid=%s job=%s error=\"%s\"", d->job->mid, d->job->jid,
                  err);
+    if (d->finishing) delivery_finish(d);
 }
 
 static void on_lease_timer(uv_timer_t *t)
@@ -293,6 +303,8 @@ static void on_lease_timer(uv_timer_t *t)
     if (queue_extend(d->w->queue, d->job, d->w->cfg->worker.lease_seconds * 1000, on_extended, d) <
         0)
         log_warn("event=lease_extend_failed mid=%s error=\"redis not connected\"", d->job->mid);
+    else
+        d->extends_pending++;
 }
 
 static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
@@ -452,6 +464,7 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
 void worker_stop(worker_t *w, void (*done)(void *arg), void *arg)
 {
     w->stopping = true;
+    queue_unwatch(w->queue); /* no wake-up may reach w once it is freed */
     w->on_stopped = done;
     w->on_stopped_arg = arg;
     uv_timer_stop(&w->timer);

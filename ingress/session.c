@@ -14,8 +14,9 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_INPUT_BUFFER ((size_t)256 * 1024) /* stop reading beyond this while busy */
-#define HARD_ERROR_LIMIT 20
+#define MAX_INPUT_BUFFER   ((size_t)256 * 1024) /* stop reading beyond this while busy */
+#define HARD_ERROR_LIMIT   20
+#define MAX_PENDING_OUTPUT ((size_t)64 * 1024) /* stop reading while more is unsent */
 
 struct session {
     ingress_t *ingress;
@@ -34,6 +35,7 @@ struct session {
     bool quitting;  /* close once the output is written */
     bool closed;    /* handle closing; free when not busy */
     bool skip_line; /* discarding the rest of an over-long command line */
+    bool eof;       /* the client half-closed: answer what it sent, then close */
     unsigned errors;
 
     char helo[256];
@@ -75,6 +77,7 @@ struct write_req {
 };
 
 static void session_close(session_t *s);
+static void process(session_t *s);
 static void session_maybe_free(session_t *s);
 
 static void on_written(uv_write_t *req, int status)
@@ -83,7 +86,10 @@ static void on_written(uv_write_t *req, int status)
     session_t *s = w->s;
     free(w);
     s->writes_pending--;
-    if (status < 0 || (s->quitting && s->writes_pending == 0 && !s->busy)) session_close(s);
+    if (status < 0 || (s->quitting && s->writes_pending == 0 && !s->busy))
+        session_close(s);
+    else if (!s->closed && !s->busy && !s->reading)
+        process(s); /* resume reading */
 }
 
 static void flush(session_t *s)
@@ -435,13 +441,13 @@ static void dispatch(session_t *s, const char *line, size_t len)
 
 /* ---- committing a message ---- */
 
-static void process(session_t *s);
-
 static void on_enqueued(int status, const char *err, void *arg)
 {
     session_t *s = arg;
     s->busy = false;
     if (s->closed) { /* the client went away; the message is stored or not, unacknowledged */
+        log_info("event=%s mid=%s client=%s reason=client_gone",
+                 status ? "enqueue_failed" : "accepted_unacknowledged", s->mid, s->peer);
         session_maybe_free(s);
         return;
     }
@@ -569,13 +575,17 @@ static void process(session_t *s)
         take_line(s);
         if (s->in.len == before) break; /* no complete line yet */
     }
+    if (s->eof && !s->busy) s->quitting = true;
     flush(s);
     if (s->closed) return;
     if (s->quitting && s->writes_pending == 0 && !s->busy) {
         session_close(s);
         return;
     }
-    bool want = !s->quitting && (!s->busy || s->in.len < MAX_INPUT_BUFFER);
+    /* A client that does not read its replies is not read from either: the
+     * replies it provokes would otherwise pile up here without bound. */
+    bool want = !s->quitting && !s->eof && (!s->busy || s->in.len < MAX_INPUT_BUFFER) &&
+                uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < MAX_PENDING_OUTPUT;
     if (want && !s->reading) uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
     if (!want && s->reading) uv_read_stop((uv_stream_t *)&s->tcp);
     s->reading = want;
@@ -597,6 +607,13 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
 {
     session_t *s = stream->data;
     (void)b;
+    if (n == UV_EOF) { /* a half-close still deserves the replies to what came before */
+        s->eof = true;
+        uv_read_stop(stream);
+        s->reading = false;
+        process(s);
+        return;
+    }
     if (n < 0) {
         session_close(s);
         return;
@@ -609,10 +626,15 @@ static void on_timeout(uv_timer_t *t)
 {
     session_t *s = t->data;
     log_info("event=timeout client=%s state=%s", s->peer, s->in_data ? "data" : "command");
-    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->ingress.hostname);
     s->quitting = true;
+    if (s->busy) return;     /* the 421 would come before the message's own reply */
+    if (s->writes_pending) { /* the client stopped reading: no point in writing more */
+        session_close(s);
+        return;
+    }
+    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->ingress.hostname);
     flush(s);
-    if (s->writes_pending == 0 && !s->busy) session_close(s);
+    if (s->writes_pending == 0) session_close(s);
 }
 
 /* ---- life cycle ---- */

@@ -539,7 +539,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pendin
 static void on_wake_message(const char *payload, size_t len, void *arg)
 {
     queue_t *q = arg;
-    if (!payload) return; /* dropped: on_watch_connect announces the rescan */
+    if (!payload || !q->on_wake) return; /* dropped: on_watch_connect announces the rescan */
     char text[16];
     if (len == 0 || len >= sizeof text) return;
     memcpy(text, payload, len);
@@ -552,7 +552,14 @@ static void on_watch_connect(rconn_t *conn, void *arg)
 {
     queue_t *q = arg;
     (void)conn;
-    q->on_wake(UINT32_MAX, q->on_wake_arg);
+    if (q->on_wake) q->on_wake(UINT32_MAX, q->on_wake_arg);
+}
+
+void queue_unwatch(queue_t *q)
+{
+    q->on_wake = NULL;
+    rconn_free(q->watch_conn);
+    q->watch_conn = NULL;
 }
 
 int queue_watch(queue_t *q, void (*on_wake)(uint32_t shard, void *arg), void *arg)

@@ -111,5 +111,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pendin
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */
 int queue_watch(queue_t *q, void (*on_wake)(uint32_t shard, void *arg), void *arg);
+/* Stops the wake-ups: on_wake is not called after this returns. */
+void queue_unwatch(queue_t *q);
 
 #endif

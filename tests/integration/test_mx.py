@@ -46,6 +46,8 @@ def dns(tmp_path):
         "--host-record=eq1.equal.test,127.0.0.4",
         "--host-record=eq2.equal.test,127.0.0.5",
         "--mx-host=nullmx.test,.,0",
+        "--mx-host=twonull.test,.,0",
+        "--mx-host=twonull.test,.,10",
         "--host-record=aonly.test,127.0.0.6",
     ]
     proc = subprocess.Popen(
@@ -145,6 +147,7 @@ def test_implicit_mx_uses_a_record(mx):
 @pytest.mark.parametrize("domain,status,text", [
     ("nullmx.test", "5.1.10", "null MX"),
     ("nosuch.test", "5.1.2", "does not exist"),
+    ("twonull.test", "5.1.10", "null MX"),  # only "." hosts: must not hang
 ])
 def test_undeliverable_domains_bounce_at_once(mx, domain, status, text):
     """Null MX (RFC 7505) and NXDOMAIN bounce on the first attempt."""

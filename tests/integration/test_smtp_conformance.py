@@ -559,3 +559,46 @@ def test_mail_size_not_a_number_is_syntax_error(stack):
     with connect(stack) as c:
         expect(c.cmd("MAIL FROM:<a@x.test> SIZE=abc"), 501, "5.5.4")
         expect(c.cmd("MAIL FROM:<a@x.test>"), 250, "2.1.0")  # no transaction was open
+
+
+# ---- found in review: resource and shutdown behaviour ----
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_client_that_never_reads_cannot_grow_memory(stack):
+    """A client that pipelines commands and never reads the replies: the
+    server stops reading from it instead of queueing replies without bound."""
+    ingress = stack.ingress()
+    before = rss_kib(ingress.proc.pid)
+    sock = socket.create_connection(("127.0.0.1", stack.smtp_port))
+    sock.setblocking(False)
+    chunk = b"EHLO client.test\r\n" * 4096  # each line provokes ~120 bytes of reply
+    sent, deadline = 0, time.monotonic() + 6
+    while time.monotonic() < deadline and sent < 200 * 1024 * 1024:
+        try:
+            sent += sock.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    grown = rss_kib(ingress.proc.pid) - before
+    sock.close()
+    print(f"\nsent {sent >> 20} MiB unread-reply input; ingress RSS grew {grown >> 10} MiB")
+    assert sent < 200 * 1024 * 1024, "the server kept reading everything"
+    # Unbounded, this grows by several times what was sent (48 MiB in 4 s here).
+    assert grown < 24 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_half_close_still_gets_every_reply(stack):
+    """A client that pipelines a whole transaction and QUIT, then shuts down
+    its sending side, still gets the 250 for its message and the 221."""
+    stack.ingress()
+    with connect(stack) as c:
+        c.cmd("EHLO client.test")
+        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n"
+               b"Subject: half\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        codes = [c.reply().code for _ in range(5)]
+        assert codes == [250, 250, 354, 250, 221], codes
+        assert c.closed_by_server()
