@@ -16,11 +16,12 @@ enum step {
     STEP_MAIL,
     STEP_RCPT,
     STEP_DATA,
+    STEP_GATE, /* content sent, waiting for client_finish_data */
     STEP_BODY,
     STEP_QUIT
 };
 
-typedef struct client {
+struct client {
     uv_loop_t *loop;
     const config_t *cfg;
     const queue_job_t *job;
@@ -40,19 +41,29 @@ typedef struct client {
     unsigned long long peer_size; /* the peer's SIZE limit, 0: none given */
     client_result_t result;
     bool finished; /* result reported */
+    client_gate_cb gate;
+    bool gate_pending; /* gate called, client_finish_data not yet */
     client_done_cb done;
     void *arg;
-} client_t;
+};
 
-static void on_handle_closed(uv_handle_t *h)
+/* Reports and frees once both handles are closed and the gate, if asked,
+ * has answered (its answer must not reach freed memory). */
+static void maybe_done(client_t *c)
 {
-    client_t *c = h->data;
-    if (--c->handles_open > 0) return;
+    if (c->handles_open > 0 || c->gate_pending) return;
     c->done(&c->result, c->arg);
     free(c->result.codes);
     free(c->result.replies);
     buf_free(&c->in);
     free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    client_t *c = h->data;
+    c->handles_open--;
+    maybe_done(c);
 }
 
 static void client_close(client_t *c)
@@ -107,29 +118,45 @@ static void fail(client_t *c, const char *what)
 
 struct write_req {
     uv_write_t req;
-    char data[];
+    char *data; /* owned: freed when written */
 };
 
 static void on_written(uv_write_t *req, int status)
 {
+    struct write_req *w = (struct write_req *)req;
     client_t *c = req->handle->data;
-    free(req);
+    free(w->data);
+    free(w);
     if (status < 0 && !c->finished) fail(c, uv_strerror(status));
+}
+
+/* Writes data, which it takes over (a message body is not copied again). */
+static void send_owned(client_t *c, char *data, size_t len)
+{
+    struct write_req *w = malloc(sizeof *w);
+    if (!w) {
+        free(data);
+        fail(c, "out of memory");
+        return;
+    }
+    w->data = data;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(data);
+        free(w);
+        fail(c, "write failed");
+    }
 }
 
 static void send_raw(client_t *c, const char *data, size_t len)
 {
-    struct write_req *w = malloc(sizeof *w + len);
-    if (!w) {
+    char *copy = malloc(len);
+    if (!copy) {
         fail(c, "out of memory");
         return;
     }
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
-        free(w);
-        fail(c, "write failed");
-    }
+    memcpy(copy, data, len);
+    send_owned(c, copy, len);
 }
 
 static void arm(client_t *c, unsigned seconds);
@@ -164,10 +191,33 @@ static void send_body(client_t *c)
         return;
     }
     proto_dot_stuff(job->body, job->body_len, out);
-    c->step = STEP_BODY;
     arm(c, c->cfg->worker.data_timeout);
-    send_raw(c, out, len);
-    free(out);
+    if (!c->gate) {
+        c->step = STEP_BODY;
+        send_owned(c, out, len);
+        return;
+    }
+    /* Everything but ".CRLF": the caller renews its lease before the dot. */
+    c->step = STEP_GATE;
+    send_owned(c, out, len - 3);
+    if (c->finished) return;
+    c->gate_pending = true;
+    c->gate(c, c->arg);
+}
+
+void client_finish_data(client_t *c, bool ok)
+{
+    c->gate_pending = false;
+    if (c->finished) { /* the connection failed meanwhile */
+        maybe_done(c);
+        return;
+    }
+    if (!ok) {
+        fail(c, "transaction aborted before the final dot: the job's lease was lost");
+        return;
+    }
+    c->step = STEP_BODY;
+    send_raw(c, ".\r\n", 3);
 }
 
 static void send_next_rcpt(client_t *c)
@@ -260,6 +310,9 @@ static void on_reply(client_t *c, int code, const char *text)
         settle_undecided(c, class == 2 ? 451 : code, text);
         send_line(c, STEP_QUIT, "QUIT");
         return;
+    case STEP_GATE:
+        fail(c, "reply in the middle of the data");
+        return;
     case STEP_BODY:
         settle_undecided(c, code, text);
         if (class == 2) set_detail(c, "%s said: %s", c->dest, text);
@@ -350,7 +403,8 @@ static void on_connected(uv_connect_t *req, int status)
 }
 
 void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
-                    const char *name, const queue_job_t *job, client_done_cb done, void *arg)
+                    const char *name, const queue_job_t *job, client_gate_cb gate,
+                    client_done_cb done, void *arg)
 {
     client_t *c = calloc(1, sizeof *c);
     size_t n = job->n_rcpts ? job->n_rcpts : 1;
@@ -367,6 +421,7 @@ void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *
     c->loop = loop;
     c->cfg = cfg;
     c->job = job;
+    c->gate = gate;
     c->done = done;
     c->arg = arg;
     c->result.codes = codes;

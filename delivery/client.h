@@ -23,12 +23,23 @@ typedef struct client_result {
     bool local;         /* codes and replies are our own decision, not a server's */
 } client_result_t;
 
+typedef struct client client_t;
+
 typedef void (*client_done_cb)(const client_result_t *result, void *arg);
+/* Called when everything but the final "." has been sent: the caller makes
+ * sure it still owns the job (renews its lease) and answers with
+ * client_finish_data. */
+typedef void (*client_gate_cb)(client_t *client, void *arg);
 
 /* Delivers job (all its recipients in one transaction) to dest, whose MX
- * name is name (NULL for a static route). done runs exactly once, also when
- * the call fails at once. */
+ * name is name (NULL for a static route). gate may be NULL. done runs
+ * exactly once, also when the call fails at once. */
 void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
-                    const char *name, const queue_job_t *job, client_done_cb done, void *arg);
+                    const char *name, const queue_job_t *job, client_gate_cb gate,
+                    client_done_cb done, void *arg);
+/* Sends the final "." (ok), or aborts the transaction by closing the
+ * connection without it (RFC 5321 §4.1.1.4: the server must then not
+ * deliver; RSET cannot be sent in the middle of DATA). */
+void client_finish_data(client_t *client, bool ok);
 
 #endif

@@ -45,10 +45,12 @@ typedef struct delivery {
     queue_claimed_t claimed;
     queue_job_t *job;
     uv_timer_t lease_timer;
-    unsigned extends_pending; /* replies that still point at this delivery */
+    unsigned replies_pending; /* replies that still point at this delivery */
     bool finishing;
-    dns_result_t *mx;  /* NULL for a static route */
-    unsigned mx_index; /* the target being tried */
+    bool lease_lost;       /* an extension said "stale": another worker owns the job */
+    client_t *gate_client; /* waiting for the renewal before its final dot */
+    dns_result_t *mx;      /* NULL for a static route */
+    unsigned mx_index;     /* the target being tried */
 } delivery_t;
 
 static void tick(worker_t *w);
@@ -92,7 +94,7 @@ static void delivery_finish(delivery_t *d)
 {
     d->finishing = true;
     uv_timer_stop(&d->lease_timer);
-    if (d->extends_pending == 0 && !uv_is_closing((uv_handle_t *)&d->lease_timer))
+    if (d->replies_pending == 0 && !uv_is_closing((uv_handle_t *)&d->lease_timer))
         uv_close((uv_handle_t *)&d->lease_timer, on_delivery_closed);
 }
 
@@ -226,6 +228,7 @@ static void record(delivery_t *d, const client_result_t *r)
 }
 
 static void deliver_to_target(delivery_t *d);
+static void on_gate(client_t *client, void *arg);
 
 /* Moves on to the next MX target when this one failed before the
  * transaction began (RFC 5321 §5.1); otherwise records the attempt. */
@@ -264,7 +267,7 @@ static void record_local(delivery_t *d, int code, const char *text)
 static void deliver_to_target(delivery_t *d)
 {
     client_deliver(d->w->loop, d->w->cfg, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index],
-                   d->job, on_delivered, d);
+                   d->job, on_gate, on_delivered, d);
 }
 
 static void on_resolved(const dns_result_t *result, void *arg)
@@ -290,11 +293,40 @@ static void on_lease_timer(uv_timer_t *t);
 static void on_extended(int status, const char *err, void *arg)
 {
     delivery_t *d = arg;
-    d->extends_pending--;
-    if (status < 0)
+    d->replies_pending--;
+    if (status < 0) {
         log_warn("event=lease_extend_failed mid=%s job=%s error=\"%s\"", d->job->mid, d->job->jid,
                  err);
+        if (err && !strcmp(err, "stale")) d->lease_lost = true;
+    }
     if (d->finishing) delivery_finish(d);
+}
+
+static void on_gate_extended(int status, const char *err, void *arg)
+{
+    delivery_t *d = arg;
+    d->replies_pending--;
+    if (status < 0)
+        log_warn("event=aborted_before_dot mid=%s job=%s error=\"%s\"", d->job->mid, d->job->jid,
+                 err);
+    client_finish_data(d->gate_client, status == 0);
+}
+
+/* Right before the final dot the lease is renewed once more: a worker that
+ * lost its job (paused, partitioned) must not complete a delivery that
+ * another worker is making too. */
+static void on_gate(client_t *client, void *arg)
+{
+    delivery_t *d = arg;
+    d->gate_client = client;
+    if (d->lease_lost || queue_extend(d->w->queue, d->job, d->w->cfg->worker.lease_seconds * 1000,
+                                      on_gate_extended, d) < 0) {
+        log_warn("event=aborted_before_dot mid=%s job=%s error=\"lease lost or redis down\"",
+                 d->job->mid, d->job->jid);
+        client_finish_data(client, false);
+        return;
+    }
+    d->replies_pending++;
 }
 
 static void on_lease_timer(uv_timer_t *t)
@@ -304,14 +336,25 @@ static void on_lease_timer(uv_timer_t *t)
         0)
         log_warn("event=lease_extend_failed mid=%s error=\"redis not connected\"", d->job->mid);
     else
-        d->extends_pending++;
+        d->replies_pending++;
+}
+
+static void on_forgotten(int status, const char *err, void *arg)
+{
+    delivery_t *d = arg;
+    d->replies_pending--;
+    if (status < 0) log_warn("event=forget_failed job=%s error=\"%s\"", d->claimed.jid, err);
+    if (d->finishing) delivery_finish(d);
 }
 
 static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
 {
     delivery_t *d = arg;
     if (!job) {
-        if (status < 0) log_warn("event=fetch_failed job=%s error=\"%s\"", d->claimed.jid, err);
+        if (status < 0)
+            log_warn("event=fetch_failed job=%s error=\"%s\"", d->claimed.jid, err);
+        else if (queue_forget(d->w->queue, d->shard, &d->claimed, on_forgotten, d) == 0)
+            d->replies_pending++; /* deleted meanwhile: drop the lease, not count it */
         delivery_finish(d);
         return;
     }
@@ -321,7 +364,7 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     /* A static route (or the relayhost) wins over MX. */
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
     if (route)
-        client_deliver(d->w->loop, d->w->cfg, route, NULL, job, on_delivered, d);
+        client_deliver(d->w->loop, d->w->cfg, route, NULL, job, on_gate, on_delivered, d);
     else
         dns_resolve_mx(d->w->dns, job->domain, d->w->cfg->worker.smtp_port, on_resolved, d);
 }

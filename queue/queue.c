@@ -434,7 +434,28 @@ void queue_job_free(queue_job_t *job)
     free(job);
 }
 
-/* ---- extend and complete ---- */
+/* ---- forget, extend and complete ---- */
+
+int queue_forget(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_status_cb cb,
+                 void *arg)
+{
+    key_t_ kb[4];
+    char suffix[96];
+    shard_key(kb[0], shard, "due");
+    shard_key(kb[1], shard, "lease");
+    shard_key(kb[2], shard, "meta");
+    snprintf(suffix, sizeof suffix, "j:%s", claimed->jid);
+    shard_key(kb[3], shard, suffix);
+    const char *keys[] = {kb[0], kb[1], kb[2], kb[3]};
+    char token[32];
+    snprintf(token, sizeof token, "%lld", claimed->token);
+    const char *args[] = {claimed->jid, token};
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_status_reply;
+    call->cb.status = cb;
+    return fcall(call, "forget", false, 4, keys, 2, args, NULL);
+}
 
 int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
                  void *arg)

@@ -83,6 +83,9 @@ typedef void (*queue_fetch_cb)(int status, const char *err, queue_job_t *job, vo
 int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_fetch_cb cb,
                 void *arg);
 void queue_job_free(queue_job_t *job);
+/* Drops the lease of a claimed job that fetch found gone. */
+int queue_forget(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_status_cb cb,
+                 void *arg);
 
 /* Renews the lease; fails with err "stale" when the lease was lost. */
 int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,

@@ -103,6 +103,17 @@ local function fetch(keys, args)
   return {job, redis.call('HGETALL', keys[2]), redis.call('GET', keys[3])}
 end
 
+-- KEYS: due, lease, meta, j.  ARGV: jid, token
+-- A leased job whose hash is gone (deleted by an operator): drop its lease
+-- and bookkeeping, or it would count lease expiries and end up held.
+local function forget(keys, args)
+  if not lease_valid(keys, args[1], args[2]) then return 'stale' end
+  if redis.call('EXISTS', keys[4]) == 1 then return 'exists' end
+  redis.call('ZREM', keys[2], args[1])
+  redis.call('HDEL', keys[3], args[1] .. ':tok', args[1] .. ':own', args[1] .. ':exp')
+  return 'ok'
+end
+
 -- KEYS: due, lease, meta.  ARGV: jid, token, lease_ms
 local function extend(keys, args)
   if not lease_valid(keys, args[1], args[2]) then return 'stale' end
@@ -153,4 +164,5 @@ redis.register_function('enqueue', enqueue)
 redis.register_function('claim', claim)
 redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-writes'}}
 redis.register_function('extend', extend)
+redis.register_function('forget', forget)
 redis.register_function('complete', complete)

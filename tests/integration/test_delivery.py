@@ -147,3 +147,33 @@ def test_null_sender_is_never_bounced(stack):
     time.sleep(1.5)
     assert stack.sink.messages == []
     assert list(stack.redis.client().scan_iter(match="{mq:*}:m:*")) == []
+
+
+def test_lost_lease_aborts_before_the_final_dot(stack):
+    """If the worker's lease is taken from it mid-delivery (here: its fencing
+    token bumped, as when another worker reclaimed the job), the renewal
+    right before the final dot fails and the worker closes the connection
+    instead of sending the dot: the sink gets nothing from that attempt. The
+    job is delivered once, later, by a valid lease."""
+    r = stack.redis.client()
+    bumped = []
+
+    def steal_lease(addr):
+        if not bumped:
+            for key in r.scan_iter(match="{mq:*}:lease"):
+                for jid in r.zrange(key, 0, -1):
+                    r.hincrby(key.replace(b":lease", b":meta"), jid + b":tok", 1)
+                    bumped.append(jid)
+        return None
+
+    stack.sink.rcpt_reply = steal_lease
+    stack.ingress()
+    worker = stack.worker()
+    send(stack, ["rcpt@example.test"], "fenced")
+    wait_for(lambda: "event=aborted_before_dot" in worker.read_log(), timeout=20,
+             what="the aborted attempt")
+    assert bumped and stack.sink.messages == []
+    wait_for(lambda: stack.sink.count() == 1, timeout=30, what="delivery after the lease expired")
+    time.sleep(1)
+    assert stack.sink.count() == 1
+    assert b"Subject: fenced" in stack.sink.messages[0][2]
