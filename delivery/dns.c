@@ -168,6 +168,7 @@ typedef struct mx_request {
     dns_mx_cb cb;
     void *arg;
     bool implicit; /* no MX records: the domain itself */
+    bool route;    /* a configured host, not a mail domain */
     mx_host_t hosts[DNS_MAX_TARGETS];
     unsigned n_hosts;
     unsigned pending;
@@ -219,6 +220,8 @@ static void addresses_done(mx_request_t *req)
     }
     if (found)
         finish(req, DNS_OK, "%u address(es)", found);
+    else if (req->route)
+        finish(req, DNS_TEMPFAIL, "451 4.4.3 route host %s does not resolve", req->domain);
     else if (req->implicit && !temporary)
         finish(req, DNS_NO_HOST, "550 5.4.4 %s has no MX and no address record", req->domain);
     else
@@ -322,19 +325,37 @@ static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int 
     resolve_hosts(req);
 }
 
-void dns_resolve_mx(dns_t *dns, const char *domain, uint16_t port, dns_mx_cb cb, void *arg)
+static mx_request_t *request_new(dns_t *dns, const char *name, uint16_t port, dns_mx_cb cb,
+                                 void *arg)
 {
     mx_request_t *req = calloc(1, sizeof *req);
     if (!req) {
         dns_result_t r = {.status = DNS_TEMPFAIL, .detail = "out of memory"};
         cb(&r, arg);
-        return;
+        return NULL;
     }
     req->dns = dns;
-    snprintf(req->domain, sizeof req->domain, "%s", domain);
+    snprintf(req->domain, sizeof req->domain, "%s", name);
     req->port = port;
     req->cb = cb;
     req->arg = arg;
+    return req;
+}
+
+void dns_resolve_mx(dns_t *dns, const char *domain, uint16_t port, dns_mx_cb cb, void *arg)
+{
+    mx_request_t *req = request_new(dns, domain, port, cb, arg);
+    if (!req) return;
     ares_query(dns->channel, domain, ns_c_in, ns_t_mx, on_mx, req);
+    schedule_timer(dns);
+}
+
+void dns_resolve_host(dns_t *dns, const char *host, uint16_t port, dns_mx_cb cb, void *arg)
+{
+    mx_request_t *req = request_new(dns, host, port, cb, arg);
+    if (!req) return;
+    req->route = true;
+    add_host(req, host, 0);
+    resolve_hosts(req);
     schedule_timer(dns);
 }

@@ -37,5 +37,9 @@ void dns_free(dns_t *dns);
  * preference, equal preferences in random order, each host's addresses;
  * without MX records, the domain's own addresses. cb runs exactly once. */
 void dns_resolve_mx(dns_t *dns, const char *domain, uint16_t port, dns_mx_cb cb, void *arg);
+/* The addresses of one host (a static route or relayhost given by name);
+ * any failure is DNS_TEMPFAIL: a route that does not resolve is a problem of
+ * ours, not a reason to bounce. */
+void dns_resolve_host(dns_t *dns, const char *host, uint16_t port, dns_mx_cb cb, void *arg);
 
 #endif

@@ -363,8 +363,11 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     uv_timer_start(&d->lease_timer, on_lease_timer, renew, renew);
     /* A static route (or the relayhost) wins over MX. */
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
-    if (route)
+    struct sockaddr_storage numeric;
+    if (route && net_sockaddr_from(route, &numeric) == 0)
         client_deliver(d->w->loop, d->w->cfg, route, NULL, job, on_gate, on_delivered, d);
+    else if (route) /* by name, as in a compose file: "sink:25" */
+        dns_resolve_host(d->w->dns, route->host, route->port, on_resolved, d);
     else
         dns_resolve_mx(d->w->dns, job->domain, d->w->cfg->worker.smtp_port, on_resolved, d);
 }

@@ -149,6 +149,7 @@ static void on_connected(const redisAsyncContext *ac, int status)
 {
     rconn_t *c = ac->data;
     if (c->ac != ac) return;
+    uv_timer_stop(&c->reconnect_timer); /* the connect deadline */
     if (status != REDIS_OK) {
         /* hiredis frees the context itself after this callback. */
         log_debug("event=redis_connect_failed redis=%s:%d error=\"%s\"", c->host, c->port,
@@ -159,6 +160,9 @@ static void on_connected(const redisAsyncContext *ac, int status)
     }
     c->connected = true;
     c->backoff_ms = RECONNECT_MIN_MS;
+    /* A peer that vanishes without a FIN (failover, partition) is noticed by
+     * the request timers; keepalive covers the idle subscriber connection. */
+    redisEnableKeepAlive(&c->ac->c);
     log_info("event=redis_connected redis=%s:%d", c->host, c->port);
     if (c->channel[0])
         redisAsyncCommand(c->ac, on_subscribe_message, c, "SUBSCRIBE %s", c->channel);
@@ -175,6 +179,14 @@ static void on_disconnected(const redisAsyncContext *ac, int status)
     c->ac = NULL;
     c->connected = false;
     schedule_reconnect(c);
+}
+
+static void on_connect_deadline(uv_timer_t *t)
+{
+    rconn_t *c = t->data;
+    if (c->connected || !c->ac) return;
+    log_debug("event=redis_connect_failed redis=%s:%d error=\"timed out\"", c->host, c->port);
+    drop(c, "connect timed out");
 }
 
 static void connect_now(rconn_t *c)
@@ -196,6 +208,9 @@ static void connect_now(rconn_t *c)
     c->ac = ac;
     redisAsyncSetConnectCallback(ac, on_connected);
     redisAsyncSetDisconnectCallback(ac, on_disconnected);
+    /* Without a deadline a black-holed address holds the connect for the
+     * kernel's SYN timeout (about two minutes) with every message refused. */
+    uv_timer_start(&c->reconnect_timer, on_connect_deadline, c->timeout_ms, 0);
 }
 
 rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,

@@ -88,6 +88,8 @@ max_backoff = 1
 connect_timeout = 3
 [routes]
 origin.test = 127.0.0.1:{bounce_sink.port}
+routed.test = mx2.example.test:{smtp_port}
+badroute.test = nowhere.test:{smtp_port}
 """
     ingress = Sealpost(tmp_path, "ingress", config, "ingress").start(listen)
     worker = Sealpost(tmp_path, "worker", config, "worker").start()
@@ -130,8 +132,14 @@ def test_equal_preferences_spread(mx):
     """Two MX hosts of equal preference both get mail."""
     for n in range(16):
         send(mx.port, [f"user{n}@equal.test"], n)
-    wait_for(lambda: mx.sinks["127.0.0.4"].count() + mx.sinks["127.0.0.5"].count() == 16,
-             timeout=30, what="16 deliveries")
+    try:
+        wait_for(lambda: mx.sinks["127.0.0.4"].count() + mx.sinks["127.0.0.5"].count() >= 16,
+                 timeout=30, what="16 deliveries")
+    except AssertionError:  # seen once in a full run: keep what explains it
+        print(mx.worker.read_log()[-6000:])
+        raise
+    time.sleep(0.5)
+    assert mx.sinks["127.0.0.4"].count() + mx.sinks["127.0.0.5"].count() == 16
     counts = Counter({a: mx.sinks[a].count() for a in ("127.0.0.4", "127.0.0.5")})
     print("\nequal-preference spread:", dict(counts))
     # 16 fair coin flips all landing on one side: odds 1 in 32768.
@@ -158,3 +166,22 @@ def test_undeliverable_domains_bounce_at_once(mx, domain, status, text):
     assert text in diagnostic and diagnostic.startswith("x-sealpost; 550 ")
     assert "attempt=1 " in mx.worker.read_log()
     assert "attempt=2 " not in mx.worker.read_log()
+
+
+def test_route_by_host_name(mx):
+    """A static route may name its host ("sink:25" in a compose file): it is
+    resolved, and it wins over MX."""
+    send(mx.port, ["user@routed.test"])
+    wait_for(lambda: mx.sinks["127.0.0.3"].count() == 1, timeout=20, what="routed delivery")
+    assert mx.sinks["127.0.0.3"].messages[0][1] == ["user@routed.test"]
+
+
+def test_route_that_does_not_resolve_defers(mx):
+    """A route whose host does not resolve is our misconfiguration: the mail
+    waits (deferred), it is not bounced."""
+    send(mx.port, ["user@badroute.test"])
+    wait_for(lambda: "route host nowhere.test does not resolve" in mx.worker.read_log(),
+             timeout=20, what="the deferral")
+    time.sleep(1.5)
+    assert mx.bounce_sink.count() == 0
+    assert "event=deferred" in mx.worker.read_log()
