@@ -17,6 +17,12 @@ void log_set_level(enum log_level level);
 int log_parse_level(const char *name, enum log_level *out);
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A value that came from outside (an address with a quoted local part may
+ * hold spaces, quotes, '='), made safe for one key=value field: space, '"',
+ * '\\' and anything not printable ASCII become \xNN. Returns out. */
+#define LOG_SAFE_MAX 1100
+const char *log_safe(const char *in, char out[LOG_SAFE_MAX]);
+
 #define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_write(LOG_INFO, __VA_ARGS__)
 #define log_warn(...)  log_write(LOG_WARN, __VA_ARGS__)

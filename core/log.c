@@ -25,6 +25,24 @@ int log_parse_level(const char *name, enum log_level *out)
     return -1;
 }
 
+const char *log_safe(const char *in, char out[LOG_SAFE_MAX])
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && n + 5 < LOG_SAFE_MAX; p++) {
+        if (*p > ' ' && *p < 127 && *p != '"' && *p != '\\') {
+            out[n++] = (char)*p;
+        } else {
+            out[n++] = '\\';
+            out[n++] = 'x';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        }
+    }
+    out[n] = 0;
+    return out;
+}
+
 void log_write(enum log_level level, const char *fmt, ...)
 {
     if (level < current_level) return;

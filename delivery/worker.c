@@ -109,8 +109,9 @@ static void on_completed(int status, const char *err, void *arg)
 static void log_outcome(const delivery_t *d, const char *rcpt, const char *event,
                         const char *detail)
 {
-    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", event, d->job->mid, rcpt,
-             d->job->attempts + 1, detail);
+    char safe[LOG_SAFE_MAX];
+    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", event, d->job->mid,
+             log_safe(rcpt, safe), d->job->attempts + 1, detail);
 }
 
 /* The delay before attempt n+1 (n attempts made so far): the backoff doubles
@@ -186,8 +187,9 @@ static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t
     b->info = "bounce";
     b->body = body->data;
     b->body_len = body->len;
-    log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", d->job->mid, b->id, b->rcpt,
-             o->n_failed);
+    char safe[LOG_SAFE_MAX];
+    log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", d->job->mid, b->id,
+             log_safe(b->rcpt, safe), o->n_failed);
     return true;
 }
 

@@ -28,6 +28,7 @@ struct session {
     bool trusted;
 
     buf_t in;
+    size_t in_pos; /* in.data[in_pos..len) is not processed yet */
     buf_t out;
     unsigned writes_pending;
     bool reading;
@@ -322,7 +323,9 @@ static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
         return;
     }
     if (!s->trusted && !domain_is_relay(s->cfg, proto_path_domain(&path))) {
-        log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer, path.addr);
+        char safe[LOG_SAFE_MAX];
+        log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer,
+                 log_safe(path.addr, safe));
         reply(s, "554 5.7.1 <%s>: Relay access denied", path.addr);
         return;
     }
@@ -452,8 +455,9 @@ static void on_enqueued(int status, const char *err, void *arg)
         return;
     }
     if (status == 0) {
+        char safe[LOG_SAFE_MAX];
         log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", s->mid, s->peer,
-                 s->sender, s->n_rcpts, s->body.len);
+                 log_safe(s->sender, safe), s->n_rcpts, s->body.len);
         reply(s, "250 2.0.0 Ok: queued as %s", s->mid);
     } else {
         log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\"", s->mid, s->peer, err);
@@ -504,19 +508,39 @@ static void finish_data(session_t *s)
     transaction_reset(s);
 }
 
+/* ---- the input buffer ----
+ * Lines are taken from the front by moving an offset; the buffer is compacted
+ * once per batch, so a long pipelined batch costs linear, not quadratic, time. */
+
+static const char *input(const session_t *s)
+{
+    return s->in.data + s->in_pos;
+}
+
+static size_t input_len(const session_t *s)
+{
+    return s->in.len - s->in_pos;
+}
+
+static void input_compact(session_t *s)
+{
+    buf_consume(&s->in, s->in_pos);
+    s->in_pos = 0;
+}
+
 /* Decodes what is buffered; returns true when the end of data was reached. */
 static bool consume_data(session_t *s)
 {
-    if (buf_reserve(&s->body, s->in.len) < 0) {
+    if (buf_reserve(&s->body, input_len(s)) < 0) {
         reply(s, "451 4.3.1 Insufficient system resources");
         s->quitting = true;
         return false;
     }
     size_t out_len;
     size_t used =
-        proto_data_feed(&s->data, s->in.data, s->in.len, s->body.data + s->body.len, &out_len);
+        proto_data_feed(&s->data, input(s), input_len(s), s->body.data + s->body.len, &out_len);
     s->body.len += out_len;
-    buf_consume(&s->in, used);
+    s->in_pos += used;
     return s->data.done;
 }
 
@@ -524,27 +548,28 @@ static bool consume_data(session_t *s)
 
 static void take_line(session_t *s)
 {
-    char *lf = memchr(s->in.data, '\n', s->in.len);
+    const char *line = input(s);
+    const char *lf = memchr(line, '\n', input_len(s));
     size_t max = s->cfg->ingress.max_line_length;
     if (!lf) {
-        if (s->in.len > max) { /* keep nothing of an over-long line */
+        if (input_len(s) > max) { /* keep nothing of an over-long line */
             if (!s->skip_line) reply(s, "500 5.5.2 Error: line too long");
             s->skip_line = true;
-            buf_reset(&s->in);
+            s->in_pos = s->in.len;
         }
         return;
     }
-    size_t len = (size_t)(lf - s->in.data);
+    size_t len = (size_t)(lf - line);
     if (s->skip_line) {
         s->skip_line = false;
     } else if (len + 1 > max) {
         reply(s, "500 5.5.2 Error: line too long");
-    } else if (len == 0 || s->in.data[len - 1] != '\r') {
+    } else if (len == 0 || line[len - 1] != '\r') {
         reply(s, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
     } else {
-        dispatch(s, s->in.data, len - 1);
+        dispatch(s, line, len - 1);
     }
-    buf_consume(&s->in, len + 1);
+    s->in_pos += len + 1;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
@@ -570,11 +595,12 @@ static void process(session_t *s)
             finish_data(s);
             continue;
         }
-        size_t before = s->in.len;
+        size_t before = input_len(s);
         if (before == 0) break;
         take_line(s);
-        if (s->in.len == before) break; /* no complete line yet */
+        if (input_len(s) == before) break; /* no complete line yet */
     }
+    input_compact(s);
     if (s->eof && !s->busy) s->quitting = true;
     flush(s);
     if (s->closed) return;

@@ -909,6 +909,21 @@ static void test_config_print_roundtrip(void **state)
     buf_free(&second);
 }
 
+/* An address from a client cannot forge key=value fields in a log line. */
+static void test_log_safe(void **state)
+{
+    (void)state;
+    char out[LOG_SAFE_MAX];
+    assert_string_equal(log_safe("user@example.test", out), "user@example.test");
+    assert_string_equal(log_safe("\"x event=accepted\"@evil.test", out),
+                        "\\x22x\\x20event=accepted\\x22@evil.test");
+    assert_string_equal(log_safe("a\\b\r\n\xc3\xa9", out), "a\\x5cb\\x0d\\x0a\\xc3\\xa9");
+    char big[4000];
+    memset(big, ' ', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    assert_true(strlen(log_safe(big, out)) < LOG_SAFE_MAX); /* bounded, still terminated */
+}
+
 int main(void)
 {
     if (sodium_init() < 0) return 1;
@@ -945,6 +960,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_env_bad, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_default_path, cwd_setup, cwd_teardown),
         cmocka_unit_test_setup_teardown(test_config_print_roundtrip, config_setup, config_teardown),
+        cmocka_unit_test(test_log_safe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
