@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #define SHUTDOWN_GRACE_MS 15000
@@ -129,12 +131,35 @@ static int mkdir_p(const char *path)
     return (mkdir(tmp, 0700) < 0 && errno != EEXIST) ? -1 : 0;
 }
 
+/* A redis-server left running by a run that crashed would hold the port and
+ * make this one fail; its pid file says which process to stop first. */
+static void stop_leftover_redis(const char *pidfile)
+{
+    FILE *fp = fopen(pidfile, "r");
+    char text[32];
+    if (!fp) return;
+    long pid = fgets(text, sizeof text, fp) ? strtol(text, NULL, 10) : 0;
+    fclose(fp);
+    char path[64], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+    fp = pid > 1 ? fopen(path, "r") : NULL;
+    if (fp) {
+        if (!fgets(comm, sizeof comm, fp)) comm[0] = 0;
+        fclose(fp);
+    }
+    if (strncmp(comm, "redis-server", 12) != 0) return; /* gone, or the pid was reused */
+    log_warn("event=stopping_leftover_redis pid=%ld pidfile=%s", pid, pidfile);
+    kill((pid_t)pid, SIGTERM);
+    for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
+        usleep(50000);
+}
+
 /* The private Redis: durable (AOF, fsync before every reply), never evicting
  * queue keys, on loopback only. */
 static int start_redis(runtime_t *rt)
 {
     const config_t *cfg = rt->cfg;
-    char port[8], dir[PATH_MAX], logfile[PATH_MAX + 16];
+    char port[8], dir[PATH_MAX], logfile[PATH_MAX + 16], pidfile[PATH_MAX + 16];
     /* Absolute: redis-server changes into --dir before it opens the log. */
     if (mkdir_p(cfg->up.data_dir) < 0 || !realpath(cfg->up.data_dir, dir)) {
         log_error("event=start_failed what=data_dir path=%s error=\"%s\"", cfg->up.data_dir,
@@ -143,26 +168,22 @@ static int start_redis(runtime_t *rt)
     }
     snprintf(port, sizeof port, "%u", cfg->up.redis_port);
     snprintf(logfile, sizeof logfile, "%s/redis.log", dir);
+    snprintf(pidfile, sizeof pidfile, "%s/redis.pid", dir);
+    stop_leftover_redis(pidfile);
+    /* clang-format off */
     char *args[] = {(char *)cfg->up.redis_server,
-                    "--port",
-                    port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    dir,
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--save",
-                    "",
-                    "--maxmemory-policy",
-                    "noeviction",
-                    "--logfile",
-                    logfile,
-                    "--daemonize",
-                    "no",
+                    "--port", port,
+                    "--bind", "127.0.0.1",
+                    "--dir", dir,
+                    "--appendonly", "yes",
+                    "--appendfsync", "always",
+                    "--save", "",
+                    "--maxmemory-policy", "noeviction",
+                    "--logfile", logfile,
+                    "--pidfile", pidfile,
+                    "--daemonize", "no",
                     NULL};
+    /* clang-format on */
     uv_process_options_t opts = {0};
     opts.file = args[0];
     opts.args = args;

@@ -234,3 +234,38 @@ def test_check_config_errors_name_file_line_and_key(tmp_path):
     assert "max_recipients = 5\n" in out.stdout
     assert "max_message_size = 2048\n" in out.stdout
     assert "example.test = 127.0.0.1:2526\n" in out.stdout
+
+
+def test_up_after_a_crash_replaces_the_leftover_redis(tmp_path, sink):
+    """`sealpost up` killed with SIGKILL leaves its redis-server running; the
+    next `sealpost up` on the same data dir stops that one and starts clean,
+    with the queued mail still there."""
+    smtp_port, redis_port = free_port(), free_port()
+    config = f"""
+[ingress]
+listen = 127.0.0.1:{smtp_port}
+[worker]
+min_backoff = 1
+max_backoff = 1
+lease_seconds = 2
+[up]
+data_dir = {tmp_path}/var
+redis_port = {redis_port}
+[routes]
+example.test = 127.0.0.1:{free_port()}
+"""
+    first = Sealpost(tmp_path, "up", config, "up").start(smtp_port)
+    wait_for(lambda: "event=redis_connected" in first.read_log(), what="private redis")
+    send(smtp_port, 1, rcpts=("someone@example.test",))  # its route is down: it stays queued
+    wait_for(lambda: "event=deferred" in first.read_log(), what="the first attempt")
+    first.kill()
+    assert port_open("127.0.0.1", redis_port), "expected the orphaned redis-server to survive"
+    # The second run routes example.test to the live sink.
+    second = Sealpost(tmp_path, "up2", config.replace(
+        f"example.test = 127.0.0.1:{config.split('example.test = 127.0.0.1:')[1].split()[0]}",
+        f"example.test = 127.0.0.1:{sink.port}"), "up").start(smtp_port)
+    wait_for(lambda: "event=redis_connected" in second.read_log(), what="second run's redis")
+    assert "event=stopping_leftover_redis" in second.read_log()
+    wait_for(lambda: sink.count() == 1, timeout=30, what="the mail queued before the crash")
+    second.check_clean_exit()
+    assert not port_open("127.0.0.1", redis_port)
