@@ -34,7 +34,8 @@ static const key_spec_t keys[] = {
 
     {"ingress", "listen", T_HOSTPORT, OFF(ingress.listen), 0, 0, "127.0.0.1:2525"},
     {"ingress", "hostname", T_STRING, OFF(ingress.hostname), 0, 0, ""},
-    {"ingress", "max_message_size", T_SIZE, OFF(ingress.max_message_size), 1024, 1ULL << 31,
+    /* Redis refuses bulk strings over 512 MB (proto-max-bulk-len): stay below. */
+    {"ingress", "max_message_size", T_SIZE, OFF(ingress.max_message_size), 1024, 500ULL << 20,
      "26214400"},
     {"ingress", "max_recipients", T_UINT, OFF(ingress.max_recipients), 1, 100000, "1000"},
     {"ingress", "max_line_length", T_UINT, OFF(ingress.max_line_length), 1000, 65536, "1000"},
