@@ -245,25 +245,43 @@ static void note_extension(client_t *c, const char *line, size_t len)
     }
 }
 
+/* Refuses the transaction before MAIL FROM for a reason of ours: every
+ * recipient gets code and text, and the result says it was our decision. */
+static void refuse_locally(client_t *c, int code, const char *text)
+{
+    set_detail(c, "%s: %s", c->dest, text);
+    c->result.local = true;
+    settle_undecided(c, code, text);
+    send_line(c, STEP_QUIT, "QUIT");
+}
+
 /* MAIL FROM, with SIZE and BODY when the peer offers them. A message over the
- * peer's announced limit fails here with the peer's own figure. */
+ * peer's announced limit fails here with the peer's own figure; 8-bit content
+ * for a peer without 8BITMIME is refused (RFC 6152 §3: convert or return it;
+ * we do not convert). */
 static void send_mail(client_t *c)
 {
     const queue_job_t *job = c->job;
+    char text[400];
+    bool eight_bit = strcasestr(job->mail_params, "BODY=8BITMIME") != NULL;
     if (c->peer_size_known && c->peer_size && job->body_len > c->peer_size) {
-        char text[160];
         snprintf(text, sizeof text, "552 5.3.4 message size %zu exceeds the limit of %llu",
                  job->body_len, c->peer_size);
-        set_detail(c, "%s: %s", c->dest, text);
-        settle_undecided(c, 552, text);
-        send_line(c, STEP_QUIT, "QUIT");
+        refuse_locally(c, 552, text);
+        return;
+    }
+    if (eight_bit && !c->peer_8bitmime) {
+        snprintf(text, sizeof text,
+                 "554 5.6.3 %s does not accept 8-bit content (no 8BITMIME) and conversion "
+                 "is not supported",
+                 c->dest);
+        refuse_locally(c, 554, text);
         return;
     }
     char size[40] = "";
     if (c->peer_size_known) snprintf(size, sizeof size, " SIZE=%zu", job->body_len);
-    bool body = c->peer_8bitmime && job->mail_params[0];
-    send_line(c, STEP_MAIL, "MAIL FROM:<%s>%s%s%s", job->sender, size, body ? " " : "",
-              body ? job->mail_params : "");
+    send_line(c, STEP_MAIL, "MAIL FROM:<%s>%s%s", job->sender, size,
+              eight_bit ? " BODY=8BITMIME" : "");
 }
 
 /* One complete reply: decide the next step. */

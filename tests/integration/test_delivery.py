@@ -4,7 +4,7 @@
 import email
 import smtplib
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from email import policy
 
 from conftest import wait_for
@@ -177,3 +177,87 @@ def test_lost_lease_aborts_before_the_final_dot(stack):
     time.sleep(1)
     assert stack.sink.count() == 1
     assert b"Subject: fenced" in stack.sink.messages[0][2]
+
+
+def _send_many(stack, count, domains):
+    import threading
+    errors = []
+
+    def client(first):
+        try:
+            with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=60) as s:
+                for n in range(first, count, 4):
+                    rcpts = [f"user{n}@{d}" for d in domains]
+                    s.sendmail(SENDER, rcpts, message(f"m{n}"))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def _deliveries(sink):
+    return Counter(r for _, rcpts, _ in delivered(sink) for r in rcpts)
+
+
+DOMAINS = ("example.test", "origin.test")  # both routed to the sink: two jobs per message
+
+
+def test_three_workers_deliver_every_recipient_once(stack):
+    """Three workers on one Redis, 500 messages with a recipient in each of two
+    domains (1000 jobs): every recipient is delivered exactly once."""
+    stack.ingress()
+    workers = [stack.worker(extra="[worker]\nconcurrency = 8\n") for _ in range(3)]
+    _send_many(stack, 500, DOMAINS)
+    wait_for(lambda: len(_deliveries(stack.sink)) >= 1000, timeout=120, what="1000 recipients")
+    time.sleep(1)
+    counts = _deliveries(stack.sink)
+    assert len(counts) == 1000 and set(counts.values()) == {1}, \
+        {r: c for r, c in counts.items() if c != 1}
+    shares = [w.read_log().count("event=delivered") for w in workers]
+    print("\ndeliveries per worker:", shares)
+    assert sum(shares) == 1000 and all(shares), shares
+
+
+def test_worker_killed_among_three_loses_nothing(stack):
+    """The same with one worker SIGKILLed mid-run: every recipient is
+    delivered at least once; the duplicates are counted and printed."""
+    stack.sink.data_delay = 0.01
+    stack.ingress()
+    extra = "[worker]\nconcurrency = 8\nlease_seconds = 2\n"
+    workers = [stack.worker(extra=extra) for _ in range(3)]
+    _send_many(stack, 300, DOMAINS)
+    wait_for(lambda: len(_deliveries(stack.sink)) >= 150, timeout=60, what="half the mail")
+    workers[0].kill()
+    wait_for(lambda: len(_deliveries(stack.sink)) >= 600, timeout=120, what="all 600 recipients")
+    time.sleep(3)  # past a lease: a late duplicate would show up now
+    counts = _deliveries(stack.sink)
+    dups = sum(c - 1 for c in counts.values())
+    print(f"\nworker killed; recipients: {len(counts)}, duplicates: {dups}")
+    assert len(counts) == 600
+
+
+def test_8bit_mail_to_a_peer_without_8bitmime_bounces(stack):
+    """RFC 6152: 8-bit content (received with BODY=8BITMIME) is not sent to a
+    server that does not announce 8BITMIME; without conversion it bounces
+    (5.6.3) instead of being passed on as is."""
+    async def no_8bitmime(server, session, envelope, hostname, responses):
+        session.host_name = hostname  # aiosmtpd leaves this to a handle_EHLO hook
+        return [r for r in responses if "8BITMIME" not in r]
+
+    stack.sink.handle_EHLO = no_8bitmime  # looked up per connection by aiosmtpd
+    stack.ingress()
+    stack.worker()
+    with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as s:
+        s.sendmail(SENDER, ["rcpt@example.test"],
+                   "Subject: caf\u00e9\r\n\r\nna\u00efve\r\n".encode(), mail_options=["BODY=8BITMIME"])
+        s.sendmail(SENDER, ["seven@example.test"], message("plain"))  # 7-bit still goes
+    wait_for(lambda: bounces(stack.sink) and delivered(stack.sink), timeout=20,
+             what="the bounce and the 7-bit delivery")
+    assert [m[1] for m in delivered(stack.sink)] == [["seven@example.test"]]
+    _, _, per_rcpt = parse_bounce(bounces(stack.sink)[0][2])[1:]
+    assert per_rcpt["rcpt@example.test"]["Status"] == "5.6.3"
