@@ -13,7 +13,19 @@
 
 extern char **environ;
 
-enum key_type { T_STRING, T_UINT, T_SIZE, T_HOSTPORT, T_DOMAINS, T_CIDRS, T_LOGLEVEL, T_PORT };
+enum key_type {
+    T_STRING,
+    T_UINT,
+    T_SIZE,
+    T_HOSTPORT,
+    T_DOMAINS,
+    T_CIDRS,
+    T_LOGLEVEL,
+    T_PORT,
+    T_TLS_POLICY
+};
+
+static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
 
 typedef struct key_spec {
     const char *section;
@@ -59,6 +71,8 @@ static const key_spec_t keys[] = {
     {"worker", "relayhost", T_HOSTPORT, OFF(worker.relayhost), 0, 0, ""},
     {"worker", "dns_servers", T_STRING, OFF(worker.dns_servers), 0, 0, ""},
     {"worker", "smtp_port", T_PORT, OFF(worker.smtp_port), 1, 65535, "25"},
+    {"worker", "tls_policy", T_TLS_POLICY, OFF(worker.tls_policy), 0, 0, "opportunistic"},
+    {"worker", "tls_ca_file", T_STRING, OFF(worker.tls_ca_file), 0, 0, ""},
 
     {"up", "data_dir", T_STRING, OFF(up.data_dir), 0, 0, "./var"},
     {"up", "redis_server", T_STRING, OFF(up.redis_server), 0, 0, "redis-server"},
@@ -169,6 +183,14 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
             return -1;
         }
         return 0;
+    case T_TLS_POLICY:
+        for (int i = 0; i < 3; i++)
+            if (!strcasecmp(value, tls_policy_names[i])) {
+                *(enum tls_policy *)field = (enum tls_policy)i;
+                return 0;
+            }
+        snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
+        return -1;
     case T_LOGLEVEL:
         if (log_parse_level(value, (enum log_level *)field) < 0) {
             snprintf(err, errlen, "'%s' is not one of debug, info, warn, error", value);
@@ -405,6 +427,9 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
         buf_printf(out, strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
         break;
     }
+    case T_TLS_POLICY:
+        buf_printf(out, "%s", tls_policy_names[*(const enum tls_policy *)field]);
+        break;
     case T_LOGLEVEL: {
         static const char *names[] = {"debug", "info", "warn", "error"};
         buf_printf(out, "%s", names[*(const enum log_level *)field]);

@@ -91,6 +91,10 @@ int util_split_list(const char *text, int (*fn)(const char *item, void *arg), vo
 
 #define CONFIG_MAX_LIST 64
 
+/* STARTTLS when delivering: never, when offered (any certificate), or
+ * required with a certificate valid for the host's name. */
+enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY };
+
 typedef struct config_route {
     char domain[256];
     net_hostport_t dest;
@@ -134,6 +138,8 @@ typedef struct config {
         net_hostport_t relayhost; /* host[0] == 0: none */
         char dns_servers[512];    /* "host:port ..."; empty: /etc/resolv.conf */
         uint16_t smtp_port;       /* of MX hosts */
+        enum tls_policy tls_policy;
+        char tls_ca_file[512]; /* extra trust anchors for verify; the system's are used too */
     } worker;
 
     config_route_t routes[CONFIG_MAX_LIST];

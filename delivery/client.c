@@ -1,5 +1,6 @@
 /* The SMTP client: one transaction per job, every recipient in it, one step
- * at a time (greeting, EHLO or HELO, MAIL, each RCPT, DATA, body, QUIT). */
+ * at a time (greeting, EHLO or HELO, STARTTLS and EHLO again, MAIL, each
+ * RCPT, DATA, body, QUIT). */
 #include "delivery/client.h"
 
 #include "proto/proto.h"
@@ -13,6 +14,8 @@ enum step {
     STEP_GREETING,
     STEP_EHLO,
     STEP_HELO,
+    STEP_STARTTLS, /* waiting for the 220 */
+    STEP_TLS,      /* handshaking */
     STEP_MAIL,
     STEP_RCPT,
     STEP_DATA,
@@ -24,9 +27,13 @@ enum step {
 struct client {
     uv_loop_t *loop;
     const config_t *cfg;
+    SSL_CTX *tls_ctx;
+    tls_conn_t *tls; /* set from STARTTLS on: every byte goes through it */
+    buf_t cipher;    /* ciphertext read from the socket */
     const queue_job_t *job;
     char dest[300];
-    char name[300];
+    char name[300]; /* for logs and Remote-MTA: the MX name, or host:port */
+    char host[256]; /* for SNI and certificate checks: the MX name, or the route's host */
     uv_tcp_t tcp;
     uv_connect_t connect_req;
     uv_timer_t timer;
@@ -37,6 +44,7 @@ struct client {
     buf_t in;
     int multiline_code; /* code of the reply being read, 0 between replies */
     bool peer_8bitmime; /* from the EHLO reply */
+    bool peer_starttls;
     bool peer_size_known;
     unsigned long long peer_size; /* the peer's SIZE limit, 0: none given */
     client_result_t result;
@@ -56,6 +64,8 @@ static void maybe_done(client_t *c)
     free(c->result.codes);
     free(c->result.replies);
     buf_free(&c->in);
+    buf_free(&c->cipher);
+    tls_free(c->tls);
     free(c);
 }
 
@@ -130,8 +140,8 @@ static void on_written(uv_write_t *req, int status)
     if (status < 0 && !c->finished) fail(c, uv_strerror(status));
 }
 
-/* Writes data, which it takes over (a message body is not copied again). */
-static void send_owned(client_t *c, char *data, size_t len)
+/* Writes bytes to the socket as they are, taking over data. */
+static void socket_write(client_t *c, char *data, size_t len)
 {
     struct write_req *w = malloc(sizeof *w);
     if (!w) {
@@ -146,6 +156,38 @@ static void send_owned(client_t *c, char *data, size_t len)
         free(w);
         fail(c, "write failed");
     }
+}
+
+/* Sends whatever TLS has ready for the peer (handshake or records). */
+static void flush_tls(client_t *c)
+{
+    buf_t out;
+    buf_init(&out);
+    if (tls_take_output(c->tls, &out) < 0) {
+        buf_free(&out);
+        fail(c, "out of memory");
+        return;
+    }
+    if (out.len)
+        socket_write(c, out.data, out.len); /* takes out.data */
+    else
+        buf_free(&out);
+}
+
+/* Writes data, which it takes over (a message body is not copied again),
+ * through TLS once STARTTLS has begun. */
+static void send_owned(client_t *c, char *data, size_t len)
+{
+    if (!c->tls) {
+        socket_write(c, data, len);
+        return;
+    }
+    int rc = tls_send(c->tls, data, len);
+    free(data);
+    if (rc < 0)
+        fail(c, tls_error(c->tls));
+    else
+        flush_tls(c);
 }
 
 static void send_raw(client_t *c, const char *data, size_t len)
@@ -239,6 +281,7 @@ static void note_extension(client_t *c, const char *line, size_t len)
     size_t n = len - 4;
     if (n >= 8 && !strncasecmp(kw, "8BITMIME", 8) && (n == 8 || kw[8] == ' '))
         c->peer_8bitmime = true;
+    if (n == 8 && !strncasecmp(kw, "STARTTLS", 8)) c->peer_starttls = true;
     if (n >= 4 && !strncasecmp(kw, "SIZE", 4) && (n == 4 || kw[4] == ' ')) {
         c->peer_size_known = true;
         c->peer_size = n > 5 ? strtoull(kw + 5, NULL, 10) : 0;
@@ -284,6 +327,58 @@ static void send_mail(client_t *c)
               eight_bit ? " BODY=8BITMIME" : "");
 }
 
+/* The RFC 3207 handshake: whatever the server sent after its 220 was read
+ * in clear and must not count once the channel is secure, so it is dropped. */
+static void start_tls(client_t *c)
+{
+    bool verify = c->cfg->worker.tls_policy == TLS_POLICY_VERIFY;
+    c->tls = tls_client_new(c->tls_ctx, c->host, verify);
+    if (!c->tls) {
+        fail(c, "out of memory");
+        return;
+    }
+    buf_reset(&c->in);
+    c->step = STEP_TLS;
+    if (tls_start(c->tls) == TLS_FAILED) {
+        fail(c, tls_error(c->tls));
+        return;
+    }
+    flush_tls(c);
+}
+
+/* EHLO accepted: STARTTLS when offered (and wanted), else on to MAIL. */
+static void after_ehlo(client_t *c)
+{
+    enum tls_policy policy = c->cfg->worker.tls_policy;
+    bool want_tls = !c->tls && policy != TLS_POLICY_NONE && c->tls_ctx;
+    if (want_tls && c->peer_starttls) {
+        send_line(c, STEP_STARTTLS, "STARTTLS");
+        return;
+    }
+    if (want_tls && policy == TLS_POLICY_VERIFY) {
+        c->result.before_mail = true; /* another MX may offer it */
+        refuse_locally(c, 451, "451 4.7.5 no STARTTLS offered and tls_policy is verify");
+        return;
+    }
+    send_mail(c);
+}
+
+/* The handshake moved on: once it is done, EHLO again (RFC 3207 §4.2: the
+ * server forgets what it knew of us, and we forget what it offered). */
+static void on_tls_progress(client_t *c, enum tls_state state)
+{
+    if (state == TLS_FAILED) {
+        fail(c, tls_error(c->tls));
+        return;
+    }
+    if (state != TLS_OPEN || c->step != STEP_TLS) return;
+    tls_describe(c->tls, c->result.tls, sizeof c->result.tls);
+    log_info("event=tls mid=%s peer=%s tls=\"%s\" verified=%s", c->job->mid, c->name, c->result.tls,
+             c->cfg->worker.tls_policy == TLS_POLICY_VERIFY ? "yes" : "no");
+    c->peer_8bitmime = c->peer_starttls = c->peer_size_known = false;
+    send_line(c, STEP_EHLO, "EHLO %s", c->cfg->worker.helo_name);
+}
+
 /* One complete reply: decide the next step. */
 static void on_reply(client_t *c, int code, const char *text)
 {
@@ -300,11 +395,22 @@ static void on_reply(client_t *c, int code, const char *text)
     case STEP_EHLO:
     case STEP_HELO:
         if (class == 2)
-            send_mail(c);
+            after_ehlo(c);
         else if (c->step == STEP_EHLO && class == 5)
             send_line(c, STEP_HELO, "HELO %s", c->cfg->worker.helo_name);
         else
             fail(c, text);
+        return;
+    case STEP_STARTTLS:
+        if (code == 220)
+            start_tls(c);
+        else if (c->cfg->worker.tls_policy == TLS_POLICY_VERIFY)
+            fail(c, "STARTTLS refused and tls_policy is verify");
+        else
+            send_mail(c); /* opportunistic: go on in clear */
+        return;
+    case STEP_TLS:
+        fail(c, "reply in the middle of the TLS handshake");
         return;
     case STEP_MAIL:
         if (class == 2) {
@@ -369,11 +475,12 @@ static void read_replies(client_t *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     client_t *c = h->data;
+    buf_t *into = c->tls ? &c->cipher : &c->in;
     (void)suggested;
-    if (buf_reserve(&c->in, 4096) < 0)
+    if (buf_reserve(into, 16384) < 0)
         *b = uv_buf_init(NULL, 0);
     else
-        *b = uv_buf_init(c->in.data + c->in.len, 4096);
+        *b = uv_buf_init(into->data + into->len, 16384);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
@@ -389,7 +496,15 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
             fail(c, n == UV_EOF ? "connection closed" : uv_strerror((int)n));
         return;
     }
-    c->in.len += (size_t)n;
+    if (c->tls) {
+        c->cipher.len += (size_t)n;
+        enum tls_state state = tls_receive(c->tls, c->cipher.data, c->cipher.len, &c->in);
+        buf_reset(&c->cipher);
+        if (state != TLS_FAILED) flush_tls(c);
+        if (!c->finished) on_tls_progress(c, state);
+    } else {
+        c->in.len += (size_t)n;
+    }
     read_replies(c);
 }
 
@@ -420,10 +535,11 @@ static void on_connected(uv_connect_t *req, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
-                    const char *name, const queue_job_t *job, client_gate_cb gate,
-                    client_done_cb done, void *arg)
+void client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
+                    const queue_job_t *job, client_gate_cb gate, client_done_cb done, void *arg)
 {
+    uv_loop_t *loop = env->loop;
+    const config_t *cfg = env->cfg;
     client_t *c = calloc(1, sizeof *c);
     size_t n = job->n_rcpts ? job->n_rcpts : 1;
     int *codes = calloc(n, sizeof *codes);
@@ -438,6 +554,7 @@ void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *
     }
     c->loop = loop;
     c->cfg = cfg;
+    c->tls_ctx = env->tls;
     c->job = job;
     c->gate = gate;
     c->done = done;
@@ -447,6 +564,7 @@ void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *
     c->result.n_codes = job->n_rcpts;
     snprintf(c->dest, sizeof c->dest, "%s:%u", dest->host, dest->port);
     snprintf(c->name, sizeof c->name, "%s", name ? name : c->dest);
+    snprintf(c->host, sizeof c->host, "%s", name ? name : dest->host);
     c->result.remote = c->name;
     uv_tcp_init(loop, &c->tcp);
     uv_timer_init(loop, &c->timer);

@@ -3,6 +3,7 @@
 #define SEALPOST_DELIVERY_CLIENT_H
 
 #include "core/core.h"
+#include "core/tls.h"
 #include "queue/queue.h"
 
 #include <uv.h>
@@ -21,9 +22,17 @@ typedef struct client_result {
     const char *remote; /* the MX name, or "host:port", that was tried */
     bool before_mail;   /* failed before MAIL FROM: the next MX host may do better */
     bool local;         /* codes and replies are our own decision, not a server's */
+    char tls[80];       /* "TLSv1.3 TLS_AES_256_GCM_SHA384" when STARTTLS was used */
 } client_result_t;
 
 typedef struct client client_t;
+
+/* What every delivery of a worker shares. */
+typedef struct client_env {
+    uv_loop_t *loop;
+    const config_t *cfg;
+    SSL_CTX *tls; /* NULL when tls_policy is none */
+} client_env_t;
 
 typedef void (*client_done_cb)(const client_result_t *result, void *arg);
 /* Called when everything but the final "." has been sent: the caller makes
@@ -34,9 +43,8 @@ typedef void (*client_gate_cb)(client_t *client, void *arg);
 /* Delivers job (all its recipients in one transaction) to dest, whose MX
  * name is name (NULL for a static route). gate may be NULL. done runs
  * exactly once, also when the call fails at once. */
-void client_deliver(uv_loop_t *loop, const config_t *cfg, const net_hostport_t *dest,
-                    const char *name, const queue_job_t *job, client_gate_cb gate,
-                    client_done_cb done, void *arg);
+void client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
+                    const queue_job_t *job, client_gate_cb gate, client_done_cb done, void *arg);
 /* Sends the final "." (ok), or aborts the transaction by closing the
  * connection without it (RFC 5321 §4.1.1.4: the server must then not
  * deliver; RSET cannot be sent in the middle of DATA). */

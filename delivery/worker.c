@@ -25,6 +25,7 @@ struct worker {
     const config_t *cfg;
     queue_t *queue;
     dns_t *dns;
+    client_env_t env;
     char owner[300];
     uint64_t *next_due; /* per shard, on uv_now's clock */
     unsigned n_shards;
@@ -63,6 +64,7 @@ static void on_worker_closed(uv_handle_t *h)
     void (*done)(void *) = w->on_stopped;
     void *arg = w->on_stopped_arg;
     dns_free(w->dns);
+    SSL_CTX_free(w->env.tls);
     free(w->next_due);
     free(w);
     if (done) done(arg);
@@ -268,8 +270,8 @@ static void record_local(delivery_t *d, int code, const char *text)
 
 static void deliver_to_target(delivery_t *d)
 {
-    client_deliver(d->w->loop, d->w->cfg, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index],
-                   d->job, on_gate, on_delivered, d);
+    client_deliver(&d->w->env, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index], d->job,
+                   on_gate, on_delivered, d);
 }
 
 static void on_resolved(const dns_result_t *result, void *arg)
@@ -367,7 +369,7 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
     struct sockaddr_storage numeric;
     if (route && net_sockaddr_from(route, &numeric) == 0)
-        client_deliver(d->w->loop, d->w->cfg, route, NULL, job, on_gate, on_delivered, d);
+        client_deliver(&d->w->env, route, NULL, job, on_gate, on_delivered, d);
     else if (route) /* by name, as in a compose file: "sink:25" */
         dns_resolve_host(d->w->dns, route->host, route->port, on_resolved, d);
     else
@@ -495,7 +497,10 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
     w->n_shards = queue_shards(queue);
     uv_timer_init(loop, &w->timer);
     w->timer.data = w;
-    if (!(w->dns = dns_new(loop, cfg->worker.dns_servers, err, errlen))) {
+    w->env = (client_env_t){.loop = loop, .cfg = cfg};
+    if (!(w->dns = dns_new(loop, cfg->worker.dns_servers, err, errlen)) ||
+        (cfg->worker.tls_policy != TLS_POLICY_NONE &&
+         !(w->env.tls = tls_client_context(cfg->worker.tls_ca_file, err, errlen)))) {
         uv_close((uv_handle_t *)&w->timer, on_worker_closed);
         return NULL;
     }

@@ -36,6 +36,8 @@ static void on_library_loaded(redisReply *reply, const char *err, void *arg)
     else if (reply->type == REDIS_REPLY_ERROR)
         log_error("event=function_load_failed redis=%s:%u error=\"%s\"", q->redis.host,
                   q->redis.port, reply->str);
+    else
+        log_info("event=queue_ready redis=%s:%u", q->redis.host, q->redis.port);
 }
 
 /* The library is loaded on every connection: a Redis that restarted without

@@ -77,14 +77,16 @@ class Sink:
     """An aiosmtpd server that records every message; replies can be scripted
     per recipient with rcpt_reply(address) -> reply string or None."""
 
-    def __init__(self, host="127.0.0.1"):
+    def __init__(self, host="127.0.0.1", tls_context=None):
         self.host = host
         self.port = free_port(host)
         self.messages = []  # (mail_from, [rcpts], content bytes)
+        self.tls = []  # per message: whether it came over STARTTLS
         self.lock = threading.Lock()
         self.rcpt_reply = lambda addr: None
         self.data_delay = 0.0
-        self.controller = Controller(self, hostname=host, port=self.port)
+        self.controller = Controller(self, hostname=host, port=self.port,
+                                     tls_context=tls_context)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_reply(address)
@@ -100,6 +102,7 @@ class Sink:
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                   envelope.original_content))
+            self.tls.append(session.ssl is not None)
         return "250 2.0.0 OK"
 
     def count(self):
@@ -225,7 +228,7 @@ class Stack:
     def ingress(self, extra="", name="ingress"):
         p = Sealpost(self.tmp, name, self.config(extra), "ingress").start(self.smtp_port)
         self.procs.append(p)
-        wait_for(lambda: "event=redis_connected" in p.read_log(), what="ingress to reach redis")
+        wait_for(lambda: "event=queue_ready" in p.read_log(), what="ingress to reach redis")
         return p
 
     def worker(self, extra="", name=None):

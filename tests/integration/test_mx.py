@@ -93,7 +93,7 @@ badroute.test = nowhere.test:{smtp_port}
 """
     ingress = Sealpost(tmp_path, "ingress", config, "ingress").start(listen)
     worker = Sealpost(tmp_path, "worker", config, "worker").start()
-    wait_for(lambda: "event=redis_connected" in ingress.read_log(), what="redis")
+    wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="redis")
 
     class Env:
         pass

@@ -183,7 +183,7 @@ redis_port = {redis_port}
 example.test = 127.0.0.1:{sink.port}
 """
     up = Sealpost(tmp_path, "up", config, "up").start(smtp_port)
-    wait_for(lambda: "event=redis_connected" in up.read_log(), what="private redis")
+    wait_for(lambda: "event=queue_ready" in up.read_log(), what="private redis")
     out = subprocess.run(["swaks", "--server", f"127.0.0.1:{smtp_port}", "--to",
                           "someone@example.test", "--from", "me@origin.test",
                           "--header", "Subject: hello from swaks"],
@@ -255,7 +255,7 @@ redis_port = {redis_port}
 example.test = 127.0.0.1:{free_port()}
 """
     first = Sealpost(tmp_path, "up", config, "up").start(smtp_port)
-    wait_for(lambda: "event=redis_connected" in first.read_log(), what="private redis")
+    wait_for(lambda: "event=queue_ready" in first.read_log(), what="private redis")
     send(smtp_port, 1, rcpts=("someone@example.test",))  # its route is down: it stays queued
     wait_for(lambda: "event=deferred" in first.read_log(), what="the first attempt")
     first.kill()
@@ -264,7 +264,7 @@ example.test = 127.0.0.1:{free_port()}
     second = Sealpost(tmp_path, "up2", config.replace(
         f"example.test = 127.0.0.1:{config.split('example.test = 127.0.0.1:')[1].split()[0]}",
         f"example.test = 127.0.0.1:{sink.port}"), "up").start(smtp_port)
-    wait_for(lambda: "event=redis_connected" in second.read_log(), what="second run's redis")
+    wait_for(lambda: "event=queue_ready" in second.read_log(), what="second run's redis")
     assert "event=stopping_leftover_redis" in second.read_log()
     wait_for(lambda: sink.count() == 1, timeout=30, what="the mail queued before the crash")
     second.check_clean_exit()
