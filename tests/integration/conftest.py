@@ -117,6 +117,20 @@ class Sink:
         self.controller.stop()
 
 
+_started = []  # every Sealpost process, so a failing test cannot leave one running
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    first = len(_started)
+    yield
+    for p in _started[first:]:
+        try:
+            p.stop(timeout=5)  # SIGTERM first: `up` takes its redis-server down with it
+        except AssertionError:
+            pass  # it ignored SIGTERM and was killed; the test itself reports that
+
+
 class Sealpost:
     """One sealpost process (ingress, worker or up) with its own config."""
 
@@ -132,6 +146,7 @@ class Sealpost:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN, self.command, "-c", str(self.path)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=self.path.parent)
+        _started.append(self)
         if wait_port:
             wait_for(lambda: port_open("127.0.0.1", wait_port) or self.proc.poll() is not None,
                      what=f"sealpost {self.command} on port {wait_port}")
