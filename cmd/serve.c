@@ -17,7 +17,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define SHUTDOWN_GRACE_MS 15000
+/* Past the worker's own stop_grace, by this much, the process gives up. */
+#define SHUTDOWN_MARGIN_MS 5000
 
 typedef struct runtime {
     uv_loop_t *loop;
@@ -69,7 +70,7 @@ static void on_service_stopped(void *arg)
 static void on_deadline(uv_timer_t *t)
 {
     runtime_t *rt = t->data;
-    log_error("event=shutdown_timeout grace_ms=%d", SHUTDOWN_GRACE_MS);
+    log_error("event=shutdown_timeout");
     if (rt->redis_running) uv_process_kill(&rt->redis, SIGTERM);
     exit(1);
 }
@@ -80,7 +81,8 @@ static void stop(runtime_t *rt, int exit_code)
     rt->stopping = true;
     rt->exit_code = exit_code;
     log_info("event=stopping");
-    uv_timer_start(&rt->deadline, on_deadline, SHUTDOWN_GRACE_MS, 0);
+    uv_timer_start(&rt->deadline, on_deadline,
+                   (uint64_t)rt->cfg->worker.stop_grace * 1000 + SHUTDOWN_MARGIN_MS, 0);
     uv_unref((uv_handle_t *)&rt->deadline);
     rt->stops_pending = 1; /* held until both services are asked */
     if (rt->ingress) {

@@ -535,8 +535,14 @@ static void on_connected(uv_connect_t *req, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-void client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
-                    const queue_job_t *job, client_gate_cb gate, client_done_cb done, void *arg)
+void client_abort(client_t *c)
+{
+    if (!c->finished) fail(c, "aborted: the worker is stopping");
+}
+
+client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
+                         const queue_job_t *job, client_gate_cb gate, client_done_cb done,
+                         void *arg)
 {
     uv_loop_t *loop = env->loop;
     const config_t *cfg = env->cfg;
@@ -548,9 +554,7 @@ void client_deliver(const client_env_t *env, const net_hostport_t *dest, const c
         free(c);
         free(codes);
         free(replies);
-        client_result_t r = {.detail = "out of memory"};
-        done(&r, arg);
-        return;
+        return NULL;
     }
     c->loop = loop;
     c->cfg = cfg;
@@ -574,8 +578,9 @@ void client_deliver(const client_env_t *env, const net_hostport_t *dest, const c
     struct sockaddr_storage addr;
     if (net_sockaddr_from(dest, &addr) < 0) {
         fail(c, "route is not a numeric address");
-        return;
+        return c;
     }
     int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connected);
     if (rc < 0) fail(c, uv_strerror(rc));
+    return c;
 }

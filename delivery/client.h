@@ -42,9 +42,14 @@ typedef void (*client_gate_cb)(client_t *client, void *arg);
 
 /* Delivers job (all its recipients in one transaction) to dest, whose MX
  * name is name (NULL for a static route). gate may be NULL. done runs
- * exactly once, also when the call fails at once. */
-void client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
-                    const queue_job_t *job, client_gate_cb gate, client_done_cb done, void *arg);
+ * exactly once, later; the client is valid until then. NULL (and no done)
+ * when there is no memory. */
+client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
+                         const queue_job_t *job, client_gate_cb gate, client_done_cb done,
+                         void *arg);
+/* Ends the transaction now, as if the connection had dropped: recipients
+ * not yet accepted after the final dot are reported as not reached. */
+void client_abort(client_t *client);
 /* Sends the final "." (ok), or aborts the transaction by closing the
  * connection without it (RFC 5321 §4.1.1.4: the server must then not
  * deliver; RSET cannot be sent in the middle of DATA). */

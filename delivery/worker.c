@@ -33,7 +33,8 @@ struct worker {
     uint64_t next_rescan;
     bool claiming;
     unsigned active;
-    uv_timer_t timer;
+    struct delivery *deliveries; /* the active ones, for a stop */
+    uv_timer_t timer;            /* the next claim; after a stop, the grace period */
     bool stopping;
     bool closed;
     void (*on_stopped)(void *arg);
@@ -52,6 +53,9 @@ typedef struct delivery {
     client_t *gate_client; /* waiting for the renewal before its final dot */
     dns_result_t *mx;      /* NULL for a static route */
     unsigned mx_index;     /* the target being tried */
+    client_t *client;      /* the SMTP transaction under way, if any */
+    bool releasing;        /* the worker is stopping: hand the job back at once */
+    struct delivery *prev, *next;
 } delivery_t;
 
 static void tick(worker_t *w);
@@ -82,6 +86,11 @@ static void on_delivery_closed(uv_handle_t *h)
 {
     delivery_t *d = h->data;
     worker_t *w = d->w;
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        w->deliveries = d->next;
+    if (d->next) d->next->prev = d->prev;
     queue_job_free(d->job);
     free(d->mx);
     free(d);
@@ -215,7 +224,8 @@ static void record(delivery_t *d, const client_result_t *r)
         classify(d, r, &o, age_ms > (int64_t)cfg->worker.max_queue_lifetime * 1000);
         queue_bounce_t bounce;
         bool bouncing = make_bounce(d, r, &o, &bounce, &body);
-        uint64_t delay = backoff_ms(cfg, job->attempts);
+        /* A job handed back by a stopping worker is due again at once. */
+        uint64_t delay = d->releasing ? 0 : backoff_ms(cfg, job->attempts);
         if (o.n_pending) {
             uint64_t due = uv_now(d->w->loop) + delay;
             if (due < d->w->next_due[d->shard]) d->w->next_due[d->shard] = due;
@@ -239,7 +249,8 @@ static void on_gate(client_t *client, void *arg);
 static void on_delivered(const client_result_t *result, void *arg)
 {
     delivery_t *d = arg;
-    if (result->before_mail && d->mx && d->mx_index + 1 < d->mx->n_targets) {
+    d->client = NULL;
+    if (result->before_mail && !d->releasing && d->mx && d->mx_index + 1 < d->mx->n_targets) {
         log_info("event=next_mx mid=%s failed=%s detail=\"%s\"", d->job->mid,
                  d->mx->names[d->mx_index], result->detail);
         d->mx_index++;
@@ -268,10 +279,18 @@ static void record_local(delivery_t *d, int code, const char *text)
     free(r.replies);
 }
 
+static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name)
+{
+    d->client = client_deliver(&d->w->env, dest, name, d->job, on_gate, on_delivered, d);
+    if (!d->client)
+        record_local(d, 451, "451 4.3.0 out of memory");
+    else if (d->releasing)
+        client_abort(d->client);
+}
+
 static void deliver_to_target(delivery_t *d)
 {
-    client_deliver(&d->w->env, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index], d->job,
-                   on_gate, on_delivered, d);
+    start_client(d, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index]);
 }
 
 static void on_resolved(const dns_result_t *result, void *arg)
@@ -369,7 +388,7 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
     struct sockaddr_storage numeric;
     if (route && net_sockaddr_from(route, &numeric) == 0)
-        client_deliver(&d->w->env, route, NULL, job, on_gate, on_delivered, d);
+        start_client(d, route, NULL);
     else if (route) /* by name, as in a compose file: "sink:25" */
         dns_resolve_host(d->w->dns, route->host, route->port, on_resolved, d);
     else
@@ -385,6 +404,9 @@ static void start_delivery(worker_t *w, unsigned shard, const queue_claimed_t *c
     d->claimed = *claimed;
     uv_timer_init(w->loop, &d->lease_timer);
     d->lease_timer.data = d;
+    d->next = w->deliveries;
+    if (d->next) d->next->prev = d;
+    w->deliveries = d;
     w->active++;
     if (queue_fetch(w->queue, shard, claimed, on_fetched, d) < 0)
         on_fetched(-1, "redis not connected", NULL, d);
@@ -514,6 +536,19 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
     return w;
 }
 
+/* The grace period is over: transactions still running are cut (before
+ * their final dot nothing is delivered) and their jobs handed back, due now,
+ * so another worker takes them without waiting for the lease to run out. */
+static void on_grace_over(uv_timer_t *t)
+{
+    worker_t *w = t->data;
+    log_info("event=stop_grace_over active=%u", w->active);
+    for (delivery_t *d = w->deliveries; d; d = d->next) {
+        d->releasing = true;
+        if (d->client) client_abort(d->client);
+    }
+}
+
 void worker_stop(worker_t *w, void (*done)(void *arg), void *arg)
 {
     w->stopping = true;
@@ -521,5 +556,6 @@ void worker_stop(worker_t *w, void (*done)(void *arg), void *arg)
     w->on_stopped = done;
     w->on_stopped_arg = arg;
     uv_timer_stop(&w->timer);
+    uv_timer_start(&w->timer, on_grace_over, (uint64_t)w->cfg->worker.stop_grace * 1000, 0);
     maybe_stopped(w);
 }

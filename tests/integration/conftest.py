@@ -85,10 +85,14 @@ class Sink:
         self.lock = threading.Lock()
         self.rcpt_reply = lambda addr: None
         self.data_delay = 0.0
+        self.rcpt_delay = 0.0
         self.controller = Controller(self, hostname=host, port=self.port,
                                      tls_context=tls_context)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.rcpt_delay:
+            import asyncio
+            await asyncio.sleep(self.rcpt_delay)
         reply = self.rcpt_reply(address)
         if reply:
             return reply

@@ -261,3 +261,26 @@ def test_8bit_mail_to_a_peer_without_8bitmime_bounces(stack):
     assert [m[1] for m in delivered(stack.sink)] == [["seven@example.test"]]
     _, _, per_rcpt = parse_bounce(bounces(stack.sink)[0][2])[1:]
     assert per_rcpt["rcpt@example.test"]["Status"] == "5.6.3"
+
+
+def test_sigterm_hands_in_flight_jobs_back(stack):
+    """SIGTERM while a delivery hangs (the server sits on RCPT): the worker
+    waits stop_grace, cuts the transaction before its final dot, hands the
+    job back due now and exits cleanly; the next worker delivers it at once,
+    without waiting for the (long) lease to run out."""
+    stack.sink.rcpt_delay = 30
+    stack.ingress()
+    extra = "[worker]\nstop_grace = 1\nlease_seconds = 120\n"
+    first = stack.worker(extra=extra)
+    send(stack, ["slow@example.test"], "handback")
+    time.sleep(1.5)  # claimed, connected, and now waiting for the RCPT reply
+    started = time.monotonic()
+    first.check_clean_exit()
+    took = time.monotonic() - started
+    print(f"\nworker stopped in {took:.1f}s with stop_grace = 1")
+    assert "event=stop_grace_over active=1" in first.read_log()
+    stack.sink.rcpt_delay = 0
+    stack.worker(extra=extra)
+    wait_for(lambda: stack.sink.count() == 1, timeout=15, what="delivery by the next worker")
+    time.sleep(1)
+    assert stack.sink.count() == 1
