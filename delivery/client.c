@@ -21,6 +21,7 @@ enum step {
     STEP_DATA,
     STEP_GATE, /* content sent, waiting for client_finish_data */
     STEP_BODY,
+    STEP_DISCARD, /* sent "." after a 354 with no recipient accepted */
     STEP_QUIT
 };
 
@@ -45,6 +46,9 @@ struct client {
     int multiline_code; /* code of the reply being read, 0 between replies */
     bool peer_8bitmime; /* from the EHLO reply */
     bool peer_starttls;
+    bool peer_pipelining;
+    bool pipelined;   /* MAIL, RCPTs and DATA went out in one write (RFC 2920) */
+    bool mail_failed; /* in a pipelined transaction */
     bool peer_size_known;
     unsigned long long peer_size; /* the peer's SIZE limit, 0: none given */
     client_result_t result;
@@ -282,6 +286,7 @@ static void note_extension(client_t *c, const char *line, size_t len)
     if (n >= 8 && !strncasecmp(kw, "8BITMIME", 8) && (n == 8 || kw[8] == ' '))
         c->peer_8bitmime = true;
     if (n == 8 && !strncasecmp(kw, "STARTTLS", 8)) c->peer_starttls = true;
+    if (n == 10 && !strncasecmp(kw, "PIPELINING", 10)) c->peer_pipelining = true;
     if (n >= 4 && !strncasecmp(kw, "SIZE", 4) && (n == 4 || kw[4] == ' ')) {
         c->peer_size_known = true;
         c->peer_size = n > 5 ? strtoull(kw + 5, NULL, 10) : 0;
@@ -296,6 +301,58 @@ static void refuse_locally(client_t *c, int code, const char *text)
     c->result.local = true;
     settle_undecided(c, code, text);
     send_line(c, STEP_QUIT, "QUIT");
+}
+
+/* RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back in
+ * that order and on_pipelined_reply reads every one of them. */
+static void send_pipelined(client_t *c, const char *size, bool eight_bit)
+{
+    const queue_job_t *job = c->job;
+    buf_t batch;
+    buf_init(&batch);
+    int rc = buf_printf(&batch, "MAIL FROM:<%s>%s%s\r\n", job->sender, size,
+                        eight_bit ? " BODY=8BITMIME" : "");
+    for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++)
+        rc = buf_printf(&batch, "RCPT TO:<%s>\r\n", job->rcpts[i]);
+    if (rc < 0 || buf_append(&batch, "DATA\r\n", 6) < 0) {
+        buf_free(&batch);
+        fail(c, "out of memory");
+        return;
+    }
+    c->pipelined = true;
+    c->step = STEP_MAIL;
+    arm(c, c->cfg->worker.command_timeout);
+    send_owned(c, batch.data, batch.len); /* takes batch.data */
+}
+
+static void on_pipelined_reply(client_t *c, int code, const char *text)
+{
+    int class = code / 100;
+    switch (c->step) {
+    case STEP_MAIL:
+        c->mail_failed = class != 2;
+        if (c->mail_failed) settle_undecided(c, code, text); /* RCPT replies will not count */
+        c->step = c->job->n_rcpts ? STEP_RCPT : STEP_DATA;
+        return;
+    case STEP_RCPT:
+        if (!c->mail_failed) {
+            set_reply(c, c->rcpt_index, code, text);
+            if (class == 2) c->accepted++;
+        }
+        if (++c->rcpt_index == c->job->n_rcpts) c->step = STEP_DATA;
+        return;
+    default: /* STEP_DATA */
+        if (code == 354 && c->accepted) {
+            send_body(c);
+        } else if (code == 354) { /* no recipient, yet the server waits for data */
+            c->step = STEP_DISCARD;
+            send_raw(c, ".\r\n", 3);
+        } else {
+            if (c->accepted) settle_undecided(c, class == 2 ? 451 : code, text);
+            send_line(c, STEP_QUIT, "QUIT");
+        }
+        return;
+    }
 }
 
 /* MAIL FROM, with SIZE and BODY when the peer offers them. A message over the
@@ -323,6 +380,10 @@ static void send_mail(client_t *c)
     }
     char size[40] = "";
     if (c->peer_size_known) snprintf(size, sizeof size, " SIZE=%zu", job->body_len);
+    if (c->peer_pipelining) {
+        send_pipelined(c, size, eight_bit);
+        return;
+    }
     send_line(c, STEP_MAIL, "MAIL FROM:<%s>%s%s", job->sender, size,
               eight_bit ? " BODY=8BITMIME" : "");
 }
@@ -375,7 +436,7 @@ static void on_tls_progress(client_t *c, enum tls_state state)
     tls_describe(c->tls, c->result.tls, sizeof c->result.tls);
     log_info("event=tls mid=%s peer=%s tls=\"%s\" verified=%s", c->job->mid, c->name, c->result.tls,
              c->cfg->worker.tls_policy == TLS_POLICY_VERIFY ? "yes" : "no");
-    c->peer_8bitmime = c->peer_starttls = c->peer_size_known = false;
+    c->peer_8bitmime = c->peer_starttls = c->peer_size_known = c->peer_pipelining = false;
     send_line(c, STEP_EHLO, "EHLO %s", c->cfg->worker.helo_name);
 }
 
@@ -385,6 +446,10 @@ static void on_reply(client_t *c, int code, const char *text)
     int class = code / 100;
     if (class != 2 && !(c->step == STEP_DATA && code == 354))
         set_detail(c, "%s said: %s", c->dest, text);
+    if (c->pipelined && (c->step == STEP_MAIL || c->step == STEP_RCPT || c->step == STEP_DATA)) {
+        on_pipelined_reply(c, code, text);
+        return;
+    }
     switch (c->step) {
     case STEP_GREETING:
         if (class == 2)
@@ -441,6 +506,9 @@ static void on_reply(client_t *c, int code, const char *text)
         settle_undecided(c, code, text);
         if (class == 2) set_detail(c, "%s said: %s", c->dest, text);
         c->step = STEP_QUIT; /* settled: a failure after this changes nothing */
+        send_line(c, STEP_QUIT, "QUIT");
+        return;
+    case STEP_DISCARD:
         send_line(c, STEP_QUIT, "QUIT");
         return;
     case STEP_QUIT:

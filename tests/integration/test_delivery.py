@@ -3,6 +3,8 @@
 
 import email
 import smtplib
+import socket
+import threading
 import time
 from collections import Counter, defaultdict
 from email import policy
@@ -284,3 +286,103 @@ def test_sigterm_hands_in_flight_jobs_back(stack):
     wait_for(lambda: stack.sink.count() == 1, timeout=15, what="delivery by the next worker")
     time.sleep(1)
     assert stack.sink.count() == 1
+
+
+class PipeliningPeer(threading.Thread):
+    """A minimal SMTP server that announces PIPELINING and records every
+    chunk it receives, so a test can see what the client sent together."""
+
+    def __init__(self, refuse=()):
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.refuse, self.chunks, self.delivered = set(refuse), [], []
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                self.session(conn)
+
+    def session(self, conn):
+        conn.sendall(b"220 peer ESMTP\r\n")
+        buf, rcpts, in_data, body = b"", [], False, b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            self.chunks.append(chunk)
+            buf += chunk
+            while True:
+                if in_data:
+                    end = buf.find(b"\r\n.\r\n")
+                    if end < 0:
+                        break
+                    self.delivered.append((list(rcpts), buf[:end]))
+                    buf, in_data = buf[end + 5:], False
+                    conn.sendall(b"250 2.0.0 ok\r\n")
+                    continue
+                line, sep, rest = buf.partition(b"\r\n")
+                if not sep:
+                    break
+                buf, verb = rest, line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-peer\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                elif verb == b"MAIL":
+                    rcpts = []
+                    conn.sendall(b"250 2.1.0 ok\r\n")
+                elif verb == b"RCPT":
+                    addr = line.split(b"<")[1].split(b">")[0].decode()
+                    if addr in self.refuse:
+                        conn.sendall(b"550 5.1.1 no such user\r\n")
+                    else:
+                        rcpts.append(addr)
+                        conn.sendall(b"250 2.1.5 ok\r\n")
+                elif verb == b"DATA":
+                    in_data = bool(rcpts)
+                    conn.sendall(b"354 go on\r\n" if rcpts else b"554 5.5.1 no valid recipients\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def stop(self):
+        self.listener.close()
+
+
+def test_pipelining_sends_the_envelope_in_one_go(stack):
+    """With a server that announces PIPELINING (RFC 2920), MAIL, every RCPT
+    and DATA leave in one write; per-recipient replies still count."""
+    peer = PipeliningPeer(refuse={"b@pipe.test"})
+    peer.start()
+    stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
+    stack.worker(extra=f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
+    send(stack, ["a@pipe.test", "b@pipe.test", "c@pipe.test"], "pipelined")
+    wait_for(lambda: peer.delivered and bounces(stack.sink), timeout=20,
+             what="delivery to the peer and the bounce for b")
+    peer.stop()
+    batch = [c for c in peer.chunks if c.startswith(b"MAIL FROM")]
+    assert len(batch) == 1, peer.chunks
+    assert batch[0].count(b"RCPT TO:") == 3 and batch[0].endswith(b"DATA\r\n"), batch
+    assert peer.delivered[0][0] == ["a@pipe.test", "c@pipe.test"]
+    _, _, per_rcpt = parse_bounce(bounces(stack.sink)[0][2])[1:]
+    assert list(per_rcpt) == ["b@pipe.test"] and per_rcpt["b@pipe.test"]["Status"] == "5.1.1"
+
+
+def test_pipelining_with_every_recipient_refused(stack):
+    """All RCPTs refused in a pipelined batch: the DATA reply is read and the
+    session ends; the recipients bounce, nothing is delivered."""
+    peer = PipeliningPeer(refuse={"x@pipe.test", "y@pipe.test"})
+    peer.start()
+    stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
+    stack.worker(extra=f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
+    send(stack, ["x@pipe.test", "y@pipe.test"], "refused")
+    wait_for(lambda: bounces(stack.sink), timeout=20, what="the bounce")
+    peer.stop()
+    assert peer.delivered == []
+    _, _, per_rcpt = parse_bounce(bounces(stack.sink)[0][2])[1:]
+    assert sorted(per_rcpt) == ["x@pipe.test", "y@pipe.test"]
