@@ -18,6 +18,8 @@
 
 #define RESCAN_MS      30000
 #define REDIS_RETRY_MS 500
+#define FETCH_RETRIES  5 /* 0.25 s, doubling: about 8 s in all, well inside a lease */
+#define FETCH_RETRY_MS 250
 #define NEVER          UINT64_MAX
 
 struct worker {
@@ -55,6 +57,7 @@ typedef struct delivery {
     unsigned mx_index;     /* the target being tried */
     client_t *client;      /* the SMTP transaction under way, if any */
     bool releasing;        /* the worker is stopping: hand the job back at once */
+    unsigned fetch_tries;
     struct delivery *prev, *next;
 } delivery_t;
 
@@ -370,9 +373,33 @@ static void on_forgotten(int status, const char *err, void *arg)
     if (d->finishing) delivery_finish(d);
 }
 
+static void on_fetched(int status, const char *err, queue_job_t *job, void *arg);
+
+static void fetch(delivery_t *d)
+{
+    if (queue_fetch(d->w->queue, d->shard, &d->claimed, on_fetched, d) < 0)
+        on_fetched(-1, "redis not connected", NULL, d);
+}
+
+static void on_fetch_retry(uv_timer_t *t)
+{
+    fetch(t->data);
+}
+
 static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
 {
     delivery_t *d = arg;
+    if (!job && status < 0 && strcmp(err, "malformed job") != 0 && !d->w->stopping &&
+        d->fetch_tries < FETCH_RETRIES) {
+        /* A Redis hiccup: try again while the lease holds, rather than let it
+         * expire, which counts towards putting the job on hold. */
+        log_warn("event=fetch_failed job=%s error=\"%s\" retry=%u", d->claimed.jid, err,
+                 d->fetch_tries + 1);
+        uv_timer_start(&d->lease_timer, on_fetch_retry, (uint64_t)FETCH_RETRY_MS << d->fetch_tries,
+                       0);
+        d->fetch_tries++;
+        return;
+    }
     if (!job) {
         if (status < 0)
             log_warn("event=fetch_failed job=%s error=\"%s\"", d->claimed.jid, err);
@@ -408,8 +435,7 @@ static void start_delivery(worker_t *w, unsigned shard, const queue_claimed_t *c
     if (d->next) d->next->prev = d;
     w->deliveries = d;
     w->active++;
-    if (queue_fetch(w->queue, shard, claimed, on_fetched, d) < 0)
-        on_fetched(-1, "redis not connected", NULL, d);
+    fetch(d);
 }
 
 /* ---- claiming ---- */
