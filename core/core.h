@@ -139,7 +139,8 @@ typedef struct config {
         char dns_servers[512];    /* "host:port ..."; empty: /etc/resolv.conf */
         uint16_t smtp_port;       /* of MX hosts */
         enum tls_policy tls_policy;
-        unsigned stop_grace;   /* seconds a stopping worker lets deliveries finish */
+        unsigned destination_concurrency; /* connections to one next hop at once */
+        unsigned stop_grace;              /* seconds a stopping worker lets deliveries finish */
         char tls_ca_file[512]; /* extra trust anchors for verify; the system's are used too */
     } worker;
 

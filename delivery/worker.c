@@ -35,13 +35,23 @@ struct worker {
     uint64_t next_rescan;
     bool claiming;
     unsigned active;
-    struct delivery *deliveries; /* the active ones, for a stop */
-    uv_timer_t timer;            /* the next claim; after a stop, the grace period */
+    struct delivery *deliveries;      /* the active ones, for a stop */
+    struct destination *destinations; /* with connections open or waited for */
+    uv_timer_t timer;                 /* the next claim; after a stop, the grace period */
     bool stopping;
     bool closed;
     void (*on_stopped)(void *arg);
     void *on_stopped_arg;
 };
+
+/* One next hop ("host:port"): how many connections we have open to it, and
+ * the deliveries waiting for one of them to end (destination_concurrency). */
+typedef struct destination {
+    char key[300];
+    unsigned active;
+    struct delivery *waiting, *waiting_tail;
+    struct destination *next;
+} destination_t;
 
 typedef struct delivery {
     worker_t *w;
@@ -58,6 +68,12 @@ typedef struct delivery {
     client_t *client;      /* the SMTP transaction under way, if any */
     bool releasing;        /* the worker is stopping: hand the job back at once */
     unsigned fetch_tries;
+    destination_t *slot;        /* counted against this destination */
+    struct delivery *wait_next; /* in the destination's queue */
+    bool waiting;
+    net_hostport_t wait_dest; /* where it will connect once its turn comes */
+    char wait_name[256];
+    bool wait_has_name;
     struct delivery *prev, *next;
 } delivery_t;
 
@@ -246,6 +262,7 @@ static void record(delivery_t *d, const client_result_t *r)
 
 static void deliver_to_target(delivery_t *d);
 static void on_gate(client_t *client, void *arg);
+static void release_slot(delivery_t *d);
 
 /* Moves on to the next MX target when this one failed before the
  * transaction began (RFC 5321 §5.1); otherwise records the attempt. */
@@ -253,6 +270,7 @@ static void on_delivered(const client_result_t *result, void *arg)
 {
     delivery_t *d = arg;
     d->client = NULL;
+    release_slot(d);
     if (result->before_mail && !d->releasing && d->mx && d->mx_index + 1 < d->mx->n_targets) {
         log_info("event=next_mx mid=%s failed=%s detail=\"%s\"", d->job->mid,
                  d->mx->names[d->mx_index], result->detail);
@@ -282,13 +300,98 @@ static void record_local(delivery_t *d, int code, const char *text)
     free(r.replies);
 }
 
+static destination_t *destination_get(worker_t *w, const net_hostport_t *dest)
+{
+    char key[300];
+    snprintf(key, sizeof key, "%s:%u", dest->host, dest->port);
+    for (destination_t *x = w->destinations; x; x = x->next)
+        if (!strcmp(x->key, key)) return x;
+    destination_t *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    memcpy(x->key, key, sizeof key);
+    x->next = w->destinations;
+    w->destinations = x;
+    return x;
+}
+
+static void destination_drop_if_idle(worker_t *w, destination_t *x)
+{
+    if (x->active || x->waiting) return;
+    for (destination_t **link = &w->destinations; *link; link = &(*link)->next)
+        if (*link == x) {
+            *link = x->next;
+            free(x);
+            return;
+        }
+}
+
+static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name);
+
+/* A connection to the destination ended: the next delivery waiting for it
+ * goes now. */
+static void release_slot(delivery_t *d)
+{
+    destination_t *x = d->slot;
+    if (!x) return;
+    d->slot = NULL;
+    x->active--;
+    delivery_t *next = x->waiting;
+    if (next) {
+        x->waiting = next->wait_next;
+        if (!x->waiting) x->waiting_tail = NULL;
+        next->waiting = false;
+        start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
+    }
+    destination_drop_if_idle(d->w, x);
+}
+
 static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name)
 {
-    d->client = client_deliver(&d->w->env, dest, name, d->job, on_gate, on_delivered, d);
-    if (!d->client)
+    destination_t *x = destination_get(d->w, dest);
+    if (!x) {
         record_local(d, 451, "451 4.3.0 out of memory");
-    else if (d->releasing)
+        return;
+    }
+    if (x->active >= d->w->cfg->worker.destination_concurrency && !d->releasing) {
+        /* Wait for a connection to this host to end; the lease keeps being renewed. */
+        d->waiting = true;
+        d->wait_dest = *dest;
+        d->wait_has_name = name != NULL;
+        snprintf(d->wait_name, sizeof d->wait_name, "%s", name ? name : "");
+        d->wait_next = NULL;
+        if (x->waiting_tail)
+            x->waiting_tail->wait_next = d;
+        else
+            x->waiting = d;
+        x->waiting_tail = d;
+        return;
+    }
+    x->active++;
+    d->slot = x;
+    d->client = client_deliver(&d->w->env, dest, name, d->job, on_gate, on_delivered, d);
+    if (!d->client) {
+        release_slot(d);
+        record_local(d, 451, "451 4.3.0 out of memory");
+    } else if (d->releasing) {
         client_abort(d->client);
+    }
+}
+
+/* Takes a waiting delivery out of its destination's queue. */
+static void unwait(delivery_t *d)
+{
+    destination_t *x = destination_get(d->w, &d->wait_dest);
+    delivery_t *prev = NULL;
+    for (delivery_t *p = x ? x->waiting : NULL; p; prev = p, p = p->wait_next) {
+        if (p != d) continue;
+        if (prev)
+            prev->wait_next = p->wait_next;
+        else
+            x->waiting = p->wait_next;
+        if (x->waiting_tail == p) x->waiting_tail = prev;
+        break;
+    }
+    d->waiting = false;
 }
 
 static void deliver_to_target(delivery_t *d)
@@ -571,7 +674,12 @@ static void on_grace_over(uv_timer_t *t)
     log_info("event=stop_grace_over active=%u", w->active);
     for (delivery_t *d = w->deliveries; d; d = d->next) {
         d->releasing = true;
-        if (d->client) client_abort(d->client);
+        if (d->client) {
+            client_abort(d->client);
+        } else if (d->waiting) {
+            unwait(d);
+            start_client(d, &d->wait_dest, d->wait_has_name ? d->wait_name : NULL);
+        }
     }
 }
 

@@ -292,11 +292,14 @@ class PipeliningPeer(threading.Thread):
     """A minimal SMTP server that announces PIPELINING and records every
     chunk it receives, so a test can see what the client sent together."""
 
-    def __init__(self, refuse=()):
+    def __init__(self, refuse=(), hold=0.0):
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.refuse, self.chunks, self.delivered = set(refuse), [], []
+        self.hold = hold  # seconds each session waits before its 220
+        self.lock = threading.Lock()
+        self.open = self.max_open = 0
 
     def run(self):
         while True:
@@ -304,8 +307,19 @@ class PipeliningPeer(threading.Thread):
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        with self.lock:
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
+        try:
             with conn:
+                time.sleep(self.hold)
                 self.session(conn)
+        finally:
+            with self.lock:
+                self.open -= 1
 
     def session(self, conn):
         conn.sendall(b"220 peer ESMTP\r\n")
@@ -386,3 +400,19 @@ def test_pipelining_with_every_recipient_refused(stack):
     assert peer.delivered == []
     _, _, per_rcpt = parse_bounce(bounces(stack.sink)[0][2])[1:]
     assert sorted(per_rcpt) == ["x@pipe.test", "y@pipe.test"]
+
+
+def test_destination_concurrency_limits_connections(stack):
+    """destination_concurrency caps the connections to one next hop; the
+    deliveries over the cap wait their turn and all arrive."""
+    peer = PipeliningPeer(hold=0.3)
+    peer.start()
+    stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
+    stack.worker(extra=f"[worker]\nconcurrency = 10\ndestination_concurrency = 2\n"
+                       f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
+    for n in range(8):
+        send(stack, [f"u{n}@pipe.test"], f"c{n}")
+    wait_for(lambda: len(peer.delivered) == 8, timeout=30, what="8 deliveries")
+    peer.stop()
+    print(f"\nmost connections open at once: {peer.max_open}")
+    assert peer.max_open == 2
