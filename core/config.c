@@ -27,6 +27,16 @@ enum key_type {
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
 
+static int parse_tls_policy(const char *value, enum tls_policy *out)
+{
+    for (int i = 0; i < 3; i++)
+        if (!strcasecmp(value, tls_policy_names[i])) {
+            *out = (enum tls_policy)i;
+            return 0;
+        }
+    return -1;
+}
+
 typedef struct key_spec {
     const char *section;
     const char *name;
@@ -187,11 +197,7 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
         }
         return 0;
     case T_TLS_POLICY:
-        for (int i = 0; i < 3; i++)
-            if (!strcasecmp(value, tls_policy_names[i])) {
-                *(enum tls_policy *)field = (enum tls_policy)i;
-                return 0;
-            }
+        if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
         return -1;
     case T_LOGLEVEL:
@@ -212,7 +218,9 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     return -1;
 }
 
-static int set_route(config_t *cfg, const char *domain, const char *value, char *err, size_t errlen)
+/* A setting of one destination domain, from [routes] or [tls_policy]. */
+static int set_domain(config_t *cfg, const char *section, const char *domain, const char *value,
+                      char *err, size_t errlen)
 {
     char name[256];
     snprintf(name, sizeof name, "%s", domain);
@@ -221,21 +229,31 @@ static int set_route(config_t *cfg, const char *domain, const char *value, char 
         snprintf(err, errlen, "'%s' is not a domain", domain);
         return -1;
     }
-    config_route_t *r = NULL;
-    for (unsigned i = 0; i < cfg->n_routes; i++)
-        if (!strcmp(cfg->routes[i].domain, name)) r = &cfg->routes[i];
-    if (!r) {
-        if (cfg->n_routes >= CONFIG_MAX_LIST) {
-            snprintf(err, errlen, "more than %d routes", CONFIG_MAX_LIST);
+    config_domain_t *d = NULL;
+    for (unsigned i = 0; i < cfg->n_domains; i++)
+        if (!strcmp(cfg->domains[i].domain, name)) d = &cfg->domains[i];
+    if (!d) {
+        if (cfg->n_domains >= CONFIG_MAX_LIST) {
+            snprintf(err, errlen, "more than %d domains in [routes] and [tls_policy]",
+                     CONFIG_MAX_LIST);
             return -1;
         }
-        r = &cfg->routes[cfg->n_routes++];
-        snprintf(r->domain, sizeof r->domain, "%s", name);
+        d = &cfg->domains[cfg->n_domains++];
+        snprintf(d->domain, sizeof d->domain, "%s", name);
     }
-    if (net_hostport_parse(value, 25, &r->dest) < 0) {
+    if (!strcasecmp(section, "tls_policy")) {
+        if (parse_tls_policy(value, &d->tls_policy) < 0) {
+            snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
+            return -1;
+        }
+        d->has_tls_policy = true;
+        return 0;
+    }
+    if (net_hostport_parse(value, 25, &d->route) < 0) {
         snprintf(err, errlen, "'%s' is not host:port", value);
         return -1;
     }
+    d->has_route = true;
     return 0;
 }
 
@@ -286,8 +304,8 @@ static int on_ini_key(void *user, const char *section, const char *name, const c
     char msg[300];
     int rc;
     if (fc->failed) return 0;
-    if (!strcasecmp(section, "routes")) {
-        rc = set_route(fc->cfg, name, value, msg, sizeof msg);
+    if (!strcasecmp(section, "routes") || !strcasecmp(section, "tls_policy")) {
+        rc = set_domain(fc->cfg, section, name, value, msg, sizeof msg);
     } else {
         const key_spec_t *spec = find_key(section, name);
         if (!spec) {
@@ -338,8 +356,9 @@ static bool known_section_prefix(const char *name)
 }
 
 /* SEALPOST_<SECTION>_<KEY>=value; a variable whose section is not ours is
- * left alone, one that names our section but no key of it is an error. For [routes] the key is the
- * domain with '.' written as '_': SEALPOST_ROUTES_EXAMPLE_TEST=127.0.0.1:2526. */
+ * left alone, one that names our section but no key of it is an error. For
+ * [routes] and [tls_policy] the key is the domain with '.' written as '_':
+ * SEALPOST_ROUTES_EXAMPLE_TEST=127.0.0.1:2526, SEALPOST_TLS_POLICY_BANK_TEST=verify. */
 static int load_environment(config_t *cfg, char *err, size_t errlen)
 {
     static const char prefix[] = "SEALPOST_";
@@ -351,12 +370,14 @@ static int load_environment(config_t *cfg, char *err, size_t errlen)
         char var[300], msg[300];
         snprintf(var, sizeof var, "%.*s", (int)(eq - *env), *env);
         int rc = -1;
-        if (!strncmp(name, "ROUTES_", 7)) {
+        size_t skip = !strncmp(name, "ROUTES_", 7) ? 7 : !strncmp(name, "TLS_POLICY_", 11) ? 11 : 0;
+        if (skip) {
             char domain[256];
-            snprintf(domain, sizeof domain, "%.*s", (int)(eq - name - 7), name + 7);
+            snprintf(domain, sizeof domain, "%.*s", (int)(eq - name - skip), name + skip);
             for (char *p = domain; *p; p++)
                 if (*p == '_') *p = '.';
-            rc = set_route(cfg, domain, eq + 1, msg, sizeof msg);
+            rc = set_domain(cfg, skip == 7 ? "routes" : "tls_policy", domain, eq + 1, msg,
+                            sizeof msg);
         } else {
             const key_spec_t *spec = NULL;
             for (size_t i = 0; i < N_KEYS && !spec; i++) {
@@ -466,19 +487,38 @@ int config_print(const config_t *cfg, buf_t *out)
         buf_printf(out, "\n");
     }
     buf_printf(out, "\n[routes]\n");
-    for (unsigned i = 0; i < cfg->n_routes; i++) {
-        const net_hostport_t *hp = &cfg->routes[i].dest;
-        buf_printf(out, strchr(hp->host, ':') ? "%s = [%s]:%u\n" : "%s = %s:%u\n",
-                   cfg->routes[i].domain, hp->host, hp->port);
+    for (unsigned i = 0; i < cfg->n_domains; i++) {
+        const net_hostport_t *hp = &cfg->domains[i].route;
+        if (cfg->domains[i].has_route)
+            buf_printf(out, strchr(hp->host, ':') ? "%s = [%s]:%u\n" : "%s = %s:%u\n",
+                       cfg->domains[i].domain, hp->host, hp->port);
     }
+    buf_printf(out, "\n[tls_policy]\n");
+    for (unsigned i = 0; i < cfg->n_domains; i++)
+        if (cfg->domains[i].has_tls_policy)
+            buf_printf(out, "%s = %s\n", cfg->domains[i].domain,
+                       tls_policy_names[cfg->domains[i].tls_policy]);
     return 0;
+}
+
+static const config_domain_t *domain_settings(const config_t *cfg, const char *domain)
+{
+    for (unsigned i = 0; i < cfg->n_domains; i++)
+        if (!strcasecmp(cfg->domains[i].domain, domain)) return &cfg->domains[i];
+    return NULL;
 }
 
 const net_hostport_t *config_route_for(const config_t *cfg, const char *domain)
 {
-    for (unsigned i = 0; i < cfg->n_routes; i++)
-        if (!strcasecmp(cfg->routes[i].domain, domain)) return &cfg->routes[i].dest;
+    const config_domain_t *d = domain_settings(cfg, domain);
+    if (d && d->has_route) return &d->route;
     return cfg->worker.relayhost.host[0] ? &cfg->worker.relayhost : NULL;
+}
+
+enum tls_policy config_tls_policy_for(const config_t *cfg, const char *domain)
+{
+    const config_domain_t *d = domain_settings(cfg, domain);
+    return d && d->has_tls_policy ? d->tls_policy : cfg->worker.tls_policy;
 }
 
 int config_redis_address(const config_t *cfg, net_hostport_t *out)

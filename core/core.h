@@ -95,10 +95,14 @@ int util_split_list(const char *text, int (*fn)(const char *item, void *arg), vo
  * required with a certificate valid for the host's name. */
 enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY };
 
-typedef struct config_route {
+/* What [routes] and [tls_policy] say about one destination domain. */
+typedef struct config_domain {
     char domain[256];
-    net_hostport_t dest;
-} config_route_t;
+    bool has_route;
+    net_hostport_t route;
+    bool has_tls_policy;
+    enum tls_policy tls_policy;
+} config_domain_t;
 
 typedef struct config {
     char path[512]; /* the file read, or "" for built-in defaults */
@@ -144,8 +148,8 @@ typedef struct config {
         char tls_ca_file[512]; /* extra trust anchors for verify; the system's are used too */
     } worker;
 
-    config_route_t routes[CONFIG_MAX_LIST];
-    unsigned n_routes;
+    config_domain_t domains[CONFIG_MAX_LIST];
+    unsigned n_domains;
 
     struct {
         char data_dir[512];
@@ -168,6 +172,8 @@ int config_load(config_t *cfg, const char *path, char *err, size_t errlen);
 int config_print(const config_t *cfg, buf_t *out);
 /* The static route for a domain, the relayhost, or NULL. */
 const net_hostport_t *config_route_for(const config_t *cfg, const char *domain);
+/* The TLS policy for delivering to a domain: its own, or [worker] tls_policy. */
+enum tls_policy config_tls_policy_for(const config_t *cfg, const char *domain);
 /* The Redis host and port the configuration points at. */
 int config_redis_address(const config_t *cfg, net_hostport_t *out);
 

@@ -29,8 +29,9 @@ struct client {
     uv_loop_t *loop;
     const config_t *cfg;
     SSL_CTX *tls_ctx;
-    tls_conn_t *tls; /* set from STARTTLS on: every byte goes through it */
-    buf_t cipher;    /* ciphertext read from the socket */
+    enum tls_policy tls_policy; /* for this job's domain */
+    tls_conn_t *tls;            /* set from STARTTLS on: every byte goes through it */
+    buf_t cipher;               /* ciphertext read from the socket */
     const queue_job_t *job;
     char dest[300];
     char name[300]; /* for logs and Remote-MTA: the MX name, or host:port */
@@ -392,7 +393,7 @@ static void send_mail(client_t *c)
  * in clear and must not count once the channel is secure, so it is dropped. */
 static void start_tls(client_t *c)
 {
-    bool verify = c->cfg->worker.tls_policy == TLS_POLICY_VERIFY;
+    bool verify = c->tls_policy == TLS_POLICY_VERIFY;
     c->tls = tls_client_new(c->tls_ctx, c->host, verify);
     if (!c->tls) {
         fail(c, "out of memory");
@@ -410,7 +411,7 @@ static void start_tls(client_t *c)
 /* EHLO accepted: STARTTLS when offered (and wanted), else on to MAIL. */
 static void after_ehlo(client_t *c)
 {
-    enum tls_policy policy = c->cfg->worker.tls_policy;
+    enum tls_policy policy = c->tls_policy;
     bool want_tls = !c->tls && policy != TLS_POLICY_NONE && c->tls_ctx;
     if (want_tls && c->peer_starttls) {
         send_line(c, STEP_STARTTLS, "STARTTLS");
@@ -435,7 +436,7 @@ static void on_tls_progress(client_t *c, enum tls_state state)
     if (state != TLS_OPEN || c->step != STEP_TLS) return;
     tls_describe(c->tls, c->result.tls, sizeof c->result.tls);
     log_info("event=tls mid=%s peer=%s tls=\"%s\" verified=%s", c->job->mid, c->name, c->result.tls,
-             c->cfg->worker.tls_policy == TLS_POLICY_VERIFY ? "yes" : "no");
+             c->tls_policy == TLS_POLICY_VERIFY ? "yes" : "no");
     c->peer_8bitmime = c->peer_starttls = c->peer_size_known = c->peer_pipelining = false;
     send_line(c, STEP_EHLO, "EHLO %s", c->cfg->worker.helo_name);
 }
@@ -469,7 +470,7 @@ static void on_reply(client_t *c, int code, const char *text)
     case STEP_STARTTLS:
         if (code == 220)
             start_tls(c);
-        else if (c->cfg->worker.tls_policy == TLS_POLICY_VERIFY)
+        else if (c->tls_policy == TLS_POLICY_VERIFY)
             fail(c, "STARTTLS refused and tls_policy is verify");
         else
             send_mail(c); /* opportunistic: go on in clear */
@@ -627,6 +628,7 @@ client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, co
     c->loop = loop;
     c->cfg = cfg;
     c->tls_ctx = env->tls;
+    c->tls_policy = config_tls_policy_for(cfg, job->domain);
     c->job = job;
     c->gate = gate;
     c->done = done;

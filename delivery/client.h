@@ -31,7 +31,7 @@ typedef struct client client_t;
 typedef struct client_env {
     uv_loop_t *loop;
     const config_t *cfg;
-    SSL_CTX *tls; /* NULL when tls_policy is none */
+    SSL_CTX *tls; /* the policy per domain decides whether it is used */
 } client_env_t;
 
 typedef void (*client_done_cb)(const client_result_t *result, void *arg);

@@ -650,8 +650,7 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
     w->timer.data = w;
     w->env = (client_env_t){.loop = loop, .cfg = cfg};
     if (!(w->dns = dns_new(loop, cfg->worker.dns_servers, err, errlen)) ||
-        (cfg->worker.tls_policy != TLS_POLICY_NONE &&
-         !(w->env.tls = tls_client_context(cfg->worker.tls_ca_file, err, errlen)))) {
+        !(w->env.tls = tls_client_context(cfg->worker.tls_ca_file, err, errlen))) {
         uv_close((uv_handle_t *)&w->timer, on_worker_closed);
         return NULL;
     }

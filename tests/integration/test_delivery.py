@@ -310,6 +310,9 @@ class PipeliningPeer(threading.Thread):
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def serve(self, conn):
+        """Counts a session as open from its greeting until QUIT is answered:
+        the client frees its slot only after the 221, so nothing overlaps
+        that the client did not overlap."""
         with self.lock:
             self.open += 1
             self.max_open = max(self.max_open, self.open)
@@ -318,8 +321,13 @@ class PipeliningPeer(threading.Thread):
                 time.sleep(self.hold)
                 self.session(conn)
         finally:
-            with self.lock:
+            self.leave()
+
+    def leave(self):
+        with self.lock:
+            if getattr(threading.current_thread(), "counted", True):
                 self.open -= 1
+                threading.current_thread().counted = False
 
     def session(self, conn):
         conn.sendall(b"220 peer ESMTP\r\n")
@@ -359,6 +367,7 @@ class PipeliningPeer(threading.Thread):
                     in_data = bool(rcpts)
                     conn.sendall(b"354 go on\r\n" if rcpts else b"554 5.5.1 no valid recipients\r\n")
                 elif verb == b"QUIT":
+                    self.leave()  # before the 221: the client may connect again right after
                     conn.sendall(b"221 bye\r\n")
                     return
                 else:

@@ -227,13 +227,15 @@ def test_check_config_errors_name_file_line_and_key(tmp_path):
     out = subprocess.run([BIN, "check-config", "-c", str(bad)], capture_output=True, text=True)
     assert out.returncode != 0 and f"{bad}:2: [worker] concurrency" in out.stderr, out.stderr
     good = tmp_path / "good.conf"
-    good.write_text("[ingress]\nmax_recipients = 5\n[routes]\nExample.TEST = 127.0.0.1:2526\n")
+    good.write_text("[ingress]\nmax_recipients = 5\n[routes]\nExample.TEST = 127.0.0.1:2526\n"
+                    "[tls_policy]\nBank.Test = verify\n")
     out = subprocess.run([BIN, "check-config", "-c", str(good)], capture_output=True, text=True,
                          env={"SEALPOST_INGRESS_MAX_MESSAGE_SIZE": "2048", "PATH": "/usr/bin"})
     assert out.returncode == 0, out.stderr
     assert "max_recipients = 5\n" in out.stdout
     assert "max_message_size = 2048\n" in out.stdout
     assert "example.test = 127.0.0.1:2526\n" in out.stdout
+    assert "[tls_policy]\nbank.test = verify\n" in out.stdout
 
 
 def test_up_after_a_crash_replaces_the_leftover_redis(tmp_path, sink):

@@ -86,3 +86,15 @@ def test_policy_none_stays_in_clear(tmp_path, redis_server, tls_sink):
     assert tls_sink.tls == [False]
     ingress.check_clean_exit()
     worker.check_clean_exit()
+
+
+def test_policy_per_destination_overrides_the_default(tmp_path, redis_server, tls_sink):
+    """[tls_policy] example.test = verify wins over [worker] tls_policy = none:
+    the self-signed sink is refused for that domain."""
+    extra = "[worker]\ntls_policy = none\n[tls_policy]\nexample.test = verify\n"
+    ingress, worker = start(tmp_path, redis_server, tls_sink, extra)
+    wait_for(lambda: "certificate verify failed" in worker.read_log(), timeout=20,
+             what="the verification failure")
+    assert tls_sink.count() == 0
+    ingress.check_clean_exit()
+    worker.check_clean_exit()

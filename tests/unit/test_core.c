@@ -573,7 +573,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.worker.relayhost.host[0], 0);
     assert_int_equal(cfg.up.redis_port, 6380);
     assert_int_equal(cfg.log.level, LOG_INFO);
-    assert_int_equal(cfg.n_routes, 0);
+    assert_int_equal(cfg.n_domains, 0);
     assert_null(config_route_for(&cfg, "example.test"));
 }
 
@@ -623,7 +623,7 @@ static void test_config_good_file(void **state)
     assert_int_equal(cfg.worker.relayhost.port, 587);
     assert_int_equal(cfg.up.redis_port, 7001);
     assert_int_equal(cfg.log.level, LOG_DEBUG);
-    assert_int_equal(cfg.n_routes, 1);
+    assert_int_equal(cfg.n_domains, 1);
 
     net_hostport_t hp;
     assert_int_equal(config_redis_address(&cfg, &hp), 0);
