@@ -10,6 +10,8 @@
 #include <string.h>
 
 #define ADDRS_PER_HOST 4
+#define CACHE_MAX_TTL  3600 /* seconds: even a long TTL is looked at again hourly */
+#define CACHE_MAX      1000 /* entries */
 
 typedef struct sock_watch {
     uv_poll_t poll;
@@ -18,11 +20,15 @@ typedef struct sock_watch {
     struct sock_watch *next;
 } sock_watch_t;
 
+typedef struct cache_entry cache_entry_t;
+
 struct dns {
     uv_loop_t *loop;
     ares_channel channel;
     uv_timer_t timer;
     sock_watch_t *socks;
+    cache_entry_t *cache; /* answers by domain, until their TTL runs out */
+    unsigned cached;
 };
 
 /* ---- the event loop glue ---- */
@@ -141,9 +147,12 @@ static void on_dns_closed(uv_handle_t *h)
     free(h->data);
 }
 
+static void cache_clear(dns_t *dns);
+
 void dns_free(dns_t *dns)
 {
     if (!dns) return;
+    cache_clear(dns);
     ares_destroy(dns->channel); /* closes its sockets through on_sock_state */
     while (dns->socks)
         on_sock_state(dns, dns->socks->fd, 0, 0);
@@ -167,6 +176,7 @@ typedef struct mx_request {
     uint16_t port;
     dns_mx_cb cb;
     void *arg;
+    uint32_t ttl;  /* the smallest TTL among the records used, for the cache */
     bool implicit; /* no MX records: the domain itself */
     bool route;    /* a configured host, not a mail domain */
     mx_host_t hosts[DNS_MAX_TARGETS];
@@ -178,6 +188,116 @@ typedef struct addr_request {
     mx_request_t *req;
     unsigned index;
 } addr_request_t;
+
+/* ---- the cache: what MX resolution found, per domain, for its TTL ---- */
+
+struct cache_entry {
+    char domain[256];
+    dns_status_t status;
+    char detail[200];
+    mx_host_t *hosts; /* with their addresses; re-ordered at each use */
+    unsigned n_hosts;
+    uint64_t expires; /* uv_now */
+    cache_entry_t *next;
+};
+
+static void cache_entry_free(cache_entry_t *e)
+{
+    free(e->hosts);
+    free(e);
+}
+
+static void cache_clear(dns_t *dns)
+{
+    while (dns->cache) {
+        cache_entry_t *e = dns->cache;
+        dns->cache = e->next;
+        cache_entry_free(e);
+    }
+    dns->cached = 0;
+}
+
+/* Finds a live entry, dropping expired ones on the way. */
+static cache_entry_t *cache_find(dns_t *dns, const char *domain)
+{
+    uint64_t now = uv_now(dns->loop);
+    for (cache_entry_t **link = &dns->cache; *link;) {
+        cache_entry_t *e = *link;
+        if (e->expires <= now) {
+            *link = e->next;
+            cache_entry_free(e);
+            dns->cached--;
+            continue;
+        }
+        if (!strcasecmp(e->domain, domain)) return e;
+        link = &e->next;
+    }
+    return NULL;
+}
+
+static void cache_store(dns_t *dns, const mx_request_t *req, dns_status_t status,
+                        const char *detail)
+{
+    if (req->ttl == 0 || cache_find(dns, req->domain)) return;
+    if (dns->cached >= CACHE_MAX) { /* full: forget the oldest (at the tail) */
+        cache_entry_t **link = &dns->cache;
+        while ((*link)->next)
+            link = &(*link)->next;
+        cache_entry_free(*link);
+        *link = NULL;
+        dns->cached--;
+    }
+    cache_entry_t *e = calloc(1, sizeof *e);
+    if (!e || !(e->hosts = calloc(req->n_hosts ? req->n_hosts : 1, sizeof *e->hosts))) {
+        free(e);
+        return;
+    }
+    snprintf(e->domain, sizeof e->domain, "%s", req->domain);
+    snprintf(e->detail, sizeof e->detail, "%s", detail);
+    e->status = status;
+    memcpy(e->hosts, req->hosts, req->n_hosts * sizeof *e->hosts);
+    e->n_hosts = req->n_hosts;
+    uint32_t ttl = req->ttl < CACHE_MAX_TTL ? req->ttl : CACHE_MAX_TTL;
+    e->expires = uv_now(dns->loop) + (uint64_t)ttl * 1000;
+    e->next = dns->cache;
+    dns->cache = e;
+    dns->cached++;
+}
+
+/* Steps over a domain name in a DNS message (RFC 1035 §4.1.4: labels or a
+ * compression pointer); the offset after it, or 0 when malformed. */
+static size_t skip_name(const unsigned char *m, size_t len, size_t off)
+{
+    while (off < len) {
+        unsigned char l = m[off];
+        if (l == 0) return off + 1;
+        if ((l & 0xc0) == 0xc0) return off + 2 <= len ? off + 2 : 0;
+        if (l & 0xc0) return 0;
+        off += 1 + (size_t)l;
+    }
+    return 0;
+}
+
+/* The smallest TTL of the MX records in an answer, or UINT32_MAX. */
+static uint32_t mx_answer_ttl(const unsigned char *m, size_t len)
+{
+    uint32_t min = UINT32_MAX;
+    if (len < 12) return min;
+    unsigned questions = (unsigned)(m[4] << 8 | m[5]), answers = (unsigned)(m[6] << 8 | m[7]);
+    size_t off = 12;
+    for (unsigned i = 0; i < questions && off; i++)
+        if ((off = skip_name(m, len, off))) off += 4;
+    for (unsigned i = 0; i < answers && off && off < len; i++) {
+        off = skip_name(m, len, off);
+        if (!off || off + 10 > len) break;
+        unsigned type = (unsigned)(m[off] << 8 | m[off + 1]);
+        uint32_t ttl = (uint32_t)m[off + 4] << 24 | (uint32_t)m[off + 5] << 16 |
+                       (uint32_t)m[off + 6] << 8 | m[off + 7];
+        if (type == ns_t_mx && ttl < min) min = ttl;
+        off += 10 + (size_t)(m[off + 8] << 8 | m[off + 9]);
+    }
+    return min;
+}
 
 static void finish(mx_request_t *req, dns_status_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -191,6 +311,8 @@ static void finish(mx_request_t *req, dns_status_t status, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(r->detail, sizeof r->detail, fmt, ap);
         va_end(ap);
+        if (!req->route && (status == DNS_OK || status == DNS_NULL_MX))
+            cache_store(req->dns, req, status, r->detail);
         for (unsigned i = 0; i < req->n_hosts && status == DNS_OK; i++)
             for (unsigned j = 0; j < req->hosts[i].n_addrs && r->n_targets < DNS_MAX_TARGETS; j++) {
                 r->targets[r->n_targets] = req->hosts[i].addrs[j];
@@ -238,6 +360,8 @@ static void on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinf
     host->status = status;
     for (struct ares_addrinfo_node *n = ai ? ai->nodes : NULL; n && host->n_addrs < ADDRS_PER_HOST;
          n = n->ai_next) {
+        uint32_t ttl = n->ai_ttl > 0 ? (uint32_t)n->ai_ttl : 0;
+        if (ttl < req->ttl) req->ttl = ttl;
         net_hostport_t *hp = &host->addrs[host->n_addrs++];
         net_addr_text(n->ai_addr, hp->host, sizeof hp->host);
         hp->port = req->port;
@@ -292,7 +416,11 @@ static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int 
     mx_request_t *req = arg;
     struct ares_mx_reply *mx = NULL;
     (void)timeouts;
-    if (status == ARES_SUCCESS) status = ares_parse_mx_reply(abuf, alen, &mx);
+    if (status == ARES_SUCCESS) {
+        status = ares_parse_mx_reply(abuf, alen, &mx);
+        uint32_t ttl = mx_answer_ttl(abuf, (size_t)alen);
+        if (ttl < req->ttl) req->ttl = ttl;
+    }
     if (status == ARES_ENOTFOUND) {
         finish(req, DNS_NXDOMAIN, "550 5.1.2 domain %s does not exist", req->domain);
         return;
@@ -335,6 +463,7 @@ static mx_request_t *request_new(dns_t *dns, const char *name, uint16_t port, dn
         return NULL;
     }
     req->dns = dns;
+    req->ttl = UINT32_MAX;
     snprintf(req->domain, sizeof req->domain, "%s", name);
     req->port = port;
     req->cb = cb;
@@ -346,6 +475,20 @@ void dns_resolve_mx(dns_t *dns, const char *domain, uint16_t port, dns_mx_cb cb,
 {
     mx_request_t *req = request_new(dns, domain, port, cb, arg);
     if (!req) return;
+    cache_entry_t *hit = cache_find(dns, domain);
+    if (hit) { /* equal preferences get a fresh random order each time */
+        memcpy(req->hosts, hit->hosts, hit->n_hosts * sizeof *req->hosts);
+        req->n_hosts = hit->n_hosts;
+        req->ttl = 0; /* already cached */
+        for (unsigned i = 0; i < req->n_hosts; i++) {
+            req->hosts[i].tiebreak = util_random_below(UINT32_MAX);
+            for (unsigned j = 0; j < req->hosts[i].n_addrs; j++)
+                req->hosts[i].addrs[j].port = port;
+        }
+        sort_hosts(req);
+        finish(req, hit->status, "%s (cached)", hit->detail);
+        return;
+    }
     ares_query(dns->channel, domain, ns_c_in, ns_t_mx, on_mx, req);
     schedule_timer(dns);
 }

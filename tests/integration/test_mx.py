@@ -185,3 +185,44 @@ def test_route_that_does_not_resolve_defers(mx):
     time.sleep(1.5)
     assert mx.bounce_sink.count() == 0
     assert "event=deferred" in mx.worker.read_log()
+
+
+def test_mx_answers_are_cached_for_their_ttl(tmp_path, redis_server):
+    """With a 60 s TTL on the records, the second message to a domain needs no
+    DNS: it is delivered even after the DNS server is gone."""
+    dns_port, smtp_port = free_port(), port_free_on_all(["127.0.0.3"])
+    dnsmasq = subprocess.Popen(
+        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={dns_port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+         "--local=/test/", "--pid-file=", "--local-ttl=60",
+         "--mx-host=cached.test,mx.cached.test,10", "--host-record=mx.cached.test,127.0.0.3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = Sink("127.0.0.3")
+    sink.port = sink.controller.port = smtp_port
+    sink.start()
+    listen = free_port()
+    config = f"""
+[redis]
+url = redis://127.0.0.1:{redis_server.port}
+[ingress]
+listen = 127.0.0.1:{listen}
+[worker]
+dns_servers = 127.0.0.1:{dns_port}
+smtp_port = {smtp_port}
+min_backoff = 1
+max_backoff = 1
+"""
+    try:
+        time.sleep(0.3)
+        ingress = Sealpost(tmp_path, "ingress", config, "ingress").start(listen)
+        Sealpost(tmp_path, "worker", config, "worker").start()
+        wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="redis")
+        send(listen, ["first@cached.test"], 1)
+        wait_for(lambda: sink.count() == 1, timeout=20, what="the first delivery")
+        dnsmasq.terminate()
+        dnsmasq.wait(5)
+        send(listen, ["second@cached.test"], 2)
+        wait_for(lambda: sink.count() == 2, timeout=5, what="the second delivery, from the cache")
+    finally:
+        dnsmasq.kill()
+        sink.stop()
