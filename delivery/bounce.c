@@ -83,9 +83,10 @@ static void status_part(const bounce_report_t *r, buf_t *out)
 
 int bounce_build(const bounce_report_t *r, buf_t *out)
 {
-    char date[64], boundary[48];
+    char date[64], boundary[64];
     util_rfc5322_date(date, sizeof date);
-    snprintf(boundary, sizeof boundary, "%s/%s", r->bounce_id, r->reporting_mta);
+    /* Only RFC 2046 bchars, and a random part no message body will contain. */
+    snprintf(boundary, sizeof boundary, "=_sealpost_%s", r->bounce_id);
     buf_printf(out,
                "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
                "To: <%s>\r\n"
