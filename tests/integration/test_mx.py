@@ -31,6 +31,35 @@ def port_free_on_all(addresses):
     raise RuntimeError("no common free port")
 
 
+def mx_config(redis_port, listen, dns_port, smtp_port, extra=""):
+    """Ingress and worker against the test Redis, resolving through dnsmasq."""
+    return f"""
+[redis]
+url = redis://127.0.0.1:{redis_port}
+[ingress]
+listen = 127.0.0.1:{listen}
+hostname = mx.sealpost.test
+[worker]
+dns_servers = 127.0.0.1:{dns_port}
+smtp_port = {smtp_port}
+min_backoff = 1
+max_backoff = 1
+connect_timeout = 3
+{extra}"""
+
+
+def start_dnsmasq(port, records):
+    """dnsmasq answering for *.test only (NXDOMAIN for the rest) on loopback."""
+    proc = subprocess.Popen(
+        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+         "--local=/test/", "--pid-file=", *records],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    assert proc.poll() is None, "dnsmasq did not start"
+    return proc
+
+
 @pytest.fixture
 def dns(tmp_path):
     if not shutil.which("dnsmasq"):
@@ -50,13 +79,7 @@ def dns(tmp_path):
         "--mx-host=twonull.test,.,10",
         "--host-record=aonly.test,127.0.0.6",
     ]
-    proc = subprocess.Popen(
-        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
-         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-         "--local=/test/", "--pid-file=", *records],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    assert proc.poll() is None, "dnsmasq did not start"
+    proc = start_dnsmasq(port, records)
     yield port
     proc.terminate()
     proc.wait(5)
@@ -74,23 +97,12 @@ def mx(tmp_path, dns, redis_server):
         s.start()
     bounce_sink = Sink().start()
     listen = free_port()
-    config = f"""
-[redis]
-url = redis://127.0.0.1:{redis_server.port}
-[ingress]
-listen = 127.0.0.1:{listen}
-hostname = mx.sealpost.test
-[worker]
-dns_servers = 127.0.0.1:{dns}
-smtp_port = {smtp_port}
-min_backoff = 1
-max_backoff = 1
-connect_timeout = 3
+    config = mx_config(redis_server.port, listen, dns, smtp_port, f"""
 [routes]
 origin.test = 127.0.0.1:{bounce_sink.port}
 routed.test = mx2.example.test:{smtp_port}
 badroute.test = nowhere.test:{smtp_port}
-"""
+""")
     ingress = Sealpost(tmp_path, "ingress", config, "ingress").start(listen)
     worker = Sealpost(tmp_path, "worker", config, "worker").start()
     wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="redis")
@@ -191,29 +203,14 @@ def test_mx_answers_are_cached_for_their_ttl(tmp_path, redis_server):
     """With a 60 s TTL on the records, the second message to a domain needs no
     DNS: it is delivered even after the DNS server is gone."""
     dns_port, smtp_port = free_port(), port_free_on_all(["127.0.0.3"])
-    dnsmasq = subprocess.Popen(
-        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={dns_port}",
-         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-         "--local=/test/", "--pid-file=", "--local-ttl=60",
-         "--mx-host=cached.test,mx.cached.test,10", "--host-record=mx.cached.test,127.0.0.3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dnsmasq = start_dnsmasq(dns_port, ["--local-ttl=60", "--mx-host=cached.test,mx.cached.test,10",
+                                       "--host-record=mx.cached.test,127.0.0.3"])
     sink = Sink("127.0.0.3")
     sink.port = sink.controller.port = smtp_port
     sink.start()
     listen = free_port()
-    config = f"""
-[redis]
-url = redis://127.0.0.1:{redis_server.port}
-[ingress]
-listen = 127.0.0.1:{listen}
-[worker]
-dns_servers = 127.0.0.1:{dns_port}
-smtp_port = {smtp_port}
-min_backoff = 1
-max_backoff = 1
-"""
+    config = mx_config(redis_server.port, listen, dns_port, smtp_port)
     try:
-        time.sleep(0.3)
         ingress = Sealpost(tmp_path, "ingress", config, "ingress").start(listen)
         Sealpost(tmp_path, "worker", config, "worker").start()
         wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="redis")
