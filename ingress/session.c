@@ -404,9 +404,13 @@ static void proceed_vrfy(session_t *s, const proto_command_t *cmd)
     reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
-static void proceed_not_implemented(session_t *s, const proto_command_t *cmd)
+/* Commands not in our EHLO reply (RFC 5321 §4.2.4: 502). EXPN would list a
+ * mailing list's members and TURN would hand the connection's direction to an
+ * unauthenticated peer, so those two stay refused by design; STARTTLS, AUTH
+ * and BDAT are not announced by this listener. */
+static void proceed_not_offered(session_t *s, const proto_command_t *cmd)
 {
-    reply(s, "502 5.5.1 %s command not implemented", proto_verb_name(cmd->verb));
+    reply(s, "502 5.5.1 %s is not offered here", proto_verb_name(cmd->verb));
 }
 
 static const command_t commands[] = {
@@ -420,11 +424,11 @@ static const command_t commands[] = {
     {PROTO_QUIT, check_no_args, proceed_quit},
     {PROTO_HELP, check_none, proceed_help},
     {PROTO_VRFY, check_none, proceed_vrfy},
-    {PROTO_EXPN, check_none, proceed_not_implemented},
-    {PROTO_TURN, check_none, proceed_not_implemented},
-    {PROTO_STARTTLS, check_none, proceed_not_implemented},
-    {PROTO_AUTH, check_none, proceed_not_implemented},
-    {PROTO_BDAT, check_none, proceed_not_implemented},
+    {PROTO_EXPN, check_none, proceed_not_offered},
+    {PROTO_TURN, check_none, proceed_not_offered},
+    {PROTO_STARTTLS, check_none, proceed_not_offered},
+    {PROTO_AUTH, check_none, proceed_not_offered},
+    {PROTO_BDAT, check_none, proceed_not_offered},
 };
 
 static void dispatch(session_t *s, const char *line, size_t len)
