@@ -20,6 +20,9 @@ typedef struct serve_options {
 /* Runs until SIGINT or SIGTERM, then stops cleanly. Returns the exit code. */
 int cmd_serve(const config_t *cfg, serve_options_t opts);
 
+/* mkdir -p, with mode 0700 for what it creates. */
+int cmd_mkdir_p(const char *path);
+
 int cmd_up(int argc, char **argv);
 int cmd_ingress(int argc, char **argv);
 int cmd_worker(int argc, char **argv);

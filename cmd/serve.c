@@ -26,7 +26,7 @@ typedef struct runtime {
     queue_t *queue;
     ingress_t *ingress;
     worker_t *worker;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     uv_timer_t deadline;
     uv_timer_t finisher; /* runs finish() outside any library callback */
     uv_process_t redis;
@@ -120,7 +120,15 @@ static void on_redis_exit(uv_process_t *p, int64_t status, int signum)
     if (!rt->queue) uv_walk(rt->loop, close_walk, NULL);
 }
 
-static int mkdir_p(const char *path)
+/* SIGHUP: pick up a renewed certificate without dropping a connection. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    runtime_t *rt = h->data;
+    (void)signum;
+    if (rt->ingress && !rt->stopping) ingress_reload_tls(rt->ingress);
+}
+
+int cmd_mkdir_p(const char *path)
 {
     char tmp[512];
     snprintf(tmp, sizeof tmp, "%s", path);
@@ -163,7 +171,7 @@ static int start_redis(runtime_t *rt)
     const config_t *cfg = rt->cfg;
     char port[8], dir[PATH_MAX], logfile[PATH_MAX + 16], pidfile[PATH_MAX + 16];
     /* Absolute: redis-server changes into --dir before it opens the log. */
-    if (mkdir_p(cfg->up.data_dir) < 0 || !realpath(cfg->up.data_dir, dir)) {
+    if (cmd_mkdir_p(cfg->up.data_dir) < 0 || !realpath(cfg->up.data_dir, dir)) {
         log_error("event=start_failed what=data_dir path=%s error=\"%s\"", cfg->up.data_dir,
                   strerror(errno));
         return -1;
@@ -211,11 +219,13 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     config_redis_address(cfg, &redis);
     uv_signal_init(rt.loop, &rt.sigint);
     uv_signal_init(rt.loop, &rt.sigterm);
+    uv_signal_init(rt.loop, &rt.sighup);
     uv_timer_init(rt.loop, &rt.deadline);
     uv_timer_init(rt.loop, &rt.finisher);
-    rt.sigint.data = rt.sigterm.data = rt.deadline.data = rt.finisher.data = &rt;
+    rt.sigint.data = rt.sigterm.data = rt.sighup.data = rt.deadline.data = rt.finisher.data = &rt;
     uv_signal_start(&rt.sigint, on_signal, SIGINT);
     uv_signal_start(&rt.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&rt.sighup, on_sighup, SIGHUP);
     signal(SIGPIPE, SIG_IGN);
 
     if (opts.private_redis && !cfg->redis.url[0] && start_redis(&rt) < 0) return 1;

@@ -120,6 +120,13 @@ typedef struct config {
         unsigned max_recipients;
         unsigned max_line_length;
         unsigned max_connections;
+        unsigned max_connections_per_ip; /* not for trusted networks */
+        unsigned max_errors;             /* 4xx/5xx replies before a session is dropped */
+        char postmaster[257];            /* where "RCPT TO:<Postmaster>" goes; "": the
+                                            postmaster of the first relay domain */
+        char tls_cert[512];              /* PEM chain; with tls_key, STARTTLS is offered */
+        char tls_key[512];
+        char tls_ciphers[256];
         unsigned command_timeout;
         unsigned data_timeout;
         char relay_domains[CONFIG_MAX_LIST][256];

@@ -1,7 +1,10 @@
 /* Bounces: one multipart/report (RFC 3462/6522) with a human-readable part, a
  * message/delivery-status part (RFC 3464) and the original headers
- * (text/rfc822-headers), from the null sender to the original sender. */
+ * (text/rfc822-headers) or message (message/rfc822), from the null sender to
+ * the original sender. */
 #include "delivery/bounce.h"
+
+#include "proto/proto.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -28,14 +31,14 @@ void bounce_status_of(const char *reply, char out[16])
         int class = read_number(&p, 1);
         int subject = *p == '.' ? (p++, read_number(&p, 3)) : -1;
         int detail = *p == '.' ? (p++, read_number(&p, 3)) : -1;
-        if (class == reply[0] - '0' && (class == 4 || class == 5) && subject >= 0 && detail >= 0 &&
-            (*p == ' ' || *p == 0)) {
+        if (class == reply[0] - '0' && (class == 2 || class == 4 || class == 5) && subject >= 0 &&
+            detail >= 0 && (*p == ' ' || *p == 0)) {
             snprintf(out, 16, "%u.%u.%u", (unsigned)class % 10u, (unsigned)subject % 1000u,
                      (unsigned)detail % 1000u);
             return;
         }
     }
-    snprintf(out, 16, "%c.0.0", reply[0] == '4' ? '4' : '5');
+    snprintf(out, 16, "%c.0.0", reply[0] == '2' || reply[0] == '4' ? reply[0] : '5');
 }
 
 static void rfc5322_date_of(long long ms, char *out, size_t outlen)
@@ -54,27 +57,87 @@ static size_t header_length(const char *body, size_t len)
     return len;
 }
 
+static bool any_failed(const bounce_report_t *r)
+{
+    for (unsigned i = 0; i < r->n_rcpts; i++)
+        if (!r->rcpts[i].relayed) return true;
+    return false;
+}
+
 static void human_part(const bounce_report_t *r, buf_t *out)
 {
-    buf_printf(out,
-               "This is the mail system at host %s.\r\n\r\n"
-               "I'm sorry to have to inform you that your message could not\r\n"
-               "be delivered to one or more recipients.\r\n\r\n",
-               r->reporting_mta);
-    for (unsigned i = 0; i < r->n_rcpts; i++)
-        buf_printf(out, "<%s>: %s\r\n", r->rcpts[i].addr, r->rcpts[i].diagnostic);
+    buf_printf(out, "This is the mail system at host %s.\r\n\r\n", r->reporting_mta);
+    for (int relayed = 0; relayed < 2; relayed++) {
+        bool header = false;
+        for (unsigned i = 0; i < r->n_rcpts; i++) {
+            if (r->rcpts[i].relayed != (relayed == 1)) continue;
+            if (!header)
+                buf_printf(out, "%s",
+                           relayed
+                               ? "Your message was handed on to the next mail system, which\r\n"
+                                 "does not report delivery, for these recipients:\r\n\r\n"
+                               : "I'm sorry to have to inform you that your message could not\r\n"
+                                 "be delivered to one or more recipients.\r\n\r\n");
+            header = true;
+            buf_printf(out, "<%s>: %s\r\n", r->rcpts[i].addr, r->rcpts[i].diagnostic);
+        }
+        if (header) buf_append(out, "\r\n", 2);
+    }
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* RFC 3461 §6.3 and RFC 3464 §2.2.1, §2.3.1: ENVID and ORCPT come back
+ * decoded from xtext ("+2B" is "+"). Writes at most outlen - 1 octets. */
+static void xtext_decode(const char *in, char *out, size_t outlen)
+{
+    size_t n = 0;
+    for (; *in && n + 1 < outlen; n++) {
+        int hi = in[0] == '+' ? hex_value(in[1]) : -1;
+        int lo = hi >= 0 ? hex_value(in[2]) : -1;
+        if (lo >= 0) {
+            out[n] = (char)(hi * 16 + lo);
+            in += 3;
+        } else {
+            out[n] = *in++;
+        }
+    }
+    out[n] = 0;
+}
+
+/* A decoded value may hold any octet: keep it to one printable header line. */
+static void printable(char *text)
+{
+    for (char *p = text; *p; p++)
+        if ((unsigned char)*p < 32 || *p == 127) *p = '?';
 }
 
 static void status_part(const bounce_report_t *r, buf_t *out)
 {
-    char arrival[64];
+    char arrival[64], value[PROTO_ORCPT_MAX + 1], decoded[PROTO_ORCPT_MAX + 1];
     rfc5322_date_of(r->job->received_ms, arrival, sizeof arrival);
+    if (proto_param_find(r->job->mail_params, "ENVID", value, sizeof value)) {
+        xtext_decode(value, decoded, sizeof decoded);
+        printable(decoded);
+        buf_printf(out, "Original-Envelope-Id: %s\r\n", decoded);
+    }
     buf_printf(out, "Reporting-MTA: dns; %s\r\nX-Sealpost-Queue-ID: %s\r\nArrival-Date: %s\r\n",
                r->reporting_mta, r->job->mid, arrival);
     for (unsigned i = 0; i < r->n_rcpts; i++) {
         const bounce_rcpt_t *rc = &r->rcpts[i];
-        buf_printf(out, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n",
-                   rc->addr, rc->status);
+        buf_append(out, "\r\n", 2);
+        if (rc->params && proto_param_find(rc->params, "ORCPT", value, sizeof value)) {
+            xtext_decode(value, decoded, sizeof decoded);
+            printable(decoded);
+            buf_printf(out, "Original-Recipient: %s\r\n", decoded);
+        }
+        buf_printf(out, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", rc->addr,
+                   rc->relayed ? "relayed" : "failed", rc->status);
         if (rc->remote && r->remote_mta) buf_printf(out, "Remote-MTA: dns; %s\r\n", r->remote_mta);
         buf_printf(out, "Diagnostic-Code: %s; %s\r\n", rc->remote ? "smtp" : "x-sealpost",
                    rc->diagnostic);
@@ -83,14 +146,17 @@ static void status_part(const bounce_report_t *r, buf_t *out)
 
 int bounce_build(const bounce_report_t *r, buf_t *out)
 {
-    char date[64], boundary[64];
+    char date[64], boundary[64], ret[8];
+    bool full =
+        proto_param_find(r->job->mail_params, "RET", ret, sizeof ret) && !strcasecmp(ret, "FULL");
+    bool failed = any_failed(r);
     util_rfc5322_date(date, sizeof date);
     /* Only RFC 2046 bchars, and a random part no message body will contain. */
     snprintf(boundary, sizeof boundary, "=_sealpost_%s", r->bounce_id);
     buf_printf(out,
                "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
                "To: <%s>\r\n"
-               "Subject: Undelivered Mail Returned to Sender\r\n"
+               "Subject: %s\r\n"
                "Date: %s\r\n"
                "Message-ID: <%s@%s>\r\n"
                "Auto-Submitted: auto-replied\r\n"
@@ -102,8 +168,9 @@ int bounce_build(const bounce_report_t *r, buf_t *out)
                "\r\n--%s\r\n"
                "Content-Description: Notification\r\n"
                "Content-Type: text/plain; charset=utf-8\r\n\r\n",
-               r->reporting_mta, r->job->sender, date, r->bounce_id, r->reporting_mta, boundary,
-               boundary);
+               r->reporting_mta, r->job->sender,
+               failed ? "Undelivered Mail Returned to Sender" : "Successful Mail Relay Report",
+               date, r->bounce_id, r->reporting_mta, boundary, boundary);
     human_part(r, out);
     buf_printf(out,
                "\r\n--%s\r\n"
@@ -111,11 +178,13 @@ int bounce_build(const bounce_report_t *r, buf_t *out)
                "Content-Type: message/delivery-status\r\n\r\n",
                boundary);
     status_part(r, out);
-    buf_printf(out,
-               "\r\n--%s\r\n"
-               "Content-Description: Undelivered Message Headers\r\n"
-               "Content-Type: text/rfc822-headers\r\n\r\n",
-               boundary);
-    buf_append(out, r->job->body, header_length(r->job->body, r->job->body_len));
+    /* RFC 6532 §3.7: a message with UTF-8 headers travels as message/global. */
+    bool utf8 = proto_param_find(r->job->mail_params, "SMTPUTF8", NULL, 0);
+    buf_printf(out, "\r\n--%s\r\nContent-Description: %s\r\nContent-Type: %s\r\n\r\n", boundary,
+               full ? "Original Message" : "Original Message Headers",
+               full ? (utf8 ? "message/global" : "message/rfc822")
+                    : (utf8 ? "message/global-headers" : "text/rfc822-headers"));
+    buf_append(out, r->job->body,
+               full ? r->job->body_len : header_length(r->job->body, r->job->body_len));
     return buf_printf(out, "\r\n--%s--\r\n", boundary);
 }

@@ -1,4 +1,6 @@
-/* Private to delivery/: RFC 3464 delivery status notifications. */
+/* Private to delivery/: RFC 3464 delivery status notifications: failures
+ * (bounces) and, for NOTIFY=SUCCESS recipients handed to a peer without DSN,
+ * "relayed" notices (RFC 3461 §5.2.2). */
 #ifndef SEALPOST_DELIVERY_BOUNCE_H
 #define SEALPOST_DELIVERY_BOUNCE_H
 
@@ -7,6 +9,8 @@
 
 typedef struct bounce_rcpt {
     const char *addr;
+    const char *params;     /* its DSN parameters as queued (ORCPT, NOTIFY), or "" */
+    bool relayed;           /* a success notice, not a failure */
     const char *status;     /* "5.1.1" */
     const char *diagnostic; /* the remote reply, or our reason */
     bool remote;            /* diagnostic is an SMTP reply from remote_mta */
@@ -21,10 +25,11 @@ typedef struct bounce_report {
     unsigned n_rcpts;
 } bounce_report_t;
 
-/* Writes the whole bounce message (headers and body, CRLF line ends). */
+/* Writes the whole notification (headers and body, CRLF line ends): the
+ * original's headers, or all of it when it was sent with RET=FULL. */
 int bounce_build(const bounce_report_t *report, buf_t *out);
 /* The RFC 3463 status in an SMTP reply text ("550 5.1.1 ..."), or a generic
- * one from its class ("5.0.0", "4.0.0") when the reply has none. */
+ * one from its class ("5.0.0", "4.0.0", "2.0.0") when the reply has none. */
 void bounce_status_of(const char *reply, char out[16]);
 
 #endif

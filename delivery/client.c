@@ -46,6 +46,8 @@ struct client {
     buf_t in;
     int multiline_code; /* code of the reply being read, 0 between replies */
     bool peer_8bitmime; /* from the EHLO reply */
+    bool peer_smtputf8;
+    bool peer_dsn;
     bool peer_starttls;
     bool peer_pipelining;
     bool pipelined;   /* MAIL, RCPTs and DATA went out in one write (RFC 2920) */
@@ -228,6 +230,15 @@ static void send_line(client_t *c, enum step next, const char *fmt, ...)
     send_raw(c, line, (size_t)n + 2);
 }
 
+/* Sends the command(s) in out, which it takes over, and waits for step next. */
+static void send_command(client_t *c, enum step next, buf_t *out)
+{
+    c->step = next;
+    arm(c, c->cfg->worker.command_timeout);
+    send_owned(c, out->data, out->len);
+    buf_init(out);
+}
+
 static void send_body(client_t *c)
 {
     const queue_job_t *job = c->job;
@@ -267,10 +278,25 @@ void client_finish_data(client_t *c, bool ok)
     send_raw(c, ".\r\n", 3);
 }
 
+/* "RCPT TO:<addr>", with the recipient's NOTIFY and ORCPT for a peer that
+ * offers DSN (RFC 3461 §5.2: they travel with the message). */
+static int rcpt_line(const client_t *c, unsigned i, buf_t *out)
+{
+    const char *params = c->peer_dsn ? c->job->rcpt_params[i] : "";
+    return buf_printf(out, "RCPT TO:<%s>%s%s\r\n", c->job->rcpts[i], params[0] ? " " : "", params);
+}
+
 static void send_next_rcpt(client_t *c)
 {
     if (c->rcpt_index < c->job->n_rcpts) {
-        send_line(c, STEP_RCPT, "RCPT TO:<%s>", c->job->rcpts[c->rcpt_index]);
+        buf_t line;
+        buf_init(&line);
+        if (rcpt_line(c, c->rcpt_index, &line) < 0) {
+            buf_free(&line);
+            fail(c, "out of memory");
+            return;
+        }
+        send_command(c, STEP_RCPT, &line);
     } else if (c->accepted) {
         send_line(c, STEP_DATA, "DATA");
     } else {
@@ -288,6 +314,8 @@ static void note_extension(client_t *c, const char *line, size_t len)
         c->peer_8bitmime = true;
     if (n == 8 && !strncasecmp(kw, "STARTTLS", 8)) c->peer_starttls = true;
     if (n == 10 && !strncasecmp(kw, "PIPELINING", 10)) c->peer_pipelining = true;
+    if (n == 8 && !strncasecmp(kw, "SMTPUTF8", 8)) c->peer_smtputf8 = true;
+    if (n == 3 && !strncasecmp(kw, "DSN", 3)) c->peer_dsn = true;
     if (n >= 4 && !strncasecmp(kw, "SIZE", 4) && (n == 4 || kw[4] == ' ')) {
         c->peer_size_known = true;
         c->peer_size = n > 5 ? strtoull(kw + 5, NULL, 10) : 0;
@@ -306,24 +334,19 @@ static void refuse_locally(client_t *c, int code, const char *text)
 
 /* RFC 2920: MAIL, every RCPT and DATA in one write; the replies come back in
  * that order and on_pipelined_reply reads every one of them. */
-static void send_pipelined(client_t *c, const char *size, bool eight_bit)
+static void send_pipelined(client_t *c, buf_t *batch)
 {
     const queue_job_t *job = c->job;
-    buf_t batch;
-    buf_init(&batch);
-    int rc = buf_printf(&batch, "MAIL FROM:<%s>%s%s\r\n", job->sender, size,
-                        eight_bit ? " BODY=8BITMIME" : "");
+    int rc = 0;
     for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++)
-        rc = buf_printf(&batch, "RCPT TO:<%s>\r\n", job->rcpts[i]);
-    if (rc < 0 || buf_append(&batch, "DATA\r\n", 6) < 0) {
-        buf_free(&batch);
+        rc = rcpt_line(c, i, batch);
+    if (rc < 0 || buf_append(batch, "DATA\r\n", 6) < 0) {
+        buf_free(batch);
         fail(c, "out of memory");
         return;
     }
     c->pipelined = true;
-    c->step = STEP_MAIL;
-    arm(c, c->cfg->worker.command_timeout);
-    send_owned(c, batch.data, batch.len); /* takes batch.data */
+    send_command(c, STEP_MAIL, batch);
 }
 
 static void on_pipelined_reply(client_t *c, int code, const char *text)
@@ -356,19 +379,70 @@ static void on_pipelined_reply(client_t *c, int code, const char *text)
     }
 }
 
-/* MAIL FROM, with SIZE and BODY when the peer offers them. A message over the
- * peer's announced limit fails here with the peer's own figure; 8-bit content
- * for a peer without 8BITMIME is refused (RFC 6152 §3: convert or return it;
- * we do not convert). */
+static bool has_non_ascii(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)p[i] >= 0x80) return true;
+    return false;
+}
+
+/* Whether the job cannot go to a peer without SMTPUTF8: the reply code of
+ * the refusal, with its text, or 0 (RFC 6531 §3.2: UTF-8 addresses need it;
+ * headers in UTF-8 (RFC 6532) would reach a peer that cannot read them). We
+ * do not downgrade. */
+static int needs_smtputf8(const client_t *c, char *text, size_t len)
+{
+    const queue_job_t *job = c->job;
+    const char *what = NULL;
+    if (has_non_ascii(job->sender, strlen(job->sender))) what = "553 5.6.7 the sender's address";
+    for (unsigned i = 0; !what && i < job->n_rcpts; i++)
+        if (has_non_ascii(job->rcpts[i], strlen(job->rcpts[i])))
+            what = "553 5.6.7 a recipient's address";
+    const char *end = memmem(job->body, job->body_len, "\r\n\r\n", 4);
+    size_t headers = end ? (size_t)(end - job->body) : job->body_len;
+    if (!what && has_non_ascii(job->body, headers)) what = "554 5.6.9 the message header";
+    if (!what) return 0;
+    snprintf(text, len, "%s is UTF-8 and %s does not offer SMTPUTF8", what, c->dest);
+    return what[2] == '3' ? 553 : 554;
+}
+
+/* "MAIL FROM:<sender>" and the parameters the peer understands: SIZE, BODY,
+ * SMTPUTF8 when the message asked for it, RET and ENVID when it offers DSN. */
+static int mail_line(const client_t *c, bool eight_bit, bool utf8, buf_t *out)
+{
+    const queue_job_t *job = c->job;
+    int rc = buf_printf(out, "MAIL FROM:<%s>", job->sender);
+    if (rc == 0 && c->peer_size_known) rc = buf_printf(out, " SIZE=%zu", job->body_len);
+    if (rc == 0 && eight_bit) rc = buf_printf(out, " BODY=8BITMIME");
+    if (rc == 0 && utf8 && c->peer_smtputf8) rc = buf_printf(out, " SMTPUTF8");
+    char value[PROTO_ENVID_MAX + 1];
+    if (rc == 0 && c->peer_dsn && proto_param_find(job->mail_params, "RET", value, sizeof value))
+        rc = buf_printf(out, " RET=%s", value);
+    if (rc == 0 && c->peer_dsn && proto_param_find(job->mail_params, "ENVID", value, sizeof value))
+        rc = buf_printf(out, " ENVID=%s", value);
+    return rc == 0 ? buf_append(out, "\r\n", 2) : rc;
+}
+
+/* MAIL FROM. A message over the peer's announced limit fails here with the
+ * peer's own figure; 8-bit content for a peer without 8BITMIME is refused
+ * (RFC 6152 §3: convert or return it; we do not convert), and so is a
+ * message that needs SMTPUTF8 from a peer without it. */
 static void send_mail(client_t *c)
 {
     const queue_job_t *job = c->job;
     char text[400];
-    bool eight_bit = strcasestr(job->mail_params, "BODY=8BITMIME") != NULL;
+    bool eight_bit = proto_param_find(job->mail_params, "BODY", text, sizeof text) &&
+                     !strcasecmp(text, "8BITMIME");
+    bool utf8 = proto_param_find(job->mail_params, "SMTPUTF8", NULL, 0);
     if (c->peer_size_known && c->peer_size && job->body_len > c->peer_size) {
         snprintf(text, sizeof text, "552 5.3.4 message size %zu exceeds the limit of %llu",
                  job->body_len, c->peer_size);
         refuse_locally(c, 552, text);
+        return;
+    }
+    int refusal = utf8 && !c->peer_smtputf8 ? needs_smtputf8(c, text, sizeof text) : 0;
+    if (refusal) {
+        refuse_locally(c, refusal, text);
         return;
     }
     if (eight_bit && !c->peer_8bitmime) {
@@ -379,14 +453,18 @@ static void send_mail(client_t *c)
         refuse_locally(c, 554, text);
         return;
     }
-    char size[40] = "";
-    if (c->peer_size_known) snprintf(size, sizeof size, " SIZE=%zu", job->body_len);
-    if (c->peer_pipelining) {
-        send_pipelined(c, size, eight_bit);
+    buf_t line;
+    buf_init(&line);
+    if (mail_line(c, eight_bit, utf8, &line) < 0) {
+        buf_free(&line);
+        fail(c, "out of memory");
         return;
     }
-    send_line(c, STEP_MAIL, "MAIL FROM:<%s>%s%s", job->sender, size,
-              eight_bit ? " BODY=8BITMIME" : "");
+    c->result.peer_dsn = c->peer_dsn;
+    if (c->peer_pipelining)
+        send_pipelined(c, &line);
+    else
+        send_command(c, STEP_MAIL, &line);
 }
 
 /* The RFC 3207 handshake: whatever the server sent after its 220 was read
@@ -438,6 +516,7 @@ static void on_tls_progress(client_t *c, enum tls_state state)
     log_info("event=tls mid=%s peer=%s tls=\"%s\" verified=%s", c->job->mid, c->name, c->result.tls,
              c->tls_policy == TLS_POLICY_VERIFY ? "yes" : "no");
     c->peer_8bitmime = c->peer_starttls = c->peer_size_known = c->peer_pipelining = false;
+    c->peer_smtputf8 = c->peer_dsn = false;
     send_line(c, STEP_EHLO, "EHLO %s", c->cfg->worker.helo_name);
 }
 

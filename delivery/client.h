@@ -22,6 +22,7 @@ typedef struct client_result {
     const char *remote; /* the MX name, or "host:port", that was tried */
     bool before_mail;   /* failed before MAIL FROM: the next MX host may do better */
     bool local;         /* codes and replies are our own decision, not a server's */
+    bool peer_dsn;      /* the peer took the DSN parameters: it reports success itself */
     char tls[80];       /* "TLSv1.3 TLS_AES_256_GCM_SHA384" when STARTTLS was used */
 } client_result_t;
 

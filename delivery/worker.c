@@ -10,6 +10,7 @@
 #include "delivery/bounce.h"
 #include "delivery/client.h"
 #include "delivery/dns.h"
+#include "proto/proto.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,12 +164,43 @@ static uint64_t backoff_ms(const config_t *cfg, unsigned attempts)
 
 /* What one attempt decided, recipient by recipient. */
 typedef struct outcome {
-    const char **pending; /* tried again later */
+    unsigned *pending; /* indexes of the recipients tried again later */
     unsigned n_pending;
-    bounce_rcpt_t *failed; /* bounced now */
+    bounce_rcpt_t *failed; /* to report now: failures, and relays the sender asked about */
     char (*status)[16];
     unsigned n_failed;
 } outcome_t;
+
+/* The notifications a recipient asked for (RFC 3461 §4.1): FAILURE (and
+ * DELAY) when it did not say. */
+static int notify_of(const queue_job_t *job, unsigned i)
+{
+    char value[40];
+    if (!proto_param_find(job->rcpt_params[i], "NOTIFY", value, sizeof value))
+        return PROTO_NOTIFY_FAILURE | PROTO_NOTIFY_DELAY;
+    int bits = proto_dsn_notify(value, strlen(value));
+    return bits < 0 ? PROTO_NOTIFY_FAILURE : bits;
+}
+
+/* Adds recipient i to the notification when its NOTIFY asks for this kind. */
+static void report(outcome_t *o, const queue_job_t *job, unsigned i, const client_result_t *r,
+                   const char *reply, bool relayed)
+{
+    int notify = notify_of(job, i);
+    if (!(notify & (relayed ? PROTO_NOTIFY_SUCCESS : PROTO_NOTIFY_FAILURE))) return;
+    bounce_rcpt_t *f = &o->failed[o->n_failed];
+    int code = r ? r->codes[i] : 0;
+    f->addr = job->rcpts[i];
+    f->params = job->rcpt_params[i];
+    f->relayed = relayed;
+    f->remote = r && !r->local && (relayed || code / 100 == 5);
+    f->diagnostic = reply;
+    if (code / 100 == 5 || relayed)
+        bounce_status_of(reply, o->status[o->n_failed]);
+    else
+        snprintf(o->status[o->n_failed], 16, "4.4.7"); /* delivery time expired */
+    f->status = o->status[o->n_failed++];
+}
 
 static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool expired)
 {
@@ -178,20 +210,14 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         const char *reply = r && r->replies[i][0] ? r->replies[i] : (r ? r->detail : "");
         if (code / 100 == 2) {
             log_outcome(d, job->rcpts[i], "delivered", reply);
+            /* A peer with DSN reports success itself (RFC 3461 §5.2.2). */
+            if (!r->peer_dsn) report(o, job, i, r, reply, true);
         } else if (code / 100 == 5 || expired) {
-            bounce_rcpt_t *f = &o->failed[o->n_failed];
-            f->addr = job->rcpts[i];
             bool refused = code / 100 == 5;
-            f->remote = refused && !r->local;
-            f->diagnostic = reply;
-            if (refused)
-                bounce_status_of(reply, o->status[o->n_failed]);
-            else
-                snprintf(o->status[o->n_failed], 16, "4.4.7"); /* delivery time expired */
-            f->status = o->status[o->n_failed++];
+            report(o, job, i, r, reply, false);
             log_outcome(d, job->rcpts[i], refused ? "bounced" : "expired", reply);
         } else {
-            o->pending[o->n_pending++] = job->rcpts[i];
+            o->pending[o->n_pending++] = i;
             log_outcome(d, job->rcpts[i], "deferred", reply);
         }
     }
@@ -202,7 +228,7 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
 static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t *o,
                         queue_bounce_t *b, buf_t *body)
 {
-    if (o->n_failed == 0 || !d->job->sender[0]) return false;
+    if (o->n_failed == 0 || !d->job->sender[0]) return false; /* never bounce a bounce */
     queue_bounce_id(d->w->queue, d->shard, b->id);
     bounce_report_t report = {
         .reporting_mta = d->w->cfg->worker.helo_name,

@@ -15,6 +15,10 @@ typedef struct ingress ingress_t;
 /* Listens on cfg->ingress.listen. cfg and queue must outlive the ingress. */
 ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
                          size_t errlen);
+/* Loads the certificate and key again (SIGHUP): new sessions use them, open
+ * ones keep what they started with. On failure the old ones stay, and the
+ * error is logged. */
+void ingress_reload_tls(ingress_t *ingress);
 /* Stops accepting and closes every session; messages in flight to Redis get
  * their reply first. done runs once everything is closed. */
 void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg);

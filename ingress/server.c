@@ -37,6 +37,58 @@ static void on_failed_listener_closed(uv_handle_t *h)
     free(h->data);
 }
 
+/* [ingress] postmaster, or postmaster@ the first relay domain. */
+static int postmaster_address(const config_t *cfg, char out[PROTO_PATH_MAX + 1], char *err,
+                              size_t errlen)
+{
+    char text[PROTO_PATH_MAX + 300];
+    out[0] = 0;
+    if (cfg->ingress.postmaster[0])
+        snprintf(text, sizeof text, "<%s>", cfg->ingress.postmaster);
+    else if (cfg->ingress.n_relay_domains)
+        snprintf(text, sizeof text, "<postmaster@%s>", cfg->ingress.relay_domains[0]);
+    else
+        return 0; /* <Postmaster> is refused: there is nowhere to send it */
+    proto_path_t path;
+    if (proto_path_parse(text, strlen(text), PROTO_FORWARD_PATH, &path) != PROTO_OK ||
+        path.postmaster || path.utf8) {
+        snprintf(err, errlen, "[ingress] postmaster: '%s' is not an address",
+                 cfg->ingress.postmaster);
+        return -1;
+    }
+    memcpy(out, path.addr, sizeof path.addr);
+    return 0;
+}
+
+/* A certificate and key make STARTTLS available; one without the other is
+ * a mistake worth stopping for. */
+static int load_tls(const config_t *cfg, SSL_CTX **out, char *err, size_t errlen)
+{
+    const char *cert = cfg->ingress.tls_cert, *key = cfg->ingress.tls_key;
+    *out = NULL;
+    if (!cert[0] && !key[0]) return 0;
+    if (!cert[0] || !key[0]) {
+        snprintf(err, errlen, "[ingress] tls_cert and tls_key go together");
+        return -1;
+    }
+    *out = tls_server_context(cert, key, cfg->ingress.tls_ciphers, err, errlen);
+    return *out ? 0 : -1;
+}
+
+void ingress_reload_tls(ingress_t *ingress)
+{
+    char err[600];
+    SSL_CTX *fresh;
+    if (load_tls(ingress->cfg, &fresh, err, sizeof err) < 0) {
+        log_error("event=tls_reload_failed error=\"%s\"", err);
+        return;
+    }
+    /* Open sessions hold their own reference to the old context. */
+    SSL_CTX_free(ingress->tls_ctx);
+    ingress->tls_ctx = fresh;
+    log_info("event=tls_reloaded cert=%s", ingress->cfg->ingress.tls_cert);
+}
+
 ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
                          size_t errlen)
 {
@@ -51,6 +103,14 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    if (postmaster_address(cfg, ingress->postmaster, err, errlen) < 0) {
+        free(ingress);
+        return NULL;
+    }
+    if (load_tls(cfg, &ingress->tls_ctx, err, errlen) < 0) {
+        free(ingress);
+        return NULL;
+    }
     ingress->loop = loop;
     ingress->cfg = cfg;
     ingress->queue = queue;
@@ -61,11 +121,13 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
     if (rc < 0) {
         snprintf(err, errlen, "listen on %s:%u: %s", cfg->ingress.listen.host,
                  cfg->ingress.listen.port, uv_strerror(rc));
+        SSL_CTX_free(ingress->tls_ctx);
         uv_close((uv_handle_t *)&ingress->listener, on_failed_listener_closed);
         return NULL;
     }
     ingress->listening = true;
-    log_info("event=listening listen=%s:%u", cfg->ingress.listen.host, cfg->ingress.listen.port);
+    log_info("event=listening listen=%s:%u starttls=%s", cfg->ingress.listen.host,
+             cfg->ingress.listen.port, ingress->tls_ctx ? "yes" : "no");
     return ingress;
 }
 
@@ -74,6 +136,7 @@ static void maybe_stopped(ingress_t *ingress)
     if (!ingress->stopping || ingress->n_sessions || ingress->listening) return;
     void (*done)(void *) = ingress->on_stopped;
     void *arg = ingress->on_stopped_arg;
+    SSL_CTX_free(ingress->tls_ctx);
     free(ingress);
     if (done) done(arg);
 }

@@ -15,8 +15,12 @@
 #include <strings.h>
 
 #define MAX_INPUT_BUFFER   ((size_t)256 * 1024) /* stop reading beyond this while busy */
-#define HARD_ERROR_LIMIT   20
-#define MAX_PENDING_OUTPUT ((size_t)64 * 1024) /* stop reading while more is unsent */
+#define MAX_PENDING_OUTPUT ((size_t)64 * 1024)  /* stop reading while more is unsent */
+
+/* "BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=<100 octets>" and room to spare. */
+#define MAIL_PARAMS_MAX 256
+/* "NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=<500 octets>" */
+#define RCPT_PARAMS_MAX (PROTO_ORCPT_MAX + 48)
 
 struct session {
     ingress_t *ingress;
@@ -30,6 +34,9 @@ struct session {
     buf_t in;
     size_t in_pos; /* in.data[in_pos..len) is not processed yet */
     buf_t out;
+    tls_conn_t *tls;   /* from STARTTLS on, every byte goes through it */
+    buf_t cipher;      /* ciphertext read, for tls */
+    char tls_info[96]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once the handshake is done */
     unsigned writes_pending;
     bool reading;
     bool busy;      /* waiting for the queue */
@@ -43,8 +50,10 @@ struct session {
     bool esmtp;
     bool in_mail;
     bool body_8bit; /* BODY=8BITMIME */
+    bool smtputf8;  /* MAIL ... SMTPUTF8: UTF-8 addresses and headers allowed */
     char sender[PROTO_PATH_MAX + 1];
-    char **rcpts;
+    char mail_params[MAIL_PARAMS_MAX]; /* kept with the envelope, passed on by the worker */
+    char **rcpts;                      /* each "address\0DSN parameters" in one allocation */
     unsigned n_rcpts;
     bool in_data;
     proto_data_t data;
@@ -93,24 +102,67 @@ static void on_written(uv_write_t *req, int status)
         process(s); /* resume reading */
 }
 
-static void flush(session_t *s)
+static void write_bytes(session_t *s, const char *data, size_t len)
 {
-    if (s->out.len == 0 || s->closed) return;
-    struct write_req *w = malloc(sizeof *w + s->out.len);
+    struct write_req *w = malloc(sizeof *w + len);
     if (!w) {
         session_close(s);
         return;
     }
     w->s = s;
-    memcpy(w->data, s->out.data, s->out.len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)s->out.len);
-    buf_reset(&s->out);
+    memcpy(w->data, data, len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
     if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_written) < 0) {
         free(w);
         session_close(s);
         return;
     }
     s->writes_pending++;
+}
+
+/* Sends what TLS has for the peer: handshake messages, encrypted replies. */
+static void write_tls_output(session_t *s)
+{
+    buf_t cipher;
+    buf_init(&cipher);
+    if (tls_take_output(s->tls, &cipher) < 0)
+        session_close(s);
+    else if (cipher.len)
+        write_bytes(s, cipher.data, cipher.len);
+    buf_free(&cipher);
+}
+
+static void flush(session_t *s)
+{
+    if (s->out.len == 0 || s->closed) return;
+    if (!s->tls) {
+        write_bytes(s, s->out.data, s->out.len);
+    } else if (tls_send(s->tls, s->out.data, s->out.len) < 0) {
+        session_close(s);
+    } else {
+        write_tls_output(s);
+    }
+    buf_reset(&s->out);
+}
+
+/* ---- the input buffer ----
+ * Lines are taken from the front by moving an offset; the buffer is compacted
+ * once per batch, so a long pipelined batch costs linear, not quadratic, time. */
+
+static const char *input(const session_t *s)
+{
+    return s->in.data + s->in_pos;
+}
+
+static size_t input_len(const session_t *s)
+{
+    return s->in.len - s->in_pos;
+}
+
+static void input_compact(session_t *s)
+{
+    buf_consume(&s->in, s->in_pos);
+    s->in_pos = 0;
 }
 
 /* ---- transaction state ---- */
@@ -124,8 +176,10 @@ static void transaction_reset(session_t *s)
     s->n_rcpts = 0;
     s->in_mail = false;
     s->body_8bit = false;
+    s->smtputf8 = false;
     s->in_data = false;
     s->sender[0] = 0;
+    s->mail_params[0] = 0;
     s->mid[0] = 0;
     buf_free(&s->body);
 }
@@ -213,23 +267,39 @@ static bool check_data(session_t *s, const proto_command_t *cmd)
 }
 
 /* Parses the path and reports a syntax error with the right code. */
-static bool parse_path(session_t *s, const proto_command_t *cmd, bool allow_null,
-                       proto_path_t *path)
+static bool parse_path(session_t *s, const proto_command_t *cmd, proto_path_t *path)
 {
-    enum proto_status st = proto_path_parse(cmd->args, cmd->args_len, allow_null, path);
+    bool mail = cmd->verb == PROTO_MAIL;
+    enum proto_status st = proto_path_parse(cmd->args, cmd->args_len,
+                                            mail ? PROTO_REVERSE_PATH : PROTO_FORWARD_PATH, path);
     if (st == PROTO_E_PATH_LENGTH)
         reply(s, "501 5.1.3 Address too long");
     else if (st == PROTO_E_PARAM)
         reply(s, "501 5.5.4 Syntax error in parameters");
     else if (st != PROTO_OK)
-        reply(s, "501 5.1.%d Bad %s address syntax", cmd->verb == PROTO_MAIL ? 7 : 3,
-              cmd->verb == PROTO_MAIL ? "sender" : "recipient");
+        reply(s, "501 5.1.%d Bad %s address syntax", mail ? 7 : 3, mail ? "sender" : "recipient");
     if (st != PROTO_OK) return false;
-    if (path->utf8) {
-        reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+    if (path->n_params && !s->esmtp) {
+        reply(s, "555 5.5.4 Parameters need EHLO");
         return false;
     }
+    for (unsigned i = 0; i < path->n_params; i++)
+        for (unsigned j = 0; j < i; j++)
+            if (path->params[i].key_len == path->params[j].key_len &&
+                !strncasecmp(path->params[i].key, path->params[j].key, path->params[i].key_len)) {
+                reply(s, "501 5.5.4 Duplicate %.*s parameter", (int)path->params[i].key_len,
+                      path->params[i].key);
+                return false;
+            }
     return true;
+}
+
+/* RFC 6531 §3.4: a UTF-8 address only in a transaction that asked for it. */
+static bool address_allowed(session_t *s, const proto_path_t *path)
+{
+    if (!path->utf8 || s->smtputf8) return true;
+    reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+    return false;
 }
 
 /* ---- commands: proceeds ---- */
@@ -248,6 +318,9 @@ static void proceed_helo(session_t *s, const proto_command_t *cmd)
     reply(s, "250-PIPELINING");
     reply(s, "250-SIZE %zu", s->cfg->ingress.max_message_size);
     reply(s, "250-8BITMIME");
+    reply(s, "250-SMTPUTF8");
+    reply(s, "250-DSN");
+    if (s->ingress->tls_ctx && !s->tls) reply(s, "250-STARTTLS");
     reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
@@ -275,27 +348,107 @@ static bool value_is(const proto_param_t *p, const char *value)
     return p->value && p->value_len == strlen(value) && !strncasecmp(p->value, value, p->value_len);
 }
 
-/* Checks MAIL's parameters; remembers BODY=8BITMIME to pass it on. */
-static bool mail_params_ok(session_t *s, const proto_path_t *path)
+/* Appends " KEY=value" (or "KEY" when value is NULL) to a parameter list. */
+static void params_add(char *list, size_t size, const char *key, const char *value,
+                       size_t value_len)
 {
-    if (path->n_params && !s->esmtp) {
-        reply(s, "555 5.5.4 Parameters need EHLO");
+    size_t used = strlen(list);
+    snprintf(list + used, size - used, "%s%s%s%.*s", used ? " " : "", key, value ? "=" : "",
+             value ? (int)value_len : 0, value ? value : "");
+}
+
+/* Checks one MAIL parameter; remembers what the worker passes on. */
+static bool mail_param_ok(session_t *s, const proto_param_t *p)
+{
+    unsigned long long size;
+    if (param_is(p, "SIZE")) {
+        if (!parse_size(p, &size)) {
+            reply(s, "501 5.5.4 Bad SIZE parameter");
+            return false;
+        }
+        if (size > s->cfg->ingress.max_message_size) {
+            reply(s, "552 5.3.4 Message size exceeds fixed limit");
+            return false;
+        }
+    } else if (param_is(p, "BODY")) {
+        if (!value_is(p, "7BIT") && !value_is(p, "8BITMIME")) {
+            reply(s, "501 5.5.4 BODY takes 7BIT or 8BITMIME");
+            return false;
+        }
+        s->body_8bit = value_is(p, "8BITMIME");
+    } else if (param_is(p, "SMTPUTF8")) {
+        if (p->value) {
+            reply(s, "501 5.5.4 SMTPUTF8 takes no value");
+            return false;
+        }
+        s->smtputf8 = true;
+    } else if (param_is(p, "RET")) {
+        if (!value_is(p, "FULL") && !value_is(p, "HDRS")) {
+            reply(s, "501 5.5.4 RET takes FULL or HDRS");
+            return false;
+        }
+        params_add(s->mail_params, sizeof s->mail_params, "RET",
+                   value_is(p, "FULL") ? "FULL" : "HDRS", 4);
+    } else if (param_is(p, "ENVID")) {
+        if (!p->value || p->value_len > PROTO_ENVID_MAX ||
+            !proto_xtext_valid(p->value, p->value_len)) {
+            reply(s, "501 5.5.4 ENVID takes up to 100 octets of xtext");
+            return false;
+        }
+        params_add(s->mail_params, sizeof s->mail_params, "ENVID", p->value, p->value_len);
+    } else {
+        reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
         return false;
     }
+    return true;
+}
+
+static void proceed_mail(session_t *s, const proto_command_t *cmd)
+{
+    proto_path_t path;
+    if (!parse_path(s, cmd, &path)) return;
+    for (unsigned i = 0; i < path.n_params; i++)
+        if (!mail_param_ok(s, &path.params[i])) {
+            transaction_reset(s);
+            return;
+        }
+    if (!address_allowed(s, &path)) {
+        transaction_reset(s);
+        return;
+    }
+    if (s->body_8bit) params_add(s->mail_params, sizeof s->mail_params, "BODY", "8BITMIME", 8);
+    if (s->smtputf8) params_add(s->mail_params, sizeof s->mail_params, "SMTPUTF8", NULL, 0);
+    memcpy(s->sender, path.addr, sizeof s->sender);
+    s->in_mail = true;
+    reply(s, "250 2.1.0 Ok");
+}
+
+/* Checks RCPT's DSN parameters (RFC 3461 §4.1, §4.2) into their stored form. */
+static bool rcpt_params_ok(session_t *s, const proto_path_t *path, char dsn[RCPT_PARAMS_MAX])
+{
+    dsn[0] = 0;
     for (unsigned i = 0; i < path->n_params; i++) {
         const proto_param_t *p = &path->params[i];
-        unsigned long long size;
-        if (param_is(p, "SIZE")) {
-            if (!parse_size(p, &size)) {
-                reply(s, "501 5.5.4 Bad SIZE parameter");
+        int notify = -1;
+        if (param_is(p, "NOTIFY") && p->value) notify = proto_dsn_notify(p->value, p->value_len);
+        if (param_is(p, "NOTIFY")) {
+            if (notify < 0) {
+                reply(s, "501 5.5.4 NOTIFY takes NEVER or a list of SUCCESS, FAILURE, DELAY");
                 return false;
             }
-            if (size > s->cfg->ingress.max_message_size) {
-                reply(s, "552 5.3.4 Message size exceeds fixed limit");
+            char words[32] = "";
+            static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+            for (unsigned b = 0; b < 4; b++)
+                if (notify & (1 << b))
+                    snprintf(words + strlen(words), sizeof words - strlen(words), "%s%s",
+                             words[0] ? "," : "", names[b]);
+            params_add(dsn, RCPT_PARAMS_MAX, "NOTIFY", words, strlen(words));
+        } else if (param_is(p, "ORCPT")) {
+            if (!p->value || !proto_dsn_orcpt_valid(p->value, p->value_len, s->smtputf8)) {
+                reply(s, "501 5.5.4 ORCPT takes addr-type;xtext");
                 return false;
             }
-        } else if (param_is(p, "BODY") && (value_is(p, "7BIT") || value_is(p, "8BITMIME"))) {
-            s->body_8bit = value_is(p, "8BITMIME");
+            params_add(dsn, RCPT_PARAMS_MAX, "ORCPT", p->value, p->value_len);
         } else {
             reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
             return false;
@@ -304,46 +457,60 @@ static bool mail_params_ok(session_t *s, const proto_path_t *path)
     return true;
 }
 
-static void proceed_mail(session_t *s, const proto_command_t *cmd)
+/* The address a recipient is queued for: itself, or the configured
+ * postmaster for the bare "<Postmaster>" (RFC 5321 §4.5.1). NULL when the
+ * recipient is refused (a reply was sent). */
+static const char *rcpt_address(session_t *s, const proto_path_t *path)
 {
-    proto_path_t path;
-    if (!parse_path(s, cmd, true, &path) || !mail_params_ok(s, &path)) return;
-    memcpy(s->sender, path.addr, sizeof s->sender);
-    s->in_mail = true;
-    reply(s, "250 2.1.0 Ok");
+    if (path->postmaster) {
+        if (s->ingress->postmaster[0]) return s->ingress->postmaster;
+        reply(s, "550 5.1.1 <Postmaster>: no postmaster address is configured here");
+        return NULL;
+    }
+    if (!s->trusted && !domain_is_relay(s->cfg, proto_path_domain(path))) {
+        char safe[LOG_SAFE_MAX];
+        log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer,
+                 log_safe(path->addr, safe));
+        reply(s, "554 5.7.1 <%s>: Relay access denied", path->addr);
+        return NULL;
+    }
+    return path->addr;
 }
 
 static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
 {
     proto_path_t path;
-    if (!parse_path(s, cmd, false, &path)) return;
-    if (path.n_params) {
-        reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)path.params[0].key_len,
-              path.params[0].key);
+    char dsn[RCPT_PARAMS_MAX];
+    if (!parse_path(s, cmd, &path) || !address_allowed(s, &path) || !rcpt_params_ok(s, &path, dsn))
         return;
-    }
-    if (!s->trusted && !domain_is_relay(s->cfg, proto_path_domain(&path))) {
-        char safe[LOG_SAFE_MAX];
-        log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer,
-                 log_safe(path.addr, safe));
-        reply(s, "554 5.7.1 <%s>: Relay access denied", path.addr);
-        return;
-    }
+    const char *addr = rcpt_address(s, &path);
+    if (!addr) return;
     for (unsigned i = 0; i < s->n_rcpts; i++)
-        if (!strcmp(s->rcpts[i], path.addr)) { /* a duplicate is accepted once */
+        if (!strcmp(s->rcpts[i], addr)) { /* a duplicate is accepted once */
             reply(s, "250 2.1.5 Ok");
             return;
         }
+    size_t addr_len = strlen(addr), dsn_len = strlen(dsn);
     char **grown = realloc(s->rcpts, (s->n_rcpts + 1) * sizeof *grown);
-    char *copy = strdup(path.addr);
+    char *entry = malloc(addr_len + dsn_len + 2);
     if (grown) s->rcpts = grown;
-    if (!grown || !copy) {
-        free(copy);
+    if (!grown || !entry) {
+        free(entry);
         reply(s, "452 4.3.1 Insufficient system resources");
         return;
     }
-    s->rcpts[s->n_rcpts++] = copy;
+    memcpy(entry, addr, addr_len + 1);
+    memcpy(entry + addr_len + 1, dsn, dsn_len + 1);
+    s->rcpts[s->n_rcpts++] = entry;
     reply(s, "250 2.1.5 Ok");
+}
+
+/* The "with" of a Received: line (RFC 3848, RFC 6531 §3.7.3). */
+static const char *with_protocol(const session_t *s)
+{
+    if (!s->esmtp) return "SMTP";
+    if (s->smtputf8) return s->tls ? "UTF8SMTPS" : "UTF8SMTP";
+    return s->tls ? "ESMTPS" : "ESMTP";
 }
 
 static void start_body(session_t *s)
@@ -352,8 +519,10 @@ static void start_body(session_t *s)
     util_random_id(s->mid);
     util_rfc5322_date(date, sizeof date);
     buf_reset(&s->body);
-    buf_printf(&s->body, "Received: from %s ([%s])\r\n\tby %s (sealpost) with %s id %s\r\n\t",
-               s->helo, s->peer, s->cfg->ingress.hostname, s->esmtp ? "ESMTP" : "SMTP", s->mid);
+    buf_printf(&s->body, "Received: from %s ([%s])\r\n", s->helo, s->peer);
+    if (s->tls) buf_printf(&s->body, "\t(using %s)\r\n", s->tls_info);
+    buf_printf(&s->body, "\tby %s (sealpost) with %s id %s\r\n\t", s->cfg->ingress.hostname,
+               with_protocol(s), s->mid);
     if (s->n_rcpts == 1) buf_printf(&s->body, "for <%s>; ", s->rcpts[0]);
     buf_printf(&s->body, "%s\r\n", date);
     proto_data_init(&s->data, s->cfg->ingress.max_line_length, s->cfg->ingress.max_message_size);
@@ -394,7 +563,8 @@ static void proceed_quit(session_t *s, const proto_command_t *cmd)
 static void proceed_help(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY");
+    reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY; "
+             "see RFC 5321");
 }
 
 /* VRFY would tell a stranger which mailboxes exist (RFC 5321 §3.5.3, §7.3). */
@@ -404,10 +574,47 @@ static void proceed_vrfy(session_t *s, const proto_command_t *cmd)
     reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
+static bool check_starttls(session_t *s, const proto_command_t *cmd)
+{
+    if (!check_no_args(s, cmd)) return false;
+    if (s->tls) {
+        reply(s, "503 5.5.1 Error: TLS is already active");
+        return false;
+    }
+    if (!s->ingress->tls_ctx) {
+        reply(s, "502 5.5.1 STARTTLS is not offered here");
+        return false;
+    }
+    return true;
+}
+
+/* RFC 3207: the 220 goes out in clear, then every byte is TLS. Whatever the
+ * client sent after STARTTLS and before the handshake was not protected and
+ * is dropped (the CVE-2011-0411 injection), and the session starts over:
+ * the client must say EHLO again and learns the extensions anew (§4.2). */
+static void proceed_starttls(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    tls_conn_t *tls = tls_server_new(s->ingress->tls_ctx);
+    if (!tls) {
+        reply(s, "454 4.7.0 TLS not available due to temporary reason");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    flush(s);
+    s->tls = tls;
+    if (input_len(s) > 0)
+        log_info("event=starttls_input_dropped client=%s bytes=%zu", s->peer, input_len(s));
+    s->in_pos = s->in.len;
+    transaction_reset(s);
+    s->helo[0] = 0;
+    s->esmtp = false;
+}
+
 /* Commands not in our EHLO reply (RFC 5321 §4.2.4: 502). EXPN would list a
  * mailing list's members and TURN would hand the connection's direction to an
- * unauthenticated peer, so those two stay refused by design; STARTTLS, AUTH
- * and BDAT are not announced by this listener. */
+ * unauthenticated peer, so those two stay refused by design; AUTH and BDAT
+ * are not announced by this listener. */
 static void proceed_not_offered(session_t *s, const proto_command_t *cmd)
 {
     reply(s, "502 5.5.1 %s is not offered here", proto_verb_name(cmd->verb));
@@ -426,14 +633,44 @@ static const command_t commands[] = {
     {PROTO_VRFY, check_none, proceed_vrfy},
     {PROTO_EXPN, check_none, proceed_not_offered},
     {PROTO_TURN, check_none, proceed_not_offered},
-    {PROTO_STARTTLS, check_none, proceed_not_offered},
+    {PROTO_STARTTLS, check_starttls, proceed_starttls},
     {PROTO_AUTH, check_none, proceed_not_offered},
     {PROTO_BDAT, check_none, proceed_not_offered},
 };
 
+/* An HTTP request, or a TLS handshake on a plain port, is not a confused
+ * SMTP client: a browser can be made to POST to port 25 with SMTP commands in
+ * the body, so such a connection is closed at its first line (as Postfix's
+ * smtpd_forbidden_commands does), before anything after it is read. */
+static bool is_non_smtp(const char *line, size_t len)
+{
+    static const char *const http[] = {"GET",     "POST",   "HEAD",  "PUT",  "CONNECT",
+                                       "OPTIONS", "DELETE", "PATCH", "TRACE"};
+    if (len == 0) return false;
+    unsigned char c = (unsigned char)line[0];
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))) return true;
+    const char *space = memchr(line, ' ', len);
+    size_t vlen = space ? (size_t)(space - line) : len;
+    for (size_t i = 0; i < sizeof http / sizeof http[0]; i++)
+        if (strlen(http[i]) == vlen && !strncmp(line, http[i], vlen)) return true;
+    return false;
+}
+
+static void refuse_non_smtp(session_t *s)
+{
+    log_info("event=refused reason=non_smtp client=%s", s->peer);
+    reply(s, "421 4.7.0 %s Error: not an SMTP command; closing connection",
+          s->cfg->ingress.hostname);
+    s->quitting = true;
+}
+
 static void dispatch(session_t *s, const char *line, size_t len)
 {
     proto_command_t cmd;
+    if (is_non_smtp(line, len)) {
+        refuse_non_smtp(s);
+        return;
+    }
     if (proto_command_parse(line, len, &cmd) != PROTO_OK) {
         reply(s, "501 5.5.2 Syntax error");
         return;
@@ -475,18 +712,29 @@ static void commit_message(session_t *s)
 {
     queue_message_t m;
     char info[400];
+    const char **dsn = calloc(s->n_rcpts, sizeof *dsn);
+    if (!dsn) {
+        reply(s, "451 4.3.1 Insufficient system resources");
+        transaction_reset(s);
+        return;
+    }
+    for (unsigned i = 0; i < s->n_rcpts; i++)
+        dsn[i] = s->rcpts[i] + strlen(s->rcpts[i]) + 1;
     memcpy(m.id, s->mid, sizeof m.id);
     snprintf(info, sizeof info, "client=%s helo=%s", s->peer, s->helo);
     m.sender = s->sender;
     m.rcpts = (const char **)s->rcpts;
+    m.rcpt_params = dsn;
     m.n_rcpts = s->n_rcpts;
     m.info = info;
-    m.mail_params = s->body_8bit ? "BODY=8BITMIME" : "";
+    m.mail_params = s->mail_params;
     m.body = s->body.data;
     m.body_len = s->body.len;
     s->busy = true;
-    if (!queue_ready(s->ingress->queue) || queue_enqueue(s->ingress->queue, &m, on_enqueued, s) < 0)
-        on_enqueued(-1, "redis not connected", s);
+    int rc =
+        queue_ready(s->ingress->queue) ? queue_enqueue(s->ingress->queue, &m, on_enqueued, s) : -1;
+    free(dsn); /* queue_enqueue copied what it needs into the request */
+    if (rc < 0) on_enqueued(-1, "redis not connected", s);
 }
 
 static void finish_data(session_t *s)
@@ -512,26 +760,6 @@ static void finish_data(session_t *s)
     transaction_reset(s);
 }
 
-/* ---- the input buffer ----
- * Lines are taken from the front by moving an offset; the buffer is compacted
- * once per batch, so a long pipelined batch costs linear, not quadratic, time. */
-
-static const char *input(const session_t *s)
-{
-    return s->in.data + s->in_pos;
-}
-
-static size_t input_len(const session_t *s)
-{
-    return s->in.len - s->in_pos;
-}
-
-static void input_compact(session_t *s)
-{
-    buf_consume(&s->in, s->in_pos);
-    s->in_pos = 0;
-}
-
 /* Decodes what is buffered; returns true when the end of data was reached. */
 static bool consume_data(session_t *s)
 {
@@ -555,6 +783,10 @@ static void take_line(session_t *s)
     const char *line = input(s);
     const char *lf = memchr(line, '\n', input_len(s));
     size_t max = s->cfg->ingress.max_line_length;
+    if (!lf && !s->skip_line && input_len(s) > 0 && line[0] != '\r' && is_non_smtp(line, 1)) {
+        refuse_non_smtp(s); /* a TLS ClientHello has no line end to wait for */
+        return;
+    }
     if (!lf) {
         if (input_len(s) > max) { /* keep nothing of an over-long line */
             if (!s->skip_line) reply(s, "500 5.5.2 Error: line too long");
@@ -564,6 +796,7 @@ static void take_line(session_t *s)
         return;
     }
     size_t len = (size_t)(lf - line);
+    s->in_pos += len + 1; /* first: STARTTLS drops what follows its own line */
     if (s->skip_line) {
         s->skip_line = false;
     } else if (len + 1 > max) {
@@ -571,9 +804,8 @@ static void take_line(session_t *s)
     } else if (len == 0 || line[len - 1] != '\r') {
         reply(s, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
     } else {
-        dispatch(s, line, len - 1);
+        dispatch(s, line, len - 1); /* line stays valid: compaction waits for the batch's end */
     }
-    s->in_pos += len + 1;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
@@ -589,7 +821,7 @@ static void arm_timer(session_t *s)
 static void process(session_t *s)
 {
     while (!s->busy && !s->quitting && !s->closed) {
-        if (s->errors >= HARD_ERROR_LIMIT) {
+        if (s->errors >= s->cfg->ingress.max_errors) {
             reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
             s->quitting = true;
             break;
@@ -622,15 +854,38 @@ static void process(session_t *s)
     arm_timer(s);
 }
 
+/* Reads go straight into the input buffer, or into the ciphertext buffer
+ * when TLS is on. */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     session_t *s = h->data;
+    buf_t *into = s->tls ? &s->cipher : &s->in;
     (void)suggested;
-    if (buf_reserve(&s->in, 65536) < 0) {
+    if (buf_reserve(into, 65536) < 0) {
         *b = uv_buf_init(NULL, 0);
         return;
     }
-    *b = uv_buf_init(s->in.data + s->in.len, 65536);
+    *b = uv_buf_init(into->data + into->len, 65536);
+}
+
+/* Hands the ciphertext to TLS, which appends the plaintext to the input and
+ * may have handshake messages to send. Returns false when the session ends. */
+static bool tls_input(session_t *s)
+{
+    enum tls_state state = tls_receive(s->tls, s->cipher.data, s->cipher.len, &s->in);
+    buf_reset(&s->cipher);
+    write_tls_output(s);
+    if (state == TLS_FAILED) {
+        log_info("event=tls_failed client=%s error=\"%s\"", s->peer, tls_error(s->tls));
+        session_close(s);
+        return false;
+    }
+    if (state == TLS_OPEN && !s->tls_info[0]) {
+        tls_describe(s->tls, s->tls_info, sizeof s->tls_info);
+        log_info("event=tls client=%s tls=\"%s\"", s->peer, s->tls_info);
+    }
+    if (tls_peer_closed(s->tls)) s->eof = true;
+    return !s->closed;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
@@ -648,7 +903,12 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
         session_close(s);
         return;
     }
-    s->in.len += (size_t)n;
+    if (!s->tls) {
+        s->in.len += (size_t)n;
+    } else {
+        s->cipher.len += (size_t)n;
+        if (!tls_input(s)) return;
+    }
     process(s);
 }
 
@@ -675,6 +935,8 @@ static void session_free(session_t *s)
     transaction_reset(s);
     buf_free(&s->in);
     buf_free(&s->out);
+    buf_free(&s->cipher);
+    tls_free(s->tls);
     free(s);
     ingress_session_gone(ingress);
 }
@@ -717,6 +979,17 @@ static bool peer_trusted(const config_t *cfg, const struct sockaddr *sa)
     return false;
 }
 
+/* Open sessions from one address. A scan, not a table: it runs once per
+ * connection, and is cheap next to the accept itself at the counts
+ * max_connections allows. */
+static unsigned sessions_from(const ingress_t *ingress, const char *peer)
+{
+    unsigned n = 0;
+    for (const session_t *s = ingress->sessions; s; s = s->next)
+        n += !strcmp(s->peer, peer);
+    return n;
+}
+
 void session_start(ingress_t *ingress, uv_tcp_t *tcp)
 {
     session_t *s = (session_t *)((char *)tcp - offsetof(session_t, tcp));
@@ -738,7 +1011,14 @@ void session_start(ingress_t *ingress, uv_tcp_t *tcp)
     }
     log_debug("event=connect client=%s trusted=%d", s->peer, s->trusted);
     if (ingress->n_sessions > s->cfg->ingress.max_connections) {
+        log_info("event=refused reason=max_connections client=%s", s->peer);
         reply(s, "421 4.7.0 %s Error: too many connections", s->cfg->ingress.hostname);
+        s->quitting = true;
+    } else if (!s->trusted &&
+               sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip) {
+        log_info("event=refused reason=max_connections_per_ip client=%s", s->peer);
+        reply(s, "421 4.7.0 %s Error: too many connections from your address",
+              s->cfg->ingress.hostname);
         s->quitting = true;
     } else {
         reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);

@@ -2,6 +2,7 @@
 #ifndef SEALPOST_INGRESS_SESSION_H
 #define SEALPOST_INGRESS_SESSION_H
 
+#include "core/tls.h"
 #include "ingress/ingress.h"
 #include "proto/proto.h"
 
@@ -13,6 +14,8 @@ struct ingress {
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
+    char postmaster[PROTO_PATH_MAX + 1]; /* where <Postmaster> goes; "" when nowhere */
+    SSL_CTX *tls_ctx;                    /* NULL: no certificate configured, no STARTTLS */
     uv_tcp_t listener;
     bool listening;
     bool stopping;

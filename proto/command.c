@@ -239,14 +239,22 @@ static enum proto_status parse_params(const char *p, size_t len, proto_path_t *o
     return PROTO_OK;
 }
 
-enum proto_status proto_path_parse(const char *args, size_t len, bool allow_null, proto_path_t *out)
+enum proto_status proto_path_parse(const char *args, size_t len, enum proto_path_kind kind,
+                                   proto_path_t *out)
 {
+    static const char postmaster[] = "<Postmaster>";
+    const size_t postmaster_len = sizeof postmaster - 1;
     const unsigned char *p = (const unsigned char *)args;
     memset(out, 0, sizeof *out);
     if (len < 2 || p[0] != '<') return PROTO_E_PATH;
     const unsigned char *q = p + 1, *end = p + len;
     if (*q == '>') {
-        if (!allow_null) return PROTO_E_PATH;
+        if (kind != PROTO_REVERSE_PATH) return PROTO_E_PATH;
+    } else if (kind == PROTO_FORWARD_PATH && len >= postmaster_len &&
+               !strncasecmp(args, postmaster, postmaster_len)) {
+        memcpy(out->addr, "Postmaster", postmaster_len - 2);
+        out->postmaster = true;
+        q += postmaster_len - 2;
     } else {
         /* Scan rather than look for the first '>': a quoted local part may hold one. */
         long route = scan_source_route(q, (size_t)(end - q));
@@ -271,7 +279,7 @@ enum proto_status proto_path_parse(const char *args, size_t len, bool allow_null
 
 const char *proto_path_domain(const proto_path_t *path)
 {
-    return path->addr[0] ? path->addr + path->at + 1 : "";
+    return path->addr[0] && !path->postmaster ? path->addr + path->at + 1 : "";
 }
 
 const proto_param_t *proto_path_param(const proto_path_t *path, const char *key)

@@ -62,23 +62,55 @@ typedef struct proto_param {
     size_t value_len;
 } proto_param_t;
 
+/* Which grammar a path follows (RFC 5321 §4.1.2): only a Reverse-path (MAIL)
+ * may be the null path "<>", only a Forward-path (RCPT) may be the bare
+ * "<Postmaster>" of §4.1.1.3. */
+enum proto_path_kind { PROTO_FORWARD_PATH, PROTO_REVERSE_PATH };
+
 typedef struct proto_path {
     char addr[PROTO_PATH_MAX + 1]; /* "local@domain", domain lower-cased; "" for <> */
-    size_t at;                     /* index of '@' in addr (0 for the null path) */
+    size_t at;                     /* index of '@' in addr (0 for "" and "Postmaster") */
     bool utf8;                     /* has non-ASCII octets (needs SMTPUTF8) */
+    bool postmaster;               /* "<Postmaster>" without a domain: addr is "Postmaster" */
     proto_param_t params[PROTO_MAX_PARAMS];
     unsigned n_params;
 } proto_path_t;
 
-/* Parses "<path> [SP param ...]" as after "MAIL FROM:" or "RCPT TO:". The null
- * path "<>" is accepted only when allow_null is set. A source route
- * ("<@a,@b:user@c>") is accepted and dropped, as RFC 5321 §4.1.2 asks. */
-enum proto_status proto_path_parse(const char *args, size_t len, bool allow_null,
+/* Parses "<path> [SP param ...]" as after "MAIL FROM:" or "RCPT TO:". A source
+ * route ("<@a,@b:user@c>") is accepted and dropped, as RFC 5321 §4.1.2 asks. */
+enum proto_status proto_path_parse(const char *args, size_t len, enum proto_path_kind kind,
                                    proto_path_t *out);
 /* The domain part of a parsed path ("" for the null path). */
 const char *proto_path_domain(const proto_path_t *path);
 /* Finds a parameter by keyword (case-insensitive); NULL when absent. */
 const proto_param_t *proto_path_param(const proto_path_t *path, const char *key);
+
+/* ---- DSN parameters (RFC 3461) ---- */
+
+#define PROTO_ENVID_MAX 100 /* §4.4 */
+#define PROTO_ORCPT_MAX 500 /* §4.2 */
+
+enum {
+    PROTO_NOTIFY_NEVER = 1,
+    PROTO_NOTIFY_SUCCESS = 2,
+    PROTO_NOTIFY_FAILURE = 4,
+    PROTO_NOTIFY_DELAY = 8
+};
+
+/* xtext (§4): printable ASCII but "+" and "=", with "+XX" (upper-case hex)
+ * for any other octet. */
+bool proto_xtext_valid(const char *p, size_t len);
+/* NOTIFY's value (§4.1): "NEVER", or a comma list of SUCCESS, FAILURE and
+ * DELAY (any case). Returns the PROTO_NOTIFY_* bits, or -1. */
+int proto_dsn_notify(const char *p, size_t len);
+/* ORCPT's value (§4.2): addr-type ";" xtext, e.g. "rfc822;user@example.org".
+ * With utf8, "utf-8;" addresses may hold UTF-8 as RFC 6533 allows. */
+bool proto_dsn_orcpt_valid(const char *p, size_t len, bool utf8);
+
+/* In a stored, space-separated parameter list ("BODY=8BITMIME RET=FULL"),
+ * finds KEY (case-insensitive). Returns false when absent; otherwise copies
+ * its value ("" for a bare keyword) into out, cut to outlen - 1 octets. */
+bool proto_param_find(const char *list, const char *key, char *out, size_t outlen);
 
 /* ---- the DATA decoder ---- */
 

@@ -189,6 +189,19 @@ static void on_status_reply(struct call *call, redisReply *reply, const char *er
 
 /* ---- enqueue ---- */
 
+/* A job's recipients are stored as lines "address" or "address<TAB>DSN
+ * parameters": neither an address nor a parameter can hold a TAB or LF
+ * (RFC 5321 §4.1.2, RFC 3461 §4). */
+static int rcpt_entry_append(buf_t *list, const char *addr, const char *params)
+{
+    if (list->len && buf_append(list, "\n", 1) < 0) return -1;
+    if (buf_append(list, addr, strlen(addr)) < 0) return -1;
+    if (params && params[0] &&
+        (buf_append(list, "\t", 1) < 0 || buf_append(list, params, strlen(params)) < 0))
+        return -1;
+    return 0;
+}
+
 struct job_group {
     const char *domain;
     buf_t rcpts;
@@ -211,8 +224,8 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
             groups[n].domain = domain;
             buf_init(&groups[n++].rcpts);
         }
-        if (groups[g].rcpts.len && buf_append(&groups[g].rcpts, "\n", 1) < 0) goto out;
-        if (buf_append(&groups[g].rcpts, m->rcpts[i], strlen(m->rcpts[i])) < 0) goto out;
+        const char *params = m->rcpt_params ? m->rcpt_params[i] : "";
+        if (rcpt_entry_append(&groups[g].rcpts, m->rcpts[i], params) < 0) goto out;
     }
 
     size_t nkeys = 5 + n, nargs = 7 + 3 * (size_t)n;
@@ -340,17 +353,27 @@ static char *field_dup(const redisReply *flat, const char *name)
     return strndup(v->str, v->len);
 }
 
+/* The reverse of rcpt_entry_append: each rcpts[i] is one allocation holding
+ * the address, a NUL, and the parameters that rcpt_params[i] points at. */
 static int split_rcpts(queue_job_t *job, const char *text)
 {
     unsigned n = 1;
     for (const char *p = text; *p; p++)
         n += *p == '\n';
     job->rcpts = calloc(n, sizeof *job->rcpts);
-    if (!job->rcpts) return -1;
+    job->rcpt_params = calloc(n, sizeof *job->rcpt_params);
+    if (!job->rcpts || !job->rcpt_params) return -1;
     const char *p = text;
     while (*p) {
         size_t len = strcspn(p, "\n");
-        if (len && !(job->rcpts[job->n_rcpts++] = strndup(p, len))) return -1;
+        if (len) {
+            char *entry = strndup(p, len);
+            if (!entry) return -1;
+            char *tab = strchr(entry, '\t');
+            if (tab) *tab = 0;
+            job->rcpt_params[job->n_rcpts] = tab ? tab + 1 : entry + len;
+            job->rcpts[job->n_rcpts++] = entry;
+        }
         p += len + (p[len] == '\n');
     }
     return 0;
@@ -430,6 +453,7 @@ void queue_job_free(queue_job_t *job)
     for (unsigned i = 0; i < job->n_rcpts; i++)
         free(job->rcpts[i]);
     free(job->rcpts);
+    free(job->rcpt_params);
     free(job->sender);
     free(job->mail_params);
     free(job->body);
@@ -490,9 +514,9 @@ void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
     memcpy(out, hex, 8);
 }
 
-int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
-                   unsigned n_pending, unsigned delay_ms, const char *error,
-                   const queue_bounce_t *bounce, queue_status_cb cb, void *arg)
+int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, unsigned n_pending,
+                   unsigned delay_ms, const char *error, const queue_bounce_t *bounce,
+                   queue_status_cb cb, void *arg)
 {
     key_t_ kb[11];
     char suffix[96];
@@ -523,8 +547,8 @@ int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pendin
     buf_t list;
     buf_init(&list);
     for (unsigned i = 0; i < n_pending; i++)
-        if ((i && buf_append(&list, "\n", 1) < 0) ||
-            buf_append(&list, pending[i], strlen(pending[i])) < 0) {
+        if (pending[i] >= job->n_rcpts ||
+            rcpt_entry_append(&list, job->rcpts[pending[i]], job->rcpt_params[pending[i]]) < 0) {
             buf_free(&list);
             return -1;
         }

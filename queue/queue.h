@@ -31,12 +31,16 @@ unsigned queue_shard_of(const queue_t *q, const char *mid);
 /* ---- ingress side ---- */
 
 typedef struct queue_message {
-    char id[33];        /* 128 random bits in hex: util_random_id */
-    const char *sender; /* "" for the null sender */
-    const char **rcpts; /* "local@domain", domain lower-case */
+    char id[33];              /* 128 random bits in hex: util_random_id */
+    const char *sender;       /* "" for the null sender */
+    const char **rcpts;       /* "local@domain", domain lower-case */
+    const char **rcpt_params; /* per recipient: DSN parameters ("NOTIFY=NEVER"), or "";
+                                 NULL: none for any */
     unsigned n_rcpts;
-    const char *info;        /* one line about the submission, for the operator */
-    const char *mail_params; /* MAIL parameters to pass on ("BODY=8BITMIME"), or "" */
+    const char *info; /* one line about the submission, for the operator */
+    /* MAIL parameters to pass on, space-separated ("BODY=8BITMIME SMTPUTF8
+     * RET=HDRS ENVID=x"), or "" */
+    const char *mail_params;
     const char *body;
     size_t body_len;
 } queue_message_t;
@@ -70,7 +74,8 @@ typedef struct queue_job {
     char domain[256];
     char *sender;
     char *mail_params;
-    char **rcpts;
+    char **rcpts;       /* the addresses */
+    char **rcpt_params; /* per recipient: its DSN parameters, or "" */
     unsigned n_rcpts;
     unsigned attempts;
     long long received_ms;
@@ -103,13 +108,14 @@ typedef struct queue_bounce {
 /* A fresh message id that hashes to the given shard. */
 void queue_bounce_id(const queue_t *q, unsigned shard, char out[33]);
 
-/* Records the attempt: the recipients still pending (none: the job is done)
- * are due again after delay_ms, with error as the last error; bounce (may be
- * NULL), from the null sender, is enqueued in the same atomic call. Fails with
- * err "stale" when the lease was lost (another worker owns the job now). */
-int queue_complete(queue_t *q, const queue_job_t *job, const char *const *pending,
-                   unsigned n_pending, unsigned delay_ms, const char *error,
-                   const queue_bounce_t *bounce, queue_status_cb cb, void *arg);
+/* Records the attempt: the recipients still pending (indexes into
+ * job->rcpts; none: the job is done) are due again after delay_ms, with error
+ * as the last error; bounce (may be NULL), from the null sender, is enqueued
+ * in the same atomic call. Fails with err "stale" when the lease was lost
+ * (another worker owns the job now). */
+int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, unsigned n_pending,
+                   unsigned delay_ms, const char *error, const queue_bounce_t *bounce,
+                   queue_status_cb cb, void *arg);
 
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */

@@ -24,18 +24,26 @@ static bool within(const char *p, size_t n, const char *base, size_t len)
     return p >= base && n <= len && (size_t)(p - base) <= len - n;
 }
 
-static void check_path(const char *args, size_t len, bool allow_null)
+static bool is_postmaster(const char *args, size_t len)
 {
+    return len >= 12 && !strncasecmp(args, "<Postmaster>", 12);
+}
+
+static void check_path(const char *args, size_t len, enum proto_path_kind kind)
+{
+    bool reverse = kind == PROTO_REVERSE_PATH;
     proto_path_t p;
-    enum proto_status st = proto_path_parse(args, len, allow_null, &p);
+    enum proto_status st = proto_path_parse(args, len, kind, &p);
     CHECK(st == PROTO_OK || st == PROTO_E_PATH || st == PROTO_E_PATH_LENGTH || st == PROTO_E_PARAM);
     if (st != PROTO_OK) {
-        if (allow_null) { /* what the lax parse refuses, the strict one refuses too */
+        if (reverse && !is_postmaster(args, len)) {
+            /* apart from <Postmaster>, what a reverse path refuses a forward one refuses too */
             proto_path_t strict;
-            CHECK(proto_path_parse(args, len, false, &strict) != PROTO_OK);
+            CHECK(proto_path_parse(args, len, PROTO_FORWARD_PATH, &strict) != PROTO_OK);
         }
         return;
     }
+    CHECK(p.postmaster == (!reverse && is_postmaster(args, len)));
 
     size_t n = strnlen(p.addr, sizeof p.addr);
     CHECK(n <= PROTO_PATH_MAX);
@@ -46,8 +54,10 @@ static void check_path(const char *args, size_t len, bool allow_null)
     /* A '>' can only be inside a quoted local part. */
     const char *gt = memchr(p.addr, '>', n);
     CHECK(gt == NULL || (p.addr[0] == '"' && (size_t)(gt - p.addr) < p.at));
-    if (n == 0) {
-        CHECK(allow_null);
+    if (p.postmaster) {
+        CHECK(!strcmp(p.addr, "Postmaster") && p.at == 0 && proto_path_domain(&p)[0] == 0);
+    } else if (n == 0) {
+        CHECK(reverse);
         CHECK(p.at == 0);
         CHECK(proto_path_domain(&p)[0] == 0);
     } else {
@@ -84,13 +94,13 @@ static void check_path(const char *args, size_t len, bool allow_null)
     memcpy(again + 1, p.addr, n);
     again[n + 1] = '>';
     proto_path_t q;
-    CHECK(proto_path_parse(again, n + 2, allow_null, &q) == PROTO_OK);
+    CHECK(proto_path_parse(again, n + 2, kind, &q) == PROTO_OK);
     CHECK(!strcmp(q.addr, p.addr) && q.at == p.at && q.utf8 == p.utf8 && q.n_params == 0);
 
-    /* what the strict parse accepts, the lax one accepts alike */
-    if (!allow_null) {
+    /* apart from <Postmaster>, what a forward path accepts a reverse one accepts alike */
+    if (!reverse && !p.postmaster) {
         proto_path_t lax;
-        CHECK(proto_path_parse(args, len, true, &lax) == PROTO_OK);
+        CHECK(proto_path_parse(args, len, PROTO_REVERSE_PATH, &lax) == PROTO_OK);
         CHECK(!strcmp(lax.addr, p.addr) && lax.n_params == p.n_params);
     }
 }
@@ -114,13 +124,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(size >= nl && !strncasecmp(line, name, nl) && (size == nl || line[nl] == ' '));
         }
         if (cmd.verb == PROTO_MAIL || cmd.verb == PROTO_RCPT) {
-            check_path(cmd.args, cmd.args_len, true);
-            check_path(cmd.args, cmd.args_len, false);
+            check_path(cmd.args, cmd.args_len, PROTO_REVERSE_PATH);
+            check_path(cmd.args, cmd.args_len, PROTO_FORWARD_PATH);
         }
     }
 
-    check_path(line, size, true);
-    check_path(line, size, false);
+    check_path(line, size, PROTO_REVERSE_PATH);
+    check_path(line, size, PROTO_FORWARD_PATH);
+
+    /* DSN parameter checks: bounded, and NOTIFY's bits are consistent */
+    int notify = proto_dsn_notify(line, size);
+    CHECK(notify == -1 || (notify > 0 && notify < 16));
+    if (notify > 0 && (notify & PROTO_NOTIFY_NEVER)) CHECK(notify == PROTO_NOTIFY_NEVER);
+    if (proto_xtext_valid(line, size))
+        for (size_t i = 0; i < size; i++)
+            CHECK(line[i] > 32 && line[i] < 127 && line[i] != '=');
+    (void)proto_dsn_orcpt_valid(line, size, true);
 
     bool last = false;
     int code = proto_reply_line(line, size, &last);

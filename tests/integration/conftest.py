@@ -217,6 +217,21 @@ level = info
 """
 
 
+def up_config(tmp, smtp_port, redis_port, sink_port, extra=""):
+    """A `sealpost up` configuration: its own redis under tmp/var."""
+    return f"""
+[ingress]
+listen = 127.0.0.1:{smtp_port}
+hostname = mx.sealpost.test
+[up]
+data_dir = {tmp}/var
+redis_port = {redis_port}
+[routes]
+example.test = 127.0.0.1:{sink_port}
+{extra}
+"""
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path).start()

@@ -3,13 +3,13 @@
 
 import email
 import smtplib
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
 from email import policy
 
 from conftest import wait_for
+from peers import RawPeer
 
 SENDER = "sender@origin.test"
 
@@ -288,99 +288,10 @@ def test_sigterm_hands_in_flight_jobs_back(stack):
     assert stack.sink.count() == 1
 
 
-class PipeliningPeer(threading.Thread):
-    """A minimal SMTP server that announces PIPELINING and records every
-    chunk it receives, so a test can see what the client sent together."""
-
-    def __init__(self, refuse=(), hold=0.0):
-        super().__init__(daemon=True)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.refuse, self.chunks, self.delivered = set(refuse), [], []
-        self.hold = hold  # seconds each session waits before its 220
-        self.lock = threading.Lock()
-        self.open = self.max_open = 0
-
-    def run(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
-        """Counts a session as open from its greeting until QUIT is answered:
-        the client frees its slot only after the 221, so nothing overlaps
-        that the client did not overlap."""
-        with self.lock:
-            self.open += 1
-            self.max_open = max(self.max_open, self.open)
-        try:
-            with conn:
-                time.sleep(self.hold)
-                self.session(conn)
-        finally:
-            self.leave()
-
-    def leave(self):
-        with self.lock:
-            if getattr(threading.current_thread(), "counted", True):
-                self.open -= 1
-                threading.current_thread().counted = False
-
-    def session(self, conn):
-        conn.sendall(b"220 peer ESMTP\r\n")
-        buf, rcpts, in_data, body = b"", [], False, b""
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            self.chunks.append(chunk)
-            buf += chunk
-            while True:
-                if in_data:
-                    end = buf.find(b"\r\n.\r\n")
-                    if end < 0:
-                        break
-                    self.delivered.append((list(rcpts), buf[:end]))
-                    buf, in_data = buf[end + 5:], False
-                    conn.sendall(b"250 2.0.0 ok\r\n")
-                    continue
-                line, sep, rest = buf.partition(b"\r\n")
-                if not sep:
-                    break
-                buf, verb = rest, line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-peer\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
-                elif verb == b"MAIL":
-                    rcpts = []
-                    conn.sendall(b"250 2.1.0 ok\r\n")
-                elif verb == b"RCPT":
-                    addr = line.split(b"<")[1].split(b">")[0].decode()
-                    if addr in self.refuse:
-                        conn.sendall(b"550 5.1.1 no such user\r\n")
-                    else:
-                        rcpts.append(addr)
-                        conn.sendall(b"250 2.1.5 ok\r\n")
-                elif verb == b"DATA":
-                    in_data = bool(rcpts)
-                    conn.sendall(b"354 go on\r\n" if rcpts else b"554 5.5.1 no valid recipients\r\n")
-                elif verb == b"QUIT":
-                    self.leave()  # before the 221: the client may connect again right after
-                    conn.sendall(b"221 bye\r\n")
-                    return
-                else:
-                    conn.sendall(b"250 ok\r\n")
-
-    def stop(self):
-        self.listener.close()
-
-
 def test_pipelining_sends_the_envelope_in_one_go(stack):
     """With a server that announces PIPELINING (RFC 2920), MAIL, every RCPT
     and DATA leave in one write; per-recipient replies still count."""
-    peer = PipeliningPeer(refuse={"b@pipe.test"})
+    peer = RawPeer(refuse={"b@pipe.test"})
     peer.start()
     stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
     stack.worker(extra=f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
@@ -399,7 +310,7 @@ def test_pipelining_sends_the_envelope_in_one_go(stack):
 def test_pipelining_with_every_recipient_refused(stack):
     """All RCPTs refused in a pipelined batch: the DATA reply is read and the
     session ends; the recipients bounce, nothing is delivered."""
-    peer = PipeliningPeer(refuse={"x@pipe.test", "y@pipe.test"})
+    peer = RawPeer(refuse={"x@pipe.test", "y@pipe.test"})
     peer.start()
     stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
     stack.worker(extra=f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
@@ -414,7 +325,7 @@ def test_pipelining_with_every_recipient_refused(stack):
 def test_destination_concurrency_limits_connections(stack):
     """destination_concurrency caps the connections to one next hop; the
     deliveries over the cap wait their turn and all arrive."""
-    peer = PipeliningPeer(hold=0.3)
+    peer = RawPeer(hold=0.3)
     peer.start()
     stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
     stack.worker(extra=f"[worker]\nconcurrency = 10\ndestination_concurrency = 2\n"

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from conftest import BIN, Sealpost, free_port, port_open, wait_for
+from conftest import BIN, Sealpost, free_port, port_open, up_config, wait_for
 
 
 def make_message(n, extra=b""):
@@ -173,15 +173,7 @@ def test_up_starts_private_redis_and_delivers(tmp_path, sink):
     data dir, ingress and worker; swaks's message reaches the routed sink;
     SIGTERM stops everything, redis included."""
     smtp_port, redis_port = free_port(), free_port()
-    config = f"""
-[ingress]
-listen = 127.0.0.1:{smtp_port}
-[up]
-data_dir = {tmp_path}/var
-redis_port = {redis_port}
-[routes]
-example.test = 127.0.0.1:{sink.port}
-"""
+    config = up_config(tmp_path, smtp_port, redis_port, sink.port)
     up = Sealpost(tmp_path, "up", config, "up").start(smtp_port)
     wait_for(lambda: "event=queue_ready" in up.read_log(), what="private redis")
     out = subprocess.run(["swaks", "--server", f"127.0.0.1:{smtp_port}", "--to",
@@ -242,20 +234,9 @@ def test_up_after_a_crash_replaces_the_leftover_redis(tmp_path, sink):
     """`sealpost up` killed with SIGKILL leaves its redis-server running; the
     next `sealpost up` on the same data dir stops that one and starts clean,
     with the queued mail still there."""
-    smtp_port, redis_port = free_port(), free_port()
-    config = f"""
-[ingress]
-listen = 127.0.0.1:{smtp_port}
-[worker]
-min_backoff = 1
-max_backoff = 1
-lease_seconds = 2
-[up]
-data_dir = {tmp_path}/var
-redis_port = {redis_port}
-[routes]
-example.test = 127.0.0.1:{free_port()}
-"""
+    smtp_port, redis_port, dead_port = free_port(), free_port(), free_port()
+    worker = "[worker]\nmin_backoff = 1\nmax_backoff = 1\nlease_seconds = 2\n"
+    config = up_config(tmp_path, smtp_port, redis_port, dead_port, worker)
     first = Sealpost(tmp_path, "up", config, "up").start(smtp_port)
     wait_for(lambda: "event=queue_ready" in first.read_log(), what="private redis")
     send(smtp_port, 1, rcpts=("someone@example.test",))  # its route is down: it stays queued
@@ -263,9 +244,8 @@ example.test = 127.0.0.1:{free_port()}
     first.kill()
     assert port_open("127.0.0.1", redis_port), "expected the orphaned redis-server to survive"
     # The second run routes example.test to the live sink.
-    second = Sealpost(tmp_path, "up2", config.replace(
-        f"example.test = 127.0.0.1:{config.split('example.test = 127.0.0.1:')[1].split()[0]}",
-        f"example.test = 127.0.0.1:{sink.port}"), "up").start(smtp_port)
+    second = Sealpost(tmp_path, "up2", up_config(tmp_path, smtp_port, redis_port, sink.port, worker),
+                      "up").start(smtp_port)
     wait_for(lambda: "event=queue_ready" in second.read_log(), what="second run's redis")
     assert "event=stopping_leftover_redis" in second.read_log()
     wait_for(lambda: sink.count() == 1, timeout=30, what="the mail queued before the crash")

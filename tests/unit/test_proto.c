@@ -144,7 +144,107 @@ static void test_command_trailing_space(void **state)
 
 static enum proto_status parse_path(const char *args, bool allow_null, proto_path_t *out)
 {
-    return proto_path_parse(args, strlen(args), allow_null, out);
+    return proto_path_parse(args, strlen(args),
+                            allow_null ? PROTO_REVERSE_PATH : PROTO_FORWARD_PATH, out);
+}
+
+static void test_path_postmaster(void **state)
+{
+    (void)state;
+    proto_path_t p;
+    assert_int_equal(parse_path("<postMASTER> NOTIFY=NEVER", false, &p), PROTO_OK);
+    assert_true(p.postmaster);
+    assert_string_equal(p.addr, "Postmaster");
+    assert_string_equal(proto_path_domain(&p), "");
+    assert_int_equal(p.n_params, 1);
+    /* only a forward path, only without a domain, nothing glued on */
+    assert_int_equal(parse_path("<Postmaster>", true, &p), PROTO_E_PATH);
+    assert_int_equal(parse_path("<Postmasterx>", false, &p), PROTO_E_PATH);
+    assert_int_equal(parse_path("<Postmaster>x", false, &p), PROTO_E_PARAM);
+    assert_int_equal(parse_path("<postmaster@Example.test>", false, &p), PROTO_OK);
+    assert_false(p.postmaster);
+    assert_string_equal(p.addr, "postmaster@example.test");
+}
+
+/* --------------------------------------------------------------------- DSN */
+
+static bool xtext(const char *s)
+{
+    return proto_xtext_valid(s, strlen(s));
+}
+
+static void test_xtext(void **state)
+{
+    (void)state;
+    assert_true(xtext("abc"));
+    assert_true(xtext("a+2Bb+3D"));
+    assert_true(xtext(""));
+    assert_false(xtext("a b"));
+    assert_false(xtext("a=b"));
+    assert_false(xtext("a+2b")); /* hex must be upper case */
+    assert_false(xtext("a+2"));
+    assert_false(xtext("a+"));
+    assert_false(xtext("caf\xc3\xa9"));
+}
+
+static int notify(const char *s)
+{
+    return proto_dsn_notify(s, strlen(s));
+}
+
+static void test_dsn_notify(void **state)
+{
+    (void)state;
+    assert_int_equal(notify("NEVER"), PROTO_NOTIFY_NEVER);
+    assert_int_equal(notify("success,Failure"), PROTO_NOTIFY_SUCCESS | PROTO_NOTIFY_FAILURE);
+    assert_int_equal(notify("DELAY"), PROTO_NOTIFY_DELAY);
+    assert_int_equal(notify("NEVER,FAILURE"), -1);
+    assert_int_equal(notify("FAILURE,FAILURE"), -1);
+    assert_int_equal(notify("FAILURE,"), -1);
+    assert_int_equal(notify(",FAILURE"), -1);
+    assert_int_equal(notify(""), -1);
+    assert_int_equal(notify("SOMETIMES"), -1);
+}
+
+static bool orcpt(const char *s, bool utf8)
+{
+    return proto_dsn_orcpt_valid(s, strlen(s), utf8);
+}
+
+static void test_dsn_orcpt(void **state)
+{
+    (void)state;
+    assert_true(orcpt("rfc822;user@example.test", false));
+    assert_true(orcpt("RFC822;a+2Bb@example.test", false));
+    assert_false(orcpt("rfc822;", false));
+    assert_false(orcpt(";user@example.test", false));
+    assert_false(orcpt("user@example.test", false));
+    assert_false(orcpt("rfc822;a b@example.test", false));
+    assert_false(orcpt("utf-8;j\xc3\xb6rg@example.test", false));
+    assert_true(orcpt("utf-8;j\xc3\xb6rg@example.test", true));
+    char big[PROTO_ORCPT_MAX + 2];
+    memset(big, 'a', sizeof big - 1);
+    memcpy(big, "rfc822;", 7);
+    big[sizeof big - 1] = 0;
+    assert_false(orcpt(big, false));
+    big[sizeof big - 2] = 0;
+    assert_true(orcpt(big, false));
+}
+
+static void test_param_find(void **state)
+{
+    (void)state;
+    char v[16];
+    const char *list = "BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abcdefghijklmnopqrstuvwxyz";
+    assert_true(proto_param_find(list, "body", v, sizeof v));
+    assert_string_equal(v, "8BITMIME");
+    assert_true(proto_param_find(list, "SMTPUTF8", v, sizeof v));
+    assert_string_equal(v, "");
+    assert_true(proto_param_find(list, "ENVID", v, sizeof v));
+    assert_string_equal(v, "abcdefghijklmno"); /* cut to fit */
+    assert_false(proto_param_find(list, "SMTP", v, sizeof v));
+    assert_false(proto_param_find(list, "NOTIFY", v, sizeof v));
+    assert_false(proto_param_find("", "BODY", v, sizeof v));
 }
 
 static void test_path_simple(void **state)
@@ -436,7 +536,7 @@ static void test_path_after_command(void **state)
     const char *line = "mail from: <Bob@Example.TEST> size=2048 body=8bitmime  ";
     assert_int_equal(proto_command_parse(line, strlen(line), &cmd), PROTO_OK);
     assert_int_equal(cmd.verb, PROTO_MAIL);
-    assert_int_equal(proto_path_parse(cmd.args, cmd.args_len, true, &p), PROTO_OK);
+    assert_int_equal(proto_path_parse(cmd.args, cmd.args_len, PROTO_REVERSE_PATH, &p), PROTO_OK);
     assert_string_equal(p.addr, "Bob@example.test");
     const proto_param_t *size = proto_path_param(&p, "SIZE");
     assert_non_null(size);
@@ -926,6 +1026,11 @@ int main(void)
         cmocka_unit_test(test_dot_stuff_exact),
         cmocka_unit_test(test_dot_stuff_random),
         cmocka_unit_test(test_reply_line),
+        cmocka_unit_test(test_path_postmaster),
+        cmocka_unit_test(test_xtext),
+        cmocka_unit_test(test_dsn_notify),
+        cmocka_unit_test(test_dsn_orcpt),
+        cmocka_unit_test(test_param_find),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
