@@ -56,6 +56,11 @@ struct session {
     char **rcpts;                      /* each "address\0DSN parameters" in one allocation */
     unsigned n_rcpts;
     bool in_data;
+    bool chunking;      /* the body comes in BDAT chunks (RFC 3030) */
+    bool chunk_pending; /* a BDAT command's octets are being read */
+    bool chunk_last;    /* ... and they end the message */
+    bool chunk_discard; /* ... and are dropped: the BDAT was refused */
+    size_t chunk_left;  /* octets of the chunk still to come */
     proto_data_t data;
     buf_t body;
     char mid[33];
@@ -178,6 +183,7 @@ static void transaction_reset(session_t *s)
     s->body_8bit = false;
     s->smtputf8 = false;
     s->in_data = false;
+    s->chunking = false;
     s->sender[0] = 0;
     s->mail_params[0] = 0;
     s->mid[0] = 0;
@@ -252,9 +258,29 @@ static bool check_rcpt(session_t *s, const proto_command_t *cmd)
     return true;
 }
 
-static bool check_data(session_t *s, const proto_command_t *cmd)
+/* 1*20DIGIT, as RFC 1870's size-value and RFC 3030's chunk-size; a value
+ * past the range saturates. */
+static bool parse_number(const char *p, size_t len, unsigned long long *out)
 {
-    if (!check_no_args(s, cmd)) return false;
+    if (len == 0 || len > 20) return false;
+    unsigned long long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') return false;
+        unsigned digit = (unsigned)(p[i] - '0');
+        v = v > (ULLONG_MAX - digit) / 10 ? ULLONG_MAX : v * 10 + digit;
+    }
+    *out = v;
+    return true;
+}
+
+static bool parse_size(const proto_param_t *p, unsigned long long *out)
+{
+    return p->value && parse_number(p->value, p->value_len, out);
+}
+
+/* What DATA and BDAT both need: a transaction with a recipient. */
+static bool transaction_ready(session_t *s)
+{
     if (!s->in_mail) {
         reply(s, "503 5.5.1 Error: need MAIL command");
         return false;
@@ -263,6 +289,49 @@ static bool check_data(session_t *s, const proto_command_t *cmd)
         reply(s, "554 5.5.1 Error: no valid recipients");
         return false;
     }
+    return true;
+}
+
+static bool check_data(session_t *s, const proto_command_t *cmd)
+{
+    if (!check_no_args(s, cmd)) return false;
+    if (s->chunking) { /* RFC 3030 §2: not both in one transaction */
+        reply(s, "503 5.5.1 Error: DATA after BDAT");
+        return false;
+    }
+    return transaction_ready(s);
+}
+
+/* "BDAT" SP chunk-size [SP "LAST"] (RFC 3030 §3). The chunk's octets follow
+ * the command whatever the reply, so a refused BDAT still has them read and
+ * dropped (chunk_discard) to stay in step; only a chunk size that cannot be
+ * read, or one past the size limit, ends the session instead. */
+static bool check_bdat(session_t *s, const proto_command_t *cmd)
+{
+    const char *space = memchr(cmd->args, ' ', cmd->args_len);
+    size_t digits = space ? (size_t)(space - cmd->args) : cmd->args_len;
+    unsigned long long size;
+    bool last = space && cmd->args_len - digits == 5 && !strncasecmp(space + 1, "LAST", 4);
+    if (!parse_number(cmd->args, digits, &size) || (space && !last)) {
+        reply(s, "501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection");
+        s->quitting = true;
+        return false;
+    }
+    if (size > s->cfg->ingress.max_message_size - (s->chunking ? s->data.size : 0)) {
+        reply(s, "552 5.3.4 Message size exceeds fixed limit; closing connection");
+        s->quitting = true;
+        return false;
+    }
+    s->chunk_pending = true;
+    s->chunk_left = (size_t)size;
+    s->chunk_last = last;
+    s->chunk_discard = true;
+    if (!s->esmtp) {
+        reply(s, "503 5.5.1 Error: BDAT needs EHLO");
+        return false;
+    }
+    if (s->in_data || !transaction_ready(s)) return false;
+    s->chunk_discard = false;
     return true;
 }
 
@@ -320,22 +389,9 @@ static void proceed_helo(session_t *s, const proto_command_t *cmd)
     reply(s, "250-8BITMIME");
     reply(s, "250-SMTPUTF8");
     reply(s, "250-DSN");
+    reply(s, "250-CHUNKING");
     if (s->ingress->tls_ctx && !s->tls) reply(s, "250-STARTTLS");
     reply(s, "250 ENHANCEDSTATUSCODES");
-}
-
-/* RFC 1870 size-value: 1*20DIGIT. */
-static bool parse_size(const proto_param_t *p, unsigned long long *out)
-{
-    if (!p->value || p->value_len == 0 || p->value_len > 20) return false;
-    unsigned long long v = 0;
-    for (size_t i = 0; i < p->value_len; i++) {
-        if (p->value[i] < '0' || p->value[i] > '9') return false;
-        unsigned digit = (unsigned)(p->value[i] - '0');
-        v = v > (ULLONG_MAX - digit) / 10 ? ULLONG_MAX : v * 10 + digit;
-    }
-    *out = v;
-    return true;
 }
 
 static bool param_is(const proto_param_t *p, const char *key)
@@ -528,6 +584,20 @@ static void start_body(session_t *s)
     proto_data_init(&s->data, s->cfg->ingress.max_line_length, s->cfg->ingress.max_message_size);
 }
 
+static void proceed_bdat(session_t *s, const proto_command_t *cmd)
+{
+    (void)cmd;
+    if (s->chunking) return;
+    start_body(s);
+    if (!s->body.data) {
+        reply(s, "451 4.3.1 Insufficient system resources");
+        s->chunk_discard = true;
+        return;
+    }
+    proto_chunk_init(&s->data, s->cfg->ingress.max_line_length, s->cfg->ingress.max_message_size);
+    s->chunking = true;
+}
+
 static void proceed_data(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
@@ -613,8 +683,8 @@ static void proceed_starttls(session_t *s, const proto_command_t *cmd)
 
 /* Commands not in our EHLO reply (RFC 5321 §4.2.4: 502). EXPN would list a
  * mailing list's members and TURN would hand the connection's direction to an
- * unauthenticated peer, so those two stay refused by design; AUTH and BDAT
- * are not announced by this listener. */
+ * unauthenticated peer, so those two stay refused by design; AUTH is not
+ * announced by this listener. */
 static void proceed_not_offered(session_t *s, const proto_command_t *cmd)
 {
     reply(s, "502 5.5.1 %s is not offered here", proto_verb_name(cmd->verb));
@@ -635,7 +705,7 @@ static const command_t commands[] = {
     {PROTO_TURN, check_none, proceed_not_offered},
     {PROTO_STARTTLS, check_starttls, proceed_starttls},
     {PROTO_AUTH, check_none, proceed_not_offered},
-    {PROTO_BDAT, check_none, proceed_not_offered},
+    {PROTO_BDAT, check_bdat, proceed_bdat},
 };
 
 /* An HTTP request, or a TLS handshake on a plain port, is not a confused
@@ -737,12 +807,11 @@ static void commit_message(session_t *s)
     if (rc < 0) on_enqueued(-1, "redis not connected", s);
 }
 
-static void finish_data(session_t *s)
+/* The content broke a rule: the reply for it, and the transaction ends. */
+static void refuse_content(session_t *s)
 {
-    s->in_data = false;
     switch (s->data.error) {
     case PROTO_DATA_OK:
-        commit_message(s);
         return;
     case PROTO_DATA_BARE_LF:
     case PROTO_DATA_BARE_CR:
@@ -758,6 +827,49 @@ static void finish_data(session_t *s)
     }
     log_info("event=refused reason=data_error error=%d client=%s", (int)s->data.error, s->peer);
     transaction_reset(s);
+}
+
+static void finish_data(session_t *s)
+{
+    s->in_data = false;
+    if (s->data.error)
+        refuse_content(s);
+    else
+        commit_message(s);
+}
+
+/* Reads the pending BDAT chunk from the input; true once all of it came. */
+static bool consume_chunk(session_t *s)
+{
+    size_t n = input_len(s) < s->chunk_left ? input_len(s) : s->chunk_left;
+    if (!s->chunk_discard) {
+        if (buf_reserve(&s->body, n) < 0) {
+            reply(s, "451 4.3.1 Insufficient system resources");
+            s->quitting = true;
+            return false;
+        }
+        size_t out_len;
+        proto_data_feed(&s->data, input(s), n, s->body.data + s->body.len, &out_len);
+        s->body.len += out_len;
+    }
+    s->in_pos += n;
+    s->chunk_left -= n;
+    return s->chunk_left == 0;
+}
+
+/* A whole chunk is in: RFC 3030 §3 wants a reply per BDAT; the LAST one's
+ * is the message's, given once it is stored. */
+static void finish_chunk(session_t *s)
+{
+    s->chunk_pending = false;
+    if (s->chunk_discard) return; /* refused when the command came */
+    if (s->chunk_last) proto_data_end(&s->data);
+    if (s->data.error)
+        refuse_content(s); /* BDATs already pipelined find no transaction: 503 */
+    else if (s->chunk_last)
+        commit_message(s);
+    else
+        reply(s, "250 2.0.0 Ok: %zu octets so far", s->data.size);
 }
 
 /* Decodes what is buffered; returns true when the end of data was reached. */
@@ -814,7 +926,8 @@ static void on_timeout(uv_timer_t *t);
 
 static void arm_timer(session_t *s)
 {
-    unsigned secs = s->in_data ? s->cfg->ingress.data_timeout : s->cfg->ingress.command_timeout;
+    bool data = s->in_data || s->chunk_pending;
+    unsigned secs = data ? s->cfg->ingress.data_timeout : s->cfg->ingress.command_timeout;
     uv_timer_start(&s->timer, on_timeout, (uint64_t)secs * 1000, 0);
 }
 
@@ -829,6 +942,11 @@ static void process(session_t *s)
         if (s->in_data) {
             if (!consume_data(s)) break;
             finish_data(s);
+            continue;
+        }
+        if (s->chunk_pending) {
+            if (!consume_chunk(s)) break;
+            finish_chunk(s);
             continue;
         }
         size_t before = input_len(s);

@@ -18,6 +18,12 @@ void proto_data_init(proto_data_t *d, size_t max_line, size_t max_size)
     d->state = S_LINE_START;
 }
 
+void proto_chunk_init(proto_data_t *d, size_t max_line, size_t max_size)
+{
+    proto_data_init(d, max_line, max_size);
+    d->chunked = true;
+}
+
 static void fail(proto_data_t *d, enum proto_data_error e)
 {
     if (d->error == PROTO_DATA_OK) d->error = e;
@@ -44,7 +50,7 @@ size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, s
     again:
         switch (d->state) {
         case S_LINE_START:
-            if (c == '.') {
+            if (c == '.' && !d->chunked) {
                 d->state = S_DOT;
                 break;
             }
@@ -91,6 +97,11 @@ size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, s
         }
     }
     return i;
+}
+
+void proto_data_end(proto_data_t *d)
+{
+    if (d->state == S_CR) fail(d, PROTO_DATA_BARE_CR);
 }
 
 size_t proto_dot_stuffed_len(const char *body, size_t len)

@@ -130,9 +130,18 @@ typedef struct proto_data {
     int state;
     enum proto_data_error error; /* the first error; decoding goes on to the end marker */
     bool done;
+    bool chunked; /* BDAT: no dot-unstuffing, no end marker */
 } proto_data_t;
 
 void proto_data_init(proto_data_t *d, size_t max_line, size_t max_size);
+/* For BDAT chunks (RFC 3030): the content arrives as counted octets, so a
+ * "." line is content and nothing ends the data but the count; the line
+ * rules (CRLF only, line length, size) are the same as for DATA, so what
+ * goes on to a next hop by DATA cannot be read differently there. Feed each
+ * chunk's octets and call proto_data_end after the LAST one. */
+void proto_chunk_init(proto_data_t *d, size_t max_line, size_t max_size);
+/* The end of chunked content: a CR left without its LF is a bare CR. */
+void proto_data_end(proto_data_t *d);
 /* Decodes input until the end of data (the line "." after CRLF) or the end of the
  * input. Content goes to out (at most len octets are written, never more than the
  * input); *out_len gets how many. Returns how many input octets were consumed:

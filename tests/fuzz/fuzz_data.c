@@ -9,7 +9,10 @@
  *  - the chunked decode equals the one-shot decode (consumed, content, error, done);
  *  - the decoder ends only after a real CRLF "." CRLF (or "." CRLF at the very start);
  *  - when the content is clean (no error, empty or ending in CRLF), dot-stuffing it
- *    and decoding that again gives the same content back. */
+ *    and decoding that again gives the same content back;
+ *  - the same input as BDAT chunks: all of it is consumed, nothing ends it, and
+ *    when it passes the line rules it is the content unchanged and survives
+ *    being relayed with DATA (dot-stuffed, decoded) byte for byte. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -68,6 +71,35 @@ static result_t decode(const char *in, size_t len, size_t max_line, size_t max_s
     return r;
 }
 
+static void check_chunked(const char *in, size_t len, size_t max_line, size_t max_size)
+{
+    proto_data_t d;
+    proto_chunk_init(&d, max_line, max_size);
+    char *out = malloc(len + 1);
+    if (!out) abort();
+    size_t got = 0;
+    CHECK(proto_data_feed(&d, in, len, out, &got) == len);
+    proto_data_end(&d);
+    CHECK(!d.done && got <= len);
+    bool ends_in_crlf = len >= 2 && in[len - 2] == '\r' && in[len - 1] == '\n';
+    if (d.error == PROTO_DATA_OK) {
+        CHECK(got == len && !memcmp(out, in, len));
+        if (len == 0 || ends_in_crlf) {
+            size_t n = proto_dot_stuffed_len(out, got);
+            char *stuffed = malloc(n);
+            char *back = malloc(n);
+            if (!stuffed || !back) abort();
+            proto_dot_stuff(out, got, stuffed);
+            result_t s = decode(stuffed, n, SIZE_MAX, SIZE_MAX, NULL, 0, back);
+            CHECK(s.done && s.consumed == n && s.error == PROTO_DATA_OK);
+            CHECK(s.out_len == got && !memcmp(back, out, got));
+            free(stuffed);
+            free(back);
+        }
+    }
+    free(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 3) return 0;
@@ -83,6 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *one = malloc(len + 1);
     if (!out || !one) abort();
 
+    check_chunked(in, len, max_line, max_size);
     result_t r = decode(in, len, max_line, max_size, chunks, n_chunks, out);
     result_t o = decode(in, len, max_line, max_size, NULL, 0, one);
     CHECK(r.consumed == o.consumed && r.out_len == o.out_len && r.error == o.error &&

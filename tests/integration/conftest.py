@@ -269,6 +269,9 @@ class Stack:
         name = name or f"worker{len(self.procs)}"
         p = Sealpost(self.tmp, name, self.config(extra), "worker").start()
         self.procs.append(p)
+        # Until then a SIGTERM would find no handler and kill it outright.
+        wait_for(lambda: "event=worker_started" in p.read_log() or p.proc.poll() is not None,
+                 what="the worker to start")
         return p
 
     def close(self):

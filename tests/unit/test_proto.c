@@ -752,6 +752,48 @@ static void test_data_bare_line_endings(void **state)
     expect_data(LIT("a\nb\rc\r\n.\r\n"), 1000, 1000, NULL, 0, 10, PROTO_DATA_BARE_LF, true);
 }
 
+/* Chunked (BDAT) content: fed in two pieces split at every position. */
+static void expect_chunked(const char *in, size_t len, size_t max_line, size_t max_size,
+                           const char *want, size_t want_len, enum proto_data_error want_error)
+{
+    for (size_t split = 0; split <= len; split++) {
+        proto_data_t d;
+        char *out = test_malloc(len + 1);
+        size_t n1 = 0, n2 = 0;
+        proto_chunk_init(&d, max_line, max_size);
+        assert_int_equal(proto_data_feed(&d, in, split, out, &n1), split);
+        assert_int_equal(proto_data_feed(&d, in + split, len - split, out + n1, &n2), len - split);
+        proto_data_end(&d);
+        assert_false(d.done);
+        if (d.error != want_error)
+            fail_msg("split %zu: error %d, expected %d", split, d.error, want_error);
+        if (want_error == PROTO_DATA_OK) {
+            assert_int_equal(n1 + n2, want_len);
+            assert_memory_equal(out, want, want_len);
+        }
+        test_free(out);
+    }
+}
+
+static void test_chunk_content_is_literal(void **state)
+{
+    (void)state;
+    /* a "." line is content: only the count ends a chunk */
+    expect_chunked(LIT("a\r\n.\r\n..b\r\n"), 1000, 1000, LIT("a\r\n.\r\n..b\r\n"), PROTO_DATA_OK);
+    expect_chunked(LIT(".\r\n"), 1000, 1000, LIT(".\r\n"), PROTO_DATA_OK);
+    expect_chunked(LIT("no final line end"), 1000, 1000, LIT("no final line end"), PROTO_DATA_OK);
+}
+
+static void test_chunk_line_rules(void **state)
+{
+    (void)state;
+    expect_chunked(LIT("a\n.\nb\r\n"), 1000, 1000, NULL, 0, PROTO_DATA_BARE_LF);
+    expect_chunked(LIT("a\r.\rb\r\n"), 1000, 1000, NULL, 0, PROTO_DATA_BARE_CR);
+    expect_chunked(LIT("ends in CR\r"), 1000, 1000, NULL, 0, PROTO_DATA_BARE_CR);
+    expect_chunked(LIT("0123456789\r\n"), 5, 1000, NULL, 0, PROTO_DATA_LONG_LINE);
+    expect_chunked(LIT("0123456789\r\n"), 1000, 5, NULL, 0, PROTO_DATA_TOO_BIG);
+}
+
 static char *make_line(size_t n, char fill, const char *suffix, size_t *len)
 {
     size_t sl = strlen(suffix);
@@ -1031,6 +1073,8 @@ int main(void)
         cmocka_unit_test(test_dsn_notify),
         cmocka_unit_test(test_dsn_orcpt),
         cmocka_unit_test(test_param_find),
+        cmocka_unit_test(test_chunk_content_is_literal),
+        cmocka_unit_test(test_chunk_line_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
