@@ -27,5 +27,6 @@ int cmd_up(int argc, char **argv);
 int cmd_ingress(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_check_config(int argc, char **argv);
+int cmd_users(int argc, char **argv);
 
 #endif

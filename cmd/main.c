@@ -16,6 +16,7 @@ static const char usage_text[] =
     "  ingress       run an SMTP ingress node\n"
     "  worker        run a delivery worker\n"
     "  check-config  print the effective configuration\n"
+    "  users         add, delete or list SMTP AUTH users (sealpost users -h)\n"
     "  version       print the version\n"
     "\n"
     "The configuration is read from -c FILE, else $SEALPOST_CONFIG, else ./sealpost.conf\n"
@@ -66,10 +67,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } commands[] = {
-        {"up", cmd_up},
-        {"ingress", cmd_ingress},
-        {"worker", cmd_worker},
-        {"check-config", cmd_check_config},
+        {"up", cmd_up},         {"ingress", cmd_ingress},
+        {"worker", cmd_worker}, {"check-config", cmd_check_config},
+        {"users", cmd_users},
     };
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("sealpost %s\n", SEALPOST_VERSION);

@@ -22,7 +22,8 @@ enum key_type {
     T_CIDRS,
     T_LOGLEVEL,
     T_PORT,
-    T_TLS_POLICY
+    T_TLS_POLICY,
+    T_BOOL
 };
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
@@ -55,6 +56,8 @@ static const key_spec_t keys[] = {
     {"redis", "timeout_ms", T_UINT, OFF(redis.timeout_ms), 10, 600000, "2000"},
 
     {"ingress", "listen", T_HOSTPORT, OFF(ingress.listen), 0, 0, "127.0.0.1:2525"},
+    {"ingress", "submission_listen", T_HOSTPORT, OFF(ingress.submission_listen), 0, 0, ""},
+    {"ingress", "smtps_listen", T_HOSTPORT, OFF(ingress.smtps_listen), 0, 0, ""},
     {"ingress", "hostname", T_STRING, OFF(ingress.hostname), 0, 0, ""},
     /* Redis refuses bulk strings over 512 MB (proto-max-bulk-len): stay below. */
     {"ingress", "max_message_size", T_SIZE, OFF(ingress.max_message_size), 1024, 500ULL << 20,
@@ -66,6 +69,10 @@ static const key_spec_t keys[] = {
      "50"},
     {"ingress", "max_errors", T_UINT, OFF(ingress.max_errors), 1, 1000, "20"},
     {"ingress", "postmaster", T_STRING, OFF(ingress.postmaster), 0, 0, ""},
+    {"ingress", "auth_mechanisms", T_STRING, OFF(ingress.auth_mechanisms), 0, 0, "PLAIN LOGIN"},
+    {"ingress", "auth_fail_limit", T_UINT, OFF(ingress.auth_fail_limit), 1, 100000, "5"},
+    {"ingress", "auth_fail_window", T_UINT, OFF(ingress.auth_fail_window), 1, 86400, "300"},
+    {"ingress", "sender_login_match", T_BOOL, OFF(ingress.sender_login_match), 0, 0, "no"},
     {"ingress", "tls_cert", T_STRING, OFF(ingress.tls_cert), 0, 0, ""},
     {"ingress", "tls_key", T_STRING, OFF(ingress.tls_key), 0, 0, ""},
     /* TLS 1.2 suites: forward secret only, AEAD first (TLS 1.3 has its own). */
@@ -156,12 +163,12 @@ static int add_list_item(const char *item, void *arg)
         util_ascii_lower(slot);
         return 0;
     }
-    if (cfg->ingress.n_trusted_networks >= CONFIG_MAX_LIST ||
-        net_cidr_parse(item, &cfg->ingress.trusted_networks[cfg->ingress.n_trusted_networks]) < 0) {
+    net_cidr_list_t *list = (net_cidr_list_t *)((char *)cfg + lc->spec->offset);
+    if (list->n >= CONFIG_MAX_LIST || net_cidr_parse(item, &list->items[list->n]) < 0) {
         snprintf(lc->err, lc->errlen, "bad or too many networks: '%s'", item);
         return -1;
     }
-    cfg->ingress.n_trusted_networks++;
+    list->n++;
     return 0;
 }
 
@@ -205,6 +212,16 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
             return -1;
         }
         return 0;
+    case T_BOOL:
+        if (!strcasecmp(value, "yes") || !strcasecmp(value, "true") || !strcmp(value, "1")) {
+            *(bool *)field = true;
+        } else if (!strcasecmp(value, "no") || !strcasecmp(value, "false") || !strcmp(value, "0")) {
+            *(bool *)field = false;
+        } else {
+            snprintf(err, errlen, "'%s' is not yes or no", value);
+            return -1;
+        }
+        return 0;
     case T_TLS_POLICY:
         if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
@@ -218,7 +235,7 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     case T_DOMAINS:
     case T_CIDRS: {
         if (!append && spec->type == T_DOMAINS) cfg->ingress.n_relay_domains = 0;
-        if (!append && spec->type == T_CIDRS) cfg->ingress.n_trusted_networks = 0;
+        if (!append && spec->type == T_CIDRS) ((net_cidr_list_t *)field)->n = 0;
         struct list_ctx lc = {cfg, spec, err, errlen};
         snprintf(err, errlen, "a list item is too long");
         return util_split_list(value, add_list_item, &lc);
@@ -264,6 +281,13 @@ static int set_domain(config_t *cfg, const char *section, const char *domain, co
     }
     d->has_route = true;
     return 0;
+}
+
+bool config_cidr_list_match(const net_cidr_list_t *list, const struct sockaddr *sa)
+{
+    for (unsigned i = 0; i < list->n; i++)
+        if (net_cidr_match(&list->items[i], sa)) return true;
+    return false;
 }
 
 void config_defaults(config_t *cfg)
@@ -472,12 +496,17 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
         for (unsigned i = 0; i < cfg->ingress.n_relay_domains; i++)
             buf_printf(out, "%s%s", i ? " " : "", cfg->ingress.relay_domains[i]);
         break;
-    case T_CIDRS:
-        for (unsigned i = 0; i < cfg->ingress.n_trusted_networks; i++) {
+    case T_CIDRS: {
+        const net_cidr_list_t *list = (const net_cidr_list_t *)field;
+        for (unsigned i = 0; i < list->n; i++) {
             char text[64];
-            net_cidr_text(&cfg->ingress.trusted_networks[i], text, sizeof text);
+            net_cidr_text(&list->items[i], text, sizeof text);
             buf_printf(out, "%s%s", i ? " " : "", text);
         }
+        break;
+    }
+    case T_BOOL:
+        buf_printf(out, "%s", *(const bool *)field ? "yes" : "no");
         break;
     }
 }

@@ -95,6 +95,14 @@ int util_split_list(const char *text, int (*fn)(const char *item, void *arg), vo
  * required with a certificate valid for the host's name. */
 enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY };
 
+typedef struct net_cidr_list {
+    net_cidr_t items[CONFIG_MAX_LIST];
+    unsigned n;
+} net_cidr_list_t;
+
+/* Whether the address is in any of the networks. */
+bool config_cidr_list_match(const net_cidr_list_t *list, const struct sockaddr *sa);
+
 /* What [routes] and [tls_policy] say about one destination domain. */
 typedef struct config_domain {
     char domain[256];
@@ -114,7 +122,9 @@ typedef struct config {
     } redis;
 
     struct {
-        net_hostport_t listen;
+        net_hostport_t listen;            /* relay and MX: port 25's rules */
+        net_hostport_t submission_listen; /* 587: STARTTLS and AUTH before MAIL; host "": off */
+        net_hostport_t smtps_listen;      /* 465: implicit TLS (RFC 8314), AUTH before MAIL */
         char hostname[256];
         size_t max_message_size;
         unsigned max_recipients;
@@ -124,6 +134,10 @@ typedef struct config {
         unsigned max_errors;             /* 4xx/5xx replies before a session is dropped */
         char postmaster[257];            /* where "RCPT TO:<Postmaster>" goes; "": the
                                             postmaster of the first relay domain */
+        char auth_mechanisms[64];        /* of PLAIN LOGIN CRAM-MD5; offered only under TLS */
+        unsigned auth_fail_limit;        /* failed logins per client address in a window */
+        unsigned auth_fail_window;       /* seconds */
+        bool sender_login_match;         /* MAIL FROM must be the login of the session */
         char tls_cert[512];              /* PEM chain; with tls_key, STARTTLS is offered */
         char tls_key[512];
         char tls_ciphers[256];
@@ -131,8 +145,7 @@ typedef struct config {
         unsigned data_timeout;
         char relay_domains[CONFIG_MAX_LIST][256];
         unsigned n_relay_domains;
-        net_cidr_t trusted_networks[CONFIG_MAX_LIST];
-        unsigned n_trusted_networks;
+        net_cidr_list_t trusted_networks;
     } ingress;
 
     struct {

@@ -1,9 +1,14 @@
-/* The listener: accepts connections and hands each to a session. */
+/* The listeners: accept connections, each with its port's rules, and hand
+ * them to sessions; the certificate shared by all of them. */
+#include "crypto/crypto.h"
 #include "ingress/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static const char *const listener_names[LISTENER_KINDS] = {"listen", "submission_listen",
+                                                           "smtps_listen"};
 
 static void on_close_discard(uv_handle_t *h)
 {
@@ -12,7 +17,8 @@ static void on_close_discard(uv_handle_t *h)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    ingress_t *ingress = server->data;
+    struct listener *l = server->data;
+    ingress_t *ingress = l->ingress;
     if (status < 0) {
         log_warn("event=accept_failed error=\"%s\"", uv_strerror(status));
         return;
@@ -29,12 +35,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(tcp, 1);
     ingress->n_sessions++;
-    session_start(ingress, tcp);
-}
-
-static void on_failed_listener_closed(uv_handle_t *h)
-{
-    free(h->data);
+    session_start(ingress, tcp, l->kind);
 }
 
 /* [ingress] postmaster, or postmaster@ the first relay domain. */
@@ -89,51 +90,9 @@ void ingress_reload_tls(ingress_t *ingress)
     log_info("event=tls_reloaded cert=%s", ingress->cfg->ingress.tls_cert);
 }
 
-ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
-                         size_t errlen)
-{
-    struct sockaddr_storage addr;
-    if (net_sockaddr_from(&cfg->ingress.listen, &addr) < 0) {
-        snprintf(err, errlen, "[ingress] listen: '%s' is not a numeric address",
-                 cfg->ingress.listen.host);
-        return NULL;
-    }
-    ingress_t *ingress = calloc(1, sizeof *ingress);
-    if (!ingress) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    if (postmaster_address(cfg, ingress->postmaster, err, errlen) < 0) {
-        free(ingress);
-        return NULL;
-    }
-    if (load_tls(cfg, &ingress->tls_ctx, err, errlen) < 0) {
-        free(ingress);
-        return NULL;
-    }
-    ingress->loop = loop;
-    ingress->cfg = cfg;
-    ingress->queue = queue;
-    uv_tcp_init(loop, &ingress->listener);
-    ingress->listener.data = ingress;
-    int rc = uv_tcp_bind(&ingress->listener, (struct sockaddr *)&addr, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&ingress->listener, 511, on_connection);
-    if (rc < 0) {
-        snprintf(err, errlen, "listen on %s:%u: %s", cfg->ingress.listen.host,
-                 cfg->ingress.listen.port, uv_strerror(rc));
-        SSL_CTX_free(ingress->tls_ctx);
-        uv_close((uv_handle_t *)&ingress->listener, on_failed_listener_closed);
-        return NULL;
-    }
-    ingress->listening = true;
-    log_info("event=listening listen=%s:%u starttls=%s", cfg->ingress.listen.host,
-             cfg->ingress.listen.port, ingress->tls_ctx ? "yes" : "no");
-    return ingress;
-}
-
 static void maybe_stopped(ingress_t *ingress)
 {
-    if (!ingress->stopping || ingress->n_sessions || ingress->listening) return;
+    if (!ingress->stopping || ingress->n_sessions || ingress->listeners_open) return;
     void (*done)(void *) = ingress->on_stopped;
     void *arg = ingress->on_stopped_arg;
     SSL_CTX_free(ingress->tls_ctx);
@@ -143,9 +102,93 @@ static void maybe_stopped(ingress_t *ingress)
 
 static void on_listener_closed(uv_handle_t *h)
 {
-    ingress_t *ingress = h->data;
-    ingress->listening = false;
-    maybe_stopped(ingress);
+    struct listener *l = h->data;
+    l->ingress->listeners_open--;
+    maybe_stopped(l->ingress);
+}
+
+static void close_listeners(ingress_t *ingress)
+{
+    for (int k = 0; k < LISTENER_KINDS; k++)
+        if (ingress->listeners[k].ingress &&
+            !uv_is_closing((uv_handle_t *)&ingress->listeners[k].tcp))
+            uv_close((uv_handle_t *)&ingress->listeners[k].tcp, on_listener_closed);
+}
+
+/* Opens the listener of one kind when its address is set. */
+static int open_listener(ingress_t *ingress, enum listener_kind kind, const net_hostport_t *hp,
+                         char *err, size_t errlen)
+{
+    struct sockaddr_storage addr;
+    if (!hp->host[0]) return 0;
+    if (net_sockaddr_from(hp, &addr) < 0) {
+        snprintf(err, errlen, "[ingress] %s: '%s' is not a numeric address", listener_names[kind],
+                 hp->host);
+        return -1;
+    }
+    if (kind != LISTENER_RELAY && !ingress->tls_ctx) {
+        snprintf(err, errlen,
+                 "[ingress] %s needs tls_cert and tls_key: logins travel only "
+                 "under TLS",
+                 listener_names[kind]);
+        return -1;
+    }
+    struct listener *l = &ingress->listeners[kind];
+    uv_tcp_init(ingress->loop, &l->tcp);
+    l->tcp.data = l;
+    l->ingress = ingress;
+    l->kind = kind;
+    ingress->listeners_open++;
+    int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&addr, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
+    if (rc < 0) {
+        snprintf(err, errlen, "[ingress] %s %s:%u: %s", listener_names[kind], hp->host, hp->port,
+                 uv_strerror(rc));
+        return -1;
+    }
+    log_info("event=listening kind=%s listen=%s:%u starttls=%s", listener_names[kind], hp->host,
+             hp->port, ingress->tls_ctx ? "yes" : "no");
+    return 0;
+}
+
+ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
+                         size_t errlen)
+{
+    ingress_t *ingress = calloc(1, sizeof *ingress);
+    if (!ingress) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ingress->loop = loop;
+    ingress->cfg = cfg;
+    ingress->queue = queue;
+    if (postmaster_address(cfg, ingress->postmaster, err, errlen) < 0 ||
+        auth_check_config(cfg, err, errlen) < 0 ||
+        load_tls(cfg, &ingress->tls_ctx, err, errlen) < 0) {
+        SSL_CTX_free(ingress->tls_ctx);
+        free(ingress);
+        return NULL;
+    }
+    password_dummy_hash(); /* made once here, not by two worker threads at once */
+    const net_hostport_t *addrs[LISTENER_KINDS] = {
+        &cfg->ingress.listen, &cfg->ingress.submission_listen, &cfg->ingress.smtps_listen};
+    for (int k = 0; k < LISTENER_KINDS; k++) {
+        if (open_listener(ingress, (enum listener_kind)k, addrs[k], err, errlen) < 0) {
+            ingress->stopping = true;
+            if (ingress->listeners_open)
+                close_listeners(ingress); /* the last one closed frees it */
+            else
+                maybe_stopped(ingress);
+            return NULL;
+        }
+    }
+    if (!ingress->listeners_open) {
+        snprintf(err, errlen,
+                 "[ingress] no listener: set listen, submission_listen or smtps_listen");
+        free(ingress);
+        return NULL;
+    }
+    return ingress;
 }
 
 void ingress_session_gone(ingress_t *ingress)
@@ -159,6 +202,6 @@ void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg)
     ingress->stopping = true;
     ingress->on_stopped = done;
     ingress->on_stopped_arg = arg;
-    uv_close((uv_handle_t *)&ingress->listener, on_listener_closed);
+    close_listeners(ingress);
     session_shutdown_all(ingress);
 }

@@ -17,60 +17,9 @@
 #define MAX_INPUT_BUFFER   ((size_t)256 * 1024) /* stop reading beyond this while busy */
 #define MAX_PENDING_OUTPUT ((size_t)64 * 1024)  /* stop reading while more is unsent */
 
-/* "BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=<100 octets>" and room to spare. */
-#define MAIL_PARAMS_MAX 256
-/* "NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=<500 octets>" */
-#define RCPT_PARAMS_MAX (PROTO_ORCPT_MAX + 48)
-
-struct session {
-    ingress_t *ingress;
-    const config_t *cfg;
-    session_t *prev, *next;
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    char peer[64];
-    bool trusted;
-
-    buf_t in;
-    size_t in_pos; /* in.data[in_pos..len) is not processed yet */
-    buf_t out;
-    tls_conn_t *tls;   /* from STARTTLS on, every byte goes through it */
-    buf_t cipher;      /* ciphertext read, for tls */
-    char tls_info[96]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once the handshake is done */
-    unsigned writes_pending;
-    bool reading;
-    bool busy;      /* waiting for the queue */
-    bool quitting;  /* close once the output is written */
-    bool closed;    /* handle closing; free when not busy */
-    bool skip_line; /* discarding the rest of an over-long command line */
-    bool eof;       /* the client half-closed: answer what it sent, then close */
-    unsigned errors;
-
-    char helo[256];
-    bool esmtp;
-    bool in_mail;
-    bool body_8bit; /* BODY=8BITMIME */
-    bool smtputf8;  /* MAIL ... SMTPUTF8: UTF-8 addresses and headers allowed */
-    char sender[PROTO_PATH_MAX + 1];
-    char mail_params[MAIL_PARAMS_MAX]; /* kept with the envelope, passed on by the worker */
-    char **rcpts;                      /* each "address\0DSN parameters" in one allocation */
-    unsigned n_rcpts;
-    bool in_data;
-    bool chunking;      /* the body comes in BDAT chunks (RFC 3030) */
-    bool chunk_pending; /* a BDAT command's octets are being read */
-    bool chunk_last;    /* ... and they end the message */
-    bool chunk_discard; /* ... and are dropped: the BDAT was refused */
-    size_t chunk_left;  /* octets of the chunk still to come */
-    proto_data_t data;
-    buf_t body;
-    char mid[33];
-};
-
 /* ---- output ---- */
 
-static void reply(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void reply(session_t *s, const char *fmt, ...)
+void session_reply(session_t *s, const char *fmt, ...)
 {
     char line[1024];
     va_list ap;
@@ -92,8 +41,6 @@ struct write_req {
 };
 
 static void session_close(session_t *s);
-static void process(session_t *s);
-static void session_maybe_free(session_t *s);
 
 static void on_written(uv_write_t *req, int status)
 {
@@ -104,7 +51,7 @@ static void on_written(uv_write_t *req, int status)
     if (status < 0 || (s->quitting && s->writes_pending == 0 && !s->busy))
         session_close(s);
     else if (!s->closed && !s->busy && !s->reading)
-        process(s); /* resume reading */
+        session_process(s); /* resume reading */
 }
 
 static void write_bytes(session_t *s, const char *data, size_t len)
@@ -215,7 +162,7 @@ static bool check_none(session_t *s, const proto_command_t *cmd)
 static bool check_no_args(session_t *s, const proto_command_t *cmd)
 {
     if (cmd->args_len == 0) return true;
-    reply(s, "501 5.5.4 Syntax: %s takes no arguments", proto_verb_name(cmd->verb));
+    session_reply(s, "501 5.5.4 Syntax: %s takes no arguments", proto_verb_name(cmd->verb));
     return false;
 }
 
@@ -226,7 +173,7 @@ static bool check_helo(session_t *s, const proto_command_t *cmd)
     bool ok = cmd->args_len > 0 && cmd->args_len < sizeof s->helo;
     for (size_t i = 0; ok && i < cmd->args_len; i++)
         ok = cmd->args[i] > 32 && cmd->args[i] < 127;
-    if (!ok) reply(s, "501 5.5.4 Syntax: %s hostname", proto_verb_name(cmd->verb));
+    if (!ok) session_reply(s, "501 5.5.4 Syntax: %s hostname", proto_verb_name(cmd->verb));
     return ok;
 }
 
@@ -234,11 +181,21 @@ static bool check_mail(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
     if (!s->helo[0]) {
-        reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        session_reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        return false;
+    }
+    /* Submission (RFC 6409 §4.3, RFC 8314): a login first, and that only
+     * under TLS (RFC 3207 §4, RFC 4954 §6). */
+    if (s->kind != LISTENER_RELAY && !s->tls) {
+        session_reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+        return false;
+    }
+    if (s->kind != LISTENER_RELAY && !s->authenticated) {
+        session_reply(s, "530 5.7.0 Authentication required");
         return false;
     }
     if (s->in_mail) {
-        reply(s, "503 5.5.1 Error: nested MAIL command");
+        session_reply(s, "503 5.5.1 Error: nested MAIL command");
         return false;
     }
     return true;
@@ -248,11 +205,11 @@ static bool check_rcpt(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
     if (!s->in_mail) {
-        reply(s, "503 5.5.1 Error: need MAIL command");
+        session_reply(s, "503 5.5.1 Error: need MAIL command");
         return false;
     }
     if (s->n_rcpts >= s->cfg->ingress.max_recipients) {
-        reply(s, "452 4.5.3 Error: too many recipients");
+        session_reply(s, "452 4.5.3 Error: too many recipients");
         return false;
     }
     return true;
@@ -282,11 +239,11 @@ static bool parse_size(const proto_param_t *p, unsigned long long *out)
 static bool transaction_ready(session_t *s)
 {
     if (!s->in_mail) {
-        reply(s, "503 5.5.1 Error: need MAIL command");
+        session_reply(s, "503 5.5.1 Error: need MAIL command");
         return false;
     }
     if (s->n_rcpts == 0) {
-        reply(s, "554 5.5.1 Error: no valid recipients");
+        session_reply(s, "554 5.5.1 Error: no valid recipients");
         return false;
     }
     return true;
@@ -296,7 +253,7 @@ static bool check_data(session_t *s, const proto_command_t *cmd)
 {
     if (!check_no_args(s, cmd)) return false;
     if (s->chunking) { /* RFC 3030 §2: not both in one transaction */
-        reply(s, "503 5.5.1 Error: DATA after BDAT");
+        session_reply(s, "503 5.5.1 Error: DATA after BDAT");
         return false;
     }
     return transaction_ready(s);
@@ -313,12 +270,12 @@ static bool check_bdat(session_t *s, const proto_command_t *cmd)
     unsigned long long size;
     bool last = space && cmd->args_len - digits == 5 && !strncasecmp(space + 1, "LAST", 4);
     if (!parse_number(cmd->args, digits, &size) || (space && !last)) {
-        reply(s, "501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection");
+        session_reply(s, "501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection");
         s->quitting = true;
         return false;
     }
     if (size > s->cfg->ingress.max_message_size - (s->chunking ? s->data.size : 0)) {
-        reply(s, "552 5.3.4 Message size exceeds fixed limit; closing connection");
+        session_reply(s, "552 5.3.4 Message size exceeds fixed limit; closing connection");
         s->quitting = true;
         return false;
     }
@@ -327,7 +284,7 @@ static bool check_bdat(session_t *s, const proto_command_t *cmd)
     s->chunk_last = last;
     s->chunk_discard = true;
     if (!s->esmtp) {
-        reply(s, "503 5.5.1 Error: BDAT needs EHLO");
+        session_reply(s, "503 5.5.1 Error: BDAT needs EHLO");
         return false;
     }
     if (s->in_data || !transaction_ready(s)) return false;
@@ -342,22 +299,23 @@ static bool parse_path(session_t *s, const proto_command_t *cmd, proto_path_t *p
     enum proto_status st = proto_path_parse(cmd->args, cmd->args_len,
                                             mail ? PROTO_REVERSE_PATH : PROTO_FORWARD_PATH, path);
     if (st == PROTO_E_PATH_LENGTH)
-        reply(s, "501 5.1.3 Address too long");
+        session_reply(s, "501 5.1.3 Address too long");
     else if (st == PROTO_E_PARAM)
-        reply(s, "501 5.5.4 Syntax error in parameters");
+        session_reply(s, "501 5.5.4 Syntax error in parameters");
     else if (st != PROTO_OK)
-        reply(s, "501 5.1.%d Bad %s address syntax", mail ? 7 : 3, mail ? "sender" : "recipient");
+        session_reply(s, "501 5.1.%d Bad %s address syntax", mail ? 7 : 3,
+                      mail ? "sender" : "recipient");
     if (st != PROTO_OK) return false;
     if (path->n_params && !s->esmtp) {
-        reply(s, "555 5.5.4 Parameters need EHLO");
+        session_reply(s, "555 5.5.4 Parameters need EHLO");
         return false;
     }
     for (unsigned i = 0; i < path->n_params; i++)
         for (unsigned j = 0; j < i; j++)
             if (path->params[i].key_len == path->params[j].key_len &&
                 !strncasecmp(path->params[i].key, path->params[j].key, path->params[i].key_len)) {
-                reply(s, "501 5.5.4 Duplicate %.*s parameter", (int)path->params[i].key_len,
-                      path->params[i].key);
+                session_reply(s, "501 5.5.4 Duplicate %.*s parameter", (int)path->params[i].key_len,
+                              path->params[i].key);
                 return false;
             }
     return true;
@@ -367,7 +325,7 @@ static bool parse_path(session_t *s, const proto_command_t *cmd, proto_path_t *p
 static bool address_allowed(session_t *s, const proto_path_t *path)
 {
     if (!path->utf8 || s->smtputf8) return true;
-    reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+    session_reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
     return false;
 }
 
@@ -380,18 +338,19 @@ static void proceed_helo(session_t *s, const proto_command_t *cmd)
     s->helo[cmd->args_len] = 0;
     s->esmtp = cmd->verb == PROTO_EHLO;
     if (!s->esmtp) {
-        reply(s, "250 %s", s->cfg->ingress.hostname);
+        session_reply(s, "250 %s", s->cfg->ingress.hostname);
         return;
     }
-    reply(s, "250-%s", s->cfg->ingress.hostname);
-    reply(s, "250-PIPELINING");
-    reply(s, "250-SIZE %zu", s->cfg->ingress.max_message_size);
-    reply(s, "250-8BITMIME");
-    reply(s, "250-SMTPUTF8");
-    reply(s, "250-DSN");
-    reply(s, "250-CHUNKING");
-    if (s->ingress->tls_ctx && !s->tls) reply(s, "250-STARTTLS");
-    reply(s, "250 ENHANCEDSTATUSCODES");
+    session_reply(s, "250-%s", s->cfg->ingress.hostname);
+    session_reply(s, "250-PIPELINING");
+    session_reply(s, "250-SIZE %zu", s->cfg->ingress.max_message_size);
+    session_reply(s, "250-8BITMIME");
+    session_reply(s, "250-SMTPUTF8");
+    session_reply(s, "250-DSN");
+    session_reply(s, "250-CHUNKING");
+    if (s->ingress->tls_ctx && !s->tls) session_reply(s, "250-STARTTLS");
+    auth_advertise(s);
+    session_reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
 static bool param_is(const proto_param_t *p, const char *key)
@@ -419,44 +378,65 @@ static bool mail_param_ok(session_t *s, const proto_param_t *p)
     unsigned long long size;
     if (param_is(p, "SIZE")) {
         if (!parse_size(p, &size)) {
-            reply(s, "501 5.5.4 Bad SIZE parameter");
+            session_reply(s, "501 5.5.4 Bad SIZE parameter");
             return false;
         }
         if (size > s->cfg->ingress.max_message_size) {
-            reply(s, "552 5.3.4 Message size exceeds fixed limit");
+            session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
             return false;
         }
     } else if (param_is(p, "BODY")) {
         if (!value_is(p, "7BIT") && !value_is(p, "8BITMIME")) {
-            reply(s, "501 5.5.4 BODY takes 7BIT or 8BITMIME");
+            session_reply(s, "501 5.5.4 BODY takes 7BIT or 8BITMIME");
             return false;
         }
         s->body_8bit = value_is(p, "8BITMIME");
     } else if (param_is(p, "SMTPUTF8")) {
         if (p->value) {
-            reply(s, "501 5.5.4 SMTPUTF8 takes no value");
+            session_reply(s, "501 5.5.4 SMTPUTF8 takes no value");
             return false;
         }
         s->smtputf8 = true;
     } else if (param_is(p, "RET")) {
         if (!value_is(p, "FULL") && !value_is(p, "HDRS")) {
-            reply(s, "501 5.5.4 RET takes FULL or HDRS");
+            session_reply(s, "501 5.5.4 RET takes FULL or HDRS");
             return false;
         }
         params_add(s->mail_params, sizeof s->mail_params, "RET",
                    value_is(p, "FULL") ? "FULL" : "HDRS", 4);
+    } else if (param_is(p, "AUTH") && s->tls) {
+        /* RFC 4954 §5: who submitted it, as a relay passes it on; we take
+         * nobody's word for that and keep nothing of it. */
+        if (!p->value || (!value_is(p, "<>") && !proto_xtext_valid(p->value, p->value_len))) {
+            session_reply(s, "501 5.5.4 AUTH takes <> or an xtext mailbox");
+            return false;
+        }
     } else if (param_is(p, "ENVID")) {
         if (!p->value || p->value_len > PROTO_ENVID_MAX ||
             !proto_xtext_valid(p->value, p->value_len)) {
-            reply(s, "501 5.5.4 ENVID takes up to 100 octets of xtext");
+            session_reply(s, "501 5.5.4 ENVID takes up to 100 octets of xtext");
             return false;
         }
         params_add(s->mail_params, sizeof s->mail_params, "ENVID", p->value, p->value_len);
     } else {
-        reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
+        session_reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
         return false;
     }
     return true;
+}
+
+/* With sender_login_match, an authenticated session sends only as its
+ * login (the null sender aside, for notifications). */
+static bool sender_owned(session_t *s, const proto_path_t *path)
+{
+    if (!s->authenticated || !s->cfg->ingress.sender_login_match || !path->addr[0] ||
+        !strcasecmp(path->addr, s->login))
+        return true;
+    char safe[LOG_SAFE_MAX];
+    log_info("event=refused reason=sender_login_mismatch client=%s login=%s from=<%s>", s->peer,
+             s->login, log_safe(path->addr, safe));
+    session_reply(s, "553 5.7.1 <%s>: Sender address not owned by user %s", path->addr, s->login);
+    return false;
 }
 
 static void proceed_mail(session_t *s, const proto_command_t *cmd)
@@ -468,7 +448,7 @@ static void proceed_mail(session_t *s, const proto_command_t *cmd)
             transaction_reset(s);
             return;
         }
-    if (!address_allowed(s, &path)) {
+    if (!address_allowed(s, &path) || !sender_owned(s, &path)) {
         transaction_reset(s);
         return;
     }
@@ -476,7 +456,7 @@ static void proceed_mail(session_t *s, const proto_command_t *cmd)
     if (s->smtputf8) params_add(s->mail_params, sizeof s->mail_params, "SMTPUTF8", NULL, 0);
     memcpy(s->sender, path.addr, sizeof s->sender);
     s->in_mail = true;
-    reply(s, "250 2.1.0 Ok");
+    session_reply(s, "250 2.1.0 Ok");
 }
 
 /* Checks RCPT's DSN parameters (RFC 3461 §4.1, §4.2) into their stored form. */
@@ -489,7 +469,8 @@ static bool rcpt_params_ok(session_t *s, const proto_path_t *path, char dsn[RCPT
         if (param_is(p, "NOTIFY") && p->value) notify = proto_dsn_notify(p->value, p->value_len);
         if (param_is(p, "NOTIFY")) {
             if (notify < 0) {
-                reply(s, "501 5.5.4 NOTIFY takes NEVER or a list of SUCCESS, FAILURE, DELAY");
+                session_reply(s,
+                              "501 5.5.4 NOTIFY takes NEVER or a list of SUCCESS, FAILURE, DELAY");
                 return false;
             }
             char words[32] = "";
@@ -501,12 +482,12 @@ static bool rcpt_params_ok(session_t *s, const proto_path_t *path, char dsn[RCPT
             params_add(dsn, RCPT_PARAMS_MAX, "NOTIFY", words, strlen(words));
         } else if (param_is(p, "ORCPT")) {
             if (!p->value || !proto_dsn_orcpt_valid(p->value, p->value_len, s->smtputf8)) {
-                reply(s, "501 5.5.4 ORCPT takes addr-type;xtext");
+                session_reply(s, "501 5.5.4 ORCPT takes addr-type;xtext");
                 return false;
             }
             params_add(dsn, RCPT_PARAMS_MAX, "ORCPT", p->value, p->value_len);
         } else {
-            reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
+            session_reply(s, "555 5.5.4 Unsupported parameter %.*s", (int)p->key_len, p->key);
             return false;
         }
     }
@@ -520,14 +501,14 @@ static const char *rcpt_address(session_t *s, const proto_path_t *path)
 {
     if (path->postmaster) {
         if (s->ingress->postmaster[0]) return s->ingress->postmaster;
-        reply(s, "550 5.1.1 <Postmaster>: no postmaster address is configured here");
+        session_reply(s, "550 5.1.1 <Postmaster>: no postmaster address is configured here");
         return NULL;
     }
-    if (!s->trusted && !domain_is_relay(s->cfg, proto_path_domain(path))) {
+    if (!s->trusted && !s->authenticated && !domain_is_relay(s->cfg, proto_path_domain(path))) {
         char safe[LOG_SAFE_MAX];
         log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer,
                  log_safe(path->addr, safe));
-        reply(s, "554 5.7.1 <%s>: Relay access denied", path->addr);
+        session_reply(s, "554 5.7.1 <%s>: Relay access denied", path->addr);
         return NULL;
     }
     return path->addr;
@@ -543,7 +524,7 @@ static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
     if (!addr) return;
     for (unsigned i = 0; i < s->n_rcpts; i++)
         if (!strcmp(s->rcpts[i], addr)) { /* a duplicate is accepted once */
-            reply(s, "250 2.1.5 Ok");
+            session_reply(s, "250 2.1.5 Ok");
             return;
         }
     size_t addr_len = strlen(addr), dsn_len = strlen(dsn);
@@ -552,21 +533,23 @@ static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
     if (grown) s->rcpts = grown;
     if (!grown || !entry) {
         free(entry);
-        reply(s, "452 4.3.1 Insufficient system resources");
+        session_reply(s, "452 4.3.1 Insufficient system resources");
         return;
     }
     memcpy(entry, addr, addr_len + 1);
     memcpy(entry + addr_len + 1, dsn, dsn_len + 1);
     s->rcpts[s->n_rcpts++] = entry;
-    reply(s, "250 2.1.5 Ok");
+    session_reply(s, "250 2.1.5 Ok");
 }
 
 /* The "with" of a Received: line (RFC 3848, RFC 6531 §3.7.3). */
 static const char *with_protocol(const session_t *s)
 {
+    static const char *const with[2][2][2] = {
+        {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
+        {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
     if (!s->esmtp) return "SMTP";
-    if (s->smtputf8) return s->tls ? "UTF8SMTPS" : "UTF8SMTP";
-    return s->tls ? "ESMTPS" : "ESMTP";
+    return with[s->smtputf8][s->tls != NULL][s->authenticated];
 }
 
 static void start_body(session_t *s)
@@ -581,6 +564,7 @@ static void start_body(session_t *s)
                with_protocol(s), s->mid);
     if (s->n_rcpts == 1) buf_printf(&s->body, "for <%s>; ", s->rcpts[0]);
     buf_printf(&s->body, "%s\r\n", date);
+    s->content_start = s->body.len;
     proto_data_init(&s->data, s->cfg->ingress.max_line_length, s->cfg->ingress.max_message_size);
 }
 
@@ -590,7 +574,7 @@ static void proceed_bdat(session_t *s, const proto_command_t *cmd)
     if (s->chunking) return;
     start_body(s);
     if (!s->body.data) {
-        reply(s, "451 4.3.1 Insufficient system resources");
+        session_reply(s, "451 4.3.1 Insufficient system resources");
         s->chunk_discard = true;
         return;
     }
@@ -603,56 +587,56 @@ static void proceed_data(session_t *s, const proto_command_t *cmd)
     (void)cmd;
     start_body(s);
     if (!s->body.data) {
-        reply(s, "451 4.3.1 Insufficient system resources");
+        session_reply(s, "451 4.3.1 Insufficient system resources");
         return;
     }
     s->in_data = true;
-    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+    session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
 static void proceed_rset(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
     transaction_reset(s);
-    reply(s, "250 2.0.0 Ok");
+    session_reply(s, "250 2.0.0 Ok");
 }
 
 static void proceed_noop(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    reply(s, "250 2.0.0 Ok");
+    session_reply(s, "250 2.0.0 Ok");
 }
 
 static void proceed_quit(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    reply(s, "221 2.0.0 Bye");
+    session_reply(s, "221 2.0.0 Bye");
     s->quitting = true;
 }
 
 static void proceed_help(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY; "
-             "see RFC 5321");
+    session_reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY; "
+                     "see RFC 5321");
 }
 
 /* VRFY would tell a stranger which mailboxes exist (RFC 5321 §3.5.3, §7.3). */
 static void proceed_vrfy(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+    session_reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
 static bool check_starttls(session_t *s, const proto_command_t *cmd)
 {
     if (!check_no_args(s, cmd)) return false;
     if (s->tls) {
-        reply(s, "503 5.5.1 Error: TLS is already active");
+        session_reply(s, "503 5.5.1 Error: TLS is already active");
         return false;
     }
     if (!s->ingress->tls_ctx) {
-        reply(s, "502 5.5.1 STARTTLS is not offered here");
+        session_reply(s, "502 5.5.1 STARTTLS is not offered here");
         return false;
     }
     return true;
@@ -667,10 +651,10 @@ static void proceed_starttls(session_t *s, const proto_command_t *cmd)
     (void)cmd;
     tls_conn_t *tls = tls_server_new(s->ingress->tls_ctx);
     if (!tls) {
-        reply(s, "454 4.7.0 TLS not available due to temporary reason");
+        session_reply(s, "454 4.7.0 TLS not available due to temporary reason");
         return;
     }
-    reply(s, "220 2.0.0 Ready to start TLS");
+    session_reply(s, "220 2.0.0 Ready to start TLS");
     flush(s);
     s->tls = tls;
     if (input_len(s) > 0)
@@ -679,15 +663,15 @@ static void proceed_starttls(session_t *s, const proto_command_t *cmd)
     transaction_reset(s);
     s->helo[0] = 0;
     s->esmtp = false;
+    s->authenticated = false;
 }
 
 /* Commands not in our EHLO reply (RFC 5321 §4.2.4: 502). EXPN would list a
  * mailing list's members and TURN would hand the connection's direction to an
- * unauthenticated peer, so those two stay refused by design; AUTH is not
- * announced by this listener. */
+ * unauthenticated peer, so those two stay refused by design. */
 static void proceed_not_offered(session_t *s, const proto_command_t *cmd)
 {
-    reply(s, "502 5.5.1 %s is not offered here", proto_verb_name(cmd->verb));
+    session_reply(s, "502 5.5.1 %s is not offered here", proto_verb_name(cmd->verb));
 }
 
 static const command_t commands[] = {
@@ -704,7 +688,7 @@ static const command_t commands[] = {
     {PROTO_EXPN, check_none, proceed_not_offered},
     {PROTO_TURN, check_none, proceed_not_offered},
     {PROTO_STARTTLS, check_starttls, proceed_starttls},
-    {PROTO_AUTH, check_none, proceed_not_offered},
+    {PROTO_AUTH, auth_check, auth_proceed},
     {PROTO_BDAT, check_bdat, proceed_bdat},
 };
 
@@ -729,8 +713,8 @@ static bool is_non_smtp(const char *line, size_t len)
 static void refuse_non_smtp(session_t *s)
 {
     log_info("event=refused reason=non_smtp client=%s", s->peer);
-    reply(s, "421 4.7.0 %s Error: not an SMTP command; closing connection",
-          s->cfg->ingress.hostname);
+    session_reply(s, "421 4.7.0 %s Error: not an SMTP command; closing connection",
+                  s->cfg->ingress.hostname);
     s->quitting = true;
 }
 
@@ -742,7 +726,7 @@ static void dispatch(session_t *s, const char *line, size_t len)
         return;
     }
     if (proto_command_parse(line, len, &cmd) != PROTO_OK) {
-        reply(s, "501 5.5.2 Syntax error");
+        session_reply(s, "501 5.5.2 Syntax error");
         return;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
@@ -750,7 +734,7 @@ static void dispatch(session_t *s, const char *line, size_t len)
         if (commands[i].check(s, &cmd)) commands[i].proceed(s, &cmd);
         return;
     }
-    reply(s, "500 5.5.2 Error: command not recognized");
+    session_reply(s, "500 5.5.2 Error: command not recognized");
 }
 
 /* ---- committing a message ---- */
@@ -769,13 +753,38 @@ static void on_enqueued(int status, const char *err, void *arg)
         char safe[LOG_SAFE_MAX];
         log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", s->mid, s->peer,
                  log_safe(s->sender, safe), s->n_rcpts, s->body.len);
-        reply(s, "250 2.0.0 Ok: queued as %s", s->mid);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", s->mid);
     } else {
         log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\"", s->mid, s->peer, err);
-        reply(s, "451 4.3.0 Error: queue file write error, try again later");
+        session_reply(s, "451 4.3.0 Error: queue file write error, try again later");
     }
     transaction_reset(s);
-    process(s);
+    session_process(s);
+}
+
+/* RFC 6409 §8.2, §8.3: a submission server may add Date and Message-ID
+ * when the client left them out; the fields go after our Received: line,
+ * nothing else of the message is touched. */
+static int complete_header(session_t *s)
+{
+    const char *content = s->body.data + s->content_start;
+    size_t len = s->body.len - s->content_start;
+    char added[400] = "", date[64];
+    if (!proto_header_has(content, len, "Date")) {
+        util_rfc5322_date(date, sizeof date);
+        snprintf(added, sizeof added, "Date: %s\r\n", date);
+    }
+    if (!proto_header_has(content, len, "Message-ID"))
+        snprintf(added + strlen(added), sizeof added - strlen(added), "Message-ID: <%s@%s>\r\n",
+                 s->mid, s->cfg->ingress.hostname);
+    size_t n = strlen(added);
+    if (n == 0) return 0;
+    if (buf_reserve(&s->body, n) < 0) return -1;
+    char *at = s->body.data + s->content_start;
+    memmove(at + n, at, len);
+    memcpy(at, added, n);
+    s->body.len += n;
+    return 0;
 }
 
 static void commit_message(session_t *s)
@@ -783,8 +792,9 @@ static void commit_message(session_t *s)
     queue_message_t m;
     char info[400];
     const char **dsn = calloc(s->n_rcpts, sizeof *dsn);
-    if (!dsn) {
-        reply(s, "451 4.3.1 Insufficient system resources");
+    if (!dsn || (s->authenticated && complete_header(s) < 0)) {
+        free(dsn);
+        session_reply(s, "451 4.3.1 Insufficient system resources");
         transaction_reset(s);
         return;
     }
@@ -815,14 +825,14 @@ static void refuse_content(session_t *s)
         return;
     case PROTO_DATA_BARE_LF:
     case PROTO_DATA_BARE_CR:
-        reply(s, "550 5.6.0 Message refused: bare <CR> or <LF> in message data");
+        session_reply(s, "550 5.6.0 Message refused: bare <CR> or <LF> in message data");
         break;
     case PROTO_DATA_LONG_LINE:
-        reply(s, "550 5.6.0 Message refused: line longer than %u octets",
-              s->cfg->ingress.max_line_length);
+        session_reply(s, "550 5.6.0 Message refused: line longer than %u octets",
+                      s->cfg->ingress.max_line_length);
         break;
     case PROTO_DATA_TOO_BIG:
-        reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
         break;
     }
     log_info("event=refused reason=data_error error=%d client=%s", (int)s->data.error, s->peer);
@@ -844,7 +854,7 @@ static bool consume_chunk(session_t *s)
     size_t n = input_len(s) < s->chunk_left ? input_len(s) : s->chunk_left;
     if (!s->chunk_discard) {
         if (buf_reserve(&s->body, n) < 0) {
-            reply(s, "451 4.3.1 Insufficient system resources");
+            session_reply(s, "451 4.3.1 Insufficient system resources");
             s->quitting = true;
             return false;
         }
@@ -869,14 +879,14 @@ static void finish_chunk(session_t *s)
     else if (s->chunk_last)
         commit_message(s);
     else
-        reply(s, "250 2.0.0 Ok: %zu octets so far", s->data.size);
+        session_reply(s, "250 2.0.0 Ok: %zu octets so far", s->data.size);
 }
 
 /* Decodes what is buffered; returns true when the end of data was reached. */
 static bool consume_data(session_t *s)
 {
     if (buf_reserve(&s->body, input_len(s)) < 0) {
-        reply(s, "451 4.3.1 Insufficient system resources");
+        session_reply(s, "451 4.3.1 Insufficient system resources");
         s->quitting = true;
         return false;
     }
@@ -895,14 +905,16 @@ static void take_line(session_t *s)
     const char *line = input(s);
     const char *lf = memchr(line, '\n', input_len(s));
     size_t max = s->cfg->ingress.max_line_length;
-    if (!lf && !s->skip_line && input_len(s) > 0 && line[0] != '\r' && is_non_smtp(line, 1)) {
+    if (!lf && !s->skip_line && s->auth_step == AUTH_IDLE && input_len(s) > 0 && line[0] != '\r' &&
+        is_non_smtp(line, 1)) {
         refuse_non_smtp(s); /* a TLS ClientHello has no line end to wait for */
         return;
     }
     if (!lf) {
         if (input_len(s) > max) { /* keep nothing of an over-long line */
-            if (!s->skip_line) reply(s, "500 5.5.2 Error: line too long");
+            if (!s->skip_line) session_reply(s, "500 5.5.2 Error: line too long");
             s->skip_line = true;
+            s->auth_step = AUTH_IDLE; /* the 500 ends an AUTH exchange too */
             s->in_pos = s->in.len;
         }
         return;
@@ -912,9 +924,13 @@ static void take_line(session_t *s)
     if (s->skip_line) {
         s->skip_line = false;
     } else if (len + 1 > max) {
-        reply(s, "500 5.5.2 Error: line too long");
+        session_reply(s, "500 5.5.2 Error: line too long");
+        s->auth_step = AUTH_IDLE;
     } else if (len == 0 || line[len - 1] != '\r') {
-        reply(s, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
+        session_reply(s, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
+        s->auth_step = AUTH_IDLE;
+    } else if (s->auth_step != AUTH_IDLE) {
+        auth_continue(s, line, len - 1);
     } else {
         dispatch(s, line, len - 1); /* line stays valid: compaction waits for the batch's end */
     }
@@ -931,11 +947,11 @@ static void arm_timer(session_t *s)
     uv_timer_start(&s->timer, on_timeout, (uint64_t)secs * 1000, 0);
 }
 
-static void process(session_t *s)
+void session_process(session_t *s)
 {
     while (!s->busy && !s->quitting && !s->closed) {
         if (s->errors >= s->cfg->ingress.max_errors) {
-            reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
+            session_reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
             s->quitting = true;
             break;
         }
@@ -1014,7 +1030,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
         s->eof = true;
         uv_read_stop(stream);
         s->reading = false;
-        process(s);
+        session_process(s);
         return;
     }
     if (n < 0) {
@@ -1027,7 +1043,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
         s->cipher.len += (size_t)n;
         if (!tls_input(s)) return;
     }
-    process(s);
+    session_process(s);
 }
 
 static void on_timeout(uv_timer_t *t)
@@ -1040,7 +1056,7 @@ static void on_timeout(uv_timer_t *t)
         session_close(s);
         return;
     }
-    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->ingress.hostname);
+    session_reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->ingress.hostname);
     flush(s);
     if (s->writes_pending == 0) session_close(s);
 }
@@ -1061,7 +1077,7 @@ static void session_free(session_t *s)
 
 /* Frees a closed session once both handles are closed and no reply from
  * Redis is outstanding (the enqueue callback still points at it). */
-static void session_maybe_free(session_t *s)
+void session_maybe_free(session_t *s)
 {
     if (s->closed && !s->tcp.data && !s->timer.data && !s->busy) session_free(s);
 }
@@ -1092,9 +1108,7 @@ static void session_close(session_t *s)
 
 static bool peer_trusted(const config_t *cfg, const struct sockaddr *sa)
 {
-    for (unsigned i = 0; i < cfg->ingress.n_trusted_networks; i++)
-        if (net_cidr_match(&cfg->ingress.trusted_networks[i], sa)) return true;
-    return false;
+    return config_cidr_list_match(&cfg->ingress.trusted_networks, sa);
 }
 
 /* Open sessions from one address. A scan, not a table: it runs once per
@@ -1108,13 +1122,14 @@ static unsigned sessions_from(const ingress_t *ingress, const char *peer)
     return n;
 }
 
-void session_start(ingress_t *ingress, uv_tcp_t *tcp)
+void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind)
 {
     session_t *s = (session_t *)((char *)tcp - offsetof(session_t, tcp));
     struct sockaddr_storage ss;
     int sslen = sizeof ss;
     s->ingress = ingress;
     s->cfg = ingress->cfg;
+    s->kind = kind;
     s->tcp.data = s;
     uv_timer_init(ingress->loop, &s->timer);
     s->timer.data = s;
@@ -1130,18 +1145,21 @@ void session_start(ingress_t *ingress, uv_tcp_t *tcp)
     log_debug("event=connect client=%s trusted=%d", s->peer, s->trusted);
     if (ingress->n_sessions > s->cfg->ingress.max_connections) {
         log_info("event=refused reason=max_connections client=%s", s->peer);
-        reply(s, "421 4.7.0 %s Error: too many connections", s->cfg->ingress.hostname);
+        session_reply(s, "421 4.7.0 %s Error: too many connections", s->cfg->ingress.hostname);
         s->quitting = true;
     } else if (!s->trusted &&
                sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip) {
         log_info("event=refused reason=max_connections_per_ip client=%s", s->peer);
-        reply(s, "421 4.7.0 %s Error: too many connections from your address",
-              s->cfg->ingress.hostname);
+        session_reply(s, "421 4.7.0 %s Error: too many connections from your address",
+                      s->cfg->ingress.hostname);
         s->quitting = true;
+    } else if (kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx))) {
+        s->quitting = true; /* no memory for TLS: nothing can be said in clear here */
     } else {
-        reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
+        /* With implicit TLS (RFC 8314) this waits in TLS for the handshake. */
+        session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
     }
-    process(s);
+    session_process(s);
 }
 
 uv_tcp_t *session_alloc_handle(void)
@@ -1165,7 +1183,7 @@ void session_shutdown_all(ingress_t *ingress)
             s->quitting = true; /* closes after the reply for its message */
             continue;
         }
-        reply(s, "421 4.3.2 %s Service shutting down", s->cfg->ingress.hostname);
+        session_reply(s, "421 4.3.2 %s Service shutting down", s->cfg->ingress.hostname);
         s->quitting = true;
         flush(s);
         if (s->writes_pending == 0) session_close(s);

@@ -10,14 +10,90 @@
 
 typedef struct session session_t;
 
+/* What a listening port is for (RFC 8314 §3, RFC 6409): relay and MX
+ * traffic, or submission, where a login comes before MAIL. */
+enum listener_kind { LISTENER_RELAY, LISTENER_SUBMISSION, LISTENER_SMTPS, LISTENER_KINDS };
+
+/* Where an AUTH exchange stands between its lines (RFC 4954 §4). */
+enum auth_step { AUTH_IDLE, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASSWORD, AUTH_CRAM };
+
+/* "BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=<100 octets>" and room to spare. */
+#define MAIL_PARAMS_MAX 256
+/* "NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=<500 octets>" */
+#define RCPT_PARAMS_MAX (PROTO_ORCPT_MAX + 48)
+
+struct session {
+    ingress_t *ingress;
+    const config_t *cfg;
+    session_t *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    char peer[64];
+    bool trusted;
+    enum listener_kind kind;
+
+    buf_t in;
+    size_t in_pos; /* in.data[in_pos..len) is not processed yet */
+    buf_t out;
+    tls_conn_t *tls;   /* from STARTTLS on, every byte goes through it */
+    buf_t cipher;      /* ciphertext read, for tls */
+    char tls_info[96]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once the handshake is done */
+    unsigned writes_pending;
+    bool reading;
+    bool busy;      /* waiting for the queue */
+    bool quitting;  /* close once the output is written */
+    bool closed;    /* handle closing; free when not busy */
+    bool skip_line; /* discarding the rest of an over-long command line */
+    bool eof;       /* the client half-closed: answer what it sent, then close */
+    unsigned errors;
+
+    enum auth_step auth_step;
+    char login[256];     /* the authenticated user, or the one logging in */
+    char challenge[300]; /* CRAM-MD5's: "<nonce@hostname>" */
+    bool authenticated;
+
+    char helo[256];
+    bool esmtp;
+    bool in_mail;
+    bool body_8bit; /* BODY=8BITMIME */
+    bool smtputf8;  /* MAIL ... SMTPUTF8: UTF-8 addresses and headers allowed */
+    char sender[PROTO_PATH_MAX + 1];
+    char mail_params[MAIL_PARAMS_MAX]; /* kept with the envelope, passed on by the worker */
+    char **rcpts;                      /* each "address\0DSN parameters" in one allocation */
+    unsigned n_rcpts;
+    bool in_data;
+    bool chunking;      /* the body comes in BDAT chunks (RFC 3030) */
+    bool chunk_pending; /* a BDAT command's octets are being read */
+    bool chunk_last;    /* ... and they end the message */
+    bool chunk_discard; /* ... and are dropped: the BDAT was refused */
+    size_t chunk_left;  /* octets of the chunk still to come */
+    proto_data_t data;
+    buf_t body;
+    size_t content_start; /* where the client's content begins in body, after Received: */
+    char mid[33];
+};
+
+/* Queues a reply line (CRLF added); a 4xx or 5xx counts as an error. */
+void session_reply(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Works through the buffered input as far as it can, then writes the
+ * replies and decides whether to read on. */
+void session_process(session_t *s);
+/* Frees a closed session once nothing (a handle, a Redis reply, a worker
+ * thread) still refers to it. */
+void session_maybe_free(session_t *s);
+
 struct ingress {
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
     char postmaster[PROTO_PATH_MAX + 1]; /* where <Postmaster> goes; "" when nowhere */
     SSL_CTX *tls_ctx;                    /* NULL: no certificate configured, no STARTTLS */
-    uv_tcp_t listener;
-    bool listening;
+    struct listener {
+        uv_tcp_t tcp;
+        ingress_t *ingress;
+        enum listener_kind kind;
+    } listeners[LISTENER_KINDS];
+    unsigned listeners_open;
     bool stopping;
     unsigned n_sessions;
     session_t *sessions; /* doubly linked, for shutdown */
@@ -28,12 +104,24 @@ struct ingress {
 /* A session is allocated around its tcp handle before the accept. */
 uv_tcp_t *session_alloc_handle(void);
 void session_discard_handle(uv_tcp_t *tcp);
-/* Takes over an accepted connection and greets it. */
-void session_start(ingress_t *ingress, uv_tcp_t *tcp);
+/* Takes over an accepted connection and greets it (after the TLS
+ * handshake, on an implicit-TLS listener). */
+void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind);
 /* Ends every session (shutdown): each idle one gets 421 now, a busy one right
  * after the reply for the message it is committing. */
 void session_shutdown_all(ingress_t *ingress);
 /* Called by a session when its handle is closed and it has been freed. */
 void ingress_session_gone(ingress_t *ingress);
+
+/* ---- AUTH (auth.c) ---- */
+
+/* Checks [ingress] auth_mechanisms. */
+int auth_check_config(const config_t *cfg, char *err, size_t errlen);
+/* The EHLO line for AUTH, when the session may log in now. */
+void auth_advertise(session_t *s);
+bool auth_check(session_t *s, const proto_command_t *cmd);
+void auth_proceed(session_t *s, const proto_command_t *cmd);
+/* A line that answers a 334 challenge. */
+void auth_continue(session_t *s, const char *line, size_t len);
 
 #endif

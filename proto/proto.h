@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 enum proto_status {
     PROTO_OK = 0,
@@ -111,6 +112,25 @@ bool proto_dsn_orcpt_valid(const char *p, size_t len, bool utf8);
  * finds KEY (case-insensitive). Returns false when absent; otherwise copies
  * its value ("" for a bare keyword) into out, cut to outlen - 1 octets. */
 bool proto_param_find(const char *list, const char *key, char *out, size_t outlen);
+
+/* ---- the PROXY protocol (HAProxy, v1 and v2) ---- */
+
+typedef struct proto_proxy {
+    bool local;       /* LOCAL, UNKNOWN or UNSPEC: the connection's own address stands */
+    int family;       /* 4 or 6 */
+    uint8_t addr[16]; /* the client's address, network order */
+    uint16_t port;
+} proto_proxy_t;
+
+/* Reads a PROXY header at the start of in. Returns its length once all of
+ * it is there, 0 while more is needed, -1 when this is no valid header. */
+long proto_proxy_parse(const char *in, size_t len, proto_proxy_t *out);
+
+/* ---- header fields (RFC 5322) ---- */
+
+/* Whether the header section of msg (up to its first empty line) has a field
+ * called name (case-insensitive, "Message-ID"). */
+bool proto_header_has(const char *msg, size_t len, const char *name);
 
 /* ---- the DATA decoder ---- */
 

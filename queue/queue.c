@@ -1,8 +1,6 @@
 /* The queue's C API: builds the keys and arguments of each Redis function call
  * and turns replies back into C. The logic itself lives in functions/sealpost.lua. */
-#include "queue/queue.h"
-
-#include "queue/redis.h"
+#include "queue/internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,17 +11,6 @@ extern const size_t queue_functions_lua_len;
 
 #define WAKE_CHANNEL "sealpost:wake"
 #define KEY_MAX      320
-
-struct queue {
-    uv_loop_t *loop;
-    net_hostport_t redis;
-    unsigned timeout_ms;
-    unsigned shards;
-    rconn_t *conn;
-    rconn_t *watch_conn;
-    void (*on_wake)(uint32_t shard, void *arg);
-    void *on_wake_arg;
-};
 
 typedef char key_t_[KEY_MAX];
 
@@ -108,20 +95,6 @@ static void shard_key(key_t_ out, unsigned shard, const char *suffix)
 
 /* ---- calls ---- */
 
-/* A call in flight: argv storage plus the caller's callback. */
-struct call {
-    queue_t *q;
-    void (*done)(struct call *call, redisReply *reply, const char *err);
-    union {
-        queue_status_cb status;
-        queue_claim_cb claim;
-        queue_fetch_cb fetch;
-    } cb;
-    void *arg;
-    unsigned shard;
-    queue_claimed_t claimed;
-};
-
 static void on_call_reply(redisReply *reply, const char *err, void *arg)
 {
     struct call *call = arg;
@@ -133,9 +106,8 @@ static void on_call_reply(redisReply *reply, const char *err, void *arg)
     free(call);
 }
 
-/* FCALL name numkeys keys... args... */
-static int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,
-                 int nargs, const char **args, const size_t *arg_lens)
+int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,
+          int nargs, const char **args, const size_t *arg_lens)
 {
     int argc = 3 + nkeys + nargs;
     const char **argv = calloc((size_t)argc, sizeof *argv);
@@ -163,7 +135,7 @@ static int fcall(struct call *call, const char *name, bool read_only, int nkeys,
     return rc;
 }
 
-static struct call *call_new(queue_t *q, void *arg)
+struct call *call_new(queue_t *q, void *arg)
 {
     struct call *call = calloc(1, sizeof *call);
     if (call) {
@@ -173,8 +145,7 @@ static struct call *call_new(queue_t *q, void *arg)
     return call;
 }
 
-/* Replies that are a status word: "ok", "duplicate", "done", "deferred", or "stale". */
-static void on_status_reply(struct call *call, redisReply *reply, const char *err)
+void on_status_reply(struct call *call, redisReply *reply, const char *err)
 {
     if (!reply) {
         call->cb.status(-1, err, call->arg);
@@ -185,6 +156,16 @@ static void on_status_reply(struct call *call, redisReply *reply, const char *er
         call->cb.status(-1, reply->type == REDIS_REPLY_STRING ? reply->str : "unexpected reply",
                         call->arg);
     }
+}
+
+int fcall_status(queue_t *q, const char *name, int nkeys, const char **keys, int nargs,
+                 const char **args, const size_t *arg_lens, queue_status_cb cb, void *arg)
+{
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_status_reply;
+    call->cb.status = cb;
+    return fcall(call, name, false, nkeys, keys, nargs, args, arg_lens);
 }
 
 /* ---- enqueue ---- */
@@ -476,11 +457,7 @@ int queue_forget(queue_t *q, unsigned shard, const queue_claimed_t *claimed, que
     char token[32];
     snprintf(token, sizeof token, "%lld", claimed->token);
     const char *args[] = {claimed->jid, token};
-    struct call *call = call_new(q, arg);
-    if (!call) return -1;
-    call->done = on_status_reply;
-    call->cb.status = cb;
-    return fcall(call, "forget", false, 4, keys, 2, args, NULL);
+    return fcall_status(q, "forget", 4, keys, 2, args, NULL, cb, arg);
 }
 
 int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
@@ -495,11 +472,7 @@ int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_st
     snprintf(token, sizeof token, "%lld", job->token);
     snprintf(lease, sizeof lease, "%u", lease_ms);
     const char *args[] = {job->jid, token, lease};
-    struct call *call = call_new(q, arg);
-    if (!call) return -1;
-    call->done = on_status_reply;
-    call->cb.status = cb;
-    return fcall(call, "extend", false, 3, keys, 3, args, NULL);
+    return fcall_status(q, "extend", 3, keys, 3, args, NULL, cb, arg);
 }
 
 void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
@@ -570,13 +543,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
     for (int i = 0; i < nargs; i++)
         lens[i] = strlen(args[i]);
     if (bounce) lens[9] = bounce->body_len;
-    int rc = -1;
-    struct call *call = call_new(q, arg);
-    if (call) {
-        call->done = on_status_reply;
-        call->cb.status = cb;
-        rc = fcall(call, "complete", false, nkeys, keys, nargs, args, lens);
-    }
+    int rc = fcall_status(q, "complete", nkeys, keys, nargs, args, lens, cb, arg);
     buf_free(&list);
     return rc;
 }

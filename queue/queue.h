@@ -117,6 +117,37 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
                    unsigned delay_ms, const char *error, const queue_bounce_t *bounce,
                    queue_status_cb cb, void *arg);
 
+/* ---- SMTP users, the same for every ingress node ---- */
+
+typedef struct queue_user {
+    char hash[128];     /* argon2id string; "" when there is no such user */
+    char cram[256];     /* the CRAM-MD5 secret; "" when the user has none */
+    long long failures; /* failed logins from the client in the current window */
+} queue_user_t;
+
+typedef void (*queue_user_cb)(int status, const char *err, const queue_user_t *user, void *arg);
+/* What a login by name from client (an address) needs, in one read. */
+int queue_user_lookup(queue_t *q, const char *name, const char *client, queue_user_cb cb,
+                      void *arg);
+/* Counts a failed login from client; the count lasts window_s from the first. */
+int queue_auth_failed(queue_t *q, const char *client, unsigned window_s, queue_status_cb cb,
+                      void *arg);
+
+/* ---- administration: blocking calls, for the command line ---- */
+
+typedef struct queue_admin queue_admin_t;
+
+queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
+                                size_t errlen);
+void queue_admin_close(queue_admin_t *a);
+/* Adds or replaces a user; cram NULL removes any CRAM-MD5 secret. */
+int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
+                         char *err, size_t errlen);
+/* 1 when the user was there, 0 when not, -1 on error. */
+int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen);
+/* One line per user, sorted: "name" and " cram-md5" when it has that secret. */
+int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
+
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */
 int queue_watch(queue_t *q, void (*on_wake)(uint32_t shard, void *arg), void *arg);

@@ -15,6 +15,10 @@ Keys of shard T = {mq:<s>}:
   T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error
   T:st    hash  counters
   T:dom   hash  domain -> queued jobs
+
+SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
+  {sealpost:auth}:users  hash name -> argon2id;  :cram  hash name -> CRAM-MD5 secret
+  {sealpost:auth}:fail:<client address>  failed logins, expiring with the window
 ]]
 
 local WAKE_CHANNEL = 'sealpost:wake'
@@ -160,9 +164,28 @@ local function complete(keys, args)
   return 'done'
 end
 
+-- KEYS: users, cram, fails.  ARGV: name
+-- Returns {argon2id hash or '', CRAM-MD5 secret or '', failures of the client}
+local function auth_lookup(keys, args)
+  return {redis.call('HGET', keys[1], args[1]) or '', redis.call('HGET', keys[2], args[1]) or '',
+          tonumber(redis.call('GET', keys[3]) or '0')}
+end
+
+-- KEYS: fails.  ARGV: window_s
+-- A fixed window from the first failure: the count expires with it.
+local function auth_failed(keys, args)
+  if redis.call('INCR', keys[1]) == 1 then
+    redis.call('EXPIRE', keys[1], tonumber(args[1]))
+  end
+  return 'ok'
+end
+
 redis.register_function('enqueue', enqueue)
 redis.register_function('claim', claim)
 redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-writes'}}
 redis.register_function('extend', extend)
 redis.register_function('forget', forget)
 redis.register_function('complete', complete)
+redis.register_function{function_name = 'auth_lookup', callback = auth_lookup,
+                        flags = {'no-writes'}}
+redis.register_function('auth_failed', auth_failed)

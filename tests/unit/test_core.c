@@ -569,7 +569,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.ingress.max_recipients, 1000);
     assert_int_equal(cfg.ingress.max_line_length, 1000);
     assert_int_equal(cfg.ingress.n_relay_domains, 0);
-    assert_int_equal(cfg.ingress.n_trusted_networks, 2);
+    assert_int_equal(cfg.ingress.trusted_networks.n, 2);
     assert_int_equal(cfg.worker.relayhost.host[0], 0);
     assert_int_equal(cfg.up.redis_port, 6380);
     assert_int_equal(cfg.log.level, LOG_INFO);
@@ -614,9 +614,9 @@ static void test_config_good_file(void **state)
     assert_int_equal(cfg.ingress.n_relay_domains, 2);
     assert_string_equal(cfg.ingress.relay_domains[0], "example.test");
     assert_string_equal(cfg.ingress.relay_domains[1], "other.test");
-    assert_int_equal(cfg.ingress.n_trusted_networks, 3); /* the list replaces the default */
-    assert_int_equal(cfg.ingress.trusted_networks[0].prefix, 8);
-    assert_int_equal(cfg.ingress.trusted_networks[2].family, AF_INET6);
+    assert_int_equal(cfg.ingress.trusted_networks.n, 3); /* the list replaces the default */
+    assert_int_equal(cfg.ingress.trusted_networks.items[0].prefix, 8);
+    assert_int_equal(cfg.ingress.trusted_networks.items[2].family, AF_INET6);
     assert_int_equal(cfg.worker.concurrency, 4);
     assert_string_equal(cfg.worker.helo_name, "mx.example.test"); /* defaults to hostname */
     assert_string_equal(cfg.worker.relayhost.host, "smarthost.test");

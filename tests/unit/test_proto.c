@@ -166,6 +166,94 @@ static void test_path_postmaster(void **state)
     assert_string_equal(p.addr, "postmaster@example.test");
 }
 
+static bool has(const char *msg, const char *name)
+{
+    return proto_header_has(msg, strlen(msg), name);
+}
+
+static void test_header_has(void **state)
+{
+    (void)state;
+    const char *msg = "Subject: hi\r\nmessage-id: <a@b>\r\nX-Long: one\r\n two: not a field\r\n"
+                      "Date : Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nFrom: in the body\r\n";
+    assert_true(has(msg, "Message-ID"));
+    assert_true(has(msg, "subject"));
+    assert_true(has(msg, "Date"));  /* obsolete white space before the colon */
+    assert_false(has(msg, "two"));  /* a continuation line is no field */
+    assert_false(has(msg, "From")); /* the body is not the header */
+    assert_false(has(msg, "Message"));
+    assert_false(has("", "Date"));
+    assert_false(has("\r\nDate: x\r\n", "Date"));
+    assert_true(has("Date: no line end", "Date"));
+}
+
+/* ------------------------------------------------------------------- PROXY */
+
+static void test_proxy_v1(void **state)
+{
+    (void)state;
+    proto_proxy_t p;
+    const char v4[] = "PROXY TCP4 203.0.113.7 192.0.2.1 40000 25\r\nEHLO x\r\n";
+    assert_int_equal(proto_proxy_parse(LIT(v4), &p), 43);
+    assert_false(p.local);
+    assert_int_equal(p.family, 4);
+    assert_memory_equal(p.addr, "\xcb\x00\x71\x07", 4);
+    assert_int_equal(p.port, 40000);
+    const char v6[] = "PROXY TCP6 2001:db8::1 2001:db8::2 1 587\r\n";
+    assert_int_equal(proto_proxy_parse(LIT(v6), &p), (long)sizeof v6 - 1);
+    assert_int_equal(p.family, 6);
+    assert_int_equal(p.addr[0], 0x20);
+    assert_int_equal(p.addr[15], 1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN\r\n"), &p), 15);
+    assert_true(p.local);
+    /* incomplete: wait */
+    assert_int_equal(proto_proxy_parse(LIT("PROX"), &p), 0);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4"), &p), 0);
+    /* malformed */
+    assert_int_equal(proto_proxy_parse(LIT("EHLO client\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 70000\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"), &p), -1);
+    char long_line[200];
+    memset(long_line, '1', sizeof long_line);
+    memcpy(long_line, "PROXY ", 6);
+    assert_int_equal(proto_proxy_parse(long_line, sizeof long_line, &p), -1);
+}
+
+static void test_proxy_v2(void **state)
+{
+    (void)state;
+    proto_proxy_t p;
+    unsigned char h[64] = "\r\n\r\n\0\r\nQUIT\n";
+    h[12] = 0x21; /* v2, PROXY */
+    h[13] = 0x11; /* TCP over IPv4 */
+    h[14] = 0;
+    h[15] = 12 + 3;                        /* addresses and one 3-octet TLV */
+    memcpy(h + 16, "\xc6\x33\x64\x09", 4); /* 198.51.100.9 */
+    memcpy(h + 20, "\x7f\x00\x00\x01", 4);
+    h[24] = 0x30, h[25] = 0x39; /* 12345 */
+    h[26] = 0, h[27] = 25;
+    h[28] = 0x04, h[29] = 0, h[30] = 0; /* a NOOP TLV */
+    assert_int_equal(proto_proxy_parse((const char *)h, 31, &p), 31);
+    assert_int_equal(p.family, 4);
+    assert_memory_equal(p.addr, "\xc6\x33\x64\x09", 4);
+    assert_int_equal(p.port, 12345);
+    for (size_t n = 0; n < 31; n++) /* any prefix: wait for more */
+        assert_int_equal(proto_proxy_parse((const char *)h, n, &p), 0);
+    h[12] = 0x20; /* LOCAL */
+    assert_int_equal(proto_proxy_parse((const char *)h, 31, &p), 31);
+    assert_true(p.local);
+    h[12] = 0x21;
+    h[13] = 0x12; /* UDP over IPv4 */
+    assert_int_equal(proto_proxy_parse((const char *)h, 31, &p), -1);
+    h[13] = 0x21; /* IPv6 needs 36 octets of addresses */
+    assert_int_equal(proto_proxy_parse((const char *)h, 31, &p), -1);
+    h[12] = 0x11; /* version 1 in a v2 header */
+    assert_int_equal(proto_proxy_parse((const char *)h, 31, &p), -1);
+}
+
 /* --------------------------------------------------------------------- DSN */
 
 static bool xtext(const char *s)
@@ -1073,6 +1161,9 @@ int main(void)
         cmocka_unit_test(test_dsn_notify),
         cmocka_unit_test(test_dsn_orcpt),
         cmocka_unit_test(test_param_find),
+        cmocka_unit_test(test_header_has),
+        cmocka_unit_test(test_proxy_v1),
+        cmocka_unit_test(test_proxy_v2),
         cmocka_unit_test(test_chunk_content_is_literal),
         cmocka_unit_test(test_chunk_line_rules),
     };

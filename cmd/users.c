@@ -1,0 +1,147 @@
+/* sealpost users add|delete|list: the SMTP AUTH users every ingress node
+ * reads from Redis. A password comes from standard input, never from the
+ * command line, where other users of the machine could read it. */
+#include "cmd/cmd.h"
+#include "crypto/crypto.h"
+#include "queue/queue.h"
+
+#include <getopt.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: sealpost users add NAME [--cram-md5] [-c FILE]   (password on standard input)\n"
+    "       sealpost users delete NAME [-c FILE]\n"
+    "       sealpost users list [-c FILE]\n"
+    "\n"
+    "NAME is the login, usually the user's address. --cram-md5 also stores the\n"
+    "password itself, which CRAM-MD5 needs on the server: only with that mechanism on.\n";
+
+#define PASSWORD_MAX 1024
+
+/* One line from stdin, without echo when it is a terminal. */
+static int read_password(char *out, size_t size)
+{
+    struct termios old, quiet;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+    if (tty) {
+        fputs("Password: ", stderr);
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    char *got = fgets(out, (int)size, stdin);
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+        fputc('\n', stderr);
+    }
+    if (!got) return -1;
+    out[strcspn(out, "\r\n")] = 0;
+    return out[0] ? 0 : -1;
+}
+
+/* A login name: printable ASCII without spaces, as it travels in AUTH. */
+static bool valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 255) return false;
+    for (const char *p = name; *p; p++)
+        if (*p <= 32 || *p >= 127) return false;
+    return true;
+}
+
+static int add_user(queue_admin_t *a, const char *name, bool cram)
+{
+    char password[PASSWORD_MAX], hash[PASSWORD_HASH_MAX], err[600];
+    if (read_password(password, sizeof password) < 0) {
+        fprintf(stderr, "sealpost: no password on standard input\n");
+        return 1;
+    }
+    size_t len = strlen(password);
+    int rc = password_hash(password, len, hash) == 0 ? 0 : -1;
+    if (rc < 0)
+        snprintf(err, sizeof err, "cannot hash the password (out of memory?)");
+    else
+        rc = queue_admin_user_set(a, name, hash, cram ? password : NULL, err, sizeof err);
+    sodium_memzero(password, sizeof password);
+    if (rc < 0) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        return 1;
+    }
+    printf("user %s saved%s\n", name, cram ? " (with a CRAM-MD5 secret)" : "");
+    return 0;
+}
+
+int cmd_users(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"cram-md5", no_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    bool cram = false;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        if (opt == 'c')
+            path = optarg;
+        else if (opt == 'm')
+            cram = true;
+        else {
+            fputs(usage, opt == 'h' ? stdout : stderr);
+            return opt == 'h' ? 0 : 2;
+        }
+    }
+    const char *action = optind < argc ? argv[optind] : "";
+    const char *name = optind + 1 < argc ? argv[optind + 1] : NULL;
+    bool wants_name = !strcmp(action, "add") || !strcmp(action, "delete");
+    bool known = wants_name || !strcmp(action, "list");
+    if (!known || (wants_name != (name != NULL)) || optind + 1 + wants_name != argc ||
+        (cram && strcmp(action, "add"))) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (name && !valid_name(name)) {
+        fprintf(stderr, "sealpost: '%s' is not a login name (printable, no spaces)\n", name);
+        return 2;
+    }
+    config_t cfg;
+    char err[600];
+    if (config_load(&cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: configuration error: %s\n", err);
+        return 2;
+    }
+    net_hostport_t redis;
+    config_redis_address(&cfg, &redis);
+    queue_admin_t *a = queue_admin_open(&redis, cfg.redis.timeout_ms, err, sizeof err);
+    if (!a) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        return 1;
+    }
+    int rc = 0;
+    if (!strcmp(action, "add")) {
+        rc = add_user(a, name, cram);
+    } else if (!strcmp(action, "delete")) {
+        int found = queue_admin_user_delete(a, name, err, sizeof err);
+        if (found < 0) fprintf(stderr, "sealpost: %s\n", err);
+        if (found == 0) fprintf(stderr, "sealpost: no user %s\n", name);
+        if (found > 0) printf("user %s deleted\n", name);
+        rc = found > 0 ? 0 : 1;
+    } else {
+        buf_t out;
+        buf_init(&out);
+        rc = queue_admin_user_list(a, &out, err, sizeof err) < 0 ? 1 : 0;
+        if (rc)
+            fprintf(stderr, "sealpost: %s\n", err);
+        else
+            fwrite(out.data ? out.data : "", 1, out.len, stdout);
+        buf_free(&out);
+    }
+    queue_admin_close(a);
+    return rc;
+}

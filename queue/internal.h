@@ -1,0 +1,46 @@
+/* Private to queue/: what the files of the queue library share. */
+#ifndef SEALPOST_QUEUE_INTERNAL_H
+#define SEALPOST_QUEUE_INTERNAL_H
+
+#include "queue/queue.h"
+#include "queue/redis.h"
+
+struct queue {
+    uv_loop_t *loop;
+    net_hostport_t redis;
+    unsigned timeout_ms;
+    unsigned shards;
+    rconn_t *conn;
+    rconn_t *watch_conn;
+    void (*on_wake)(uint32_t shard, void *arg);
+    void *on_wake_arg;
+};
+
+/* A call in flight: argv storage plus the caller's callback. */
+struct call {
+    queue_t *q;
+    void (*done)(struct call *call, redisReply *reply, const char *err);
+    union {
+        queue_status_cb status;
+        queue_claim_cb claim;
+        queue_fetch_cb fetch;
+        queue_user_cb user;
+    } cb;
+    void *arg;
+    unsigned shard;
+    queue_claimed_t claimed;
+};
+
+struct call *call_new(queue_t *q, void *arg);
+/* FCALL (or FCALL_RO) name numkeys keys... args...; takes call, and frees it
+ * on failure (-1). arg_lens may be NULL for NUL-terminated args. */
+int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,
+          int nargs, const char **args, const size_t *arg_lens);
+/* For replies that are a status word: "ok", "duplicate", "done", "deferred",
+ * or "stale" (an error). */
+void on_status_reply(struct call *call, redisReply *reply, const char *err);
+/* A write call whose reply is a status word, for cb. */
+int fcall_status(queue_t *q, const char *name, int nkeys, const char **keys, int nargs,
+                 const char **args, const size_t *arg_lens, queue_status_cb cb, void *arg);
+
+#endif

@@ -1,0 +1,181 @@
+/* SMTP users in Redis, so every stateless ingress node sees the same ones.
+ * All keys share the hash tag {sealpost:auth}, so a lookup (the user's
+ * hashes and the client's failure count) is one call in one slot, on one
+ * Redis or on Redis Cluster alike:
+ *   {sealpost:auth}:users        hash  name -> argon2id string
+ *   {sealpost:auth}:cram         hash  name -> CRAM-MD5 secret (only when enabled)
+ *   {sealpost:auth}:fail:<addr>  string, failed logins, expiring with the window */
+#include "queue/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define USERS_KEY "{sealpost:auth}:users"
+#define CRAM_KEY  "{sealpost:auth}:cram"
+
+static void fail_key(char out[200], const char *client)
+{
+    snprintf(out, 200, "{sealpost:auth}:fail:%s", client);
+}
+
+/* Copies a string reply into a bounded field; false when it does not fit. */
+static bool copy_field(const redisReply *r, char *out, size_t size)
+{
+    if (r->type != REDIS_REPLY_STRING || r->len >= size) return false;
+    memcpy(out, r->str, r->len);
+    out[r->len] = 0;
+    return true;
+}
+
+static void on_user_reply(struct call *call, redisReply *reply, const char *err)
+{
+    queue_user_t user = {0};
+    if (!reply) {
+        call->cb.user(-1, err, NULL, call->arg);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        !copy_field(reply->element[0], user.hash, sizeof user.hash) ||
+        !copy_field(reply->element[1], user.cram, sizeof user.cram) ||
+        reply->element[2]->type != REDIS_REPLY_INTEGER) {
+        call->cb.user(-1, "unexpected reply", NULL, call->arg);
+        return;
+    }
+    user.failures = reply->element[2]->integer;
+    call->cb.user(0, NULL, &user, call->arg);
+}
+
+int queue_user_lookup(queue_t *q, const char *name, const char *client, queue_user_cb cb, void *arg)
+{
+    char fails[200];
+    fail_key(fails, client);
+    const char *keys[] = {USERS_KEY, CRAM_KEY, fails};
+    const char *args[] = {name};
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_user_reply;
+    call->cb.user = cb;
+    return fcall(call, "auth_lookup", true, 3, keys, 1, args, NULL);
+}
+
+int queue_auth_failed(queue_t *q, const char *client, unsigned window_s, queue_status_cb cb,
+                      void *arg)
+{
+    char fails[200], window[16];
+    fail_key(fails, client);
+    snprintf(window, sizeof window, "%u", window_s);
+    const char *keys[] = {fails};
+    const char *args[] = {window};
+    return fcall_status(q, "auth_failed", 1, keys, 1, args, NULL, cb, arg);
+}
+
+/* ---- administration ---- */
+
+struct queue_admin {
+    redisContext *ctx;
+};
+
+queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
+                                size_t errlen)
+{
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    redisContext *ctx = redisConnectWithTimeout(redis->host, redis->port, tv);
+    if (!ctx || ctx->err) {
+        snprintf(err, errlen, "cannot reach Redis at %s:%u: %s", redis->host, redis->port,
+                 ctx ? ctx->errstr : "out of memory");
+        redisFree(ctx);
+        return NULL;
+    }
+    redisSetTimeout(ctx, tv);
+    queue_admin_t *a = calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        redisFree(ctx);
+        return NULL;
+    }
+    a->ctx = ctx;
+    return a;
+}
+
+void queue_admin_close(queue_admin_t *a)
+{
+    if (!a) return;
+    redisFree(a->ctx);
+    free(a);
+}
+
+/* Runs one command; the reply, or NULL with err set. */
+static redisReply *command(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
+{
+    redisReply *r = redisCommandArgv(a->ctx, argc, argv, NULL);
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", a->ctx->errstr);
+        return NULL;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+static int run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
+{
+    redisReply *r = command(a, err, errlen, argc, argv);
+    freeReplyObject(r);
+    return r ? 0 : -1;
+}
+
+int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
+                         char *err, size_t errlen)
+{
+    /* MULTI/EXEC: a user is never seen with a new hash and an old secret. */
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *set[] = {"HSET", USERS_KEY, name, hash};
+    const char *set_cram[] = {"HSET", CRAM_KEY, name, cram ? cram : ""};
+    const char *del_cram[] = {"HDEL", CRAM_KEY, name};
+    if (run(a, err, errlen, 1, multi) < 0) return -1;
+    int rc = run(a, err, errlen, 4, set);
+    if (rc == 0) rc = cram ? run(a, err, errlen, 4, set_cram) : run(a, err, errlen, 3, del_cram);
+    if (run(a, err, errlen, 1, exec) < 0) rc = -1;
+    return rc;
+}
+
+int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen)
+{
+    const char *del[] = {"HDEL", USERS_KEY, name}, *del_cram[] = {"HDEL", CRAM_KEY, name};
+    redisReply *r = command(a, err, errlen, 3, del);
+    if (!r) return -1;
+    int found = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    freeReplyObject(r);
+    return run(a, err, errlen, 3, del_cram) < 0 ? -1 : found;
+}
+
+static int compare_names(const void *x, const void *y)
+{
+    const redisReply *a = *(const redisReply *const *)x, *b = *(const redisReply *const *)y;
+    return strcmp(a->str, b->str);
+}
+
+int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)
+{
+    const char *keys[] = {"HKEYS", USERS_KEY}, *cram[] = {"HKEYS", CRAM_KEY};
+    redisReply *users = command(a, err, errlen, 2, keys);
+    redisReply *crams = users ? command(a, err, errlen, 2, cram) : NULL;
+    int rc = -1;
+    if (users && crams && users->type == REDIS_REPLY_ARRAY && crams->type == REDIS_REPLY_ARRAY) {
+        qsort(users->element, users->elements, sizeof *users->element, compare_names);
+        rc = 0;
+        for (size_t i = 0; i < users->elements && rc == 0; i++) {
+            bool has_cram = false;
+            for (size_t j = 0; j < crams->elements; j++)
+                has_cram |= !strcmp(crams->element[j]->str, users->element[i]->str);
+            rc = buf_printf(out, "%s%s\n", users->element[i]->str, has_cram ? " cram-md5" : "");
+        }
+    }
+    freeReplyObject(users);
+    freeReplyObject(crams);
+    return rc;
+}
