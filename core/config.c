@@ -83,6 +83,7 @@ static const key_spec_t keys[] = {
     {"ingress", "relay_domains", T_DOMAINS, OFF(ingress.relay_domains), 0, 0, ""},
     {"ingress", "trusted_networks", T_CIDRS, OFF(ingress.trusted_networks), 0, 0,
      "127.0.0.0/8 ::1/128"},
+    {"ingress", "proxy_networks", T_CIDRS, OFF(ingress.proxy_networks), 0, 0, ""},
 
     {"worker", "concurrency", T_UINT, OFF(worker.concurrency), 1, 10000, "20"},
     {"worker", "lease_seconds", T_UINT, OFF(worker.lease_seconds), 1, 86400, "300"},

@@ -146,6 +146,7 @@ typedef struct config {
         char relay_domains[CONFIG_MAX_LIST][256];
         unsigned n_relay_domains;
         net_cidr_list_t trusted_networks;
+        net_cidr_list_t proxy_networks; /* load balancers that send a PROXY header */
     } ingress;
 
     struct {

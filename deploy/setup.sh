@@ -6,7 +6,7 @@ set -eu
 
 packages="cmake make gcc clang pkg-config libuv1-dev libhiredis-dev libinih-dev
 libsodium-dev libssl-dev libc-ares-dev libcmocka-dev libclang-rt-14-dev
-redis-server dnsmasq-base swaks libnet-ssleay-perl libauthen-sasl-perl openssl
+redis-server dnsmasq-base swaks libnet-ssleay-perl libauthen-sasl-perl openssl haproxy postfix
 python3 python3-pytest python3-redis python3-aiosmtpd clang-tidy cppcheck clang-format"
 
 missing=""
@@ -28,6 +28,10 @@ fi
 
 echo "sealpost: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
+# Postfix is here for its test tools (smtp-source, smtp-sink): "No
+# configuration" keeps it from setting itself up as this machine's MTA on
+# port 25.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 apt-get update -qq
 # redis-server's package may start a system Redis on 6379; sealpost never uses
 # that one (`sealpost up` runs its own on 6380, tests on free ports).

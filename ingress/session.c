@@ -625,7 +625,7 @@ static void proceed_help(session_t *s, const proto_command_t *cmd)
 static void proceed_vrfy(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    session_reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+    session_reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
 static bool check_starttls(session_t *s, const proto_command_t *cmd)
@@ -939,6 +939,7 @@ static void take_line(session_t *s)
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 static void on_timeout(uv_timer_t *t);
+static bool take_proxy_header(session_t *s);
 
 static void arm_timer(session_t *s)
 {
@@ -950,6 +951,10 @@ static void arm_timer(session_t *s)
 void session_process(session_t *s)
 {
     while (!s->busy && !s->quitting && !s->closed) {
+        if (s->proxy_pending) {
+            if (!take_proxy_header(s)) break;
+            continue;
+        }
         if (s->errors >= s->cfg->ingress.max_errors) {
             session_reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
             s->quitting = true;
@@ -1106,20 +1111,91 @@ static void session_close(session_t *s)
     uv_close((uv_handle_t *)&s->timer, on_closed);
 }
 
-static bool peer_trusted(const config_t *cfg, const struct sockaddr *sa)
+/* The client's address, for policy, logs and Received:. */
+static void set_client(session_t *s, const struct sockaddr *sa)
 {
-    return config_cidr_list_match(&cfg->ingress.trusted_networks, sa);
+    net_addr_text(sa, s->peer, sizeof s->peer);
+    s->trusted = config_cidr_list_match(&s->cfg->ingress.trusted_networks, sa);
 }
 
-/* Open sessions from one address. A scan, not a table: it runs once per
- * connection, and is cheap next to the accept itself at the counts
- * max_connections allows. */
+/* Open sessions from one address (not counting those still waiting for
+ * their PROXY header). A scan, not a table: it runs once per connection,
+ * and is cheap next to the accept itself at the counts max_connections
+ * allows. */
 static unsigned sessions_from(const ingress_t *ingress, const char *peer)
 {
     unsigned n = 0;
     for (const session_t *s = ingress->sessions; s; s = s->next)
-        n += !strcmp(s->peer, peer);
+        n += !s->proxy_pending && !strcmp(s->peer, peer);
     return n;
+}
+
+/* Refuses a connection over a limit: with 421 where the client reads clear
+ * text, silently on an implicit-TLS port, where it would not. */
+static void refuse_connection(session_t *s, const char *reason, const char *text)
+{
+    log_info("event=refused reason=%s client=%s", reason, s->peer);
+    if (s->kind != LISTENER_SMTPS)
+        session_reply(s, "421 4.7.0 %s Error: %s", s->cfg->ingress.hostname, text);
+    s->quitting = true;
+}
+
+/* The connection's limits, then the greeting (with implicit TLS, RFC 8314,
+ * it waits in TLS for the handshake). */
+static void admit(session_t *s)
+{
+    ingress_t *ingress = s->ingress;
+    if (ingress->n_sessions > s->cfg->ingress.max_connections)
+        refuse_connection(s, "max_connections", "too many connections");
+    else if (!s->trusted &&
+             sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip)
+        refuse_connection(s, "max_connections_per_ip", "too many connections from your address");
+    else if (s->kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx)))
+        s->quitting = true; /* no memory for TLS */
+    else
+        session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
+}
+
+/* A connection from a load balancer in proxy_networks starts with a PROXY
+ * header naming the real client; without one it is closed unanswered (the
+ * balancer is misconfigured, or it is not the balancer). Returns false while
+ * the header is incomplete or when it was bad. */
+static bool take_proxy_header(session_t *s)
+{
+    proto_proxy_t p;
+    long n = proto_proxy_parse(input(s), input_len(s), &p);
+    if (n <= 0) {
+        if (n < 0) {
+            log_info("event=refused reason=bad_proxy_header client=%s", s->peer);
+            s->quitting = true;
+        }
+        return false;
+    }
+    s->in_pos += (size_t)n;
+    s->proxy_pending = false;
+    if (!p.local) {
+        struct sockaddr_storage ss = {0};
+        if (p.family == 4) {
+            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+            in->sin_family = AF_INET;
+            memcpy(&in->sin_addr, p.addr, 4);
+        } else {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+            in6->sin6_family = AF_INET6;
+            memcpy(&in6->sin6_addr, p.addr, 16);
+        }
+        char via[sizeof s->peer];
+        memcpy(via, s->peer, sizeof via);
+        set_client(s, (struct sockaddr *)&ss);
+        log_debug("event=proxied client=%s via=%s trusted=%d", s->peer, via, s->trusted);
+    }
+    admit(s);
+    if (s->tls && input_len(s) > 0) { /* the ClientHello came right behind the header */
+        if (buf_append(&s->cipher, input(s), input_len(s)) < 0) return false;
+        s->in_pos = s->in.len;
+        return tls_input(s);
+    }
+    return true;
 }
 
 void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind)
@@ -1137,28 +1213,14 @@ void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind)
     if (s->next) s->next->prev = s;
     ingress->sessions = s;
     if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sslen) == 0) {
-        net_addr_text((struct sockaddr *)&ss, s->peer, sizeof s->peer);
-        s->trusted = peer_trusted(s->cfg, (struct sockaddr *)&ss);
+        set_client(s, (struct sockaddr *)&ss);
+        s->proxy_pending =
+            config_cidr_list_match(&s->cfg->ingress.proxy_networks, (struct sockaddr *)&ss);
     } else {
         snprintf(s->peer, sizeof s->peer, "unknown");
     }
-    log_debug("event=connect client=%s trusted=%d", s->peer, s->trusted);
-    if (ingress->n_sessions > s->cfg->ingress.max_connections) {
-        log_info("event=refused reason=max_connections client=%s", s->peer);
-        session_reply(s, "421 4.7.0 %s Error: too many connections", s->cfg->ingress.hostname);
-        s->quitting = true;
-    } else if (!s->trusted &&
-               sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip) {
-        log_info("event=refused reason=max_connections_per_ip client=%s", s->peer);
-        session_reply(s, "421 4.7.0 %s Error: too many connections from your address",
-                      s->cfg->ingress.hostname);
-        s->quitting = true;
-    } else if (kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx))) {
-        s->quitting = true; /* no memory for TLS: nothing can be said in clear here */
-    } else {
-        /* With implicit TLS (RFC 8314) this waits in TLS for the handshake. */
-        session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
-    }
+    log_debug("event=connect client=%s trusted=%d proxy=%d", s->peer, s->trusted, s->proxy_pending);
+    if (!s->proxy_pending) admit(s);
     session_process(s);
 }
 

@@ -30,6 +30,7 @@ struct session {
     uv_timer_t timer;
     char peer[64];
     bool trusted;
+    bool proxy_pending; /* from a balancer: the PROXY header comes first */
     enum listener_kind kind;
 
     buf_t in;

@@ -4,7 +4,6 @@
 #include "proto/proto.h"
 
 #include <arpa/inet.h>
-#include <stdio.h>
 #include <string.h>
 
 #define V1_MAX 107  /* the longest v1 line, CRLF included */
@@ -12,32 +11,55 @@
 
 static const char v2_signature[12] = "\r\n\r\n\0\r\nQUIT\n";
 
-/* "PROXY TCP4 1.2.3.4 5.6.7.8 1234 25\r\n" */
+/* A port: decimal, 0 to 65535, no sign and no leading zero. */
+static bool parse_port(const char *text, uint16_t *out)
+{
+    size_t n = strlen(text);
+    if (n == 0 || n > 5 || (n > 1 && text[0] == '0')) return false;
+    unsigned v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (text[i] < '0' || text[i] > '9') return false;
+        v = v * 10 + (unsigned)(text[i] - '0');
+    }
+    if (v > 65535) return false;
+    *out = (uint16_t)v;
+    return true;
+}
+
+/* "PROXY TCP4 1.2.3.4 5.6.7.8 1234 25" CRLF, fields apart by single spaces;
+ * or "PROXY UNKNOWN", where anything up to the CRLF is to be ignored. */
 static long parse_v1(const char *in, size_t len, proto_proxy_t *out)
 {
-    const char *crlf = memchr(in, '\n', len < V1_MAX ? len : V1_MAX);
-    if (!crlf) return len < V1_MAX ? 0 : -1;
-    size_t n = (size_t)(crlf - in) + 1;
+    const char *lf = memchr(in, '\n', len < V1_MAX ? len : V1_MAX);
+    if (!lf) return len < V1_MAX ? 0 : -1;
+    size_t n = (size_t)(lf - in) + 1;
     if (n < 8 || in[n - 2] != '\r') return -1;
-    char line[V1_MAX + 1], proto[8], src[48], dst[48];
-    unsigned sport, dport;
+    char line[V1_MAX + 1];
     memcpy(line, in, n - 2);
     line[n - 2] = 0;
-    if (!strncmp(line, "PROXY UNKNOWN", 13)) {
+    if (!strcmp(line, "PROXY UNKNOWN") || !strncmp(line, "PROXY UNKNOWN ", 14)) {
         out->local = true;
         return (long)n;
     }
-    char extra;
-    if (sscanf(line, "PROXY %7s %47s %47s %5u %5u%c", proto, src, dst, &sport, &dport, &extra) !=
-            5 ||
-        sport > 65535 || dport > 65535)
-        return -1;
-    int family = !strcmp(proto, "TCP4") ? AF_INET : !strcmp(proto, "TCP6") ? AF_INET6 : 0;
-    unsigned char dst_addr[16];
-    if (!family || inet_pton(family, src, out->addr) != 1 || inet_pton(family, dst, dst_addr) != 1)
+    char *field[6];
+    size_t k = 0;
+    for (char *p = line;;) {
+        if (k == 6) return -1; /* a seventh field */
+        field[k++] = p;
+        char *space = strchr(p, ' ');
+        if (!space) break;
+        *space = 0;
+        p = space + 1;
+    }
+    if (k != 6 || strcmp(field[0], "PROXY")) return -1;
+    int family = !strcmp(field[1], "TCP4") ? AF_INET : !strcmp(field[1], "TCP6") ? AF_INET6 : 0;
+    unsigned char dst[16];
+    uint16_t dst_port;
+    if (!family || inet_pton(family, field[2], out->addr) != 1 ||
+        inet_pton(family, field[3], dst) != 1 || !parse_port(field[4], &out->port) ||
+        !parse_port(field[5], &dst_port))
         return -1;
     out->family = family == AF_INET ? 4 : 6;
-    out->port = (uint16_t)sport;
     return (long)n;
 }
 
@@ -72,6 +94,7 @@ static long parse_v2(const unsigned char *in, size_t len, proto_proxy_t *out)
 long proto_proxy_parse(const char *in, size_t len, proto_proxy_t *out)
 {
     memset(out, 0, sizeof *out);
+    if (len == 0) return 0;
     size_t sig = len < sizeof v2_signature ? len : sizeof v2_signature;
     if (!memcmp(in, v2_signature, sig))
         return sig < sizeof v2_signature ? 0 : parse_v2((const unsigned char *)in, len, out);

@@ -79,7 +79,8 @@ struct queue_admin {
 queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
                                 size_t errlen)
 {
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    struct timeval tv = {.tv_sec = timeout_ms / 1000,
+                         .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000};
     redisContext *ctx = redisConnectWithTimeout(redis->host, redis->port, tv);
     if (!ctx || ctx->err) {
         snprintf(err, errlen, "cannot reach Redis at %s:%u: %s", redis->host, redis->port,
@@ -166,7 +167,7 @@ int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen
     redisReply *crams = users ? command(a, err, errlen, 2, cram) : NULL;
     int rc = -1;
     if (users && crams && users->type == REDIS_REPLY_ARRAY && crams->type == REDIS_REPLY_ARRAY) {
-        qsort(users->element, users->elements, sizeof *users->element, compare_names);
+        qsort(users->element, users->elements, sizeof(redisReply *), compare_names);
         rc = 0;
         for (size_t i = 0; i < users->elements && rc == 0; i++) {
             bool has_cram = false;

@@ -1,4 +1,5 @@
-/* libFuzzer target: command lines, paths and parameters, reply lines.
+/* libFuzzer target: command lines, paths and parameters, reply lines, DSN
+ * parameters, PROXY headers and header-field lookups.
  *
  * Beyond "no crash, no out-of-bounds read" (ASan/UBSan), it checks what the
  * parsers promise: arguments point into the line, a parsed path is bounded and
@@ -140,6 +141,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < size; i++)
             CHECK(line[i] > 32 && line[i] < 127 && line[i] != '=');
     (void)proto_dsn_orcpt_valid(line, size, true);
+
+    /* PROXY headers: a length within the input, an address family when not local */
+    proto_proxy_t proxy;
+    long header = proto_proxy_parse(line, size, &proxy);
+    CHECK(header >= -1 && header <= (long)size);
+    if (header > 0) CHECK(proxy.local || proxy.family == 4 || proxy.family == 6);
+    (void)proto_header_has(line, size, "Message-ID");
 
     bool last = false;
     int code = proto_reply_line(line, size, &last);

@@ -207,6 +207,7 @@ static void test_proxy_v1(void **state)
     assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN\r\n"), &p), 15);
     assert_true(p.local);
     /* incomplete: wait */
+    assert_int_equal(proto_proxy_parse(NULL, 0, &p), 0);
     assert_int_equal(proto_proxy_parse(LIT("PROX"), &p), 0);
     assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4"), &p), 0);
     /* malformed */
@@ -216,6 +217,16 @@ static void test_proxy_v1(void **state)
     assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 70000\r\n"), &p), -1);
     assert_int_equal(proto_proxy_parse(LIT("PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n"), &p), -1);
     assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"), &p), -1);
+    /* one space apart, plain digits, no junk after UNKNOWN glued on */
+    assert_int_equal(proto_proxy_parse(LIT("PROXY  TCP4 1.2.3.4 5.6.7.8 1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4\t1.2.3.4 5.6.7.8 1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWNjunk\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN anything at all\r\n"), &p), 31);
+    assert_true(p.local);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 0 65535\r\n"), &p), 36);
     char long_line[200];
     memset(long_line, '1', sizeof long_line);
     memcpy(long_line, "PROXY ", 6);
