@@ -62,7 +62,11 @@ static int add_user(queue_admin_t *a, const char *name, bool cram)
     }
     size_t len = strlen(password);
     int rc = password_hash(password, len, hash) == 0 ? 0 : -1;
-    if (rc < 0)
+    if (cram && len >= QUEUE_CRAM_MAX) {
+        rc = -1;
+        snprintf(err, sizeof err, "a CRAM-MD5 password can have at most %d characters",
+                 QUEUE_CRAM_MAX - 1);
+    } else if (rc < 0)
         snprintf(err, sizeof err, "cannot hash the password (out of memory?)");
     else
         rc = queue_admin_user_set(a, name, hash, cram ? password : NULL, err, sizeof err);

@@ -218,11 +218,13 @@ static enum tls_state advance(tls_conn_t *t, buf_t *plain)
             return failed(t, SSL_ERROR_SSL);
         buf_free(&t->queued);
     }
-    char chunk[16384];
+    /* Straight into the caller's buffer: no copy, and no plaintext (a
+     * password, say) left behind on the stack. */
     while (t->state == TLS_OPEN && plain) {
-        int n = SSL_read(t->ssl, chunk, sizeof chunk);
+        if (buf_reserve(plain, 16384) < 0) return failed(t, SSL_ERROR_SSL);
+        int n = SSL_read(t->ssl, plain->data + plain->len, 16384);
         if (n > 0) {
-            if (buf_append(plain, chunk, (size_t)n) < 0) return failed(t, SSL_ERROR_SSL);
+            plain->len += (size_t)n;
             continue;
         }
         int e = SSL_get_error(t->ssl, n);

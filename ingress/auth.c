@@ -9,6 +9,7 @@
 #include "crypto/crypto.h"
 #include "ingress/session.h"
 
+#include <arpa/inet.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 #include <strings.h>
 
 #define SECRET_MAX 1024 /* a password, or a CRAM-MD5 digest */
+/* Password checks at once per node: the libuv pool has 4 threads by default. */
+#define AUTH_MAX_VERIFYING 8
 
 static const char *const mechanisms[] = {"PLAIN", "LOGIN", "CRAM-MD5"};
 #define N_MECHANISMS (sizeof mechanisms / sizeof mechanisms[0])
@@ -83,19 +86,45 @@ static void attempt_free(struct attempt *a)
     free(a);
 }
 
-static void on_failure_counted(int status, const char *err, void *arg)
+/* Whose attempts count together: an IPv4 address, or an IPv6 /64 (one
+ * host can have all of its /64, and would otherwise get a fresh count per
+ * address). */
+static void attempts_key(const session_t *s, char out[64])
 {
-    (void)arg;
-    if (status < 0) log_warn("event=auth_fail_count_failed error=\"%s\"", err);
+    unsigned char addr[16];
+    if (inet_pton(AF_INET6, s->peer, addr) != 1) {
+        snprintf(out, 64, "%s", s->peer);
+        return;
+    }
+    memset(addr + 8, 0, 8);
+    char text[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, addr, text, sizeof text);
+    snprintf(out, 64, "%s/64", text);
 }
 
-/* Ends the exchange with the verdict, and reads on. */
+static void on_uncounted(int status, const char *err, void *arg)
+{
+    (void)arg;
+    if (status < 0) log_warn("event=auth_count_failed error=\"%s\"", err);
+}
+
+/* Takes this session's attempt back from its client's count. */
+static void uncount(session_t *s)
+{
+    char key[64];
+    attempts_key(s, key);
+    queue_auth_uncount(s->ingress->queue, key, on_uncounted, NULL);
+}
+
+/* Ends the exchange with the verdict, and reads on. A failed attempt
+ * stays counted (auth_begin counted it); a good one is taken back. */
 static void finish(session_t *s, bool ok, bool temporary, const char *why)
 {
     s->busy = false;
     char safe[LOG_SAFE_MAX];
     log_info("event=auth client=%s user=%s result=%s%s%s", s->peer, log_safe(s->login, safe),
              ok ? "ok" : "failed", why ? " reason=" : "", why ? why : "");
+    if (ok) uncount(s);
     if (s->closed) {
         session_maybe_free(s);
         return;
@@ -110,8 +139,6 @@ static void finish(session_t *s, bool ok, bool temporary, const char *why)
                                                           : "");
     } else {
         s->login[0] = 0;
-        queue_auth_failed(s->ingress->queue, s->peer, s->cfg->ingress.auth_fail_window,
-                          on_failure_counted, NULL);
         session_reply(s, "535 5.7.8 Authentication credentials invalid");
     }
     session_process(s);
@@ -129,6 +156,7 @@ static void after_verify(uv_work_t *work, int status)
     session_t *s = a->s;
     bool ok = status == 0 && a->ok;
     attempt_free(a);
+    s->ingress->verifying--;
     finish(s, ok, false, NULL);
 }
 
@@ -139,15 +167,23 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
 {
     struct attempt *a = arg;
     session_t *s = a->s;
-    if (status < 0 || s->closed) {
-        if (status < 0) log_warn("event=auth_lookup_failed client=%s error=\"%s\"", s->peer, err);
+    if (status < 0) {
+        log_warn("event=auth_lookup_failed client=%s error=\"%s\"", s->peer, err);
         attempt_free(a);
         finish(s, false, true, "redis");
         return;
     }
-    if (user->failures >= (long long)s->cfg->ingress.auth_fail_limit) {
+    if (user->attempts >= (long long)s->cfg->ingress.auth_fail_limit) {
         attempt_free(a);
         finish(s, false, true, "rate_limited");
+        return;
+    }
+    /* Each check holds 64 MiB and a pool thread for tens of ms: past a few
+     * at once, more would only queue up and starve the others. */
+    if (!a->cram && s->ingress->verifying >= AUTH_MAX_VERIFYING) {
+        attempt_free(a);
+        uncount(s);
+        finish(s, false, true, "busy");
         return;
     }
     if (a->cram) {
@@ -163,8 +199,11 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
     a->work.data = a;
     if (uv_queue_work(s->ingress->loop, &a->work, verify_in_thread, after_verify) < 0) {
         attempt_free(a);
+        uncount(s);
         finish(s, false, true, "thread_pool");
+        return;
     }
+    s->ingress->verifying++;
 }
 
 /* Starts checking login with secret; the reply comes from finish(). */
@@ -187,8 +226,15 @@ static void check_credentials(session_t *s, const char *login, size_t login_len,
     a->cram = cram;
     a->s = s;
     s->busy = true;
+    char key[64];
+    attempts_key(s, key);
+    queue_login_t login_spec = {.name = s->login,
+                                .client = key,
+                                .limit = s->cfg->ingress.auth_fail_limit,
+                                .window_s = s->cfg->ingress.auth_fail_window,
+                                .want_cram = cram};
     if (!queue_ready(s->ingress->queue) ||
-        queue_user_lookup(s->ingress->queue, s->login, s->peer, on_user, a) < 0) {
+        queue_auth_begin(s->ingress->queue, &login_spec, on_user, a) < 0) {
         attempt_free(a);
         finish(s, false, true, "redis");
     }

@@ -9,6 +9,7 @@
 #include "ingress/session.h"
 
 #include <limits.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -921,6 +922,9 @@ static void take_line(session_t *s)
     }
     size_t len = (size_t)(lf - line);
     s->in_pos += len + 1; /* first: STARTTLS drops what follows its own line */
+    /* Credentials are wiped from the buffer once read (an AUTH line, or a
+     * line answering a 334). */
+    bool secret = s->auth_step != AUTH_IDLE || (len >= 4 && !strncasecmp(line, "AUTH", 4));
     if (s->skip_line) {
         s->skip_line = false;
     } else if (len + 1 > max) {
@@ -934,6 +938,7 @@ static void take_line(session_t *s)
     } else {
         dispatch(s, line, len - 1); /* line stays valid: compaction waits for the batch's end */
     }
+    if (secret) sodium_memzero((char *)line, len);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
@@ -1173,7 +1178,9 @@ static bool take_proxy_header(session_t *s)
     }
     s->in_pos += (size_t)n;
     s->proxy_pending = false;
-    if (!p.local) {
+    if (p.local) {
+        s->trusted = false; /* the balancer's own connection: no client's trust to inherit */
+    } else {
         struct sockaddr_storage ss = {0};
         if (p.family == 4) {
             struct sockaddr_in *in = (struct sockaddr_in *)&ss;

@@ -97,6 +97,7 @@ struct ingress {
     unsigned listeners_open;
     bool stopping;
     unsigned n_sessions;
+    unsigned verifying;  /* password checks in the thread pool */
     session_t *sessions; /* doubly linked, for shutdown */
     void (*on_stopped)(void *arg);
     void *on_stopped_arg;

@@ -104,6 +104,17 @@ static size_t utf8_seq(const unsigned char *p, size_t len)
     return n;
 }
 
+bool proto_utf8_valid(const char *p, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    for (size_t i = 0; i < len;) {
+        size_t n = u[i] < 0x80 ? 1 : utf8_seq(u + i, len - i);
+        if (!n) return false;
+        i += n;
+    }
+    return true;
+}
+
 /* Dot-string or Quoted-string; returns its length or 0. */
 static size_t scan_local_part(const unsigned char *p, size_t len, bool *utf8)
 {

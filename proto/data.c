@@ -52,6 +52,7 @@ size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, s
         case S_LINE_START:
             if (c == '.' && !d->chunked) {
                 d->state = S_DOT;
+                d->line_len--; /* the transparency dot is not the line's (RFC 5321 §4.5.3.1.6) */
                 break;
             }
             d->state = S_IN_LINE;

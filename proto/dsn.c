@@ -68,12 +68,12 @@ bool proto_dsn_orcpt_valid(const char *p, size_t len, bool utf8)
     if (addr_len == 0) return false;
     if (utf8 && type_len == 5 && !strncasecmp(p, "utf-8", 5)) {
         /* RFC 6533 utf-8-addr-xtext: "\x{HEX}" escapes and UTF-8 both allowed;
-         * we only insist on no controls, space, '+' or '='. */
+         * we insist on well-formed UTF-8 without controls, space, '+' or '='. */
         for (size_t i = 0; i < addr_len; i++) {
             unsigned char c = (unsigned char)addr[i];
             if (c < 33 || c == 127 || c == '+' || c == '=') return false;
         }
-        return true;
+        return proto_utf8_valid(addr, addr_len);
     }
     return proto_xtext_valid(addr, addr_len);
 }

@@ -83,6 +83,9 @@ enum proto_status proto_path_parse(const char *args, size_t len, enum proto_path
                                    proto_path_t *out);
 /* The domain part of a parsed path ("" for the null path). */
 const char *proto_path_domain(const proto_path_t *path);
+/* Whether the octets are well-formed UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates); ASCII is. */
+bool proto_utf8_valid(const char *p, size_t len);
 /* Finds a parameter by keyword (case-insensitive); NULL when absent. */
 const proto_param_t *proto_path_param(const proto_path_t *path, const char *key);
 

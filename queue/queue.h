@@ -119,19 +119,29 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
 
 /* ---- SMTP users, the same for every ingress node ---- */
 
+#define QUEUE_CRAM_MAX 256 /* a CRAM-MD5 secret's room, NUL included */
+
 typedef struct queue_user {
-    char hash[128];     /* argon2id string; "" when there is no such user */
-    char cram[256];     /* the CRAM-MD5 secret; "" when the user has none */
-    long long failures; /* failed logins from the client in the current window */
+    char hash[128];            /* argon2id string; "" when there is no such user */
+    char cram[QUEUE_CRAM_MAX]; /* the CRAM-MD5 secret, when asked for and the user has one */
+    long long attempts;        /* from the client in the window, before this one */
 } queue_user_t;
 
+typedef struct queue_login {
+    const char *name;
+    const char *client; /* whose attempts are counted: an address, or a network */
+    unsigned limit;     /* attempts in a window; at the limit nothing is looked up */
+    unsigned window_s;
+    bool want_cram;
+} queue_login_t;
+
 typedef void (*queue_user_cb)(int status, const char *err, const queue_user_t *user, void *arg);
-/* What a login by name from client (an address) needs, in one read. */
-int queue_user_lookup(queue_t *q, const char *name, const char *client, queue_user_cb cb,
-                      void *arg);
-/* Counts a failed login from client; the count lasts window_s from the first. */
-int queue_auth_failed(queue_t *q, const char *client, unsigned window_s, queue_status_cb cb,
-                      void *arg);
+/* Counts a login attempt and reads what checking it needs, in one call. The
+ * user record is wiped after cb returns. */
+int queue_auth_begin(queue_t *q, const queue_login_t *login, queue_user_cb cb, void *arg);
+/* Takes an attempt back from the client's count: it succeeded, or it was
+ * never checked. */
+int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void *arg);
 
 /* ---- administration: blocking calls, for the command line ---- */
 

@@ -1,12 +1,13 @@
 /* SMTP users in Redis, so every stateless ingress node sees the same ones.
- * All keys share the hash tag {sealpost:auth}, so a lookup (the user's
- * hashes and the client's failure count) is one call in one slot, on one
- * Redis or on Redis Cluster alike:
- *   {sealpost:auth}:users        hash  name -> argon2id string
- *   {sealpost:auth}:cram         hash  name -> CRAM-MD5 secret (only when enabled)
- *   {sealpost:auth}:fail:<addr>  string, failed logins, expiring with the window */
+ * All keys share the hash tag {sealpost:auth}, so a login's one call (count
+ * the attempt, read the user) stays in one slot, on one Redis or on Redis
+ * Cluster alike:
+ *   {sealpost:auth}:users           hash  name -> argon2id string
+ *   {sealpost:auth}:cram            hash  name -> CRAM-MD5 secret (only when enabled)
+ *   {sealpost:auth}:fail:<client>   string, login attempts, expiring with the window */
 #include "queue/internal.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,46 +29,49 @@ static bool copy_field(const redisReply *r, char *out, size_t size)
     return true;
 }
 
+static void report_user(struct call *call, redisReply *reply, const char *err, queue_user_t *user)
+{
+    if (!reply) {
+        call->cb.user(-1, err, NULL, call->arg);
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+               !copy_field(reply->element[0], user->hash, sizeof user->hash) ||
+               !copy_field(reply->element[1], user->cram, sizeof user->cram) ||
+               reply->element[2]->type != REDIS_REPLY_INTEGER) {
+        call->cb.user(-1, "unexpected reply", NULL, call->arg);
+    } else {
+        user->attempts = reply->element[2]->integer;
+        call->cb.user(0, NULL, user, call->arg);
+    }
+}
+
 static void on_user_reply(struct call *call, redisReply *reply, const char *err)
 {
     queue_user_t user = {0};
-    if (!reply) {
-        call->cb.user(-1, err, NULL, call->arg);
-        return;
-    }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
-        !copy_field(reply->element[0], user.hash, sizeof user.hash) ||
-        !copy_field(reply->element[1], user.cram, sizeof user.cram) ||
-        reply->element[2]->type != REDIS_REPLY_INTEGER) {
-        call->cb.user(-1, "unexpected reply", NULL, call->arg);
-        return;
-    }
-    user.failures = reply->element[2]->integer;
-    call->cb.user(0, NULL, &user, call->arg);
+    report_user(call, reply, err, &user);
+    sodium_memzero(&user, sizeof user);
 }
 
-int queue_user_lookup(queue_t *q, const char *name, const char *client, queue_user_cb cb, void *arg)
+int queue_auth_begin(queue_t *q, const queue_login_t *login, queue_user_cb cb, void *arg)
 {
-    char fails[200];
-    fail_key(fails, client);
+    char fails[200], limit[16], window[16];
+    fail_key(fails, login->client);
+    snprintf(limit, sizeof limit, "%u", login->limit);
+    snprintf(window, sizeof window, "%u", login->window_s);
     const char *keys[] = {USERS_KEY, CRAM_KEY, fails};
-    const char *args[] = {name};
+    const char *args[] = {login->name, limit, window, login->want_cram ? "1" : "0"};
     struct call *call = call_new(q, arg);
     if (!call) return -1;
     call->done = on_user_reply;
     call->cb.user = cb;
-    return fcall(call, "auth_lookup", true, 3, keys, 1, args, NULL);
+    return fcall(call, "auth_begin", false, 3, keys, 4, args, NULL);
 }
 
-int queue_auth_failed(queue_t *q, const char *client, unsigned window_s, queue_status_cb cb,
-                      void *arg)
+int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void *arg)
 {
-    char fails[200], window[16];
+    char fails[200];
     fail_key(fails, client);
-    snprintf(window, sizeof window, "%u", window_s);
     const char *keys[] = {fails};
-    const char *args[] = {window};
-    return fcall_status(q, "auth_failed", 1, keys, 1, args, NULL, cb, arg);
+    return fcall_status(q, "auth_uncount", 1, keys, 0, NULL, NULL, cb, arg);
 }
 
 /* ---- administration ---- */
@@ -167,7 +171,8 @@ int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen
     redisReply *crams = users ? command(a, err, errlen, 2, cram) : NULL;
     int rc = -1;
     if (users && crams && users->type == REDIS_REPLY_ARRAY && crams->type == REDIS_REPLY_ARRAY) {
-        qsort(users->element, users->elements, sizeof(redisReply *), compare_names);
+        if (users->elements) /* an empty reply has no array at all */
+            qsort(users->element, users->elements, sizeof(redisReply *), compare_names);
         rc = 0;
         for (size_t i = 0; i < users->elements && rc == 0; i++) {
             bool has_cram = false;

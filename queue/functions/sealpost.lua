@@ -18,7 +18,8 @@ Keys of shard T = {mq:<s>}:
 
 SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
   {sealpost:auth}:users  hash name -> argon2id;  :cram  hash name -> CRAM-MD5 secret
-  {sealpost:auth}:fail:<client address>  failed logins, expiring with the window
+  {sealpost:auth}:fail:<client>  login attempts not taken back, expiring with the window
+                                 (the client is its IPv4 address, or its IPv6 /64)
 ]]
 
 local WAKE_CHANNEL = 'sealpost:wake'
@@ -164,19 +165,28 @@ local function complete(keys, args)
   return 'done'
 end
 
--- KEYS: users, cram, fails.  ARGV: name
--- Returns {argon2id hash or '', CRAM-MD5 secret or '', failures of the client}
-local function auth_lookup(keys, args)
-  return {redis.call('HGET', keys[1], args[1]) or '', redis.call('HGET', keys[2], args[1]) or '',
-          tonumber(redis.call('GET', keys[3]) or '0')}
+-- KEYS: users, cram, attempts.  ARGV: name, limit, window_s, want_cram ('1' or '0')
+-- Returns {argon2id hash or '', CRAM-MD5 secret or '', attempts before this one}.
+-- An attempt counts from its start, so parallel sessions cannot all guess
+-- before any failure is recorded, and a client that hangs up mid-check has
+-- still spent one; auth_uncount takes back one that succeeded, or that was
+-- never checked. Past the limit
+-- nothing is looked up and nothing more is counted. The count lives for a
+-- fixed window from the first attempt.
+local function auth_begin(keys, args)
+  local before = tonumber(redis.call('GET', keys[3]) or '0')
+  if before >= tonumber(args[2]) then return {'', '', before} end
+  if redis.call('INCR', keys[3]) == 1 then
+    redis.call('EXPIRE', keys[3], tonumber(args[3]))
+  end
+  local cram = ''
+  if args[4] == '1' then cram = redis.call('HGET', keys[2], args[1]) or '' end
+  return {redis.call('HGET', keys[1], args[1]) or '', cram, before}
 end
 
--- KEYS: fails.  ARGV: window_s
--- A fixed window from the first failure: the count expires with it.
-local function auth_failed(keys, args)
-  if redis.call('INCR', keys[1]) == 1 then
-    redis.call('EXPIRE', keys[1], tonumber(args[1]))
-  end
+-- KEYS: attempts
+local function auth_uncount(keys, args)
+  if redis.call('DECR', keys[1]) <= 0 then redis.call('DEL', keys[1]) end
   return 'ok'
 end
 
@@ -186,6 +196,5 @@ redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-
 redis.register_function('extend', extend)
 redis.register_function('forget', forget)
 redis.register_function('complete', complete)
-redis.register_function{function_name = 'auth_lookup', callback = auth_lookup,
-                        flags = {'no-writes'}}
-redis.register_function('auth_failed', auth_failed)
+redis.register_function('auth_begin', auth_begin)
+redis.register_function('auth_uncount', auth_uncount)

@@ -9,6 +9,8 @@ import email
 import hashlib
 import hmac
 import re
+import socket
+import struct
 import subprocess
 
 import pytest
@@ -223,6 +225,32 @@ def test_failed_logins_are_rate_limited_per_address(auth_stack):
         expect(c.cmd("AUTH PLAIN " + plain("alice@origin.test", PASSWORD)), 454, "4.7.0")
     ttl = auth_stack.redis.client().ttl("{sealpost:auth}:fail:127.0.0.1")
     assert 0 < ttl <= 60
+
+
+def test_attempts_count_from_their_start(auth_stack):
+    """A client that sends a wrong password and hangs up at once has still
+    used an attempt; a good login is taken back from the count."""
+    start(auth_stack, "auth_fail_limit = 3\nauth_fail_window = 60\n")
+    r = auth_stack.redis.client()
+    key = "{sealpost:auth}:fail:127.0.0.1"
+    with tls_client(auth_stack.submission_port) as c:
+        login(c)
+    assert int(r.get(key) or 0) == 0
+    for _ in range(3):
+        c = tls_client(auth_stack.submission_port)
+        c.send(b"AUTH PLAIN " + plain("alice@origin.test", "guess").encode() + b"\r\n")
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # a reset, before the verdict
+    wait_for(lambda: int(r.get(key) or 0) == 3, what="three attempts counted")
+    with tls_client(auth_stack.submission_port) as c:
+        expect(c.cmd("AUTH PLAIN " + plain("alice@origin.test", PASSWORD)), 454, "4.7.0")
+
+
+def test_cram_secret_length_is_bounded(stack):
+    out = users(stack, "add", "long@origin.test", "--cram-md5", stdin="p" * 300 + "\n",
+                check=False)
+    assert out.returncode == 1 and "at most 255 characters" in out.stderr
+    assert users(stack, "list").stdout == ""
 
 
 def test_sender_bound_to_login(auth_stack):

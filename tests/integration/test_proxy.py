@@ -79,6 +79,19 @@ def test_local_header_keeps_the_connection_address(stack):
         expect(c.reply(), 220)
 
 
+def test_local_header_does_not_inherit_the_balancers_trust(stack):
+    """The balancer's own address may well be trusted (loopback is by
+    default); a LOCAL or UNKNOWN connection through it is nobody's mail and
+    must not relay on that trust."""
+    stack.ingress(extra="[ingress]\nproxy_networks = 127.0.0.1/32\n")
+    for header in (b"PROXY UNKNOWN\r\n", v2("192.0.2.1", command=0)):
+        with proxied(stack, header) as c:
+            expect(c.reply(), 220)
+            expect(c.cmd("EHLO client.test"), 250)
+            expect(c.cmd("MAIL FROM:<a@origin.test>"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<victim@elsewhere.test>"), 554, "5.7.1")
+
+
 @pytest.mark.parametrize("first", [
     b"EHLO client.test\r\n",                 # no header at all
     b"PROXY TCP4 1.2.3 127.0.0.1 1 25\r\n",  # a bad address

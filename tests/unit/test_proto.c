@@ -321,6 +321,8 @@ static void test_dsn_orcpt(void **state)
     assert_false(orcpt("rfc822;a b@example.test", false));
     assert_false(orcpt("utf-8;j\xc3\xb6rg@example.test", false));
     assert_true(orcpt("utf-8;j\xc3\xb6rg@example.test", true));
+    assert_false(orcpt("utf-8;j\xc3(rg@example.test", true));    /* bad continuation */
+    assert_false(orcpt("utf-8;j\xc0\xafrg@example.test", true)); /* overlong */
     char big[PROTO_ORCPT_MAX + 2];
     memset(big, 'a', sizeof big - 1);
     memcpy(big, "rfc822;", 7);
@@ -916,12 +918,13 @@ static void test_data_line_length(void **state)
     expect_data(in, len, 1000, 1 << 20, NULL, 0, len, PROTO_DATA_LONG_LINE, true);
     test_free(in);
 
-    /* the limit counts the line as sent, a stuffing dot included */
+    /* the transparency dot does not count (RFC 5321 §4.5.3.1.6): 1001 octets
+     * sent, a 1000-octet line */
     in = make_line(999, '.', "\r\n.\r\n", &len);
-    expect_data(in, len, 1000, 1 << 20, NULL, 0, len, PROTO_DATA_LONG_LINE, true);
+    expect_data(in, len, 1000, 1 << 20, in + 1, 1000, len, PROTO_DATA_OK, true);
     test_free(in);
-    in = make_line(998, '.', "\r\n.\r\n", &len);
-    expect_data(in, len, 1000, 1 << 20, in + 1, 999, len, PROTO_DATA_OK, true);
+    in = make_line(1000, '.', "\r\n.\r\n", &len);
+    expect_data(in, len, 1000, 1 << 20, NULL, 0, len, PROTO_DATA_LONG_LINE, true);
     test_free(in);
 
     /* many lines of 998 are fine: the count starts again on each line */
