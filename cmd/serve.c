@@ -26,6 +26,7 @@ typedef struct runtime {
     queue_t *queue;
     ingress_t *ingress;
     worker_t *worker;
+    http_server_t *http;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t deadline;
     uv_timer_t finisher; /* runs finish() outside any library callback */
@@ -81,6 +82,8 @@ static void stop(runtime_t *rt, int exit_code)
     rt->stopping = true;
     rt->exit_code = exit_code;
     log_info("event=stopping");
+    http_stop(rt->http); /* health checks see it gone: take no new work here */
+    rt->http = NULL;
     uv_timer_start(&rt->deadline, on_deadline,
                    (uint64_t)rt->cfg->worker.stop_grace * 1000 + SHUTDOWN_MARGIN_MS, 0);
     uv_unref((uv_handle_t *)&rt->deadline);
@@ -118,6 +121,38 @@ static void on_redis_exit(uv_process_t *p, int64_t status, int signum)
         return;
     }
     if (!rt->queue) uv_walk(rt->loop, close_walk, NULL);
+}
+
+/* GET /metrics, /healthz (the process runs its loop) and /readyz (it can
+ * reach Redis, with the functions library loaded). */
+static int on_http(const char *path, buf_t *body, const char **content_type, void *arg)
+{
+    runtime_t *rt = arg;
+    if (!strcmp(path, "/metrics")) {
+        *content_type = "text/plain; version=0.0.4; charset=utf-8";
+        return metrics_render(body) == 0 ? 200 : 500;
+    }
+    if (!strcmp(path, "/healthz")) {
+        buf_printf(body, "ok\n");
+        return 200;
+    }
+    if (!strcmp(path, "/readyz")) {
+        bool ready = rt->queue && queue_ready(rt->queue) && !rt->stopping;
+        buf_printf(body, "%s\n", ready ? "ready" : "not ready: redis unreachable or stopping");
+        return ready ? 200 : 503;
+    }
+    buf_printf(body, "not found; try /metrics, /healthz or /readyz\n");
+    return 404;
+}
+
+static void register_process_metrics(void)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "version=\"%s\"", SEALPOST_VERSION);
+    metric_set(metric_gauge("sealpost_build_info", "The running version (always 1).", labels), 1);
+    metric_set(metric_gauge("sealpost_process_start_time_seconds",
+                            "When the process started, in seconds since the epoch.", ""),
+               (double)util_now_ms() / 1000.0);
 }
 
 /* SIGHUP: pick up a renewed certificate without dropping a connection. */
@@ -235,7 +270,19 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         return 1;
     }
     log_info("event=starting version=%s redis=%s:%u", SEALPOST_VERSION, redis.host, redis.port);
-    if (opts.ingress && !(rt.ingress = ingress_start(rt.loop, cfg, rt.queue, err, sizeof err))) {
+    register_process_metrics();
+    if (cfg->metrics.listen.host[0]) {
+        rt.http = http_start(rt.loop, &cfg->metrics.listen, on_http, &rt, err, sizeof err);
+        if (!rt.http) {
+            log_error("event=start_failed what=metrics error=\"[metrics] listen: %s\"", err);
+            stop(&rt, 1);
+        } else {
+            log_info("event=listening kind=metrics listen=%s:%u", cfg->metrics.listen.host,
+                     cfg->metrics.listen.port);
+        }
+    }
+    if (!rt.stopping && opts.ingress &&
+        !(rt.ingress = ingress_start(rt.loop, cfg, rt.queue, err, sizeof err))) {
         log_error("event=start_failed what=ingress error=\"%s\"", err);
         stop(&rt, 1);
     }

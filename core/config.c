@@ -108,6 +108,8 @@ static const key_spec_t keys[] = {
     {"up", "redis_server", T_STRING, OFF(up.redis_server), 0, 0, "redis-server"},
     {"up", "redis_port", T_PORT, OFF(up.redis_port), 1, 65535, "6380"},
 
+    {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
+
     {"log", "level", T_LOGLEVEL, OFF(log.level), 0, 0, "info"},
 };
 

@@ -87,6 +87,33 @@ void util_ascii_lower(char *s);
 /* Splits on commas and white space; calls fn for each non-empty item. */
 int util_split_list(const char *text, int (*fn)(const char *item, void *arg), void *arg);
 
+/* ---- metrics: the process's own, as Prometheus text (format 0.0.4) ---- */
+
+typedef struct metric metric_t;
+
+/* One series of a family: name{labels}, labels '' or 'reason="relay_denied"'.
+ * Made once, at start (the same name and labels give the same series); the
+ * pointer stays valid for the life of the process. Updated from the loop
+ * thread only. */
+metric_t *metric_counter(const char *name, const char *help, const char *labels);
+metric_t *metric_gauge(const char *name, const char *help, const char *labels);
+void metric_add(metric_t *m, double v);
+void metric_set(metric_t *m, double v);
+double metric_value(const metric_t *m);
+/* Every series, with # HELP and # TYPE once per family. */
+int metrics_render(buf_t *out);
+
+/* ---- a small HTTP server, for /metrics and health checks ---- */
+
+struct uv_loop_s;
+typedef struct http_server http_server_t;
+/* Fills body (and may set *content_type) for a GET of path; returns the
+ * status code (200, 404, 503 ...). */
+typedef int (*http_handler_fn)(const char *path, buf_t *body, const char **content_type, void *arg);
+http_server_t *http_start(struct uv_loop_s *loop, const net_hostport_t *listen,
+                          http_handler_fn handler, void *arg, char *err, size_t errlen);
+void http_stop(http_server_t *server);
+
 /* ---- configuration ---- */
 
 #define CONFIG_MAX_LIST 64
@@ -177,6 +204,10 @@ typedef struct config {
         char redis_server[256];
         uint16_t redis_port;
     } up;
+
+    struct {
+        net_hostport_t listen; /* /metrics, /healthz, /readyz; host "": off */
+    } metrics;
 
     struct {
         enum log_level level;

@@ -23,7 +23,13 @@
 #define FETCH_RETRY_MS 250
 #define NEVER          UINT64_MAX
 
+/* Per-recipient outcomes of delivery attempts, as counted in metrics. */
+enum outcome_kind { OUT_DELIVERED, OUT_DEFERRED, OUT_BOUNCED, OUT_EXPIRED, OUTCOMES };
+static const char *const outcome_names[OUTCOMES] = {"delivered", "deferred", "bounced", "expired"};
+
 struct worker {
+    metric_t *outcomes[OUTCOMES];
+    metric_t *notices; /* bounces and relay notices made */
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
@@ -137,11 +143,12 @@ static void on_completed(int status, const char *err, void *arg)
     delivery_finish(d);
 }
 
-static void log_outcome(const delivery_t *d, const char *rcpt, const char *event,
+static void log_outcome(const delivery_t *d, const char *rcpt, enum outcome_kind kind,
                         const char *detail)
 {
     char safe[LOG_SAFE_MAX];
-    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", event, d->job->mid,
+    metric_add(d->w->outcomes[kind], 1);
+    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", outcome_names[kind], d->job->mid,
              log_safe(rcpt, safe), d->job->attempts + 1, detail);
 }
 
@@ -209,16 +216,16 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         int code = r ? r->codes[i] : 0;
         const char *reply = r && r->replies[i][0] ? r->replies[i] : (r ? r->detail : "");
         if (code / 100 == 2) {
-            log_outcome(d, job->rcpts[i], "delivered", reply);
+            log_outcome(d, job->rcpts[i], OUT_DELIVERED, reply);
             /* A peer with DSN reports success itself (RFC 3461 §5.2.2). */
             if (!r->peer_dsn) report(o, job, i, r, reply, true);
         } else if (code / 100 == 5 || expired) {
             bool refused = code / 100 == 5;
             report(o, job, i, r, reply, false);
-            log_outcome(d, job->rcpts[i], refused ? "bounced" : "expired", reply);
+            log_outcome(d, job->rcpts[i], refused ? OUT_BOUNCED : OUT_EXPIRED, reply);
         } else {
             o->pending[o->n_pending++] = i;
-            log_outcome(d, job->rcpts[i], "deferred", reply);
+            log_outcome(d, job->rcpts[i], OUT_DEFERRED, reply);
         }
     }
 }
@@ -244,6 +251,7 @@ static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t
     b->body = body->data;
     b->body_len = body->len;
     char safe[LOG_SAFE_MAX];
+    metric_add(d->w->notices, 1);
     log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", d->job->mid, b->id,
              log_safe(b->rcpt, safe), o->n_failed);
     return true;
@@ -665,9 +673,17 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    char id[33];
+    char id[33], labels[64];
     util_random_id(id);
     snprintf(w->owner, sizeof w->owner, "%s:%d:%.8s", cfg->worker.helo_name, (int)getpid(), id);
+    for (int k = 0; k < OUTCOMES; k++) {
+        snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[k]);
+        w->outcomes[k] = metric_counter("sealpost_delivery_attempts_total",
+                                        "Delivery attempts per recipient, by outcome.", labels);
+    }
+    w->notices =
+        metric_counter("sealpost_delivery_notifications_total",
+                       "Delivery status notifications made: bounces and relay notices.", "");
     w->loop = loop;
     w->cfg = cfg;
     w->queue = queue;

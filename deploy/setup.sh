@@ -7,7 +7,8 @@ set -eu
 packages="cmake make gcc clang pkg-config libuv1-dev libhiredis-dev libinih-dev
 libsodium-dev libssl-dev libc-ares-dev libcmocka-dev libclang-rt-14-dev
 redis-server dnsmasq-base swaks libnet-ssleay-perl libauthen-sasl-perl openssl haproxy postfix
-python3 python3-pytest python3-redis python3-aiosmtpd clang-tidy cppcheck clang-format"
+python3 python3-pytest python3-redis python3-aiosmtpd python3-prometheus-client clang-tidy cppcheck
+clang-format"
 
 missing=""
 for p in $packages; do

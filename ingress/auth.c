@@ -125,6 +125,11 @@ static void finish(session_t *s, bool ok, bool temporary, const char *why)
     log_info("event=auth client=%s user=%s result=%s%s%s", s->peer, log_safe(s->login, safe),
              ok ? "ok" : "failed", why ? " reason=" : "", why ? why : "");
     if (ok) uncount(s);
+    enum auth_result result = ok                                    ? AUTH_OK
+                              : !temporary                          ? AUTH_FAILED
+                              : why && !strcmp(why, "rate_limited") ? AUTH_RATE_LIMITED
+                                                                    : AUTH_UNAVAILABLE;
+    metric_add(s->ingress->metrics.auth[result], 1);
     if (s->closed) {
         session_maybe_free(s);
         return;

@@ -10,6 +10,70 @@
 static const char *const listener_names[LISTENER_KINDS] = {"listen", "submission_listen",
                                                            "smtps_listen"};
 
+static const char *const refusal_names[REFUSALS] = {
+    [REFUSED_RELAY_DENIED] = "relay_denied",
+    [REFUSED_MAX_CONNECTIONS] = "max_connections",
+    [REFUSED_MAX_CONNECTIONS_PER_IP] = "max_connections_per_ip",
+    [REFUSED_NON_SMTP] = "non_smtp",
+    [REFUSED_BAD_PROXY_HEADER] = "bad_proxy_header",
+    [REFUSED_BARE_LINE_END] = "bare_line_end",
+    [REFUSED_LINE_TOO_LONG] = "line_too_long",
+    [REFUSED_MESSAGE_TOO_BIG] = "message_too_big",
+    [REFUSED_TOO_MANY_RECIPIENTS] = "too_many_recipients",
+    [REFUSED_TOO_MANY_ERRORS] = "too_many_errors",
+    [REFUSED_TIMEOUT] = "timeout",
+    [REFUSED_SENDER_LOGIN_MISMATCH] = "sender_login_mismatch",
+    [REFUSED_AUTH_REQUIRED] = "auth_required",
+    [REFUSED_SMTPUTF8_REQUIRED] = "smtputf8_required",
+    [REFUSED_NO_POSTMASTER] = "no_postmaster",
+};
+
+static const char *const auth_result_names[AUTH_RESULTS] = {"ok", "failed", "rate_limited",
+                                                            "unavailable"};
+
+/* Every series exists from the start, at 0, so a rate over it is defined. */
+static void register_metrics(struct ingress_metrics *m)
+{
+    char labels[96];
+    for (int k = 0; k < LISTENER_KINDS; k++) {
+        snprintf(labels, sizeof labels, "listener=\"%s\"", listener_names[k]);
+        m->connections[k] = metric_counter("sealpost_ingress_connections_total",
+                                           "SMTP connections accepted, by listener.", labels);
+    }
+    m->open = metric_gauge("sealpost_ingress_connections", "SMTP connections open now.", "");
+    for (int r = 0; r < REFUSALS; r++) {
+        snprintf(labels, sizeof labels, "reason=\"%s\"", refusal_names[r]);
+        m->refused[r] =
+            metric_counter("sealpost_ingress_refused_total",
+                           "Commands, messages and connections refused, by reason.", labels);
+    }
+    m->accepted = metric_counter("sealpost_ingress_messages_accepted_total",
+                                 "Messages stored in the queue and acknowledged with 250.", "");
+    m->received_bytes = metric_counter("sealpost_ingress_received_bytes_total",
+                                       "Octets of accepted messages, Received: included.", "");
+    m->recipients =
+        metric_counter("sealpost_ingress_recipients_total", "Recipients of accepted messages.", "");
+    m->enqueue_failed =
+        metric_counter("sealpost_ingress_enqueue_failures_total",
+                       "Messages answered 451 because Redis did not store them.", "");
+    for (int a = 0; a < AUTH_RESULTS; a++) {
+        snprintf(labels, sizeof labels, "result=\"%s\"", auth_result_names[a]);
+        m->auth[a] =
+            metric_counter("sealpost_ingress_auth_total", "SMTP AUTH attempts, by result.", labels);
+    }
+    m->tls[0] =
+        metric_counter("sealpost_ingress_tls_handshakes_total",
+                       "TLS handshakes (STARTTLS or implicit), by result.", "result=\"failed\"");
+    m->tls[1] =
+        metric_counter("sealpost_ingress_tls_handshakes_total",
+                       "TLS handshakes (STARTTLS or implicit), by result.", "result=\"ok\"");
+}
+
+void ingress_refused(ingress_t *ingress, enum refusal why)
+{
+    metric_add(ingress->metrics.refused[why], 1);
+}
+
 static void on_close_discard(uv_handle_t *h)
 {
     session_discard_handle((uv_tcp_t *)h);
@@ -35,6 +99,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(tcp, 1);
     ingress->n_sessions++;
+    metric_add(ingress->metrics.connections[l->kind], 1);
+    metric_add(ingress->metrics.open, 1);
     session_start(ingress, tcp, l->kind);
 }
 
@@ -162,6 +228,7 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
     ingress->loop = loop;
     ingress->cfg = cfg;
     ingress->queue = queue;
+    register_metrics(&ingress->metrics);
     if (postmaster_address(cfg, ingress->postmaster, err, errlen) < 0 ||
         auth_check_config(cfg, err, errlen) < 0 ||
         load_tls(cfg, &ingress->tls_ctx, err, errlen) < 0) {
@@ -194,6 +261,7 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
 void ingress_session_gone(ingress_t *ingress)
 {
     ingress->n_sessions--;
+    metric_add(ingress->metrics.open, -1);
     maybe_stopped(ingress);
 }
 

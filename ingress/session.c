@@ -189,10 +189,12 @@ static bool check_mail(session_t *s, const proto_command_t *cmd)
      * under TLS (RFC 3207 §4, RFC 4954 §6). */
     if (s->kind != LISTENER_RELAY && !s->tls) {
         session_reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+        ingress_refused(s->ingress, REFUSED_AUTH_REQUIRED);
         return false;
     }
     if (s->kind != LISTENER_RELAY && !s->authenticated) {
         session_reply(s, "530 5.7.0 Authentication required");
+        ingress_refused(s->ingress, REFUSED_AUTH_REQUIRED);
         return false;
     }
     if (s->in_mail) {
@@ -211,6 +213,7 @@ static bool check_rcpt(session_t *s, const proto_command_t *cmd)
     }
     if (s->n_rcpts >= s->cfg->ingress.max_recipients) {
         session_reply(s, "452 4.5.3 Error: too many recipients");
+        ingress_refused(s->ingress, REFUSED_TOO_MANY_RECIPIENTS);
         return false;
     }
     return true;
@@ -277,6 +280,7 @@ static bool check_bdat(session_t *s, const proto_command_t *cmd)
     }
     if (size > s->cfg->ingress.max_message_size - (s->chunking ? s->data.size : 0)) {
         session_reply(s, "552 5.3.4 Message size exceeds fixed limit; closing connection");
+        ingress_refused(s->ingress, REFUSED_MESSAGE_TOO_BIG);
         s->quitting = true;
         return false;
     }
@@ -327,6 +331,7 @@ static bool address_allowed(session_t *s, const proto_path_t *path)
 {
     if (!path->utf8 || s->smtputf8) return true;
     session_reply(s, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+    ingress_refused(s->ingress, REFUSED_SMTPUTF8_REQUIRED);
     return false;
 }
 
@@ -384,6 +389,7 @@ static bool mail_param_ok(session_t *s, const proto_param_t *p)
         }
         if (size > s->cfg->ingress.max_message_size) {
             session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
+            ingress_refused(s->ingress, REFUSED_MESSAGE_TOO_BIG);
             return false;
         }
     } else if (param_is(p, "BODY")) {
@@ -434,6 +440,7 @@ static bool sender_owned(session_t *s, const proto_path_t *path)
         !strcasecmp(path->addr, s->login))
         return true;
     char safe[LOG_SAFE_MAX];
+    ingress_refused(s->ingress, REFUSED_SENDER_LOGIN_MISMATCH);
     log_info("event=refused reason=sender_login_mismatch client=%s login=%s from=<%s>", s->peer,
              s->login, log_safe(path->addr, safe));
     session_reply(s, "553 5.7.1 <%s>: Sender address not owned by user %s", path->addr, s->login);
@@ -503,10 +510,12 @@ static const char *rcpt_address(session_t *s, const proto_path_t *path)
     if (path->postmaster) {
         if (s->ingress->postmaster[0]) return s->ingress->postmaster;
         session_reply(s, "550 5.1.1 <Postmaster>: no postmaster address is configured here");
+        ingress_refused(s->ingress, REFUSED_NO_POSTMASTER);
         return NULL;
     }
     if (!s->trusted && !s->authenticated && !domain_is_relay(s->cfg, proto_path_domain(path))) {
         char safe[LOG_SAFE_MAX];
+        ingress_refused(s->ingress, REFUSED_RELAY_DENIED);
         log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer,
                  log_safe(path->addr, safe));
         session_reply(s, "554 5.7.1 <%s>: Relay access denied", path->addr);
@@ -714,6 +723,7 @@ static bool is_non_smtp(const char *line, size_t len)
 static void refuse_non_smtp(session_t *s)
 {
     log_info("event=refused reason=non_smtp client=%s", s->peer);
+    ingress_refused(s->ingress, REFUSED_NON_SMTP);
     session_reply(s, "421 4.7.0 %s Error: not an SMTP command; closing connection",
                   s->cfg->ingress.hostname);
     s->quitting = true;
@@ -755,8 +765,12 @@ static void on_enqueued(int status, const char *err, void *arg)
         log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", s->mid, s->peer,
                  log_safe(s->sender, safe), s->n_rcpts, s->body.len);
         session_reply(s, "250 2.0.0 Ok: queued as %s", s->mid);
+        metric_add(s->ingress->metrics.accepted, 1);
+        metric_add(s->ingress->metrics.received_bytes, (double)s->body.len);
+        metric_add(s->ingress->metrics.recipients, s->n_rcpts);
     } else {
         log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\"", s->mid, s->peer, err);
+        metric_add(s->ingress->metrics.enqueue_failed, 1);
         session_reply(s, "451 4.3.0 Error: queue file write error, try again later");
     }
     transaction_reset(s);
@@ -836,6 +850,13 @@ static void refuse_content(session_t *s)
         session_reply(s, "552 5.3.4 Message size exceeds fixed limit");
         break;
     }
+    static const enum refusal why[] = {
+        [PROTO_DATA_BARE_LF] = REFUSED_BARE_LINE_END,
+        [PROTO_DATA_BARE_CR] = REFUSED_BARE_LINE_END,
+        [PROTO_DATA_LONG_LINE] = REFUSED_LINE_TOO_LONG,
+        [PROTO_DATA_TOO_BIG] = REFUSED_MESSAGE_TOO_BIG,
+    };
+    ingress_refused(s->ingress, why[s->data.error]);
     log_info("event=refused reason=data_error error=%d client=%s", (int)s->data.error, s->peer);
     transaction_reset(s);
 }
@@ -962,6 +983,7 @@ void session_process(session_t *s)
         }
         if (s->errors >= s->cfg->ingress.max_errors) {
             session_reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
+            ingress_refused(s->ingress, REFUSED_TOO_MANY_ERRORS);
             s->quitting = true;
             break;
         }
@@ -1021,12 +1043,14 @@ static bool tls_input(session_t *s)
     write_tls_output(s);
     if (state == TLS_FAILED) {
         log_info("event=tls_failed client=%s error=\"%s\"", s->peer, tls_error(s->tls));
+        metric_add(s->ingress->metrics.tls[0], 1);
         session_close(s);
         return false;
     }
     if (state == TLS_OPEN && !s->tls_info[0]) {
         tls_describe(s->tls, s->tls_info, sizeof s->tls_info);
         log_info("event=tls client=%s tls=\"%s\"", s->peer, s->tls_info);
+        metric_add(s->ingress->metrics.tls[1], 1);
     }
     if (tls_peer_closed(s->tls)) s->eof = true;
     return !s->closed;
@@ -1060,6 +1084,7 @@ static void on_timeout(uv_timer_t *t)
 {
     session_t *s = t->data;
     log_info("event=timeout client=%s state=%s", s->peer, s->in_data ? "data" : "command");
+    ingress_refused(s->ingress, REFUSED_TIMEOUT);
     s->quitting = true;
     if (s->busy) return;     /* the 421 would come before the message's own reply */
     if (s->writes_pending) { /* the client stopped reading: no point in writing more */
@@ -1137,9 +1162,12 @@ static unsigned sessions_from(const ingress_t *ingress, const char *peer)
 
 /* Refuses a connection over a limit: with 421 where the client reads clear
  * text, silently on an implicit-TLS port, where it would not. */
-static void refuse_connection(session_t *s, const char *reason, const char *text)
+static void refuse_connection(session_t *s, enum refusal why, const char *text)
 {
-    log_info("event=refused reason=%s client=%s", reason, s->peer);
+    ingress_refused(s->ingress, why);
+    log_info("event=refused reason=%s client=%s",
+             why == REFUSED_MAX_CONNECTIONS ? "max_connections" : "max_connections_per_ip",
+             s->peer);
     if (s->kind != LISTENER_SMTPS)
         session_reply(s, "421 4.7.0 %s Error: %s", s->cfg->ingress.hostname, text);
     s->quitting = true;
@@ -1151,10 +1179,11 @@ static void admit(session_t *s)
 {
     ingress_t *ingress = s->ingress;
     if (ingress->n_sessions > s->cfg->ingress.max_connections)
-        refuse_connection(s, "max_connections", "too many connections");
+        refuse_connection(s, REFUSED_MAX_CONNECTIONS, "too many connections");
     else if (!s->trusted &&
              sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip)
-        refuse_connection(s, "max_connections_per_ip", "too many connections from your address");
+        refuse_connection(s, REFUSED_MAX_CONNECTIONS_PER_IP,
+                          "too many connections from your address");
     else if (s->kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx)))
         s->quitting = true; /* no memory for TLS */
     else
@@ -1172,6 +1201,7 @@ static bool take_proxy_header(session_t *s)
     if (n <= 0) {
         if (n < 0) {
             log_info("event=refused reason=bad_proxy_header client=%s", s->peer);
+            ingress_refused(s->ingress, REFUSED_BAD_PROXY_HEADER);
             s->quitting = true;
         }
         return false;

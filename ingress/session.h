@@ -14,6 +14,29 @@ typedef struct session session_t;
  * traffic, or submission, where a login comes before MAIL. */
 enum listener_kind { LISTENER_RELAY, LISTENER_SUBMISSION, LISTENER_SMTPS, LISTENER_KINDS };
 
+/* Why something was refused: each reason has its own reply code and its own
+ * series of sealpost_ingress_refused_total. */
+enum refusal {
+    REFUSED_RELAY_DENIED,
+    REFUSED_MAX_CONNECTIONS,
+    REFUSED_MAX_CONNECTIONS_PER_IP,
+    REFUSED_NON_SMTP,
+    REFUSED_BAD_PROXY_HEADER,
+    REFUSED_BARE_LINE_END,
+    REFUSED_LINE_TOO_LONG,
+    REFUSED_MESSAGE_TOO_BIG,
+    REFUSED_TOO_MANY_RECIPIENTS,
+    REFUSED_TOO_MANY_ERRORS,
+    REFUSED_TIMEOUT,
+    REFUSED_SENDER_LOGIN_MISMATCH,
+    REFUSED_AUTH_REQUIRED,
+    REFUSED_SMTPUTF8_REQUIRED,
+    REFUSED_NO_POSTMASTER,
+    REFUSALS
+};
+
+enum auth_result { AUTH_OK, AUTH_FAILED, AUTH_RATE_LIMITED, AUTH_UNAVAILABLE, AUTH_RESULTS };
+
 /* Where an AUTH exchange stands between its lines (RFC 4954 §4). */
 enum auth_step { AUTH_IDLE, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASSWORD, AUTH_CRAM };
 
@@ -97,7 +120,15 @@ struct ingress {
     unsigned listeners_open;
     bool stopping;
     unsigned n_sessions;
-    unsigned verifying;  /* password checks in the thread pool */
+    unsigned verifying; /* password checks in the thread pool */
+    struct ingress_metrics {
+        metric_t *connections[LISTENER_KINDS];
+        metric_t *open;
+        metric_t *refused[REFUSALS];
+        metric_t *accepted, *received_bytes, *recipients, *enqueue_failed;
+        metric_t *auth[AUTH_RESULTS];
+        metric_t *tls[2]; /* handshakes failed, done */
+    } metrics;
     session_t *sessions; /* doubly linked, for shutdown */
     void (*on_stopped)(void *arg);
     void *on_stopped_arg;
@@ -114,6 +145,8 @@ void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind);
 void session_shutdown_all(ingress_t *ingress);
 /* Called by a session when its handle is closed and it has been freed. */
 void ingress_session_gone(ingress_t *ingress);
+/* Counts a refusal (the caller replies and logs). */
+void ingress_refused(ingress_t *ingress, enum refusal why);
 
 /* ---- AUTH (auth.c) ---- */
 

@@ -12,6 +12,7 @@ struct queue {
     unsigned shards;
     rconn_t *conn;
     rconn_t *watch_conn;
+    bool library_loaded; /* on the current connection */
     void (*on_wake)(uint32_t shard, void *arg);
     void *on_wake_arg;
 };

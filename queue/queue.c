@@ -23,14 +23,17 @@ static void on_library_loaded(redisReply *reply, const char *err, void *arg)
     else if (reply->type == REDIS_REPLY_ERROR)
         log_error("event=function_load_failed redis=%s:%u error=\"%s\"", q->redis.host,
                   q->redis.port, reply->str);
-    else
+    else {
+        q->library_loaded = true;
         log_info("event=queue_ready redis=%s:%u", q->redis.host, q->redis.port);
+    }
 }
 
 /* The library is loaded on every connection: a Redis that restarted without
  * its AOF, or a new master after failover, gets it before our next call. */
 static void on_connect(rconn_t *conn, void *arg)
 {
+    ((queue_t *)arg)->library_loaded = false;
     const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", queue_functions_lua};
     size_t lens[] = {8, 4, 7, queue_functions_lua_len};
     if (rconn_command(conn, on_library_loaded, arg, 4, argv, lens) < 0)
@@ -64,7 +67,7 @@ void queue_close(queue_t *q)
 
 bool queue_ready(const queue_t *q)
 {
-    return rconn_connected(q->conn);
+    return rconn_connected(q->conn) && q->library_loaded;
 }
 
 unsigned queue_shards(const queue_t *q)

@@ -22,7 +22,7 @@ typedef void (*queue_status_cb)(int status, const char *err, void *arg);
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
                     unsigned shards);
 void queue_close(queue_t *q);
-/* Connected to Redis (the library is loaded first on every connection). */
+/* Connected to Redis, with the functions library loaded on this connection. */
 bool queue_ready(const queue_t *q);
 unsigned queue_shards(const queue_t *q);
 /* The shard a message id lives in. */

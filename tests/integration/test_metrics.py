@@ -1,0 +1,221 @@
+"""GET /metrics, /healthz and /readyz on each process's metrics port: the
+exposition parses with the Prometheus client's own parser, and the ingress
+and worker counters move when a user does the thing they count."""
+
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Sealpost, free_port, up_config, wait_for
+from smtpclient import Client, connect, expect, open_transaction
+
+
+@pytest.fixture(autouse=True)
+def clean_exit(stack):
+    yield
+    for p in stack.procs:
+        p.check_clean_exit()
+
+
+def get(port, path, method="GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def scrape(port):
+    """{(name, labels as a sorted tuple): value}, after checking the format."""
+    status, headers, text = get(port, "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name.startswith("sealpost_"), family.name
+        assert family.documentation, f"{family.name} has no HELP"
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def with_metrics(stack, extra=""):
+    port = free_port()
+    return port, f"[metrics]\nlisten = 127.0.0.1:{port}\n{extra}"
+
+
+def test_ingress_counters_follow_what_clients_do(stack):
+    port, extra = with_metrics(stack)
+    stack.ingress(extra=extra + "[ingress]\ntrusted_networks =\n")
+    before = scrape(port)
+    assert value(before, "sealpost_ingress_refused_total", reason="relay_denied") == 0
+    assert value(before, "sealpost_build_info", version="0.1.0") == 1
+    with connect(stack) as c:
+        expect(c.cmd("MAIL FROM:<a@origin.test>"), 250, "2.1.0")
+        expect(c.cmd("RCPT TO:<x@elsewhere.test>"), 554, "5.7.1")
+        expect(c.cmd("RCPT TO:<r@example.test>"), 250, "2.1.5")
+        expect(c.cmd("DATA"), 354)
+        expect(c.cmd(b"Subject: counted\r\n\r\nbody\r\n."), 250, "2.0.0")
+        during = scrape(port)
+        assert value(during, "sealpost_ingress_connections") == 1
+    with connect(stack, ehlo=False) as c:
+        c.send(b"GET / HTTP/1.1\r\n\r\n")
+        expect(c.reply(), 421, "4.7.0")
+    wait_for(lambda: value(scrape(port), "sealpost_ingress_connections") == 0,
+             what="the gauge to fall back")
+    after = scrape(port)
+    assert value(after, "sealpost_ingress_refused_total", reason="relay_denied") == 1
+    assert value(after, "sealpost_ingress_refused_total", reason="non_smtp") == 1
+    assert value(after, "sealpost_ingress_messages_accepted_total") == 1
+    assert value(after, "sealpost_ingress_recipients_total") == 1
+    assert value(after, "sealpost_ingress_received_bytes_total") > len("Subject: counted")
+    opened = (value(after, "sealpost_ingress_connections_total", listener="listen") -
+              value(before, "sealpost_ingress_connections_total", listener="listen"))
+    assert opened == 2
+
+
+def test_worker_counts_outcomes(stack):
+    stack.sink.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("gone") else None
+    port, extra = with_metrics(stack)
+    stack.ingress()
+    stack.worker(extra=extra)
+    with connect(stack) as c:
+        open_transaction(c, "a@origin.test", ("here@example.test", "gone@example.test"))
+        expect(c.cmd(b"Subject: outcomes\r\n\r\nbody\r\n."), 250, "2.0.0")
+    wait_for(lambda: value(scrape(port), "sealpost_delivery_notifications_total") == 1,
+             timeout=15, what="the bounce")
+    samples = scrape(port)
+    assert value(samples, "sealpost_delivery_attempts_total", outcome="delivered") >= 1
+    assert value(samples, "sealpost_delivery_attempts_total", outcome="bounced") == 1
+
+
+def test_health_and_readiness(stack):
+    port, extra = with_metrics(stack)
+    stack.ingress(extra=extra)
+    assert get(port, "/healthz")[0] == 200
+    assert get(port, "/readyz")[0] == 200
+    stack.redis.stop()
+    wait_for(lambda: get(port, "/readyz")[0] == 503, what="readyz to see redis gone")
+    assert get(port, "/healthz")[0] == 200  # alive all the same
+    stack.redis.start()
+    wait_for(lambda: get(port, "/readyz")[0] == 200, timeout=30, what="readyz to recover")
+
+
+def test_http_refuses_what_it_does_not_serve(stack):
+    port, extra = with_metrics(stack)
+    stack.ingress(extra=extra)
+    assert get(port, "/nothing")[0] == 404
+    assert get(port, "/metrics", method="POST")[0] == 405
+    status, headers, body = get(port, "/metrics", method="HEAD")
+    assert status == 200 and body == "" and int(headers["Content-Length"]) > 0
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 9000)
+        assert s.recv(100).startswith(b"HTTP/1.1 431 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"nonsense\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
+def test_up_serves_both_sides_on_one_port(tmp_path, sink):
+    smtp_port, redis_port, port = free_port(), free_port(), free_port()
+    config = up_config(tmp_path, smtp_port, redis_port, sink.port,
+                       f"[metrics]\nlisten = 127.0.0.1:{port}\n")
+    up = Sealpost(tmp_path, "up", config, "up").start(smtp_port)
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="up to be ready")
+    samples = scrape(port)
+    assert value(samples, "sealpost_ingress_messages_accepted_total") == 0
+    assert value(samples, "sealpost_delivery_attempts_total", outcome="delivered") == 0
+    up.check_clean_exit()
+
+
+def _open(stack, n):
+    return [connect(stack, ehlo=False) for _ in range(n)]
+
+
+def _mail(c, *rcpts):
+    expect(c.cmd("EHLO client.test"), 250)
+    expect(c.cmd("MAIL FROM:<a@origin.test>"), 250, "2.1.0")
+    for r in rcpts:
+        expect(c.cmd(f"RCPT TO:<{r}>"), 250, "2.1.5")
+
+
+def _data(stack, body):
+    with connect(stack, ehlo=False) as c:
+        _mail(c, "r@example.test")
+        expect(c.cmd("DATA"), 354)
+        return c.cmd(body + b"\r\n.")
+
+
+def _command(stack, *lines):
+    with connect(stack) as c:
+        for line in lines[:-1]:
+            c.cmd(line)
+        return c.cmd(lines[-1])
+
+
+def _second_connection(stack):
+    first = connect(stack, ehlo=False)
+    with Client(stack.smtp_port) as second:
+        r = second.reply()
+    first.close()
+    return r
+
+
+def _timeout(stack):
+    with connect(stack, ehlo=False) as c:
+        return c.reply(timeout=5)
+
+
+def _proxy_junk(stack):
+    with Client(stack.smtp_port) as c:
+        c.send(b"HELLO THERE\r\n")
+        assert c.closed_by_server(5.0)
+    return None
+
+
+# reason, extra [ingress] config, what to do, the reply it gets
+REFUSALS = [
+    ("max_connections", "max_connections = 1\n", _second_connection, (421, "4.7.0")),
+    ("max_connections_per_ip", "max_connections_per_ip = 1\ntrusted_networks =\n",
+     _second_connection, (421, "4.7.0")),
+    ("bad_proxy_header", "proxy_networks = 127.0.0.1/32\n", _proxy_junk, None),
+    ("bare_line_end", "", lambda st: _data(st, b"Subject: x\r\n\r\na\nb\r\n"), (550, "5.6.0")),
+    ("line_too_long", "", lambda st: _data(st, b"x" * 1200 + b"\r\n"), (550, "5.6.0")),
+    ("message_too_big", "max_message_size = 2048\n",
+     lambda st: _command(st, "MAIL FROM:<a@origin.test> SIZE=4096"), (552, "5.3.4")),
+    ("too_many_recipients", "max_recipients = 1\n",
+     lambda st: _command(st, "MAIL FROM:<a@origin.test>", "RCPT TO:<a@example.test>",
+                         "RCPT TO:<b@example.test>"), (452, "4.5.3")),
+    ("too_many_errors", "max_errors = 2\n",
+     lambda st: _command(st, "FROB", "FROB", "NOOP"), (421, "4.7.0")),
+    ("timeout", "command_timeout = 1\n", _timeout, (421, "4.4.2")),
+    ("smtputf8_required", "",
+     lambda st: _command(st, "MAIL FROM:<a@origin.test>", "RCPT TO:<jörg@example.test>"),
+     (553, "5.6.7")),
+    ("no_postmaster", "relay_domains =\n",
+     lambda st: _command(st, "MAIL FROM:<a@origin.test>", "RCPT TO:<Postmaster>"),
+     (550, "5.1.1")),
+]
+
+
+@pytest.mark.parametrize("reason, extra, action, reply", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_each_refusal_has_its_code_and_its_counter(stack, reason, extra, action, reply):
+    port, metrics = with_metrics(stack)
+    stack.ingress(extra=metrics + "[ingress]\n" + extra)
+    before = value(scrape(port), "sealpost_ingress_refused_total", reason=reason)
+    got = action(stack)
+    if reply:
+        expect(got, *reply)
+    wait_for(lambda: value(scrape(port), "sealpost_ingress_refused_total", reason=reason) ==
+             before + 1, what=f"the {reason} counter")
+    others = {k: v for k, v in scrape(port).items()
+              if k[0] == "sealpost_ingress_refused_total" and k[1] != (("reason", reason),)}
+    assert not any(others.values()), others
