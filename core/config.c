@@ -91,6 +91,7 @@ static const key_spec_t keys[] = {
     {"worker", "max_backoff", T_UINT, OFF(worker.max_backoff), 1, 604800, "3600"},
     {"worker", "max_queue_lifetime", T_UINT, OFF(worker.max_queue_lifetime), 1, 31536000, "432000"},
     {"worker", "max_lease_expiries", T_UINT, OFF(worker.max_lease_expiries), 1, 1000, "5"},
+    {"worker", "delay_warning_time", T_UINT, OFF(worker.delay_warning_time), 0, 31536000, "0"},
     {"worker", "connect_timeout", T_UINT, OFF(worker.connect_timeout), 1, 3600, "30"},
     {"worker", "command_timeout", T_UINT, OFF(worker.command_timeout), 1, 3600, "300"},
     {"worker", "data_timeout", T_UINT, OFF(worker.data_timeout), 1, 3600, "600"},

@@ -183,6 +183,7 @@ typedef struct config {
         unsigned max_backoff;
         unsigned max_queue_lifetime; /* seconds; then the message bounces as expired */
         unsigned max_lease_expiries;
+        unsigned delay_warning_time; /* seconds queued before a delay notice; 0: never */
         unsigned connect_timeout;
         unsigned command_timeout;
         unsigned data_timeout;

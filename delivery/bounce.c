@@ -57,27 +57,37 @@ static size_t header_length(const char *body, size_t len)
     return len;
 }
 
-static bool any_failed(const bounce_report_t *r)
+static const char *const action_names[] = {"failed", "delayed", "relayed"};
+
+/* What the report is about, as said in its Subject: the worst news in it. */
+static const char *subject_of(const bounce_report_t *r)
 {
-    for (unsigned i = 0; i < r->n_rcpts; i++)
-        if (!r->rcpts[i].relayed) return true;
-    return false;
+    bool failed = false, delayed = false;
+    for (unsigned i = 0; i < r->n_rcpts; i++) {
+        failed |= r->rcpts[i].action == BOUNCE_FAILED;
+        delayed |= r->rcpts[i].action == BOUNCE_DELAYED;
+    }
+    return failed    ? "Undelivered Mail Returned to Sender"
+           : delayed ? "Delayed Mail (still being retried)"
+                     : "Successful Mail Relay Report";
 }
 
 static void human_part(const bounce_report_t *r, buf_t *out)
 {
+    static const char *const intro[] = {
+        [BOUNCE_FAILED] = "I'm sorry to have to inform you that your message could not\r\n"
+                          "be delivered to one or more recipients.\r\n\r\n",
+        [BOUNCE_DELAYED] = "Your message could not be delivered yet to these recipients.\r\n"
+                           "It will be tried again; you need not send it again.\r\n\r\n",
+        [BOUNCE_RELAYED] = "Your message was handed on to the next mail system, which\r\n"
+                           "does not report delivery, for these recipients:\r\n\r\n",
+    };
     buf_printf(out, "This is the mail system at host %s.\r\n\r\n", r->reporting_mta);
-    for (int relayed = 0; relayed < 2; relayed++) {
+    for (int action = BOUNCE_FAILED; action <= BOUNCE_RELAYED; action++) {
         bool header = false;
         for (unsigned i = 0; i < r->n_rcpts; i++) {
-            if (r->rcpts[i].relayed != (relayed == 1)) continue;
-            if (!header)
-                buf_printf(out, "%s",
-                           relayed
-                               ? "Your message was handed on to the next mail system, which\r\n"
-                                 "does not report delivery, for these recipients:\r\n\r\n"
-                               : "I'm sorry to have to inform you that your message could not\r\n"
-                                 "be delivered to one or more recipients.\r\n\r\n");
+            if ((int)r->rcpts[i].action != action) continue;
+            if (!header) buf_printf(out, "%s", intro[action]);
             header = true;
             buf_printf(out, "<%s>: %s\r\n", r->rcpts[i].addr, r->rcpts[i].diagnostic);
         }
@@ -137,7 +147,12 @@ static void status_part(const bounce_report_t *r, buf_t *out)
             buf_printf(out, "Original-Recipient: %s\r\n", decoded);
         }
         buf_printf(out, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", rc->addr,
-                   rc->relayed ? "relayed" : "failed", rc->status);
+                   action_names[rc->action], rc->status);
+        if (rc->action == BOUNCE_DELAYED) { /* RFC 3464 §2.3.9 */
+            char until[64];
+            rfc5322_date_of(r->retry_until_ms, until, sizeof until);
+            buf_printf(out, "Will-Retry-Until: %s\r\n", until);
+        }
         if (rc->remote && r->remote_mta) buf_printf(out, "Remote-MTA: dns; %s\r\n", r->remote_mta);
         buf_printf(out, "Diagnostic-Code: %s; %s\r\n", rc->remote ? "smtp" : "x-sealpost",
                    rc->diagnostic);
@@ -149,7 +164,6 @@ int bounce_build(const bounce_report_t *r, buf_t *out)
     char date[64], boundary[64], ret[8];
     bool full =
         proto_param_find(r->job->mail_params, "RET", ret, sizeof ret) && !strcasecmp(ret, "FULL");
-    bool failed = any_failed(r);
     util_rfc5322_date(date, sizeof date);
     /* Only RFC 2046 bchars, and a random part no message body will contain. */
     snprintf(boundary, sizeof boundary, "=_sealpost_%s", r->bounce_id);
@@ -168,9 +182,8 @@ int bounce_build(const bounce_report_t *r, buf_t *out)
                "\r\n--%s\r\n"
                "Content-Description: Notification\r\n"
                "Content-Type: text/plain; charset=utf-8\r\n\r\n",
-               r->reporting_mta, r->job->sender,
-               failed ? "Undelivered Mail Returned to Sender" : "Successful Mail Relay Report",
-               date, r->bounce_id, r->reporting_mta, boundary, boundary);
+               r->reporting_mta, r->job->sender, subject_of(r), date, r->bounce_id,
+               r->reporting_mta, boundary, boundary);
     human_part(r, out);
     buf_printf(out,
                "\r\n--%s\r\n"

@@ -1,6 +1,7 @@
 /* Private to delivery/: RFC 3464 delivery status notifications: failures
- * (bounces) and, for NOTIFY=SUCCESS recipients handed to a peer without DSN,
- * "relayed" notices (RFC 3461 §5.2.2). */
+ * (bounces), warnings for mail still being retried, and, for NOTIFY=SUCCESS
+ * recipients handed to a peer without DSN, "relayed" notices (RFC 3461
+ * §5.2.2). */
 #ifndef SEALPOST_DELIVERY_BOUNCE_H
 #define SEALPOST_DELIVERY_BOUNCE_H
 
@@ -9,8 +10,8 @@
 
 typedef struct bounce_rcpt {
     const char *addr;
-    const char *params;     /* its DSN parameters as queued (ORCPT, NOTIFY), or "" */
-    bool relayed;           /* a success notice, not a failure */
+    const char *params; /* its DSN parameters as queued (ORCPT, NOTIFY), or "" */
+    enum bounce_action { BOUNCE_FAILED, BOUNCE_DELAYED, BOUNCE_RELAYED } action;
     const char *status;     /* "5.1.1" */
     const char *diagnostic; /* the remote reply, or our reason */
     bool remote;            /* diagnostic is an SMTP reply from remote_mta */
@@ -23,6 +24,7 @@ typedef struct bounce_report {
     const queue_job_t *job;    /* the message reported on */
     const bounce_rcpt_t *rcpts;
     unsigned n_rcpts;
+    long long retry_until_ms; /* for delayed recipients: when they will be given up */
 } bounce_report_t;
 
 /* Writes the whole notification (headers and body, CRLF line ends): the

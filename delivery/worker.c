@@ -176,6 +176,7 @@ typedef struct outcome {
     bounce_rcpt_t *failed; /* to report now: failures, and relays the sender asked about */
     char (*status)[16];
     unsigned n_failed;
+    bool delayed; /* the notification warns of a delay */
 } outcome_t;
 
 /* The notifications a recipient asked for (RFC 3461 §4.1): FAILURE (and
@@ -191,25 +192,40 @@ static int notify_of(const queue_job_t *job, unsigned i)
 
 /* Adds recipient i to the notification when its NOTIFY asks for this kind. */
 static void report(outcome_t *o, const queue_job_t *job, unsigned i, const client_result_t *r,
-                   const char *reply, bool relayed)
+                   const char *reply, enum bounce_action action)
 {
-    int notify = notify_of(job, i);
-    if (!(notify & (relayed ? PROTO_NOTIFY_SUCCESS : PROTO_NOTIFY_FAILURE))) return;
+    static const int wanted[] = {[BOUNCE_FAILED] = PROTO_NOTIFY_FAILURE,
+                                 [BOUNCE_DELAYED] = PROTO_NOTIFY_DELAY,
+                                 [BOUNCE_RELAYED] = PROTO_NOTIFY_SUCCESS};
+    if (!(notify_of(job, i) & wanted[action])) return;
     bounce_rcpt_t *f = &o->failed[o->n_failed];
     int code = r ? r->codes[i] : 0;
+    bool from_reply = code / 100 == 5 || action != BOUNCE_FAILED; /* else: expired */
     f->addr = job->rcpts[i];
     f->params = job->rcpt_params[i];
-    f->relayed = relayed;
-    f->remote = r && !r->local && (relayed || code / 100 == 5);
+    f->action = action;
+    f->remote = r && !r->local && code != 0 && (action != BOUNCE_FAILED || code / 100 == 5);
     f->diagnostic = reply;
-    if (code / 100 == 5 || relayed)
+    if (action == BOUNCE_DELAYED && code / 100 != 4)
+        snprintf(o->status[o->n_failed], 16, "4.4.1"); /* not reached (RFC 3463) */
+    else if (from_reply)
         bounce_status_of(reply, o->status[o->n_failed]);
     else
         snprintf(o->status[o->n_failed], 16, "4.4.7"); /* delivery time expired */
     f->status = o->status[o->n_failed++];
+    o->delayed |= action == BOUNCE_DELAYED;
 }
 
-static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool expired)
+/* Whether pending recipients are due a delay notice now: warnings are on
+ * (delay_warning_time, off by default as in Postfix), the message has
+ * waited that long, and this job has not warned before. */
+static bool warning_due(const delivery_t *d, int64_t age_ms)
+{
+    unsigned after = d->w->cfg->worker.delay_warning_time;
+    return after && !d->job->warned && age_ms >= (int64_t)after * 1000;
+}
+
+static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool expired, bool warn)
 {
     queue_job_t *job = d->job;
     for (unsigned i = 0; i < job->n_rcpts; i++) {
@@ -218,13 +234,14 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         if (code / 100 == 2) {
             log_outcome(d, job->rcpts[i], OUT_DELIVERED, reply);
             /* A peer with DSN reports success itself (RFC 3461 §5.2.2). */
-            if (!r->peer_dsn) report(o, job, i, r, reply, true);
+            if (!r->peer_dsn) report(o, job, i, r, reply, BOUNCE_RELAYED);
         } else if (code / 100 == 5 || expired) {
             bool refused = code / 100 == 5;
-            report(o, job, i, r, reply, false);
+            report(o, job, i, r, reply, BOUNCE_FAILED);
             log_outcome(d, job->rcpts[i], refused ? OUT_BOUNCED : OUT_EXPIRED, reply);
         } else {
             o->pending[o->n_pending++] = i;
+            if (warn) report(o, job, i, r, reply, BOUNCE_DELAYED);
             log_outcome(d, job->rcpts[i], OUT_DEFERRED, reply);
         }
     }
@@ -244,12 +261,15 @@ static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t
         .job = d->job,
         .rcpts = o->failed,
         .n_rcpts = o->n_failed,
+        .retry_until_ms =
+            d->job->received_ms + (long long)d->w->cfg->worker.max_queue_lifetime * 1000,
     };
     if (bounce_build(&report, body) < 0) return false;
     b->rcpt = d->job->sender;
     b->info = "bounce";
     b->body = body->data;
     b->body_len = body->len;
+    b->delay_notice = o->delayed;
     char safe[LOG_SAFE_MAX];
     metric_add(d->w->notices, 1);
     log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", d->job->mid, b->id,
@@ -274,7 +294,8 @@ static void record(delivery_t *d, const client_result_t *r)
     int rc = -1;
     if (o.pending && o.failed && o.status) {
         int64_t age_ms = util_now_ms() - job->received_ms;
-        classify(d, r, &o, age_ms > (int64_t)cfg->worker.max_queue_lifetime * 1000);
+        classify(d, r, &o, age_ms > (int64_t)cfg->worker.max_queue_lifetime * 1000,
+                 !d->releasing && warning_due(d, age_ms));
         queue_bounce_t bounce;
         bool bouncing = make_bounce(d, r, &o, &bounce, &body);
         /* A job handed back by a stopping worker is due again at once. */

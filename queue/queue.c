@@ -377,6 +377,7 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     if (v && v->type == REDIS_REPLY_STRING) snprintf(job->domain, sizeof job->domain, "%s", v->str);
     v = hash_field(jf, "attempts");
     job->attempts = v ? (unsigned)reply_integer(v) : 0;
+    job->warned = hash_field(jf, "warned") != NULL;
     v = hash_field(mf, "received");
     job->received_ms = v ? reply_integer(v) : 0;
     job->sender = field_dup(mf, "sender");
@@ -533,16 +534,16 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
     snprintf(delay, sizeof delay, "%u", delay_ms);
     snprintf(shard, sizeof shard, "%u", job->shard);
     const char *at = bounce ? strrchr(bounce->rcpt, '@') : NULL;
-    const char *args[13] = {
+    const char *args[14] = {
         job->jid, token, list.data ? list.data : "", delay, error ? error : "", job->domain, shard};
-    size_t lens[13];
+    size_t lens[14];
     if (bounce) {
-        const char *extra[] = {bounce->id,       bounce->info ? bounce->info : "",
-                               bounce->body,     bjid,
-                               at ? at + 1 : "", bounce->rcpt};
+        const char *extra[] = {
+            bounce->id,   bounce->info ? bounce->info : "", bounce->body, bjid, at ? at + 1 : "",
+            bounce->rcpt, bounce->delay_notice ? "1" : "0"};
         memcpy(args + 7, extra, sizeof extra);
     }
-    int nargs = bounce ? 13 : 7;
+    int nargs = bounce ? 14 : 7;
     for (int i = 0; i < nargs; i++)
         lens[i] = strlen(args[i]);
     if (bounce) lens[9] = bounce->body_len;

@@ -78,6 +78,7 @@ typedef struct queue_job {
     char **rcpt_params; /* per recipient: its DSN parameters, or "" */
     unsigned n_rcpts;
     unsigned attempts;
+    bool warned; /* a delay notice went out for this job */
     long long received_ms;
     char *body;
     size_t body_len;
@@ -103,6 +104,7 @@ typedef struct queue_bounce {
     const char *info;
     const char *body;
     size_t body_len;
+    bool delay_notice; /* a warning, not a failure: the job is marked warned */
 } queue_bounce_t;
 
 /* A fresh message id that hashes to the given shard. */

@@ -128,7 +128,8 @@ end
 
 -- KEYS: due, lease, meta, st, dom, j, m, b0 [, bounce m, bounce b0, bounce j]
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard
---       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt]
+--       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt,
+--          delay notice ('1': the job is marked warned, so it warns once)]
 -- A bounce for the recipients that failed in this attempt is written in the
 -- same call, in this shard (its id was chosen to hash here), so a failure is
 -- never recorded without its bounce, nor bounced twice.
@@ -146,6 +147,7 @@ local function complete(keys, args)
   end
   if args[3] ~= '' then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
+    if #keys == 11 and args[14] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
     redis.call('HINCRBY', keys[6], 'attempts', 1)
     redis.call('ZADD', keys[1], now + tonumber(args[4]), jid)
     redis.call('HINCRBY', keys[4], 'deferred', 1)

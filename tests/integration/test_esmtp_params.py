@@ -309,3 +309,48 @@ def test_bad_postmaster_setting_stops_the_start(tmp_path, stack):
                    "ingress").start()
     assert bad.proc.wait(10) != 0
     assert "[ingress] postmaster: 'not an address' is not an address" in bad.read_log()
+
+
+# ---- delay warnings (off by default) ----
+
+def slow_sink(stack):
+    stack.sink.rcpt_reply = lambda a: "451 4.3.2 try later" if a.startswith("slow") else None
+
+
+def test_delay_warning_once_after_the_configured_time(stack):
+    """With delay_warning_time = 1, a recipient still deferred after a second
+    gets one Action: delayed notice with Will-Retry-Until; later retries do
+    not warn again; NOTIFY without DELAY gets none."""
+    slow_sink(stack)
+    stack.ingress()
+    stack.worker(extra="[worker]\ndelay_warning_time = 1\nmax_queue_lifetime = 60\n")
+    with connect(stack) as c:
+        submit(c, "sender@origin.test", ["slow1@example.test"], b"Subject: slow\r\n\r\nx\r\n")
+        submit(c, "sender@origin.test", ["slow2@example.test"], b"Subject: quiet\r\n\r\nx\r\n",
+               "", " NOTIFY=FAILURE")
+    wait_for(lambda: notices(stack.sink), timeout=20, what="the delay notice")
+    worker = stack.procs[1]
+    attempts = worker.read_log().count("event=deferred")
+    wait_for(lambda: worker.read_log().count("event=deferred") >= attempts + 4, timeout=30,
+             what="more retries")
+    found = notices(stack.sink)
+    assert len(found) == 1, [m["Subject"] for m in found]
+    assert found[0]["Subject"] == "Delayed Mail (still being retried)"
+    _, rcpts = status_blocks(found[0])
+    assert [b["Final-Recipient"] for b in rcpts] == ["rfc822; slow1@example.test"]
+    assert rcpts[0]["Action"] == "delayed" and rcpts[0]["Status"] == "4.3.2"
+    assert rcpts[0]["Will-Retry-Until"]
+    assert "try later" in rcpts[0]["Diagnostic-Code"]
+
+
+def test_no_delay_warning_by_default(stack):
+    slow_sink(stack)
+    stack.ingress()
+    stack.worker()
+    with connect(stack) as c:
+        submit(c, "sender@origin.test", ["slow@example.test"], b"Subject: slow\r\n\r\nx\r\n",
+               "", " NOTIFY=DELAY,FAILURE")
+    worker = stack.procs[1]
+    wait_for(lambda: worker.read_log().count("event=deferred") >= 3, timeout=30,
+             what="three attempts")
+    assert notices(stack.sink) == []
