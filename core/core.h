@@ -193,6 +193,7 @@ typedef struct config {
         uint16_t smtp_port;       /* of MX hosts */
         enum tls_policy tls_policy;
         unsigned destination_concurrency; /* connections to one next hop at once */
+        unsigned connection_cache_time;   /* seconds an idle connection waits for a job */
         unsigned stop_grace;              /* seconds a stopping worker lets deliveries finish */
         char tls_ca_file[512]; /* extra trust anchors for verify; the system's are used too */
     } worker;

@@ -22,8 +22,13 @@ enum step {
     STEP_GATE, /* content sent, waiting for client_finish_data */
     STEP_BODY,
     STEP_DISCARD, /* sent "." after a 354 with no recipient accepted */
-    STEP_QUIT
+    STEP_QUIT,
+    STEP_IDLE /* a transaction done, the connection kept for the next */
 };
+
+/* A connection is reused within this long of its start (Postfix's
+ * smtp_connection_reuse_time_limit). */
+#define REUSE_TIME_LIMIT_MS 300000u
 
 struct client {
     uv_loop_t *loop;
@@ -60,6 +65,12 @@ struct client {
     bool gate_pending; /* gate called, client_finish_data not yet */
     client_done_cb done;
     void *arg;
+    bool reported;                          /* done ran for the current job */
+    bool reused;                            /* the current job runs on a connection used before */
+    bool replied;                           /* a reply came since the current job began */
+    uint64_t start;                         /* uv_now of the connect */
+    void (*closed)(client_t *c, void *arg); /* for a kept connection */
+    void *closed_arg;
 };
 
 /* Reports and frees once both handles are closed and the gate, if asked,
@@ -67,7 +78,10 @@ struct client {
 static void maybe_done(client_t *c)
 {
     if (c->handles_open > 0 || c->gate_pending) return;
-    c->done(&c->result, c->arg);
+    if (!c->reported)
+        c->done(&c->result, c->arg);
+    else if (c->closed)
+        c->closed(c, c->closed_arg);
     free(c->result.codes);
     free(c->result.replies);
     buf_free(&c->in);
@@ -128,6 +142,8 @@ static void settle_undecided(client_t *c, int code, const char *text)
 static void fail(client_t *c, const char *what)
 {
     c->result.before_mail = c->step < STEP_MAIL;
+    /* Dead while it sat idle: not this job's attempt; the caller connects anew. */
+    c->result.stale = c->reused && !c->replied && !c->reported;
     set_detail(c, "%s: %s", c->dest, what);
     settle_undecided(c, 0, c->result.detail);
     client_close(c);
@@ -520,10 +536,26 @@ static void on_tls_progress(client_t *c, enum tls_state state)
     send_line(c, STEP_EHLO, "EHLO %s", c->cfg->worker.helo_name);
 }
 
+/* The transaction is settled: with connection_cache_time, report now and
+ * keep the connection for the next job instead of saying QUIT. */
+static bool keep_idle(client_t *c)
+{
+    unsigned seconds = c->cfg->worker.connection_cache_time;
+    if (!seconds || uv_now(c->loop) - c->start > REUSE_TIME_LIMIT_MS) return false;
+    c->step = STEP_IDLE;
+    c->closed = NULL;
+    arm(c, seconds);
+    c->result.kept = true;
+    c->reported = true;
+    c->done(&c->result, c->arg); /* may hand it to the next job at once */
+    return true;
+}
+
 /* One complete reply: decide the next step. */
 static void on_reply(client_t *c, int code, const char *text)
 {
     int class = code / 100;
+    c->replied = true;
     if (class != 2 && !(c->step == STEP_DATA && code == 354))
         set_detail(c, "%s said: %s", c->dest, text);
     if (c->pipelined && (c->step == STEP_MAIL || c->step == STEP_RCPT || c->step == STEP_DATA)) {
@@ -585,8 +617,12 @@ static void on_reply(client_t *c, int code, const char *text)
     case STEP_BODY:
         settle_undecided(c, code, text);
         if (class == 2) set_detail(c, "%s said: %s", c->dest, text);
+        if (keep_idle(c)) return;
         c->step = STEP_QUIT; /* settled: a failure after this changes nothing */
         send_line(c, STEP_QUIT, "QUIT");
+        return;
+    case STEP_IDLE: /* "421 idle too long", or anything unasked: the connection is spent */
+        client_close(c);
         return;
     case STEP_DISCARD:
         send_line(c, STEP_QUIT, "QUIT");
@@ -638,7 +674,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
     if (c->finished) return;
     if (n < 0) {
         /* A peer that hangs up after its reply to QUIT (or any settled reply) is fine. */
-        if (c->step == STEP_QUIT)
+        if (c->step == STEP_QUIT || c->step == STEP_IDLE)
             client_close(c);
         else
             fail(c, n == UV_EOF ? "connection closed" : uv_strerror((int)n));
@@ -661,6 +697,8 @@ static void on_timeout(uv_timer_t *t)
     client_t *c = t->data;
     if (c->step == STEP_QUIT)
         client_close(c);
+    else if (c->step == STEP_IDLE) /* idle long enough */
+        send_line(c, STEP_QUIT, "QUIT");
     else
         fail(c, "timeout");
 }
@@ -678,7 +716,11 @@ static void on_connected(uv_connect_t *req, int status)
         fail(c, uv_strerror(status));
         return;
     }
+    /* Commands and the final dot are small writes waiting for a reply:
+     * Nagle's algorithm would hold each one for the peer's delayed ACK. */
+    uv_tcp_nodelay(&c->tcp, 1);
     c->step = STEP_GREETING;
+    c->start = uv_now(c->loop);
     arm(c, c->cfg->worker.command_timeout);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
@@ -686,6 +728,61 @@ static void on_connected(uv_connect_t *req, int status)
 void client_abort(client_t *c)
 {
     if (!c->finished) fail(c, "aborted: the worker is stopping");
+}
+
+void client_idle(client_t *c, void (*closed)(client_t *c, void *arg), void *arg)
+{
+    c->closed = closed;
+    c->closed_arg = arg;
+}
+
+int client_reuse(client_t *c, const queue_job_t *job, client_gate_cb gate, client_done_cb done,
+                 void *arg)
+{
+    size_t n = job->n_rcpts ? job->n_rcpts : 1;
+    int *codes = calloc(n, sizeof *codes);
+    char(*replies)[CLIENT_REPLY_MAX] = calloc(n, sizeof *replies);
+    if (!codes || !replies || c->step != STEP_IDLE || c->finished) {
+        free(codes);
+        free(replies);
+        return -1;
+    }
+    char tls[sizeof c->result.tls];
+    memcpy(tls, c->result.tls, sizeof tls);
+    free(c->result.codes);
+    free(c->result.replies);
+    memset(&c->result, 0, sizeof c->result);
+    memcpy(c->result.tls, tls, sizeof tls);
+    c->result.codes = codes;
+    c->result.replies = replies;
+    c->result.n_codes = job->n_rcpts;
+    c->result.remote = c->name;
+    c->job = job;
+    c->gate = gate;
+    c->done = done;
+    c->arg = arg;
+    c->closed = NULL;
+    c->rcpt_index = c->accepted = 0;
+    c->pipelined = c->mail_failed = c->gate_pending = false;
+    c->reported = c->replied = false;
+    c->reused = true;
+    send_mail(c);
+    return 0;
+}
+
+void client_quit(client_t *c)
+{
+    if (c->step == STEP_IDLE && !c->finished) send_line(c, STEP_QUIT, "QUIT");
+}
+
+const char *client_name(const client_t *c)
+{
+    return c->name;
+}
+
+enum tls_policy client_tls_policy(const client_t *c)
+{
+    return c->tls_policy;
 }
 
 client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,

@@ -24,6 +24,8 @@ typedef struct client_result {
     bool local;         /* codes and replies are our own decision, not a server's */
     bool peer_dsn;      /* the peer took the DSN parameters: it reports success itself */
     char tls[80];       /* "TLSv1.3 TLS_AES_256_GCM_SHA384" when STARTTLS was used */
+    bool kept;          /* the connection stays open, idle, for the next job: see client_idle */
+    bool stale;         /* a reused connection was found dead before any reply: no attempt */
 } client_result_t;
 
 typedef struct client client_t;
@@ -51,6 +53,25 @@ client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, co
 /* Ends the transaction now, as if the connection had dropped: recipients
  * not yet accepted after the final dot are reported as not reached. */
 void client_abort(client_t *client);
+
+/* ---- connection reuse ----
+ * After a transaction whose result says kept, the connection stays open,
+ * idle, for [worker] connection_cache_time seconds (within five minutes of
+ * its start, as Postfix does), and belongs to the caller: it must give it
+ * a closed callback with client_idle, then either client_reuse it for a job
+ * to the same destination (same MX name, same TLS policy) or client_quit it. */
+
+/* closed runs once when the idle (or quitting) connection is gone. */
+void client_idle(client_t *client, void (*closed)(client_t *client, void *arg), void *arg);
+/* Runs job on the idle connection: done (and gate) as for client_deliver.
+ * Returns -1 (the connection stays idle) when there is no memory. */
+int client_reuse(client_t *client, const queue_job_t *job, client_gate_cb gate, client_done_cb done,
+                 void *arg);
+/* Says QUIT and closes; closed runs after. */
+void client_quit(client_t *client);
+/* The MX name (or host:port) and TLS policy an idle connection serves. */
+const char *client_name(const client_t *client);
+enum tls_policy client_tls_policy(const client_t *client);
 /* Sends the final "." (ok), or aborts the transaction by closing the
  * connection without it (RFC 5321 §4.1.1.4: the server must then not
  * deliver; RSET cannot be sent in the middle of DATA). */

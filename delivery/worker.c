@@ -44,6 +44,7 @@ struct worker {
     unsigned active;
     struct delivery *deliveries;      /* the active ones, for a stop */
     struct destination *destinations; /* with connections open or waited for */
+    unsigned kept;                    /* kept connections not yet closed */
     uv_timer_t timer;                 /* the next claim; after a stop, the grace period */
     bool stopping;
     bool closed;
@@ -53,9 +54,18 @@ struct worker {
 
 /* One next hop ("host:port"): how many connections we have open to it, and
  * the deliveries waiting for one of them to end (destination_concurrency). */
+/* A connection kept open after its transaction, for the next job to the
+ * same destination. It still holds its destination slot. */
+typedef struct idle_conn {
+    client_t *client;
+    struct idle_conn *next;
+} idle_conn_t;
+
 typedef struct destination {
+    worker_t *w;
     char key[300];
-    unsigned active;
+    unsigned active; /* connections open, idle ones included */
+    idle_conn_t *idle;
     struct delivery *waiting, *waiting_tail;
     struct destination *next;
 } destination_t;
@@ -81,6 +91,9 @@ typedef struct delivery {
     net_hostport_t wait_dest; /* where it will connect once its turn comes */
     char wait_name[256];
     bool wait_has_name;
+    net_hostport_t target; /* where it went last: a dead kept connection is retried there */
+    char target_name[256];
+    bool target_has_name;
     struct delivery *prev, *next;
 } delivery_t;
 
@@ -102,7 +115,7 @@ static void on_worker_closed(uv_handle_t *h)
 
 static void maybe_stopped(worker_t *w)
 {
-    if (w->stopping && w->active == 0 && !w->claiming && !w->closed) {
+    if (w->stopping && w->active == 0 && w->kept == 0 && !w->claiming && !w->closed) {
         w->closed = true;
         uv_close((uv_handle_t *)&w->timer, on_worker_closed);
     }
@@ -317,15 +330,33 @@ static void record(delivery_t *d, const client_result_t *r)
 
 static void deliver_to_target(delivery_t *d);
 static void on_gate(client_t *client, void *arg);
-static void release_slot(delivery_t *d);
+static void on_delivered(const client_result_t *result, void *arg);
+static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name);
+static void slot_freed(destination_t *x);
+static void keep(destination_t *x, client_t *client);
 
 /* Moves on to the next MX target when this one failed before the
  * transaction began (RFC 5321 §5.1); otherwise records the attempt. */
 static void on_delivered(const client_result_t *result, void *arg)
 {
     delivery_t *d = arg;
+    client_t *kept = result->kept ? d->client : NULL;
+    destination_t *slot = d->slot;
     d->client = NULL;
-    release_slot(d);
+    d->slot = NULL;
+    if (kept) {
+        /* record() may free d: the connection is kept only after it. */
+        record(d, result->codes ? result : NULL);
+        keep(slot, kept);
+        return;
+    }
+    if (slot) slot_freed(slot);
+    if (result->stale && !d->releasing) { /* a kept connection died idle: a fresh one */
+        log_info("event=reconnect mid=%s peer=%s detail=\"%s\"", d->job->mid, result->remote,
+                 result->detail);
+        start_client(d, &d->target, d->target_has_name ? d->target_name : NULL);
+        return;
+    }
     if (result->before_mail && !d->releasing && d->mx && d->mx_index + 1 < d->mx->n_targets) {
         log_info("event=next_mx mid=%s failed=%s detail=\"%s\"", d->job->mid,
                  d->mx->names[d->mx_index], result->detail);
@@ -364,6 +395,7 @@ static destination_t *destination_get(worker_t *w, const net_hostport_t *dest)
     destination_t *x = calloc(1, sizeof *x);
     if (!x) return NULL;
     memcpy(x->key, key, sizeof key);
+    x->w = w;
     x->next = w->destinations;
     w->destinations = x;
     return x;
@@ -371,7 +403,7 @@ static destination_t *destination_get(worker_t *w, const net_hostport_t *dest)
 
 static void destination_drop_if_idle(worker_t *w, destination_t *x)
 {
-    if (x->active || x->waiting) return;
+    if (x->active || x->waiting || x->idle) return;
     for (destination_t **link = &w->destinations; *link; link = &(*link)->next)
         if (*link == x) {
             *link = x->next;
@@ -380,24 +412,111 @@ static void destination_drop_if_idle(worker_t *w, destination_t *x)
         }
 }
 
-static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name);
-
-/* A connection to the destination ended: the next delivery waiting for it
- * goes now. */
-static void release_slot(delivery_t *d)
+static delivery_t *pop_waiting(destination_t *x)
 {
-    destination_t *x = d->slot;
-    if (!x) return;
-    d->slot = NULL;
-    x->active--;
     delivery_t *next = x->waiting;
     if (next) {
         x->waiting = next->wait_next;
         if (!x->waiting) x->waiting_tail = NULL;
         next->waiting = false;
+    }
+    return next;
+}
+
+/* A connection to the destination ended: the next delivery waiting for it
+ * goes now. */
+static void slot_freed(destination_t *x)
+{
+    worker_t *w = x->w;
+    x->active--;
+    delivery_t *next = pop_waiting(x);
+    if (next) start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
+    destination_drop_if_idle(w, x);
+}
+
+static void release_slot(delivery_t *d)
+{
+    destination_t *x = d->slot;
+    if (!x) return;
+    d->slot = NULL;
+    slot_freed(x);
+}
+
+/* A kept connection closed (idle too long, closed by the server, or told
+ * to quit): out of the pool, and its slot is free. */
+static void on_kept_closed(client_t *client, void *arg)
+{
+    destination_t *x = arg;
+    worker_t *w = x->w;
+    for (idle_conn_t **link = &x->idle; *link; link = &(*link)->next)
+        if ((*link)->client == client) {
+            idle_conn_t *gone = *link;
+            *link = gone->next;
+            free(gone);
+            break;
+        }
+    w->kept--;
+    slot_freed(x);
+    maybe_stopped(w);
+}
+
+/* Whether an idle connection suits the delivery: the same MX name (for SNI
+ * and certificate checks) and the same TLS policy. */
+static bool suits(const delivery_t *d, client_t *client, const char *name)
+{
+    return !strcmp(client_name(client), name) &&
+           client_tls_policy(client) == config_tls_policy_for(d->w->cfg, d->job->domain);
+}
+
+/* Runs the delivery on a kept connection (its slot moves along). */
+static bool reuse(delivery_t *d, destination_t *x, client_t *client)
+{
+    if (client_reuse(client, d->job, on_gate, on_delivered, d) < 0) return false;
+    d->slot = x;
+    d->client = client;
+    return true;
+}
+
+/* A transaction left its connection open: the first waiting delivery it
+ * suits takes it now, else it waits in the pool (or quits, when stopping
+ * or when a waiting delivery needs the slot for another name). */
+static void keep(destination_t *x, client_t *client)
+{
+    worker_t *w = x->w;
+    w->kept++;
+    client_idle(client, on_kept_closed, x);
+    delivery_t *next = w->stopping ? NULL : x->waiting;
+    if (next && !next->releasing &&
+        suits(next, client, next->wait_has_name ? next->wait_name : x->key)) {
+        pop_waiting(x);
+        w->kept--;
+        if (reuse(next, x, client)) return;
+        w->kept++;
         start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
     }
-    destination_drop_if_idle(d->w, x);
+    idle_conn_t *ic = next || w->stopping ? NULL : malloc(sizeof *ic);
+    if (!ic) {
+        client_quit(client); /* on_kept_closed follows */
+        return;
+    }
+    ic->client = client;
+    ic->next = x->idle;
+    x->idle = ic;
+}
+
+/* Takes a suitable idle connection out of the pool, or NULL. */
+static client_t *take_idle(delivery_t *d, destination_t *x, const char *name)
+{
+    for (idle_conn_t **link = &x->idle; *link; link = &(*link)->next) {
+        client_t *client = (*link)->client;
+        if (!suits(d, client, name)) continue;
+        idle_conn_t *gone = *link;
+        *link = gone->next;
+        free(gone);
+        d->w->kept--;
+        return client;
+    }
+    return NULL;
 }
 
 static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name)
@@ -407,7 +526,24 @@ static void start_client(delivery_t *d, const net_hostport_t *dest, const char *
         record_local(d, 451, "451 4.3.0 out of memory");
         return;
     }
+    d->target = *dest;
+    d->target_has_name = name != NULL;
+    snprintf(d->target_name, sizeof d->target_name, "%s", name ? name : "");
+    client_t *idle = d->releasing ? NULL : take_idle(d, x, name ? name : x->key);
+    if (idle && reuse(d, x, idle)) return;
+    if (idle) { /* no memory for the job on it: give its slot back */
+        d->w->kept++;
+        client_quit(idle);
+    }
     if (x->active >= d->w->cfg->worker.destination_concurrency && !d->releasing) {
+        /* An idle connection that does not suit gives way (out of the pool at
+         * once, so the next arrival picks another). */
+        idle_conn_t *ic = x->idle;
+        if (ic) {
+            x->idle = ic->next;
+            client_quit(ic->client);
+            free(ic);
+        }
         /* Wait for a connection to this host to end; the lease keeps being renewed. */
         d->waiting = true;
         d->wait_dest = *dest;
@@ -749,6 +885,9 @@ void worker_stop(worker_t *w, void (*done)(void *arg), void *arg)
 {
     w->stopping = true;
     queue_unwatch(w->queue); /* no wake-up may reach w once it is freed */
+    for (destination_t *x = w->destinations; x; x = x->next)
+        for (idle_conn_t *ic = x->idle; ic; ic = ic->next)
+            client_quit(ic->client);
     w->on_stopped = done;
     w->on_stopped_arg = arg;
     uv_timer_stop(&w->timer);

@@ -11,7 +11,8 @@ class RawPeer(threading.Thread):
     given and records every chunk and command line it receives, so a test
     can see exactly what the client sent, and together with what."""
 
-    def __init__(self, refuse=(), hold=0.0, extensions=("PIPELINING", "8BITMIME")):
+    def __init__(self, refuse=(), hold=0.0, extensions=("PIPELINING", "8BITMIME"),
+                 hang_after=None):
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -21,6 +22,11 @@ class RawPeer(threading.Thread):
         self.open = self.max_open = 0
         self.extensions = list(extensions)
         self.commands = []  # every command line, decoded
+        self.sessions = 0  # connections accepted
+        # After this many messages in a session, stop answering but keep the
+        # connection open, as a server that silently dropped it would look.
+        self.hang_after = hang_after
+        self.stop_hanging = threading.Event()
 
     def run(self):
         while True:
@@ -36,6 +42,7 @@ class RawPeer(threading.Thread):
         that the client did not overlap."""
         with self.lock:
             self.open += 1
+            self.sessions += 1
             self.max_open = max(self.max_open, self.open)
         try:
             with conn:
@@ -52,7 +59,7 @@ class RawPeer(threading.Thread):
 
     def session(self, conn):
         conn.sendall(b"220 peer ESMTP\r\n")
-        buf, rcpts, in_data, body = b"", [], False, b""
+        buf, rcpts, in_data, body, messages = b"", [], False, b"", 0
         while True:
             chunk = conn.recv(65536)
             if not chunk:
@@ -67,6 +74,10 @@ class RawPeer(threading.Thread):
                     self.delivered.append((list(rcpts), buf[:end]))
                     buf, in_data = buf[end + 5:], False
                     conn.sendall(b"250 2.0.0 ok\r\n")
+                    messages += 1
+                    if self.hang_after and messages >= self.hang_after:
+                        self.stop_hanging.wait(60)
+                        return
                     continue
                 line, sep, rest = buf.partition(b"\r\n")
                 if not sep:
@@ -99,4 +110,5 @@ class RawPeer(threading.Thread):
                     conn.sendall(b"250 ok\r\n")
 
     def stop(self):
+        self.stop_hanging.set()
         self.listener.close()

@@ -336,3 +336,55 @@ def test_destination_concurrency_limits_connections(stack):
     peer.stop()
     print(f"\nmost connections open at once: {peer.max_open}")
     assert peer.max_open == 2
+
+
+# ---- connection reuse ----
+
+def _peer_stack(stack, peer, worker_extra=""):
+    stack.ingress(extra="[ingress]\nrelay_domains = example.test pipe.test\n")
+    return stack.worker(extra=f"[worker]\n{worker_extra}\n"
+                              f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
+
+
+def test_connection_is_reused_for_the_next_job(stack):
+    """Two messages one after the other to the same next hop travel over one
+    connection (connection_cache_time), which says QUIT once idle that long."""
+    peer = RawPeer()
+    peer.start()
+    _peer_stack(stack, peer, "connection_cache_time = 3")
+    send(stack, ["a@pipe.test"], "first")
+    wait_for(lambda: len(peer.delivered) == 1, timeout=15, what="the first message")
+    send(stack, ["b@pipe.test"], "second")
+    wait_for(lambda: len(peer.delivered) == 2, timeout=15, what="the second message")
+    assert peer.sessions == 1, peer.commands
+    assert peer.commands.count("QUIT") == 0  # still idle, kept
+    wait_for(lambda: "QUIT" in peer.commands, timeout=10, what="QUIT once idle")
+    assert [c.split()[0] for c in peer.commands].count("EHLO") == 1
+    peer.stop()
+
+
+def test_no_reuse_when_switched_off(stack):
+    peer = RawPeer()
+    peer.start()
+    _peer_stack(stack, peer, "connection_cache_time = 0")
+    for n in range(2):
+        send(stack, [f"u{n}@pipe.test"], f"m{n}")
+        wait_for(lambda: len(peer.delivered) == n + 1, timeout=15, what=f"message {n}")
+    peer.stop()
+    assert peer.sessions == 2 and peer.commands.count("QUIT") == 2
+
+
+def test_dead_kept_connection_is_replaced_without_an_attempt(stack):
+    """The next hop stops answering on the kept connection: the job goes on a
+    fresh connection at once, and nothing is deferred or bounced."""
+    peer = RawPeer(hang_after=1)
+    peer.start()
+    worker = _peer_stack(stack, peer, "connection_cache_time = 30\ncommand_timeout = 2")
+    send(stack, ["a@pipe.test"], "first")
+    wait_for(lambda: len(peer.delivered) == 1, timeout=15, what="the first message")
+    send(stack, ["b@pipe.test"], "second")
+    wait_for(lambda: len(peer.delivered) == 2, timeout=20, what="the second message")
+    peer.stop()
+    log = worker.read_log()
+    assert "event=reconnect" in log and "event=deferred" not in log
+    assert peer.sessions == 2 and not bounces(stack.sink)
