@@ -756,7 +756,7 @@ int client_reuse(client_t *c, const queue_job_t *job, client_gate_cb gate, clien
     c->result.codes = codes;
     c->result.replies = replies;
     c->result.n_codes = job->n_rcpts;
-    c->result.remote = c->name;
+    c->result.remote = c->host;
     c->job = job;
     c->gate = gate;
     c->done = done;
@@ -815,7 +815,7 @@ client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, co
     snprintf(c->dest, sizeof c->dest, "%s:%u", dest->host, dest->port);
     snprintf(c->name, sizeof c->name, "%s", name ? name : c->dest);
     snprintf(c->host, sizeof c->host, "%s", name ? name : dest->host);
-    c->result.remote = c->name;
+    c->result.remote = c->host; /* Remote-MTA: a host name or address, no port */
     uv_tcp_init(loop, &c->tcp);
     uv_timer_init(loop, &c->timer);
     c->tcp.data = c->timer.data = c->connect_req.data = c;

@@ -570,10 +570,11 @@ static void start_body(session_t *s)
     buf_reset(&s->body);
     buf_printf(&s->body, "Received: from %s ([%s])\r\n", s->helo, s->peer);
     if (s->tls) buf_printf(&s->body, "\t(using %s)\r\n", s->tls_info);
-    buf_printf(&s->body, "\tby %s (sealpost) with %s id %s\r\n\t", s->cfg->ingress.hostname,
+    buf_printf(&s->body, "\tby %s (sealpost) with %s id %s", s->cfg->ingress.hostname,
                with_protocol(s), s->mid);
-    if (s->n_rcpts == 1) buf_printf(&s->body, "for <%s>; ", s->rcpts[0]);
-    buf_printf(&s->body, "%s\r\n", date);
+    if (s->n_rcpts == 1) buf_printf(&s->body, "\r\n\tfor <%s>", s->rcpts[0]);
+    /* RFC 5322 §3.6.7: the date-time comes after a ";", whatever came before. */
+    buf_printf(&s->body, ";\r\n\t%s\r\n", date);
     s->content_start = s->body.len;
     proto_data_init(&s->data, s->cfg->ingress.max_line_length, s->cfg->ingress.max_message_size);
 }

@@ -482,3 +482,26 @@ def test_half_close_still_gets_every_reply(stack):
         codes = [c.reply().code for _ in range(5)]
         assert codes == [250, 250, 354, 250, 221], codes
         assert c.closed_by_server()
+
+
+@pytest.mark.parametrize("rcpts", [["one@example.test"], ["a@example.test", "b@example.test"]])
+def test_received_header_is_well_formed(stack, rcpts):
+    """Received: (RFC 5321 §4.4, RFC 5322 §3.6.7) parses: the date-time after
+    a ';' whether or not a 'for' clause names the one recipient."""
+    import email.utils
+    stack.ingress()
+    stack.worker()
+    with connect(stack) as c:
+        open_transaction(c, rcpts=rcpts)
+        expect(c.cmd(b"Subject: r\r\n\r\nx\r\n."), 250, "2.0.0")
+    wait_for(lambda: stack.sink.count() == 1, timeout=15, what="delivery")
+    content = stack.sink.messages[0][2]
+    received = RECEIVED_FIELD.match(content).group(0).decode()
+    tokens, sep, date = re.sub(r"\r\n[ \t]", " ", received).rstrip("\r\n").rpartition(";")
+    assert sep and email.utils.parsedate_to_datetime(date.strip()), received
+    assert re.match(r"Received: from client\.test \(\[127\.0\.0\.1\]\) by mx\.sealpost\.test "
+                    r"\(sealpost\) with ESMTP id [0-9a-f]{32}", tokens), received
+    assert (f"for <{rcpts[0]}>" in tokens) == (len(rcpts) == 1), received
+
+
+RECEIVED_FIELD = re.compile(rb"Received: [^\r]*\r\n(?:[ \t][^\r]*\r\n)*")
