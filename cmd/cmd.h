@@ -20,6 +20,14 @@ typedef struct serve_options {
 /* Runs until SIGINT or SIGTERM, then stops cleanly. Returns the exit code. */
 int cmd_serve(const config_t *cfg, serve_options_t opts);
 
+/* The administration commands' options: -c FILE, -h, and one flag of their
+ * own (long name flag, e.g. "json"). Returns -1 to go on, else the exit code. */
+int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag, bool *flag_set,
+                      const char **path);
+/* Loads the configuration at path and connects to its Redis; NULL (with a
+ * message printed and *exit_code set) when either fails. */
+struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_code);
+
 /* mkdir -p, with mode 0700 for what it creates. */
 int cmd_mkdir_p(const char *path);
 
@@ -28,5 +36,6 @@ int cmd_ingress(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_check_config(int argc, char **argv);
 int cmd_users(int argc, char **argv);
+int cmd_queue(int argc, char **argv);
 
 #endif

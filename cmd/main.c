@@ -1,5 +1,6 @@
 /* sealpost: one binary, one subcommand per role. */
 #include "cmd/cmd.h"
+#include "queue/queue.h"
 
 #include <getopt.h>
 #include <sodium.h>
@@ -17,6 +18,7 @@ static const char usage_text[] =
     "  worker        run a delivery worker\n"
     "  check-config  print the effective configuration\n"
     "  users         add, delete or list SMTP AUTH users (sealpost users -h)\n"
+    "  queue stats   the queue-wide figures (--json for machines)\n"
     "  version       print the version\n"
     "\n"
     "The configuration is read from -c FILE, else $SEALPOST_CONFIG, else ./sealpost.conf\n"
@@ -52,6 +54,48 @@ void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
     log_set_level(cfg->log.level);
 }
 
+int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag, bool *flag_set,
+                      const char **path)
+{
+    const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {flag, no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        if (opt == 'c') {
+            *path = optarg;
+        } else if (opt == 'f') {
+            *flag_set = true;
+        } else {
+            fputs(usage, opt == 'h' ? stdout : stderr);
+            return opt == 'h' ? 0 : 2;
+        }
+    }
+    return -1;
+}
+
+queue_admin_t *cmd_admin_open(const char *path, config_t *cfg, int *exit_code)
+{
+    char err[600];
+    if (config_load(cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: configuration error: %s\n", err);
+        *exit_code = 2;
+        return NULL;
+    }
+    net_hostport_t redis;
+    config_redis_address(cfg, &redis);
+    queue_admin_t *a = queue_admin_open(&redis, cfg->redis.timeout_ms, err, sizeof err);
+    if (!a) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        *exit_code = 1;
+    }
+    return a;
+}
+
 int main(int argc, char **argv)
 {
     if (sodium_init() < 0) {
@@ -69,7 +113,7 @@ int main(int argc, char **argv)
     } commands[] = {
         {"up", cmd_up},         {"ingress", cmd_ingress},
         {"worker", cmd_worker}, {"check-config", cmd_check_config},
-        {"users", cmd_users},
+        {"users", cmd_users},   {"queue", cmd_queue},
     };
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("sealpost %s\n", SEALPOST_VERSION);

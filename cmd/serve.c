@@ -27,6 +27,16 @@ typedef struct runtime {
     ingress_t *ingress;
     worker_t *worker;
     http_server_t *http;
+    struct queue_figures {
+        metric_t *jobs[4]; /* due, scheduled, leased, held */
+        metric_t *messages, *oldest, *errors;
+        uint64_t at;     /* uv_now of the last refresh, 0: never */
+        bool refreshing; /* a stats call is out */
+        struct scrape {
+            http_request_t *req;
+            struct scrape *next;
+        } * waiting; /* scrapes answered when the figures come */
+    } figures;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t deadline;
     uv_timer_t finisher; /* runs finish() outside any library callback */
@@ -123,14 +133,84 @@ static void on_redis_exit(uv_process_t *p, int64_t status, int signum)
     if (!rt->queue) uv_walk(rt->loop, close_walk, NULL);
 }
 
+#define METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+static void register_queue_metrics(struct queue_figures *f)
+{
+    static const char *const states[] = {"due", "scheduled", "leased", "held"};
+    char labels[32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(labels, sizeof labels, "state=\"%s\"", states[i]);
+        f->jobs[i] = metric_gauge("sealpost_queue_jobs",
+                                  "Jobs in the whole queue, by state (due: waiting for a worker "
+                                  "now; scheduled: a retry later).",
+                                  labels);
+    }
+    f->messages = metric_gauge("sealpost_queue_messages", "Messages with jobs still open.", "");
+    f->oldest = metric_gauge("sealpost_queue_oldest_message_age_seconds",
+                             "Age of the oldest message still queued (0 when none).", "");
+    f->errors = metric_counter("sealpost_queue_stats_errors_total",
+                               "Queue-wide figures that could not be read from Redis.", "");
+}
+
+/* The queue-wide figures are read at most once a second whatever the number
+ * of scrapers, so scraping many nodes cannot load Redis; a scrape that finds
+ * them older waits for the fresh ones. */
+static void on_queue_figures(int status, const char *err, const queue_stats_t *st, void *arg)
+{
+    runtime_t *rt = arg;
+    struct queue_figures *f = &rt->figures;
+    f->refreshing = false;
+    f->at = uv_now(rt->loop);
+    if (status == 0) {
+        const long long jobs[] = {st->due_now, st->scheduled, st->leased, st->held};
+        for (int i = 0; i < 4; i++)
+            metric_set(f->jobs[i], (double)jobs[i]);
+        metric_set(f->messages, (double)st->messages);
+        metric_set(f->oldest,
+                   st->oldest_ms < 0 ? 0 : (double)(st->now_ms - st->oldest_ms) / 1000.0);
+    } else {
+        metric_add(f->errors, 1);
+        log_warn("event=queue_stats_failed error=\"%s\"", err);
+    }
+    while (f->waiting) {
+        struct scrape *sc = f->waiting;
+        f->waiting = sc->next;
+        buf_t body;
+        buf_init(&body);
+        int rc = metrics_render(&body);
+        http_reply(sc->req, rc == 0 ? 200 : 500, METRICS_TYPE, &body);
+        buf_free(&body);
+        free(sc);
+    }
+}
+
+static int scrape_metrics(runtime_t *rt, http_request_t *req, buf_t *body)
+{
+    struct queue_figures *f = &rt->figures;
+    bool fresh = f->at && uv_now(rt->loop) - f->at < 1000;
+    struct scrape *sc = fresh ? NULL : malloc(sizeof *sc);
+    if (!sc) return metrics_render(body) == 0 ? 200 : 500;
+    sc->req = req;
+    sc->next = f->waiting;
+    f->waiting = sc;
+    if (!f->refreshing) {
+        f->refreshing = true;
+        if (queue_stats(rt->queue, on_queue_figures, rt) < 0)
+            on_queue_figures(-1, "out of memory", NULL, rt);
+    }
+    return 0;
+}
+
 /* GET /metrics, /healthz (the process runs its loop) and /readyz (it can
  * reach Redis, with the functions library loaded). */
-static int on_http(const char *path, buf_t *body, const char **content_type, void *arg)
+static int on_http(http_request_t *req, const char *path, buf_t *body, const char **content_type,
+                   void *arg)
 {
     runtime_t *rt = arg;
     if (!strcmp(path, "/metrics")) {
-        *content_type = "text/plain; version=0.0.4; charset=utf-8";
-        return metrics_render(body) == 0 ? 200 : 500;
+        *content_type = METRICS_TYPE;
+        return scrape_metrics(rt, req, body);
     }
     if (!strcmp(path, "/healthz")) {
         buf_printf(body, "ok\n");
@@ -271,6 +351,7 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     }
     log_info("event=starting version=%s redis=%s:%u", SEALPOST_VERSION, redis.host, redis.port);
     register_process_metrics();
+    register_queue_metrics(&rt.figures);
     if (cfg->metrics.listen.host[0]) {
         rt.http = http_start(rt.loop, &cfg->metrics.listen, on_http, &rt, err, sizeof err);
         if (!rt.http) {

@@ -5,7 +5,6 @@
 #include "crypto/crypto.h"
 #include "queue/queue.h"
 
-#include <getopt.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,26 +80,10 @@ static int add_user(queue_admin_t *a, const char *name, bool cram)
 
 int cmd_users(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"cram-md5", no_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     const char *path = NULL;
     bool cram = false;
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
-        if (opt == 'c')
-            path = optarg;
-        else if (opt == 'm')
-            cram = true;
-        else {
-            fputs(usage, opt == 'h' ? stdout : stderr);
-            return opt == 'h' ? 0 : 2;
-        }
-    }
+    int done = cmd_admin_options(argc, argv, usage, "cram-md5", &cram, &path);
+    if (done >= 0) return done;
     const char *action = optind < argc ? argv[optind] : "";
     const char *name = optind + 1 < argc ? argv[optind + 1] : NULL;
     bool wants_name = !strcmp(action, "add") || !strcmp(action, "delete");
@@ -116,18 +99,9 @@ int cmd_users(int argc, char **argv)
     }
     config_t cfg;
     char err[600];
-    if (config_load(&cfg, path, err, sizeof err) < 0) {
-        fprintf(stderr, "sealpost: configuration error: %s\n", err);
-        return 2;
-    }
-    net_hostport_t redis;
-    config_redis_address(&cfg, &redis);
-    queue_admin_t *a = queue_admin_open(&redis, cfg.redis.timeout_ms, err, sizeof err);
-    if (!a) {
-        fprintf(stderr, "sealpost: %s\n", err);
-        return 1;
-    }
     int rc = 0;
+    queue_admin_t *a = cmd_admin_open(path, &cfg, &rc);
+    if (!a) return rc;
     if (!strcmp(action, "add")) {
         rc = add_user(a, name, cram);
     } else if (!strcmp(action, "delete")) {

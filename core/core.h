@@ -107,9 +107,14 @@ int metrics_render(buf_t *out);
 
 struct uv_loop_s;
 typedef struct http_server http_server_t;
+typedef struct http_conn http_request_t;
 /* Fills body (and may set *content_type) for a GET of path; returns the
- * status code (200, 404, 503 ...). */
-typedef int (*http_handler_fn)(const char *path, buf_t *body, const char **content_type, void *arg);
+ * status code (200, 404, 503 ...), or 0 to answer later with http_reply. */
+typedef int (*http_handler_fn)(http_request_t *req, const char *path, buf_t *body,
+                               const char **content_type, void *arg);
+/* The answer to a request its handler deferred (exactly once; also after the
+ * client went away, so the request can be freed). */
+void http_reply(http_request_t *req, int status, const char *content_type, const buf_t *body);
 http_server_t *http_start(struct uv_loop_s *loop, const net_hostport_t *listen,
                           http_handler_fn handler, void *arg, char *err, size_t errlen);
 void http_stop(http_server_t *server);

@@ -33,12 +33,22 @@ typedef struct http_conn {
     buf_t reply;
     int handles;
     bool replied;
+    bool head_only; /* HEAD: the reply without its body */
+    bool deferred;  /* the handler answers later, with http_reply */
 } http_conn_t;
+
+static void conn_free(http_conn_t *c);
 
 static void on_conn_closed(uv_handle_t *h)
 {
     http_conn_t *c = h->data;
     if (--c->handles > 0) return;
+    if (c->deferred && !c->replied) return; /* http_reply frees it */
+    conn_free(c);
+}
+
+static void conn_free(http_conn_t *c)
+{
     http_server_t *server = c->server;
     buf_free(&c->reply);
     free(c);
@@ -82,6 +92,10 @@ static const char *reason_phrase(int status)
 static void respond(http_conn_t *c, int status, const char *type, const buf_t *body, bool head)
 {
     c->replied = true;
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) { /* gone while its answer was made */
+        if (c->handles == 0) conn_free(c);
+        return;
+    }
     uv_read_stop((uv_stream_t *)&c->tcp);
     size_t len = body ? body->len : 0;
     buf_printf(&c->reply,
@@ -113,7 +127,7 @@ static void handle(http_conn_t *c)
         respond(c, 400, "text/plain", NULL, false);
         return;
     }
-    bool head = !strcmp(method, "HEAD");
+    bool head = c->head_only = !strcmp(method, "HEAD");
     if (!head && strcmp(method, "GET")) {
         respond(c, 405, "text/plain", NULL, false);
         return;
@@ -123,9 +137,18 @@ static void handle(http_conn_t *c)
     buf_t body;
     buf_init(&body);
     const char *type = "text/plain; charset=utf-8";
-    int status = c->server->handler(target, &body, &type, c->server->arg);
-    respond(c, status, type, &body, head);
+    c->deferred = true; /* until the handler says otherwise: it may answer at once */
+    int status = c->server->handler(c, target, &body, &type, c->server->arg);
+    if (status) {
+        c->deferred = false;
+        respond(c, status, type, &body, head);
+    }
     buf_free(&body);
+}
+
+void http_reply(http_request_t *c, int status, const char *content_type, const buf_t *body)
+{
+    respond(c, status, content_type, body, c->head_only);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)

@@ -162,8 +162,13 @@ static void status_part(const bounce_report_t *r, buf_t *out)
 int bounce_build(const bounce_report_t *r, buf_t *out)
 {
     char date[64], boundary[64], ret[8];
-    bool full =
-        proto_param_find(r->job->mail_params, "RET", ret, sizeof ret) && !strcasecmp(ret, "FULL");
+    /* RFC 3461 §4.3: RET=FULL asks for the message in a failure report; a
+     * delay or relay notice carries the headers only. */
+    bool any_failure = false;
+    for (unsigned i = 0; i < r->n_rcpts; i++)
+        any_failure |= r->rcpts[i].action == BOUNCE_FAILED;
+    bool full = any_failure && proto_param_find(r->job->mail_params, "RET", ret, sizeof ret) &&
+                !strcasecmp(ret, "FULL");
     util_rfc5322_date(date, sizeof date);
     /* Only RFC 2046 bchars, and a random part no message body will contain. */
     snprintf(boundary, sizeof boundary, "=_sealpost_%s", r->bounce_id);

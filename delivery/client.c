@@ -66,6 +66,7 @@ struct client {
     client_done_cb done;
     void *arg;
     bool reported;                          /* done ran for the current job */
+    bool smtputf8_on;                       /* this transaction's MAIL said SMTPUTF8 */
     bool reused;                            /* the current job runs on a connection used before */
     bool replied;                           /* a reply came since the current job began */
     uint64_t start;                         /* uv_now of the connect */
@@ -225,6 +226,7 @@ static void send_raw(client_t *c, const char *data, size_t len)
 }
 
 static void arm(client_t *c, unsigned seconds);
+static void quit_now(client_t *c);
 
 static void send_line(client_t *c, enum step next, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -294,12 +296,28 @@ void client_finish_data(client_t *c, bool ok)
     send_raw(c, ".\r\n", 3);
 }
 
+static bool has_non_ascii(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)p[i] >= 0x80) return true;
+    return false;
+}
+
 /* "RCPT TO:<addr>", with the recipient's NOTIFY and ORCPT for a peer that
  * offers DSN (RFC 3461 §5.2: they travel with the message). */
 static int rcpt_line(const client_t *c, unsigned i, buf_t *out)
 {
-    const char *params = c->peer_dsn ? c->job->rcpt_params[i] : "";
-    return buf_printf(out, "RCPT TO:<%s>%s%s\r\n", c->job->rcpts[i], params[0] ? " " : "", params);
+    int rc = buf_printf(out, "RCPT TO:<%s>", c->job->rcpts[i]);
+    char value[PROTO_ORCPT_MAX + 1];
+    const char *params = c->job->rcpt_params[i];
+    if (rc == 0 && c->peer_dsn && proto_param_find(params, "NOTIFY", value, sizeof value))
+        rc = buf_printf(out, " NOTIFY=%s", value);
+    /* A raw UTF-8 ORCPT (RFC 6533) only travels under SMTPUTF8; otherwise
+     * it is left out, as an optional parameter may be. */
+    if (rc == 0 && c->peer_dsn && proto_param_find(params, "ORCPT", value, sizeof value) &&
+        (c->smtputf8_on || !has_non_ascii(value, strlen(value))))
+        rc = buf_printf(out, " ORCPT=%s", value);
+    return rc == 0 ? buf_append(out, "\r\n", 2) : rc;
 }
 
 static void send_next_rcpt(client_t *c)
@@ -395,13 +413,6 @@ static void on_pipelined_reply(client_t *c, int code, const char *text)
     }
 }
 
-static bool has_non_ascii(const char *p, size_t len)
-{
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)p[i] >= 0x80) return true;
-    return false;
-}
-
 /* Whether the job cannot go to a peer without SMTPUTF8: the reply code of
  * the refusal, with its text, or 0 (RFC 6531 §3.2: UTF-8 addresses need it;
  * headers in UTF-8 (RFC 6532) would reach a peer that cannot read them). We
@@ -477,6 +488,7 @@ static void send_mail(client_t *c)
         return;
     }
     c->result.peer_dsn = c->peer_dsn;
+    c->smtputf8_on = utf8 && c->peer_smtputf8;
     if (c->peer_pipelining)
         send_pipelined(c, &line);
     else
@@ -555,6 +567,12 @@ static bool keep_idle(client_t *c)
 static void on_reply(client_t *c, int code, const char *text)
 {
     int class = code / 100;
+    if (code == 421 && c->reused && !c->replied) {
+        /* "too many messages on this connection" and the like: the kept
+         * connection is spent; a fresh one takes the job (fail: stale). */
+        fail(c, text);
+        return;
+    }
     c->replied = true;
     if (class != 2 && !(c->step == STEP_DATA && code == 354))
         set_detail(c, "%s said: %s", c->dest, text);
@@ -698,7 +716,7 @@ static void on_timeout(uv_timer_t *t)
     if (c->step == STEP_QUIT)
         client_close(c);
     else if (c->step == STEP_IDLE) /* idle long enough */
-        send_line(c, STEP_QUIT, "QUIT");
+        quit_now(c);
     else
         fail(c, "timeout");
 }
@@ -706,6 +724,14 @@ static void on_timeout(uv_timer_t *t)
 static void arm(client_t *c, unsigned seconds)
 {
     uv_timer_start(&c->timer, on_timeout, (uint64_t)seconds * 1000, 0);
+}
+
+/* An idle connection's QUIT: its 221 is a courtesy, so a silent peer
+ * holds the slot for two seconds, not a command timeout. */
+static void quit_now(client_t *c)
+{
+    send_line(c, STEP_QUIT, "QUIT");
+    if (!c->finished) arm(c, 2);
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -766,13 +792,19 @@ int client_reuse(client_t *c, const queue_job_t *job, client_gate_cb gate, clien
     c->pipelined = c->mail_failed = c->gate_pending = false;
     c->reported = c->replied = false;
     c->reused = true;
+    buf_reset(&c->in); /* lines sent while it sat idle answer nothing of this job */
     send_mail(c);
     return 0;
 }
 
 void client_quit(client_t *c)
 {
-    if (c->step == STEP_IDLE && !c->finished) send_line(c, STEP_QUIT, "QUIT");
+    if (c->step == STEP_IDLE && !c->finished) quit_now(c);
+}
+
+bool client_is_idle(const client_t *c)
+{
+    return c->step == STEP_IDLE && !c->finished && !(c->tls && tls_peer_closed(c->tls));
 }
 
 const char *client_name(const client_t *c)

@@ -69,6 +69,8 @@ int client_reuse(client_t *client, const queue_job_t *job, client_gate_cb gate, 
                  void *arg);
 /* Says QUIT and closes; closed runs after. */
 void client_quit(client_t *client);
+/* Idle and usable: not quitting, not closed, no TLS close_notify seen. */
+bool client_is_idle(const client_t *client);
 /* The MX name (or host:port) and TLS policy an idle connection serves. */
 const char *client_name(const client_t *client);
 enum tls_policy client_tls_policy(const client_t *client);

@@ -333,6 +333,7 @@ static void on_gate(client_t *client, void *arg);
 static void on_delivered(const client_result_t *result, void *arg);
 static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name);
 static void slot_freed(destination_t *x);
+static void wake_waiting(destination_t *x);
 static void keep(destination_t *x, client_t *client);
 
 /* Moves on to the next MX target when this one failed before the
@@ -345,18 +346,23 @@ static void on_delivered(const client_result_t *result, void *arg)
     d->client = NULL;
     d->slot = NULL;
     if (kept) {
-        /* record() may free d: the connection is kept only after it. */
+        /* result is the client's: record() reads it before keep() may hand
+         * the client, and so the result, to the next job. */
         record(d, result->codes ? result : NULL);
         keep(slot, kept);
         return;
     }
-    if (slot) slot_freed(slot);
-    if (result->stale && !d->releasing) { /* a kept connection died idle: a fresh one */
+    if (result->stale && !d->releasing && slot) {
+        /* A kept connection died idle: a fresh one, in the slot it freed,
+         * before any waiting delivery gets it (or this one could starve). */
         log_info("event=reconnect mid=%s peer=%s detail=\"%s\"", d->job->mid, result->remote,
                  result->detail);
+        slot->active--;
         start_client(d, &d->target, d->target_has_name ? d->target_name : NULL);
+        wake_waiting(slot);
         return;
     }
+    if (slot) slot_freed(slot);
     if (result->before_mail && !d->releasing && d->mx && d->mx_index + 1 < d->mx->n_targets) {
         log_info("event=next_mx mid=%s failed=%s detail=\"%s\"", d->job->mid,
                  d->mx->names[d->mx_index], result->detail);
@@ -423,15 +429,23 @@ static delivery_t *pop_waiting(destination_t *x)
     return next;
 }
 
+/* Starts waiting deliveries while the destination has free slots. */
+static void wake_waiting(destination_t *x)
+{
+    worker_t *w = x->w;
+    while (x->waiting && x->active < w->cfg->worker.destination_concurrency) {
+        delivery_t *next = pop_waiting(x);
+        start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
+    }
+    destination_drop_if_idle(w, x);
+}
+
 /* A connection to the destination ended: the next delivery waiting for it
  * goes now. */
 static void slot_freed(destination_t *x)
 {
-    worker_t *w = x->w;
     x->active--;
-    delivery_t *next = pop_waiting(x);
-    if (next) start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
-    destination_drop_if_idle(w, x);
+    wake_waiting(x);
 }
 
 static void release_slot(delivery_t *d)
@@ -509,7 +523,7 @@ static client_t *take_idle(delivery_t *d, destination_t *x, const char *name)
 {
     for (idle_conn_t **link = &x->idle; *link; link = &(*link)->next) {
         client_t *client = (*link)->client;
-        if (!suits(d, client, name)) continue;
+        if (!client_is_idle(client) || !suits(d, client, name)) continue;
         idle_conn_t *gone = *link;
         *link = gone->next;
         free(gone);
@@ -538,11 +552,13 @@ static void start_client(delivery_t *d, const net_hostport_t *dest, const char *
     if (x->active >= d->w->cfg->worker.destination_concurrency && !d->releasing) {
         /* An idle connection that does not suit gives way (out of the pool at
          * once, so the next arrival picks another). */
-        idle_conn_t *ic = x->idle;
-        if (ic) {
-            x->idle = ic->next;
+        for (idle_conn_t **link = &x->idle; *link; link = &(*link)->next) {
+            idle_conn_t *ic = *link;
+            if (!client_is_idle(ic->client)) continue; /* quitting already */
+            *link = ic->next;
             client_quit(ic->client);
             free(ic);
+            break;
         }
         /* Wait for a connection to this host to end; the lease keeps being renewed. */
         d->waiting = true;

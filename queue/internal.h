@@ -32,7 +32,14 @@ struct call {
     queue_claimed_t claimed;
 };
 
+#define KEY_MAX 320
+typedef char key_t_[KEY_MAX];
+
 struct call *call_new(queue_t *q, void *arg);
+/* The administration connection's blocking command: the reply, or NULL with
+ * err set (an error reply too). */
+redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
+                                const char **argv);
 /* FCALL (or FCALL_RO) name numkeys keys... args...; takes call, and frees it
  * on failure (-1). arg_lens may be NULL for NUL-terminated args. */
 int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,

@@ -10,9 +10,6 @@ extern const char queue_functions_lua[];
 extern const size_t queue_functions_lua_len;
 
 #define WAKE_CHANNEL "sealpost:wake"
-#define KEY_MAX      320
-
-typedef char key_t_[KEY_MAX];
 
 static void on_library_loaded(redisReply *reply, const char *err, void *arg)
 {
@@ -212,7 +209,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
         if (rcpt_entry_append(&groups[g].rcpts, m->rcpts[i], params) < 0) goto out;
     }
 
-    size_t nkeys = 5 + n, nargs = 7 + 3 * (size_t)n;
+    size_t nkeys = 6 + n, nargs = 7 + 3 * (size_t)n;
     key_t_ *keybuf = calloc(nkeys, sizeof *keybuf);
     const char **keys = calloc(nkeys, sizeof *keys);
     char(*jids)[48] = calloc(n, sizeof *jids);
@@ -228,6 +225,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
         shard_key(keybuf[2], shard, "due");
         shard_key(keybuf[3], shard, "st");
         shard_key(keybuf[4], shard, "dom");
+        shard_key(keybuf[5 + n], shard, "age");
         snprintf(shard_text, sizeof shard_text, "%u", shard);
         snprintf(count, sizeof count, "%u", n);
         const char *head[] = {m->id, shard_text, m->sender, m->mail_params ? m->mail_params : "",
@@ -495,7 +493,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
                    unsigned delay_ms, const char *error, const queue_bounce_t *bounce,
                    queue_status_cb cb, void *arg)
 {
-    key_t_ kb[11];
+    key_t_ kb[12];
     char suffix[96];
     static const char *const names[] = {"due", "lease", "meta", "st", "dom"};
     for (int i = 0; i < 5; i++)
@@ -506,18 +504,19 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
     shard_key(kb[6], job->shard, suffix);
     snprintf(suffix, sizeof suffix, "b:%s:0", job->mid);
     shard_key(kb[7], job->shard, suffix);
+    shard_key(kb[8], job->shard, "age");
     char bjid[48] = "";
     if (bounce) {
         snprintf(suffix, sizeof suffix, "m:%s", bounce->id);
-        shard_key(kb[8], job->shard, suffix);
-        snprintf(suffix, sizeof suffix, "b:%s:0", bounce->id);
         shard_key(kb[9], job->shard, suffix);
+        snprintf(suffix, sizeof suffix, "b:%s:0", bounce->id);
+        shard_key(kb[10], job->shard, suffix);
         snprintf(bjid, sizeof bjid, "%s.0", bounce->id);
         snprintf(suffix, sizeof suffix, "j:%s", bjid);
-        shard_key(kb[10], job->shard, suffix);
+        shard_key(kb[11], job->shard, suffix);
     }
-    int nkeys = bounce ? 11 : 8;
-    const char *keys[11];
+    int nkeys = bounce ? 12 : 9;
+    const char *keys[12];
     for (int i = 0; i < nkeys; i++)
         keys[i] = kb[i];
 

@@ -145,6 +145,22 @@ int queue_auth_begin(queue_t *q, const queue_login_t *login, queue_user_cb cb, v
  * never checked. */
 int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void *arg);
 
+/* ---- queue-wide figures ---- */
+
+typedef struct queue_stats {
+    long long due_now;   /* jobs due now, waiting for a worker */
+    long long scheduled; /* jobs due later (retries) */
+    long long leased;    /* jobs a worker holds */
+    long long held;      /* jobs held by an operator or as poison */
+    long long messages;  /* messages with jobs still open */
+    long long oldest_ms; /* when the oldest of them was received; -1: none */
+    long long now_ms;    /* Redis's clock when counted */
+} queue_stats_t;
+
+typedef void (*queue_stats_cb)(int status, const char *err, const queue_stats_t *stats, void *arg);
+/* Sums the read-only stats of every shard; cb runs once, when all replied. */
+int queue_stats(queue_t *q, queue_stats_cb cb, void *arg);
+
 /* ---- administration: blocking calls, for the command line ---- */
 
 typedef struct queue_admin queue_admin_t;
@@ -157,6 +173,8 @@ int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, c
                          char *err, size_t errlen);
 /* 1 when the user was there, 0 when not, -1 on error. */
 int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen);
+int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, char *err,
+                      size_t errlen);
 /* One line per user, sorted: "name" and " cram-md5" when it has that secret. */
 int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 

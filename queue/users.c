@@ -111,7 +111,8 @@ void queue_admin_close(queue_admin_t *a)
 }
 
 /* Runs one command; the reply, or NULL with err set. */
-static redisReply *command(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
+redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
+                                const char **argv)
 {
     redisReply *r = redisCommandArgv(a->ctx, argc, argv, NULL);
     if (!r) {
@@ -128,7 +129,7 @@ static redisReply *command(queue_admin_t *a, char *err, size_t errlen, int argc,
 
 static int run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
 {
-    redisReply *r = command(a, err, errlen, argc, argv);
+    redisReply *r = queue_admin_command(a, err, errlen, argc, argv);
     freeReplyObject(r);
     return r ? 0 : -1;
 }
@@ -151,7 +152,7 @@ int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, c
 int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen)
 {
     const char *del[] = {"HDEL", USERS_KEY, name}, *del_cram[] = {"HDEL", CRAM_KEY, name};
-    redisReply *r = command(a, err, errlen, 3, del);
+    redisReply *r = queue_admin_command(a, err, errlen, 3, del);
     if (!r) return -1;
     int found = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
     freeReplyObject(r);
@@ -167,8 +168,8 @@ static int compare_names(const void *x, const void *y)
 int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)
 {
     const char *keys[] = {"HKEYS", USERS_KEY}, *cram[] = {"HKEYS", CRAM_KEY};
-    redisReply *users = command(a, err, errlen, 2, keys);
-    redisReply *crams = users ? command(a, err, errlen, 2, cram) : NULL;
+    redisReply *users = queue_admin_command(a, err, errlen, 2, keys);
+    redisReply *crams = users ? queue_admin_command(a, err, errlen, 2, cram) : NULL;
     int rc = -1;
     if (users && crams && users->type == REDIS_REPLY_ARRAY && crams->type == REDIS_REPLY_ARRAY) {
         if (users->elements) /* an empty reply has no array at all */

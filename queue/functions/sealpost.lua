@@ -15,6 +15,7 @@ Keys of shard T = {mq:<s>}:
   T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error
   T:st    hash  counters
   T:dom   hash  domain -> queued jobs
+  T:age   zset  message id -> received time (ms), while it has open jobs
 
 SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
   {sealpost:auth}:users  hash name -> argon2id;  :cram  hash name -> CRAM-MD5 secret
@@ -30,11 +31,11 @@ local function now_ms()
 end
 
 -- Writes one message: envelope, body, and its jobs, due now.
--- k: {m, b0, due, st, dom, j1..jn}
+-- k: {m, b0, due, st, dom, j1..jn, age}
 -- a: {mid, shard, sender, params, info, body, n, (jid, domain, rcpts)...}
 local function store_message(k, a, now)
   local n = tonumber(a[7])
-  if #k ~= 5 + n or #a ~= 7 + 3 * n then
+  if #k ~= 6 + n or #a ~= 7 + 3 * n then
     return redis.error_reply('ERR arguments do not match keys')
   end
   redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
@@ -46,12 +47,13 @@ local function store_message(k, a, now)
     redis.call('ZADD', k[3], now, jid)
     redis.call('HINCRBY', k[5], domain, 1)
   end
+  redis.call('ZADD', k[6 + n], now, a[1])
   redis.call('HINCRBY', k[4], 'enqueued', 1)
   redis.call('PUBLISH', WAKE_CHANNEL, a[2])
   return 'ok'
 end
 
--- KEYS: m, b0, due, st, dom, j1..jn
+-- KEYS: m, b0, due, st, dom, j1..jn, age
 -- ARGV: mid, shard, sender, params, info, body, n, then (jid, domain, rcpts) per job
 local function enqueue(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then
@@ -126,7 +128,7 @@ local function extend(keys, args)
   return 'ok'
 end
 
--- KEYS: due, lease, meta, st, dom, j, m, b0 [, bounce m, bounce b0, bounce j]
+-- KEYS: due, lease, meta, st, dom, j, m, b0, age [, bounce m, bounce b0, bounce j]
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard
 --       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt,
 --          delay notice ('1': the job is marked warned, so it warns once)]
@@ -139,15 +141,15 @@ local function complete(keys, args)
   local now = now_ms()
   redis.call('ZREM', keys[2], jid)
   redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
-  if #keys == 11 then
-    store_message({keys[9], keys[10], keys[1], keys[4], keys[5], keys[11]},
+  if #keys == 12 then
+    store_message({keys[10], keys[11], keys[1], keys[4], keys[5], keys[12], keys[9]},
                   {args[8], args[7], '', '', args[9], args[10], 1, args[11], args[12], args[13]},
                   now)
     redis.call('HINCRBY', keys[4], 'bounced', 1)
   end
   if args[3] ~= '' then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
-    if #keys == 11 and args[14] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
+    if #keys == 12 and args[14] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
     redis.call('HINCRBY', keys[6], 'attempts', 1)
     redis.call('ZADD', keys[1], now + tonumber(args[4]), jid)
     redis.call('HINCRBY', keys[4], 'deferred', 1)
@@ -163,8 +165,19 @@ local function complete(keys, args)
   redis.call('HINCRBY', keys[4], 'completed', 1)
   if redis.call('HINCRBY', keys[7], 'open', -1) <= 0 then
     redis.call('DEL', keys[7], keys[8])
+    redis.call('ZREM', keys[9], string.sub(jid, 1, 32))
   end
   return 'done'
+end
+
+-- KEYS: due, lease, held, age
+-- Returns {due now, due later, leased, held, messages, oldest received ms or -1, now ms}
+local function stats(keys, args)
+  local now = now_ms()
+  local oldest = redis.call('ZRANGE', keys[4], 0, 0, 'WITHSCORES')
+  return {redis.call('ZCOUNT', keys[1], '-inf', now), redis.call('ZCOUNT', keys[1], '(' .. now, '+inf'),
+          redis.call('ZCARD', keys[2]), redis.call('ZCARD', keys[3]), redis.call('ZCARD', keys[4]),
+          tonumber(oldest[2] or -1), now}
 end
 
 -- KEYS: users, cram, attempts.  ARGV: name, limit, window_s, want_cram ('1' or '0')
@@ -196,6 +209,7 @@ redis.register_function('enqueue', enqueue)
 redis.register_function('claim', claim)
 redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-writes'}}
 redis.register_function('extend', extend)
+redis.register_function{function_name = 'stats', callback = stats, flags = {'no-writes'}}
 redis.register_function('forget', forget)
 redis.register_function('complete', complete)
 redis.register_function('auth_begin', auth_begin)

@@ -12,7 +12,7 @@ class RawPeer(threading.Thread):
     can see exactly what the client sent, and together with what."""
 
     def __init__(self, refuse=(), hold=0.0, extensions=("PIPELINING", "8BITMIME"),
-                 hang_after=None):
+                 hang_after=None, max_messages=None):
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -26,6 +26,8 @@ class RawPeer(threading.Thread):
         # After this many messages in a session, stop answering but keep the
         # connection open, as a server that silently dropped it would look.
         self.hang_after = hang_after
+        # A server that takes this many messages per connection, then 421s.
+        self.max_messages = max_messages
         self.stop_hanging = threading.Event()
 
     def run(self):
@@ -89,6 +91,9 @@ class RawPeer(threading.Thread):
                     reply = "".join(f"250{'-' if i < len(lines) - 1 else ' '}{x}\r\n"
                                     for i, x in enumerate(lines))
                     conn.sendall(reply.encode())
+                elif verb == b"MAIL" and self.max_messages and messages >= self.max_messages:
+                    conn.sendall(b"421 4.7.0 too many messages on this connection\r\n")
+                    return
                 elif verb == b"MAIL":
                     rcpts = []
                     conn.sendall(b"250 2.1.0 ok\r\n")

@@ -347,16 +347,25 @@ def _peer_stack(stack, peer, worker_extra=""):
                               f"[routes]\npipe.test = 127.0.0.1:{peer.port}\n")
 
 
+def _two_in_a_row(stack, peer, worker_extra, stop=True):
+    """Starts the peer and the stack, sends a message, waits for it, sends a
+    second one and waits for that: the case connection reuse is for."""
+    peer.start()
+    worker = _peer_stack(stack, peer, worker_extra)
+    send(stack, ["a@pipe.test"], "first")
+    wait_for(lambda: len(peer.delivered) == 1, timeout=15, what="the first message")
+    send(stack, ["b@pipe.test"], "second")
+    wait_for(lambda: len(peer.delivered) == 2, timeout=20, what="the second message")
+    if stop:
+        peer.stop()
+    return worker
+
+
 def test_connection_is_reused_for_the_next_job(stack):
     """Two messages one after the other to the same next hop travel over one
     connection (connection_cache_time), which says QUIT once idle that long."""
     peer = RawPeer()
-    peer.start()
-    _peer_stack(stack, peer, "connection_cache_time = 3")
-    send(stack, ["a@pipe.test"], "first")
-    wait_for(lambda: len(peer.delivered) == 1, timeout=15, what="the first message")
-    send(stack, ["b@pipe.test"], "second")
-    wait_for(lambda: len(peer.delivered) == 2, timeout=15, what="the second message")
+    _two_in_a_row(stack, peer, "connection_cache_time = 3", stop=False)
     assert peer.sessions == 1, peer.commands
     assert peer.commands.count("QUIT") == 0  # still idle, kept
     wait_for(lambda: "QUIT" in peer.commands, timeout=10, what="QUIT once idle")
@@ -379,13 +388,33 @@ def test_dead_kept_connection_is_replaced_without_an_attempt(stack):
     """The next hop stops answering on the kept connection: the job goes on a
     fresh connection at once, and nothing is deferred or bounced."""
     peer = RawPeer(hang_after=1)
-    peer.start()
-    worker = _peer_stack(stack, peer, "connection_cache_time = 30\ncommand_timeout = 2")
-    send(stack, ["a@pipe.test"], "first")
-    wait_for(lambda: len(peer.delivered) == 1, timeout=15, what="the first message")
-    send(stack, ["b@pipe.test"], "second")
-    wait_for(lambda: len(peer.delivered) == 2, timeout=20, what="the second message")
-    peer.stop()
+    worker = _two_in_a_row(stack, peer, "connection_cache_time = 30\ncommand_timeout = 2")
     log = worker.read_log()
     assert "event=reconnect" in log and "event=deferred" not in log
     assert peer.sessions == 2 and not bounces(stack.sink)
+
+
+def test_421_on_a_kept_connection_means_a_fresh_one(stack):
+    """A server that takes one message per connection answers the next MAIL
+    on the kept connection with 421: the job goes on a new connection at
+    once, with no deferral."""
+    peer = RawPeer(max_messages=1)
+    worker = _two_in_a_row(stack, peer, "connection_cache_time = 30")
+    log = worker.read_log()
+    assert "event=reconnect" in log and "event=deferred" not in log, log[-2000:]
+
+
+def test_stop_does_not_wait_for_a_silent_kept_connection(stack):
+    """A kept connection whose server went silent does not hold a stopping
+    worker: QUIT gets two seconds, and the worker exits cleanly."""
+    peer = RawPeer(hang_after=1)
+    peer.start()
+    worker = _peer_stack(stack, peer, "connection_cache_time = 60\nstop_grace = 1")
+    send(stack, ["a@pipe.test"], "first")
+    wait_for(lambda: len(peer.delivered) == 1, timeout=15, what="the message")
+    started = time.monotonic()
+    worker.check_clean_exit()
+    assert time.monotonic() - started < 6
+    assert "event=shutdown_timeout" not in worker.read_log()
+    stack.procs.remove(worker)
+    peer.stop()

@@ -131,6 +131,15 @@ def test_dsn_parameters_travel_to_a_peer_that_offers_dsn(stack):
     assert notices(stack.sink) == []
 
 
+def test_utf8_orcpt_is_left_out_for_a_peer_without_smtputf8(stack):
+    """RFC 6533: a raw UTF-8 ORCPT only travels under SMTPUTF8; to a DSN peer
+    without it, NOTIFY still goes and ORCPT is left out."""
+    peer = through_peer(stack, ["DSN"], "sender@origin.test", ["a@peer.test"],
+                        b"Subject: x\r\n\r\nx\r\n", " SMTPUTF8",
+                        " NOTIFY=FAILURE ORCPT=utf-8;j\u00f6rg@peer.test")
+    assert sent(peer, "RCPT") == ["RCPT TO:<a@peer.test> NOTIFY=FAILURE"]
+
+
 def test_dsn_parameters_are_not_sent_to_a_peer_without_dsn(stack):
     peer = through_peer(stack, [], "sender@origin.test", ["a@peer.test"],
                         b"Subject: dsn\r\n\r\nx\r\n", " RET=FULL ENVID=abc",

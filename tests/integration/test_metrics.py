@@ -219,3 +219,43 @@ def test_each_refusal_has_its_code_and_its_counter(stack, reason, extra, action,
     others = {k: v for k, v in scrape(port).items()
               if k[0] == "sealpost_ingress_refused_total" and k[1] != (("reason", reason),)}
     assert not any(others.values()), others
+
+
+def test_queue_depth_goes_up_then_down(stack):
+    """A message its next hop defers shows in the queue-wide gauges (on the
+    ingress's /metrics too: they come from Redis) and in `sealpost queue
+    stats`; once delivered, the queue is empty again."""
+    import json
+    import subprocess
+    from conftest import BIN
+    answer = {"code": "451 4.3.2 not now"}
+    stack.sink.rcpt_reply = lambda a: answer["code"]
+    port, extra = with_metrics(stack)
+    stack.ingress(extra=extra)
+    stack.worker(extra="[worker]\nmin_backoff = 1\nmax_backoff = 1\n")
+    assert value(scrape(port), "sealpost_queue_messages") == 0
+    with connect(stack) as c:
+        open_transaction(c, "a@origin.test", ("r@example.test",))
+        expect(c.cmd(b"Subject: queued\r\n\r\nbody\r\n."), 250, "2.0.0")
+    wait_for(lambda: "event=deferred" in stack.procs[1].read_log(), what="a deferral")
+    # the figures are at most a second old
+    wait_for(lambda: value(scrape(port), "sealpost_queue_messages") == 1, timeout=5,
+             what="the message in the gauges")
+    samples = scrape(port)
+    jobs = sum(value(samples, "sealpost_queue_jobs", state=s) for s in
+               ("due", "scheduled", "leased"))
+    assert jobs == 1 and value(samples, "sealpost_queue_jobs", state="held") == 0
+    assert value(samples, "sealpost_queue_oldest_message_age_seconds") >= 0
+    conf = stack.tmp / "cli.conf"
+    conf.write_text(f"[redis]\nurl = redis://127.0.0.1:{stack.redis.port}\n")
+    out = subprocess.run([BIN, "queue", "stats", "--json", "-c", str(conf)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["messages"] == 1
+    answer["code"] = None
+    wait_for(lambda: stack.sink.count() == 1, timeout=20, what="the delivery")
+    wait_for(lambda: value(scrape(port), "sealpost_queue_messages") == 0, timeout=5,
+             what="an empty queue")
+    text = subprocess.run([BIN, "queue", "stats", "-c", str(conf)], capture_output=True,
+                          text=True, timeout=30).stdout
+    assert "messages queued   0" in text, text
