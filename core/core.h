@@ -97,6 +97,11 @@ typedef struct metric metric_t;
  * thread only. */
 metric_t *metric_counter(const char *name, const char *help, const char *labels);
 metric_t *metric_gauge(const char *name, const char *help, const char *labels);
+/* A histogram with the given bucket upper bounds (ascending; the array must
+ * outlive the process's use of it). */
+metric_t *metric_histogram(const char *name, const char *help, const char *labels,
+                           const double *bounds, unsigned n_bounds);
+void metric_observe(metric_t *m, double v);
 void metric_add(metric_t *m, double v);
 void metric_set(metric_t *m, double v);
 double metric_value(const metric_t *m);

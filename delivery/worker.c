@@ -29,7 +29,9 @@ static const char *const outcome_names[OUTCOMES] = {"delivered", "deferred", "bo
 
 struct worker {
     metric_t *outcomes[OUTCOMES];
-    metric_t *notices; /* bounces and relay notices made */
+    metric_t *duration;      /* of one SMTP transaction */
+    metric_t *time_in_queue; /* from arrival to delivery, per recipient */
+    metric_t *notices;       /* bounces and relay notices made */
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
@@ -91,6 +93,7 @@ typedef struct delivery {
     net_hostport_t wait_dest; /* where it will connect once its turn comes */
     char wait_name[256];
     bool wait_has_name;
+    uint64_t started;      /* uv_now when its transaction began (or began to wait) */
     net_hostport_t target; /* where it went last: a dead kept connection is retried there */
     char target_name[256];
     bool target_has_name;
@@ -246,6 +249,8 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         const char *reply = r && r->replies[i][0] ? r->replies[i] : (r ? r->detail : "");
         if (code / 100 == 2) {
             log_outcome(d, job->rcpts[i], OUT_DELIVERED, reply);
+            metric_observe(d->w->time_in_queue,
+                           (double)(util_now_ms() - job->received_ms) / 1000.0);
             /* A peer with DSN reports success itself (RFC 3461 §5.2.2). */
             if (!r->peer_dsn) report(o, job, i, r, reply, BOUNCE_RELAYED);
         } else if (code / 100 == 5 || expired) {
@@ -341,6 +346,7 @@ static void keep(destination_t *x, client_t *client);
 static void on_delivered(const client_result_t *result, void *arg)
 {
     delivery_t *d = arg;
+    metric_observe(d->w->duration, (double)(uv_now(d->w->loop) - d->started) / 1000.0);
     client_t *kept = result->kept ? d->client : NULL;
     destination_t *slot = d->slot;
     d->client = NULL;
@@ -536,6 +542,7 @@ static client_t *take_idle(delivery_t *d, destination_t *x, const char *name)
 static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name)
 {
     destination_t *x = destination_get(d->w, dest);
+    d->started = uv_now(d->w->loop);
     if (!x) {
         record_local(d, 451, "451 4.3.0 out of memory");
         return;
@@ -857,6 +864,14 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
     w->notices =
         metric_counter("sealpost_delivery_notifications_total",
                        "Delivery status notifications made: bounces and relay notices.", "");
+    static const double seconds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+    static const double queued[] = {1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 432000};
+    w->duration = metric_histogram("sealpost_delivery_duration_seconds",
+                                   "Time an SMTP transaction took, connection set-up included.", "",
+                                   seconds, sizeof seconds / sizeof seconds[0]);
+    w->time_in_queue = metric_histogram("sealpost_delivery_time_in_queue_seconds",
+                                        "Time from acceptance to delivery, per recipient.", "",
+                                        queued, sizeof queued / sizeof queued[0]);
     w->loop = loop;
     w->cfg = cfg;
     w->queue = queue;

@@ -64,6 +64,11 @@ static void register_metrics(struct ingress_metrics *m)
     m->tls[0] =
         metric_counter("sealpost_ingress_tls_handshakes_total",
                        "TLS handshakes (STARTTLS or implicit), by result.", "result=\"failed\"");
+    static const double seconds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                     0.1,   0.25,   0.5,   1,    2.5};
+    m->enqueue_seconds = metric_histogram("sealpost_ingress_enqueue_duration_seconds",
+                                          "Redis round trip of storing a message, answered or not.",
+                                          "", seconds, sizeof seconds / sizeof seconds[0]);
     m->tls[1] =
         metric_counter("sealpost_ingress_tls_handshakes_total",
                        "TLS handshakes (STARTTLS or implicit), by result.", "result=\"ok\"");

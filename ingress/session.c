@@ -755,6 +755,8 @@ static void on_enqueued(int status, const char *err, void *arg)
 {
     session_t *s = arg;
     s->busy = false;
+    metric_observe(s->ingress->metrics.enqueue_seconds,
+                   (double)(uv_now(s->ingress->loop) - s->enqueue_start) / 1000.0);
     if (s->closed) { /* the client went away; the message is stored or not, unacknowledged */
         log_info("event=%s mid=%s client=%s reason=client_gone",
                  status ? "enqueue_failed" : "accepted_unacknowledged", s->mid, s->peer);
@@ -827,6 +829,7 @@ static void commit_message(session_t *s)
     m.body = s->body.data;
     m.body_len = s->body.len;
     s->busy = true;
+    s->enqueue_start = uv_now(s->ingress->loop);
     int rc =
         queue_ready(s->ingress->queue) ? queue_enqueue(s->ingress->queue, &m, on_enqueued, s) : -1;
     free(dsn); /* queue_enqueue copied what it needs into the request */

@@ -95,6 +95,7 @@ struct session {
     buf_t body;
     size_t content_start; /* where the client's content begins in body, after Received: */
     char mid[33];
+    uint64_t enqueue_start; /* uv_now when the enqueue call went out */
 };
 
 /* Queues a reply line (CRLF added); a 4xx or 5xx counts as an error. */
@@ -127,7 +128,8 @@ struct ingress {
         metric_t *refused[REFUSALS];
         metric_t *accepted, *received_bytes, *recipients, *enqueue_failed;
         metric_t *auth[AUTH_RESULTS];
-        metric_t *tls[2]; /* handshakes failed, done */
+        metric_t *tls[2];          /* handshakes failed, done */
+        metric_t *enqueue_seconds; /* the Redis round trip that stores a message */
     } metrics;
     session_t *sessions; /* doubly linked, for shutdown */
     void (*on_stopped)(void *arg);

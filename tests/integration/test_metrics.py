@@ -77,6 +77,8 @@ def test_ingress_counters_follow_what_clients_do(stack):
     assert value(after, "sealpost_ingress_messages_accepted_total") == 1
     assert value(after, "sealpost_ingress_recipients_total") == 1
     assert value(after, "sealpost_ingress_received_bytes_total") > len("Subject: counted")
+    assert value(after, "sealpost_ingress_enqueue_duration_seconds_count") == 1
+    assert value(after, "sealpost_ingress_enqueue_duration_seconds_sum") >= 0
     opened = (value(after, "sealpost_ingress_connections_total", listener="listen") -
               value(before, "sealpost_ingress_connections_total", listener="listen"))
     assert opened == 2
@@ -95,6 +97,12 @@ def test_worker_counts_outcomes(stack):
     samples = scrape(port)
     assert value(samples, "sealpost_delivery_attempts_total", outcome="delivered") >= 1
     assert value(samples, "sealpost_delivery_attempts_total", outcome="bounced") == 1
+    # histograms: a transaction timed, one recipient's time in the queue
+    assert value(samples, "sealpost_delivery_duration_seconds_count") >= 1
+    assert value(samples, "sealpost_delivery_duration_seconds_bucket", le="+Inf") == \
+        value(samples, "sealpost_delivery_duration_seconds_count")
+    assert value(samples, "sealpost_delivery_time_in_queue_seconds_count") >= 1
+    assert value(samples, "sealpost_delivery_time_in_queue_seconds_bucket", le="432000") >= 1
 
 
 def test_health_and_readiness(stack):

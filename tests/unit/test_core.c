@@ -924,6 +924,33 @@ static void test_log_safe(void **state)
     assert_true(strlen(log_safe(big, out)) < LOG_SAFE_MAX); /* bounded, still terminated */
 }
 
+static void test_metrics_render(void **state)
+{
+    (void)state;
+    static const double bounds[] = {1, 2.5};
+    metric_t *h =
+        metric_histogram("sealpost_test_seconds", "A test histogram.", "kind=\"x\"", bounds, 2);
+    metric_t *c = metric_counter("sealpost_test_total", "A test counter.", "");
+    metric_observe(h, 0.5);
+    metric_observe(h, 2);
+    metric_observe(h, 7);
+    metric_add(c, 3);
+    assert_ptr_equal(c, metric_counter("sealpost_test_total", "A test counter.", ""));
+    buf_t out;
+    buf_init(&out);
+    assert_int_equal(metrics_render(&out), 0);
+    assert_non_null(strstr(out.data, "# TYPE sealpost_test_seconds histogram\n"
+                                     "sealpost_test_seconds_bucket{kind=\"x\",le=\"1\"} 1\n"
+                                     "sealpost_test_seconds_bucket{kind=\"x\",le=\"2.5\"} 2\n"
+                                     "sealpost_test_seconds_bucket{kind=\"x\",le=\"+Inf\"} 3\n"
+                                     "sealpost_test_seconds_sum{kind=\"x\"} 9.5\n"
+                                     "sealpost_test_seconds_count{kind=\"x\"} 3\n"));
+    assert_non_null(strstr(out.data, "# HELP sealpost_test_total A test counter.\n"
+                                     "# TYPE sealpost_test_total counter\n"
+                                     "sealpost_test_total 3\n"));
+    buf_free(&out);
+}
+
 int main(void)
 {
     if (sodium_init() < 0) return 1;
@@ -961,6 +988,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_default_path, cwd_setup, cwd_teardown),
         cmocka_unit_test_setup_teardown(test_config_print_roundtrip, config_setup, config_teardown),
         cmocka_unit_test(test_log_safe),
+        cmocka_unit_test(test_metrics_render),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
