@@ -47,8 +47,10 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 # Longer fuzzing runs, by hand.
 fuzz: setup $(FUZZ_BUILD)/Makefile
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data
-	$(FUZZ_BUILD)/tests/fuzz_command -max_total_time=300 tests/fuzz/corpus/command
-	$(FUZZ_BUILD)/tests/fuzz_data -max_total_time=300 tests/fuzz/corpus/data
+	$(FUZZ_BUILD)/tests/fuzz_command -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-command \
+		tests/fuzz/corpus/command
+	$(FUZZ_BUILD)/tests/fuzz_data -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-data \
+		tests/fuzz/corpus/data
 
 lint: setup $(BUILD)/Makefile
 	clang-tidy -p $(BUILD) --quiet $$(git ls-files '*.c')
