@@ -71,6 +71,14 @@ int net_hostport_parse(const char *text, uint16_t default_port, net_hostport_t *
 int net_sockaddr_from(const net_hostport_t *hp, struct sockaddr_storage *out);
 /* The bare address text of a sockaddr ("127.0.0.1", "::1"). */
 void net_addr_text(const struct sockaddr *sa, char *out, size_t outlen);
+struct uv_tcp_s;
+struct uv_stream_s;
+/* Binds an initialised libuv TCP handle to hp (a numeric address) and
+ * listens; on failure writes "host:port: reason" into err. The caller closes
+ * the handle either way. */
+int net_listen(struct uv_tcp_s *tcp, const net_hostport_t *hp, int backlog,
+               void (*on_connection)(struct uv_stream_s *server, int status), char *err,
+               size_t errlen);
 
 /* ---- utilities ---- */
 

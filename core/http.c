@@ -203,11 +203,6 @@ static void on_connection(uv_stream_t *listener, int status)
 http_server_t *http_start(uv_loop_t *loop, const net_hostport_t *listen, http_handler_fn handler,
                           void *arg, char *err, size_t errlen)
 {
-    struct sockaddr_storage addr;
-    if (net_sockaddr_from(listen, &addr) < 0) {
-        snprintf(err, errlen, "'%s' is not a numeric address", listen->host);
-        return NULL;
-    }
     http_server_t *server = calloc(1, sizeof *server);
     if (!server) {
         snprintf(err, errlen, "out of memory");
@@ -218,10 +213,7 @@ http_server_t *http_start(uv_loop_t *loop, const net_hostport_t *listen, http_ha
     server->arg = arg;
     uv_tcp_init(loop, &server->listener);
     server->listener.data = server;
-    int rc = uv_tcp_bind(&server->listener, (struct sockaddr *)&addr, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&server->listener, 128, on_connection);
-    if (rc < 0) {
-        snprintf(err, errlen, "listen on %s:%u: %s", listen->host, listen->port, uv_strerror(rc));
+    if (net_listen(&server->listener, listen, 128, on_connection, err, errlen) < 0) {
         http_stop(server);
         return NULL;
     }

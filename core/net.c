@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 int net_cidr_parse(const char *text, net_cidr_t *out)
 {
@@ -132,4 +133,21 @@ void net_addr_text(const struct sockaddr *sa, char *out, size_t outlen)
                         ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
                         : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
     if (!inet_ntop(sa->sa_family, a, out, (socklen_t)outlen)) snprintf(out, outlen, "unknown");
+}
+
+int net_listen(uv_tcp_t *tcp, const net_hostport_t *hp, int backlog, uv_connection_cb on_connection,
+               char *err, size_t errlen)
+{
+    struct sockaddr_storage addr;
+    if (net_sockaddr_from(hp, &addr) < 0) {
+        snprintf(err, errlen, "'%s' is not a numeric address", hp->host);
+        return -1;
+    }
+    int rc = uv_tcp_bind(tcp, (struct sockaddr *)&addr, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)tcp, backlog, on_connection);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s:%u: %s", hp->host, hp->port, uv_strerror(rc));
+        return -1;
+    }
+    return 0;
 }

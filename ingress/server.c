@@ -190,13 +190,7 @@ static void close_listeners(ingress_t *ingress)
 static int open_listener(ingress_t *ingress, enum listener_kind kind, const net_hostport_t *hp,
                          char *err, size_t errlen)
 {
-    struct sockaddr_storage addr;
     if (!hp->host[0]) return 0;
-    if (net_sockaddr_from(hp, &addr) < 0) {
-        snprintf(err, errlen, "[ingress] %s: '%s' is not a numeric address", listener_names[kind],
-                 hp->host);
-        return -1;
-    }
     if (kind != LISTENER_RELAY && !ingress->tls_ctx) {
         snprintf(err, errlen,
                  "[ingress] %s needs tls_cert and tls_key: logins travel only "
@@ -210,11 +204,9 @@ static int open_listener(ingress_t *ingress, enum listener_kind kind, const net_
     l->ingress = ingress;
     l->kind = kind;
     ingress->listeners_open++;
-    int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&addr, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
-    if (rc < 0) {
-        snprintf(err, errlen, "[ingress] %s %s:%u: %s", listener_names[kind], hp->host, hp->port,
-                 uv_strerror(rc));
+    char why[400];
+    if (net_listen(&l->tcp, hp, 511, on_connection, why, sizeof why) < 0) {
+        snprintf(err, errlen, "[ingress] %s %s", listener_names[kind], why);
         return -1;
     }
     log_info("event=listening kind=%s listen=%s:%u starttls=%s", listener_names[kind], hp->host,
