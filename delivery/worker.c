@@ -39,6 +39,7 @@ struct worker {
     client_env_t env;
     char owner[300];
     uint64_t *next_due; /* per shard, on uv_now's clock */
+    uint32_t *wakes;    /* per shard, wake-ups received: one during a claim must not be lost */
     unsigned n_shards;
     unsigned cursor;
     uint64_t next_rescan;
@@ -112,6 +113,7 @@ static void on_worker_closed(uv_handle_t *h)
     dns_free(w->dns);
     SSL_CTX_free(w->env.tls);
     free(w->next_due);
+    free(w->wakes);
     free(w);
     if (done) done(arg);
 }
@@ -761,6 +763,7 @@ struct claim_ctx {
     worker_t *w;
     unsigned shard;
     unsigned max;
+    uint32_t wakes; /* the shard's wake-ups when the claim went out */
 };
 
 static void on_claimed(int status, const char *err, long long next_ms, const queue_claimed_t *jobs,
@@ -773,8 +776,10 @@ static void on_claimed(int status, const char *err, long long next_ms, const que
     if (status < 0) {
         log_warn("event=claim_failed shard=%u error=\"%s\"", cc->shard, err);
         w->next_due[cc->shard] = now + REDIS_RETRY_MS;
-    } else if (n == cc->max) {
-        w->next_due[cc->shard] = now; /* there may be more */
+    } else if (n == cc->max || w->wakes[cc->shard] != cc->wakes) {
+        /* There may be more; or something was enqueued while the claim was
+         * out, and the claim may have looked before it was there. */
+        w->next_due[cc->shard] = now;
     } else {
         w->next_due[cc->shard] = next_ms < 0 ? NEVER : now + (uint64_t)next_ms;
     }
@@ -798,7 +803,7 @@ static bool claim_one(worker_t *w, uint64_t now, unsigned slots)
         w->cursor = s + 1;
         struct claim_ctx *cc = malloc(sizeof *cc);
         if (!cc) return false;
-        *cc = (struct claim_ctx){w, s, slots};
+        *cc = (struct claim_ctx){w, s, slots, w->wakes[s]};
         w->claiming = true;
         if (queue_claim(w->queue, s, w->owner, slots, w->cfg->worker.lease_seconds * 1000,
                         w->cfg->worker.max_lease_expiries, on_claimed, cc) < 0) {
@@ -838,8 +843,10 @@ static void on_wake(uint32_t shard, void *arg)
     worker_t *w = arg;
     if (shard == UINT32_MAX)
         w->next_rescan = 0;
-    else if (shard < w->n_shards)
+    else if (shard < w->n_shards) {
         w->next_due[shard] = 0;
+        w->wakes[shard]++;
+    }
     tick(w);
 }
 
@@ -848,8 +855,13 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
 {
     worker_t *w = calloc(1, sizeof *w);
     if (w) w->next_due = calloc(queue_shards(queue), sizeof *w->next_due);
-    if (!w || !w->next_due) {
-        if (w) free(w);
+    if (w) w->wakes = calloc(queue_shards(queue), sizeof *w->wakes);
+    if (!w || !w->next_due || !w->wakes) {
+        if (w) {
+            free(w->next_due);
+            free(w->wakes);
+            free(w);
+        }
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
