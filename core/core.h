@@ -112,7 +112,6 @@ metric_t *metric_histogram(const char *name, const char *help, const char *label
 void metric_observe(metric_t *m, double v);
 void metric_add(metric_t *m, double v);
 void metric_set(metric_t *m, double v);
-double metric_value(const metric_t *m);
 /* Every series, with # HELP and # TYPE once per family. */
 int metrics_render(buf_t *out);
 

@@ -108,11 +108,6 @@ void metric_set(metric_t *m, double v)
     m->value = v;
 }
 
-double metric_value(const metric_t *m)
-{
-    return m->value;
-}
-
 int metrics_render(buf_t *out)
 {
     const char *family = NULL;

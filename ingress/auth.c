@@ -117,35 +117,30 @@ static void uncount(session_t *s)
 }
 
 /* Ends the exchange with the verdict, and reads on. A failed attempt
- * stays counted (auth_begin counted it); a good one is taken back. */
-static void finish(session_t *s, bool ok, bool temporary, const char *why)
+ * stays counted (auth_begin counted it); a good one is taken back. why, for
+ * the log, says what made a temporary failure. */
+static void finish(session_t *s, enum auth_result result, const char *why)
 {
+    static const char *const replies[AUTH_RESULTS] = {
+        [AUTH_OK] = "235 2.7.0 Authentication successful",
+        [AUTH_FAILED] = "535 5.7.8 Authentication credentials invalid",
+        [AUTH_RATE_LIMITED] =
+            "454 4.7.0 Temporary authentication failure: too many failed logins, try later",
+        [AUTH_UNAVAILABLE] = "454 4.7.0 Temporary authentication failure",
+    };
     s->busy = false;
     char safe[LOG_SAFE_MAX];
     log_info("event=auth client=%s user=%s result=%s%s%s", s->peer, log_safe(s->login, safe),
-             ok ? "ok" : "failed", why ? " reason=" : "", why ? why : "");
-    if (ok) uncount(s);
-    enum auth_result result = ok                                    ? AUTH_OK
-                              : !temporary                          ? AUTH_FAILED
-                              : why && !strcmp(why, "rate_limited") ? AUTH_RATE_LIMITED
-                                                                    : AUTH_UNAVAILABLE;
+             result == AUTH_OK ? "ok" : "failed", why ? " reason=" : "", why ? why : "");
+    if (result == AUTH_OK) uncount(s);
     metric_add(s->ingress->metrics.auth[result], 1);
     if (s->closed) {
         session_maybe_free(s);
         return;
     }
-    if (ok) {
-        s->authenticated = true;
-        session_reply(s, "235 2.7.0 Authentication successful");
-    } else if (temporary) {
-        s->login[0] = 0;
-        session_reply(s, "454 4.7.0 Temporary authentication failure%s",
-                      why && !strcmp(why, "rate_limited") ? ": too many failed logins, try later"
-                                                          : "");
-    } else {
-        s->login[0] = 0;
-        session_reply(s, "535 5.7.8 Authentication credentials invalid");
-    }
+    s->authenticated = result == AUTH_OK;
+    if (!s->authenticated) s->login[0] = 0;
+    session_reply(s, "%s", replies[result]);
     session_process(s);
 }
 
@@ -162,7 +157,7 @@ static void after_verify(uv_work_t *work, int status)
     bool ok = status == 0 && a->ok;
     attempt_free(a);
     s->ingress->verifying--;
-    finish(s, ok, false, NULL);
+    finish(s, ok ? AUTH_OK : AUTH_FAILED, NULL);
 }
 
 /* The user's record is in: the CRAM-MD5 digest is checked here (an HMAC is
@@ -175,12 +170,12 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
     if (status < 0) {
         log_warn("event=auth_lookup_failed client=%s error=\"%s\"", s->peer, err);
         attempt_free(a);
-        finish(s, false, true, "redis");
+        finish(s, AUTH_UNAVAILABLE, "redis");
         return;
     }
     if (user->attempts >= (long long)s->cfg->ingress.auth_fail_limit) {
         attempt_free(a);
-        finish(s, false, true, "rate_limited");
+        finish(s, AUTH_RATE_LIMITED, "rate_limited");
         return;
     }
     /* Each check holds 64 MiB and a pool thread for tens of ms: past a few
@@ -188,7 +183,7 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
     if (!a->cram && s->ingress->verifying >= AUTH_MAX_VERIFYING) {
         attempt_free(a);
         uncount(s);
-        finish(s, false, true, "busy");
+        finish(s, AUTH_UNAVAILABLE, "busy");
         return;
     }
     if (a->cram) {
@@ -197,7 +192,7 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
                           expected);
         bool ok = user->cram[0] && expected[0] && password_equal(expected, a->secret);
         attempt_free(a);
-        finish(s, ok, false, NULL);
+        finish(s, ok ? AUTH_OK : AUTH_FAILED, NULL);
         return;
     }
     snprintf(a->hash, sizeof a->hash, "%s", user->hash[0] ? user->hash : password_dummy_hash());
@@ -205,7 +200,7 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
     if (uv_queue_work(s->ingress->loop, &a->work, verify_in_thread, after_verify) < 0) {
         attempt_free(a);
         uncount(s);
-        finish(s, false, true, "thread_pool");
+        finish(s, AUTH_UNAVAILABLE, "thread_pool");
         return;
     }
     s->ingress->verifying++;
@@ -241,7 +236,7 @@ static void check_credentials(session_t *s, const char *login, size_t login_len,
     if (!queue_ready(s->ingress->queue) ||
         queue_auth_begin(s->ingress->queue, &login_spec, on_user, a) < 0) {
         attempt_free(a);
-        finish(s, false, true, "redis");
+        finish(s, AUTH_UNAVAILABLE, "redis");
     }
 }
 
