@@ -38,7 +38,7 @@ $(FUZZ_BUILD)/Makefile:
 # fails the run. The fuzz targets run a fixed number of iterations.
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(ASAN_BUILD) && ctest --output-on-failure
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
@@ -46,11 +46,15 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 
 # Longer fuzzing runs, by hand.
 fuzz: setup $(FUZZ_BUILD)/Makefile
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
 	$(FUZZ_BUILD)/tests/fuzz_command -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-command \
 		tests/fuzz/corpus/command
 	$(FUZZ_BUILD)/tests/fuzz_data -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-data \
 		tests/fuzz/corpus/data
+	$(FUZZ_BUILD)/tests/fuzz_header -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-header \
+		tests/fuzz/corpus/header
+	$(FUZZ_BUILD)/tests/fuzz_pgpmime -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-pgpmime \
+		tests/fuzz/corpus/pgpmime
 
 lint: setup $(BUILD)/Makefile
 	clang-tidy -p $(BUILD) --quiet $$(git ls-files '*.c')

@@ -37,5 +37,10 @@ int cmd_worker(int argc, char **argv);
 int cmd_check_config(int argc, char **argv);
 int cmd_users(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
+int cmd_seal_key(int argc, char **argv);
+int cmd_keys(int argc, char **argv);
+/* Points cfg at data_dir/seal.key, made on first start, when no sealing key
+ * is configured (sealpost up). */
+int cmd_ensure_seal_key(config_t *cfg);
 
 #endif

@@ -19,6 +19,8 @@ static const char usage_text[] =
     "  check-config  print the effective configuration\n"
     "  users         add, delete or list SMTP AUTH users (sealpost users -h)\n"
     "  queue stats   the queue-wide figures (--json for machines)\n"
+    "  keys          the OpenPGP key directory and encryption policy (sealpost keys -h)\n"
+    "  seal-key new  print a new key for sealing bodies at rest\n"
     "  version       print the version\n"
     "\n"
     "The configuration is read from -c FILE, else $SEALPOST_CONFIG, else ./sealpost.conf\n"
@@ -111,9 +113,14 @@ int main(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } commands[] = {
-        {"up", cmd_up},         {"ingress", cmd_ingress},
-        {"worker", cmd_worker}, {"check-config", cmd_check_config},
-        {"users", cmd_users},   {"queue", cmd_queue},
+        {"up", cmd_up},
+        {"ingress", cmd_ingress},
+        {"worker", cmd_worker},
+        {"check-config", cmd_check_config},
+        {"users", cmd_users},
+        {"queue", cmd_queue},
+        {"seal-key", cmd_seal_key},
+        {"keys", cmd_keys},
     };
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("sealpost %s\n", SEALPOST_VERSION);

@@ -3,6 +3,7 @@
  * get their reply, close Redis, then stop the private redis-server if any. */
 #include "cmd/cmd.h"
 
+#include "crypto/crypto.h"
 #include "delivery/delivery.h"
 #include "ingress/ingress.h"
 #include "queue/queue.h"
@@ -17,6 +18,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+/* How often start-up looks whether Redis is there to check the keys with. */
+#define STARTUP_POLL_MS 100
 /* Past the worker's own stop_grace, by this much, the process gives up. */
 #define SHUTDOWN_MARGIN_MS 5000
 
@@ -40,6 +43,12 @@ typedef struct runtime {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t deadline;
     uv_timer_t finisher; /* runs finish() outside any library callback */
+    serve_options_t opts;
+    seal_keyring_t *seal;
+    uv_timer_t startup;     /* until the sealing keys are checked and the services run */
+    unsigned checks_out;    /* seal_check calls in flight */
+    unsigned checks_passed; /* of the keys, in this round */
+    bool started;
     uv_process_t redis;
     bool redis_running;
     bool stopping;
@@ -91,6 +100,7 @@ static void stop(runtime_t *rt, int exit_code)
     if (rt->stopping) return;
     rt->stopping = true;
     rt->exit_code = exit_code;
+    uv_timer_stop(&rt->startup);
     log_info("event=stopping");
     http_stop(rt->http); /* health checks see it gone: take no new work here */
     rt->http = NULL;
@@ -217,8 +227,9 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
         return 200;
     }
     if (!strcmp(path, "/readyz")) {
-        bool ready = rt->queue && queue_ready(rt->queue) && !rt->stopping;
-        buf_printf(body, "%s\n", ready ? "ready" : "not ready: redis unreachable or stopping");
+        bool ready = rt->queue && queue_ready(rt->queue) && rt->started && !rt->stopping;
+        buf_printf(body, "%s\n",
+                   ready ? "ready" : "not ready: redis unreachable, keys unchecked, or stopping");
         return ready ? 200 : 503;
     }
     buf_printf(body, "not found; try /metrics, /healthz or /readyz\n");
@@ -326,9 +337,88 @@ static int start_redis(runtime_t *rt)
     return 0;
 }
 
+static void start_services(runtime_t *rt)
+{
+    char err[600];
+    rt->started = true;
+    uv_timer_stop(&rt->startup);
+    if (rt->opts.ingress &&
+        !(rt->ingress = ingress_start(rt->loop, rt->cfg, rt->queue, rt->seal, err, sizeof err))) {
+        log_error("event=start_failed what=ingress error=\"%s\"", err);
+        stop(rt, 1);
+        return;
+    }
+    if (rt->opts.worker &&
+        !(rt->worker = worker_start(rt->loop, rt->cfg, rt->queue, rt->seal, err, sizeof err))) {
+        log_error("event=start_failed what=worker error=\"%s\"", err);
+        stop(rt, 1);
+    }
+}
+
+struct seal_check {
+    runtime_t *rt;
+    unsigned key;
+};
+
+static void on_seal_checked(int status, const char *err, const char *data, size_t len, void *arg)
+{
+    struct seal_check *c = arg;
+    runtime_t *rt = c->rt;
+    const char *id = seal_key_id(rt->seal, c->key);
+    free(c);
+    rt->checks_out--;
+    if (rt->stopping) return;
+    if (status < 0) { /* Redis went away: the startup timer asks again */
+        log_warn("event=seal_check_failed key=%s error=\"%s\"", id, err);
+    } else if (!seal_check_verify(rt->seal, data, len)) {
+        log_error("event=start_failed what=seal key=%s error=\"this sealing key differs from "
+                  "the key the cluster uses under the id '%s': bodies sealed by other nodes "
+                  "would not open here\"",
+                  id, id);
+        stop(rt, 1);
+        return;
+    } else {
+        rt->checks_passed++;
+    }
+    if (rt->checks_out == 0 && rt->checks_passed == seal_key_count(rt->seal)) {
+        log_info("event=seal_keys_checked keys=%u sealing=%s", rt->checks_passed,
+                 seal_current_id(rt->seal));
+        start_services(rt);
+    }
+}
+
+/* Before anything is accepted or sent, each sealing key is compared with
+ * the check value the cluster stored for its id (the first node to use an
+ * id stores it), so a node given the wrong key stops at start-up with a
+ * clear error instead of sealing mail no other node can open. */
+static void on_startup_timer(uv_timer_t *t)
+{
+    runtime_t *rt = t->data;
+    if (rt->stopping || rt->checks_out || !queue_ready(rt->queue)) return;
+    rt->checks_passed = 0;
+    for (unsigned i = 0; i < seal_key_count(rt->seal); i++) {
+        struct seal_check *c = calloc(1, sizeof *c);
+        buf_t check;
+        buf_init(&check);
+        if (!c || seal_check_make(rt->seal, i, &check) < 0) {
+            free(c);
+            buf_free(&check);
+            return;
+        }
+        *c = (struct seal_check){rt, i};
+        rt->checks_out++;
+        if (queue_seal_check(rt->queue, seal_key_id(rt->seal, i), check.data, check.len,
+                             on_seal_checked, c) < 0) {
+            rt->checks_out--;
+            free(c);
+        }
+        buf_free(&check);
+    }
+}
+
 int cmd_serve(const config_t *cfg, serve_options_t opts)
 {
-    runtime_t rt = {.loop = uv_default_loop(), .cfg = cfg};
+    runtime_t rt = {.loop = uv_default_loop(), .cfg = cfg, .opts = opts};
     char err[600];
     net_hostport_t redis;
     config_redis_address(cfg, &redis);
@@ -337,13 +427,23 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     uv_signal_init(rt.loop, &rt.sighup);
     uv_timer_init(rt.loop, &rt.deadline);
     uv_timer_init(rt.loop, &rt.finisher);
-    rt.sigint.data = rt.sigterm.data = rt.sighup.data = rt.deadline.data = rt.finisher.data = &rt;
+    uv_timer_init(rt.loop, &rt.startup);
+    rt.sigint.data = rt.sigterm.data = rt.sighup.data = rt.deadline.data = rt.finisher.data =
+        rt.startup.data = &rt;
     uv_signal_start(&rt.sigint, on_signal, SIGINT);
     uv_signal_start(&rt.sigterm, on_signal, SIGTERM);
     uv_signal_start(&rt.sighup, on_sighup, SIGHUP);
     signal(SIGPIPE, SIG_IGN);
 
-    if (opts.private_redis && !cfg->redis.url[0] && start_redis(&rt) < 0) return 1;
+    rt.seal = seal_keyring_load(cfg->seal.keys, cfg->seal.key_file, err, sizeof err);
+    if (!rt.seal) {
+        log_error("event=start_failed what=seal error=\"%s\"", err);
+        return 1;
+    }
+    if (opts.private_redis && !cfg->redis.url[0] && start_redis(&rt) < 0) {
+        seal_keyring_free(rt.seal);
+        return 1;
+    }
     rt.queue = queue_open(rt.loop, &redis, cfg->redis.timeout_ms, cfg->redis.shards);
     if (!rt.queue) {
         log_error("event=start_failed what=queue error=\"out of memory\"");
@@ -362,18 +462,10 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
                      cfg->metrics.listen.port);
         }
     }
-    if (!rt.stopping && opts.ingress &&
-        !(rt.ingress = ingress_start(rt.loop, cfg, rt.queue, err, sizeof err))) {
-        log_error("event=start_failed what=ingress error=\"%s\"", err);
-        stop(&rt, 1);
-    }
-    if (!rt.stopping && opts.worker &&
-        !(rt.worker = worker_start(rt.loop, cfg, rt.queue, err, sizeof err))) {
-        log_error("event=start_failed what=worker error=\"%s\"", err);
-        stop(&rt, 1);
-    }
+    if (!rt.stopping) uv_timer_start(&rt.startup, on_startup_timer, 0, STARTUP_POLL_MS);
     uv_run(rt.loop, UV_RUN_DEFAULT);
     uv_loop_close(rt.loop);
+    seal_keyring_free(rt.seal);
     log_info("event=stopped exit=%d", rt.exit_code);
     return rt.exit_code;
 }

@@ -39,7 +39,7 @@ int cmd_up(int argc, char **argv)
 {
     config_t cfg;
     cmd_load_config(argc, argv, "usage: sealpost up [-c FILE]\n", &cfg);
-    if (ensure_certificate(&cfg) < 0) return 1;
+    if (ensure_certificate(&cfg) < 0 || cmd_ensure_seal_key(&cfg) < 0) return 1;
     return cmd_serve(&cfg,
                      (serve_options_t){.ingress = true, .worker = true, .private_redis = true});
 }

@@ -23,7 +23,9 @@ enum key_type {
     T_LOGLEVEL,
     T_PORT,
     T_TLS_POLICY,
-    T_BOOL
+    T_BOOL,
+    T_SECRET, /* a string that config_print never shows */
+    T_ENC_POLICY
 };
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
@@ -36,6 +38,23 @@ static int parse_tls_policy(const char *value, enum tls_policy *out)
             return 0;
         }
     return -1;
+}
+
+static const char *const enc_policy_names[] = {"never", "opportunistic", "required"};
+
+int config_parse_enc_policy(const char *value, enum enc_policy *out)
+{
+    for (int i = 0; i < 3; i++)
+        if (!strcasecmp(value, enc_policy_names[i])) {
+            *out = (enum enc_policy)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *config_enc_policy_name(enum enc_policy p)
+{
+    return enc_policy_names[p];
 }
 
 typedef struct key_spec {
@@ -109,6 +128,16 @@ static const key_spec_t keys[] = {
     {"up", "data_dir", T_STRING, OFF(up.data_dir), 0, 0, "./var"},
     {"up", "redis_server", T_STRING, OFF(up.redis_server), 0, 0, "redis-server"},
     {"up", "redis_port", T_PORT, OFF(up.redis_port), 1, 65535, "6380"},
+
+    {"seal", "key_file", T_STRING, OFF(seal.key_file), 0, 0, ""},
+    {"seal", "keys", T_SECRET, OFF(seal.keys), 0, 0, ""},
+
+    {"crypto", "default_policy", T_ENC_POLICY, OFF(crypto.default_policy), 0, 0, "opportunistic"},
+    {"crypto", "case_insensitive", T_BOOL, OFF(crypto.case_insensitive), 0, 0, "yes"},
+    {"crypto", "strip_detail", T_BOOL, OFF(crypto.strip_detail), 0, 0, "no"},
+    {"crypto", "hide_subject", T_BOOL, OFF(crypto.hide_subject), 0, 0, "yes"},
+    {"crypto", "max_pending", T_UINT, OFF(crypto.max_pending), 1, 100000, "64"},
+    {"crypto", "home_dir", T_STRING, OFF(crypto.home_dir), 0, 0, ""},
 
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
@@ -186,6 +215,7 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     unsigned long long v;
     switch (spec->type) {
     case T_STRING:
+    case T_SECRET:
         if (strlen(value) >= spec->size) {
             snprintf(err, errlen, "value longer than %zu characters", spec->size - 1);
             return -1;
@@ -227,6 +257,10 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
             return -1;
         }
         return 0;
+    case T_ENC_POLICY:
+        if (config_parse_enc_policy(value, (enum enc_policy *)field) == 0) return 0;
+        snprintf(err, errlen, "'%s' is not one of never, opportunistic, required", value);
+        return -1;
     case T_TLS_POLICY:
         if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
@@ -491,6 +525,12 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
     }
     case T_TLS_POLICY:
         buf_printf(out, "%s", tls_policy_names[*(const enum tls_policy *)field]);
+        break;
+    case T_SECRET:
+        if (*field) buf_printf(out, "(set, not shown)");
+        break;
+    case T_ENC_POLICY:
+        buf_printf(out, "%s", enc_policy_names[*(const enum enc_policy *)field]);
         break;
     case T_LOGLEVEL: {
         static const char *names[] = {"debug", "info", "warn", "error"};

@@ -139,6 +139,12 @@ void http_stop(http_server_t *server);
  * required with a certificate valid for the host's name. */
 enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY };
 
+/* Whether mail to a recipient is encrypted: never; when a usable key is
+ * known; or always, refusing the recipient who has none. */
+enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRED };
+int config_parse_enc_policy(const char *value, enum enc_policy *out);
+const char *config_enc_policy_name(enum enc_policy p);
+
 typedef struct net_cidr_list {
     net_cidr_t items[CONFIG_MAX_LIST];
     unsigned n;
@@ -223,6 +229,20 @@ typedef struct config {
         char redis_server[256];
         uint16_t redis_port;
     } up;
+
+    struct {
+        char key_file[512]; /* "id:base64" lines; the first seals */
+        char keys[1024];    /* the same inline (SEALPOST_SEAL_KEYS), before the file's */
+    } seal;
+
+    struct {
+        enum enc_policy default_policy; /* where Redis names none for address or domain */
+        bool case_insensitive;          /* local parts of key addresses */
+        bool strip_detail;              /* "user+detail@" finds the key of "user@" */
+        bool hide_subject;              /* the outer Subject of encrypted mail is "[...]" */
+        unsigned max_pending;           /* messages being encrypted at once; then 451 4.3.2 */
+        char home_dir[512];             /* where the per-thread GnuPG homes go; "": $TMPDIR */
+    } crypto;
 
     struct {
         net_hostport_t listen; /* /metrics, /healthz, /readyz; host "": off */

@@ -6,6 +6,8 @@
 #ifndef SEALPOST_CRYPTO_H
 #define SEALPOST_CRYPTO_H
 
+#include "core/core.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -28,5 +30,187 @@ void password_cram_md5(const char *secret, size_t secret_len, const char *challe
                        size_t challenge_len, char out[33]);
 /* Compares two strings in time that depends only on their lengths. */
 bool password_equal(const char *a, const char *b);
+
+/* ---- sealing at rest (libsodium XChaCha20-Poly1305) ---- */
+
+#define SEAL_KEY_BYTES 32
+#define SEAL_ID_MAX    32
+/* A sealed body is this much longer than the plain one, at most. */
+#define SEAL_OVERHEAD (4 + 1 + SEAL_ID_MAX + 24 + 16)
+
+typedef struct seal_keyring seal_keyring_t;
+
+/* The cluster's sealing keys, from keys (entries "id:base64" separated by
+ * white space or commas) and then from key_file (the same, one per line, '#'
+ * comments); either may be NULL or "". The first key seals; every key opens,
+ * so an old key stays listed after a rotation until no body uses it. NULL with
+ * err set when a key is malformed or there is none. */
+seal_keyring_t *seal_keyring_load(const char *keys, const char *key_file, char *err, size_t errlen);
+void seal_keyring_free(seal_keyring_t *k);
+const char *seal_current_id(const seal_keyring_t *k);
+unsigned seal_key_count(const seal_keyring_t *k);
+const char *seal_key_id(const seal_keyring_t *k, unsigned i);
+
+/* Appends the sealed form of in to out. context (the message id and body
+ * variant) is authenticated with it: seal_open must name the same. */
+int seal_body(const seal_keyring_t *k, const char *context, const void *in, size_t len, buf_t *out);
+/* Appends the plain form to out, or fails with err: unknown key id, wrong
+ * key, wrong context, or tampered. */
+int seal_open(const seal_keyring_t *k, const char *context, const void *in, size_t len, buf_t *out,
+              char *err, size_t errlen);
+
+/* A known text sealed under key i, stored in Redis the first time a key id
+ * is seen, so that a node started with a different key under the same id
+ * finds out at start-up, not when it meets the first body. */
+int seal_check_make(const seal_keyring_t *k, unsigned i, buf_t *out);
+bool seal_check_verify(const seal_keyring_t *k, const void *blob, size_t len);
+
+/* A new random key as "id:base64", for a key file. */
+int seal_key_new(const char *id, char *out, size_t outlen);
+
+/* ---- OpenPGP keys and encryption (GPGME; gpg.c) ---- */
+
+#define CRYPTO_FPR_MAX 64 /* hex digits of a v5 fingerprint; v4 has 40 */
+
+/* Once, from the main thread, before any other call below. */
+int crypto_gpg_init(char *err, size_t errlen);
+
+/* The canonical form of an address in the key directory: the domain in
+ * lower case; the local part too when case_insensitive; "+detail" dropped
+ * when strip_detail. -1 when it is no address or out is too small. */
+int crypto_addr_canon(const char *addr, bool case_insensitive, bool strip_detail, char *out,
+                      size_t outlen);
+
+/* What a key offers, as read by gpg. */
+typedef struct crypto_key_info {
+    char fpr[CRYPTO_FPR_MAX + 1];
+    const char *why_unusable; /* NULL when it can take mail now: "revoked", "expired", ... */
+    long long expires;        /* when it stops being usable (Unix time); 0: never */
+    char **addresses;         /* of its valid user IDs, as written there */
+    unsigned n_addresses;
+    char *armored; /* the key, minimal and ASCII-armored, as stored */
+    size_t armored_len;
+} crypto_key_info_t;
+
+/* Reads every public key in data (armored or binary) in a throw-away
+ * GnuPG home made under parent ("" or NULL: $TMPDIR) and calls cb for each.
+ * Blocking (it runs gpg): not on an event loop. */
+int crypto_keys_inspect(const char *data, size_t len, const char *parent,
+                        void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
+                        size_t errlen);
+
+/* The private parent directory of the per-thread GnuPG homes, made under
+ * parent (or $TMPDIR), and its removal with everything in it. */
+int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen);
+void crypto_homes_remove(const char *dir);
+
+/* A recipient key as the directory holds it. */
+typedef struct crypto_rcpt_key {
+    const char *fpr;
+    const char *armored;
+    size_t armored_len;
+} crypto_rcpt_key_t;
+
+/* Appends plain encrypted to all the keys, ASCII-armored, to armor. Runs gpg
+ * in the calling thread's own GnuPG home under homes (made on first use): call
+ * it from thread-pool threads, never the event loop. */
+int crypto_encrypt(const char *homes, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
+                   size_t len, buf_t *armor, char *err, size_t errlen);
+
+/* ---- the node's cache of the key directory (keydir.c) ---- */
+
+/* What is known about one recipient address. */
+typedef struct keydir_entry {
+    enum enc_policy policy;       /* in effect: the address's, its domain's, or the default */
+    char fpr[CRYPTO_FPR_MAX + 1]; /* "" when it has no key */
+    long long expires;            /* 0: never */
+    char *armored;                /* the key */
+    size_t armored_len;
+} keydir_entry_t;
+
+/* What happens to mail for a recipient. */
+enum crypto_decision { DECIDE_PLAIN, DECIDE_ENCRYPT, DECIDE_REFUSE, DECISIONS };
+
+typedef struct keydir keydir_t;
+keydir_t *keydir_new(unsigned capacity);
+void keydir_free(keydir_t *d);
+/* Tells the cache the directory's current version; true (and the cache
+ * emptied) when it moved. */
+bool keydir_version(keydir_t *d, long long version);
+/* The cached entry of a canonical address, or NULL. */
+const keydir_entry_t *keydir_get(const keydir_t *d, const char *addr);
+/* Caches what Redis said at version (a reply older than the cache's version
+ * is dropped); the key data is copied. */
+int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_entry_t *e);
+/* ---- the gateway: a message's body variants (gateway.c) ---- */
+
+typedef struct gateway_rcpt {
+    const char *addr;             /* canonical (crypto_addr_canon) */
+    const crypto_rcpt_key_t *key; /* NULL: this recipient gets the original */
+    unsigned variant;             /* out: the body it gets */
+} gateway_rcpt_t;
+
+enum gateway_outcome {
+    GATEWAY_PLAIN,       /* no recipient has a key */
+    GATEWAY_ENCRYPTED,   /* at least one copy encrypted */
+    GATEWAY_PASSTHROUGH, /* already encrypted by the sender: stored as it came */
+    GATEWAY_FAILED,
+    GATEWAY_OUTCOMES
+};
+
+typedef struct gateway_job {
+    const char *mid; /* names each sealed variant: "<mid>:<n>" */
+    const char *msg;
+    size_t len;
+    gateway_rcpt_t *rcpts;
+    unsigned n_rcpts;
+    bool hide_subject, case_insensitive, strip_detail;
+    const char *homes; /* crypto_homes_create's */
+    const seal_keyring_t *seal;
+    buf_t *variants; /* out: the sealed bodies, variant n at [n] */
+    unsigned n_variants;
+    enum gateway_outcome outcome;
+    char error[256]; /* when it failed */
+} gateway_job_t;
+
+/* Groups the recipients, encrypts (running gpg: call it in a worker thread
+ * when any recipient has a key), wraps in PGP/MIME and seals each variant.
+ * -1 on failure, with outcome GATEWAY_FAILED and error set: then nothing may
+ * be stored. gateway_job_release frees the variants either way. */
+int gateway_run(gateway_job_t *job);
+void gateway_job_release(gateway_job_t *job);
+
+/* The policy in effect, from Redis's settings (NULL: none) and the default. */
+enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy,
+                              enum enc_policy fallback);
+/* never: plain; a key usable at now: encrypt; else plain, or refuse when required. */
+enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now);
+
+/* ---- PGP/MIME (RFC 3156) with header protection (RFC 9788) ---- */
+
+/* Whether msg is already encrypted and must pass untouched: a top-level
+ * Content-Type of multipart/encrypted, application/pkcs7-mime or
+ * application/x-pkcs7-mime (every Content-Type field must say so), or inline
+ * PGP: a body line that is exactly "-----BEGIN PGP MESSAGE-----". */
+bool pgpmime_is_encrypted(const char *msg, size_t len);
+
+/* Appends to out the plaintext to encrypt, the Cryptographic Payload of RFC
+ * 9788: msg's header fields but the trace, structural, Bcc and Resent-Bcc
+ * ones, copied as they are; one HP-Outer field for each non-trace field
+ * pgpmime_outer puts outside (with "[...]" for a hidden Subject); msg's
+ * Content-* fields, with hp="cipher" added to Content-Type (text/plain when
+ * msg has none); an empty line; msg's body, untouched. Returns 0, or -1 (out
+ * as it was) when memory runs out or msg has no header field at all. */
+int pgpmime_inner(const char *msg, size_t len, bool hide_subject, buf_t *out);
+
+/* Appends to out the message to send: msg's Received and Return-Path fields,
+ * its From, To, Cc, Date, Message-ID, In-Reply-To and References, its Subject
+ * (or "Subject: [...]" when hide_subject), MIME-Version and a
+ * multipart/encrypted Content-Type, then the two parts of RFC 3156 §4: the
+ * version identification and armor (ASCII armor; LF line ends become CRLF).
+ * Never a Bcc. Returns 0, or -1 (out as it was) when memory runs out or msg
+ * has no header field at all. */
+int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len,
+                  bool hide_subject, buf_t *out);
 
 #endif

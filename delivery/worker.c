@@ -10,7 +10,10 @@
 #include "delivery/bounce.h"
 #include "delivery/client.h"
 #include "delivery/dns.h"
+#include "crypto/crypto.h"
 #include "proto/proto.h"
+
+#include <sodium.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +38,7 @@ struct worker {
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
+    const seal_keyring_t *seal;
     dns_t *dns;
     client_env_t env;
     char owner[300];
@@ -284,7 +288,14 @@ static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t
         .retry_until_ms =
             d->job->received_ms + (long long)d->w->cfg->worker.max_queue_lifetime * 1000,
     };
-    if (bounce_build(&report, body) < 0) return false;
+    buf_t plain;
+    buf_init(&plain);
+    char context[48];
+    snprintf(context, sizeof context, "%s:0", b->id);
+    int rc = bounce_build(&report, &plain);
+    if (rc == 0) rc = seal_body(d->w->seal, context, plain.data, plain.len, body);
+    buf_free(&plain);
+    if (rc < 0) return false;
     b->rcpt = d->job->sender;
     b->info = "bounce";
     b->body = body->data;
@@ -692,6 +703,24 @@ static void on_forgotten(int status, const char *err, void *arg)
     if (d->finishing) delivery_finish(d);
 }
 
+/* Replaces the sealed body of a fetched job with the plain one, just before
+ * it is sent. On failure the body is emptied, so no sealed octets ever leave
+ * in a bounce. */
+static int unseal(const worker_t *w, queue_job_t *job, char *err, size_t errlen)
+{
+    char context[48];
+    snprintf(context, sizeof context, "%s:%u", job->mid, job->variant);
+    buf_t plain;
+    buf_init(&plain);
+    int rc = seal_open(w->seal, context, job->body, job->body_len, &plain, err, errlen);
+    sodium_memzero(job->body, job->body_len);
+    free(job->body);
+    job->body = rc == 0 ? plain.data : NULL;
+    job->body_len = rc == 0 ? plain.len : 0;
+    if (rc < 0) buf_free(&plain);
+    return rc;
+}
+
 static void on_fetched(int status, const char *err, queue_job_t *job, void *arg);
 
 static void fetch(delivery_t *d)
@@ -730,6 +759,16 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     d->job = job;
     uint64_t renew = (uint64_t)d->w->cfg->worker.lease_seconds * 1000 / 3;
     uv_timer_start(&d->lease_timer, on_lease_timer, renew, renew);
+    char why[200];
+    if (unseal(d->w, job, why, sizeof why) < 0) {
+        /* A node without the key the body was sealed with: another node, or
+         * this one with its key file fixed, can still send it. */
+        log_error("event=unseal_failed mid=%s job=%s error=\"%s\"", job->mid, job->jid, why);
+        char text[300];
+        snprintf(text, sizeof text, "451 4.7.0 cannot unseal the message: %s", why);
+        record_local(d, 451, text);
+        return;
+    }
     /* A static route (or the relayhost) wins over MX. */
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
     struct sockaddr_storage numeric;
@@ -850,8 +889,8 @@ static void on_wake(uint32_t shard, void *arg)
     tick(w);
 }
 
-worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
-                       size_t errlen)
+worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
+                       const seal_keyring_t *seal, char *err, size_t errlen)
 {
     worker_t *w = calloc(1, sizeof *w);
     if (w) w->next_due = calloc(queue_shards(queue), sizeof *w->next_due);
@@ -887,6 +926,7 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, cha
     w->loop = loop;
     w->cfg = cfg;
     w->queue = queue;
+    w->seal = seal;
     w->n_shards = queue_shards(queue);
     uv_timer_init(loop, &w->timer);
     w->timer.data = w;

@@ -5,6 +5,7 @@
 #define SEALPOST_INGRESS_H
 
 #include "core/core.h"
+#include "crypto/crypto.h"
 #include "queue/queue.h"
 
 #include <stddef.h>
@@ -12,9 +13,10 @@
 
 typedef struct ingress ingress_t;
 
-/* Listens on cfg->ingress.listen. cfg and queue must outlive the ingress. */
-ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
-                         size_t errlen);
+/* Listens on cfg->ingress.listen. cfg, queue and seal (which seals every
+ * body before it is stored) must outlive the ingress. */
+ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
+                         const seal_keyring_t *seal, char *err, size_t errlen);
 /* Loads the certificate and key again (SIGHUP): new sessions use them, open
  * ones keep what they started with. On failure the old ones stay, and the
  * error is logged. */

@@ -26,6 +26,7 @@ static const char *const refusal_names[REFUSALS] = {
     [REFUSED_AUTH_REQUIRED] = "auth_required",
     [REFUSED_SMTPUTF8_REQUIRED] = "smtputf8_required",
     [REFUSED_NO_POSTMASTER] = "no_postmaster",
+    [REFUSED_ENCRYPTION_REQUIRED] = "encryption_required",
 };
 
 static const char *const auth_result_names[AUTH_RESULTS] = {"ok", "failed", "rate_limited",
@@ -161,12 +162,15 @@ void ingress_reload_tls(ingress_t *ingress)
     log_info("event=tls_reloaded cert=%s", ingress->cfg->ingress.tls_cert);
 }
 
-static void maybe_stopped(ingress_t *ingress)
+void ingress_maybe_stopped(ingress_t *ingress)
 {
-    if (!ingress->stopping || ingress->n_sessions || ingress->listeners_open) return;
+    if (!ingress->stopping || ingress->n_sessions || ingress->listeners_open ||
+        encrypt_busy(ingress))
+        return;
     void (*done)(void *) = ingress->on_stopped;
     void *arg = ingress->on_stopped_arg;
     SSL_CTX_free(ingress->tls_ctx);
+    encrypt_free(ingress);
     free(ingress);
     if (done) done(arg);
 }
@@ -175,7 +179,7 @@ static void on_listener_closed(uv_handle_t *h)
 {
     struct listener *l = h->data;
     l->ingress->listeners_open--;
-    maybe_stopped(l->ingress);
+    ingress_maybe_stopped(l->ingress);
 }
 
 static void close_listeners(ingress_t *ingress)
@@ -214,8 +218,8 @@ static int open_listener(ingress_t *ingress, enum listener_kind kind, const net_
     return 0;
 }
 
-ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, char *err,
-                         size_t errlen)
+ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
+                         const seal_keyring_t *seal, char *err, size_t errlen)
 {
     ingress_t *ingress = calloc(1, sizeof *ingress);
     if (!ingress) {
@@ -225,6 +229,7 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
     ingress->loop = loop;
     ingress->cfg = cfg;
     ingress->queue = queue;
+    ingress->seal = seal;
     register_metrics(&ingress->metrics);
     if (postmaster_address(cfg, ingress->postmaster, err, errlen) < 0 ||
         auth_check_config(cfg, err, errlen) < 0 ||
@@ -242,7 +247,7 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
             if (ingress->listeners_open)
                 close_listeners(ingress); /* the last one closed frees it */
             else
-                maybe_stopped(ingress);
+                ingress_maybe_stopped(ingress);
             return NULL;
         }
     }
@@ -252,6 +257,13 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue, c
         free(ingress);
         return NULL;
     }
+    /* The loop has not run yet: no session can have started. */
+    if (encrypt_start(ingress, err, errlen) < 0) {
+        ingress->stopping = true;
+        encrypt_stop(ingress);
+        close_listeners(ingress); /* the last one closed frees it */
+        return NULL;
+    }
     return ingress;
 }
 
@@ -259,7 +271,7 @@ void ingress_session_gone(ingress_t *ingress)
 {
     ingress->n_sessions--;
     metric_add(ingress->metrics.open, -1);
-    maybe_stopped(ingress);
+    ingress_maybe_stopped(ingress);
 }
 
 void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg)
@@ -268,5 +280,6 @@ void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg)
     ingress->on_stopped = done;
     ingress->on_stopped_arg = arg;
     close_listeners(ingress);
+    encrypt_stop(ingress);
     session_shutdown_all(ingress);
 }

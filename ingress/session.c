@@ -122,10 +122,16 @@ static void input_compact(session_t *s)
 
 static void transaction_reset(session_t *s)
 {
-    for (unsigned i = 0; i < s->n_rcpts; i++)
+    for (unsigned i = 0; i < s->n_rcpts; i++) {
         free(s->rcpts[i]);
+        encrypt_rcpt_free(&s->rcpt_keys[i]);
+    }
     free(s->rcpts);
+    free(s->rcpt_keys);
+    free(s->pending_rcpt);
     s->rcpts = NULL;
+    s->rcpt_keys = NULL;
+    s->pending_rcpt = NULL;
     s->n_rcpts = 0;
     s->in_mail = false;
     s->body_8bit = false;
@@ -538,16 +544,30 @@ static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
             return;
         }
     size_t addr_len = strlen(addr), dsn_len = strlen(dsn);
-    char **grown = realloc(s->rcpts, (s->n_rcpts + 1) * sizeof *grown);
     char *entry = malloc(addr_len + dsn_len + 2);
-    if (grown) s->rcpts = grown;
-    if (!grown || !entry) {
-        free(entry);
+    if (!entry) {
         session_reply(s, "452 4.3.1 Insufficient system resources");
         return;
     }
     memcpy(entry, addr, addr_len + 1);
     memcpy(entry + addr_len + 1, dsn, dsn_len + 1);
+    encrypt_rcpt(s, entry); /* the encryption policy has the last word */
+}
+
+void session_add_rcpt(session_t *s, char *entry, const struct rcpt_key *key)
+{
+    char **grown = realloc(s->rcpts, (s->n_rcpts + 1) * sizeof *grown);
+    if (grown) s->rcpts = grown;
+    struct rcpt_key *keys = realloc(s->rcpt_keys, (s->n_rcpts + 1) * sizeof *keys);
+    if (keys) s->rcpt_keys = keys;
+    if (!grown || !keys) {
+        struct rcpt_key dropped = *key;
+        encrypt_rcpt_free(&dropped);
+        free(entry);
+        session_reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    s->rcpt_keys[s->n_rcpts] = *key;
     s->rcpts[s->n_rcpts++] = entry;
     session_reply(s, "250 2.1.5 Ok");
 }
@@ -807,32 +827,59 @@ static int complete_header(session_t *s)
 
 static void commit_message(session_t *s)
 {
-    queue_message_t m;
-    char info[400];
-    const char **dsn = calloc(s->n_rcpts, sizeof *dsn);
-    if (!dsn || (s->authenticated && complete_header(s) < 0)) {
-        free(dsn);
+    if (s->authenticated && complete_header(s) < 0) {
         session_reply(s, "451 4.3.1 Insufficient system resources");
         transaction_reset(s);
         return;
     }
-    for (unsigned i = 0; i < s->n_rcpts; i++)
-        dsn[i] = s->rcpts[i] + strlen(s->rcpts[i]) + 1;
-    memcpy(m.id, s->mid, sizeof m.id);
-    snprintf(info, sizeof info, "client=%s helo=%s", s->peer, s->helo);
-    m.sender = s->sender;
-    m.rcpts = (const char **)s->rcpts;
-    m.rcpt_params = dsn;
-    m.n_rcpts = s->n_rcpts;
-    m.info = info;
-    m.mail_params = s->mail_params;
-    m.body = s->body.data;
-    m.body_len = s->body.len;
-    s->busy = true;
-    s->enqueue_start = uv_now(s->ingress->loop);
-    int rc =
-        queue_ready(s->ingress->queue) ? queue_enqueue(s->ingress->queue, &m, on_enqueued, s) : -1;
-    free(dsn); /* queue_enqueue copied what it needs into the request */
+    encrypt_commit(s);
+}
+
+void session_commit_failed(session_t *s)
+{
+    s->busy = false;
+    if (s->closed) {
+        session_maybe_free(s);
+        return;
+    }
+    transaction_reset(s);
+    session_process(s);
+}
+
+void session_enqueue(session_t *s, const gateway_job_t *job)
+{
+    queue_message_t m = {0};
+    char info[400];
+    const char **dsn = calloc(s->n_rcpts, sizeof *dsn);
+    unsigned *variant = calloc(s->n_rcpts, sizeof *variant);
+    queue_body_t *bodies = calloc(job->n_variants, sizeof *bodies);
+    int rc = -1;
+    if (dsn && variant && bodies) {
+        for (unsigned i = 0; i < s->n_rcpts; i++) {
+            dsn[i] = s->rcpts[i] + strlen(s->rcpts[i]) + 1;
+            variant[i] = job->rcpts[i].variant;
+        }
+        for (unsigned v = 0; v < job->n_variants; v++)
+            bodies[v] = (queue_body_t){job->variants[v].data, job->variants[v].len};
+        memcpy(m.id, s->mid, sizeof m.id);
+        snprintf(info, sizeof info, "client=%s helo=%s", s->peer, s->helo);
+        m.sender = s->sender;
+        m.rcpts = (const char **)s->rcpts;
+        m.rcpt_params = dsn;
+        m.n_rcpts = s->n_rcpts;
+        m.info = info;
+        m.mail_params = s->mail_params;
+        m.bodies = bodies;
+        m.n_bodies = job->n_variants;
+        m.rcpt_body = variant;
+        s->enqueue_start = uv_now(s->ingress->loop);
+        if (queue_ready(s->ingress->queue))
+            rc = queue_enqueue(s->ingress->queue, &m, on_enqueued, s);
+    }
+    /* queue_enqueue copied what it needs into the request */
+    free(dsn);
+    free(variant);
+    free(bodies);
     if (rc < 0) on_enqueued(-1, "redis not connected", s);
 }
 

@@ -3,6 +3,7 @@
 #define SEALPOST_INGRESS_SESSION_H
 
 #include "core/tls.h"
+#include "crypto/crypto.h"
 #include "ingress/ingress.h"
 #include "proto/proto.h"
 
@@ -32,6 +33,7 @@ enum refusal {
     REFUSED_AUTH_REQUIRED,
     REFUSED_SMTPUTF8_REQUIRED,
     REFUSED_NO_POSTMASTER,
+    REFUSED_ENCRYPTION_REQUIRED,
     REFUSALS
 };
 
@@ -44,6 +46,15 @@ enum auth_step { AUTH_IDLE, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASSWORD, AU
 #define MAIL_PARAMS_MAX 256
 /* "NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=<500 octets>" */
 #define RCPT_PARAMS_MAX (PROTO_ORCPT_MAX + 48)
+
+/* A recipient's address as the key directory files it, and the key its
+ * mail is encrypted to (armored NULL: it gets the original). */
+struct rcpt_key {
+    char addr[PROTO_PATH_MAX + 1];
+    char fpr[CRYPTO_FPR_MAX + 1];
+    char *armored;
+    size_t armored_len;
+};
 
 struct session {
     ingress_t *ingress;
@@ -84,7 +95,10 @@ struct session {
     char sender[PROTO_PATH_MAX + 1];
     char mail_params[MAIL_PARAMS_MAX]; /* kept with the envelope, passed on by the worker */
     char **rcpts;                      /* each "address\0DSN parameters" in one allocation */
+    struct rcpt_key *rcpt_keys;        /* one per rcpts[i] */
     unsigned n_rcpts;
+    char *pending_rcpt;                     /* an entry for rcpts, waiting for its policy */
+    char pending_canon[PROTO_PATH_MAX + 1]; /* ... and its address, canonical */
     bool in_data;
     bool chunking;      /* the body comes in BDAT chunks (RFC 3030) */
     bool chunk_pending; /* a BDAT command's octets are being read */
@@ -111,6 +125,7 @@ struct ingress {
     uv_loop_t *loop;
     const config_t *cfg;
     queue_t *queue;
+    const seal_keyring_t *seal;
     char postmaster[PROTO_PATH_MAX + 1]; /* where <Postmaster> goes; "" when nowhere */
     SSL_CTX *tls_ctx;                    /* NULL: no certificate configured, no STARTTLS */
     struct listener {
@@ -122,6 +137,17 @@ struct ingress {
     bool stopping;
     unsigned n_sessions;
     unsigned verifying; /* password checks in the thread pool */
+    struct ingress_crypt {
+        keydir_t *keydir;
+        char homes[4096]; /* the per-thread GnuPG homes' parent */
+        uv_timer_t poll;  /* asks for the directory's version */
+        bool poll_open;
+        bool polling;     /* a version call is out */
+        unsigned running; /* messages in the thread pool for encryption */
+        metric_t *decisions[DECISIONS];
+        metric_t *outcomes[GATEWAY_OUTCOMES + 1]; /* the last: refused, busy */
+        metric_t *pending;
+    } crypt;
     struct ingress_metrics {
         metric_t *connections[LISTENER_KINDS];
         metric_t *open;
@@ -149,6 +175,31 @@ void session_shutdown_all(ingress_t *ingress);
 void ingress_session_gone(ingress_t *ingress);
 /* Counts a refusal (the caller replies and logs). */
 void ingress_refused(ingress_t *ingress, enum refusal why);
+/* Frees a stopping ingress once nothing refers to it any more. */
+void ingress_maybe_stopped(ingress_t *ingress);
+
+/* Adds a recipient whose policy allows it (entry: see rcpts) and says 250. */
+void session_add_rcpt(session_t *s, char *entry, const struct rcpt_key *key);
+/* Stores the message with the gateway's sealed variants; 250 when stored. */
+void session_enqueue(session_t *s, const gateway_job_t *job);
+/* The message was not stored (the reply is out, unless the client left):
+ * the transaction ends. */
+void session_commit_failed(session_t *s);
+
+/* ---- the encryption gateway (encrypt.c) ---- */
+
+int encrypt_start(ingress_t *ingress, char *err, size_t errlen);
+void encrypt_stop(ingress_t *ingress);
+/* Whether the ingress must wait for a handle or a call of the gateway. */
+bool encrypt_busy(const ingress_t *ingress);
+void encrypt_free(ingress_t *ingress);
+/* Decides about a recipient (entry, allocated, taken over): its policy and
+ * key from the cache or Redis, then session_add_rcpt or a refusal. */
+void encrypt_rcpt(session_t *s, char *entry);
+void encrypt_rcpt_free(struct rcpt_key *k);
+/* Runs the gateway over the body (in the thread pool when anything is
+ * encrypted), then session_enqueue or session_commit_failed. */
+void encrypt_commit(session_t *s);
 
 /* ---- AUTH (auth.c) ---- */
 

@@ -131,9 +131,59 @@ long proto_proxy_parse(const char *in, size_t len, proto_proxy_t *out);
 
 /* ---- header fields (RFC 5322) ---- */
 
+/* One field of a header section. All three spans point into the message. */
+typedef struct proto_header_field {
+    const char *name; /* without the obsolete white space before the colon */
+    size_t name_len;
+    const char *value; /* after the colon up to the field's last line end: leading
+                          white space and folding (CRLF WSP) left as they are */
+    size_t value_len;
+    const char *raw; /* the whole field: name, continuation lines, final CRLF */
+    size_t raw_len;
+} proto_header_field_t;
+
+typedef struct proto_header_iter {
+    const char *msg;
+    size_t len;
+    size_t pos;  /* where the next line starts */
+    size_t body; /* where the body starts; valid once proto_header_next returned false */
+    bool done;
+} proto_header_iter_t;
+
+/* Walks the header section of msg: lines end in CRLF (a bare LF is taken as a
+ * line end too), a line that starts with SP or HTAB continues the field above,
+ * and the section ends at the first empty line or at the end of msg. A line
+ * that is no field (no "name:" with a printable ASCII name) is skipped with
+ * its continuation lines. */
+void proto_header_iter_init(proto_header_iter_t *it, const char *msg, size_t len);
+/* The next field into *field; false at the end of the header section, and
+ * from then on it->body is the offset of the body (after the empty line;
+ * len when there is none). */
+bool proto_header_next(proto_header_iter_t *it, proto_header_field_t *field);
+
 /* Whether the header section of msg (up to its first empty line) has a field
  * called name (case-insensitive, "Message-ID"). */
 bool proto_header_has(const char *msg, size_t len, const char *name);
+
+/* The offset of the first octet at or after i in p[0..len) that is neither
+ * folding white space (SP, HTAB, CR, LF) nor in a comment ("(...)", nested,
+ * with quoted-pairs): RFC 5322 CFWS, for reading structured field values. */
+size_t proto_header_skip_cfws(const char *p, size_t len, size_t i);
+
+/* Called with each address found: "local@domain", NUL-terminated, at most
+ * PROTO_PATH_MAX octets. */
+typedef void (*proto_addr_fn)(const char *addr, size_t len, void *arg);
+
+/* Calls cb for each addr-spec in every field called field_name ("To", "Cc";
+ * case-insensitive), read as an RFC 5322 address-list: display names, quoted
+ * strings, comments, angle-addrs, groups, source routes and the obsolete forms
+ * of §4.4. The address comes without comments, white space, route or
+ * brackets; a quoted local part keeps its quotes, and the domain is
+ * lower-cased (ASCII), as in proto_path_t.addr, so the two compare with
+ * memcmp. What does not parse, and addresses over PROTO_PATH_MAX octets (no
+ * SMTP path can hold them), are skipped. Returns how many calls were made. */
+size_t proto_header_addresses(const char *msg, size_t len, const char *field_name, proto_addr_fn cb,
+                              void *arg);
 
 /* ---- the DATA decoder ---- */
 

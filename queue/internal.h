@@ -26,6 +26,9 @@ struct call {
         queue_claim_cb claim;
         queue_fetch_cb fetch;
         queue_user_cb user;
+        queue_blob_cb blob;
+        queue_key_cb key;
+        queue_version_cb version;
     } cb;
     void *arg;
     unsigned shard;
@@ -36,6 +39,11 @@ struct call {
 typedef char key_t_[KEY_MAX];
 
 struct call *call_new(queue_t *q, void *arg);
+
+/* The administration connection (users.c opens it; keys.c uses it too). */
+struct queue_admin {
+    redisContext *ctx;
+};
 /* The administration connection's blocking command: the reply, or NULL with
  * err set (an error reply too). */
 redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,

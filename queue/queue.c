@@ -185,79 +185,126 @@ static int rcpt_entry_append(buf_t *list, const char *addr, const char *params)
 
 struct job_group {
     const char *domain;
+    unsigned variant;
     buf_t rcpts;
 };
 
-int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg)
+/* Groups the recipients into jobs, one per destination domain and body
+ * variant; returns the number of groups, or -1. */
+static int group_rcpts(const queue_message_t *m, struct job_group *groups)
 {
-    unsigned shard = queue_shard_of(q, m->id);
-    struct job_group *groups = calloc(m->n_rcpts ? m->n_rcpts : 1, sizeof *groups);
     unsigned n = 0;
-    int rc = -1;
-    if (!groups || m->n_rcpts == 0) goto out;
     for (unsigned i = 0; i < m->n_rcpts; i++) {
         const char *at = strrchr(m->rcpts[i], '@');
         const char *domain = at ? at + 1 : "";
+        unsigned v = m->rcpt_body ? m->rcpt_body[i] : 0;
+        if (v >= m->n_bodies) return -1;
         unsigned g = 0;
-        while (g < n && strcmp(groups[g].domain, domain))
+        while (g < n && (groups[g].variant != v || strcmp(groups[g].domain, domain)))
             g++;
         if (g == n) {
             groups[n].domain = domain;
+            groups[n].variant = v;
             buf_init(&groups[n++].rcpts);
         }
         const char *params = m->rcpt_params ? m->rcpt_params[i] : "";
-        if (rcpt_entry_append(&groups[g].rcpts, m->rcpts[i], params) < 0) goto out;
+        if (rcpt_entry_append(&groups[g].rcpts, m->rcpts[i], params) < 0) return -1;
     }
+    return (int)n;
+}
 
-    size_t nkeys = 6 + n, nargs = 7 + 3 * (size_t)n;
-    key_t_ *keybuf = calloc(nkeys, sizeof *keybuf);
-    const char **keys = calloc(nkeys, sizeof *keys);
-    char(*jids)[48] = calloc(n, sizeof *jids);
-    const char **args = calloc(nargs, sizeof *args);
-    size_t *lens = calloc(nargs, sizeof *lens);
-    struct call *call = call_new(q, arg);
-    if (keybuf && keys && jids && args && lens && call) {
-        char suffix[64], shard_text[16], count[16];
-        snprintf(suffix, sizeof suffix, "m:%s", m->id);
-        shard_key(keybuf[0], shard, suffix);
-        snprintf(suffix, sizeof suffix, "b:%s:0", m->id);
-        shard_key(keybuf[1], shard, suffix);
-        shard_key(keybuf[2], shard, "due");
-        shard_key(keybuf[3], shard, "st");
-        shard_key(keybuf[4], shard, "dom");
-        shard_key(keybuf[5 + n], shard, "age");
-        snprintf(shard_text, sizeof shard_text, "%u", shard);
-        snprintf(count, sizeof count, "%u", n);
-        const char *head[] = {m->id, shard_text, m->sender, m->mail_params ? m->mail_params : "",
-                              m->info ? m->info : ""};
-        for (int i = 0; i < 5; i++)
-            args[i] = head[i], lens[i] = strlen(head[i]);
-        args[5] = m->body, lens[5] = m->body_len;
-        args[6] = count, lens[6] = strlen(count);
-        for (unsigned g = 0; g < n; g++) {
-            snprintf(jids[g], sizeof jids[g], "%s.%u", m->id, g);
-            snprintf(suffix, sizeof suffix, "j:%s", jids[g]);
-            shard_key(keybuf[5 + g], shard, suffix);
-            size_t a = 7 + 3 * (size_t)g;
-            args[a] = jids[g], lens[a] = strlen(jids[g]);
-            args[a + 1] = groups[g].domain, lens[a + 1] = strlen(groups[g].domain);
-            args[a + 2] = groups[g].rcpts.data, lens[a + 2] = groups[g].rcpts.len;
-        }
-        for (size_t i = 0; i < nkeys; i++)
-            keys[i] = keybuf[i];
-        call->done = on_status_reply;
-        call->cb.status = cb;
-        rc = fcall(call, "enqueue", false, (int)nkeys, keys, (int)nargs, args, lens);
-        call = NULL; /* fcall owns it now */
+/* The argv of enqueue (see store_message in sealpost.lua), in storage the
+ * caller frees with enqueue_argv_free. */
+struct enqueue_argv {
+    key_t_ *keybuf;
+    const char **keys;
+    char (*jids)[48];
+    char (*variants)[12];
+    const char **args;
+    size_t *lens;
+    size_t nkeys, nargs;
+    char shard[16], nbodies[16], njobs[16];
+};
+
+static void enqueue_argv_free(struct enqueue_argv *v)
+{
+    free(v->keybuf);
+    free(v->keys);
+    free(v->jids);
+    free(v->variants);
+    free(v->args);
+    free(v->lens);
+}
+
+static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queue_message_t *m,
+                              const struct job_group *groups, unsigned n)
+{
+    unsigned nb = m->n_bodies;
+    v->nkeys = 5 + (size_t)nb + n;
+    v->nargs = 7 + (size_t)nb + 4 * (size_t)n;
+    v->keybuf = calloc(v->nkeys, sizeof *v->keybuf);
+    v->keys = calloc(v->nkeys, sizeof *v->keys);
+    v->jids = calloc(n, sizeof *v->jids);
+    v->variants = calloc(n, sizeof *v->variants);
+    v->args = calloc(v->nargs, sizeof *v->args);
+    v->lens = calloc(v->nargs, sizeof *v->lens);
+    if (!v->keybuf || !v->keys || !v->jids || !v->variants || !v->args || !v->lens) return -1;
+    char suffix[96];
+    snprintf(suffix, sizeof suffix, "m:%s", m->id);
+    shard_key(v->keybuf[0], shard, suffix);
+    static const char *const names[] = {"due", "st", "dom", "age"};
+    for (int i = 0; i < 4; i++)
+        shard_key(v->keybuf[1 + i], shard, names[i]);
+    snprintf(v->shard, sizeof v->shard, "%u", shard);
+    snprintf(v->nbodies, sizeof v->nbodies, "%u", nb);
+    snprintf(v->njobs, sizeof v->njobs, "%u", n);
+    const char *head[] = {m->id,
+                          v->shard,
+                          m->sender,
+                          m->mail_params ? m->mail_params : "",
+                          m->info ? m->info : "",
+                          v->nbodies,
+                          v->njobs};
+    for (int i = 0; i < 7; i++)
+        v->args[i] = head[i], v->lens[i] = strlen(head[i]);
+    for (unsigned b = 0; b < nb; b++) {
+        snprintf(suffix, sizeof suffix, "b:%s:%u", m->id, b);
+        shard_key(v->keybuf[5 + b], shard, suffix);
+        v->args[7 + b] = m->bodies[b].data, v->lens[7 + b] = m->bodies[b].len;
     }
-    free(call);
-    free(keybuf);
-    free(keys);
-    free(jids);
-    free(args);
-    free(lens);
-out:
-    for (unsigned g = 0; g < n; g++)
+    for (unsigned g = 0; g < n; g++) {
+        snprintf(v->jids[g], sizeof v->jids[g], "%s.%u.%u", m->id, groups[g].variant, g);
+        snprintf(suffix, sizeof suffix, "j:%s", v->jids[g]);
+        shard_key(v->keybuf[5 + nb + g], shard, suffix);
+        snprintf(v->variants[g], sizeof v->variants[g], "%u", groups[g].variant);
+        size_t a = 7 + nb + 4 * (size_t)g;
+        const char *job[] = {v->jids[g], groups[g].domain, groups[g].rcpts.data, v->variants[g]};
+        for (int i = 0; i < 4; i++)
+            v->args[a + i] = job[i], v->lens[a + i] = strlen(job[i]);
+    }
+    for (size_t i = 0; i < v->nkeys; i++)
+        v->keys[i] = v->keybuf[i];
+    return 0;
+}
+
+int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg)
+{
+    if (m->n_rcpts == 0 || m->n_bodies == 0) return -1;
+    struct job_group *groups = calloc(m->n_rcpts, sizeof *groups);
+    if (!groups) return -1;
+    int n = group_rcpts(m, groups);
+    int rc = -1;
+    struct enqueue_argv v = {0};
+    if (n > 0 && enqueue_argv_build(&v, queue_shard_of(q, m->id), m, groups, (unsigned)n) == 0) {
+        struct call *call = call_new(q, arg);
+        if (call) {
+            call->done = on_status_reply;
+            call->cb.status = cb;
+            rc = fcall(call, "enqueue", false, (int)v.nkeys, v.keys, (int)v.nargs, v.args, v.lens);
+        }
+    }
+    enqueue_argv_free(&v);
+    for (unsigned g = 0; g < m->n_rcpts && groups[g].domain; g++)
         buf_free(&groups[g].rcpts);
     free(groups);
     return rc;
@@ -361,6 +408,13 @@ static int split_rcpts(queue_job_t *job, const char *text)
     return 0;
 }
 
+/* A job id is "<mid>.<variant>.<n>": the variant names the body to fetch. */
+static unsigned job_variant(const char *jid)
+{
+    const char *dot = strchr(jid, '.');
+    return dot ? (unsigned)strtoul(dot + 1, NULL, 10) : 0;
+}
+
 static queue_job_t *job_from_reply(const struct call *call, const redisReply *reply)
 {
     const redisReply *jf = reply->element[0], *mf = reply->element[1], *body = reply->element[2];
@@ -371,6 +425,7 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     job->token = call->claimed.token;
     memcpy(job->jid, call->claimed.jid, sizeof job->jid);
     snprintf(job->mid, sizeof job->mid, "%.32s", job->jid);
+    job->variant = job_variant(job->jid);
     const redisReply *v = hash_field(jf, "domain");
     if (v && v->type == REDIS_REPLY_STRING) snprintf(job->domain, sizeof job->domain, "%s", v->str);
     v = hash_field(jf, "attempts");
@@ -418,7 +473,7 @@ int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queu
     shard_key(kb[0], shard, suffix);
     snprintf(suffix, sizeof suffix, "m:%.32s", claimed->jid);
     shard_key(kb[1], shard, suffix);
-    snprintf(suffix, sizeof suffix, "b:%.32s:0", claimed->jid);
+    snprintf(suffix, sizeof suffix, "b:%.32s:%u", claimed->jid, job_variant(claimed->jid));
     shard_key(kb[2], shard, suffix);
     const char *keys[] = {kb[0], kb[1], kb[2]};
     struct call *call = call_new(q, arg);
@@ -502,7 +557,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
     shard_key(kb[5], job->shard, suffix);
     snprintf(suffix, sizeof suffix, "m:%s", job->mid);
     shard_key(kb[6], job->shard, suffix);
-    snprintf(suffix, sizeof suffix, "b:%s:0", job->mid);
+    snprintf(suffix, sizeof suffix, "b:%s:%u", job->mid, job->variant);
     shard_key(kb[7], job->shard, suffix);
     shard_key(kb[8], job->shard, "age");
     char bjid[48] = "";
@@ -511,7 +566,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
         shard_key(kb[9], job->shard, suffix);
         snprintf(suffix, sizeof suffix, "b:%s:0", bounce->id);
         shard_key(kb[10], job->shard, suffix);
-        snprintf(bjid, sizeof bjid, "%s.0", bounce->id);
+        snprintf(bjid, sizeof bjid, "%s.0.0", bounce->id);
         snprintf(suffix, sizeof suffix, "j:%s", bjid);
         shard_key(kb[11], job->shard, suffix);
     }

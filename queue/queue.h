@@ -30,6 +30,12 @@ unsigned queue_shard_of(const queue_t *q, const char *mid);
 
 /* ---- ingress side ---- */
 
+/* One body variant as stored: sealed (crypto/seal.c), never plain. */
+typedef struct queue_body {
+    const char *data;
+    size_t len;
+} queue_body_t;
+
 typedef struct queue_message {
     char id[33];              /* 128 random bits in hex: util_random_id */
     const char *sender;       /* "" for the null sender */
@@ -41,12 +47,13 @@ typedef struct queue_message {
     /* MAIL parameters to pass on, space-separated ("BODY=8BITMIME SMTPUTF8
      * RET=HDRS ENVID=x"), or "" */
     const char *mail_params;
-    const char *body;
-    size_t body_len;
+    const queue_body_t *bodies; /* the variants: plain, shared ciphertext, one per Bcc */
+    unsigned n_bodies;
+    const unsigned *rcpt_body; /* per recipient: its variant; NULL: variant 0 for all */
 } queue_message_t;
 
-/* Stores the envelope, the body and one delivery job per recipient domain in
- * one atomic call; idempotent on the message id. */
+/* Stores the envelope, the bodies and one delivery job per recipient domain
+ * and body variant in one atomic call; idempotent on the message id. */
 int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg);
 
 /* ---- worker side ---- */
@@ -71,6 +78,7 @@ typedef struct queue_job {
     char jid[48];
     long long token;
     char mid[33];
+    unsigned variant; /* which body of the message: body holds it as stored */
     char domain[256];
     char *sender;
     char *mail_params;
@@ -161,6 +169,35 @@ typedef void (*queue_stats_cb)(int status, const char *err, const queue_stats_t 
 /* Sums the read-only stats of every shard; cb runs once, when all replied. */
 int queue_stats(queue_t *q, queue_stats_cb cb, void *arg);
 
+/* ---- the crypto side's data ---- */
+
+typedef void (*queue_blob_cb)(int status, const char *err, const char *data, size_t len, void *arg);
+/* Stores check (seal_check_make) for key_id unless one is stored already, and
+ * gives back the one stored: the caller verifies it opens with its key. */
+int queue_seal_check(queue_t *q, const char *key_id, const void *check, size_t len,
+                     queue_blob_cb cb, void *arg);
+
+/* The key directory: what Redis knows of one recipient address. */
+typedef struct queue_key_found {
+    long long version; /* of the directory when read: see queue_key_version */
+    char fpr[65];      /* "" when the address has no key (CRYPTO_FPR_MAX + 1) */
+    long long expires; /* Unix time the key stops being usable; 0: never */
+    const char *armored;
+    size_t armored_len;
+    const char *addr_policy;   /* "never", "opportunistic", "required", or NULL: none set */
+    const char *domain_policy; /* the same for its domain */
+} queue_key_found_t;
+
+typedef void (*queue_key_cb)(int status, const char *err, const queue_key_found_t *found,
+                             void *arg);
+/* Looks up a canonical address (crypto_addr_canon) and its domain; what found
+ * points at lives until cb returns. */
+int queue_key_lookup(queue_t *q, const char *addr, const char *domain, queue_key_cb cb, void *arg);
+
+typedef void (*queue_version_cb)(int status, const char *err, long long version, void *arg);
+/* The directory's version: it changes with every import, deletion or policy. */
+int queue_key_version(queue_t *q, queue_version_cb cb, void *arg);
+
 /* ---- administration: blocking calls, for the command line ---- */
 
 typedef struct queue_admin queue_admin_t;
@@ -177,6 +214,45 @@ int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, cha
                       size_t errlen);
 /* One line per user, sorted: "name" and " cram-md5" when it has that secret. */
 int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
+
+/* A key to store in the directory, under each of its (canonical) addresses. */
+#define QUEUE_KEY_ADDRS_MAX 64
+typedef struct queue_key_record {
+    const char *fpr;
+    long long expires;
+    const char *armored;
+    size_t armored_len;
+    const char *const *addresses;
+    unsigned n_addresses;
+} queue_key_record_t;
+
+/* A key as stored; the caller frees both buffers. */
+typedef struct queue_key_stored {
+    char fpr[65];
+    long long expires, imported;
+    buf_t addresses; /* LF-separated */
+    buf_t armored;
+} queue_key_stored_t;
+
+/* Stores (or replaces) a key; an address it had before and has no more
+ * loses it. The directory's version moves, so nodes see it at once. */
+int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *err, size_t errlen);
+/* 1 when the key was there, 0 when not, -1 on error. */
+int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t errlen);
+/* The fingerprint filed under a canonical address ("" when none). */
+int queue_admin_key_find(queue_admin_t *a, const char *addr, char *fpr, size_t fprlen, char *err,
+                         size_t errlen);
+/* 1 and out filled when the key is there, 0 when not, -1 on error. */
+int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *out, char *err,
+                        size_t errlen);
+/* Calls cb for every key, by fingerprint. */
+int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *key, void *arg),
+                         void *arg, char *err, size_t errlen);
+/* Sets the policy of an address or a domain; policy NULL removes it. */
+int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *policy, char *err,
+                           size_t errlen);
+/* One line per setting: "target policy". */
+int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */

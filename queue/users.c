@@ -76,10 +76,6 @@ int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void 
 
 /* ---- administration ---- */
 
-struct queue_admin {
-    redisContext *ctx;
-};
-
 queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
                                 size_t errlen)
 {

@@ -10,9 +10,10 @@ Keys of shard T = {mq:<s>}:
   T:held  zset  job id -> time held
   T:meta  hash  <jid>:tok fencing token, <jid>:own owner, <jid>:exp lease expiries
   T:m:<mid>  hash envelope: sender, params (MAIL parameters), received, info, bodies,
-             open (jobs not done)
-  T:b:<mid>:<n> string body variant n
-  T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error
+             open (jobs not done), open:<v> (jobs not done that send variant v)
+  T:b:<mid>:<v> string body variant v, sealed (crypto/seal.c)
+  T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error, body (variant);
+             jid = <mid>.<v>.<n>
   T:st    hash  counters
   T:dom   hash  domain -> queued jobs
   T:age   zset  message id -> received time (ms), while it has open jobs
@@ -30,31 +31,41 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Writes one message: envelope, body, and its jobs, due now.
--- k: {m, b0, due, st, dom, j1..jn, age}
--- a: {mid, shard, sender, params, info, body, n, (jid, domain, rcpts)...}
+-- Writes one message: envelope, sealed body variants, and its jobs, due now.
+-- Each job is one destination domain and one body variant; the envelope
+-- counts open jobs in all ('open') and per variant ('open:<v>'), so a
+-- variant's body goes when its last job is done, and the envelope with the last.
+-- k: {m, due, st, dom, age, b0..b(nb-1), j1..jn}
+-- a: {mid, shard, sender, params, info, nb, n, body0..body(nb-1), (jid, domain, rcpts, v)...}
 local function store_message(k, a, now)
-  local n = tonumber(a[7])
-  if #k ~= 6 + n or #a ~= 7 + 3 * n then
+  local nb, n = tonumber(a[6]), tonumber(a[7])
+  if not nb or not n or nb < 1 or n < 1 or #k ~= 5 + nb + n or #a ~= 7 + nb + 4 * n then
     return redis.error_reply('ERR arguments do not match keys')
   end
   redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
-             'bodies', 1, 'open', n)
-  redis.call('SET', k[2], a[6])
-  for i = 1, n do
-    local jid, domain, rcpts = a[5 + 3 * i], a[6 + 3 * i], a[7 + 3 * i]
-    redis.call('HSET', k[5 + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts, 'attempts', 0)
-    redis.call('ZADD', k[3], now, jid)
-    redis.call('HINCRBY', k[5], domain, 1)
+             'bodies', nb, 'open', n)
+  for v = 1, nb do
+    redis.call('SET', k[5 + v], a[7 + v])
   end
-  redis.call('ZADD', k[6 + n], now, a[1])
-  redis.call('HINCRBY', k[4], 'enqueued', 1)
+  for i = 1, n do
+    local at = 7 + nb + 4 * (i - 1)
+    local jid, domain, rcpts, v = a[at + 1], a[at + 2], a[at + 3], tonumber(a[at + 4])
+    if not v or v < 0 or v >= nb then
+      return redis.error_reply('ERR body variant out of range')
+    end
+    redis.call('HSET', k[5 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
+               'attempts', 0, 'body', v)
+    redis.call('HINCRBY', k[1], 'open:' .. v, 1)
+    redis.call('ZADD', k[2], now, jid)
+    redis.call('HINCRBY', k[4], domain, 1)
+  end
+  redis.call('ZADD', k[5], now, a[1])
+  redis.call('HINCRBY', k[3], 'enqueued', 1)
   redis.call('PUBLISH', WAKE_CHANNEL, a[2])
   return 'ok'
 end
 
--- KEYS: m, b0, due, st, dom, j1..jn, age
--- ARGV: mid, shard, sender, params, info, body, n, then (jid, domain, rcpts) per job
+-- KEYS and ARGV: as store_message's k and a.
 local function enqueue(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
@@ -103,7 +114,7 @@ local function lease_valid(keys, jid, token)
      and redis.call('ZSCORE', keys[2], jid)
 end
 
--- KEYS: j, m, b0.  Returns {job fields, envelope fields, body} or nil.
+-- KEYS: j, m, b<v> (v: the job's variant, named in its id).  Returns {job fields, envelope fields, body} or nil.
 local function fetch(keys, args)
   local job = redis.call('HGETALL', keys[1])
   if #job == 0 then return nil end
@@ -128,7 +139,8 @@ local function extend(keys, args)
   return 'ok'
 end
 
--- KEYS: due, lease, meta, st, dom, j, m, b0, age [, bounce m, bounce b0, bounce j]
+-- KEYS: due, lease, meta, st, dom, j, m, b<v> (the job's body), age
+--       [, bounce m, bounce b0, bounce j]
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard
 --       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt,
 --          delay notice ('1': the job is marked warned, so it warns once)]
@@ -142,9 +154,10 @@ local function complete(keys, args)
   redis.call('ZREM', keys[2], jid)
   redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
   if #keys == 12 then
-    store_message({keys[10], keys[11], keys[1], keys[4], keys[5], keys[12], keys[9]},
-                  {args[8], args[7], '', '', args[9], args[10], 1, args[11], args[12], args[13]},
-                  now)
+    local stored = store_message(
+      {keys[10], keys[1], keys[4], keys[5], keys[9], keys[11], keys[12]},
+      {args[8], args[7], '', '', args[9], 1, 1, args[10], args[11], args[12], args[13], 0}, now)
+    if type(stored) == 'table' and stored.err then return stored end
     redis.call('HINCRBY', keys[4], 'bounced', 1)
   end
   if args[3] ~= '' then
@@ -157,14 +170,18 @@ local function complete(keys, args)
     redis.call('PUBLISH', WAKE_CHANNEL, args[7])
     return 'deferred'
   end
+  local v = redis.call('HGET', keys[6], 'body') or '0'
   redis.call('DEL', keys[6])
   redis.call('HDEL', keys[3], jid .. ':tok')
   if redis.call('HINCRBY', keys[5], args[6], -1) <= 0 then
     redis.call('HDEL', keys[5], args[6])
   end
   redis.call('HINCRBY', keys[4], 'completed', 1)
+  if redis.call('HINCRBY', keys[7], 'open:' .. v, -1) <= 0 then
+    redis.call('DEL', keys[8])
+  end
   if redis.call('HINCRBY', keys[7], 'open', -1) <= 0 then
-    redis.call('DEL', keys[7], keys[8])
+    redis.call('DEL', keys[7])
     redis.call('ZREM', keys[9], string.sub(jid, 1, 32))
   end
   return 'done'
@@ -205,6 +222,32 @@ local function auth_uncount(keys, args)
   return 'ok'
 end
 
+-- KEYS: {sealpost:crypto}:sealcheck.  ARGV: key id, check value.
+-- The first check stored for a key id stays; every node compares its own.
+local function seal_check(keys, args)
+  redis.call('HSETNX', keys[1], args[1], args[2])
+  return redis.call('HGET', keys[1], args[1])
+end
+
+-- The key directory (queue/keys.c), all under {sealpost:crypto}:
+--   a:<address> hash fpr, expires, data: the key that address's mail is encrypted to
+--   k:<fpr>      hash addrs (LF-separated), expires, data, imported
+--   keys         set of fingerprints;  policy  hash address or domain -> policy
+--   version      counter, raised by every change: nodes drop their caches when it moves
+-- KEYS: a:<address>, policy, version.  ARGV: address, domain.
+-- Returns {version, fpr, expires, data, address policy, domain policy}.
+local function key_lookup(keys, args)
+  local k = redis.call('HMGET', keys[1], 'fpr', 'expires', 'data')
+  local version = redis.call('GET', keys[3]) or '0'
+  return {version, k[1], k[2], k[3], redis.call('HGET', keys[2], args[1]),
+          redis.call('HGET', keys[2], args[2])}
+end
+
+-- KEYS: version
+local function key_version(keys, args)
+  return redis.call('GET', keys[1]) or '0'
+end
+
 redis.register_function('enqueue', enqueue)
 redis.register_function('claim', claim)
 redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-writes'}}
@@ -214,3 +257,8 @@ redis.register_function('forget', forget)
 redis.register_function('complete', complete)
 redis.register_function('auth_begin', auth_begin)
 redis.register_function('auth_uncount', auth_uncount)
+redis.register_function('seal_check', seal_check)
+redis.register_function{function_name = 'key_lookup', callback = key_lookup,
+                        flags = {'no-writes'}}
+redis.register_function{function_name = 'key_version', callback = key_version,
+                        flags = {'no-writes'}}

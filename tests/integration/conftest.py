@@ -2,6 +2,7 @@
 sealpost binary itself, each started on loopback in a temporary folder and
 stopped by the test that started it."""
 
+import base64
 import os
 import shutil
 import signal
@@ -19,10 +20,19 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("SEALPOST_BIN", str(ROOT / "build" / "sealpost"))
 
 
+_given_ports = set()
+
+
 def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, and not one handed out before in this run:
+    the kernel may give the same free port to two calls before either is bound."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
@@ -148,8 +158,12 @@ class Sealpost:
 
     def start(self, wait_port=None):
         self.log = open(self.log_path, "ab")
+        # TMPDIR: the GnuPG homes of the gateway go with the test's files,
+        # even when the test kills the process.
+        env = dict(os.environ, TMPDIR=str(self.path.parent))
         self.proc = subprocess.Popen([BIN, self.command, "-c", str(self.path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.path.parent)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=self.path.parent, env=env)
         _started.append(self)
         if wait_port:
             wait_for(lambda: port_open("127.0.0.1", wait_port) or self.proc.poll() is not None,
@@ -189,6 +203,24 @@ class Sealpost:
         assert code == 0, f"exit {code}\n{log[-4000:]}"
 
 
+# The sealing key of the nodes the tests start with base_config ("id:base64").
+SEAL_KEY = "test1:" + base64.b64encode(bytes(range(32))).decode()
+
+
+def unseal(blob, mid, variant=0, key=SEAL_KEY):
+    """Opens a body as the queue stores it (crypto/seal.c), independently of
+    sealpost: "SPS1", id length, id, 24-octet nonce, XChaCha20-Poly1305."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
+    assert blob[:4] == b"SPS1", blob[:16]
+    head = 5 + blob[4]
+    key_id, secret = key.split(":", 1)
+    assert blob[5:head].decode() == key_id
+    nonce = blob[head:head + 24]
+    ad = blob[:head] + f"{mid}:{variant}".encode()
+    return crypto_aead_xchacha20poly1305_ietf_decrypt(blob[head + 24:], ad, nonce,
+                                                       base64.b64decode(secret))
+
+
 def base_config(redis_port, listen_port, sink_port, extra=""):
     return f"""
 [redis]
@@ -210,6 +242,9 @@ command_timeout = 10
 [routes]
 example.test = 127.0.0.1:{sink_port}
 origin.test = 127.0.0.1:{sink_port}
+
+[seal]
+keys = {SEAL_KEY}
 
 [log]
 level = info

@@ -6,6 +6,7 @@
 
 #include <cmocka.h>
 #include <sodium.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "crypto/crypto.h"
@@ -60,6 +61,518 @@ static void test_equal(void **state)
     assert_true(password_equal("", ""));
 }
 
+/* ---------------------------------------------------------------- PGP/MIME */
+
+static const char sample[] = "Received: from a.example.org by b.example.org; Mon, 1 Jan 2024\r\n"
+                             "Return-Path: <a@example.org>\r\n"
+                             "DKIM-Signature: v=1; d=example.org;\r\n b=abc\r\n"
+                             "From: Alice <a@example.org>\r\n"
+                             "To: Bob <b@example.org>\r\n"
+                             "Cc: c@example.org\r\n"
+                             "Bcc: hidden@example.org\r\n"
+                             "Resent-Bcc: hidden2@example.org\r\n"
+                             "Subject: a folded\r\n subject\r\n"
+                             "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                             "Message-ID: <m1@example.org>\r\n"
+                             "In-Reply-To: <m0@example.org>\r\n"
+                             "References: <m-1@example.org>\r\n <m0@example.org>\r\n"
+                             "Reply-To: r@example.org\r\n"
+                             "Keywords: secret plans\r\n"
+                             "X-Custom: kept inside\r\n"
+                             "HP-Outer: Subject: forged by the sender\r\n"
+                             "MIME-Version: 1.0\r\n"
+                             "Content-Type: text/plain;\r\n\tcharset=\"utf-8\"\r\n"
+                             "Content-Transfer-Encoding: 8bit\r\n"
+                             "Content-Disposition: inline\r\n"
+                             "\r\n"
+                             "caf\xc3\xa9 \xff\x00 8-bit body\r\n"
+                             "-- \r\nAlice\r\n";
+#define SAMPLE_BODY "caf\xc3\xa9 \xff\x00 8-bit body\r\n-- \r\nAlice\r\n"
+
+static const char armor[] = "-----BEGIN PGP MESSAGE-----\n\nhQEMA0123456789ABCDEF\n=abcd\n"
+                            "-----END PGP MESSAGE-----\n";
+
+static bool has_text(const buf_t *b, const char *s)
+{
+    return memmem(b->data, b->len, s, strlen(s)) != NULL;
+}
+
+static size_t count_text(const char *p, size_t n, const char *s)
+{
+    size_t c = 0, len = strlen(s);
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), s, len)) != NULL; q += len)
+        c++;
+    return c;
+}
+
+/* Every CR is followed by LF and every LF follows a CR. */
+static bool all_crlf(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\r' && (i + 1 == n || p[i + 1] != '\n')) return false;
+        if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r')) return false;
+    }
+    return true;
+}
+
+/* The header section of a built message (through its empty line). */
+static size_t header_len(const buf_t *b)
+{
+    const char *end = memmem(b->data, b->len, "\r\n\r\n", 4);
+    assert_non_null(end);
+    return (size_t)(end - b->data) + 4;
+}
+
+static void test_pgpmime_inner(void **state)
+{
+    (void)state;
+    for (int hide = 0; hide < 2; hide++) {
+        buf_t b;
+        buf_init(&b);
+        assert_int_equal(pgpmime_inner(sample, sizeof sample - 1, hide, &b), 0);
+        size_t h = header_len(&b);
+        assert_true(all_crlf(b.data, h));
+        /* the body follows untouched, 8-bit octets and NUL included */
+        assert_int_equal(b.len - h, sizeof SAMPLE_BODY - 1);
+        assert_memory_equal(b.data + h, SAMPLE_BODY, sizeof SAMPLE_BODY - 1);
+        /* the user's fields, byte for byte, folding kept */
+        assert_true(has_text(&b, "\r\nSubject: a folded\r\n subject\r\n"));
+        assert_true(has_text(&b, "From: Alice <a@example.org>\r\n"));
+        assert_true(has_text(&b, "\r\nReferences: <m-1@example.org>\r\n <m0@example.org>\r\n"));
+        assert_true(has_text(&b, "\r\nReply-To: r@example.org\r\n"));
+        assert_true(has_text(&b, "\r\nKeywords: secret plans\r\n"));
+        assert_true(has_text(&b, "\r\nX-Custom: kept inside\r\n"));
+        /* never the blind copies, the trace, or what transport added */
+        assert_false(has_text(&b, "hidden"));
+        assert_false(has_text(&b, "Bcc"));
+        assert_false(has_text(&b, "Received:"));
+        assert_false(has_text(&b, "Return-Path:"));
+        assert_false(has_text(&b, "DKIM"));
+        assert_false(has_text(&b, "MIME-Version"));
+        assert_false(has_text(&b, "forged"));
+        /* what the outer header shows */
+        assert_true(has_text(&b, "\r\nHP-Outer: From: Alice <a@example.org>\r\n"));
+        assert_true(has_text(&b, "\r\nHP-Outer: To: Bob <b@example.org>\r\n"));
+        assert_true(has_text(&b, "\r\nHP-Outer: Cc: c@example.org\r\n"));
+        assert_true(has_text(&b, "\r\nHP-Outer: Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"));
+        assert_true(has_text(&b, "\r\nHP-Outer: Message-ID: <m1@example.org>\r\n"));
+        assert_true(has_text(&b, "\r\nHP-Outer: In-Reply-To: <m0@example.org>\r\n"));
+        assert_true(
+            has_text(&b, "\r\nHP-Outer: References: <m-1@example.org>\r\n <m0@example.org>\r\n"));
+        assert_false(has_text(&b, "HP-Outer: Reply-To"));
+        assert_false(has_text(&b, "HP-Outer: Keywords"));
+        assert_false(has_text(&b, "HP-Outer: X-Custom"));
+        if (hide) {
+            assert_true(has_text(&b, "\r\nHP-Outer: Subject: [...]\r\n"));
+            assert_false(has_text(&b, "HP-Outer: Subject: a folded"));
+        } else {
+            assert_true(has_text(&b, "\r\nHP-Outer: Subject: a folded\r\n subject\r\n"));
+            assert_false(has_text(&b, "[...]"));
+        }
+        assert_int_equal(count_text(b.data, h, "HP-Outer:"), 8);
+        /* the MIME fields, Content-Type marked */
+        assert_true(has_text(&b, "\r\nContent-Type: text/plain;\r\n\tcharset=\"utf-8\"; "
+                                 "hp=\"cipher\"\r\n"));
+        assert_true(has_text(&b, "\r\nContent-Transfer-Encoding: 8bit\r\n"));
+        assert_true(has_text(&b, "\r\nContent-Disposition: inline\r\n"));
+        assert_int_equal(count_text(b.data, h, "Content-Type:"), 1);
+        buf_free(&b);
+    }
+}
+
+static void test_pgpmime_inner_content_type(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b);
+    /* none: text/plain, as RFC 2045 has it */
+    const char *m = "From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
+    assert_int_equal(pgpmime_inner(m, strlen(m), false, &b), 0);
+    assert_true(has_text(&b, "\r\nContent-Type: text/plain; charset=us-ascii; hp=\"cipher\"\r\n"
+                             "\r\nbody\r\n"));
+    assert_true(all_crlf(b.data, b.len));
+    buf_reset(&b);
+    /* a trailing ';' or white space, and a header with no line end at all */
+    m = "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"x\"; ";
+    assert_int_equal(pgpmime_inner(m, strlen(m), false, &b), 0);
+    assert_true(has_text(&b, "\r\nContent-Type: multipart/mixed; boundary=\"x\"; hp=\"cipher\"\r\n"
+                             "\r\n"));
+    assert_int_equal(b.data[b.len - 1], '\n');
+    assert_true(all_crlf(b.data, b.len));
+    buf_reset(&b);
+    /* bare LFs become CRLF in the header; the body is left alone */
+    m = "From: a@example.org\nSubject: x\n y\n\nbare\nlf\n";
+    assert_int_equal(pgpmime_inner(m, strlen(m), false, &b), 0);
+    size_t h = header_len(&b);
+    assert_true(all_crlf(b.data, h));
+    assert_true(has_text(&b, "\r\nSubject: x\r\n y\r\n"));
+    assert_string_equal(b.data + h, "bare\nlf\n");
+    buf_free(&b);
+}
+
+static void test_pgpmime_no_header(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b);
+    assert_int_equal(buf_append(&b, "keep", 4), 0);
+    assert_int_equal(pgpmime_inner("", 0, false, &b), -1);
+    assert_int_equal(pgpmime_inner("\r\nbody\r\n", 8, false, &b), -1);
+    assert_int_equal(pgpmime_inner("no field here\r\n\r\nbody", 21, true, &b), -1);
+    assert_int_equal(pgpmime_outer("\r\nbody\r\n", 8, armor, sizeof armor - 1, false, &b), -1);
+    assert_int_equal(b.len, 4); /* out as it was */
+    assert_string_equal(b.data, "keep");
+    buf_free(&b);
+}
+
+/* The boundary of an outer message, from its Content-Type. */
+static void outer_boundary(const buf_t *b, char *out, size_t outlen)
+{
+    const char *p = memmem(b->data, b->len, "boundary=\"", 10);
+    assert_non_null(p);
+    p += 10;
+    const char *q = memchr(p, '"', b->len - (size_t)(p - b->data));
+    assert_non_null(q);
+    size_t n = (size_t)(q - p);
+    assert_true(n >= 24 && n < outlen);
+    for (size_t i = 0; i < n; i++)
+        assert_true((p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z') ||
+                    (p[i] >= '0' && p[i] <= '9'));
+    memcpy(out, p, n);
+    out[n] = 0;
+}
+
+static void check_outer_body(const buf_t *b, size_t h, const char *boundary)
+{
+    char want[1024];
+    snprintf(want, sizeof want,
+             "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n"
+             "--%s\r\n"
+             "Content-Type: application/pgp-encrypted\r\n"
+             "Content-Description: PGP/MIME version identification\r\n"
+             "\r\n"
+             "Version: 1\r\n"
+             "\r\n"
+             "--%s\r\n"
+             "Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n"
+             "Content-Description: OpenPGP encrypted message\r\n"
+             "Content-Disposition: inline; filename=\"encrypted.asc\"\r\n"
+             "\r\n"
+             "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA0123456789ABCDEF\r\n=abcd\r\n"
+             "-----END PGP MESSAGE-----\r\n"
+             "\r\n"
+             "--%s--\r\n",
+             boundary, boundary, boundary);
+    assert_int_equal(b->len - h, strlen(want));
+    assert_memory_equal(b->data + h, want, strlen(want));
+}
+
+static void test_pgpmime_outer(void **state)
+{
+    (void)state;
+    char first[64] = "";
+    for (int hide = 0; hide < 2; hide++) {
+        buf_t b;
+        buf_init(&b);
+        assert_int_equal(
+            pgpmime_outer(sample, sizeof sample - 1, armor, sizeof armor - 1, hide, &b), 0);
+        assert_true(all_crlf(b.data, b.len));
+        size_t h = header_len(&b);
+        /* trace first, in its order, then the fields delivery and threading need */
+        const char *want_start =
+            "Received: from a.example.org by b.example.org; Mon, 1 Jan 2024\r\n"
+            "Return-Path: <a@example.org>\r\n"
+            "From: Alice <a@example.org>\r\n"
+            "To: Bob <b@example.org>\r\n"
+            "Cc: c@example.org\r\n"
+            "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+            "Message-ID: <m1@example.org>\r\n"
+            "In-Reply-To: <m0@example.org>\r\n"
+            "References: <m-1@example.org>\r\n <m0@example.org>\r\n";
+        assert_memory_equal(b.data, want_start, strlen(want_start));
+        const char *rest = b.data + strlen(want_start);
+        const char *subject = hide ? "Subject: [...]\r\n" : "Subject: a folded\r\n subject\r\n";
+        assert_memory_equal(rest, subject, strlen(subject));
+        rest += strlen(subject);
+        const char *mime = "MIME-Version: 1.0\r\n"
+                           "Content-Type: multipart/encrypted; "
+                           "protocol=\"application/pgp-encrypted\";\r\n boundary=\"";
+        assert_memory_equal(rest, mime, strlen(mime));
+        char boundary[64];
+        outer_boundary(&b, boundary, sizeof boundary);
+        rest += strlen(mime) + strlen(boundary);
+        assert_memory_equal(rest, "\"\r\n\r\n", 5);
+        assert_ptr_equal(rest + 5, b.data + h); /* and nothing else in the header */
+        assert_null(memmem(armor, sizeof armor - 1, boundary, strlen(boundary)));
+        assert_false(has_text(&b, "hidden"));
+        assert_false(has_text(&b, "Bcc"));
+        assert_false(has_text(&b, "Content-Transfer-Encoding"));
+        assert_false(has_text(&b, "secret plans"));
+        assert_false(has_text(&b, "8-bit body"));
+        check_outer_body(&b, h, boundary);
+        /* a fresh boundary each time */
+        assert_string_not_equal(boundary, first);
+        snprintf(first, sizeof first, "%s", boundary);
+        buf_free(&b);
+    }
+}
+
+static void test_pgpmime_outer_subject(void **state)
+{
+    (void)state;
+    const char *m = "From: a@example.org\r\nTo: b@example.org\r\n\r\nbody\r\n";
+    buf_t b;
+    buf_init(&b);
+    /* no Subject: none outside, unless hiding (then nobody learns it was empty) */
+    assert_int_equal(pgpmime_outer(m, strlen(m), armor, sizeof armor - 1, false, &b), 0);
+    assert_false(has_text(&b, "Subject"));
+    buf_reset(&b);
+    assert_int_equal(pgpmime_outer(m, strlen(m), armor, sizeof armor - 1, true, &b), 0);
+    assert_true(has_text(&b, "\r\nSubject: [...]\r\n"));
+    buf_reset(&b);
+    assert_int_equal(pgpmime_inner(m, strlen(m), true, &b), 0);
+    assert_true(has_text(&b, "\r\nHP-Outer: Subject: [...]\r\n"));
+    assert_int_equal(count_text(b.data, b.len, "Subject"), 1);
+    buf_reset(&b);
+    /* an armor with CRLF already, or none at all, still ends in CRLF */
+    const char crlf_armor[] = "-----BEGIN PGP MESSAGE-----\r\n\r\nx\r\n-----END PGP MESSAGE-----";
+    assert_int_equal(pgpmime_outer(m, strlen(m), crlf_armor, sizeof crlf_armor - 1, false, &b), 0);
+    assert_true(all_crlf(b.data, b.len));
+    assert_true(has_text(&b, "x\r\n-----END PGP MESSAGE-----\r\n\r\n--"));
+    buf_free(&b);
+}
+
+static bool encrypted(const char *msg)
+{
+    return pgpmime_is_encrypted(msg, strlen(msg));
+}
+
+static void test_pgpmime_is_encrypted(void **state)
+{
+    (void)state;
+    assert_true(encrypted("Content-Type: multipart/encrypted; "
+                          "protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n"));
+    assert_true(encrypted("From: a@example.org\r\ncontent-type:\r\n\tMultipart/ENCRYPTED\r\n"
+                          " ; boundary=x\r\n\r\nbody\r\n"));
+    assert_true(encrypted("Content-Type: (a comment) multipart / encrypted (more)\r\n\r\n"));
+    assert_true(encrypted("Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+                          "\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n"));
+    assert_true(encrypted("Content-Type: application/x-pkcs7-mime\r\n\r\n"));
+    assert_true(encrypted("Content-Type: text/plain\r\n\r\nHi,\r\n"
+                          "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEM\r\n"
+                          "-----END PGP MESSAGE-----\r\n"));
+    assert_true(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----"));
+    assert_true(encrypted("Subject: x\n\n-----BEGIN PGP MESSAGE-----\n"));
+
+    assert_false(encrypted(""));
+    assert_false(encrypted("Subject: x\r\n\r\nplain\r\n"));
+    assert_false(encrypted("Content-Type: text/plain\r\n\r\nplain\r\n"));
+    assert_false(encrypted("Content-Type: multipart/signed; protocol=x\r\n\r\n"));
+    assert_false(encrypted("Content-Type: multipart/encryptedx\r\n\r\n"));
+    assert_false(encrypted("Content-Type: multipart\r\n\r\n"));
+    assert_false(encrypted("Content-Type: application/pkcs7-signature\r\n\r\n"));
+    assert_false(encrypted("X-Note: multipart/encrypted\r\n\r\n"));
+    assert_false(encrypted("Content-Type: text/plain; x=\"multipart/encrypted\"\r\n\r\n"));
+    /* two Content-Types that disagree: not surely encrypted */
+    assert_false(encrypted("Content-Type: multipart/encrypted\r\n"
+                           "Content-Type: text/plain\r\n\r\nsecret\r\n"));
+    /* the marker only counts as a whole body line */
+    assert_false(encrypted("X-Armor: -----BEGIN PGP MESSAGE-----\r\n\r\nplain\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n -----BEGIN PGP MESSAGE-----\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE----- \r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n> -----BEGIN PGP MESSAGE-----\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP SIGNED MESSAGE-----\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE----\r\n"));
+}
+
+/* ---- sealing at rest ---- */
+
+#define KEY_A "a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+#define KEY_B "b:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
+
+static void test_seal_round_trip_and_binding(void **state)
+{
+    (void)state;
+    char err[256];
+    seal_keyring_t *k = seal_keyring_load(KEY_A, NULL, err, sizeof err);
+    assert_non_null(k);
+    assert_string_equal(seal_current_id(k), "a");
+    const char msg[] = "Subject: hi\r\n\r\nbody\r\n";
+    buf_t sealed, plain;
+    buf_init(&sealed);
+    buf_init(&plain);
+    assert_int_equal(seal_body(k, "m1:0", msg, strlen(msg), &sealed), 0);
+    assert_true(sealed.len <= strlen(msg) + SEAL_OVERHEAD);
+    assert_null(memmem(sealed.data, sealed.len, "body", 4));
+    assert_int_equal(seal_open(k, "m1:0", sealed.data, sealed.len, &plain, err, sizeof err), 0);
+    assert_int_equal(plain.len, strlen(msg));
+    assert_memory_equal(plain.data, msg, plain.len);
+    /* another message or variant, a flipped bit, a cut: none opens */
+    buf_reset(&plain);
+    assert_int_equal(seal_open(k, "m1:1", sealed.data, sealed.len, &plain, err, sizeof err), -1);
+    assert_int_equal(seal_open(k, "m2:0", sealed.data, sealed.len, &plain, err, sizeof err), -1);
+    sealed.data[sealed.len - 1] ^= 1;
+    assert_int_equal(seal_open(k, "m1:0", sealed.data, sealed.len, &plain, err, sizeof err), -1);
+    assert_int_equal(seal_open(k, "m1:0", sealed.data, 10, &plain, err, sizeof err), -1);
+    assert_int_equal(seal_open(k, "m1:0", "plain text", 10, &plain, err, sizeof err), -1);
+    assert_string_equal(err, "not a sealed body");
+    assert_int_equal(plain.len, 0);
+    buf_free(&sealed);
+    buf_free(&plain);
+    seal_keyring_free(k);
+}
+
+static void test_seal_rotation_and_unknown_keys(void **state)
+{
+    (void)state;
+    char err[256];
+    seal_keyring_t *old = seal_keyring_load(KEY_A, NULL, err, sizeof err);
+    seal_keyring_t *both = seal_keyring_load(KEY_B ", " KEY_A, NULL, err, sizeof err);
+    seal_keyring_t *only_b = seal_keyring_load(KEY_B, NULL, err, sizeof err);
+    assert_non_null(old);
+    assert_non_null(both);
+    assert_non_null(only_b);
+    assert_int_equal(seal_key_count(both), 2);
+    assert_string_equal(seal_current_id(both), "b");
+    buf_t sealed, plain;
+    buf_init(&sealed);
+    buf_init(&plain);
+    assert_int_equal(seal_body(old, "m:0", "x", 1, &sealed), 0);
+    assert_int_equal(seal_open(both, "m:0", sealed.data, sealed.len, &plain, err, sizeof err), 0);
+    assert_int_equal(seal_open(only_b, "m:0", sealed.data, sealed.len, &plain, err, sizeof err),
+                     -1);
+    assert_non_null(strstr(err, "\"a\", which this node does not have"));
+    /* the check value: a different key under the same id fails it */
+    buf_reset(&sealed);
+    assert_int_equal(seal_check_make(old, 0, &sealed), 0);
+    assert_true(seal_check_verify(both, sealed.data, sealed.len));
+    seal_keyring_t *impostor =
+        seal_keyring_load("a:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=", NULL, err, sizeof err);
+    assert_false(seal_check_verify(impostor, sealed.data, sealed.len));
+    buf_free(&sealed);
+    buf_free(&plain);
+    seal_keyring_free(old);
+    seal_keyring_free(both);
+    seal_keyring_free(only_b);
+    seal_keyring_free(impostor);
+}
+
+static void test_seal_keyring_errors(void **state)
+{
+    (void)state;
+    char err[256];
+    assert_null(seal_keyring_load("", "", err, sizeof err));
+    assert_non_null(strstr(err, "no sealing key"));
+    assert_null(seal_keyring_load("a:c2hvcnQ=", NULL, err, sizeof err));
+    assert_null(seal_keyring_load("nocolon", NULL, err, sizeof err));
+    assert_null(seal_keyring_load(KEY_A " " KEY_A, NULL, err, sizeof err));
+    assert_non_null(strstr(err, "twice"));
+    assert_null(seal_keyring_load(NULL, "/nonexistent/seal.key", err, sizeof err));
+    char line[128];
+    assert_int_equal(seal_key_new("k1", line, sizeof line), 0);
+    assert_memory_equal(line, "k1:", 3);
+    seal_keyring_t *k = seal_keyring_load(line, NULL, err, sizeof err);
+    assert_non_null(k);
+    seal_keyring_free(k);
+    assert_int_equal(seal_key_new("bad id", line, sizeof line), -1);
+}
+
+/* ---- the key directory cache and the decision ---- */
+
+static void test_addr_canon(void **state)
+{
+    (void)state;
+    char out[300];
+    assert_int_equal(crypto_addr_canon("Alice+Work@Example.TEST", true, true, out, sizeof out), 0);
+    assert_string_equal(out, "alice@example.test");
+    assert_int_equal(crypto_addr_canon("Alice+Work@Example.TEST", false, false, out, sizeof out),
+                     0);
+    assert_string_equal(out, "Alice+Work@example.test");
+    assert_int_equal(crypto_addr_canon("+x@a.test", true, true, out, sizeof out), 0);
+    assert_string_equal(out, "+x@a.test"); /* nothing before the '+': kept */
+    assert_int_equal(crypto_addr_canon("no-at", true, true, out, sizeof out), -1);
+    assert_int_equal(crypto_addr_canon("@a.test", true, true, out, sizeof out), -1);
+    assert_int_equal(crypto_addr_canon("a@", true, true, out, sizeof out), -1);
+}
+
+static void test_keydir_versions_and_decisions(void **state)
+{
+    (void)state;
+    keydir_t *d = keydir_new(16);
+    assert_non_null(d);
+    keydir_entry_t e = {.policy = ENC_POLICY_OPPORTUNISTIC,
+                        .fpr = "ABCD",
+                        .expires = 0,
+                        .armored = (char *)"KEY",
+                        .armored_len = 3};
+    assert_int_equal(keydir_put(d, 5, "a@x.test", &e), 0);
+    const keydir_entry_t *got = keydir_get(d, "a@x.test");
+    assert_non_null(got);
+    assert_memory_equal(got->armored, "KEY", 3);
+    assert_ptr_not_equal(got->armored, e.armored); /* copied */
+    assert_int_equal(keydir_decide(got, 1000), DECIDE_ENCRYPT);
+    /* a reply older than what the cache knows is dropped */
+    assert_int_equal(keydir_put(d, 4, "b@x.test", &e), 0);
+    assert_null(keydir_get(d, "b@x.test"));
+    /* the version moves: everything goes */
+    assert_false(keydir_version(d, 5));
+    assert_true(keydir_version(d, 6));
+    assert_null(keydir_get(d, "a@x.test"));
+    /* many entries: the table starts over rather than fill up */
+    char addr[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(addr, sizeof addr, "u%d@x.test", i);
+        assert_int_equal(keydir_put(d, 6, addr, &e), 0);
+        assert_non_null(keydir_get(d, addr));
+    }
+    keydir_free(d);
+
+    /* expiry is checked at use */
+    e.expires = 2000;
+    assert_int_equal(keydir_decide(&e, 1999), DECIDE_ENCRYPT);
+    assert_int_equal(keydir_decide(&e, 2000), DECIDE_PLAIN);
+    e.policy = ENC_POLICY_REQUIRED;
+    assert_int_equal(keydir_decide(&e, 2000), DECIDE_REFUSE);
+    e.policy = ENC_POLICY_NEVER;
+    e.expires = 0;
+    assert_int_equal(keydir_decide(&e, 2000), DECIDE_PLAIN);
+    keydir_entry_t none = {.policy = ENC_POLICY_REQUIRED};
+    assert_int_equal(keydir_decide(&none, 0), DECIDE_REFUSE);
+    none.policy = ENC_POLICY_OPPORTUNISTIC;
+    assert_int_equal(keydir_decide(&none, 0), DECIDE_PLAIN);
+    /* the address's policy over the domain's over the default */
+    assert_int_equal(keydir_policy("never", "required", ENC_POLICY_OPPORTUNISTIC),
+                     ENC_POLICY_NEVER);
+    assert_int_equal(keydir_policy(NULL, "required", ENC_POLICY_OPPORTUNISTIC),
+                     ENC_POLICY_REQUIRED);
+    assert_int_equal(keydir_policy(NULL, "bogus", ENC_POLICY_NEVER), ENC_POLICY_NEVER);
+}
+
+/* Without any key, the gateway only seals: one variant, the original. */
+static void test_gateway_without_keys_seals_the_original(void **state)
+{
+    (void)state;
+    char err[256];
+    seal_keyring_t *k = seal_keyring_load(KEY_A, NULL, err, sizeof err);
+    const char msg[] = "To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n";
+    gateway_rcpt_t rcpts[2] = {{.addr = "a@x.test"}, {.addr = "b@x.test"}};
+    gateway_job_t job = {
+        .mid = "m", .msg = msg, .len = strlen(msg), .rcpts = rcpts, .n_rcpts = 2, .seal = k};
+    assert_int_equal(gateway_run(&job), 0);
+    assert_int_equal(job.outcome, GATEWAY_PLAIN);
+    assert_int_equal(job.n_variants, 1);
+    assert_int_equal(rcpts[0].variant, 0);
+    assert_int_equal(rcpts[1].variant, 0);
+    buf_t plain;
+    buf_init(&plain);
+    assert_int_equal(
+        seal_open(k, "m:0", job.variants[0].data, job.variants[0].len, &plain, err, sizeof err), 0);
+    assert_memory_equal(plain.data, msg, strlen(msg));
+    buf_free(&plain);
+    gateway_job_release(&job);
+    seal_keyring_free(k);
+}
+
 int main(void)
 {
     if (sodium_init() < 0) return 1;
@@ -68,6 +581,18 @@ int main(void)
         cmocka_unit_test(test_malformed_and_dummy_hashes_never_match),
         cmocka_unit_test(test_cram_md5_rfc2195_example),
         cmocka_unit_test(test_equal),
+        cmocka_unit_test(test_pgpmime_inner),
+        cmocka_unit_test(test_pgpmime_inner_content_type),
+        cmocka_unit_test(test_pgpmime_no_header),
+        cmocka_unit_test(test_pgpmime_outer),
+        cmocka_unit_test(test_pgpmime_outer_subject),
+        cmocka_unit_test(test_pgpmime_is_encrypted),
+        cmocka_unit_test(test_seal_round_trip_and_binding),
+        cmocka_unit_test(test_seal_rotation_and_unknown_keys),
+        cmocka_unit_test(test_seal_keyring_errors),
+        cmocka_unit_test(test_addr_canon),
+        cmocka_unit_test(test_keydir_versions_and_decisions),
+        cmocka_unit_test(test_gateway_without_keys_seals_the_original),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

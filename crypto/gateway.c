@@ -1,0 +1,178 @@
+/* The encryption gateway: from one accepted message and its recipients'
+ * decisions, the body variants to store, each sealed.
+ *
+ * Keyed recipients named in To or Cc share one ciphertext, encrypted to all
+ * their keys (they see each other's addresses anyway). Each keyed
+ * recipient who is only in the envelope (a Bcc) gets a ciphertext of their
+ * own, so no key ID in anyone else's copy reveals them. Recipients without a
+ * key share the original. A message that is already encrypted goes to
+ * everyone as it is. Any failure fails the whole message: the client gets
+ * 451 and tries again, and nothing is ever sent in clear instead. */
+#include "crypto/crypto.h"
+#include "proto/proto.h"
+
+#include <sodium.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NO_VARIANT UINT32_MAX
+
+struct named {
+    const gateway_job_t *job;
+    char (*addrs)[300];
+    unsigned n, cap;
+};
+
+/* Collects the canonical addresses of To and Cc. */
+static void on_named(const char *addr, size_t len, void *arg)
+{
+    struct named *nm = arg;
+    (void)len;
+    if (nm->n == nm->cap) {
+        unsigned cap = nm->cap ? nm->cap * 2 : 16;
+        char(*grown)[300] = realloc(nm->addrs, cap * sizeof *grown);
+        if (!grown) return; /* unnamed then: a copy of their own, the safe side */
+        nm->addrs = grown;
+        nm->cap = cap;
+    }
+    if (crypto_addr_canon(addr, nm->job->case_insensitive, nm->job->strip_detail, nm->addrs[nm->n],
+                          sizeof nm->addrs[0]) == 0)
+        nm->n++;
+}
+
+static bool is_named(const struct named *nm, const char *addr)
+{
+    for (unsigned i = 0; i < nm->n; i++)
+        if (!strcmp(nm->addrs[i], addr)) return true;
+    return false;
+}
+
+static int fail(gateway_job_t *job, const char *what)
+{
+    job->outcome = GATEWAY_FAILED;
+    if (!job->error[0]) snprintf(job->error, sizeof job->error, "%s", what);
+    return -1;
+}
+
+/* At most one variant per recipient and the original: room made up front. */
+static int add_variant(gateway_job_t *job, unsigned *index)
+{
+    if (job->n_variants > job->n_rcpts) return fail(job, "more variants than recipients");
+    *index = job->n_variants++;
+    buf_init(&job->variants[*index]);
+    return 0;
+}
+
+static int seal_variant(gateway_job_t *job, unsigned v, const char *data, size_t len)
+{
+    char context[48];
+    snprintf(context, sizeof context, "%s:%u", job->mid, v);
+    if (seal_body(job->seal, context, data, len, &job->variants[v]) < 0)
+        return fail(job, "out of memory sealing the body");
+    return 0;
+}
+
+/* One encrypted variant: the inner entity encrypted to keys, wrapped in
+ * PGP/MIME, sealed. */
+static int encrypted_variant(gateway_job_t *job, const buf_t *inner, const crypto_rcpt_key_t *keys,
+                             unsigned n_keys, unsigned v)
+{
+    buf_t armor, outer;
+    buf_init(&armor);
+    buf_init(&outer);
+    int rc = crypto_encrypt(job->homes, keys, n_keys, inner->data, inner->len, &armor, job->error,
+                            sizeof job->error);
+    if (rc == 0 &&
+        pgpmime_outer(job->msg, job->len, armor.data, armor.len, job->hide_subject, &outer) < 0)
+        rc = -1;
+    if (rc == 0) rc = seal_variant(job, v, outer.data, outer.len);
+    buf_free(&armor);
+    buf_free(&outer);
+    return rc < 0 ? fail(job, "PGP/MIME assembly failed") : 0;
+}
+
+static bool key_listed(const crypto_rcpt_key_t *keys, unsigned n, const char *fpr)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (!strcmp(keys[i].fpr, fpr)) return true;
+    return false;
+}
+
+/* The To/Cc variant: every keyed named recipient's key, once. */
+static int shared_variant(gateway_job_t *job, const struct named *nm, const buf_t *inner)
+{
+    crypto_rcpt_key_t *keys = calloc(job->n_rcpts, sizeof *keys);
+    if (!keys) return fail(job, "out of memory");
+    unsigned n = 0, v = NO_VARIANT;
+    int rc = 0;
+    for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
+        gateway_rcpt_t *r = &job->rcpts[i];
+        if (!r->key || !is_named(nm, r->addr)) continue;
+        if (v == NO_VARIANT) rc = add_variant(job, &v);
+        r->variant = v;
+        if (!key_listed(keys, n, r->key->fpr)) keys[n++] = *r->key;
+    }
+    if (rc == 0 && n) rc = encrypted_variant(job, inner, keys, n, v);
+    free(keys);
+    return rc;
+}
+
+static int encrypt_all(gateway_job_t *job)
+{
+    struct named nm = {.job = job};
+    proto_header_addresses(job->msg, job->len, "To", on_named, &nm);
+    proto_header_addresses(job->msg, job->len, "Cc", on_named, &nm);
+    buf_t inner;
+    buf_init(&inner);
+    int rc = pgpmime_inner(job->msg, job->len, job->hide_subject, &inner) < 0
+                 ? fail(job, "the message has no header section to protect")
+                 : shared_variant(job, &nm, &inner);
+    for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
+        gateway_rcpt_t *r = &job->rcpts[i];
+        if (!r->key || r->variant != NO_VARIANT) continue;
+        rc = add_variant(job, &r->variant);
+        if (rc == 0) rc = encrypted_variant(job, &inner, r->key, 1, r->variant);
+    }
+    if (inner.data) sodium_memzero(inner.data, inner.len);
+    buf_free(&inner);
+    free(nm.addrs);
+    return rc;
+}
+
+int gateway_run(gateway_job_t *job)
+{
+    job->n_variants = 0;
+    job->error[0] = 0;
+    job->variants = calloc((size_t)job->n_rcpts + 1, sizeof *job->variants);
+    if (!job->variants) return fail(job, "out of memory");
+    bool any_key = false, any_plain = false;
+    for (unsigned i = 0; i < job->n_rcpts; i++) {
+        job->rcpts[i].variant = NO_VARIANT;
+        any_key |= job->rcpts[i].key != NULL;
+        any_plain |= job->rcpts[i].key == NULL;
+    }
+    bool passthrough = any_key && pgpmime_is_encrypted(job->msg, job->len);
+    job->outcome = !any_key ? GATEWAY_PLAIN : passthrough ? GATEWAY_PASSTHROUGH : GATEWAY_ENCRYPTED;
+    unsigned plain = NO_VARIANT;
+    if (any_plain || passthrough) {
+        if (add_variant(job, &plain) < 0 || seal_variant(job, plain, job->msg, job->len) < 0)
+            return -1;
+    }
+    for (unsigned i = 0; i < job->n_rcpts && (passthrough || !any_key); i++)
+        job->rcpts[i].variant = plain;
+    if (job->outcome != GATEWAY_ENCRYPTED) return 0;
+    for (unsigned i = 0; i < job->n_rcpts; i++)
+        if (!job->rcpts[i].key) job->rcpts[i].variant = plain;
+    return encrypt_all(job);
+}
+
+void gateway_job_release(gateway_job_t *job)
+{
+    for (unsigned i = 0; i < job->n_variants; i++)
+        buf_free(&job->variants[i]);
+    free(job->variants);
+    job->variants = NULL;
+    job->n_variants = 0;
+}

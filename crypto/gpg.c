@@ -1,0 +1,358 @@
+/* OpenPGP through GPGME: reading keys for the directory, and encrypting.
+ *
+ * GPGME runs a gpg process per operation, and gpg processes that share a
+ * home serialise on its keyring lock, so every thread that encrypts gets a
+ * context and a GnuPG home of its own, made on first use under one private
+ * parent directory that is removed at exit. The homes hold public keys only,
+ * imported from the directory by fingerprint as jobs need them; gpg is told
+ * never to look keys up anywhere but locally. Trust is ours: a key is in the
+ * directory because it was validated when imported, so encryption uses
+ * always-trust. */
+#include "crypto/crypto.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <gpgme.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char gpg_conf[] = "auto-key-locate local\n"
+                               "no-auto-key-retrieve\n"
+                               "no-auto-key-import\n"
+                               "trust-model always\n"
+                               "no-greeting\n"
+                               "no-permission-warning\n";
+
+int crypto_gpg_init(char *err, size_t errlen)
+{
+    if (!gpgme_check_version(NULL)) {
+        snprintf(err, errlen, "GPGME failed to initialise");
+        return -1;
+    }
+    gpgme_error_t e = gpgme_engine_check_version(GPGME_PROTOCOL_OpenPGP);
+    if (e) {
+        snprintf(err, errlen, "no usable gpg for GPGME: %s (install the gpg package)",
+                 gpgme_strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+/* A fresh home: mode 0700 (gpg insists) with our gpg.conf. */
+static int home_make(const char *dir, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create GnuPG home %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    snprintf(path, sizeof path, "%s/gpg.conf", dir);
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(gpg_conf, f) == EOF || fclose(f) == EOF) {
+        snprintf(err, errlen, "cannot write %s", path);
+        return -1;
+    }
+    return 0;
+}
+
+static gpgme_ctx_t context_for(const char *home, char *err, size_t errlen)
+{
+    gpgme_ctx_t ctx = NULL;
+    gpgme_error_t e = gpgme_new(&ctx);
+    if (!e) e = gpgme_set_protocol(ctx, GPGME_PROTOCOL_OpenPGP);
+    if (!e) e = gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, NULL, home);
+    if (e) {
+        snprintf(err, errlen, "GPGME context: %s", gpgme_strerror(e));
+        if (ctx) gpgme_release(ctx);
+        return NULL;
+    }
+    gpgme_set_armor(ctx, 1);
+    gpgme_set_offline(ctx, 1);
+    return ctx;
+}
+
+int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen)
+{
+    const char *base = parent && parent[0] ? parent : getenv("TMPDIR");
+    if (!base || !base[0]) base = "/tmp";
+    int n = snprintf(out, outlen, "%s/sealpost-gnupg-XXXXXX", base);
+    if (n < 0 || (size_t)n >= outlen || !mkdtemp(out)) {
+        snprintf(err, errlen, "cannot create a private directory under %s: %s", base,
+                 strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+void crypto_homes_remove(const char *dir)
+{
+    if (dir && dir[0]) nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- reading keys ---- */
+
+int crypto_addr_canon(const char *addr, bool case_insensitive, bool strip_detail, char *out,
+                      size_t outlen)
+{
+    const char *at = strrchr(addr, '@');
+    if (!at || at == addr || !at[1]) return -1;
+    size_t local = (size_t)(at - addr);
+    if (strip_detail) {
+        const char *plus = memchr(addr, '+', local);
+        if (plus && plus > addr) local = (size_t)(plus - addr);
+    }
+    int n = snprintf(out, outlen, "%.*s%s", (int)local, addr, at);
+    if (n < 0 || (size_t)n >= outlen) return -1;
+    for (size_t i = 0; out[i]; i++) {
+        bool in_domain = i >= local;
+        if ((in_domain || case_insensitive) && out[i] >= 'A' && out[i] <= 'Z') out[i] += 'a' - 'A';
+    }
+    return 0;
+}
+
+/* Why a key cannot take mail, or NULL; *expires is when it stops being
+ * usable (0: never): the latest usable encryption subkey's expiry, or the
+ * primary key's, whichever comes first. */
+static const char *key_unusable(gpgme_key_t key, long long *expires)
+{
+    *expires = 0;
+    if (key->revoked) return "revoked";
+    if (key->expired) return "expired";
+    if (key->disabled) return "disabled";
+    if (key->invalid) return "invalid";
+    bool found = false;
+    long long latest = 0;
+    for (gpgme_subkey_t sk = key->subkeys; sk; sk = sk->next) {
+        if (!sk->can_encrypt || sk->revoked || sk->expired || sk->disabled || sk->invalid) continue;
+        if (!found || (latest && (sk->expires == 0 || sk->expires > latest))) latest = sk->expires;
+        found = true;
+    }
+    if (!found) return key->can_encrypt ? "no valid encryption subkey" : "cannot encrypt";
+    long long primary = key->subkeys ? key->subkeys->expires : 0;
+    *expires = primary && (latest == 0 || primary < latest) ? primary : latest;
+    return NULL;
+}
+
+static const char *key_unusable_now(gpgme_key_t key)
+{
+    long long expires;
+    return key_unusable(key, &expires);
+}
+
+static int key_export(gpgme_ctx_t ctx, const char *fpr, crypto_key_info_t *info)
+{
+    gpgme_data_t out = NULL;
+    if (gpgme_data_new(&out)) return -1;
+    int rc = -1;
+    if (!gpgme_op_export(ctx, fpr, GPGME_EXPORT_MODE_MINIMAL, out)) {
+        size_t len = 0;
+        char *data = gpgme_data_release_and_get_mem(out, &len);
+        out = NULL;
+        if (data && len) {
+            info->armored = malloc(len + 1);
+            if (info->armored) {
+                memcpy(info->armored, data, len);
+                info->armored[len] = 0;
+                info->armored_len = len;
+                rc = 0;
+            }
+        }
+        gpgme_free(data);
+    }
+    if (out) gpgme_data_release(out);
+    return rc;
+}
+
+static void info_free(crypto_key_info_t *info)
+{
+    for (unsigned i = 0; i < info->n_addresses; i++)
+        free(info->addresses[i]);
+    free(info->addresses);
+    free(info->armored);
+}
+
+static int key_describe(gpgme_ctx_t ctx, gpgme_key_t key, crypto_key_info_t *info)
+{
+    snprintf(info->fpr, sizeof info->fpr, "%s", key->fpr ? key->fpr : "");
+    info->why_unusable = key_unusable(key, &info->expires);
+    unsigned n = 0;
+    for (gpgme_user_id_t uid = key->uids; uid; uid = uid->next)
+        n++;
+    info->addresses = calloc(n ? n : 1, sizeof *info->addresses);
+    if (!info->addresses) return -1;
+    for (gpgme_user_id_t uid = key->uids; uid; uid = uid->next) {
+        if (uid->revoked || uid->invalid || !uid->email || !strchr(uid->email, '@')) continue;
+        bool seen = false;
+        for (unsigned i = 0; i < info->n_addresses && !seen; i++)
+            seen = info->addresses[i] && !strcasecmp(info->addresses[i], uid->email);
+        if (seen) continue;
+        if (!(info->addresses[info->n_addresses] = strdup(uid->email))) return -1;
+        info->n_addresses++;
+    }
+    return key_export(ctx, info->fpr, info);
+}
+
+int crypto_keys_inspect(const char *data, size_t len, const char *parent,
+                        void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
+                        size_t errlen)
+{
+    char home[PATH_MAX];
+    if (crypto_homes_create(parent, home, sizeof home, err, errlen) < 0) return -1;
+    int rc = -1, found = 0;
+    gpgme_ctx_t ctx = NULL;
+    gpgme_data_t in = NULL;
+    if (home_make(home, err, errlen) < 0 || !(ctx = context_for(home, err, errlen))) goto out;
+    gpgme_error_t e = gpgme_data_new_from_mem(&in, data, len, 0);
+    if (!e) e = gpgme_op_import(ctx, in);
+    if (e) {
+        snprintf(err, errlen, "gpg could not read the keys: %s", gpgme_strerror(e));
+        goto out;
+    }
+    /* The import result lives only until the next operation on ctx. */
+    char(*fprs)[CRYPTO_FPR_MAX + 1] = NULL;
+    unsigned n = 0;
+    gpgme_import_result_t result = gpgme_op_import_result(ctx);
+    for (gpgme_import_status_t st = result ? result->imports : NULL; st; st = st->next)
+        n++;
+    fprs = calloc(n ? n : 1, sizeof *fprs);
+    if (!fprs) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    n = 0;
+    for (gpgme_import_status_t st = result ? result->imports : NULL; st; st = st->next)
+        if (!st->result && st->fpr && strlen(st->fpr) <= CRYPTO_FPR_MAX)
+            snprintf(fprs[n++], sizeof fprs[0], "%s", st->fpr);
+    for (unsigned i = 0; i < n; i++) {
+        gpgme_key_t key = NULL;
+        bool seen = false;
+        for (unsigned j = 0; j < i && !seen; j++)
+            seen = !strcmp(fprs[i], fprs[j]);
+        if (seen || gpgme_get_key(ctx, fprs[i], &key, 0) || !key) continue;
+        crypto_key_info_t info = {0};
+        if (key_describe(ctx, key, &info) == 0) {
+            cb(&info, arg);
+            found++;
+        }
+        info_free(&info);
+        gpgme_key_unref(key);
+    }
+    free(fprs);
+    if (found == 0)
+        snprintf(err, errlen, "no OpenPGP public key found in the input");
+    else
+        rc = 0;
+out:
+    if (in) gpgme_data_release(in);
+    if (ctx) gpgme_release(ctx);
+    crypto_homes_remove(home);
+    return rc;
+}
+
+/* ---- encrypting, one home per thread ---- */
+
+struct gpg_thread {
+    gpgme_ctx_t ctx;
+    char home[PATH_MAX];
+};
+
+static _Thread_local struct gpg_thread *this_thread;
+static atomic_uint threads_made;
+
+static struct gpg_thread *thread_home(const char *parent, char *err, size_t errlen)
+{
+    if (this_thread) return this_thread;
+    struct gpg_thread *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
+    if (home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen))) {
+        free(t);
+        return NULL;
+    }
+    this_thread = t;
+    return t;
+}
+
+/* The key with this fingerprint in the thread's home, imported from the
+ * directory's copy the first time. */
+static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k, char *err,
+                               size_t errlen)
+{
+    gpgme_key_t key = NULL;
+    if (!gpgme_get_key(t->ctx, k->fpr, &key, 0) && key) {
+        if (!key_unusable_now(key)) return key;
+        gpgme_key_unref(key); /* stale copy: the directory's may be newer */
+        key = NULL;
+    }
+    gpgme_data_t in = NULL;
+    gpgme_error_t e = gpgme_data_new_from_mem(&in, k->armored, k->armored_len, 0);
+    if (!e) e = gpgme_op_import(t->ctx, in);
+    if (in) gpgme_data_release(in);
+    if (!e) e = gpgme_get_key(t->ctx, k->fpr, &key, 0);
+    if (e || !key) {
+        snprintf(err, errlen, "key %s: %s", k->fpr, e ? gpgme_strerror(e) : "not in its data");
+        return NULL;
+    }
+    if (key_unusable_now(key)) {
+        snprintf(err, errlen, "key %s: %s", k->fpr, key_unusable_now(key));
+        gpgme_key_unref(key);
+        return NULL;
+    }
+    return key;
+}
+
+int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
+                   size_t len, buf_t *armor, char *err, size_t errlen)
+{
+    struct gpg_thread *t = thread_home(parent, err, errlen);
+    if (!t) return -1;
+    gpgme_key_t *list = calloc((size_t)n + 1, sizeof(gpgme_key_t)); /* NULL-terminated */
+    if (!list) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = -1;
+    unsigned got = 0;
+    while (got < n && (list[got] = key_in_home(t, &keys[got], err, errlen)))
+        got++;
+    gpgme_data_t in = NULL, out = NULL;
+    if (got == n) {
+        gpgme_error_t e = gpgme_data_new_from_mem(&in, plain, len, 0);
+        if (!e) e = gpgme_data_new(&out);
+        if (!e) e = gpgme_op_encrypt(t->ctx, list, GPGME_ENCRYPT_ALWAYS_TRUST, in, out);
+        gpgme_encrypt_result_t result = e ? NULL : gpgme_op_encrypt_result(t->ctx);
+        if (e || !result || result->invalid_recipients) {
+            snprintf(err, errlen, "gpg encryption failed: %s",
+                     e ? gpgme_strerror(e) : "a recipient key was refused");
+        } else {
+            size_t olen = 0;
+            char *data = gpgme_data_release_and_get_mem(out, &olen);
+            out = NULL;
+            rc = data && buf_append(armor, data, olen) == 0 ? 0 : -1;
+            if (rc < 0) snprintf(err, errlen, "out of memory");
+            gpgme_free(data);
+        }
+    }
+    if (in) gpgme_data_release(in);
+    if (out) gpgme_data_release(out);
+    for (unsigned i = 0; i < got; i++)
+        gpgme_key_unref(list[i]);
+    free(list);
+    return rc;
+}

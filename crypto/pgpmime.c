@@ -1,0 +1,366 @@
+/* PGP/MIME assembly (RFC 3156) with header protection (RFC 9788): see
+ * crypto.h. Pure: no I/O and no GPGME; the caller encrypts the inner part
+ * and hands back the armor. */
+#include "crypto/crypto.h"
+
+#include <sodium.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proto/proto.h"
+
+#define BOUNDARY_LEN 32 /* 62^32: about 190 bits, never guessed nor met by chance */
+
+/* Trace fields (RFC 5322 §3.6.7): they tell the trip, so they stay outside. */
+static const char *const trace_fields[] = {"Received", "Return-Path", NULL};
+
+/* Added by hops on the way and only true of the outer message as it was: a
+ * signature over it, what a verifier concluded, where it was delivered. */
+static const char *const transport_fields[] = {"DKIM-Signature",
+                                               "DomainKey-Signature",
+                                               "ARC-Seal",
+                                               "ARC-Message-Signature",
+                                               "ARC-Authentication-Results",
+                                               "Authentication-Results",
+                                               "Received-SPF",
+                                               "X-Received",
+                                               "Delivered-To",
+                                               "X-Original-To",
+                                               NULL};
+
+/* Never written anywhere: they name the blind recipients. */
+static const char *const blind_fields[] = {"Bcc", "Resent-Bcc", NULL};
+
+/* What the outer header shows besides trace and Subject, in this order: what
+ * delivery, threading and a list view need. The rest is only inside. */
+static const char *const outer_fields[] = {"From",       "To",          "Cc",         "Date",
+                                           "Message-ID", "In-Reply-To", "References", NULL};
+
+static const char hidden_subject[] = "[...]";
+
+static bool field_is(const proto_header_field_t *f, const char *name)
+{
+    size_t n = strlen(name);
+    return f->name_len == n && !strncasecmp(f->name, name, n);
+}
+
+static bool field_in(const proto_header_field_t *f, const char *const *names)
+{
+    for (; *names; names++)
+        if (field_is(f, *names)) return true;
+    return false;
+}
+
+/* MIME's own fields (RFC 2045): they describe the body, so they go with it. */
+static bool is_content_field(const proto_header_field_t *f)
+{
+    return f->name_len > 8 && !strncasecmp(f->name, "Content-", 8);
+}
+
+/* Whether a field is copied into the Cryptographic Payload's header. An
+ * HP-Outer of the original is dropped: only ours may say what is outside. */
+static bool is_protected_copy(const proto_header_field_t *f)
+{
+    return !is_content_field(f) && !field_is(f, "MIME-Version") && !field_is(f, "HP-Outer") &&
+           !field_in(f, trace_fields) && !field_in(f, transport_fields) &&
+           !field_in(f, blind_fields);
+}
+
+static bool is_fws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static bool has_fields(const char *msg, size_t len)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    return proto_header_next(&it, &f);
+}
+
+/* Appends p, with each bare LF made CRLF: GPGME's armor ends lines in LF,
+ * and mail wants CRLF everywhere. */
+static int append_crlf(buf_t *out, const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        const char *lf = memchr(p + i, '\n', n - i);
+        size_t end = lf ? (size_t)(lf - p) : n;
+        if (buf_append(out, p + i, end - i) < 0) return -1;
+        if (!lf) break;
+        bool has_cr = end > 0 && p[end - 1] == '\r';
+        if (buf_append(out, has_cr ? "\n" : "\r\n", has_cr ? 1 : 2) < 0) return -1;
+        i = end + 1;
+    }
+    return 0;
+}
+
+/* Appends p as whole lines: bare LFs made CRLF, and the last line ended. */
+static int append_lines(buf_t *out, const char *p, size_t n)
+{
+    if (append_crlf(out, p, n) < 0) return -1;
+    if (n && p[n - 1] == '\n') return 0;
+    if (n && p[n - 1] == '\r') return buf_append(out, "\n", 1);
+    return buf_append(out, "\r\n", 2);
+}
+
+static int append_field(buf_t *out, const proto_header_field_t *f)
+{
+    return append_lines(out, f->raw, f->raw_len);
+}
+
+typedef int (*field_fn)(buf_t *out, const proto_header_field_t *f);
+
+/* Calls fn for each field of msg called name, in their order. */
+static int each_named(const char *msg, size_t len, const char *name, field_fn fn, buf_t *out)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f))
+        if (field_is(&f, name) && fn(out, &f) < 0) return -1;
+    return 0;
+}
+
+/* Calls fn for each field the outer header copies, but Subject and trace,
+ * in the order they are written: pgpmime_outer writes them and
+ * pgpmime_inner records them, so the two cannot disagree. */
+static int each_outer(const char *msg, size_t len, field_fn fn, buf_t *out)
+{
+    for (const char *const *name = outer_fields; *name; name++)
+        if (each_named(msg, len, *name, fn, out) < 0) return -1;
+    return 0;
+}
+
+/* Undoes a failed build: out is as the caller gave it. */
+static int rollback(buf_t *out, size_t len)
+{
+    out->len = len;
+    if (out->data) out->data[len] = 0;
+    return -1;
+}
+
+/* ---- already encrypted? ---- */
+
+/* RFC 2045 §5.1: token characters, i.e. printable ASCII but tspecials. */
+static bool is_token_char(char c)
+{
+    unsigned char u = (unsigned char)c;
+    return u > ' ' && u < 0x7f && !strchr("()<>@,;:\\\"/[]?=", c);
+}
+
+/* Reads "type / subtype" (CFWS allowed around the slash, as RFC 822's
+ * lexical rules let it be) from a Content-Type value. */
+static bool media_type(const char *v, size_t n, const char **type, size_t *type_len,
+                       const char **sub, size_t *sub_len)
+{
+    size_t i = proto_header_skip_cfws(v, n, 0);
+    size_t start = i;
+    while (i < n && is_token_char(v[i]))
+        i++;
+    *type = v + start;
+    *type_len = i - start;
+    i = proto_header_skip_cfws(v, n, i);
+    if (i >= n || v[i] != '/') return false;
+    i = proto_header_skip_cfws(v, n, i + 1);
+    start = i;
+    while (i < n && is_token_char(v[i]))
+        i++;
+    *sub = v + start;
+    *sub_len = i - start;
+    return *type_len > 0 && *sub_len > 0;
+}
+
+static bool token_is(const char *p, size_t n, const char *want)
+{
+    return n == strlen(want) && !strncasecmp(p, want, n);
+}
+
+static bool is_encrypted_type(const proto_header_field_t *f)
+{
+    const char *type, *sub;
+    size_t type_len, sub_len;
+    if (!media_type(f->value, f->value_len, &type, &type_len, &sub, &sub_len)) return false;
+    if (token_is(type, type_len, "multipart")) return token_is(sub, sub_len, "encrypted");
+    return token_is(type, type_len, "application") &&
+           (token_is(sub, sub_len, "pkcs7-mime") || token_is(sub, sub_len, "x-pkcs7-mime"));
+}
+
+/* Whether a body line is exactly the start of an inline PGP message. */
+static bool has_inline_pgp(const char *body, size_t n)
+{
+    static const char begin[] = "-----BEGIN PGP MESSAGE-----";
+    const size_t begin_len = sizeof begin - 1;
+    size_t i = 0;
+    while (i < n) {
+        const char *lf = memchr(body + i, '\n', n - i);
+        size_t end = lf ? (size_t)(lf - body) : n;
+        size_t line_end = end > i && body[end - 1] == '\r' ? end - 1 : end;
+        if (line_end - i == begin_len && !memcmp(body + i, begin, begin_len)) return true;
+        i = end + 1;
+    }
+    return false;
+}
+
+bool pgpmime_is_encrypted(const char *msg, size_t len)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    /* With several Content-Type fields, readers differ on which counts; only
+     * when all say encrypted is nothing left in clear by passing it on. */
+    size_t types = 0, encrypted = 0;
+    while (proto_header_next(&it, &f)) {
+        if (!field_is(&f, "Content-Type")) continue;
+        types++;
+        encrypted += is_encrypted_type(&f);
+    }
+    if (types && encrypted == types) return true;
+    return has_inline_pgp(msg + it.body, len - it.body);
+}
+
+/* ---- the Cryptographic Payload ---- */
+
+/* "HP-Outer: Name: value" (RFC 9788 §2.2), the value as the outer header
+ * has it, folding kept. */
+static int append_hp_outer(buf_t *out, const proto_header_field_t *f)
+{
+    size_t skip = 0; /* the white space after the colon; ours takes its place */
+    while (skip < f->value_len && is_fws(f->value[skip]))
+        skip++;
+    if (buf_append(out, "HP-Outer: ", 10) < 0 || buf_append(out, f->name, f->name_len) < 0 ||
+        buf_append(out, ": ", 2) < 0)
+        return -1;
+    return append_lines(out, f->value + skip, f->value_len - skip);
+}
+
+static int append_hp_outers(const char *msg, size_t len, bool hide_subject, buf_t *out)
+{
+    if (each_outer(msg, len, append_hp_outer, out) < 0) return -1;
+    if (hide_subject) return buf_printf(out, "HP-Outer: Subject: %s\r\n", hidden_subject);
+    return each_named(msg, len, "Subject", append_hp_outer, out);
+}
+
+/* Content-Type with hp="cipher" (RFC 9788 §2.1) after its last parameter. */
+static int append_content_type(buf_t *out, const proto_header_field_t *f)
+{
+    const char *end = f->value + f->value_len;
+    while (end > f->value && is_fws(end[-1])) /* before trailing space */
+        end--;
+    if (end == f->value) /* empty: RFC 2045 §5.2's default */
+        return buf_printf(out, "Content-Type: text/plain; charset=us-ascii; hp=\"cipher\"\r\n");
+    const char *sep = end[-1] == ';' ? " " : "; ";
+    if (append_crlf(out, f->raw, (size_t)(end - f->raw)) < 0) return -1;
+    return buf_printf(out, "%shp=\"cipher\"\r\n", sep);
+}
+
+static int append_structural(const char *msg, size_t len, buf_t *out)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    bool has_type = false;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f)) {
+        if (!is_content_field(&f)) continue;
+        bool type = field_is(&f, "Content-Type");
+        has_type |= type;
+        if ((type ? append_content_type(out, &f) : append_field(out, &f)) < 0) return -1;
+    }
+    if (has_type) return 0;
+    return buf_printf(out, "Content-Type: text/plain; charset=us-ascii; hp=\"cipher\"\r\n");
+}
+
+static int build_inner(const char *msg, size_t len, bool hide_subject, buf_t *out)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f))
+        if (is_protected_copy(&f) && append_field(out, &f) < 0) return -1;
+    if (append_hp_outers(msg, len, hide_subject, out) < 0 || append_structural(msg, len, out) < 0 ||
+        buf_append(out, "\r\n", 2) < 0)
+        return -1;
+    return buf_append(out, msg + it.body, len - it.body);
+}
+
+int pgpmime_inner(const char *msg, size_t len, bool hide_subject, buf_t *out)
+{
+    size_t start = out->len;
+    if (!has_fields(msg, len) || build_inner(msg, len, hide_subject, out) < 0)
+        return rollback(out, start);
+    return 0;
+}
+
+/* ---- the outer message ---- */
+
+/* A boundary (RFC 2046 §5.1.1) that the armor does not hold. */
+static int make_boundary(const char *armor, size_t armor_len, char b[BOUNDARY_LEN + 1])
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    for (int tries = 0; tries < 8; tries++) {
+        for (size_t i = 0; i < BOUNDARY_LEN; i++)
+            b[i] = alnum[randombytes_uniform((uint32_t)(sizeof alnum - 1))];
+        b[BOUNDARY_LEN] = 0;
+        if (!memmem(armor, armor_len, b, BOUNDARY_LEN)) return 0;
+    }
+    return -1; /* only a broken random source gets here */
+}
+
+static int append_outer_header(const char *msg, size_t len, bool hide_subject, const char *boundary,
+                               buf_t *out)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f)) /* trace first, as hops prepend it */
+        if (field_in(&f, trace_fields) && append_field(out, &f) < 0) return -1;
+    if (each_outer(msg, len, append_field, out) < 0) return -1;
+    if (hide_subject) {
+        if (buf_printf(out, "Subject: %s\r\n", hidden_subject) < 0) return -1;
+    } else if (each_named(msg, len, "Subject", append_field, out) < 0) {
+        return -1;
+    }
+    /* Folded so that the line stays under 78 octets (RFC 5322 §2.1.1). */
+    return buf_printf(
+        out,
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n"
+        " boundary=\"%s\"\r\n"
+        "\r\n",
+        boundary);
+}
+
+/* The body of RFC 3156 §4: the version part, then the armor. */
+static int append_outer_body(const char *armor, size_t armor_len, const char *boundary, buf_t *out)
+{
+    if (buf_printf(out,
+                   "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n"
+                   "--%s\r\n"
+                   "Content-Type: application/pgp-encrypted\r\n"
+                   "Content-Description: PGP/MIME version identification\r\n"
+                   "\r\n"
+                   "Version: 1\r\n"
+                   "\r\n"
+                   "--%s\r\n"
+                   "Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n"
+                   "Content-Description: OpenPGP encrypted message\r\n"
+                   "Content-Disposition: inline; filename=\"encrypted.asc\"\r\n"
+                   "\r\n",
+                   boundary, boundary) < 0)
+        return -1;
+    if (armor_len && append_lines(out, armor, armor_len) < 0) return -1;
+    return buf_printf(out, "\r\n--%s--\r\n", boundary);
+}
+
+int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len,
+                  bool hide_subject, buf_t *out)
+{
+    size_t start = out->len;
+    char boundary[BOUNDARY_LEN + 1];
+    if (!has_fields(msg, len) || make_boundary(armor, armor_len, boundary) < 0 ||
+        append_outer_header(msg, len, hide_subject, boundary, out) < 0 ||
+        append_outer_body(armor, armor_len, boundary, out) < 0)
+        return rollback(out, start);
+    return 0;
+}

@@ -1,0 +1,73 @@
+/* libFuzzer target: the PGP/MIME builders never read or write out of bounds,
+ * never copy a Bcc, keep the body byte for byte in the inner entity, and
+ * write CRLF lines whenever the header they were given had them. The first
+ * input octet chooses hide_subject. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "crypto/crypto.h"
+#include "proto/proto.h"
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) __builtin_trap();                                                                \
+    } while (0)
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+static void no_bcc(const char *m, size_t n, size_t *body)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, m, n);
+    while (proto_header_next(&it, &f)) {
+        CHECK(!(f.name_len == 3 && !strncasecmp(f.name, "Bcc", 3)));
+        CHECK(!(f.name_len == 10 && !strncasecmp(f.name, "Resent-Bcc", 10)));
+    }
+    *body = it.body;
+}
+static bool crlf(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\r' && (i + 1 == n || p[i + 1] != '\n')) return false;
+        if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r')) return false;
+    }
+    return true;
+}
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!size) return 0;
+    bool hide = data[0] & 1;
+    char *msg = malloc(size - 1 ? size - 1 : 1);
+    memcpy(msg, data + 1, size - 1);
+    size_t len = size - 1;
+    (void)pgpmime_is_encrypted(msg, len);
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    bool any = proto_header_next(&it, &f);
+    while (proto_header_next(&it, &f)) {
+    }
+    buf_t b;
+    buf_init(&b);
+    int r = pgpmime_inner(msg, len, hide, &b);
+    CHECK((r == 0) == any);
+    if (r == 0) {
+        size_t body;
+        no_bcc(b.data, b.len, &body);
+        CHECK(b.len - body == len - it.body &&
+              !memcmp(b.data + body, msg + it.body, len - it.body));
+        /* header is CRLF unless the input had lone CRs inside lines */
+        if (!memchr(msg, '\r', it.body)) CHECK(crlf(b.data, body));
+    }
+    buf_reset(&b);
+    static const char armor[] = "-----BEGIN PGP MESSAGE-----\n\nabc\n-----END PGP MESSAGE-----\n";
+    r = pgpmime_outer(msg, len, armor, sizeof armor - 1, hide, &b);
+    CHECK((r == 0) == any);
+    if (r == 0) {
+        size_t body;
+        no_bcc(b.data, b.len, &body);
+        if (!memchr(msg, '\r', it.body)) CHECK(crlf(b.data, b.len));
+    }
+    buf_free(&b);
+    free(msg);
+    return 0;
+}

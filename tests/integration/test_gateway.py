@@ -1,0 +1,268 @@
+"""The encryption gateway with real gpg: keys imported with `sealpost keys`,
+messages encrypted on the ingress to RFC 3156 PGP/MIME with RFC 9788 header
+protection, decrypted here with nothing but each recipient's secret key."""
+import email
+import email.policy
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, unseal, wait_for
+from pgp import Person, recipient_key_ids
+from smtpclient import HOST, connect, expect, strip_received
+
+CONTENT_HEADERS = (b"Content-Type: text/plain; charset=utf-8\r\n"
+                   b"Content-Transfer-Encoding: 8bit\r\n")
+BODY = "Grüße aus Zürich — naïve café\r\n.leading dot line\r\nlast line\r\n".encode()
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory):
+    base = tmp_path_factory.mktemp("keys")
+    return {name: Person(base, name, f"{name}@example.test")
+            for name in ("alice", "bob", "carol", "erin")}
+
+
+def keys(stack, *args, input=None):
+    path = stack.tmp / "keys.conf"
+    path.write_text(stack.config())
+    return subprocess.run([BIN, "keys", *args, "-c", str(path)], input=input,
+                          capture_output=True, timeout=60)
+
+
+def import_keys(stack, *persons):
+    r = keys(stack, "import", "-", input=b"".join(p.public() for p in persons))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.decode()
+
+
+def message(to, cc="", extra=b"", subject="Quarterly figures"):
+    head = (f"From: Sender <sender@origin.test>\r\nTo: {to}\r\n"
+            + (f"Cc: {cc}\r\n" if cc else "")
+            + f"Subject: {subject}\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+            "Message-ID: <m1@origin.test>\r\nBcc: carol@example.test\r\n"
+            "MIME-Version: 1.0\r\n").encode()
+    return head + extra + CONTENT_HEADERS + b"\r\n" + BODY
+
+
+def submit(port, rcpts, data):
+    with smtplib.SMTP(HOST, port, timeout=30) as c:
+        c.ehlo()
+        c.mail("sender@origin.test", ["BODY=8BITMIME"])
+        for r in rcpts:
+            code, _ = c.rcpt(r)
+            assert code == 250, (r, code)
+        code, msg = c.data(data)
+        return code, msg
+
+
+def by_rcpts(sink):
+    return {tuple(sorted(rcpts)): content for _, rcpts, content in sink.messages}
+
+
+def check_pgp_mime(content):
+    """RFC 3156 as Python's email sees it; returns the armored part."""
+    outer = email.message_from_bytes(strip_received(content), policy=email.policy.default)
+    assert outer.get_content_type() == "multipart/encrypted"
+    assert outer.get_param("protocol") == "application/pgp-encrypted"
+    assert "Content-Transfer-Encoding" not in outer
+    assert "Bcc" not in outer
+    assert outer["Subject"] == "[...]"
+    assert outer["From"] == "Sender <sender@origin.test>"
+    assert outer["Message-ID"] == "<m1@origin.test>"
+    parts = outer.get_payload()
+    assert len(parts) == 2
+    assert parts[0].get_content_type() == "application/pgp-encrypted"
+    assert parts[0].get_payload().strip() == "Version: 1"
+    assert parts[1].get_content_type() == "application/octet-stream"
+    armor = parts[1].get_payload(decode=True)
+    assert armor.startswith(b"-----BEGIN PGP MESSAGE-----")
+    assert b"\r\n" in strip_received(content) and b"\n" not in strip_received(content).replace(
+        b"\r\n", b"")
+    return armor
+
+
+def check_inner(plain, original):
+    """The decrypted entity: the original's Content-* fields (Content-Type
+    with hp="cipher" added) and body, byte for byte; no Bcc."""
+    head, _, body = plain.partition(b"\r\n\r\n")
+    orig_head, _, orig_body = original.partition(b"\r\n\r\n")
+    assert body == orig_body
+    fields = [f for f in head.split(b"\r\n") if f.lower().startswith(b"content-")]
+    assert fields == [b'Content-Type: text/plain; charset=utf-8; hp="cipher"',
+                      b"Content-Transfer-Encoding: 8bit"]
+    inner = email.message_from_bytes(plain, policy=email.policy.default)
+    assert inner["Subject"] == "Quarterly figures"
+    assert "Bcc" not in inner and b"carol@example.test" not in head
+    assert inner.get_param("hp") == "cipher"
+    assert any(v == "Subject: [...]" for v in inner.get_all("HP-Outer", []))
+
+
+def test_to_cc_share_a_copy_bcc_gets_its_own_keyless_gets_the_original(stack, people, tmp_path):
+    import_keys(stack, people["alice"], people["bob"], people["carol"])
+    stack.ingress()
+    stack.worker()
+    original = message("alice@example.test, Bob <bob@example.test>")
+    rcpts = ["alice@example.test", "bob@example.test", "carol@example.test", "dave@example.test"]
+    code, msg = submit(stack.smtp_port, rcpts, original)
+    assert code == 250, msg
+    wait_for(lambda: stack.sink.count() == 3, what="three copies")
+    got = by_rcpts(stack.sink)
+    assert set(got) == {("alice@example.test", "bob@example.test"), ("carol@example.test",),
+                        ("dave@example.test",)}
+    shared, bcc, plain = (got[("alice@example.test", "bob@example.test")],
+                          got[("carol@example.test",)], got[("dave@example.test",)])
+    assert len({shared, bcc, plain}) == 3
+    # The keyless recipient gets the message as it was sent.
+    assert strip_received(plain) == original
+    # The shared copy opens with Alice's key alone, and with Bob's alone.
+    armor = check_pgp_mime(shared)
+    for who in ("alice", "bob"):
+        check_inner(people[who].decrypt(armor), original)
+    assert people["carol"].cannot_decrypt(armor)
+    assert recipient_key_ids(tmp_path, armor) == sorted(
+        people["alice"].subkey_ids + people["bob"].subkey_ids)
+    # The Bcc copy names Carol's key and no other.
+    armor = check_pgp_mime(bcc)
+    check_inner(people["carol"].decrypt(armor), original)
+    assert recipient_key_ids(tmp_path, armor) == people["carol"].subkey_ids
+    assert people["alice"].cannot_decrypt(armor)
+
+
+def test_no_plaintext_at_rest_when_encrypted(stack, people):
+    import_keys(stack, people["alice"])
+    stack.ingress()
+    code, _ = submit(stack.smtp_port, ["alice@example.test"],
+                     message("alice@example.test", subject="Top secret marker-55"))
+    assert code == 250
+    r = stack.redis.client()
+    for key in r.scan_iter():
+        assert "naïve".encode() not in (r.dump(key) or b""), key
+        assert b"marker-55" not in (r.dump(key) or b""), key
+    # Inside the seal: ciphertext only, and the Subject hidden.
+    (key,) = list(r.scan_iter(match="{mq:*}:b:*"))
+    mid, variant = key.decode().split(":b:")[1].split(":")
+    stored = unseal(r.get(key), mid, int(variant))
+    assert b"-----BEGIN PGP MESSAGE-----" in stored and b"marker-55" not in stored
+    assert b"Subject: [...]" in stored
+
+
+def test_required_without_key_is_refused_at_rcpt(stack, people):
+    assert keys(stack, "policy", "set", "secure.example.test", "required").returncode == 0
+    assert keys(stack, "policy", "set", "Vip@Example.test", "required").returncode == 0
+    stack.ingress()
+    with connect(stack) as c:
+        expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
+        expect(c.cmd("RCPT TO:<vip@example.test>"), 550, "5.7.1")
+        expect(c.cmd("RCPT TO:<someone@example.test>"), 250)
+    refused = stack.procs[-1].read_log()
+    assert "reason=encryption_required" in refused
+    # Once the key is imported, within a second, the same recipient is taken.
+    vip = Person(stack.tmp, "vip", "vip@example.test")
+    import_keys(stack, vip)
+    time.sleep(1.0)
+    with connect(stack) as c:
+        expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
+        expect(c.cmd("RCPT TO:<vip@example.test>"), 250)
+
+
+def test_expired_or_revoked_key_counts_as_none(stack, tmp_path):
+    old = Person(tmp_path, "old", "old@example.test", expire="1d", faked_time="20200101T000000")
+    gone = Person(tmp_path, "gone", "gone@example.test")
+    assert keys(stack, "policy", "set", "example.test", "required").returncode == 0
+    # The import itself refuses them, saying why.
+    r = keys(stack, "import", "-", input=old.public())
+    assert r.returncode == 1 and b"expired" in r.stdout
+    import_keys(stack, gone)
+    stack.ingress()
+    # Revoked after it was imported: the fresh copy replaces it... and is refused.
+    gone.revoke()
+    r = keys(stack, "import", "-", input=gone.public())
+    assert r.returncode == 1 and b"revoked" in r.stdout
+    assert keys(stack, "delete", "gone@example.test").returncode == 0
+    time.sleep(0.6)
+    with connect(stack) as c:
+        expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
+        expect(c.cmd("RCPT TO:<old@example.test>"), 550, "5.7.1")
+        expect(c.cmd("RCPT TO:<gone@example.test>"), 550, "5.7.1")
+
+
+def test_already_encrypted_input_passes_unchanged(stack, people):
+    import_keys(stack, people["alice"])
+    stack.ingress()
+    stack.worker()
+    armored = people["erin"].public()  # any armor will do as content
+    inline = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: inline\r\n\r\n"
+              b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA...\r\n-----END PGP MESSAGE-----\r\n")
+    mime = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: mime\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted;\r\n"
+            b" protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\r\n--b1\r\n"
+            b"Content-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b1\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + armored.replace(b"\n", b"\r\n")
+            + b"--b1--\r\n")
+    smime = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: smime\r\n"
+             b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data;"
+             b" name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n")
+    for data in (inline, mime, smime):
+        code, _ = submit(stack.smtp_port, ["alice@example.test"], data)
+        assert code == 250
+    wait_for(lambda: stack.sink.count() == 3, what="three messages")
+    got = sorted(strip_received(c) for _, _, c in stack.sink.messages)
+    assert got == sorted((inline, mime, smime))
+    assert "outcome=passthrough" in stack.procs[0].read_log()
+
+
+def test_utf8_headers_and_8bit_body_survive(stack, people):
+    import_keys(stack, people["alice"])
+    stack.ingress()
+    stack.worker()
+    original = message("alice@example.test", subject="=?utf-8?q?Gr=C3=BC=C3=9Fe?=")
+    original = original.replace(b"Subject: ", b"X-Note: \xc3\xa9t\xc3\xa9\r\nSubject: ")
+    code, _ = submit(stack.smtp_port, ["alice@example.test"], original)
+    assert code == 250
+    wait_for(lambda: stack.sink.count() == 1, what="the message")
+    outer = email.message_from_bytes(strip_received(stack.sink.messages[0][2]),
+                                     policy=email.policy.default)
+    armor = outer.get_payload()[1].get_payload(decode=True)
+    plain = people["alice"].decrypt(armor)
+    assert plain.endswith(b"\r\n\r\n" + BODY)
+    assert b"X-Note: \xc3\xa9t\xc3\xa9\r\n" in plain
+    assert b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in plain
+
+
+def test_corrupted_key_gives_451_never_cleartext(stack, people):
+    import_keys(stack, people["alice"])
+    r = stack.redis.client()
+    key = "{sealpost:crypto}:a:alice@example.test"
+    r.hset(key, "data", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nbroken\n"
+                        b"-----END PGP PUBLIC KEY BLOCK-----\n")
+    r.incr("{sealpost:crypto}:version")
+    stack.ingress()
+    stack.worker()
+    code, msg = submit(stack.smtp_port, ["alice@example.test"], message("alice@example.test"))
+    assert code == 451 and msg.startswith(b"4.7.0"), (code, msg)
+    time.sleep(1.0)
+    assert stack.sink.count() == 0
+    assert list(r.scan_iter(match="{mq:*}:b:*")) == []
+    assert "event=encryption_failed" in stack.procs[0].read_log()
+
+
+def test_keys_cli_round_trip(stack, people):
+    out = import_keys(stack, people["erin"])
+    assert f"imported {people['erin'].fpr}" in out and "erin@example.test" in out
+    listing = keys(stack, "list").stdout.decode()
+    assert people["erin"].fpr in listing and "never" in listing
+    import json
+    (entry,) = json.loads(keys(stack, "list", "--json").stdout)
+    assert entry["fingerprint"] == people["erin"].fpr
+    assert entry["addresses"] == ["erin@example.test"]
+    shown = keys(stack, "show", "ERIN@example.test").stdout.decode()
+    assert people["erin"].fpr in shown and "-----BEGIN PGP PUBLIC KEY BLOCK-----" in shown
+    assert keys(stack, "delete", people["erin"].fpr).returncode == 0
+    assert keys(stack, "list").stdout == b""
+    missing = keys(stack, "show", "erin@example.test")
+    assert missing.returncode == 1 and b"no key" in missing.stderr
+    bad = keys(stack, "import", "-", input=b"not a key")
+    assert bad.returncode == 1 and b"no OpenPGP public key" in bad.stderr
