@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 
-.PHONY: all setup build run sink test test-unit test-integration fuzz lint format clean
+.PHONY: all setup build run sink test test-unit test-integration fuzz lint format clean bench
 
 all: build
 
@@ -43,6 +43,14 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cd $(ASAN_BUILD) && ctest --output-on-failure
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
 	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# Benchmarks against peers measured in the same run; the tables go to
+# bench/results/<date>.md with a description of the machine.
+RESULTS = bench/results/$(shell date -u +%Y-%m-%d).md
+bench: build
+	@mkdir -p bench/results
+	@{ echo "## $$(date -u '+%Y-%m-%d %H:%M UTC') on $$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"; echo; } >> $(RESULTS)
+	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand.
 fuzz: setup $(FUZZ_BUILD)/Makefile

@@ -50,8 +50,23 @@ static void print_expiry(long long expires)
 static void import_one(const crypto_key_info_t *key, void *arg)
 {
     struct import *im = arg;
+    char err[600];
     if (key->why_unusable) {
-        printf("refused %s: %s\n", key->fpr, key->why_unusable);
+        /* A stored key that is now revoked or expired leaves the directory:
+         * importing its revocation is how an operator says so. */
+        queue_key_stored_t old;
+        int stored = queue_admin_key_get(im->admin, key->fpr, &old, err, sizeof err);
+        if (stored > 0) {
+            buf_free(&old.addresses);
+            buf_free(&old.armored);
+            if (queue_admin_key_delete(im->admin, key->fpr, err, sizeof err) > 0) {
+                printf("removed %s: %s\n", key->fpr, key->why_unusable);
+                im->imported++;
+                return;
+            }
+        }
+        printf("refused %s: %s%s%s\n", key->fpr, key->why_unusable, stored < 0 ? "; " : "",
+               stored < 0 ? err : "");
         im->refused++;
         return;
     }
@@ -71,7 +86,6 @@ static void import_one(const crypto_key_info_t *key, void *arg)
         im->refused++;
         return;
     }
-    char err[600];
     queue_key_record_t rec = {key->fpr, key->expires, key->armored, key->armored_len, addrs, n};
     if (queue_admin_key_put(im->admin, &rec, err, sizeof err) < 0) {
         printf("refused %s: %s\n", key->fpr, err);

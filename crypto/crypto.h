@@ -167,7 +167,9 @@ typedef struct gateway_job {
     bool hide_subject, case_insensitive, strip_detail;
     const char *homes; /* crypto_homes_create's */
     const seal_keyring_t *seal;
-    buf_t *variants; /* out: the sealed bodies, variant n at [n] */
+    unsigned max_bcc_copies; /* ciphertexts of their own for Bcc recipients; 0: no limit */
+    bool too_many_copies;    /* out: failed for max_bcc_copies, which no retry changes */
+    buf_t *variants;         /* out: the sealed bodies, variant n at [n] */
     unsigned n_variants;
     enum gateway_outcome outcome;
     char error[256]; /* when it failed */

@@ -119,11 +119,40 @@ static int shared_variant(gateway_job_t *job, const struct named *nm, const buf_
     return rc;
 }
 
+/* Copies of their own that the keyed Bcc recipients need: one per key. */
+static unsigned bcc_copies(const gateway_job_t *job, const struct named *nm)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < job->n_rcpts; i++) {
+        const gateway_rcpt_t *r = &job->rcpts[i];
+        if (!r->key || is_named(nm, r->addr)) continue;
+        bool seen = false;
+        for (unsigned j = 0; j < i && !seen; j++)
+            seen = job->rcpts[j].key && !is_named(nm, job->rcpts[j].addr) &&
+                   !strcmp(job->rcpts[j].key->fpr, r->key->fpr);
+        n += !seen;
+    }
+    return n;
+}
+
 static int encrypt_all(gateway_job_t *job)
 {
     struct named nm = {.job = job};
     proto_header_addresses(job->msg, job->len, "To", on_named, &nm);
     proto_header_addresses(job->msg, job->len, "Cc", on_named, &nm);
+    /* Each copy costs a gpg run and its size in Redis: a message that would
+     * multiply past the limit is refused, not stored N times over. */
+    unsigned copies = bcc_copies(job, &nm);
+    if (job->max_bcc_copies && copies > job->max_bcc_copies) {
+        free(nm.addrs);
+        job->too_many_copies = true;
+        snprintf(job->error, sizeof job->error,
+                 "%u keyed Bcc recipients need copies of their own; "
+                 "the limit is %u",
+                 copies, job->max_bcc_copies);
+        job->outcome = GATEWAY_FAILED;
+        return -1;
+    }
     buf_t inner;
     buf_init(&inner);
     int rc = pgpmime_inner(job->msg, job->len, job->hide_subject, &inner) < 0
@@ -132,6 +161,12 @@ static int encrypt_all(gateway_job_t *job)
     for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
         gateway_rcpt_t *r = &job->rcpts[i];
         if (!r->key || r->variant != NO_VARIANT) continue;
+        /* Bcc recipients of one key share its copy: it reveals no one else. */
+        for (unsigned j = 0; j < i && r->variant == NO_VARIANT; j++)
+            if (job->rcpts[j].key && !is_named(&nm, job->rcpts[j].addr) &&
+                !strcmp(job->rcpts[j].key->fpr, r->key->fpr))
+                r->variant = job->rcpts[j].variant;
+        if (r->variant != NO_VARIANT) continue;
         rc = add_variant(job, &r->variant);
         if (rc == 0) rc = encrypted_variant(job, &inner, r->key, 1, r->variant);
     }

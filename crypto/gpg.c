@@ -14,6 +14,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <gpgme.h>
+#include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,9 +265,22 @@ out:
 
 /* ---- encrypting, one home per thread ---- */
 
+/* Keys a thread has imported, by fingerprint and a digest of the data they
+ * came from: a hit costs no gpg process (a lookup would cost one, as much as
+ * the encryption itself); new data for a fingerprint is imported again. */
+#define KEY_CACHE 64
+
+struct cached_key {
+    char fpr[CRYPTO_FPR_MAX + 1];
+    unsigned char digest[16];
+    gpgme_key_t key;
+};
+
 struct gpg_thread {
     gpgme_ctx_t ctx;
     char home[PATH_MAX];
+    struct cached_key keys[KEY_CACHE];
+    unsigned next; /* the slot replaced next */
 };
 
 static _Thread_local struct gpg_thread *this_thread;
@@ -291,15 +305,32 @@ static struct gpg_thread *thread_home(const char *parent, char *err, size_t errl
 
 /* The key with this fingerprint in the thread's home, imported from the
  * directory's copy the first time. */
+static void key_remember(struct gpg_thread *t, const char *fpr, const unsigned char digest[16],
+                         gpgme_key_t key)
+{
+    struct cached_key *c = &t->keys[t->next];
+    t->next = (t->next + 1) % KEY_CACHE;
+    if (c->key) gpgme_key_unref(c->key);
+    snprintf(c->fpr, sizeof c->fpr, "%s", fpr);
+    memcpy(c->digest, digest, sizeof c->digest);
+    gpgme_key_ref(key);
+    c->key = key;
+}
+
 static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k, char *err,
                                size_t errlen)
 {
-    gpgme_key_t key = NULL;
-    if (!gpgme_get_key(t->ctx, k->fpr, &key, 0) && key) {
-        if (!key_unusable_now(key)) return key;
-        gpgme_key_unref(key); /* stale copy: the directory's may be newer */
-        key = NULL;
+    unsigned char digest[16];
+    crypto_generichash(digest, sizeof digest, (const unsigned char *)k->armored, k->armored_len,
+                       NULL, 0);
+    for (unsigned i = 0; i < KEY_CACHE; i++) {
+        struct cached_key *c = &t->keys[i];
+        if (c->key && !strcmp(c->fpr, k->fpr) && !memcmp(c->digest, digest, sizeof digest)) {
+            gpgme_key_ref(c->key);
+            return c->key;
+        }
     }
+    gpgme_key_t key = NULL;
     gpgme_data_t in = NULL;
     gpgme_error_t e = gpgme_data_new_from_mem(&in, k->armored, k->armored_len, 0);
     if (!e) e = gpgme_op_import(t->ctx, in);
@@ -314,6 +345,7 @@ static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k,
         gpgme_key_unref(key);
         return NULL;
     }
+    key_remember(t, k->fpr, digest, key);
     return key;
 }
 

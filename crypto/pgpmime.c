@@ -177,30 +177,102 @@ static bool token_is(const char *p, size_t n, const char *want)
     return n == strlen(want) && !strncasecmp(p, want, n);
 }
 
-static bool is_encrypted_type(const proto_header_field_t *f)
+/* Whether the Content-Type value has parameter name with the value want
+ * (case-insensitive, token or quoted-string, RFC 2045 §5.1). */
+static bool param_is(const char *v, size_t n, const char *name, const char *want)
 {
-    const char *type, *sub;
-    size_t type_len, sub_len;
-    if (!media_type(f->value, f->value_len, &type, &type_len, &sub, &sub_len)) return false;
-    if (token_is(type, type_len, "multipart")) return token_is(sub, sub_len, "encrypted");
-    return token_is(type, type_len, "application") &&
-           (token_is(sub, sub_len, "pkcs7-mime") || token_is(sub, sub_len, "x-pkcs7-mime"));
-}
-
-/* Whether a body line is exactly the start of an inline PGP message. */
-static bool has_inline_pgp(const char *body, size_t n)
-{
-    static const char begin[] = "-----BEGIN PGP MESSAGE-----";
-    const size_t begin_len = sizeof begin - 1;
-    size_t i = 0;
-    while (i < n) {
-        const char *lf = memchr(body + i, '\n', n - i);
-        size_t end = lf ? (size_t)(lf - body) : n;
-        size_t line_end = end > i && body[end - 1] == '\r' ? end - 1 : end;
-        if (line_end - i == begin_len && !memcmp(body + i, begin, begin_len)) return true;
-        i = end + 1;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '"') { /* skip quoted strings: a ';' inside is no separator */
+            for (i++; i < n && v[i] != '"'; i++)
+                if (v[i] == '\\') i++;
+            continue;
+        }
+        if (v[i] != ';') continue;
+        size_t j = proto_header_skip_cfws(v, n, i + 1), start = j;
+        while (j < n && is_token_char(v[j]))
+            j++;
+        if (!token_is(v + start, j - start, name)) continue;
+        j = proto_header_skip_cfws(v, n, j);
+        if (j >= n || v[j] != '=') continue;
+        j = proto_header_skip_cfws(v, n, j + 1);
+        bool quoted = j < n && v[j] == '"';
+        start = j + quoted;
+        /* Unquoted, read leniently up to a separator: "protocol=application/
+         * pgp-encrypted" without quotes is common, if not RFC 2045's. */
+        for (j = start; j < n && (quoted ? v[j] != '"' : !strchr("; \t\r\n(", v[j])); j++)
+            ;
+        if (token_is(v + start, j - start, want)) return true;
     }
     return false;
+}
+
+/* Lines of the body, without their line ends, for the armor checks. */
+static bool next_line(const char *body, size_t n, size_t *pos, const char **line, size_t *len)
+{
+    if (*pos >= n) return false;
+    const char *lf = memchr(body + *pos, '\n', n - *pos);
+    size_t end = lf ? (size_t)(lf - body) : n;
+    *line = body + *pos;
+    *len = (end > *pos && body[end - 1] == '\r' ? end - 1 : end) - *pos;
+    *pos = end + 1;
+    return true;
+}
+
+static bool line_is(const char *line, size_t len, const char *want)
+{
+    return len == strlen(want) && !memcmp(line, want, len);
+}
+
+#define PGP_BEGIN "-----BEGIN PGP MESSAGE-----"
+#define PGP_END   "-----END PGP MESSAGE-----"
+
+/* Whether some body line starts a PGP message. */
+static bool has_armor(const char *body, size_t n)
+{
+    const char *line;
+    size_t len, pos = 0;
+    while (next_line(body, n, &pos, &line, &len))
+        if (line_is(line, len, PGP_BEGIN)) return true;
+    return false;
+}
+
+/* Inline PGP: the body is one armored message and nothing else (blank
+ * lines aside), so no text next to it would travel in clear. */
+static bool is_inline_pgp(const char *body, size_t n)
+{
+    const char *line, *first = NULL, *last = NULL;
+    size_t len, first_len = 0, last_len = 0, pos = 0, begins = 0;
+    while (next_line(body, n, &pos, &line, &len)) {
+        if (len == 0) continue;
+        if (!first) first = line, first_len = len;
+        last = line, last_len = len;
+        begins += line_is(line, len, PGP_BEGIN);
+    }
+    return first && begins == 1 && line_is(first, first_len, PGP_BEGIN) &&
+           line_is(last, last_len, PGP_END);
+}
+
+enum body_kind { BODY_CLEAR, BODY_PGP_MIME, BODY_SMIME, BODY_MAYBE_INLINE };
+
+/* What one Content-Type says: encrypted only for PGP/MIME (RFC 3156 §4)
+ * and S/MIME enveloped data (RFC 8551 §3.2.2); signed-only S/MIME and
+ * anything unclear are clear text. */
+static enum body_kind content_kind(const proto_header_field_t *f)
+{
+    const char *type, *sub, *v = f->value;
+    size_t type_len, sub_len, n = f->value_len;
+    if (!media_type(v, n, &type, &type_len, &sub, &sub_len)) return BODY_CLEAR;
+    if (token_is(type, type_len, "multipart") && token_is(sub, sub_len, "encrypted"))
+        return param_is(v, n, "protocol", "application/pgp-encrypted") ? BODY_PGP_MIME : BODY_CLEAR;
+    if (token_is(type, type_len, "application") &&
+        (token_is(sub, sub_len, "pkcs7-mime") || token_is(sub, sub_len, "x-pkcs7-mime")))
+        return param_is(v, n, "smime-type", "enveloped-data") ||
+                       param_is(v, n, "smime-type", "authEnveloped-data")
+                   ? BODY_SMIME
+                   : BODY_CLEAR;
+    if (token_is(type, type_len, "text") && token_is(sub, sub_len, "plain"))
+        return BODY_MAYBE_INLINE;
+    return BODY_CLEAR;
 }
 
 bool pgpmime_is_encrypted(const char *msg, size_t len)
@@ -210,14 +282,20 @@ bool pgpmime_is_encrypted(const char *msg, size_t len)
     proto_header_iter_init(&it, msg, len);
     /* With several Content-Type fields, readers differ on which counts; only
      * when all say encrypted is nothing left in clear by passing it on. */
-    size_t types = 0, encrypted = 0;
+    size_t count[BODY_MAYBE_INLINE + 1] = {0}, types = 0;
     while (proto_header_next(&it, &f)) {
         if (!field_is(&f, "Content-Type")) continue;
         types++;
-        encrypted += is_encrypted_type(&f);
+        count[content_kind(&f)]++;
     }
-    if (types && encrypted == types) return true;
-    return has_inline_pgp(msg + it.body, len - it.body);
+    const char *body = msg + it.body;
+    size_t body_len = len - it.body;
+    if (types && count[BODY_SMIME] == types) return true;
+    /* A PGP/MIME label on a body without a PGP message in it is no proof. */
+    if (types && count[BODY_PGP_MIME] == types) return has_armor(body, body_len);
+    /* No Content-Type is text/plain (RFC 2045 §5.2). */
+    if (count[BODY_MAYBE_INLINE] == types) return is_inline_pgp(body, body_len);
+    return false;
 }
 
 /* ---- the Cryptographic Payload ---- */

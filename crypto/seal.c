@@ -197,6 +197,7 @@ static int seal_with(const struct seal_key *key, const char *context, const void
                                                head + ctx_len, NULL, nonce, key->key);
     free(ad);
     out->len += head + NONCE_LEN + (size_t)clen;
+    out->data[out->len] = 0; /* buf_reserve kept room: buf_t text stays terminated */
     return 0;
 }
 
@@ -246,6 +247,7 @@ int seal_open(const seal_keyring_t *k, const char *context, const void *in, size
         return -1;
     }
     out->len += (size_t)mlen;
+    out->data[out->len] = 0;
     return 0;
 }
 

@@ -223,7 +223,13 @@ static void finish(struct encryption *en)
     if (en->job.outcome == GATEWAY_FAILED) {
         log_error("event=encryption_failed mid=%s client=%s error=\"%s\"", s->mid, s->peer,
                   en->job.error);
-        session_reply(s, "451 4.7.0 Encryption failed, message not accepted; try again later");
+        if (en->job.too_many_copies)
+            session_reply(s,
+                          "552 5.5.3 Too many Bcc recipients with keys in one message "
+                          "(at most %u): send to fewer at once",
+                          s->cfg->crypto.max_bcc_copies);
+        else
+            session_reply(s, "451 4.7.0 Encryption failed, message not accepted; try again later");
         session_commit_failed(s);
     } else if (s->closed) { /* nobody to acknowledge: the client sends it again */
         log_info("event=client_gone mid=%s client=%s", s->mid, s->peer);
@@ -289,6 +295,7 @@ void encrypt_commit(session_t *s)
                               .case_insensitive = cfg->crypto.case_insensitive,
                               .strip_detail = cfg->crypto.strip_detail,
                               .homes = ingress->crypt.homes,
+                              .max_bcc_copies = cfg->crypto.max_bcc_copies,
                               .seal = ingress->seal};
     s->busy = true;
     if (!any_key) { /* sealing alone is cheap enough for the loop */

@@ -134,8 +134,78 @@ static int hget(queue_admin_t *a, const char *key, const char *field, buf_t *out
     return rc;
 }
 
+static bool listed_in(const char *addrs, const char *addr)
+{
+    size_t n = strlen(addr);
+    for (const char *p = addrs; *p;) {
+        size_t len = strcspn(p, "\n");
+        if (len == n && !memcmp(p, addr, n)) return true;
+        p += len + (p[len] == '\n');
+    }
+    return false;
+}
+
+/* Files addr under the most recently imported stored key, other than
+ * except, that lists it: with two keys for one address, deleting the newer
+ * leaves the older in charge, as `keys list` shows it. */
+static int relink_address(queue_admin_t *a, const char *addr, const char *except, char *err,
+                          size_t errlen)
+{
+    const char *members[] = {"SMEMBERS", KD_KEYS};
+    redisReply *r = queue_admin_command(a, err, errlen, 2, members);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return -1;
+    }
+    queue_key_stored_t best = {0}, key;
+    bool found = false;
+    int rc = 0;
+    for (size_t i = 0; i < r->elements && rc == 0; i++) {
+        if (!strcmp(r->element[i]->str, except)) continue;
+        int got = queue_admin_key_get(a, r->element[i]->str, &key, err, errlen);
+        if (got < 0) rc = -1;
+        if (got <= 0) continue;
+        bool better = listed_in(key.addresses.data ? key.addresses.data : "", addr) &&
+                      (!found || key.imported > best.imported);
+        if (better && found) {
+            buf_free(&best.addresses);
+            buf_free(&best.armored);
+        }
+        if (better) {
+            best = key;
+            found = true;
+        } else {
+            buf_free(&key.addresses);
+            buf_free(&key.armored);
+        }
+    }
+    freeReplyObject(r);
+    if (rc == 0 && found) {
+        key_t_ k;
+        addr_key(k, addr);
+        char expires[24];
+        snprintf(expires, sizeof expires, "%lld", best.expires);
+        const char *set[] = {"HSET",    k,       "fpr",  best.fpr,
+                             "expires", expires, "data", best.armored.data};
+        size_t lens[8];
+        for (int j = 0; j < 7; j++)
+            lens[j] = strlen(set[j]);
+        lens[7] = best.armored.len;
+        redisReply *s = redisCommandArgv(a->ctx, 8, set, lens);
+        rc = s && s->type != REDIS_REPLY_ERROR ? 0 : -1;
+        if (rc < 0) snprintf(err, errlen, "redis refused to file %s again", addr);
+        freeReplyObject(s);
+    }
+    if (found) {
+        buf_free(&best.addresses);
+        buf_free(&best.armored);
+    }
+    return rc;
+}
+
 /* Drops address -> fpr when the address still points at fpr (a later
- * import of another key for it wins). */
+ * import of another key for it wins), and files the address under another
+ * key that lists it, if any. */
 static int unlink_address(queue_admin_t *a, const char *addr, const char *fpr, char *err,
                           size_t errlen)
 {
@@ -147,6 +217,7 @@ static int unlink_address(queue_admin_t *a, const char *addr, const char *fpr, c
     if (rc == 0 && cur.len && !strcmp(cur.data, fpr)) {
         const char *del[] = {"DEL", k};
         rc = run(a, err, errlen, 2, del);
+        if (rc == 0) rc = relink_address(a, addr, fpr, err, errlen);
     }
     buf_free(&cur);
     return rc;
@@ -225,10 +296,14 @@ int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *e
     }
     if (rc == 0) rc = run(a, err, errlen, 3, sadd);
     if (rc == 0) rc = run(a, err, errlen, 2, incr);
-    if (run(a, err, errlen, 1, exec) < 0)
-        rc = -1;
-    else if (rc < 0)
+    const char *discard[] = {"DISCARD"};
+    if (rc < 0) { /* nothing of it is written */
+        char ignored[64];
+        run(a, ignored, sizeof ignored, 1, discard);
         snprintf(err, errlen, "redis refused the key");
+    } else if (run(a, err, errlen, 1, exec) < 0) {
+        rc = -1;
+    }
     buf_free(&addrs);
     return rc;
 }

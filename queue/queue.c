@@ -598,9 +598,8 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
         memcpy(args + 7, extra, sizeof extra);
     }
     int nargs = bounce ? 14 : 7;
-    for (int i = 0; i < nargs; i++)
-        lens[i] = strlen(args[i]);
-    if (bounce) lens[9] = bounce->body_len;
+    for (int i = 0; i < nargs; i++) /* the body is sealed, binary: its length is given */
+        lens[i] = bounce && i == 9 ? bounce->body_len : strlen(args[i]);
     int rc = fcall_status(q, "complete", nkeys, keys, nargs, args, lens, cb, arg);
     buf_free(&list);
     return rc;

@@ -42,6 +42,12 @@ local function store_message(k, a, now)
   if not nb or not n or nb < 1 or n < 1 or #k ~= 5 + nb + n or #a ~= 7 + nb + 4 * n then
     return redis.error_reply('ERR arguments do not match keys')
   end
+  for i = 1, n do -- all checked before the first write: an error leaves nothing behind
+    local v = tonumber(a[7 + nb + 4 * (i - 1) + 4])
+    if not v or v < 0 or v >= nb then
+      return redis.error_reply('ERR body variant out of range')
+    end
+  end
   redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
              'bodies', nb, 'open', n)
   for v = 1, nb do
@@ -50,9 +56,6 @@ local function store_message(k, a, now)
   for i = 1, n do
     local at = 7 + nb + 4 * (i - 1)
     local jid, domain, rcpts, v = a[at + 1], a[at + 2], a[at + 3], tonumber(a[at + 4])
-    if not v or v < 0 or v >= nb then
-      return redis.error_reply('ERR body variant out of range')
-    end
     redis.call('HSET', k[5 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
                'attempts', 0, 'body', v)
     redis.call('HINCRBY', k[1], 'open:' .. v, 1)
@@ -150,16 +153,22 @@ end
 local function complete(keys, args)
   local jid = args[1]
   if not lease_valid(keys, jid, args[2]) then return 'stale' end
+  -- The body key (keys[8]) was named after the variant in the job id.
+  local named = string.match(jid, '^%x+%.(%d+)%.')
+  local v = redis.call('HGET', keys[6], 'body') or named
+  if named ~= v then
+    return redis.error_reply('ERR job id and body variant disagree')
+  end
   local now = now_ms()
-  redis.call('ZREM', keys[2], jid)
-  redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
-  if #keys == 12 then
+  if #keys == 12 then -- first, so that its checks fail before anything is written
     local stored = store_message(
       {keys[10], keys[1], keys[4], keys[5], keys[9], keys[11], keys[12]},
       {args[8], args[7], '', '', args[9], 1, 1, args[10], args[11], args[12], args[13], 0}, now)
     if type(stored) == 'table' and stored.err then return stored end
     redis.call('HINCRBY', keys[4], 'bounced', 1)
   end
+  redis.call('ZREM', keys[2], jid)
+  redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
   if args[3] ~= '' then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
     if #keys == 12 and args[14] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
@@ -170,7 +179,6 @@ local function complete(keys, args)
     redis.call('PUBLISH', WAKE_CHANNEL, args[7])
     return 'deferred'
   end
-  local v = redis.call('HGET', keys[6], 'body') or '0'
   redis.call('DEL', keys[6])
   redis.call('HDEL', keys[3], jid .. ':tok')
   if redis.call('HINCRBY', keys[5], args[6], -1) <= 0 then

@@ -84,6 +84,12 @@ def check_pgp_mime(content):
     return armor
 
 
+def check_pgp_mime_armor(content):
+    outer = email.message_from_bytes(strip_received(content), policy=email.policy.default)
+    assert outer.get_content_type() == "multipart/encrypted"
+    return outer.get_payload()[1].get_payload(decode=True)
+
+
 def check_inner(plain, original):
     """The decrypted entity: the original's Content-* fields (Content-Type
     with hp="cipher" added) and body, byte for byte; no Bcc."""
@@ -177,11 +183,11 @@ def test_expired_or_revoked_key_counts_as_none(stack, tmp_path):
     assert r.returncode == 1 and b"expired" in r.stdout
     import_keys(stack, gone)
     stack.ingress()
-    # Revoked after it was imported: the fresh copy replaces it... and is refused.
+    # Revoked after it was imported: importing the revocation removes it.
     gone.revoke()
     r = keys(stack, "import", "-", input=gone.public())
-    assert r.returncode == 1 and b"revoked" in r.stdout
-    assert keys(stack, "delete", "gone@example.test").returncode == 0
+    assert r.returncode == 0 and f"removed {gone.fpr}: revoked".encode() in r.stdout, r.stdout
+    assert gone.fpr.encode() not in keys(stack, "list").stdout
     time.sleep(0.6)
     with connect(stack) as c:
         expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
@@ -193,15 +199,16 @@ def test_already_encrypted_input_passes_unchanged(stack, people):
     import_keys(stack, people["alice"])
     stack.ingress()
     stack.worker()
-    armored = people["erin"].public()  # any armor will do as content
+    from pgp import gpg
+    armored = gpg(people["alice"].home, "--armor", "--encrypt", "-r", people["alice"].fpr,
+                  input=b"already encrypted by the sender").stdout.replace(b"\n", b"\r\n")
     inline = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: inline\r\n\r\n"
-              b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA...\r\n-----END PGP MESSAGE-----\r\n")
+              + armored)
     mime = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: mime\r\n"
             b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted;\r\n"
             b" protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\r\n--b1\r\n"
             b"Content-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b1\r\n"
-            b"Content-Type: application/octet-stream\r\n\r\n" + armored.replace(b"\n", b"\r\n")
-            + b"--b1--\r\n")
+            b"Content-Type: application/octet-stream\r\n\r\n" + armored + b"--b1--\r\n")
     smime = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: smime\r\n"
              b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data;"
              b" name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n")
@@ -211,7 +218,34 @@ def test_already_encrypted_input_passes_unchanged(stack, people):
     wait_for(lambda: stack.sink.count() == 3, what="three messages")
     got = sorted(strip_received(c) for _, _, c in stack.sink.messages)
     assert got == sorted((inline, mime, smime))
-    assert "outcome=passthrough" in stack.procs[0].read_log()
+    assert stack.procs[0].read_log().count("outcome=passthrough") == 3
+
+
+def test_what_only_looks_encrypted_is_encrypted(stack, people):
+    """Armor next to readable text, signed-only S/MIME, or a PGP/MIME label
+    on a readable body: none of these is encrypted, so the gateway is."""
+    import_keys(stack, people["alice"])
+    stack.ingress()
+    stack.worker()
+    head = b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: s\r\n"
+    armor = b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEM\r\n-----END PGP MESSAGE-----\r\n"
+    fakes = [
+        head + b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nSECRET-1\r\n"
+               b"--b\r\n\r\n" + armor + b"--b--\r\n",
+        head + b"\r\nSECRET-2 forwarded:\r\n" + armor,
+        head + b"Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n\r\n"
+               b"SECRET-3\r\n",
+        head + b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";"
+               b" boundary=b\r\n\r\nSECRET-4\r\n",
+    ]
+    for data in fakes:
+        code, _ = submit(stack.smtp_port, ["alice@example.test"], data)
+        assert code == 250
+    wait_for(lambda: stack.sink.count() == 4, what="four messages")
+    for _, _, content in stack.sink.messages:
+        assert b"SECRET-" not in content
+        plain = people["alice"].decrypt(check_pgp_mime_armor(content))
+        assert b"SECRET-" in plain
 
 
 def test_utf8_headers_and_8bit_body_survive(stack, people):
@@ -249,6 +283,36 @@ def test_corrupted_key_gives_451_never_cleartext(stack, people):
     assert "event=encryption_failed" in stack.procs[0].read_log()
 
 
+def test_too_many_keyed_bcc_copies_is_552(stack, people):
+    import_keys(stack, people["alice"], people["bob"], people["carol"])
+    stack.ingress("[crypto]\nmax_bcc_copies = 2\n")
+    data = message("dave@example.test")
+    code, msg = submit(stack.smtp_port, ["alice@example.test", "bob@example.test",
+                                         "carol@example.test"], data)
+    assert (code, msg[:5]) == (552, b"5.5.3"), (code, msg)
+    assert list(stack.redis.client().scan_iter(match="{mq:*}:m:*")) == []
+    # two Bcc addresses of one key make one copy
+    shared = Person(stack.tmp, "shared", "one@example.test",
+                    extra_uids=("Shared <two@example.test>",))
+    import_keys(stack, shared)
+    time.sleep(0.6)
+    code, msg = submit(stack.smtp_port, ["alice@example.test", "one@example.test",
+                                         "two@example.test"], data)
+    assert code == 250, msg
+    assert "variants=2" in stack.procs[0].read_log()
+
+
+def test_deleting_the_newer_of_two_keys_leaves_the_older(stack, tmp_path):
+    first = Person(tmp_path, "first", "shared@example.test")
+    second = Person(tmp_path, "second", "shared@example.test")
+    import_keys(stack, first)
+    import_keys(stack, second)
+    assert second.fpr.encode() in keys(stack, "show", "shared@example.test").stdout
+    assert keys(stack, "delete", second.fpr).returncode == 0
+    shown = keys(stack, "show", "shared@example.test")
+    assert shown.returncode == 0 and first.fpr.encode() in shown.stdout
+
+
 def test_keys_cli_round_trip(stack, people):
     out = import_keys(stack, people["erin"])
     assert f"imported {people['erin'].fpr}" in out and "erin@example.test" in out
@@ -266,3 +330,34 @@ def test_keys_cli_round_trip(stack, people):
     assert missing.returncode == 1 and b"no key" in missing.stderr
     bad = keys(stack, "import", "-", input=b"not a key")
     assert bad.returncode == 1 and b"no OpenPGP public key" in bad.stderr
+
+
+def test_full_encryption_queue_answers_451_4_3_2(stack, people):
+    """Beyond [crypto] max_pending messages at once, new ones are refused
+    with 451 4.3.2 at once (the client retries), and plaintext mail still
+    flows meanwhile."""
+    import concurrent.futures
+    import_keys(stack, people["alice"])
+    stack.ingress("[crypto]\nmax_pending = 1\n")
+    big = message("alice@example.test").replace(BODY, BODY * 40000)  # ~3 MB to encrypt
+
+    def one(_):
+        try:
+            return submit(stack.smtp_port, ["alice@example.test"], big)
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code, e.smtp_error
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        running = pool.map(one, range(6))
+        # a keyless recipient is not held up by the encryption queue
+        code, _ = submit(stack.smtp_port, ["dave@example.test"], message("dave@example.test"))
+        assert code == 250
+        results = list(running)
+    codes = sorted(code for code, _ in results)
+    assert 250 in codes and 451 in codes, results
+    assert set(codes) <= {250, 451}, results
+    assert all(msg.startswith(b"4.3.2") for code, msg in results if code == 451), results
+    log = stack.procs[0].read_log()
+    assert "event=encryption_busy" in log
+    r = stack.redis.client()
+    # only what got 250 is stored: the encrypted ones and the plain one
+    assert len(list(r.scan_iter(match="{mq:*}:m:*"))) == codes.count(250) + 1

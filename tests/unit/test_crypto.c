@@ -347,22 +347,29 @@ static bool encrypted(const char *msg)
     return pgpmime_is_encrypted(msg, strlen(msg));
 }
 
+#define ARMOR "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEM\r\n-----END PGP MESSAGE-----\r\n"
+
 static void test_pgpmime_is_encrypted(void **state)
 {
     (void)state;
+    /* PGP/MIME: the protocol named and a PGP message in the body */
     assert_true(encrypted("Content-Type: multipart/encrypted; "
-                          "protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n"));
+                          "protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\n"
+                          "\r\nVersion: 1\r\n--x\r\n\r\n" ARMOR "--x--\r\n"));
     assert_true(encrypted("From: a@example.org\r\ncontent-type:\r\n\tMultipart/ENCRYPTED\r\n"
-                          " ; boundary=x\r\n\r\nbody\r\n"));
-    assert_true(encrypted("Content-Type: (a comment) multipart / encrypted (more)\r\n\r\n"));
+                          " ; boundary=x; PROTOCOL=application/pgp-encrypted\r\n\r\n" ARMOR));
+    assert_true(encrypted("Content-Type: (a comment) multipart / encrypted (more); "
+                          "protocol=\"application/pgp-encrypted\"\r\n\r\n" ARMOR));
+    /* S/MIME enveloped data */
     assert_true(encrypted("Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
                           "\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n"));
-    assert_true(encrypted("Content-Type: application/x-pkcs7-mime\r\n\r\n"));
-    assert_true(encrypted("Content-Type: text/plain\r\n\r\nHi,\r\n"
-                          "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEM\r\n"
-                          "-----END PGP MESSAGE-----\r\n"));
-    assert_true(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----"));
-    assert_true(encrypted("Subject: x\n\n-----BEGIN PGP MESSAGE-----\n"));
+    assert_true(encrypted("Content-Type: application/x-pkcs7-mime; "
+                          "smime-type=\"authEnveloped-data\"\r\n\r\nMIAG\r\n"));
+    /* inline PGP: the whole body is one armored message */
+    assert_true(encrypted("Content-Type: text/plain\r\n\r\n" ARMOR));
+    assert_true(encrypted("Subject: x\r\n\r\n\r\n" ARMOR "\r\n"));
+    assert_true(encrypted("Subject: x\n\n-----BEGIN PGP MESSAGE-----\nhQEM\n"
+                          "-----END PGP MESSAGE-----\n"));
 
     assert_false(encrypted(""));
     assert_false(encrypted("Subject: x\r\n\r\nplain\r\n"));
@@ -373,16 +380,33 @@ static void test_pgpmime_is_encrypted(void **state)
     assert_false(encrypted("Content-Type: application/pkcs7-signature\r\n\r\n"));
     assert_false(encrypted("X-Note: multipart/encrypted\r\n\r\n"));
     assert_false(encrypted("Content-Type: text/plain; x=\"multipart/encrypted\"\r\n\r\n"));
+    /* labelled encrypted, but nothing to prove it: readable text stays readable */
+    assert_false(encrypted("Content-Type: multipart/encrypted; "
+                           "protocol=\"application/pgp-encrypted\"\r\n\r\nsecret\r\n"));
+    assert_false(encrypted("Content-Type: multipart/encrypted; protocol=x\r\n\r\n" ARMOR));
+    assert_false(encrypted("Content-Type: multipart/encrypted; x=\"; protocol="
+                           "application/pgp-encrypted\"\r\n\r\n" ARMOR));
+    /* S/MIME that is only signed, or says nothing */
+    assert_false(encrypted("Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n"
+                           "\r\nMIAG\r\n"));
+    assert_false(encrypted("Content-Type: application/x-pkcs7-mime\r\n\r\n"));
     /* two Content-Types that disagree: not surely encrypted */
-    assert_false(encrypted("Content-Type: multipart/encrypted\r\n"
-                           "Content-Type: text/plain\r\n\r\nsecret\r\n"));
-    /* the marker only counts as a whole body line */
+    assert_false(encrypted("Content-Type: multipart/encrypted; "
+                           "protocol=application/pgp-encrypted\r\n"
+                           "Content-Type: text/plain\r\n\r\nsecret\r\n" ARMOR));
+    /* inline armor with text around it, or in a multipart: the text is clear */
+    assert_false(encrypted("Content-Type: text/plain\r\n\r\nHi,\r\n" ARMOR));
+    assert_false(encrypted("Subject: x\r\n\r\n" ARMOR "-- \r\nsignature\r\n"));
+    assert_false(encrypted("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n"
+                           "TOP SECRET\r\n--b\r\n\r\n" ARMOR "--b--\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n" ARMOR ARMOR));
+    /* the markers only count as whole body lines */
     assert_false(encrypted("X-Armor: -----BEGIN PGP MESSAGE-----\r\n\r\nplain\r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n -----BEGIN PGP MESSAGE-----\r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE----- \r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n> -----BEGIN PGP MESSAGE-----\r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP SIGNED MESSAGE-----\r\n"));
-    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE----\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----"));
 }
 
 /* ---- sealing at rest ---- */

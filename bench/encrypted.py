@@ -1,0 +1,209 @@
+#!/usr/bin/python3
+"""Encrypted accept rate of the ingress against a bare GPGME loop, in one run.
+
+Both encrypt the same 4 KB message to the same key (Curve25519), with the
+same number of threads, each with its own GnuPG home: the loop as fast as it
+can (bench/gpgme_loop.c), the ingress fed by SMTP clients over kept
+connections into Redis with appendfsync always (no worker). Meanwhile a
+probe measures whole plaintext SMTP sessions (connect to QUIT, to a keyless
+recipient): alone first, then while encryption is saturated.
+
+usage: bench/encrypted.py [--build DIR] [--seconds S] [--runs N] [--clients C]
+                          [--threads T] [--out FILE]
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p / 100))]
+
+
+def make_key(home):
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--passphrase", ""]
+    subprocess.run(gpg + ["--quick-gen-key", "Bench <bench@example.test>", "future-default",
+                          "default", "never"], check=True, capture_output=True)
+    return subprocess.run(gpg + ["--armor", "--export", "bench@example.test"], check=True,
+                          capture_output=True).stdout
+
+
+def make_message():
+    line = "The quick brown fox jumps over the lazy dog, again and again. 0123456789\r\n"
+    body = line * (4096 // len(line))
+    return ("From: sender@origin.test\r\nTo: bench@example.test\r\nSubject: bench\r\n"
+            "Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <bench@origin.test>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n" + body)
+
+
+def bare_loop(build, key_file, msg_file, threads, seconds):
+    out = subprocess.run([str(build / "gpgme_loop"), str(key_file), str(msg_file), str(threads),
+                          str(seconds)], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def probe_session(port, msg):
+    t0 = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.sendmail("sender@origin.test", ["plain@example.test"], msg)
+    return (time.monotonic() - t0) * 1000
+
+
+class Probe(threading.Thread):
+    """Plaintext sessions one after another, 20 a second."""
+
+    def __init__(self, port, msg):
+        super().__init__(daemon=True)
+        self.port, self.msg = port, msg
+        self.latencies = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.latencies.append(probe_session(self.port, self.msg))
+            self.stop.wait(0.05)
+
+
+def encrypted_load(port, msg_file, sessions, count):
+    """Postfix's smtp-source (C, cheap on the CPU the two sides share) sending
+    count messages to the keyed recipient over kept connections. Returns
+    (accepted, refused, seconds)."""
+    t0 = time.monotonic()
+    r = subprocess.run(["smtp-source", "-A", "-d", "-s", str(sessions), "-m", str(count),
+                        "-F", str(msg_file), "-f", "sender@origin.test",
+                        "-t", "bench@example.test", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - t0
+    refused = (r.stdout + r.stderr).count("rejected")
+    if r.returncode != 0 or refused > count // 10:
+        raise SystemExit(f"smtp-source failed: {(r.stdout + r.stderr)[-2000:]}")
+    return count - refused, refused, took
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=str(ROOT / "build"))
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=8, help="smtp-source sessions")
+    ap.add_argument("--threads", type=int, default=4, help="UV_THREADPOOL_SIZE and loop threads")
+    ap.add_argument("--out", help="append the table to this file")
+    args = ap.parse_args()
+    build = Path(args.build)
+    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
+    procs = []
+    try:
+        key = make_key(tmp / "gnupg")
+        (tmp / "key.asc").write_bytes(key)
+        msg = make_message()
+        (tmp / "msg.eml").write_text(msg)  # for the loop, as the ingress stores it
+        (tmp / "msg.lf").write_text(msg.replace("\r\n", "\n"))  # smtp-source adds the CRs
+
+        redis_port, smtp_port = free_port(), free_port()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(tmp),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL))
+        wait_port(redis_port)
+        conf = tmp / "sealpost.conf"
+        conf.write_text(f"""[redis]
+url = redis://127.0.0.1:{redis_port}
+[ingress]
+listen = 127.0.0.1:{smtp_port}
+hostname = bench.test
+relay_domains = example.test
+max_connections_per_ip = 1000
+[seal]
+keys = b1:{__import__('base64').b64encode(os.urandom(32)).decode()}
+[log]
+level = warn
+""")
+        env = dict(os.environ, UV_THREADPOOL_SIZE=str(args.threads), TMPDIR=str(tmp))
+        procs.append(subprocess.Popen([str(build / "sealpost"), "ingress", "-c", str(conf)],
+                                      env=env, stderr=open(tmp / "ingress.log", "wb")))
+        wait_port(smtp_port)
+        subprocess.run([str(build / "sealpost"), "keys", "import", str(tmp / "key.asc"), "-c",
+                        str(conf)], check=True, capture_output=True)
+        time.sleep(0.5)
+
+        idle = [probe_session(smtp_port, msg) for _ in range(100)]
+        loops, ingress, loaded, refused = [], [], [], 0
+        for _ in range(args.runs):
+            loops.append(bare_loop(build, tmp / "key.asc", tmp / "msg.eml", args.threads,
+                                   args.seconds))
+            probe = Probe(smtp_port, msg)
+            probe.start()
+            count = int(loops[-1]["rate"] * args.seconds)
+            accepted, busy, took = encrypted_load(smtp_port, tmp / "msg.lf", args.clients, count)
+            probe.stop.set()
+            probe.join()
+            ingress.append(accepted / took)
+            refused += busy
+            loaded += probe.latencies
+        loop_rates = [r["rate"] for r in loops]
+        med_loop, med_ingress = statistics.median(loop_rates), statistics.median(ingress)
+        table = f"""### encrypted ({datetime.date.today()}, {args.threads} threads, {args.clients} clients, 4 KB, {args.runs} runs of {args.seconds:g} s)
+
+| what | median | min | max |
+|---|---|---|---|
+| bare GPGME loop, encryptions/s | {med_loop:.0f} | {min(loop_rates):.0f} | {max(loop_rates):.0f} |
+| sealpost ingress, encrypted messages accepted/s | {med_ingress:.0f} | {min(ingress):.0f} | {max(ingress):.0f} |
+| **ratio ingress / bare loop** | **{med_ingress / med_loop:.2f}** | | |
+
+| plaintext session (connect to QUIT) | p50 ms | p99 ms | sessions |
+|---|---|---|---|
+| alone | {percentile(idle, 50):.1f} | {percentile(idle, 99):.1f} | {len(idle)} |
+| while encryption is saturated | {percentile(loaded, 50):.1f} | {percentile(loaded, 99):.1f} | {len(loaded)} |
+
+Encrypted messages refused (451) during the runs: {refused}.
+"""
+        print(table)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(table + "\n")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
