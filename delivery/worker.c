@@ -165,15 +165,6 @@ static void on_completed(int status, const char *err, void *arg)
     delivery_finish(d);
 }
 
-static void log_outcome(const delivery_t *d, const char *rcpt, enum outcome_kind kind,
-                        const char *detail)
-{
-    char safe[LOG_SAFE_MAX];
-    metric_add(d->w->outcomes[kind], 1);
-    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", outcome_names[kind], d->job->mid,
-             log_safe(rcpt, safe), d->job->attempts + 1, detail);
-}
-
 /* The delay before attempt n+1 (n attempts made so far): the backoff doubles
  * from min_backoff per attempt up to max_backoff, and the delay is drawn
  * uniformly from [min_backoff, that backoff] ("full jitter" above a floor),
@@ -199,7 +190,25 @@ typedef struct outcome {
     char (*status)[16];
     unsigned n_failed;
     bool delayed; /* the notification warns of a delay */
+    buf_t trace;  /* each recipient's outcome for the queue's trace log */
 } outcome_t;
+
+/* Counts, logs and traces one recipient's outcome of an attempt. */
+static void log_outcome(const delivery_t *d, outcome_t *o, const char *rcpt, enum outcome_kind kind,
+                        const char *detail)
+{
+    char safe[LOG_SAFE_MAX];
+    metric_add(d->w->outcomes[kind], 1);
+    log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", outcome_names[kind], d->job->mid,
+             log_safe(rcpt, safe), d->job->attempts + 1, detail);
+    /* TAB and LF separate the trace's fields: a reply should not have them,
+     * but what a server says is not ours to trust. */
+    char clean[600];
+    snprintf(clean, sizeof clean, "%s", detail);
+    for (char *p = clean; *p; p++)
+        if (*p == '\t' || *p == '\n' || *p == '\r') *p = ' ';
+    buf_printf(&o->trace, "%s\t%s\t%s\n", rcpt, outcome_names[kind], clean);
+}
 
 /* The notifications a recipient asked for (RFC 3461 §4.1): FAILURE (and
  * DELAY) when it did not say. */
@@ -254,7 +263,7 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         int code = r ? r->codes[i] : 0;
         const char *reply = r && r->replies[i][0] ? r->replies[i] : (r ? r->detail : "");
         if (code / 100 == 2) {
-            log_outcome(d, job->rcpts[i], OUT_DELIVERED, reply);
+            log_outcome(d, o, job->rcpts[i], OUT_DELIVERED, reply);
             metric_observe(d->w->time_in_queue,
                            (double)(util_now_ms() - job->received_ms) / 1000.0);
             /* A peer with DSN reports success itself (RFC 3461 §5.2.2). */
@@ -262,11 +271,11 @@ static void classify(delivery_t *d, const client_result_t *r, outcome_t *o, bool
         } else if (code / 100 == 5 || expired) {
             bool refused = code / 100 == 5;
             report(o, job, i, r, reply, BOUNCE_FAILED);
-            log_outcome(d, job->rcpts[i], refused ? OUT_BOUNCED : OUT_EXPIRED, reply);
+            log_outcome(d, o, job->rcpts[i], refused ? OUT_BOUNCED : OUT_EXPIRED, reply);
         } else {
             o->pending[o->n_pending++] = i;
             if (warn) report(o, job, i, r, reply, BOUNCE_DELAYED);
-            log_outcome(d, job->rcpts[i], OUT_DEFERRED, reply);
+            log_outcome(d, o, job->rcpts[i], OUT_DEFERRED, reply);
         }
     }
 }
@@ -336,12 +345,14 @@ static void record(delivery_t *d, const client_result_t *r)
             if (due < d->w->next_due[d->shard]) d->w->next_due[d->shard] = due;
         }
         uv_timer_stop(&d->lease_timer); /* no extension after the completion */
-        rc = queue_complete(d->w->queue, job, o.pending, o.n_pending, (unsigned)delay,
-                            r ? r->detail : "", bouncing ? &bounce : NULL, on_completed, d);
+        queue_outcome_t done = {o.pending, o.n_pending, (unsigned)delay, r ? r->detail : "",
+                                o.trace.data};
+        rc = queue_complete(d->w->queue, job, &done, bouncing ? &bounce : NULL, on_completed, d);
     }
     free(o.pending);
     free(o.failed);
     free(o.status);
+    buf_free(&o.trace);
     buf_free(&body);
     if (rc < 0) on_completed(-1, "redis not connected or out of memory", d);
 }
@@ -703,6 +714,24 @@ static void on_forgotten(int status, const char *err, void *arg)
     if (d->finishing) delivery_finish(d);
 }
 
+/* An operator held or deleted the job while it was leased (it was claimed
+ * meanwhile): nothing is sent, and the completion carries out the wish. */
+static void operator_flagged(delivery_t *d)
+{
+    queue_job_t *job = d->job;
+    unsigned *all = calloc(job->n_rcpts, sizeof *all);
+    for (unsigned i = 0; all && i < job->n_rcpts; i++)
+        all[i] = i;
+    bool hold = job->operator_flag == QUEUE_OP_HOLD;
+    log_info("event=%s mid=%s job=%s reason=operator", hold ? "held" : "deleted", job->mid,
+             job->jid);
+    uv_timer_stop(&d->lease_timer);
+    queue_outcome_t o = {all, all ? job->n_rcpts : 0, 0, hold ? "held by an operator" : "", NULL};
+    if (!all || queue_complete(d->w->queue, job, &o, NULL, on_completed, d) < 0)
+        on_completed(-1, "redis not connected or out of memory", d);
+    free(all);
+}
+
 /* Replaces the sealed body of a fetched job with the plain one, just before
  * it is sent. On failure the body is emptied, so no sealed octets ever leave
  * in a bounce. */
@@ -759,6 +788,10 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     d->job = job;
     uint64_t renew = (uint64_t)d->w->cfg->worker.lease_seconds * 1000 / 3;
     uv_timer_start(&d->lease_timer, on_lease_timer, renew, renew);
+    if (job->operator_flag != QUEUE_OP_NONE) {
+        operator_flagged(d);
+        return;
+    }
     char why[200];
     if (unseal(d->w, job, why, sizeof why) < 0) {
         /* A node without the key the body was sealed with: another node, or

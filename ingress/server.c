@@ -27,7 +27,13 @@ static const char *const refusal_names[REFUSALS] = {
     [REFUSED_SMTPUTF8_REQUIRED] = "smtputf8_required",
     [REFUSED_NO_POSTMASTER] = "no_postmaster",
     [REFUSED_ENCRYPTION_REQUIRED] = "encryption_required",
+    [REFUSED_NOT_READY] = "not_ready",
 };
+
+const char *ingress_refusal_name(enum refusal why)
+{
+    return refusal_names[why];
+}
 
 static const char *const auth_result_names[AUTH_RESULTS] = {"ok", "failed", "rate_limited",
                                                             "unavailable"};

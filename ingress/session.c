@@ -1213,14 +1213,11 @@ static unsigned sessions_from(const ingress_t *ingress, const char *peer)
 
 /* Refuses a connection over a limit: with 421 where the client reads clear
  * text, silently on an implicit-TLS port, where it would not. */
-static void refuse_connection(session_t *s, enum refusal why, const char *text)
+static void refuse_connection(session_t *s, enum refusal why, const char *reply)
 {
     ingress_refused(s->ingress, why);
-    log_info("event=refused reason=%s client=%s",
-             why == REFUSED_MAX_CONNECTIONS ? "max_connections" : "max_connections_per_ip",
-             s->peer);
-    if (s->kind != LISTENER_SMTPS)
-        session_reply(s, "421 4.7.0 %s Error: %s", s->cfg->ingress.hostname, text);
+    log_info("event=refused reason=%s client=%s", ingress_refusal_name(why), s->peer);
+    if (s->kind != LISTENER_SMTPS) session_reply(s, "%s", reply);
     s->quitting = true;
 }
 
@@ -1229,16 +1226,27 @@ static void refuse_connection(session_t *s, enum refusal why, const char *text)
 static void admit(session_t *s)
 {
     ingress_t *ingress = s->ingress;
-    if (ingress->n_sessions > s->cfg->ingress.max_connections)
-        refuse_connection(s, REFUSED_MAX_CONNECTIONS, "too many connections");
-    else if (!s->trusted &&
-             sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip)
-        refuse_connection(s, REFUSED_MAX_CONNECTIONS_PER_IP,
-                          "too many connections from your address");
-    else if (s->kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx)))
+    char reply[400];
+    const char *host = s->cfg->ingress.hostname;
+    if (ingress->n_sessions > s->cfg->ingress.max_connections) {
+        snprintf(reply, sizeof reply, "421 4.7.0 %s Error: too many connections", host);
+        refuse_connection(s, REFUSED_MAX_CONNECTIONS, reply);
+    } else if (!s->trusted &&
+               sessions_from(ingress, s->peer) > s->cfg->ingress.max_connections_per_ip) {
+        snprintf(reply, sizeof reply, "421 4.7.0 %s Error: too many connections from your address",
+                 host);
+        refuse_connection(s, REFUSED_MAX_CONNECTIONS_PER_IP, reply);
+    } else if (!queue_ready(ingress->queue)) {
+        /* Nothing could be stored: a client that retries elsewhere or later
+         * does better than one that sends a message to get 451. */
+        snprintf(reply, sizeof reply,
+                 "421 4.3.2 %s Service not available: queue unreachable, try again later", host);
+        refuse_connection(s, REFUSED_NOT_READY, reply);
+    } else if (s->kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx))) {
         s->quitting = true; /* no memory for TLS */
-    else
-        session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
+    } else {
+        session_reply(s, "220 %s ESMTP sealpost", host);
+    }
 }
 
 /* A connection from a load balancer in proxy_networks starts with a PROXY

@@ -34,6 +34,7 @@ enum refusal {
     REFUSED_SMTPUTF8_REQUIRED,
     REFUSED_NO_POSTMASTER,
     REFUSED_ENCRYPTION_REQUIRED,
+    REFUSED_NOT_READY,
     REFUSALS
 };
 
@@ -175,6 +176,8 @@ void session_shutdown_all(ingress_t *ingress);
 void ingress_session_gone(ingress_t *ingress);
 /* Counts a refusal (the caller replies and logs). */
 void ingress_refused(ingress_t *ingress, enum refusal why);
+/* The reason's name in logs and metrics: "relay_denied", ... */
+const char *ingress_refusal_name(enum refusal why);
 /* Frees a stopping ingress once nothing refers to it any more. */
 void ingress_maybe_stopped(ingress_t *ingress);
 

@@ -5,7 +5,13 @@
 #include "queue/queue.h"
 #include "queue/redis.h"
 
+enum queue_err { QUEUE_ERR_UNAVAILABLE, QUEUE_ERR_NO_REPLY, QUEUE_ERR_REPLY, QUEUE_ERRS };
+
 struct queue {
+    struct {
+        metric_t *latency;
+        metric_t *errors[QUEUE_ERRS];
+    } metrics;
     uv_loop_t *loop;
     net_hostport_t redis;
     unsigned timeout_ms;
@@ -33,12 +39,17 @@ struct call {
     void *arg;
     unsigned shard;
     queue_claimed_t claimed;
+    uint64_t started; /* uv_hrtime when sent */
 };
 
 #define KEY_MAX 320
 typedef char key_t_[KEY_MAX];
 
 struct call *call_new(queue_t *q, void *arg);
+/* "{mq:<shard>}:<suffix>" */
+void shard_key(key_t_ out, unsigned shard, const char *suffix);
+/* The shard of a message id, out of shards. */
+unsigned queue_shard_for(const char *mid, unsigned shards);
 
 /* The administration connection (users.c opens it; keys.c uses it too). */
 struct queue_admin {

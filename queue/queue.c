@@ -46,6 +46,22 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
     q->redis = *redis;
     q->timeout_ms = timeout_ms;
     q->shards = shards;
+    static const double seconds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                     0.05,   0.1,   0.25,   0.5,   1,    2.5};
+    q->metrics.latency =
+        metric_histogram("sealpost_redis_request_duration_seconds",
+                         "Round trip of the queue's Redis Functions calls, answered or not.", "",
+                         seconds, sizeof seconds / sizeof seconds[0]);
+    static const char *const kinds[QUEUE_ERRS] = {"unavailable", "no_reply", "error_reply"};
+    for (int k = 0; k < QUEUE_ERRS; k++) {
+        char labels[48];
+        snprintf(labels, sizeof labels, "kind=\"%s\"", kinds[k]);
+        q->metrics.errors[k] = metric_counter(
+            "sealpost_redis_errors_total",
+            "Redis calls that failed: not connected (unavailable), no reply in time or "
+            "connection lost (no_reply), or an error reply.",
+            labels);
+    }
     q->conn = rconn_new(loop, redis->host, redis->port, timeout_ms, on_connect, q);
     if (!q->conn) {
         free(q);
@@ -79,16 +95,21 @@ static uint32_t hex_value(char c)
     return 0;
 }
 
-unsigned queue_shard_of(const queue_t *q, const char *mid)
+unsigned queue_shard_for(const char *mid, unsigned shards)
 {
     /* Message ids are random, so their first 32 bits spread messages evenly. */
     uint32_t h = 0;
     for (int i = 0; i < 8 && mid[i]; i++)
         h = h * 16 + hex_value(mid[i]);
-    return h % q->shards;
+    return h % shards;
 }
 
-static void shard_key(key_t_ out, unsigned shard, const char *suffix)
+unsigned queue_shard_of(const queue_t *q, const char *mid)
+{
+    return queue_shard_for(mid, q->shards);
+}
+
+void shard_key(key_t_ out, unsigned shard, const char *suffix)
 {
     snprintf(out, KEY_MAX, "{mq:%u}:%s", shard, suffix);
 }
@@ -98,7 +119,11 @@ static void shard_key(key_t_ out, unsigned shard, const char *suffix)
 static void on_call_reply(redisReply *reply, const char *err, void *arg)
 {
     struct call *call = arg;
+    queue_t *q = call->q;
+    metric_observe(q->metrics.latency, (double)(uv_hrtime() - call->started) / 1e9);
+    if (!reply) metric_add(q->metrics.errors[QUEUE_ERR_NO_REPLY], 1);
     if (reply && reply->type == REDIS_REPLY_ERROR) {
+        metric_add(q->metrics.errors[QUEUE_ERR_REPLY], 1);
         err = reply->str;
         reply = NULL;
     }
@@ -127,7 +152,9 @@ int fcall(struct call *call, const char *name, bool read_only, int nkeys, const 
         }
         for (int i = 0; i < 3 + nkeys; i++)
             lens[i] = strlen(argv[i]);
+        call->started = uv_hrtime();
         rc = rconn_command(call->q->conn, on_call_reply, call, argc, argv, lens);
+        if (rc < 0) metric_add(call->q->metrics.errors[QUEUE_ERR_UNAVAILABLE], 1);
     }
     free(argv);
     free(lens);
@@ -240,7 +267,7 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
                               const struct job_group *groups, unsigned n)
 {
     unsigned nb = m->n_bodies;
-    v->nkeys = 5 + (size_t)nb + n;
+    v->nkeys = 6 + (size_t)nb + n;
     v->nargs = 7 + (size_t)nb + 4 * (size_t)n;
     v->keybuf = calloc(v->nkeys, sizeof *v->keybuf);
     v->keys = calloc(v->nkeys, sizeof *v->keys);
@@ -252,8 +279,8 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
     char suffix[96];
     snprintf(suffix, sizeof suffix, "m:%s", m->id);
     shard_key(v->keybuf[0], shard, suffix);
-    static const char *const names[] = {"due", "st", "dom", "age"};
-    for (int i = 0; i < 4; i++)
+    static const char *const names[] = {"due", "st", "dom", "age", "log"};
+    for (int i = 0; i < 5; i++)
         shard_key(v->keybuf[1 + i], shard, names[i]);
     snprintf(v->shard, sizeof v->shard, "%u", shard);
     snprintf(v->nbodies, sizeof v->nbodies, "%u", nb);
@@ -269,13 +296,13 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
         v->args[i] = head[i], v->lens[i] = strlen(head[i]);
     for (unsigned b = 0; b < nb; b++) {
         snprintf(suffix, sizeof suffix, "b:%s:%u", m->id, b);
-        shard_key(v->keybuf[5 + b], shard, suffix);
+        shard_key(v->keybuf[6 + b], shard, suffix);
         v->args[7 + b] = m->bodies[b].data, v->lens[7 + b] = m->bodies[b].len;
     }
     for (unsigned g = 0; g < n; g++) {
         snprintf(v->jids[g], sizeof v->jids[g], "%s.%u.%u", m->id, groups[g].variant, g);
         snprintf(suffix, sizeof suffix, "j:%s", v->jids[g]);
-        shard_key(v->keybuf[5 + nb + g], shard, suffix);
+        shard_key(v->keybuf[6 + nb + g], shard, suffix);
         snprintf(v->variants[g], sizeof v->variants[g], "%u", groups[g].variant);
         size_t a = 7 + nb + 4 * (size_t)g;
         const char *job[] = {v->jids[g], groups[g].domain, groups[g].rcpts.data, v->variants[g]};
@@ -431,6 +458,11 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     v = hash_field(jf, "attempts");
     job->attempts = v ? (unsigned)reply_integer(v) : 0;
     job->warned = hash_field(jf, "warned") != NULL;
+    const redisReply *flag = reply->element[3];
+    if (flag->type == REDIS_REPLY_STRING)
+        job->operator_flag = !strcmp(flag->str, "delete") ? QUEUE_OP_DELETE
+                             : !strcmp(flag->str, "hold") ? QUEUE_OP_HOLD
+                                                          : QUEUE_OP_NONE;
     v = hash_field(mf, "received");
     job->received_ms = v ? reply_integer(v) : 0;
     job->sender = field_dup(mf, "sender");
@@ -456,7 +488,7 @@ static void on_fetch_reply(struct call *call, redisReply *reply, const char *err
         call->cb.fetch(-1, err, NULL, call->arg);
     } else if (reply->type == REDIS_REPLY_NIL) {
         call->cb.fetch(0, NULL, NULL, call->arg);
-    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
         call->cb.fetch(-1, "unexpected reply", NULL, call->arg);
     } else {
         queue_job_t *job = job_from_reply(call, reply);
@@ -467,7 +499,7 @@ static void on_fetch_reply(struct call *call, redisReply *reply, const char *err
 int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_fetch_cb cb,
                 void *arg)
 {
-    key_t_ kb[3];
+    key_t_ kb[4];
     char suffix[96];
     snprintf(suffix, sizeof suffix, "j:%s", claimed->jid);
     shard_key(kb[0], shard, suffix);
@@ -475,14 +507,16 @@ int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queu
     shard_key(kb[1], shard, suffix);
     snprintf(suffix, sizeof suffix, "b:%.32s:%u", claimed->jid, job_variant(claimed->jid));
     shard_key(kb[2], shard, suffix);
-    const char *keys[] = {kb[0], kb[1], kb[2]};
+    shard_key(kb[3], shard, "meta");
+    const char *keys[] = {kb[0], kb[1], kb[2], kb[3]};
+    const char *args[] = {claimed->jid};
     struct call *call = call_new(q, arg);
     if (!call) return -1;
     call->done = on_fetch_reply;
     call->cb.fetch = cb;
     call->shard = shard;
     call->claimed = *claimed;
-    return fcall(call, "fetch", true, 3, keys, 0, NULL, NULL);
+    return fcall(call, "fetch", true, 4, keys, 1, args, NULL);
 }
 
 void queue_job_free(queue_job_t *job)
@@ -544,11 +578,11 @@ void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
     memcpy(out, hex, 8);
 }
 
-int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, unsigned n_pending,
-                   unsigned delay_ms, const char *error, const queue_bounce_t *bounce,
-                   queue_status_cb cb, void *arg)
+int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
+                   const queue_bounce_t *bounce, queue_status_cb cb, void *arg)
 {
-    key_t_ kb[12];
+    enum { NKEYS = 11, NARGS = 8 };
+    key_t_ kb[NKEYS + 3];
     char suffix[96];
     static const char *const names[] = {"due", "lease", "meta", "st", "dom"};
     for (int i = 0; i < 5; i++)
@@ -560,46 +594,50 @@ int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, 
     snprintf(suffix, sizeof suffix, "b:%s:%u", job->mid, job->variant);
     shard_key(kb[7], job->shard, suffix);
     shard_key(kb[8], job->shard, "age");
+    shard_key(kb[9], job->shard, "log");
+    shard_key(kb[10], job->shard, "held");
     char bjid[48] = "";
     if (bounce) {
         snprintf(suffix, sizeof suffix, "m:%s", bounce->id);
-        shard_key(kb[9], job->shard, suffix);
+        shard_key(kb[NKEYS], job->shard, suffix);
         snprintf(suffix, sizeof suffix, "b:%s:0", bounce->id);
-        shard_key(kb[10], job->shard, suffix);
+        shard_key(kb[NKEYS + 1], job->shard, suffix);
         snprintf(bjid, sizeof bjid, "%s.0.0", bounce->id);
         snprintf(suffix, sizeof suffix, "j:%s", bjid);
-        shard_key(kb[11], job->shard, suffix);
+        shard_key(kb[NKEYS + 2], job->shard, suffix);
     }
-    int nkeys = bounce ? 12 : 9;
-    const char *keys[12];
+    int nkeys = bounce ? NKEYS + 3 : NKEYS;
+    const char *keys[NKEYS + 3];
     for (int i = 0; i < nkeys; i++)
         keys[i] = kb[i];
 
     buf_t list;
     buf_init(&list);
-    for (unsigned i = 0; i < n_pending; i++)
-        if (pending[i] >= job->n_rcpts ||
-            rcpt_entry_append(&list, job->rcpts[pending[i]], job->rcpt_params[pending[i]]) < 0) {
+    for (unsigned i = 0; i < o->n_pending; i++)
+        if (o->pending[i] >= job->n_rcpts ||
+            rcpt_entry_append(&list, job->rcpts[o->pending[i]], job->rcpt_params[o->pending[i]]) <
+                0) {
             buf_free(&list);
             return -1;
         }
     char token[32], delay[16], shard[16];
     snprintf(token, sizeof token, "%lld", job->token);
-    snprintf(delay, sizeof delay, "%u", delay_ms);
+    snprintf(delay, sizeof delay, "%u", o->delay_ms);
     snprintf(shard, sizeof shard, "%u", job->shard);
     const char *at = bounce ? strrchr(bounce->rcpt, '@') : NULL;
-    const char *args[14] = {
-        job->jid, token, list.data ? list.data : "", delay, error ? error : "", job->domain, shard};
-    size_t lens[14];
+    const char *args[NARGS + 7] = {
+        job->jid,    token, list.data ? list.data : "", delay, o->error ? o->error : "",
+        job->domain, shard, o->trace ? o->trace : ""};
+    size_t lens[NARGS + 7];
     if (bounce) {
         const char *extra[] = {
             bounce->id,   bounce->info ? bounce->info : "", bounce->body, bjid, at ? at + 1 : "",
             bounce->rcpt, bounce->delay_notice ? "1" : "0"};
-        memcpy(args + 7, extra, sizeof extra);
+        memcpy(args + NARGS, extra, sizeof extra);
     }
-    int nargs = bounce ? 14 : 7;
-    for (int i = 0; i < nargs; i++) /* the body is sealed, binary: its length is given */
-        lens[i] = bounce && i == 9 ? bounce->body_len : strlen(args[i]);
+    int nargs = bounce ? NARGS + 7 : NARGS;
+    for (int i = 0; i < nargs; i++) /* the bounce body is sealed, binary: its length is given */
+        lens[i] = bounce && i == NARGS + 2 ? bounce->body_len : strlen(args[i]);
     int rc = fcall_status(q, "complete", nkeys, keys, nargs, args, lens, cb, arg);
     buf_free(&list);
     return rc;

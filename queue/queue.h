@@ -87,6 +87,9 @@ typedef struct queue_job {
     unsigned n_rcpts;
     unsigned attempts;
     bool warned; /* a delay notice went out for this job */
+    /* An operator held or deleted the job while it was leased: send
+     * nothing, complete it, and the queue does what was asked. */
+    enum queue_op_flag { QUEUE_OP_NONE, QUEUE_OP_HOLD, QUEUE_OP_DELETE } operator_flag;
     long long received_ms;
     char *body;
     size_t body_len;
@@ -118,14 +121,21 @@ typedef struct queue_bounce {
 /* A fresh message id that hashes to the given shard. */
 void queue_bounce_id(const queue_t *q, unsigned shard, char out[33]);
 
-/* Records the attempt: the recipients still pending (indexes into
- * job->rcpts; none: the job is done) are due again after delay_ms, with error
- * as the last error; bounce (may be NULL), from the null sender, is enqueued
- * in the same atomic call. Fails with err "stale" when the lease was lost
- * (another worker owns the job now). */
-int queue_complete(queue_t *q, const queue_job_t *job, const unsigned *pending, unsigned n_pending,
-                   unsigned delay_ms, const char *error, const queue_bounce_t *bounce,
-                   queue_status_cb cb, void *arg);
+/* What one attempt came to. */
+typedef struct queue_outcome {
+    const unsigned *pending; /* indexes into job->rcpts still to deliver; none: done */
+    unsigned n_pending;
+    unsigned delay_ms; /* until the pending ones are due again */
+    const char *error; /* the job's last error */
+    const char *trace; /* lines "rcpt TAB event TAB reply" for `queue trace`, or NULL */
+} queue_outcome_t;
+
+/* Records the attempt; bounce (may be NULL), from the null sender, is
+ * enqueued in the same atomic call. Fails with err "stale" when the lease was
+ * lost (another worker owns the job now). A hold or delete an operator asked
+ * for meanwhile happens here. */
+int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
+                   const queue_bounce_t *bounce, queue_status_cb cb, void *arg);
 
 /* ---- SMTP users, the same for every ingress node ---- */
 
@@ -253,6 +263,68 @@ int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *pol
                            size_t errlen);
 /* One line per setting: "target policy". */
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
+
+/* ---- the operator's view and acts (admin.c) ---- */
+
+enum queue_job_state {
+    QUEUE_STATE_DUE,
+    QUEUE_STATE_SCHEDULED,
+    QUEUE_STATE_LEASED,
+    QUEUE_STATE_HELD
+};
+
+typedef struct queue_job_info {
+    char jid[48];
+    char mid[33];
+    unsigned shard;
+    enum queue_job_state state;
+    long long when_ms; /* due at, lease ends at, or held since (Redis's clock) */
+    char domain[256];
+    unsigned attempts;
+    char last_error[512];
+    const char *rcpts;  /* "address[TAB DSN parameters]" lines */
+    const char *sender; /* "" for the null sender */
+    long long received_ms;
+} queue_job_info_t;
+
+/* Redis's clock, in ms. */
+long long queue_admin_now_ms(queue_admin_t *a);
+/* Calls cb for every job of every shard; what job points at lives until cb
+ * returns. */
+int queue_admin_jobs(queue_admin_t *a, unsigned shards,
+                     void (*cb)(const queue_job_info_t *job, void *arg), void *arg, char *err,
+                     size_t errlen);
+
+typedef struct queue_message_info {
+    char mid[33];
+    char *sender, *params, *info;
+    long long received_ms;
+    unsigned bodies;
+    queue_job_info_t *jobs; /* their sender is NULL: it is the message's */
+    unsigned n_jobs;
+} queue_message_info_t;
+
+/* A message's envelope and jobs, never its body: 1 when found, 0 when not
+ * (delivered, or no such id), -1 on error. */
+int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
+                        queue_message_info_t *out, char *err, size_t errlen);
+void queue_admin_message_free(queue_message_info_t *m);
+
+/* op is hold, release, retry or delete; result says what happened ("held",
+ * "held at lease end", "no such job", ...). */
+int queue_admin_job_op(queue_admin_t *a, unsigned shards, const char *op, const char *jid,
+                       char *result, size_t rlen, char *err, size_t errlen);
+
+typedef struct queue_trace_entry {
+    long long ms;
+    const char *job, *rcpt, *event, *detail;
+} queue_trace_entry_t;
+
+/* Calls cb for each entry of the message's trace, oldest first; returns how
+ * many, or -1. */
+int queue_admin_trace(queue_admin_t *a, unsigned shards, const char *mid,
+                      void (*cb)(const queue_trace_entry_t *e, void *arg), void *arg, char *err,
+                      size_t errlen);
 
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */

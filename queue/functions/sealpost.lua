@@ -8,12 +8,14 @@ Keys of shard T = {mq:<s>}:
   T:due   zset  job id -> due time (ms)
   T:lease zset  job id -> lease deadline (ms)
   T:held  zset  job id -> time held
-  T:meta  hash  <jid>:tok fencing token, <jid>:own owner, <jid>:exp lease expiries
+  T:meta  hash  <jid>:tok fencing token, <jid>:own owner, <jid>:exp lease expiries,
+                <jid>:hold, <jid>:del an operator's hold or delete, waiting for the lease end
   T:m:<mid>  hash envelope: sender, params (MAIL parameters), received, info, bodies,
              open (jobs not done), open:<v> (jobs not done that send variant v)
   T:b:<mid>:<v> string body variant v, sealed (crypto/seal.c)
   T:j:<jid>  hash mid, domain, rcpts (LF-separated), attempts, last_error, body (variant);
              jid = <mid>.<v>.<n>
+  T:log   stream trace of each message: accepted, each recipient's outcome, operators' acts
   T:st    hash  counters
   T:dom   hash  domain -> queued jobs
   T:age   zset  message id -> received time (ms), while it has open jobs
@@ -26,6 +28,14 @@ SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
 
 local WAKE_CHANNEL = 'sealpost:wake'
 
+-- Entries kept in each shard's trace log (T:log), for `queue trace`.
+local LOG_MAX = 10000
+
+local function trace(log, mid, jid, rcpt, event, detail)
+  redis.call('XADD', log, 'MAXLEN', '~', LOG_MAX, '*', 'mid', mid, 'job', jid, 'rcpt', rcpt,
+             'event', event, 'detail', detail)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -35,11 +45,11 @@ end
 -- Each job is one destination domain and one body variant; the envelope
 -- counts open jobs in all ('open') and per variant ('open:<v>'), so a
 -- variant's body goes when its last job is done, and the envelope with the last.
--- k: {m, due, st, dom, age, b0..b(nb-1), j1..jn}
+-- k: {m, due, st, dom, age, log, b0..b(nb-1), j1..jn}
 -- a: {mid, shard, sender, params, info, nb, n, body0..body(nb-1), (jid, domain, rcpts, v)...}
 local function store_message(k, a, now)
   local nb, n = tonumber(a[6]), tonumber(a[7])
-  if not nb or not n or nb < 1 or n < 1 or #k ~= 5 + nb + n or #a ~= 7 + nb + 4 * n then
+  if not nb or not n or nb < 1 or n < 1 or #k ~= 6 + nb + n or #a ~= 7 + nb + 4 * n then
     return redis.error_reply('ERR arguments do not match keys')
   end
   for i = 1, n do -- all checked before the first write: an error leaves nothing behind
@@ -48,21 +58,28 @@ local function store_message(k, a, now)
       return redis.error_reply('ERR body variant out of range')
     end
   end
+  local jids, count = {}, 0
+  for i = 1, n do
+    local at = 7 + nb + 4 * (i - 1)
+    jids[i] = a[at + 1]
+    for _ in string.gmatch(a[at + 3], '[^\n]+') do count = count + 1 end
+  end
   redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
-             'bodies', nb, 'open', n)
+             'bodies', nb, 'open', n, 'jobs', table.concat(jids, ' '))
   for v = 1, nb do
-    redis.call('SET', k[5 + v], a[7 + v])
+    redis.call('SET', k[6 + v], a[7 + v])
   end
   for i = 1, n do
     local at = 7 + nb + 4 * (i - 1)
     local jid, domain, rcpts, v = a[at + 1], a[at + 2], a[at + 3], tonumber(a[at + 4])
-    redis.call('HSET', k[5 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
+    redis.call('HSET', k[6 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
                'attempts', 0, 'body', v)
     redis.call('HINCRBY', k[1], 'open:' .. v, 1)
     redis.call('ZADD', k[2], now, jid)
     redis.call('HINCRBY', k[4], domain, 1)
   end
   redis.call('ZADD', k[5], now, a[1])
+  trace(k[6], a[1], '', '', 'accepted', count .. ' recipients, ' .. nb .. ' bodies; ' .. a[5])
   redis.call('HINCRBY', k[3], 'enqueued', 1)
   redis.call('PUBLISH', WAKE_CHANNEL, a[2])
   return 'ok'
@@ -117,11 +134,20 @@ local function lease_valid(keys, jid, token)
      and redis.call('ZSCORE', keys[2], jid)
 end
 
--- KEYS: j, m, b<v> (v: the job's variant, named in its id).  Returns {job fields, envelope fields, body} or nil.
+-- KEYS: j, m, b<v> (v: the job's variant, named in its id), meta.
+-- Returns {job fields, envelope fields, body, flag} or nil; flag is what an
+-- operator asked while the job was leased ('hold', 'delete' or ''): the
+-- worker then sends nothing and completes, and complete does the rest.
 local function fetch(keys, args)
   local job = redis.call('HGETALL', keys[1])
   if #job == 0 then return nil end
-  return {job, redis.call('HGETALL', keys[2]), redis.call('GET', keys[3])}
+  local flag = ''
+  if redis.call('HEXISTS', keys[4], args[1] .. ':del') == 1 then
+    flag = 'delete'
+  elseif redis.call('HEXISTS', keys[4], args[1] .. ':hold') == 1 then
+    flag = 'hold'
+  end
+  return {job, redis.call('HGETALL', keys[2]), redis.call('GET', keys[3]), flag}
 end
 
 -- KEYS: due, lease, meta, j.  ARGV: jid, token
@@ -142,14 +168,35 @@ local function extend(keys, args)
   return 'ok'
 end
 
--- KEYS: due, lease, meta, st, dom, j, m, b<v> (the job's body), age
+-- Removes a job that is done or deleted: its hash, its counts, and the
+-- message's body and envelope with their last job.
+-- k: {meta, st, dom, j, m, b<v>, age}
+local function drop_job(k, jid, domain, v)
+  redis.call('DEL', k[4])
+  redis.call('HDEL', k[1], jid .. ':tok', jid .. ':own', jid .. ':exp', jid .. ':hold',
+             jid .. ':del')
+  if redis.call('HINCRBY', k[3], domain, -1) <= 0 then
+    redis.call('HDEL', k[3], domain)
+  end
+  if redis.call('HINCRBY', k[5], 'open:' .. v, -1) <= 0 then
+    redis.call('DEL', k[6])
+  end
+  if redis.call('HINCRBY', k[5], 'open', -1) <= 0 then
+    redis.call('DEL', k[5])
+    redis.call('ZREM', k[7], string.sub(jid, 1, 32))
+  end
+end
+
+-- KEYS: due, lease, meta, st, dom, j, m, b<v> (the job's body), age, log, held
 --       [, bounce m, bounce b0, bounce j]
--- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard
+-- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard,
+--       outcomes (lines "rcpt TAB event TAB reply", for the trace log)
 --       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt,
 --          delay notice ('1': the job is marked warned, so it warns once)]
 -- A bounce for the recipients that failed in this attempt is written in the
 -- same call, in this shard (its id was chosen to hash here), so a failure is
--- never recorded without its bounce, nor bounced twice.
+-- never recorded without its bounce, nor bounced twice. An operator's hold
+-- or delete of the leased job takes effect here.
 local function complete(keys, args)
   local jid = args[1]
   if not lease_valid(keys, jid, args[2]) then return 'stale' end
@@ -159,40 +206,99 @@ local function complete(keys, args)
   if named ~= v then
     return redis.error_reply('ERR job id and body variant disagree')
   end
-  local now = now_ms()
-  if #keys == 12 then -- first, so that its checks fail before anything is written
+  local now, mid = now_ms(), string.sub(jid, 1, 32)
+  if #keys == 14 then -- first, so that its checks fail before anything is written
     local stored = store_message(
-      {keys[10], keys[1], keys[4], keys[5], keys[9], keys[11], keys[12]},
-      {args[8], args[7], '', '', args[9], 1, 1, args[10], args[11], args[12], args[13], 0}, now)
+      {keys[12], keys[1], keys[4], keys[5], keys[9], keys[10], keys[13], keys[14]},
+      {args[9], args[7], '', '', args[10], 1, 1, args[11], args[12], args[13], args[14], 0}, now)
     if type(stored) == 'table' and stored.err then return stored end
     redis.call('HINCRBY', keys[4], 'bounced', 1)
   end
   redis.call('ZREM', keys[2], jid)
   redis.call('HDEL', keys[3], jid .. ':own', jid .. ':exp')
-  if args[3] ~= '' then
+  for rcpt, event, reply in string.gmatch(args[8], '([^\t\n]*)\t([^\t\n]*)\t([^\n]*)') do
+    trace(keys[10], mid, jid, rcpt, event, reply)
+  end
+  local deleted = redis.call('HEXISTS', keys[3], jid .. ':del') == 1
+  if args[3] ~= '' and not deleted then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
-    if #keys == 12 and args[14] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
+    if #keys == 14 and args[15] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
     redis.call('HINCRBY', keys[6], 'attempts', 1)
-    redis.call('ZADD', keys[1], now + tonumber(args[4]), jid)
     redis.call('HINCRBY', keys[4], 'deferred', 1)
+    if redis.call('HDEL', keys[3], jid .. ':hold') == 1 then
+      redis.call('ZADD', keys[11], now, jid)
+      trace(keys[10], mid, jid, '', 'held', 'by an operator, at lease end')
+      return 'held'
+    end
+    redis.call('ZADD', keys[1], now + tonumber(args[4]), jid)
     -- Workers learn the new due time by claiming; this tells them to look.
     redis.call('PUBLISH', WAKE_CHANNEL, args[7])
     return 'deferred'
   end
-  redis.call('DEL', keys[6])
-  redis.call('HDEL', keys[3], jid .. ':tok')
-  if redis.call('HINCRBY', keys[5], args[6], -1) <= 0 then
-    redis.call('HDEL', keys[5], args[6])
-  end
-  redis.call('HINCRBY', keys[4], 'completed', 1)
-  if redis.call('HINCRBY', keys[7], 'open:' .. v, -1) <= 0 then
-    redis.call('DEL', keys[8])
-  end
-  if redis.call('HINCRBY', keys[7], 'open', -1) <= 0 then
-    redis.call('DEL', keys[7])
-    redis.call('ZREM', keys[9], string.sub(jid, 1, 32))
-  end
+  if deleted then trace(keys[10], mid, jid, '', 'deleted', 'by an operator, at lease end') end
+  drop_job({keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]}, jid, args[6], v)
+  redis.call('HINCRBY', keys[4], deleted and 'deleted' or 'completed', 1)
   return 'done'
+end
+
+-- An operator's hold, release, retry or delete of one job (queue/admin.c).
+-- A job a worker holds is left to it: a hold or delete is noted in T:meta
+-- and done when its lease ends (complete, or a worker that reclaims it).
+-- KEYS: due, lease, held, meta, st, dom, j, m, b<v>, age, log
+-- ARGV: op, jid, shard.  Returns what happened, in words.
+local function job_op(keys, args)
+  local op, jid = args[1], args[2]
+  local mid = string.sub(jid, 1, 32)
+  if redis.call('EXISTS', keys[7]) == 0 then return 'no such job' end
+  local now = now_ms()
+  local leased = redis.call('ZSCORE', keys[2], jid)
+  local held = redis.call('ZSCORE', keys[3], jid)
+  if op == 'hold' then
+    if held then return 'already held' end
+    if leased then
+      redis.call('HSET', keys[4], jid .. ':hold', 1)
+      trace(keys[11], mid, jid, '', 'hold', 'asked while leased: at lease end')
+      return 'held at lease end'
+    end
+    redis.call('ZREM', keys[1], jid)
+    redis.call('ZADD', keys[3], now, jid)
+    trace(keys[11], mid, jid, '', 'held', 'by an operator')
+    return 'held'
+  elseif op == 'release' or op == 'retry' then
+    local done = op == 'release' and 'released' or 'retried'
+    if leased then
+      if redis.call('HDEL', keys[4], jid .. ':hold') == 1 then
+        trace(keys[11], mid, jid, '', done, 'hold called off before lease end')
+        return done
+      end
+      return 'being delivered'
+    end
+    if held then
+      redis.call('ZREM', keys[3], jid)
+      redis.call('HDEL', keys[4], jid .. ':exp') -- a poison count starts over
+    elseif op == 'release' then
+      return 'not held'
+    end
+    redis.call('ZADD', keys[1], now, jid)
+    redis.call('PUBLISH', WAKE_CHANNEL, args[3])
+    trace(keys[11], mid, jid, '', done, 'by an operator: due now')
+    return done
+  elseif op == 'delete' then
+    if leased then
+      redis.call('HSET', keys[4], jid .. ':del', 1)
+      trace(keys[11], mid, jid, '', 'delete', 'asked while leased: at lease end')
+      return 'deleted at lease end'
+    end
+    redis.call('ZREM', keys[1], jid)
+    redis.call('ZREM', keys[3], jid)
+    local domain = redis.call('HGET', keys[7], 'domain') or ''
+    local v = redis.call('HGET', keys[7], 'body') or string.match(jid, '^%x+%.(%d+)%.')
+    trace(keys[11], mid, jid, '', 'deleted', 'by an operator')
+    drop_job({keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10]}, jid, domain, v)
+    redis.call('HINCRBY', keys[5], 'deleted', 1)
+    return 'deleted'
+  end
+  return redis.error_reply('ERR unknown operation ' .. op)
 end
 
 -- KEYS: due, lease, held, age
@@ -263,6 +369,7 @@ redis.register_function('extend', extend)
 redis.register_function{function_name = 'stats', callback = stats, flags = {'no-writes'}}
 redis.register_function('forget', forget)
 redis.register_function('complete', complete)
+redis.register_function('job_op', job_op)
 redis.register_function('auth_begin', auth_begin)
 redis.register_function('auth_uncount', auth_uncount)
 redis.register_function('seal_check', seal_check)

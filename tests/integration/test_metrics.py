@@ -3,6 +3,7 @@ exposition parses with the Prometheus client's own parser, and the ingress
 and worker counters move when a user does the thing they count."""
 
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -34,6 +35,10 @@ def scrape(port):
     status, headers, text = get(port, "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    # Prometheus's own linter: format, names, units, HELP and TYPE.
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     samples = {}
     for family in text_string_to_metric_families(text):
         assert family.name.startswith("sealpost_"), family.name
@@ -85,18 +90,24 @@ def test_ingress_counters_follow_what_clients_do(stack):
 
 
 def test_worker_counts_outcomes(stack):
-    stack.sink.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("gone") else None
+    replies = {"gone": "550 5.1.1 no such user", "later": "451 4.2.0 busy"}
+    stack.sink.rcpt_reply = lambda a: replies.get(a.split("@")[0])
     port, extra = with_metrics(stack)
     stack.ingress()
     stack.worker(extra=extra)
     with connect(stack) as c:
-        open_transaction(c, "a@origin.test", ("here@example.test", "gone@example.test"))
+        open_transaction(c, "a@origin.test",
+                         ("here@example.test", "gone@example.test", "later@example.test"))
         expect(c.cmd(b"Subject: outcomes\r\n\r\nbody\r\n."), 250, "2.0.0")
     wait_for(lambda: value(scrape(port), "sealpost_delivery_notifications_total") == 1,
              timeout=15, what="the bounce")
     samples = scrape(port)
     assert value(samples, "sealpost_delivery_attempts_total", outcome="delivered") >= 1
     assert value(samples, "sealpost_delivery_attempts_total", outcome="bounced") == 1
+    assert value(samples, "sealpost_delivery_attempts_total", outcome="deferred") >= 1
+    # every Redis call is timed; none failed
+    assert value(samples, "sealpost_redis_request_duration_seconds_count") >= 3
+    assert value(samples, "sealpost_redis_errors_total", kind="error_reply") == 0
     # histograms: a transaction timed, one recipient's time in the queue
     assert value(samples, "sealpost_delivery_duration_seconds_count") >= 1
     assert value(samples, "sealpost_delivery_duration_seconds_bucket", le="+Inf") == \
@@ -113,8 +124,16 @@ def test_health_and_readiness(stack):
     stack.redis.stop()
     wait_for(lambda: get(port, "/readyz")[0] == 503, what="readyz to see redis gone")
     assert get(port, "/healthz")[0] == 200  # alive all the same
+    # An ingress that is not ready turns clients away at once, with 421.
+    with Client(stack.smtp_port) as c:
+        expect(c.reply(), 421, "4.3.2")
+        assert c.closed_by_server()
+    refused = scrape(port)
+    assert value(refused, "sealpost_ingress_refused_total", reason="not_ready") >= 1
     stack.redis.start()
     wait_for(lambda: get(port, "/readyz")[0] == 200, timeout=30, what="readyz to recover")
+    with Client(stack.smtp_port) as c:
+        expect(c.reply(), 220)
 
 
 def test_http_refuses_what_it_does_not_serve(stack):

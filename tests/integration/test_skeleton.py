@@ -78,7 +78,7 @@ def test_message_travels_once_with_body_intact(stack):
         p.check_clean_exit()
     # Delivered messages leave nothing behind in Redis but counters.
     leftover = [k for k in stack.redis.client().scan_iter()
-                if not k.endswith((b":st", b":meta", b"{sealpost:crypto}:sealcheck"))]
+                if not k.endswith((b":st", b":meta", b":log", b"{sealpost:crypto}:sealcheck"))]
     assert leftover == []
 
 
@@ -104,28 +104,42 @@ def test_worker_killed_mid_run_loses_nothing(stack):
     second.check_clean_exit()
 
 
+def _greeting(port):
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        return c.recv(200)
+
+
 def test_redis_down_gives_451_then_recovers(stack):
     """(c) With Redis stopped, the end of DATA gets 451 (never 250); once Redis
     is back the same ingress accepts again, without a restart."""
     ingress = stack.ingress()
+    # A session open when Redis goes: its message gets 451, never 250.
+    s = smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30)
+    s.ehlo()
     stack.redis.stop()
     for n in range(3):
-        with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as s:
-            s.ehlo()
-            s.mail("sender@origin.test")
-            # The recipient's encryption policy is in Redis too: with nothing
-            # cached, the refusal comes at RCPT already; else at the end of DATA.
-            code, msg = s.rcpt("rcpt@example.test")
-            if code == 250:
-                code, msg = s.data(make_message(n))
-            assert code == 451, (code, msg)
-            assert msg.startswith(b"4.3.0"), msg
+        s.mail("sender@origin.test")
+        # The recipient's encryption policy is in Redis too: with nothing
+        # cached, the refusal comes at RCPT already; else at the end of DATA.
+        code, msg = s.rcpt("rcpt@example.test")
+        if code == 250:
+            code, msg = s.data(make_message(n))
+        assert code == 451, (code, msg)
+        assert msg.startswith(b"4.3.0"), msg
+        s.rset()
+    s.quit()
+    # A new connection is turned away at once while the queue is unreachable.
+    wait_for(lambda: b"queue unreachable" in _greeting(stack.smtp_port), what="421 at connect")
     stack.redis.start()
 
     def accepted():
         try:
             send(stack.smtp_port, 99)
             return True
+        except smtplib.SMTPConnectError as e:
+            assert e.smtp_code == 421, e
+            return False
         except smtplib.SMTPDataError as e:
             assert e.smtp_code == 451, e
             return False

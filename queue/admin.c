@@ -1,0 +1,290 @@
+/* The operator's side of the queue, for `sealpost queue`: listing jobs,
+ * one message's envelope and jobs (never its body), its trace, and hold,
+ * release, retry and delete through the job_op function. Blocking calls on
+ * the administration connection, pipelined shard by shard. */
+#include "queue/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static long long text_ll(const redisReply *r)
+{
+    if (r && r->type == REDIS_REPLY_INTEGER) return r->integer;
+    if (r && r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
+    return 0;
+}
+
+static const redisReply *field(const redisReply *flat, const char *name)
+{
+    if (!flat || flat->type != REDIS_REPLY_ARRAY) return NULL;
+    for (size_t i = 0; i + 1 < flat->elements; i += 2)
+        if (flat->element[i]->type == REDIS_REPLY_STRING && !strcmp(flat->element[i]->str, name))
+            return flat->element[i + 1];
+    return NULL;
+}
+
+static const char *field_text(const redisReply *flat, const char *name)
+{
+    const redisReply *v = field(flat, name);
+    return v && v->type == REDIS_REPLY_STRING ? v->str : "";
+}
+
+/* Pipelined: appends every command, then reads every reply in order. */
+static int pipeline(queue_admin_t *a, int n, int argc[], const char **argv[], redisReply *out[],
+                    char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        if (redisAppendCommandArgv(a->ctx, argc[i], argv[i], NULL) != REDIS_OK) {
+            snprintf(err, errlen, "redis: %s", a->ctx->errstr);
+            return -1;
+        }
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        void *r = NULL;
+        if (redisGetReply(a->ctx, &r) != REDIS_OK || !r) {
+            snprintf(err, errlen, "redis: %s", a->ctx->errstr);
+            for (int j = 0; j < i; j++)
+                freeReplyObject(out[j]);
+            return -1;
+        }
+        out[i] = r;
+        if (out[i]->type == REDIS_REPLY_ERROR && rc == 0) {
+            snprintf(err, errlen, "redis: %s", out[i]->str);
+            rc = -1;
+        }
+    }
+    if (rc < 0)
+        for (int i = 0; i < n; i++)
+            freeReplyObject(out[i]);
+    return rc;
+}
+
+long long queue_admin_now_ms(queue_admin_t *a)
+{
+    const char *argv[] = {"TIME"};
+    char err[128];
+    redisReply *r = queue_admin_command(a, err, sizeof err, 1, argv);
+    long long ms = 0;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        ms = text_ll(r->element[0]) * 1000 + text_ll(r->element[1]) / 1000;
+    freeReplyObject(r);
+    return ms;
+}
+
+/* Fills in one job from its hash and its message's hash. */
+static void job_fill(queue_job_info_t *j, const redisReply *job, const redisReply *msg)
+{
+    snprintf(j->domain, sizeof j->domain, "%s", field_text(job, "domain"));
+    j->attempts = (unsigned)text_ll(field(job, "attempts"));
+    snprintf(j->last_error, sizeof j->last_error, "%s", field_text(job, "last_error"));
+    j->rcpts = field_text(job, "rcpts");
+    j->sender = msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 2 &&
+                        msg->element[0]->type == REDIS_REPLY_STRING
+                    ? msg->element[0]->str
+                    : "";
+    j->received_ms =
+        msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 2 ? text_ll(msg->element[1]) : 0;
+}
+
+/* The jobs of one shard with their states: reads due, lease and held,
+ * then every job's hash and its message's envelope, in two round trips. */
+static int shard_jobs(queue_admin_t *a, unsigned shard, long long now,
+                      void (*cb)(const queue_job_info_t *job, void *arg), void *arg, char *err,
+                      size_t errlen)
+{
+    static const char *const sets[] = {"due", "lease", "held"};
+    key_t_ keys[3];
+    const char *argv[3][5];
+    int argc[3];
+    const char **argvp[3];
+    redisReply *sets_r[3];
+    for (int i = 0; i < 3; i++) {
+        shard_key(keys[i], shard, sets[i]);
+        const char *cmd[] = {"ZRANGE", keys[i], "0", "-1", "WITHSCORES"};
+        memcpy(argv[i], cmd, sizeof cmd);
+        argc[i] = 5;
+        argvp[i] = argv[i];
+    }
+    if (pipeline(a, 3, argc, argvp, sets_r, err, errlen) < 0) return -1;
+    size_t n = 0;
+    for (int i = 0; i < 3; i++)
+        n += sets_r[i]->type == REDIS_REPLY_ARRAY ? sets_r[i]->elements / 2 : 0;
+    int rc = 0;
+    if (n) {
+        queue_job_info_t *jobs = calloc(n, sizeof *jobs);
+        key_t_ *jk = calloc(2 * n, sizeof *jk);
+        const char *(*jargv)[4] = calloc(2 * n, sizeof *jargv);
+        const char ***jargvp = calloc(2 * n, sizeof(const char **));
+        int *jargc = calloc(2 * n, sizeof *jargc);
+        redisReply **rs = calloc(2 * n, sizeof(redisReply *));
+        rc = jobs && jk && jargv && jargvp && jargc && rs ? 0 : -1;
+        size_t k = 0;
+        for (int i = 0; i < 3 && rc == 0; i++)
+            for (size_t e = 0; e + 1 < sets_r[i]->elements; e += 2, k++) {
+                queue_job_info_t *j = &jobs[k];
+                snprintf(j->jid, sizeof j->jid, "%s", sets_r[i]->element[e]->str);
+                snprintf(j->mid, sizeof j->mid, "%.32s", j->jid);
+                j->shard = shard;
+                j->when_ms = text_ll(sets_r[i]->element[e + 1]);
+                j->state = i == 1              ? QUEUE_STATE_LEASED
+                           : i == 2            ? QUEUE_STATE_HELD
+                           : j->when_ms <= now ? QUEUE_STATE_DUE
+                                               : QUEUE_STATE_SCHEDULED;
+                char suffix[96];
+                snprintf(suffix, sizeof suffix, "j:%s", j->jid);
+                shard_key(jk[2 * k], shard, suffix);
+                snprintf(suffix, sizeof suffix, "m:%s", j->mid);
+                shard_key(jk[2 * k + 1], shard, suffix);
+                const char *h[] = {"HGETALL", jk[2 * k], NULL, NULL};
+                const char *m[] = {"HMGET", jk[2 * k + 1], "sender", "received"};
+                memcpy(jargv[2 * k], h, sizeof h);
+                memcpy(jargv[2 * k + 1], m, sizeof m);
+                jargc[2 * k] = 2, jargc[2 * k + 1] = 4;
+                jargvp[2 * k] = jargv[2 * k], jargvp[2 * k + 1] = jargv[2 * k + 1];
+            }
+        if (rc == 0) rc = pipeline(a, (int)(2 * n), jargc, jargvp, rs, err, errlen);
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            if (!rs[2 * i] || rs[2 * i]->type != REDIS_REPLY_ARRAY || rs[2 * i]->elements == 0)
+                continue; /* gone between the two round trips */
+            job_fill(&jobs[i], rs[2 * i], rs[2 * i + 1]);
+            cb(&jobs[i], arg);
+        }
+        for (size_t i = 0; rc == 0 && i < 2 * n; i++)
+            freeReplyObject(rs[i]);
+        free(jobs);
+        free(jk);
+        free(jargv);
+        free(jargvp);
+        free(jargc);
+        free(rs);
+        if (rc < 0 && !err[0]) snprintf(err, errlen, "out of memory");
+    }
+    for (int i = 0; i < 3; i++)
+        freeReplyObject(sets_r[i]);
+    return rc;
+}
+
+int queue_admin_jobs(queue_admin_t *a, unsigned shards,
+                     void (*cb)(const queue_job_info_t *job, void *arg), void *arg, char *err,
+                     size_t errlen)
+{
+    long long now = queue_admin_now_ms(a);
+    err[0] = 0;
+    for (unsigned s = 0; s < shards; s++)
+        if (shard_jobs(a, s, now, cb, arg, err, errlen) < 0) return -1;
+    return 0;
+}
+
+struct collect {
+    const char *mid;
+    queue_message_info_t *out;
+};
+
+static void collect_job(const queue_job_info_t *job, void *arg)
+{
+    struct collect *c = arg;
+    if (strcmp(job->mid, c->mid)) return;
+    queue_job_info_t *grown = realloc(c->out->jobs, (c->out->n_jobs + 1) * sizeof *grown);
+    if (!grown) return;
+    c->out->jobs = grown;
+    queue_job_info_t *j = &grown[c->out->n_jobs++];
+    *j = *job;
+    j->rcpts = strdup(job->rcpts);
+    j->sender = NULL;
+}
+
+int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
+                        queue_message_info_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    snprintf(out->mid, sizeof out->mid, "%.32s", mid);
+    unsigned shard = queue_shard_for(out->mid, shards);
+    key_t_ k;
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, "m:%s", out->mid);
+    shard_key(k, shard, suffix);
+    const char *argv[] = {"HGETALL", k};
+    redisReply *r = queue_admin_command(a, err, errlen, 2, argv);
+    if (!r) return -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+        freeReplyObject(r);
+        return 0;
+    }
+    out->sender = strdup(field_text(r, "sender"));
+    out->params = strdup(field_text(r, "params"));
+    out->info = strdup(field_text(r, "info"));
+    out->received_ms = text_ll(field(r, "received"));
+    out->bodies = (unsigned)text_ll(field(r, "bodies"));
+    freeReplyObject(r);
+    err[0] = 0;
+    struct collect c = {out->mid, out};
+    return shard_jobs(a, shard, queue_admin_now_ms(a), collect_job, &c, err, errlen) < 0 ? -1 : 1;
+}
+
+void queue_admin_message_free(queue_message_info_t *m)
+{
+    for (unsigned i = 0; i < m->n_jobs; i++)
+        free((char *)m->jobs[i].rcpts);
+    free(m->jobs);
+    free(m->sender);
+    free(m->params);
+    free(m->info);
+    memset(m, 0, sizeof *m);
+}
+
+int queue_admin_job_op(queue_admin_t *a, unsigned shards, const char *op, const char *jid,
+                       char *result, size_t rlen, char *err, size_t errlen)
+{
+    unsigned shard = queue_shard_for(jid, shards);
+    key_t_ kb[11];
+    static const char *const names[] = {"due", "lease", "held", "meta", "st", "dom"};
+    for (int i = 0; i < 6; i++)
+        shard_key(kb[i], shard, names[i]);
+    char suffix[96];
+    snprintf(suffix, sizeof suffix, "j:%s", jid);
+    shard_key(kb[6], shard, suffix);
+    snprintf(suffix, sizeof suffix, "m:%.32s", jid);
+    shard_key(kb[7], shard, suffix);
+    const char *dot = strchr(jid, '.');
+    snprintf(suffix, sizeof suffix, "b:%.32s:%lu", jid, dot ? strtoul(dot + 1, NULL, 10) : 0);
+    shard_key(kb[8], shard, suffix);
+    shard_key(kb[9], shard, "age");
+    shard_key(kb[10], shard, "log");
+    char shard_text[16];
+    snprintf(shard_text, sizeof shard_text, "%u", shard);
+    const char *argv[] = {"FCALL", "job_op", "11",  kb[0], kb[1],  kb[2], kb[3], kb[4],     kb[5],
+                          kb[6],   kb[7],    kb[8], kb[9], kb[10], op,    jid,   shard_text};
+    redisReply *r = queue_admin_command(a, err, errlen, 17, argv);
+    if (!r) return -1;
+    snprintf(result, rlen, "%s", r->type == REDIS_REPLY_STRING ? r->str : "?");
+    freeReplyObject(r);
+    return 0;
+}
+
+int queue_admin_trace(queue_admin_t *a, unsigned shards, const char *mid,
+                      void (*cb)(const queue_trace_entry_t *e, void *arg), void *arg, char *err,
+                      size_t errlen)
+{
+    key_t_ k;
+    shard_key(k, queue_shard_for(mid, shards), "log");
+    const char *argv[] = {"XRANGE", k, "-", "+"};
+    redisReply *r = queue_admin_command(a, err, errlen, 4, argv);
+    if (!r) return -1;
+    unsigned found = 0;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const redisReply *entry = r->element[i];
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) continue;
+        const redisReply *f = entry->element[1];
+        if (strncmp(field_text(f, "mid"), mid, 32)) continue;
+        queue_trace_entry_t e = {.ms = strtoll(entry->element[0]->str, NULL, 10),
+                                 .job = field_text(f, "job"),
+                                 .rcpt = field_text(f, "rcpt"),
+                                 .event = field_text(f, "event"),
+                                 .detail = field_text(f, "detail")};
+        cb(&e, arg);
+        found++;
+    }
+    freeReplyObject(r);
+    return (int)found;
+}
