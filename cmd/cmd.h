@@ -3,6 +3,7 @@
 #define SEALPOST_CMD_H
 
 #include "core/core.h"
+#include "queue/queue.h"
 
 #include <stdbool.h>
 
@@ -30,6 +31,28 @@ struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_co
 
 /* mkdir -p, with mode 0700 for what it creates. */
 int cmd_mkdir_p(const char *path);
+
+/* ---- the status page (status.c) ---- */
+
+#define STATUS_SAMPLES  60 /* queue depth samples kept */
+#define STATUS_SAMPLE_S 10 /* seconds between them: ten minutes in all */
+
+typedef struct status_sample {
+    int64_t at_ms;
+    long long jobs[4]; /* due, scheduled, leased, held */
+    long long messages;
+    double oldest_s;
+} status_sample_t;
+
+typedef struct status_history {
+    status_sample_t samples[STATUS_SAMPLES];
+    unsigned n, next;
+} status_history_t;
+
+void status_history_add(status_history_t *h, const queue_stats_t *st, int64_t now_ms);
+/* The page; r NULL (with err) when the report could not be read. */
+int status_render(buf_t *out, const char *host, const status_history_t *h, const queue_report_t *r,
+                  const char *err, int64_t now_ms);
 
 int cmd_up(int argc, char **argv);
 int cmd_ingress(int argc, char **argv);

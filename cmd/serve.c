@@ -40,6 +40,13 @@ typedef struct runtime {
             struct scrape *next;
         } * waiting; /* scrapes answered when the figures come */
     } figures;
+    struct status {
+        status_history_t history;
+        int64_t sampled_ms;     /* util_now_ms of the last sample */
+        uv_timer_t sampler;     /* keeps the history going without scrapes */
+        struct scrape *waiting; /* page requests answered when the report comes */
+        bool reporting;         /* a report call is out */
+    } status;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t deadline;
     uv_timer_t finisher; /* runs finish() outside any library callback */
@@ -101,6 +108,7 @@ static void stop(runtime_t *rt, int exit_code)
     rt->stopping = true;
     rt->exit_code = exit_code;
     uv_timer_stop(&rt->startup);
+    uv_timer_stop(&rt->status.sampler);
     log_info("event=stopping");
     http_stop(rt->http); /* health checks see it gone: take no new work here */
     rt->http = NULL;
@@ -163,6 +171,16 @@ static void register_queue_metrics(struct queue_figures *f)
                                "Queue-wide figures that could not be read from Redis.", "");
 }
 
+/* One sample for the status page's history every STATUS_SAMPLE_S, from
+ * whichever read of the figures comes first. */
+static void sample_history(runtime_t *rt, const queue_stats_t *st)
+{
+    int64_t now = util_now_ms();
+    if (now - rt->status.sampled_ms < (int64_t)STATUS_SAMPLE_S * 1000 - 500) return;
+    rt->status.sampled_ms = now;
+    status_history_add(&rt->status.history, st, now);
+}
+
 /* The queue-wide figures are read at most once a second whatever the number
  * of scrapers, so scraping many nodes cannot load Redis; a scrape that finds
  * them older waits for the fresh ones. */
@@ -172,6 +190,7 @@ static void on_queue_figures(int status, const char *err, const queue_stats_t *s
     struct queue_figures *f = &rt->figures;
     f->refreshing = false;
     f->at = uv_now(rt->loop);
+    if (status == 0) sample_history(rt, st);
     if (status == 0) {
         const long long jobs[] = {st->due_now, st->scheduled, st->leased, st->held};
         for (int i = 0; i < 4; i++)
@@ -195,6 +214,63 @@ static void on_queue_figures(int status, const char *err, const queue_stats_t *s
     }
 }
 
+static void refresh_figures(runtime_t *rt)
+{
+    struct queue_figures *f = &rt->figures;
+    if (f->refreshing) return;
+    f->refreshing = true;
+    if (queue_stats(rt->queue, on_queue_figures, rt) < 0)
+        on_queue_figures(-1, "out of memory", NULL, rt);
+}
+
+static void on_sampler(uv_timer_t *t)
+{
+    runtime_t *rt = t->data;
+    if (queue_ready(rt->queue)) refresh_figures(rt);
+}
+
+#define PAGE_TYPE "text/html; charset=utf-8"
+
+static void on_report(int status, const char *err, const queue_report_t *report, void *arg)
+{
+    runtime_t *rt = arg;
+    rt->status.reporting = false;
+    if (status == 0) sample_history(rt, &report->stats);
+    while (rt->status.waiting) {
+        struct scrape *p = rt->status.waiting;
+        rt->status.waiting = p->next;
+        buf_t body;
+        buf_init(&body);
+        int rc =
+            status_render(&body, rt->cfg->ingress.hostname, &rt->status.history,
+                          status == 0 ? report : NULL, status == 0 ? NULL : err, util_now_ms());
+        http_reply(p->req, rc == 0 ? 200 : 500, PAGE_TYPE, &body);
+        buf_free(&body);
+        free(p);
+    }
+}
+
+/* GET /: waits for a fresh report of destinations and bounces (one call
+ * out at a time, however many browsers ask). */
+static int status_page(runtime_t *rt, http_request_t *req, buf_t *body, const char **content_type)
+{
+    struct scrape *p = malloc(sizeof *p);
+    if (!p) {
+        buf_printf(body, "out of memory\n");
+        return 500;
+    }
+    p->req = req;
+    p->next = rt->status.waiting;
+    rt->status.waiting = p;
+    *content_type = PAGE_TYPE;
+    if (!rt->status.reporting) {
+        rt->status.reporting = true;
+        if (queue_report(rt->queue, 10, on_report, rt) < 0)
+            on_report(-1, "out of memory", NULL, rt);
+    }
+    return 0;
+}
+
 static int scrape_metrics(runtime_t *rt, http_request_t *req, buf_t *body)
 {
     struct queue_figures *f = &rt->figures;
@@ -204,11 +280,7 @@ static int scrape_metrics(runtime_t *rt, http_request_t *req, buf_t *body)
     sc->req = req;
     sc->next = f->waiting;
     f->waiting = sc;
-    if (!f->refreshing) {
-        f->refreshing = true;
-        if (queue_stats(rt->queue, on_queue_figures, rt) < 0)
-            on_queue_figures(-1, "out of memory", NULL, rt);
-    }
+    refresh_figures(rt);
     return 0;
 }
 
@@ -222,6 +294,7 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
         *content_type = METRICS_TYPE;
         return scrape_metrics(rt, req, body);
     }
+    if (!strcmp(path, "/")) return status_page(rt, req, body, content_type);
     if (!strcmp(path, "/healthz")) {
         buf_printf(body, "ok\n");
         return 200;
@@ -232,7 +305,7 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
                    ready ? "ready" : "not ready: redis unreachable, keys unchecked, or stopping");
         return ready ? 200 : 503;
     }
-    buf_printf(body, "not found; try /metrics, /healthz or /readyz\n");
+    buf_printf(body, "not found; try /, /metrics, /healthz or /readyz\n");
     return 404;
 }
 
@@ -428,6 +501,8 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     uv_timer_init(rt.loop, &rt.deadline);
     uv_timer_init(rt.loop, &rt.finisher);
     uv_timer_init(rt.loop, &rt.startup);
+    uv_timer_init(rt.loop, &rt.status.sampler);
+    rt.status.sampler.data = &rt;
     rt.sigint.data = rt.sigterm.data = rt.sighup.data = rt.deadline.data = rt.finisher.data =
         rt.startup.data = &rt;
     uv_signal_start(&rt.sigint, on_signal, SIGINT);
@@ -460,6 +535,7 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         } else {
             log_info("event=listening kind=metrics listen=%s:%u", cfg->metrics.listen.host,
                      cfg->metrics.listen.port);
+            uv_timer_start(&rt.status.sampler, on_sampler, 1000, (uint64_t)STATUS_SAMPLE_S * 1000);
         }
     }
     if (!rt.stopping) uv_timer_start(&rt.startup, on_startup_timer, 0, STARTUP_POLL_MS);

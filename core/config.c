@@ -143,6 +143,7 @@ static const key_spec_t keys[] = {
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
     {"log", "level", T_LOGLEVEL, OFF(log.level), 0, 0, "info"},
+    {"log", "redact_addresses", T_BOOL, OFF(log.redact_addresses), 0, 0, "no"},
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))

@@ -22,6 +22,11 @@ void log_write(enum log_level level, const char *fmt, ...) __attribute__((format
  * '\\' and anything not printable ASCII become \xNN. Returns out. */
 #define LOG_SAFE_MAX 1100
 const char *log_safe(const char *in, char out[LOG_SAFE_MAX]);
+/* An address for a log line: as log_safe, or, with redaction on, its local
+ * part replaced by 8 hex digits of a hash of the address, so lines about one
+ * address still match each other without naming it. */
+const char *log_addr(const char *addr, char out[LOG_SAFE_MAX]);
+void log_set_redact(bool on);
 
 #define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_write(LOG_INFO, __VA_ARGS__)
@@ -251,6 +256,7 @@ typedef struct config {
 
     struct {
         enum log_level level;
+        bool redact_addresses; /* see log_addr */
     } log;
 } config_t;
 

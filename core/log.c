@@ -1,6 +1,8 @@
 /* Logging: one line per event on stderr, "ts=... level=... " then key=value pairs. */
 #include "core/core.h"
 
+#include <sodium.h>
+
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -23,6 +25,25 @@ int log_parse_level(const char *name, enum log_level *out)
             return 0;
         }
     return -1;
+}
+
+static bool redact;
+
+void log_set_redact(bool on)
+{
+    redact = on;
+}
+
+const char *log_addr(const char *addr, char out[LOG_SAFE_MAX])
+{
+    const char *at = strrchr(addr, '@');
+    if (!redact || !addr[0]) return log_safe(addr, out);
+    unsigned char h[4];
+    crypto_generichash(h, sizeof h, (const unsigned char *)addr, strlen(addr), NULL, 0);
+    char masked[LOG_SAFE_MAX];
+    snprintf(masked, sizeof masked, "%02x%02x%02x%02x%s%.*s", h[0], h[1], h[2], h[3], at ? "@" : "",
+             at ? (int)(sizeof masked - 10) : 0, at ? at + 1 : "");
+    return log_safe(masked, out);
 }
 
 const char *log_safe(const char *in, char out[LOG_SAFE_MAX])

@@ -200,7 +200,7 @@ static void log_outcome(const delivery_t *d, outcome_t *o, const char *rcpt, enu
     char safe[LOG_SAFE_MAX];
     metric_add(d->w->outcomes[kind], 1);
     log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", outcome_names[kind], d->job->mid,
-             log_safe(rcpt, safe), d->job->attempts + 1, detail);
+             log_addr(rcpt, safe), d->job->attempts + 1, detail);
     /* TAB and LF separate the trace's fields: a reply should not have them,
      * but what a server says is not ours to trust. */
     char clean[600];
@@ -313,7 +313,7 @@ static bool make_bounce(delivery_t *d, const client_result_t *r, const outcome_t
     char safe[LOG_SAFE_MAX];
     metric_add(d->w->notices, 1);
     log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", d->job->mid, b->id,
-             log_safe(b->rcpt, safe), o->n_failed);
+             log_addr(b->rcpt, safe), o->n_failed);
     return true;
 }
 

@@ -130,7 +130,7 @@ static void finish(session_t *s, enum auth_result result, const char *why)
     };
     s->busy = false;
     char safe[LOG_SAFE_MAX];
-    log_info("event=auth client=%s user=%s result=%s%s%s", s->peer, log_safe(s->login, safe),
+    log_info("event=auth client=%s user=%s result=%s%s%s", s->peer, log_addr(s->login, safe),
              result == AUTH_OK ? "ok" : "failed", why ? " reason=" : "", why ? why : "");
     if (result == AUTH_OK) uncount(s);
     metric_add(s->ingress->metrics.auth[result], 1);

@@ -124,7 +124,7 @@ static void decided(session_t *s, const keydir_entry_t *e)
     if (d == DECIDE_REFUSE) {
         char safe[LOG_SAFE_MAX];
         log_info("event=refused reason=encryption_required client=%s rcpt=<%s> key=%s", s->peer,
-                 log_safe(entry, safe), e->fpr[0] ? "unusable" : "none");
+                 log_addr(entry, safe), e->fpr[0] ? "unusable" : "none");
         session_reply(s,
                       "550 5.7.1 <%s>: Recipient requires encryption and no usable key is "
                       "known",

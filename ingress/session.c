@@ -445,10 +445,10 @@ static bool sender_owned(session_t *s, const proto_path_t *path)
     if (!s->authenticated || !s->cfg->ingress.sender_login_match || !path->addr[0] ||
         !strcasecmp(path->addr, s->login))
         return true;
-    char safe[LOG_SAFE_MAX];
+    char safe[LOG_SAFE_MAX], login[LOG_SAFE_MAX];
     ingress_refused(s->ingress, REFUSED_SENDER_LOGIN_MISMATCH);
     log_info("event=refused reason=sender_login_mismatch client=%s login=%s from=<%s>", s->peer,
-             s->login, log_safe(path->addr, safe));
+             log_addr(s->login, login), log_addr(path->addr, safe));
     session_reply(s, "553 5.7.1 <%s>: Sender address not owned by user %s", path->addr, s->login);
     return false;
 }
@@ -523,7 +523,7 @@ static const char *rcpt_address(session_t *s, const proto_path_t *path)
         char safe[LOG_SAFE_MAX];
         ingress_refused(s->ingress, REFUSED_RELAY_DENIED);
         log_info("event=refused reason=relay_denied client=%s rcpt=<%s>", s->peer,
-                 log_safe(path->addr, safe));
+                 log_addr(path->addr, safe));
         session_reply(s, "554 5.7.1 <%s>: Relay access denied", path->addr);
         return NULL;
     }
@@ -786,7 +786,7 @@ static void on_enqueued(int status, const char *err, void *arg)
     if (status == 0) {
         char safe[LOG_SAFE_MAX];
         log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", s->mid, s->peer,
-                 log_safe(s->sender, safe), s->n_rcpts, s->body.len);
+                 log_addr(s->sender, safe), s->n_rcpts, s->body.len);
         session_reply(s, "250 2.0.0 Ok: queued as %s", s->mid);
         metric_add(s->ingress->metrics.accepted, 1);
         metric_add(s->ingress->metrics.received_bytes, (double)s->body.len);

@@ -237,7 +237,7 @@ int queue_admin_job_op(queue_admin_t *a, unsigned shards, const char *op, const 
                        char *result, size_t rlen, char *err, size_t errlen)
 {
     unsigned shard = queue_shard_for(jid, shards);
-    key_t_ kb[11];
+    key_t_ kb[12];
     static const char *const names[] = {"due", "lease", "held", "meta", "st", "dom"};
     for (int i = 0; i < 6; i++)
         shard_key(kb[i], shard, names[i]);
@@ -251,11 +251,13 @@ int queue_admin_job_op(queue_admin_t *a, unsigned shards, const char *op, const 
     shard_key(kb[8], shard, suffix);
     shard_key(kb[9], shard, "age");
     shard_key(kb[10], shard, "log");
+    shard_key(kb[11], shard, "dq");
     char shard_text[16];
     snprintf(shard_text, sizeof shard_text, "%u", shard);
-    const char *argv[] = {"FCALL", "job_op", "11",  kb[0], kb[1],  kb[2], kb[3], kb[4],     kb[5],
-                          kb[6],   kb[7],    kb[8], kb[9], kb[10], op,    jid,   shard_text};
-    redisReply *r = queue_admin_command(a, err, errlen, 17, argv);
+    const char *argv[] = {"FCALL", "job_op", "12",   kb[0], kb[1], kb[2],
+                          kb[3],   kb[4],    kb[5],  kb[6], kb[7], kb[8],
+                          kb[9],   kb[10],   kb[11], op,    jid,   shard_text};
+    redisReply *r = queue_admin_command(a, err, errlen, 18, argv);
     if (!r) return -1;
     snprintf(result, rlen, "%s", r->type == REDIS_REPLY_STRING ? r->str : "?");
     freeReplyObject(r);

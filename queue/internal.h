@@ -46,6 +46,10 @@ struct call {
 typedef char key_t_[KEY_MAX];
 
 struct call *call_new(queue_t *q, void *arg);
+/* Adds one shard's reply of the stats function to sum; -1 when malformed. */
+int stats_add_shard(queue_stats_t *sum, const redisReply *r);
+/* The keys the stats function reads in a shard. */
+void stats_keys(unsigned shard, key_t_ kb[4]);
 /* "{mq:<shard>}:<suffix>" */
 void shard_key(key_t_ out, unsigned shard, const char *suffix);
 /* The shard of a message id, out of shards. */

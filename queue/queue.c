@@ -267,7 +267,7 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
                               const struct job_group *groups, unsigned n)
 {
     unsigned nb = m->n_bodies;
-    v->nkeys = 6 + (size_t)nb + n;
+    v->nkeys = 7 + (size_t)nb + n;
     v->nargs = 7 + (size_t)nb + 4 * (size_t)n;
     v->keybuf = calloc(v->nkeys, sizeof *v->keybuf);
     v->keys = calloc(v->nkeys, sizeof *v->keys);
@@ -279,8 +279,8 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
     char suffix[96];
     snprintf(suffix, sizeof suffix, "m:%s", m->id);
     shard_key(v->keybuf[0], shard, suffix);
-    static const char *const names[] = {"due", "st", "dom", "age", "log"};
-    for (int i = 0; i < 5; i++)
+    static const char *const names[] = {"due", "st", "dom", "age", "log", "dq"};
+    for (int i = 0; i < 6; i++)
         shard_key(v->keybuf[1 + i], shard, names[i]);
     snprintf(v->shard, sizeof v->shard, "%u", shard);
     snprintf(v->nbodies, sizeof v->nbodies, "%u", nb);
@@ -296,13 +296,13 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
         v->args[i] = head[i], v->lens[i] = strlen(head[i]);
     for (unsigned b = 0; b < nb; b++) {
         snprintf(suffix, sizeof suffix, "b:%s:%u", m->id, b);
-        shard_key(v->keybuf[6 + b], shard, suffix);
+        shard_key(v->keybuf[7 + b], shard, suffix);
         v->args[7 + b] = m->bodies[b].data, v->lens[7 + b] = m->bodies[b].len;
     }
     for (unsigned g = 0; g < n; g++) {
         snprintf(v->jids[g], sizeof v->jids[g], "%s.%u.%u", m->id, groups[g].variant, g);
         snprintf(suffix, sizeof suffix, "j:%s", v->jids[g]);
-        shard_key(v->keybuf[6 + nb + g], shard, suffix);
+        shard_key(v->keybuf[7 + nb + g], shard, suffix);
         snprintf(v->variants[g], sizeof v->variants[g], "%u", groups[g].variant);
         size_t a = 7 + nb + 4 * (size_t)g;
         const char *job[] = {v->jids[g], groups[g].domain, groups[g].rcpts.data, v->variants[g]};
@@ -581,7 +581,7 @@ void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
 int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
                    const queue_bounce_t *bounce, queue_status_cb cb, void *arg)
 {
-    enum { NKEYS = 11, NARGS = 8 };
+    enum { NKEYS = 12, NARGS = 8 };
     key_t_ kb[NKEYS + 3];
     char suffix[96];
     static const char *const names[] = {"due", "lease", "meta", "st", "dom"};
@@ -596,6 +596,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
     shard_key(kb[8], job->shard, "age");
     shard_key(kb[9], job->shard, "log");
     shard_key(kb[10], job->shard, "held");
+    shard_key(kb[11], job->shard, "dq");
     char bjid[48] = "";
     if (bounce) {
         snprintf(suffix, sizeof suffix, "m:%s", bounce->id);

@@ -208,6 +208,37 @@ typedef void (*queue_version_cb)(int status, const char *err, long long version,
 /* The directory's version: it changes with every import, deletion or policy. */
 int queue_key_version(queue_t *q, queue_version_cb cb, void *arg);
 
+/* ---- the status page's report ---- */
+
+typedef struct queue_destination {
+    char domain[256];
+    long long jobs;
+    long long oldest_ms; /* when its oldest queued job's message came; 0: unknown */
+} queue_destination_t;
+
+typedef struct queue_failure {
+    long long ms;
+    char mid[33];
+    char rcpt[300];
+    char event[16]; /* bounced, expired */
+    char detail[300];
+} queue_failure_t;
+
+typedef struct queue_report {
+    queue_stats_t stats;        /* as queue_stats gives them */
+    queue_destination_t *dests; /* most queued jobs first */
+    unsigned n_dests;
+    queue_failure_t *failures; /* newest first */
+    unsigned n_failures;
+} queue_report_t;
+
+typedef void (*queue_report_cb)(int status, const char *err, const queue_report_t *report,
+                                void *arg);
+/* The queue-wide figures, destinations by queued jobs with their oldest
+ * job, and the newest max_failures bounces and expiries, from every shard;
+ * report lives until cb returns. */
+int queue_report(queue_t *q, unsigned max_failures, queue_report_cb cb, void *arg);
+
 /* ---- administration: blocking calls, for the command line ---- */
 
 typedef struct queue_admin queue_admin_t;

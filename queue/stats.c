@@ -16,7 +16,7 @@ struct stats_call {
 };
 
 /* Adds one shard's reply {due now, later, leased, held, messages, oldest, now}. */
-static int add_shard(queue_stats_t *sum, const redisReply *r)
+int stats_add_shard(queue_stats_t *sum, const redisReply *r)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 7) return -1;
     long long v[7];
@@ -44,12 +44,12 @@ static void shard_done(struct stats_call *sc)
 static void on_shard_reply(struct call *call, redisReply *reply, const char *err)
 {
     struct stats_call *sc = call->arg;
-    if (!reply || add_shard(&sc->sum, reply) < 0)
+    if (!reply || stats_add_shard(&sc->sum, reply) < 0)
         snprintf(sc->err, sizeof sc->err, "%s", reply ? "unexpected stats reply" : err);
     shard_done(sc);
 }
 
-static void stats_keys(unsigned shard, key_t_ kb[4])
+void stats_keys(unsigned shard, key_t_ kb[4])
 {
     static const char *const names[] = {"due", "lease", "held", "age"};
     for (int i = 0; i < 4; i++)
@@ -95,7 +95,7 @@ int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, cha
         const char *argv[] = {"FCALL_RO", "stats", "4", kb[0], kb[1], kb[2], kb[3]};
         redisReply *r = queue_admin_command(a, err, errlen, 7, argv);
         if (!r) return -1;
-        int rc = add_shard(out, r);
+        int rc = stats_add_shard(out, r);
         freeReplyObject(r);
         if (rc < 0) {
             snprintf(err, errlen, "unexpected stats reply (is the functions library loaded?)");

@@ -36,6 +36,13 @@ local function trace(log, mid, jid, rcpt, event, detail)
              'event', event, 'detail', detail)
 end
 
+-- T:dq, a sorted set with every score 0, holds "domain TAB received TAB jid"
+-- for each job: in lexical order, the first member of a domain is its
+-- oldest job, which the `top` report reads without scanning the queue.
+local function dq_member(domain, received, jid)
+  return domain .. '\t' .. string.format('%015d', tonumber(received) or 0) .. '\t' .. jid
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -45,11 +52,11 @@ end
 -- Each job is one destination domain and one body variant; the envelope
 -- counts open jobs in all ('open') and per variant ('open:<v>'), so a
 -- variant's body goes when its last job is done, and the envelope with the last.
--- k: {m, due, st, dom, age, log, b0..b(nb-1), j1..jn}
+-- k: {m, due, st, dom, age, log, dq, b0..b(nb-1), j1..jn}
 -- a: {mid, shard, sender, params, info, nb, n, body0..body(nb-1), (jid, domain, rcpts, v)...}
 local function store_message(k, a, now)
   local nb, n = tonumber(a[6]), tonumber(a[7])
-  if not nb or not n or nb < 1 or n < 1 or #k ~= 6 + nb + n or #a ~= 7 + nb + 4 * n then
+  if not nb or not n or nb < 1 or n < 1 or #k ~= 7 + nb + n or #a ~= 7 + nb + 4 * n then
     return redis.error_reply('ERR arguments do not match keys')
   end
   for i = 1, n do -- all checked before the first write: an error leaves nothing behind
@@ -67,13 +74,14 @@ local function store_message(k, a, now)
   redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
              'bodies', nb, 'open', n, 'jobs', table.concat(jids, ' '))
   for v = 1, nb do
-    redis.call('SET', k[6 + v], a[7 + v])
+    redis.call('SET', k[7 + v], a[7 + v])
   end
   for i = 1, n do
     local at = 7 + nb + 4 * (i - 1)
     local jid, domain, rcpts, v = a[at + 1], a[at + 2], a[at + 3], tonumber(a[at + 4])
-    redis.call('HSET', k[6 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
+    redis.call('HSET', k[7 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
                'attempts', 0, 'body', v)
+    redis.call('ZADD', k[7], 0, dq_member(domain, now, jid))
     redis.call('HINCRBY', k[1], 'open:' .. v, 1)
     redis.call('ZADD', k[2], now, jid)
     redis.call('HINCRBY', k[4], domain, 1)
@@ -170,8 +178,9 @@ end
 
 -- Removes a job that is done or deleted: its hash, its counts, and the
 -- message's body and envelope with their last job.
--- k: {meta, st, dom, j, m, b<v>, age}
+-- k: {meta, st, dom, j, m, b<v>, age, dq}
 local function drop_job(k, jid, domain, v)
+  redis.call('ZREM', k[8], dq_member(domain, redis.call('HGET', k[5], 'received'), jid))
   redis.call('DEL', k[4])
   redis.call('HDEL', k[1], jid .. ':tok', jid .. ':own', jid .. ':exp', jid .. ':hold',
              jid .. ':del')
@@ -187,7 +196,7 @@ local function drop_job(k, jid, domain, v)
   end
 end
 
--- KEYS: due, lease, meta, st, dom, j, m, b<v> (the job's body), age, log, held
+-- KEYS: due, lease, meta, st, dom, j, m, b<v> (the job's body), age, log, held, dq
 --       [, bounce m, bounce b0, bounce j]
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard,
 --       outcomes (lines "rcpt TAB event TAB reply", for the trace log)
@@ -207,9 +216,9 @@ local function complete(keys, args)
     return redis.error_reply('ERR job id and body variant disagree')
   end
   local now, mid = now_ms(), string.sub(jid, 1, 32)
-  if #keys == 14 then -- first, so that its checks fail before anything is written
+  if #keys == 15 then -- first, so that its checks fail before anything is written
     local stored = store_message(
-      {keys[12], keys[1], keys[4], keys[5], keys[9], keys[10], keys[13], keys[14]},
+      {keys[13], keys[1], keys[4], keys[5], keys[9], keys[10], keys[12], keys[14], keys[15]},
       {args[9], args[7], '', '', args[10], 1, 1, args[11], args[12], args[13], args[14], 0}, now)
     if type(stored) == 'table' and stored.err then return stored end
     redis.call('HINCRBY', keys[4], 'bounced', 1)
@@ -222,7 +231,7 @@ local function complete(keys, args)
   local deleted = redis.call('HEXISTS', keys[3], jid .. ':del') == 1
   if args[3] ~= '' and not deleted then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
-    if #keys == 14 and args[15] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
+    if #keys == 15 and args[15] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
     redis.call('HINCRBY', keys[6], 'attempts', 1)
     redis.call('HINCRBY', keys[4], 'deferred', 1)
     if redis.call('HDEL', keys[3], jid .. ':hold') == 1 then
@@ -236,7 +245,8 @@ local function complete(keys, args)
     return 'deferred'
   end
   if deleted then trace(keys[10], mid, jid, '', 'deleted', 'by an operator, at lease end') end
-  drop_job({keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9]}, jid, args[6], v)
+  drop_job({keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[12]}, jid,
+           args[6], v)
   redis.call('HINCRBY', keys[4], deleted and 'deleted' or 'completed', 1)
   return 'done'
 end
@@ -244,7 +254,7 @@ end
 -- An operator's hold, release, retry or delete of one job (queue/admin.c).
 -- A job a worker holds is left to it: a hold or delete is noted in T:meta
 -- and done when its lease ends (complete, or a worker that reclaims it).
--- KEYS: due, lease, held, meta, st, dom, j, m, b<v>, age, log
+-- KEYS: due, lease, held, meta, st, dom, j, m, b<v>, age, log, dq
 -- ARGV: op, jid, shard.  Returns what happened, in words.
 local function job_op(keys, args)
   local op, jid = args[1], args[2]
@@ -294,11 +304,45 @@ local function job_op(keys, args)
     local domain = redis.call('HGET', keys[7], 'domain') or ''
     local v = redis.call('HGET', keys[7], 'body') or string.match(jid, '^%x+%.(%d+)%.')
     trace(keys[11], mid, jid, '', 'deleted', 'by an operator')
-    drop_job({keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10]}, jid, domain, v)
+    drop_job({keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[12]}, jid,
+             domain, v)
     redis.call('HINCRBY', keys[5], 'deleted', 1)
     return 'deleted'
   end
   return redis.error_reply('ERR unknown operation ' .. op)
+end
+
+-- KEYS: dom, dq.  Returns {domain, queued jobs, oldest job's received ms (0: unknown), ...}
+local function top(keys, args)
+  local out = {}
+  local dom = redis.call('HGETALL', keys[1])
+  for i = 1, #dom, 2 do
+    local first = redis.call('ZRANGEBYLEX', keys[2], '[' .. dom[i] .. '\t', '(' .. dom[i] .. '\n',
+                             'LIMIT', 0, 1)
+    local received = first[1] and tonumber(string.match(first[1], '\t(%d+)\t')) or 0
+    out[#out + 1] = dom[i]
+    out[#out + 1] = tonumber(dom[i + 1])
+    out[#out + 1] = received
+  end
+  return out
+end
+
+-- KEYS: log.  ARGV: how many.  The newest trace entries that report a
+-- failure (bounced or expired), newest first: {ms-id, mid, rcpt, event, detail, ...}
+local function recent(keys, args)
+  local want, out = tonumber(args[1]), {}
+  local entries = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', 500)
+  for _, e in ipairs(entries) do
+    local f = {}
+    for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+    if f.event == 'bounced' or f.event == 'expired' then
+      for _, v in ipairs({e[1], f.mid or '', f.rcpt or '', f.event, f.detail or ''}) do
+        out[#out + 1] = v
+      end
+      if #out >= 5 * want then break end
+    end
+  end
+  return out
 end
 
 -- KEYS: due, lease, held, age
@@ -370,6 +414,8 @@ redis.register_function{function_name = 'stats', callback = stats, flags = {'no-
 redis.register_function('forget', forget)
 redis.register_function('complete', complete)
 redis.register_function('job_op', job_op)
+redis.register_function{function_name = 'top', callback = top, flags = {'no-writes'}}
+redis.register_function{function_name = 'recent', callback = recent, flags = {'no-writes'}}
 redis.register_function('auth_begin', auth_begin)
 redis.register_function('auth_uncount', auth_uncount)
 redis.register_function('seal_check', seal_check)

@@ -2,6 +2,7 @@
 exposition parses with the Prometheus client's own parser, and the ingress
 and worker counters move when a user does the thing they count."""
 
+import re
 import socket
 import subprocess
 import urllib.error
@@ -286,3 +287,24 @@ def test_queue_depth_goes_up_then_down(stack):
     text = subprocess.run([BIN, "queue", "stats", "-c", str(conf)], capture_output=True,
                           text=True, timeout=30).stdout
     assert "messages queued   0" in text, text
+
+
+def test_logs_are_key_value_lines_and_redact_addresses_when_asked(stack):
+    """One line per event, key=value, the message id on each line about a
+    message; with [log] redact_addresses the addresses become hashes."""
+    ingress = stack.ingress(extra="[log]\nredact_addresses = yes\n")
+    worker = stack.worker(extra="[log]\nredact_addresses = yes\n")
+    with connect(stack) as c:
+        open_transaction(c, "secret.sender@origin.test", ("hidden.rcpt@example.test",))
+        reply = expect(c.cmd(b"Subject: private\r\n\r\nbody\r\n."), 250, "2.0.0")
+    mid = reply.text.split()[-1]
+    wait_for(lambda: f"event=delivered mid={mid}" in worker.read_log(), what="delivery logged")
+    logs = ingress.read_log() + worker.read_log()
+    assert "secret.sender" not in logs and "hidden.rcpt" not in logs
+    assert "private" not in logs and "body" not in logs  # never the message
+    lines = [line for line in logs.splitlines() if mid in line]
+    assert any("event=accepted" in line for line in lines)
+    for line in logs.splitlines():
+        assert line.startswith("ts=") and " level=" in line and " event=" in line, line
+    delivered = next(line for line in lines if "event=delivered" in line)
+    assert re.search(r"rcpt=<[0-9a-f]{8}@example\.test>", delivered), delivered

@@ -910,6 +910,22 @@ static void test_config_print_roundtrip(void **state)
 }
 
 /* An address from a client cannot forge key=value fields in a log line. */
+static void test_log_addr_redacts_when_asked(void **state)
+{
+    (void)state;
+    char out[LOG_SAFE_MAX], again[LOG_SAFE_MAX];
+    assert_string_equal(log_addr("user@example.test", out), "user@example.test");
+    log_set_redact(true);
+    log_addr("user@example.test", out);
+    assert_int_equal(strlen(out), 8 + strlen("@example.test"));
+    assert_string_equal(out + 8, "@example.test");
+    assert_null(strstr(out, "user"));
+    assert_string_equal(log_addr("user@example.test", again), out); /* stable: lines match */
+    assert_string_not_equal(log_addr("other@example.test", again), out);
+    assert_string_equal(log_addr("", out), ""); /* the null sender */
+    log_set_redact(false);
+}
+
 static void test_log_safe(void **state)
 {
     (void)state;
@@ -988,6 +1004,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_default_path, cwd_setup, cwd_teardown),
         cmocka_unit_test_setup_teardown(test_config_print_roundtrip, config_setup, config_teardown),
         cmocka_unit_test(test_log_safe),
+        cmocka_unit_test(test_log_addr_redacts_when_asked),
         cmocka_unit_test(test_metrics_render),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,231 @@
+/* The status page (GET / on the metrics port): one self-contained HTML page,
+ * rendered here, no scripts and no external assets, that refreshes itself.
+ * It shows the queue depth by state over the last minutes (sampled by this
+ * process), the destinations with the most queued jobs and their oldest,
+ * and the newest bounces. */
+#include "cmd/cmd.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const state_names[4] = {"due", "scheduled", "leased", "held"};
+static const char *const state_colours[4] = {"#2f7ed8", "#8bbc21", "#f28f43", "#c42525"};
+
+static void sample_of(status_sample_t *s, const queue_stats_t *st, int64_t now_ms)
+{
+    s->at_ms = now_ms;
+    const long long jobs[4] = {st->due_now, st->scheduled, st->leased, st->held};
+    memcpy(s->jobs, jobs, sizeof jobs);
+    s->messages = st->messages;
+    s->oldest_s = st->oldest_ms < 0 ? 0 : (double)(st->now_ms - st->oldest_ms) / 1000.0;
+}
+
+void status_history_add(status_history_t *h, const queue_stats_t *st, int64_t now_ms)
+{
+    sample_of(&h->samples[h->next], st, now_ms);
+    h->next = (h->next + 1) % STATUS_SAMPLES;
+    if (h->n < STATUS_SAMPLES) h->n++;
+}
+
+/* The i-th sample, oldest first. */
+static const status_sample_t *sample(const status_history_t *h, unsigned i)
+{
+    return &h->samples[(h->next + STATUS_SAMPLES - h->n + i) % STATUS_SAMPLES];
+}
+
+static void html(buf_t *out, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '<':
+            buf_printf(out, "&lt;");
+            break;
+        case '>':
+            buf_printf(out, "&gt;");
+            break;
+        case '&':
+            buf_printf(out, "&amp;");
+            break;
+        case '"':
+            buf_printf(out, "&quot;");
+            break;
+        case '\'':
+            buf_printf(out, "&#39;");
+            break;
+        default:
+            buf_append(out, s, 1);
+        }
+    }
+}
+
+static void clock_text(int64_t ms, char *out, size_t len)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, len, "%H:%M:%S", &tm);
+}
+
+/* "3 s", "4 min", "2 h 5 min", "3 d 4 h" */
+static void age_text(double s, char *out, size_t len)
+{
+    long v = (long)s;
+    if (v < 60)
+        snprintf(out, len, "%ld s", v);
+    else if (v < 3600)
+        snprintf(out, len, "%ld min", v / 60);
+    else if (v < 86400)
+        snprintf(out, len, "%ld h %ld min", v / 3600, v % 3600 / 60);
+    else
+        snprintf(out, len, "%ld d %ld h", v / 86400, v % 86400 / 3600);
+}
+
+static const char style[] =
+    "body{font:15px/1.4 system-ui,sans-serif;margin:24px auto;max-width:980px;color:#222;"
+    "padding:0 16px}h1{font-size:22px;margin:0 0 4px}h1 small{font-weight:normal;color:#777;"
+    "font-size:14px}h2{font-size:17px;margin:28px 0 8px}.cards{display:flex;gap:12px;"
+    "flex-wrap:wrap;margin-top:16px}.card{border:1px solid #ddd;border-radius:6px;"
+    "padding:10px 14px;min-width:110px}.card b{display:block;font-size:24px}"
+    ".card span{color:#666;font-size:13px}table{border-collapse:collapse;width:100%}"
+    "th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eee;font-size:14px}"
+    "th{color:#555;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    ".legend i{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}"
+    ".none{color:#888}code{font-size:13px}svg{border:1px solid #eee;border-radius:4px}";
+
+static void render_cards(buf_t *out, const status_sample_t *now)
+{
+    buf_printf(out, "<section class=cards>");
+    for (int i = 0; i < 4; i++)
+        buf_printf(out, "<div class=card><b id=%s>%lld</b><span>jobs %s</span></div>",
+                   state_names[i], now ? now->jobs[i] : 0, state_names[i]);
+    char age[32];
+    age_text(now ? now->oldest_s : 0, age, sizeof age);
+    buf_printf(out,
+               "<div class=card><b id=messages>%lld</b><span>messages queued</span></div>"
+               "<div class=card><b id=oldest>%s</b><span>oldest message</span></div></section>",
+               now ? now->messages : 0, age);
+}
+
+/* Stacked bars, one per sample, drawn here as SVG: no script needed. */
+static void render_chart(buf_t *out, const status_history_t *h)
+{
+    const int width = 940, height = 160;
+    long long top = 1;
+    for (unsigned i = 0; i < h->n; i++) {
+        const status_sample_t *s = sample(h, i);
+        long long sum = s->jobs[0] + s->jobs[1] + s->jobs[2] + s->jobs[3];
+        if (sum > top) top = sum;
+    }
+    buf_printf(out,
+               "<svg width=%d height=%d viewBox=\"0 0 %d %d\" role=img "
+               "aria-label=\"queue depth by state\">",
+               width, height + 20, width, height + 20);
+    double bar = (double)width / STATUS_SAMPLES;
+    for (unsigned i = 0; i < h->n; i++) {
+        const status_sample_t *s = sample(h, i);
+        double x = (STATUS_SAMPLES - h->n + i) * bar, y = height;
+        for (int k = 0; k < 4; k++) {
+            double hgt = (double)s->jobs[k] * (height - 10) / (double)top;
+            if (hgt <= 0) continue;
+            y -= hgt;
+            buf_printf(out, "<rect x=%.1f y=%.1f width=%.1f height=%.1f fill=\"%s\"/>", x + 1, y,
+                       bar - 2, hgt, state_colours[k]);
+        }
+    }
+    buf_printf(out, "<text x=4 y=%d font-size=12 fill=\"#777\">max %lld jobs</text></svg>",
+               height + 16, top);
+    buf_printf(out, "<div class=legend>");
+    for (int k = 0; k < 4; k++)
+        buf_printf(out, "<i style=\"background:%s\"></i>%s", state_colours[k], state_names[k]);
+    buf_printf(out, "</div>");
+}
+
+static void render_history(buf_t *out, const status_history_t *h)
+{
+    buf_printf(out, "<table><tr><th>time (UTC)</th><th>due</th><th>scheduled</th><th>leased</th>"
+                    "<th>held</th><th>messages</th></tr>");
+    unsigned shown = h->n < 6 ? h->n : 6; /* the newest, as figures */
+    for (unsigned i = 0; i < shown; i++) {
+        const status_sample_t *s = sample(h, h->n - 1 - i);
+        char when[16];
+        clock_text(s->at_ms, when, sizeof when);
+        buf_printf(out, "<tr><td>%s</td>", when);
+        for (int k = 0; k < 4; k++)
+            buf_printf(out, "<td class=n>%lld</td>", s->jobs[k]);
+        buf_printf(out, "<td class=n>%lld</td></tr>", s->messages);
+    }
+    buf_printf(out, "</table>");
+}
+
+static void render_destinations(buf_t *out, const queue_report_t *r, int64_t now_ms)
+{
+    if (!r || r->n_dests == 0) {
+        buf_printf(out, "<p class=none>No queued jobs.</p>");
+        return;
+    }
+    buf_printf(out, "<table id=destinations><tr><th>destination</th><th>queued jobs</th>"
+                    "<th>oldest</th></tr>");
+    for (unsigned i = 0; i < r->n_dests && i < 15; i++) {
+        const queue_destination_t *d = &r->dests[i];
+        char age[32] = "?";
+        if (d->oldest_ms) age_text((double)(now_ms - d->oldest_ms) / 1000.0, age, sizeof age);
+        buf_printf(out, "<tr><td>");
+        html(out, d->domain);
+        buf_printf(out, "</td><td class=n>%lld</td><td class=n>%s</td></tr>", d->jobs, age);
+    }
+    buf_printf(out, "</table>");
+}
+
+static void render_failures(buf_t *out, const queue_report_t *r)
+{
+    if (!r || r->n_failures == 0) {
+        buf_printf(out, "<p class=none>No recent bounces.</p>");
+        return;
+    }
+    buf_printf(out, "<table id=bounces><tr><th>time (UTC)</th><th>message</th><th>recipient</th>"
+                    "<th></th><th>reply</th></tr>");
+    for (unsigned i = 0; i < r->n_failures; i++) {
+        const queue_failure_t *f = &r->failures[i];
+        char when[16];
+        clock_text(f->ms, when, sizeof when);
+        buf_printf(out, "<tr><td>%s</td><td><code>%.12s</code></td><td>", when, f->mid);
+        html(out, f->rcpt);
+        buf_printf(out, "</td><td>%s</td><td>", f->event);
+        html(out, f->detail);
+        buf_printf(out, "</td></tr>");
+    }
+    buf_printf(out, "</table>");
+}
+
+int status_render(buf_t *out, const char *host, const status_history_t *h, const queue_report_t *r,
+                  const char *err, int64_t now_ms)
+{
+    char when[16];
+    clock_text(now_ms, when, sizeof when);
+    buf_printf(out, "<!doctype html><html lang=en><head><meta charset=utf-8>"
+                    "<meta http-equiv=refresh content=10><meta name=viewport "
+                    "content=\"width=device-width\"><title>sealpost ");
+    html(out, host);
+    buf_printf(out, "</title><style>%s</style></head><body><h1>sealpost <small>", style);
+    html(out, host);
+    buf_printf(out, " · %s · %s UTC, refreshes every 10 s</small></h1>", SEALPOST_VERSION, when);
+    if (err) {
+        buf_printf(out, "<p class=none>Redis could not be read: ");
+        html(out, err);
+        buf_printf(out, "</p>");
+    }
+    /* The figures of the moment; without them, the last sample. */
+    status_sample_t now;
+    if (r) sample_of(&now, &r->stats, now_ms);
+    render_cards(out, r ? &now : h->n ? sample(h, h->n - 1) : NULL);
+    buf_printf(out, "<h2>Queue depth, last %d minutes</h2>", STATUS_SAMPLES * STATUS_SAMPLE_S / 60);
+    render_chart(out, h);
+    render_history(out, h);
+    buf_printf(out, "<h2>Top destinations</h2>");
+    render_destinations(out, r, now_ms);
+    buf_printf(out, "<h2>Recent bounces</h2>");
+    render_failures(out, r);
+    return buf_printf(out, "<p class=none>Metrics: <a href=\"/metrics\">/metrics</a> · "
+                           "<a href=\"/readyz\">/readyz</a></p></body></html>\n");
+}

@@ -1,0 +1,185 @@
+/* The status page's report: destinations with their queued jobs and oldest
+ * job (the read-only "top" function), and the newest failures from the
+ * trace logs ("recent"), gathered from every shard and merged. */
+#include "queue/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct report_call {
+    queue_report_t report;
+    unsigned dests_cap, failures_cap, max_failures;
+    unsigned pending;
+    char err[160];
+    queue_report_cb cb;
+    void *arg;
+};
+
+static long long integer_of(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER) return r->integer;
+    if (r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
+    return 0;
+}
+
+static const char *text_of(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_STRING ? r->str : "";
+}
+
+static int add_destination(struct report_call *rc, const char *domain, long long jobs,
+                           long long oldest)
+{
+    queue_report_t *r = &rc->report;
+    unsigned i = 0;
+    while (i < r->n_dests && strcmp(r->dests[i].domain, domain))
+        i++;
+    if (i == r->n_dests) {
+        if (r->n_dests == rc->dests_cap) {
+            unsigned cap = rc->dests_cap ? rc->dests_cap * 2 : 32;
+            queue_destination_t *grown = realloc(r->dests, cap * sizeof *grown);
+            if (!grown) return -1;
+            r->dests = grown, rc->dests_cap = cap;
+        }
+        memset(&r->dests[i], 0, sizeof r->dests[i]);
+        snprintf(r->dests[i].domain, sizeof r->dests[i].domain, "%s", domain);
+        r->n_dests++;
+    }
+    queue_destination_t *d = &r->dests[i];
+    d->jobs += jobs;
+    if (oldest > 0 && (d->oldest_ms == 0 || oldest < d->oldest_ms)) d->oldest_ms = oldest;
+    return 0;
+}
+
+static void on_top(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected top reply" : err);
+    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i + 2 < reply->elements; i += 3)
+        if (add_destination(rc, text_of(reply->element[i]), integer_of(reply->element[i + 1]),
+                            integer_of(reply->element[i + 2])) < 0)
+            snprintf(rc->err, sizeof rc->err, "out of memory");
+}
+
+static void on_recent(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    queue_report_t *r = &rc->report;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected recent reply" : err);
+        return;
+    }
+    for (size_t i = 0; i + 4 < reply->elements; i += 5) {
+        if (r->n_failures == rc->failures_cap) {
+            unsigned cap = rc->failures_cap ? rc->failures_cap * 2 : 16;
+            queue_failure_t *grown = realloc(r->failures, cap * sizeof *grown);
+            if (!grown) return;
+            r->failures = grown, rc->failures_cap = cap;
+        }
+        queue_failure_t *f = &r->failures[r->n_failures++];
+        f->ms = strtoll(text_of(reply->element[i]), NULL, 10); /* the stream id's time */
+        snprintf(f->mid, sizeof f->mid, "%s", text_of(reply->element[i + 1]));
+        snprintf(f->rcpt, sizeof f->rcpt, "%s", text_of(reply->element[i + 2]));
+        snprintf(f->event, sizeof f->event, "%s", text_of(reply->element[i + 3]));
+        snprintf(f->detail, sizeof f->detail, "%s", text_of(reply->element[i + 4]));
+    }
+}
+
+static int by_jobs(const void *x, const void *y)
+{
+    const queue_destination_t *a = x, *b = y;
+    if (a->jobs != b->jobs) return a->jobs < b->jobs ? 1 : -1;
+    return strcmp(a->domain, b->domain);
+}
+
+static int newest_first(const void *x, const void *y)
+{
+    const queue_failure_t *a = x, *b = y;
+    return (a->ms < b->ms) - (a->ms > b->ms);
+}
+
+static void report_done(struct report_call *rc)
+{
+    if (--rc->pending > 0) return;
+    queue_report_t *r = &rc->report;
+    if (r->n_dests) qsort(r->dests, r->n_dests, sizeof *r->dests, by_jobs);
+    if (r->n_failures) qsort(r->failures, r->n_failures, sizeof *r->failures, newest_first);
+    if (r->n_failures > rc->max_failures) r->n_failures = rc->max_failures;
+    rc->cb(rc->err[0] ? -1 : 0, rc->err[0] ? rc->err : NULL, r, rc->arg);
+    free(r->dests);
+    free(r->failures);
+    free(rc);
+}
+
+static void on_stats(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    if (!reply || stats_add_shard(&rc->report.stats, reply) < 0)
+        snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected stats reply" : err);
+}
+
+enum part { PART_TOP, PART_RECENT, PART_STATS, PARTS };
+
+static void on_part(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    static void (*const handlers[PARTS])(struct call *, redisReply *,
+                                         const char *) = {on_top, on_recent, on_stats};
+    handlers[call->shard](call, reply, err);
+    report_done(rc);
+}
+
+static int ask_part(struct call *call, unsigned shard, enum part part, const char *count)
+{
+    key_t_ kb[4];
+    const char *keys[4], *args[] = {count};
+    if (part == PART_STATS) {
+        stats_keys(shard, kb);
+        for (int i = 0; i < 4; i++)
+            keys[i] = kb[i];
+        return fcall(call, "stats", true, 4, keys, 0, NULL, NULL);
+    }
+    shard_key(kb[0], shard, part == PART_TOP ? "dom" : "log");
+    shard_key(kb[1], shard, "dq");
+    keys[0] = kb[0], keys[1] = kb[1];
+    return part == PART_TOP ? fcall(call, "top", true, 2, keys, 0, NULL, NULL)
+                            : fcall(call, "recent", true, 1, keys, 1, args, NULL);
+}
+
+/* One shard's calls; call->shard tells the replies apart (a part). */
+static void ask_shard(queue_t *q, struct report_call *rc, unsigned shard)
+{
+    char count[16];
+    snprintf(count, sizeof count, "%u", rc->max_failures);
+    for (unsigned part = 0; part < PARTS; part++) {
+        struct call *call = call_new(q, rc);
+        if (!call) {
+            snprintf(rc->err, sizeof rc->err, "out of memory");
+            continue;
+        }
+        call->done = on_part;
+        call->shard = part;
+        rc->pending++;
+        if (ask_part(call, shard, (enum part)part, count) < 0) {
+            snprintf(rc->err, sizeof rc->err, "redis not connected");
+            rc->pending--;
+        }
+    }
+}
+
+int queue_report(queue_t *q, unsigned max_failures, queue_report_cb cb, void *arg)
+{
+    struct report_call *rc = calloc(1, sizeof *rc);
+    if (!rc) return -1;
+    rc->cb = cb;
+    rc->arg = arg;
+    rc->max_failures = max_failures;
+    rc->report.stats.oldest_ms = -1;
+    rc->pending = 1; /* held back until every call is sent */
+    for (unsigned s = 0; s < q->shards; s++)
+        ask_shard(q, rc, s);
+    report_done(rc);
+    return 0;
+}
