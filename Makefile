@@ -42,7 +42,8 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(ASAN_BUILD) && ctest --output-on-failure
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
-	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 # Benchmarks against peers measured in the same run; the tables go to
 # bench/results/<date>.md with a description of the machine.

@@ -55,7 +55,7 @@ void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
         exit(2);
     }
     log_set_level(cfg->log.level);
-    log_set_redact(cfg->log.redact_addresses);
+    log_set_redact(cfg->log.redact_addresses, NULL, 0);
 }
 
 int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag, bool *flag_set,

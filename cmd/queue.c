@@ -2,6 +2,7 @@
  * can reach Redis. Listings never show a body: only envelopes, states and
  * what the servers replied. */
 #include "cmd/cmd.h"
+#include "proto/proto.h"
 #include "queue/queue.h"
 
 #include <getopt.h>
@@ -63,14 +64,17 @@ static int parse_options(int argc, char **argv, struct options *o)
     return -1;
 }
 
-/* A string as a JSON string literal. */
+/* A string as a JSON string literal. What a remote server said may not be
+ * UTF-8: then each octet above 127 is written as the code point of the
+ * same number (as Latin-1 would read it), so the output stays valid JSON. */
 static void json_string(const char *s)
 {
+    bool utf8 = proto_utf8_valid(s, strlen(s));
     putchar('"');
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\')
             printf("\\%c", *p);
-        else if (*p < 0x20)
+        else if (*p < 0x20 || *p == 0x7f || (*p >= 0x80 && !utf8))
             printf("\\u%04x", *p);
         else
             putchar(*p);
@@ -374,6 +378,7 @@ static int run(queue_admin_t *a, const config_t *cfg, const struct options *o, c
         if (queue_admin_jobs(a, shards, top ? top_one : list_one, top ? (void *)&t : (void *)&l,
                              err, sizeof err) < 0) {
             free(t.d);
+            if (!top && o->json && l.n) printf("]\n"); /* what was read, as valid JSON */
             goto failed;
         }
         if (top) print_top(&t, l.now, o->json);

@@ -9,6 +9,7 @@
 #include "queue/queue.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,8 @@ typedef struct runtime {
         uv_timer_t sampler;     /* keeps the history going without scrapes */
         struct scrape *waiting; /* page requests answered when the report comes */
         bool reporting;         /* a report call is out */
+        buf_t page;             /* the last page rendered ... */
+        uint64_t page_at;       /* ... at this uv_now; 0: none */
     } status;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t deadline;
@@ -236,24 +239,28 @@ static void on_report(int status, const char *err, const queue_report_t *report,
     runtime_t *rt = arg;
     rt->status.reporting = false;
     if (status == 0) sample_history(rt, &report->stats);
+    buf_reset(&rt->status.page);
+    int rc = status_render(&rt->status.page, rt->cfg->ingress.hostname, &rt->status.history,
+                           status == 0 ? report : NULL, status == 0 ? NULL : err, util_now_ms());
+    rt->status.page_at = rc == 0 && status == 0 ? uv_now(rt->loop) : 0;
     while (rt->status.waiting) {
         struct scrape *p = rt->status.waiting;
         rt->status.waiting = p->next;
-        buf_t body;
-        buf_init(&body);
-        int rc =
-            status_render(&body, rt->cfg->ingress.hostname, &rt->status.history,
-                          status == 0 ? report : NULL, status == 0 ? NULL : err, util_now_ms());
-        http_reply(p->req, rc == 0 ? 200 : 500, PAGE_TYPE, &body);
-        buf_free(&body);
+        http_reply(p->req, rc == 0 ? 200 : 500, PAGE_TYPE, &rt->status.page);
         free(p);
     }
 }
 
 /* GET /: waits for a fresh report of destinations and bounces (one call
- * out at a time, however many browsers ask). */
+ * out at a time, however many browsers ask); a page younger than
+ * PAGE_CACHE_MS is served again, so open browsers cannot load Redis. */
+#define PAGE_CACHE_MS 5000
+
 static int status_page(runtime_t *rt, http_request_t *req, buf_t *body, const char **content_type)
 {
+    *content_type = PAGE_TYPE;
+    if (rt->status.page_at && uv_now(rt->loop) - rt->status.page_at < PAGE_CACHE_MS)
+        return buf_append(body, rt->status.page.data, rt->status.page.len) == 0 ? 200 : 500;
     struct scrape *p = malloc(sizeof *p);
     if (!p) {
         buf_printf(body, "out of memory\n");
@@ -290,6 +297,14 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
                    void *arg)
 {
     runtime_t *rt = arg;
+    /* A connection accepted before the stop may still ask: the queue may be
+     * closed by now, so nothing that needs it is answered. */
+    if (rt->stopping || !rt->queue) {
+        bool known = !strcmp(path, "/") || !strcmp(path, "/metrics") || !strcmp(path, "/readyz") ||
+                     !strcmp(path, "/healthz");
+        buf_printf(body, known ? "stopping\n" : "not found\n");
+        return known ? 503 : 404;
+    }
     if (!strcmp(path, "/metrics")) {
         *content_type = METRICS_TYPE;
         return scrape_metrics(rt, req, body);
@@ -515,6 +530,12 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         log_error("event=start_failed what=seal error=\"%s\"", err);
         return 1;
     }
+    if (cfg->log.redact_addresses) { /* hashes no one can recompute without the cluster key */
+        unsigned char key[32];
+        seal_derive(rt.seal, "sealpost log redaction", key);
+        log_set_redact(true, key, sizeof key);
+        sodium_memzero(key, sizeof key);
+    }
     if (opts.private_redis && !cfg->redis.url[0] && start_redis(&rt) < 0) {
         seal_keyring_free(rt.seal);
         return 1;
@@ -542,6 +563,7 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     uv_run(rt.loop, UV_RUN_DEFAULT);
     uv_loop_close(rt.loop);
     seal_keyring_free(rt.seal);
+    buf_free(&rt.status.page);
     log_info("event=stopped exit=%d", rt.exit_code);
     return rt.exit_code;
 }

@@ -190,9 +190,11 @@ static void render_failures(buf_t *out, const queue_report_t *r)
         char when[16];
         clock_text(f->ms, when, sizeof when);
         buf_printf(out, "<tr><td>%s</td><td><code>%.12s</code></td><td>", when, f->mid);
-        html(out, f->rcpt);
+        /* The page is as discreet as the logs ([log] redact_addresses). */
+        char rcpt[LOG_SAFE_MAX], detail[LOG_SAFE_MAX];
+        html(out, log_redacting() ? log_addr(f->rcpt, rcpt) : f->rcpt);
         buf_printf(out, "</td><td>%s</td><td>", f->event);
-        html(out, f->detail);
+        html(out, log_redacting() ? log_text(f->detail, detail) : f->detail);
         buf_printf(out, "</td></tr>");
     }
     buf_printf(out, "</table>");

@@ -26,7 +26,12 @@ const char *log_safe(const char *in, char out[LOG_SAFE_MAX]);
  * part replaced by 8 hex digits of a hash of the address, so lines about one
  * address still match each other without naming it. */
 const char *log_addr(const char *addr, char out[LOG_SAFE_MAX]);
-void log_set_redact(bool on);
+/* Free text (a server's reply) for a log line: as log_safe, and with
+ * redaction on, every address in it masked as log_addr masks it. */
+const char *log_text(const char *in, char out[LOG_SAFE_MAX]);
+/* Redaction on or off; key (up to 32 octets, or NULL) keys the hash. */
+void log_set_redact(bool on, const unsigned char *key, size_t len);
+bool log_redacting(void);
 
 #define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_write(LOG_INFO, __VA_ARGS__)

@@ -65,6 +65,10 @@ int seal_open(const seal_keyring_t *k, const char *context, const void *in, size
 int seal_check_make(const seal_keyring_t *k, unsigned i, buf_t *out);
 bool seal_check_verify(const seal_keyring_t *k, const void *blob, size_t len);
 
+/* A key for another purpose (context names it), derived from the sealing
+ * key, so the cluster shares it without another secret to hand out. */
+void seal_derive(const seal_keyring_t *k, const char *context, unsigned char out[32]);
+
 /* A new random key as "id:base64", for a key file. */
 int seal_key_new(const char *id, char *out, size_t outlen);
 

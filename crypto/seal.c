@@ -280,6 +280,12 @@ bool seal_check_verify(const seal_keyring_t *k, const void *blob, size_t len)
     return ok;
 }
 
+void seal_derive(const seal_keyring_t *k, const char *context, unsigned char out[32])
+{
+    crypto_generichash(out, 32, (const unsigned char *)context, strlen(context), k->keys[0].key,
+                       SEAL_KEY_BYTES);
+}
+
 int seal_key_new(const char *id, char *out, size_t outlen)
 {
     if (sodium_init() < 0 || !valid_id(id, strlen(id))) return -1;

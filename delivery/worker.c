@@ -197,10 +197,10 @@ typedef struct outcome {
 static void log_outcome(const delivery_t *d, outcome_t *o, const char *rcpt, enum outcome_kind kind,
                         const char *detail)
 {
-    char safe[LOG_SAFE_MAX];
+    char safe[LOG_SAFE_MAX], text[LOG_SAFE_MAX];
     metric_add(d->w->outcomes[kind], 1);
     log_info("event=%s mid=%s rcpt=<%s> attempt=%u detail=\"%s\"", outcome_names[kind], d->job->mid,
-             log_addr(rcpt, safe), d->job->attempts + 1, detail);
+             log_addr(rcpt, safe), d->job->attempts + 1, log_text(detail, text));
     /* TAB and LF separate the trace's fields: a reply should not have them,
      * but what a server says is not ours to trust. */
     char clean[600];

@@ -160,8 +160,10 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
         e.expires = f->expires;
         e.armored = (char *)f->armored;
         e.armored_len = f->armored ? f->armored_len : 0;
-        if (keydir_put(s->ingress->crypt.keydir, f->version, s->pending_canon, &e) < 0)
-            log_warn("event=keys_cache_failed rcpt=%s", s->pending_canon);
+        if (keydir_put(s->ingress->crypt.keydir, f->version, s->pending_canon, &e) < 0) {
+            char safe[LOG_SAFE_MAX];
+            log_warn("event=keys_cache_failed rcpt=%s", log_addr(s->pending_canon, safe));
+        }
     }
     if (s->closed) {
         free(s->pending_rcpt);

@@ -176,24 +176,49 @@ int queue_admin_jobs(queue_admin_t *a, unsigned shards,
     return 0;
 }
 
-struct collect {
-    const char *mid;
-    queue_message_info_t *out;
-};
-
-static void collect_job(const queue_job_info_t *job, void *arg)
+/* One job of a message, by id: its hash and which set holds it, in one
+ * pipelined round trip. 1 when it exists, 0 when gone, -1 on error. */
+static int job_by_id(queue_admin_t *a, unsigned shard, long long now, const char *jid,
+                     queue_job_info_t *j, char *err, size_t errlen)
 {
-    struct collect *c = arg;
-    if (strcmp(job->mid, c->mid)) return;
-    queue_job_info_t *grown = realloc(c->out->jobs, (c->out->n_jobs + 1) * sizeof *grown);
-    if (!grown) return;
-    c->out->jobs = grown;
-    queue_job_info_t *j = &grown[c->out->n_jobs++];
-    *j = *job;
-    j->rcpts = strdup(job->rcpts);
-    j->sender = NULL;
+    key_t_ k[4];
+    char suffix[96];
+    snprintf(suffix, sizeof suffix, "j:%s", jid);
+    shard_key(k[0], shard, suffix);
+    static const char *const sets[] = {"due", "lease", "held"};
+    for (int i = 0; i < 3; i++)
+        shard_key(k[1 + i], shard, sets[i]);
+    const char *h[] = {"HGETALL", k[0]};
+    const char *z[3][3] = {{"ZSCORE", k[1], jid}, {"ZSCORE", k[2], jid}, {"ZSCORE", k[3], jid}};
+    const char **argv[] = {h, z[0], z[1], z[2]};
+    int argc[] = {2, 3, 3, 3};
+    redisReply *r[4];
+    if (pipeline(a, 4, argc, argv, r, err, errlen) < 0) return -1;
+    int found = r[0]->type == REDIS_REPLY_ARRAY && r[0]->elements > 0;
+    if (found) {
+        memset(j, 0, sizeof *j);
+        snprintf(j->jid, sizeof j->jid, "%s", jid);
+        snprintf(j->mid, sizeof j->mid, "%.32s", jid);
+        j->shard = shard;
+        job_fill(j, r[0], NULL);
+        j->rcpts = strdup(j->rcpts);
+        j->sender = NULL;
+        int set = r[2]->type != REDIS_REPLY_NIL ? 1 : r[3]->type != REDIS_REPLY_NIL ? 2 : 0;
+        j->when_ms = text_ll(r[1 + set]);
+        j->state = set == 1            ? QUEUE_STATE_LEASED
+                   : set == 2          ? QUEUE_STATE_HELD
+                   : j->when_ms <= now ? QUEUE_STATE_DUE
+                                       : QUEUE_STATE_SCHEDULED;
+        if (!j->rcpts) found = -1;
+    }
+    for (int i = 0; i < 4; i++)
+        freeReplyObject(r[i]);
+    if (found < 0) snprintf(err, errlen, "out of memory");
+    return found;
 }
 
+/* The envelope names its jobs ("jobs"): reading them by id costs one round
+ * trip each, whatever else the shard holds. */
 int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
                         queue_message_info_t *out, char *err, size_t errlen)
 {
@@ -216,10 +241,26 @@ int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
     out->info = strdup(field_text(r, "info"));
     out->received_ms = text_ll(field(r, "received"));
     out->bodies = (unsigned)text_ll(field(r, "bodies"));
+    char *jobs = strdup(field_text(r, "jobs"));
     freeReplyObject(r);
-    err[0] = 0;
-    struct collect c = {out->mid, out};
-    return shard_jobs(a, shard, queue_admin_now_ms(a), collect_job, &c, err, errlen) < 0 ? -1 : 1;
+    unsigned n = 1;
+    for (const char *p = jobs ? jobs : ""; *p; p++)
+        n += *p == ' ';
+    out->jobs = calloc(n, sizeof *out->jobs);
+    int rc = out->sender && out->params && out->info && jobs && out->jobs ? 1 : -1;
+    if (rc < 0) snprintf(err, errlen, "out of memory");
+    long long now = queue_admin_now_ms(a);
+    for (char *save = NULL, *jid = rc > 0 ? strtok_r(jobs, " ", &save) : NULL; jid && rc > 0;
+         jid = strtok_r(NULL, " ", &save)) {
+        int found = job_by_id(a, shard, now, jid, &out->jobs[out->n_jobs], err, errlen);
+        if (found < 0) rc = -1;
+        if (found > 0) out->n_jobs++;
+    }
+    for (unsigned i = 0; out->jobs && i < out->n_jobs; i++)
+        out->jobs[i].received_ms = out->received_ms;
+    free(jobs);
+    if (rc < 0) queue_admin_message_free(out);
+    return rc;
 }
 
 void queue_admin_message_free(queue_message_info_t *m)

@@ -110,7 +110,14 @@ local function claim(keys, args)
   for _, jid in ipairs(redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 100)) do
     redis.call('ZREM', keys[2], jid)
     redis.call('HDEL', keys[3], jid .. ':own')
-    if redis.call('HINCRBY', keys[3], jid .. ':exp', 1) >= max_exp then
+    -- An operator's hold or delete waited for this lease: a held job goes
+    -- to held now; one to delete waits there for `queue delete` to finish it.
+    local flagged = redis.call('HEXISTS', keys[3], jid .. ':hold') == 1
+                    or redis.call('HEXISTS', keys[3], jid .. ':del') == 1
+    redis.call('HDEL', keys[3], jid .. ':hold')
+    if flagged then
+      redis.call('ZADD', keys[4], now, jid)
+    elseif redis.call('HINCRBY', keys[3], jid .. ':exp', 1) >= max_exp then
       redis.call('ZADD', keys[4], now, jid)
       redis.call('HINCRBY', keys[5], 'poisoned', 1)
     else
@@ -207,6 +214,9 @@ end
 -- never recorded without its bounce, nor bounced twice. An operator's hold
 -- or delete of the leased job takes effect here.
 local function complete(keys, args)
+  if (#keys ~= 12 or #args ~= 8) and (#keys ~= 15 or #args ~= 15) then
+    return redis.error_reply('ERR complete: arguments do not match this library')
+  end
   local jid = args[1]
   if not lease_valid(keys, jid, args[2]) then return 'stale' end
   -- The body key (keys[8]) was named after the variant in the job id.
@@ -216,7 +226,8 @@ local function complete(keys, args)
     return redis.error_reply('ERR job id and body variant disagree')
   end
   local now, mid = now_ms(), string.sub(jid, 1, 32)
-  if #keys == 15 then -- first, so that its checks fail before anything is written
+  local deleted = redis.call('HEXISTS', keys[3], jid .. ':del') == 1
+  if #keys == 15 and not deleted then -- first: its checks fail before anything is written
     local stored = store_message(
       {keys[13], keys[1], keys[4], keys[5], keys[9], keys[10], keys[12], keys[14], keys[15]},
       {args[9], args[7], '', '', args[10], 1, 1, args[11], args[12], args[13], args[14], 0}, now)
@@ -228,7 +239,6 @@ local function complete(keys, args)
   for rcpt, event, reply in string.gmatch(args[8], '([^\t\n]*)\t([^\t\n]*)\t([^\n]*)') do
     trace(keys[10], mid, jid, rcpt, event, reply)
   end
-  local deleted = redis.call('HEXISTS', keys[3], jid .. ':del') == 1
   if args[3] ~= '' and not deleted then
     redis.call('HSET', keys[6], 'rcpts', args[3], 'last_error', args[5])
     if #keys == 15 and args[15] == '1' then redis.call('HSET', keys[6], 'warned', 1) end
@@ -257,6 +267,9 @@ end
 -- KEYS: due, lease, held, meta, st, dom, j, m, b<v>, age, log, dq
 -- ARGV: op, jid, shard.  Returns what happened, in words.
 local function job_op(keys, args)
+  if #keys ~= 12 or #args ~= 3 then
+    return redis.error_reply('ERR job_op: arguments do not match this library')
+  end
   local op, jid = args[1], args[2]
   local mid = string.sub(jid, 1, 32)
   if redis.call('EXISTS', keys[7]) == 0 then return 'no such job' end
@@ -285,7 +298,9 @@ local function job_op(keys, args)
     end
     if held then
       redis.call('ZREM', keys[3], jid)
-      redis.call('HDEL', keys[4], jid .. ':exp') -- a poison count starts over
+      -- a poison count starts over; what was asked while it was leased is
+      -- superseded by this (the operator's latest word)
+      redis.call('HDEL', keys[4], jid .. ':exp', jid .. ':hold', jid .. ':del')
     elseif op == 'release' then
       return 'not held'
     end

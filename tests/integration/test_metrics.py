@@ -291,20 +291,25 @@ def test_queue_depth_goes_up_then_down(stack):
 
 def test_logs_are_key_value_lines_and_redact_addresses_when_asked(stack):
     """One line per event, key=value, the message id on each line about a
-    message; with [log] redact_addresses the addresses become hashes."""
+    message; with [log] redact_addresses the addresses become hashes, in the
+    servers' replies the logs quote too."""
+    stack.sink.rcpt_reply = lambda a: (f"550 5.1.1 <{a}>: no such user"
+                                       if a.startswith("quoted") else None)
     ingress = stack.ingress(extra="[log]\nredact_addresses = yes\n")
     worker = stack.worker(extra="[log]\nredact_addresses = yes\n")
     with connect(stack) as c:
-        open_transaction(c, "secret.sender@origin.test", ("hidden.rcpt@example.test",))
+        open_transaction(c, "secret.sender@origin.test",
+                         ("hidden.rcpt@example.test", "quoted.rcpt@example.test"))
         reply = expect(c.cmd(b"Subject: private\r\n\r\nbody\r\n."), 250, "2.0.0")
     mid = reply.text.split()[-1]
     wait_for(lambda: f"event=delivered mid={mid}" in worker.read_log(), what="delivery logged")
     logs = ingress.read_log() + worker.read_log()
     assert "secret.sender" not in logs and "hidden.rcpt" not in logs
+    assert "quoted.rcpt" not in logs and "event=bounced" in worker.read_log()
     assert "private" not in logs and "body" not in logs  # never the message
     lines = [line for line in logs.splitlines() if mid in line]
     assert any("event=accepted" in line for line in lines)
     for line in logs.splitlines():
         assert line.startswith("ts=") and " level=" in line and " event=" in line, line
     delivered = next(line for line in lines if "event=delivered" in line)
-    assert re.search(r"rcpt=<[0-9a-f]{8}@example\.test>", delivered), delivered
+    assert re.search(r"rcpt=<[0-9a-f]{16}@example\.test>", delivered), delivered
