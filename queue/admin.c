@@ -265,7 +265,7 @@ int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
 
 void queue_admin_message_free(queue_message_info_t *m)
 {
-    for (unsigned i = 0; i < m->n_jobs; i++)
+    for (unsigned i = 0; m->jobs && i < m->n_jobs; i++)
         free((char *)m->jobs[i].rcpts);
     free(m->jobs);
     free(m->sender);
