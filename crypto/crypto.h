@@ -1,8 +1,9 @@
-/* crypto: the secrets side of sealpost. For now, the SMTP AUTH passwords:
- * argon2id hashes (libsodium) for PLAIN and LOGIN, and the CRAM-MD5
- * response, which needs the password itself (a password-equivalent secret)
- * on the server. The encryption gateway joins this library later. Uses
- * core/ and nothing else of ours. */
+/* crypto: the secrets side of sealpost. The encryption gateway (recipient
+ * policy and the node's key cache, GPGME encryption with one GnuPG home per
+ * thread, RFC 3156 PGP/MIME with RFC 9788 header protection), sealing of
+ * every stored body with libsodium, and the SMTP AUTH passwords (argon2id,
+ * and the CRAM-MD5 response, which needs the password itself on the
+ * server). Uses core/ and proto/, nothing else of ours. */
 #ifndef SEALPOST_CRYPTO_H
 #define SEALPOST_CRYPTO_H
 
