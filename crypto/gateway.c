@@ -119,19 +119,28 @@ static int shared_variant(gateway_job_t *job, const struct named *nm, const buf_
     return rc;
 }
 
+static bool keyed_bcc(const gateway_rcpt_t *r, const struct named *nm)
+{
+    return r->key && !is_named(nm, r->addr);
+}
+
+/* Bcc recipients of one key share its copy (it reveals no one else): the
+ * first one before rcpts[i] with the same key, or NULL. */
+static const gateway_rcpt_t *bcc_twin(const gateway_job_t *job, const struct named *nm, unsigned i)
+{
+    for (unsigned j = 0; j < i; j++)
+        if (keyed_bcc(&job->rcpts[j], nm) &&
+            !strcmp(job->rcpts[j].key->fpr, job->rcpts[i].key->fpr))
+            return &job->rcpts[j];
+    return NULL;
+}
+
 /* Copies of their own that the keyed Bcc recipients need: one per key. */
 static unsigned bcc_copies(const gateway_job_t *job, const struct named *nm)
 {
     unsigned n = 0;
-    for (unsigned i = 0; i < job->n_rcpts; i++) {
-        const gateway_rcpt_t *r = &job->rcpts[i];
-        if (!r->key || is_named(nm, r->addr)) continue;
-        bool seen = false;
-        for (unsigned j = 0; j < i && !seen; j++)
-            seen = job->rcpts[j].key && !is_named(nm, job->rcpts[j].addr) &&
-                   !strcmp(job->rcpts[j].key->fpr, r->key->fpr);
-        n += !seen;
-    }
+    for (unsigned i = 0; i < job->n_rcpts; i++)
+        n += keyed_bcc(&job->rcpts[i], nm) && !bcc_twin(job, nm, i);
     return n;
 }
 
@@ -161,12 +170,11 @@ static int encrypt_all(gateway_job_t *job)
     for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
         gateway_rcpt_t *r = &job->rcpts[i];
         if (!r->key || r->variant != NO_VARIANT) continue;
-        /* Bcc recipients of one key share its copy: it reveals no one else. */
-        for (unsigned j = 0; j < i && r->variant == NO_VARIANT; j++)
-            if (job->rcpts[j].key && !is_named(&nm, job->rcpts[j].addr) &&
-                !strcmp(job->rcpts[j].key->fpr, r->key->fpr))
-                r->variant = job->rcpts[j].variant;
-        if (r->variant != NO_VARIANT) continue;
+        const gateway_rcpt_t *twin = bcc_twin(job, &nm, i);
+        if (twin) {
+            r->variant = twin->variant;
+            continue;
+        }
         rc = add_variant(job, &r->variant);
         if (rc == 0) rc = encrypted_variant(job, &inner, r->key, 1, r->variant);
     }

@@ -8,28 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static long long text_ll(const redisReply *r)
-{
-    if (r && r->type == REDIS_REPLY_INTEGER) return r->integer;
-    if (r && r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
-    return 0;
-}
-
-static const redisReply *field(const redisReply *flat, const char *name)
-{
-    if (!flat || flat->type != REDIS_REPLY_ARRAY) return NULL;
-    for (size_t i = 0; i + 1 < flat->elements; i += 2)
-        if (flat->element[i]->type == REDIS_REPLY_STRING && !strcmp(flat->element[i]->str, name))
-            return flat->element[i + 1];
-    return NULL;
-}
-
-static const char *field_text(const redisReply *flat, const char *name)
-{
-    const redisReply *v = field(flat, name);
-    return v && v->type == REDIS_REPLY_STRING ? v->str : "";
-}
-
 /* Pipelined: appends every command, then reads every reply in order. */
 static int pipeline(queue_admin_t *a, int n, int argc[], const char **argv[], redisReply *out[],
                     char *err, size_t errlen)
@@ -67,7 +45,7 @@ long long queue_admin_now_ms(queue_admin_t *a)
     redisReply *r = queue_admin_command(a, err, sizeof err, 1, argv);
     long long ms = 0;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2)
-        ms = text_ll(r->element[0]) * 1000 + text_ll(r->element[1]) / 1000;
+        ms = reply_ll(r->element[0], 0) * 1000 + reply_ll(r->element[1], 0) / 1000;
     freeReplyObject(r);
     return ms;
 }
@@ -75,16 +53,17 @@ long long queue_admin_now_ms(queue_admin_t *a)
 /* Fills in one job from its hash and its message's hash. */
 static void job_fill(queue_job_info_t *j, const redisReply *job, const redisReply *msg)
 {
-    snprintf(j->domain, sizeof j->domain, "%s", field_text(job, "domain"));
-    j->attempts = (unsigned)text_ll(field(job, "attempts"));
-    snprintf(j->last_error, sizeof j->last_error, "%s", field_text(job, "last_error"));
-    j->rcpts = field_text(job, "rcpts");
+    snprintf(j->domain, sizeof j->domain, "%s", reply_str(reply_field(job, "domain")));
+    j->attempts = (unsigned)reply_ll(reply_field(job, "attempts"), 0);
+    snprintf(j->last_error, sizeof j->last_error, "%s", reply_str(reply_field(job, "last_error")));
+    j->rcpts = reply_str(reply_field(job, "rcpts"));
     j->sender = msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 2 &&
                         msg->element[0]->type == REDIS_REPLY_STRING
                     ? msg->element[0]->str
                     : "";
-    j->received_ms =
-        msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 2 ? text_ll(msg->element[1]) : 0;
+    j->received_ms = msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 2
+                         ? reply_ll(msg->element[1], 0)
+                         : 0;
 }
 
 /* The jobs of one shard with their states: reads due, lease and held,
@@ -126,7 +105,7 @@ static int shard_jobs(queue_admin_t *a, unsigned shard, long long now,
                 snprintf(j->jid, sizeof j->jid, "%s", sets_r[i]->element[e]->str);
                 snprintf(j->mid, sizeof j->mid, "%.32s", j->jid);
                 j->shard = shard;
-                j->when_ms = text_ll(sets_r[i]->element[e + 1]);
+                j->when_ms = reply_ll(sets_r[i]->element[e + 1], 0);
                 j->state = i == 1              ? QUEUE_STATE_LEASED
                            : i == 2            ? QUEUE_STATE_HELD
                            : j->when_ms <= now ? QUEUE_STATE_DUE
@@ -204,7 +183,7 @@ static int job_by_id(queue_admin_t *a, unsigned shard, long long now, const char
         j->rcpts = strdup(j->rcpts);
         j->sender = NULL;
         int set = r[2]->type != REDIS_REPLY_NIL ? 1 : r[3]->type != REDIS_REPLY_NIL ? 2 : 0;
-        j->when_ms = text_ll(r[1 + set]);
+        j->when_ms = reply_ll(r[1 + set], 0);
         j->state = set == 1            ? QUEUE_STATE_LEASED
                    : set == 2          ? QUEUE_STATE_HELD
                    : j->when_ms <= now ? QUEUE_STATE_DUE
@@ -236,12 +215,12 @@ int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
         freeReplyObject(r);
         return 0;
     }
-    out->sender = strdup(field_text(r, "sender"));
-    out->params = strdup(field_text(r, "params"));
-    out->info = strdup(field_text(r, "info"));
-    out->received_ms = text_ll(field(r, "received"));
-    out->bodies = (unsigned)text_ll(field(r, "bodies"));
-    char *jobs = strdup(field_text(r, "jobs"));
+    out->sender = strdup(reply_str(reply_field(r, "sender")));
+    out->params = strdup(reply_str(reply_field(r, "params")));
+    out->info = strdup(reply_str(reply_field(r, "info")));
+    out->received_ms = reply_ll(reply_field(r, "received"), 0);
+    out->bodies = (unsigned)reply_ll(reply_field(r, "bodies"), 0);
+    char *jobs = strdup(reply_str(reply_field(r, "jobs")));
     freeReplyObject(r);
     unsigned n = 1;
     for (const char *p = jobs ? jobs : ""; *p; p++)
@@ -319,12 +298,12 @@ int queue_admin_trace(queue_admin_t *a, unsigned shards, const char *mid,
         const redisReply *entry = r->element[i];
         if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) continue;
         const redisReply *f = entry->element[1];
-        if (strncmp(field_text(f, "mid"), mid, 32)) continue;
+        if (strncmp(reply_str(reply_field(f, "mid")), mid, 32)) continue;
         queue_trace_entry_t e = {.ms = strtoll(entry->element[0]->str, NULL, 10),
-                                 .job = field_text(f, "job"),
-                                 .rcpt = field_text(f, "rcpt"),
-                                 .event = field_text(f, "event"),
-                                 .detail = field_text(f, "detail")};
+                                 .job = reply_str(reply_field(f, "job")),
+                                 .rcpt = reply_str(reply_field(f, "rcpt")),
+                                 .event = reply_str(reply_field(f, "event")),
+                                 .detail = reply_str(reply_field(f, "detail"))};
         cb(&e, arg);
         found++;
     }

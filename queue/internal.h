@@ -50,6 +50,14 @@ struct call *call_new(queue_t *q, void *arg);
 int stats_add_shard(queue_stats_t *sum, const redisReply *r);
 /* The keys the stats function reads in a shard. */
 void stats_keys(unsigned shard, key_t_ kb[4]);
+/* Reading replies: an integer (or a number sent as a string), else
+ * fallback; a string, else ""; a field of an HGETALL-style flat array, else
+ * NULL. All take NULL. */
+long long reply_ll(const redisReply *r, long long fallback);
+const char *reply_str(const redisReply *r);
+const redisReply *reply_field(const redisReply *flat, const char *name);
+/* A blocking command on the administration connection, reply discarded. */
+int queue_admin_run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv);
 /* "{mq:<shard>}:<suffix>" */
 void shard_key(key_t_ out, unsigned shard, const char *suffix);
 /* The shard of a message id, out of shards. */

@@ -68,12 +68,10 @@ static void on_lookup_reply(struct call *call, redisReply *reply, const char *er
     }
     queue_key_found_t f = {0};
     size_t len;
-    const char *v = reply_text(reply->element[0], &len);
-    f.version = v ? strtoll(v, NULL, 10) : 0;
-    v = reply_text(reply->element[1], &len);
+    f.version = reply_ll(reply->element[0], 0);
+    const char *v = reply_text(reply->element[1], &len);
     if (v && len < sizeof f.fpr) memcpy(f.fpr, v, len);
-    v = reply_text(reply->element[2], &len);
-    f.expires = v ? strtoll(v, NULL, 10) : 0;
+    f.expires = reply_ll(reply->element[2], 0);
     f.armored = reply_text(reply->element[3], &f.armored_len);
     f.addr_policy = reply_text(reply->element[4], &len);
     f.domain_policy = reply_text(reply->element[5], &len);
@@ -95,12 +93,10 @@ int queue_key_lookup(queue_t *q, const char *addr, const char *domain, queue_key
 
 static void on_version_reply(struct call *call, redisReply *reply, const char *err)
 {
-    size_t len;
-    const char *v = reply ? reply_text(reply, &len) : NULL;
-    if (!v)
+    if (!reply || reply->type != REDIS_REPLY_STRING)
         call->cb.version(-1, reply ? "unexpected reply" : err, 0, call->arg);
     else
-        call->cb.version(0, NULL, strtoll(v, NULL, 10), call->arg);
+        call->cb.version(0, NULL, reply_ll(reply, 0), call->arg);
 }
 
 int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
@@ -114,13 +110,6 @@ int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
 }
 
 /* ---- administration of the key directory ---- */
-
-static int run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
-{
-    redisReply *r = queue_admin_command(a, err, errlen, argc, argv);
-    freeReplyObject(r);
-    return r ? 0 : -1;
-}
 
 /* A field of a hash, copied into out; "" when absent. */
 static int hget(queue_admin_t *a, const char *key, const char *field, buf_t *out, char *err,
@@ -216,7 +205,7 @@ static int unlink_address(queue_admin_t *a, const char *addr, const char *fpr, c
     int rc = hget(a, k, "fpr", &cur, err, errlen);
     if (rc == 0 && cur.len && !strcmp(cur.data, fpr)) {
         const char *del[] = {"DEL", k};
-        rc = run(a, err, errlen, 2, del);
+        rc = queue_admin_run(a, err, errlen, 2, del);
         if (rc == 0) rc = relink_address(a, addr, fpr, err, errlen);
     }
     buf_free(&cur);
@@ -275,7 +264,7 @@ int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *e
         set_lens[i] = strlen(set_key[i]);
     set_lens[9] = key->armored_len;
     const char *sadd[] = {"SADD", KD_KEYS, key->fpr}, *incr[] = {"INCR", KD_VERSION};
-    rc = run(a, err, errlen, 1, multi);
+    rc = queue_admin_run(a, err, errlen, 1, multi);
     if (rc == 0) {
         redisReply *r = redisCommandArgv(a->ctx, 10, set_key, set_lens);
         rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
@@ -294,14 +283,14 @@ int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *e
         rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
         freeReplyObject(r);
     }
-    if (rc == 0) rc = run(a, err, errlen, 3, sadd);
-    if (rc == 0) rc = run(a, err, errlen, 2, incr);
+    if (rc == 0) rc = queue_admin_run(a, err, errlen, 3, sadd);
+    if (rc == 0) rc = queue_admin_run(a, err, errlen, 2, incr);
     const char *discard[] = {"DISCARD"};
     if (rc < 0) { /* nothing of it is written */
         char ignored[64];
-        run(a, ignored, sizeof ignored, 1, discard);
+        queue_admin_run(a, ignored, sizeof ignored, 1, discard);
         snprintf(err, errlen, "redis refused the key");
-    } else if (run(a, err, errlen, 1, exec) < 0) {
+    } else if (queue_admin_run(a, err, errlen, 1, exec) < 0) {
         rc = -1;
     }
     buf_free(&addrs);
@@ -325,9 +314,9 @@ int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t 
     free(addrs);
     const char *del[] = {"DEL", k}, *srem[] = {"SREM", KD_KEYS, fpr},
                *incr[] = {"INCR", KD_VERSION};
-    if (rc == 0) rc = run(a, err, errlen, 2, del);
-    if (rc == 0) rc = run(a, err, errlen, 3, srem);
-    if (rc == 0) rc = run(a, err, errlen, 2, incr);
+    if (rc == 0) rc = queue_admin_run(a, err, errlen, 2, del);
+    if (rc == 0) rc = queue_admin_run(a, err, errlen, 3, srem);
+    if (rc == 0) rc = queue_admin_run(a, err, errlen, 2, incr);
     return rc < 0 ? -1 : found;
 }
 
@@ -360,15 +349,12 @@ int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *o
         return rc < 0 ? -1 : 0;
     }
     snprintf(out->fpr, sizeof out->fpr, "%s", fpr);
-    size_t len;
-    const char *v = reply_text(r->element[1], &len);
-    out->expires = v ? strtoll(v, NULL, 10) : 0;
-    v = reply_text(r->element[2], &len);
-    out->imported = v ? strtoll(v, NULL, 10) : 0;
+    out->expires = reply_ll(r->element[1], 0);
+    out->imported = reply_ll(r->element[2], 0);
     buf_init(&out->addresses);
     buf_init(&out->armored);
-    v = reply_text(r->element[0], &len);
-    if (buf_append(&out->addresses, v ? v : "", v ? len : 0) < 0 ||
+    const char *v = reply_str(r->element[0]);
+    if (buf_append(&out->addresses, v, strlen(v)) < 0 ||
         buf_append(&out->armored, r->element[3]->str, r->element[3]->len) < 0)
         rc = -1;
     freeReplyObject(r);
@@ -410,8 +396,9 @@ int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *pol
 {
     const char *set[] = {"HSET", KD_POLICY, target, policy}, *del[] = {"HDEL", KD_POLICY, target};
     const char *incr[] = {"INCR", KD_VERSION};
-    int rc = policy ? run(a, err, errlen, 4, set) : run(a, err, errlen, 3, del);
-    return rc == 0 ? run(a, err, errlen, 2, incr) : -1;
+    int rc =
+        policy ? queue_admin_run(a, err, errlen, 4, set) : queue_admin_run(a, err, errlen, 3, del);
+    return rc == 0 ? queue_admin_run(a, err, errlen, 2, incr) : -1;
 }
 
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)

@@ -339,11 +339,16 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
 
 /* ---- claim ---- */
 
-static long long reply_integer(const redisReply *r)
+long long reply_ll(const redisReply *r, long long fallback)
 {
-    if (r->type == REDIS_REPLY_INTEGER) return r->integer;
-    if (r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
-    return -1;
+    if (r && r->type == REDIS_REPLY_INTEGER) return r->integer;
+    if (r && r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
+    return fallback;
+}
+
+const char *reply_str(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? r->str : "";
 }
 
 static void on_claim_reply(struct call *call, redisReply *reply, const char *err)
@@ -364,9 +369,9 @@ static void on_claim_reply(struct call *call, redisReply *reply, const char *err
         const redisReply *jid = list->element[(size_t)2 * i];
         if (jid->type == REDIS_REPLY_STRING)
             snprintf(jobs[i].jid, sizeof jobs[i].jid, "%s", jid->str);
-        jobs[i].token = reply_integer(list->element[(size_t)2 * i + 1]);
+        jobs[i].token = reply_ll(list->element[(size_t)2 * i + 1], -1);
     }
-    call->cb.claim(0, NULL, reply_integer(reply->element[0]), jobs, n, call->arg);
+    call->cb.claim(0, NULL, reply_ll(reply->element[0], -1), jobs, n, call->arg);
     free(jobs);
 }
 
@@ -394,8 +399,9 @@ int queue_claim(queue_t *q, unsigned shard, const char *owner, unsigned max, uns
 
 /* ---- fetch ---- */
 
-static const redisReply *hash_field(const redisReply *flat, const char *name)
+const redisReply *reply_field(const redisReply *flat, const char *name)
 {
+    if (!flat || flat->type != REDIS_REPLY_ARRAY) return NULL;
     for (size_t i = 0; i + 1 < flat->elements; i += 2)
         if (flat->element[i]->type == REDIS_REPLY_STRING && !strcmp(flat->element[i]->str, name))
             return flat->element[i + 1];
@@ -404,7 +410,7 @@ static const redisReply *hash_field(const redisReply *flat, const char *name)
 
 static char *field_dup(const redisReply *flat, const char *name)
 {
-    const redisReply *v = hash_field(flat, name);
+    const redisReply *v = reply_field(flat, name);
     if (!v || v->type != REDIS_REPLY_STRING) return strdup("");
     return strndup(v->str, v->len);
 }
@@ -453,18 +459,18 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     memcpy(job->jid, call->claimed.jid, sizeof job->jid);
     snprintf(job->mid, sizeof job->mid, "%.32s", job->jid);
     job->variant = job_variant(job->jid);
-    const redisReply *v = hash_field(jf, "domain");
+    const redisReply *v = reply_field(jf, "domain");
     if (v && v->type == REDIS_REPLY_STRING) snprintf(job->domain, sizeof job->domain, "%s", v->str);
-    v = hash_field(jf, "attempts");
-    job->attempts = v ? (unsigned)reply_integer(v) : 0;
-    job->warned = hash_field(jf, "warned") != NULL;
+    v = reply_field(jf, "attempts");
+    job->attempts = v ? (unsigned)reply_ll(v, -1) : 0;
+    job->warned = reply_field(jf, "warned") != NULL;
     const redisReply *flag = reply->element[3];
     if (flag->type == REDIS_REPLY_STRING)
         job->operator_flag = !strcmp(flag->str, "delete") ? QUEUE_OP_DELETE
                              : !strcmp(flag->str, "hold") ? QUEUE_OP_HOLD
                                                           : QUEUE_OP_NONE;
-    v = hash_field(mf, "received");
-    job->received_ms = v ? reply_integer(v) : 0;
+    v = reply_field(mf, "received");
+    job->received_ms = v ? reply_ll(v, -1) : 0;
     job->sender = field_dup(mf, "sender");
     job->mail_params = field_dup(mf, "params");
     char *rcpts = field_dup(jf, "rcpts");

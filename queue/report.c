@@ -16,18 +16,6 @@ struct report_call {
     void *arg;
 };
 
-static long long integer_of(const redisReply *r)
-{
-    if (r->type == REDIS_REPLY_INTEGER) return r->integer;
-    if (r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
-    return 0;
-}
-
-static const char *text_of(const redisReply *r)
-{
-    return r->type == REDIS_REPLY_STRING ? r->str : "";
-}
-
 static int add_destination(struct report_call *rc, const char *domain, long long jobs,
                            long long oldest)
 {
@@ -58,8 +46,8 @@ static void on_top(struct call *call, redisReply *reply, const char *err)
     if (!reply || reply->type != REDIS_REPLY_ARRAY)
         snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected top reply" : err);
     for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i + 2 < reply->elements; i += 3)
-        if (add_destination(rc, text_of(reply->element[i]), integer_of(reply->element[i + 1]),
-                            integer_of(reply->element[i + 2])) < 0)
+        if (add_destination(rc, reply_str(reply->element[i]), reply_ll(reply->element[i + 1], 0),
+                            reply_ll(reply->element[i + 2], 0)) < 0)
             snprintf(rc->err, sizeof rc->err, "out of memory");
 }
 
@@ -79,11 +67,11 @@ static void on_recent(struct call *call, redisReply *reply, const char *err)
             r->failures = grown, rc->failures_cap = cap;
         }
         queue_failure_t *f = &r->failures[r->n_failures++];
-        f->ms = strtoll(text_of(reply->element[i]), NULL, 10); /* the stream id's time */
-        snprintf(f->mid, sizeof f->mid, "%s", text_of(reply->element[i + 1]));
-        snprintf(f->rcpt, sizeof f->rcpt, "%s", text_of(reply->element[i + 2]));
-        snprintf(f->event, sizeof f->event, "%s", text_of(reply->element[i + 3]));
-        snprintf(f->detail, sizeof f->detail, "%s", text_of(reply->element[i + 4]));
+        f->ms = strtoll(reply_str(reply->element[i]), NULL, 10); /* the stream id's time */
+        snprintf(f->mid, sizeof f->mid, "%s", reply_str(reply->element[i + 1]));
+        snprintf(f->rcpt, sizeof f->rcpt, "%s", reply_str(reply->element[i + 2]));
+        snprintf(f->event, sizeof f->event, "%s", reply_str(reply->element[i + 3]));
+        snprintf(f->detail, sizeof f->detail, "%s", reply_str(reply->element[i + 4]));
     }
 }
 

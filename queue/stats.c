@@ -53,7 +53,7 @@ void stats_keys(unsigned shard, key_t_ kb[4])
 {
     static const char *const names[] = {"due", "lease", "held", "age"};
     for (int i = 0; i < 4; i++)
-        snprintf(kb[i], KEY_MAX, "{mq:%u}:%s", shard, names[i]);
+        shard_key(kb[i], shard, names[i]);
 }
 
 int queue_stats(queue_t *q, queue_stats_cb cb, void *arg)

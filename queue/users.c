@@ -123,7 +123,7 @@ redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int 
     return r;
 }
 
-static int run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
+int queue_admin_run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
 {
     redisReply *r = queue_admin_command(a, err, errlen, argc, argv);
     freeReplyObject(r);
@@ -138,10 +138,12 @@ int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, c
     const char *set[] = {"HSET", USERS_KEY, name, hash};
     const char *set_cram[] = {"HSET", CRAM_KEY, name, cram ? cram : ""};
     const char *del_cram[] = {"HDEL", CRAM_KEY, name};
-    if (run(a, err, errlen, 1, multi) < 0) return -1;
-    int rc = run(a, err, errlen, 4, set);
-    if (rc == 0) rc = cram ? run(a, err, errlen, 4, set_cram) : run(a, err, errlen, 3, del_cram);
-    if (run(a, err, errlen, 1, exec) < 0) rc = -1;
+    if (queue_admin_run(a, err, errlen, 1, multi) < 0) return -1;
+    int rc = queue_admin_run(a, err, errlen, 4, set);
+    if (rc == 0)
+        rc = cram ? queue_admin_run(a, err, errlen, 4, set_cram)
+                  : queue_admin_run(a, err, errlen, 3, del_cram);
+    if (queue_admin_run(a, err, errlen, 1, exec) < 0) rc = -1;
     return rc;
 }
 
@@ -152,7 +154,7 @@ int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_
     if (!r) return -1;
     int found = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
     freeReplyObject(r);
-    return run(a, err, errlen, 3, del_cram) < 0 ? -1 : found;
+    return queue_admin_run(a, err, errlen, 3, del_cram) < 0 ? -1 : found;
 }
 
 static int compare_names(const void *x, const void *y)

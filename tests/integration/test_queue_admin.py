@@ -66,12 +66,13 @@ def test_list_show_hold_release_delete(stack):
     time.sleep(1.5)
     assert stack.sink.count() == 1
     assert stack.sink.messages[0][1] == ["c@example.test"]
+    wait_for(lambda: queue(stack, "show", other).returncode == 1,
+             what="the delivered message gone from the queue")
     # release: delivered
     assert queue(stack, "release", mid).stdout.count(": released") == 2
     wait_for(lambda: stack.sink.count() == 3, what="the released message")
     assert queue(stack, "show", mid).returncode == 1  # delivered: gone from the queue
 
-    assert other
 
 
 def test_trace_shows_each_attempt_with_the_remote_reply(stack):
