@@ -545,6 +545,7 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         log_error("event=start_failed what=queue error=\"out of memory\"");
         return 1;
     }
+    queue_set_min_replicas(rt.queue, cfg->queue.min_replicas, cfg->queue.replica_timeout_ms);
     log_info("event=starting version=%s redis=%s:%u", SEALPOST_VERSION, redis.host, redis.port);
     register_process_metrics();
     register_queue_metrics(&rt.figures);

@@ -74,6 +74,9 @@ static const key_spec_t keys[] = {
     {"redis", "shards", T_UINT, OFF(redis.shards), 1, 16384, "128"},
     {"redis", "timeout_ms", T_UINT, OFF(redis.timeout_ms), 10, 600000, "2000"},
 
+    {"queue", "min_replicas", T_UINT, OFF(queue.min_replicas), 0, 16, "0"},
+    {"queue", "replica_timeout_ms", T_UINT, OFF(queue.replica_timeout_ms), 1, 600000, "500"},
+
     {"ingress", "listen", T_HOSTPORT, OFF(ingress.listen), 0, 0, "127.0.0.1:2525"},
     {"ingress", "submission_listen", T_HOSTPORT, OFF(ingress.submission_listen), 0, 0, ""},
     {"ingress", "smtps_listen", T_HOSTPORT, OFF(ingress.smtps_listen), 0, 0, ""},
@@ -491,6 +494,14 @@ int config_load(config_t *cfg, const char *path, char *err, size_t errlen)
     if (cfg->worker.max_backoff < cfg->worker.min_backoff) {
         snprintf(err, errlen, "[worker] max_backoff (%u) is below min_backoff (%u)",
                  cfg->worker.max_backoff, cfg->worker.min_backoff);
+        return -1;
+    }
+    /* A WAIT holds back the commands behind it on the connection: it must
+     * end well before they time out. */
+    if (cfg->queue.min_replicas && cfg->queue.replica_timeout_ms * 2 > cfg->redis.timeout_ms) {
+        snprintf(err, errlen,
+                 "[queue] replica_timeout_ms (%u) must be at most half of [redis] timeout_ms (%u)",
+                 cfg->queue.replica_timeout_ms, cfg->redis.timeout_ms);
         return -1;
     }
     if (cfg->redis.url[0]) {

@@ -182,6 +182,11 @@ typedef struct config {
     } redis;
 
     struct {
+        unsigned min_replicas;       /* WAIT for them after each enqueue; 0: do not */
+        unsigned replica_timeout_ms; /* how long WAIT may take */
+    } queue;
+
+    struct {
         net_hostport_t listen;            /* relay and MX: port 25's rules */
         net_hostport_t submission_listen; /* 587: STARTTLS and AUTH before MAIL; host "": off */
         net_hostport_t smtps_listen;      /* 465: implicit TLS (RFC 8314), AUTH before MAIL */

@@ -8,36 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Pipelined: appends every command, then reads every reply in order. */
-static int pipeline(queue_admin_t *a, int n, int argc[], const char **argv[], redisReply *out[],
-                    char *err, size_t errlen)
-{
-    for (int i = 0; i < n; i++)
-        if (redisAppendCommandArgv(a->ctx, argc[i], argv[i], NULL) != REDIS_OK) {
-            snprintf(err, errlen, "redis: %s", a->ctx->errstr);
-            return -1;
-        }
-    int rc = 0;
-    for (int i = 0; i < n; i++) {
-        void *r = NULL;
-        if (redisGetReply(a->ctx, &r) != REDIS_OK || !r) {
-            snprintf(err, errlen, "redis: %s", a->ctx->errstr);
-            for (int j = 0; j < i; j++)
-                freeReplyObject(out[j]);
-            return -1;
-        }
-        out[i] = r;
-        if (out[i]->type == REDIS_REPLY_ERROR && rc == 0) {
-            snprintf(err, errlen, "redis: %s", out[i]->str);
-            rc = -1;
-        }
-    }
-    if (rc < 0)
-        for (int i = 0; i < n; i++)
-            freeReplyObject(out[i]);
-    return rc;
-}
-
 long long queue_admin_now_ms(queue_admin_t *a)
 {
     const char *argv[] = {"TIME"};
@@ -85,7 +55,7 @@ static int shard_jobs(queue_admin_t *a, unsigned shard, long long now,
         argc[i] = 5;
         argvp[i] = argv[i];
     }
-    if (pipeline(a, 3, argc, argvp, sets_r, err, errlen) < 0) return -1;
+    if (queue_admin_pipeline(a, 3, argc, argvp, sets_r, err, errlen) < 0) return -1;
     size_t n = 0;
     for (int i = 0; i < 3; i++)
         n += sets_r[i]->type == REDIS_REPLY_ARRAY ? sets_r[i]->elements / 2 : 0;
@@ -122,7 +92,7 @@ static int shard_jobs(queue_admin_t *a, unsigned shard, long long now,
                 jargc[2 * k] = 2, jargc[2 * k + 1] = 4;
                 jargvp[2 * k] = jargv[2 * k], jargvp[2 * k + 1] = jargv[2 * k + 1];
             }
-        if (rc == 0) rc = pipeline(a, (int)(2 * n), jargc, jargvp, rs, err, errlen);
+        if (rc == 0) rc = queue_admin_pipeline(a, (int)(2 * n), jargc, jargvp, rs, err, errlen);
         for (size_t i = 0; i < n && rc == 0; i++) {
             if (!rs[2 * i] || rs[2 * i]->type != REDIS_REPLY_ARRAY || rs[2 * i]->elements == 0)
                 continue; /* gone between the two round trips */
@@ -172,7 +142,7 @@ static int job_by_id(queue_admin_t *a, unsigned shard, long long now, const char
     const char **argv[] = {h, z[0], z[1], z[2]};
     int argc[] = {2, 3, 3, 3};
     redisReply *r[4];
-    if (pipeline(a, 4, argc, argv, r, err, errlen) < 0) return -1;
+    if (queue_admin_pipeline(a, 4, argc, argv, r, err, errlen) < 0) return -1;
     int found = r[0]->type == REDIS_REPLY_ARRAY && r[0]->elements > 0;
     if (found) {
         memset(j, 0, sizeof *j);

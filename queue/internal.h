@@ -3,9 +3,16 @@
 #define SEALPOST_QUEUE_INTERNAL_H
 
 #include "queue/queue.h"
+#include "queue/cluster.h"
 #include "queue/redis.h"
 
-enum queue_err { QUEUE_ERR_UNAVAILABLE, QUEUE_ERR_NO_REPLY, QUEUE_ERR_REPLY, QUEUE_ERRS };
+enum queue_err {
+    QUEUE_ERR_UNAVAILABLE,
+    QUEUE_ERR_NO_REPLY,
+    QUEUE_ERR_REPLY,
+    QUEUE_ERR_REPLICAS,
+    QUEUE_ERRS
+};
 
 struct queue {
     struct {
@@ -16,9 +23,12 @@ struct queue {
     net_hostport_t redis;
     unsigned timeout_ms;
     unsigned shards;
-    rconn_t *conn;
+    router_t *router;
+    const char *load[4]; /* FUNCTION LOAD REPLACE <library>, for the router */
+    size_t load_lens[4];
     rconn_t *watch_conn;
-    bool library_loaded; /* on the current connection */
+    unsigned min_replicas; /* WAIT for this many after each enqueue */
+    unsigned replica_timeout_ms;
     void (*on_wake)(uint32_t shard, void *arg);
     void *on_wake_arg;
 };
@@ -38,6 +48,7 @@ struct call {
     } cb;
     void *arg;
     unsigned shard;
+    router_origin_t origin; /* the connection that answered */
     queue_claimed_t claimed;
     uint64_t started; /* uv_hrtime when sent */
 };
@@ -63,14 +74,21 @@ void shard_key(key_t_ out, unsigned shard, const char *suffix);
 /* The shard of a message id, out of shards. */
 unsigned queue_shard_for(const char *mid, unsigned shards);
 
-/* The administration connection (users.c opens it; keys.c uses it too). */
-struct queue_admin {
-    redisContext *ctx;
-};
-/* The administration connection's blocking command: the reply, or NULL with
- * err set (an error reply too). */
+/* The administration connection (admin_conn.c): blocking commands, each
+ * sent to its key's master. The reply, or NULL with err set (an error reply
+ * too). lens may be NULL for NUL-terminated words. */
 redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
                                 const char **argv);
+redisReply *queue_admin_command_lens(queue_admin_t *a, char *err, size_t errlen, int argc,
+                                     const char **argv, const size_t *lens);
+/* MULTI on the master of key: the transaction's commands must all use keys
+ * of key's slot, and it ends with EXEC or DISCARD. */
+int queue_admin_multi(queue_admin_t *a, const char *key, char *err, size_t errlen);
+/* Runs n commands (pipelined on a single Redis), every reply in out; -1
+ * with err set (and out filled) when one is an error reply, -1 with out
+ * empty when the connection failed. */
+int queue_admin_pipeline(queue_admin_t *a, int n, int argc[], const char **argv[],
+                         redisReply *out[], char *err, size_t errlen);
 /* FCALL (or FCALL_RO) name numkeys keys... args...; takes call, and frees it
  * on failure (-1). arg_lens may be NULL for NUL-terminated args. */
 int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,

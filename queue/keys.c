@@ -180,8 +180,8 @@ static int relink_address(queue_admin_t *a, const char *addr, const char *except
         for (int j = 0; j < 7; j++)
             lens[j] = strlen(set[j]);
         lens[7] = best.armored.len;
-        redisReply *s = redisCommandArgv(a->ctx, 8, set, lens);
-        rc = s && s->type != REDIS_REPLY_ERROR ? 0 : -1;
+        redisReply *s = queue_admin_command_lens(a, err, errlen, 8, set, lens);
+        rc = s ? 0 : -1;
         if (rc < 0) snprintf(err, errlen, "redis refused to file %s again", addr);
         freeReplyObject(s);
     }
@@ -255,7 +255,7 @@ int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *e
     snprintf(now, sizeof now, "%lld", (long long)time(NULL));
     key_t_ k;
     fpr_key(k, key->fpr);
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *exec[] = {"EXEC"};
     const char *set_key[] = {"HSET",    k,           "addrs",    addrs.data ? addrs.data : "",
                              "expires", expires,     "imported", now,
                              "data",    key->armored};
@@ -264,10 +264,10 @@ int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *e
         set_lens[i] = strlen(set_key[i]);
     set_lens[9] = key->armored_len;
     const char *sadd[] = {"SADD", KD_KEYS, key->fpr}, *incr[] = {"INCR", KD_VERSION};
-    rc = queue_admin_run(a, err, errlen, 1, multi);
+    rc = queue_admin_multi(a, KD_KEYS, err, errlen);
     if (rc == 0) {
-        redisReply *r = redisCommandArgv(a->ctx, 10, set_key, set_lens);
-        rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
+        redisReply *r = queue_admin_command_lens(a, err, errlen, 10, set_key, set_lens);
+        rc = r ? 0 : -1;
         freeReplyObject(r);
     }
     for (unsigned i = 0; i < key->n_addresses && rc == 0; i++) {
@@ -279,8 +279,8 @@ int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *e
         for (int j = 0; j < 7; j++)
             lens[j] = strlen(set_addr[j]);
         lens[7] = key->armored_len;
-        redisReply *r = redisCommandArgv(a->ctx, 8, set_addr, lens);
-        rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
+        redisReply *r = queue_admin_command_lens(a, err, errlen, 8, set_addr, lens);
+        rc = r ? 0 : -1;
         freeReplyObject(r);
     }
     if (rc == 0) rc = queue_admin_run(a, err, errlen, 3, sadd);

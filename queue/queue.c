@@ -11,32 +11,6 @@ extern const size_t queue_functions_lua_len;
 
 #define WAKE_CHANNEL "sealpost:wake"
 
-static void on_library_loaded(redisReply *reply, const char *err, void *arg)
-{
-    queue_t *q = arg;
-    if (!reply)
-        log_error("event=function_load_failed redis=%s:%u error=\"%s\"", q->redis.host,
-                  q->redis.port, err);
-    else if (reply->type == REDIS_REPLY_ERROR)
-        log_error("event=function_load_failed redis=%s:%u error=\"%s\"", q->redis.host,
-                  q->redis.port, reply->str);
-    else {
-        q->library_loaded = true;
-        log_info("event=queue_ready redis=%s:%u", q->redis.host, q->redis.port);
-    }
-}
-
-/* The library is loaded on every connection: a Redis that restarted without
- * its AOF, or a new master after failover, gets it before our next call. */
-static void on_connect(rconn_t *conn, void *arg)
-{
-    ((queue_t *)arg)->library_loaded = false;
-    const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", queue_functions_lua};
-    size_t lens[] = {8, 4, 7, queue_functions_lua_len};
-    if (rconn_command(conn, on_library_loaded, arg, 4, argv, lens) < 0)
-        log_error("event=function_load_failed error=\"not connected\"");
-}
-
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
                     unsigned shards)
 {
@@ -52,18 +26,25 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
         metric_histogram("sealpost_redis_request_duration_seconds",
                          "Round trip of the queue's Redis Functions calls, answered or not.", "",
                          seconds, sizeof seconds / sizeof seconds[0]);
-    static const char *const kinds[QUEUE_ERRS] = {"unavailable", "no_reply", "error_reply"};
+    static const char *const kinds[QUEUE_ERRS] = {"unavailable", "no_reply", "error_reply",
+                                                  "replicas"};
     for (int k = 0; k < QUEUE_ERRS; k++) {
         char labels[48];
         snprintf(labels, sizeof labels, "kind=\"%s\"", kinds[k]);
         q->metrics.errors[k] = metric_counter(
             "sealpost_redis_errors_total",
             "Redis calls that failed: not connected (unavailable), no reply in time or "
-            "connection lost (no_reply), or an error reply.",
+            "connection lost (no_reply), an error reply, or an enqueue fewer replicas than "
+            "[queue] min_replicas acknowledged (replicas).",
             labels);
     }
-    q->conn = rconn_new(loop, redis->host, redis->port, timeout_ms, on_connect, q);
-    if (!q->conn) {
+    /* Every master gets the library on each connection (see router_new). */
+    const char *load[] = {"FUNCTION", "LOAD", "REPLACE", queue_functions_lua};
+    const size_t load_lens[] = {8, 4, 7, queue_functions_lua_len};
+    memcpy(q->load, load, sizeof load);
+    memcpy(q->load_lens, load_lens, sizeof load_lens);
+    q->router = router_new(loop, redis->host, redis->port, timeout_ms, 4, q->load, q->load_lens);
+    if (!q->router) {
         free(q);
         return NULL;
     }
@@ -73,14 +54,14 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
 void queue_close(queue_t *q)
 {
     if (!q) return;
-    rconn_free(q->conn);
+    router_free(q->router);
     rconn_free(q->watch_conn);
     free(q);
 }
 
 bool queue_ready(const queue_t *q)
 {
-    return rconn_connected(q->conn) && q->library_loaded;
+    return router_ready(q->router);
 }
 
 unsigned queue_shards(const queue_t *q)
@@ -153,7 +134,7 @@ int fcall(struct call *call, const char *name, bool read_only, int nkeys, const 
         for (int i = 0; i < 3 + nkeys; i++)
             lens[i] = strlen(argv[i]);
         call->started = uv_hrtime();
-        rc = rconn_command(call->q->conn, on_call_reply, call, argc, argv, lens);
+        rc = router_command(call->q->router, on_call_reply, call, &call->origin, argc, argv, lens);
         if (rc < 0) metric_add(call->q->metrics.errors[QUEUE_ERR_UNAVAILABLE], 1);
     }
     free(argv);
@@ -172,12 +153,17 @@ struct call *call_new(queue_t *q, void *arg)
     return call;
 }
 
+static bool status_ok(const redisReply *reply)
+{
+    return reply && (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS) &&
+           strcmp(reply->str, "stale") != 0;
+}
+
 void on_status_reply(struct call *call, redisReply *reply, const char *err)
 {
     if (!reply) {
         call->cb.status(-1, err, call->arg);
-    } else if ((reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS) &&
-               strcmp(reply->str, "stale") != 0) {
+    } else if (status_ok(reply)) {
         call->cb.status(0, NULL, call->arg);
     } else {
         call->cb.status(-1, reply->type == REDIS_REPLY_STRING ? reply->str : "unexpected reply",
@@ -196,6 +182,49 @@ int fcall_status(queue_t *q, const char *name, int nkeys, const char **keys, int
 }
 
 /* ---- enqueue ---- */
+
+void queue_set_min_replicas(queue_t *q, unsigned replicas, unsigned timeout_ms)
+{
+    q->min_replicas = replicas;
+    q->replica_timeout_ms = timeout_ms;
+}
+
+struct replica_wait {
+    queue_t *q;
+    queue_status_cb cb;
+    void *arg;
+};
+
+static void on_replicas(int status, const char *err, void *arg)
+{
+    struct replica_wait *w = arg;
+    if (status < 0) metric_add(w->q->metrics.errors[QUEUE_ERR_REPLICAS], 1);
+    w->cb(status, err, w->arg);
+    free(w);
+}
+
+/* With min_replicas, a message counts as stored once that many replicas
+ * have it too: a master that died right after answering would otherwise
+ * take an acknowledged message with it. A duplicate is waited for as well,
+ * since the first copy's replication is not known to have finished. */
+static void on_enqueue_reply(struct call *call, redisReply *reply, const char *err)
+{
+    queue_t *q = call->q;
+    if (!q->min_replicas || !status_ok(reply)) {
+        on_status_reply(call, reply, err);
+        return;
+    }
+    struct replica_wait *w = malloc(sizeof *w);
+    if (w) {
+        *w = (struct replica_wait){q, call->cb.status, call->arg};
+        if (router_wait(q->router, &call->origin, q->min_replicas, q->replica_timeout_ms,
+                        on_replicas, w) == 0)
+            return;
+        free(w);
+    }
+    metric_add(q->metrics.errors[QUEUE_ERR_REPLICAS], 1);
+    call->cb.status(-1, "connection to Redis lost before WAIT", call->arg);
+}
 
 /* A job's recipients are stored as lines "address" or "address<TAB>DSN
  * parameters": neither an address nor a parameter can hold a TAB or LF
@@ -325,7 +354,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
     if (n > 0 && enqueue_argv_build(&v, queue_shard_of(q, m->id), m, groups, (unsigned)n) == 0) {
         struct call *call = call_new(q, arg);
         if (call) {
-            call->done = on_status_reply;
+            call->done = on_enqueue_reply;
             call->cb.status = cb;
             rc = fcall(call, "enqueue", false, (int)v.nkeys, v.keys, (int)v.nargs, v.args, v.lens);
         }

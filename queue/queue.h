@@ -24,6 +24,9 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
 void queue_close(queue_t *q);
 /* Connected to Redis, with the functions library loaded on this connection. */
 bool queue_ready(const queue_t *q);
+/* From now on an enqueue is answered only after `replicas` replicas
+ * acknowledged it (Redis WAIT, at most timeout_ms); fewer is an error. */
+void queue_set_min_replicas(queue_t *q, unsigned replicas, unsigned timeout_ms);
 unsigned queue_shards(const queue_t *q);
 /* The shard a message id lives in. */
 unsigned queue_shard_of(const queue_t *q, const char *mid);

@@ -29,6 +29,7 @@ struct rconn {
     redisAsyncContext *ac;
     bool connected;
     bool closing;
+    unsigned epoch; /* counts established connections */
     uv_timer_t reconnect_timer;
     unsigned backoff_ms;
     char channel[64]; /* subscription, if any */
@@ -159,6 +160,7 @@ static void on_connected(const redisAsyncContext *ac, int status)
         return;
     }
     c->connected = true;
+    c->epoch++;
     c->backoff_ms = RECONNECT_MIN_MS;
     /* A peer that vanishes without a FIN (failover, partition) is noticed by
      * the request timers; keepalive covers the idle subscriber connection. */
@@ -250,6 +252,21 @@ bool rconn_connected(const rconn_t *c)
     return c->connected;
 }
 
+unsigned rconn_epoch(const rconn_t *c)
+{
+    return c->epoch;
+}
+
+const char *rconn_host(const rconn_t *c)
+{
+    return c->host;
+}
+
+int rconn_port(const rconn_t *c)
+{
+    return c->port;
+}
+
 /* ---- requests ---- */
 
 struct request {
@@ -290,8 +307,7 @@ static void on_request_timeout(uv_timer_t *t)
     drop(c, "request timed out");
 }
 
-int rconn_command(rconn_t *c, rconn_reply_cb cb, void *arg, int argc, const char **argv,
-                  const size_t *lens)
+int rconn_send(rconn_t *c, rconn_reply_cb cb, void *arg, const char *cmd, size_t len, bool asking)
 {
     if (!c->ac || !c->connected) return -1;
     struct request *req = calloc(1, sizeof *req);
@@ -301,12 +317,26 @@ int rconn_command(rconn_t *c, rconn_reply_cb cb, void *arg, int argc, const char
     req->arg = arg;
     uv_timer_init(c->loop, &req->timer);
     req->timer.data = req;
-    if (redisAsyncCommandArgv(c->ac, on_reply, req, argc, argv, lens) != REDIS_OK) {
+    /* ASKING holds for the next command on this connection only, and hiredis
+     * writes both in order, back to back. */
+    if ((asking && redisAsyncCommand(c->ac, NULL, NULL, "ASKING") != REDIS_OK) ||
+        redisAsyncFormattedCommand(c->ac, on_reply, req, cmd, len) != REDIS_OK) {
         uv_close((uv_handle_t *)&req->timer, on_request_closed);
         return -1;
     }
     uv_timer_start(&req->timer, on_request_timeout, c->timeout_ms, 0);
     return 0;
+}
+
+int rconn_command(rconn_t *c, rconn_reply_cb cb, void *arg, int argc, const char **argv,
+                  const size_t *lens)
+{
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    if (len < 0) return -1;
+    int rc = rconn_send(c, cb, arg, cmd, (size_t)len, false);
+    redisFreeCommand(cmd);
+    return rc;
 }
 
 static void on_subscribe_message(redisAsyncContext *ac, void *r, void *arg)

@@ -20,11 +20,20 @@ rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout
 /* Closes the connection; pending callbacks run with an error first. */
 void rconn_free(rconn_t *conn);
 bool rconn_connected(const rconn_t *conn);
+/* Counts the connections established so far: a reply and a later command
+ * with the same epoch went over the same connection (the same Redis client). */
+unsigned rconn_epoch(const rconn_t *conn);
+const char *rconn_host(const rconn_t *conn);
+int rconn_port(const rconn_t *conn);
 
 /* Sends one command. Returns -1 without calling cb when there is no
  * connection to send it on; otherwise cb runs exactly once, later. */
 int rconn_command(rconn_t *conn, rconn_reply_cb cb, void *arg, int argc, const char **argv,
                   const size_t *lens);
+/* The same for a command already in the protocol's format (the caller keeps
+ * cmd, to send it again after a redirect), preceded by ASKING if asked. */
+int rconn_send(rconn_t *conn, rconn_reply_cb cb, void *arg, const char *cmd, size_t len,
+               bool asking);
 /* Subscribes to a channel on this (dedicated) connection, again after each
  * reconnect. cb gets each message payload, and NULL when the connection drops
  * (messages may have been missed). */

@@ -76,69 +76,15 @@ int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void 
 
 /* ---- administration ---- */
 
-queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
-                                size_t errlen)
-{
-    struct timeval tv = {.tv_sec = timeout_ms / 1000,
-                         .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000};
-    redisContext *ctx = redisConnectWithTimeout(redis->host, redis->port, tv);
-    if (!ctx || ctx->err) {
-        snprintf(err, errlen, "cannot reach Redis at %s:%u: %s", redis->host, redis->port,
-                 ctx ? ctx->errstr : "out of memory");
-        redisFree(ctx);
-        return NULL;
-    }
-    redisSetTimeout(ctx, tv);
-    queue_admin_t *a = calloc(1, sizeof *a);
-    if (!a) {
-        snprintf(err, errlen, "out of memory");
-        redisFree(ctx);
-        return NULL;
-    }
-    a->ctx = ctx;
-    return a;
-}
-
-void queue_admin_close(queue_admin_t *a)
-{
-    if (!a) return;
-    redisFree(a->ctx);
-    free(a);
-}
-
-/* Runs one command; the reply, or NULL with err set. */
-redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
-                                const char **argv)
-{
-    redisReply *r = redisCommandArgv(a->ctx, argc, argv, NULL);
-    if (!r) {
-        snprintf(err, errlen, "redis: %s", a->ctx->errstr);
-        return NULL;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis: %s", r->str);
-        freeReplyObject(r);
-        return NULL;
-    }
-    return r;
-}
-
-int queue_admin_run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
-{
-    redisReply *r = queue_admin_command(a, err, errlen, argc, argv);
-    freeReplyObject(r);
-    return r ? 0 : -1;
-}
-
 int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
                          char *err, size_t errlen)
 {
     /* MULTI/EXEC: a user is never seen with a new hash and an old secret. */
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *exec[] = {"EXEC"};
     const char *set[] = {"HSET", USERS_KEY, name, hash};
     const char *set_cram[] = {"HSET", CRAM_KEY, name, cram ? cram : ""};
     const char *del_cram[] = {"HDEL", CRAM_KEY, name};
-    if (queue_admin_run(a, err, errlen, 1, multi) < 0) return -1;
+    if (queue_admin_multi(a, USERS_KEY, err, errlen) < 0) return -1;
     int rc = queue_admin_run(a, err, errlen, 4, set);
     if (rc == 0)
         rc = cram ? queue_admin_run(a, err, errlen, 4, set_cram)

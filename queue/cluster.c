@@ -1,0 +1,600 @@
+/* Redis Cluster routing (see cluster.h), small on purpose: our keys are
+ * built so that every call lives in one slot, so the router only has to find
+ * that slot's master and follow the server when it says the slot moved. */
+#include "queue/cluster.h"
+
+#include "core/core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define ROUTER_MAX_NODES 64
+#define MAX_REDIRECTS    8
+#define REFRESH_MS       5000
+#define REFRESH_SOON_MS  100
+#define RETRY_MIN_MS     10
+
+/* ---- slots, redirects, slot maps ---- */
+
+/* CRC16-CCITT (XModem): polynomial 0x1021, initial value 0, as Redis
+ * Cluster's specification defines the key slot. */
+static uint16_t crc16(const char *p, size_t len)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((uint8_t)p[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (uint16_t)(crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1);
+    }
+    return crc;
+}
+
+unsigned cluster_key_slot(const char *key, size_t len)
+{
+    const char *open = memchr(key, '{', len);
+    if (open) {
+        size_t rest = len - (size_t)(open + 1 - key);
+        const char *close = memchr(open + 1, '}', rest);
+        if (close && close > open + 1) return crc16(open + 1, (size_t)(close - open - 1)) % 16384;
+    }
+    return crc16(key, len) % 16384;
+}
+
+int cluster_command_slot(int argc, const char **argv, const size_t *lens)
+{
+    if (argc < 2) return -1;
+    const char *cmd = argv[0];
+    if (!strcasecmp(cmd, "FCALL") || !strcasecmp(cmd, "FCALL_RO")) {
+        if (argc < 4 || strtol(argv[2], NULL, 10) < 1) return -1;
+        return (int)cluster_key_slot(argv[3], lens ? lens[3] : strlen(argv[3]));
+    }
+    static const char *const keyless[] = {"FUNCTION", "CLUSTER", "WAIT",   "PING",  "TIME",
+                                          "INFO",     "SCAN",    "CONFIG", "SELECT"};
+    for (size_t i = 0; i < sizeof keyless / sizeof keyless[0]; i++)
+        if (!strcasecmp(cmd, keyless[i])) return -1;
+    return (int)cluster_key_slot(argv[1], lens ? lens[1] : strlen(argv[1]));
+}
+
+enum cluster_redirect cluster_redirect_parse(const char *err, unsigned *slot, char *host,
+                                             size_t hostlen, int *port)
+{
+    if (!strncmp(err, "TRYAGAIN", 8) || !strncmp(err, "CLUSTERDOWN", 11)) return REDIRECT_RETRY;
+    enum cluster_redirect kind;
+    if (!strncmp(err, "MOVED ", 6))
+        kind = REDIRECT_MOVED;
+    else if (!strncmp(err, "ASK ", 4))
+        kind = REDIRECT_ASK;
+    else
+        return REDIRECT_NONE;
+    const char *p = strchr(err, ' ') + 1;
+    char *end;
+    unsigned long s = strtoul(p, &end, 10);
+    if (end == p || *end != ' ' || s >= CLUSTER_SLOTS) return REDIRECT_NONE;
+    const char *addr = end + 1;
+    const char *colon = strrchr(addr, ':');
+    if (!colon || (size_t)(colon - addr) >= hostlen) return REDIRECT_NONE;
+    long pt = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || *end || pt < 1 || pt > 65535) return REDIRECT_NONE;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = 0;
+    *slot = (unsigned)s;
+    *port = (int)pt;
+    return kind;
+}
+
+int cluster_slots_parse(const redisReply *r, const char *answered_by,
+                        int (*each)(unsigned from, unsigned to, const char *host, int port,
+                                    void *arg),
+                        void *arg)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY) return -1;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *range = r->element[i];
+        if (range->type != REDIS_REPLY_ARRAY || range->elements < 3) return -1;
+        const redisReply *master = range->element[2];
+        if (range->element[0]->type != REDIS_REPLY_INTEGER ||
+            range->element[1]->type != REDIS_REPLY_INTEGER || master->type != REDIS_REPLY_ARRAY ||
+            master->elements < 2 || master->element[0]->type != REDIS_REPLY_STRING ||
+            master->element[1]->type != REDIS_REPLY_INTEGER)
+            return -1;
+        long long from = range->element[0]->integer, to = range->element[1]->integer;
+        long long port = master->element[1]->integer;
+        if (from < 0 || to < from || to >= CLUSTER_SLOTS || port < 1 || port > 65535) return -1;
+        /* An empty or "?" host means "the address you reached me at". */
+        const char *host = master->element[0]->str;
+        if (!host[0] || !strcmp(host, "?")) host = answered_by;
+        if (each((unsigned)from, (unsigned)to, host, (int)port, arg) < 0) return -1;
+    }
+    return 0;
+}
+
+bool cluster_disabled_error(const char *err)
+{
+    return strstr(err, "cluster support disabled") != NULL;
+}
+
+/* ---- the router ---- */
+
+struct waiter {
+    struct waiter *next;
+    unsigned epoch;
+    void (*cb)(int status, const char *err, void *arg);
+    void *arg;
+};
+
+struct node {
+    router_t *r;
+    int index;
+    rconn_t *conn;
+    bool ready;               /* the init command succeeded on the current connection */
+    struct waiter *waiting;   /* for the next WAIT */
+    struct waiter *in_wait;   /* covered by the WAIT in flight */
+    unsigned wait_replicas;   /* of the WAIT to send */
+    unsigned wait_timeout_ms; /* of the WAIT to send */
+};
+
+enum router_mode { MODE_UNKNOWN, MODE_SINGLE, MODE_CLUSTER };
+
+struct router {
+    uv_loop_t *loop;
+    unsigned timeout_ms;
+    int init_argc;
+    const char **init_argv;
+    const size_t *init_lens;
+    struct node *nodes[ROUTER_MAX_NODES]; /* [0] is the seed */
+    int n_nodes;
+    int16_t owner[CLUSTER_SLOTS]; /* node index, -1 when unknown */
+    enum router_mode mode;
+    metric_t *redirects[3]; /* by enum cluster_redirect - 1 */
+    bool refreshing;
+    uv_timer_t refresh_timer;
+};
+
+static void router_refresh(router_t *r);
+static void router_refresh_soon(router_t *r);
+
+static void on_init_reply(redisReply *reply, const char *err, void *arg)
+{
+    struct node *n = arg;
+    const char *why = reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err;
+    if (why) {
+        log_error("event=function_load_failed redis=%s:%d error=\"%s\"", rconn_host(n->conn),
+                  rconn_port(n->conn), why);
+        return;
+    }
+    n->ready = true;
+    log_info("event=queue_ready redis=%s:%d", rconn_host(n->conn), rconn_port(n->conn));
+}
+
+/* Each new connection gets the init command first (a Redis restarted
+ * without its data, or a new master after failover, gets our library before
+ * our next call), and a cluster may have changed: read the slot map again. */
+static void on_node_connect(rconn_t *conn, void *arg)
+{
+    struct node *n = arg;
+    n->ready = false;
+    if (rconn_command(conn, on_init_reply, n, n->r->init_argc, n->r->init_argv, n->r->init_lens) <
+        0)
+        log_error("event=function_load_failed redis=%s:%d error=\"not connected\"",
+                  rconn_host(conn), rconn_port(conn));
+    if (n->r->mode == MODE_UNKNOWN)
+        router_refresh(n->r);
+    else if (n->r->mode == MODE_CLUSTER)
+        router_refresh_soon(n->r);
+}
+
+static int node_find(router_t *r, const char *host, int port)
+{
+    for (int i = 0; i < r->n_nodes; i++)
+        if (rconn_port(r->nodes[i]->conn) == port && !strcmp(rconn_host(r->nodes[i]->conn), host))
+            return i;
+    return -1;
+}
+
+/* The node at host:port, connecting to it the first time it is named. */
+static int node_get(router_t *r, const char *host, int port)
+{
+    int i = node_find(r, host, port);
+    if (i >= 0) return i;
+    if (r->n_nodes == ROUTER_MAX_NODES) {
+        log_error("event=redis_cluster_too_large nodes=%d", ROUTER_MAX_NODES);
+        return -1;
+    }
+    struct node *n = calloc(1, sizeof *n);
+    if (!n) return -1;
+    n->r = r;
+    n->index = r->n_nodes;
+    n->conn = rconn_new(r->loop, host, port, r->timeout_ms, on_node_connect, n);
+    if (!n->conn) {
+        free(n);
+        return -1;
+    }
+    r->nodes[r->n_nodes] = n;
+    return r->n_nodes++;
+}
+
+struct slots_update {
+    router_t *r;
+    int16_t owner[CLUSTER_SLOTS];
+};
+
+static int slots_assign(unsigned from, unsigned to, const char *host, int port, void *arg)
+{
+    struct slots_update *u = arg;
+    int i = node_get(u->r, host, port);
+    if (i < 0) return -1;
+    for (unsigned s = from; s <= to; s++)
+        u->owner[s] = (int16_t)i;
+    return 0;
+}
+
+static void on_slots(redisReply *reply, const char *err, void *arg)
+{
+    struct node *from = arg;
+    router_t *r = from->r;
+    r->refreshing = false;
+    if (!reply) {
+        log_warn("event=redis_slots_failed redis=%s:%d error=\"%s\"", rconn_host(from->conn),
+                 rconn_port(from->conn), err);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && cluster_disabled_error(reply->str)) {
+        if (r->mode != MODE_SINGLE) log_info("event=redis_mode mode=single");
+        r->mode = MODE_SINGLE;
+        for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
+            r->owner[s] = (int16_t)from->index;
+        return;
+    }
+    struct slots_update *u = malloc(sizeof *u);
+    if (!u) return;
+    u->r = r;
+    memset(u->owner, 0xff, sizeof u->owner);
+    if (cluster_slots_parse(reply, rconn_host(from->conn), slots_assign, u) < 0) {
+        log_warn("event=redis_slots_failed redis=%s:%d error=\"unexpected reply\"",
+                 rconn_host(from->conn), rconn_port(from->conn));
+    } else {
+        if (r->mode != MODE_CLUSTER) log_info("event=redis_mode mode=cluster");
+        r->mode = MODE_CLUSTER;
+        memcpy(r->owner, u->owner, sizeof r->owner);
+    }
+    free(u);
+}
+
+/* Asks any connected node (the seed first) for the slot map. */
+static void router_refresh(router_t *r)
+{
+    if (r->refreshing) return;
+    static const char *const argv[] = {"CLUSTER", "SLOTS"};
+    for (int i = 0; i < r->n_nodes; i++) {
+        struct node *n = r->nodes[i];
+        if (rconn_connected(n->conn) &&
+            rconn_command(n->conn, on_slots, n, 2, (const char **)argv, NULL) == 0) {
+            r->refreshing = true;
+            return;
+        }
+    }
+}
+
+static void on_refresh_timer(uv_timer_t *t)
+{
+    router_t *r = t->data;
+    if (r->mode != MODE_SINGLE) router_refresh(r);
+}
+
+static void router_refresh_soon(router_t *r)
+{
+    if (!uv_is_active((uv_handle_t *)&r->refresh_timer) ||
+        uv_timer_get_due_in(&r->refresh_timer) > REFRESH_SOON_MS)
+        uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_SOON_MS, REFRESH_MS);
+}
+
+router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
+                     int init_argc, const char **init_argv, const size_t *init_lens)
+{
+    router_t *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->loop = loop;
+    r->timeout_ms = timeout_ms;
+    r->init_argc = init_argc;
+    r->init_argv = init_argv;
+    r->init_lens = init_lens;
+    memset(r->owner, 0xff, sizeof r->owner);
+    static const char *const kinds[] = {"kind=\"moved\"", "kind=\"ask\"", "kind=\"retry\""};
+    for (int k = 0; k < 3; k++)
+        r->redirects[k] = metric_counter(
+            "sealpost_redis_redirects_total",
+            "Redis Cluster redirects followed: the slot moved (moved), is moving (ask), or "
+            "is not available for now, TRYAGAIN or CLUSTERDOWN (retry).",
+            kinds[k]);
+    uv_timer_init(loop, &r->refresh_timer);
+    r->refresh_timer.data = r;
+    if (node_get(r, host, port) < 0) {
+        uv_close((uv_handle_t *)&r->refresh_timer, NULL);
+        free(r); /* the timer holds no reference to r once closed */
+        return NULL;
+    }
+    uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_MS, REFRESH_MS);
+    return r;
+}
+
+static void fail_waiters(struct waiter *w, const char *why)
+{
+    while (w) {
+        struct waiter *next = w->next;
+        w->cb(-1, why, w->arg);
+        free(w);
+        w = next;
+    }
+}
+
+static void on_router_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+void router_free(router_t *r)
+{
+    if (!r) return;
+    for (int i = 0; i < r->n_nodes; i++) {
+        struct node *n = r->nodes[i];
+        rconn_free(n->conn); /* runs pending callbacks, WAIT's included */
+        fail_waiters(n->waiting, "closing");
+        free(n);
+    }
+    uv_timer_stop(&r->refresh_timer);
+    uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
+}
+
+bool router_ready(const router_t *r)
+{
+    if (r->mode == MODE_UNKNOWN) return false;
+    bool seen[ROUTER_MAX_NODES] = {false};
+    for (unsigned s = 0; s < CLUSTER_SLOTS; s++) {
+        int i = r->owner[s];
+        if (i < 0) return false;
+        if (seen[i]) continue;
+        if (!rconn_connected(r->nodes[i]->conn) || !r->nodes[i]->ready) return false;
+        seen[i] = true;
+    }
+    return true;
+}
+
+/* ---- commands ---- */
+
+struct rreq {
+    router_t *r;
+    rconn_reply_cb cb;
+    void *arg;
+    router_origin_t *origin;
+    char *cmd; /* formatted once, sent again after a redirect */
+    size_t len;
+    int slot;     /* -1: no key, the seed */
+    int ask_node; /* send the next try to this node, after ASKING */
+    int node;     /* the try in flight */
+    unsigned redirects;
+    uint64_t deadline; /* for TRYAGAIN and CLUSTERDOWN, in uv_now ms */
+    unsigned retry_ms;
+    uv_timer_t *retry;
+};
+
+static void on_retry_closed(uv_handle_t *handle)
+{
+    struct rreq *req = handle->data;
+    free(req->retry);
+    redisFreeCommand(req->cmd);
+    free(req);
+}
+
+static void rreq_free(struct rreq *req)
+{
+    if (req->retry) {
+        uv_close((uv_handle_t *)req->retry, on_retry_closed);
+        return;
+    }
+    redisFreeCommand(req->cmd);
+    free(req);
+}
+
+static void rreq_finish(struct rreq *req, redisReply *reply, const char *err)
+{
+    if (req->origin && req->node >= 0) {
+        req->origin->node = req->node;
+        req->origin->epoch = rconn_epoch(req->r->nodes[req->node]->conn);
+    }
+    req->cb(reply, err, req->arg);
+    rreq_free(req);
+}
+
+static void on_rreq_reply(redisReply *reply, const char *err, void *arg);
+
+/* One try: to the node an ASK named, else the slot's master, else the seed. */
+static int rreq_send(struct rreq *req)
+{
+    router_t *r = req->r;
+    bool asking = req->ask_node >= 0;
+    int i = asking                                       ? req->ask_node
+            : req->slot >= 0 && r->owner[req->slot] >= 0 ? r->owner[req->slot]
+                                                         : 0;
+    req->node = i;
+    if (rconn_send(r->nodes[i]->conn, on_rreq_reply, req, req->cmd, req->len, asking) < 0) {
+        /* A master gone: after a failover the map names its replacement. */
+        if (r->mode == MODE_CLUSTER) router_refresh_soon(r);
+        return -1;
+    }
+    req->ask_node = -1;
+    return 0;
+}
+
+static bool rreq_retry_later(struct rreq *req);
+
+/* Sends again after a redirect. A node just named may still be connecting:
+ * a try that cannot go out is made again later, until the deadline. */
+static void rreq_resend(struct rreq *req)
+{
+    if (rreq_send(req) == 0 || rreq_retry_later(req)) return;
+    req->node = -1;
+    rreq_finish(req, NULL, "not connected");
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    rreq_resend(t->data);
+}
+
+/* TRYAGAIN (a slot half-migrated) and CLUSTERDOWN (a failover under way)
+ * pass by themselves: try again, backing off, until the deadline. */
+static bool rreq_retry_later(struct rreq *req)
+{
+    uv_loop_t *loop = req->r->loop;
+    if (uv_now(loop) + req->retry_ms > req->deadline) return false;
+    if (!req->retry) {
+        req->retry = malloc(sizeof *req->retry);
+        if (!req->retry) return false;
+        uv_timer_init(loop, req->retry);
+        req->retry->data = req;
+    }
+    uv_timer_start(req->retry, on_retry_timer, req->retry_ms, 0);
+    req->retry_ms *= 2;
+    return true;
+}
+
+/* Follows the server's answer about where the slot is; false when the
+ * reply is the answer. */
+static bool rreq_redirected(struct rreq *req, const redisReply *reply)
+{
+    router_t *r = req->r;
+    unsigned slot;
+    char host[256];
+    int port;
+    enum cluster_redirect kind =
+        cluster_redirect_parse(reply->str, &slot, host, sizeof host, &port);
+    if (kind != REDIRECT_NONE) metric_add(r->redirects[kind - 1], 1);
+    if (kind == REDIRECT_RETRY) return rreq_retry_later(req);
+    if (kind == REDIRECT_NONE || ++req->redirects > MAX_REDIRECTS) return false;
+    int i = node_get(r, host, port);
+    if (i < 0) return false;
+    if (kind == REDIRECT_MOVED) {
+        r->owner[slot] = (int16_t)i; /* at once for this slot; the rest from CLUSTER SLOTS */
+        router_refresh_soon(r);
+    } else {
+        req->ask_node = i; /* for this command only; the map stays */
+    }
+    rreq_resend(req);
+    return true;
+}
+
+static void on_rreq_reply(redisReply *reply, const char *err, void *arg)
+{
+    struct rreq *req = arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR && rreq_redirected(req, reply)) return;
+    rreq_finish(req, reply, err);
+}
+
+int router_command(router_t *r, rconn_reply_cb cb, void *arg, router_origin_t *origin, int argc,
+                   const char **argv, const size_t *lens)
+{
+    struct rreq *req = calloc(1, sizeof *req);
+    if (!req) return -1;
+    int len = redisFormatCommandArgv(&req->cmd, argc, argv, lens);
+    if (len < 0) {
+        free(req);
+        return -1;
+    }
+    req->r = r;
+    req->cb = cb;
+    req->arg = arg;
+    req->origin = origin;
+    req->len = (size_t)len;
+    req->slot = cluster_command_slot(argc, argv, lens);
+    req->ask_node = -1;
+    req->deadline = uv_now(r->loop) + r->timeout_ms;
+    req->retry_ms = RETRY_MIN_MS;
+    if (rreq_send(req) < 0) {
+        rreq_free(req);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- WAIT, grouped ---- */
+
+static void wait_send(struct node *n);
+
+static void on_wait_reply(redisReply *reply, const char *err, void *arg)
+{
+    struct node *n = arg;
+    struct waiter *w = n->in_wait;
+    n->in_wait = NULL;
+    char why[128];
+    long long acked = reply && reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+    if (acked < 0) {
+        snprintf(why, sizeof why, "WAIT failed: %s",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+                 : err                                     ? err
+                                                           : "unexpected reply");
+    } else if (acked < (long long)n->wait_replicas) {
+        snprintf(why, sizeof why, "%lld of %u replicas acknowledged", acked, n->wait_replicas);
+    } else {
+        why[0] = 0;
+    }
+    if (why[0])
+        log_warn("event=redis_replicas_behind redis=%s:%d error=\"%s\"", rconn_host(n->conn),
+                 rconn_port(n->conn), why);
+    while (w) {
+        struct waiter *next = w->next;
+        w->cb(why[0] ? -1 : 0, why[0] ? why : NULL, w->arg);
+        free(w);
+        w = next;
+    }
+    if (n->waiting) wait_send(n);
+}
+
+/* Sends one WAIT for everyone waiting: it covers every write this
+ * connection made before it. A waiter whose write went over an earlier
+ * connection cannot be covered (a new connection has written nothing, and
+ * WAIT would count replicas that never saw the write). */
+static void wait_send(struct node *n)
+{
+    struct waiter *w = n->waiting, *keep = NULL, *lost = NULL;
+    n->waiting = NULL;
+    unsigned epoch = rconn_epoch(n->conn);
+    while (w) {
+        struct waiter *next = w->next;
+        struct waiter **list = w->epoch == epoch ? &keep : &lost;
+        w->next = *list;
+        *list = w;
+        w = next;
+    }
+    fail_waiters(lost, "connection to Redis lost before WAIT");
+    if (!keep) return;
+    char replicas[16], ms[16];
+    snprintf(replicas, sizeof replicas, "%u", n->wait_replicas);
+    snprintf(ms, sizeof ms, "%u", n->wait_timeout_ms);
+    const char *argv[] = {"WAIT", replicas, ms};
+    n->in_wait = keep;
+    if (rconn_command(n->conn, on_wait_reply, n, 3, argv, NULL) < 0) {
+        n->in_wait = NULL;
+        fail_waiters(keep, "connection to Redis lost before WAIT");
+    }
+}
+
+int router_wait(router_t *r, const router_origin_t *origin, unsigned replicas, unsigned timeout_ms,
+                void (*cb)(int status, const char *err, void *arg), void *arg)
+{
+    if (origin->node < 0 || origin->node >= r->n_nodes) return -1;
+    struct node *n = r->nodes[origin->node];
+    if (!rconn_connected(n->conn) || rconn_epoch(n->conn) != origin->epoch) return -1;
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w) return -1;
+    w->epoch = origin->epoch;
+    w->cb = cb;
+    w->arg = arg;
+    w->next = n->waiting;
+    n->waiting = w;
+    n->wait_replicas = replicas;
+    n->wait_timeout_ms = timeout_ms;
+    if (!n->in_wait) wait_send(n);
+    return 0;
+}

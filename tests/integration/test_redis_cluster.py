@@ -1,0 +1,241 @@
+"""sealpost on Redis Cluster: three masters on loopback, the client following
+the slot map, MOVED, ASK and TRYAGAIN, the library on every master, shards
+spread over the masters, a slot migrated while mail flows, and the CLI."""
+
+import json
+import smtplib
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+import redis as redis_py
+
+from conftest import BIN, Sealpost, Sink, base_config, free_port, port_open, wait_for
+
+
+def cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and not port_open("127.0.0.1", port + 10000):
+            return port
+
+
+class RedisCluster:
+    """Three cluster-enabled redis-servers (AOF, fsync always), joined with
+    `redis-cli --cluster create`."""
+
+    def __init__(self, tmp, masters=3):
+        self.tmp = tmp
+        self.ports = [cluster_port() for _ in range(masters)]
+        self.procs = []
+
+    def start(self):
+        for port in self.ports:
+            d = self.tmp / f"redis-{port}"
+            d.mkdir()
+            self.procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                 "--cluster-node-timeout", "2000", "--appendonly", "yes",
+                 "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
+                 "--logfile", str(d / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_for(lambda p=port: port_open("127.0.0.1", p), what=f"redis {port}")
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        for c in self.clients():
+            wait_for(lambda c=c: c.cluster("INFO")["cluster_state"] == "ok",
+                     what="cluster_state:ok")
+        return self
+
+    def clients(self):
+        return [redis_py.Redis(port=p) for p in self.ports]
+
+    def node_id(self, port):
+        return redis_py.Redis(port=port).execute_command("CLUSTER", "MYID").decode()
+
+    def owner(self, slot):
+        """The port of the master serving slot."""
+        for start, end, master, *_ in redis_py.Redis(port=self.ports[0]).execute_command(
+                "CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise AssertionError(f"slot {slot} has no master")
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = RedisCluster(tmp_path).start()
+    yield c
+    c.stop()
+
+
+class Nodes:
+    def __init__(self, tmp, cluster, sink, extra=""):
+        self.smtp_port = free_port()
+        self.metrics_port = free_port()
+        config = base_config(cluster.ports[0], self.smtp_port, sink.port, extra).replace(
+            "timeout_ms = 1000", "timeout_ms = 3000")
+        self.ingress = Sealpost(tmp, "ingress", config + f"\n[metrics]\nlisten = 127.0.0.1:"
+                                f"{self.metrics_port}\n", "ingress").start(self.smtp_port)
+        self.worker = Sealpost(tmp, "worker", config, "worker").start()
+        self.config_path = self.worker.path
+        for p in (self.ingress, self.worker):
+            wait_for(lambda p=p: p.read_log().count("event=queue_ready") >= 3,
+                     what="the library on every master")
+
+    def stop(self):
+        self.ingress.check_clean_exit()
+        self.worker.check_clean_exit()
+
+    def kill(self):
+        self.ingress.kill()
+        self.worker.kill()
+
+
+def send(port, token, retry_4xx=False):
+    """One message: "250", or the code that refused it. A real client keeps
+    a message that got 4xx and tries again later; retry_4xx does that."""
+    msg = (f"From: s@origin.test\r\nTo: r@example.test\r\nSubject: {token}\r\n"
+           f"Message-ID: <{token}@origin.test>\r\n\r\nbody of {token}\r\n")
+    for _ in range(50):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+                c.sendmail("s@origin.test", ["r@example.test"], msg)
+                return "250"
+        except smtplib.SMTPRecipientsRefused as e:
+            code = next(iter(e.recipients.values()))[0]
+        except smtplib.SMTPResponseException as e:
+            code = e.smtp_code
+        if not (retry_4xx and 400 <= code < 500):
+            return str(code)
+        time.sleep(0.2)
+    return "gave up"
+
+
+def delivered_tokens(sink):
+    with sink.lock:
+        return [m[2].split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+                for m in sink.messages]
+
+
+def queue_stats(config_path):
+    out = subprocess.run([BIN, "queue", "stats", "--json", "-c", str(config_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_cluster_spreads_shards_and_delivers(tmp_path, cluster):
+    sink = Sink().start()
+    nodes = Nodes(tmp_path, cluster, sink)
+    try:
+        # The library is on every master, not only the one in the configuration.
+        for c in cluster.clients():
+            libs = c.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "sealpost")
+            assert libs, f"no library on {c}"
+
+        # Hold delivery back for a moment so the queue has something to show.
+        sink.rcpt_reply = lambda addr: "451 4.3.0 not now"
+        tokens = [f"c{i}" for i in range(60)]
+        for t in tokens:
+            assert send(nodes.smtp_port, t) == "250"
+        # Messages went to all three masters: the shards' slots are spread.
+        sizes = [c.dbsize() for c in cluster.clients()]
+        assert all(n > 0 for n in sizes), sizes
+        # The CLI reads every master's shards.
+        stats = queue_stats(nodes.config_path)
+        assert stats["messages"] == 60 and stats["due"] + stats["scheduled"] + stats["leased"] == 60, stats
+
+        sink.rcpt_reply = lambda addr: None
+        wait_for(lambda: len(delivered_tokens(sink)) >= 60, timeout=60, what="delivery")
+        assert sorted(delivered_tokens(sink)) == sorted(tokens)
+        wait_for(lambda: queue_stats(nodes.config_path)["messages"] == 0, what="an empty queue")
+        nodes.stop()
+    finally:
+        nodes.kill()
+        sink.stop()
+
+
+def test_slot_migrated_while_mail_flows(tmp_path, cluster):
+    """A shard's slot moves to another master under load: while it moves, the
+    old master answers ASK or TRYAGAIN; after, MOVED. Every message that got
+    250 arrives, and mail to that shard keeps flowing after the move."""
+    sink = Sink().start()
+    # Four shards, so the load keeps hitting the one that moves.
+    nodes = Nodes(tmp_path, cluster, sink, "\n[redis]\nshards = 4\n")
+    try:
+        slot = redis_py.Redis(port=cluster.ports[0]).execute_command("CLUSTER", "KEYSLOT",
+                                                                       "{mq:0}")
+        src = cluster.owner(slot)
+        dst = next(p for p in cluster.ports if p != src)
+        results = {}
+        stop = threading.Event()
+
+        def load(worker):
+            i = 0
+            while not stop.is_set() or i < 20:
+                token = f"m{worker}-{i}"
+                results[token] = send(nodes.smtp_port, token, retry_4xx=True)
+                i += 1
+
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+
+        s, d = redis_py.Redis(port=src), redis_py.Redis(port=dst)
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
+        # One key at a time, slowly, so the load meets the half-moved slot.
+        moved = 0
+        while True:
+            keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1)
+            if not keys:
+                break
+            s.execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+            moved += 1
+            time.sleep(0.05)
+        # Every key moved, the slot not yet handed over: the old master
+        # answers ASK, the new one TRYAGAIN to a call that creates keys.
+        time.sleep(1)
+        for c in cluster.clients():
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(dst))
+        assert moved > 0
+        time.sleep(2)
+        stop.set()
+        for t in threads:
+            t.join(120)
+
+        acked = [t for t, r in results.items() if r == "250"]
+        assert len(acked) == len(results), {t: r for t, r in results.items() if r != "250"}
+        wait_for(lambda: set(acked) <= set(delivered_tokens(sink)), timeout=90,
+                 what="every acknowledged message at the sink")
+        assert cluster.owner(slot) == dst
+        # The client followed the move: redirects were seen and counted.
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{nodes.metrics_port}/metrics", timeout=10).read().decode()
+        followed = {line.split("{")[1].split("}")[0]: float(line.split()[-1])
+                    for line in metrics.splitlines()
+                    if line.startswith("sealpost_redis_redirects_total{")}
+        print(f"messages {len(results)}, keys migrated {moved}, redirects {followed}")
+        assert followed['kind="ask"'] > 0 and followed['kind="retry"'] > 0, followed
+        # The shard that moved still takes mail.
+        assert send(nodes.smtp_port, "after-move") == "250"
+        wait_for(lambda: "after-move" in delivered_tokens(sink), what="mail after the move")
+        nodes.stop()
+    finally:
+        nodes.kill()
+        sink.stop()
