@@ -15,6 +15,7 @@
 #define REFRESH_MS       5000
 #define REFRESH_SOON_MS  100
 #define RETRY_MIN_MS     10
+#define INIT_RETRY_MS    250
 
 /* ---- slots, redirects, slot maps ---- */
 
@@ -129,6 +130,7 @@ struct node {
     int index;
     rconn_t *conn;
     bool ready;               /* the init command succeeded on the current connection */
+    uv_timer_t init_retry;    /* after an error such as LOADING */
     struct waiter *waiting;   /* for the next WAIT */
     struct waiter *in_wait;   /* covered by the WAIT in flight */
     unsigned wait_replicas;   /* of the WAIT to send */
@@ -147,6 +149,7 @@ struct router {
     int n_nodes;
     int16_t owner[CLUSTER_SLOTS]; /* node index, -1 when unknown */
     enum router_mode mode;
+    bool closing;
     metric_t *redirects[3]; /* by enum cluster_redirect - 1 */
     bool refreshing;
     uv_timer_t refresh_timer;
@@ -155,17 +158,37 @@ struct router {
 static void router_refresh(router_t *r);
 static void router_refresh_soon(router_t *r);
 
+static void init_send(struct node *n);
+
+static void on_init_retry(uv_timer_t *t)
+{
+    struct node *n = t->data;
+    if (rconn_connected(n->conn) && !n->ready) init_send(n);
+}
+
 static void on_init_reply(redisReply *reply, const char *err, void *arg)
 {
     struct node *n = arg;
     const char *why = reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err;
+    if (n->r->closing) return;
     if (why) {
+        /* A Redis loading its data after a restart answers -LOADING: try
+         * again until it is done, or the node would never be ready. */
         log_error("event=function_load_failed redis=%s:%d error=\"%s\"", rconn_host(n->conn),
                   rconn_port(n->conn), why);
+        uv_timer_start(&n->init_retry, on_init_retry, INIT_RETRY_MS, 0);
         return;
     }
     n->ready = true;
     log_info("event=queue_ready redis=%s:%d", rconn_host(n->conn), rconn_port(n->conn));
+}
+
+static void init_send(struct node *n)
+{
+    router_t *r = n->r;
+    if (rconn_command(n->conn, on_init_reply, n, r->init_argc, r->init_argv, r->init_lens) < 0)
+        log_error("event=function_load_failed redis=%s:%d error=\"not connected\"",
+                  rconn_host(n->conn), rconn_port(n->conn));
 }
 
 /* Each new connection gets the init command first (a Redis restarted
@@ -174,11 +197,10 @@ static void on_init_reply(redisReply *reply, const char *err, void *arg)
 static void on_node_connect(rconn_t *conn, void *arg)
 {
     struct node *n = arg;
+    (void)conn;
     n->ready = false;
-    if (rconn_command(conn, on_init_reply, n, n->r->init_argc, n->r->init_argv, n->r->init_lens) <
-        0)
-        log_error("event=function_load_failed redis=%s:%d error=\"not connected\"",
-                  rconn_host(conn), rconn_port(conn));
+    uv_timer_stop(&n->init_retry);
+    init_send(n);
     if (n->r->mode == MODE_UNKNOWN)
         router_refresh(n->r);
     else if (n->r->mode == MODE_CLUSTER)
@@ -211,6 +233,8 @@ static int node_get(router_t *r, const char *host, int port)
         free(n);
         return -1;
     }
+    uv_timer_init(r->loop, &n->init_retry);
+    n->init_retry.data = n;
     r->nodes[r->n_nodes] = n;
     return r->n_nodes++;
 }
@@ -290,6 +314,16 @@ static void router_refresh_soon(router_t *r)
         uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_SOON_MS, REFRESH_MS);
 }
 
+static void on_node_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void on_router_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
 router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
                      int init_argc, const char **init_argv, const size_t *init_lens)
 {
@@ -311,8 +345,7 @@ router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeo
     uv_timer_init(loop, &r->refresh_timer);
     r->refresh_timer.data = r;
     if (node_get(r, host, port) < 0) {
-        uv_close((uv_handle_t *)&r->refresh_timer, NULL);
-        free(r); /* the timer holds no reference to r once closed */
+        uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed); /* frees r */
         return NULL;
     }
     uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_MS, REFRESH_MS);
@@ -329,19 +362,15 @@ static void fail_waiters(struct waiter *w, const char *why)
     }
 }
 
-static void on_router_closed(uv_handle_t *handle)
-{
-    free(handle->data);
-}
-
 void router_free(router_t *r)
 {
     if (!r) return;
+    r->closing = true;
     for (int i = 0; i < r->n_nodes; i++) {
         struct node *n = r->nodes[i];
         rconn_free(n->conn); /* runs pending callbacks, WAIT's included */
         fail_waiters(n->waiting, "closing");
-        free(n);
+        uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
     }
     uv_timer_stop(&r->refresh_timer);
     uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
