@@ -567,9 +567,11 @@ static bool keep_idle(client_t *c)
 static void on_reply(client_t *c, int code, const char *text)
 {
     int class = code / 100;
-    if (code == 421 && c->reused && !c->replied) {
-        /* "too many messages on this connection" and the like: the kept
-         * connection is spent; a fresh one takes the job (fail: stale). */
+    if (c->reused && !c->replied && (code == 421 || (c->step == STEP_MAIL && class != 2))) {
+        /* "too many messages on this connection" and the like, or a peer
+         * that lost track of the previous transaction ("503 nested MAIL"):
+         * the kept connection is spent, and its refusal says nothing about
+         * this mail. A fresh one takes the job (fail: stale). */
         fail(c, text);
         return;
     }
@@ -635,7 +637,8 @@ static void on_reply(client_t *c, int code, const char *text)
     case STEP_BODY:
         settle_undecided(c, code, text);
         if (class == 2) set_detail(c, "%s said: %s", c->dest, text);
-        if (keep_idle(c)) return;
+        /* Only a peer that took the message is known to be ready for the next. */
+        if (class == 2 && keep_idle(c)) return;
         c->step = STEP_QUIT; /* settled: a failure after this changes nothing */
         send_line(c, STEP_QUIT, "QUIT");
         return;

@@ -12,7 +12,7 @@ class RawPeer(threading.Thread):
     can see exactly what the client sent, and together with what."""
 
     def __init__(self, refuse=(), hold=0.0, extensions=("PIPELINING", "8BITMIME"),
-                 hang_after=None, max_messages=None):
+                 hang_after=None, max_messages=None, confused_after=None, data_reply=None):
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -29,6 +29,11 @@ class RawPeer(threading.Thread):
         # A server that takes this many messages per connection, then 421s.
         self.max_messages = max_messages
         self.stop_hanging = threading.Event()
+        # After this many messages in a session, answer MAIL with 503, as a
+        # server that lost track of the transaction would.
+        self.confused_after = confused_after
+        # The reply to the end of the data, else 250.
+        self.data_reply = data_reply
 
     def run(self):
         while True:
@@ -75,7 +80,7 @@ class RawPeer(threading.Thread):
                         break
                     self.delivered.append((list(rcpts), buf[:end]))
                     buf, in_data = buf[end + 5:], False
-                    conn.sendall(b"250 2.0.0 ok\r\n")
+                    conn.sendall(self.data_reply or b"250 2.0.0 ok\r\n")
                     messages += 1
                     if self.hang_after and messages >= self.hang_after:
                         self.stop_hanging.wait(60)
@@ -94,6 +99,8 @@ class RawPeer(threading.Thread):
                 elif verb == b"MAIL" and self.max_messages and messages >= self.max_messages:
                     conn.sendall(b"421 4.7.0 too many messages on this connection\r\n")
                     return
+                elif verb == b"MAIL" and self.confused_after and messages >= self.confused_after:
+                    conn.sendall(b"503 5.5.1 Error: nested MAIL command\r\n")
                 elif verb == b"MAIL":
                     rcpts = []
                     conn.sendall(b"250 2.1.0 ok\r\n")

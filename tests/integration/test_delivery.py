@@ -404,6 +404,29 @@ def test_421_on_a_kept_connection_means_a_fresh_one(stack):
     assert "event=reconnect" in log and "event=deferred" not in log, log[-2000:]
 
 
+def test_refusal_on_a_kept_connection_is_not_a_bounce(stack):
+    """A server that lost track of the kept connection refuses the next MAIL
+    with 503: that says nothing about the mail, which goes on a fresh
+    connection and is delivered, not bounced."""
+    peer = RawPeer(confused_after=1)
+    worker = _two_in_a_row(stack, peer, "connection_cache_time = 30")
+    log = worker.read_log()
+    assert "event=reconnect" in log and "event=bounced" not in log, log[-2000:]
+    assert peer.sessions == 2 and not bounces(stack.sink)
+
+
+def test_connection_is_not_kept_after_a_refused_message(stack):
+    """Only a server that took the message is known to be ready for the next
+    one: after a refusal at the end of the data the connection is closed."""
+    peer = RawPeer(data_reply=b"451 4.3.0 try again later\r\n")
+    peer.start()
+    _peer_stack(stack, peer, "connection_cache_time = 30")
+    send(stack, ["a@pipe.test"], "first")
+    wait_for(lambda: "QUIT" in peer.commands, timeout=15, what="QUIT after the refusal")
+    assert peer.sessions == 1 and len(peer.delivered) == 1
+    peer.stop()
+
+
 def test_stop_does_not_wait_for_a_silent_kept_connection(stack):
     """A kept connection whose server went silent does not hold a stopping
     worker: QUIT gets two seconds, and the worker exits cleanly."""
