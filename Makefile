@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 
-.PHONY: all setup build run sink test test-unit test-integration fuzz lint format clean bench
+.PHONY: all setup build run sink test test-unit test-integration test-cluster fuzz lint format clean bench
 
 all: build
 
@@ -44,6 +44,12 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
 	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	$(PYTHON) tests/cluster/run.py
+
+# The compose cluster alone, under rootful podman (it prints SKIP and exits 0
+# where podman cannot run).
+test-cluster: setup
+	$(PYTHON) tests/cluster/run.py
 
 # Benchmarks against peers measured in the same run; the tables go to
 # bench/results/<date>.md with a description of the machine.

@@ -8,7 +8,8 @@ packages="cmake make gcc clang pkg-config libuv1-dev libhiredis-dev libinih-dev
 libsodium-dev libssl-dev libgpgme-dev gpg gpg-agent gpgconf libc-ares-dev libcmocka-dev libclang-rt-14-dev
 redis-server dnsmasq-base swaks prometheus chromium libnet-ssleay-perl libauthen-sasl-perl openssl haproxy postfix
 python3 python3-pytest python3-redis python3-aiosmtpd python3-prometheus-client python3-gnupg python3-nacl clang-tidy cppcheck
-clang-format"
+clang-format
+podman podman-compose runc netavark aardvark-dns catatonit iptables debootstrap docker-compose python3-jsonschema"
 
 missing=""
 for p in $packages; do
@@ -34,6 +35,10 @@ export DEBIAN_FRONTEND=noninteractive
 # port 25.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 apt-get update -qq
+# podman and podman-compose (rootful) run the compose cluster of
+# tests/cluster; netavark needs iptables, and debootstrap makes the
+# debian:bookworm-slim base image locally. docker-compose (v1) only validates
+# deploy/docker-compose.yml.
 # redis-server's package may start a system Redis on 6379; sealpost never uses
 # that one (`sealpost up` runs its own on 6380, tests on free ports).
 apt-get install -y -qq --no-install-recommends $missing
