@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 
-.PHONY: all setup build run sink test test-unit test-integration test-cluster fuzz lint format clean bench
+.PHONY: all setup build run sink test test-unit test-integration test-cluster chaos fuzz lint format clean bench
 
 all: build
 
@@ -44,7 +44,20 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
 	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	CHAOS_SECONDS=40 SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost \
+		SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
 	$(PYTHON) tests/cluster/run.py
+
+# The long chaos run: CHAOS_SECONDS of load while workers, ingress nodes
+# and Redis are killed at random (also CHAOS_RATE, CHAOS_KILLS, CHAOS_SEED);
+# prints the reconciliation table, also left in test-output/chaos-report.txt.
+CHAOS_SECONDS ?= 600
+chaos: setup $(ASAN_BUILD)/Makefile
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	CHAOS_SECONDS=$(CHAOS_SECONDS) SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost \
+		SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
+		$(PYTHON) -m pytest -s -p no:cacheprovider tests/chaos/test_chaos.py
 
 # The compose cluster alone, under rootful podman (it prints SKIP and exits 0
 # where podman cannot run).

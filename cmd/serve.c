@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -504,6 +505,26 @@ static void on_startup_timer(uv_timer_t *t)
     }
 }
 
+/* Every connection is a descriptor, and shells commonly start daemons with a
+ * soft limit of 1024: raise it to the hard limit, as any process may, so
+ * [ingress] max_connections is not quietly capped, and say when even the
+ * hard limit is too low for it. */
+static void raise_open_files(const config_t *cfg, bool ingress)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t need = (rlim_t)cfg->ingress.max_connections + 64; /* Redis, logs, metrics, gpg */
+    if (ingress && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        log_warn("event=open_files_low limit=%llu max_connections=%u "
+                 "hint=\"raise the hard limit (ulimit -Hn, LimitNOFILE=) above %llu\"",
+                 (unsigned long long)rl.rlim_cur, cfg->ingress.max_connections,
+                 (unsigned long long)need);
+}
+
 int cmd_serve(const config_t *cfg, serve_options_t opts)
 {
     runtime_t rt = {.loop = uv_default_loop(), .cfg = cfg, .opts = opts};
@@ -524,6 +545,7 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
     uv_signal_start(&rt.sigterm, on_signal, SIGTERM);
     uv_signal_start(&rt.sighup, on_sighup, SIGHUP);
     signal(SIGPIPE, SIG_IGN);
+    raise_open_files(cfg, opts.ingress);
 
     rt.seal = seal_keyring_load(cfg->seal.keys, cfg->seal.key_file, err, sizeof err);
     if (!rt.seal) {

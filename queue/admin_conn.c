@@ -78,7 +78,7 @@ static int admin_read_slots(queue_admin_t *a, char *err, size_t errlen)
         return -1;
     }
     int rc = 0;
-    if (r->type == REDIS_REPLY_ERROR && cluster_disabled_error(r->str)) {
+    if (r->type == REDIS_REPLY_ERROR && cluster_single_error(r->str)) {
         /* a single Redis */
     } else if (!(a->owner = malloc(CLUSTER_SLOTS * sizeof *a->owner))) {
         snprintf(err, errlen, "out of memory");
@@ -251,6 +251,8 @@ int queue_admin_pipeline(queue_admin_t *a, int n, int argc[], const char **argv[
     for (int i = 0; i < n; i++)
         if (out[i]->type == REDIS_REPLY_ERROR) {
             snprintf(err, errlen, "redis: %s", out[i]->str);
+            for (int j = 0; j < n; j++)
+                freeReplyObject(out[j]);
             return -1;
         }
     return 0;

@@ -10,12 +10,13 @@
 #include <string.h>
 #include <strings.h>
 
-#define ROUTER_MAX_NODES 64
-#define MAX_REDIRECTS    8
-#define REFRESH_MS       5000
-#define REFRESH_SOON_MS  100
-#define RETRY_MIN_MS     10
-#define INIT_RETRY_MS    250
+#define ROUTER_MAX_NODES  64
+#define MAX_REDIRECTS     8
+#define REFRESH_MS        5000
+#define REFRESH_SOON_MS   100
+#define RETRY_MIN_MS      10
+#define INIT_RETRY_MS     250
+#define INIT_RETRY_MAX_MS 5000
 
 /* ---- slots, redirects, slot maps ---- */
 
@@ -111,9 +112,11 @@ int cluster_slots_parse(const redisReply *r, const char *answered_by,
     return 0;
 }
 
-bool cluster_disabled_error(const char *err)
+bool cluster_single_error(const char *err)
 {
-    return strstr(err, "cluster support disabled") != NULL;
+    /* "cluster support disabled", or CLUSTER renamed away or not permitted
+     * by an ACL: not a cluster to us. Loading or busy: ask again later. */
+    return strncmp(err, "LOADING", 7) != 0 && strncmp(err, "BUSY", 4) != 0;
 }
 
 /* ---- the router ---- */
@@ -129,8 +132,9 @@ struct node {
     router_t *r;
     int index;
     rconn_t *conn;
-    bool ready;               /* the init command succeeded on the current connection */
-    uv_timer_t init_retry;    /* after an error such as LOADING */
+    bool ready;            /* the init command succeeded on the current connection */
+    uv_timer_t init_retry; /* after an error such as LOADING */
+    unsigned init_backoff_ms;
     struct waiter *waiting;   /* for the next WAIT */
     struct waiter *in_wait;   /* covered by the WAIT in flight */
     unsigned wait_replicas;   /* of the WAIT to send */
@@ -142,14 +146,15 @@ enum router_mode { MODE_UNKNOWN, MODE_SINGLE, MODE_CLUSTER };
 struct router {
     uv_loop_t *loop;
     unsigned timeout_ms;
-    int init_argc;
-    const char **init_argv;
-    const size_t *init_lens;
+    const router_library_t *lib;
+    uint8_t needed[CLUSTER_SLOTS / 8]; /* the slots router_ready looks at */
+    unsigned n_needed;
     struct node *nodes[ROUTER_MAX_NODES]; /* [0] is the seed */
     int n_nodes;
     int16_t owner[CLUSTER_SLOTS]; /* node index, -1 when unknown */
     enum router_mode mode;
     bool closing;
+    struct rreq *retrying;  /* requests waiting for their retry timer */
     metric_t *redirects[3]; /* by enum cluster_redirect - 1 */
     bool refreshing;
     uv_timer_t refresh_timer;
@@ -158,37 +163,68 @@ struct router {
 static void router_refresh(router_t *r);
 static void router_refresh_soon(router_t *r);
 
-static void init_send(struct node *n);
+static void library_check(struct node *n);
 
 static void on_init_retry(uv_timer_t *t)
 {
     struct node *n = t->data;
-    if (rconn_connected(n->conn) && !n->ready) init_send(n);
+    if (rconn_connected(n->conn) && !n->ready) library_check(n);
 }
 
-static void on_init_reply(redisReply *reply, const char *err, void *arg)
+/* Tries again later, backing off: a Redis loading its data (LOADING), a
+ * replica (READONLY) or a full one (OOM) may take a while to change. */
+static void library_retry(struct node *n, const char *why)
 {
-    struct node *n = arg;
-    const char *why = reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err;
-    if (n->r->closing) return;
-    if (why) {
-        /* A Redis loading its data after a restart answers -LOADING: try
-         * again until it is done, or the node would never be ready. */
-        log_error("event=function_load_failed redis=%s:%d error=\"%s\"", rconn_host(n->conn),
-                  rconn_port(n->conn), why);
-        uv_timer_start(&n->init_retry, on_init_retry, INIT_RETRY_MS, 0);
-        return;
-    }
+    log_error("event=function_load_failed redis=%s:%d error=\"%s\" retry_ms=%u",
+              rconn_host(n->conn), rconn_port(n->conn), why, n->init_backoff_ms);
+    uv_timer_start(&n->init_retry, on_init_retry, n->init_backoff_ms, 0);
+    n->init_backoff_ms =
+        n->init_backoff_ms * 2 > INIT_RETRY_MAX_MS ? INIT_RETRY_MAX_MS : n->init_backoff_ms * 2;
+}
+
+static void node_ready(struct node *n)
+{
     n->ready = true;
+    n->init_backoff_ms = INIT_RETRY_MS;
     log_info("event=queue_ready redis=%s:%d", rconn_host(n->conn), rconn_port(n->conn));
 }
 
-static void init_send(struct node *n)
+static void on_library_loaded(redisReply *reply, const char *err, void *arg)
 {
+    struct node *n = arg;
+    if (n->r->closing) return;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        library_retry(n, reply ? reply->str : err);
+    else
+        node_ready(n);
+}
+
+static void on_library_digest(redisReply *reply, const char *err, void *arg)
+{
+    struct node *n = arg;
     router_t *r = n->r;
-    if (rconn_command(n->conn, on_init_reply, n, r->init_argc, r->init_argv, r->init_lens) < 0)
-        log_error("event=function_load_failed redis=%s:%d error=\"not connected\"",
-                  rconn_host(n->conn), rconn_port(n->conn));
+    if (r->closing) return;
+    if (!reply) {
+        library_retry(n, err);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STRING && !strcmp(reply->str, r->lib->digest)) {
+        node_ready(n); /* ours is there already: nothing to write */
+        return;
+    }
+    const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", r->lib->code};
+    const size_t lens[] = {8, 4, 7, r->lib->len};
+    if (rconn_command(n->conn, on_library_loaded, n, 4, argv, lens) < 0)
+        library_retry(n, "not connected");
+}
+
+/* Asks the node which library it has (a read, which a replica or a full
+ * Redis answers too) and loads ours only when it is missing or another. */
+static void library_check(struct node *n)
+{
+    const char *argv[] = {"FCALL_RO", n->r->lib->digest_function, "0"};
+    if (rconn_command(n->conn, on_library_digest, n, 3, argv, NULL) < 0)
+        library_retry(n, "not connected");
 }
 
 /* Each new connection gets the init command first (a Redis restarted
@@ -200,7 +236,8 @@ static void on_node_connect(rconn_t *conn, void *arg)
     (void)conn;
     n->ready = false;
     uv_timer_stop(&n->init_retry);
-    init_send(n);
+    n->init_backoff_ms = INIT_RETRY_MS;
+    library_check(n);
     if (n->r->mode == MODE_UNKNOWN)
         router_refresh(n->r);
     else if (n->r->mode == MODE_CLUSTER)
@@ -264,8 +301,15 @@ static void on_slots(redisReply *reply, const char *err, void *arg)
                  rconn_port(from->conn), err);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR && cluster_disabled_error(reply->str)) {
-        if (r->mode != MODE_SINGLE) log_info("event=redis_mode mode=single");
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (r->mode == MODE_CLUSTER || !cluster_single_error(reply->str)) {
+            log_warn("event=redis_slots_failed redis=%s:%d error=\"%s\"", rconn_host(from->conn),
+                     rconn_port(from->conn), reply->str);
+            router_refresh_soon(r);
+            return;
+        }
+        if (r->mode != MODE_SINGLE)
+            log_info("event=redis_mode mode=single reason=\"%s\"", reply->str);
         r->mode = MODE_SINGLE;
         for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
             r->owner[s] = (int16_t)from->index;
@@ -325,15 +369,13 @@ static void on_router_closed(uv_handle_t *handle)
 }
 
 router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
-                     int init_argc, const char **init_argv, const size_t *init_lens)
+                     const router_library_t *lib)
 {
     router_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->loop = loop;
     r->timeout_ms = timeout_ms;
-    r->init_argc = init_argc;
-    r->init_argv = init_argv;
-    r->init_lens = init_lens;
+    r->lib = lib;
     memset(r->owner, 0xff, sizeof r->owner);
     static const char *const kinds[] = {"kind=\"moved\"", "kind=\"ask\"", "kind=\"retry\""};
     for (int k = 0; k < 3; k++)
@@ -362,32 +404,25 @@ static void fail_waiters(struct waiter *w, const char *why)
     }
 }
 
-void router_free(router_t *r)
+void router_need_key(router_t *r, const char *key)
 {
-    if (!r) return;
-    r->closing = true;
-    for (int i = 0; i < r->n_nodes; i++) {
-        struct node *n = r->nodes[i];
-        rconn_free(n->conn); /* runs pending callbacks, WAIT's included */
-        fail_waiters(n->waiting, "closing");
-        uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
-    }
-    uv_timer_stop(&r->refresh_timer);
-    uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
+    unsigned slot = cluster_key_slot(key, strlen(key));
+    if (!(r->needed[slot / 8] & (1u << (slot % 8)))) r->n_needed++;
+    r->needed[slot / 8] |= (uint8_t)(1u << (slot % 8));
 }
 
+/* Ready when the master of every slot we use is connected and has our
+ * library: a slot of the cluster that we do not use, uncovered or on a
+ * master that is down, stops nothing. */
 bool router_ready(const router_t *r)
 {
     if (r->mode == MODE_UNKNOWN) return false;
-    bool seen[ROUTER_MAX_NODES] = {false};
     for (unsigned s = 0; s < CLUSTER_SLOTS; s++) {
+        if (!(r->needed[s / 8] & (1u << (s % 8)))) continue;
         int i = r->owner[s];
-        if (i < 0) return false;
-        if (seen[i]) continue;
-        if (!rconn_connected(r->nodes[i]->conn) || !r->nodes[i]->ready) return false;
-        seen[i] = true;
+        if (i < 0 || !rconn_connected(r->nodes[i]->conn) || !r->nodes[i]->ready) return false;
     }
-    return true;
+    return r->n_needed > 0;
 }
 
 /* ---- commands ---- */
@@ -406,6 +441,7 @@ struct rreq {
     uint64_t deadline; /* for TRYAGAIN and CLUSTERDOWN, in uv_now ms */
     unsigned retry_ms;
     uv_timer_t *retry;
+    struct rreq *prev, *next; /* in the router's list while the retry timer runs */
 };
 
 static void on_retry_closed(uv_handle_t *handle)
@@ -467,9 +503,21 @@ static void rreq_resend(struct rreq *req)
     rreq_finish(req, NULL, "not connected");
 }
 
+static void retrying_remove(struct rreq *req)
+{
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        req->r->retrying = req->next;
+    if (req->next) req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+}
+
 static void on_retry_timer(uv_timer_t *t)
 {
-    rreq_resend(t->data);
+    struct rreq *req = t->data;
+    retrying_remove(req);
+    rreq_resend(req);
 }
 
 /* TRYAGAIN (a slot half-migrated) and CLUSTERDOWN (a failover under way)
@@ -486,6 +534,9 @@ static bool rreq_retry_later(struct rreq *req)
     }
     uv_timer_start(req->retry, on_retry_timer, req->retry_ms, 0);
     req->retry_ms *= 2;
+    req->next = req->r->retrying;
+    if (req->next) req->next->prev = req;
+    req->r->retrying = req;
     return true;
 }
 
@@ -500,8 +551,15 @@ static bool rreq_redirected(struct rreq *req, const redisReply *reply)
     enum cluster_redirect kind =
         cluster_redirect_parse(reply->str, &slot, host, sizeof host, &port);
     if (kind != REDIRECT_NONE) metric_add(r->redirects[kind - 1], 1);
-    if (kind == REDIRECT_RETRY) return rreq_retry_later(req);
+    if (kind == REDIRECT_RETRY) {
+        /* ASK, then TRYAGAIN at the importing node, then ASK again is a
+         * slot on its way: the deadline bounds it, not the redirect count. */
+        req->redirects = 0;
+        return rreq_retry_later(req);
+    }
     if (kind == REDIRECT_NONE || ++req->redirects > MAX_REDIRECTS) return false;
+    if (!host[0] || !strcmp(host, "?")) /* "the address you reached me at" */
+        snprintf(host, sizeof host, "%s", rconn_host(r->nodes[req->node]->conn));
     int i = node_get(r, host, port);
     if (i < 0) return false;
     if (kind == REDIRECT_MOVED) {
@@ -577,7 +635,7 @@ static void on_wait_reply(redisReply *reply, const char *err, void *arg)
         free(w);
         w = next;
     }
-    if (n->waiting) wait_send(n);
+    if (n->waiting && !n->in_wait) wait_send(n);
 }
 
 /* Sends one WAIT for everyone waiting: it covers every write this
@@ -626,4 +684,30 @@ int router_wait(router_t *r, const router_origin_t *origin, unsigned replicas, u
     n->wait_timeout_ms = timeout_ms;
     if (!n->in_wait) wait_send(n);
     return 0;
+}
+
+/* ---- closing ---- */
+
+void router_free(router_t *r)
+{
+    if (!r) return;
+    r->closing = true;
+    struct rreq *list = r->retrying;
+    r->retrying = NULL;
+    while (list) { /* their callbacks run now, as those of sent requests do */
+        struct rreq *req = list;
+        list = req->next;
+        req->prev = req->next = NULL;
+        uv_timer_stop(req->retry);
+        req->node = -1;
+        rreq_finish(req, NULL, "closing");
+    }
+    for (int i = 0; i < r->n_nodes; i++) {
+        struct node *n = r->nodes[i];
+        rconn_free(n->conn); /* runs pending callbacks, WAIT's included */
+        fail_waiters(n->waiting, "closing");
+        uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
+    }
+    uv_timer_stop(&r->refresh_timer);
+    uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
 }

@@ -33,8 +33,10 @@ int cluster_slots_parse(const redisReply *r, const char *answered_by,
                         int (*each)(unsigned from, unsigned to, const char *host, int port,
                                     void *arg),
                         void *arg);
-/* True when the error says the server is not a cluster node. */
-bool cluster_disabled_error(const char *err);
+/* True when an error reply to CLUSTER SLOTS means the server is to be used
+ * as a single Redis (no cluster support, or CLUSTER renamed or refused by
+ * an ACL); false for a passing state (LOADING, BUSY). */
+bool cluster_single_error(const char *err);
 
 /* ---- the asynchronous router ---- */
 
@@ -46,11 +48,23 @@ typedef struct router_origin {
     unsigned epoch;
 } router_origin_t;
 
-/* init (argc words) is sent to every master on each connection before
- * anything else; the router is ready when every slot's master answered it. */
+/* The functions library every master must have: its code, and a no-writes
+ * function in it that returns digest (so a node that has it already is
+ * ready without a write, a replica or a full Redis included). */
+typedef struct router_library {
+    const char *code;
+    size_t len;
+    const char *digest_function;
+    const char *digest;
+} router_library_t;
+
+/* lib is checked (and loaded if missing) on every master connection. */
 router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
-                     int init_argc, const char **init_argv, const size_t *init_lens);
+                     const router_library_t *lib);
 void router_free(router_t *r);
+/* A key whose slot router_ready must find served. */
+void router_need_key(router_t *r, const char *key);
+/* True when every needed slot's master is connected and has the library. */
 bool router_ready(const router_t *r);
 /* Sends a command to its slot's master (the seed for a command without
  * keys). Returns -1 without calling cb when that master is not connected;

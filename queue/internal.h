@@ -24,8 +24,9 @@ struct queue {
     unsigned timeout_ms;
     unsigned shards;
     router_t *router;
-    const char *load[4]; /* FUNCTION LOAD REPLACE <library>, for the router */
-    size_t load_lens[4];
+    buf_t library;   /* the functions library, as loaded */
+    char digest[33]; /* of the library, hex */
+    router_library_t lib;
     rconn_t *watch_conn;
     unsigned min_replicas; /* WAIT for this many after each enqueue */
     unsigned replica_timeout_ms;
@@ -85,8 +86,7 @@ redisReply *queue_admin_command_lens(queue_admin_t *a, char *err, size_t errlen,
  * of key's slot, and it ends with EXEC or DISCARD. */
 int queue_admin_multi(queue_admin_t *a, const char *key, char *err, size_t errlen);
 /* Runs n commands (pipelined on a single Redis), every reply in out; -1
- * with err set (and out filled) when one is an error reply, -1 with out
- * empty when the connection failed. */
+ * with err set and nothing to free when one failed. */
 int queue_admin_pipeline(queue_admin_t *a, int n, int argc[], const char **argv[],
                          redisReply *out[], char *err, size_t errlen);
 /* FCALL (or FCALL_RO) name numkeys keys... args...; takes call, and frees it

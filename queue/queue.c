@@ -2,6 +2,7 @@
  * and turns replies back into C. The logic itself lives in functions/sealpost.lua. */
 #include "queue/internal.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +10,31 @@
 extern const char queue_functions_lua[];
 extern const size_t queue_functions_lua_len;
 
-#define WAKE_CHANNEL "sealpost:wake"
+#define WAKE_CHANNEL            "sealpost:wake"
+#define LIBRARY_DIGEST_FUNCTION "library_digest"
+
+/* Our library, with one more function that returns its digest: a node
+ * that answers it with ours has this very library and needs no load. The
+ * digest covers the code, so a new version is loaded over an old one. */
+static int library_prepare(queue_t *q)
+{
+    unsigned char hash[16];
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)queue_functions_lua,
+                       queue_functions_lua_len, NULL, 0);
+    sodium_bin2hex(q->digest, sizeof q->digest, hash, sizeof hash);
+    buf_init(&q->library);
+    if (buf_append(&q->library, queue_functions_lua, queue_functions_lua_len) < 0 ||
+        buf_printf(&q->library,
+                   "\nredis.register_function{function_name='" LIBRARY_DIGEST_FUNCTION "',\n"
+                   "  callback=function() return '%s' end, flags={'no-writes'}}\n",
+                   q->digest) < 0) {
+        buf_free(&q->library);
+        return -1;
+    }
+    q->lib =
+        (router_library_t){q->library.data, q->library.len, LIBRARY_DIGEST_FUNCTION, q->digest};
+    return 0;
+}
 
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
                     unsigned shards)
@@ -38,16 +63,24 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
             "[queue] min_replicas acknowledged (replicas).",
             labels);
     }
-    /* Every master gets the library on each connection (see router_new). */
-    const char *load[] = {"FUNCTION", "LOAD", "REPLACE", queue_functions_lua};
-    const size_t load_lens[] = {8, 4, 7, queue_functions_lua_len};
-    memcpy(q->load, load, sizeof load);
-    memcpy(q->load_lens, load_lens, sizeof load_lens);
-    q->router = router_new(loop, redis->host, redis->port, timeout_ms, 4, q->load, q->load_lens);
-    if (!q->router) {
+    if (library_prepare(q) < 0) {
         free(q);
         return NULL;
     }
+    q->router = router_new(loop, redis->host, redis->port, timeout_ms, &q->lib);
+    if (!q->router) {
+        buf_free(&q->library);
+        free(q);
+        return NULL;
+    }
+    /* Ready means: every shard's master, and those of users and keys. */
+    for (unsigned s = 0; s < shards; s++) {
+        key_t_ k;
+        shard_key(k, s, "due");
+        router_need_key(q->router, k);
+    }
+    router_need_key(q->router, "{sealpost:auth}");
+    router_need_key(q->router, "{sealpost:crypto}");
     return q;
 }
 
@@ -56,6 +89,7 @@ void queue_close(queue_t *q)
     if (!q) return;
     router_free(q->router);
     rconn_free(q->watch_conn);
+    buf_free(&q->library);
     free(q);
 }
 

@@ -210,7 +210,8 @@ def test_slot_migrated_while_mail_flows(tmp_path, cluster):
             time.sleep(0.05)
         # Every key moved, the slot not yet handed over: the old master
         # answers ASK, the new one TRYAGAIN to a call that creates keys.
-        time.sleep(1)
+        # Long enough for calls backing off after TRYAGAIN to come back.
+        time.sleep(3)
         for c in cluster.clients():
             c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(dst))
         assert moved > 0
@@ -239,3 +240,39 @@ def test_slot_migrated_while_mail_flows(tmp_path, cluster):
     finally:
         nodes.kill()
         sink.stop()
+
+
+def test_a_redis_that_refuses_cluster_commands_is_a_single_redis(tmp_path):
+    """CLUSTER renamed away (or refused by an ACL) is not an outage: the
+    server is used as a single Redis."""
+    d = tmp_path / "redis"
+    d.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+         "--appendonly", "yes", "--save", "", "--rename-command", "CLUSTER", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = Sink().start()
+    smtp_port = free_port()
+    config = base_config(port, smtp_port, sink.port)
+    ingress = worker = None
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), what="redis")
+        ingress = Sealpost(tmp_path, "ingress", config, "ingress").start(smtp_port)
+        worker = Sealpost(tmp_path, "worker", config, "worker").start()
+        wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="ingress ready")
+        assert "mode=single" in ingress.read_log()
+        assert send(smtp_port, "renamed") == "250"
+        wait_for(lambda: "renamed" in delivered_tokens(sink), what="delivery")
+        out = subprocess.run([BIN, "queue", "stats", "--json", "-c", str(ingress.path)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        ingress.check_clean_exit()
+        worker.check_clean_exit()
+    finally:
+        for p in (ingress, worker):
+            if p:
+                p.kill()
+        sink.stop()
+        proc.terminate()
+        proc.wait(10)

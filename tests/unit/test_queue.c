@@ -161,8 +161,11 @@ static void test_slots_reply(void **state)
     assert_int_equal(cluster_slots_parse(&bad, "h", collect, &t), -1);
     assert_int_equal(cluster_slots_parse(r_int(1), "h", collect, &t), -1);
 
-    assert_true(cluster_disabled_error("ERR This instance has cluster support disabled"));
-    assert_false(cluster_disabled_error("ERR unknown command"));
+    assert_true(cluster_single_error("ERR This instance has cluster support disabled"));
+    assert_true(cluster_single_error("ERR unknown command 'CLUSTER'"));
+    assert_true(cluster_single_error("NOPERM this user has no permissions to run 'cluster'"));
+    assert_false(cluster_single_error("LOADING Redis is loading the dataset in memory"));
+    assert_false(cluster_single_error("BUSY Redis is busy running a script"));
 }
 
 int main(void)
