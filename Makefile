@@ -70,6 +70,9 @@ RESULTS = bench/results/$(shell date -u +%Y-%m-%d).md
 bench: build
 	@mkdir -p bench/results
 	@{ echo "## $$(date -u '+%Y-%m-%d %H:%M UTC') on $$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"; echo; } >> $(RESULTS)
+	$(PYTHON) bench/accept.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/relay.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand.

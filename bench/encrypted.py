@@ -26,31 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def percentile(values, p):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import ROOT, emit, free_port, percentile, wait_port  # noqa: E402
 
 
 def make_key(home):
@@ -191,10 +168,7 @@ level = warn
 
 Encrypted messages refused (451) during the runs: {refused}.
 """
-        print(table)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(table + "\n")
+        emit(table, args.out)
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -1,0 +1,112 @@
+#!/usr/bin/python3
+"""Accept rate: smtp-source into sealpost (ingress + Redis with appendfsync
+always), Postfix (smtpd queueing to disk, then the discard transport),
+Haraka (npm, two processes, queue/discard) and smtp-sink (stores nothing:
+the bound), in one run, on the same machine, with the same client.
+
+For each message size (4 KB, 100 KB), number of parallel sessions (1, 10,
+50) and connection mode (a new connection per message, or kept), each server
+gets the same messages; the table shows messages/s (median of the runs, min
+and max), server CPU seconds per 1000 messages (every process of the server,
+Redis included for sealpost), the server's peak memory (PSS: shared pages split between the processes sharing them), and
+sealpost's rate divided by each peer's.
+
+usage: bench/accept.py [--build DIR] [--runs N] [--quick] [--out FILE]
+"""
+import argparse
+import datetime
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import ROOT, Haraka, Meter, Postfix, Sealpost, SmtpSink, emit, smtp_source, summary  # noqa: E402
+
+SIZES = {"4 KB": 4096, "100 KB": 102400}
+SESSIONS = (1, 10, 50)
+
+
+def count_for(size, sessions):
+    """Enough messages for a couple of seconds from the slowest server."""
+    base = {1: 300, 10: 1000, 50: 2000}[sessions]
+    return base if size <= 4096 else base // 3
+
+
+def measure(server, size, sessions, reuse, runs):
+    rates, cpu, peak = [], [], 0
+    for _ in range(runs):
+        count = count_for(size, sessions)
+        meter = Meter(server.pids())
+        meter.start()
+        took, _ = smtp_source(server.port, count, sessions, size, reuse)
+        meter.stop()
+        rates.append(count / took)
+        cpu.append(meter.cpu / count * 1000)
+        peak = max(peak, meter.peak)
+    return {"rate": summary(rates), "cpu": summary(cpu)[0], "mem": peak}
+
+
+def empty_redis(server):
+    """sealpost keeps what it accepted (no worker here): start each case
+    from an empty queue, as the other servers do."""
+    port = server.conf.read_text().split("redis://127.0.0.1:")[1].split()[0]
+    subprocess.run(["redis-cli", "-p", port, "FLUSHALL"], check=True, capture_output=True)
+
+
+def table(results, servers, runs):
+    out = [f"### accept ({datetime.date.today()}, {runs} runs per case; smtp-source; "
+           "sealpost = ingress + Redis with appendfsync always)", ""]
+    out.append("| size | sessions | connection | server | msg/s median | min | max | "
+               "CPU s / 1000 msg | peak PSS MB | sealpost ÷ this |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for (size, sessions, reuse), by in results.items():
+        ours = by["sealpost"]["rate"][0]
+        for name in servers:
+            r = by[name]
+            med, lo, hi = r["rate"]
+            ratio = "" if name == "sealpost" else f"{ours / med:.2f}"
+            out.append(f"| {size} | {sessions} | {'kept' if reuse else 'new'} | {name} | "
+                       f"{med:.0f} | {lo:.0f} | {hi:.0f} | {r['cpu']:.2f} | "
+                       f"{r['mem'] / 2**20:.0f} | {ratio} |")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=str(ROOT / "build"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="4 KB, 50 sessions, new connections")
+    ap.add_argument("--out", help="append the table to this file")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
+    shutil.chown(tmp, "postfix")
+    tmp.chmod(0o755)
+    servers = {}
+    try:
+        servers["sealpost"] = Sealpost(tmp, args.build)
+        servers["postfix"] = Postfix(tmp)
+        servers["haraka"] = Haraka(tmp, nodes=2)
+        servers["smtp-sink"] = SmtpSink(tmp)
+        cases = [("4 KB", 50, False)] if args.quick else [
+            (size, s, reuse) for size in SIZES for s in SESSIONS for reuse in (False, True)]
+        results = {}
+        for size, sessions, reuse in cases:
+            results[(size, sessions, reuse)] = by = {}
+            for name, server in servers.items():
+                if name == "sealpost":
+                    empty_redis(server)
+                by[name] = measure(server, SIZES[size], sessions, reuse, args.runs)
+                print(f"{size} {sessions} {'kept' if reuse else 'new'} {name}: "
+                      f"{by[name]['rate'][0]:.0f} msg/s", flush=True)
+        text = table(results, list(servers), args.runs)
+        emit(text, args.out)
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

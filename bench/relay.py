@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""Relay, end to end: smtp-source -> server -> smtp-sink as the next hop, for
+sealpost (ingress + 1 and + 2 workers, Redis with appendfsync always),
+Postfix (queue on disk, smtp client) and Haraka (two processes,
+queue/smtp_forward), in one run.
+
+Capacity: N messages (4 KB, 50 sessions, a new connection each), timed from
+the first connection until the last of them arrived at the next hop
+(smtp-sink's own counter); messages/s is the median of the runs.
+
+Latency at half load: for some seconds, ten times a second a burst of a
+twentieth of the server's measured capacity (so half of it in all) goes to
+the next hop while a probe sends 20 messages a second to probe.test, routed
+to a recorder of our own: the time from the server's 250 to the probe's
+arrival at the recorder, median and p99. Haraka forwards before it answers
+250, so its figure is below zero.
+
+usage: bench/relay.py [--build DIR] [--runs N] [--count N] [--seconds S] [--out FILE]
+"""
+import argparse
+import datetime
+import shutil
+import smtplib
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import (ROOT, emit, Haraka, Meter, Postfix, Sealpost, SmtpSink, free_port,  # noqa: E402
+                   percentile, smtp_source, summary)
+
+from aiosmtpd.controller import Controller  # noqa: E402
+
+TICKS = 10  # bursts a second in the half-load phase
+
+
+class Recorder:
+    """The probes' next hop: the arrival time of every message, by token."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.arrived = {}
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    async def handle_DATA(self, server, session, envelope):
+        now = time.monotonic()
+        token = envelope.original_content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0]
+        self.arrived[token.decode()] = now
+        return "250 2.0.0 ok"
+
+    def stop(self):
+        self.controller.stop()
+
+
+def arrived(sink, count, timeout=300):
+    """The time the next hop has count messages."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sink.count() >= count:
+            return time.monotonic()
+        time.sleep(0.02)
+    raise RuntimeError(f"only {sink.count()} of {count} messages at the next hop")
+
+
+def capacity(server, sink, count, runs):
+    rates, cpu = [], []
+    for _ in range(runs):
+        meter = Meter(server.pids())
+        meter.start()
+        base = sink.count()
+        t0 = time.monotonic()
+        smtp_source(server.port, count, 50, 4096, False)
+        done = arrived(sink, base + count)
+        meter.stop()
+        rates.append(count / (done - t0))
+        cpu.append(meter.cpu / count * 1000)
+    return summary(rates), summary(cpu)[0]
+
+
+def probe(port, stop, sent):
+    """20 messages a second to probe.test; the time of each 250, by token."""
+    i = 0
+    while not stop.is_set():
+        token = f"p{i}"
+        i += 1
+        msg = f"From: s@origin.test\r\nTo: p@probe.test\r\nSubject: {token}\r\n\r\nprobe\r\n"
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+                c.sendmail("s@origin.test", ["p@probe.test"], msg)
+                sent[token] = time.monotonic()  # the 250, before QUIT
+        except (OSError, smtplib.SMTPException):
+            pass
+        stop.wait(0.05)
+
+
+def latency(server, sink, recorder, rate, seconds):
+    stop, sent = threading.Event(), {}
+    base = sink.count()
+    t = threading.Thread(target=probe, args=(server.port, stop, sent), daemon=True)
+    t.start()
+    burst, ticks = max(1, int(rate / 2 / TICKS)), seconds * TICKS
+    for _ in range(ticks):
+        t0 = time.monotonic()
+        smtp_source(server.port, burst, 10, 4096, False)
+        time.sleep(max(0.0, 1 / TICKS - (time.monotonic() - t0)))
+    stop.set()
+    t.join()
+    arrived(sink, base + burst * ticks)
+    time.sleep(0.5)
+    lat = [(recorder.arrived[k] - v) * 1000 for k, v in sent.items() if k in recorder.arrived]
+    return percentile(lat, 50), percentile(lat, 99), len(lat), len(sent)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=str(ROOT / "build"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--seconds", type=int, default=10, help="of the half-load phase")
+    ap.add_argument("--out", help="append the table to this file")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
+    shutil.chown(tmp, "postfix")
+    tmp.chmod(0o755)
+    sink, recorder, rows = SmtpSink(tmp), Recorder(), []
+    routes = {"probe.test": f"127.0.0.1:{recorder.port}"}
+    makers = [
+        ("sealpost, 1 worker", lambda: Sealpost(tmp, args.build, workers=1, next_hop=sink.port,
+                                                routes=routes)),
+        ("sealpost, 2 workers", lambda: Sealpost(tmp, args.build, workers=2, next_hop=sink.port,
+                                                 routes=routes)),
+        ("postfix", lambda: Postfix(tmp, next_hop=sink.port, routes=routes)),
+        ("haraka", lambda: Haraka(tmp, nodes=2, next_hop=sink.port, routes=routes)),
+    ]
+    try:
+        for label, make in makers:
+            server = make()
+            try:
+                (rate, lo, hi), cpu = capacity(server, sink, args.count, args.runs)
+                p50, p99, seen, sent = latency(server, sink, recorder, rate, args.seconds)
+            finally:
+                server.stop()
+            rows.append((label, rate, lo, hi, cpu, p50, p99, seen, sent))
+            print(f"{label}: {rate:.0f} msg/s, 250 to arrival p50 {p50:.1f} ms p99 {p99:.1f} ms",
+                  flush=True)
+        postfix_rate = next(r[1] for r in rows if r[0] == "postfix")
+        text = [f"### relay ({datetime.date.today()}, 4 KB, smtp-source 50 sessions with a new "
+                f"connection each, {args.count} messages per run, {args.runs} runs; next hop "
+                "smtp-sink)", "",
+                "| server | msg/s end to end, median | min | max | CPU s / 1000 msg | "
+                "250 → arrival p50 ms (half load) | p99 ms | probes arrived | ÷ Postfix |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for label, rate, lo, hi, cpu, p50, p99, seen, sent in rows:
+            text.append(f"| {label} | {rate:.0f} | {lo:.0f} | {hi:.0f} | {cpu:.2f} | "
+                        f"{p50:.1f} | {p99:.1f} | {seen}/{sent} | {rate / postfix_rate:.2f} |")
+        out = "\n".join(text) + "\n"
+        emit(out, args.out)
+    finally:
+        recorder.stop()
+        sink.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
