@@ -147,7 +147,8 @@ struct router {
     uv_loop_t *loop;
     unsigned timeout_ms;
     const router_library_t *lib;
-    uint8_t needed[CLUSTER_SLOTS / 8]; /* the slots router_ready looks at */
+    uint8_t needed[CLUSTER_SLOTS / 8];   /* the slots router_ready looks at */
+    uint16_t needed_list[CLUSTER_SLOTS]; /* the same, listed: ready is asked per session */
     unsigned n_needed;
     struct node *nodes[ROUTER_MAX_NODES]; /* [0] is the seed */
     int n_nodes;
@@ -407,8 +408,9 @@ static void fail_waiters(struct waiter *w, const char *why)
 void router_need_key(router_t *r, const char *key)
 {
     unsigned slot = cluster_key_slot(key, strlen(key));
-    if (!(r->needed[slot / 8] & (1u << (slot % 8)))) r->n_needed++;
+    if (r->needed[slot / 8] & (1u << (slot % 8))) return;
     r->needed[slot / 8] |= (uint8_t)(1u << (slot % 8));
+    r->needed_list[r->n_needed++] = (uint16_t)slot;
 }
 
 /* Ready when the master of every slot we use is connected and has our
@@ -417,9 +419,8 @@ void router_need_key(router_t *r, const char *key)
 bool router_ready(const router_t *r)
 {
     if (r->mode == MODE_UNKNOWN) return false;
-    for (unsigned s = 0; s < CLUSTER_SLOTS; s++) {
-        if (!(r->needed[s / 8] & (1u << (s % 8)))) continue;
-        int i = r->owner[s];
+    for (unsigned k = 0; k < r->n_needed; k++) {
+        int i = r->owner[r->needed_list[k]];
         if (i < 0 || !rconn_connected(r->nodes[i]->conn) || !r->nodes[i]->ready) return false;
     }
     return r->n_needed > 0;
