@@ -6,6 +6,7 @@
  * real end marker so the session stays in step with the client. */
 #include "proto/proto.h"
 
+#include <stdint.h>
 #include <string.h>
 
 enum { S_LINE_START, S_IN_LINE, S_CR, S_DOT, S_DOT_CR };
@@ -40,13 +41,17 @@ static void emit(proto_data_t *d, char c, char *out, size_t *out_len)
     d->size++;
 }
 
-/* The length of the run at p holding neither CR nor LF. */
-static size_t plain_run(const char *p, size_t n)
+/* The position of the next c at or after i in in[0..len), or len; *at
+ * remembers it, so a buffer of many short lines is searched once per byte
+ * value, not once per line (a body of bare LFs would otherwise cost a
+ * search to the end of the buffer for every line). */
+static size_t next_at(const char *in, size_t len, size_t i, char c, size_t *at)
 {
-    const char *cr = memchr(p, '\r', n);
-    size_t limit = cr ? (size_t)(cr - p) : n;
-    const char *lf = memchr(p, '\n', limit);
-    return lf ? (size_t)(lf - p) : limit;
+    if (*at < i || *at == SIZE_MAX) {
+        const char *p = memchr(in + i, c, len - i);
+        *at = p ? (size_t)(p - in) : len;
+    }
+    return *at;
 }
 
 /* Inside a line, a run of ordinary bytes is taken at once: the same
@@ -73,11 +78,13 @@ static void take_run(proto_data_t *d, const char *p, size_t n, char *out, size_t
 
 size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, size_t *out_len)
 {
-    size_t i = 0;
+    size_t i = 0, cr = SIZE_MAX, lf = SIZE_MAX;
     *out_len = 0;
     while (i < len && !d->done) {
         if (d->state == S_IN_LINE) {
-            size_t run = plain_run(in + i, len - i);
+            size_t end = next_at(in, len, i, '\r', &cr);
+            size_t lf_at = next_at(in, len, i, '\n', &lf);
+            size_t run = (lf_at < end ? lf_at : end) - i;
             if (run) {
                 take_run(d, in + i, run, out, out_len);
                 i += run;

@@ -1136,6 +1136,30 @@ static char *make_line(size_t n, char fill, const char *suffix, size_t *len)
     return s;
 }
 
+/* A large body of bare LFs in one buffer (what a client can send while
+ * the session is busy): refused, and read to its real end in one pass.
+ * Each line end once meant a search to the end of the buffer, so the cost
+ * grew with the square of the buffer; this runs in milliseconds now. */
+static void test_data_many_bare_lfs(void **state)
+{
+    (void)state;
+    size_t n = 4u << 20;
+    char *in = malloc(n + 5), *out = malloc(n + 5);
+    assert_non_null(in);
+    assert_non_null(out);
+    for (size_t i = 0; i < n; i += 2)
+        in[i] = 'a', in[i + 1] = '\n';
+    memcpy(in + n, "\r\n.\r\n", 5);
+    proto_data_t d;
+    proto_data_init(&d, 1000, 64u << 20);
+    size_t got = 0;
+    assert_int_equal(proto_data_feed(&d, in, n + 5, out, &got), n + 5);
+    assert_true(d.done);
+    assert_int_equal(d.error, PROTO_DATA_BARE_LF);
+    free(in);
+    free(out);
+}
+
 static void test_data_line_length(void **state)
 {
     (void)state;
@@ -1393,6 +1417,7 @@ int main(void)
         cmocka_unit_test(test_data_no_end),
         cmocka_unit_test(test_data_smuggling),
         cmocka_unit_test(test_data_bare_line_endings),
+        cmocka_unit_test(test_data_many_bare_lfs),
         cmocka_unit_test(test_data_line_length),
         cmocka_unit_test(test_data_too_big),
         cmocka_unit_test(test_data_chunking_equivalence),
