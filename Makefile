@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 
-.PHONY: all setup build run sink test test-unit test-integration test-cluster chaos fuzz lint format clean bench
+.PHONY: all setup build run sink test test-cluster chaos fuzz lint format clean bench
 
 all: build
 

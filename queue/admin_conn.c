@@ -80,6 +80,9 @@ static int admin_read_slots(queue_admin_t *a, char *err, size_t errlen)
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR && cluster_single_error(r->str)) {
         /* a single Redis */
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str); /* LOADING and the like: try again */
+        rc = -1;
     } else if (!(a->owner = malloc(CLUSTER_SLOTS * sizeof *a->owner))) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
@@ -152,7 +155,7 @@ static redisReply *admin_exec(queue_admin_t *a, char *err, size_t errlen, int ar
         char host[256];
         int port;
         enum cluster_redirect kind =
-            cluster_redirect_parse(r->str, &slot, host, sizeof host, &port);
+            cluster_redirect_parse(r->str, a->nodes[node].host, &slot, host, sizeof host, &port);
         if (kind == REDIRECT_NONE) return r;
         freeReplyObject(r);
         asking = kind == REDIRECT_ASK;

@@ -14,6 +14,7 @@
 #define MAX_REDIRECTS     8
 #define REFRESH_MS        5000
 #define REFRESH_SOON_MS   100
+#define SLOTS_RETRY_MS    1000
 #define RETRY_MIN_MS      10
 #define INIT_RETRY_MS     250
 #define INIT_RETRY_MAX_MS 5000
@@ -59,8 +60,8 @@ int cluster_command_slot(int argc, const char **argv, const size_t *lens)
     return (int)cluster_key_slot(argv[1], lens ? lens[1] : strlen(argv[1]));
 }
 
-enum cluster_redirect cluster_redirect_parse(const char *err, unsigned *slot, char *host,
-                                             size_t hostlen, int *port)
+enum cluster_redirect cluster_redirect_parse(const char *err, const char *answered_by,
+                                             unsigned *slot, char *host, size_t hostlen, int *port)
 {
     if (!strncmp(err, "TRYAGAIN", 8) || !strncmp(err, "CLUSTERDOWN", 11)) return REDIRECT_RETRY;
     enum cluster_redirect kind;
@@ -81,6 +82,10 @@ enum cluster_redirect cluster_redirect_parse(const char *err, unsigned *slot, ch
     if (end == colon + 1 || *end || pt < 1 || pt > 65535) return REDIRECT_NONE;
     memcpy(host, addr, (size_t)(colon - addr));
     host[colon - addr] = 0;
+    /* An empty or "?" host means "the address you reached me at". */
+    if ((!host[0] || !strcmp(host, "?")) &&
+        snprintf(host, hostlen, "%s", answered_by) >= (int)hostlen)
+        return REDIRECT_NONE;
     *slot = (unsigned)s;
     *port = (int)pt;
     return kind;
@@ -114,9 +119,11 @@ int cluster_slots_parse(const redisReply *r, const char *answered_by,
 
 bool cluster_single_error(const char *err)
 {
-    /* "cluster support disabled", or CLUSTER renamed away or not permitted
-     * by an ACL: not a cluster to us. Loading or busy: ask again later. */
-    return strncmp(err, "LOADING", 7) != 0 && strncmp(err, "BUSY", 4) != 0;
+    /* No cluster support, or CLUSTER renamed away or not permitted by an
+     * ACL: a single Redis to us. Anything else (LOADING, BUSY, NOAUTH, too
+     * many clients) may pass, and is asked again. */
+    return strstr(err, "cluster support disabled") || strstr(err, "unknown command") ||
+           !strncmp(err, "NOPERM", 6);
 }
 
 /* ---- the router ---- */
@@ -163,6 +170,7 @@ struct router {
 
 static void router_refresh(router_t *r);
 static void router_refresh_soon(router_t *r);
+static void on_refresh_timer(uv_timer_t *t);
 
 static void library_check(struct node *n);
 
@@ -306,7 +314,7 @@ static void on_slots(redisReply *reply, const char *err, void *arg)
         if (r->mode == MODE_CLUSTER || !cluster_single_error(reply->str)) {
             log_warn("event=redis_slots_failed redis=%s:%d error=\"%s\"", rconn_host(from->conn),
                      rconn_port(from->conn), reply->str);
-            router_refresh_soon(r);
+            uv_timer_start(&r->refresh_timer, on_refresh_timer, SLOTS_RETRY_MS, REFRESH_MS);
             return;
         }
         if (r->mode != MODE_SINGLE)
@@ -395,11 +403,11 @@ router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeo
     return r;
 }
 
-static void fail_waiters(struct waiter *w, const char *why)
+static void answer_waiters(struct waiter *w, int status, const char *why)
 {
     while (w) {
         struct waiter *next = w->next;
-        w->cb(-1, why, w->arg);
+        w->cb(status, why, w->arg);
         free(w);
         w = next;
     }
@@ -549,8 +557,8 @@ static bool rreq_redirected(struct rreq *req, const redisReply *reply)
     unsigned slot;
     char host[256];
     int port;
-    enum cluster_redirect kind =
-        cluster_redirect_parse(reply->str, &slot, host, sizeof host, &port);
+    enum cluster_redirect kind = cluster_redirect_parse(
+        reply->str, rconn_host(r->nodes[req->node]->conn), &slot, host, sizeof host, &port);
     if (kind != REDIRECT_NONE) metric_add(r->redirects[kind - 1], 1);
     if (kind == REDIRECT_RETRY) {
         /* ASK, then TRYAGAIN at the importing node, then ASK again is a
@@ -559,8 +567,6 @@ static bool rreq_redirected(struct rreq *req, const redisReply *reply)
         return rreq_retry_later(req);
     }
     if (kind == REDIRECT_NONE || ++req->redirects > MAX_REDIRECTS) return false;
-    if (!host[0] || !strcmp(host, "?")) /* "the address you reached me at" */
-        snprintf(host, sizeof host, "%s", rconn_host(r->nodes[req->node]->conn));
     int i = node_get(r, host, port);
     if (i < 0) return false;
     if (kind == REDIRECT_MOVED) {
@@ -630,12 +636,7 @@ static void on_wait_reply(redisReply *reply, const char *err, void *arg)
     if (why[0])
         log_warn("event=redis_replicas_behind redis=%s:%d error=\"%s\"", rconn_host(n->conn),
                  rconn_port(n->conn), why);
-    while (w) {
-        struct waiter *next = w->next;
-        w->cb(why[0] ? -1 : 0, why[0] ? why : NULL, w->arg);
-        free(w);
-        w = next;
-    }
+    answer_waiters(w, why[0] ? -1 : 0, why[0] ? why : NULL);
     if (n->waiting && !n->in_wait) wait_send(n);
 }
 
@@ -655,7 +656,7 @@ static void wait_send(struct node *n)
         *list = w;
         w = next;
     }
-    fail_waiters(lost, "connection to Redis lost before WAIT");
+    answer_waiters(lost, -1, "connection to Redis lost before WAIT");
     if (!keep) return;
     char replicas[16], ms[16];
     snprintf(replicas, sizeof replicas, "%u", n->wait_replicas);
@@ -664,7 +665,7 @@ static void wait_send(struct node *n)
     n->in_wait = keep;
     if (rconn_command(n->conn, on_wait_reply, n, 3, argv, NULL) < 0) {
         n->in_wait = NULL;
-        fail_waiters(keep, "connection to Redis lost before WAIT");
+        answer_waiters(keep, -1, "connection to Redis lost before WAIT");
     }
 }
 
@@ -706,7 +707,7 @@ void router_free(router_t *r)
     for (int i = 0; i < r->n_nodes; i++) {
         struct node *n = r->nodes[i];
         rconn_free(n->conn); /* runs pending callbacks, WAIT's included */
-        fail_waiters(n->waiting, "closing");
+        answer_waiters(n->waiting, -1, "closing");
         uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
     }
     uv_timer_stop(&r->refresh_timer);

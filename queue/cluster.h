@@ -23,9 +23,10 @@ int cluster_command_slot(int argc, const char **argv, const size_t *lens);
 
 enum cluster_redirect { REDIRECT_NONE, REDIRECT_MOVED, REDIRECT_ASK, REDIRECT_RETRY };
 /* Reads "MOVED 3999 127.0.0.1:6381", "ASK ...", "TRYAGAIN ..." or
- * "CLUSTERDOWN ..."; host and port are filled for MOVED and ASK. */
-enum cluster_redirect cluster_redirect_parse(const char *err, unsigned *slot, char *host,
-                                             size_t hostlen, int *port);
+ * "CLUSTERDOWN ..."; host and port are filled for MOVED and ASK, host with
+ * answered_by when the error names none ("MOVED 3999 :6381"). */
+enum cluster_redirect cluster_redirect_parse(const char *err, const char *answered_by,
+                                             unsigned *slot, char *host, size_t hostlen, int *port);
 /* Calls each() for every slot range of a CLUSTER SLOTS reply, with its
  * master's address (answered_by when the reply leaves the host empty).
  * Returns -1 when the reply is malformed. */
@@ -35,7 +36,7 @@ int cluster_slots_parse(const redisReply *r, const char *answered_by,
                         void *arg);
 /* True when an error reply to CLUSTER SLOTS means the server is to be used
  * as a single Redis (no cluster support, or CLUSTER renamed or refused by
- * an ACL); false for a passing state (LOADING, BUSY). */
+ * an ACL); false for anything that may pass (LOADING, BUSY, NOAUTH...). */
 bool cluster_single_error(const char *err);
 
 /* ---- the asynchronous router ---- */

@@ -22,7 +22,8 @@ typedef void (*queue_status_cb)(int status, const char *err, void *arg);
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
                     unsigned shards);
 void queue_close(queue_t *q);
-/* Connected to Redis, with the functions library loaded on this connection. */
+/* The master of every shard (one Redis, or those of a cluster) is connected
+ * and has our functions library. */
 bool queue_ready(const queue_t *q);
 /* From now on an enqueue is answered only after `replicas` replicas
  * acknowledged it (Redis WAIT, at most timeout_ms); fewer is an error. */

@@ -1,5 +1,5 @@
 """The chaos suite under pytest: the short run of `make test` by default
-(CHAOS_SECONDS=30), the long one of `make chaos` with a larger CHAOS_SECONDS.
+(CHAOS_SECONDS=40), the long one of `make chaos` with a larger CHAOS_SECONDS.
 See chaos.py for what it does and for the knobs."""
 
 import os

@@ -61,7 +61,9 @@ def test_enqueue_waits_for_a_replica(tmp_path, replicated):
     try:
         wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="ingress ready")
 
-        # A healthy replica: 250, and the replica already holds the envelope.
+        # A healthy replica: 250, and the replica holds the envelope (a smoke
+        # check: on loopback replication is this fast without WAIT too; the
+        # frozen replica below is what tells WAIT from none).
         code, text = send(smtp_port, "first")
         assert code == 250, text
         mid = text.rsplit(" ", 1)[1]
