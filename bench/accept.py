@@ -57,7 +57,9 @@ def empty_redis(server):
 
 def table(results, servers, runs):
     out = [f"### accept ({datetime.date.today()}, {runs} runs per case; smtp-source; "
-           "sealpost = ingress + Redis with appendfsync always)", ""]
+           "sealpost = ingress + Redis with appendfsync always, no worker; Postfix = smtpd "
+           "writing its queue file, then qmgr and the discard transport; Haraka = "
+           "queue/discard, which stores nothing before its 250)", ""]
     out.append("| size | sessions | connection | server | msg/s median | min | max | "
                "CPU s / 1000 msg | peak PSS MB | sealpost ÷ this |")
     out.append("|---|---|---|---|---|---|---|---|---|---|")

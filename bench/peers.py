@@ -306,7 +306,9 @@ postlog   unix-dgram n - n - 1 postlogd
 class Postfix(Server):
     """A private Postfix instance (its own config, queue and log under tmp)
     on a high port: queues to disk as always, then discards (accept) or
-    relays to next_hop (relay). Needs root, as Postfix does."""
+    relays to next_hop (relay) with up to 50 connections to it from the start,
+    as the sealpost worker of the benchmark may open. Needs root, as Postfix
+    does."""
 
     name = "postfix"
 
@@ -346,6 +348,8 @@ maillog_file_prefixes = {tmp}
 """ + (f"""transport_maps = texthash:{self.dir}/etc/transport
 default_transport = smtp
 relay_transport = smtp
+default_destination_concurrency_limit = 50
+initial_destination_concurrency = 50
 """ if next_hop else """default_transport = discard
 relay_transport = discard
 """))
