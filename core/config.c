@@ -203,6 +203,9 @@ static int add_list_item(const char *item, void *arg)
         return 0;
     }
     net_cidr_list_t *list = (net_cidr_list_t *)((char *)cfg + lc->spec->offset);
+    /* "none": no network, said where an empty value cannot be (a compose
+     * default); it adds nothing, so the list stays empty. */
+    if (!strcmp(item, "none")) return 0;
     if (list->n >= CONFIG_MAX_LIST || net_cidr_parse(item, &list->items[list->n]) < 0) {
         snprintf(lc->err, lc->errlen, "bad or too many networks: '%s'", item);
         return -1;

@@ -795,6 +795,12 @@ static void test_config_env_override(void **state)
     assert_non_null(hp);
     assert_int_equal(hp->port, 10);
 
+    /* "none" empties a list, where an empty value cannot be written */
+    assert_int_equal(setenv("SEALPOST_INGRESS_TRUSTED_NETWORKS", "none", 1), 0);
+    assert_int_equal(load_text("", &cfg, err, sizeof err, path), 0);
+    assert_int_equal(cfg.ingress.trusted_networks.n, 0);
+    assert_int_equal(unsetenv("SEALPOST_INGRESS_TRUSTED_NETWORKS"), 0);
+
     /* without any file */
     assert_int_equal(config_load(&cfg, "/dev/null", err, sizeof err), 0);
     assert_int_equal(cfg.ingress.max_recipients, 7);
