@@ -139,7 +139,7 @@ struct node {
     router_t *r;
     int index;
     rconn_t *conn;
-    bool ready;            /* the init command succeeded on the current connection */
+    bool ready;            /* has our library, on the current connection */
     uv_timer_t init_retry; /* after an error such as LOADING */
     unsigned init_backoff_ms;
     struct waiter *waiting;   /* for the next WAIT */
@@ -236,9 +236,9 @@ static void library_check(struct node *n)
         library_retry(n, "not connected");
 }
 
-/* Each new connection gets the init command first (a Redis restarted
- * without its data, or a new master after failover, gets our library before
- * our next call), and a cluster may have changed: read the slot map again. */
+/* Each new connection checks the library first (a Redis restarted without
+ * its data, or a new master after failover, gets ours before our next
+ * call), and a cluster may have changed: read the slot map again. */
 static void on_node_connect(rconn_t *conn, void *arg)
 {
     struct node *n = arg;
