@@ -15,14 +15,12 @@ usage: bench/accept.py [--build DIR] [--runs N] [--quick] [--out FILE]
 """
 import argparse
 import datetime
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import ROOT, Haraka, Meter, Postfix, Sealpost, SmtpSink, emit, smtp_source, summary  # noqa: E402
+from peers import ROOT, workdir, Haraka, Meter, Postfix, Sealpost, SmtpSink, emit, smtp_source, summary  # noqa: E402
 
 SIZES = {"4 KB": 4096, "100 KB": 102400}
 SESSIONS = (1, 10, 50)
@@ -82,11 +80,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="4 KB, 50 sessions, new connections")
     ap.add_argument("--out", help="append the table to this file")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
-    shutil.chown(tmp, "postfix")
-    tmp.chmod(0o755)
-    servers = {}
-    try:
+    with workdir() as (tmp, servers):
         servers["sealpost"] = Sealpost(tmp, args.build)
         servers["postfix"] = Postfix(tmp)
         servers["haraka"] = Haraka(tmp, nodes=2)
@@ -104,10 +98,6 @@ def main():
                       f"{by[name]['rate'][0]:.0f} msg/s", flush=True)
         text = table(results, list(servers), args.runs)
         emit(text, args.out)
-    finally:
-        for server in servers.values():
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

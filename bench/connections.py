@@ -14,17 +14,15 @@ import argparse
 import datetime
 import resource
 import selectors
-import shutil
 import smtplib
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import ROOT, Haraka, Sealpost, SmtpSink, emit, memory_bytes, tree  # noqa: E402
+from peers import ROOT, workdir, Haraka, Sealpost, SmtpSink, emit, memory_bytes, tree  # noqa: E402
 
 
 def rss(pid):
@@ -123,9 +121,8 @@ def main():
     if hard < want:
         raise SystemExit(f"the open-file limit ({hard}) is below {want}: raise `ulimit -Hn`")
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
-    servers, rows = {}, []
-    try:
+    rows = []
+    with workdir() as (tmp, servers):
         servers["sealpost"] = Sealpost(tmp, args.build)
         # On a fresh ingress, before the connections leave a heap it could reuse.
         size, idle, peak = large_message(servers["sealpost"])
@@ -152,10 +149,6 @@ def main():
                  f"{(peak - idle) / size:.1f} × the message size (a fresh ingress)."]
         out = "\n".join(text) + "\n"
         emit(out, args.out)
-    finally:
-        for server in servers.values():
-            server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys

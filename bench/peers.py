@@ -8,12 +8,14 @@ relay that accepts mail for a domain and either throws it away after queueing
 (accept) or forwards it to a next hop (relay)."""
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,6 +60,23 @@ def emit(text, out=None):
 def summary(values):
     """(median, min, max)"""
     return statistics.median(values), min(values), max(values)
+
+
+@contextlib.contextmanager
+def workdir():
+    """A temporary folder (open to Postfix's own user, which runs in it) and
+    a dict for what is started there: everything in the dict is stopped and
+    the folder removed at the end, whatever happened."""
+    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
+    shutil.chown(tmp, "postfix")
+    tmp.chmod(0o755)
+    running = {}
+    try:
+        yield tmp, running
+    finally:
+        for thing in reversed(list(running.values())):
+            thing.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- reading a server's cost from /proc ----

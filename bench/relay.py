@@ -19,16 +19,14 @@ usage: bench/relay.py [--build DIR] [--runs N] [--count N] [--seconds S] [--out 
 """
 import argparse
 import datetime
-import shutil
 import smtplib
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import (ROOT, emit, Haraka, Meter, Postfix, Sealpost, SmtpSink, free_port,  # noqa: E402
+from peers import (ROOT, workdir, emit, Haraka, Meter, Postfix, Sealpost, SmtpSink, free_port,  # noqa: E402
                    percentile, smtp_source, summary)
 
 from aiosmtpd.controller import Controller  # noqa: E402
@@ -122,20 +120,19 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="of the half-load phase")
     ap.add_argument("--out", help="append the table to this file")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
-    shutil.chown(tmp, "postfix")
-    tmp.chmod(0o755)
-    sink, recorder, rows = SmtpSink(tmp), Recorder(), []
-    routes = {"probe.test": f"127.0.0.1:{recorder.port}"}
-    makers = [
-        ("sealpost, 1 worker", lambda: Sealpost(tmp, args.build, workers=1, next_hop=sink.port,
-                                                routes=routes)),
-        ("sealpost, 2 workers", lambda: Sealpost(tmp, args.build, workers=2, next_hop=sink.port,
-                                                 routes=routes)),
-        ("postfix", lambda: Postfix(tmp, next_hop=sink.port, routes=routes)),
-        ("haraka", lambda: Haraka(tmp, nodes=2, next_hop=sink.port, routes=routes)),
-    ]
-    try:
+    with workdir() as (tmp, running):
+        sink = running["sink"] = SmtpSink(tmp)
+        recorder = running["recorder"] = Recorder()
+        rows = []
+        routes = {"probe.test": f"127.0.0.1:{recorder.port}"}
+        makers = [
+            ("sealpost, 1 worker", lambda: Sealpost(tmp, args.build, workers=1, next_hop=sink.port,
+                                                    routes=routes)),
+            ("sealpost, 2 workers", lambda: Sealpost(tmp, args.build, workers=2, next_hop=sink.port,
+                                                     routes=routes)),
+            ("postfix", lambda: Postfix(tmp, next_hop=sink.port, routes=routes)),
+            ("haraka", lambda: Haraka(tmp, nodes=2, next_hop=sink.port, routes=routes)),
+        ]
         for label, make in makers:
             server = make()
             try:
@@ -158,10 +155,6 @@ def main():
                         f"{p50:.1f} | {p99:.1f} | {seen}/{sent} | {rate / postfix_rate:.2f} |")
         out = "\n".join(text) + "\n"
         emit(out, args.out)
-    finally:
-        recorder.stop()
-        sink.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

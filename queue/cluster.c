@@ -154,8 +154,7 @@ struct router {
     uv_loop_t *loop;
     unsigned timeout_ms;
     const router_library_t *lib;
-    uint8_t needed[CLUSTER_SLOTS / 8];   /* the slots router_ready looks at */
-    uint16_t needed_list[CLUSTER_SLOTS]; /* the same, listed: ready is asked per session */
+    uint16_t needed[CLUSTER_SLOTS]; /* the slots router_ready looks at, each once */
     unsigned n_needed;
     struct node *nodes[ROUTER_MAX_NODES]; /* [0] is the seed */
     int n_nodes;
@@ -416,9 +415,9 @@ static void answer_waiters(struct waiter *w, int status, const char *why)
 void router_need_key(router_t *r, const char *key)
 {
     unsigned slot = cluster_key_slot(key, strlen(key));
-    if (r->needed[slot / 8] & (1u << (slot % 8))) return;
-    r->needed[slot / 8] |= (uint8_t)(1u << (slot % 8));
-    r->needed_list[r->n_needed++] = (uint16_t)slot;
+    for (unsigned k = 0; k < r->n_needed; k++) /* at start, a few hundred at most */
+        if (r->needed[k] == slot) return;
+    r->needed[r->n_needed++] = (uint16_t)slot;
 }
 
 /* Ready when the master of every slot we use is connected and has our
@@ -428,7 +427,7 @@ bool router_ready(const router_t *r)
 {
     if (r->mode == MODE_UNKNOWN) return false;
     for (unsigned k = 0; k < r->n_needed; k++) {
-        int i = r->owner[r->needed_list[k]];
+        int i = r->owner[r->needed[k]];
         if (i < 0 || !rconn_connected(r->nodes[i]->conn) || !r->nodes[i]->ready) return false;
     }
     return r->n_needed > 0;
@@ -498,6 +497,12 @@ static int rreq_send(struct rreq *req)
         return -1;
     }
     req->ask_node = -1;
+    /* A single Redis redirects nothing: hiredis has its own copy to write,
+     * and ours would only double the memory a large message takes. */
+    if (r->mode == MODE_SINGLE) {
+        redisFreeCommand(req->cmd);
+        req->cmd = NULL;
+    }
     return 0;
 }
 
@@ -557,6 +562,7 @@ static bool rreq_redirected(struct rreq *req, const redisReply *reply)
     unsigned slot;
     char host[256];
     int port;
+    if (!req->cmd) return false; /* sent to a single Redis: nothing to send again */
     enum cluster_redirect kind = cluster_redirect_parse(
         reply->str, rconn_host(r->nodes[req->node]->conn), &slot, host, sizeof host, &port);
     if (kind != REDIRECT_NONE) metric_add(r->redirects[kind - 1], 1);
