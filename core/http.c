@@ -4,11 +4,11 @@
  * and health checks, not for browsers at large, so it keeps no state
  * between requests and holds at most HTTP_MAX_CONNECTIONS at once. */
 #include "core/core.h"
+#include "core/stream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uv.h>
 
 #define HTTP_MAX_HEAD        8192
 #define HTTP_MAX_CONNECTIONS 64
@@ -24,49 +24,19 @@ struct http_server {
 };
 
 typedef struct http_conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_write_t write;
+    stream_t *stream; /* NULL once closed */
     http_server_t *server;
-    char head[HTTP_MAX_HEAD];
-    size_t len;
-    buf_t reply;
-    int handles;
     bool replied;
     bool head_only; /* HEAD: the reply without its body */
     bool deferred;  /* the handler answers later, with http_reply */
 } http_conn_t;
 
-static void conn_free(http_conn_t *c);
-
-static void on_conn_closed(uv_handle_t *h)
-{
-    http_conn_t *c = h->data;
-    if (--c->handles > 0) return;
-    if (c->deferred && !c->replied) return; /* http_reply frees it */
-    conn_free(c);
-}
-
 static void conn_free(http_conn_t *c)
 {
     http_server_t *server = c->server;
-    buf_free(&c->reply);
     free(c);
     server->connections--;
     if (server->stopping && server->connections == 0 && !server->listener.data) free(server);
-}
-
-static void conn_close(http_conn_t *c)
-{
-    if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
-    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
-}
-
-static void on_written(uv_write_t *req, int status)
-{
-    (void)status;
-    conn_close(req->data);
 }
 
 static const char *reason_phrase(int status)
@@ -92,37 +62,37 @@ static const char *reason_phrase(int status)
 static void respond(http_conn_t *c, int status, const char *type, const buf_t *body, bool head)
 {
     c->replied = true;
-    if (uv_is_closing((uv_handle_t *)&c->tcp)) { /* gone while its answer was made */
-        if (c->handles == 0) conn_free(c);
+    if (!c->stream) { /* gone while its answer was made */
+        conn_free(c);
         return;
     }
-    uv_read_stop((uv_stream_t *)&c->tcp);
     size_t len = body ? body->len : 0;
-    buf_printf(&c->reply,
+    buf_t reply;
+    buf_init(&reply);
+    buf_printf(&reply,
                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
                status, reason_phrase(status), type, len);
-    if (!head && len) buf_append(&c->reply, body->data, len);
-    if (!c->reply.data) {
-        conn_close(c);
+    if (!head && len) buf_append(&reply, body->data, len);
+    if (!reply.data || stream_write_owned(c->stream, reply.data, reply.len) < 0) {
+        stream_close(c->stream);
         return;
     }
-    uv_buf_t b = uv_buf_init(c->reply.data, (unsigned)c->reply.len);
-    c->write.data = c;
-    if (uv_write(&c->write, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) conn_close(c);
+    stream_close_when_written(c->stream);
 }
 
 /* "GET /path HTTP/1.1" and the rest of the head, once it is all in. */
-static void handle(http_conn_t *c)
+static void handle(http_conn_t *c, const char *request, size_t len)
 {
-    char method[8], target[256], version[16];
-    char *eol = memchr(c->head, '\r', c->len);
-    if (!eol) {
+    char method[8], target[256], version[16], line[HTTP_MAX_HEAD + 1];
+    const char *eol = memchr(request, '\r', len);
+    if (!eol || (size_t)(eol - request) >= sizeof line) {
         respond(c, 400, "text/plain", NULL, false);
         return;
     }
-    *eol = 0;
-    if (sscanf(c->head, "%7s %255s %15s", method, target, version) != 3 ||
+    memcpy(line, request, (size_t)(eol - request));
+    line[eol - request] = 0;
+    if (sscanf(line, "%7s %255s %15s", method, target, version) != 3 ||
         strncmp(version, "HTTP/1.", 7)) {
         respond(c, 400, "text/plain", NULL, false);
         return;
@@ -151,32 +121,31 @@ void http_reply(http_request_t *c, int status, const char *content_type, const b
     respond(c, status, content_type, body, c->head_only);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+static void on_stream(stream_t *stream, enum stream_event event, void *arg)
 {
-    http_conn_t *c = h->data;
-    (void)suggested;
-    *b = uv_buf_init(c->head + c->len, (unsigned)(sizeof c->head - c->len - 1));
-}
-
-static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
-{
-    http_conn_t *c = stream->data;
-    (void)b;
-    if (n < 0) {
-        conn_close(c);
+    http_conn_t *c = arg;
+    size_t len;
+    const char *head;
+    switch (event) {
+    case STREAM_DATA:
+        if (c->replied || c->deferred) return;
+        head = stream_data(stream, &len);
+        if (len > HTTP_MAX_HEAD - 1) len = HTTP_MAX_HEAD - 1;
+        if (memmem(head, len, "\r\n\r\n", 4)) {
+            stream_pause(stream, true);
+            handle(c, head, len);
+        } else if (len == HTTP_MAX_HEAD - 1) {
+            respond(c, 431, "text/plain", NULL, false);
+        }
+        return;
+    case STREAM_CLOSED:
+        c->stream = NULL;
+        if (!c->deferred || c->replied) conn_free(c); /* else http_reply frees it */
+        return;
+    default: /* the peer went, or the timeout: nothing more to say */
+        stream_close(stream);
         return;
     }
-    c->len += (size_t)n;
-    c->head[c->len] = 0;
-    if (strstr(c->head, "\r\n\r\n"))
-        handle(c);
-    else if (c->len >= sizeof c->head - 1)
-        respond(c, 431, "text/plain", NULL, false);
-}
-
-static void on_timeout(uv_timer_t *t)
-{
-    conn_close(t->data);
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -186,18 +155,18 @@ static void on_connection(uv_stream_t *listener, int status)
     http_conn_t *c = calloc(1, sizeof *c);
     if (!c) return;
     c->server = server;
-    uv_tcp_init(server->loop, &c->tcp);
-    uv_timer_init(server->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles = 2;
-    server->connections++;
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0 ||
-        server->connections > HTTP_MAX_CONNECTIONS) {
-        conn_close(c);
+    c->stream = stream_accept(listener, on_stream, c);
+    if (!c->stream) {
+        free(c);
         return;
     }
-    uv_timer_start(&c->timer, on_timeout, HTTP_TIMEOUT_MS, 0);
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    server->connections++;
+    if (server->connections > HTTP_MAX_CONNECTIONS) {
+        stream_close(c->stream);
+        return;
+    }
+    stream_set_limits(c->stream, HTTP_MAX_HEAD, STREAM_OUT_MAX);
+    stream_set_timeout(c->stream, HTTP_TIMEOUT_MS);
 }
 
 http_server_t *http_start(uv_loop_t *loop, const net_hostport_t *listen, http_handler_fn handler,

@@ -35,20 +35,14 @@ struct client {
     const config_t *cfg;
     SSL_CTX *tls_ctx;
     enum tls_policy tls_policy; /* for this job's domain */
-    tls_conn_t *tls;            /* set from STARTTLS on: every byte goes through it */
-    buf_t cipher;               /* ciphertext read from the socket */
     const queue_job_t *job;
     char dest[300];
-    char name[300]; /* for logs and Remote-MTA: the MX name, or host:port */
-    char host[256]; /* for SNI and certificate checks: the MX name, or the route's host */
-    uv_tcp_t tcp;
-    uv_connect_t connect_req;
-    uv_timer_t timer;
-    int handles_open;
+    char name[300];   /* for logs and Remote-MTA: the MX name, or host:port */
+    char host[256];   /* for SNI and certificate checks: the MX name, or the route's host */
+    stream_t *stream; /* NULL once closed */
     enum step step;
     unsigned rcpt_index;
     unsigned accepted;
-    buf_t in;
     int multiline_code; /* code of the reply being read, 0 between replies */
     bool peer_8bitmime; /* from the EHLO reply */
     bool peer_smtputf8;
@@ -74,36 +68,25 @@ struct client {
     void *closed_arg;
 };
 
-/* Reports and frees once both handles are closed and the gate, if asked,
+/* Reports and frees once the connection is closed and the gate, if asked,
  * has answered (its answer must not reach freed memory). */
 static void maybe_done(client_t *c)
 {
-    if (c->handles_open > 0 || c->gate_pending) return;
+    if (c->stream || c->gate_pending) return;
     if (!c->reported)
         c->done(&c->result, c->arg);
     else if (c->closed)
         c->closed(c, c->closed_arg);
     free(c->result.codes);
     free(c->result.replies);
-    buf_free(&c->in);
-    buf_free(&c->cipher);
-    tls_free(c->tls);
     free(c);
-}
-
-static void on_handle_closed(uv_handle_t *h)
-{
-    client_t *c = h->data;
-    c->handles_open--;
-    maybe_done(c);
 }
 
 static void client_close(client_t *c)
 {
     if (c->finished) return;
     c->finished = true;
-    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    stream_close(c->stream);
 }
 
 /* Remote text goes into logs (key="value"), Redis and bounces: no control
@@ -150,79 +133,16 @@ static void fail(client_t *c, const char *what)
     client_close(c);
 }
 
-struct write_req {
-    uv_write_t req;
-    char *data; /* owned: freed when written */
-};
-
-static void on_written(uv_write_t *req, int status)
-{
-    struct write_req *w = (struct write_req *)req;
-    client_t *c = req->handle->data;
-    free(w->data);
-    free(w);
-    if (status < 0 && !c->finished) fail(c, uv_strerror(status));
-}
-
-/* Writes bytes to the socket as they are, taking over data. */
-static void socket_write(client_t *c, char *data, size_t len)
-{
-    struct write_req *w = malloc(sizeof *w);
-    if (!w) {
-        free(data);
-        fail(c, "out of memory");
-        return;
-    }
-    w->data = data;
-    uv_buf_t b = uv_buf_init(data, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
-        free(data);
-        free(w);
-        fail(c, "write failed");
-    }
-}
-
-/* Sends whatever TLS has ready for the peer (handshake or records). */
-static void flush_tls(client_t *c)
-{
-    buf_t out;
-    buf_init(&out);
-    if (tls_take_output(c->tls, &out) < 0) {
-        buf_free(&out);
-        fail(c, "out of memory");
-        return;
-    }
-    if (out.len)
-        socket_write(c, out.data, out.len); /* takes out.data */
-    else
-        buf_free(&out);
-}
-
 /* Writes data, which it takes over (a message body is not copied again),
  * through TLS once STARTTLS has begun. */
 static void send_owned(client_t *c, char *data, size_t len)
 {
-    if (!c->tls) {
-        socket_write(c, data, len);
-        return;
-    }
-    int rc = tls_send(c->tls, data, len);
-    free(data);
-    if (rc < 0)
-        fail(c, tls_error(c->tls));
-    else
-        flush_tls(c);
+    if (stream_write_owned(c->stream, data, len) < 0) fail(c, "write failed");
 }
 
 static void send_raw(client_t *c, const char *data, size_t len)
 {
-    char *copy = malloc(len);
-    if (!copy) {
-        fail(c, "out of memory");
-        return;
-    }
-    memcpy(copy, data, len);
-    send_owned(c, copy, len);
+    if (stream_write(c->stream, data, len) < 0) fail(c, "write failed");
 }
 
 static void arm(client_t *c, unsigned seconds);
@@ -500,25 +420,16 @@ static void send_mail(client_t *c)
 static void start_tls(client_t *c)
 {
     bool verify = c->tls_policy == TLS_POLICY_VERIFY;
-    c->tls = tls_client_new(c->tls_ctx, c->host, verify);
-    if (!c->tls) {
-        fail(c, "out of memory");
-        return;
-    }
-    buf_reset(&c->in);
     c->step = STEP_TLS;
-    if (tls_start(c->tls) == TLS_FAILED) {
-        fail(c, tls_error(c->tls));
-        return;
-    }
-    flush_tls(c);
+    if (stream_start_tls(c->stream, c->tls_ctx, c->host, verify, false) < 0)
+        fail(c, "cannot start TLS");
 }
 
 /* EHLO accepted: STARTTLS when offered (and wanted), else on to MAIL. */
 static void after_ehlo(client_t *c)
 {
     enum tls_policy policy = c->tls_policy;
-    bool want_tls = !c->tls && policy != TLS_POLICY_NONE && c->tls_ctx;
+    bool want_tls = !stream_tls(c->stream) && policy != TLS_POLICY_NONE && c->tls_ctx;
     if (want_tls && c->peer_starttls) {
         send_line(c, STEP_STARTTLS, "STARTTLS");
         return;
@@ -531,16 +442,12 @@ static void after_ehlo(client_t *c)
     send_mail(c);
 }
 
-/* The handshake moved on: once it is done, EHLO again (RFC 3207 §4.2: the
- * server forgets what it knew of us, and we forget what it offered). */
-static void on_tls_progress(client_t *c, enum tls_state state)
+/* The handshake is done: EHLO again (RFC 3207 §4.2: the server forgets what
+ * it knew of us, and we forget what it offered). */
+static void on_tls_ready(client_t *c)
 {
-    if (state == TLS_FAILED) {
-        fail(c, tls_error(c->tls));
-        return;
-    }
-    if (state != TLS_OPEN || c->step != STEP_TLS) return;
-    tls_describe(c->tls, c->result.tls, sizeof c->result.tls);
+    if (c->step != STEP_TLS) return;
+    snprintf(c->result.tls, sizeof c->result.tls, "%s", stream_tls_info(c->stream));
     log_info("event=tls mid=%s peer=%s tls=\"%s\" verified=%s", c->job->mid, c->name, c->result.tls,
              c->tls_policy == TLS_POLICY_VERIFY ? "yes" : "no");
     c->peer_8bitmime = c->peer_starttls = c->peer_size_known = c->peer_pipelining = false;
@@ -657,65 +564,31 @@ static void on_reply(client_t *c, int code, const char *text)
 /* Splits input into reply lines; a multi-line reply counts once, at its last line. */
 static void read_replies(client_t *c)
 {
-    char *lf;
-    while (!c->finished && (lf = memchr(c->in.data, '\n', c->in.len))) {
-        size_t len = (size_t)(lf - c->in.data);
-        if (len && c->in.data[len - 1] == '\r') len--;
+    const char *data, *lf;
+    size_t avail;
+    while (!c->finished && (data = stream_data(c->stream, &avail)) &&
+           (lf = memchr(data, '\n', avail))) {
+        size_t len = (size_t)(lf - data);
+        if (len && data[len - 1] == '\r') len--;
         bool last;
-        int code = proto_reply_line(c->in.data, len, &last);
+        int code = proto_reply_line(data, len, &last);
         if (code < 0 || (c->multiline_code && code != c->multiline_code)) {
             fail(c, "malformed reply");
             return;
         }
         c->multiline_code = last ? 0 : code;
-        if (c->step == STEP_EHLO && code / 100 == 2) note_extension(c, c->in.data, len);
+        if (c->step == STEP_EHLO && code / 100 == 2) note_extension(c, data, len);
         char text[512];
-        snprintf(text, sizeof text, "%.*s", (int)(len > 500 ? 500 : len), c->in.data);
-        buf_consume(&c->in, (size_t)(lf - c->in.data) + 1);
+        snprintf(text, sizeof text, "%.*s", (int)(len > 500 ? 500 : len), data);
+        stream_consume(c->stream, (size_t)(lf - data) + 1);
         if (last) on_reply(c, code, text);
     }
-    if (!c->finished && c->in.len > 4096) fail(c, "reply line too long");
+    if (!c->finished && (stream_data(c->stream, &avail), avail > 4096))
+        fail(c, "reply line too long");
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+static void on_timeout(client_t *c)
 {
-    client_t *c = h->data;
-    buf_t *into = c->tls ? &c->cipher : &c->in;
-    (void)suggested;
-    if (buf_reserve(into, 16384) < 0)
-        *b = uv_buf_init(NULL, 0);
-    else
-        *b = uv_buf_init(into->data + into->len, 16384);
-}
-
-static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
-{
-    client_t *c = stream->data;
-    (void)b;
-    if (c->finished) return;
-    if (n < 0) {
-        /* A peer that hangs up after its reply to QUIT (or any settled reply) is fine. */
-        if (c->step == STEP_QUIT || c->step == STEP_IDLE)
-            client_close(c);
-        else
-            fail(c, n == UV_EOF ? "connection closed" : uv_strerror((int)n));
-        return;
-    }
-    if (c->tls) {
-        c->cipher.len += (size_t)n;
-        enum tls_state state = tls_receive(c->tls, c->cipher.data, c->cipher.len, &c->in);
-        buf_reset(&c->cipher);
-        if (state != TLS_FAILED) flush_tls(c);
-        if (!c->finished) on_tls_progress(c, state);
-    } else {
-        c->in.len += (size_t)n;
-    }
-    read_replies(c);
-}
-
-static void on_timeout(uv_timer_t *t)
-{
-    client_t *c = t->data;
     if (c->step == STEP_QUIT)
         client_close(c);
     else if (c->step == STEP_IDLE) /* idle long enough */
@@ -726,7 +599,7 @@ static void on_timeout(uv_timer_t *t)
 
 static void arm(client_t *c, unsigned seconds)
 {
-    uv_timer_start(&c->timer, on_timeout, (uint64_t)seconds * 1000, 0);
+    stream_set_timeout(c->stream, (uint64_t)seconds * 1000);
 }
 
 /* An idle connection's QUIT: its 221 is a courtesy, so a silent peer
@@ -737,21 +610,44 @@ static void quit_now(client_t *c)
     if (!c->finished) arm(c, 2);
 }
 
-static void on_connected(uv_connect_t *req, int status)
+static void on_stream(stream_t *stream, enum stream_event event, void *arg)
 {
-    client_t *c = req->data;
-    if (c->finished) return;
-    if (status < 0) {
-        fail(c, uv_strerror(status));
+    client_t *c = arg;
+    if (event == STREAM_CLOSED) {
+        c->stream = NULL;
+        maybe_done(c);
         return;
     }
-    /* Commands and the final dot are small writes waiting for a reply:
-     * Nagle's algorithm would hold each one for the peer's delayed ACK. */
-    uv_tcp_nodelay(&c->tcp, 1);
-    c->step = STEP_GREETING;
-    c->start = uv_now(c->loop);
-    arm(c, c->cfg->worker.command_timeout);
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (c->finished) return;
+    switch (event) {
+    case STREAM_CONNECTED:
+        c->step = STEP_GREETING;
+        c->start = uv_now(c->loop);
+        arm(c, c->cfg->worker.command_timeout);
+        break;
+    case STREAM_DATA:
+        read_replies(c);
+        break;
+    case STREAM_TLS_READY:
+        on_tls_ready(c);
+        break;
+    case STREAM_EOF:
+    case STREAM_ERROR:
+        /* A peer that hangs up after its reply to QUIT (or any settled reply) is fine. */
+        if (c->step == STEP_QUIT || c->step == STEP_IDLE)
+            client_close(c);
+        else
+            fail(c, event == STREAM_EOF ? "connection closed" : stream_error(stream));
+        break;
+    case STREAM_TLS_FAILED:
+        fail(c, stream_error(stream));
+        break;
+    case STREAM_TIMEOUT:
+        on_timeout(c);
+        break;
+    case STREAM_CLOSED:
+        break;
+    }
 }
 
 void client_abort(client_t *c)
@@ -795,7 +691,9 @@ int client_reuse(client_t *c, const queue_job_t *job, client_gate_cb gate, clien
     c->pipelined = c->mail_failed = c->gate_pending = false;
     c->reported = c->replied = false;
     c->reused = true;
-    buf_reset(&c->in); /* lines sent while it sat idle answer nothing of this job */
+    size_t stray; /* lines sent while it sat idle answer nothing of this job */
+    stream_data(c->stream, &stray);
+    stream_consume(c->stream, stray);
     send_mail(c);
     return 0;
 }
@@ -807,7 +705,7 @@ void client_quit(client_t *c)
 
 bool client_is_idle(const client_t *c)
 {
-    return c->step == STEP_IDLE && !c->finished && !(c->tls && tls_peer_closed(c->tls));
+    return c->step == STEP_IDLE && !c->finished && !stream_eof(c->stream);
 }
 
 const char *client_name(const client_t *c)
@@ -851,17 +749,13 @@ client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, co
     snprintf(c->name, sizeof c->name, "%s", name ? name : c->dest);
     snprintf(c->host, sizeof c->host, "%s", name ? name : dest->host);
     c->result.remote = c->host; /* Remote-MTA: a host name or address, no port */
-    uv_tcp_init(loop, &c->tcp);
-    uv_timer_init(loop, &c->timer);
-    c->tcp.data = c->timer.data = c->connect_req.data = c;
-    c->handles_open = 2;
-    arm(c, cfg->worker.connect_timeout);
-    struct sockaddr_storage addr;
-    if (net_sockaddr_from(dest, &addr) < 0) {
-        fail(c, "route is not a numeric address");
-        return c;
+    c->stream = stream_connect(loop, dest->host, dest->port, on_stream, c);
+    if (!c->stream) {
+        free(codes);
+        free(replies);
+        free(c);
+        return NULL;
     }
-    int rc = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr, on_connected);
-    if (rc < 0) fail(c, uv_strerror(rc));
+    arm(c, cfg->worker.connect_timeout);
     return c;
 }

@@ -3,7 +3,7 @@
 #define SEALPOST_DELIVERY_CLIENT_H
 
 #include "core/core.h"
-#include "core/tls.h"
+#include "core/stream.h"
 #include "queue/queue.h"
 
 #include <uv.h>

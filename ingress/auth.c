@@ -59,7 +59,7 @@ int auth_check_config(const config_t *cfg, char *err, size_t errlen)
 
 void auth_advertise(session_t *s)
 {
-    if (!s->tls || s->authenticated) return;
+    if (!session_secure(s) || s->authenticated) return;
     char line[64] = "";
     for (size_t i = 0; i < N_MECHANISMS; i++)
         if (enabled(s->cfg, mechanisms[i], strlen(mechanisms[i])))
@@ -345,7 +345,7 @@ static size_t mechanism_length(const proto_command_t *cmd)
 bool auth_check(session_t *s, const proto_command_t *cmd)
 {
     size_t mech_len = mechanism_length(cmd);
-    if (!s->tls) { /* RFC 4954 §4: 538 for a mechanism that needs encryption */
+    if (!session_secure(s)) { /* RFC 4954 §4: 538 for a mechanism that needs encryption */
         session_reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
         return false;
     }

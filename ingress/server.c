@@ -86,11 +86,6 @@ void ingress_refused(ingress_t *ingress, enum refusal why)
     metric_add(ingress->metrics.refused[why], 1);
 }
 
-static void on_close_discard(uv_handle_t *h)
-{
-    session_discard_handle((uv_tcp_t *)h);
-}
-
 static void on_connection(uv_stream_t *server, int status)
 {
     struct listener *l = server->data;
@@ -99,21 +94,16 @@ static void on_connection(uv_stream_t *server, int status)
         log_warn("event=accept_failed error=\"%s\"", uv_strerror(status));
         return;
     }
-    uv_tcp_t *tcp = session_alloc_handle();
-    if (!tcp) {
-        log_error("event=accept_failed error=\"out of memory\"");
-        return;
-    }
-    uv_tcp_init(ingress->loop, tcp);
-    if (uv_accept(server, (uv_stream_t *)tcp) < 0) {
-        uv_close((uv_handle_t *)tcp, on_close_discard);
-        return;
-    }
-    uv_tcp_nodelay(tcp, 1);
+    /* Counted first: admitting the session compares it with max_connections. */
     ingress->n_sessions++;
-    metric_add(ingress->metrics.connections[l->kind], 1);
     metric_add(ingress->metrics.open, 1);
-    session_start(ingress, tcp, l->kind);
+    if (!session_accept(ingress, server, l->kind)) {
+        ingress->n_sessions--;
+        metric_add(ingress->metrics.open, -1);
+        log_warn("event=accept_failed error=\"no connection, or out of memory\"");
+        return;
+    }
+    metric_add(ingress->metrics.connections[l->kind], 1);
 }
 
 /* [ingress] postmaster, or postmaster@ the first relay domain. */

@@ -15,9 +15,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_INPUT_BUFFER   ((size_t)256 * 1024) /* stop reading beyond this while busy */
-#define MAX_PENDING_OUTPUT ((size_t)64 * 1024)  /* stop reading while more is unsent */
-
 /* ---- output ---- */
 
 void session_reply(session_t *s, const char *fmt, ...)
@@ -35,87 +32,43 @@ void session_reply(session_t *s, const char *fmt, ...)
     if (line[0] == '5' || line[0] == '4') s->errors++;
 }
 
-struct write_req {
-    uv_write_t req;
-    session_t *s;
-    char data[];
-};
-
 static void session_close(session_t *s);
 
-static void on_written(uv_write_t *req, int status)
-{
-    struct write_req *w = (struct write_req *)req;
-    session_t *s = w->s;
-    free(w);
-    s->writes_pending--;
-    if (status < 0 || (s->quitting && s->writes_pending == 0 && !s->busy))
-        session_close(s);
-    else if (!s->closed && !s->busy && !s->reading)
-        session_process(s); /* resume reading */
-}
-
-static void write_bytes(session_t *s, const char *data, size_t len)
-{
-    struct write_req *w = malloc(sizeof *w + len);
-    if (!w) {
-        session_close(s);
-        return;
-    }
-    w->s = s;
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_written) < 0) {
-        free(w);
-        session_close(s);
-        return;
-    }
-    s->writes_pending++;
-}
-
-/* Sends what TLS has for the peer: handshake messages, encrypted replies. */
-static void write_tls_output(session_t *s)
-{
-    buf_t cipher;
-    buf_init(&cipher);
-    if (tls_take_output(s->tls, &cipher) < 0)
-        session_close(s);
-    else if (cipher.len)
-        write_bytes(s, cipher.data, cipher.len);
-    buf_free(&cipher);
-}
-
+/* Hands the collected replies to the stream, in one write. */
 static void flush(session_t *s)
 {
     if (s->out.len == 0 || s->closed) return;
-    if (!s->tls) {
-        write_bytes(s, s->out.data, s->out.len);
-    } else if (tls_send(s->tls, s->out.data, s->out.len) < 0) {
-        session_close(s);
-    } else {
-        write_tls_output(s);
-    }
-    buf_reset(&s->out);
+    int rc = stream_write_owned(s->stream, s->out.data, s->out.len);
+    buf_init(&s->out);
+    if (rc < 0) session_close(s);
 }
 
-/* ---- the input buffer ----
- * Lines are taken from the front by moving an offset; the buffer is compacted
- * once per batch, so a long pipelined batch costs linear, not quadratic, time. */
+bool session_secure(const session_t *s)
+{
+    return s->stream && stream_tls(s->stream);
+}
+
+/* ---- the input ----
+ * Lines are taken from the stream's buffer and consumed one by one; what
+ * was consumed stays in place until the loop runs again, so a line stays
+ * readable (and can be wiped) after it is consumed. */
 
 static const char *input(const session_t *s)
 {
-    return s->in.data + s->in_pos;
+    size_t len;
+    return stream_data(s->stream, &len);
 }
 
 static size_t input_len(const session_t *s)
 {
-    return s->in.len - s->in_pos;
+    size_t len;
+    stream_data(s->stream, &len);
+    return len;
 }
 
-static void input_compact(session_t *s)
+static void input_consume(session_t *s, size_t n)
 {
-    buf_consume(&s->in, s->in_pos);
-    s->in_pos = 0;
+    stream_consume(s->stream, n);
 }
 
 /* ---- transaction state ---- */
@@ -193,7 +146,7 @@ static bool check_mail(session_t *s, const proto_command_t *cmd)
     }
     /* Submission (RFC 6409 §4.3, RFC 8314): a login first, and that only
      * under TLS (RFC 3207 §4, RFC 4954 §6). */
-    if (s->kind != LISTENER_RELAY && !s->tls) {
+    if (s->kind != LISTENER_RELAY && !session_secure(s)) {
         session_reply(s, "530 5.7.0 Must issue a STARTTLS command first");
         ingress_refused(s->ingress, REFUSED_AUTH_REQUIRED);
         return false;
@@ -360,7 +313,7 @@ static void proceed_helo(session_t *s, const proto_command_t *cmd)
     session_reply(s, "250-SMTPUTF8");
     session_reply(s, "250-DSN");
     session_reply(s, "250-CHUNKING");
-    if (s->ingress->tls_ctx && !s->tls) session_reply(s, "250-STARTTLS");
+    if (s->ingress->tls_ctx && !session_secure(s)) session_reply(s, "250-STARTTLS");
     auth_advertise(s);
     session_reply(s, "250 ENHANCEDSTATUSCODES");
 }
@@ -417,7 +370,7 @@ static bool mail_param_ok(session_t *s, const proto_param_t *p)
         }
         params_add(s->mail_params, sizeof s->mail_params, "RET",
                    value_is(p, "FULL") ? "FULL" : "HDRS", 4);
-    } else if (param_is(p, "AUTH") && s->tls) {
+    } else if (param_is(p, "AUTH") && session_secure(s)) {
         /* RFC 4954 §5: who submitted it, as a relay passes it on; we take
          * nobody's word for that and keep nothing of it. */
         if (!p->value || (!value_is(p, "<>") && !proto_xtext_valid(p->value, p->value_len))) {
@@ -579,7 +532,7 @@ static const char *with_protocol(const session_t *s)
         {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}},
         {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}};
     if (!s->esmtp) return "SMTP";
-    return with[s->smtputf8][s->tls != NULL][s->authenticated];
+    return with[s->smtputf8][session_secure(s)][s->authenticated];
 }
 
 static void start_body(session_t *s)
@@ -589,7 +542,7 @@ static void start_body(session_t *s)
     util_rfc5322_date(date, sizeof date);
     buf_reset(&s->body);
     buf_printf(&s->body, "Received: from %s ([%s])\r\n", s->helo, s->peer);
-    if (s->tls) buf_printf(&s->body, "\t(using %s)\r\n", s->tls_info);
+    if (session_secure(s)) buf_printf(&s->body, "\t(using %s)\r\n", s->tls_info);
     buf_printf(&s->body, "\tby %s (sealpost) with %s id %s", s->cfg->ingress.hostname,
                with_protocol(s), s->mid);
     if (s->n_rcpts == 1) buf_printf(&s->body, "\r\n\tfor <%s>", s->rcpts[0]);
@@ -662,7 +615,7 @@ static void proceed_vrfy(session_t *s, const proto_command_t *cmd)
 static bool check_starttls(session_t *s, const proto_command_t *cmd)
 {
     if (!check_no_args(s, cmd)) return false;
-    if (s->tls) {
+    if (session_secure(s)) {
         session_reply(s, "503 5.5.1 Error: TLS is already active");
         return false;
     }
@@ -680,17 +633,15 @@ static bool check_starttls(session_t *s, const proto_command_t *cmd)
 static void proceed_starttls(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    tls_conn_t *tls = tls_server_new(s->ingress->tls_ctx);
-    if (!tls) {
-        session_reply(s, "454 4.7.0 TLS not available due to temporary reason");
-        return;
-    }
     session_reply(s, "220 2.0.0 Ready to start TLS");
     flush(s);
-    s->tls = tls;
-    if (input_len(s) > 0)
-        log_info("event=starttls_input_dropped client=%s bytes=%zu", s->peer, input_len(s));
-    s->in_pos = s->in.len;
+    if (s->closed) return;
+    long dropped = stream_start_tls(s->stream, s->ingress->tls_ctx, NULL, false, false);
+    if (dropped < 0) { /* the 220 is out: nothing but closing is left to say */
+        session_close(s);
+        return;
+    }
+    if (dropped > 0) log_info("event=starttls_input_dropped client=%s bytes=%ld", s->peer, dropped);
     transaction_reset(s);
     s->helo[0] = 0;
     s->esmtp = false;
@@ -935,7 +886,7 @@ static bool consume_chunk(session_t *s)
         proto_data_feed(&s->data, input(s), n, s->body.data + s->body.len, &out_len);
         s->body.len += out_len;
     }
-    s->in_pos += n;
+    input_consume(s, n);
     s->chunk_left -= n;
     return s->chunk_left == 0;
 }
@@ -967,7 +918,7 @@ static bool consume_data(session_t *s)
     size_t used =
         proto_data_feed(&s->data, input(s), input_len(s), s->body.data + s->body.len, &out_len);
     s->body.len += out_len;
-    s->in_pos += used;
+    input_consume(s, used);
     return s->data.done;
 }
 
@@ -988,12 +939,12 @@ static void take_line(session_t *s)
             if (!s->skip_line) session_reply(s, "500 5.5.2 Error: line too long");
             s->skip_line = true;
             s->auth_step = AUTH_IDLE; /* the 500 ends an AUTH exchange too */
-            s->in_pos = s->in.len;
+            input_consume(s, input_len(s));
         }
         return;
     }
     size_t len = (size_t)(lf - line);
-    s->in_pos += len + 1; /* first: STARTTLS drops what follows its own line */
+    input_consume(s, len + 1); /* first: STARTTLS drops what follows its own line */
     /* Credentials are wiped from the buffer once read (an AUTH line, or a
      * line answering a 334). */
     bool secret = s->auth_step != AUTH_IDLE || (len >= 4 && !strncasecmp(line, "AUTH", 4));
@@ -1013,16 +964,14 @@ static void take_line(session_t *s)
     if (secret) sodium_memzero((char *)line, len);
 }
 
-static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
-static void on_timeout(uv_timer_t *t);
+static void on_timeout(session_t *s);
 static bool take_proxy_header(session_t *s);
 
 static void arm_timer(session_t *s)
 {
     bool data = s->in_data || s->chunk_pending;
     unsigned secs = data ? s->cfg->ingress.data_timeout : s->cfg->ingress.command_timeout;
-    uv_timer_start(&s->timer, on_timeout, (uint64_t)secs * 1000, 0);
+    stream_set_timeout(s->stream, (uint64_t)secs * 1000);
 }
 
 void session_process(session_t *s)
@@ -1053,98 +1002,75 @@ void session_process(session_t *s)
         take_line(s);
         if (input_len(s) == before) break; /* no complete line yet */
     }
-    input_compact(s);
     if (s->eof && !s->busy) s->quitting = true;
     flush(s);
     if (s->closed) return;
-    if (s->quitting && s->writes_pending == 0 && !s->busy) {
-        session_close(s);
+    /* While a reply is awaited, the client's next commands wait in the
+     * stream (up to its bound); once quitting, nothing more is read. */
+    if (s->quitting && !s->busy) {
+        stream_close_when_written(s->stream);
         return;
     }
-    /* A client that does not read its replies is not read from either: the
-     * replies it provokes would otherwise pile up here without bound. */
-    bool want = !s->quitting && !s->eof && (!s->busy || s->in.len < MAX_INPUT_BUFFER) &&
-                uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < MAX_PENDING_OUTPUT;
-    if (want && !s->reading) uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
-    if (!want && s->reading) uv_read_stop((uv_stream_t *)&s->tcp);
-    s->reading = want;
+    stream_pause(s->stream, s->quitting);
     arm_timer(s);
 }
 
-/* Reads go straight into the input buffer, or into the ciphertext buffer
- * when TLS is on. */
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+/* The handshake is done: the session is secure from here on. */
+static void tls_ready(session_t *s)
 {
-    session_t *s = h->data;
-    buf_t *into = s->tls ? &s->cipher : &s->in;
-    (void)suggested;
-    if (buf_reserve(into, 65536) < 0) {
-        *b = uv_buf_init(NULL, 0);
-        return;
-    }
-    *b = uv_buf_init(into->data + into->len, 65536);
+    snprintf(s->tls_info, sizeof s->tls_info, "%s", stream_tls_info(s->stream));
+    log_info("event=tls client=%s tls=\"%s\"", s->peer, s->tls_info);
+    metric_add(s->ingress->metrics.tls[1], 1);
 }
 
-/* Hands the ciphertext to TLS, which appends the plaintext to the input and
- * may have handshake messages to send. Returns false when the session ends. */
-static bool tls_input(session_t *s)
+static void on_stream(stream_t *stream, enum stream_event event, void *arg)
 {
-    enum tls_state state = tls_receive(s->tls, s->cipher.data, s->cipher.len, &s->in);
-    buf_reset(&s->cipher);
-    write_tls_output(s);
-    if (state == TLS_FAILED) {
-        log_info("event=tls_failed client=%s error=\"%s\"", s->peer, tls_error(s->tls));
+    session_t *s = arg;
+    switch (event) {
+    case STREAM_DATA:
+        session_process(s);
+        break;
+    case STREAM_TLS_READY:
+        tls_ready(s);
+        break;
+    case STREAM_TLS_FAILED:
+        log_info("event=tls_failed client=%s error=\"%s\"", s->peer, stream_error(stream));
         metric_add(s->ingress->metrics.tls[0], 1);
         session_close(s);
-        return false;
-    }
-    if (state == TLS_OPEN && !s->tls_info[0]) {
-        tls_describe(s->tls, s->tls_info, sizeof s->tls_info);
-        log_info("event=tls client=%s tls=\"%s\"", s->peer, s->tls_info);
-        metric_add(s->ingress->metrics.tls[1], 1);
-    }
-    if (tls_peer_closed(s->tls)) s->eof = true;
-    return !s->closed;
-}
-
-static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
-{
-    session_t *s = stream->data;
-    (void)b;
-    if (n == UV_EOF) { /* a half-close still deserves the replies to what came before */
+        break;
+    case STREAM_EOF: /* a half-close still deserves the replies to what came before */
         s->eof = true;
-        uv_read_stop(stream);
-        s->reading = false;
         session_process(s);
-        return;
-    }
-    if (n < 0) {
+        break;
+    case STREAM_TIMEOUT:
+        on_timeout(s);
+        break;
+    case STREAM_ERROR:
         session_close(s);
-        return;
+        break;
+    case STREAM_CLOSED:
+        session_close(s); /* when the stream closed itself after its last write */
+        s->stream = NULL;
+        session_maybe_free(s);
+        break;
+    case STREAM_CONNECTED:
+        break;
     }
-    if (!s->tls) {
-        s->in.len += (size_t)n;
-    } else {
-        s->cipher.len += (size_t)n;
-        if (!tls_input(s)) return;
-    }
-    session_process(s);
 }
 
-static void on_timeout(uv_timer_t *t)
+static void on_timeout(session_t *s)
 {
-    session_t *s = t->data;
     log_info("event=timeout client=%s state=%s", s->peer, s->in_data ? "data" : "command");
     ingress_refused(s->ingress, REFUSED_TIMEOUT);
     s->quitting = true;
-    if (s->busy) return;     /* the 421 would come before the message's own reply */
-    if (s->writes_pending) { /* the client stopped reading: no point in writing more */
+    if (s->busy) return;             /* the 421 would come before the message's own reply */
+    if (stream_pending(s->stream)) { /* the client stopped reading: no point in writing more */
         session_close(s);
         return;
     }
     session_reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->ingress.hostname);
     flush(s);
-    if (s->writes_pending == 0) session_close(s);
+    if (!s->closed) stream_close_when_written(s->stream);
 }
 
 /* ---- life cycle ---- */
@@ -1153,29 +1079,16 @@ static void session_free(session_t *s)
 {
     ingress_t *ingress = s->ingress;
     transaction_reset(s);
-    buf_free(&s->in);
     buf_free(&s->out);
-    buf_free(&s->cipher);
-    tls_free(s->tls);
     free(s);
     ingress_session_gone(ingress);
 }
 
-/* Frees a closed session once both handles are closed and no reply from
- * Redis is outstanding (the enqueue callback still points at it). */
+/* Frees a closed session once its stream is gone and no reply from Redis
+ * is outstanding (the enqueue callback still points at it). */
 void session_maybe_free(session_t *s)
 {
-    if (s->closed && !s->tcp.data && !s->timer.data && !s->busy) session_free(s);
-}
-
-static void on_closed(uv_handle_t *h)
-{
-    session_t *s = h->data;
-    if (h == (uv_handle_t *)&s->tcp)
-        s->tcp.data = NULL;
-    else
-        s->timer.data = NULL;
-    session_maybe_free(s);
+    if (s->closed && !s->stream && !s->busy) session_free(s);
 }
 
 /* Starts closing; never frees at once, so callers may still touch s. */
@@ -1188,8 +1101,7 @@ static void session_close(session_t *s)
     else
         s->ingress->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
-    uv_close((uv_handle_t *)&s->tcp, on_closed);
-    uv_close((uv_handle_t *)&s->timer, on_closed);
+    if (s->stream) stream_close(s->stream);
 }
 
 /* The client's address, for policy, logs and Received:. */
@@ -1242,7 +1154,9 @@ static void admit(session_t *s)
         snprintf(reply, sizeof reply,
                  "421 4.3.2 %s Service not available: queue unreachable, try again later", host);
         refuse_connection(s, REFUSED_NOT_READY, reply);
-    } else if (s->kind == LISTENER_SMTPS && !(s->tls = tls_server_new(ingress->tls_ctx))) {
+    } else if (s->kind == LISTENER_SMTPS &&
+               /* a ClientHello may have come right behind a PROXY header */
+               stream_start_tls(s->stream, ingress->tls_ctx, NULL, false, true) < 0) {
         s->quitting = true; /* no memory for TLS */
     } else {
         session_reply(s, "220 %s ESMTP sealpost", host);
@@ -1265,7 +1179,7 @@ static bool take_proxy_header(session_t *s)
         }
         return false;
     }
-    s->in_pos += (size_t)n;
+    input_consume(s, (size_t)n);
     s->proxy_pending = false;
     if (p.local) {
         s->trusted = false; /* the balancer's own connection: no client's trust to inherit */
@@ -1286,29 +1200,26 @@ static bool take_proxy_header(session_t *s)
         log_debug("event=proxied client=%s via=%s trusted=%d", s->peer, via, s->trusted);
     }
     admit(s);
-    if (s->tls && input_len(s) > 0) { /* the ClientHello came right behind the header */
-        if (buf_append(&s->cipher, input(s), input_len(s)) < 0) return false;
-        s->in_pos = s->in.len;
-        return tls_input(s);
-    }
     return true;
 }
 
-void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind)
+bool session_accept(ingress_t *ingress, uv_stream_t *listener, enum listener_kind kind)
 {
-    session_t *s = (session_t *)((char *)tcp - offsetof(session_t, tcp));
-    struct sockaddr_storage ss;
-    int sslen = sizeof ss;
+    session_t *s = calloc(1, sizeof *s);
+    if (!s) return false;
+    s->stream = stream_accept(listener, on_stream, s);
+    if (!s->stream) {
+        free(s);
+        return false;
+    }
     s->ingress = ingress;
     s->cfg = ingress->cfg;
     s->kind = kind;
-    s->tcp.data = s;
-    uv_timer_init(ingress->loop, &s->timer);
-    s->timer.data = s;
     s->next = ingress->sessions;
     if (s->next) s->next->prev = s;
     ingress->sessions = s;
-    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+    struct sockaddr_storage ss;
+    if (stream_peer(s->stream, &ss) == 0) {
         set_client(s, (struct sockaddr *)&ss);
         s->proxy_pending =
             config_cidr_list_match(&s->cfg->ingress.proxy_networks, (struct sockaddr *)&ss);
@@ -1318,19 +1229,7 @@ void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind)
     log_debug("event=connect client=%s trusted=%d proxy=%d", s->peer, s->trusted, s->proxy_pending);
     if (!s->proxy_pending) admit(s);
     session_process(s);
-}
-
-uv_tcp_t *session_alloc_handle(void)
-{
-    session_t *s = calloc(1, sizeof *s);
-    /* Not a leak: session_start and session_discard_handle find s from its handle. */
-    // cppcheck-suppress memleak
-    return s ? &s->tcp : NULL;
-}
-
-void session_discard_handle(uv_tcp_t *tcp)
-{
-    free((char *)tcp - offsetof(session_t, tcp));
+    return true;
 }
 
 void session_shutdown_all(ingress_t *ingress)
@@ -1344,6 +1243,6 @@ void session_shutdown_all(ingress_t *ingress)
         session_reply(s, "421 4.3.2 %s Service shutting down", s->cfg->ingress.hostname);
         s->quitting = true;
         flush(s);
-        if (s->writes_pending == 0) session_close(s);
+        if (!s->closed) stream_close_when_written(s->stream);
     }
 }

@@ -2,7 +2,7 @@
 #ifndef SEALPOST_INGRESS_SESSION_H
 #define SEALPOST_INGRESS_SESSION_H
 
-#include "core/tls.h"
+#include "core/stream.h"
 #include "crypto/crypto.h"
 #include "ingress/ingress.h"
 #include "proto/proto.h"
@@ -61,26 +61,19 @@ struct session {
     ingress_t *ingress;
     const config_t *cfg;
     session_t *prev, *next;
-    uv_tcp_t tcp;
-    uv_timer_t timer;
+    stream_t *stream; /* NULL once closed */
     char peer[64];
     bool trusted;
     bool proxy_pending; /* from a balancer: the PROXY header comes first */
     enum listener_kind kind;
 
-    buf_t in;
-    size_t in_pos; /* in.data[in_pos..len) is not processed yet */
-    buf_t out;
-    tls_conn_t *tls;   /* from STARTTLS on, every byte goes through it */
-    buf_t cipher;      /* ciphertext read, for tls */
+    buf_t out;         /* replies not yet handed to the stream */
     char tls_info[96]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once the handshake is done */
-    unsigned writes_pending;
-    bool reading;
-    bool busy;      /* waiting for the queue */
-    bool quitting;  /* close once the output is written */
-    bool closed;    /* handle closing; free when not busy */
-    bool skip_line; /* discarding the rest of an over-long command line */
-    bool eof;       /* the client half-closed: answer what it sent, then close */
+    bool busy;         /* waiting for the queue */
+    bool quitting;     /* close once the output is written */
+    bool closed;       /* handle closing; free when not busy */
+    bool skip_line;    /* discarding the rest of an over-long command line */
+    bool eof;          /* the client half-closed: answer what it sent, then close */
     unsigned errors;
 
     enum auth_step auth_step;
@@ -118,9 +111,11 @@ void session_reply(session_t *s, const char *fmt, ...) __attribute__((format(pri
 /* Works through the buffered input as far as it can, then writes the
  * replies and decides whether to read on. */
 void session_process(session_t *s);
-/* Frees a closed session once nothing (a handle, a Redis reply, a worker
+/* Frees a closed session once nothing (its stream, a Redis reply, a worker
  * thread) still refers to it. */
 void session_maybe_free(session_t *s);
+/* Under TLS (STARTTLS, or an implicit-TLS port), the handshake done or not. */
+bool session_secure(const session_t *s);
 
 struct ingress {
     uv_loop_t *loop;
@@ -163,12 +158,9 @@ struct ingress {
     void *on_stopped_arg;
 };
 
-/* A session is allocated around its tcp handle before the accept. */
-uv_tcp_t *session_alloc_handle(void);
-void session_discard_handle(uv_tcp_t *tcp);
-/* Takes over an accepted connection and greets it (after the TLS
- * handshake, on an implicit-TLS listener). */
-void session_start(ingress_t *ingress, uv_tcp_t *tcp, enum listener_kind kind);
+/* Accepts the listener's next connection and greets it (after the TLS
+ * handshake, on an implicit-TLS listener); false when none could be taken. */
+bool session_accept(ingress_t *ingress, uv_stream_t *listener, enum listener_kind kind);
 /* Ends every session (shutdown): each idle one gets 421 now, a busy one right
  * after the reply for the message it is committing. */
 void session_shutdown_all(ingress_t *ingress);

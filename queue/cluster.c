@@ -491,18 +491,22 @@ static int rreq_send(struct rreq *req)
             : req->slot >= 0 && r->owner[req->slot] >= 0 ? r->owner[req->slot]
                                                          : 0;
     req->node = i;
-    if (rconn_send(r->nodes[i]->conn, on_rreq_reply, req, req->cmd, req->len, asking) < 0) {
+    rconn_t *conn = r->nodes[i]->conn;
+    int rc;
+    if (r->mode == MODE_SINGLE && rconn_connected(conn)) {
+        /* A single Redis redirects nothing: the command is handed over, not
+         * copied, which would double the memory a large message takes. */
+        rc = rconn_send_owned(conn, on_rreq_reply, req, req->cmd, req->len, asking);
+        req->cmd = NULL;
+    } else {
+        rc = rconn_send(conn, on_rreq_reply, req, req->cmd, req->len, asking);
+    }
+    if (rc < 0) {
         /* A master gone: after a failover the map names its replacement. */
         if (r->mode == MODE_CLUSTER) router_refresh_soon(r);
         return -1;
     }
     req->ask_node = -1;
-    /* A single Redis redirects nothing: hiredis has its own copy to write,
-     * and ours would only double the memory a large message takes. */
-    if (r->mode == MODE_SINGLE) {
-        redisFreeCommand(req->cmd);
-        req->cmd = NULL;
-    }
     return 0;
 }
 

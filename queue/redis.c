@@ -1,23 +1,36 @@
-/* One Redis connection on libuv.
+/* One Redis connection on the project's stream (core/stream.h).
  *
- * Why not hiredis's own libuv adapter: in 0.14.1 it returns early on a poll
- * error, so after Redis dies no callback ever runs and requests hang forever.
- * Ours hands a poll error to hiredis as readiness; hiredis then reads the
- * error, disconnects and runs every pending callback with a NULL reply.
- * hiredis 0.14 has no timeouts and no reconnect either: each request carries a
- * timer, a request that times out drops the whole connection (a connection
- * that let one request time out is not to be trusted with the next), and a new
- * context is made from a timer with backoff. A context is never reused. */
+ * hiredis is kept for what it does well, the RESP formatter
+ * (redisFormatCommandArgv) and reader (redisReader); the connection is ours.
+ * hiredis 0.14's own asynchronous layer has no timeouts, no reconnect and
+ * cannot speak TLS, and its libuv adapter drops poll errors, so after Redis
+ * dies no callback would ever run.
+ *
+ * Replies come in the order the commands went out, so the requests in flight
+ * are one FIFO, and the stream's one timer always runs for the oldest of
+ * them: a request that times out drops the whole connection (a connection
+ * that let one request time out is not to be trusted with the next), every
+ * other request then gets "connection lost", and a new connection is made
+ * from a timer with backoff. A connection is never reused after a drop. */
 #include "queue/redis.h"
 
 #include "core/core.h"
+#include "core/stream.h"
 
-#include <hiredis/async.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 2000
+#define KEEPALIVE_S      15
+
+/* A request sent and not yet answered; cb NULL: the reply is dropped (ASKING). */
+struct pending {
+    struct pending *next;
+    rconn_reply_cb cb;
+    void *arg;
+    uint64_t deadline; /* uv_now */
+};
 
 struct rconn {
     uv_loop_t *loop;
@@ -26,93 +39,55 @@ struct rconn {
     unsigned timeout_ms;
     rconn_connect_cb on_connect;
     void *on_connect_arg;
-    redisAsyncContext *ac;
+    stream_t *stream; /* the current connection, or NULL */
+    redisReader *reader;
     bool connected;
     bool closing;
     unsigned epoch; /* counts established connections */
     uv_timer_t reconnect_timer;
     unsigned backoff_ms;
-    char channel[64]; /* subscription, if any */
+    struct pending *head, *tail;
+    char channel[64]; /* subscription, if any: then every reply is a message */
     void (*on_message)(const char *payload, size_t len, void *arg);
     void *on_message_arg;
 };
 
-/* The adapter: one uv_poll_t per hiredis context. */
-struct poll_watch {
-    uv_poll_t poll;
-    redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
-    int events;
-};
+static const char ASKING[] = "*1\r\n$6\r\nASKING\r\n";
 
-static void on_poll(uv_poll_t *handle, int status, int events)
-{
-    struct poll_watch *w = handle->data;
-    if (status < 0) events = UV_READABLE | UV_WRITABLE; /* let hiredis find the error */
-    if ((events & UV_READABLE) && w->ac) redisAsyncHandleRead(w->ac);
-    if ((events & UV_WRITABLE) && w->ac) redisAsyncHandleWrite(w->ac);
-}
+/* ---- the requests in flight ---- */
 
-static void poll_update(struct poll_watch *w, int add, int del)
+/* The timer runs for the oldest request; without one, a connected idle
+ * connection needs none (keepalive probes watch it). */
+static void arm(rconn_t *c)
 {
-    int events = (w->events | add) & ~del;
-    if (events == w->events) return;
-    w->events = events;
-    if (events)
-        uv_poll_start(&w->poll, events, on_poll);
-    else
-        uv_poll_stop(&w->poll);
-}
-
-static void ev_add_read(void *p)
-{
-    poll_update(p, UV_READABLE, 0);
-}
-
-static void ev_del_read(void *p)
-{
-    poll_update(p, 0, UV_READABLE);
-}
-
-static void ev_add_write(void *p)
-{
-    poll_update(p, UV_WRITABLE, 0);
-}
-
-static void ev_del_write(void *p)
-{
-    poll_update(p, 0, UV_WRITABLE);
-}
-
-static void on_poll_closed(uv_handle_t *handle)
-{
-    free(handle->data);
-}
-
-static void ev_cleanup(void *p)
-{
-    struct poll_watch *w = p;
-    w->ac = NULL;
-    uv_poll_stop(&w->poll);
-    uv_close((uv_handle_t *)&w->poll, on_poll_closed);
-}
-
-static int attach(uv_loop_t *loop, redisAsyncContext *ac)
-{
-    struct poll_watch *w = calloc(1, sizeof *w);
-    if (!w) return -1;
-    if (uv_poll_init_socket(loop, &w->poll, ac->c.fd) < 0) {
-        free(w);
-        return -1;
+    if (!c->head) {
+        stream_set_timeout(c->stream, 0);
+        return;
     }
-    w->poll.data = w;
-    w->ac = ac;
-    ac->ev.data = w;
-    ac->ev.addRead = ev_add_read;
-    ac->ev.delRead = ev_del_read;
-    ac->ev.addWrite = ev_add_write;
-    ac->ev.delWrite = ev_del_write;
-    ac->ev.cleanup = ev_cleanup;
-    return 0;
+    uint64_t now = uv_now(c->loop);
+    stream_set_timeout(c->stream, c->head->deadline > now ? c->head->deadline - now : 1);
+}
+
+static struct pending *pop(rconn_t *c)
+{
+    struct pending *p = c->head;
+    if (p) c->head = p->next;
+    if (!c->head) c->tail = NULL;
+    return p;
+}
+
+/* Answers every request in flight with err; the list is taken first, as a
+ * callback may send again (and get -1, the connection being gone). */
+static void answer_all(rconn_t *c, const char *err)
+{
+    struct pending *p = c->head;
+    c->head = c->tail = NULL;
+    while (p) {
+        struct pending *next = p->next;
+        if (p->cb) p->cb(NULL, err, p->arg);
+        free(p);
+        p = next;
+    }
 }
 
 /* ---- connection life cycle ---- */
@@ -131,88 +106,151 @@ static void schedule_reconnect(rconn_t *c)
     c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
 }
 
-/* Drops the current context: pending callbacks run with a NULL reply. */
+/* Ends the current connection: its requests fail, a subscriber hears that
+ * messages may have been missed, and a new connection follows. */
 static void drop(rconn_t *c, const char *why)
 {
-    redisAsyncContext *ac = c->ac;
-    if (!ac) return;
+    if (!c->stream) return;
     if (c->connected && !c->closing)
         log_warn("event=redis_disconnect redis=%s:%d reason=\"%s\"", c->host, c->port, why);
-    c->ac = NULL;
+    else if (!c->connected)
+        log_debug("event=redis_connect_failed redis=%s:%d error=\"%s\"", c->host, c->port, why);
+    bool was_connected = c->connected;
+    stream_abandon(c->stream);
+    c->stream = NULL;
     c->connected = false;
-    redisAsyncFree(ac);
+    redisReaderFree(c->reader);
+    c->reader = NULL;
     schedule_reconnect(c);
+    answer_all(c, "connection lost");
+    if (was_connected && c->channel[0] && c->on_message) c->on_message(NULL, 0, c->on_message_arg);
 }
 
-static void on_subscribe_message(redisAsyncContext *ac, void *r, void *arg);
-
-static void on_connected(const redisAsyncContext *ac, int status)
+static int send_subscribe(rconn_t *c)
 {
-    rconn_t *c = ac->data;
-    if (c->ac != ac) return;
-    uv_timer_stop(&c->reconnect_timer); /* the connect deadline */
-    if (status != REDIS_OK) {
-        /* hiredis frees the context itself after this callback. */
-        log_debug("event=redis_connect_failed redis=%s:%d error=\"%s\"", c->host, c->port,
-                  ac->errstr);
-        c->ac = NULL;
-        schedule_reconnect(c);
-        return;
-    }
+    char *cmd = NULL;
+    const char *argv[] = {"SUBSCRIBE", c->channel};
+    int len = redisFormatCommandArgv(&cmd, 2, argv, NULL);
+    return len < 0 ? -1 : stream_write_owned(c->stream, cmd, (size_t)len);
+}
+
+static void on_connected(rconn_t *c)
+{
     c->connected = true;
     c->epoch++;
     c->backoff_ms = RECONNECT_MIN_MS;
+    stream_set_timeout(c->stream, 0); /* the connect deadline */
     /* A peer that vanishes without a FIN (failover, partition) is noticed by
-     * the request timers; keepalive covers the idle subscriber connection. */
-    redisEnableKeepAlive(&c->ac->c);
+     * the request deadlines; keepalive covers the idle subscriber connection. */
+    stream_keepalive(c->stream, KEEPALIVE_S);
     log_info("event=redis_connected redis=%s:%d", c->host, c->port);
-    if (c->channel[0])
-        redisAsyncCommand(c->ac, on_subscribe_message, c, "SUBSCRIBE %s", c->channel);
+    if (c->channel[0] && send_subscribe(c) < 0) {
+        drop(c, "cannot subscribe");
+        return;
+    }
     if (c->on_connect) c->on_connect(c, c->on_connect_arg);
 }
 
-static void on_disconnected(const redisAsyncContext *ac, int status)
+/* A subscriber's replies: ["message", channel, payload]; the confirmation
+ * of SUBSCRIBE is not one. */
+static void deliver_message(rconn_t *c, const redisReply *r)
 {
-    rconn_t *c = ac->data;
-    (void)status;
-    if (c->ac != ac) return; /* we dropped it ourselves */
-    log_warn("event=redis_disconnect redis=%s:%d reason=\"%s\"", c->host, c->port,
-             ac->errstr[0] ? ac->errstr : "closed");
-    c->ac = NULL;
-    c->connected = false;
-    schedule_reconnect(c);
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+        r->element[0]->type == REDIS_REPLY_STRING && !strcmp(r->element[0]->str, "message") &&
+        r->element[2]->type == REDIS_REPLY_STRING)
+        c->on_message(r->element[2]->str, r->element[2]->len, c->on_message_arg);
 }
 
-static void on_connect_deadline(uv_timer_t *t)
+/* Feeds what came to the reader and answers each complete reply; a
+ * callback may drop the connection (or send more) in between. */
+static void read_replies(rconn_t *c)
 {
-    rconn_t *c = t->data;
-    if (c->connected || !c->ac) return;
-    log_debug("event=redis_connect_failed redis=%s:%d error=\"timed out\"", c->host, c->port);
-    drop(c, "connect timed out");
+    stream_t *stream = c->stream;
+    size_t len;
+    const char *data = stream_data(stream, &len);
+    if (redisReaderFeed(c->reader, data, len) != REDIS_OK) {
+        drop(c, "out of memory");
+        return;
+    }
+    stream_consume(stream, len);
+    while (c->stream == stream) {
+        void *reply = NULL;
+        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+            drop(c, "protocol error");
+            return;
+        }
+        if (!reply) break;
+        if (c->channel[0]) {
+            deliver_message(c, reply);
+        } else {
+            struct pending *p = pop(c);
+            if (!p) { /* a reply nobody asked for: the stream is out of step */
+                freeReplyObject(reply);
+                drop(c, "unexpected reply");
+                return;
+            }
+            arm(c);
+            if (p->cb) p->cb(reply, NULL, p->arg);
+            free(p);
+        }
+        freeReplyObject(reply);
+    }
+}
+
+static void on_timeout(rconn_t *c)
+{
+    if (!c->connected) {
+        drop(c, "connect timed out");
+        return;
+    }
+    struct pending *p = pop(c);
+    if (p && p->cb) p->cb(NULL, "timeout", p->arg);
+    free(p);
+    drop(c, "request timed out");
+}
+
+static void on_stream(stream_t *stream, enum stream_event event, void *arg)
+{
+    rconn_t *c = arg;
+    if (stream != c->stream) return;
+    switch (event) {
+    case STREAM_CONNECTED:
+        on_connected(c);
+        break;
+    case STREAM_DATA:
+        read_replies(c);
+        break;
+    case STREAM_TIMEOUT:
+        on_timeout(c);
+        break;
+    case STREAM_EOF:
+        drop(c, "closed");
+        break;
+    case STREAM_ERROR:
+    case STREAM_TLS_FAILED:
+        drop(c, stream_error(stream));
+        break;
+    case STREAM_TLS_READY:
+    case STREAM_CLOSED:
+        break;
+    }
 }
 
 static void connect_now(rconn_t *c)
 {
-    if (c->closing || c->ac) return;
-    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
-    if (!ac) {
+    if (c->closing || c->stream) return;
+    c->reader = redisReaderCreate();
+    c->stream =
+        c->reader ? stream_connect(c->loop, c->host, (uint16_t)c->port, on_stream, c) : NULL;
+    if (!c->stream) {
+        redisReaderFree(c->reader);
+        c->reader = NULL;
         schedule_reconnect(c);
         return;
     }
-    if (ac->err || attach(c->loop, ac) < 0) {
-        log_debug("event=redis_connect_failed redis=%s:%d error=\"%s\"", c->host, c->port,
-                  ac->errstr);
-        redisAsyncFree(ac);
-        schedule_reconnect(c);
-        return;
-    }
-    ac->data = c;
-    c->ac = ac;
-    redisAsyncSetConnectCallback(ac, on_connected);
-    redisAsyncSetDisconnectCallback(ac, on_disconnected);
     /* Without a deadline a black-holed address holds the connect for the
      * kernel's SYN timeout (about two minutes) with every message refused. */
-    uv_timer_start(&c->reconnect_timer, on_connect_deadline, c->timeout_ms, 0);
+    stream_set_timeout(c->stream, c->timeout_ms);
 }
 
 rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
@@ -269,89 +307,62 @@ int rconn_port(const rconn_t *c)
 
 /* ---- requests ---- */
 
-struct request {
-    rconn_t *conn;
-    rconn_reply_cb cb;
-    void *arg;
-    uv_timer_t timer;
-    bool answered;
-};
-
-static void on_request_closed(uv_handle_t *handle)
+static int expect_reply(rconn_t *c, rconn_reply_cb cb, void *arg)
 {
-    free(handle->data);
+    struct pending *p = malloc(sizeof *p);
+    if (!p) return -1;
+    *p = (struct pending){NULL, cb, arg, uv_now(c->loop) + c->timeout_ms};
+    bool first = !c->head;
+    if (c->tail)
+        c->tail->next = p;
+    else
+        c->head = p;
+    c->tail = p;
+    if (first) arm(c);
+    return 0;
 }
 
-static void answer(struct request *req, redisReply *reply, const char *err)
+/* ASKING holds for the next command on this connection only: both go out
+ * back to back, and its own reply is dropped. */
+static int send_asking(rconn_t *c)
 {
-    if (req->answered) return;
-    req->answered = true;
-    uv_timer_stop(&req->timer);
-    req->cb(reply, err, req->arg);
+    return stream_write(c->stream, ASKING, sizeof ASKING - 1) < 0 || expect_reply(c, NULL, NULL) < 0
+               ? -1
+               : 0;
 }
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *arg)
+int rconn_send_owned(rconn_t *c, rconn_reply_cb cb, void *arg, char *cmd, size_t len, bool asking)
 {
-    struct request *req = arg;
-    (void)ac;
-    answer(req, reply, reply ? NULL : "connection lost");
-    uv_close((uv_handle_t *)&req->timer, on_request_closed);
-}
-
-static void on_request_timeout(uv_timer_t *t)
-{
-    struct request *req = t->data;
-    rconn_t *c = req->conn;
-    answer(req, NULL, "timeout");
-    /* hiredis still owns req and will run on_reply (with NULL) from drop(). */
-    drop(c, "request timed out");
+    if (!c->connected || (asking && send_asking(c) < 0)) {
+        free(cmd);
+        return -1;
+    }
+    if (stream_write_owned(c->stream, cmd, len) < 0) return -1;
+    if (expect_reply(c, cb, arg) < 0) {
+        /* written but not awaited: the replies would be out of step */
+        drop(c, "out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 int rconn_send(rconn_t *c, rconn_reply_cb cb, void *arg, const char *cmd, size_t len, bool asking)
 {
-    if (!c->ac || !c->connected) return -1;
-    struct request *req = calloc(1, sizeof *req);
-    if (!req) return -1;
-    req->conn = c;
-    req->cb = cb;
-    req->arg = arg;
-    uv_timer_init(c->loop, &req->timer);
-    req->timer.data = req;
-    /* ASKING holds for the next command on this connection only, and hiredis
-     * writes both in order, back to back. */
-    if ((asking && redisAsyncCommand(c->ac, NULL, NULL, "ASKING") != REDIS_OK) ||
-        redisAsyncFormattedCommand(c->ac, on_reply, req, cmd, len) != REDIS_OK) {
-        uv_close((uv_handle_t *)&req->timer, on_request_closed);
-        return -1;
-    }
-    uv_timer_start(&req->timer, on_request_timeout, c->timeout_ms, 0);
-    return 0;
+    if (!c->connected) return -1;
+    char *copy = malloc(len);
+    if (!copy) return -1;
+    memcpy(copy, cmd, len);
+    return rconn_send_owned(c, cb, arg, copy, len, asking);
 }
 
 int rconn_command(rconn_t *c, rconn_reply_cb cb, void *arg, int argc, const char **argv,
                   const size_t *lens)
 {
+    if (!c->connected) return -1;
     char *cmd = NULL;
     int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
     if (len < 0) return -1;
-    int rc = rconn_send(c, cb, arg, cmd, (size_t)len, false);
-    redisFreeCommand(cmd);
-    return rc;
-}
-
-static void on_subscribe_message(redisAsyncContext *ac, void *r, void *arg)
-{
-    rconn_t *c = arg;
-    redisReply *reply = r;
-    (void)ac;
-    if (!reply) {
-        c->on_message(NULL, 0, c->on_message_arg);
-        return;
-    }
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
-        reply->element[0]->type == REDIS_REPLY_STRING &&
-        !strcmp(reply->element[0]->str, "message") && reply->element[2]->type == REDIS_REPLY_STRING)
-        c->on_message(reply->element[2]->str, reply->element[2]->len, c->on_message_arg);
+    return rconn_send_owned(c, cb, arg, cmd, (size_t)len, false);
 }
 
 int rconn_subscribe(rconn_t *c, const char *channel,
@@ -361,6 +372,6 @@ int rconn_subscribe(rconn_t *c, const char *channel,
     snprintf(c->channel, sizeof c->channel, "%s", channel);
     c->on_message = cb;
     c->on_message_arg = arg;
-    if (c->connected) redisAsyncCommand(c->ac, on_subscribe_message, c, "SUBSCRIBE %s", c->channel);
-    return 0;
+    /* again from on_connected after every reconnect */
+    return c->connected ? send_subscribe(c) : 0;
 }

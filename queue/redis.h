@@ -1,5 +1,6 @@
-/* Private to queue/: one Redis connection on a libuv loop, with our own
- * hiredis adapter, a deadline per request and reconnection from a timer. */
+/* Private to queue/: one Redis connection on the project's stream, with a
+ * deadline per request and reconnection from a timer; hiredis formats the
+ * commands and reads the replies. */
 #ifndef SEALPOST_QUEUE_REDIS_H
 #define SEALPOST_QUEUE_REDIS_H
 
@@ -34,6 +35,10 @@ int rconn_command(rconn_t *conn, rconn_reply_cb cb, void *arg, int argc, const c
  * cmd, to send it again after a redirect), preceded by ASKING if asked. */
 int rconn_send(rconn_t *conn, rconn_reply_cb cb, void *arg, const char *cmd, size_t len,
                bool asking);
+/* As rconn_send, taking over cmd (malloc'd, as redisFormatCommandArgv makes
+ * it; freed even when it fails), so a large command is never copied. */
+int rconn_send_owned(rconn_t *conn, rconn_reply_cb cb, void *arg, char *cmd, size_t len,
+                     bool asking);
 /* Subscribes to a channel on this (dedicated) connection, again after each
  * reconnect. cb gets each message payload, and NULL when the connection drops
  * (messages may have been missed). */
