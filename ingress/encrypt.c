@@ -1,10 +1,7 @@
-/* The ingress side of the encryption gateway: the policy and key of each
- * recipient at RCPT TO (from the node's cache of the key directory, else
- * from Redis), and at the end of the body the gateway itself, in the thread
- * pool when anything is to be encrypted, never on the event loop. */
-#include "ingress/session.h"
+/* The ingress side of the encryption gateway: see encrypt.h. */
+#include "ingress/encrypt.h"
 
-#include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,12 +18,25 @@ static const char *const outcome_names[] = {[GATEWAY_PLAIN] = "plain",
                                             [GATEWAY_FAILED] = "failed",
                                             [GATEWAY_OUTCOMES] = "busy"};
 
-static void register_metrics(ingress_t *ingress)
+struct encrypt {
+    ingress_t *ingress;
+    keydir_t *keydir;
+    char homes[4096]; /* the per-thread GnuPG homes' parent */
+    uv_timer_t poll;  /* asks for the directory's version */
+    bool poll_open;
+    bool polling;     /* a version call is out */
+    unsigned running; /* messages in the thread pool for encryption */
+    metric_t *decisions[DECISIONS];
+    metric_t *outcomes[GATEWAY_OUTCOMES + 1]; /* the last: refused, busy */
+    metric_t *pending;
+};
+
+static void register_metrics(encrypt_t *e)
 {
     char labels[64];
     for (int d = 0; d < DECISIONS; d++) {
         snprintf(labels, sizeof labels, "decision=\"%s\"", decision_names[d]);
-        ingress->crypt.decisions[d] = metric_counter(
+        e->decisions[d] = metric_counter(
             "sealpost_ingress_recipient_decisions_total",
             "Recipients by encryption decision at RCPT TO: plain, encrypt, or refused "
             "(policy required, no usable key).",
@@ -34,180 +44,190 @@ static void register_metrics(ingress_t *ingress)
     }
     for (int o = 0; o <= GATEWAY_OUTCOMES; o++) {
         snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[o]);
-        ingress->crypt.outcomes[o] =
+        e->outcomes[o] =
             metric_counter("sealpost_ingress_encryptions_total",
                            "Messages through the encryption gateway, by outcome (busy: refused "
                            "with 451 because the encryption queue was full).",
                            labels);
     }
-    ingress->crypt.pending = metric_gauge("sealpost_ingress_encryptions_pending",
-                                          "Messages being encrypted or waiting for a thread.", "");
+    e->pending = metric_gauge("sealpost_ingress_encryptions_pending",
+                              "Messages being encrypted or waiting for a thread.", "");
+}
+
+const char *encrypt_outcome_name(enum gateway_outcome outcome)
+{
+    return outcome_names[outcome];
 }
 
 /* ---- the directory's version ---- */
 
 static void on_version(int status, const char *err, long long version, void *arg)
 {
-    ingress_t *ingress = arg;
-    ingress->crypt.polling = false;
-    if (status == 0 && keydir_version(ingress->crypt.keydir, version))
+    encrypt_t *e = arg;
+    e->polling = false;
+    if (status == 0 && keydir_version(e->keydir, version))
         log_debug("event=keys_changed version=%lld", version);
     else if (status < 0)
         log_debug("event=keys_poll_failed error=\"%s\"", err);
-    ingress_maybe_stopped(ingress);
+    e->ingress->check_stopped(e->ingress);
 }
 
 static void on_poll_timer(uv_timer_t *t)
 {
-    ingress_t *ingress = t->data;
-    if (ingress->crypt.polling || !queue_ready(ingress->queue)) return;
-    ingress->crypt.polling = true;
-    if (queue_key_version(ingress->queue, on_version, ingress) < 0) ingress->crypt.polling = false;
+    encrypt_t *e = t->data;
+    if (e->polling || !queue_ready(e->ingress->queue)) return;
+    e->polling = true;
+    if (queue_key_version(e->ingress->queue, on_version, e) < 0) e->polling = false;
 }
 
-int encrypt_start(ingress_t *ingress, char *err, size_t errlen)
+encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
 {
-    if (crypto_gpg_init(err, errlen) < 0) return -1;
-    ingress->crypt.keydir = keydir_new(KEYDIR_CAPACITY);
-    if (!ingress->crypt.keydir) {
+    if (crypto_gpg_init(err, errlen) < 0) return NULL;
+    encrypt_t *e = calloc(1, sizeof *e);
+    if (e) e->keydir = keydir_new(KEYDIR_CAPACITY);
+    if (!e || !e->keydir) {
+        free(e);
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
-    register_metrics(ingress);
-    uv_timer_init(ingress->loop, &ingress->crypt.poll);
-    ingress->crypt.poll.data = ingress;
-    uv_timer_start(&ingress->crypt.poll, on_poll_timer, 0, KEYS_POLL_MS);
-    ingress->crypt.poll_open = true;
-    return 0;
+    e->ingress = ingress;
+    register_metrics(e);
+    uv_timer_init(ingress->loop, &e->poll);
+    e->poll.data = e;
+    uv_timer_start(&e->poll, on_poll_timer, 0, KEYS_POLL_MS);
+    e->poll_open = true;
+    return e;
 }
 
 static void on_poll_closed(uv_handle_t *h)
 {
-    ingress_t *ingress = h->data;
-    ingress->crypt.poll_open = false;
-    ingress_maybe_stopped(ingress);
+    encrypt_t *e = h->data;
+    e->poll_open = false;
+    e->ingress->check_stopped(e->ingress);
 }
 
-void encrypt_stop(ingress_t *ingress)
+void encrypt_stop(encrypt_t *e)
 {
-    if (ingress->crypt.poll_open && !uv_is_closing((uv_handle_t *)&ingress->crypt.poll))
-        uv_close((uv_handle_t *)&ingress->crypt.poll, on_poll_closed);
+    if (e->poll_open && !uv_is_closing((uv_handle_t *)&e->poll))
+        uv_close((uv_handle_t *)&e->poll, on_poll_closed);
 }
 
-bool encrypt_busy(const ingress_t *ingress)
+bool encrypt_busy(const encrypt_t *e)
 {
-    return ingress->crypt.poll_open || ingress->crypt.polling;
+    return e->poll_open || e->polling;
 }
 
-void encrypt_free(ingress_t *ingress)
+void encrypt_free(encrypt_t *e)
 {
-    keydir_free(ingress->crypt.keydir);
-    crypto_homes_remove(ingress->crypt.homes);
+    if (!e) return;
+    keydir_free(e->keydir);
+    crypto_homes_remove(e->homes);
+    free(e);
 }
 
 /* ---- RCPT TO ---- */
 
-void encrypt_rcpt_free(struct rcpt_key *k)
-{
-    if (k->armored) sodium_memzero(k->armored, k->armored_len);
-    free(k->armored);
-    k->armored = NULL;
-}
+/* A lookup in Redis, waiting for its reply. */
+struct lookup {
+    encrypt_t *e;
+    char addr[PROTO_PATH_MAX + 1]; /* canonical */
+    char peer[64];
+    encrypt_rcpt_cb cb;
+    void *arg;
+};
 
-/* The decision is made: the recipient is added (250) or refused (550). */
-static void decided(session_t *s, const keydir_entry_t *e)
+/* The verdict from what is known of the address: counted, and a refusal
+ * logged. */
+static enum rcpt_verdict decide(encrypt_t *e, const char *addr, const char *peer,
+                                const keydir_entry_t *entry, struct rcpt_key *key)
 {
-    char *entry = s->pending_rcpt;
-    s->pending_rcpt = NULL;
-    enum crypto_decision d = keydir_decide(e, (long long)time(NULL));
-    metric_add(s->ingress->crypt.decisions[d], 1);
+    enum crypto_decision d = keydir_decide(entry, (long long)time(NULL));
+    metric_add(e->decisions[d], 1);
+    memset(key, 0, sizeof *key);
+    snprintf(key->addr, sizeof key->addr, "%s", addr);
     if (d == DECIDE_REFUSE) {
         char safe[LOG_SAFE_MAX];
-        log_info("event=refused reason=encryption_required client=%s rcpt=<%s> key=%s", s->peer,
-                 log_addr(entry, safe), e->fpr[0] ? "unusable" : "none");
-        session_reply(s,
-                      "550 5.7.1 <%s>: Recipient requires encryption and no usable key is "
-                      "known",
-                      entry);
-        ingress_refused(s->ingress, REFUSED_ENCRYPTION_REQUIRED);
-        free(entry);
-        return;
+        log_info("event=refused reason=encryption_required client=%s rcpt=<%s> key=%s", peer,
+                 log_addr(addr, safe), entry->fpr[0] ? "unusable" : "none");
+        ingress_refused(e->ingress, REFUSED_ENCRYPTION_REQUIRED);
+        return RCPT_REFUSED;
     }
-    struct rcpt_key key = {0};
-    snprintf(key.addr, sizeof key.addr, "%s", s->pending_canon);
-    if (d == DECIDE_ENCRYPT) {
-        key.armored = malloc(e->armored_len);
-        if (!key.armored) {
-            free(entry);
-            session_reply(s, "452 4.3.1 Insufficient system resources");
-            return;
-        }
-        memcpy(key.armored, e->armored, e->armored_len);
-        key.armored_len = e->armored_len;
-        snprintf(key.fpr, sizeof key.fpr, "%s", e->fpr);
+    if (d == DECIDE_PLAIN) return RCPT_PLAIN;
+    if (entry->armored_len == 0) { /* a fingerprint without its key: never fall back to clear */
+        char safe[LOG_SAFE_MAX];
+        log_warn("event=keys_entry_incomplete rcpt=<%s> fpr=%s", log_addr(addr, safe), entry->fpr);
+        return RCPT_UNAVAILABLE;
     }
-    session_add_rcpt(s, entry, &key);
+    key->armored = malloc(entry->armored_len);
+    if (!key->armored) return RCPT_NO_MEMORY;
+    memcpy(key->armored, entry->armored, entry->armored_len);
+    key->armored_len = entry->armored_len;
+    snprintf(key->fpr, sizeof key->fpr, "%s", entry->fpr);
+    return RCPT_ENCRYPT;
 }
 
 static void on_lookup(int status, const char *err, const queue_key_found_t *f, void *arg)
 {
-    session_t *s = arg;
-    s->busy = false;
-    keydir_entry_t e = {0};
+    struct lookup *l = arg;
+    encrypt_t *e = l->e;
+    struct rcpt_key key = {0};
+    enum rcpt_verdict v = RCPT_UNAVAILABLE;
     if (status == 0) {
-        e.policy = keydir_policy(f->addr_policy, f->domain_policy, s->cfg->crypto.default_policy);
-        snprintf(e.fpr, sizeof e.fpr, "%s", f->fpr);
-        e.expires = f->expires;
-        e.armored = (char *)f->armored;
-        e.armored_len = f->armored ? f->armored_len : 0;
-        if (keydir_put(s->ingress->crypt.keydir, f->version, s->pending_canon, &e) < 0) {
+        keydir_entry_t entry = {0};
+        entry.policy =
+            keydir_policy(f->addr_policy, f->domain_policy, e->ingress->cfg->crypto.default_policy);
+        snprintf(entry.fpr, sizeof entry.fpr, "%s", f->fpr);
+        entry.expires = f->expires;
+        entry.armored = (char *)f->armored;
+        entry.armored_len = f->armored ? f->armored_len : 0;
+        if (keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
             char safe[LOG_SAFE_MAX];
-            log_warn("event=keys_cache_failed rcpt=%s", log_addr(s->pending_canon, safe));
+            log_warn("event=keys_cache_failed rcpt=%s", log_addr(l->addr, safe));
         }
-    }
-    if (s->closed) {
-        free(s->pending_rcpt);
-        s->pending_rcpt = NULL;
-        session_maybe_free(s);
-        return;
-    }
-    if (status < 0) {
-        log_warn("event=keys_lookup_failed client=%s error=\"%s\"", s->peer, err);
-        free(s->pending_rcpt);
-        s->pending_rcpt = NULL;
-        session_reply(s, "451 4.3.0 Recipient's encryption policy unavailable, try again later");
+        v = decide(e, l->addr, l->peer, &entry, &key);
     } else {
-        decided(s, &e);
+        log_warn("event=keys_lookup_failed client=%s error=\"%s\"", l->peer, err);
     }
-    session_process(s);
+    l->cb(l->arg, v, &key);
+    rcpt_key_free(&key); /* unless the callback took it */
+    free(l);
 }
 
-void encrypt_rcpt(session_t *s, char *entry)
+enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
+                               struct rcpt_key *key, encrypt_rcpt_cb cb, void *arg)
 {
-    const config_t *cfg = s->cfg;
-    s->pending_rcpt = entry;
-    if (crypto_addr_canon(entry, cfg->crypto.case_insensitive, cfg->crypto.strip_detail,
-                          s->pending_canon, sizeof s->pending_canon) < 0)
-        snprintf(s->pending_canon, sizeof s->pending_canon, "%s", entry);
-    const keydir_entry_t *cached = keydir_get(s->ingress->crypt.keydir, s->pending_canon);
-    if (cached) {
-        decided(s, cached);
-        return;
+    const config_t *cfg = e->ingress->cfg;
+    char canon[PROTO_PATH_MAX + 1];
+    if (crypto_addr_canon(addr, cfg->crypto.case_insensitive, cfg->crypto.strip_detail, canon,
+                          sizeof canon) < 0)
+        snprintf(canon, sizeof canon, "%s", addr);
+    const keydir_entry_t *cached = keydir_get(e->keydir, canon);
+    if (cached) return decide(e, canon, peer, cached, key);
+    struct lookup *l = calloc(1, sizeof *l);
+    if (!l) return RCPT_NO_MEMORY;
+    *l = (struct lookup){.e = e, .cb = cb, .arg = arg};
+    memcpy(l->addr, canon, sizeof l->addr);
+    snprintf(l->peer, sizeof l->peer, "%s", peer);
+    const char *at = strrchr(canon, '@');
+    if (queue_key_lookup(e->ingress->queue, canon, at ? at + 1 : "", on_lookup, l) < 0) {
+        log_warn("event=keys_lookup_failed client=%s error=\"redis not connected\"", peer);
+        free(l);
+        return RCPT_UNAVAILABLE;
     }
-    const char *at = strrchr(s->pending_canon, '@');
-    s->busy = true;
-    if (queue_key_lookup(s->ingress->queue, s->pending_canon, at ? at + 1 : "", on_lookup, s) < 0)
-        on_lookup(-1, "redis not connected", NULL, s);
+    return RCPT_PENDING;
 }
 
 /* ---- end of the body ---- */
 
 struct encryption {
     uv_work_t work;
-    session_t *s;
+    encrypt_t *e;
     gateway_job_t job;
     gateway_rcpt_t *rcpts;
     crypto_rcpt_key_t *keys;
+    char peer[64];
+    encrypt_done_cb done;
+    void *arg;
 };
 
 static void encryption_free(struct encryption *en)
@@ -220,28 +240,11 @@ static void encryption_free(struct encryption *en)
 
 static void finish(struct encryption *en)
 {
-    session_t *s = en->s;
-    metric_add(s->ingress->crypt.outcomes[en->job.outcome], 1);
-    if (en->job.outcome == GATEWAY_FAILED) {
-        log_error("event=encryption_failed mid=%s client=%s error=\"%s\"", s->mid, s->peer,
+    metric_add(en->e->outcomes[en->job.outcome], 1);
+    if (en->job.outcome == GATEWAY_FAILED)
+        log_error("event=encryption_failed mid=%s client=%s error=\"%s\"", en->job.mid, en->peer,
                   en->job.error);
-        if (en->job.too_many_copies)
-            session_reply(s,
-                          "552 5.5.3 Too many Bcc recipients with keys in one message "
-                          "(at most %u): send to fewer at once",
-                          s->cfg->crypto.max_bcc_copies);
-        else
-            session_reply(s, "451 4.7.0 Encryption failed, message not accepted; try again later");
-        session_commit_failed(s);
-    } else if (s->closed) { /* nobody to acknowledge: the client sends it again */
-        log_info("event=client_gone mid=%s client=%s", s->mid, s->peer);
-        session_commit_failed(s);
-    } else {
-        if (en->job.outcome != GATEWAY_PLAIN)
-            log_info("event=encrypted mid=%s outcome=%s variants=%u", s->mid,
-                     outcome_names[en->job.outcome], en->job.n_variants);
-        session_enqueue(s, &en->job);
-    }
+    en->done(en->arg, &en->job);
     encryption_free(en);
 }
 
@@ -254,9 +257,8 @@ static void encrypt_in_thread(uv_work_t *work)
 static void after_encrypt(uv_work_t *work, int status)
 {
     struct encryption *en = work->data;
-    ingress_t *ingress = en->s->ingress;
-    ingress->crypt.running--;
-    metric_add(ingress->crypt.pending, -1);
+    en->e->running--;
+    metric_add(en->e->pending, -1);
     if (status < 0) { /* cancelled: never ran */
         en->job.outcome = GATEWAY_FAILED;
         snprintf(en->job.error, sizeof en->job.error, "cancelled");
@@ -264,23 +266,13 @@ static void after_encrypt(uv_work_t *work, int status)
     finish(en);
 }
 
-void encrypt_commit(session_t *s)
+/* The job over tx; true when any recipient has a key. */
+static bool prepare(struct encryption *en, const struct transaction *tx)
 {
-    ingress_t *ingress = s->ingress;
-    const config_t *cfg = s->cfg;
-    struct encryption *en = calloc(1, sizeof *en);
-    if (en) en->rcpts = calloc(s->n_rcpts, sizeof *en->rcpts);
-    if (en) en->keys = calloc(s->n_rcpts, sizeof *en->keys);
-    if (!en || !en->rcpts || !en->keys) {
-        if (en) encryption_free(en);
-        session_reply(s, "451 4.3.1 Insufficient system resources");
-        session_commit_failed(s);
-        return;
-    }
-    en->s = s;
+    const config_t *cfg = en->e->ingress->cfg;
     bool any_key = false;
-    for (unsigned i = 0; i < s->n_rcpts; i++) {
-        const struct rcpt_key *k = &s->rcpt_keys[i];
+    for (unsigned i = 0; i < tx->n_rcpts; i++) {
+        const struct rcpt_key *k = &tx->rcpts[i].key;
         en->rcpts[i].addr = k->addr;
         if (k->armored) {
             en->keys[i] = (crypto_rcpt_key_t){k->fpr, k->armored, k->armored_len};
@@ -288,52 +280,72 @@ void encrypt_commit(session_t *s)
             any_key = true;
         }
     }
-    en->job = (gateway_job_t){.mid = s->mid,
-                              .msg = s->body.data,
-                              .len = s->body.len,
+    en->job = (gateway_job_t){.mid = tx->mid,
+                              .msg = tx->body.data,
+                              .len = tx->body.len,
                               .rcpts = en->rcpts,
-                              .n_rcpts = s->n_rcpts,
+                              .n_rcpts = tx->n_rcpts,
                               .hide_subject = cfg->crypto.hide_subject,
                               .case_insensitive = cfg->crypto.case_insensitive,
                               .strip_detail = cfg->crypto.strip_detail,
-                              .homes = ingress->crypt.homes,
+                              .homes = en->e->homes,
                               .max_bcc_copies = cfg->crypto.max_bcc_copies,
-                              .seal = ingress->seal};
-    s->busy = true;
-    if (!any_key) { /* sealing alone is cheap enough for the loop */
-        gateway_run(&en->job);
-        finish(en);
-        return;
-    }
-    /* A full encryption queue refuses now rather than keeping the client
-     * waiting longer than it would wait for a retry. */
-    if (ingress->crypt.running >= cfg->crypto.max_pending) {
+                              .seal = en->e->ingress->seal};
+    return any_key;
+}
+
+/* Off to the thread pool, or refused now when its queue is full: that
+ * refuses sooner than the client would wait for a retry. */
+static void queue_encryption(struct encryption *en)
+{
+    encrypt_t *e = en->e;
+    const config_t *cfg = e->ingress->cfg;
+    if (e->running >= cfg->crypto.max_pending) {
         en->job.outcome = GATEWAY_OUTCOMES;
-        metric_add(ingress->crypt.outcomes[GATEWAY_OUTCOMES], 1);
-        log_warn("event=encryption_busy mid=%s client=%s pending=%u", s->mid, s->peer,
-                 ingress->crypt.running);
-        session_reply(s, "451 4.3.2 System busy encrypting, try again later");
-        encryption_free(en);
-        session_commit_failed(s);
+        log_warn("event=encryption_busy mid=%s client=%s pending=%u", en->job.mid, en->peer,
+                 e->running);
+        finish(en);
         return;
     }
     /* The GnuPG homes are made when first needed: a node that never
      * encrypts leaves nothing behind, even when it is killed. */
-    if (!ingress->crypt.homes[0] &&
-        crypto_homes_create(cfg->crypto.home_dir, ingress->crypt.homes, sizeof ingress->crypt.homes,
-                            en->job.error, sizeof en->job.error) < 0) {
-        ingress->crypt.homes[0] = 0;
+    if (!e->homes[0] && crypto_homes_create(cfg->crypto.home_dir, e->homes, sizeof e->homes,
+                                            en->job.error, sizeof en->job.error) < 0) {
+        e->homes[0] = 0;
         en->job.outcome = GATEWAY_FAILED;
         finish(en);
         return;
     }
     en->work.data = en;
-    if (uv_queue_work(ingress->loop, &en->work, encrypt_in_thread, after_encrypt) < 0) {
+    if (uv_queue_work(e->ingress->loop, &en->work, encrypt_in_thread, after_encrypt) < 0) {
         en->job.outcome = GATEWAY_FAILED;
         snprintf(en->job.error, sizeof en->job.error, "thread pool refused the job");
         finish(en);
         return;
     }
-    ingress->crypt.running++;
-    metric_add(ingress->crypt.pending, 1);
+    e->running++;
+    metric_add(e->pending, 1);
+}
+
+void encrypt_message(encrypt_t *e, const struct transaction *tx, const char *peer,
+                     encrypt_done_cb done, void *arg)
+{
+    struct encryption *en = calloc(1, sizeof *en);
+    if (en) en->rcpts = calloc(tx->n_rcpts, sizeof *en->rcpts);
+    if (en) en->keys = calloc(tx->n_rcpts, sizeof *en->keys);
+    if (!en || !en->rcpts || !en->keys) {
+        if (en) encryption_free(en);
+        done(arg, NULL);
+        return;
+    }
+    en->e = e;
+    en->done = done;
+    en->arg = arg;
+    snprintf(en->peer, sizeof en->peer, "%s", peer);
+    if (prepare(en, tx)) {
+        queue_encryption(en);
+        return;
+    }
+    gateway_run(&en->job); /* sealing alone is cheap enough for the loop */
+    finish(en);
 }

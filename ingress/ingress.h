@@ -8,7 +8,9 @@
 #include "crypto/crypto.h"
 #include "queue/queue.h"
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 typedef struct ingress ingress_t;
@@ -21,6 +23,11 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
  * ones keep what they started with. On failure the old ones stay, and the
  * error is logged. */
 void ingress_reload_tls(ingress_t *ingress);
+/* Runs an SMTP session over a socket already connected (socket activation;
+ * tests, over one end of a socketpair), as if accepted on the relay port,
+ * or on the submission port, from peer (NULL: unknown). The ingress owns fd
+ * from then on. -1 when no session could be made. */
+int ingress_open_fd(ingress_t *ingress, int fd, bool submission, const struct sockaddr *peer);
 /* Stops accepting and closes every session; messages in flight to Redis get
  * their reply first. done runs once everything is closed. */
 void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg);

@@ -1,90 +1,14 @@
 /* The listeners: accept connections, each with its port's rules, and hand
- * them to sessions; the certificate shared by all of them. */
-#include "crypto/crypto.h"
+ * them to SMTP sessions; the certificate shared by all of them; the
+ * ingress's start and its stop, which waits until nothing refers to it. */
+#include "ingress/auth.h"
+#include "ingress/encrypt.h"
 #include "ingress/session.h"
+#include "ingress/smtp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *const listener_names[LISTENER_KINDS] = {"listen", "submission_listen",
-                                                           "smtps_listen"};
-
-static const char *const refusal_names[REFUSALS] = {
-    [REFUSED_RELAY_DENIED] = "relay_denied",
-    [REFUSED_MAX_CONNECTIONS] = "max_connections",
-    [REFUSED_MAX_CONNECTIONS_PER_IP] = "max_connections_per_ip",
-    [REFUSED_NON_SMTP] = "non_smtp",
-    [REFUSED_BAD_PROXY_HEADER] = "bad_proxy_header",
-    [REFUSED_BARE_LINE_END] = "bare_line_end",
-    [REFUSED_LINE_TOO_LONG] = "line_too_long",
-    [REFUSED_MESSAGE_TOO_BIG] = "message_too_big",
-    [REFUSED_TOO_MANY_RECIPIENTS] = "too_many_recipients",
-    [REFUSED_TOO_MANY_ERRORS] = "too_many_errors",
-    [REFUSED_TIMEOUT] = "timeout",
-    [REFUSED_SENDER_LOGIN_MISMATCH] = "sender_login_mismatch",
-    [REFUSED_AUTH_REQUIRED] = "auth_required",
-    [REFUSED_SMTPUTF8_REQUIRED] = "smtputf8_required",
-    [REFUSED_NO_POSTMASTER] = "no_postmaster",
-    [REFUSED_ENCRYPTION_REQUIRED] = "encryption_required",
-    [REFUSED_NOT_READY] = "not_ready",
-};
-
-const char *ingress_refusal_name(enum refusal why)
-{
-    return refusal_names[why];
-}
-
-static const char *const auth_result_names[AUTH_RESULTS] = {"ok", "failed", "rate_limited",
-                                                            "unavailable"};
-
-/* Every series exists from the start, at 0, so a rate over it is defined. */
-static void register_metrics(struct ingress_metrics *m)
-{
-    char labels[96];
-    for (int k = 0; k < LISTENER_KINDS; k++) {
-        snprintf(labels, sizeof labels, "listener=\"%s\"", listener_names[k]);
-        m->connections[k] = metric_counter("sealpost_ingress_connections_total",
-                                           "SMTP connections accepted, by listener.", labels);
-    }
-    m->open = metric_gauge("sealpost_ingress_connections", "SMTP connections open now.", "");
-    for (int r = 0; r < REFUSALS; r++) {
-        snprintf(labels, sizeof labels, "reason=\"%s\"", refusal_names[r]);
-        m->refused[r] =
-            metric_counter("sealpost_ingress_refused_total",
-                           "Commands, messages and connections refused, by reason.", labels);
-    }
-    m->accepted = metric_counter("sealpost_ingress_messages_accepted_total",
-                                 "Messages stored in the queue and acknowledged with 250.", "");
-    m->received_bytes = metric_counter("sealpost_ingress_received_bytes_total",
-                                       "Octets of accepted messages, Received: included.", "");
-    m->recipients =
-        metric_counter("sealpost_ingress_recipients_total", "Recipients of accepted messages.", "");
-    m->enqueue_failed =
-        metric_counter("sealpost_ingress_enqueue_failures_total",
-                       "Messages answered 451 because Redis did not store them.", "");
-    for (int a = 0; a < AUTH_RESULTS; a++) {
-        snprintf(labels, sizeof labels, "result=\"%s\"", auth_result_names[a]);
-        m->auth[a] =
-            metric_counter("sealpost_ingress_auth_total", "SMTP AUTH attempts, by result.", labels);
-    }
-    m->tls[0] =
-        metric_counter("sealpost_ingress_tls_handshakes_total",
-                       "TLS handshakes (STARTTLS or implicit), by result.", "result=\"failed\"");
-    static const double seconds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                     0.1,   0.25,   0.5,   1,    2.5};
-    m->enqueue_seconds = metric_histogram("sealpost_ingress_enqueue_duration_seconds",
-                                          "Redis round trip of storing a message, answered or not.",
-                                          "", seconds, sizeof seconds / sizeof seconds[0]);
-    m->tls[1] =
-        metric_counter("sealpost_ingress_tls_handshakes_total",
-                       "TLS handshakes (STARTTLS or implicit), by result.", "result=\"ok\"");
-}
-
-void ingress_refused(ingress_t *ingress, enum refusal why)
-{
-    metric_add(ingress->metrics.refused[why], 1);
-}
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -97,13 +21,27 @@ static void on_connection(uv_stream_t *server, int status)
     /* Counted first: admitting the session compares it with max_connections. */
     ingress->n_sessions++;
     metric_add(ingress->metrics.open, 1);
-    if (!session_accept(ingress, server, l->kind)) {
+    if (!smtp_accept(ingress, server, l->kind)) {
         ingress->n_sessions--;
         metric_add(ingress->metrics.open, -1);
         log_warn("event=accept_failed error=\"no connection, or out of memory\"");
         return;
     }
     metric_add(ingress->metrics.connections[l->kind], 1);
+}
+
+int ingress_open_fd(ingress_t *ingress, int fd, bool submission, const struct sockaddr *peer)
+{
+    enum listener_kind kind = submission ? LISTENER_SUBMISSION : LISTENER_RELAY;
+    ingress->n_sessions++;
+    metric_add(ingress->metrics.open, 1);
+    if (!smtp_open_fd(ingress, fd, kind, peer)) {
+        ingress->n_sessions--;
+        metric_add(ingress->metrics.open, -1);
+        return -1;
+    }
+    metric_add(ingress->metrics.connections[kind], 1);
+    return 0;
 }
 
 /* [ingress] postmaster, or postmaster@ the first relay domain. */
@@ -158,15 +96,17 @@ void ingress_reload_tls(ingress_t *ingress)
     log_info("event=tls_reloaded cert=%s", ingress->cfg->ingress.tls_cert);
 }
 
-void ingress_maybe_stopped(ingress_t *ingress)
+/* Frees a stopping ingress once nothing refers to it any more: sessions,
+ * listeners and the gateway's timer all call here when they go. */
+static void maybe_stopped(ingress_t *ingress)
 {
     if (!ingress->stopping || ingress->n_sessions || ingress->listeners_open ||
-        encrypt_busy(ingress))
+        (ingress->encrypt && encrypt_busy(ingress->encrypt)))
         return;
     void (*done)(void *) = ingress->on_stopped;
     void *arg = ingress->on_stopped_arg;
     SSL_CTX_free(ingress->tls_ctx);
-    encrypt_free(ingress);
+    encrypt_free(ingress->encrypt);
     free(ingress);
     if (done) done(arg);
 }
@@ -175,7 +115,7 @@ static void on_listener_closed(uv_handle_t *h)
 {
     struct listener *l = h->data;
     l->ingress->listeners_open--;
-    ingress_maybe_stopped(l->ingress);
+    maybe_stopped(l->ingress);
 }
 
 static void close_listeners(ingress_t *ingress)
@@ -195,7 +135,7 @@ static int open_listener(ingress_t *ingress, enum listener_kind kind, const net_
         snprintf(err, errlen,
                  "[ingress] %s needs tls_cert and tls_key: logins travel only "
                  "under TLS",
-                 listener_names[kind]);
+                 ingress_listener_name(kind));
         return -1;
     }
     struct listener *l = &ingress->listeners[kind];
@@ -206,11 +146,11 @@ static int open_listener(ingress_t *ingress, enum listener_kind kind, const net_
     ingress->listeners_open++;
     char why[400];
     if (net_listen(&l->tcp, hp, 511, on_connection, why, sizeof why) < 0) {
-        snprintf(err, errlen, "[ingress] %s %s", listener_names[kind], why);
+        snprintf(err, errlen, "[ingress] %s %s", ingress_listener_name(kind), why);
         return -1;
     }
-    log_info("event=listening kind=%s listen=%s:%u starttls=%s", listener_names[kind], hp->host,
-             hp->port, ingress->tls_ctx ? "yes" : "no");
+    log_info("event=listening kind=%s listen=%s:%u starttls=%s", ingress_listener_name(kind),
+             hp->host, hp->port, ingress->tls_ctx ? "yes" : "no");
     return 0;
 }
 
@@ -226,7 +166,8 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
     ingress->cfg = cfg;
     ingress->queue = queue;
     ingress->seal = seal;
-    register_metrics(&ingress->metrics);
+    ingress->check_stopped = maybe_stopped;
+    ingress_register_metrics(&ingress->metrics);
     if (postmaster_address(cfg, ingress->postmaster, err, errlen) < 0 ||
         auth_check_config(cfg, err, errlen) < 0 ||
         load_tls(cfg, &ingress->tls_ctx, err, errlen) < 0) {
@@ -243,7 +184,7 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
             if (ingress->listeners_open)
                 close_listeners(ingress); /* the last one closed frees it */
             else
-                ingress_maybe_stopped(ingress);
+                maybe_stopped(ingress);
             return NULL;
         }
     }
@@ -254,20 +195,12 @@ ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
         return NULL;
     }
     /* The loop has not run yet: no session can have started. */
-    if (encrypt_start(ingress, err, errlen) < 0) {
+    if (!(ingress->encrypt = encrypt_start(ingress, err, errlen))) {
         ingress->stopping = true;
-        encrypt_stop(ingress);
         close_listeners(ingress); /* the last one closed frees it */
         return NULL;
     }
     return ingress;
-}
-
-void ingress_session_gone(ingress_t *ingress)
-{
-    ingress->n_sessions--;
-    metric_add(ingress->metrics.open, -1);
-    ingress_maybe_stopped(ingress);
 }
 
 void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg)
@@ -276,6 +209,6 @@ void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg)
     ingress->on_stopped = done;
     ingress->on_stopped_arg = arg;
     close_listeners(ingress);
-    encrypt_stop(ingress);
+    encrypt_stop(ingress->encrypt);
     session_shutdown_all(ingress);
 }

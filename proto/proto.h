@@ -116,6 +116,36 @@ bool proto_dsn_orcpt_valid(const char *p, size_t len, bool utf8);
  * its value ("" for a bare keyword) into out, cut to outlen - 1 octets. */
 bool proto_param_find(const char *list, const char *key, char *out, size_t outlen);
 
+/* ---- what MAIL, RCPT and BDAT take ---- */
+
+/* Each check gives 0, or the code of the refusal with the whole reply line
+ * ("501 5.5.4 ...", no CRLF) in reply. */
+
+/* RFC 5321 §4.1.1.11 leaves a repeated keyword undefined: refused (501). */
+int proto_params_unique(const proto_path_t *path, char *reply, size_t len);
+
+/* "BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=<100 octets>" and room to spare. */
+#define PROTO_MAIL_PARAMS_MAX 256
+/* "NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=<500 octets>" */
+#define PROTO_RCPT_PARAMS_MAX (PROTO_ORCPT_MAX + 48)
+
+typedef struct proto_mail_params {
+    bool body_8bit;                     /* BODY=8BITMIME */
+    bool smtputf8;                      /* UTF-8 addresses and header fields allowed */
+    char stored[PROTO_MAIL_PARAMS_MAX]; /* what a relay passes on, space-separated */
+} proto_mail_params_t;
+
+/* MAIL's parameters: SIZE up to max_size, BODY, SMTPUTF8, RET, ENVID, and
+ * AUTH when auth_ok (it is offered under TLS only). */
+int proto_mail_params(const proto_path_t *path, unsigned long long max_size, bool auth_ok,
+                      proto_mail_params_t *out, char *reply, size_t len);
+/* RCPT's DSN parameters, NOTIFY and ORCPT (a UTF-8 ORCPT with smtputf8),
+ * in their stored form. */
+int proto_rcpt_params(const proto_path_t *path, bool smtputf8, char dsn[PROTO_RCPT_PARAMS_MAX],
+                      char *reply, size_t len);
+/* "BDAT" SP chunk-size [SP "LAST"] (RFC 3030 §3): false when malformed. */
+bool proto_bdat_args(const char *args, size_t len, unsigned long long *size, bool *last);
+
 /* ---- the PROXY protocol (HAProxy, v1 and v2) ---- */
 
 typedef struct proto_proxy {

@@ -1,5 +1,6 @@
-/* libFuzzer target: command lines, paths and parameters, reply lines, DSN
- * parameters, PROXY headers and header-field lookups.
+/* libFuzzer target: command lines, paths and parameters (with the checks of
+ * MAIL, RCPT and BDAT arguments), reply lines, DSN parameters, PROXY headers
+ * and header-field lookups.
  *
  * Beyond "no crash, no out-of-bounds read" (ASan/UBSan), it checks what the
  * parsers promise: arguments point into the line, a parsed path is bounded and
@@ -106,6 +107,40 @@ static void check_path(const char *args, size_t len, enum proto_path_kind kind)
     }
 }
 
+/* A refusal is a whole reply line with its code first; what is kept is
+ * bounded and made of the client's own (checked) text. */
+static void check_refusal(int code, const char *reply)
+{
+    CHECK(code == 0 || (code >= 500 && code <= 555));
+    if (!code) return;
+    CHECK(strlen(reply) >= 4 && reply[3] == ' ');
+    CHECK(code == (reply[0] - '0') * 100 + (reply[1] - '0') * 10 + (reply[2] - '0'));
+}
+
+static void check_params(const char *args, size_t len)
+{
+    proto_path_t p;
+    char reply[600], dsn[PROTO_RCPT_PARAMS_MAX];
+    if (proto_path_parse(args, len, PROTO_REVERSE_PATH, &p) == PROTO_OK) {
+        proto_mail_params_t mp;
+        check_refusal(proto_params_unique(&p, reply, sizeof reply), reply);
+        int code = proto_mail_params(&p, 1000, true, &mp, reply, sizeof reply);
+        check_refusal(code, reply);
+        CHECK(strlen(mp.stored) < sizeof mp.stored);
+        if (!code) CHECK(mp.body_8bit == (strstr(mp.stored, "BODY=8BITMIME") != NULL));
+    }
+    if (proto_path_parse(args, len, PROTO_FORWARD_PATH, &p) == PROTO_OK) {
+        int code = proto_rcpt_params(&p, true, dsn, reply, sizeof reply);
+        check_refusal(code, reply);
+        CHECK(strlen(dsn) < sizeof dsn);
+        if (!code && !p.n_params) CHECK(dsn[0] == 0);
+    }
+    unsigned long long size;
+    bool last;
+    if (proto_bdat_args(args, len, &size, &last))
+        CHECK(len > 0 && args[0] >= '0' && args[0] <= '9');
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *line = (const char *)data;
@@ -128,6 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_path(cmd.args, cmd.args_len, PROTO_REVERSE_PATH);
             check_path(cmd.args, cmd.args_len, PROTO_FORWARD_PATH);
         }
+        check_params(cmd.args, cmd.args_len);
     }
 
     check_path(line, size, PROTO_REVERSE_PATH);

@@ -1,0 +1,141 @@
+/* The end of a message's data to its reply: see commit.h. */
+#include "ingress/commit.h"
+
+#include "ingress/encrypt.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct commit {
+    ingress_t *ingress;
+    struct transaction *tx;
+    struct commit_client client;
+    commit_done_cb done;
+    void *arg;
+    uint64_t enqueue_start; /* uv_now when the enqueue call went out */
+};
+
+static void finish(struct commit *c, const char *reply)
+{
+    c->done(c->arg, *c->client.gone ? NULL : reply);
+    transaction_free(c->tx);
+    free(c);
+}
+
+static void on_enqueued(int status, const char *err, void *arg)
+{
+    struct commit *c = arg;
+    struct transaction *tx = c->tx;
+    struct ingress_metrics *m = &c->ingress->metrics;
+    metric_observe(m->enqueue_seconds,
+                   (double)(uv_now(c->ingress->loop) - c->enqueue_start) / 1000.0);
+    if (*c->client.gone) { /* stored or not, unacknowledged: the client sends it again */
+        log_info("event=%s mid=%s client=%s reason=client_gone",
+                 status ? "enqueue_failed" : "accepted_unacknowledged", tx->mid, c->client.peer);
+        finish(c, NULL);
+        return;
+    }
+    if (status < 0) {
+        log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\"", tx->mid, c->client.peer,
+                 err);
+        metric_add(m->enqueue_failed, 1);
+        finish(c, "451 4.3.0 Error: queue file write error, try again later");
+        return;
+    }
+    char safe[LOG_SAFE_MAX], reply[64];
+    log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", tx->mid, c->client.peer,
+             log_addr(tx->sender, safe), tx->n_rcpts, tx->body.len);
+    metric_add(m->accepted, 1);
+    metric_add(m->received_bytes, (double)tx->body.len);
+    metric_add(m->recipients, tx->n_rcpts);
+    snprintf(reply, sizeof reply, "250 2.0.0 Ok: queued as %s", tx->mid);
+    finish(c, reply);
+}
+
+/* Stores the envelope with the gateway's sealed variants in one call. */
+static void enqueue(struct commit *c, const gateway_job_t *job)
+{
+    struct transaction *tx = c->tx;
+    queue_message_t m = {0};
+    char info[400];
+    const char **addrs = calloc(tx->n_rcpts, sizeof *addrs);
+    const char **dsn = calloc(tx->n_rcpts, sizeof *dsn);
+    unsigned *variant = calloc(tx->n_rcpts, sizeof *variant);
+    queue_body_t *bodies = calloc(job->n_variants, sizeof *bodies);
+    int rc = -1;
+    if (addrs && dsn && variant && bodies) {
+        for (unsigned i = 0; i < tx->n_rcpts; i++) {
+            addrs[i] = tx->rcpts[i].addr;
+            dsn[i] = tx->rcpts[i].dsn;
+            variant[i] = job->rcpts[i].variant;
+        }
+        for (unsigned v = 0; v < job->n_variants; v++)
+            bodies[v] = (queue_body_t){job->variants[v].data, job->variants[v].len};
+        memcpy(m.id, tx->mid, sizeof m.id);
+        snprintf(info, sizeof info, "client=%s helo=%s", c->client.peer, c->client.helo);
+        m.sender = tx->sender;
+        m.rcpts = addrs;
+        m.rcpt_params = dsn;
+        m.n_rcpts = tx->n_rcpts;
+        m.info = info;
+        m.mail_params = tx->params.stored;
+        m.bodies = bodies;
+        m.n_bodies = job->n_variants;
+        m.rcpt_body = variant;
+        c->enqueue_start = uv_now(c->ingress->loop);
+        if (queue_ready(c->ingress->queue))
+            rc = queue_enqueue(c->ingress->queue, &m, on_enqueued, c);
+    }
+    /* queue_enqueue copied what it needs into the request */
+    free(addrs);
+    free(dsn);
+    free(variant);
+    free(bodies);
+    if (rc < 0) on_enqueued(-1, "redis not connected", c);
+}
+
+static void on_encrypted(void *arg, const gateway_job_t *job)
+{
+    struct commit *c = arg;
+    if (!job) {
+        finish(c, "451 4.3.1 Insufficient system resources");
+    } else if (job->outcome == GATEWAY_OUTCOMES) {
+        finish(c, "451 4.3.2 System busy encrypting, try again later");
+    } else if (job->outcome == GATEWAY_FAILED && job->too_many_copies) {
+        char reply[160];
+        snprintf(reply, sizeof reply,
+                 "552 5.5.3 Too many Bcc recipients with keys in one message (at most %u): "
+                 "send to fewer at once",
+                 c->ingress->cfg->crypto.max_bcc_copies);
+        finish(c, reply);
+    } else if (job->outcome == GATEWAY_FAILED) {
+        finish(c, "451 4.7.0 Encryption failed, message not accepted; try again later");
+    } else if (*c->client.gone) { /* nobody to acknowledge: the client sends it again */
+        log_info("event=client_gone mid=%s client=%s", c->tx->mid, c->client.peer);
+        finish(c, NULL);
+    } else {
+        if (job->outcome != GATEWAY_PLAIN)
+            log_info("event=encrypted mid=%s outcome=%s variants=%u", c->tx->mid,
+                     encrypt_outcome_name(job->outcome), job->n_variants);
+        enqueue(c, job);
+    }
+}
+
+void commit_message(ingress_t *ingress, struct transaction *tx, const struct commit_client *client,
+                    commit_done_cb done, void *arg)
+{
+    struct commit *c = calloc(1, sizeof *c);
+    if (!c) {
+        transaction_free(tx);
+        done(arg, *client->gone ? NULL : "451 4.3.1 Insufficient system resources");
+        return;
+    }
+    *c = (struct commit){ingress, tx, *client, done, arg, 0};
+    if (client->authenticated &&
+        transaction_complete_header(tx, ingress->cfg->ingress.hostname) < 0) {
+        finish(c, "451 4.3.1 Insufficient system resources");
+        return;
+    }
+    encrypt_message(ingress->encrypt, tx, client->peer, on_encrypted, c);
+}
