@@ -6,7 +6,8 @@ moments, SIGKILLs and restarts a worker, an ingress and redis-server itself.
 At the end every message that got a 250 must have reached each of its
 accepted recipients or come back to its sender in a bounce; none may be
 lost. Duplicates are counted and printed (at-least-once is the promise, not
-exactly-once). A message that got a 4xx, a 5xx or no reply is not the
+exactly-once), and bounded: each must follow from a kill that can cause one
+(see explain_repeats). A message that got a 4xx, a 5xx or no reply is not the
 queue's responsibility and never counts as lost; whether it was delivered
 anyway is printed.
 
@@ -58,6 +59,7 @@ if it is None or Path(getattr(it, "__file__", "") or "").resolve() != _CONFTEST:
 BIN = it.BIN
 N_INGRESS, N_WORKERS = 2, 3
 LEASE_SECONDS = 3
+CONCURRENCY = 10  # deliveries at once per worker
 # A node not ready this long while Redis answers PING is stuck (see Cluster.check_ready).
 STALL_SECONDS = 10.0
 SHARDS = 128
@@ -78,6 +80,11 @@ def utc(t=None):
     """A wall-clock stamp in the format of sealpost's log lines (UTC)."""
     t = time.time() if t is None else t
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+def epoch(stamp):
+    """The time.time() of a utc() stamp."""
+    return datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc).timestamp()
 
 
 def env_number(name, default, kind=float):
@@ -170,7 +177,7 @@ relay_domains = {domains}
 
 [worker]
 helo_name = {name}.sealpost.test
-concurrency = 10
+concurrency = {CONCURRENCY}
 lease_seconds = {LEASE_SECONDS}
 min_backoff = 1
 max_backoff = 2
@@ -655,10 +662,11 @@ def reconcile(cluster, load):
     r.corrupted = []        # (token, rcpt): delivered, but not the body that was sent
     r.phantoms = []         # deliveries of tokens nobody sent
     r.bad_bounces = []      # bounces that do not parse or name the wrong message
+    transactions = []       # (time stored, HELO name, what it delivered), for it.repeats
     for sink in (cluster.good, cluster.flaky, cluster.perm):
         with sink.lock:
-            messages = list(sink.messages)
-        for mail_from, rcpts, content in messages:
+            messages = list(zip(sink.messages, sink.arrivals))
+        for (mail_from, rcpts, content), (at, helo) in messages:
             m = TOKEN_HEADER.search(content)
             token = m.group(1).decode() if m else None
             rec = by_token.get(token)
@@ -669,10 +677,11 @@ def reconcile(cluster, load):
                 r.corrupted.extend((token, x) for x in rcpts)
             for x in rcpts:
                 delivered[(token, x)] += 1
+            transactions.append((at, helo, [("delivered", token, x) for x in rcpts]))
     with cluster.bounces.lock:
-        bounce_msgs = list(cluster.bounces.messages)
+        bounce_msgs = list(zip(cluster.bounces.messages, cluster.bounces.arrivals))
     r.bounce_messages = len(bounce_msgs)
-    for mail_from, rcpts, content in bounce_msgs:
+    for (mail_from, rcpts, content), (at, helo) in bounce_msgs:
         if mail_from not in ("", "<>"):
             r.bad_bounces.append(("not from the null sender", mail_from, content[:300]))
             continue
@@ -688,6 +697,8 @@ def reconcile(cluster, load):
         for rcpt, action in actions.items():
             if action == "failed":
                 bounced[(token, rcpt)] += 1
+        transactions.append((at, helo, [("bounced", token, x)
+                                        for x, action in actions.items() if action == "failed"]))
 
     r.sent = len(load.records)
     r.outcomes = Counter(rec.outcome or "unfinished" for rec in load.records)
@@ -721,10 +732,44 @@ def reconcile(cluster, load):
     r.dup_deliveries = sum(c - 1 for c in delivered.values() if c > 1)
     r.dup_bounces = sum(c - 1 for c in bounced.values() if c > 1)
     r.dup_examples = [k for k, c in delivered.items() if c > 1][:5]
+    r.repeats = it.repeats(transactions)  # the deliveries and bounces made again
     return r
 
 
-def table(r, load, driver, cluster, seconds, wall, drained_in, settings):
+def explain_repeats(repeats, driver):
+    """Matches each repeated delivery or bounce to a kill that can have
+    caused it (it.unexplained_repeats); returns (repeats left unexplained,
+    the most repeats one kill of each kind explains)."""
+    kills = []
+    for stamp, kind, name, _ in driver.log:
+        if kind == "worker":
+            # A worker SIGKILLed between a final dot and its completion
+            # reaching Redis: the job stays leased and is delivered again
+            # once the lease runs out. Only that worker's deliveries, and at
+            # most those in flight: CONCURRENCY.
+            kills.append(it.Kill(epoch(stamp), f"{name}.sealpost.test", CONCURRENCY, kind))
+        elif kind == "redis":
+            # Redis SIGKILLed (appendfsync always: what it answered is on
+            # disk, what it did not may be lost) between a worker's renewal
+            # right before the dot and the completion being written: the
+            # completion fails or is lost, the lease runs out, the job goes
+            # again. A renewal lost with it stops the worker before its dot
+            # instead, so that one is not repeated. Any worker's delivery in
+            # flight: at most N_WORKERS * CONCURRENCY.
+            kills.append(it.Kill(epoch(stamp), None, N_WORKERS * CONCURRENCY, kind))
+        # An ingress killed after Redis stored a message but before the
+        # client read its 250 causes no repeat here: the message is
+        # delivered once, and the client never sends a message again (every
+        # try is a new token), so it counts as "not acknowledged but
+        # delivered anyway". Redis killed with a store unanswered: the same.
+    left, given = it.unexplained_repeats(repeats, kills)
+    most = Counter()
+    for i, explained in given.items():
+        most[kills[i].what] = max(most[kills[i].what], len(explained))
+    return left, most
+
+
+def table(r, load, driver, cluster, seconds, wall, drained_in, settings, most_repeats):
     rows = [
         ("seed", settings.seed),
         ("load phase / wall time", f"{seconds:.0f} s / {wall:.0f} s"),
@@ -745,6 +790,9 @@ def table(r, load, driver, cluster, seconds, wall, drained_in, settings):
         ("bounce messages received", r.bounce_messages),
         ("duplicate deliveries", r.dup_deliveries),
         ("duplicate bounces (same recipient)", r.dup_bounces),
+        ("transactions repeated (deliveries and bounces)", len(r.repeats)),
+        ("  most repeats from one kill: worker / redis",
+         f"{most_repeats['worker']} / {most_repeats['redis']}"),
         ("wrongly bounced / wrongly delivered", f"{len(r.wrong_bounce)} / {len(r.wrong_delivery)}"),
         ("corrupted bodies / phantom messages", f"{len(r.corrupted)} / {len(r.phantoms)}"),
         ("kills: worker / ingress / redis",
@@ -793,10 +841,8 @@ def evidence(cluster, driver, rec, rcpts):
                 out += [f"    {ln}" for ln in lines[:30]]
         out.append("  queue trace:")
         out += ["    " + ln for ln in cluster.queue_cli("trace", rec.qid).splitlines()[:30]]
-    def when(stamp):
-        return datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc).timestamp()
     near = [f"{s} {name} (down {d:.2f}s)" for s, _, name, d in sorted(driver.log)
-            if rec.t0 - 10 <= when(s) <= (rec.t1 or rec.t0) + 10]
+            if rec.t0 - 10 <= epoch(s) <= (rec.t1 or rec.t0) + 10]
     out.append("  kills from 10 s before to 10 s after: " + "; ".join(near))
     return "\n".join(out)
 
@@ -855,8 +901,10 @@ def run(tmp: Path, settings: Settings, report_path=None):
         exits = cluster.stop_all()
         sanitizer = cluster.sanitizer_reports()
         r = reconcile(cluster, load)
+        unexplained, most_repeats = explain_repeats(r.repeats, driver)
         wall = time.monotonic() - t_wall
-        text = table(r, load, driver, cluster, settings.seconds, wall, drained_in, settings)
+        text = table(r, load, driver, cluster, settings.seconds, wall, drained_in, settings,
+                     most_repeats)
         kills = "\n".join(f"  {s} {kind:<8} {name:<9} down {d:.2f}s"
                           for s, kind, name, d in sorted(driver.log))
         text += "\nkills (UTC):\n" + kills + "\n"
@@ -899,6 +947,13 @@ def run(tmp: Path, settings: Settings, report_path=None):
         if r.phantoms:
             failures.append(f"{len(r.phantoms)} deliveries of messages nobody sent: "
                             f"{r.phantoms[:3]}")
+        if unexplained:
+            failures.append(f"{len(unexplained)} deliveries or bounces made again that no kill "
+                            f"explains (within {it.KILL_WINDOW:.0f}s of the copy before, at most "
+                            f"one per delivery in flight): "
+                            + "; ".join(f"{x['keys']} at {utc(x['at'])} by {x['helo']}, before "
+                                        f"at {utc(x['before'][0])} by {x['before'][1]}"
+                                        for x in unexplained[:5]))
         if r.bad_bounces:
             failures.append(f"{len(r.bad_bounces)} malformed or misaddressed bounces: "
                             f"{r.bad_bounces[:3]}")

@@ -16,7 +16,8 @@ def test_acknowledged_mail_survives_kills(tmp_path):
     """2 ingress, 3 workers, one Redis; workers, ingress nodes and Redis are
     SIGKILLed and restarted at random moments under load. Every recipient of
     every message acknowledged with 250 is delivered or bounced; duplicates
-    are printed, not failed; every process exits cleanly at the end with no
+    are printed, and each must follow from a kill that can cause one
+    (chaos.explain_repeats); every process exits cleanly at the end with no
     sanitizer report."""
     if not Path(chaos.BIN).exists():
         pytest.fail(f"sealpost binary not found at {chaos.BIN}; set SEALPOST_BIN")

@@ -92,6 +92,9 @@ class Sink:
         self.port = free_port(host)
         self.messages = []  # (mail_from, [rcpts], content bytes)
         self.tls = []  # per message: whether it came over STARTTLS
+        # per message: (time.time() when stored, the client's HELO name), so a
+        # duplicate can be traced to the process that sent the first copy
+        self.arrivals = []
         self.lock = threading.Lock()
         self.rcpt_reply = lambda addr: None
         self.data_delay = 0.0
@@ -117,6 +120,7 @@ class Sink:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                   envelope.original_content))
             self.tls.append(session.ssl is not None)
+            self.arrivals.append((time.time(), session.host_name))
         return "250 2.0.0 OK"
 
     def count(self):
@@ -201,6 +205,78 @@ class Sealpost:
         assert "ERROR: AddressSanitizer" not in log, log[-4000:]
         assert "runtime error:" not in log, log[-4000:]
         assert code == 0, f"exit {code}\n{log[-4000:]}"
+
+
+# ---- duplicate deliveries and the kills that may cause them ----
+#
+# Delivery is at least once: a worker SIGKILLed after it sent a final dot and
+# before its completion reached Redis leaves the job leased; when the lease
+# expires another worker delivers it again. Redis killed between a worker's
+# renewal right before the dot (delivery/worker.c: on_gate) and the
+# completion being on disk (appendfsync always) does the same, to any
+# worker's job. Either way the copy before the repeat reached the next hop
+# just around the kill: the dot was sent before it, and the completion would
+# have followed the next hop's 250 within milliseconds. A repeat with no such
+# kill is a bug.
+KILL_WINDOW = 1.0  # seconds between the kill and the copy it made a repeat of
+
+
+class Kill:
+    """A kill that can cause repeats: of the worker whose HELO name is helo,
+    or of Redis (helo None: any worker's delivery); at most `most` of them,
+    the deliveries that can have been between their dot and their completion."""
+
+    def __init__(self, t, helo, most, what):
+        self.t, self.helo, self.most, self.what = t, helo, most, what
+
+    def can_cause(self, repeat):
+        return abs(self.t - repeat["before"][0]) <= KILL_WINDOW and \
+            self.helo in (None, repeat["before"][1])
+
+
+def repeats(transactions):
+    """transactions: (time, HELO name, what it delivered: a list of keys) in
+    the order the next hops stored them. Returns those that deliver a key
+    again, each with the copy before ("before": time, HELO name)."""
+    last, out = {}, []
+    for t, helo, keys in sorted(transactions, key=lambda x: x[0]):
+        again = [k for k in keys if k in last]
+        if again:
+            out.append({"at": t, "helo": helo, "keys": again,
+                        "before": max((last[k] for k in again), key=lambda x: x[0])})
+        for k in keys:
+            last[k] = (t, helo)
+    return out
+
+
+def sink_transactions(sink, keys):
+    """(time, HELO name, keys(mail_from, rcpts, content)) of each message sink stored."""
+    with sink.lock:
+        return [(t, helo, keys(*m)) for m, (t, helo) in zip(sink.messages, sink.arrivals)]
+
+
+def unexplained_repeats(found, kills):
+    """Gives each repeat a kill that can have caused it, no kill more than its
+    `most`; returns (the repeats left without one, {kill index: repeats})."""
+    given = {i: [] for i in range(len(kills))}
+
+    def place(r, tried):
+        for i, k in enumerate(kills):
+            if i in tried or not k.can_cause(found[r]):
+                continue
+            tried.add(i)
+            if len(given[i]) < k.most:
+                given[i].append(r)
+                return True
+            for other in list(given[i]):
+                if place(other, tried):
+                    given[i].remove(other)
+                    given[i].append(r)
+                    return True
+        return False
+
+    left = [found[r] for r in range(len(found)) if not place(r, set())]
+    return left, given
 
 
 # The sealing key of the nodes the tests start with base_config ("id:base64").

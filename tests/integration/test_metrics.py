@@ -2,9 +2,11 @@
 exposition parses with the Prometheus client's own parser, and the ingress
 and worker counters move when a user does the thing they count."""
 
+import math
 import re
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -44,9 +46,38 @@ def scrape(port):
     for family in text_string_to_metric_families(text):
         assert family.name.startswith("sealpost_"), family.name
         assert family.documentation, f"{family.name} has no HELP"
+        if family.type == "histogram":
+            check_histogram(family)
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return samples
+
+
+def check_histogram(family):
+    """What every histogram series must show, whatever it measured: its
+    buckets in ascending `le` order, cumulative (never fewer observations
+    below a larger bound), the last one +Inf and equal to _count."""
+    series = {}
+    for s in family.samples:
+        key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+        part = series.setdefault(key, {"buckets": []})
+        if s.name.endswith("_bucket"):
+            part["buckets"].append((float(s.labels["le"]), s.value))
+        else:
+            part[s.name.rsplit("_", 1)[1]] = s.value
+    for key, part in series.items():
+        bounds = [le for le, _ in part["buckets"]]
+        counts = [n for _, n in part["buckets"]]
+        what = (family.name, key, part)
+        assert bounds and bounds == sorted(set(bounds)) and bounds[-1] == math.inf, what
+        assert counts == sorted(counts), what
+        assert counts[-1] == part["count"], what
+
+
+def buckets(samples, name):
+    """{upper bound: cumulative count} of a histogram without labels."""
+    return {float(dict(labels)["le"]): v for (n, labels), v in samples.items()
+            if n == name + "_bucket"}
 
 
 def value(samples, name, **labels):
@@ -58,18 +89,30 @@ def with_metrics(stack, extra=""):
     return port, f"[metrics]\nlisten = 127.0.0.1:{port}\n{extra}"
 
 
+# How long Redis holds the store of the message the enqueue histogram times.
+ENQUEUE_PAUSE = 0.5
+
+
 def test_ingress_counters_follow_what_clients_do(stack):
     port, extra = with_metrics(stack)
     stack.ingress(extra=extra + "[ingress]\ntrusted_networks =\n")
     before = scrape(port)
     assert value(before, "sealpost_ingress_refused_total", reason="relay_denied") == 0
     assert value(before, "sealpost_build_info", version="0.1.0") == 1
+    assert value(before, "sealpost_ingress_enqueue_duration_seconds_count") == 0
     with connect(stack) as c:
         expect(c.cmd("MAIL FROM:<a@origin.test>"), 250, "2.1.0")
         expect(c.cmd("RCPT TO:<x@elsewhere.test>"), 554, "5.7.1")
         expect(c.cmd("RCPT TO:<r@example.test>"), 250, "2.1.5")
         expect(c.cmd("DATA"), 354)
+        # Redis holds every write (the store's FCALL among them) for
+        # ENQUEUE_PAUSE from now, so the enqueue the histogram times takes at
+        # least that, less the moments before the ingress sends the store.
+        stack.redis.client().execute_command("CLIENT", "PAUSE", int(ENQUEUE_PAUSE * 1000),
+                                             "WRITE")
+        sent = time.monotonic()
         expect(c.cmd(b"Subject: counted\r\n\r\nbody\r\n."), 250, "2.0.0")
+        answered = time.monotonic() - sent
         during = scrape(port)
         assert value(during, "sealpost_ingress_connections") == 1
     with connect(stack, ehlo=False) as c:
@@ -84,7 +127,13 @@ def test_ingress_counters_follow_what_clients_do(stack):
     assert value(after, "sealpost_ingress_recipients_total") == 1
     assert value(after, "sealpost_ingress_received_bytes_total") > len("Subject: counted")
     assert value(after, "sealpost_ingress_enqueue_duration_seconds_count") == 1
-    assert value(after, "sealpost_ingress_enqueue_duration_seconds_sum") >= 0
+    # The one observation: at least most of the pause, at most what the
+    # client waited for its 250 (plus a millisecond: the process times in
+    # whole milliseconds), and in every bucket from the first bound above it.
+    took = value(after, "sealpost_ingress_enqueue_duration_seconds_sum")
+    assert ENQUEUE_PAUSE / 2 <= took <= answered + 0.001, (took, answered)
+    for le, n in buckets(after, "sealpost_ingress_enqueue_duration_seconds").items():
+        assert n == (1 if took <= le else 0), (le, n, took)
     opened = (value(after, "sealpost_ingress_connections_total", listener="listen") -
               value(before, "sealpost_ingress_connections_total", listener="listen"))
     assert opened == 2
@@ -96,6 +145,7 @@ def test_worker_counts_outcomes(stack):
     port, extra = with_metrics(stack)
     stack.ingress()
     stack.worker(extra=extra)
+    started = time.monotonic()
     with connect(stack) as c:
         open_transaction(c, "a@origin.test",
                          ("here@example.test", "gone@example.test", "later@example.test"))
@@ -103,6 +153,7 @@ def test_worker_counts_outcomes(stack):
     wait_for(lambda: value(scrape(port), "sealpost_delivery_notifications_total") == 1,
              timeout=15, what="the bounce")
     samples = scrape(port)
+    elapsed = time.monotonic() - started
     assert value(samples, "sealpost_delivery_attempts_total", outcome="delivered") >= 1
     assert value(samples, "sealpost_delivery_attempts_total", outcome="bounced") == 1
     assert value(samples, "sealpost_delivery_attempts_total", outcome="deferred") >= 1
@@ -115,6 +166,14 @@ def test_worker_counts_outcomes(stack):
         value(samples, "sealpost_delivery_duration_seconds_count")
     assert value(samples, "sealpost_delivery_time_in_queue_seconds_count") >= 1
     assert value(samples, "sealpost_delivery_time_in_queue_seconds_bucket", le="432000") >= 1
+    # One time in the queue per delivered recipient (the bounce's included);
+    # each of them, like each transaction, took some time and less than the
+    # test has run (an SMTP exchange with the sink takes milliseconds at least).
+    assert value(samples, "sealpost_delivery_time_in_queue_seconds_count") == \
+        value(samples, "sealpost_delivery_attempts_total", outcome="delivered")
+    for name in ("sealpost_delivery_time_in_queue_seconds", "sealpost_delivery_duration_seconds"):
+        n, total = value(samples, name + "_count"), value(samples, name + "_sum")
+        assert 0 < total <= n * elapsed, (name, n, total, elapsed)
 
 
 def test_health_and_readiness(stack):
@@ -249,6 +308,14 @@ def test_each_refusal_has_its_code_and_its_counter(stack, reason, extra, action,
     assert not any(others.values()), others
 
 
+# The queue-wide figures a scrape shows were read from Redis at most a second
+# before (cmd/serve.c: scrape_metrics), by the event loop's clock, which may
+# lag a little; the age is measured once the message has been queued this
+# long, so a gauge stuck at 0 (or counting in milliseconds) cannot pass.
+FIGURES_MAX_AGE = 1.0 + 0.1
+AGE_AT_LEAST = 2.5
+
+
 def test_queue_depth_goes_up_then_down(stack):
     """A message its next hop defers shows in the queue-wide gauges (on the
     ingress's /metrics too: they come from Redis) and in `sealpost queue
@@ -262,28 +329,42 @@ def test_queue_depth_goes_up_then_down(stack):
     stack.ingress(extra=extra)
     stack.worker(extra="[worker]\nmin_backoff = 1\nmax_backoff = 1\n")
     assert value(scrape(port), "sealpost_queue_messages") == 0
+    assert value(scrape(port), "sealpost_queue_oldest_message_age_seconds") == 0
     with connect(stack) as c:
         open_transaction(c, "a@origin.test", ("r@example.test",))
+        sent = time.time()  # Redis stamps the message between these two
         expect(c.cmd(b"Subject: queued\r\n\r\nbody\r\n."), 250, "2.0.0")
+        acked = time.time()
     wait_for(lambda: "event=deferred" in stack.procs[1].read_log(), what="a deferral")
     # the figures are at most a second old
     wait_for(lambda: value(scrape(port), "sealpost_queue_messages") == 1, timeout=5,
              what="the message in the gauges")
+    time.sleep(max(0.0, acked + AGE_AT_LEAST - time.time()))
+    asked = time.time()
     samples = scrape(port)
+    got = time.time()
     jobs = sum(value(samples, "sealpost_queue_jobs", state=s) for s in
                ("due", "scheduled", "leased"))
     assert jobs == 1 and value(samples, "sealpost_queue_jobs", state="held") == 0
-    assert value(samples, "sealpost_queue_oldest_message_age_seconds") >= 0
+    # The age: Redis's clock (the host's) now less when it stored the
+    # message, as read at most FIGURES_MAX_AGE before the scrape.
+    age = value(samples, "sealpost_queue_oldest_message_age_seconds")
+    assert asked - FIGURES_MAX_AGE - acked <= age <= got - sent, (age, asked - acked, got - sent)
     conf = stack.tmp / "cli.conf"
     conf.write_text(f"[redis]\nurl = redis://127.0.0.1:{stack.redis.port}\n")
+    asked = time.time()
     out = subprocess.run([BIN, "queue", "stats", "--json", "-c", str(conf)], capture_output=True,
                          text=True, timeout=30)
+    got = time.time()
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["messages"] == 1
+    age = json.loads(out.stdout)["oldest_age_seconds"]  # read now, not cached
+    assert asked - acked <= age <= got - sent, (age, asked - acked, got - sent)
     answer["code"] = None
     wait_for(lambda: stack.sink.count() == 1, timeout=20, what="the delivery")
     wait_for(lambda: value(scrape(port), "sealpost_queue_messages") == 0, timeout=5,
              what="an empty queue")
+    assert value(scrape(port), "sealpost_queue_oldest_message_age_seconds") == 0
     text = subprocess.run([BIN, "queue", "stats", "-c", str(conf)], capture_output=True,
                           text=True, timeout=30).stdout
     assert "messages queued   0" in text, text
