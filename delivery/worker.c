@@ -95,13 +95,9 @@ typedef struct delivery {
     destination_t *slot;        /* counted against this destination */
     struct delivery *wait_next; /* in the destination's queue */
     bool waiting;
-    net_hostport_t wait_dest; /* where it will connect once its turn comes */
-    char wait_name[256];
-    bool wait_has_name;
-    uint64_t started;      /* uv_now when its transaction began (or began to wait) */
-    net_hostport_t target; /* where it went last: a dead kept connection is retried there */
-    char target_name[256];
-    bool target_has_name;
+    hop_t wait_hop;   /* where it will connect once its turn comes */
+    uint64_t started; /* uv_now when its transaction began (or began to wait) */
+    hop_t target;     /* where it went last: a dead kept connection is retried there */
     struct delivery *prev, *next;
 } delivery_t;
 
@@ -360,7 +356,7 @@ static void record(delivery_t *d, const client_result_t *r)
 static void deliver_to_target(delivery_t *d);
 static void on_gate(client_t *client, void *arg);
 static void on_delivered(const client_result_t *result, void *arg);
-static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name);
+static void start_client(delivery_t *d, const hop_t *hop);
 static void slot_freed(destination_t *x);
 static void wake_waiting(destination_t *x);
 static void keep(destination_t *x, client_t *client);
@@ -388,14 +384,14 @@ static void on_delivered(const client_result_t *result, void *arg)
         log_info("event=reconnect mid=%s peer=%s detail=\"%s\"", d->job->mid, result->remote,
                  result->detail);
         slot->active--;
-        start_client(d, &d->target, d->target_has_name ? d->target_name : NULL);
+        start_client(d, &d->target);
         wake_waiting(slot);
         return;
     }
     if (slot) slot_freed(slot);
-    if (result->before_mail && !d->releasing && d->mx && d->mx_index + 1 < d->mx->n_targets) {
+    if (result->before_mail && !d->releasing && d->mx && d->mx_index + 1 < d->mx->n_hops) {
         log_info("event=next_mx mid=%s failed=%s detail=\"%s\"", d->job->mid,
-                 d->mx->names[d->mx_index], result->detail);
+                 d->mx->hops[d->mx_index].name, result->detail);
         d->mx_index++;
         deliver_to_target(d);
         return;
@@ -465,7 +461,7 @@ static void wake_waiting(destination_t *x)
     worker_t *w = x->w;
     while (x->waiting && x->active < w->cfg->worker.destination_concurrency) {
         delivery_t *next = pop_waiting(x);
-        start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
+        start_client(next, &next->wait_hop);
     }
     destination_drop_if_idle(w, x);
 }
@@ -504,6 +500,12 @@ static void on_kept_closed(client_t *client, void *arg)
     maybe_stopped(w);
 }
 
+/* What a connection to the hop goes by: its MX name, or "host:port". */
+static const char *label_of(const hop_t *hop, const destination_t *x)
+{
+    return hop->name[0] ? hop->name : x->key;
+}
+
 /* Whether an idle connection suits the delivery: the same MX name (for SNI
  * and certificate checks) and the same TLS policy. */
 static bool suits(const delivery_t *d, client_t *client, const char *name)
@@ -530,13 +532,12 @@ static void keep(destination_t *x, client_t *client)
     w->kept++;
     client_idle(client, on_kept_closed, x);
     delivery_t *next = w->stopping ? NULL : x->waiting;
-    if (next && !next->releasing &&
-        suits(next, client, next->wait_has_name ? next->wait_name : x->key)) {
+    if (next && !next->releasing && suits(next, client, label_of(&next->wait_hop, x))) {
         pop_waiting(x);
         w->kept--;
         if (reuse(next, x, client)) return;
         w->kept++;
-        start_client(next, &next->wait_dest, next->wait_has_name ? next->wait_name : NULL);
+        start_client(next, &next->wait_hop);
     }
     idle_conn_t *ic = next || w->stopping ? NULL : malloc(sizeof *ic);
     if (!ic) {
@@ -563,18 +564,16 @@ static client_t *take_idle(delivery_t *d, destination_t *x, const char *name)
     return NULL;
 }
 
-static void start_client(delivery_t *d, const net_hostport_t *dest, const char *name)
+static void start_client(delivery_t *d, const hop_t *hop)
 {
-    destination_t *x = destination_get(d->w, dest);
+    destination_t *x = destination_get(d->w, &hop->addr);
     d->started = uv_now(d->w->loop);
     if (!x) {
         record_local(d, 451, "451 4.3.0 out of memory");
         return;
     }
-    d->target = *dest;
-    d->target_has_name = name != NULL;
-    snprintf(d->target_name, sizeof d->target_name, "%s", name ? name : "");
-    client_t *idle = d->releasing ? NULL : take_idle(d, x, name ? name : x->key);
+    if (&d->target != hop) d->target = *hop;
+    client_t *idle = d->releasing ? NULL : take_idle(d, x, label_of(hop, x));
     if (idle && reuse(d, x, idle)) return;
     if (idle) { /* no memory for the job on it: give its slot back */
         d->w->kept++;
@@ -593,9 +592,7 @@ static void start_client(delivery_t *d, const net_hostport_t *dest, const char *
         }
         /* Wait for a connection to this host to end; the lease keeps being renewed. */
         d->waiting = true;
-        d->wait_dest = *dest;
-        d->wait_has_name = name != NULL;
-        snprintf(d->wait_name, sizeof d->wait_name, "%s", name ? name : "");
+        if (&d->wait_hop != hop) d->wait_hop = *hop;
         d->wait_next = NULL;
         if (x->waiting_tail)
             x->waiting_tail->wait_next = d;
@@ -606,7 +603,7 @@ static void start_client(delivery_t *d, const net_hostport_t *dest, const char *
     }
     x->active++;
     d->slot = x;
-    d->client = client_deliver(&d->w->env, dest, name, d->job, on_gate, on_delivered, d);
+    d->client = client_deliver(&d->w->env, hop, d->job, on_gate, on_delivered, d);
     if (!d->client) {
         release_slot(d);
         record_local(d, 451, "451 4.3.0 out of memory");
@@ -618,7 +615,7 @@ static void start_client(delivery_t *d, const net_hostport_t *dest, const char *
 /* Takes a waiting delivery out of its destination's queue. */
 static void unwait(delivery_t *d)
 {
-    destination_t *x = destination_get(d->w, &d->wait_dest);
+    destination_t *x = destination_get(d->w, &d->wait_hop.addr);
     delivery_t *prev = NULL;
     for (delivery_t *p = x ? x->waiting : NULL; p; prev = p, p = p->wait_next) {
         if (p != d) continue;
@@ -634,14 +631,14 @@ static void unwait(delivery_t *d)
 
 static void deliver_to_target(delivery_t *d)
 {
-    start_client(d, &d->mx->targets[d->mx_index], d->mx->names[d->mx_index]);
+    start_client(d, &d->mx->hops[d->mx_index]);
 }
 
 static void on_resolved(const dns_result_t *result, void *arg)
 {
     delivery_t *d = arg;
     log_debug("event=mx mid=%s domain=%s status=%d targets=%u detail=\"%s\"", d->job->mid,
-              d->job->domain, (int)result->status, result->n_targets, result->detail);
+              d->job->domain, (int)result->status, result->n_hops, result->detail);
     if (result->status != DNS_OK) {
         record_local(d, result->status == DNS_TEMPFAIL ? 451 : 550, result->detail);
         return;
@@ -806,7 +803,7 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     const net_hostport_t *route = config_route_for(d->w->cfg, job->domain);
     struct sockaddr_storage numeric;
     if (route && net_sockaddr_from(route, &numeric) == 0)
-        start_client(d, route, NULL);
+        start_client(d, &(hop_t){.addr = *route});
     else if (route) /* by name, as in a compose file: "sink:25" */
         dns_resolve_host(d->w->dns, route->host, route->port, on_resolved, d);
     else
@@ -992,7 +989,7 @@ static void on_grace_over(uv_timer_t *t)
             client_abort(d->client);
         } else if (d->waiting) {
             unwait(d);
-            start_client(d, &d->wait_dest, d->wait_has_name ? d->wait_name : NULL);
+            start_client(d, &d->wait_hop);
         }
     }
 }
