@@ -718,10 +718,11 @@ enum tls_policy client_tls_policy(const client_t *c)
     return c->tls_policy;
 }
 
-client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
-                         const queue_job_t *job, client_gate_cb gate, client_done_cb done,
-                         void *arg)
+client_t *client_deliver(const client_env_t *env, const hop_t *hop, const queue_job_t *job,
+                         client_gate_cb gate, client_done_cb done, void *arg)
 {
+    const net_hostport_t *dest = &hop->addr;
+    const char *name = hop->name[0] ? hop->name : NULL;
     uv_loop_t *loop = env->loop;
     const config_t *cfg = env->cfg;
     client_t *c = calloc(1, sizeof *c);

@@ -4,6 +4,7 @@
 
 #include "core/core.h"
 #include "core/stream.h"
+#include "delivery/hop.h"
 #include "queue/queue.h"
 
 #include <uv.h>
@@ -43,13 +44,12 @@ typedef void (*client_done_cb)(const client_result_t *result, void *arg);
  * client_finish_data. */
 typedef void (*client_gate_cb)(client_t *client, void *arg);
 
-/* Delivers job (all its recipients in one transaction) to dest, whose MX
- * name is name (NULL for a static route). gate may be NULL. done runs
- * exactly once, later; the client is valid until then. NULL (and no done)
- * when there is no memory. */
-client_t *client_deliver(const client_env_t *env, const net_hostport_t *dest, const char *name,
-                         const queue_job_t *job, client_gate_cb gate, client_done_cb done,
-                         void *arg);
+/* Delivers job (all its recipients in one transaction) to hop (its name ""
+ * for a numeric static route). gate may be NULL. done runs exactly once,
+ * later; the client is valid until then. NULL (and no done) when there is
+ * no memory. */
+client_t *client_deliver(const client_env_t *env, const hop_t *hop, const queue_job_t *job,
+                         client_gate_cb gate, client_done_cb done, void *arg);
 /* Ends the transaction now, as if the connection had dropped: recipients
  * not yet accepted after the final dot are reported as not reached. */
 void client_abort(client_t *client);

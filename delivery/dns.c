@@ -314,9 +314,10 @@ static void finish(mx_request_t *req, dns_status_t status, const char *fmt, ...)
         if (!req->route && (status == DNS_OK || status == DNS_NULL_MX))
             cache_store(req->dns, req, status, r->detail);
         for (unsigned i = 0; i < req->n_hosts && status == DNS_OK; i++)
-            for (unsigned j = 0; j < req->hosts[i].n_addrs && r->n_targets < DNS_MAX_TARGETS; j++) {
-                r->targets[r->n_targets] = req->hosts[i].addrs[j];
-                memcpy(r->names[r->n_targets++], req->hosts[i].name, 256);
+            for (unsigned j = 0; j < req->hosts[i].n_addrs && r->n_hops < DNS_MAX_TARGETS; j++) {
+                hop_t *hop = &r->hops[r->n_hops++];
+                hop->addr = req->hosts[i].addrs[j];
+                memcpy(hop->name, req->hosts[i].name, sizeof hop->name);
             }
         req->cb(r, req->arg);
         free(r);

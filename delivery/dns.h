@@ -3,6 +3,7 @@
 #define SEALPOST_DELIVERY_DNS_H
 
 #include "core/core.h"
+#include "delivery/hop.h"
 
 #include <uv.h>
 
@@ -11,7 +12,7 @@
 typedef struct dns dns_t;
 
 typedef enum dns_status {
-    DNS_OK,       /* targets in the order to try them */
+    DNS_OK,       /* hops in the order to try them */
     DNS_NULL_MX,  /* RFC 7505: the domain accepts no mail */
     DNS_NXDOMAIN, /* the domain does not exist */
     DNS_NO_HOST,  /* exists, but no MX and no address: undeliverable */
@@ -20,10 +21,9 @@ typedef enum dns_status {
 
 typedef struct dns_result {
     dns_status_t status;
-    char detail[200]; /* for logs and bounces */
-    net_hostport_t targets[DNS_MAX_TARGETS];
-    char names[DNS_MAX_TARGETS][256]; /* the MX host name of each target */
-    unsigned n_targets;
+    char detail[200];            /* for logs and bounces */
+    hop_t hops[DNS_MAX_TARGETS]; /* each address with the MX host name it belongs to */
+    unsigned n_hops;
 } dns_result_t;
 
 typedef void (*dns_mx_cb)(const dns_result_t *result, void *arg);
