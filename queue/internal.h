@@ -3,6 +3,7 @@
 #define SEALPOST_QUEUE_INTERNAL_H
 
 #include "queue/queue.h"
+#include "queue/admin.h"
 #include "queue/cluster.h"
 #include "queue/redis.h"
 
