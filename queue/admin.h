@@ -2,8 +2,9 @@
  * command line, as hiredis keeps its asynchronous API apart from the
  * blocking one. One connection (to one Redis, or to each master of a Redis
  * Cluster as needed) serves users, the key directory, figures and the
- * operator's view and acts. Errors come back as -1 (or NULL) with err
- * filled in. */
+ * operator's view and acts; every write is a call of the same functions
+ * library the nodes use (queue.h), loaded where it is missing. Errors come
+ * back as -1 (or NULL) with err filled in. */
 #ifndef SEALPOST_QUEUE_ADMIN_H
 #define SEALPOST_QUEUE_ADMIN_H
 
