@@ -4,7 +4,7 @@
  * (a valid encryption subkey, not expired, not revoked). */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
-#include "queue/queue.h"
+#include "queue/admin.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* sealpost: one binary, one subcommand per role. */
 #include "cmd/cmd.h"
-#include "queue/queue.h"
+#include "queue/admin.h"
 
 #include <getopt.h>
 #include <sodium.h>

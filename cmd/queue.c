@@ -3,7 +3,7 @@
  * what the servers replied. */
 #include "cmd/cmd.h"
 #include "proto/proto.h"
-#include "queue/queue.h"
+#include "queue/admin.h"
 
 #include <getopt.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
  * command line, where other users of the machine could read it. */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
-#include "queue/queue.h"
+#include "queue/admin.h"
 
 #include <sodium.h>
 #include <stdio.h>

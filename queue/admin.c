@@ -36,20 +36,35 @@ static void job_fill(queue_job_info_t *j, const redisReply *job, const redisRepl
                          : 0;
 }
 
+/* The sets a job is in, by state: due (or scheduled), leased, held. */
+static const enum key_kind job_sets[] = {KEY_DUE, KEY_LEASE, KEY_HELD};
+
+/* Names one job's hash and its message's envelope; a malformed id (none
+ * are stored) names an envelope that is not there. */
+static void job_keys(unsigned shard, const char *jid, queue_job_info_t *j, key_t_ job, key_t_ msg)
+{
+    job_id_t id;
+    snprintf(j->jid, sizeof j->jid, "%s", jid);
+    snprintf(j->mid, sizeof j->mid, "%s", job_id_parse(jid, &id) == 0 ? id.mid : "");
+    j->shard = shard;
+    key_ids_t ids = {.shard = shard, .mid = j->mid, .jid = j->jid};
+    if (schema_key(job, KEY_JOB, &ids) < 0) job[0] = 0;
+    if (msg && schema_key(msg, KEY_MESSAGE, &ids) < 0) msg[0] = 0;
+}
+
 /* The jobs of one shard with their states: reads due, lease and held,
  * then every job's hash and its message's envelope, in two round trips. */
 static int shard_jobs(queue_admin_t *a, unsigned shard, long long now,
                       void (*cb)(const queue_job_info_t *job, void *arg), void *arg, char *err,
                       size_t errlen)
 {
-    static const char *const sets[] = {"due", "lease", "held"};
     key_t_ keys[3];
     const char *argv[3][5];
     int argc[3];
     const char **argvp[3];
     redisReply *sets_r[3];
     for (int i = 0; i < 3; i++) {
-        shard_key(keys[i], shard, sets[i]);
+        schema_key(keys[i], job_sets[i], &(key_ids_t){.shard = shard});
         const char *cmd[] = {"ZRANGE", keys[i], "0", "-1", "WITHSCORES"};
         memcpy(argv[i], cmd, sizeof cmd);
         argc[i] = 5;
@@ -72,19 +87,12 @@ static int shard_jobs(queue_admin_t *a, unsigned shard, long long now,
         for (int i = 0; i < 3 && rc == 0; i++)
             for (size_t e = 0; e + 1 < sets_r[i]->elements; e += 2, k++) {
                 queue_job_info_t *j = &jobs[k];
-                snprintf(j->jid, sizeof j->jid, "%s", sets_r[i]->element[e]->str);
-                snprintf(j->mid, sizeof j->mid, "%.32s", j->jid);
-                j->shard = shard;
+                job_keys(shard, sets_r[i]->element[e]->str, j, jk[2 * k], jk[2 * k + 1]);
                 j->when_ms = reply_ll(sets_r[i]->element[e + 1], 0);
                 j->state = i == 1              ? QUEUE_STATE_LEASED
                            : i == 2            ? QUEUE_STATE_HELD
                            : j->when_ms <= now ? QUEUE_STATE_DUE
                                                : QUEUE_STATE_SCHEDULED;
-                char suffix[96];
-                snprintf(suffix, sizeof suffix, "j:%s", j->jid);
-                shard_key(jk[2 * k], shard, suffix);
-                snprintf(suffix, sizeof suffix, "m:%s", j->mid);
-                shard_key(jk[2 * k + 1], shard, suffix);
                 const char *h[] = {"HGETALL", jk[2 * k], NULL, NULL};
                 const char *m[] = {"HMGET", jk[2 * k + 1], "sender", "received"};
                 memcpy(jargv[2 * k], h, sizeof h);
@@ -131,12 +139,10 @@ static int job_by_id(queue_admin_t *a, unsigned shard, long long now, const char
                      queue_job_info_t *j, char *err, size_t errlen)
 {
     key_t_ k[4];
-    char suffix[96];
-    snprintf(suffix, sizeof suffix, "j:%s", jid);
-    shard_key(k[0], shard, suffix);
-    static const char *const sets[] = {"due", "lease", "held"};
+    queue_job_info_t found_job = {0};
+    job_keys(shard, jid, &found_job, k[0], NULL);
     for (int i = 0; i < 3; i++)
-        shard_key(k[1 + i], shard, sets[i]);
+        schema_key(k[1 + i], job_sets[i], &(key_ids_t){.shard = shard});
     const char *h[] = {"HGETALL", k[0]};
     const char *z[3][3] = {{"ZSCORE", k[1], jid}, {"ZSCORE", k[2], jid}, {"ZSCORE", k[3], jid}};
     const char **argv[] = {h, z[0], z[1], z[2]};
@@ -145,10 +151,7 @@ static int job_by_id(queue_admin_t *a, unsigned shard, long long now, const char
     if (queue_admin_pipeline(a, 4, argc, argv, r, err, errlen) < 0) return -1;
     int found = r[0]->type == REDIS_REPLY_ARRAY && r[0]->elements > 0;
     if (found) {
-        memset(j, 0, sizeof *j);
-        snprintf(j->jid, sizeof j->jid, "%s", jid);
-        snprintf(j->mid, sizeof j->mid, "%.32s", jid);
-        j->shard = shard;
+        *j = found_job;
         job_fill(j, r[0], NULL);
         j->rcpts = strdup(j->rcpts);
         j->sender = NULL;
@@ -175,9 +178,7 @@ int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
     snprintf(out->mid, sizeof out->mid, "%.32s", mid);
     unsigned shard = queue_shard_for(out->mid, shards);
     key_t_ k;
-    char suffix[64];
-    snprintf(suffix, sizeof suffix, "m:%s", out->mid);
-    shard_key(k, shard, suffix);
+    if (schema_key(k, KEY_MESSAGE, &(key_ids_t){.shard = shard, .mid = out->mid}) < 0) return 0;
     const char *argv[] = {"HGETALL", k};
     redisReply *r = queue_admin_command(a, err, errlen, 2, argv);
     if (!r) return -1;
@@ -226,28 +227,17 @@ void queue_admin_message_free(queue_message_info_t *m)
 int queue_admin_job_op(queue_admin_t *a, unsigned shards, const char *op, const char *jid,
                        char *result, size_t rlen, char *err, size_t errlen)
 {
-    unsigned shard = queue_shard_for(jid, shards);
-    key_t_ kb[12];
-    static const char *const names[] = {"due", "lease", "held", "meta", "st", "dom"};
-    for (int i = 0; i < 6; i++)
-        shard_key(kb[i], shard, names[i]);
-    char suffix[96];
-    snprintf(suffix, sizeof suffix, "j:%s", jid);
-    shard_key(kb[6], shard, suffix);
-    snprintf(suffix, sizeof suffix, "m:%.32s", jid);
-    shard_key(kb[7], shard, suffix);
-    const char *dot = strchr(jid, '.');
-    snprintf(suffix, sizeof suffix, "b:%.32s:%lu", jid, dot ? strtoul(dot + 1, NULL, 10) : 0);
-    shard_key(kb[8], shard, suffix);
-    shard_key(kb[9], shard, "age");
-    shard_key(kb[10], shard, "log");
-    shard_key(kb[11], shard, "dq");
+    job_id_t id;
+    if (job_id_parse(jid, &id) < 0) { /* none is stored under such an id */
+        snprintf(result, rlen, "no such job");
+        return 0;
+    }
+    unsigned shard = queue_shard_for(id.mid, shards);
     char shard_text[16];
     snprintf(shard_text, sizeof shard_text, "%u", shard);
-    const char *argv[] = {"FCALL", "job_op", "12",   kb[0], kb[1], kb[2],
-                          kb[3],   kb[4],    kb[5],  kb[6], kb[7], kb[8],
-                          kb[9],   kb[10],   kb[11], op,    jid,   shard_text};
-    redisReply *r = queue_admin_command(a, err, errlen, 18, argv);
+    const char *args[] = {op, jid, shard_text};
+    key_ids_t ids = {.shard = shard, .mid = id.mid, .variant = id.variant, .jid = jid};
+    redisReply *r = queue_admin_call(a, FN_JOB_OP, &ids, 3, args, NULL, err, errlen);
     if (!r) return -1;
     snprintf(result, rlen, "%s", r->type == REDIS_REPLY_STRING ? r->str : "?");
     freeReplyObject(r);
@@ -259,7 +249,7 @@ int queue_admin_trace(queue_admin_t *a, unsigned shards, const char *mid,
                       size_t errlen)
 {
     key_t_ k;
-    shard_key(k, queue_shard_for(mid, shards), "log");
+    schema_key(k, KEY_LOG, &(key_ids_t){.shard = queue_shard_for(mid, shards)});
     const char *argv[] = {"XRANGE", k, "-", "+"};
     redisReply *r = queue_admin_command(a, err, errlen, 4, argv);
     if (!r) return -1;

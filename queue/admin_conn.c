@@ -1,15 +1,14 @@
 /* The administration connection: blocking hiredis, for the CLI. On Redis
  * Cluster it reads the slot map once, connects to each master when first
  * needed, and follows MOVED, ASK, TRYAGAIN and CLUSTERDOWN like the
- * asynchronous router does (cluster.c). A transaction stays on the master
- * of the key it was opened for, and redirects inside it are errors: the
- * commands queued so far would otherwise be split over two nodes. */
+ * asynchronous router does (cluster.c). Writes are calls of the functions
+ * library, which it loads on a master that does not have it yet (the
+ * command line may come before any node, as `sealpost users add` does). */
 #include "queue/internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #define ADMIN_MAX_NODES 64
@@ -25,9 +24,8 @@ struct queue_admin {
     struct timeval tv;
     struct admin_node nodes[ADMIN_MAX_NODES]; /* [0] is the address given */
     int n_nodes;
-    int16_t *owner; /* slot -> node; NULL on a single Redis */
-    int current;    /* the node of the open transaction */
-    bool in_multi;
+    int16_t *owner;    /* slot -> node; NULL on a single Redis */
+    library_t library; /* prepared when first loaded */
 };
 
 static int admin_node_get(queue_admin_t *a, const char *host, int port)
@@ -121,13 +119,14 @@ void queue_admin_close(queue_admin_t *a)
     for (int i = 0; i < a->n_nodes; i++)
         redisFree(a->nodes[i].ctx);
     free(a->owner);
+    library_free(&a->library);
     free(a);
 }
 
-/* The node for a command: the transaction's, else its key's master. */
+/* The node for a command: its key's master. */
 static int admin_route(const queue_admin_t *a, int argc, const char **argv, const size_t *lens)
 {
-    if (a->in_multi || !a->owner) return a->in_multi ? a->current : 0;
+    if (!a->owner) return 0;
     int slot = cluster_command_slot(argc, argv, lens);
     return slot >= 0 && a->owner[slot] >= 0 ? a->owner[slot] : 0;
 }
@@ -150,7 +149,7 @@ static redisReply *admin_exec(queue_admin_t *a, char *err, size_t errlen, int ar
             a->nodes[node].ctx = NULL;
             return NULL;
         }
-        if (r->type != REDIS_REPLY_ERROR || a->in_multi || tries == ADMIN_MAX_TRIES) return r;
+        if (r->type != REDIS_REPLY_ERROR || tries == ADMIN_MAX_TRIES) return r;
         unsigned slot;
         char host[256];
         int port;
@@ -173,12 +172,9 @@ static redisReply *admin_exec(queue_admin_t *a, char *err, size_t errlen, int ar
     }
 }
 
-redisReply *queue_admin_command_lens(queue_admin_t *a, char *err, size_t errlen, int argc,
-                                     const char **argv, const size_t *lens)
+/* An error reply becomes err and NULL. */
+static redisReply *admin_reply(redisReply *r, char *err, size_t errlen)
 {
-    bool ends = !strcasecmp(argv[0], "EXEC") || !strcasecmp(argv[0], "DISCARD");
-    redisReply *r = admin_exec(a, err, errlen, argc, argv, lens);
-    if (ends) a->in_multi = false;
     if (r && r->type == REDIS_REPLY_ERROR) {
         snprintf(err, errlen, "redis: %s", r->str);
         freeReplyObject(r);
@@ -190,29 +186,67 @@ redisReply *queue_admin_command_lens(queue_admin_t *a, char *err, size_t errlen,
 redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
                                 const char **argv)
 {
-    return queue_admin_command_lens(a, err, errlen, argc, argv, NULL);
+    return admin_reply(admin_exec(a, err, errlen, argc, argv, NULL), err, errlen);
 }
 
-int queue_admin_run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv)
+/* FUNCTION LOAD REPLACE of the library as the nodes load it (same code, same
+ * digest: they find it theirs), on one node. */
+static int admin_load_library(queue_admin_t *a, int node, char *err, size_t errlen)
 {
-    redisReply *r = queue_admin_command(a, err, errlen, argc, argv);
-    freeReplyObject(r);
-    return r ? 0 : -1;
-}
-
-int queue_admin_multi(queue_admin_t *a, const char *key, char *err, size_t errlen)
-{
-    const char *argv[] = {"MULTI", key};
-    a->current = admin_route(a, 2, argv, NULL); /* routed by key, like a command on it */
-    a->in_multi = true;
-    redisReply *r = admin_exec(a, err, errlen, 1, argv, NULL);
-    bool ok = r && r->type != REDIS_REPLY_ERROR;
-    if (!ok) {
-        if (r) snprintf(err, errlen, "redis: %s", r->str);
-        a->in_multi = false;
+    if (!a->library.code.data && library_prepare(&a->library) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    redisContext *ctx = admin_node_ctx(a, node, err, errlen);
+    if (!ctx) return -1;
+    const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", a->library.code.data};
+    size_t lens[] = {8, 4, 7, a->library.code.len};
+    redisReply *r = redisCommandArgv(ctx, 4, argv, lens);
+    int rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
+    if (rc < 0)
+        snprintf(err, errlen, "redis: cannot load the functions library: %s",
+                 r ? r->str : ctx->errstr);
+    if (!r) {
+        redisFree(ctx);
+        a->nodes[node].ctx = NULL;
     }
     freeReplyObject(r);
-    return ok ? 0 : -1;
+    return rc;
+}
+
+static bool function_missing(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "ERR Function not found", 22);
+}
+
+redisReply *queue_admin_fcall(queue_admin_t *a, const call_keys_t *keys, int nargs,
+                              const char **args, const size_t *arg_lens, char *err, size_t errlen)
+{
+    fcall_argv_t v;
+    if (fcall_argv_build(&v, keys, nargs, args, arg_lens) < 0) {
+        snprintf(err, errlen, "cannot make the call of %s (out of memory, or a key too long)",
+                 schema_fn_name(keys->fn));
+        return NULL;
+    }
+    redisReply *r = admin_exec(a, err, errlen, v.argc, v.argv, v.lens);
+    if (function_missing(r)) { /* where it was answered: redirects are followed by now */
+        freeReplyObject(r);
+        r = admin_load_library(a, admin_route(a, v.argc, v.argv, v.lens), err, errlen) == 0
+                ? admin_exec(a, err, errlen, v.argc, v.argv, v.lens)
+                : NULL;
+    }
+    fcall_argv_free(&v);
+    return admin_reply(r, err, errlen);
+}
+
+redisReply *queue_admin_call(queue_admin_t *a, enum queue_fn fn, const key_ids_t *ids, int nargs,
+                             const char **args, const size_t *arg_lens, char *err, size_t errlen)
+{
+    call_keys_t keys;
+    call_keys_init(&keys, fn, ids);
+    redisReply *r = queue_admin_fcall(a, &keys, nargs, args, arg_lens, err, errlen);
+    call_keys_free(&keys);
+    return r;
 }
 
 /* Appends every command, then reads every reply: the number of replies read. */

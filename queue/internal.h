@@ -3,8 +3,10 @@
 #define SEALPOST_QUEUE_INTERNAL_H
 
 #include "queue/queue.h"
+#include "queue/admin.h"
 #include "queue/cluster.h"
 #include "queue/redis.h"
+#include "queue/schema.h"
 
 enum queue_err {
     QUEUE_ERR_UNAVAILABLE,
@@ -24,8 +26,7 @@ struct queue {
     unsigned timeout_ms;
     unsigned shards;
     router_t *router;
-    buf_t library;   /* the functions library, as loaded */
-    char digest[33]; /* of the library, hex */
+    library_t library; /* the functions library, as loaded */
     router_library_t lib;
     rconn_t *watch_conn;
     unsigned min_replicas; /* WAIT for this many after each enqueue */
@@ -54,50 +55,46 @@ struct call {
     uint64_t started; /* uv_hrtime when sent */
 };
 
-#define KEY_MAX 320
-typedef char key_t_[KEY_MAX];
-
 struct call *call_new(queue_t *q, void *arg);
 /* Adds one shard's reply of the stats function to sum; -1 when malformed. */
 int stats_add_shard(queue_stats_t *sum, const redisReply *r);
-/* The keys the stats function reads in a shard. */
-void stats_keys(unsigned shard, key_t_ kb[4]);
 /* Reading replies: an integer (or a number sent as a string), else
  * fallback; a string, else ""; a field of an HGETALL-style flat array, else
  * NULL. All take NULL. */
 long long reply_ll(const redisReply *r, long long fallback);
 const char *reply_str(const redisReply *r);
 const redisReply *reply_field(const redisReply *flat, const char *name);
-/* A blocking command on the administration connection, reply discarded. */
-int queue_admin_run(queue_admin_t *a, char *err, size_t errlen, int argc, const char **argv);
-/* "{mq:<shard>}:<suffix>" */
-void shard_key(key_t_ out, unsigned shard, const char *suffix);
 /* The shard of a message id, out of shards. */
 unsigned queue_shard_for(const char *mid, unsigned shards);
 
 /* The administration connection (admin_conn.c): blocking commands, each
  * sent to its key's master. The reply, or NULL with err set (an error reply
- * too). lens may be NULL for NUL-terminated words. */
+ * too). */
 redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
                                 const char **argv);
-redisReply *queue_admin_command_lens(queue_admin_t *a, char *err, size_t errlen, int argc,
-                                     const char **argv, const size_t *lens);
-/* MULTI on the master of key: the transaction's commands must all use keys
- * of key's slot, and it ends with EXEC or DISCARD. */
-int queue_admin_multi(queue_admin_t *a, const char *key, char *err, size_t errlen);
+/* One call of a function of the library, with the keys built for it; the
+ * library is loaded first where it is missing. As queue_admin_command. */
+redisReply *queue_admin_fcall(queue_admin_t *a, const call_keys_t *keys, int nargs,
+                              const char **args, const size_t *arg_lens, char *err, size_t errlen);
+/* The same for a function with fixed keys only, named from ids. */
+redisReply *queue_admin_call(queue_admin_t *a, enum queue_fn fn, const key_ids_t *ids, int nargs,
+                             const char **args, const size_t *arg_lens, char *err, size_t errlen);
 /* Runs n commands (pipelined on a single Redis), every reply in out; -1
  * with err set and nothing to free when one failed. */
 int queue_admin_pipeline(queue_admin_t *a, int n, int argc[], const char **argv[],
                          redisReply *out[], char *err, size_t errlen);
-/* FCALL (or FCALL_RO) name numkeys keys... args...; takes call, and frees it
- * on failure (-1). arg_lens may be NULL for NUL-terminated args. */
-int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,
-          int nargs, const char **args, const size_t *arg_lens);
+/* Sends the call of keys->fn with those keys and args; takes call (NULL:
+ * none could be made), and frees it on failure (-1), keys that failed
+ * included. arg_lens may be NULL for NUL-terminated args. */
+int fcall(struct call *call, const call_keys_t *keys, int nargs, const char **args,
+          const size_t *arg_lens);
+/* The same for a function with fixed keys only, named from ids. */
+int fcall_keys(struct call *call, enum queue_fn fn, const key_ids_t *ids, int nargs,
+               const char **args, const size_t *arg_lens);
 /* For replies that are a status word: "ok", "duplicate", "done", "deferred",
  * or "stale" (an error). */
 void on_status_reply(struct call *call, redisReply *reply, const char *err);
-/* A write call whose reply is a status word, for cb. */
-int fcall_status(queue_t *q, const char *name, int nkeys, const char **keys, int nargs,
-                 const char **args, const size_t *arg_lens, queue_status_cb cb, void *arg);
+/* A call whose reply is a status word, for cb; NULL when out of memory. */
+struct call *call_status(queue_t *q, queue_status_cb cb, void *arg);
 
 #endif

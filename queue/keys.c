@@ -1,14 +1,13 @@
-/* The crypto side's data in Redis: the check values of the sealing keys.
- * Everything lives under the hash tag {sealpost:crypto}, so each call is in
- * one slot on Redis Cluster. */
+/* The crypto side's data in Redis: the check values of the sealing keys,
+ * and the key directory with the encryption policies, which nodes read and
+ * `sealpost keys` writes. Everything lives under the hash tag
+ * {sealpost:crypto}, so each call is in one slot on Redis Cluster; what is
+ * stored how, the functions library alone knows. */
 #include "queue/internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-#define SEAL_CHECK_KEY "{sealpost:crypto}:sealcheck"
 
 static void on_blob_reply(struct call *call, redisReply *reply, const char *err)
 {
@@ -27,28 +26,12 @@ int queue_seal_check(queue_t *q, const char *key_id, const void *check, size_t l
     if (!call) return -1;
     call->done = on_blob_reply;
     call->cb.blob = cb;
-    const char *keys[] = {SEAL_CHECK_KEY};
     const char *args[] = {key_id, check};
     size_t lens[] = {strlen(key_id), len};
-    return fcall(call, "seal_check", false, 1, keys, 2, args, lens);
+    return fcall_keys(call, FN_SEAL_CHECK, &(key_ids_t){0}, 2, args, lens);
 }
 
 /* ---- the key directory ---- */
-
-#define KD_PREFIX  "{sealpost:crypto}:"
-#define KD_KEYS    KD_PREFIX "keys"
-#define KD_POLICY  KD_PREFIX "policy"
-#define KD_VERSION KD_PREFIX "version"
-
-static void addr_key(key_t_ out, const char *addr)
-{
-    snprintf(out, KEY_MAX, KD_PREFIX "a:%s", addr);
-}
-
-static void fpr_key(key_t_ out, const char *fpr)
-{
-    snprintf(out, KEY_MAX, KD_PREFIX "k:%s", fpr);
-}
 
 static const char *reply_text(const redisReply *r, size_t *len)
 {
@@ -84,11 +67,8 @@ int queue_key_lookup(queue_t *q, const char *addr, const char *domain, queue_key
     if (!call) return -1;
     call->done = on_lookup_reply;
     call->cb.key = cb;
-    key_t_ a;
-    addr_key(a, addr);
-    const char *keys[] = {a, KD_POLICY, KD_VERSION};
     const char *args[] = {addr, domain};
-    return fcall(call, "key_lookup", true, 3, keys, 2, args, NULL);
+    return fcall_keys(call, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL);
 }
 
 static void on_version_reply(struct call *call, redisReply *reply, const char *err)
@@ -105,282 +85,85 @@ int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
     if (!call) return -1;
     call->done = on_version_reply;
     call->cb.version = cb;
-    const char *keys[] = {KD_VERSION};
-    return fcall(call, "key_version", true, 1, keys, 0, NULL, NULL);
+    return fcall_keys(call, FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
 }
 
 /* ---- administration of the key directory ---- */
 
-/* A field of a hash, copied into out; "" when absent. */
-static int hget(queue_admin_t *a, const char *key, const char *field, buf_t *out, char *err,
-                size_t errlen)
+int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *out, char *err,
+                        size_t errlen)
 {
-    const char *argv[] = {"HGET", key, field};
-    redisReply *r = queue_admin_command(a, err, errlen, 3, argv);
+    redisReply *r =
+        queue_admin_call(a, FN_KEY_GET, &(key_ids_t){.fpr = fpr}, 0, NULL, NULL, err, errlen);
     if (!r) return -1;
-    int rc = r->type == REDIS_REPLY_STRING ? buf_append(out, r->str, r->len) : 0;
-    freeReplyObject(r);
-    return rc;
-}
-
-static bool listed_in(const char *addrs, const char *addr)
-{
-    size_t n = strlen(addr);
-    for (const char *p = addrs; *p;) {
-        size_t len = strcspn(p, "\n");
-        if (len == n && !memcmp(p, addr, n)) return true;
-        p += len + (p[len] == '\n');
-    }
-    return false;
-}
-
-/* Files addr under the most recently imported stored key, other than
- * except, that lists it: with two keys for one address, deleting the newer
- * leaves the older in charge, as `keys list` shows it. */
-static int relink_address(queue_admin_t *a, const char *addr, const char *except, char *err,
-                          size_t errlen)
-{
-    const char *members[] = {"SMEMBERS", KD_KEYS};
-    redisReply *r = queue_admin_command(a, err, errlen, 2, members);
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(r);
-        return -1;
-    }
-    queue_key_stored_t best = {0}, key;
-    bool found = false;
     int rc = 0;
-    for (size_t i = 0; i < r->elements && rc == 0; i++) {
-        if (!strcmp(r->element[i]->str, except)) continue;
-        int got = queue_admin_key_get(a, r->element[i]->str, &key, err, errlen);
-        if (got < 0) rc = -1;
-        if (got <= 0) continue;
-        bool better = listed_in(key.addresses.data ? key.addresses.data : "", addr) &&
-                      (!found || key.imported > best.imported);
-        if (better && found) {
-            buf_free(&best.addresses);
-            buf_free(&best.armored);
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+        r->element[3]->type == REDIS_REPLY_STRING) {
+        snprintf(out->fpr, sizeof out->fpr, "%s", fpr);
+        out->expires = reply_ll(r->element[1], 0);
+        out->imported = reply_ll(r->element[2], 0);
+        buf_init(&out->addresses);
+        buf_init(&out->armored);
+        const char *v = reply_str(r->element[0]);
+        rc = buf_append(&out->addresses, v, strlen(v)) < 0 ||
+                     buf_append(&out->armored, r->element[3]->str, r->element[3]->len) < 0
+                 ? -1
+                 : 1;
+        if (rc < 0) {
+            buf_free(&out->addresses);
+            buf_free(&out->armored);
+            snprintf(err, errlen, "out of memory");
         }
-        if (better) {
-            best = key;
-            found = true;
-        } else {
-            buf_free(&key.addresses);
-            buf_free(&key.armored);
-        }
-    }
-    freeReplyObject(r);
-    if (rc == 0 && found) {
-        key_t_ k;
-        addr_key(k, addr);
-        char expires[24];
-        snprintf(expires, sizeof expires, "%lld", best.expires);
-        const char *set[] = {"HSET",    k,       "fpr",  best.fpr,
-                             "expires", expires, "data", best.armored.data};
-        size_t lens[8];
-        for (int j = 0; j < 7; j++)
-            lens[j] = strlen(set[j]);
-        lens[7] = best.armored.len;
-        redisReply *s = queue_admin_command_lens(a, err, errlen, 8, set, lens);
-        rc = s ? 0 : -1;
-        if (rc < 0) snprintf(err, errlen, "redis refused to file %s again", addr);
-        freeReplyObject(s);
-    }
-    if (found) {
-        buf_free(&best.addresses);
-        buf_free(&best.armored);
-    }
-    return rc;
-}
-
-/* Drops address -> fpr when the address still points at fpr (a later
- * import of another key for it wins), and files the address under another
- * key that lists it, if any. */
-static int unlink_address(queue_admin_t *a, const char *addr, const char *fpr, char *err,
-                          size_t errlen)
-{
-    key_t_ k;
-    addr_key(k, addr);
-    buf_t cur;
-    buf_init(&cur);
-    int rc = hget(a, k, "fpr", &cur, err, errlen);
-    if (rc == 0 && cur.len && !strcmp(cur.data, fpr)) {
-        const char *del[] = {"DEL", k};
-        rc = queue_admin_run(a, err, errlen, 2, del);
-        if (rc == 0) rc = relink_address(a, addr, fpr, err, errlen);
-    }
-    buf_free(&cur);
-    return rc;
-}
-
-static bool listed(const char *addr, const char *const *list, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++)
-        if (!strcmp(addr, list[i])) return true;
-    return false;
-}
-
-/* The addresses a stored key was filed under, one allocation per call. */
-static char *stored_addresses(queue_admin_t *a, const char *fpr, char *err, size_t errlen)
-{
-    key_t_ k;
-    fpr_key(k, fpr);
-    buf_t addrs;
-    buf_init(&addrs);
-    if (hget(a, k, "addrs", &addrs, err, errlen) < 0 || buf_append(&addrs, "", 0) < 0) {
-        buf_free(&addrs);
-        return NULL;
-    }
-    return addrs.data;
-}
-
-int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *err, size_t errlen)
-{
-    char *old = stored_addresses(a, key->fpr, err, errlen);
-    if (!old) return -1;
-    /* Addresses the key no longer has lose it. */
-    int rc = 0;
-    for (char *save = NULL, *addr = strtok_r(old, "\n", &save); addr && rc == 0;
-         addr = strtok_r(NULL, "\n", &save))
-        if (!listed(addr, key->addresses, key->n_addresses))
-            rc = unlink_address(a, addr, key->fpr, err, errlen);
-    free(old);
-    if (rc < 0) return -1;
-
-    buf_t addrs;
-    buf_init(&addrs);
-    for (unsigned i = 0; i < key->n_addresses; i++)
-        buf_printf(&addrs, "%s%s", i ? "\n" : "", key->addresses[i]);
-    char expires[24], now[24];
-    snprintf(expires, sizeof expires, "%lld", key->expires);
-    snprintf(now, sizeof now, "%lld", (long long)time(NULL));
-    key_t_ k;
-    fpr_key(k, key->fpr);
-    const char *exec[] = {"EXEC"};
-    const char *set_key[] = {"HSET",    k,           "addrs",    addrs.data ? addrs.data : "",
-                             "expires", expires,     "imported", now,
-                             "data",    key->armored};
-    size_t set_lens[10];
-    for (int i = 0; i < 9; i++)
-        set_lens[i] = strlen(set_key[i]);
-    set_lens[9] = key->armored_len;
-    const char *sadd[] = {"SADD", KD_KEYS, key->fpr}, *incr[] = {"INCR", KD_VERSION};
-    rc = queue_admin_multi(a, KD_KEYS, err, errlen);
-    if (rc == 0) {
-        redisReply *r = queue_admin_command_lens(a, err, errlen, 10, set_key, set_lens);
-        rc = r ? 0 : -1;
-        freeReplyObject(r);
-    }
-    for (unsigned i = 0; i < key->n_addresses && rc == 0; i++) {
-        key_t_ ak;
-        addr_key(ak, key->addresses[i]);
-        const char *set_addr[] = {"HSET",    ak,      "fpr",  key->fpr,
-                                  "expires", expires, "data", key->armored};
-        size_t lens[8];
-        for (int j = 0; j < 7; j++)
-            lens[j] = strlen(set_addr[j]);
-        lens[7] = key->armored_len;
-        redisReply *r = queue_admin_command_lens(a, err, errlen, 8, set_addr, lens);
-        rc = r ? 0 : -1;
-        freeReplyObject(r);
-    }
-    if (rc == 0) rc = queue_admin_run(a, err, errlen, 3, sadd);
-    if (rc == 0) rc = queue_admin_run(a, err, errlen, 2, incr);
-    const char *discard[] = {"DISCARD"};
-    if (rc < 0) { /* nothing of it is written */
-        char ignored[64];
-        queue_admin_run(a, ignored, sizeof ignored, 1, discard);
-        snprintf(err, errlen, "redis refused the key");
-    } else if (queue_admin_run(a, err, errlen, 1, exec) < 0) {
+    } else if (r->type != REDIS_REPLY_NIL) {
+        snprintf(err, errlen, "unexpected key_get reply");
         rc = -1;
     }
-    buf_free(&addrs);
-    return rc;
-}
-
-int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t errlen)
-{
-    char *addrs = stored_addresses(a, fpr, err, errlen);
-    if (!addrs) return -1;
-    key_t_ k;
-    fpr_key(k, fpr);
-    const char *exists[] = {"EXISTS", k};
-    redisReply *r = queue_admin_command(a, err, errlen, 2, exists);
-    int found = r && r->type == REDIS_REPLY_INTEGER && r->integer > 0;
-    int rc = r ? 0 : -1;
     freeReplyObject(r);
-    for (char *save = NULL, *addr = strtok_r(addrs, "\n", &save); addr && rc == 0;
-         addr = strtok_r(NULL, "\n", &save))
-        rc = unlink_address(a, addr, fpr, err, errlen);
-    free(addrs);
-    const char *del[] = {"DEL", k}, *srem[] = {"SREM", KD_KEYS, fpr},
-               *incr[] = {"INCR", KD_VERSION};
-    if (rc == 0) rc = queue_admin_run(a, err, errlen, 2, del);
-    if (rc == 0) rc = queue_admin_run(a, err, errlen, 3, srem);
-    if (rc == 0) rc = queue_admin_run(a, err, errlen, 2, incr);
-    return rc < 0 ? -1 : found;
+    return rc;
 }
 
 int queue_admin_key_find(queue_admin_t *a, const char *addr, char *fpr, size_t fprlen, char *err,
                          size_t errlen)
 {
-    key_t_ k;
-    addr_key(k, addr);
-    buf_t v;
-    buf_init(&v);
-    int rc = hget(a, k, "fpr", &v, err, errlen);
-    snprintf(fpr, fprlen, "%s", rc == 0 && v.len ? v.data : "");
-    buf_free(&v);
-    return rc;
-}
-
-int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *out, char *err,
-                        size_t errlen)
-{
-    key_t_ k;
-    fpr_key(k, fpr);
-    const char *argv[] = {"HMGET", k, "addrs", "expires", "imported", "data"};
-    redisReply *r = queue_admin_command(a, err, errlen, 6, argv);
+    const char *args[] = {addr, ""};
+    redisReply *r =
+        queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL, err, errlen);
     if (!r) return -1;
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-        r->element[3]->type != REDIS_REPLY_STRING) {
-        rc = r->type == REDIS_REPLY_ARRAY ? 0 : -1;
-        freeReplyObject(r);
-        return rc < 0 ? -1 : 0;
-    }
-    snprintf(out->fpr, sizeof out->fpr, "%s", fpr);
-    out->expires = reply_ll(r->element[1], 0);
-    out->imported = reply_ll(r->element[2], 0);
-    buf_init(&out->addresses);
-    buf_init(&out->armored);
-    const char *v = reply_str(r->element[0]);
-    if (buf_append(&out->addresses, v, strlen(v)) < 0 ||
-        buf_append(&out->armored, r->element[3]->str, r->element[3]->len) < 0)
-        rc = -1;
+    bool ok = r->type == REDIS_REPLY_ARRAY && r->elements == 6;
+    snprintf(fpr, fprlen, "%s", ok ? reply_str(r->element[1]) : "");
+    if (!ok) snprintf(err, errlen, "unexpected key_lookup reply");
     freeReplyObject(r);
-    return rc < 0 ? -1 : 1;
+    return ok ? 0 : -1;
 }
 
 static int compare_replies(const void *x, const void *y)
 {
     const redisReply *a = *(const redisReply *const *)x, *b = *(const redisReply *const *)y;
-    return strcmp(a->str, b->str);
+    return strcmp(reply_str(a), reply_str(b));
+}
+
+/* Every stored key's fingerprint, sorted: an array reply, for the caller to free. */
+static redisReply *stored_fprs(queue_admin_t *a, char *err, size_t errlen)
+{
+    redisReply *r = queue_admin_call(a, FN_KEY_FPRS, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (r && r->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "unexpected key_fprs reply");
+        freeReplyObject(r);
+        return NULL;
+    }
+    if (r && r->elements) qsort(r->element, r->elements, sizeof(redisReply *), compare_replies);
+    return r;
 }
 
 int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *key, void *arg),
                          void *arg, char *err, size_t errlen)
 {
-    const char *argv[] = {"SMEMBERS", KD_KEYS};
-    redisReply *r = queue_admin_command(a, err, errlen, 2, argv);
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(r);
-        return -1;
-    }
-    if (r->elements) qsort(r->element, r->elements, sizeof(redisReply *), compare_replies);
+    redisReply *r = stored_fprs(a, err, errlen);
+    if (!r) return -1;
     int rc = 0;
     for (size_t i = 0; i < r->elements && rc == 0; i++) {
         queue_key_stored_t key;
-        int found = queue_admin_key_get(a, r->element[i]->str, &key, err, errlen);
+        int found = queue_admin_key_get(a, reply_str(r->element[i]), &key, err, errlen);
         if (found < 0) rc = -1;
         if (found <= 0) continue;
         cb(&key, arg);
@@ -391,27 +174,215 @@ int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *
     return rc;
 }
 
+/* ---- key_put and key_delete ---- */
+
+/* Both name in KEYS what they touch besides the key: the addresses it
+ * loses, and then every other stored key, to file those addresses under
+ * one of them again. They are read first; a change in between makes the
+ * call answer "changed" with nothing written, and it is read and sent again. */
+#define DIRECTORY_TRIES 8
+
+static bool listed(const char *addr, const char *const *list, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (!strcmp(addr, list[i])) return true;
+    return false;
+}
+
+/* One call of key_put or key_delete, as its keys and args are gathered. */
+struct directory_call {
+    call_keys_t keys;
+    const char **args;
+    size_t *lens;
+    unsigned nargs, cap;
+    char *stored;      /* the key's addresses as stored, split in place */
+    const char **lost; /* those of them the call takes away */
+    unsigned n_lost;
+    redisReply *fprs; /* every stored key, when there are addresses to file again */
+    char counts[2][16];
+};
+
+static void directory_call_free(struct directory_call *c)
+{
+    call_keys_free(&c->keys);
+    free(c->args);
+    free(c->lens);
+    free(c->stored);
+    free(c->lost);
+    freeReplyObject(c->fprs);
+}
+
+static void arg_add(struct directory_call *c, const char *arg, size_t len)
+{
+    if (c->nargs == c->cap) {
+        unsigned cap = c->cap ? 2 * c->cap : 16;
+        const char **args = realloc(c->args, cap * sizeof *args);
+        if (args) c->args = args;
+        size_t *lens = realloc(c->lens, cap * sizeof *lens);
+        if (lens) c->lens = lens;
+        if (!args || !lens) {
+            c->keys.failed = true;
+            return;
+        }
+        c->cap = cap;
+    }
+    c->args[c->nargs] = arg;
+    c->lens[c->nargs++] = len;
+}
+
+/* Reads what the call must name: the key's stored addresses that are not
+ * in keep, and every stored key when there are any. */
+static int directory_read(queue_admin_t *a, struct directory_call *c, const char *fpr,
+                          const char *const *keep, unsigned n_keep, char *err, size_t errlen)
+{
+    queue_key_stored_t old;
+    int found = queue_admin_key_get(a, fpr, &old, err, errlen);
+    if (found <= 0) return found;
+    buf_free(&old.armored);
+    c->stored = (char *)old.addresses.data; /* NUL-terminated by key_get */
+    size_t n = 1;
+    for (const char *p = c->stored; *p; p++)
+        n += *p == '\n';
+    if (!(c->lost = calloc(n, sizeof *c->lost))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (char *save = NULL, *addr = strtok_r(c->stored, "\n", &save); addr;
+         addr = strtok_r(NULL, "\n", &save))
+        if (!listed(addr, keep, n_keep)) c->lost[c->n_lost++] = addr;
+    if (c->n_lost && !(c->fprs = stored_fprs(a, err, errlen))) return -1;
+    return 0;
+}
+
+/* Names the addresses lost (keys part lost, args) and then the other keys
+ * (part others, args). */
+static void name_lost_and_others(struct directory_call *c, const char *fpr, unsigned lost,
+                                 unsigned others)
+{
+    for (unsigned i = 0; i < c->n_lost; i++) {
+        call_keys_add(&c->keys, lost, &(key_ids_t){.addr = c->lost[i]});
+        arg_add(c, c->lost[i], strlen(c->lost[i]));
+    }
+    for (size_t i = 0; c->fprs && i < c->fprs->elements; i++) {
+        const char *other = reply_str(c->fprs->element[i]);
+        if (!strcmp(other, fpr)) continue;
+        call_keys_add(&c->keys, others, &(key_ids_t){.fpr = other});
+        arg_add(c, other, strlen(other));
+    }
+}
+
+/* Sends the call: its reply, or NULL with err set. "changed" sets *changed. */
+static redisReply *directory_send(queue_admin_t *a, struct directory_call *c, bool *changed,
+                                  char *err, size_t errlen)
+{
+    if (c->keys.failed) {
+        snprintf(err, errlen, "out of memory, or a name too long for a key");
+        return NULL;
+    }
+    redisReply *r = queue_admin_fcall(a, &c->keys, (int)c->nargs, c->args, c->lens, err, errlen);
+    *changed = r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "changed");
+    return r;
+}
+
+/* 1 when stored, 0 when the directory changed meanwhile, -1 on error. */
+static int key_put_once(queue_admin_t *a, const queue_key_record_t *key, char *err, size_t errlen)
+{
+    struct directory_call c = {0};
+    if (directory_read(a, &c, key->fpr, key->addresses, key->n_addresses, err, errlen) < 0) {
+        directory_call_free(&c);
+        return -1;
+    }
+    call_keys_init(&c.keys, FN_KEY_PUT, &(key_ids_t){.fpr = key->fpr});
+    char expires[24];
+    snprintf(expires, sizeof expires, "%lld", key->expires);
+    snprintf(c.counts[0], sizeof c.counts[0], "%u", key->n_addresses);
+    snprintf(c.counts[1], sizeof c.counts[1], "%u", c.n_lost);
+    const char *head[] = {key->fpr, expires, key->armored, c.counts[0], c.counts[1]};
+    for (int i = 0; i < 5; i++)
+        arg_add(&c, head[i], i == 2 ? key->armored_len : strlen(head[i]));
+    for (unsigned i = 0; i < key->n_addresses; i++) {
+        call_keys_add(&c.keys, KEY_PUT_ADDRESS, &(key_ids_t){.addr = key->addresses[i]});
+        arg_add(&c, key->addresses[i], strlen(key->addresses[i]));
+    }
+    name_lost_and_others(&c, key->fpr, KEY_PUT_DROPPED, KEY_PUT_OTHER);
+    bool changed = false;
+    redisReply *r = directory_send(a, &c, &changed, err, errlen);
+    int rc = !r ? -1 : changed ? 0 : 1;
+    if (rc > 0 && (r->type != REDIS_REPLY_STRING || strcmp(r->str, "ok"))) {
+        snprintf(err, errlen, "redis refused the key");
+        rc = -1;
+    }
+    freeReplyObject(r);
+    directory_call_free(&c);
+    return rc;
+}
+
+int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *err, size_t errlen)
+{
+    for (int tries = 0; tries < DIRECTORY_TRIES; tries++) {
+        int rc = key_put_once(a, key, err, errlen);
+        if (rc != 0) return rc < 0 ? -1 : 0;
+    }
+    snprintf(err, errlen, "the key directory kept changing; try again");
+    return -1;
+}
+
+/* 1 or 0 as queue_admin_key_delete, 2 when the directory changed meanwhile. */
+static int key_delete_once(queue_admin_t *a, const char *fpr, char *err, size_t errlen)
+{
+    struct directory_call c = {0};
+    if (directory_read(a, &c, fpr, NULL, 0, err, errlen) < 0) {
+        directory_call_free(&c);
+        return -1;
+    }
+    call_keys_init(&c.keys, FN_KEY_DELETE, &(key_ids_t){.fpr = fpr});
+    snprintf(c.counts[0], sizeof c.counts[0], "%u", c.n_lost);
+    arg_add(&c, fpr, strlen(fpr));
+    arg_add(&c, c.counts[0], strlen(c.counts[0]));
+    name_lost_and_others(&c, fpr, KEY_DELETE_ADDRESS, KEY_DELETE_OTHER);
+    bool changed = false;
+    redisReply *r = directory_send(a, &c, &changed, err, errlen);
+    int rc = !r ? -1 : changed ? 2 : r->type == REDIS_REPLY_INTEGER ? r->integer > 0 : -1;
+    if (r && rc < 0) snprintf(err, errlen, "unexpected key_delete reply");
+    freeReplyObject(r);
+    directory_call_free(&c);
+    return rc;
+}
+
+int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t errlen)
+{
+    for (int tries = 0; tries < DIRECTORY_TRIES; tries++) {
+        int rc = key_delete_once(a, fpr, err, errlen);
+        if (rc != 2) return rc;
+    }
+    snprintf(err, errlen, "the key directory kept changing; try again");
+    return -1;
+}
+
+/* ---- policies ---- */
+
 int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *policy, char *err,
                            size_t errlen)
 {
-    const char *set[] = {"HSET", KD_POLICY, target, policy}, *del[] = {"HDEL", KD_POLICY, target};
-    const char *incr[] = {"INCR", KD_VERSION};
-    int rc =
-        policy ? queue_admin_run(a, err, errlen, 4, set) : queue_admin_run(a, err, errlen, 3, del);
-    return rc == 0 ? queue_admin_run(a, err, errlen, 2, incr) : -1;
+    const char *args[] = {target, policy};
+    redisReply *r = queue_admin_call(a, FN_POLICY_SET, &(key_ids_t){0}, policy ? 2 : 1, args, NULL,
+                                     err, errlen);
+    freeReplyObject(r);
+    return r ? 0 : -1;
 }
 
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)
 {
-    const char *argv[] = {"HGETALL", KD_POLICY};
-    redisReply *r = queue_admin_command(a, err, errlen, 2, argv);
+    redisReply *r =
+        queue_admin_call(a, FN_POLICY_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
     if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (r) snprintf(err, errlen, "unexpected policy_list reply");
         freeReplyObject(r);
         return -1;
     }
     int rc = 0;
     for (size_t i = 0; i + 1 < r->elements && rc == 0; i += 2)
-        rc = buf_printf(out, "%s %s\n", r->element[i]->str, r->element[i + 1]->str);
+        rc = buf_printf(out, "%s %s\n", reply_str(r->element[i]), reply_str(r->element[i + 1]));
     freeReplyObject(r);
     return rc;
 }

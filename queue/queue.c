@@ -2,38 +2,20 @@
  * and turns replies back into C. The logic itself lives in functions/sealpost.lua. */
 #include "queue/internal.h"
 
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-extern const char queue_functions_lua[];
-extern const size_t queue_functions_lua_len;
+#define WAKE_CHANNEL "sealpost:wake"
 
-#define WAKE_CHANNEL            "sealpost:wake"
-#define LIBRARY_DIGEST_FUNCTION "library_digest"
-
-/* Our library, with one more function that returns its digest: a node
- * that answers it with ours has this very library and needs no load. The
- * digest covers the code, so a new version is loaded over an old one. */
-static int library_prepare(queue_t *q)
+/* Ready means: every shard's master, and those of users and keys. */
+static void need_keys(queue_t *q)
 {
-    unsigned char hash[16];
-    crypto_generichash(hash, sizeof hash, (const unsigned char *)queue_functions_lua,
-                       queue_functions_lua_len, NULL, 0);
-    sodium_bin2hex(q->digest, sizeof q->digest, hash, sizeof hash);
-    buf_init(&q->library);
-    if (buf_append(&q->library, queue_functions_lua, queue_functions_lua_len) < 0 ||
-        buf_printf(&q->library,
-                   "\nredis.register_function{function_name='" LIBRARY_DIGEST_FUNCTION "',\n"
-                   "  callback=function() return '%s' end, flags={'no-writes'}}\n",
-                   q->digest) < 0) {
-        buf_free(&q->library);
-        return -1;
-    }
-    q->lib =
-        (router_library_t){q->library.data, q->library.len, LIBRARY_DIGEST_FUNCTION, q->digest};
-    return 0;
+    key_t_ k;
+    for (unsigned s = 0; s < q->shards; s++)
+        if (schema_key(k, KEY_DUE, &(key_ids_t){.shard = s}) == 0) router_need_key(q->router, k);
+    if (schema_key(k, KEY_USERS, &(key_ids_t){0}) == 0) router_need_key(q->router, k);
+    if (schema_key(k, KEY_VERSION, &(key_ids_t){0}) == 0) router_need_key(q->router, k);
 }
 
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
@@ -63,24 +45,19 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
             "[queue] min_replicas acknowledged (replicas).",
             labels);
     }
-    if (library_prepare(q) < 0) {
+    if (library_prepare(&q->library) < 0) {
         free(q);
         return NULL;
     }
+    q->lib = (router_library_t){q->library.code.data, q->library.code.len, LIBRARY_DIGEST_FUNCTION,
+                                q->library.digest};
     q->router = router_new(loop, redis->host, redis->port, timeout_ms, &q->lib);
     if (!q->router) {
-        buf_free(&q->library);
+        library_free(&q->library);
         free(q);
         return NULL;
     }
-    /* Ready means: every shard's master, and those of users and keys. */
-    for (unsigned s = 0; s < shards; s++) {
-        key_t_ k;
-        shard_key(k, s, "due");
-        router_need_key(q->router, k);
-    }
-    router_need_key(q->router, "{sealpost:auth}");
-    router_need_key(q->router, "{sealpost:crypto}");
+    need_keys(q);
     return q;
 }
 
@@ -89,7 +66,7 @@ void queue_close(queue_t *q)
     if (!q) return;
     router_free(q->router);
     rconn_free(q->watch_conn);
-    buf_free(&q->library);
+    library_free(&q->library);
     free(q);
 }
 
@@ -124,11 +101,6 @@ unsigned queue_shard_of(const queue_t *q, const char *mid)
     return queue_shard_for(mid, q->shards);
 }
 
-void shard_key(key_t_ out, unsigned shard, const char *suffix)
-{
-    snprintf(out, KEY_MAX, "{mq:%u}:%s", shard, suffix);
-}
-
 /* ---- calls ---- */
 
 static void on_call_reply(redisReply *reply, const char *err, void *arg)
@@ -146,34 +118,29 @@ static void on_call_reply(redisReply *reply, const char *err, void *arg)
     free(call);
 }
 
-int fcall(struct call *call, const char *name, bool read_only, int nkeys, const char **keys,
-          int nargs, const char **args, const size_t *arg_lens)
+int fcall(struct call *call, const call_keys_t *keys, int nargs, const char **args,
+          const size_t *arg_lens)
 {
-    int argc = 3 + nkeys + nargs;
-    const char **argv = calloc((size_t)argc, sizeof *argv);
-    size_t *lens = calloc((size_t)argc, sizeof *lens);
-    char numkeys[16];
+    fcall_argv_t v;
     int rc = -1;
-    if (argv && lens) {
-        snprintf(numkeys, sizeof numkeys, "%d", nkeys);
-        argv[0] = read_only ? "FCALL_RO" : "FCALL";
-        argv[1] = name;
-        argv[2] = numkeys;
-        for (int i = 0; i < nkeys; i++)
-            argv[3 + i] = keys[i];
-        for (int i = 0; i < nargs; i++) {
-            argv[3 + nkeys + i] = args[i];
-            lens[3 + nkeys + i] = arg_lens ? arg_lens[i] : strlen(args[i]);
-        }
-        for (int i = 0; i < 3 + nkeys; i++)
-            lens[i] = strlen(argv[i]);
+    if (call && fcall_argv_build(&v, keys, nargs, args, arg_lens) == 0) {
         call->started = uv_hrtime();
-        rc = router_command(call->q->router, on_call_reply, call, &call->origin, argc, argv, lens);
+        rc = router_command(call->q->router, on_call_reply, call, &call->origin, v.argc, v.argv,
+                            v.lens);
         if (rc < 0) metric_add(call->q->metrics.errors[QUEUE_ERR_UNAVAILABLE], 1);
+        fcall_argv_free(&v);
     }
-    free(argv);
-    free(lens);
     if (rc < 0) free(call);
+    return rc;
+}
+
+int fcall_keys(struct call *call, enum queue_fn fn, const key_ids_t *ids, int nargs,
+               const char **args, const size_t *arg_lens)
+{
+    call_keys_t keys;
+    call_keys_init(&keys, fn, ids);
+    int rc = fcall(call, &keys, nargs, args, arg_lens);
+    call_keys_free(&keys);
     return rc;
 }
 
@@ -205,14 +172,14 @@ void on_status_reply(struct call *call, redisReply *reply, const char *err)
     }
 }
 
-int fcall_status(queue_t *q, const char *name, int nkeys, const char **keys, int nargs,
-                 const char **args, const size_t *arg_lens, queue_status_cb cb, void *arg)
+struct call *call_status(queue_t *q, queue_status_cb cb, void *arg)
 {
     struct call *call = call_new(q, arg);
-    if (!call) return -1;
-    call->done = on_status_reply;
-    call->cb.status = cb;
-    return fcall(call, name, false, nkeys, keys, nargs, args, arg_lens);
+    if (call) {
+        call->done = on_status_reply;
+        call->cb.status = cb;
+    }
+    return call;
 }
 
 /* ---- enqueue ---- */
@@ -303,23 +270,21 @@ static int group_rcpts(const queue_message_t *m, struct job_group *groups)
     return (int)n;
 }
 
-/* The argv of enqueue (see store_message in sealpost.lua), in storage the
- * caller frees with enqueue_argv_free. */
+/* The keys and args of enqueue (see sealpost.lua), in storage the caller
+ * frees with enqueue_argv_free. */
 struct enqueue_argv {
-    key_t_ *keybuf;
-    const char **keys;
-    char (*jids)[48];
+    call_keys_t keys;
+    char (*jids)[JOB_ID_MAX];
     char (*variants)[12];
     const char **args;
     size_t *lens;
-    size_t nkeys, nargs;
+    size_t nargs;
     char shard[16], nbodies[16], njobs[16];
 };
 
 static void enqueue_argv_free(struct enqueue_argv *v)
 {
-    free(v->keybuf);
-    free(v->keys);
+    call_keys_free(&v->keys);
     free(v->jids);
     free(v->variants);
     free(v->args);
@@ -330,21 +295,14 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
                               const struct job_group *groups, unsigned n)
 {
     unsigned nb = m->n_bodies;
-    v->nkeys = 7 + (size_t)nb + n;
+    key_ids_t ids = {.shard = shard, .mid = m->id};
+    call_keys_init(&v->keys, FN_ENQUEUE, &ids);
     v->nargs = 7 + (size_t)nb + 4 * (size_t)n;
-    v->keybuf = calloc(v->nkeys, sizeof *v->keybuf);
-    v->keys = calloc(v->nkeys, sizeof *v->keys);
     v->jids = calloc(n, sizeof *v->jids);
     v->variants = calloc(n, sizeof *v->variants);
     v->args = calloc(v->nargs, sizeof *v->args);
     v->lens = calloc(v->nargs, sizeof *v->lens);
-    if (!v->keybuf || !v->keys || !v->jids || !v->variants || !v->args || !v->lens) return -1;
-    char suffix[96];
-    snprintf(suffix, sizeof suffix, "m:%s", m->id);
-    shard_key(v->keybuf[0], shard, suffix);
-    static const char *const names[] = {"due", "st", "dom", "age", "log", "dq"};
-    for (int i = 0; i < 6; i++)
-        shard_key(v->keybuf[1 + i], shard, names[i]);
+    if (!v->jids || !v->variants || !v->args || !v->lens) return -1;
     snprintf(v->shard, sizeof v->shard, "%u", shard);
     snprintf(v->nbodies, sizeof v->nbodies, "%u", nb);
     snprintf(v->njobs, sizeof v->njobs, "%u", n);
@@ -358,23 +316,21 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
     for (int i = 0; i < 7; i++)
         v->args[i] = head[i], v->lens[i] = strlen(head[i]);
     for (unsigned b = 0; b < nb; b++) {
-        snprintf(suffix, sizeof suffix, "b:%s:%u", m->id, b);
-        shard_key(v->keybuf[7 + b], shard, suffix);
+        ids.variant = b;
+        call_keys_add(&v->keys, ENQUEUE_BODY, &ids);
         v->args[7 + b] = m->bodies[b].data, v->lens[7 + b] = m->bodies[b].len;
     }
     for (unsigned g = 0; g < n; g++) {
-        snprintf(v->jids[g], sizeof v->jids[g], "%s.%u.%u", m->id, groups[g].variant, g);
-        snprintf(suffix, sizeof suffix, "j:%s", v->jids[g]);
-        shard_key(v->keybuf[7 + nb + g], shard, suffix);
+        if (job_id_format(v->jids[g], m->id, groups[g].variant, g) < 0) return -1;
+        ids.jid = v->jids[g];
+        call_keys_add(&v->keys, ENQUEUE_JOB, &ids);
         snprintf(v->variants[g], sizeof v->variants[g], "%u", groups[g].variant);
         size_t a = 7 + nb + 4 * (size_t)g;
         const char *job[] = {v->jids[g], groups[g].domain, groups[g].rcpts.data, v->variants[g]};
         for (int i = 0; i < 4; i++)
             v->args[a + i] = job[i], v->lens[a + i] = strlen(job[i]);
     }
-    for (size_t i = 0; i < v->nkeys; i++)
-        v->keys[i] = v->keybuf[i];
-    return 0;
+    return v->keys.failed ? -1 : 0;
 }
 
 int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg)
@@ -390,7 +346,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
         if (call) {
             call->done = on_enqueue_reply;
             call->cb.status = cb;
-            rc = fcall(call, "enqueue", false, (int)v.nkeys, v.keys, (int)v.nargs, v.args, v.lens);
+            rc = fcall(call, &v.keys, (int)v.nargs, v.args, v.lens);
         }
     }
     enqueue_argv_free(&v);
@@ -441,13 +397,6 @@ static void on_claim_reply(struct call *call, redisReply *reply, const char *err
 int queue_claim(queue_t *q, unsigned shard, const char *owner, unsigned max, unsigned lease_ms,
                 unsigned max_expiries, queue_claim_cb cb, void *arg)
 {
-    key_t_ kb[5];
-    const char *keys[5];
-    static const char *const names[] = {"due", "lease", "meta", "held", "st"};
-    for (int i = 0; i < 5; i++) {
-        shard_key(kb[i], shard, names[i]);
-        keys[i] = kb[i];
-    }
     char smax[16], slease[16], sexp[16];
     snprintf(smax, sizeof smax, "%u", max);
     snprintf(slease, sizeof slease, "%u", lease_ms);
@@ -457,7 +406,7 @@ int queue_claim(queue_t *q, unsigned shard, const char *owner, unsigned max, uns
     if (!call) return -1;
     call->done = on_claim_reply;
     call->cb.claim = cb;
-    return fcall(call, "claim", false, 5, keys, 4, args, NULL);
+    return fcall_keys(call, FN_CLAIM, &(key_ids_t){.shard = shard}, 4, args, NULL);
 }
 
 /* ---- fetch ---- */
@@ -504,13 +453,6 @@ static int split_rcpts(queue_job_t *job, const char *text)
     return 0;
 }
 
-/* A job id is "<mid>.<variant>.<n>": the variant names the body to fetch. */
-static unsigned job_variant(const char *jid)
-{
-    const char *dot = strchr(jid, '.');
-    return dot ? (unsigned)strtoul(dot + 1, NULL, 10) : 0;
-}
-
 static queue_job_t *job_from_reply(const struct call *call, const redisReply *reply)
 {
     const redisReply *jf = reply->element[0], *mf = reply->element[1], *body = reply->element[2];
@@ -520,8 +462,13 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     job->shard = call->shard;
     job->token = call->claimed.token;
     memcpy(job->jid, call->claimed.jid, sizeof job->jid);
-    snprintf(job->mid, sizeof job->mid, "%.32s", job->jid);
-    job->variant = job_variant(job->jid);
+    job_id_t id;
+    if (job_id_parse(job->jid, &id) < 0) {
+        free(job);
+        return NULL;
+    }
+    memcpy(job->mid, id.mid, sizeof job->mid);
+    job->variant = id.variant;
     const redisReply *v = reply_field(jf, "domain");
     if (v && v->type == REDIS_REPLY_STRING) snprintf(job->domain, sizeof job->domain, "%s", v->str);
     v = reply_field(jf, "attempts");
@@ -568,16 +515,8 @@ static void on_fetch_reply(struct call *call, redisReply *reply, const char *err
 int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_fetch_cb cb,
                 void *arg)
 {
-    key_t_ kb[4];
-    char suffix[96];
-    snprintf(suffix, sizeof suffix, "j:%s", claimed->jid);
-    shard_key(kb[0], shard, suffix);
-    snprintf(suffix, sizeof suffix, "m:%.32s", claimed->jid);
-    shard_key(kb[1], shard, suffix);
-    snprintf(suffix, sizeof suffix, "b:%.32s:%u", claimed->jid, job_variant(claimed->jid));
-    shard_key(kb[2], shard, suffix);
-    shard_key(kb[3], shard, "meta");
-    const char *keys[] = {kb[0], kb[1], kb[2], kb[3]};
+    job_id_t id;
+    if (job_id_parse(claimed->jid, &id) < 0) return -1;
     const char *args[] = {claimed->jid};
     struct call *call = call_new(q, arg);
     if (!call) return -1;
@@ -585,7 +524,8 @@ int queue_fetch(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queu
     call->cb.fetch = cb;
     call->shard = shard;
     call->claimed = *claimed;
-    return fcall(call, "fetch", true, 4, keys, 1, args, NULL);
+    key_ids_t ids = {.shard = shard, .mid = id.mid, .variant = id.variant, .jid = claimed->jid};
+    return fcall_keys(call, FN_FETCH, &ids, 1, args, NULL);
 }
 
 void queue_job_free(queue_job_t *job)
@@ -606,33 +546,22 @@ void queue_job_free(queue_job_t *job)
 int queue_forget(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_status_cb cb,
                  void *arg)
 {
-    key_t_ kb[4];
-    char suffix[96];
-    shard_key(kb[0], shard, "due");
-    shard_key(kb[1], shard, "lease");
-    shard_key(kb[2], shard, "meta");
-    snprintf(suffix, sizeof suffix, "j:%s", claimed->jid);
-    shard_key(kb[3], shard, suffix);
-    const char *keys[] = {kb[0], kb[1], kb[2], kb[3]};
     char token[32];
     snprintf(token, sizeof token, "%lld", claimed->token);
     const char *args[] = {claimed->jid, token};
-    return fcall_status(q, "forget", 4, keys, 2, args, NULL, cb, arg);
+    return fcall_keys(call_status(q, cb, arg), FN_FORGET,
+                      &(key_ids_t){.shard = shard, .jid = claimed->jid}, 2, args, NULL);
 }
 
 int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
                  void *arg)
 {
-    key_t_ kb[3];
-    shard_key(kb[0], job->shard, "due");
-    shard_key(kb[1], job->shard, "lease");
-    shard_key(kb[2], job->shard, "meta");
-    const char *keys[] = {kb[0], kb[1], kb[2]};
     char token[32], lease[16];
     snprintf(token, sizeof token, "%lld", job->token);
     snprintf(lease, sizeof lease, "%u", lease_ms);
     const char *args[] = {job->jid, token, lease};
-    return fcall_status(q, "extend", 3, keys, 3, args, NULL, cb, arg);
+    return fcall_keys(call_status(q, cb, arg), FN_EXTEND, &(key_ids_t){.shard = job->shard}, 3,
+                      args, NULL);
 }
 
 void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
@@ -650,36 +579,18 @@ void queue_bounce_id(const queue_t *q, unsigned shard, char out[33])
 int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
                    const queue_bounce_t *bounce, queue_status_cb cb, void *arg)
 {
-    enum { NKEYS = 12, NARGS = 8 };
-    key_t_ kb[NKEYS + 3];
-    char suffix[96];
-    static const char *const names[] = {"due", "lease", "meta", "st", "dom"};
-    for (int i = 0; i < 5; i++)
-        shard_key(kb[i], job->shard, names[i]);
-    snprintf(suffix, sizeof suffix, "j:%s", job->jid);
-    shard_key(kb[5], job->shard, suffix);
-    snprintf(suffix, sizeof suffix, "m:%s", job->mid);
-    shard_key(kb[6], job->shard, suffix);
-    snprintf(suffix, sizeof suffix, "b:%s:%u", job->mid, job->variant);
-    shard_key(kb[7], job->shard, suffix);
-    shard_key(kb[8], job->shard, "age");
-    shard_key(kb[9], job->shard, "log");
-    shard_key(kb[10], job->shard, "held");
-    shard_key(kb[11], job->shard, "dq");
-    char bjid[48] = "";
-    if (bounce) {
-        snprintf(suffix, sizeof suffix, "m:%s", bounce->id);
-        shard_key(kb[NKEYS], job->shard, suffix);
-        snprintf(suffix, sizeof suffix, "b:%s:0", bounce->id);
-        shard_key(kb[NKEYS + 1], job->shard, suffix);
-        snprintf(bjid, sizeof bjid, "%s.0.0", bounce->id);
-        snprintf(suffix, sizeof suffix, "j:%s", bjid);
-        shard_key(kb[NKEYS + 2], job->shard, suffix);
+    enum { NARGS = 8 };
+    call_keys_t keys;
+    call_keys_init(
+        &keys, FN_COMPLETE,
+        &(key_ids_t){
+            .shard = job->shard, .mid = job->mid, .variant = job->variant, .jid = job->jid});
+    char bjid[JOB_ID_MAX] = "";
+    if (bounce) { /* a new message of one body and one job, in this shard */
+        if (job_id_format(bjid, bounce->id, 0, 0) < 0) keys.failed = true;
+        call_keys_add(&keys, COMPLETE_BOUNCE,
+                      &(key_ids_t){.shard = job->shard, .mid = bounce->id, .jid = bjid});
     }
-    int nkeys = bounce ? NKEYS + 3 : NKEYS;
-    const char *keys[NKEYS + 3];
-    for (int i = 0; i < nkeys; i++)
-        keys[i] = kb[i];
 
     buf_t list;
     buf_init(&list);
@@ -688,6 +599,7 @@ int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
             rcpt_entry_append(&list, job->rcpts[o->pending[i]], job->rcpt_params[o->pending[i]]) <
                 0) {
             buf_free(&list);
+            call_keys_free(&keys);
             return -1;
         }
     char token[32], delay[16], shard[16];
@@ -708,8 +620,9 @@ int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
     int nargs = bounce ? NARGS + 7 : NARGS;
     for (int i = 0; i < nargs; i++) /* the bounce body is sealed, binary: its length is given */
         lens[i] = bounce && i == NARGS + 2 ? bounce->body_len : strlen(args[i]);
-    int rc = fcall_status(q, "complete", nkeys, keys, nargs, args, lens, cb, arg);
+    int rc = fcall(call_status(q, cb, arg), &keys, nargs, args, lens);
     buf_free(&list);
+    call_keys_free(&keys);
     return rc;
 }
 

@@ -1,9 +1,10 @@
 /* queue: the Redis-backed message queue. Every operation is one call of a
  * function in the "sealpost" Redis Functions library (queue/functions/), which
  * keeps each message's keys in one hash-tagged shard so one call is atomic and
- * works the same on one Redis and on Redis Cluster. All calls are asynchronous
- * on a libuv loop; each callback runs exactly once, or not at all when the call
- * itself returned -1 (no connection). */
+ * works the same on one Redis and on Redis Cluster. This is the nodes' API:
+ * all calls are asynchronous on a libuv loop; each callback runs exactly once,
+ * or not at all when the call itself returned -1 (no connection). The
+ * blocking administration API, for the command line, is queue/admin.h. */
 #ifndef SEALPOST_QUEUE_H
 #define SEALPOST_QUEUE_H
 
@@ -242,124 +243,6 @@ typedef void (*queue_report_cb)(int status, const char *err, const queue_report_
  * job, and the newest max_failures bounces and expiries, from every shard;
  * report lives until cb returns. */
 int queue_report(queue_t *q, unsigned max_failures, queue_report_cb cb, void *arg);
-
-/* ---- administration: blocking calls, for the command line ---- */
-
-typedef struct queue_admin queue_admin_t;
-
-queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
-                                size_t errlen);
-void queue_admin_close(queue_admin_t *a);
-/* Adds or replaces a user; cram NULL removes any CRAM-MD5 secret. */
-int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
-                         char *err, size_t errlen);
-/* 1 when the user was there, 0 when not, -1 on error. */
-int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen);
-int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, char *err,
-                      size_t errlen);
-/* One line per user, sorted: "name" and " cram-md5" when it has that secret. */
-int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
-
-/* A key to store in the directory, under each of its (canonical) addresses. */
-#define QUEUE_KEY_ADDRS_MAX 64
-typedef struct queue_key_record {
-    const char *fpr;
-    long long expires;
-    const char *armored;
-    size_t armored_len;
-    const char *const *addresses;
-    unsigned n_addresses;
-} queue_key_record_t;
-
-/* A key as stored; the caller frees both buffers. */
-typedef struct queue_key_stored {
-    char fpr[65];
-    long long expires, imported;
-    buf_t addresses; /* LF-separated */
-    buf_t armored;
-} queue_key_stored_t;
-
-/* Stores (or replaces) a key; an address it had before and has no more
- * loses it. The directory's version moves, so nodes see it at once. */
-int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *err, size_t errlen);
-/* 1 when the key was there, 0 when not, -1 on error. */
-int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t errlen);
-/* The fingerprint filed under a canonical address ("" when none). */
-int queue_admin_key_find(queue_admin_t *a, const char *addr, char *fpr, size_t fprlen, char *err,
-                         size_t errlen);
-/* 1 and out filled when the key is there, 0 when not, -1 on error. */
-int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *out, char *err,
-                        size_t errlen);
-/* Calls cb for every key, by fingerprint. */
-int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *key, void *arg),
-                         void *arg, char *err, size_t errlen);
-/* Sets the policy of an address or a domain; policy NULL removes it. */
-int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *policy, char *err,
-                           size_t errlen);
-/* One line per setting: "target policy". */
-int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
-
-/* ---- the operator's view and acts (admin.c) ---- */
-
-enum queue_job_state {
-    QUEUE_STATE_DUE,
-    QUEUE_STATE_SCHEDULED,
-    QUEUE_STATE_LEASED,
-    QUEUE_STATE_HELD
-};
-
-typedef struct queue_job_info {
-    char jid[48];
-    char mid[33];
-    unsigned shard;
-    enum queue_job_state state;
-    long long when_ms; /* due at, lease ends at, or held since (Redis's clock) */
-    char domain[256];
-    unsigned attempts;
-    char last_error[512];
-    const char *rcpts;  /* "address[TAB DSN parameters]" lines */
-    const char *sender; /* "" for the null sender */
-    long long received_ms;
-} queue_job_info_t;
-
-/* Redis's clock, in ms. */
-long long queue_admin_now_ms(queue_admin_t *a);
-/* Calls cb for every job of every shard; what job points at lives until cb
- * returns. */
-int queue_admin_jobs(queue_admin_t *a, unsigned shards,
-                     void (*cb)(const queue_job_info_t *job, void *arg), void *arg, char *err,
-                     size_t errlen);
-
-typedef struct queue_message_info {
-    char mid[33];
-    char *sender, *params, *info;
-    long long received_ms;
-    unsigned bodies;
-    queue_job_info_t *jobs; /* their sender is NULL: it is the message's */
-    unsigned n_jobs;
-} queue_message_info_t;
-
-/* A message's envelope and jobs, never its body: 1 when found, 0 when not
- * (delivered, or no such id), -1 on error. */
-int queue_admin_message(queue_admin_t *a, unsigned shards, const char *mid,
-                        queue_message_info_t *out, char *err, size_t errlen);
-void queue_admin_message_free(queue_message_info_t *m);
-
-/* op is hold, release, retry or delete; result says what happened ("held",
- * "held at lease end", "no such job", ...). */
-int queue_admin_job_op(queue_admin_t *a, unsigned shards, const char *op, const char *jid,
-                       char *result, size_t rlen, char *err, size_t errlen);
-
-typedef struct queue_trace_entry {
-    long long ms;
-    const char *job, *rcpt, *event, *detail;
-} queue_trace_entry_t;
-
-/* Calls cb for each entry of the message's trace, oldest first; returns how
- * many, or -1. */
-int queue_admin_trace(queue_admin_t *a, unsigned shards, const char *mid,
-                      void (*cb)(const queue_trace_entry_t *e, void *arg), void *arg, char *err,
-                      size_t errlen);
 
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */

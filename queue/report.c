@@ -121,19 +121,10 @@ static void on_part(struct call *call, redisReply *reply, const char *err)
 
 static int ask_part(struct call *call, unsigned shard, enum part part, const char *count)
 {
-    key_t_ kb[4];
-    const char *keys[4], *args[] = {count};
-    if (part == PART_STATS) {
-        stats_keys(shard, kb);
-        for (int i = 0; i < 4; i++)
-            keys[i] = kb[i];
-        return fcall(call, "stats", true, 4, keys, 0, NULL, NULL);
-    }
-    shard_key(kb[0], shard, part == PART_TOP ? "dom" : "log");
-    shard_key(kb[1], shard, "dq");
-    keys[0] = kb[0], keys[1] = kb[1];
-    return part == PART_TOP ? fcall(call, "top", true, 2, keys, 0, NULL, NULL)
-                            : fcall(call, "recent", true, 1, keys, 1, args, NULL);
+    static const enum queue_fn fns[PARTS] = {FN_TOP, FN_RECENT, FN_STATS};
+    const char *args[] = {count};
+    return fcall_keys(call, fns[part], &(key_ids_t){.shard = shard}, part == PART_RECENT ? 1 : 0,
+                      args, NULL);
 }
 
 /* One shard's calls; call->shard tells the replies apart (a part). */

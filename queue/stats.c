@@ -49,13 +49,6 @@ static void on_shard_reply(struct call *call, redisReply *reply, const char *err
     shard_done(sc);
 }
 
-void stats_keys(unsigned shard, key_t_ kb[4])
-{
-    static const char *const names[] = {"due", "lease", "held", "age"};
-    for (int i = 0; i < 4; i++)
-        shard_key(kb[i], shard, names[i]);
-}
-
 int queue_stats(queue_t *q, queue_stats_cb cb, void *arg)
 {
     struct stats_call *sc = calloc(1, sizeof *sc);
@@ -65,9 +58,6 @@ int queue_stats(queue_t *q, queue_stats_cb cb, void *arg)
     sc->arg = arg;
     sc->pending = q->shards + 1; /* one held back until every call is sent */
     for (unsigned s = 0; s < q->shards; s++) {
-        key_t_ kb[4];
-        stats_keys(s, kb);
-        const char *keys[] = {kb[0], kb[1], kb[2], kb[3]};
         struct call *call = call_new(q, sc);
         if (!call) {
             snprintf(sc->err, sizeof sc->err, "out of memory");
@@ -75,7 +65,7 @@ int queue_stats(queue_t *q, queue_stats_cb cb, void *arg)
             continue;
         }
         call->done = on_shard_reply;
-        if (fcall(call, "stats", true, 4, keys, 0, NULL, NULL) < 0) {
+        if (fcall_keys(call, FN_STATS, &(key_ids_t){.shard = s}, 0, NULL, NULL) < 0) {
             snprintf(sc->err, sizeof sc->err, "redis not connected");
             sc->pending--;
         }
@@ -90,10 +80,8 @@ int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, cha
     memset(out, 0, sizeof *out);
     out->oldest_ms = -1;
     for (unsigned s = 0; s < shards; s++) {
-        key_t_ kb[4];
-        stats_keys(s, kb);
-        const char *argv[] = {"FCALL_RO", "stats", "4", kb[0], kb[1], kb[2], kb[3]};
-        redisReply *r = queue_admin_command(a, err, errlen, 7, argv);
+        redisReply *r =
+            queue_admin_call(a, FN_STATS, &(key_ids_t){.shard = s}, 0, NULL, NULL, err, errlen);
         if (!r) return -1;
         int rc = stats_add_shard(out, r);
         freeReplyObject(r);

@@ -1,24 +1,13 @@
 /* SMTP users in Redis, so every stateless ingress node sees the same ones.
  * All keys share the hash tag {sealpost:auth}, so a login's one call (count
  * the attempt, read the user) stays in one slot, on one Redis or on Redis
- * Cluster alike:
- *   {sealpost:auth}:users           hash  name -> argon2id string
- *   {sealpost:auth}:cram            hash  name -> CRAM-MD5 secret (only when enabled)
- *   {sealpost:auth}:fail:<client>   string, login attempts, expiring with the window */
+ * Cluster alike; how they are stored, the functions library alone knows. */
 #include "queue/internal.h"
 
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define USERS_KEY "{sealpost:auth}:users"
-#define CRAM_KEY  "{sealpost:auth}:cram"
-
-static void fail_key(char out[200], const char *client)
-{
-    snprintf(out, 200, "{sealpost:auth}:fail:%s", client);
-}
 
 /* Copies a string reply into a bounded field; false when it does not fit. */
 static bool copy_field(const redisReply *r, char *out, size_t size)
@@ -53,25 +42,21 @@ static void on_user_reply(struct call *call, redisReply *reply, const char *err)
 
 int queue_auth_begin(queue_t *q, const queue_login_t *login, queue_user_cb cb, void *arg)
 {
-    char fails[200], limit[16], window[16];
-    fail_key(fails, login->client);
+    char limit[16], window[16];
     snprintf(limit, sizeof limit, "%u", login->limit);
     snprintf(window, sizeof window, "%u", login->window_s);
-    const char *keys[] = {USERS_KEY, CRAM_KEY, fails};
     const char *args[] = {login->name, limit, window, login->want_cram ? "1" : "0"};
     struct call *call = call_new(q, arg);
     if (!call) return -1;
     call->done = on_user_reply;
     call->cb.user = cb;
-    return fcall(call, "auth_begin", false, 3, keys, 4, args, NULL);
+    return fcall_keys(call, FN_AUTH_BEGIN, &(key_ids_t){.client = login->client}, 4, args, NULL);
 }
 
 int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void *arg)
 {
-    char fails[200];
-    fail_key(fails, client);
-    const char *keys[] = {fails};
-    return fcall_status(q, "auth_uncount", 1, keys, 0, NULL, NULL, cb, arg);
+    return fcall_keys(call_status(q, cb, arg), FN_AUTH_UNCOUNT, &(key_ids_t){.client = client}, 0,
+                      NULL, NULL);
 }
 
 /* ---- administration ---- */
@@ -79,54 +64,51 @@ int queue_auth_uncount(queue_t *q, const char *client, queue_status_cb cb, void 
 int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
                          char *err, size_t errlen)
 {
-    /* MULTI/EXEC: a user is never seen with a new hash and an old secret. */
-    const char *exec[] = {"EXEC"};
-    const char *set[] = {"HSET", USERS_KEY, name, hash};
-    const char *set_cram[] = {"HSET", CRAM_KEY, name, cram ? cram : ""};
-    const char *del_cram[] = {"HDEL", CRAM_KEY, name};
-    if (queue_admin_multi(a, USERS_KEY, err, errlen) < 0) return -1;
-    int rc = queue_admin_run(a, err, errlen, 4, set);
-    if (rc == 0)
-        rc = cram ? queue_admin_run(a, err, errlen, 4, set_cram)
-                  : queue_admin_run(a, err, errlen, 3, del_cram);
-    if (queue_admin_run(a, err, errlen, 1, exec) < 0) rc = -1;
-    return rc;
+    const char *args[] = {name, hash, cram};
+    redisReply *r =
+        queue_admin_call(a, FN_USER_SET, &(key_ids_t){0}, cram ? 3 : 2, args, NULL, err, errlen);
+    freeReplyObject(r);
+    return r ? 0 : -1;
 }
 
 int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen)
 {
-    const char *del[] = {"HDEL", USERS_KEY, name}, *del_cram[] = {"HDEL", CRAM_KEY, name};
-    redisReply *r = queue_admin_command(a, err, errlen, 3, del);
+    const char *args[] = {name};
+    redisReply *r =
+        queue_admin_call(a, FN_USER_DELETE, &(key_ids_t){0}, 1, args, NULL, err, errlen);
     if (!r) return -1;
-    int found = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    int found = r->type == REDIS_REPLY_INTEGER ? r->integer > 0 : -1;
+    if (found < 0) snprintf(err, errlen, "unexpected user_delete reply");
     freeReplyObject(r);
-    return queue_admin_run(a, err, errlen, 3, del_cram) < 0 ? -1 : found;
+    return found;
+}
+
+static bool user_entry(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+           r->element[0]->type == REDIS_REPLY_STRING;
 }
 
 static int compare_names(const void *x, const void *y)
 {
     const redisReply *a = *(const redisReply *const *)x, *b = *(const redisReply *const *)y;
-    return strcmp(a->str, b->str);
+    return strcmp(a->element[0]->str, b->element[0]->str);
 }
 
 int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)
 {
-    const char *keys[] = {"HKEYS", USERS_KEY}, *cram[] = {"HKEYS", CRAM_KEY};
-    redisReply *users = queue_admin_command(a, err, errlen, 2, keys);
-    redisReply *crams = users ? queue_admin_command(a, err, errlen, 2, cram) : NULL;
-    int rc = -1;
-    if (users && crams && users->type == REDIS_REPLY_ARRAY && crams->type == REDIS_REPLY_ARRAY) {
-        if (users->elements) /* an empty reply has no array at all */
-            qsort(users->element, users->elements, sizeof(redisReply *), compare_names);
-        rc = 0;
-        for (size_t i = 0; i < users->elements && rc == 0; i++) {
-            bool has_cram = false;
-            for (size_t j = 0; j < crams->elements; j++)
-                has_cram |= !strcmp(crams->element[j]->str, users->element[i]->str);
-            rc = buf_printf(out, "%s%s\n", users->element[i]->str, has_cram ? " cram-md5" : "");
-        }
-    }
-    freeReplyObject(users);
-    freeReplyObject(crams);
+    redisReply *r = queue_admin_call(a, FN_USER_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (!r) return -1;
+    bool ok = r->type == REDIS_REPLY_ARRAY;
+    for (size_t i = 0; ok && i < r->elements; i++)
+        ok = user_entry(r->element[i]);
+    int rc = ok ? 0 : -1;
+    if (!ok) snprintf(err, errlen, "unexpected user_list reply");
+    if (ok && r->elements) /* by bytes, as the command line always listed them */
+        qsort(r->element, r->elements, sizeof(redisReply *), compare_names);
+    for (size_t i = 0; ok && i < r->elements && rc == 0; i++)
+        rc = buf_printf(out, "%s%s\n", r->element[i]->element[0]->str,
+                        reply_ll(r->element[i]->element[1], 0) ? " cram-md5" : "");
+    freeReplyObject(r);
     return rc;
 }

@@ -1,8 +1,11 @@
 #!lua name=sealpost
 --[[
-The queue's Redis Functions library. Every key a function touches is passed in
-KEYS and carries the shard's hash tag {mq:<s>}, so each call stays in one slot
-(Redis Cluster) and is atomic. Time comes from the server.
+The queue's Redis Functions library, and the only place that knows how
+things are stored: the C side (queue/) passes keys and arguments and reads
+replies. Every key a function touches is passed in KEYS, and all of one
+call's keys carry one hash tag (a shard's {mq:<s>}, {sealpost:auth} or
+{sealpost:crypto}), so each call stays in one slot (Redis Cluster) and is
+atomic. Time comes from the server.
 
 Keys of shard T = {mq:<s>}:
   T:due   zset  job id -> due time (ms)
@@ -19,11 +22,21 @@ Keys of shard T = {mq:<s>}:
   T:st    hash  counters
   T:dom   hash  domain -> queued jobs
   T:age   zset  message id -> received time (ms), while it has open jobs
+  T:dq    zset  each job by domain and age (see dq_member)
 
 SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
   {sealpost:auth}:users  hash name -> argon2id;  :cram  hash name -> CRAM-MD5 secret
   {sealpost:auth}:fail:<client>  login attempts not taken back, expiring with the window
                                  (the client is its IPv4 address, or its IPv6 /64)
+
+The key directory (a:<address>, k:<fpr>, ...) and the sealing keys' checks,
+under {sealpost:crypto}: see key_lookup and seal_check.
+
+Each function's KEYS are listed once, on its "-- KEYS:" line, by the names
+above (m, b, j, a, k: the keys named after a message, body, job, address or
+fingerprint). "x..." is a run of such keys, one per item; "[x, y]" a group
+that is there or not. queue/schema.c declares the same lists for the C side,
+and tests/unit/test_queue.c checks that the two agree.
 ]]
 
 local WAKE_CHANNEL = 'sealpost:wake'
@@ -43,6 +56,15 @@ local function dq_member(domain, received, jid)
   return domain .. '\t' .. string.format('%015d', tonumber(received) or 0) .. '\t' .. jid
 end
 
+-- A job id is <mid>.<v>.<n> (queue/schema.c makes them): its message's id,
+-- 32 hex digits, the body variant it sends and its number in the message.
+-- Returns the message id and the variant (a number), or nil for anything else.
+local function job_id(jid)
+  local mid, v = string.match(jid, '^([0-9a-f]+)%.(%d+)%.%d+$')
+  if not mid or #mid ~= 32 then return nil end
+  return mid, tonumber(v)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -52,17 +74,21 @@ end
 -- Each job is one destination domain and one body variant; the envelope
 -- counts open jobs in all ('open') and per variant ('open:<v>'), so a
 -- variant's body goes when its last job is done, and the envelope with the last.
--- k: {m, due, st, dom, age, log, dq, b0..b(nb-1), j1..jn}
--- a: {mid, shard, sender, params, info, nb, n, body0..body(nb-1), (jid, domain, rcpts, v)...}
+-- k and a: as enqueue's KEYS and ARGV.
 local function store_message(k, a, now)
   local nb, n = tonumber(a[6]), tonumber(a[7])
   if not nb or not n or nb < 1 or n < 1 or #k ~= 7 + nb + n or #a ~= 7 + nb + 4 * n then
     return redis.error_reply('ERR arguments do not match keys')
   end
   for i = 1, n do -- all checked before the first write: an error leaves nothing behind
-    local v = tonumber(a[7 + nb + 4 * (i - 1) + 4])
+    local at = 7 + nb + 4 * (i - 1)
+    local v = tonumber(a[at + 4])
     if not v or v < 0 or v >= nb then
       return redis.error_reply('ERR body variant out of range')
+    end
+    local mid, named = job_id(a[at + 1])
+    if mid ~= a[1] or named ~= v then
+      return redis.error_reply('ERR job id does not name its message and variant')
     end
   end
   local jids, count = {}, 0
@@ -93,7 +119,10 @@ local function store_message(k, a, now)
   return 'ok'
 end
 
--- KEYS and ARGV: as store_message's k and a.
+-- KEYS: m, due, st, dom, age, log, dq, b..., j...
+--   (b: one per body variant, 0 first; j: one per job)
+-- ARGV: mid, shard, sender, params, info, nb (bodies), n (jobs), the nb bodies,
+--       then per job: jid, domain, rcpts, v (its body variant)
 local function enqueue(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
@@ -149,8 +178,9 @@ local function lease_valid(keys, jid, token)
      and redis.call('ZSCORE', keys[2], jid)
 end
 
--- KEYS: j, m, b<v> (v: the job's variant, named in its id), meta.
--- Returns {job fields, envelope fields, body, flag} or nil; flag is what an
+-- KEYS: j, m, b, meta
+--   (b: the job's body, whose variant its id names)
+-- ARGV: jid.  Returns {job fields, envelope fields, body, flag} or nil; flag is what an
 -- operator asked while the job was leased ('hold', 'delete' or ''): the
 -- worker then sends nothing and completes, and complete does the rest.
 local function fetch(keys, args)
@@ -165,7 +195,8 @@ local function fetch(keys, args)
   return {job, redis.call('HGETALL', keys[2]), redis.call('GET', keys[3]), flag}
 end
 
--- KEYS: due, lease, meta, j.  ARGV: jid, token
+-- KEYS: due, lease, meta, j
+-- ARGV: jid, token
 -- A leased job whose hash is gone (deleted by an operator): drop its lease
 -- and bookkeeping, or it would count lease expiries and end up held.
 local function forget(keys, args)
@@ -176,7 +207,8 @@ local function forget(keys, args)
   return 'ok'
 end
 
--- KEYS: due, lease, meta.  ARGV: jid, token, lease_ms
+-- KEYS: due, lease, meta
+-- ARGV: jid, token, lease_ms
 local function extend(keys, args)
   if not lease_valid(keys, args[1], args[2]) then return 'stale' end
   redis.call('ZADD', keys[2], 'XX', now_ms() + tonumber(args[3]), args[1])
@@ -185,8 +217,9 @@ end
 
 -- Removes a job that is done or deleted: its hash, its counts, and the
 -- message's body and envelope with their last job.
--- k: {meta, st, dom, j, m, b<v>, age, dq}
+-- k: {meta, st, dom, j, m, b (variant v), age, dq}
 local function drop_job(k, jid, domain, v)
+  local mid = job_id(jid)
   redis.call('ZREM', k[8], dq_member(domain, redis.call('HGET', k[5], 'received'), jid))
   redis.call('DEL', k[4])
   redis.call('HDEL', k[1], jid .. ':tok', jid .. ':own', jid .. ':exp', jid .. ':hold',
@@ -199,12 +232,12 @@ local function drop_job(k, jid, domain, v)
   end
   if redis.call('HINCRBY', k[5], 'open', -1) <= 0 then
     redis.call('DEL', k[5])
-    redis.call('ZREM', k[7], string.sub(jid, 1, 32))
+    redis.call('ZREM', k[7], mid)
   end
 end
 
--- KEYS: due, lease, meta, st, dom, j, m, b<v> (the job's body), age, log, held, dq
---       [, bounce m, bounce b0, bounce j]
+-- KEYS: due, lease, meta, st, dom, j, m, b, age, log, held, dq, [m, b, j]
+--   (b: the job's body; [m, b, j]: the bounce's envelope, body and job, when there is one)
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard,
 --       outcomes (lines "rcpt TAB event TAB reply", for the trace log)
 --       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt,
@@ -220,12 +253,13 @@ local function complete(keys, args)
   local jid = args[1]
   if not lease_valid(keys, jid, args[2]) then return 'stale' end
   -- The body key (keys[8]) was named after the variant in the job id.
-  local named = string.match(jid, '^%x+%.(%d+)%.')
-  local v = redis.call('HGET', keys[6], 'body') or named
+  local mid, named = job_id(jid)
+  if not mid then return redis.error_reply('ERR complete: malformed job id') end
+  local v = tonumber(redis.call('HGET', keys[6], 'body')) or named
   if named ~= v then
     return redis.error_reply('ERR job id and body variant disagree')
   end
-  local now, mid = now_ms(), string.sub(jid, 1, 32)
+  local now = now_ms()
   local deleted = redis.call('HEXISTS', keys[3], jid .. ':del') == 1
   if #keys == 15 and not deleted then -- first: its checks fail before anything is written
     local stored = store_message(
@@ -264,15 +298,16 @@ end
 -- An operator's hold, release, retry or delete of one job (queue/admin.c).
 -- A job a worker holds is left to it: a hold or delete is noted in T:meta
 -- and done when its lease ends (complete, or a worker that reclaims it).
--- KEYS: due, lease, held, meta, st, dom, j, m, b<v>, age, log, dq
+-- KEYS: due, lease, held, meta, st, dom, j, m, b, age, log, dq
+--   (b: the job's body, whose variant its id names)
 -- ARGV: op, jid, shard.  Returns what happened, in words.
 local function job_op(keys, args)
   if #keys ~= 12 or #args ~= 3 then
     return redis.error_reply('ERR job_op: arguments do not match this library')
   end
   local op, jid = args[1], args[2]
-  local mid = string.sub(jid, 1, 32)
-  if redis.call('EXISTS', keys[7]) == 0 then return 'no such job' end
+  local mid, named = job_id(jid)
+  if not mid or redis.call('EXISTS', keys[7]) == 0 then return 'no such job' end
   local now = now_ms()
   local leased = redis.call('ZSCORE', keys[2], jid)
   local held = redis.call('ZSCORE', keys[3], jid)
@@ -317,7 +352,7 @@ local function job_op(keys, args)
     redis.call('ZREM', keys[1], jid)
     redis.call('ZREM', keys[3], jid)
     local domain = redis.call('HGET', keys[7], 'domain') or ''
-    local v = redis.call('HGET', keys[7], 'body') or string.match(jid, '^%x+%.(%d+)%.')
+    local v = tonumber(redis.call('HGET', keys[7], 'body')) or named
     trace(keys[11], mid, jid, '', 'deleted', 'by an operator')
     drop_job({keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[12]}, jid,
              domain, v)
@@ -327,7 +362,8 @@ local function job_op(keys, args)
   return redis.error_reply('ERR unknown operation ' .. op)
 end
 
--- KEYS: dom, dq.  Returns {domain, queued jobs, oldest job's received ms (0: unknown), ...}
+-- KEYS: dom, dq
+-- Returns {domain, queued jobs, oldest job's received ms (0: unknown), ...}
 local function top(keys, args)
   local out = {}
   local dom = redis.call('HGETALL', keys[1])
@@ -342,8 +378,9 @@ local function top(keys, args)
   return out
 end
 
--- KEYS: log.  ARGV: how many.  The newest trace entries that report a
--- failure (bounced or expired), newest first: {ms-id, mid, rcpt, event, detail, ...}
+-- KEYS: log
+-- ARGV: how many.  The newest trace entries that report a failure (bounced
+-- or expired), newest first: {ms-id, mid, rcpt, event, detail, ...}
 local function recent(keys, args)
   local want, out = tonumber(args[1]), {}
   local entries = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', 500)
@@ -370,7 +407,8 @@ local function stats(keys, args)
           tonumber(oldest[2] or -1), now}
 end
 
--- KEYS: users, cram, attempts.  ARGV: name, limit, window_s, want_cram ('1' or '0')
+-- KEYS: users, cram, fail
+-- ARGV: name, limit, window_s, want_cram ('1' or '0')
 -- Returns {argon2id hash or '', CRAM-MD5 secret or '', attempts before this one}.
 -- An attempt counts from its start, so parallel sessions cannot all guess
 -- before any failure is recorded, and a client that hangs up mid-check has
@@ -389,13 +427,49 @@ local function auth_begin(keys, args)
   return {redis.call('HGET', keys[1], args[1]) or '', cram, before}
 end
 
--- KEYS: attempts
+-- KEYS: fail
 local function auth_uncount(keys, args)
   if redis.call('DECR', keys[1]) <= 0 then redis.call('DEL', keys[1]) end
   return 'ok'
 end
 
--- KEYS: {sealpost:crypto}:sealcheck.  ARGV: key id, check value.
+-- KEYS: users, cram
+-- ARGV: name, argon2id hash[, CRAM-MD5 secret]
+-- Adds or replaces a user. Without a secret any old one goes, in the same
+-- call: a user is never seen with a new hash and an old secret.
+local function user_set(keys, args)
+  if #args ~= 2 and #args ~= 3 then
+    return redis.error_reply('ERR user_set: arguments do not match this library')
+  end
+  redis.call('HSET', keys[1], args[1], args[2])
+  if args[3] then
+    redis.call('HSET', keys[2], args[1], args[3])
+  else
+    redis.call('HDEL', keys[2], args[1])
+  end
+  return 'ok'
+end
+
+-- KEYS: users, cram
+-- ARGV: name.  Returns 1 when the user was there, 0 when not.
+local function user_delete(keys, args)
+  redis.call('HDEL', keys[2], args[1])
+  return redis.call('HDEL', keys[1], args[1])
+end
+
+-- KEYS: users, cram
+-- Returns {{name, 1 when it has a CRAM-MD5 secret, else 0}, ...}. Unsorted:
+-- Lua compares strings by the server's locale, the command line by bytes.
+local function user_list(keys, args)
+  local out = {}
+  for _, name in ipairs(redis.call('HKEYS', keys[1])) do
+    out[#out + 1] = {name, redis.call('HEXISTS', keys[2], name)}
+  end
+  return out
+end
+
+-- KEYS: sealcheck
+-- ARGV: key id, check value.
 -- The first check stored for a key id stays; every node compares its own.
 local function seal_check(keys, args)
   redis.call('HSETNX', keys[1], args[1], args[2])
@@ -404,10 +478,14 @@ end
 
 -- The key directory (queue/keys.c), all under {sealpost:crypto}:
 --   a:<address> hash fpr, expires, data: the key that address's mail is encrypted to
---   k:<fpr>      hash addrs (LF-separated), expires, data, imported
+--   k:<fpr>      hash addrs (LF-separated), expires, data, imported (Unix time)
 --   keys         set of fingerprints;  policy  hash address or domain -> policy
 --   version      counter, raised by every change: nodes drop their caches when it moves
--- KEYS: a:<address>, policy, version.  ARGV: address, domain.
+-- Nodes read it with key_lookup and key_version; `sealpost keys` writes it
+-- with key_put, key_delete and policy_set (below).
+
+-- KEYS: a, policy, version
+-- ARGV: address, domain.
 -- Returns {version, fpr, expires, data, address policy, domain policy}.
 local function key_lookup(keys, args)
   local k = redis.call('HMGET', keys[1], 'fpr', 'expires', 'data')
@@ -419,6 +497,179 @@ end
 -- KEYS: version
 local function key_version(keys, args)
   return redis.call('GET', keys[1]) or '0'
+end
+
+-- The lines of an LF-separated list (a stored key's addresses).
+local function lines(text)
+  local out = {}
+  for line in string.gmatch(text or '', '[^\n]+') do out[#out + 1] = line end
+  return out
+end
+
+local function as_set(list)
+  local set = {}
+  for _, v in ipairs(list) do set[v] = true end
+  return set
+end
+
+-- True when the two lists hold the same strings, each as often as it likes.
+local function same_set(a, b)
+  local sa, sb = as_set(a), as_set(b)
+  for v in pairs(sa) do if not sb[v] then return false end end
+  for v in pairs(sb) do if not sa[v] then return false end end
+  return true
+end
+
+-- t[from..to] as a list (unpack has a limit on how many it returns).
+local function slice(t, from, to)
+  local out = {}
+  for i = from, to do out[#out + 1] = t[i] end
+  return out
+end
+
+-- A stored key's {addrs, expires, imported, data}, or nil when it has no data.
+local function stored_key(k)
+  local f = redis.call('HMGET', k, 'addrs', 'expires', 'imported', 'data')
+  if not f[4] then return nil end
+  return f
+end
+
+-- KEYS: k
+-- Returns {addresses (LF-separated), expires, imported (Unix time), armored key}, or nil.
+local function key_get(keys, args)
+  return stored_key(keys[1])
+end
+
+-- KEYS: keys
+-- Returns the fingerprint of every stored key.
+local function key_fprs(keys, args)
+  return redis.call('SMEMBERS', keys[1])
+end
+
+-- Files address under the most recently imported of the other keys
+-- (others, with their fingerprints fprs) that lists it, if any: with two
+-- keys for one address, deleting the newer leaves the older in charge, as
+-- `keys list` shows it.
+local function relink(akey, address, others, fprs)
+  local best, best_fpr
+  for i, k in ipairs(others) do
+    local f = stored_key(k)
+    if f and as_set(lines(f[1]))[address]
+       and (not best or (tonumber(f[3]) or 0) > (tonumber(best[3]) or 0)) then
+      best, best_fpr = f, fprs[i]
+    end
+  end
+  if best then
+    redis.call('HSET', akey, 'fpr', best_fpr, 'expires', best[2] or '0', 'data', best[4])
+  end
+end
+
+-- Drops address -> fpr when the address still points at fpr (a later import
+-- of another key for it wins), and files it under another key that lists it.
+local function unlink(akey, address, fpr, others, fprs)
+  if redis.call('HGET', akey, 'fpr') == fpr then
+    redis.call('DEL', akey)
+    relink(akey, address, others, fprs)
+  end
+end
+
+-- key_put and key_delete touch the keys of the addresses a key loses and
+-- read every other stored key to relink them, so their callers name all of
+-- those in KEYS, as they found them just before. Whether the directory is
+-- still as they found it: the addresses the key has and does not keep are
+-- those dropped, and the other keys' fingerprints (when there are any to
+-- relink) are fprs.
+local function directory_as_read(keys, fpr, kept, dropped, fprs)
+  local losing = {}
+  for _, a in ipairs(lines(redis.call('HGET', keys[1], 'addrs'))) do
+    if not kept[a] then losing[#losing + 1] = a end
+  end
+  if not same_set(losing, dropped) then return false end
+  if #dropped == 0 then return true end
+  local now = {}
+  for _, f in ipairs(redis.call('SMEMBERS', keys[2])) do
+    if f ~= fpr then now[#now + 1] = f end
+  end
+  return same_set(now, fprs)
+end
+
+-- KEYS: k, keys, version, a..., a..., k...
+--   (the key's own; a: one per address it has, then one per address it
+--   had before and has no more; k: when there are such, one per other stored key)
+-- ARGV: fpr, expires, armored key, n (addresses), m (dropped addresses),
+--       the n addresses, the m dropped ones, the other keys' fingerprints
+-- Stores (or replaces) a key under each of its addresses; an address it
+-- lost goes to another key that lists it. Returns 'ok', or 'changed' with
+-- nothing written when the directory changed since the caller read it
+-- (it reads again and retries). The version moves: nodes see it at once.
+local function key_put(keys, args)
+  local n, m = tonumber(args[4]), tonumber(args[5])
+  local p = #args - 5 - (n or 0) - (m or 0)
+  if not n or not m or p < 0 or #keys ~= 3 + n + m + p or (m == 0 and p > 0) then
+    return redis.error_reply('ERR key_put: arguments do not match keys')
+  end
+  local fpr = args[1]
+  local addresses, dropped = slice(args, 6, 5 + n), slice(args, 6 + n, 5 + n + m)
+  local fprs, others = slice(args, 6 + n + m, #args), slice(keys, 4 + n + m, #keys)
+  if not directory_as_read(keys, fpr, as_set(addresses), dropped, fprs) then
+    return 'changed'
+  end
+  for i = 1, m do
+    unlink(keys[3 + n + i], dropped[i], fpr, others, fprs)
+  end
+  redis.call('HSET', keys[1], 'addrs', table.concat(addresses, '\n'), 'expires', args[2],
+             'imported', redis.call('TIME')[1], 'data', args[3])
+  for i = 1, n do
+    redis.call('HSET', keys[3 + i], 'fpr', fpr, 'expires', args[2], 'data', args[3])
+  end
+  redis.call('SADD', keys[2], fpr)
+  redis.call('INCR', keys[3])
+  return 'ok'
+end
+
+-- KEYS: k, keys, version, a..., k...
+--   (the key's own; a: one per address it is stored under; k: when it has
+--   any, one per other stored key)
+-- ARGV: fpr, n (addresses), the n addresses, the other keys' fingerprints
+-- Deletes a key; each of its addresses goes to the most recently imported
+-- other key that lists it. Returns 1 when the key was there, 0 when not, or
+-- 'changed' as key_put.
+local function key_delete(keys, args)
+  local n = tonumber(args[2])
+  local p = #args - 2 - (n or 0)
+  if not n or p < 0 or #keys ~= 3 + n + p or (n == 0 and p > 0) then
+    return redis.error_reply('ERR key_delete: arguments do not match keys')
+  end
+  local fpr = args[1]
+  local addresses = slice(args, 3, 2 + n)
+  local fprs, others = slice(args, 3 + n, #args), slice(keys, 4 + n, #keys)
+  if not directory_as_read(keys, fpr, {}, addresses, fprs) then return 'changed' end
+  local found = redis.call('EXISTS', keys[1])
+  for i = 1, n do
+    unlink(keys[3 + i], addresses[i], fpr, others, fprs)
+  end
+  redis.call('DEL', keys[1])
+  redis.call('SREM', keys[2], fpr)
+  redis.call('INCR', keys[3])
+  return found
+end
+
+-- KEYS: policy, version
+-- ARGV: address or domain[, policy]: without one, its policy goes.
+local function policy_set(keys, args)
+  if args[2] then
+    redis.call('HSET', keys[1], args[1], args[2])
+  else
+    redis.call('HDEL', keys[1], args[1])
+  end
+  redis.call('INCR', keys[2])
+  return 'ok'
+end
+
+-- KEYS: policy
+-- Returns {address or domain, policy, ...}.
+local function policy_list(keys, args)
+  return redis.call('HGETALL', keys[1])
 end
 
 redis.register_function('enqueue', enqueue)
@@ -433,8 +684,18 @@ redis.register_function{function_name = 'top', callback = top, flags = {'no-writ
 redis.register_function{function_name = 'recent', callback = recent, flags = {'no-writes'}}
 redis.register_function('auth_begin', auth_begin)
 redis.register_function('auth_uncount', auth_uncount)
+redis.register_function('user_set', user_set)
+redis.register_function('user_delete', user_delete)
+redis.register_function{function_name = 'user_list', callback = user_list, flags = {'no-writes'}}
 redis.register_function('seal_check', seal_check)
 redis.register_function{function_name = 'key_lookup', callback = key_lookup,
                         flags = {'no-writes'}}
 redis.register_function{function_name = 'key_version', callback = key_version,
+                        flags = {'no-writes'}}
+redis.register_function{function_name = 'key_get', callback = key_get, flags = {'no-writes'}}
+redis.register_function{function_name = 'key_fprs', callback = key_fprs, flags = {'no-writes'}}
+redis.register_function('key_put', key_put)
+redis.register_function('key_delete', key_delete)
+redis.register_function('policy_set', policy_set)
+redis.register_function{function_name = 'policy_list', callback = policy_list,
                         flags = {'no-writes'}}

@@ -276,3 +276,42 @@ def test_a_redis_that_refuses_cluster_commands_is_a_single_redis(tmp_path):
         sink.stop()
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_cli_writes_users_keys_and_policies_on_a_fresh_cluster(tmp_path, cluster):
+    """Before any node has run, so no master has the functions library: the
+    command line loads it on the masters it writes to (those of
+    {sealpost:auth} and {sealpost:crypto}), and each of its calls stays in
+    the slot of its hash tag."""
+    from pgp import Person
+    config = tmp_path / "cli.conf"
+    config.write_text(f"[redis]\nurl = redis://127.0.0.1:{cluster.ports[0]}\ntimeout_ms = 3000\n")
+
+    def cli(*args, stdin=None):
+        return subprocess.run([BIN, *args, "-c", str(config)], input=stdin, capture_output=True,
+                              timeout=60)
+
+    out = cli("users", "add", "u@origin.test", "--cram-md5", stdin=b"a password\n")
+    assert out.returncode == 0, out.stderr
+    assert cli("users", "list").stdout == b"u@origin.test cram-md5\n"
+    person = Person(tmp_path, "erin", "erin@example.test")
+    out = cli("keys", "import", "-", stdin=person.public())
+    assert out.returncode == 0 and person.fpr.encode() in out.stdout, out.stdout + out.stderr
+    assert cli("keys", "policy", "set", "example.test", "required").returncode == 0
+    assert cli("keys", "policy", "list").stdout == b"example.test required\n"
+
+    seed = redis_py.Redis(port=cluster.ports[0])
+    for tag in ("{sealpost:auth}", "{sealpost:crypto}"):
+        owner = redis_py.Redis(port=cluster.owner(seed.execute_command("CLUSTER", "KEYSLOT", tag)))
+        assert owner.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "sealpost"), tag
+    auth = redis_py.Redis(port=cluster.owner(seed.execute_command("CLUSTER", "KEYSLOT",
+                                                                  "{sealpost:auth}")))
+    assert auth.hget("{sealpost:auth}:users", "u@origin.test").startswith(b"$argon2id$")
+    crypto = redis_py.Redis(port=cluster.owner(seed.execute_command("CLUSTER", "KEYSLOT",
+                                                                    "{sealpost:crypto}")))
+    assert crypto.hget("{sealpost:crypto}:a:erin@example.test", "fpr") == person.fpr.encode()
+    assert int(crypto.get("{sealpost:crypto}:version")) == 2
+    assert cli("keys", "delete", person.fpr).returncode == 0
+    assert crypto.exists("{sealpost:crypto}:a:erin@example.test") == 0
+    assert cli("users", "delete", "u@origin.test").returncode == 0
+    assert cli("users", "list").stdout == b""

@@ -1,7 +1,8 @@
-/* Unit tests for the queue's Redis Cluster routing pieces that need no
- * server: key slots (the values Redis itself gives, see CLUSTER KEYSLOT),
- * which word of a command is its key, redirect errors, and CLUSTER SLOTS
- * replies. */
+/* Unit tests for the queue's pieces that need no server: the Redis Cluster
+ * routing (key slots, the values Redis itself gives, see CLUSTER KEYSLOT;
+ * which word of a command is its key; redirect errors; CLUSTER SLOTS
+ * replies), and the schema: each function's KEYS as declared in C against
+ * the functions library's own source, the keys built for calls, job ids. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "queue/cluster.h"
+#include "queue/schema.h"
 
 static unsigned slot_of(const char *key)
 {
@@ -179,6 +181,243 @@ static void test_slots_reply(void **state)
     assert_false(cluster_single_error("ERR max number of clients reached"));
 }
 
+/* ---- the schema against sealpost.lua ---- */
+
+/* The library's source (the copy compiled in, from queue/functions/), line
+ * by line: the text after "-- KEYS: " on the last such line above
+ * `local function <name>(`, with none between; "" when there is none. */
+static void lua_keys_line(const char *name, char *out, size_t len)
+{
+    char keys[256] = "", def[96];
+    snprintf(def, sizeof def, "local function %s(", name);
+    out[0] = 0;
+    for (const char *line = queue_functions_lua; *line;) {
+        size_t n = strcspn(line, "\n");
+        if (n > 9 && !strncmp(line, "-- KEYS: ", 9))
+            snprintf(keys, sizeof keys, "%.*s", (int)(n - 9), line + 9);
+        if (!strncmp(line, "local function ", 15)) {
+            if (!strncmp(line, def, strlen(def))) {
+                snprintf(out, len, "%s", keys);
+                return;
+            }
+            keys[0] = 0; /* it belonged to another function */
+        }
+        line += n + (line[n] == '\n');
+    }
+}
+
+/* How name is registered: 0 not at all, 1 as a writing function, 2 with
+ * the no-writes flag. */
+static int lua_registration(const char *name)
+{
+    char plain[96], table[96];
+    snprintf(plain, sizeof plain, "redis.register_function('%s',", name);
+    snprintf(table, sizeof table, "redis.register_function{function_name = '%s',", name);
+    const char *at = strstr(queue_functions_lua, plain);
+    if (!at) at = strstr(queue_functions_lua, table);
+    if (!at) return 0;
+    const char *next = strstr(at + 1, "redis.register_function");
+    const char *flag = strstr(at, "'no-writes'");
+    return flag && (!next || flag < next) ? 2 : 1;
+}
+
+static unsigned lua_registrations(void)
+{
+    unsigned n = 0;
+    for (const char *p = queue_functions_lua; (p = strstr(p, "redis.register_function")); p++)
+        n++;
+    return n;
+}
+
+static void test_schema_matches_the_library(void **state)
+{
+    (void)state;
+    for (int fn = 0; fn < FNS; fn++) {
+        const char *name = schema_fn_name((enum queue_fn)fn);
+        char c_side[256], lua_side[256];
+        assert_int_equal(schema_keys_text((enum queue_fn)fn, c_side, sizeof c_side), 0);
+        lua_keys_line(name, lua_side, sizeof lua_side);
+        if (strcmp(c_side, lua_side))
+            fail_msg("%s: KEYS in C \"%s\", in sealpost.lua \"%s\"", name, c_side, lua_side);
+        int registered = lua_registration(name);
+        if (registered == 0) fail_msg("%s is not registered in sealpost.lua", name);
+        if ((registered == 2) != schema_fn_read_only((enum queue_fn)fn))
+            fail_msg("%s: no-writes in C %d, in sealpost.lua %d", name,
+                     schema_fn_read_only((enum queue_fn)fn), registered == 2);
+    }
+    /* and no function of the library is unknown to C */
+    assert_int_equal(lua_registrations(), FNS);
+}
+
+static void test_keys_text(void **state)
+{
+    (void)state;
+    char text[256];
+    assert_int_equal(schema_keys_text(FN_CLAIM, text, sizeof text), 0);
+    assert_string_equal(text, "due, lease, meta, held, st");
+    assert_int_equal(schema_keys_text(FN_ENQUEUE, text, sizeof text), 0);
+    assert_string_equal(text, "m, due, st, dom, age, log, dq, b..., j...");
+    assert_int_equal(schema_keys_text(FN_COMPLETE, text, sizeof text), 0);
+    assert_string_equal(text, "due, lease, meta, st, dom, j, m, b, age, log, held, dq, [m, b, j]");
+    char tiny[8];
+    assert_int_equal(schema_keys_text(FN_CLAIM, tiny, sizeof tiny), -1);
+}
+
+#define MID  "0123456789abcdef0123456789abcdef"
+#define BMID "fedcba9876543210fedcba9876543210"
+
+static void test_call_keys(void **state)
+{
+    (void)state;
+    call_keys_t keys;
+    call_keys_init(&keys, FN_COMPLETE,
+                   &(key_ids_t){.shard = 3, .mid = MID, .variant = 1, .jid = MID ".1.4"});
+    call_keys_add(&keys, COMPLETE_BOUNCE,
+                  &(key_ids_t){.shard = 3, .mid = BMID, .jid = BMID ".0.0"});
+    assert_false(keys.failed);
+    assert_int_equal(keys.n, 15);
+    assert_string_equal(keys.list[0], "{mq:3}:due");
+    assert_string_equal(keys.list[5], "{mq:3}:j:" MID ".1.4");
+    assert_string_equal(keys.list[6], "{mq:3}:m:" MID);
+    assert_string_equal(keys.list[7], "{mq:3}:b:" MID ":1");
+    assert_string_equal(keys.list[11], "{mq:3}:dq");
+    assert_string_equal(keys.list[12], "{mq:3}:m:" BMID);
+    assert_string_equal(keys.list[13], "{mq:3}:b:" BMID ":0");
+    assert_string_equal(keys.list[14], "{mq:3}:j:" BMID ".0.0");
+    for (unsigned i = 0; i < keys.n; i++) /* one call, one slot */
+        assert_int_equal(slot_of(keys.list[i]), slot_of("mq:3"));
+    /* the bounce is there once or not at all */
+    call_keys_add(&keys, COMPLETE_BOUNCE,
+                  &(key_ids_t){.shard = 3, .mid = BMID, .jid = BMID ".0.0"});
+    assert_true(keys.failed);
+    call_keys_free(&keys);
+
+    /* runs grow one item at a time, in their order */
+    call_keys_init(&keys, FN_ENQUEUE, &(key_ids_t){.shard = 0, .mid = MID});
+    for (unsigned v = 0; v < 40; v++)
+        call_keys_add(&keys, ENQUEUE_BODY, &(key_ids_t){.shard = 0, .mid = MID, .variant = v});
+    call_keys_add(&keys, ENQUEUE_JOB, &(key_ids_t){.shard = 0, .jid = MID ".0.0"});
+    assert_false(keys.failed);
+    assert_int_equal(keys.n, 7 + 40 + 1);
+    assert_string_equal(keys.list[0], "{mq:0}:m:" MID);
+    assert_string_equal(keys.list[7 + 39], "{mq:0}:b:" MID ":39");
+    assert_string_equal(keys.list[47], "{mq:0}:j:" MID ".0.0");
+    call_keys_add(&keys, ENQUEUE_BODY, &(key_ids_t){.shard = 0, .mid = MID}); /* too late */
+    assert_true(keys.failed);
+    call_keys_free(&keys);
+
+    /* the crypto side's keys share one tag; an id a key needs must be there */
+    call_keys_init(&keys, FN_KEY_PUT, &(key_ids_t){.fpr = "ABCD"});
+    call_keys_add(&keys, KEY_PUT_ADDRESS, &(key_ids_t){.addr = "a@example.test"});
+    call_keys_add(&keys, KEY_PUT_OTHER, &(key_ids_t){.fpr = "EF01"});
+    assert_false(keys.failed);
+    assert_int_equal(keys.n, 5);
+    assert_string_equal(keys.list[0], "{sealpost:crypto}:k:ABCD");
+    assert_string_equal(keys.list[2], "{sealpost:crypto}:version");
+    assert_string_equal(keys.list[3], "{sealpost:crypto}:a:a@example.test");
+    assert_string_equal(keys.list[4], "{sealpost:crypto}:k:EF01");
+    call_keys_free(&keys);
+    call_keys_init(&keys, FN_AUTH_BEGIN, &(key_ids_t){0}); /* no client */
+    assert_true(keys.failed);
+    call_keys_free(&keys);
+    call_keys_init(&keys, FN_CLAIM, &(key_ids_t){0}); /* a part it does not have */
+    call_keys_add(&keys, 0, &(key_ids_t){0});
+    assert_true(keys.failed);
+    call_keys_free(&keys);
+
+    char long_addr[400];
+    memset(long_addr, 'x', sizeof long_addr - 1);
+    long_addr[sizeof long_addr - 1] = 0;
+    key_t_ k;
+    assert_int_equal(schema_key(k, KEY_ADDRESS, &(key_ids_t){.addr = long_addr}), -1);
+    assert_int_equal(schema_key(k, KEY_FAIL, &(key_ids_t){.client = "127.0.0.1"}), 0);
+    assert_string_equal(k, "{sealpost:auth}:fail:127.0.0.1");
+}
+
+static void test_fcall_argv(void **state)
+{
+    (void)state;
+    call_keys_t keys;
+    call_keys_init(&keys, FN_STATS, &(key_ids_t){.shard = 2});
+    fcall_argv_t v;
+    assert_int_equal(fcall_argv_build(&v, &keys, 0, NULL, NULL), 0);
+    assert_int_equal(v.argc, 7);
+    assert_string_equal(v.argv[0], "FCALL_RO");
+    assert_string_equal(v.argv[1], "stats");
+    assert_string_equal(v.argv[2], "4");
+    assert_string_equal(v.argv[6], "{mq:2}:age");
+    assert_int_equal(cluster_command_slot(v.argc, v.argv, v.lens), (int)slot_of("mq:2"));
+    fcall_argv_free(&v);
+    call_keys_free(&keys);
+
+    call_keys_init(&keys, FN_SEAL_CHECK, &(key_ids_t){0});
+    const char *args[] = {"id", "c\0eck"};
+    size_t lens[] = {2, 5};
+    assert_int_equal(fcall_argv_build(&v, &keys, 2, args, lens), 0);
+    assert_string_equal(v.argv[0], "FCALL");
+    assert_int_equal(v.argc, 6);
+    assert_int_equal(v.lens[5], 5);
+    fcall_argv_free(&v);
+    keys.failed = true; /* keys that failed are never sent */
+    assert_int_equal(fcall_argv_build(&v, &keys, 2, args, lens), -1);
+    call_keys_free(&keys);
+}
+
+static void test_job_ids(void **state)
+{
+    (void)state;
+    job_id_t id;
+    assert_int_equal(job_id_parse(MID ".2.17", &id), 0);
+    assert_string_equal(id.mid, MID);
+    assert_int_equal(id.variant, 2);
+    assert_int_equal(id.n, 17);
+    static const char *const bad[] = {
+        "",
+        MID,
+        MID ".",
+        MID ".1",
+        MID ".1.",
+        MID "..1",
+        MID ".1.2.3",
+        MID ".1.2x",
+        MID ".-1.2",
+        MID ".+1.2",
+        MID ".1234567890.0", /* more digits than any variant */
+        "0123456789ABCDEF0123456789abcdef.0.0",
+        "0123456789abcdef0123456789abcde.0.0",
+        "0123456789abcdef0123456789abcdef0.0.0",
+        "0123456789abcdef0123456789abcdeg.0.0",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (job_id_parse(bad[i], &id) == 0) fail_msg("\"%s\" taken for a job id", bad[i]);
+    char jid[JOB_ID_MAX];
+    assert_int_equal(job_id_format(jid, MID, 3, 41), 0);
+    assert_string_equal(jid, MID ".3.41");
+    assert_int_equal(job_id_parse(jid, &id), 0);
+    assert_int_equal(id.variant, 3);
+    assert_int_equal(id.n, 41);
+    assert_int_equal(job_id_format(jid, "not-a-message-id", 0, 0), -1);
+    assert_int_equal(job_id_format(jid, MID "00", 0, 0), -1);
+}
+
+static void test_library_digest(void **state)
+{
+    (void)state;
+    library_t a, b;
+    assert_int_equal(library_prepare(&a), 0);
+    assert_int_equal(library_prepare(&b), 0);
+    assert_int_equal(strlen(a.digest), 32);
+    assert_string_equal(a.digest, b.digest);
+    assert_int_equal(strncmp(a.code.data, "#!lua name=sealpost\n", 20), 0);
+    char call[96];
+    snprintf(call, sizeof call, "return '%s' end", a.digest);
+    assert_non_null(strstr(a.code.data, "function_name='" LIBRARY_DIGEST_FUNCTION "'"));
+    assert_non_null(strstr(a.code.data, call));
+    assert_true(a.code.len > queue_functions_lua_len);
+    library_free(&a);
+    library_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -186,6 +425,12 @@ int main(void)
         cmocka_unit_test(test_command_slots),
         cmocka_unit_test(test_redirects),
         cmocka_unit_test(test_slots_reply),
+        cmocka_unit_test(test_schema_matches_the_library),
+        cmocka_unit_test(test_keys_text),
+        cmocka_unit_test(test_call_keys),
+        cmocka_unit_test(test_fcall_argv),
+        cmocka_unit_test(test_job_ids),
+        cmocka_unit_test(test_library_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

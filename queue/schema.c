@@ -1,0 +1,349 @@
+/* The functions library's schema: each function's KEYS, the names of keys,
+ * job ids, and the library's code as loaded (see schema.h). */
+#include "queue/schema.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- keys ---- */
+
+enum key_scope { SCOPE_SHARD, SCOPE_AUTH, SCOPE_CRYPTO };
+/* What a kind's name carries after the fixed part. */
+enum key_id { ID_NONE, ID_MID, ID_BODY, ID_JID, ID_CLIENT, ID_ADDR, ID_FPR };
+
+static const struct {
+    const char *name; /* in the key and in sealpost.lua's KEYS lines */
+    enum key_scope scope;
+    enum key_id id;
+} kinds[KEY_KINDS] = {
+    [KEY_DUE] = {"due", SCOPE_SHARD, ID_NONE},
+    [KEY_LEASE] = {"lease", SCOPE_SHARD, ID_NONE},
+    [KEY_HELD] = {"held", SCOPE_SHARD, ID_NONE},
+    [KEY_META] = {"meta", SCOPE_SHARD, ID_NONE},
+    [KEY_ST] = {"st", SCOPE_SHARD, ID_NONE},
+    [KEY_DOM] = {"dom", SCOPE_SHARD, ID_NONE},
+    [KEY_AGE] = {"age", SCOPE_SHARD, ID_NONE},
+    [KEY_LOG] = {"log", SCOPE_SHARD, ID_NONE},
+    [KEY_DQ] = {"dq", SCOPE_SHARD, ID_NONE},
+    [KEY_MESSAGE] = {"m", SCOPE_SHARD, ID_MID},
+    [KEY_BODY] = {"b", SCOPE_SHARD, ID_BODY},
+    [KEY_JOB] = {"j", SCOPE_SHARD, ID_JID},
+    [KEY_USERS] = {"users", SCOPE_AUTH, ID_NONE},
+    [KEY_CRAM] = {"cram", SCOPE_AUTH, ID_NONE},
+    [KEY_FAIL] = {"fail", SCOPE_AUTH, ID_CLIENT},
+    [KEY_SEALCHECK] = {"sealcheck", SCOPE_CRYPTO, ID_NONE},
+    [KEY_ADDRESS] = {"a", SCOPE_CRYPTO, ID_ADDR},
+    [KEY_FPR] = {"k", SCOPE_CRYPTO, ID_FPR},
+    [KEY_KEYS] = {"keys", SCOPE_CRYPTO, ID_NONE},
+    [KEY_POLICY] = {"policy", SCOPE_CRYPTO, ID_NONE},
+    [KEY_VERSION] = {"version", SCOPE_CRYPTO, ID_NONE},
+};
+
+/* The id a kind's name ends with; NULL when it has none, or it is missing. */
+static const char *key_id_of(enum key_id id, const key_ids_t *ids)
+{
+    switch (id) {
+    case ID_MID:
+    case ID_BODY:
+        return ids->mid;
+    case ID_JID:
+        return ids->jid;
+    case ID_CLIENT:
+        return ids->client;
+    case ID_ADDR:
+        return ids->addr;
+    case ID_FPR:
+        return ids->fpr;
+    case ID_NONE:
+        break;
+    }
+    return NULL;
+}
+
+int schema_key(key_t_ out, enum key_kind kind, const key_ids_t *ids)
+{
+    if (kind <= KEY_END || kind >= KEY_KINDS) return -1;
+    char tag[32];
+    if (kinds[kind].scope == SCOPE_SHARD)
+        snprintf(tag, sizeof tag, "{mq:%u}", ids->shard);
+    else
+        snprintf(tag, sizeof tag, "%s",
+                 kinds[kind].scope == SCOPE_AUTH ? "{sealpost:auth}" : "{sealpost:crypto}");
+    enum key_id which = kinds[kind].id;
+    const char *name = kinds[kind].name, *id = key_id_of(which, ids);
+    if (which != ID_NONE && !id) return -1;
+    int len = which == ID_NONE ? snprintf(out, KEY_MAX, "%s:%s", tag, name)
+              : which == ID_BODY
+                  ? snprintf(out, KEY_MAX, "%s:%s:%s:%u", tag, name, id, ids->variant)
+                  : snprintf(out, KEY_MAX, "%s:%s:%s", tag, name, id);
+    return len >= 0 && len < KEY_MAX ? 0 : -1;
+}
+
+/* ---- each function's KEYS ---- */
+
+#define FIXED_MAX 12
+#define PARTS_MAX 3
+#define GROUP_MAX 3
+
+static const struct {
+    const char *name;
+    bool read_only;
+    enum key_kind fixed[FIXED_MAX + 1]; /* up to KEY_END */
+    struct {
+        enum key_kind group[GROUP_MAX + 1]; /* up to KEY_END; none: no more parts */
+        bool optional; /* the group once or not at all; else once per item, one kind */
+    } parts[PARTS_MAX];
+} functions[FNS] = {
+    [FN_ENQUEUE] =
+        {.name = "enqueue",
+         .fixed = {KEY_MESSAGE, KEY_DUE, KEY_ST, KEY_DOM, KEY_AGE, KEY_LOG, KEY_DQ},
+         .parts = {[ENQUEUE_BODY] = {{KEY_BODY}, false}, [ENQUEUE_JOB] = {{KEY_JOB}, false}}},
+    [FN_CLAIM] = {.name = "claim", .fixed = {KEY_DUE, KEY_LEASE, KEY_META, KEY_HELD, KEY_ST}},
+    [FN_FETCH] = {.name = "fetch",
+                  .read_only = true,
+                  .fixed = {KEY_JOB, KEY_MESSAGE, KEY_BODY, KEY_META}},
+    [FN_FORGET] = {.name = "forget", .fixed = {KEY_DUE, KEY_LEASE, KEY_META, KEY_JOB}},
+    [FN_EXTEND] = {.name = "extend", .fixed = {KEY_DUE, KEY_LEASE, KEY_META}},
+    [FN_COMPLETE] = {.name = "complete",
+                     .fixed = {KEY_DUE, KEY_LEASE, KEY_META, KEY_ST, KEY_DOM, KEY_JOB, KEY_MESSAGE,
+                               KEY_BODY, KEY_AGE, KEY_LOG, KEY_HELD, KEY_DQ},
+                     .parts = {[COMPLETE_BOUNCE] = {{KEY_MESSAGE, KEY_BODY, KEY_JOB}, true}}},
+    [FN_JOB_OP] = {.name = "job_op",
+                   .fixed = {KEY_DUE, KEY_LEASE, KEY_HELD, KEY_META, KEY_ST, KEY_DOM, KEY_JOB,
+                             KEY_MESSAGE, KEY_BODY, KEY_AGE, KEY_LOG, KEY_DQ}},
+    [FN_TOP] = {.name = "top", .read_only = true, .fixed = {KEY_DOM, KEY_DQ}},
+    [FN_RECENT] = {.name = "recent", .read_only = true, .fixed = {KEY_LOG}},
+    [FN_STATS] = {.name = "stats",
+                  .read_only = true,
+                  .fixed = {KEY_DUE, KEY_LEASE, KEY_HELD, KEY_AGE}},
+    [FN_AUTH_BEGIN] = {.name = "auth_begin", .fixed = {KEY_USERS, KEY_CRAM, KEY_FAIL}},
+    [FN_AUTH_UNCOUNT] = {.name = "auth_uncount", .fixed = {KEY_FAIL}},
+    [FN_USER_SET] = {.name = "user_set", .fixed = {KEY_USERS, KEY_CRAM}},
+    [FN_USER_DELETE] = {.name = "user_delete", .fixed = {KEY_USERS, KEY_CRAM}},
+    [FN_USER_LIST] = {.name = "user_list", .read_only = true, .fixed = {KEY_USERS, KEY_CRAM}},
+    [FN_SEAL_CHECK] = {.name = "seal_check", .fixed = {KEY_SEALCHECK}},
+    [FN_KEY_LOOKUP] = {.name = "key_lookup",
+                       .read_only = true,
+                       .fixed = {KEY_ADDRESS, KEY_POLICY, KEY_VERSION}},
+    [FN_KEY_VERSION] = {.name = "key_version", .read_only = true, .fixed = {KEY_VERSION}},
+    [FN_KEY_GET] = {.name = "key_get", .read_only = true, .fixed = {KEY_FPR}},
+    [FN_KEY_FPRS] = {.name = "key_fprs", .read_only = true, .fixed = {KEY_KEYS}},
+    [FN_KEY_PUT] = {.name = "key_put",
+                    .fixed = {KEY_FPR, KEY_KEYS, KEY_VERSION},
+                    .parts = {[KEY_PUT_ADDRESS] = {{KEY_ADDRESS}, false},
+                              [KEY_PUT_DROPPED] = {{KEY_ADDRESS}, false},
+                              [KEY_PUT_OTHER] = {{KEY_FPR}, false}}},
+    [FN_KEY_DELETE] = {.name = "key_delete",
+                       .fixed = {KEY_FPR, KEY_KEYS, KEY_VERSION},
+                       .parts = {[KEY_DELETE_ADDRESS] = {{KEY_ADDRESS}, false},
+                                 [KEY_DELETE_OTHER] = {{KEY_FPR}, false}}},
+    [FN_POLICY_SET] = {.name = "policy_set", .fixed = {KEY_POLICY, KEY_VERSION}},
+    [FN_POLICY_LIST] = {.name = "policy_list", .read_only = true, .fixed = {KEY_POLICY}},
+};
+
+const char *schema_fn_name(enum queue_fn fn)
+{
+    return functions[fn].name;
+}
+
+bool schema_fn_read_only(enum queue_fn fn)
+{
+    return functions[fn].read_only;
+}
+
+/* Appends text at *pos of out; false once it does not fit. */
+static bool put(char *out, size_t len, size_t *pos, const char *text)
+{
+    size_t n = strlen(text);
+    if (*pos + n >= len) return false;
+    memcpy(out + *pos, text, n + 1);
+    *pos += n;
+    return true;
+}
+
+static bool put_kinds(char *out, size_t len, size_t *pos, const enum key_kind *list,
+                      const char *each)
+{
+    bool ok = true;
+    for (unsigned i = 0; ok && list[i] != KEY_END; i++)
+        ok = (i == 0 || put(out, len, pos, ", ")) && put(out, len, pos, kinds[list[i]].name) &&
+             put(out, len, pos, each);
+    return ok;
+}
+
+int schema_keys_text(enum queue_fn fn, char *out, size_t len)
+{
+    size_t pos = 0;
+    if (len == 0) return -1;
+    out[0] = 0;
+    bool ok = put_kinds(out, len, &pos, functions[fn].fixed, "");
+    for (unsigned p = 0; ok && p < PARTS_MAX && functions[fn].parts[p].group[0] != KEY_END; p++) {
+        bool optional = functions[fn].parts[p].optional;
+        ok = put(out, len, &pos, optional ? ", [" : ", ") &&
+             put_kinds(out, len, &pos, functions[fn].parts[p].group, optional ? "" : "...") &&
+             (!optional || put(out, len, &pos, "]"));
+    }
+    return ok ? 0 : -1;
+}
+
+static bool keys_room(call_keys_t *ck, unsigned more)
+{
+    if (ck->n + more <= ck->cap) return true;
+    unsigned cap = 2 * (ck->n + more);
+    key_t_ *names = realloc(ck->names, cap * sizeof *names);
+    if (!names) return false;
+    ck->names = names;
+    const char **list = realloc(ck->list, cap * sizeof *list);
+    if (!list) return false;
+    ck->list = list;
+    ck->cap = cap;
+    for (unsigned i = 0; i < ck->n; i++)
+        list[i] = names[i];
+    return true;
+}
+
+static void keys_append(call_keys_t *ck, const enum key_kind *group, const key_ids_t *ids)
+{
+    unsigned n = 0;
+    while (group[n] != KEY_END)
+        n++;
+    if (ck->failed || !keys_room(ck, n)) {
+        ck->failed = true;
+        return;
+    }
+    for (unsigned i = 0; i < n; i++, ck->n++) {
+        if (schema_key(ck->names[ck->n], group[i], ids) < 0) ck->failed = true;
+        ck->list[ck->n] = ck->names[ck->n];
+    }
+}
+
+void call_keys_init(call_keys_t *ck, enum queue_fn fn, const key_ids_t *ids)
+{
+    *ck = (call_keys_t){.fn = fn};
+    keys_append(ck, functions[fn].fixed, ids);
+}
+
+void call_keys_add(call_keys_t *ck, unsigned part, const key_ids_t *ids)
+{
+    if (part >= PARTS_MAX || part < ck->next_part ||
+        functions[ck->fn].parts[part].group[0] == KEY_END) {
+        ck->failed = true;
+        return;
+    }
+    /* A run stays open for its next item; a group that is there or not closes. */
+    ck->next_part = functions[ck->fn].parts[part].optional ? part + 1 : part;
+    keys_append(ck, functions[ck->fn].parts[part].group, ids);
+}
+
+void call_keys_free(call_keys_t *ck)
+{
+    free(ck->names);
+    free(ck->list);
+    *ck = (call_keys_t){.fn = ck->fn, .failed = true};
+}
+
+int fcall_argv_build(fcall_argv_t *v, const call_keys_t *ck, int nargs, const char **args,
+                     const size_t *arg_lens)
+{
+    *v = (fcall_argv_t){.argc = 3 + (int)ck->n + nargs};
+    if (ck->failed) return -1;
+    v->argv = calloc((size_t)v->argc, sizeof *v->argv);
+    v->lens = calloc((size_t)v->argc, sizeof *v->lens);
+    if (!v->argv || !v->lens) {
+        fcall_argv_free(v);
+        return -1;
+    }
+    snprintf(v->numkeys, sizeof v->numkeys, "%u", ck->n);
+    v->argv[0] = functions[ck->fn].read_only ? "FCALL_RO" : "FCALL";
+    v->argv[1] = functions[ck->fn].name;
+    v->argv[2] = v->numkeys;
+    for (unsigned i = 0; i < ck->n; i++)
+        v->argv[3 + i] = ck->list[i];
+    for (int i = 0; i < 3 + (int)ck->n; i++)
+        v->lens[i] = strlen(v->argv[i]);
+    for (int i = 0; i < nargs; i++) {
+        v->argv[3 + ck->n + i] = args[i];
+        v->lens[3 + ck->n + i] = arg_lens ? arg_lens[i] : strlen(args[i]);
+    }
+    return 0;
+}
+
+void fcall_argv_free(fcall_argv_t *v)
+{
+    free(v->argv);
+    free(v->lens);
+    v->argv = NULL;
+    v->lens = NULL;
+}
+
+/* ---- job ids ---- */
+
+static bool is_message_id(const char *s, size_t len)
+{
+    if (len != 32) return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
+    return true;
+}
+
+/* A decimal number of one to nine digits at *p, up to stop; moves *p past it. */
+static int decimal(const char **p, char stop, unsigned *out)
+{
+    const char *s = *p;
+    unsigned v = 0, digits = 0;
+    for (; *s >= '0' && *s <= '9' && digits < 9; s++, digits++)
+        v = v * 10 + (unsigned)(*s - '0');
+    if (!digits || *s != stop) return -1;
+    *out = v;
+    *p = s;
+    return 0;
+}
+
+int job_id_parse(const char *jid, job_id_t *out)
+{
+    const char *dot = strchr(jid, '.');
+    if (!dot || !is_message_id(jid, (size_t)(dot - jid))) return -1;
+    job_id_t id;
+    memcpy(id.mid, jid, 32);
+    id.mid[32] = 0;
+    const char *p = dot + 1;
+    if (decimal(&p, '.', &id.variant) < 0) return -1;
+    p++;
+    if (decimal(&p, '\0', &id.n) < 0) return -1;
+    *out = id;
+    return 0;
+}
+
+int job_id_format(char out[JOB_ID_MAX], const char *mid, unsigned variant, unsigned n)
+{
+    if (!is_message_id(mid, strlen(mid))) return -1;
+    int len = snprintf(out, JOB_ID_MAX, "%s.%u.%u", mid, variant, n);
+    return len > 0 && len < JOB_ID_MAX ? 0 : -1;
+}
+
+/* ---- the library ---- */
+
+int library_prepare(library_t *lib)
+{
+    unsigned char hash[16];
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)queue_functions_lua,
+                       queue_functions_lua_len, NULL, 0);
+    sodium_bin2hex(lib->digest, sizeof lib->digest, hash, sizeof hash);
+    buf_init(&lib->code);
+    if (buf_append(&lib->code, queue_functions_lua, queue_functions_lua_len) < 0 ||
+        buf_printf(&lib->code,
+                   "\nredis.register_function{function_name='" LIBRARY_DIGEST_FUNCTION "',\n"
+                   "  callback=function() return '%s' end, flags={'no-writes'}}\n",
+                   lib->digest) < 0) {
+        buf_free(&lib->code);
+        return -1;
+    }
+    return 0;
+}
+
+void library_free(library_t *lib)
+{
+    buf_free(&lib->code);
+}

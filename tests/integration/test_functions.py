@@ -1,0 +1,314 @@
+"""The functions library (queue/functions/sealpost.lua) called directly on a
+real redis-server, with keys and arguments spelled here as its KEYS and ARGV
+comments give them: leases and their fencing tokens, poison jobs, idempotent
+enqueue, what complete refuses, and the writes of users, keys and policies
+that `sealpost users` and `sealpost keys` make through it."""
+
+import time
+
+import pytest
+import redis as redis_py
+
+from conftest import ROOT
+
+LIBRARY = (ROOT / "queue" / "functions" / "sealpost.lua").read_text()
+
+SHARD = 0
+MID = "0123456789abcdef0123456789abcdef"
+OTHER_MID = "fedcba9876543210fedcba9876543210"
+
+
+def shard(name):
+    return f"{{mq:{SHARD}}}:{name}"
+
+
+def crypto(name):
+    return f"{{sealpost:crypto}}:{name}"
+
+
+AUTH_KEYS = ["{sealpost:auth}:users", "{sealpost:auth}:cram"]
+
+
+@pytest.fixture
+def r(redis_server):
+    client = redis_server.client()
+    assert client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY) == b"sealpost"
+    return client
+
+
+def snapshot(r):
+    """Every key with its serialized value: equal snapshots, nothing changed."""
+    return {key: r.dump(key) for key in r.scan_iter()}
+
+
+# ---- the queue ----
+
+def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None):
+    """jobs: [(domain, rcpts, variant)]. Returns the reply and the job ids."""
+    jids = jids or [f"{mid}.{v}.{n}" for n, (_, _, v) in enumerate(jobs)]
+    keys = [shard(f"m:{mid}"), shard("due"), shard("st"), shard("dom"), shard("age"),
+            shard("log"), shard("dq")]
+    keys += [shard(f"b:{mid}:{v}") for v in range(len(bodies))]
+    keys += [shard(f"j:{jid}") for jid in jids]
+    args = [mid, SHARD, "sender@origin.test", "", "a test", len(bodies), len(jobs), *bodies]
+    for jid, (domain, rcpts, v) in zip(jids, jobs):
+        args += [jid, domain, rcpts, v]
+    return r.fcall("enqueue", len(keys), *keys, *args), jids
+
+
+def claim(r, owner="w1", lease_ms=60000, max_jobs=10, max_expiries=3):
+    """{jid: token} of the jobs leased."""
+    keys = [shard("due"), shard("lease"), shard("meta"), shard("held"), shard("st")]
+    _, leased = r.fcall("claim", len(keys), *keys, owner, lease_ms, max_jobs, max_expiries)
+    return {leased[i].decode(): leased[i + 1] for i in range(0, len(leased), 2)}
+
+
+def complete(r, jid, token, job_jid=None, variant=None, pending="", domain="example.test"):
+    """job_jid and variant name the job hash and body in KEYS: jid's own unless given."""
+    mid, v, _ = jid.split(".")
+    keys = [shard("due"), shard("lease"), shard("meta"), shard("st"), shard("dom"),
+            shard(f"j:{job_jid or jid}"), shard(f"m:{mid}"),
+            shard(f"b:{mid}:{v if variant is None else variant}"), shard("age"), shard("log"),
+            shard("held"), shard("dq")]
+    args = [jid, token, pending, 1000, "", domain, SHARD, f"x@{domain}\tdelivered\t250 ok\n"]
+    return r.fcall("complete", len(keys), *keys, *args)
+
+
+def counter(r, name):
+    return int(r.hget(shard("st"), name) or 0)
+
+
+def test_a_duplicate_enqueue_is_idempotent(r):
+    jobs = [("example.test", "a@example.test\nb@example.test", 0),
+            ("origin.test", "c@origin.test", 0)]
+    reply, jids = enqueue(r, MID, jobs)
+    assert reply == b"ok"
+    before = snapshot(r)
+    reply, _ = enqueue(r, MID, jobs)
+    assert reply == b"duplicate"
+    assert snapshot(r) == before
+    # what one enqueue makes, once: two jobs due, one message, counters at one
+    assert sorted(m.decode() for m in r.zrange(shard("due"), 0, -1)) == sorted(jids)
+    assert r.zcard(shard("dq")) == 2
+    assert counter(r, "enqueued") == 1
+    assert r.hgetall(shard("dom")) == {b"example.test": b"1", b"origin.test": b"1"}
+    assert r.zrange(shard("age"), 0, -1) == [MID.encode()]
+    assert r.xlen(shard("log")) == 1
+    assert r.hget(shard(f"m:{MID}"), "open") == b"2"
+
+
+def test_an_enqueue_whose_job_id_names_another_variant_writes_nothing(r):
+    jobs = [("example.test", "a@example.test", 0), ("example.test", "b@example.test", 1)]
+    with pytest.raises(redis_py.ResponseError, match="job id"):
+        enqueue(r, MID, jobs, bodies=(b"v0", b"v1"), jids=[f"{MID}.0.0", f"{MID}.0.1"])
+    assert snapshot(r) == {}
+    reply, _ = enqueue(r, MID, jobs, bodies=(b"v0", b"v1"))
+    assert reply == b"ok"
+
+
+def test_a_poison_job_goes_to_held_after_max_lease_expiries(r):
+    _, (jid,) = enqueue(r, MID, [("example.test", "a@example.test", 0)])
+    tokens = [claim(r, lease_ms=50)[jid]]
+    assert claim(r, lease_ms=50) == {}  # leased: nobody else gets it meanwhile
+    for expiry in (1, 2):
+        time.sleep(0.1)
+        again = claim(r, owner=f"w{expiry + 1}", lease_ms=50)
+        assert list(again) == [jid], f"expiry {expiry}: reclaimed and leased again"
+        tokens.append(again[jid])
+        assert r.zscore(shard("held"), jid) is None
+        assert int(r.hget(shard("meta"), f"{jid}:exp")) == expiry
+    assert tokens == sorted(set(tokens)), "each lease has a newer fencing token"
+    time.sleep(0.1)
+    assert claim(r, lease_ms=50) == {}  # the third expiry: held, not leased again
+    assert r.zscore(shard("held"), jid) is not None
+    assert r.zscore(shard("due"), jid) is None and r.zscore(shard("lease"), jid) is None
+    assert counter(r, "poisoned") == 1
+    assert counter(r, "lease_expired") == 2
+    assert r.exists(shard(f"j:{jid}")) == 1  # held, not lost
+
+
+def test_a_completion_with_a_stale_fencing_token_is_refused(r):
+    _, (jid,) = enqueue(r, MID, [("example.test", "a@example.test", 0)])
+    first = claim(r, owner="w1", lease_ms=50)[jid]
+    time.sleep(0.1)
+    second = claim(r, owner="w2", lease_ms=60000)[jid]
+    assert second > first
+    before = snapshot(r)
+    assert complete(r, jid, first) == b"stale"
+    lease = [shard("due"), shard("lease"), shard("meta")]
+    assert r.fcall("extend", 3, *lease, jid, first, 60000) == b"stale"
+    assert snapshot(r) == before
+    # the holder of the lease completes it
+    assert complete(r, jid, second) == b"done"
+    assert r.exists(shard(f"j:{jid}"), shard(f"m:{MID}"), shard(f"b:{MID}:0")) == 0
+    assert counter(r, "completed") == 1
+
+
+def test_a_completion_naming_another_variant_than_the_jobs_body_is_refused(r):
+    jobs = [("example.test", "a@example.test", 0), ("example.test", "b@example.test", 1)]
+    _, (jid0, jid1) = enqueue(r, MID, jobs, bodies=(b"v0", b"v1"))
+    tokens = claim(r)
+    before = snapshot(r)
+    # the id says variant 1, the job hash given (jid0's) has body 0
+    with pytest.raises(redis_py.ResponseError, match="variant"):
+        complete(r, jid1, tokens[jid1], job_jid=jid0)
+    assert snapshot(r) == before
+    # named consistently, it completes, and only its own body goes
+    assert complete(r, jid1, tokens[jid1]) == b"done"
+    assert r.exists(shard(f"b:{MID}:1")) == 0 and r.get(shard(f"b:{MID}:0")) == b"v0"
+
+
+def test_a_completion_bounces_in_the_same_call(r):
+    _, (jid,) = enqueue(r, MID, [("example.test", "a@example.test", 0)])
+    token = claim(r)[jid]
+    bounce_jid = f"{OTHER_MID}.0.0"
+    keys = [shard("due"), shard("lease"), shard("meta"), shard("st"), shard("dom"),
+            shard(f"j:{jid}"), shard(f"m:{MID}"), shard(f"b:{MID}:0"), shard("age"), shard("log"),
+            shard("held"), shard("dq"), shard(f"m:{OTHER_MID}"), shard(f"b:{OTHER_MID}:0"),
+            shard(f"j:{bounce_jid}")]
+    args = [jid, token, "", 1000, "550 no", "example.test", SHARD,
+            "a@example.test\tbounced\t550 no\n", OTHER_MID, "bounce", b"sealed bounce",
+            bounce_jid, "origin.test", "sender@origin.test", "0"]
+    assert r.fcall("complete", len(keys), *keys, *args) == b"done"
+    assert r.exists(shard(f"j:{jid}")) == 0
+    assert r.hget(shard(f"j:{bounce_jid}"), "rcpts") == b"sender@origin.test"
+    assert r.get(shard(f"b:{OTHER_MID}:0")) == b"sealed bounce"
+    assert r.hget(shard(f"m:{OTHER_MID}"), "sender") == b""
+    assert counter(r, "bounced") == 1 and counter(r, "enqueued") == 2
+
+
+# ---- users ----
+
+def test_user_set_and_delete(r):
+    assert r.fcall("user_set", 2, *AUTH_KEYS, "u@origin.test", "$argon2id$one", "secret") == b"ok"
+    assert r.hgetall(AUTH_KEYS[0]) == {b"u@origin.test": b"$argon2id$one"}
+    assert r.hgetall(AUTH_KEYS[1]) == {b"u@origin.test": b"secret"}
+    r.fcall("user_set", 2, *AUTH_KEYS, "v@origin.test", "$argon2id$v")
+    # replaced without a secret: the old secret goes with the old hash
+    r.fcall("user_set", 2, *AUTH_KEYS, "u@origin.test", "$argon2id$two")
+    assert r.hget(AUTH_KEYS[0], "u@origin.test") == b"$argon2id$two"
+    assert r.hgetall(AUTH_KEYS[1]) == {}
+    r.fcall("user_set", 2, *AUTH_KEYS, "v@origin.test", "$argon2id$v", "vs")
+    listed = sorted((name, flag) for name, flag in r.fcall_ro("user_list", 2, *AUTH_KEYS))
+    assert listed == [(b"u@origin.test", 0), (b"v@origin.test", 1)]
+    assert r.fcall("user_delete", 2, *AUTH_KEYS, "v@origin.test") == 1
+    assert r.fcall("user_delete", 2, *AUTH_KEYS, "v@origin.test") == 0
+    assert r.hkeys(AUTH_KEYS[0]) == [b"u@origin.test"] and r.hgetall(AUTH_KEYS[1]) == {}
+
+
+# ---- the key directory ----
+
+def version(r):
+    return int(r.get(crypto("version")) or 0)
+
+
+def key_put(r, fpr, addresses, dropped=(), others=(), data=None, expires=0):
+    keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version")]
+    keys += [crypto(f"a:{a}") for a in (*addresses, *dropped)]
+    keys += [crypto(f"k:{o}") for o in others]
+    args = [fpr, expires, data or f"key {fpr}", len(addresses), len(dropped), *addresses,
+            *dropped, *others]
+    return r.fcall("key_put", len(keys), *keys, *args)
+
+
+def key_delete(r, fpr, addresses, others=()):
+    keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version")]
+    keys += [crypto(f"a:{a}") for a in addresses] + [crypto(f"k:{o}") for o in others]
+    return r.fcall("key_delete", len(keys), *keys, fpr, len(addresses), *addresses, *others)
+
+
+def filed_under(r, address):
+    return (r.hget(crypto(f"a:{address}"), "fpr") or b"").decode()
+
+
+def test_key_put_stores_a_key_under_each_address(r):
+    assert key_put(r, "AAAA", ["x@example.test", "y@example.test"], expires=1999999999) == b"ok"
+    stored = r.hgetall(crypto("k:AAAA"))
+    assert stored[b"addrs"] == b"x@example.test\ny@example.test"
+    assert stored[b"expires"] == b"1999999999" and stored[b"data"] == b"key AAAA"
+    assert abs(int(stored[b"imported"]) - time.time()) < 60
+    for a in ("x@example.test", "y@example.test"):
+        assert r.hgetall(crypto(f"a:{a}")) == {b"fpr": b"AAAA", b"expires": b"1999999999",
+                                               b"data": b"key AAAA"}
+    assert r.smembers(crypto("keys")) == {b"AAAA"}
+    assert version(r) == 1
+    got = r.fcall_ro("key_get", 1, crypto("k:AAAA"))
+    assert got[0] == b"x@example.test\ny@example.test" and got[3] == b"key AAAA"
+    assert r.fcall_ro("key_get", 1, crypto("k:NONE")) is None
+    # a later import of another key for an address takes it
+    assert key_put(r, "BBBB", ["y@example.test"]) == b"ok"
+    assert filed_under(r, "y@example.test") == "BBBB" and version(r) == 2
+    assert r.fcall_ro("key_fprs", 1, crypto("keys")) in ([b"AAAA", b"BBBB"], [b"BBBB", b"AAAA"])
+
+
+def test_deleting_a_key_files_its_addresses_under_another_that_lists_them(r):
+    key_put(r, "AAAA", ["x@example.test", "y@example.test"])
+    key_put(r, "BBBB", ["y@example.test", "z@example.test"])
+    before = version(r)
+    assert key_delete(r, "BBBB", ["y@example.test", "z@example.test"], others=["AAAA"]) == 1
+    assert filed_under(r, "y@example.test") == "AAAA"
+    assert r.hget(crypto("a:y@example.test"), "data") == b"key AAAA"
+    assert r.exists(crypto("a:z@example.test"), crypto("k:BBBB")) == 0
+    assert r.smembers(crypto("keys")) == {b"AAAA"}
+    assert version(r) == before + 1
+    assert key_delete(r, "BBBB", []) == 0  # gone already: 0, and the version still moves
+    assert version(r) == before + 2
+
+
+def test_the_most_recently_imported_other_key_takes_the_address(r):
+    for fpr in ("OLD1", "NEW1", "GONE"):
+        key_put(r, fpr, ["q@example.test"])
+    for newest, older in (("NEW1", "OLD1"), ("OLD1", "NEW1")):
+        r.hset(crypto(f"k:{newest}"), "imported", 2000)
+        r.hset(crypto(f"k:{older}"), "imported", 1000)
+        key_put(r, "GONE", ["q@example.test"])
+        assert key_delete(r, "GONE", ["q@example.test"], others=["NEW1", "OLD1"]) == 1
+        assert filed_under(r, "q@example.test") == newest
+
+
+def test_key_put_dropping_an_address_files_it_under_another_key(r):
+    key_put(r, "CCCC", ["z@example.test"])
+    key_put(r, "DDDD", ["z@example.test", "w@example.test"])
+    assert filed_under(r, "z@example.test") == "DDDD"
+    assert key_put(r, "DDDD", ["w@example.test"], dropped=["z@example.test"],
+                   others=["CCCC"]) == b"ok"
+    assert filed_under(r, "z@example.test") == "CCCC"
+    assert r.hget(crypto("k:DDDD"), "addrs") == b"w@example.test"
+    # an address that another key took meanwhile stays with that key
+    key_put(r, "EEEE", ["v@example.test"])
+    key_put(r, "FFFF", ["v@example.test"])
+    assert key_put(r, "EEEE", [], dropped=["v@example.test"],
+                   others=["CCCC", "DDDD", "FFFF"]) == b"ok"
+    assert filed_under(r, "v@example.test") == "FFFF"
+
+
+def test_a_directory_changed_since_it_was_read_is_not_written(r):
+    key_put(r, "AAAA", ["x@example.test", "y@example.test"])
+    key_put(r, "BBBB", ["y@example.test"])
+    before = snapshot(r)
+    # an address left out, an other key left out, one that is not there
+    assert key_delete(r, "AAAA", ["x@example.test"], others=["BBBB"]) == b"changed"
+    assert key_delete(r, "AAAA", ["x@example.test", "y@example.test"]) == b"changed"
+    assert key_delete(r, "AAAA", ["x@example.test", "y@example.test"],
+                      others=["BBBB", "CCCC"]) == b"changed"
+    assert key_put(r, "AAAA", ["x@example.test"]) == b"changed"  # y is dropped
+    assert key_put(r, "AAAA", ["x@example.test"], dropped=["y@example.test"]) == b"changed"
+    assert snapshot(r) == before
+    assert key_delete(r, "AAAA", ["x@example.test", "y@example.test"], others=["BBBB"]) == 1
+
+
+def test_policy_set_and_remove_move_the_version(r):
+    keys = [crypto("policy"), crypto("version")]
+    assert r.fcall("policy_set", 2, *keys, "example.test", "required") == b"ok"
+    assert r.fcall("policy_set", 2, *keys, "a@example.test", "never") == b"ok"
+    assert r.hgetall(crypto("policy")) == {b"example.test": b"required",
+                                           b"a@example.test": b"never"}
+    assert version(r) == 2
+    assert r.fcall("policy_set", 2, *keys, "example.test") == b"ok"
+    assert r.hgetall(crypto("policy")) == {b"a@example.test": b"never"}
+    assert version(r) == 3
+    assert r.fcall_ro("policy_list", 1, crypto("policy")) == [b"a@example.test", b"never"]
+    # what a node reads for an address: the policies and the version
+    found = r.fcall_ro("key_lookup", 3, crypto("a:a@example.test"), crypto("policy"),
+                       crypto("version"), "a@example.test", "example.test")
+    assert found == [b"3", None, None, None, b"never", None]
