@@ -39,6 +39,7 @@ $(FUZZ_BUILD)/Makefile:
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
+	$(PYTHON) tests/lint/layers.py . $(BUILD)
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(ASAN_BUILD) && ctest --output-on-failure
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
@@ -87,7 +88,10 @@ fuzz: setup $(FUZZ_BUILD)/Makefile
 	$(FUZZ_BUILD)/tests/fuzz_pgpmime -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-pgpmime \
 		tests/fuzz/corpus/pgpmime
 
-lint: setup $(BUILD)/Makefile
+# The layering of docs/architecture.md (floors, no circle of calls inside a
+# folder), then the analyzers.
+lint: build
+	$(PYTHON) tests/lint/layers.py . $(BUILD)
 	clang-tidy -p $(BUILD) --quiet $$(git ls-files '*.c')
 	cppcheck --enable=warning,performance,portability --error-exitcode=1 --quiet \
 		--inline-suppr -I . $$(git ls-files '*.c')

@@ -115,6 +115,17 @@ bool proto_utf8_valid(const char *p, size_t len)
     return true;
 }
 
+/* Steps over the UTF-8 character at p[*i], noting that the path has one;
+ * false when it is malformed. */
+static bool take_utf8(const unsigned char *p, size_t len, size_t *i, bool *utf8)
+{
+    size_t n = utf8_seq(p + *i, len - *i);
+    if (!n) return false;
+    *utf8 = true;
+    *i += n;
+    return true;
+}
+
 /* Dot-string or Quoted-string; returns its length or 0. */
 static size_t scan_local_part(const unsigned char *p, size_t len, bool *utf8)
 {
@@ -143,10 +154,7 @@ static size_t scan_local_part(const unsigned char *p, size_t len, bool *utf8)
             continue;
         }
         if (p[i] >= 0x80) {
-            size_t n = utf8_seq(p + i, len - i);
-            if (!n) return 0;
-            *utf8 = true;
-            i += n;
+            if (!take_utf8(p, len, &i, utf8)) return 0;
         } else if (is_atext(p[i])) {
             i++;
         } else {
@@ -184,10 +192,7 @@ static size_t scan_domain(const unsigned char *p, size_t len, bool *utf8)
             continue;
         }
         if (p[i] >= 0x80) {
-            size_t n = utf8_seq(p + i, len - i);
-            if (!n) return 0;
-            *utf8 = true;
-            i += n;
+            if (!take_utf8(p, len, &i, utf8)) return 0;
         } else if (is_alpha(p[i]) || is_digit(p[i]) || (p[i] == '-' && label > 0)) {
             i++;
         } else {

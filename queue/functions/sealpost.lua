@@ -65,6 +65,12 @@ local function job_id(jid)
   return mid, tonumber(v)
 end
 
+-- The reply to a call whose KEYS or ARGV are not what this library takes:
+-- a node running other code than the library loaded.
+local function mismatch(name)
+  return redis.error_reply('ERR ' .. name .. ': arguments do not match this library')
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,7 +84,7 @@ end
 local function store_message(k, a, now)
   local nb, n = tonumber(a[6]), tonumber(a[7])
   if not nb or not n or nb < 1 or n < 1 or #k ~= 7 + nb + n or #a ~= 7 + nb + 4 * n then
-    return redis.error_reply('ERR arguments do not match keys')
+    return mismatch('enqueue')
   end
   for i = 1, n do -- all checked before the first write: an error leaves nothing behind
     local at = 7 + nb + 4 * (i - 1)
@@ -248,7 +254,7 @@ end
 -- or delete of the leased job takes effect here.
 local function complete(keys, args)
   if (#keys ~= 12 or #args ~= 8) and (#keys ~= 15 or #args ~= 15) then
-    return redis.error_reply('ERR complete: arguments do not match this library')
+    return mismatch('complete')
   end
   local jid = args[1]
   if not lease_valid(keys, jid, args[2]) then return 'stale' end
@@ -295,6 +301,15 @@ local function complete(keys, args)
   return 'done'
 end
 
+-- job_op's wish for a leased job, noted in T:meta (keys[4]) as <jid>:hold
+-- or <jid>:del, and done when the lease ends.
+local function at_lease_end(keys, mid, jid, flag, reply)
+  redis.call('HSET', keys[4], jid .. ':' .. flag, 1)
+  trace(keys[11], mid, jid, '', flag == 'del' and 'delete' or 'hold',
+        'asked while leased: at lease end')
+  return reply
+end
+
 -- An operator's hold, release, retry or delete of one job (queue/admin.c).
 -- A job a worker holds is left to it: a hold or delete is noted in T:meta
 -- and done when its lease ends (complete, or a worker that reclaims it).
@@ -302,9 +317,7 @@ end
 --   (b: the job's body, whose variant its id names)
 -- ARGV: op, jid, shard.  Returns what happened, in words.
 local function job_op(keys, args)
-  if #keys ~= 12 or #args ~= 3 then
-    return redis.error_reply('ERR job_op: arguments do not match this library')
-  end
+  if #keys ~= 12 or #args ~= 3 then return mismatch('job_op') end
   local op, jid = args[1], args[2]
   local mid, named = job_id(jid)
   if not mid or redis.call('EXISTS', keys[7]) == 0 then return 'no such job' end
@@ -313,11 +326,7 @@ local function job_op(keys, args)
   local held = redis.call('ZSCORE', keys[3], jid)
   if op == 'hold' then
     if held then return 'already held' end
-    if leased then
-      redis.call('HSET', keys[4], jid .. ':hold', 1)
-      trace(keys[11], mid, jid, '', 'hold', 'asked while leased: at lease end')
-      return 'held at lease end'
-    end
+    if leased then return at_lease_end(keys, mid, jid, 'hold', 'held at lease end') end
     redis.call('ZREM', keys[1], jid)
     redis.call('ZADD', keys[3], now, jid)
     trace(keys[11], mid, jid, '', 'held', 'by an operator')
@@ -344,11 +353,7 @@ local function job_op(keys, args)
     trace(keys[11], mid, jid, '', done, 'by an operator: due now')
     return done
   elseif op == 'delete' then
-    if leased then
-      redis.call('HSET', keys[4], jid .. ':del', 1)
-      trace(keys[11], mid, jid, '', 'delete', 'asked while leased: at lease end')
-      return 'deleted at lease end'
-    end
+    if leased then return at_lease_end(keys, mid, jid, 'del', 'deleted at lease end') end
     redis.call('ZREM', keys[1], jid)
     redis.call('ZREM', keys[3], jid)
     local domain = redis.call('HGET', keys[7], 'domain') or ''
@@ -402,7 +407,8 @@ end
 local function stats(keys, args)
   local now = now_ms()
   local oldest = redis.call('ZRANGE', keys[4], 0, 0, 'WITHSCORES')
-  return {redis.call('ZCOUNT', keys[1], '-inf', now), redis.call('ZCOUNT', keys[1], '(' .. now, '+inf'),
+  return {redis.call('ZCOUNT', keys[1], '-inf', now),
+          redis.call('ZCOUNT', keys[1], '(' .. now, '+inf'),
           redis.call('ZCARD', keys[2]), redis.call('ZCARD', keys[3]), redis.call('ZCARD', keys[4]),
           tonumber(oldest[2] or -1), now}
 end
@@ -438,9 +444,7 @@ end
 -- Adds or replaces a user. Without a secret any old one goes, in the same
 -- call: a user is never seen with a new hash and an old secret.
 local function user_set(keys, args)
-  if #args ~= 2 and #args ~= 3 then
-    return redis.error_reply('ERR user_set: arguments do not match this library')
-  end
+  if #args ~= 2 and #args ~= 3 then return mismatch('user_set') end
   redis.call('HSET', keys[1], args[1], args[2])
   if args[3] then
     redis.call('HSET', keys[2], args[1], args[3])
@@ -606,7 +610,7 @@ local function key_put(keys, args)
   local n, m = tonumber(args[4]), tonumber(args[5])
   local p = #args - 5 - (n or 0) - (m or 0)
   if not n or not m or p < 0 or #keys ~= 3 + n + m + p or (m == 0 and p > 0) then
-    return redis.error_reply('ERR key_put: arguments do not match keys')
+    return mismatch('key_put')
   end
   local fpr = args[1]
   local addresses, dropped = slice(args, 6, 5 + n), slice(args, 6 + n, 5 + n + m)
@@ -638,7 +642,7 @@ local function key_delete(keys, args)
   local n = tonumber(args[2])
   local p = #args - 2 - (n or 0)
   if not n or p < 0 or #keys ~= 3 + n + p or (n == 0 and p > 0) then
-    return redis.error_reply('ERR key_delete: arguments do not match keys')
+    return mismatch('key_delete')
   end
   local fpr = args[1]
   local addresses = slice(args, 3, 2 + n)

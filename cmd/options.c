@@ -1,0 +1,81 @@
+/* What the subcommands share: their options, the configuration, and the
+ * administration commands' connection to Redis. */
+#include "cmd/cmd.h"
+#include "queue/admin.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
+{
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        if (opt == 'c') {
+            path = optarg;
+        } else {
+            fputs(usage, opt == 'h' ? stdout : stderr);
+            exit(opt == 'h' ? 0 : 2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sealpost: unexpected argument '%s'\n%s", argv[optind], usage);
+        exit(2);
+    }
+    char err[600];
+    if (config_load(cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: configuration error: %s\n", err);
+        exit(2);
+    }
+    log_set_level(cfg->log.level);
+    log_set_redact(cfg->log.redact_addresses, NULL, 0);
+}
+
+int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag, bool *flag_set,
+                      const char **path)
+{
+    const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {flag, no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        if (opt == 'c') {
+            *path = optarg;
+        } else if (opt == 'f') {
+            *flag_set = true;
+        } else {
+            fputs(usage, opt == 'h' ? stdout : stderr);
+            return opt == 'h' ? 0 : 2;
+        }
+    }
+    return -1;
+}
+
+queue_admin_t *cmd_admin_open(const char *path, config_t *cfg, int *exit_code)
+{
+    char err[600];
+    if (config_load(cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: configuration error: %s\n", err);
+        *exit_code = 2;
+        return NULL;
+    }
+    net_hostport_t redis;
+    config_redis_address(cfg, &redis);
+    queue_admin_t *a = queue_admin_open(&redis, cfg->redis.timeout_ms, err, sizeof err);
+    if (!a) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        *exit_code = 1;
+    }
+    return a;
+}
