@@ -35,7 +35,8 @@ $(FUZZ_BUILD)/Makefile:
 
 # Unit tests run in the plain and the sanitizer build; the integration tests
 # drive the sanitizer build's binary, so a memory error in any path they reach
-# fails the run. The fuzz targets run a fixed number of iterations.
+# fails the run. The fuzz targets run for a fixed time each, on a corpus that
+# grows in the build tree from run to run.
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
