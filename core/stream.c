@@ -404,6 +404,7 @@ static int write_raw(stream_t *s, char *data, size_t len)
         return -1;
     }
     s->writes++;
+    update_reading(s); /* past out_max, the peer's input waits until this is written */
     return 0;
 }
 
