@@ -242,6 +242,7 @@ static void session_process(session_t *s)
     /* While an answer is awaited, the client's next commands wait in the
      * stream (up to its bound); once quitting, nothing more is read. */
     if (s->quitting && !waiting) {
+        arm_timer(s); /* a client that reads nothing cannot hold the close up for ever */
         stream_close_when_written(s->stream);
         return;
     }
