@@ -85,7 +85,11 @@ static void set_error(stream_t *s, const char *what)
 
 static void fail(stream_t *s, enum stream_event event, const char *what)
 {
-    if (s->failed || s->closing) return;
+    if ((s->failed && !s->pending_error) || s->closing) return;
+    if (s->pending_error) { /* this one says more: a TLS failure whose alert could not go */
+        s->pending_error = false;
+        uv_timer_stop(&s->timer);
+    }
     s->failed = true;
     set_error(s, what);
     update_reading(s);
@@ -203,7 +207,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     stream_t *s = h->data;
     (void)suggested;
     buf_t *into = s->tls != TLS_OFF ? &s->cipher : &s->in;
-    if (into == &s->in && s->in_pos) { /* consumed bytes make room, once per read */
+    /* Consumed bytes make room, once per read: under TLS too, where the
+     * plaintext is appended to the same buffer. */
+    if (s->in_pos) {
         buf_consume(&s->in, s->in_pos);
         s->in_pos = 0;
     }
@@ -331,6 +337,11 @@ static void update_reading(stream_t *s)
         uv_read_stop(&s->io.stream);
     }
     s->reading = want;
+}
+
+size_t stream_buffered(const stream_t *s)
+{
+    return s->in.cap + s->cipher.cap;
 }
 
 const char *stream_data(const stream_t *s, size_t *len)
@@ -475,7 +486,20 @@ size_t stream_pending(const stream_t *s)
 
 /* ---- TLS ---- */
 
-long stream_start_tls(stream_t *s, SSL_CTX *ctx, const char *host, bool verify, bool keep_input)
+/* The client side's SNI and certificate checks. */
+static void tls_client_checks(SSL *ssl, const char *host, bool verify)
+{
+    unsigned char addr[16];
+    bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
+    if (!is_ip) SSL_set_tlsext_host_name(ssl, host); /* SNI takes names only */
+    SSL_set_verify(ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    if (verify && is_ip)
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+    else if (verify)
+        SSL_set1_host(ssl, host);
+}
+
+long stream_start_tls(stream_t *s, SSL_CTX *ctx, const stream_tls_t *how)
 {
     if (s->tls != TLS_OFF || s->closing || s->failed) return -1;
     s->ssl = SSL_new(ctx);
@@ -486,28 +510,23 @@ long stream_start_tls(stream_t *s, SSL_CTX *ctx, const char *host, bool verify, 
         BIO_free(s->wbio);
         SSL_free(s->ssl);
         s->ssl = NULL;
-        return -1;
+        return -1; /* nothing was written: the caller may still refuse in clear */
     }
     SSL_set_bio(s->ssl, s->rbio, s->wbio);
-    if (!host) {
-        SSL_set_accept_state(s->ssl);
-    } else {
+    if (how->host) {
         SSL_set_connect_state(s->ssl);
-        unsigned char addr[16];
-        bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
-        if (!is_ip) SSL_set_tlsext_host_name(s->ssl, host); /* SNI takes names only */
-        SSL_set_verify(s->ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
-        if (verify && is_ip)
-            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), host);
-        else if (verify)
-            SSL_set1_host(s->ssl, host);
+        tls_client_checks(s->ssl, how->host, how->verify);
+    } else {
+        SSL_set_accept_state(s->ssl);
     }
+    if (how->first && stream_write(s, how->first, strlen(how->first)) < 0) return -1;
     s->tls = TLS_HANDSHAKING;
     size_t left = input_len(s);
-    if (keep_input && left && BIO_write(s->rbio, s->in.data + s->in_pos, (int)left) != (int)left)
+    if (how->keep_input && left &&
+        BIO_write(s->rbio, s->in.data + s->in_pos, (int)left) != (int)left)
         return -1;
     stream_consume(s, left);
-    if (host || (keep_input && left)) {
+    if (how->host || (how->keep_input && left)) {
         /* The client speaks first; and a server with a ClientHello in hand
          * answers it now rather than at the next read. */
         ERR_clear_error();
@@ -519,7 +538,7 @@ long stream_start_tls(stream_t *s, SSL_CTX *ctx, const char *host, bool verify, 
         }
         flush_tls(s); /* a handshake never ends on its first flight: the next read goes on */
     }
-    return keep_input ? 0 : (long)left;
+    return how->keep_input ? 0 : (long)left;
 }
 
 bool stream_tls(const stream_t *s)
@@ -626,7 +645,7 @@ static void connect_to(stream_t *s, const struct sockaddr *addr)
     }
 }
 
-stream_t *stream_connect_addr(uv_loop_t *loop, const struct sockaddr *addr, stream_cb cb, void *arg)
+static stream_t *connect_addr(uv_loop_t *loop, const struct sockaddr *addr, stream_cb cb, void *arg)
 {
     stream_t *s = stream_new_tcp(loop, cb, arg);
     if (s) connect_to(s, addr);
@@ -649,8 +668,16 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         fail(s, STREAM_ERROR, what);
         return;
     }
+    /* IPv4 first, as hiredis did: a Redis bound to 0.0.0.0 refuses the
+     * IPv6 address a name may list first. */
+    const struct addrinfo *pick = res;
+    for (const struct addrinfo *a = res; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
     struct sockaddr_storage addr;
-    memcpy(&addr, res->ai_addr, res->ai_addrlen);
+    memcpy(&addr, pick->ai_addr, pick->ai_addrlen);
     if (addr.ss_family == AF_INET6)
         ((struct sockaddr_in6 *)&addr)->sin6_port = htons(s->port);
     else
@@ -666,7 +693,7 @@ stream_t *stream_connect(uv_loop_t *loop, const char *host, uint16_t port, strea
     snprintf(hp.host, sizeof hp.host, "%s", host);
     hp.port = port;
     if (net_sockaddr_from(&hp, &addr) == 0)
-        return stream_connect_addr(loop, (struct sockaddr *)&addr, cb, arg);
+        return connect_addr(loop, (struct sockaddr *)&addr, cb, arg);
     stream_t *s = stream_new_tcp(loop, cb, arg);
     if (!s) return NULL;
     s->port = port;

@@ -44,13 +44,10 @@ typedef void (*stream_cb)(stream_t *s, enum stream_event event, void *arg);
 /* Takes the next connection of a listening handle and starts reading.
  * NULL when there is none or no memory. */
 stream_t *stream_accept(uv_stream_t *server, stream_cb cb, void *arg);
-/* Connects to host (an address, or a name resolved in the thread pool) and
- * port. Failures come as STREAM_ERROR, never from this call; NULL only when
+/* Connects to host (an address, or a name resolved in the thread pool, its
+ * IPv4 address first) and port. Failures come as STREAM_ERROR, never from this call; NULL only when
  * there is no memory. */
 stream_t *stream_connect(uv_loop_t *loop, const char *host, uint16_t port, stream_cb cb, void *arg);
-/* The same for an address already resolved. */
-stream_t *stream_connect_addr(uv_loop_t *loop, const struct sockaddr *addr, stream_cb cb,
-                              void *arg);
 /* Wraps one end of a connected socketpair (tests drive a session this way,
  * without TCP) and starts reading. */
 stream_t *stream_open_fd(uv_loop_t *loop, int fd, stream_cb cb, void *arg);
@@ -63,6 +60,9 @@ void stream_keepalive(stream_t *s, unsigned secs);
 /* The peer's address; -1 for a socketpair. */
 int stream_peer(const stream_t *s, struct sockaddr_storage *out);
 
+/* The memory held for input, consumed or not: bounded by in_max and one
+ * read, whatever the owner leaves unconsumed (for tests and diagnostics). */
+size_t stream_buffered(const stream_t *s);
 /* The plaintext read and not yet consumed; valid until the next event. */
 const char *stream_data(const stream_t *s, size_t *len);
 void stream_consume(stream_t *s, size_t n);
@@ -75,13 +75,25 @@ int stream_write_owned(stream_t *s, void *data, size_t len);
 /* Bytes queued and not yet handed to the kernel. */
 size_t stream_pending(const stream_t *s);
 
-/* Starts TLS on the connection: as a server (host NULL), or as a client
- * with host sent as SNI and, with verify, checked against the certificate.
- * With keep_input, the plaintext already read and not consumed is the start
- * of the TLS stream (implicit TLS right behind a PROXY header); otherwise it
- * was sent before TLS and is dropped (RFC 3207 §4: the CVE-2011-0411
- * injection), and the count of dropped octets returned. -1 on failure. */
-long stream_start_tls(stream_t *s, SSL_CTX *ctx, const char *host, bool verify, bool keep_input);
+/* How to start TLS on a connection. */
+typedef struct stream_tls {
+    /* The client side: sent as SNI and, with verify, checked against the
+     * certificate. NULL: the server side. */
+    const char *host;
+    bool verify;
+    /* The plaintext already read and not consumed is the start of the TLS
+     * stream (implicit TLS right behind a PROXY header). Otherwise it was
+     * sent before TLS and is dropped (RFC 3207 §4: the CVE-2011-0411
+     * injection). */
+    bool keep_input;
+    /* Written in clear right before TLS begins: STARTTLS's 220. */
+    const char *first;
+} stream_tls_t;
+
+/* Starts TLS on the connection. Returns the octets of input dropped, or -1
+ * when TLS could not begin: before anything was written (no memory), so
+ * the caller can still answer in clear; or after, with the stream failed. */
+long stream_start_tls(stream_t *s, SSL_CTX *ctx, const stream_tls_t *how);
 /* TLS was started (it may still be handshaking). */
 bool stream_tls(const stream_t *s);
 /* After STREAM_TLS_READY: "TLSv1.3 TLS_AES_256_GCM_SHA384". */

@@ -421,7 +421,8 @@ static void start_tls(client_t *c)
 {
     bool verify = c->tls_policy == TLS_POLICY_VERIFY;
     c->step = STEP_TLS;
-    if (stream_start_tls(c->stream, c->tls_ctx, c->host, verify, false) < 0)
+    if (stream_start_tls(c->stream, c->tls_ctx,
+                         &(stream_tls_t){.host = c->host, .verify = verify}) < 0)
         fail(c, "cannot start TLS");
 }
 
@@ -757,6 +758,10 @@ client_t *client_deliver(const client_env_t *env, const hop_t *hop, const queue_
         free(c);
         return NULL;
     }
+    /* An early reply (a 5xx in the middle of a body) is read while the body
+     * is still being written: the output bound shields a server from
+     * clients that do not read, and a client must hear its server. */
+    stream_set_limits(c->stream, STREAM_IN_MAX, SIZE_MAX);
     arm(c, cfg->worker.connect_timeout);
     return c;
 }

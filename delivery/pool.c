@@ -26,6 +26,9 @@ typedef struct destination {
     unsigned active; /* connections open, idle ones included */
     idle_conn_t *idle;
     pool_user_t *waiting, *waiting_tail;
+    /* Deliveries being started from here: one whose start fails frees its
+     * slot and so comes back here; the destination stays until they return. */
+    unsigned starting;
     struct destination *next;
 } destination_t;
 
@@ -88,7 +91,7 @@ static destination_t *destination_get(pool_t *p, const net_hostport_t *addr)
 
 static void destination_drop_if_idle(destination_t *x)
 {
-    if (x->active || x->waiting || x->idle) return;
+    if (x->active || x->waiting || x->idle || x->starting) return;
     for (destination_t **link = &x->pool->destinations; *link; link = &(*link)->next)
         if (*link == x) {
             *link = x->next;
@@ -111,10 +114,12 @@ static pool_user_t *pop_waiting(destination_t *x)
 /* Starts waiting deliveries while the destination has free slots. */
 static void wake_waiting(destination_t *x)
 {
+    x->starting++;
     while (x->waiting && x->active < x->pool->env.cfg->worker.destination_concurrency) {
         pool_user_t *next = pop_waiting(x);
         next->start(next->arg);
     }
+    x->starting--;
     destination_drop_if_idle(x);
 }
 
@@ -140,7 +145,9 @@ void pool_reconnect(pool_user_t *u)
     u->slot = NULL;
     u->client = NULL;
     x->active--;
+    x->starting++;
     u->start(u->arg);
+    x->starting--;
     wake_waiting(x);
 }
 

@@ -1,17 +1,21 @@
 /* Private to ingress/: the state the ingress's files share, and the reasons
  * it refuses things for.
  *
- * The files call each other in one direction only:
- *   server.c   listeners, start, stop, reload
- *   session.c  the SMTP state machine            -> policy, auth, encrypt, commit, transaction
- *   commit.c   end of data to the reply          -> encrypt, transaction
- *   auth.c     AUTH exchanges and their checks
- *   encrypt.c  the gateway's ingress side: recipients' keys, the encryption job
- *   policy.c   admission, PROXY, relay and sender rules
+ * The files call each other in one direction only (docs/architecture.md):
+ *   server.c       listeners, start, stop, reload         -> smtp, session, encrypt, auth
+ *   smtp.c         the dialogue: the command table        -> session, commit, encrypt, auth,
+ *                                                            policy, transaction
+ *   session.c      the connection: framing, replies, life -> policy, transaction
+ *   commit.c       end of data to the reply               -> encrypt, transaction
+ *   encrypt.c      recipients' keys, the encryption job   -> transaction
+ *   auth.c         AUTH exchanges and their checks
+ *   policy.c       admission, PROXY, relay and sender rules
  *   transaction.c  one mail transaction: envelope, recipients, body
- *   metrics.c  the counters all of them update (this header)
+ *   metrics.c      the counters all of them update (this header)
  * Where a lower file must tell an upper one something, it calls a function
- * pointer it was given; none includes a header above its own. */
+ * pointer it was given (session_handlers, the callbacks of auth, encrypt and
+ * commit, check_stopped below); tests/lint/layers.py checks there is no
+ * circle. */
 #ifndef SEALPOST_INGRESS_INTERNAL_H
 #define SEALPOST_INGRESS_INTERNAL_H
 

@@ -18,6 +18,7 @@
 #include <strings.h>
 
 static void session_close(session_t *s);
+static void session_flush(session_t *s);
 static void session_process(session_t *s);
 static void session_maybe_free(session_t *s);
 
@@ -38,7 +39,7 @@ void session_reply(session_t *s, const char *fmt, ...)
     if (line[0] == '5' || line[0] == '4') s->errors++;
 }
 
-void session_flush(session_t *s)
+static void session_flush(session_t *s)
 {
     if (s->out.len == 0 || s->closed) return;
     int rc = stream_write_owned(s->stream, s->out.data, s->out.len);
@@ -73,7 +74,7 @@ static void consume(session_t *s, size_t n)
     stream_consume(s->stream, n);
 }
 
-bool session_gone(session_t *s)
+bool session_drop_if_closed(session_t *s)
 {
     if (!s->closed) return false;
     s->state = STATE_COMMAND;
@@ -81,12 +82,19 @@ bool session_gone(session_t *s)
     return true;
 }
 
-bool session_start_tls(session_t *s)
+bool session_start_tls(session_t *s, const char *ready)
 {
-    session_flush(s);
+    session_flush(s); /* the replies before it go in clear */
     if (s->closed) return false;
-    long dropped = stream_start_tls(s->stream, s->ingress->tls_ctx, NULL, false, false);
-    if (dropped < 0) { /* the 220 is out: nothing but closing is left to say */
+    char first[128];
+    snprintf(first, sizeof first, "%s\r\n", ready);
+    long dropped =
+        stream_start_tls(s->stream, s->ingress->tls_ctx, &(stream_tls_t){.first = first});
+    if (dropped < 0 && !stream_tls(s->stream)) { /* nothing went out: still in clear */
+        session_reply(s, "454 4.7.0 TLS not available due to temporary reason");
+        return false;
+    }
+    if (dropped < 0) {
         session_close(s);
         return false;
     }
@@ -359,7 +367,8 @@ static void admit(session_t *s)
         s->quitting = true;
     } else if (s->kind == LISTENER_SMTPS &&
                /* a ClientHello may have come right behind a PROXY header */
-               stream_start_tls(s->stream, s->ingress->tls_ctx, NULL, false, true) < 0) {
+               stream_start_tls(s->stream, s->ingress->tls_ctx,
+                                &(stream_tls_t){.keep_input = true}) < 0) {
         s->quitting = true; /* no memory for TLS */
     } else {
         session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);

@@ -74,17 +74,17 @@ void session_shutdown_all(ingress_t *ingress);
 
 /* Queues a reply line (CRLF added); a 4xx or 5xx counts as an error. */
 void session_reply(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Hands the queued replies to the stream now (STARTTLS's 220 goes in clear). */
-void session_flush(session_t *s);
 /* Under TLS (STARTTLS, or an implicit-TLS port), the handshake done or not. */
 bool session_secure(const session_t *s);
-/* Starts TLS on the connection, dropping what the client sent after its
- * STARTTLS; false when it cannot (the session is closing then). */
-bool session_start_tls(session_t *s);
+/* STARTTLS: the replies so far and then ready go out in clear, and TLS
+ * begins, dropping what the client sent behind its STARTTLS. False when it
+ * cannot: with a 454 queued when nothing went out, else closing. */
+bool session_start_tls(session_t *s, const char *ready);
 /* An awaited answer came: back to commands, and on with the input. */
 void session_resume(session_t *s);
-/* For an answer that comes after the client left: true when it did (the
- * session is freed if nothing else refers to it). */
-bool session_gone(session_t *s);
+/* For an answer that comes back after the client left: true when it did,
+ * and then the session is freed (if nothing else refers to it) and must not
+ * be touched again. */
+bool session_drop_if_closed(session_t *s);
 
 #endif

@@ -3,8 +3,8 @@
  * and what ends a message. The session (session.c) frames the input and
  * calls this file with each line and at each end of a body; the answers
  * that come from elsewhere (policy, encryption, login checks, the commit)
- * come back here, and only here are replies written and the session's
- * state changed. */
+ * come back here, where the dialogue's replies are written and its state
+ * changed. The session itself writes only what its framing decides. */
 #include "ingress/smtp.h"
 
 #include "ingress/auth.h"
@@ -59,7 +59,7 @@ static bool start_body(session_t *s, bool chunked)
 static void on_committed(void *arg, const char *text)
 {
     session_t *s = arg;
-    if (session_gone(s)) return;
+    if (session_drop_if_closed(s)) return;
     if (text) session_reply(s, "%s", text);
     session_resume(s);
 }
@@ -279,7 +279,7 @@ static void rcpt_decided(session_t *s, enum rcpt_verdict verdict, struct rcpt_ke
 static void on_rcpt_verdict(void *arg, enum rcpt_verdict verdict, struct rcpt_key *key)
 {
     session_t *s = arg;
-    if (session_gone(s)) return;
+    if (session_drop_if_closed(s)) return;
     rcpt_decided(s, verdict, key);
     session_resume(s);
 }
@@ -433,8 +433,7 @@ static bool check_starttls(session_t *s, const proto_command_t *cmd)
 static void proceed_starttls(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
-    session_reply(s, "220 2.0.0 Ready to start TLS");
-    if (!session_start_tls(s)) return;
+    if (!session_start_tls(s, "220 2.0.0 Ready to start TLS")) return;
     transaction_end(s);
     s->helo[0] = 0;
     s->esmtp = false;
@@ -446,7 +445,7 @@ static void proceed_starttls(session_t *s, const proto_command_t *cmd)
 static void auth_checked(void *arg, enum auth_result result)
 {
     session_t *s = arg;
-    if (session_gone(s)) return;
+    if (session_drop_if_closed(s)) return;
     s->authenticated = result == AUTH_OK;
     session_reply(s, "%s", auth_verdict_reply(result));
     session_resume(s);

@@ -91,9 +91,6 @@ int fcall(struct call *call, const call_keys_t *keys, int nargs, const char **ar
 /* The same for a function with fixed keys only, named from ids. */
 int fcall_keys(struct call *call, enum queue_fn fn, const key_ids_t *ids, int nargs,
                const char **args, const size_t *arg_lens);
-/* For replies that are a status word: "ok", "duplicate", "done", "deferred",
- * or "stale" (an error). */
-void on_status_reply(struct call *call, redisReply *reply, const char *err);
 /* A call whose reply is a status word, for cb; NULL when out of memory. */
 struct call *call_status(queue_t *q, queue_status_cb cb, void *arg);
 

@@ -160,7 +160,9 @@ static bool status_ok(const redisReply *reply)
            strcmp(reply->str, "stale") != 0;
 }
 
-void on_status_reply(struct call *call, redisReply *reply, const char *err)
+/* For replies that are a status word: "ok", "duplicate", "done",
+ * "deferred", or "stale" (an error). */
+static void on_status_reply(struct call *call, redisReply *reply, const char *err)
 {
     if (!reply) {
         call->cb.status(-1, err, call->arg);

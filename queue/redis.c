@@ -251,6 +251,9 @@ static void connect_now(rconn_t *c)
     /* Without a deadline a black-holed address holds the connect for the
      * kernel's SYN timeout (about two minutes) with every message refused. */
     stream_set_timeout(c->stream, c->timeout_ms);
+    /* Replies are read while a large command is still being written: the
+     * output bound is for clients that do not read, and Redis does. */
+    stream_set_limits(c->stream, STREAM_IN_MAX, SIZE_MAX);
 }
 
 rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
@@ -333,8 +336,13 @@ static int send_asking(rconn_t *c)
 
 int rconn_send_owned(rconn_t *c, rconn_reply_cb cb, void *arg, char *cmd, size_t len, bool asking)
 {
-    if (!c->connected || (asking && send_asking(c) < 0)) {
+    if (!c->connected) {
         free(cmd);
+        return -1;
+    }
+    if (asking && send_asking(c) < 0) {
+        free(cmd);
+        drop(c, "out of memory"); /* ASKING may be out unawaited: replies out of step */
         return -1;
     }
     if (stream_write_owned(c->stream, cmd, len) < 0) return -1;
