@@ -1,4 +1,4 @@
-"""The chaos suite (issue 7, item 6): the promise of DESIGN.md under fire.
+"""The chaos suite (issue 7, item 6): the promise of docs/architecture.md under fire.
 
 A load of messages to several domains goes through 2 ingress nodes to 3
 workers on one Redis (AOF, appendfsync always), while a driver, at random
