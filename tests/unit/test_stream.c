@@ -321,7 +321,7 @@ static void test_tls_partial_lines_stay_bounded(void **state)
         if (stream_buffered(p.a.s) > most) most = stream_buffered(p.a.s);
     }
     RUN_UNTIL(&p.loop, p.a.got.len == sent - 6); /* the last "NOOPNO" stays */
-    assert_true(most < 1024 * 1024);             /* 12 MB went through */
+    assert_true(most < (size_t)1024 * 1024);     /* 12 MB went through */
     p.a.got.len = 0;
     pair_close(&p);
 }
