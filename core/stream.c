@@ -54,7 +54,7 @@ struct stream {
     char tls_info[96];
 
     int handles; /* open: io and timer */
-    bool resolving, connecting, connected, reading, paused, eof, failed;
+    bool resolving, connected, reading, paused, eof, failed;
     bool pending_error; /* a failure to report from the timer */
     bool closing, close_when_written;
     char error[256];
@@ -169,7 +169,9 @@ static void fail_later(stream_t *s, const char *what)
     uv_timer_start(&s->timer, on_timer, 0, 0);
 }
 
-static stream_t *stream_new(uv_loop_t *loop, stream_cb cb, void *arg)
+/* out_max: STREAM_OUT_MAX for a stream this side accepted, SIZE_MAX for
+ * one it connected (see stream.h). */
+static stream_t *stream_new(uv_loop_t *loop, size_t out_max, stream_cb cb, void *arg)
 {
     stream_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -177,7 +179,7 @@ static stream_t *stream_new(uv_loop_t *loop, stream_cb cb, void *arg)
     s->cb = cb;
     s->arg = arg;
     s->in_max = STREAM_IN_MAX;
-    s->out_max = STREAM_OUT_MAX;
+    s->out_max = out_max;
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     s->io.handle.data = s;
@@ -185,9 +187,9 @@ static stream_t *stream_new(uv_loop_t *loop, stream_cb cb, void *arg)
     return s;
 }
 
-static stream_t *stream_new_tcp(uv_loop_t *loop, stream_cb cb, void *arg)
+static stream_t *stream_new_tcp(uv_loop_t *loop, size_t out_max, stream_cb cb, void *arg)
 {
-    stream_t *s = stream_new(loop, cb, arg);
+    stream_t *s = stream_new(loop, out_max, cb, arg);
     if (!s) return NULL;
     uv_tcp_init(loop, &s->io.tcp);
     s->io.handle.data = s;
@@ -595,7 +597,7 @@ static void start_reading(stream_t *s)
 
 stream_t *stream_accept(uv_stream_t *server, stream_cb cb, void *arg)
 {
-    stream_t *s = stream_new_tcp(server->loop, cb, arg);
+    stream_t *s = stream_new_tcp(server->loop, STREAM_OUT_MAX, cb, arg);
     if (!s) return NULL;
     if (uv_accept(server, &s->io.stream) < 0) {
         s->cb = NULL; /* nobody to tell */
@@ -608,7 +610,7 @@ stream_t *stream_accept(uv_stream_t *server, stream_cb cb, void *arg)
 
 stream_t *stream_open_fd(uv_loop_t *loop, int fd, stream_cb cb, void *arg)
 {
-    stream_t *s = stream_new(loop, cb, arg);
+    stream_t *s = stream_new(loop, STREAM_OUT_MAX, cb, arg);
     if (!s) return NULL;
     uv_pipe_init(loop, &s->io.pipe, 0);
     s->io.handle.data = s;
@@ -624,7 +626,6 @@ stream_t *stream_open_fd(uv_loop_t *loop, int fd, stream_cb cb, void *arg)
 static void on_connected(uv_connect_t *req, int status)
 {
     stream_t *s = req->data;
-    s->connecting = false;
     if (s->closing) return;
     if (status < 0) {
         fail(s, STREAM_ERROR, uv_strerror(status));
@@ -637,17 +638,15 @@ static void on_connected(uv_connect_t *req, int status)
 static void connect_to(stream_t *s, const struct sockaddr *addr)
 {
     s->connect_req.data = s;
-    s->connecting = true;
     int rc = uv_tcp_connect(&s->connect_req, &s->io.tcp, addr, on_connected);
     if (rc < 0) {
-        s->connecting = false;
         fail_later(s, uv_strerror(rc));
     }
 }
 
 static stream_t *connect_addr(uv_loop_t *loop, const struct sockaddr *addr, stream_cb cb, void *arg)
 {
-    stream_t *s = stream_new_tcp(loop, cb, arg);
+    stream_t *s = stream_new_tcp(loop, SIZE_MAX, cb, arg);
     if (s) connect_to(s, addr);
     return s;
 }
@@ -694,7 +693,7 @@ stream_t *stream_connect(uv_loop_t *loop, const char *host, uint16_t port, strea
     hp.port = port;
     if (net_sockaddr_from(&hp, &addr) == 0)
         return connect_addr(loop, (struct sockaddr *)&addr, cb, arg);
-    stream_t *s = stream_new_tcp(loop, cb, arg);
+    stream_t *s = stream_new_tcp(loop, SIZE_MAX, cb, arg);
     if (!s) return NULL;
     s->port = port;
     s->resolve_req.data = s;

@@ -35,9 +35,11 @@ enum stream_event {
 typedef void (*stream_cb)(stream_t *s, enum stream_event event, void *arg);
 
 /* Defaults of the bounds, for stream_set_limits: reading pauses while
- * more input than in_max waits to be consumed, or more output than out_max
- * waits to be written (a peer that does not read its replies is not read
- * from either). */
+ * more input than in_max waits to be consumed, or, on a stream this side
+ * accepted, more output than out_max waits to be written: a peer that does
+ * not read its replies is not read from either. A stream this side
+ * connected has no output bound: a client must hear its server (an early
+ * 5xx, a reply to Redis) whatever it still has to send. */
 #define STREAM_IN_MAX  ((size_t)256 * 1024)
 #define STREAM_OUT_MAX ((size_t)64 * 1024)
 
@@ -45,8 +47,8 @@ typedef void (*stream_cb)(stream_t *s, enum stream_event event, void *arg);
  * NULL when there is none or no memory. */
 stream_t *stream_accept(uv_stream_t *server, stream_cb cb, void *arg);
 /* Connects to host (an address, or a name resolved in the thread pool, its
- * IPv4 address first) and port. Failures come as STREAM_ERROR, never from this call; NULL only when
- * there is no memory. */
+ * IPv4 address first) and port. Failures come as STREAM_ERROR, never from
+ * this call; NULL only when there is no memory. */
 stream_t *stream_connect(uv_loop_t *loop, const char *host, uint16_t port, stream_cb cb, void *arg);
 /* Wraps one end of a connected socketpair (tests drive a session this way,
  * without TCP) and starts reading. */

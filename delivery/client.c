@@ -758,10 +758,6 @@ client_t *client_deliver(const client_env_t *env, const hop_t *hop, const queue_
         free(c);
         return NULL;
     }
-    /* An early reply (a 5xx in the middle of a body) is read while the body
-     * is still being written: the output bound shields a server from
-     * clients that do not read, and a client must hear its server. */
-    stream_set_limits(c->stream, STREAM_IN_MAX, SIZE_MAX);
     arm(c, cfg->worker.connect_timeout);
     return c;
 }

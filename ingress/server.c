@@ -18,30 +18,14 @@ static void on_connection(uv_stream_t *server, int status)
         log_warn("event=accept_failed error=\"%s\"", uv_strerror(status));
         return;
     }
-    /* Counted first: admitting the session compares it with max_connections. */
-    ingress->n_sessions++;
-    metric_add(ingress->metrics.open, 1);
-    if (!smtp_accept(ingress, server, l->kind)) {
-        ingress->n_sessions--;
-        metric_add(ingress->metrics.open, -1);
+    if (!smtp_accept(ingress, server, l->kind))
         log_warn("event=accept_failed error=\"no connection, or out of memory\"");
-        return;
-    }
-    metric_add(ingress->metrics.connections[l->kind], 1);
 }
 
 int ingress_open_fd(ingress_t *ingress, int fd, bool submission, const struct sockaddr *peer)
 {
     enum listener_kind kind = submission ? LISTENER_SUBMISSION : LISTENER_RELAY;
-    ingress->n_sessions++;
-    metric_add(ingress->metrics.open, 1);
-    if (!smtp_open_fd(ingress, fd, kind, peer)) {
-        ingress->n_sessions--;
-        metric_add(ingress->metrics.open, -1);
-        return -1;
-    }
-    metric_add(ingress->metrics.connections[kind], 1);
-    return 0;
+    return smtp_open_fd(ingress, fd, kind, peer) ? 0 : -1;
 }
 
 /* [ingress] postmaster, or postmaster@ the first relay domain. */

@@ -284,8 +284,7 @@ static void on_stream(stream_t *stream, enum stream_event event, void *arg)
         session_process(s);
         break;
     case STREAM_TLS_READY:
-        snprintf(s->tls_info, sizeof s->tls_info, "%s", stream_tls_info(stream));
-        log_info("event=tls client=%s tls=\"%s\"", s->peer, s->tls_info);
+        log_info("event=tls client=%s tls=\"%s\"", s->peer, stream_tls_info(stream));
         metric_add(s->ingress->metrics.tls[1], 1);
         break;
     case STREAM_TLS_FAILED:
@@ -410,6 +409,11 @@ static void session_begin(session_t *s, ingress_t *ingress, enum listener_kind k
     s->cfg = ingress->cfg;
     s->kind = kind;
     s->handlers = handlers;
+    /* Counted here, as session_maybe_free uncounts it, and before admit,
+     * which compares the count with max_connections. */
+    ingress->n_sessions++;
+    metric_add(ingress->metrics.open, 1);
+    metric_add(ingress->metrics.connections[kind], 1);
     s->next = ingress->sessions;
     if (s->next) s->next->prev = s;
     ingress->sessions = s;

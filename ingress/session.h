@@ -46,7 +46,6 @@ struct session {
     bool processing;    /* in session_process: a callback must not enter it again */
     unsigned errors;
     char helo[256];
-    char tls_info[96]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once the handshake is done */
     auth_exchange_t auth;
     struct transaction *tx; /* from MAIL to the end of the transaction */
     struct {

@@ -45,7 +45,7 @@ static bool start_body(session_t *s, bool chunked)
 {
     struct received r = {.helo = s->helo,
                          .peer = s->peer,
-                         .tls_info = session_secure(s) ? s->tls_info : NULL,
+                         .tls_info = session_secure(s) ? stream_tls_info(s->stream) : NULL,
                          .hostname = s->cfg->ingress.hostname,
                          .esmtp = s->esmtp,
                          .authenticated = s->authenticated};

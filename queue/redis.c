@@ -251,9 +251,6 @@ static void connect_now(rconn_t *c)
     /* Without a deadline a black-holed address holds the connect for the
      * kernel's SYN timeout (about two minutes) with every message refused. */
     stream_set_timeout(c->stream, c->timeout_ms);
-    /* Replies are read while a large command is still being written: the
-     * output bound is for clients that do not read, and Redis does. */
-    stream_set_limits(c->stream, STREAM_IN_MAX, SIZE_MAX);
 }
 
 rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
