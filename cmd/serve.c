@@ -144,7 +144,7 @@ static void on_signal(uv_signal_t *h, int signum)
     stop(rt, 0);
 }
 
-static void on_redis_exit(void *arg)
+static void on_redis_failed(void *arg)
 {
     stop(arg, 1);
 }
@@ -342,6 +342,7 @@ static void start_services(runtime_t *rt)
     char err[600];
     rt->started = true;
     uv_timer_stop(&rt->startup);
+    if (rt->redis) private_redis_supervise(rt->redis);
     if (rt->opts.ingress &&
         !(rt->ingress = ingress_start(rt->loop, rt->cfg, rt->queue, rt->seal, err, sizeof err))) {
         log_error("event=start_failed what=ingress error=\"%s\"", err);
@@ -470,7 +471,7 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         sodium_memzero(key, sizeof key);
     }
     if (opts.private_redis && !cfg->redis.url[0] &&
-        !(rt.redis = private_redis_start(rt.loop, cfg, on_redis_exit, &rt))) {
+        !(rt.redis = private_redis_start(rt.loop, cfg, on_redis_failed, &rt))) {
         seal_keyring_free(rt.seal);
         return 1;
     }
