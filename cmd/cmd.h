@@ -32,6 +32,25 @@ struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_co
 /* mkdir -p, with mode 0700 for what it creates. */
 int cmd_mkdir_p(const char *path);
 
+/* ---- the private redis-server of sealpost up (private_redis.c) ---- */
+
+typedef struct private_redis private_redis_t;
+
+/* Starts redis-server on 127.0.0.1:[up] redis_port with its data in [up]
+ * data_dir (stopping one a crashed run left there first). Once supervised it
+ * is restarted, with backoff, when it exits unasked; on_failed is called when
+ * it exits before that, or keeps exiting. NULL, logged, when it cannot be
+ * started at all. */
+private_redis_t *private_redis_start(uv_loop_t *loop, const config_t *cfg,
+                                     void (*on_failed)(void *), void *arg);
+/* From now on (the node has started) an exit is followed by a restart. */
+void private_redis_supervise(private_redis_t *r);
+/* SIGTERM (a restart waiting for its backoff is called off), and done once
+ * it has exited and r is freed. */
+void private_redis_stop(private_redis_t *r, void (*done)(void *), void *arg);
+/* SIGTERM now, for a process about to exit() without waiting (r may be NULL). */
+void private_redis_kill(const private_redis_t *r);
+
 /* ---- the status page (status.c) ---- */
 
 #define STATUS_SAMPLES  60 /* queue depth samples kept */

@@ -1,11 +1,13 @@
-/* What the subcommands share: their options, the configuration, and the
- * administration commands' connection to Redis. */
+/* What the subcommands share: their options, the configuration, the
+ * administration commands' connection to Redis, and making the data dir. */
 #include "cmd/cmd.h"
 #include "queue/admin.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
 {
@@ -78,4 +80,17 @@ queue_admin_t *cmd_admin_open(const char *path, config_t *cfg, int *exit_code)
         *exit_code = 1;
     }
     return a;
+}
+
+int cmd_mkdir_p(const char *path)
+{
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) < 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(tmp, 0700) < 0 && errno != EEXIST) ? -1 : 0;
 }

@@ -8,16 +8,12 @@
 #include "ingress/ingress.h"
 #include "queue/queue.h"
 
-#include <errno.h>
 #include <sodium.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <uv.h>
 
 /* How often start-up looks whether Redis is there to check the keys with. */
@@ -60,8 +56,7 @@ typedef struct runtime {
     unsigned checks_out;    /* seal_check calls in flight */
     unsigned checks_passed; /* of the keys, in this round */
     bool started;
-    uv_process_t redis;
-    bool redis_running;
+    private_redis_t *redis; /* sealpost up's own redis-server, if any */
     bool stopping;
     unsigned stops_pending;
     int exit_code;
@@ -73,12 +68,19 @@ static void close_walk(uv_handle_t *h, void *arg)
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+static void on_redis_stopped(void *arg)
+{
+    runtime_t *rt = arg;
+    rt->redis = NULL;
+    uv_walk(rt->loop, close_walk, NULL);
+}
+
 static void finish(runtime_t *rt)
 {
     queue_close(rt->queue);
     rt->queue = NULL;
-    if (rt->redis_running) {
-        uv_process_kill(&rt->redis, SIGTERM); /* on_redis_exit closes the rest */
+    if (rt->redis) {
+        private_redis_stop(rt->redis, on_redis_stopped, rt); /* the last, as it was first */
         return;
     }
     uv_walk(rt->loop, close_walk, NULL);
@@ -102,7 +104,7 @@ static void on_deadline(uv_timer_t *t)
 {
     runtime_t *rt = t->data;
     log_error("event=shutdown_timeout");
-    if (rt->redis_running) uv_process_kill(&rt->redis, SIGTERM);
+    private_redis_kill(rt->redis);
     exit(1);
 }
 
@@ -136,23 +138,15 @@ static void on_signal(uv_signal_t *h, int signum)
     runtime_t *rt = h->data;
     if (rt->stopping) {
         log_warn("event=forced_exit signal=%d", signum);
-        if (rt->redis_running) uv_process_kill(&rt->redis, SIGTERM);
+        private_redis_kill(rt->redis);
         exit(1);
     }
     stop(rt, 0);
 }
 
-static void on_redis_exit(uv_process_t *p, int64_t status, int signum)
+static void on_redis_failed(void *arg)
 {
-    runtime_t *rt = p->data;
-    rt->redis_running = false;
-    uv_close((uv_handle_t *)p, NULL);
-    if (!rt->stopping) {
-        log_error("event=redis_exited status=%lld signal=%d", (long long)status, signum);
-        stop(rt, 1);
-        return;
-    }
-    if (!rt->queue) uv_walk(rt->loop, close_walk, NULL);
+    stop(arg, 1);
 }
 
 #define METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -343,94 +337,12 @@ static void on_sighup(uv_signal_t *h, int signum)
     if (rt->ingress && !rt->stopping) ingress_reload_tls(rt->ingress);
 }
 
-int cmd_mkdir_p(const char *path)
-{
-    char tmp[512];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0700) < 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return (mkdir(tmp, 0700) < 0 && errno != EEXIST) ? -1 : 0;
-}
-
-/* A redis-server left running by a run that crashed would hold the port and
- * make this one fail; its pid file says which process to stop first. */
-static void stop_leftover_redis(const char *pidfile)
-{
-    FILE *fp = fopen(pidfile, "r");
-    char text[32];
-    if (!fp) return;
-    long pid = fgets(text, sizeof text, fp) ? strtol(text, NULL, 10) : 0;
-    fclose(fp);
-    char path[64], comm[64] = "";
-    snprintf(path, sizeof path, "/proc/%ld/comm", pid);
-    fp = pid > 1 ? fopen(path, "r") : NULL;
-    if (fp) {
-        if (!fgets(comm, sizeof comm, fp)) comm[0] = 0;
-        fclose(fp);
-    }
-    if (strncmp(comm, "redis-server", 12) != 0) return; /* gone, or the pid was reused */
-    log_warn("event=stopping_leftover_redis pid=%ld pidfile=%s", pid, pidfile);
-    kill((pid_t)pid, SIGTERM);
-    for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
-        usleep(50000);
-}
-
-/* The private Redis: durable (AOF, fsync before every reply), never evicting
- * queue keys, on loopback only. */
-static int start_redis(runtime_t *rt)
-{
-    const config_t *cfg = rt->cfg;
-    char port[8], dir[PATH_MAX], logfile[PATH_MAX + 16], pidfile[PATH_MAX + 16];
-    /* Absolute: redis-server changes into --dir before it opens the log. */
-    if (cmd_mkdir_p(cfg->up.data_dir) < 0 || !realpath(cfg->up.data_dir, dir)) {
-        log_error("event=start_failed what=data_dir path=%s error=\"%s\"", cfg->up.data_dir,
-                  strerror(errno));
-        return -1;
-    }
-    snprintf(port, sizeof port, "%u", cfg->up.redis_port);
-    snprintf(logfile, sizeof logfile, "%s/redis.log", dir);
-    snprintf(pidfile, sizeof pidfile, "%s/redis.pid", dir);
-    stop_leftover_redis(pidfile);
-    /* clang-format off */
-    char *args[] = {(char *)cfg->up.redis_server,
-                    "--port", port,
-                    "--bind", "127.0.0.1",
-                    "--dir", dir,
-                    "--appendonly", "yes",
-                    "--appendfsync", "always",
-                    "--save", "",
-                    "--maxmemory-policy", "noeviction",
-                    "--logfile", logfile,
-                    "--pidfile", pidfile,
-                    "--daemonize", "no",
-                    NULL};
-    /* clang-format on */
-    uv_process_options_t opts = {0};
-    opts.file = args[0];
-    opts.args = args;
-    opts.exit_cb = on_redis_exit;
-    rt->redis.data = rt;
-    int rc = uv_spawn(rt->loop, &rt->redis, &opts);
-    if (rc < 0) {
-        log_error("event=start_failed what=redis-server error=\"%s\" hint=\"install redis-server "
-                  "or set [redis] url\"",
-                  uv_strerror(rc));
-        return -1;
-    }
-    rt->redis_running = true;
-    log_info("event=redis_started pid=%d port=%s dir=%s", rt->redis.pid, port, cfg->up.data_dir);
-    return 0;
-}
-
 static void start_services(runtime_t *rt)
 {
     char err[600];
     rt->started = true;
     uv_timer_stop(&rt->startup);
+    if (rt->redis) private_redis_supervise(rt->redis);
     if (rt->opts.ingress &&
         !(rt->ingress = ingress_start(rt->loop, rt->cfg, rt->queue, rt->seal, err, sizeof err))) {
         log_error("event=start_failed what=ingress error=\"%s\"", err);
@@ -558,7 +470,8 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         log_set_redact(true, key, sizeof key);
         sodium_memzero(key, sizeof key);
     }
-    if (opts.private_redis && !cfg->redis.url[0] && start_redis(&rt) < 0) {
+    if (opts.private_redis && !cfg->redis.url[0] &&
+        !(rt.redis = private_redis_start(rt.loop, cfg, on_redis_failed, &rt))) {
         seal_keyring_free(rt.seal);
         return 1;
     }
