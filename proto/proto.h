@@ -217,12 +217,18 @@ size_t proto_header_addresses(const char *msg, size_t len, const char *field_nam
 
 /* ---- the DATA decoder ---- */
 
+/* Content is refused (the error below; the data is still read to its end)
+ * for a bare CR or LF, a NUL, a line over max_line or more than max_size
+ * octets: what passes is 7bit or 8bitmime text (RFC 5321 §4.5.2, RFC 6152)
+ * that every next hop reads as the same lines. */
 enum proto_data_error {
     PROTO_DATA_OK = 0,
     PROTO_DATA_BARE_LF,   /* LF not preceded by CR */
     PROTO_DATA_BARE_CR,   /* CR not followed by LF */
     PROTO_DATA_LONG_LINE, /* a line over max_line octets, CRLF included */
     PROTO_DATA_TOO_BIG,   /* more than max_size octets of content */
+    PROTO_DATA_NUL,       /* a NUL octet: RFC 6152 §2 keeps it out of 8BITMIME content, and
+                             we offer no BINARYMIME (RFC 3030 §3) that could carry one */
 };
 
 typedef struct proto_data {
