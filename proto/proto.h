@@ -112,8 +112,9 @@ int proto_dsn_notify(const char *p, size_t len);
 bool proto_dsn_orcpt_valid(const char *p, size_t len, bool utf8);
 
 /* In a stored, space-separated parameter list ("BODY=8BITMIME RET=FULL"),
- * finds KEY (case-insensitive). Returns false when absent; otherwise copies
- * its value ("" for a bare keyword) into out, cut to outlen - 1 octets. */
+ * finds KEY (case-insensitive) and copies its value ("" for a bare keyword)
+ * into out. False when absent, and when outlen is not 0 and the value does
+ * not fit in outlen - 1 octets: a value is passed on whole or not at all. */
 bool proto_param_find(const char *list, const char *key, char *out, size_t outlen);
 
 /* ---- what MAIL, RCPT and BDAT take ---- */
@@ -136,11 +137,12 @@ typedef struct proto_mail_params {
 } proto_mail_params_t;
 
 /* MAIL's parameters: SIZE up to max_size, BODY, SMTPUTF8, RET, ENVID, and
- * AUTH when auth_ok (it is offered under TLS only). */
+ * AUTH when auth_ok (it is offered under TLS only); a repeated one is
+ * refused as proto_params_unique does. */
 int proto_mail_params(const proto_path_t *path, unsigned long long max_size, bool auth_ok,
                       proto_mail_params_t *out, char *reply, size_t len);
 /* RCPT's DSN parameters, NOTIFY and ORCPT (a UTF-8 ORCPT with smtputf8),
- * in their stored form. */
+ * in their stored form; a repeated one is refused. */
 int proto_rcpt_params(const proto_path_t *path, bool smtputf8, char dsn[PROTO_RCPT_PARAMS_MAX],
                       char *reply, size_t len);
 /* "BDAT" SP chunk-size [SP "LAST"] (RFC 3030 §3): false when malformed. */
