@@ -272,7 +272,8 @@ void proto_dot_stuff(const char *body, size_t len, char *out);
 /* ---- replies ---- */
 
 /* Parses one reply line ("250-text" or "250 text" or "250"). Returns the code
- * (200..599) and sets *last for the final line of a reply; -1 when malformed. */
+ * (200..599) and sets *last for the final line of a reply; -1 when malformed
+ * (a NUL anywhere included: RFC 5321 §4.2's textstring has none). */
 int proto_reply_line(const char *line, size_t len, bool *last);
 
 #endif

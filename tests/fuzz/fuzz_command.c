@@ -329,7 +329,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool last = false;
     int code = proto_reply_line(line, size, &last);
     if (code != -1) {
-        CHECK(code >= 200 && code <= 599 && size >= 3);
+        CHECK(code >= 200 && code <= 599 && size >= 3 && !memchr(line, 0, size));
         CHECK(code == (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0'));
         CHECK(last == (size == 3 || line[3] == ' '));
         CHECK(last || line[3] == '-');

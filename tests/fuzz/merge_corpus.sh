@@ -11,6 +11,8 @@
 #   sh tests/fuzz/merge_corpus.sh build-fuzz command data header pgpmime
 set -eu
 
+count() { find "$1" -type f | wc -l; }
+
 build=$1
 shift
 for target in "$@"; do
@@ -23,7 +25,7 @@ for target in "$@"; do
     for f in "$seeds"/*; do
         if basename "$f" | grep -Eq '^[0-9a-f]{40}$'; then mv "$f" "$earlier/"; fi
     done
-    before=$(ls "$earlier" | wc -l)
+    before=$(count "$earlier")
     if ! "$fuzzer" -merge=1 -max_len=4096 "$seeds" "$earlier" "$grown" \
         >"$build/merge-$target.log" 2>&1; then
         tail -20 "$build/merge-$target.log" >&2
@@ -32,5 +34,5 @@ for target in "$@"; do
         exit 1
     fi
     rm -rf "$earlier"
-    echo "$target: $(ls "$seeds" | wc -l) seeds ($before merged before, $(ls "$grown" | wc -l) grown)"
+    echo "$target: $(count "$seeds") seeds ($before merged before, $(count "$grown") grown)"
 done

@@ -513,6 +513,10 @@ static void test_reply_line(void **state)
     assert_int_equal(proto_reply_line(LIT("250x"), &last), -1);
     assert_int_equal(proto_reply_line(LIT("2a0 x"), &last), -1);
     assert_int_equal(proto_reply_line(LIT(" 250 x"), &last), -1);
+    /* a NUL would cut the text its reader keeps as a C string */
+    assert_int_equal(proto_reply_line(LIT("250 ok\0 and more"), &last), -1);
+    assert_int_equal(proto_reply_line(LIT("250\0"), &last), -1);
+    assert_int_equal(proto_reply_line(LIT("25\0 x"), &last), -1);
     /* "250" is only the first three octets of a longer buffer here */
     assert_int_equal(proto_reply_line("2505", 3, &last), 250);
     assert_true(last);
