@@ -90,7 +90,7 @@ fuzz: setup $(FUZZ_BUILD)/Makefile
 	done
 
 # Merges the build tree's grown corpus into tests/fuzz/corpus/<target>,
-# minimized by libFuzzer's -merge=1, for a commit.
+# minimized by libFuzzer (-set_cover_merge=1), for a commit.
 fuzz-corpus: setup $(FUZZ_BUILD)/Makefile
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
 	sh tests/fuzz/merge_corpus.sh $(FUZZ_BUILD) $(FUZZ_TARGETS)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Merges what the fuzz targets grew in the build tree (BUILD/tests/corpus-T)
 # into the committed seeds (tests/fuzz/corpus/T), minimized: libFuzzer's
-# -merge=1 keeps only the inputs that reach something the others do not.
+# -set_cover_merge=1 keeps a small set of inputs that reach all they reach.
 #
 # The seeds written by hand (named for what they are: a regression, an
 # example of a form) stay as they are. Those an earlier merge added, named by
@@ -26,7 +26,7 @@ for target in "$@"; do
         if basename "$f" | grep -Eq '^[0-9a-f]{40}$'; then mv "$f" "$earlier/"; fi
     done
     before=$(count "$earlier")
-    if ! "$fuzzer" -merge=1 -max_len=4096 "$seeds" "$earlier" "$grown" \
+    if ! "$fuzzer" -set_cover_merge=1 -max_len=4096 "$seeds" "$earlier" "$grown" \
         >"$build/merge-$target.log" 2>&1; then
         tail -20 "$build/merge-$target.log" >&2
         find "$earlier" -type f -exec mv {} "$seeds/" \;  # as they were
