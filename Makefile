@@ -5,8 +5,9 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
+FUZZ_JOBS  ?= 2
 
-.PHONY: all setup build run sink test test-cluster chaos fuzz lint format clean bench
+.PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench
 
 all: build
 
@@ -35,15 +36,15 @@ $(FUZZ_BUILD)/Makefile:
 
 # Unit tests run in the plain and the sanitizer build; the integration tests
 # drive the sanitizer build's binary, so a memory error in any path they reach
-# fails the run. The fuzz targets run for a fixed time each, on a corpus that
-# grows in the build tree from run to run.
+# fails the run. The fuzz targets run for a fixed time each (a minute), two at
+# a time, on a corpus that grows in the build tree from run to run.
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
 	$(PYTHON) tests/lint/layers.py . $(BUILD)
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(ASAN_BUILD) && ctest --output-on-failure
-	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_ -j $(FUZZ_JOBS)
 	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 	CHAOS_SECONDS=40 SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost \
@@ -77,17 +78,22 @@ bench: build
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 
-# Longer fuzzing runs, by hand.
+# Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
+# the build tree's corpus; then `make fuzz-corpus` to keep what they found.
+FUZZ_TARGETS ?= command data header pgpmime
+FUZZ_SECONDS ?= 300
 fuzz: setup $(FUZZ_BUILD)/Makefile
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
-	$(FUZZ_BUILD)/tests/fuzz_command -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-command \
-		tests/fuzz/corpus/command
-	$(FUZZ_BUILD)/tests/fuzz_data -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-data \
-		tests/fuzz/corpus/data
-	$(FUZZ_BUILD)/tests/fuzz_header -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-header \
-		tests/fuzz/corpus/header
-	$(FUZZ_BUILD)/tests/fuzz_pgpmime -max_total_time=300 $(FUZZ_BUILD)/tests/corpus-pgpmime \
-		tests/fuzz/corpus/pgpmime
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
+	for t in $(FUZZ_TARGETS); do \
+		$(FUZZ_BUILD)/tests/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+			$(FUZZ_BUILD)/tests/corpus-$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
+# Merges the build tree's grown corpus into tests/fuzz/corpus/<target>,
+# minimized by libFuzzer (-set_cover_merge=1), for a commit.
+fuzz-corpus: setup $(FUZZ_BUILD)/Makefile
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
+	sh tests/fuzz/merge_corpus.sh $(FUZZ_BUILD) $(FUZZ_TARGETS)
 
 # The layering of docs/architecture.md (floors, no circle of calls inside a
 # folder), then the analyzers.

@@ -14,6 +14,7 @@ static const char *const refusal_names[REFUSALS] = {
     [REFUSED_NON_SMTP] = "non_smtp",
     [REFUSED_BAD_PROXY_HEADER] = "bad_proxy_header",
     [REFUSED_BARE_LINE_END] = "bare_line_end",
+    [REFUSED_NUL_IN_DATA] = "nul_in_data",
     [REFUSED_LINE_TOO_LONG] = "line_too_long",
     [REFUSED_MESSAGE_TOO_BIG] = "message_too_big",
     [REFUSED_TOO_MANY_RECIPIENTS] = "too_many_recipients",

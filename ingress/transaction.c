@@ -118,6 +118,7 @@ enum refusal transaction_refusal(ingress_t *ingress, const struct transaction *t
         [PROTO_DATA_BARE_CR] = REFUSED_BARE_LINE_END,
         [PROTO_DATA_LONG_LINE] = REFUSED_LINE_TOO_LONG,
         [PROTO_DATA_TOO_BIG] = REFUSED_MESSAGE_TOO_BIG,
+        [PROTO_DATA_NUL] = REFUSED_NUL_IN_DATA,
     };
     switch (tx->data.error) {
     case PROTO_DATA_OK:
@@ -132,6 +133,9 @@ enum refusal transaction_refusal(ingress_t *ingress, const struct transaction *t
         break;
     case PROTO_DATA_TOO_BIG:
         snprintf(reply, len, "552 5.3.4 Message size exceeds fixed limit");
+        break;
+    case PROTO_DATA_NUL:
+        snprintf(reply, len, "550 5.6.0 Message refused: NUL octet in message data");
         break;
     }
     ingress_refused(ingress, why[tx->data.error]);

@@ -176,6 +176,9 @@ static size_t scan_domain(const unsigned char *p, size_t len, bool *utf8)
         const unsigned char *close = memchr(p, ']', len);
         size_t n = close ? (size_t)(close - p) - 1 : 0;
         if (n == 0 || n >= sizeof text) return 0;
+        /* inet_pton reads a C string: "[7.0.0.1\0junk]" would pass as
+         * "[7.0.0.1]" while the path keeps all of it. */
+        if (memchr(p + 1, '\0', n)) return 0;
         memcpy(text, p + 1, n);
         text[n] = 0;
         unsigned char addr[16];

@@ -3,7 +3,9 @@
  * Only CRLF "." CRLF ends the data. A bare LF or a bare CR anywhere is an error
  * (SMTP smuggling relies on receivers that accept <LF>.<LF> or <CR>.<CR> as the
  * end while the next hop does not), but the decoder keeps scanning for the
- * real end marker so the session stays in step with the client. */
+ * real end marker so the session stays in step with the client. A NUL is
+ * an error too: no body type we offer carries one (RFC 6152 §2), and a next
+ * hop that drops NULs would read "\r\n\0.\r\n" as the end of data. */
 #include "proto/proto.h"
 
 #include <stdint.h>
@@ -78,13 +80,16 @@ static void take_run(proto_data_t *d, const char *p, size_t n, char *out, size_t
 
 size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, size_t *out_len)
 {
-    size_t i = 0, cr = SIZE_MAX, lf = SIZE_MAX;
+    size_t i = 0, cr = SIZE_MAX, lf = SIZE_MAX, nul = SIZE_MAX;
     *out_len = 0;
     while (i < len && !d->done) {
         if (d->state == S_IN_LINE) {
             size_t end = next_at(in, len, i, '\r', &cr);
             size_t lf_at = next_at(in, len, i, '\n', &lf);
-            size_t run = (lf_at < end ? lf_at : end) - i;
+            size_t nul_at = next_at(in, len, i, '\0', &nul);
+            if (lf_at < end) end = lf_at;
+            if (nul_at < end) end = nul_at;
+            size_t run = end - i;
             if (run) {
                 take_run(d, in + i, run, out, out_len);
                 i += run;
@@ -112,6 +117,8 @@ size_t proto_data_feed(proto_data_t *d, const char *in, size_t len, char *out, s
                  * or "\n.\r\n" would end the data early. */
                 fail(d, PROTO_DATA_BARE_LF);
                 d->line_len = 0;
+            } else if (c == '\0') {
+                fail(d, PROTO_DATA_NUL);
             } else {
                 emit(d, c, out, out_len);
             }

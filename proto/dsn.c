@@ -90,7 +90,8 @@ bool proto_param_find(const char *list, const char *key, char *out, size_t outle
             const char *value = n == key_len ? p + n : p + key_len + 1;
             size_t value_len = (size_t)(p + n - value);
             if (outlen) {
-                if (value_len > outlen - 1) value_len = outlen - 1;
+                /* a cut ORCPT or ENVID would be another one: better none */
+                if (value_len > outlen - 1) return false;
                 memcpy(out, value, value_len);
                 out[value_len] = 0;
             }

@@ -111,7 +111,9 @@ int proto_mail_params(const proto_path_t *path, unsigned long long max_size, boo
                       proto_mail_params_t *out, char *reply, size_t len)
 {
     memset(out, 0, sizeof *out);
-    int code = 0;
+    /* Once each: so the stored list always has room for all of it, and is
+     * never cut short. */
+    int code = proto_params_unique(path, reply, len);
     for (unsigned i = 0; i < path->n_params && !code; i++)
         code = mail_param(&path->params[i], max_size, auth_ok, out, reply, len);
     if (code) return code;
@@ -135,7 +137,7 @@ int proto_rcpt_params(const proto_path_t *path, bool smtputf8, char dsn[PROTO_RC
                       char *reply, size_t len)
 {
     dsn[0] = 0;
-    int code = 0;
+    int code = proto_params_unique(path, reply, len); /* as for MAIL */
     for (unsigned i = 0; i < path->n_params && !code; i++) {
         const proto_param_t *p = &path->params[i];
         if (param_is(p, "NOTIFY")) {

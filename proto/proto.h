@@ -112,8 +112,9 @@ int proto_dsn_notify(const char *p, size_t len);
 bool proto_dsn_orcpt_valid(const char *p, size_t len, bool utf8);
 
 /* In a stored, space-separated parameter list ("BODY=8BITMIME RET=FULL"),
- * finds KEY (case-insensitive). Returns false when absent; otherwise copies
- * its value ("" for a bare keyword) into out, cut to outlen - 1 octets. */
+ * finds KEY (case-insensitive) and copies its value ("" for a bare keyword)
+ * into out. False when absent, and when outlen is not 0 and the value does
+ * not fit in outlen - 1 octets: a value is passed on whole or not at all. */
 bool proto_param_find(const char *list, const char *key, char *out, size_t outlen);
 
 /* ---- what MAIL, RCPT and BDAT take ---- */
@@ -136,11 +137,12 @@ typedef struct proto_mail_params {
 } proto_mail_params_t;
 
 /* MAIL's parameters: SIZE up to max_size, BODY, SMTPUTF8, RET, ENVID, and
- * AUTH when auth_ok (it is offered under TLS only). */
+ * AUTH when auth_ok (it is offered under TLS only); a repeated one is
+ * refused as proto_params_unique does. */
 int proto_mail_params(const proto_path_t *path, unsigned long long max_size, bool auth_ok,
                       proto_mail_params_t *out, char *reply, size_t len);
 /* RCPT's DSN parameters, NOTIFY and ORCPT (a UTF-8 ORCPT with smtputf8),
- * in their stored form. */
+ * in their stored form; a repeated one is refused. */
 int proto_rcpt_params(const proto_path_t *path, bool smtputf8, char dsn[PROTO_RCPT_PARAMS_MAX],
                       char *reply, size_t len);
 /* "BDAT" SP chunk-size [SP "LAST"] (RFC 3030 §3): false when malformed. */
@@ -217,12 +219,18 @@ size_t proto_header_addresses(const char *msg, size_t len, const char *field_nam
 
 /* ---- the DATA decoder ---- */
 
+/* Content is refused (the error below; the data is still read to its end)
+ * for a bare CR or LF, a NUL, a line over max_line or more than max_size
+ * octets: what passes is 7bit or 8bitmime text (RFC 5321 §4.5.2, RFC 6152)
+ * that every next hop reads as the same lines. */
 enum proto_data_error {
     PROTO_DATA_OK = 0,
     PROTO_DATA_BARE_LF,   /* LF not preceded by CR */
     PROTO_DATA_BARE_CR,   /* CR not followed by LF */
     PROTO_DATA_LONG_LINE, /* a line over max_line octets, CRLF included */
     PROTO_DATA_TOO_BIG,   /* more than max_size octets of content */
+    PROTO_DATA_NUL,       /* a NUL octet: RFC 6152 §2 keeps it out of 8BITMIME content, and
+                             we offer no BINARYMIME (RFC 3030 §3) that could carry one */
 };
 
 typedef struct proto_data {
@@ -264,7 +272,8 @@ void proto_dot_stuff(const char *body, size_t len, char *out);
 /* ---- replies ---- */
 
 /* Parses one reply line ("250-text" or "250 text" or "250"). Returns the code
- * (200..599) and sets *last for the final line of a reply; -1 when malformed. */
+ * (200..599) and sets *last for the final line of a reply; -1 when malformed
+ * (a NUL anywhere included: RFC 5321 §4.2's textstring has none). */
 int proto_reply_line(const char *line, size_t len, bool *last);
 
 #endif

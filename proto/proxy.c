@@ -34,6 +34,11 @@ static long parse_v1(const char *in, size_t len, proto_proxy_t *out)
     if (!lf) return len < V1_MAX ? 0 : -1;
     size_t n = (size_t)(lf - in) + 1;
     if (n < 8 || in[n - 2] != '\r') return -1;
+    /* The line is US-ASCII text; read as a C string below, a NUL would cut
+     * a field short ("1.2.3.4\0junk" taken for 1.2.3.4), so anything but
+     * printable octets is no header, even after UNKNOWN. */
+    for (size_t i = 0; i < n - 2; i++)
+        if ((unsigned char)in[i] < 0x20 || (unsigned char)in[i] > 0x7e) return -1;
     char line[V1_MAX + 1];
     memcpy(line, in, n - 2);
     line[n - 2] = 0;

@@ -8,6 +8,8 @@
  *    marker, and writes no more than it consumed; content never exceeds max_size;
  *  - the chunked decode equals the one-shot decode (consumed, content, error, done);
  *  - the decoder ends only after a real CRLF "." CRLF (or "." CRLF at the very start);
+ *  - no NUL is ever written, and what was read has one exactly when it was
+ *    refused for one (DATA and BDAT alike: we offer no BINARYMIME);
  *  - when the content is clean (no error, empty or ending in CRLF), dot-stuffing it
  *    and decoding that again gives the same content back;
  *  - the same input as BDAT chunks: all of it is consumed, nothing ends it, and
@@ -35,6 +37,14 @@ typedef struct result {
     bool done;
 } result_t;
 
+/* A NUL in what was read is an error, the first one unless another came
+ * before it; without one, no NUL error. */
+static void check_nul(const char *in, size_t len, enum proto_data_error error)
+{
+    const char *nul = memchr(in, 0, len);
+    CHECK(nul ? error != PROTO_DATA_OK : error != PROTO_DATA_NUL);
+}
+
 /* Decodes in[0..len) in chunks of the given sizes (cycling; none: one shot). */
 static result_t decode(const char *in, size_t len, size_t max_line, size_t max_size,
                        const uint8_t *chunks, size_t n_chunks, char *out)
@@ -61,6 +71,8 @@ static result_t decode(const char *in, size_t len, size_t max_line, size_t max_s
         CHECK(d.size == r.out_len);
     }
     CHECK(r.consumed <= len);
+    CHECK(!memchr(out, 0, r.out_len));
+    check_nul(in, r.consumed, d.error);
     r.error = d.error;
     r.done = d.done;
     if (d.done) { /* the end marker really was there */
@@ -81,6 +93,8 @@ static void check_chunked(const char *in, size_t len, size_t max_line, size_t ma
     CHECK(proto_data_feed(&d, in, len, out, &got) == len);
     proto_data_end(&d);
     CHECK(!d.done && got <= len);
+    CHECK(!memchr(out, 0, got));
+    check_nul(in, len, d.error);
     bool ends_in_crlf = len >= 2 && in[len - 2] == '\r' && in[len - 1] == '\n';
     if (d.error == PROTO_DATA_OK) {
         CHECK(got == len && !memcmp(out, in, len));

@@ -7,8 +7,9 @@
  *    of printable ASCII without ':'; proto_header_has finds each name;
  *  - the body starts after the last field and within the message, and the
  *    header alone (msg cut at the body) walks to the same fields;
- *  - each address is NUL-terminated, within PROTO_PATH_MAX, has an '@' with
- *    something on both sides, no line ends and no upper-case domain; the
+ *  - each address is NUL-terminated with no NUL inside, within PROTO_PATH_MAX,
+ *    has an '@' with something on both sides, no line ends or other controls
+ *    (a quoted string's or literal's HTAB aside) and no upper-case domain; the
  *    count returned is the number of calls, and the body changes nothing. */
 #include <stdbool.h>
 #include <stddef.h>
@@ -60,7 +61,8 @@ static void check_addr(const char *addr, size_t len, void *arg)
     size_t *calls = arg;
     (*calls)++;
     CHECK(len > 0 && len <= PROTO_PATH_MAX && addr[len] == 0 && strlen(addr) == len);
-    CHECK(!memchr(addr, '\r', len) && !memchr(addr, '\n', len));
+    for (size_t i = 0; i < len; i++)
+        CHECK(((unsigned char)addr[i] >= ' ' || addr[i] == '\t') && addr[i] != 0x7f);
     const char *at = memrchr(addr, '@', len);
     CHECK(at && at > addr && at < addr + len - 1);
     for (const char *p = at + 1; p < addr + len; p++)

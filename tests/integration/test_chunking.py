@@ -118,9 +118,10 @@ def test_data_after_bdat_is_refused(stack):
     b"a\r.\rb\r\n",      # bare CR, the <CR>.<CR> smuggling variant
     b"\n.\n",            # <LF>.<LF>
     b"x" * 1001 + b"\r\n",  # line over 1000 octets
+    b"a\r\n\x00.\r\nb\r\n",  # a NUL: no BINARYMIME is offered, so chunks are text
 ])
 def test_chunk_breaking_line_rules_is_refused(stack, bad):
-    """A chunk with a bare CR or LF, or an over-long line, gets 550 5.6.0 and
+    """A chunk with a bare CR or LF, a NUL or an over-long line, gets 550 5.6.0 and
     ends the transaction: a BDAT pipelined after it finds none (503), and
     nothing is queued."""
     stack.ingress()

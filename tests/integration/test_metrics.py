@@ -275,6 +275,7 @@ REFUSALS = [
      _second_connection, (421, "4.7.0")),
     ("bad_proxy_header", "proxy_networks = 127.0.0.1/32\n", _proxy_junk, None),
     ("bare_line_end", "", lambda st: _data(st, b"Subject: x\r\n\r\na\nb\r\n"), (550, "5.6.0")),
+    ("nul_in_data", "", lambda st: _data(st, b"Subject: x\r\n\r\na\x00b\r\n"), (550, "5.6.0")),
     ("line_too_long", "", lambda st: _data(st, b"x" * 1200 + b"\r\n"), (550, "5.6.0")),
     ("message_too_big", "max_message_size = 2048\n",
      lambda st: _command(st, "MAIL FROM:<a@origin.test> SIZE=4096"), (552, "5.3.4")),

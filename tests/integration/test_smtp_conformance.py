@@ -223,6 +223,34 @@ def test_smtp_smuggling_is_refused(stack):
                for m in stack.sink.messages)
 
 
+def test_nul_in_data_is_refused(stack):
+    """A NUL in DATA content gets 550 5.6.0 once the data has been read to its
+    real end (RFC 6152 keeps NUL out of 8BITMIME and we offer no BINARYMIME):
+    "\r\n\0.\r\n" is no end of data here, and is never relayed to a next hop
+    that would drop the NUL and see one. The session stays usable."""
+    stack.ingress()
+    stack.worker()
+    with connect(stack, ehlo=False) as c:
+        ehlo = expect(c.cmd("EHLO client.test"), 250)
+        assert not any(line.upper().startswith("BINARYMIME") for line in ehlo.lines), ehlo
+        open_transaction(c)
+        c.send(b"Subject: nul\r\n\r\nfirst\r\n\x00.\r\n" + SMUGGLED + b"\r\n.\r\n")
+        expect(c.reply(), 550, "5.6.0")
+        assert c.pending(0.3) == b"", "more than one reply"
+        expect(c.cmd("NOOP"), 250, "2.0.0")
+        open_transaction(c)
+        expect(c.cmd(b"Subject: a\x00b\r\n\r\nNUL in a header field\r\n."), 550, "5.6.0")
+        assert message_keys(stack) == []
+        # the next transaction on the same connection goes through
+        open_transaction(c)
+        expect(c.cmd(b"Subject: clean\r\n\r\nclean\r\n."), 250, "2.0.0")
+    wait_for(lambda: stack.sink.count() == 1, timeout=15, what="the clean message")
+    got = wait_quiet(stack, 1.0)
+    assert len(got) == 1, got
+    assert b"\x00" not in got[0][2] and b"clean" in got[0][2], got
+    assert got[0][1] == ["rcpt@example.test"], got
+
+
 def test_bare_lf_in_body_and_command(stack):
     """A bare LF inside message data is refused with 550 5.6.0, a command ending
     in a bare LF with 500 5.5.2; the session stays usable."""

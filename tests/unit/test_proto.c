@@ -258,6 +258,28 @@ static void test_path_address_literal(void **state)
     assert_int_equal(parse_path("<u@[127.0.0.1>", false, &p), PROTO_E_PATH);
     assert_int_equal(parse_path("<u@[127.0.0.1]x>", false, &p), PROTO_E_PATH);
     assert_int_equal(parse_path("<u@[1 2]>", false, &p), PROTO_E_PATH);
+
+    /* A NUL ends the literal's text for inet_pton, not for the path: once
+     * "[7.0.0.1\0]" passed as "[7.0.0.1]" and the address kept a NUL. The
+     * first is what fuzz_command found (tests/fuzz/corpus/command/literal_nul). */
+    static const struct {
+        const char *args;
+        size_t len;
+    } nul[] = {{LIT("<\"j\\>\"@[7.0.0.1\0]> N")},
+               {LIT("<u@[7.0.0.1\0]>")},
+               {LIT("<u@[7.0.0.1\0.2]>")},
+               {LIT("<u@[IPv6:::1\0]>")},
+               {LIT("<u@[\0]>")},
+               {LIT("<@[1.2.3.4\0]:u@c.test>")}};
+    for (size_t i = 0; i < sizeof nul / sizeof nul[0]; i++) {
+        assert_int_equal(proto_path_parse(nul[i].args, nul[i].len, PROTO_FORWARD_PATH, &p),
+                         PROTO_E_PATH);
+        assert_int_equal(proto_path_parse(nul[i].args, nul[i].len, PROTO_REVERSE_PATH, &p),
+                         PROTO_E_PATH);
+    }
+    /* the same text without the NUL is a path */
+    assert_int_equal(parse_path("<\"j\\>\"@[7.0.0.1]> N", false, &p), PROTO_OK);
+    assert_string_equal(p.addr, "\"j\\>\"@[7.0.0.1]");
 }
 
 static void test_path_domain_lowercased(void **state)
@@ -491,6 +513,10 @@ static void test_reply_line(void **state)
     assert_int_equal(proto_reply_line(LIT("250x"), &last), -1);
     assert_int_equal(proto_reply_line(LIT("2a0 x"), &last), -1);
     assert_int_equal(proto_reply_line(LIT(" 250 x"), &last), -1);
+    /* a NUL would cut the text its reader keeps as a C string */
+    assert_int_equal(proto_reply_line(LIT("250 ok\0 and more"), &last), -1);
+    assert_int_equal(proto_reply_line(LIT("250\0"), &last), -1);
+    assert_int_equal(proto_reply_line(LIT("25\0 x"), &last), -1);
     /* "250" is only the first three octets of a longer buffer here */
     assert_int_equal(proto_reply_line("2505", 3, &last), 250);
     assert_true(last);

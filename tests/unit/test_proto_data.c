@@ -223,6 +223,28 @@ static void test_data_bare_line_endings(void **state)
     expect_data(LIT("a\nb\rc\r\n.\r\n"), 1000, 1000, NULL, 0, 10, PROTO_DATA_BARE_LF, true);
 }
 
+/* A NUL is refused wherever it is (RFC 6152 §2: not even 8BITMIME content
+ * holds one), and the data is still read to its real end: "\r\n\0.\r\n" is
+ * the end of data to a next hop that drops NULs, so it must not be relayed,
+ * and it must not end the data here either. */
+static void test_data_nul(void **state)
+{
+    (void)state;
+    static const char smuggling[] = "first\r\n\0.\r\nMAIL FROM:<evil@x.test>\r\n.\r\nQUIT\r\n";
+    expect_data(LIT(smuggling), 1000, 1000, LIT("first\r\n"), sizeof smuggling - 1 - 6,
+                PROTO_DATA_NUL, true);
+    expect_data(LIT("a\0b\r\n.\r\n"), 1000, 1000, LIT("a"), 8, PROTO_DATA_NUL, true);
+    expect_data(LIT("\0\r\n.\r\n"), 1000, 1000, LIT(""), 6, PROTO_DATA_NUL, true);
+    expect_data(LIT(".\0\r\n.\r\n"), 1000, 1000, LIT(""), 7, PROTO_DATA_NUL, true);
+    expect_data(LIT("end\0"), 1000, 1000, LIT("end"), 4, PROTO_DATA_NUL, false);
+    /* the first error is kept */
+    expect_data(LIT("a\nb\0\r\n.\r\n"), 1000, 1000, NULL, 0, 9, PROTO_DATA_BARE_LF, true);
+    expect_data(LIT("a\0b\n\r\n.\r\n"), 1000, 1000, NULL, 0, 9, PROTO_DATA_NUL, true);
+    expect_data(LIT("abcdef\0\r\n.\r\n"), 4, 1000, NULL, 0, 12, PROTO_DATA_LONG_LINE, true);
+    expect_data(LIT("abcd\0\r\n.\r\n"), 1000, 4, NULL, 0, 10, PROTO_DATA_NUL, true);
+    expect_data(LIT("abcde\0\r\n.\r\n"), 1000, 4, NULL, 0, 11, PROTO_DATA_TOO_BIG, true);
+}
+
 /* Chunked (BDAT) content: fed in two pieces split at every position. */
 static void expect_chunked(const char *in, size_t len, size_t max_line, size_t max_size,
                            const char *want, size_t want_len, enum proto_data_error want_error)
@@ -263,6 +285,9 @@ static void test_chunk_line_rules(void **state)
     expect_chunked(LIT("ends in CR\r"), 1000, 1000, NULL, 0, PROTO_DATA_BARE_CR);
     expect_chunked(LIT("0123456789\r\n"), 5, 1000, NULL, 0, PROTO_DATA_LONG_LINE);
     expect_chunked(LIT("0123456789\r\n"), 1000, 5, NULL, 0, PROTO_DATA_TOO_BIG);
+    /* we offer no BINARYMIME, so a chunk is text like DATA's content */
+    expect_chunked(LIT("a\r\n\0.\r\nb\r\n"), 1000, 1000, NULL, 0, PROTO_DATA_NUL);
+    expect_chunked(LIT("\0"), 1000, 1000, NULL, 0, PROTO_DATA_NUL);
 }
 
 static char *make_line(size_t n, char fill, const char *suffix, size_t *len)
@@ -504,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_data_no_end),
         cmocka_unit_test(test_data_smuggling),
         cmocka_unit_test(test_data_bare_line_endings),
+        cmocka_unit_test(test_data_nul),
         cmocka_unit_test(test_data_many_bare_lfs),
         cmocka_unit_test(test_data_line_length),
         cmocka_unit_test(test_data_too_big),

@@ -308,6 +308,16 @@ static void test_proxy_v1(void **state)
     assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN anything at all\r\n"), &p), 31);
     assert_true(p.local);
     assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 0 65535\r\n"), &p), 36);
+    /* A NUL (or any octet that is not printable ASCII) is no part of a v1
+     * line: read as C strings, these fields were once taken for 1.2.3.4, 2
+     * and UNKNOWN. */
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4\0x 5.6.7.8 1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\0\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP6 ::1\0 ::1 1 2\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN\0junk\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN \x01\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY UNKNOWN \xc3\xa9\r\n"), &p), -1);
+    assert_int_equal(proto_proxy_parse(LIT("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\r\n"), &p), -1);
     char long_line[200];
     memset(long_line, '1', sizeof long_line);
     memcpy(long_line, "PROXY ", 6);

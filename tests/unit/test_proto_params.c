@@ -91,8 +91,13 @@ static void test_param_find(void **state)
     assert_string_equal(v, "8BITMIME");
     assert_true(proto_param_find(list, "SMTPUTF8", v, sizeof v));
     assert_string_equal(v, "");
-    assert_true(proto_param_find(list, "ENVID", v, sizeof v));
-    assert_string_equal(v, "abcdefghijklmno"); /* cut to fit */
+    /* too long for v: not cut to fit, as another ENVID would go on */
+    assert_false(proto_param_find(list, "ENVID", v, sizeof v));
+    char whole[27];
+    assert_true(proto_param_find(list, "ENVID", whole, sizeof whole));
+    assert_string_equal(whole, "abcdefghijklmnopqrstuvwxyz");
+    assert_false(proto_param_find(list, "ENVID", whole, sizeof whole - 1));
+    assert_true(proto_param_find(list, "ENVID", NULL, 0)); /* only whether it is there */
     assert_false(proto_param_find(list, "SMTP", v, sizeof v));
     assert_false(proto_param_find(list, "NOTIFY", v, sizeof v));
     assert_false(proto_param_find("", "BODY", v, sizeof v));
@@ -174,6 +179,19 @@ static void test_params_unique(void **state)
     p = parsed("<r@b.test> NOTIFY=FAILURE NOTIFY=DELAY", PROTO_FORWARD_PATH);
     assert_int_equal(proto_params_unique(&p, reply, sizeof reply), 501);
     assert_string_equal(reply, "501 5.5.4 Duplicate NOTIFY parameter");
+
+    /* MAIL's and RCPT's checks refuse them too, rather than store a list
+     * cut short where eight ENVIDs or ORCPTs do not fit */
+    char args[1200] = "<a@b.test>";
+    for (int i = 0; i < PROTO_MAX_PARAMS; i++)
+        snprintf(args + strlen(args), sizeof args - strlen(args), " ENVID=%0*d", PROTO_ENVID_MAX,
+                 i);
+    expect_refused(mail(args, 100, false), "501 5.5.4 Duplicate ENVID parameter");
+    memcpy(args, "<a@b.test> ORCPT=rfc822;", 24);
+    for (size_t i = 24; i < 24 + 300; i++)
+        args[i] = 'x';
+    snprintf(args + 324, sizeof args - 324, " ORCPT=rfc822;%0*d", 300, 1);
+    expect_refused(rcpt(args, false), "501 5.5.4 Duplicate ORCPT parameter");
 
     /* a reply cut to a small buffer keeps its code and stays terminated */
     assert_int_equal(proto_params_unique(&p, reply, 4), 501);
@@ -302,7 +320,7 @@ static void test_mail_params_unsupported(void **state)
     expect_refused(mail("<a@b.test> ORCPT=rfc822;a@b.test", 100, false),
                    "555 5.5.4 Unsupported parameter ORCPT");
     /* the first refusal is the one given, after any number of good ones */
-    expect_refused(mail("<a@b.test> SIZE=1 BODY=7BIT FROB BODY=BINARYMIME", 100, false),
+    expect_refused(mail("<a@b.test> SIZE=1 BODY=7BIT FROB RET=BAD", 100, false),
                    "555 5.5.4 Unsupported parameter FROB");
     expect_refused(mail("<a@b.test> SIZE=1 BODY=BINARYMIME FROB", 100, false),
                    "501 5.5.4 BODY takes 7BIT or 8BITMIME");
