@@ -14,13 +14,34 @@ struct commit {
     commit_done_cb done;
     void *arg;
     uint64_t enqueue_start; /* uv_now when the enqueue call went out */
+    /* From the enqueue on, what names the message's keys, for a withdraw:
+     * each recipient's address (in tx) and body variant, and how many bodies. */
+    const char **addrs;
+    unsigned *variant;
+    unsigned n_bodies;
 };
 
 static void finish(struct commit *c, const char *reply)
 {
     c->done(c->arg, *c->client.gone ? NULL : reply);
     transaction_free(c->tx);
+    free(c->addrs);
+    free(c->variant);
     free(c);
+}
+
+/* The client sends the message again, as it has no 250 for it: the copy
+ * Redis may hold is taken back (queue_withdraw, which logs what became of
+ * it), so the retry is the only one delivered. */
+static void withdraw(struct commit *c)
+{
+    queue_message_t m = {.sender = c->tx->sender,
+                         .rcpts = c->addrs,
+                         .n_rcpts = c->tx->n_rcpts,
+                         .n_bodies = c->n_bodies,
+                         .rcpt_body = c->variant};
+    memcpy(m.id, c->tx->mid, sizeof m.id);
+    queue_withdraw(c->ingress->queue, &m);
 }
 
 static void on_enqueued(int status, const char *err, void *arg)
@@ -30,16 +51,26 @@ static void on_enqueued(int status, const char *err, void *arg)
     struct ingress_metrics *m = &c->ingress->metrics;
     metric_observe(m->enqueue_seconds,
                    (double)(uv_now(c->ingress->loop) - c->enqueue_start) / 1000.0);
-    if (*c->client.gone) { /* stored or not, unacknowledged: the client sends it again */
-        log_info("event=%s mid=%s client=%s reason=client_gone",
-                 status ? "enqueue_failed" : "accepted_unacknowledged", tx->mid, c->client.peer);
+    /* Stored maybe: no reply came, or too few replicas acknowledged it. */
+    bool unanswered = status == QUEUE_UNANSWERED;
+    if (*c->client.gone) {
+        /* Stored or not, unacknowledged: the client sends it again. A stored
+         * copy is withdrawn too, as after a 451: RFC 5321 §6.1 puts the
+         * responsibility on us only with the 250, and a client that did not
+         * get it keeps the message (RFC 1047); delivering ours as well would
+         * be the duplicate. */
+        log_info("event=%s mid=%s client=%s reason=client_gone withdraw=%s",
+                 status ? "enqueue_failed" : "accepted_unacknowledged", tx->mid, c->client.peer,
+                 status == 0 || unanswered ? "yes" : "no");
+        if (status == 0 || unanswered) withdraw(c);
         finish(c, NULL);
         return;
     }
     if (status < 0) {
-        log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\"", tx->mid, c->client.peer,
-                 err);
+        log_warn("event=enqueue_failed mid=%s client=%s error=\"%s\" withdraw=%s", tx->mid,
+                 c->client.peer, err, unanswered ? "yes" : "no");
         metric_add(m->enqueue_failed, 1);
+        if (unanswered) withdraw(c);
         finish(c, "451 4.3.0 Error: queue file write error, try again later");
         return;
     }
@@ -59,10 +90,11 @@ static void enqueue(struct commit *c, const gateway_job_t *job)
     struct transaction *tx = c->tx;
     queue_message_t m = {0};
     char info[400];
-    const char **addrs = calloc(tx->n_rcpts, sizeof *addrs);
+    const char **addrs = c->addrs = calloc(tx->n_rcpts, sizeof *addrs);
     const char **dsn = calloc(tx->n_rcpts, sizeof *dsn);
-    unsigned *variant = calloc(tx->n_rcpts, sizeof *variant);
+    unsigned *variant = c->variant = calloc(tx->n_rcpts, sizeof *variant);
     queue_body_t *bodies = calloc(job->n_variants, sizeof *bodies);
+    c->n_bodies = job->n_variants;
     int rc = -1;
     if (addrs && dsn && variant && bodies) {
         for (unsigned i = 0; i < tx->n_rcpts; i++) {
@@ -87,10 +119,9 @@ static void enqueue(struct commit *c, const gateway_job_t *job)
         if (queue_ready(c->ingress->queue))
             rc = queue_enqueue(c->ingress->queue, &m, on_enqueued, c);
     }
-    /* queue_enqueue copied what it needs into the request */
-    free(addrs);
+    /* queue_enqueue copied what it needs into the request; a withdraw
+     * needs addrs and variant again */
     free(dsn);
-    free(variant);
     free(bodies);
     if (rc < 0) on_enqueued(-1, "redis not connected", c);
 }
@@ -131,7 +162,7 @@ void commit_message(ingress_t *ingress, struct transaction *tx, const struct com
         done(arg, *client->gone ? NULL : "451 4.3.1 Insufficient system resources");
         return;
     }
-    *c = (struct commit){ingress, tx, *client, done, arg, 0};
+    *c = (struct commit){.ingress = ingress, .tx = tx, .client = *client, .done = done, .arg = arg};
     if (client->authenticated &&
         transaction_complete_header(tx, ingress->cfg->ingress.hostname) < 0) {
         finish(c, "451 4.3.1 Insufficient system resources");

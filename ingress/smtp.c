@@ -235,6 +235,20 @@ static void proceed_mail(session_t *s, const proto_command_t *cmd)
     session_reply(s, "250 2.1.0 Ok");
 }
 
+/* A recipient past max_recipients. RFC 5321 §4.5.3.1.10: a client that
+ * pipelined more is to send the rest in a later transaction, so the 452 is
+ * no error of its: up to max_recipients more (Postfix's
+ * smtpd_recipient_overshoot_limit) it does not count towards max_errors,
+ * which would close the connection and lose the recipients accepted so far.
+ * Past that the client is not listening, and each one counts. */
+static void refuse_overshoot(session_t *s)
+{
+    unsigned errors = s->errors;
+    session_reply(s, "452 4.5.3 Error: too many recipients");
+    if (s->tx->overshoot++ < s->cfg->ingress.max_recipients) s->errors = errors;
+    ingress_refused(s->ingress, REFUSED_TOO_MANY_RECIPIENTS);
+}
+
 static bool check_rcpt(session_t *s, const proto_command_t *cmd)
 {
     (void)cmd;
@@ -243,8 +257,7 @@ static bool check_rcpt(session_t *s, const proto_command_t *cmd)
         return false;
     }
     if (s->tx->n_rcpts >= s->cfg->ingress.max_recipients) {
-        session_reply(s, "452 4.5.3 Error: too many recipients");
-        ingress_refused(s->ingress, REFUSED_TOO_MANY_RECIPIENTS);
+        refuse_overshoot(s);
         return false;
     }
     return true;

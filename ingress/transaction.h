@@ -29,6 +29,7 @@ struct transaction {
     bool chunking; /* the body comes in BDAT chunks (RFC 3030) */
     struct rcpt *rcpts;
     unsigned n_rcpts;
+    unsigned overshoot; /* RCPTs refused past max_recipients (smtp.c: refuse_overshoot) */
     buf_t body;
     size_t content_start; /* where the client's content begins in body, after Received: */
     proto_data_t data;

@@ -16,6 +16,19 @@ enum queue_err {
     QUEUE_ERRS
 };
 
+/* What became of a withdrawal (withdraw.c): the function's verdicts, or
+ * abandoned when none came (the list full, the process stopping, an hour
+ * without an answer). */
+enum withdraw_outcome {
+    WITHDRAW_WITHDRAWN,
+    WITHDRAW_CLAIMED,
+    WITHDRAW_GONE,
+    WITHDRAW_ABANDONED,
+    WITHDRAW_OUTCOMES
+};
+
+struct withdrawal;
+
 struct queue {
     struct {
         metric_t *latency;
@@ -33,6 +46,16 @@ struct queue {
     unsigned replica_timeout_ms;
     void (*on_wake)(uint32_t shard, void *arg);
     void *on_wake_arg;
+    struct {
+        struct withdrawal *head; /* oldest first */
+        unsigned n;
+        uv_timer_t *timer; /* runs while there are any */
+        bool closing;
+        metric_t *outcomes[WITHDRAW_OUTCOMES];
+        /* Set by withdraw.c with the first one, for queue_close: those
+         * still waiting are abandoned (logged: they may be delivered). */
+        void (*abandon_all)(queue_t *q);
+    } withdrawals;
 };
 
 /* A call in flight: argv storage plus the caller's callback. */
@@ -66,6 +89,23 @@ const char *reply_str(const redisReply *r);
 const redisReply *reply_field(const redisReply *flat, const char *name);
 /* The shard of a message id, out of shards. */
 unsigned queue_shard_for(const char *mid, unsigned shards);
+
+/* One delivery job of a message: a destination domain and a body variant,
+ * with its recipients as the job stores them. */
+struct job_group {
+    const char *domain;
+    unsigned variant;
+    buf_t rcpts;
+};
+/* Groups m's recipients into its jobs, in the order their ids number them
+ * (groups has room for m->n_rcpts); the number of jobs, or -1. The groups
+ * are freed with job_groups_free either way. */
+int job_groups(const queue_message_t *m, struct job_group *groups);
+void job_groups_free(struct job_group *groups, unsigned n_rcpts);
+
+/* The outcomes' names: the withdraw function's verdicts, then "abandoned";
+ * the labels of sealpost_queue_withdrawals_total, which queue_open makes. */
+extern const char *const withdraw_outcome_names[WITHDRAW_OUTCOMES];
 
 /* The administration connection (admin_conn.c): blocking commands, each
  * sent to its key's master. The reply, or NULL with err set (an error reply

@@ -18,6 +18,24 @@ static void need_keys(queue_t *q)
     if (schema_key(k, KEY_VERSION, &(key_ids_t){0}) == 0) router_need_key(q->router, k);
 }
 
+const char *const withdraw_outcome_names[WITHDRAW_OUTCOMES] = {"withdrawn", "claimed", "gone",
+                                                               "abandoned"};
+
+/* withdraw.c counts them; made here, so every series is there from the start. */
+static void register_withdrawals(queue_t *q)
+{
+    for (int o = 0; o < WITHDRAW_OUTCOMES; o++) {
+        char labels[48];
+        snprintf(labels, sizeof labels, "outcome=\"%s\"", withdraw_outcome_names[o]);
+        q->withdrawals.outcomes[o] = metric_counter(
+            "sealpost_queue_withdrawals_total",
+            "Messages whose enqueue was not acknowledged, taken back: withdrawn, claimed (too "
+            "late: a worker had it, it is delivered), gone (not stored: kept out, or delivered "
+            "in full already), abandoned (no verdict: it may be delivered).",
+            labels);
+    }
+}
+
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
                     unsigned shards)
 {
@@ -58,13 +76,16 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
         return NULL;
     }
     need_keys(q);
+    register_withdrawals(q);
     return q;
 }
 
 void queue_close(queue_t *q)
 {
     if (!q) return;
+    q->withdrawals.closing = true; /* those in flight are abandoned as router_free answers them */
     router_free(q->router);
+    if (q->withdrawals.abandon_all) q->withdrawals.abandon_all(q);
     rconn_free(q->watch_conn);
     library_free(&q->library);
     free(q);
@@ -198,21 +219,31 @@ struct replica_wait {
     void *arg;
 };
 
+/* Too few replicas: the master has the message, unacknowledged. */
 static void on_replicas(int status, const char *err, void *arg)
 {
     struct replica_wait *w = arg;
     if (status < 0) metric_add(w->q->metrics.errors[QUEUE_ERR_REPLICAS], 1);
-    w->cb(status, err, w->arg);
+    w->cb(status < 0 ? QUEUE_UNANSWERED : 0, err, w->arg);
     free(w);
 }
 
 /* With min_replicas, a message counts as stored once that many replicas
  * have it too: a master that died right after answering would otherwise
  * take an acknowledged message with it. A duplicate is waited for as well,
- * since the first copy's replication is not known to have finished. */
+ * since the first copy's replication is not known to have finished. A call
+ * that went out and got no reply may have been carried out all the same. */
 static void on_enqueue_reply(struct call *call, redisReply *reply, const char *err)
 {
     queue_t *q = call->q;
+    if (!reply) {
+        call->cb.status(QUEUE_UNANSWERED, err, call->arg);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STRING && !strcmp(reply->str, "withdrawn")) {
+        call->cb.status(-1, "withdrawn before it was stored", call->arg);
+        return;
+    }
     if (!q->min_replicas || !status_ok(reply)) {
         on_status_reply(call, reply, err);
         return;
@@ -226,7 +257,7 @@ static void on_enqueue_reply(struct call *call, redisReply *reply, const char *e
         free(w);
     }
     metric_add(q->metrics.errors[QUEUE_ERR_REPLICAS], 1);
-    call->cb.status(-1, "connection to Redis lost before WAIT", call->arg);
+    call->cb.status(QUEUE_UNANSWERED, "connection to Redis lost before WAIT", call->arg);
 }
 
 /* A job's recipients are stored as lines "address" or "address<TAB>DSN
@@ -242,15 +273,7 @@ static int rcpt_entry_append(buf_t *list, const char *addr, const char *params)
     return 0;
 }
 
-struct job_group {
-    const char *domain;
-    unsigned variant;
-    buf_t rcpts;
-};
-
-/* Groups the recipients into jobs, one per destination domain and body
- * variant; returns the number of groups, or -1. */
-static int group_rcpts(const queue_message_t *m, struct job_group *groups)
+int job_groups(const queue_message_t *m, struct job_group *groups)
 {
     unsigned n = 0;
     for (unsigned i = 0; i < m->n_rcpts; i++) {
@@ -270,6 +293,13 @@ static int group_rcpts(const queue_message_t *m, struct job_group *groups)
         if (rcpt_entry_append(&groups[g].rcpts, m->rcpts[i], params) < 0) return -1;
     }
     return (int)n;
+}
+
+void job_groups_free(struct job_group *groups, unsigned n_rcpts)
+{
+    for (unsigned g = 0; g < n_rcpts && groups[g].domain; g++)
+        buf_free(&groups[g].rcpts);
+    free(groups);
 }
 
 /* The keys and args of enqueue (see sealpost.lua), in storage the caller
@@ -340,7 +370,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
     if (m->n_rcpts == 0 || m->n_bodies == 0) return -1;
     struct job_group *groups = calloc(m->n_rcpts, sizeof *groups);
     if (!groups) return -1;
-    int n = group_rcpts(m, groups);
+    int n = job_groups(m, groups);
     int rc = -1;
     struct enqueue_argv v = {0};
     if (n > 0 && enqueue_argv_build(&v, queue_shard_of(q, m->id), m, groups, (unsigned)n) == 0) {
@@ -352,9 +382,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
         }
     }
     enqueue_argv_free(&v);
-    for (unsigned g = 0; g < m->n_rcpts && groups[g].domain; g++)
-        buf_free(&groups[g].rcpts);
-    free(groups);
+    job_groups_free(groups, m->n_rcpts);
     return rc;
 }
 

@@ -19,6 +19,10 @@ typedef struct queue queue_t;
 
 /* status 0 on success; otherwise err says what went wrong. */
 typedef void (*queue_status_cb)(int status, const char *err, void *arg);
+/* An enqueue's status when it went out and no reply came (a timeout, the
+ * connection lost), or its replicas did not acknowledge it: the message may
+ * be stored, and be delivered, unless it is withdrawn (queue_withdraw). */
+#define QUEUE_UNANSWERED (-2)
 
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
                     unsigned shards);
@@ -58,8 +62,23 @@ typedef struct queue_message {
 } queue_message_t;
 
 /* Stores the envelope, the bodies and one delivery job per recipient domain
- * and body variant in one atomic call; idempotent on the message id. */
+ * and body variant in one atomic call; idempotent on the message id, and a
+ * no-op (status -1, err "withdrawn ...") once the id was withdrawn. */
 int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg);
+
+/* Takes back a message whose enqueue was not acknowledged to its client (it
+ * got 4xx after QUEUE_UNANSWERED, or left before its 250), so that the
+ * client's retry is its only copy: it is deleted unless a worker has claimed
+ * one of its jobs already, and an enqueue of it that comes later stores
+ * nothing. m is the message as enqueued; its bodies' data is not read, only
+ * their number. Tried once Redis answers (queue_ready), and again until it
+ * gives its verdict, for at most an hour; each outcome is logged
+ * (event=withdrawn, or event=withdraw_too_late when claimed) and counted in
+ * sealpost_queue_withdrawals_total. At most 10,000 wait at once; -1 when
+ * this one cannot wait (the list full, no memory, closing), logged as
+ * abandoned. What is waiting when queue_close comes, or when the process
+ * dies, is lost: such a message, if stored, is delivered. */
+int queue_withdraw(queue_t *q, const queue_message_t *m);
 
 /* ---- worker side ---- */
 

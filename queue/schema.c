@@ -30,6 +30,7 @@ static const struct {
     [KEY_MESSAGE] = {"m", SCOPE_SHARD, ID_MID},
     [KEY_BODY] = {"b", SCOPE_SHARD, ID_BODY},
     [KEY_JOB] = {"j", SCOPE_SHARD, ID_JID},
+    [KEY_WITHDRAWN] = {"w", SCOPE_SHARD, ID_MID},
     [KEY_USERS] = {"users", SCOPE_AUTH, ID_NONE},
     [KEY_CRAM] = {"cram", SCOPE_AUTH, ID_NONE},
     [KEY_FAIL] = {"fail", SCOPE_AUTH, ID_CLIENT},
@@ -122,8 +123,13 @@ static const struct {
 } functions[FNS] = {
     [FN_ENQUEUE] =
         {.name = "enqueue",
-         .fixed = {KEY_MESSAGE, KEY_DUE, KEY_ST, KEY_DOM, KEY_AGE, KEY_LOG, KEY_DQ},
+         .fixed = {KEY_MESSAGE, KEY_DUE, KEY_ST, KEY_DOM, KEY_AGE, KEY_LOG, KEY_DQ, KEY_WITHDRAWN},
          .parts = {[ENQUEUE_BODY] = {{KEY_BODY}, false}, [ENQUEUE_JOB] = {{KEY_JOB}, false}}},
+    [FN_WITHDRAW] =
+        {.name = "withdraw",
+         .fixed = {KEY_MESSAGE, KEY_DUE, KEY_HELD, KEY_META, KEY_ST, KEY_DOM, KEY_AGE, KEY_LOG,
+                   KEY_DQ, KEY_WITHDRAWN},
+         .parts = {[WITHDRAW_BODY] = {{KEY_BODY}, false}, [WITHDRAW_JOB] = {{KEY_JOB}, false}}},
     [FN_CLAIM] = {.name = "claim", .fixed = {KEY_DUE, KEY_LEASE, KEY_META, KEY_HELD, KEY_ST}},
     [FN_FETCH] = {.name = "fetch",
                   .read_only = true,

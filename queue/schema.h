@@ -26,9 +26,10 @@ enum key_kind {
     KEY_AGE,
     KEY_LOG,
     KEY_DQ,
-    KEY_MESSAGE, /* m:<mid> */
-    KEY_BODY,    /* b:<mid>:<variant> */
-    KEY_JOB,     /* j:<jid> */
+    KEY_MESSAGE,   /* m:<mid> */
+    KEY_BODY,      /* b:<mid>:<variant> */
+    KEY_JOB,       /* j:<jid> */
+    KEY_WITHDRAWN, /* w:<mid>, a withdrawal's tombstone */
     /* SMTP users, {sealpost:auth}:<name> */
     KEY_USERS,
     KEY_CRAM,
@@ -63,6 +64,7 @@ int schema_key(key_t_ out, enum key_kind kind, const key_ids_t *ids);
 /* The functions of the library, as registered. */
 enum queue_fn {
     FN_ENQUEUE,
+    FN_WITHDRAW,
     FN_CLAIM,
     FN_FETCH,
     FN_FORGET,
@@ -92,6 +94,7 @@ enum queue_fn {
 /* The parts of KEYS after a function's fixed keys, each a run of keys (one
  * group per item) or a group that is there or not. By function, in order: */
 enum { ENQUEUE_BODY, ENQUEUE_JOB };
+enum { WITHDRAW_BODY, WITHDRAW_JOB };
 enum { COMPLETE_BOUNCE };
 enum { KEY_PUT_ADDRESS, KEY_PUT_DROPPED, KEY_PUT_OTHER };
 enum { KEY_DELETE_ADDRESS, KEY_DELETE_OTHER };

@@ -23,6 +23,7 @@ Keys of shard T = {mq:<s>}:
   T:dom   hash  domain -> queued jobs
   T:age   zset  message id -> received time (ms), while it has open jobs
   T:dq    zset  each job by domain and age (see dq_member)
+  T:w:<mid>  string a withdrawn message's tombstone, expiring: an enqueue of it is a no-op
 
 SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
   {sealpost:auth}:users  hash name -> argon2id;  :cram  hash name -> CRAM-MD5 secret
@@ -125,14 +126,22 @@ local function store_message(k, a, now)
   return 'ok'
 end
 
--- KEYS: m, due, st, dom, age, log, dq, b..., j...
+-- KEYS: m, due, st, dom, age, log, dq, w, b..., j...
 --   (b: one per body variant, 0 first; j: one per job)
 -- ARGV: mid, shard, sender, params, info, nb (bodies), n (jobs), the nb bodies,
 --       then per job: jid, domain, rcpts, v (its body variant)
+-- 'duplicate' when the message is stored already; 'withdrawn', storing
+-- nothing, when the ingress withdrew it first (its withdraw overtook it on
+-- another connection: see withdraw).
 local function enqueue(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
   end
+  if redis.call('EXISTS', keys[8]) == 1 then
+    trace(keys[6], args[1], '', '', 'withdrawn', 'came after its withdrawal: not stored')
+    return 'withdrawn'
+  end
+  table.remove(keys, 8) -- store_message takes the keys without w
   return store_message(keys, args, now_ms())
 end
 
@@ -365,6 +374,56 @@ local function job_op(keys, args)
     return 'deleted'
   end
   return redis.error_reply('ERR unknown operation ' .. op)
+end
+
+-- The ingress answered 451 to an enqueue whose reply never came (a timeout,
+-- a connection lost, too few replicas), or the client left before its 250:
+-- the message may be stored, and the client sends it again. Withdraws it
+-- unless a worker has claimed one of its jobs (the job leased now or before,
+-- or done and gone): then it stays, and is delivered. Otherwise a tombstone
+-- stays for ARGV ttl seconds, whether the message was there or not: this
+-- call may come on a new connection before the enqueue it chases on an old
+-- one, which then stores nothing.
+-- KEYS: m, due, held, meta, st, dom, age, log, dq, w, b..., j...
+--   (b: one per body variant, 0 first; j: one per job, as the enqueue named them)
+-- ARGV: mid, nb (bodies), ttl (s).  Returns 'withdrawn', 'claimed' or
+-- 'gone' (nothing stored: not yet, or delivered in full already).
+local function withdraw(keys, args)
+  local nb, ttl = tonumber(args[2]), tonumber(args[3])
+  local n = #keys - 10 - (nb or 0)
+  if #args ~= 3 or not nb or nb < 1 or n < 1 or not ttl or ttl < 1 then
+    return mismatch('withdraw')
+  end
+  local mid = args[1]
+  if redis.call('EXISTS', keys[1]) == 0 then
+    redis.call('SET', keys[10], 1, 'EX', ttl)
+    return 'gone'
+  end
+  local env = redis.call('HMGET', keys[1], 'jobs', 'bodies')
+  local jids = {}
+  for jid in string.gmatch(env[1] or '', '%S+') do jids[#jids + 1] = jid end
+  if tonumber(env[2]) ~= nb or #jids ~= n then return mismatch('withdraw') end
+  for i, jid in ipairs(jids) do
+    local jkey = keys[10 + nb + i]
+    if string.sub(jkey, -(#jid + 3)) ~= ':j:' .. jid then return mismatch('withdraw') end
+    if redis.call('EXISTS', jkey) == 0 or redis.call('HEXISTS', keys[4], jid .. ':tok') == 1 then
+      trace(keys[8], mid, jid, '', 'withdraw_refused', 'too late: a worker has claimed it')
+      return 'claimed'
+    end
+  end
+  for i, jid in ipairs(jids) do
+    local jkey = keys[10 + nb + i]
+    local job = redis.call('HMGET', jkey, 'domain', 'body')
+    local v = tonumber(job[2]) or 0
+    redis.call('ZREM', keys[2], jid)
+    redis.call('ZREM', keys[3], jid)
+    drop_job({keys[4], keys[5], keys[6], jkey, keys[1], keys[11 + v], keys[7], keys[9]}, jid,
+             job[1] or '', v)
+  end
+  redis.call('SET', keys[10], 1, 'EX', ttl)
+  redis.call('HINCRBY', keys[5], 'withdrawn', 1)
+  trace(keys[8], mid, '', '', 'withdrawn', 'by the ingress: its client got no 250 for it')
+  return 'withdrawn'
 end
 
 -- KEYS: dom, dq
@@ -677,6 +736,10 @@ local function policy_list(keys, args)
 end
 
 redis.register_function('enqueue', enqueue)
+-- allow-oom: a Redis at maxmemory refuses every other write, and withdraw
+-- frees memory (or, before its enqueue, writes a tombstone that keeps out
+-- one far larger).
+redis.register_function{function_name = 'withdraw', callback = withdraw, flags = {'allow-oom'}}
 redis.register_function('claim', claim)
 redis.register_function{function_name = 'fetch', callback = fetch, flags = {'no-writes'}}
 redis.register_function('extend', extend)

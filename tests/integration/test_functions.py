@@ -37,8 +37,11 @@ def r(redis_server):
 
 
 def snapshot(r):
-    """Every key with its serialized value: equal snapshots, nothing changed."""
-    return {key: r.dump(key) for key in r.scan_iter()}
+    """Every key with its value: equal snapshots, nothing changed. A hash is
+    read, not dumped: a lookup in a large one may rehash it, which changes
+    the order its dump lists the fields in, not what it holds."""
+    return {key: r.hgetall(key) if r.type(key) == b"hash" else r.dump(key)
+            for key in r.scan_iter()}
 
 
 # ---- the queue ----
@@ -47,7 +50,7 @@ def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None):
     """jobs: [(domain, rcpts, variant)]. Returns the reply and the job ids."""
     jids = jids or [f"{mid}.{v}.{n}" for n, (_, _, v) in enumerate(jobs)]
     keys = [shard(f"m:{mid}"), shard("due"), shard("st"), shard("dom"), shard("age"),
-            shard("log"), shard("dq")]
+            shard("log"), shard("dq"), shard(f"w:{mid}")]
     keys += [shard(f"b:{mid}:{v}") for v in range(len(bodies))]
     keys += [shard(f"j:{jid}") for jid in jids]
     args = [mid, SHARD, "sender@origin.test", "", "a test", len(bodies), len(jobs), *bodies]
@@ -76,6 +79,19 @@ def complete(r, jid, token, job_jid=None, variant=None, pending="", domain="exam
 
 def counter(r, name):
     return int(r.hget(shard("st"), name) or 0)
+
+
+def withdraw(r, mid, jids, n_bodies=1, ttl=3600):
+    keys = [shard(f"m:{mid}"), shard("due"), shard("held"), shard("meta"), shard("st"),
+            shard("dom"), shard("age"), shard("log"), shard("dq"), shard(f"w:{mid}")]
+    keys += [shard(f"b:{mid}:{v}") for v in range(n_bodies)]
+    keys += [shard(f"j:{jid}") for jid in jids]
+    return r.fcall("withdraw", len(keys), *keys, mid, n_bodies, ttl)
+
+
+def trace_events(r, mid):
+    return [dict(e[1]).get(b"event").decode() for e in r.xrange(shard("log"))
+            if dict(e[1]).get(b"mid") == mid.encode()]
 
 
 def test_a_duplicate_enqueue_is_idempotent(r):
@@ -175,6 +191,103 @@ def test_a_completion_bounces_in_the_same_call(r):
     assert r.get(shard(f"b:{OTHER_MID}:0")) == b"sealed bounce"
     assert r.hget(shard(f"m:{OTHER_MID}"), "sender") == b""
     assert counter(r, "bounced") == 1 and counter(r, "enqueued") == 2
+
+
+# ---- withdrawing what the ingress answered 451 ----
+
+TWO_BODIES = [("example.test", "a@example.test\nb@example.test", 0),
+              ("origin.test", "c@origin.test", 0), ("example.test", "bcc@example.test", 1)]
+
+
+def test_a_withdraw_before_any_claim_deletes_everything_and_leaves_a_tombstone(r):
+    _, other_jids = enqueue(r, OTHER_MID, [("example.test", "o@example.test", 0)])
+    kept = snapshot(r)  # another message's keys, and the counters and trace as they were
+    _, jids = enqueue(r, MID, TWO_BODIES, bodies=(b"v0", b"v1"))
+    r.zadd(shard("held"), {jids[2]: 1})  # an operator's hold is no claim
+    r.zrem(shard("due"), jids[2])
+    assert withdraw(r, MID, jids, n_bodies=2) == b"withdrawn"
+    # nothing of it is left: envelope, bodies, jobs, and every index
+    names = [f"m:{MID}", f"b:{MID}:0", f"b:{MID}:1"] + [f"j:{j}" for j in jids]
+    assert r.exists(*[shard(n) for n in names]) == 0
+    for index in ("due", "held", "lease"):
+        assert not set(m.decode() for m in r.zrange(shard(index), 0, -1)) & set(jids), index
+    assert r.zrange(shard("due"), 0, -1) == [j.encode() for j in other_jids]
+    assert r.hgetall(shard("dom")) == {b"example.test": b"1"}
+    assert r.zrange(shard("age"), 0, -1) == [OTHER_MID.encode()]
+    assert all(MID not in m.decode() for m in r.zrange(shard("dq"), 0, -1))
+    assert r.zcard(shard("dq")) == 1
+    assert not [f for f in r.hkeys(shard("meta")) if f.decode().startswith(MID)]
+    assert counter(r, "withdrawn") == 1 and counter(r, "enqueued") == 2
+    assert trace_events(r, MID) == ["accepted", "withdrawn"]
+    # a tombstone, expiring, and the other message untouched
+    assert 3500 < r.ttl(shard(f"w:{MID}")) <= 3600
+    left = {k: v for k, v in snapshot(r).items()
+            if k not in (shard("st").encode(), shard("log").encode(), shard(f"w:{MID}").encode())}
+    assert left == {k: v for k, v in kept.items()
+                    if k not in (shard("st").encode(), shard("log").encode())}
+    assert claim(r) == {other_jids[0]: 1}  # the workers find nothing of it
+
+
+def test_a_withdraw_after_a_claim_refuses_and_keeps_the_message(r):
+    _, jids = enqueue(r, MID, TWO_BODIES, bodies=(b"v0", b"v1"))
+    claim(r, max_jobs=1)  # one job of three leased: the message is a worker's now
+    before = snapshot(r)
+    assert withdraw(r, MID, jids, n_bodies=2) == b"claimed"
+    after = snapshot(r)
+    assert r.exists(shard(f"w:{MID}")) == 0  # no tombstone: nothing was withdrawn
+    assert {k: v for k, v in after.items() if k != shard("log").encode()} == \
+        {k: v for k, v in before.items() if k != shard("log").encode()}
+    assert trace_events(r, MID)[-1] == "withdraw_refused"
+    assert counter(r, "withdrawn") == 0
+
+
+def test_a_withdraw_after_one_job_was_delivered_refuses(r):
+    jobs = [("example.test", "a@example.test", 0), ("origin.test", "c@origin.test", 0)]
+    _, jids = enqueue(r, MID, jobs)
+    tokens = claim(r, max_jobs=1)
+    (done_jid, token), = tokens.items()
+    domain = jobs[int(done_jid.rsplit(".", 1)[1])][0]
+    assert complete(r, done_jid, token, domain=domain) == b"done"
+    # the delivered job is gone, its lease and token with it: still too late
+    assert r.exists(shard(f"j:{done_jid}")) == 0
+    assert withdraw(r, MID, jids) == b"claimed"
+    assert r.exists(shard(f"m:{MID}")) == 1
+
+
+def test_an_enqueue_after_its_withdrawal_stores_nothing(r):
+    """The withdraw overtook its enqueue (a new connection after a timeout):
+    it finds nothing, leaves the tombstone, and the enqueue is a no-op."""
+    jobs = [("example.test", "a@example.test", 0)]
+    assert withdraw(r, MID, [f"{MID}.0.0"]) == b"gone"
+    before = snapshot(r)
+    assert list(before) == [shard(f"w:{MID}").encode()]
+    reply, _ = enqueue(r, MID, jobs)
+    assert reply == b"withdrawn"
+    assert r.exists(shard(f"m:{MID}"), shard(f"b:{MID}:0"), shard(f"j:{MID}.0.0")) == 0
+    assert r.zcard(shard("due")) == 0 and claim(r) == {}
+    assert counter(r, "enqueued") == 0
+    assert trace_events(r, MID) == ["withdrawn"]
+    assert enqueue(r, OTHER_MID, jobs)[0] == b"ok"  # another id is not affected
+
+
+def test_a_withdraw_naming_other_jobs_than_the_enqueue_writes_nothing(r):
+    _, jids = enqueue(r, MID, TWO_BODIES, bodies=(b"v0", b"v1"))
+    before = snapshot(r)
+    with pytest.raises(redis_py.ResponseError, match="withdraw"):
+        withdraw(r, MID, jids[:2], n_bodies=2)  # a job left out
+    with pytest.raises(redis_py.ResponseError, match="withdraw"):
+        withdraw(r, MID, [jids[1], jids[0], jids[2]], n_bodies=2)  # in another order
+    with pytest.raises(redis_py.ResponseError, match="withdraw"):
+        withdraw(r, MID, jids, n_bodies=1)
+    assert snapshot(r) == before
+
+
+def test_a_tombstone_expires(r):
+    assert withdraw(r, MID, [f"{MID}.0.0"], ttl=1) == b"gone"
+    wait = time.monotonic() + 5
+    while r.exists(shard(f"w:{MID}")) and time.monotonic() < wait:
+        time.sleep(0.1)
+    assert enqueue(r, MID, [("example.test", "a@example.test", 0)])[0] == b"ok"
 
 
 # ---- users ----

@@ -256,7 +256,9 @@ static void test_keys_text(void **state)
     assert_int_equal(schema_keys_text(FN_CLAIM, text, sizeof text), 0);
     assert_string_equal(text, "due, lease, meta, held, st");
     assert_int_equal(schema_keys_text(FN_ENQUEUE, text, sizeof text), 0);
-    assert_string_equal(text, "m, due, st, dom, age, log, dq, b..., j...");
+    assert_string_equal(text, "m, due, st, dom, age, log, dq, w, b..., j...");
+    assert_int_equal(schema_keys_text(FN_WITHDRAW, text, sizeof text), 0);
+    assert_string_equal(text, "m, due, held, meta, st, dom, age, log, dq, w, b..., j...");
     assert_int_equal(schema_keys_text(FN_COMPLETE, text, sizeof text), 0);
     assert_string_equal(text, "due, lease, meta, st, dom, j, m, b, age, log, held, dq, [m, b, j]");
     char tiny[8];
@@ -298,10 +300,11 @@ static void test_call_keys(void **state)
         call_keys_add(&keys, ENQUEUE_BODY, &(key_ids_t){.shard = 0, .mid = MID, .variant = v});
     call_keys_add(&keys, ENQUEUE_JOB, &(key_ids_t){.shard = 0, .jid = MID ".0.0"});
     assert_false(keys.failed);
-    assert_int_equal(keys.n, 7 + 40 + 1);
+    assert_int_equal(keys.n, 8 + 40 + 1);
     assert_string_equal(keys.list[0], "{mq:0}:m:" MID);
-    assert_string_equal(keys.list[7 + 39], "{mq:0}:b:" MID ":39");
-    assert_string_equal(keys.list[47], "{mq:0}:j:" MID ".0.0");
+    assert_string_equal(keys.list[7], "{mq:0}:w:" MID); /* the tombstone a withdraw leaves */
+    assert_string_equal(keys.list[8 + 39], "{mq:0}:b:" MID ":39");
+    assert_string_equal(keys.list[48], "{mq:0}:j:" MID ".0.0");
     call_keys_add(&keys, ENQUEUE_BODY, &(key_ids_t){.shard = 0, .mid = MID}); /* too late */
     assert_true(keys.failed);
     call_keys_free(&keys);
