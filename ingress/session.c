@@ -152,15 +152,27 @@ static void bad_line(session_t *s, const char *text)
     s->state = STATE_COMMAND;
 }
 
+/* Not SMTP at all, as far as the input shows: a command line's first octet
+ * tells a TLS ClientHello (0x16) or any binary protocol at once, whether a
+ * LF is buffered or not (a ClientHello holds 0x0a octets, which would
+ * otherwise cut it into "lines" each with its own 500); and the session's
+ * first line is looked at whole for an HTTP request, whatever its line end.
+ * A complete line is checked again by the dialogue (smtp.c: dispatch). */
+static bool non_smtp(const session_t *s, const char *line, size_t avail, const char *lf)
+{
+    if (s->state != STATE_COMMAND || s->skip_line || avail == 0) return false;
+    if (line[0] != '\r' && line[0] != '\n' && policy_non_smtp(line, 1)) return true;
+    return !s->spoke && lf && policy_non_smtp(line, (size_t)(lf - line));
+}
+
 static void take_line(session_t *s)
 {
     size_t avail;
     const char *line = input(s, &avail);
     const char *lf = memchr(line, '\n', avail);
     size_t max = s->cfg->ingress.max_line_length;
-    if (!lf && !s->skip_line && s->state == STATE_COMMAND && avail > 0 && line[0] != '\r' &&
-        policy_non_smtp(line, 1)) {
-        refuse_non_smtp(s); /* a TLS ClientHello has no line end to wait for */
+    if (non_smtp(s, line, avail, lf)) {
+        refuse_non_smtp(s);
         return;
     }
     if (!lf) {
@@ -173,6 +185,7 @@ static void take_line(session_t *s)
     }
     size_t len = (size_t)(lf - line);
     consume(s, len + 1); /* first: STARTTLS drops what follows its own line */
+    s->spoke = true;
     /* Credentials are wiped from the buffer once read (an AUTH line, or a
      * line answering a 334). */
     bool secret = s->state == STATE_AUTH || (len >= 4 && !strncasecmp(line, "AUTH", 4));

@@ -44,6 +44,7 @@ struct session {
     bool skip_line;     /* discarding the rest of an over-long command line */
     bool closed;        /* the stream is closing; freed when nothing else refers to it */
     bool processing;    /* in session_process: a callback must not enter it again */
+    bool spoke;         /* a first line was taken: no longer checked whole for HTTP */
     unsigned errors;
     char helo[256];
     auth_exchange_t auth;

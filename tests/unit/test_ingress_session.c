@@ -487,6 +487,19 @@ static void test_non_smtp_clients(void **state)
     client_send(c, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11); /* no line end */
     expect_reply(c, "421", "4.7.0", "not an SMTP command");
     expect_closed(c);
+    client_close(c);
+    /* A ClientHello's random and key share hold LF and CRLF octets: still
+     * one 421, not a 500 per "line" first. */
+    c = client_open(false);
+    client_send(c, "\x16\x03\x01\x00\x40\x01\x00\x00\x3c\x03\x03\n\x8a\r\n\x0a\x00\r\n", 19);
+    expect_reply(c, "421", "4.7.0", "not an SMTP command");
+    expect_closed(c);
+    client_close(c);
+    /* An HTTP request with bare LFs, as a hand-typed one may have. */
+    c = client_open(false);
+    send_text(c, "GET / HTTP/1.0\n\n");
+    expect_reply(c, "421", "4.7.0", "not an SMTP command");
+    expect_closed(c);
 }
 
 /* 421 4.7.0 at the greeting past max_connections_per_ip (all these
