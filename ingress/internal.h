@@ -100,6 +100,10 @@ struct ingress {
     unsigned listeners_open;
     bool stopping;
     unsigned n_sessions;
+    /* Of them, those past admission: what max_connections and stress count,
+     * so a burst of connections being refused (each open until its 421 is
+     * written) takes no slot from a client that would be admitted. */
+    unsigned n_admitted;
     session_t *sessions; /* doubly linked, for shutdown and the per-address count */
     unsigned verifying;  /* password checks in the thread pool */
     bool stressed;       /* past stress_threshold: shorter limits (policy_stress_update) */

@@ -106,7 +106,7 @@ bool policy_stress_update(ingress_t *ingress)
 {
     const config_t *cfg = ingress->cfg;
     /* In hundredths of max_connections, without a division. */
-    unsigned long long open = (unsigned long long)ingress->n_sessions * 100;
+    unsigned long long open = (unsigned long long)ingress->n_admitted * 100;
     unsigned long long level =
         (unsigned long long)cfg->ingress.stress_threshold * cfg->ingress.max_connections;
     bool stressed = level && (ingress->stressed ? open * 10 >= level * 9 : open >= level);
@@ -116,10 +116,10 @@ bool policy_stress_update(ingress_t *ingress)
     if (stressed)
         log_warn("event=stress_begins connections=%u max_connections=%u command_timeout=%u "
                  "max_errors=%u",
-                 ingress->n_sessions, cfg->ingress.max_connections,
+                 ingress->n_admitted, cfg->ingress.max_connections,
                  cfg->ingress.stress_command_timeout, cfg->ingress.stress_max_errors);
     else
-        log_info("event=stress_ends connections=%u max_connections=%u", ingress->n_sessions,
+        log_info("event=stress_ends connections=%u max_connections=%u", ingress->n_admitted,
                  cfg->ingress.max_connections);
     return true;
 }
@@ -218,7 +218,7 @@ enum refusal policy_admit(ingress_t *ingress, const char *peer, bool trusted, un
 {
     const config_t *cfg = ingress->cfg;
     const char *host = cfg->ingress.hostname;
-    if (ingress->n_sessions > cfg->ingress.max_connections) {
+    if (ingress->n_admitted >= cfg->ingress.max_connections) {
         snprintf(reply, len, "421 4.7.0 %s Error: too many connections", host);
         return refuse(ingress, REFUSED_MAX_CONNECTIONS, peer);
     }

@@ -29,7 +29,7 @@ void policy_refuse_non_smtp(ingress_t *ingress, const char *peer, char *reply, s
  * IPv6 /64 (one host can have all of its /64, and would otherwise get a
  * fresh count per address). */
 void policy_client_key(const char *peer, char out[64]);
-/* Enters or leaves stress by the number of open sessions (logged once
+/* Enters or leaves stress by the number of admitted sessions (logged once
  * each way, and the gauge set); true when it changed. */
 bool policy_stress_update(ingress_t *ingress);
 /* The limits in force now, stress or not: seconds a command line (or an

@@ -442,13 +442,17 @@ static void session_maybe_free(session_t *s)
 {
     if (!s->closed || s->stream || s->state == STATE_WAIT) return;
     ingress_t *ingress = s->ingress;
+    bool admitted = s->admitted;
     transaction_free(s->tx);
     buf_free(&s->out);
     sodium_memzero(&s->auth, sizeof s->auth);
     free(s);
     ingress->n_sessions--;
     metric_add(ingress->metrics.open, -1);
-    stress_update(ingress);
+    if (admitted) {
+        ingress->n_admitted--;
+        stress_update(ingress);
+    }
     ingress->check_stopped(ingress);
 }
 
@@ -493,6 +497,9 @@ static void admit(session_t *s)
                                 &(stream_tls_t){.keep_input = true}) < 0) {
         s->quitting = true; /* no memory for TLS */
     } else {
+        s->admitted = true;
+        s->ingress->n_admitted++;
+        stress_update(s->ingress);
         s->handshaking = s->kind == LISTENER_SMTPS;
         session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
     }
@@ -533,15 +540,14 @@ static void session_begin(session_t *s, ingress_t *ingress, enum listener_kind k
     s->cfg = ingress->cfg;
     s->kind = kind;
     s->handlers = handlers;
-    /* Counted here, as session_maybe_free uncounts it, and before admit,
-     * which compares the count with max_connections. */
+    /* Counted here, as session_maybe_free uncounts it (admit counts it
+     * again in n_admitted). */
     ingress->n_sessions++;
     metric_add(ingress->metrics.open, 1);
     metric_add(ingress->metrics.connections[kind], 1);
     s->next = ingress->sessions;
     if (s->next) s->next->prev = s;
     ingress->sessions = s;
-    stress_update(ingress); /* before admit, whose limits depend on it */
     bool proxied = false;
     if (peer) {
         policy_client(s->cfg, peer, s->peer, &s->trusted);

@@ -55,6 +55,7 @@ struct session {
     bool processing;    /* in session_process: a callback must not enter it again */
     bool handshaking;   /* TLS started and not yet ready */
     bool spoke;         /* a first line was taken: no longer checked whole for HTTP */
+    bool admitted;      /* past policy_admit: counted in ingress->n_admitted */
     unsigned errors;
     struct {
         enum session_clock kind;
