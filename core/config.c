@@ -89,7 +89,20 @@ static const key_spec_t keys[] = {
     {"ingress", "max_connections", T_UINT, OFF(ingress.max_connections), 1, 1000000, "1000"},
     {"ingress", "max_connections_per_ip", T_UINT, OFF(ingress.max_connections_per_ip), 1, 1000000,
      "50"},
+    /* Trusted networks are exempt from max_connections_per_ip until the
+     * node is under stress; then they get this higher limit (10x). */
+    {"ingress", "max_connections_per_trusted_ip", T_UINT,
+     OFF(ingress.max_connections_per_trusted_ip), 1, 1000000, "500"},
+    /* Connections admitted per minute from one address (an IPv6 /64);
+     * 0: no limit. Trusted networks are exempt. */
+    {"ingress", "max_connection_rate", T_UINT, OFF(ingress.max_connection_rate), 0, 1000000, "600"},
     {"ingress", "max_errors", T_UINT, OFF(ingress.max_errors), 1, 1000, "20"},
+    /* Stress: from this percentage of max_connections open (0: never),
+     * the limits below replace command_timeout and max_errors. */
+    {"ingress", "stress_threshold", T_UINT, OFF(ingress.stress_threshold), 0, 100, "75"},
+    {"ingress", "stress_command_timeout", T_UINT, OFF(ingress.stress_command_timeout), 1, 86400,
+     "10"},
+    {"ingress", "stress_max_errors", T_UINT, OFF(ingress.stress_max_errors), 1, 1000, "1"},
     {"ingress", "postmaster", T_STRING, OFF(ingress.postmaster), 0, 0, ""},
     {"ingress", "auth_mechanisms", T_STRING, OFF(ingress.auth_mechanisms), 0, 0, "PLAIN LOGIN"},
     {"ingress", "auth_fail_limit", T_UINT, OFF(ingress.auth_fail_limit), 1, 100000, "5"},
@@ -102,6 +115,8 @@ static const key_spec_t keys[] = {
      "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:ECDHE+AES:!aNULL"},
     {"ingress", "command_timeout", T_UINT, OFF(ingress.command_timeout), 1, 86400, "300"},
     {"ingress", "data_timeout", T_UINT, OFF(ingress.data_timeout), 1, 86400, "600"},
+    /* Octets per second DATA and BDAT content must keep up; see session.c. */
+    {"ingress", "min_data_rate", T_UINT, OFF(ingress.min_data_rate), 1, 1000000000, "500"},
     {"ingress", "relay_domains", T_DOMAINS, OFF(ingress.relay_domains), 0, 0, ""},
     {"ingress", "trusted_networks", T_CIDRS, OFF(ingress.trusted_networks), 0, 0,
      "127.0.0.0/8 ::1/128"},

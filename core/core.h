@@ -195,7 +195,7 @@ typedef struct config {
         unsigned max_recipients;
         unsigned max_line_length;
         unsigned max_connections;
-        unsigned max_connections_per_ip; /* not for trusted networks */
+        unsigned max_connections_per_ip; /* trusted networks: see below */
         unsigned max_errors;             /* 4xx/5xx replies before a session is dropped */
         char postmaster[257];            /* where "RCPT TO:<Postmaster>" goes; "": the
                                             postmaster of the first relay domain */
@@ -212,6 +212,14 @@ typedef struct config {
         unsigned n_relay_domains;
         net_cidr_list_t trusted_networks;
         net_cidr_list_t proxy_networks; /* load balancers that send a PROXY header */
+
+        /* Slow and too many clients (ingress/session.c, ingress/policy.c). */
+        unsigned min_data_rate;                  /* octets/s content must keep up */
+        unsigned max_connections_per_trusted_ip; /* theirs, under stress only */
+        unsigned max_connection_rate;            /* per minute per address; 0: none */
+        unsigned stress_threshold;               /* percent of max_connections; 0: never */
+        unsigned stress_command_timeout;         /* command_timeout under stress */
+        unsigned stress_max_errors;              /* max_errors under stress */
     } ingress;
 
     struct {

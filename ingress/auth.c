@@ -6,7 +6,8 @@
  * before any check is made. */
 #include "ingress/auth.h"
 
-#include <arpa/inet.h>
+#include "ingress/policy.h"
+
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,22 +115,6 @@ static void attempt_free(struct attempt *at)
     free(at);
 }
 
-/* Whose attempts count together: an IPv4 address, or an IPv6 /64 (one
- * host can have all of its /64, and would otherwise get a fresh count per
- * address). */
-static void attempts_key(const auth_exchange_t *a, char out[64])
-{
-    unsigned char addr[16];
-    if (inet_pton(AF_INET6, a->peer, addr) != 1) {
-        snprintf(out, 64, "%s", a->peer);
-        return;
-    }
-    memset(addr + 8, 0, 8);
-    char text[INET6_ADDRSTRLEN];
-    inet_ntop(AF_INET6, addr, text, sizeof text);
-    snprintf(out, 64, "%s/64", text);
-}
-
 static void on_uncounted(int status, const char *err, void *arg)
 {
     (void)arg;
@@ -140,7 +125,7 @@ static void on_uncounted(int status, const char *err, void *arg)
 static void uncount(const auth_exchange_t *a)
 {
     char key[64];
-    attempts_key(a, key);
+    policy_client_key(a->peer, key);
     queue_auth_uncount(a->ingress->queue, key, on_uncounted, NULL);
 }
 
@@ -237,7 +222,7 @@ static enum auth_next check_credentials(auth_exchange_t *a, const char *login, s
     at->cram = cram;
     at->a = a;
     char key[64];
-    attempts_key(a, key);
+    policy_client_key(a->peer, key);
     const config_t *cfg = a->ingress->cfg;
     queue_login_t spec = {.name = a->login,
                           .client = key,

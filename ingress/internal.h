@@ -37,6 +37,7 @@ enum refusal {
     REFUSED_RELAY_DENIED,
     REFUSED_MAX_CONNECTIONS,
     REFUSED_MAX_CONNECTIONS_PER_IP,
+    REFUSED_CONNECTION_RATE,
     REFUSED_NON_SMTP,
     REFUSED_BAD_PROXY_HEADER,
     REFUSED_BARE_LINE_END,
@@ -69,6 +70,20 @@ struct ingress_metrics {
     metric_t *auth[AUTH_RESULTS];
     metric_t *tls[2];          /* handshakes failed, done */
     metric_t *enqueue_seconds; /* the Redis round trip that stores a message */
+    metric_t *stress;          /* 1 while the node is under stress */
+};
+
+/* Connections admitted lately per client address (policy.c), for
+ * max_connection_rate: a token bucket per address in a table of fixed
+ * size, set-associative, so a flood of addresses costs no memory; an
+ * address pushed out by others (the least recently seen of its set goes)
+ * starts again with a full bucket. */
+#define RATE_SETS 512
+#define RATE_WAYS 8
+struct connection_rate {
+    char client[64]; /* policy_client_key; "" when the slot is free */
+    double tokens;   /* connections it may still open now */
+    uint64_t at;     /* uv_now when tokens was computed */
 };
 
 struct ingress {
@@ -86,8 +101,14 @@ struct ingress {
     unsigned listeners_open;
     bool stopping;
     unsigned n_sessions;
+    /* Of them, those past admission: what max_connections and stress count,
+     * so a burst of connections being refused (each open until its 421 is
+     * written) takes no slot from a client that would be admitted. */
+    unsigned n_admitted;
     session_t *sessions; /* doubly linked, for shutdown and the per-address count */
     unsigned verifying;  /* password checks in the thread pool */
+    bool stressed;       /* past stress_threshold: shorter limits (policy_stress_update) */
+    struct connection_rate rates[RATE_SETS * RATE_WAYS];
     encrypt_t *encrypt;
     struct ingress_metrics metrics;
     /* Called when something that kept the ingress alive (a session, the

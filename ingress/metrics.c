@@ -11,6 +11,7 @@ static const char *const refusal_names[REFUSALS] = {
     [REFUSED_RELAY_DENIED] = "relay_denied",
     [REFUSED_MAX_CONNECTIONS] = "max_connections",
     [REFUSED_MAX_CONNECTIONS_PER_IP] = "max_connections_per_ip",
+    [REFUSED_CONNECTION_RATE] = "connection_rate",
     [REFUSED_NON_SMTP] = "non_smtp",
     [REFUSED_BAD_PROXY_HEADER] = "bad_proxy_header",
     [REFUSED_BARE_LINE_END] = "bare_line_end",
@@ -55,6 +56,8 @@ void ingress_register_metrics(struct ingress_metrics *m)
                                            "SMTP connections accepted, by listener.", labels);
     }
     m->open = metric_gauge("sealpost_ingress_connections", "SMTP connections open now.", "");
+    m->stress = metric_gauge("sealpost_ingress_stress",
+                             "1 while the ingress is under stress (stress_threshold), else 0.", "");
     for (int r = 0; r < REFUSALS; r++) {
         snprintf(labels, sizeof labels, "reason=\"%s\"", refusal_names[r]);
         m->refused[r] =

@@ -25,9 +25,23 @@ long policy_proxy_header(ingress_t *ingress, const char *peer, const char *in, s
 bool policy_non_smtp(const char *line, size_t len);
 /* Counts and logs such a connection, and gives its 421. */
 void policy_refuse_non_smtp(ingress_t *ingress, const char *peer, char *reply, size_t len);
+/* Whose connections and logins count together: an IPv4 address, or an
+ * IPv6 /64 (one host can have all of its /64, and would otherwise get a
+ * fresh count per address). */
+void policy_client_key(const char *peer, char out[64]);
+/* Enters or leaves stress by the number of admitted sessions (logged once
+ * each way, and the gauge set); true when it changed. */
+bool policy_stress_update(ingress_t *ingress);
+/* The limits in force now, stress or not: seconds a command line (or an
+ * AUTH answer, or a TLS handshake) may take, the floor of the content's
+ * deadline, and the error replies before a session is dropped. */
+unsigned policy_command_timeout(const ingress_t *ingress);
+unsigned policy_data_timeout(const ingress_t *ingress);
+unsigned policy_max_errors(const ingress_t *ingress);
 /* The connection's limits and whether anything could be stored now:
  * REFUSED_NONE, or the refusal and its 421. from_peer counts the open
- * sessions from the client's address, this one included. */
+ * sessions from the client's address, this one included: trusted networks
+ * are limited only under stress, and never by max_connection_rate. */
 enum refusal policy_admit(ingress_t *ingress, const char *peer, bool trusted, unsigned from_peer,
                           char *reply, size_t len);
 /* Submission (RFC 6409 §4.3, RFC 8314): TLS first, then a login, before MAIL. */

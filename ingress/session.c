@@ -6,7 +6,11 @@
  * login check, the commit of a message) the session is in STATE_WAIT and
  * nothing after the command is looked at until its reply has been queued.
  * Replies are collected and handed to the stream in one write when the
- * session waits for input. */
+ * session waits for input.
+ *
+ * Time limits are deadlines, not idle timers: what a byte earns is
+ * bounded (see the clocks below), so a client cannot hold a connection
+ * by trickling. */
 #include "ingress/session.h"
 
 #include "ingress/policy.h"
@@ -21,6 +25,7 @@ static void session_close(session_t *s);
 static void session_flush(session_t *s);
 static void session_process(session_t *s);
 static void session_maybe_free(session_t *s);
+static void clock_update(session_t *s);
 
 /* ---- output ---- */
 
@@ -99,6 +104,7 @@ bool session_start_tls(session_t *s, const char *ready)
         return false;
     }
     if (dropped > 0) log_info("event=starttls_input_dropped client=%s bytes=%ld", s->peer, dropped);
+    s->handshaking = true;
     return true;
 }
 
@@ -116,6 +122,7 @@ static bool consume_data(session_t *s)
         return false;
     }
     consume(s, (size_t)used);
+    s->clock.credit += (uint64_t)used;
     return s->tx->data.done;
 }
 
@@ -131,6 +138,7 @@ static bool consume_chunk(session_t *s)
         return false;
     }
     consume(s, n);
+    s->clock.credit += n;
     s->chunk.left -= n;
     return s->chunk.left == 0;
 }
@@ -152,15 +160,27 @@ static void bad_line(session_t *s, const char *text)
     s->state = STATE_COMMAND;
 }
 
+/* Not SMTP at all, as far as the input shows: a command line's first octet
+ * tells a TLS ClientHello (0x16) or any binary protocol at once, whether a
+ * LF is buffered or not (a ClientHello holds 0x0a octets, which would
+ * otherwise cut it into "lines" each with its own 500); and the session's
+ * first line is looked at whole for an HTTP request, whatever its line end.
+ * A complete line is checked again by the dialogue (smtp.c: dispatch). */
+static bool non_smtp(const session_t *s, const char *line, size_t avail, const char *lf)
+{
+    if (s->state != STATE_COMMAND || s->skip_line || avail == 0) return false;
+    if (line[0] != '\r' && line[0] != '\n' && policy_non_smtp(line, 1)) return true;
+    return !s->spoke && lf && policy_non_smtp(line, (size_t)(lf - line));
+}
+
 static void take_line(session_t *s)
 {
     size_t avail;
     const char *line = input(s, &avail);
     const char *lf = memchr(line, '\n', avail);
     size_t max = s->cfg->ingress.max_line_length;
-    if (!lf && !s->skip_line && s->state == STATE_COMMAND && avail > 0 && line[0] != '\r' &&
-        policy_non_smtp(line, 1)) {
-        refuse_non_smtp(s); /* a TLS ClientHello has no line end to wait for */
+    if (non_smtp(s, line, avail, lf)) {
+        refuse_non_smtp(s);
         return;
     }
     if (!lf) {
@@ -173,6 +193,8 @@ static void take_line(session_t *s)
     }
     size_t len = (size_t)(lf - line);
     consume(s, len + 1); /* first: STARTTLS drops what follows its own line */
+    s->spoke = true;
+    s->clock.kind = CLOCK_NONE; /* the next line's clock starts at the end of this pass */
     /* Credentials are wiped from the buffer once read (an AUTH line, or a
      * line answering a 334). */
     bool secret = s->state == STATE_AUTH || (len >= 4 && !strncasecmp(line, "AUTH", 4));
@@ -189,13 +211,6 @@ static void take_line(session_t *s)
 
 static bool take_proxy_header(session_t *s);
 static void admit(session_t *s);
-
-static void arm_timer(session_t *s)
-{
-    bool data = s->state == STATE_DATA || s->state == STATE_CHUNK;
-    unsigned secs = data ? s->cfg->ingress.data_timeout : s->cfg->ingress.command_timeout;
-    stream_set_timeout(s->stream, (uint64_t)secs * 1000);
-}
 
 /* One step of input in the current state; false when it needs more. */
 static bool step(session_t *s)
@@ -234,7 +249,7 @@ static void session_process(session_t *s)
 {
     s->processing = true;
     while (s->state != STATE_WAIT && !s->quitting && !s->closed) {
-        if (s->state != STATE_PROXY && s->errors >= s->cfg->ingress.max_errors) {
+        if (s->state != STATE_PROXY && s->errors >= policy_max_errors(s->ingress)) {
             session_reply(s, "421 4.7.0 %s Error: too many errors", s->cfg->ingress.hostname);
             ingress_refused(s->ingress, REFUSED_TOO_MANY_ERRORS);
             s->quitting = true;
@@ -247,27 +262,132 @@ static void session_process(session_t *s)
     if (s->eof && !waiting) s->quitting = true;
     session_flush(s);
     if (s->closed) return;
+    clock_update(s); /* when quitting too: a client that reads nothing cannot hold the close up */
     /* While an answer is awaited, the client's next commands wait in the
      * stream (up to its bound); once quitting, nothing more is read. */
     if (s->quitting && !waiting) {
-        arm_timer(s); /* a client that reads nothing cannot hold the close up for ever */
         stream_close_when_written(s->stream);
         return;
     }
     stream_pause(s->stream, s->quitting);
-    arm_timer(s);
+}
+
+/* ---- the clocks ----
+ * One deadline at a time, kept here in loop time (uv_now); the stream's one
+ * timer is set for what remains only when the deadline moves.
+ *
+ * A command line (an AUTH answer, a PROXY header) must be complete within
+ * command_timeout of the end of the pass that took the line before it,
+ * which is when that line's reply went out: bytes that trickle in earn
+ * nothing. A TLS handshake gets the same time, and the first command's
+ * clock starts when it is done.
+ *
+ * Content (DATA's, or a BDAT chunk's) is held to a rate instead, as
+ * Postfix's smtpd_min_data_rate does: it starts with data_timeout to run;
+ * every octet taken adds 1/min_data_rate s, but what remains is never
+ * more than data_timeout. A client sending at min_data_rate or faster
+ * always has data_timeout in hand, however large its message, so an
+ * honest upload is cut only by a stall longer than data_timeout; one
+ * sending at a fraction f of the rate loses (1 - f) s of it per second and
+ * is cut after data_timeout / (1 - f); and a fast start buys no idling
+ * later. The default of 500 octets/s is Postfix's smtpd_min_data_rate:
+ * 4 kbit/s, below any link a mail server sits on, so only a client that
+ * means to stall comes near it.
+ *
+ * While the session waits for our answer (Redis, a login check, the
+ * gateway) the client is not on the clock: the wait has only a watchdog of
+ * data_timeout, and the next command's clock starts after the reply. */
+
+static const char *clock_name(enum session_clock kind)
+{
+    static const char *const names[] = {"none", "command", "tls_handshake", "data", "wait"};
+    return names[kind];
+}
+
+/* Points the stream's timer at the deadline, when it moved. */
+static void clock_arm(session_t *s)
+{
+    if (s->clock.at == s->clock.armed || s->closed) return;
+    uint64_t now = uv_now(s->ingress->loop);
+    s->clock.armed = s->clock.at;
+    stream_set_timeout(s->stream, s->clock.at > now ? s->clock.at - now : 1);
+}
+
+static enum session_clock clock_wanted(const session_t *s)
+{
+    if (s->state == STATE_WAIT) return CLOCK_WAIT;
+    if (s->handshaking) return CLOCK_TLS;
+    if (s->state == STATE_DATA || s->state == STATE_CHUNK) return CLOCK_DATA;
+    return CLOCK_COMMAND;
+}
+
+static unsigned clock_seconds(const session_t *s, enum session_clock kind)
+{
+    if (kind == CLOCK_DATA) return policy_data_timeout(s->ingress);
+    if (kind == CLOCK_WAIT) return s->cfg->ingress.data_timeout;
+    return policy_command_timeout(s->ingress);
+}
+
+/* At the end of each pass: a new clock when the session moved on to
+ * something else, else the content's earnings. */
+static void clock_update(session_t *s)
+{
+    enum session_clock kind = clock_wanted(s);
+    uint64_t now = uv_now(s->ingress->loop);
+    uint64_t limit = now + (uint64_t)clock_seconds(s, kind) * 1000;
+    if (kind != s->clock.kind) {
+        s->clock.kind = kind;
+        s->clock.start = now;
+        s->clock.at = limit;
+    } else if (kind == CLOCK_DATA && s->clock.credit) {
+        uint64_t earned = s->clock.credit * 1000 / s->cfg->ingress.min_data_rate;
+        s->clock.at = s->clock.at + earned < limit ? s->clock.at + earned : limit;
+    }
+    s->clock.credit = 0;
+    clock_arm(s);
+}
+
+/* Stress began: the clocks that run get the shorter limits now, counted
+ * from their start (a content clock from now, as its earnings are not
+ * kept apart), so a slot held by a trickler is freed within seconds. */
+static void clock_shrink(session_t *s)
+{
+    uint64_t limit;
+    if (s->clock.kind == CLOCK_COMMAND || s->clock.kind == CLOCK_TLS)
+        limit = s->clock.start + (uint64_t)policy_command_timeout(s->ingress) * 1000;
+    else if (s->clock.kind == CLOCK_DATA)
+        limit = uv_now(s->ingress->loop) + (uint64_t)policy_data_timeout(s->ingress) * 1000;
+    else
+        return;
+    if (limit >= s->clock.at) return;
+    s->clock.at = limit;
+    clock_arm(s);
+}
+
+/* The session count moved: maybe into stress or out of it. */
+static void stress_update(ingress_t *ingress)
+{
+    if (!policy_stress_update(ingress) || !ingress->stressed) return;
+    for (session_t *s = ingress->sessions; s; s = s->next)
+        clock_shrink(s);
 }
 
 /* ---- the stream's events ---- */
 
 static void on_timeout(session_t *s)
 {
-    bool data = s->state == STATE_DATA || s->state == STATE_CHUNK;
-    log_info("event=timeout client=%s state=%s", s->peer, data ? "data" : "command");
+    if (uv_now(s->ingress->loop) < s->clock.at) { /* the deadline moved later meanwhile */
+        s->clock.armed = 0;
+        clock_arm(s);
+        return;
+    }
+    log_info("event=timeout client=%s state=%s", s->peer, clock_name(s->clock.kind));
     ingress_refused(s->ingress, REFUSED_TIMEOUT);
     s->quitting = true;
     if (s->state == STATE_WAIT) return; /* the 421 would come before the awaited reply */
-    if (stream_pending(s->stream)) {    /* the client stopped reading: no point in writing more */
+    /* In a handshake nothing can be said; a client that stopped reading
+     * would not read it. */
+    if (s->handshaking || stream_pending(s->stream)) {
         session_close(s);
         return;
     }
@@ -286,6 +406,8 @@ static void on_stream(stream_t *stream, enum stream_event event, void *arg)
     case STREAM_TLS_READY:
         log_info("event=tls client=%s tls=\"%s\"", s->peer, stream_tls_info(stream));
         metric_add(s->ingress->metrics.tls[1], 1);
+        s->handshaking = false;
+        if (!s->closed) clock_update(s); /* the first command's clock starts now */
         break;
     case STREAM_TLS_FAILED:
         log_info("event=tls_failed client=%s error=\"%s\"", s->peer, stream_error(stream));
@@ -320,12 +442,17 @@ static void session_maybe_free(session_t *s)
 {
     if (!s->closed || s->stream || s->state == STATE_WAIT) return;
     ingress_t *ingress = s->ingress;
+    bool admitted = s->admitted;
     transaction_free(s->tx);
     buf_free(&s->out);
     sodium_memzero(&s->auth, sizeof s->auth);
     free(s);
     ingress->n_sessions--;
     metric_add(ingress->metrics.open, -1);
+    if (admitted) {
+        ingress->n_admitted--;
+        stress_update(ingress);
+    }
     ingress->check_stopped(ingress);
 }
 
@@ -370,6 +497,10 @@ static void admit(session_t *s)
                                 &(stream_tls_t){.keep_input = true}) < 0) {
         s->quitting = true; /* no memory for TLS */
     } else {
+        s->admitted = true;
+        s->ingress->n_admitted++;
+        stress_update(s->ingress);
+        s->handshaking = s->kind == LISTENER_SMTPS;
         session_reply(s, "220 %s ESMTP sealpost", s->cfg->ingress.hostname);
     }
 }
@@ -409,8 +540,8 @@ static void session_begin(session_t *s, ingress_t *ingress, enum listener_kind k
     s->cfg = ingress->cfg;
     s->kind = kind;
     s->handlers = handlers;
-    /* Counted here, as session_maybe_free uncounts it, and before admit,
-     * which compares the count with max_connections. */
+    /* Counted here, as session_maybe_free uncounts it (admit counts it
+     * again in n_admitted). */
     ingress->n_sessions++;
     metric_add(ingress->metrics.open, 1);
     metric_add(ingress->metrics.connections[kind], 1);

@@ -20,6 +20,15 @@ enum session_state {
     STATE_WAIT     /* an answer is awaited: the input waits */
 };
 
+/* What the session's deadline is running for (session.c: the clocks). */
+enum session_clock {
+    CLOCK_NONE,    /* none yet: the next one starts at the end of this pass */
+    CLOCK_COMMAND, /* a command line, an AUTH answer or a PROXY header */
+    CLOCK_TLS,     /* a TLS handshake */
+    CLOCK_DATA,    /* DATA's content or a BDAT chunk, at min_data_rate */
+    CLOCK_WAIT     /* our answer: not the client's time (a watchdog only) */
+};
+
 /* What the dialogue does with the input the session frames. */
 struct session_handlers {
     /* A command line, or the answer to a 334 (STATE_AUTH), without its CRLF. */
@@ -44,7 +53,17 @@ struct session {
     bool skip_line;     /* discarding the rest of an over-long command line */
     bool closed;        /* the stream is closing; freed when nothing else refers to it */
     bool processing;    /* in session_process: a callback must not enter it again */
+    bool handshaking;   /* TLS started and not yet ready */
+    bool spoke;         /* a first line was taken: no longer checked whole for HTTP */
+    bool admitted;      /* past policy_admit: counted in ingress->n_admitted */
     unsigned errors;
+    struct {
+        enum session_clock kind;
+        uint64_t start;  /* uv_now (ms) when it began */
+        uint64_t at;     /* the deadline (uv_now ms) */
+        uint64_t armed;  /* the deadline the stream's timer was last set for */
+        uint64_t credit; /* content octets taken since the deadline last moved */
+    } clock;
     char helo[256];
     auth_exchange_t auth;
     struct transaction *tx; /* from MAIL to the end of the transaction */

@@ -535,6 +535,22 @@ void client_steps_at(client_t *c, const struct step *steps, size_t n, const char
                       line);
 }
 
+static bool answered(const void *arg)
+{
+    const client_t *c = arg;
+    return c->in.len > 0 || c->eof || c->failed || !c->stream;
+}
+
+size_t client_trickle(client_t *c, const char *text, unsigned gap_ms)
+{
+    size_t sent = 0;
+    while (text[sent] && !answered(c)) {
+        client_send(c, text + sent++, 1);
+        run_until(answered, c, gap_ms);
+    }
+    return sent;
+}
+
 void client_expect_silence_at(client_t *c, unsigned ms, const char *file, int line)
 {
     run_until(NULL, NULL, ms);

@@ -64,6 +64,10 @@ struct step {
 };
 /* say for each step in turn; a failure names the command. */
 void client_steps_at(client_t *c, const struct step *steps, size_t n, const char *file, int line);
+/* Sends text one octet at a time, gap_ms apart, until all of it went or
+ * the server answered or ended the connection; returns the octets sent.
+ * How long a client trickling its input is let do so. */
+size_t client_trickle(client_t *c, const char *text, unsigned gap_ms);
 /* Nothing arrives within ms. */
 void client_expect_silence_at(client_t *c, unsigned ms, const char *file, int line);
 /* The server ends the connection, with no reply left unread. */

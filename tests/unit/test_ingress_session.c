@@ -487,6 +487,19 @@ static void test_non_smtp_clients(void **state)
     client_send(c, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11); /* no line end */
     expect_reply(c, "421", "4.7.0", "not an SMTP command");
     expect_closed(c);
+    client_close(c);
+    /* A ClientHello's random and key share hold LF and CRLF octets: still
+     * one 421, not a 500 per "line" first. */
+    c = client_open(false);
+    client_send(c, "\x16\x03\x01\x00\x40\x01\x00\x00\x3c\x03\x03\n\x8a\r\n\x0a\x00\r\n", 19);
+    expect_reply(c, "421", "4.7.0", "not an SMTP command");
+    expect_closed(c);
+    client_close(c);
+    /* An HTTP request with bare LFs, as a hand-typed one may have. */
+    c = client_open(false);
+    send_text(c, "GET / HTTP/1.0\n\n");
+    expect_reply(c, "421", "4.7.0", "not an SMTP command");
+    expect_closed(c);
 }
 
 /* 421 4.7.0 at the greeting past max_connections_per_ip (all these
@@ -532,6 +545,120 @@ static void test_timeouts(void **state)
     expect_reply(c, "421", "4.4.2", TEST_HOSTNAME " Error: timeout exceeded");
     expect_closed(c);
     assert_int_equal(stored_messages(), 0);
+}
+
+/* A command line must be complete within command_timeout of the reply
+ * before it, however it trickles in (an octet every 300 ms earns nothing),
+ * while a client that answers each reply promptly is never cut, however
+ * long its session lasts. */
+static void test_command_deadline(void **state)
+{
+    (void)state;
+    config_t cfg;
+    server_config(&cfg);
+    cfg.ingress.command_timeout = 1;
+    server_start(&cfg);
+    client_t *c = open_ehlo();
+    for (int i = 0; i < 3; i++) { /* 1.8 s in all, each line well within its second */
+        expect_silence(c, 600);
+        say(c, "NOOP", "250", "2.0.0", "Ok");
+    }
+    size_t sent = client_trickle(c, "NOOP\r\n", 300);
+    assert_true(sent < 6); /* the line never came whole */
+    expect_reply(c, "421", "4.4.2", TEST_HOSTNAME " Error: timeout exceeded");
+    expect_closed(c);
+}
+
+/* Content must keep up min_data_rate, with data_timeout in hand at most:
+ * 1000-octet lines every 400 ms (2500 octets/s) go on past data_timeout
+ * and are stored; a trickle of an octet every 300 ms is cut; and 20,000
+ * octets at once (20 s at the rate) buy no more than data_timeout of
+ * silence after them. */
+static void test_content_deadline(void **state)
+{
+    (void)state;
+    char line[1001];
+    config_t cfg;
+    server_config(&cfg);
+    cfg.ingress.data_timeout = 1;
+    cfg.ingress.min_data_rate = 1000;
+    server_start(&cfg);
+    client_t *c = open_ehlo();
+    open_transaction(c);
+    say(c, "DATA", "354", NULL, "End data");
+    send_text(c, "Subject: steady\r\n\r\n");
+    memset(line, 'x', 998);
+    memcpy(line + 998, "\r\n", 3);
+    for (int i = 0; i < 8; i++) { /* 3.2 s */
+        expect_silence(c, 400);
+        send_text(c, line);
+    }
+    send_text(c, ".\r\n");
+    expect_reply(c, "250", "2.0.0", "Ok: queued as ");
+    open_transaction(c);
+    say(c, "DATA", "354", NULL, "End data");
+    assert_true(client_trickle(c, "Subject: slow\r\n\r\nand on and on\r\n.\r\n", 300) < 30);
+    expect_reply(c, "421", "4.4.2", TEST_HOSTNAME " Error: timeout exceeded");
+    expect_closed(c);
+    client_close(c);
+    c = open_ehlo();
+    open_transaction(c);
+    say(c, "DATA", "354", NULL, "End data");
+    for (int i = 0; i < 20; i++)
+        send_text(c, line);
+    expect_reply(c, "421", "4.4.2", TEST_HOSTNAME " Error: timeout exceeded"); /* within 10 s */
+    expect_closed(c);
+    assert_int_equal(stored_messages(), 1);
+}
+
+/* Past stress_threshold of max_connections the shorter limits hold, for
+ * the sessions already open too: an idle one is cut after
+ * stress_command_timeout (not its 30 s), one error closes a session. Once
+ * the count is down, an error is an error again. */
+static void test_stress(void **state)
+{
+    (void)state;
+    config_t cfg;
+    server_config(&cfg);
+    cfg.ingress.max_connections = 4;
+    cfg.ingress.stress_threshold = 50;
+    cfg.ingress.command_timeout = 30;
+    cfg.ingress.stress_command_timeout = 1;
+    cfg.ingress.stress_max_errors = 1;
+    server_start(&cfg);
+    client_t *idle = open_ehlo();
+    say(idle, "FROBNICATE", "500", "5.5.2", "command not recognized"); /* one error: no stress */
+    say(idle, "NOOP", "250", "2.0.0", "Ok");
+    client_t *second = open_ehlo(); /* 2 of 4: stress */
+    client_t *erring = open_ehlo();
+    say(erring, "FROBNICATE", "500", "5.5.2", "command not recognized");
+    expect_reply(erring, "421", "4.7.0", TEST_HOSTNAME " Error: too many errors");
+    expect_closed(erring);
+    client_close(erring);
+    expect_reply(idle, "421", "4.4.2", TEST_HOSTNAME " Error: timeout exceeded"); /* within 10 s */
+    expect_closed(idle);
+    client_close(idle);
+    client_close(second); /* the last one of the stress: it ends */
+    client_t *c = open_ehlo();
+    say(c, "FROBNICATE", "500", "5.5.2", "command not recognized");
+    say(c, "NOOP", "250", "2.0.0", "Ok");
+}
+
+/* max_connection_rate: a minute's worth at once, then 421 4.7.0 before
+ * any greeting. */
+static void test_connection_rate(void **state)
+{
+    (void)state;
+    config_t cfg;
+    server_config(&cfg);
+    cfg.ingress.max_connection_rate = 2;
+    server_start(&cfg);
+    client_close(client_open(false));
+    client_close(client_open(false));
+    client_t *c = client_connect(false);
+    expect_reply(c, "421", "4.7.0",
+                 TEST_HOSTNAME " Error: too many connections from your address lately");
+    expect_closed(c);
 }
 
 /* 550 5.7.1 for a recipient whose domain requires encryption and who has
@@ -734,6 +861,10 @@ int main(void)
         TEST(test_non_smtp_clients),
         TEST(test_connection_limits),
         TEST(test_timeouts),
+        TEST(test_command_deadline),
+        TEST(test_content_deadline),
+        TEST(test_stress),
+        TEST(test_connection_rate),
         TEST(test_recipient_requires_encryption),
         TEST(test_bdat_chunks),
         TEST(test_bdat_zero_last),
