@@ -311,7 +311,7 @@ struct enqueue_argv {
     const char **args;
     size_t *lens;
     size_t nargs;
-    char shard[16], nbodies[16], njobs[16];
+    char shard[16], nbodies[16], njobs[16], deadline[24];
 };
 
 static void enqueue_argv_free(struct enqueue_argv *v)
@@ -324,12 +324,12 @@ static void enqueue_argv_free(struct enqueue_argv *v)
 }
 
 static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queue_message_t *m,
-                              const struct job_group *groups, unsigned n)
+                              const struct job_group *groups, unsigned n, int64_t deadline_ms)
 {
     unsigned nb = m->n_bodies;
     key_ids_t ids = {.shard = shard, .mid = m->id};
     call_keys_init(&v->keys, FN_ENQUEUE, &ids);
-    v->nargs = 7 + (size_t)nb + 4 * (size_t)n;
+    v->nargs = 7 + (size_t)nb + 4 * (size_t)n + 1;
     v->jids = calloc(n, sizeof *v->jids);
     v->variants = calloc(n, sizeof *v->variants);
     v->args = calloc(v->nargs, sizeof *v->args);
@@ -362,7 +362,19 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
         for (int i = 0; i < 4; i++)
             v->args[a + i] = job[i], v->lens[a + i] = strlen(job[i]);
     }
+    snprintf(v->deadline, sizeof v->deadline, "%lld", (long long)deadline_ms);
+    v->args[v->nargs - 1] = v->deadline, v->lens[v->nargs - 1] = strlen(v->deadline);
     return v->keys.failed ? -1 : 0;
+}
+
+/* The enqueue's deadline, on the realtime clock (the function compares it
+ * with Redis's): a quarter of the timeout before the call is given up, so
+ * that one run in time is answered in time too. One run later sat in a
+ * stalled Redis while its client got 451; its jobs wait for the withdrawal
+ * (see enqueue in sealpost.lua). */
+static int64_t enqueue_deadline(const queue_t *q)
+{
+    return util_now_ms() + (int64_t)(q->timeout_ms - q->timeout_ms / 4);
 }
 
 int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void *arg)
@@ -373,7 +385,8 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
     int n = job_groups(m, groups);
     int rc = -1;
     struct enqueue_argv v = {0};
-    if (n > 0 && enqueue_argv_build(&v, queue_shard_of(q, m->id), m, groups, (unsigned)n) == 0) {
+    if (n > 0 && enqueue_argv_build(&v, queue_shard_of(q, m->id), m, groups, (unsigned)n,
+                                   enqueue_deadline(q)) == 0) {
         struct call *call = call_new(q, arg);
         if (call) {
             call->done = on_enqueue_reply;

@@ -77,12 +77,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Writes one message: envelope, sealed body variants, and its jobs, due now.
--- Each job is one destination domain and one body variant; the envelope
--- counts open jobs in all ('open') and per variant ('open:<v>'), so a
--- variant's body goes when its last job is done, and the envelope with the last.
--- k and a: as enqueue's KEYS and ARGV.
-local function store_message(k, a, now)
+-- Writes one message: envelope, sealed body variants, and its jobs, due at
+-- due (now unless given). Each job is one destination domain and one body
+-- variant; the envelope counts open jobs in all ('open') and per variant
+-- ('open:<v>'), so a variant's body goes when its last job is done, and the
+-- envelope with the last. k and a: as enqueue's KEYS and ARGV.
+local function store_message(k, a, now, due)
+  due = due or now
   local nb, n = tonumber(a[6]), tonumber(a[7])
   if not nb or not n or nb < 1 or n < 1 or #k ~= 7 + nb + n or #a ~= 7 + nb + 4 * n then
     return mismatch('enqueue')
@@ -116,7 +117,7 @@ local function store_message(k, a, now)
                'attempts', 0, 'body', v)
     redis.call('ZADD', k[7], 0, dq_member(domain, now, jid))
     redis.call('HINCRBY', k[1], 'open:' .. v, 1)
-    redis.call('ZADD', k[2], now, jid)
+    redis.call('ZADD', k[2], due, jid)
     redis.call('HINCRBY', k[4], domain, 1)
   end
   redis.call('ZADD', k[5], now, a[1])
@@ -126,14 +127,26 @@ local function store_message(k, a, now)
   return 'ok'
 end
 
+-- A late enqueue's jobs wait this long before a worker may claim them.
+local LATE_GRACE_MS = 10000
+
 -- KEYS: m, due, st, dom, age, log, dq, w, b..., j...
 --   (b: one per body variant, 0 first; j: one per job)
 -- ARGV: mid, shard, sender, params, info, nb (bodies), n (jobs), the nb bodies,
---       then per job: jid, domain, rcpts, v (its body variant)
+--       then per job: jid, domain, rcpts, v (its body variant); last, the
+--       deadline: ms on the ingress's realtime clock after which it has given
+--       up on the reply (its client got 451), or 0.
 -- 'duplicate' when the message is stored already; 'withdrawn', storing
 -- nothing, when the ingress withdrew it first (its withdraw overtook it on
--- another connection: see withdraw).
+-- another connection: see withdraw). A call run after its deadline (Redis
+-- was stalled with it in its input) is stored all the same, since the two
+-- clocks may differ, but its jobs come due only LATE_GRACE_MS later, so that
+-- the withdrawal which is on its way finds them unclaimed even while a
+-- worker is waiting: at worst, with clocks apart by more than the ingress's
+-- margin, a message is delivered that much later.
 local function enqueue(keys, args)
+  local deadline = tonumber(table.remove(args))
+  if not deadline then return mismatch('enqueue') end
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
   end
@@ -142,7 +155,15 @@ local function enqueue(keys, args)
     return 'withdrawn'
   end
   table.remove(keys, 8) -- store_message takes the keys without w
-  return store_message(keys, args, now_ms())
+  local now = now_ms()
+  local late = deadline > 0 and now > deadline
+  local stored = store_message(keys, args, now, late and now + LATE_GRACE_MS or now)
+  if late and stored == 'ok' then
+    trace(keys[6], args[1], '', '', 'late', (now - deadline) .. ' ms after the ingress gave up: '
+          .. 'held back ' .. LATE_GRACE_MS .. ' ms for its withdrawal')
+    redis.call('HINCRBY', keys[3], 'late', 1)
+  end
+  return stored
 end
 
 -- KEYS: due, lease, meta, held, st

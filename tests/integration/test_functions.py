@@ -46,8 +46,9 @@ def snapshot(r):
 
 # ---- the queue ----
 
-def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None):
-    """jobs: [(domain, rcpts, variant)]. Returns the reply and the job ids."""
+def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None, deadline=0):
+    """jobs: [(domain, rcpts, variant)]; deadline: the ingress's, in ms of
+    the realtime clock (0: none). Returns the reply and the job ids."""
     jids = jids or [f"{mid}.{v}.{n}" for n, (_, _, v) in enumerate(jobs)]
     keys = [shard(f"m:{mid}"), shard("due"), shard("st"), shard("dom"), shard("age"),
             shard("log"), shard("dq"), shard(f"w:{mid}")]
@@ -56,6 +57,7 @@ def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None):
     args = [mid, SHARD, "sender@origin.test", "", "a test", len(bodies), len(jobs), *bodies]
     for jid, (domain, rcpts, v) in zip(jids, jobs):
         args += [jid, domain, rcpts, v]
+    args.append(deadline)
     return r.fcall("enqueue", len(keys), *keys, *args), jids
 
 
@@ -268,6 +270,26 @@ def test_an_enqueue_after_its_withdrawal_stores_nothing(r):
     assert counter(r, "enqueued") == 0
     assert trace_events(r, MID) == ["withdrawn"]
     assert enqueue(r, OTHER_MID, jobs)[0] == b"ok"  # another id is not affected
+
+
+def test_a_late_enqueue_is_held_back_for_its_withdrawal(r):
+    """Run after its deadline (Redis stalled with it in its input while the
+    client got 451): stored, but no worker can claim it before the
+    withdrawal on its way has taken it back. One in time is due at once."""
+    now_ms = int(time.time() * 1000)
+    jobs = [("example.test", "a@example.test", 0)]
+    reply, (jid,) = enqueue(r, MID, jobs, deadline=now_ms - 5000)
+    assert reply == b"ok"
+    due = r.zscore(shard("due"), jid)
+    assert due >= now_ms + 9000  # held back about LATE_GRACE_MS
+    assert claim(r) == {}
+    assert trace_events(r, MID) == ["accepted", "late"]
+    assert counter(r, "late") == 1
+    assert withdraw(r, MID, [jid]) == b"withdrawn"
+    reply, (other,) = enqueue(r, OTHER_MID, jobs, deadline=now_ms + 60000)
+    assert reply == b"ok" and r.zscore(shard("due"), other) <= now_ms + 5000
+    assert list(claim(r)) == [other]
+    assert counter(r, "late") == 1
 
 
 def test_a_withdraw_naming_other_jobs_than_the_enqueue_writes_nothing(r):
