@@ -151,6 +151,14 @@ unsigned policy_max_errors(const ingress_t *ingress)
     return stressed_limit(ingress, cfg->ingress.max_errors, cfg->ingress.stress_max_errors);
 }
 
+/* A command that moves nothing forward holds a slot as well as a trickle
+ * does, and a deadline cannot tell it from a client at work: past the
+ * limit (Postfix's smtpd_junk_command_limit, 1 under stress) each counts. */
+unsigned policy_junk_limit(const ingress_t *ingress)
+{
+    return stressed_limit(ingress, ingress->cfg->ingress.junk_command_limit, 1);
+}
+
 /* ---- admission ---- */
 
 /* The client's bucket: its own slot in its set, else the set's least

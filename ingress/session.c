@@ -41,7 +41,12 @@ void session_reply(session_t *s, const char *fmt, ...)
     line[n++] = '\r';
     line[n++] = '\n';
     if (buf_append(&s->out, line, (size_t)n) < 0) s->quitting = true;
-    if (line[0] == '5' || line[0] == '4') s->errors++;
+    /* max_errors is for clients that err. A 4xx with a 4.3.x code (RFC
+     * 3463: the mail system's status) is our own trouble, not theirs: with
+     * stress_max_errors = 1 it would close the session of a client that did
+     * nothing wrong. */
+    bool ours = line[0] == '4' && n >= 9 && !strncmp(line + 3, " 4.3.", 5);
+    if ((line[0] == '5' || line[0] == '4') && !ours) s->errors++;
 }
 
 static void session_flush(session_t *s)

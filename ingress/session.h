@@ -57,6 +57,7 @@ struct session {
     bool spoke;         /* a first line was taken: no longer checked whole for HTTP */
     bool admitted;      /* past policy_admit: counted in ingress->n_admitted */
     unsigned errors;
+    unsigned junk; /* NOOP, RSET, VRFY, HELP so far */
     struct {
         enum session_clock kind;
         uint64_t start;  /* uv_now (ms) when it began */
@@ -90,7 +91,8 @@ bool session_open_fd(ingress_t *ingress, int fd, enum listener_kind kind,
  * awaits an answer right after its reply. */
 void session_shutdown_all(ingress_t *ingress);
 
-/* Queues a reply line (CRLF added); a 4xx or 5xx counts as an error. */
+/* Queues a reply line (CRLF added); a 4xx or 5xx counts as an error,
+ * but for a 4xx of the mail system's own (4.3.x). */
 void session_reply(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Under TLS (STARTTLS, or an implicit-TLS port), the handshake done or not. */
 bool session_secure(const session_t *s);

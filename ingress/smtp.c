@@ -516,6 +516,14 @@ static const command_t commands[] = {
     {PROTO_BDAT, check_bdat, proceed_bdat},
 };
 
+/* NOOP, RSET, VRFY and HELP: see policy_junk_limit. */
+static void count_junk(session_t *s, enum proto_verb verb)
+{
+    bool junk =
+        verb == PROTO_NOOP || verb == PROTO_RSET || verb == PROTO_VRFY || verb == PROTO_HELP;
+    if (junk && ++s->junk > policy_junk_limit(s->ingress)) s->errors++;
+}
+
 static void dispatch(session_t *s, const char *line, size_t len)
 {
     proto_command_t cmd;
@@ -530,6 +538,7 @@ static void dispatch(session_t *s, const char *line, size_t len)
         session_reply(s, "501 5.5.2 Syntax error");
         return;
     }
+    count_junk(s, cmd.verb);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (commands[i].verb != cmd.verb) continue;
         if (commands[i].check(s, &cmd)) commands[i].proceed(s, &cmd);

@@ -386,7 +386,7 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
     int rc = -1;
     struct enqueue_argv v = {0};
     if (n > 0 && enqueue_argv_build(&v, queue_shard_of(q, m->id), m, groups, (unsigned)n,
-                                   enqueue_deadline(q)) == 0) {
+                                    enqueue_deadline(q)) == 0) {
         struct call *call = call_new(q, arg);
         if (call) {
             call->done = on_enqueue_reply;

@@ -471,6 +471,29 @@ static void test_too_many_errors(void **state)
     expect_closed(c);
 }
 
+/* A client that holds its slot with cheap commands, each inside the
+ * deadline: past junk_command_limit each NOOP, RSET, VRFY or HELP is an
+ * error, so max_errors ends it; real commands reset nothing but count not. */
+static void test_junk_commands_count_past_their_limit(void **state)
+{
+    (void)state;
+    config_t cfg;
+    server_config(&cfg);
+    cfg.ingress.junk_command_limit = 3;
+    cfg.ingress.max_errors = 2;
+    server_start(&cfg);
+    client_t *c = open_ehlo();
+    say(c, "NOOP", "250", "2.0.0", "Ok");
+    say(c, "RSET", "250", "2.0.0", "Ok");
+    say(c, "MAIL FROM:<a@origin.test>", "250", "2.1.0", "Ok");
+    say(c, "VRFY x", "252", "2.0.0",
+        "Cannot VRFY user, but will accept message and attempt delivery");
+    say(c, "NOOP", "250", "2.0.0", "Ok"); /* the fourth: one error */
+    say(c, "NOOP", "250", "2.0.0", "Ok"); /* the fifth: two */
+    expect_reply(c, "421", "4.7.0", TEST_HOSTNAME " Error: too many errors");
+    expect_closed(c);
+}
+
 /* 421 4.7.0 for an HTTP request (a browser made to POST to port 25) and a
  * TLS ClientHello on the plain port, at once, and nothing after is read. */
 static void test_non_smtp_clients(void **state)
@@ -858,6 +881,7 @@ int main(void)
         TEST(test_commands_not_offered),
         TEST(test_refused_content),
         TEST(test_too_many_errors),
+        TEST(test_junk_commands_count_past_their_limit),
         TEST(test_non_smtp_clients),
         TEST(test_connection_limits),
         TEST(test_timeouts),
