@@ -668,6 +668,25 @@ static void test_bounce_with_ret_full_and_envid(void **state)
     fixture_free(f);
 }
 
+/* xtext can say "+00": decoded, a NUL would end the field's C string and
+ * the report would name a shorter envelope id or recipient than was given. */
+static void test_bounce_decoded_nul_is_not_a_cut(void **state)
+{
+    (void)state;
+    fixture_t *f = fixture_new(1);
+    char params[] = "ENVID=batch+00tail+0Dx";
+    f->job.mail_params = params;
+    char rcpt_params[] = "ORCPT=rfc822;a+00b@example.test";
+    f->job.rcpt_params[0] = rcpt_params;
+    answer(f, 0, 550, "550 5.1.1 no such user");
+    classify(f, false);
+    report_t *r = build_and_read(f);
+    assert_header(r->blocks[0], "Original-Envelope-Id", "batch?tail?x");
+    assert_header(r->blocks[1], "Original-Recipient", "rfc822;a?b@example.test");
+    report_free(r);
+    fixture_free(f);
+}
+
 static void test_delay_and_relay_notices(void **state)
 {
     (void)state;
@@ -955,6 +974,7 @@ int main(void)
         cmocka_unit_test(test_delay_warning_not_due),
         cmocka_unit_test(test_bounce_report_structure),
         cmocka_unit_test(test_bounce_with_ret_full_and_envid),
+        cmocka_unit_test(test_bounce_decoded_nul_is_not_a_cut),
         cmocka_unit_test(test_delay_and_relay_notices),
         cmocka_unit_test(test_local_decision_has_no_remote_mta),
         cmocka_unit_test(test_null_sender_is_never_bounced),
