@@ -179,24 +179,7 @@ static const key_spec_t *find_key(const char *section, const char *name)
 
 static int parse_unsigned(const char *text, unsigned long long *out)
 {
-    char *end;
-    errno = 0;
-    if (*text < '0' || *text > '9') return -1;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno || *end) return -1;
-    *out = v;
-    return 0;
-}
-
-static bool valid_domain(const char *d)
-{
-    size_t n = strlen(d);
-    if (n == 0 || n > 253) return false;
-    for (const char *p = d; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '.'))
-            return false;
-    return true;
+    return util_parse_decimal(text, strlen(text), out);
 }
 
 struct list_ctx {
@@ -211,7 +194,7 @@ static int add_list_item(const char *item, void *arg)
     struct list_ctx *lc = arg;
     config_t *cfg = lc->cfg;
     if (lc->spec->type == T_DOMAINS) {
-        if (cfg->ingress.n_relay_domains >= CONFIG_MAX_LIST || !valid_domain(item)) {
+        if (cfg->ingress.n_relay_domains >= CONFIG_MAX_LIST || !net_domain_valid(item)) {
             snprintf(lc->err, lc->errlen, "bad or too many domains: '%s'", item);
             return -1;
         }
@@ -316,7 +299,7 @@ static int set_domain(config_t *cfg, const char *section, const char *domain, co
     char name[256];
     snprintf(name, sizeof name, "%s", domain);
     util_ascii_lower(name);
-    if (!valid_domain(name)) {
+    if (!net_domain_valid(name)) {
         snprintf(err, errlen, "'%s' is not a domain", domain);
         return -1;
     }
@@ -377,23 +360,35 @@ struct file_ctx {
 /* inih reads line by line through this, which is how a handler error learns
  * its line. Debian's libinih cuts lines at 200 octets and would parse the rest
  * as a line of its own, so a longer line is refused here; long lists go on
- * indented continuation lines instead. */
+ * indented continuation lines instead. A NUL is refused too: inih, and every
+ * setter after it, would take the line as ending there and drop the rest
+ * without a word. */
 static char *read_line(char *str, int num, void *stream)
 {
     struct file_ctx *fc = stream;
-    char *s = fgets(str, num, fc->fp);
-    if (!s) return NULL;
+    size_t n = 0, max = (size_t)num - 1;
+    int c = EOF;
+    if (fc->failed) return NULL;
+    while (n < max && (c = getc(fc->fp)) != EOF && c != 0) {
+        str[n++] = (char)c;
+        if (c == '\n') break;
+    }
+    if (n == 0 && c == EOF) return NULL;
+    str[n] = 0;
     fc->line++;
-    fc->continuation = s[0] == ' ' || s[0] == '\t';
-    size_t n = strlen(s);
-    if (n == (size_t)num - 1 && s[n - 1] != '\n' && !feof(fc->fp) && !fc->failed) {
+    fc->continuation = str[0] == ' ' || str[0] == '\t';
+    bool nul = c == 0;
+    if (!nul &&
+        !(n == max && str[n - 1] != '\n' && (c = getc(fc->fp)) != EOF && ungetc(c, fc->fp) != EOF))
+        return str;
+    if (nul)
+        snprintf(fc->err, fc->errlen, "%s:%u: a NUL byte in the line", fc->cfg->path, fc->line);
+    else
         snprintf(fc->err, fc->errlen,
                  "%s:%u: line longer than %d characters; continue a list on indented lines",
                  fc->cfg->path, fc->line, num - 2);
-        fc->failed = true;
-        return NULL;
-    }
-    return s;
+    fc->failed = true;
+    return NULL;
 }
 
 static int on_ini_key(void *user, const char *section, const char *name, const char *value)

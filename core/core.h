@@ -81,6 +81,10 @@ int net_hostport_parse(const char *text, uint16_t default_port, net_hostport_t *
 int net_sockaddr_from(const net_hostport_t *hp, struct sockaddr_storage *out);
 /* The bare address text of a sockaddr ("127.0.0.1", "::1"). */
 void net_addr_text(const struct sockaddr *sa, char *out, size_t outlen);
+/* Whether name is a host name as SMTP writes one (RFC 5321 §2.3.5, RFC 1123
+ * §2.1): dot-separated labels of 1 to 63 letters, digits and hyphens, no
+ * hyphen first or last, 253 characters at most, no trailing dot. */
+bool net_domain_valid(const char *name);
 struct uv_tcp_s;
 struct uv_stream_s;
 /* Binds an initialised libuv TCP handle to hp (a numeric address) and
@@ -102,6 +106,9 @@ uint32_t util_random_below(uint32_t bound);
 void util_rfc5322_date(char *out, size_t outlen);
 /* Lower-cases ASCII in place. */
 void util_ascii_lower(char *s);
+/* A decimal number that is all of p[0..len): digits only (no sign, no
+ * white space), no overflow. Returns 0, or -1 and leaves *out alone. */
+int util_parse_decimal(const char *p, size_t len, unsigned long long *out);
 /* Splits on commas and white space; calls fn for each non-empty item. */
 int util_split_list(const char *text, int (*fn)(const char *item, void *arg), void *arg);
 

@@ -50,6 +50,8 @@ static const char *reason_phrase(int status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 414:
+        return "URI Too Long";
     case 431:
         return "Request Header Fields Too Large";
     case 503:
@@ -81,20 +83,40 @@ static void respond(http_conn_t *c, int status, const char *type, const buf_t *b
     stream_close_when_written(c->stream);
 }
 
-/* "GET /path HTTP/1.1" and the rest of the head, once it is all in. */
+/* Splits the request line "GET /path HTTP/1.1" (RFC 9112 §3) into its
+ * method and target, each whole or not at all: 0, or the status to refuse
+ * it with. It is read from its octets, not as a C string: sscanf stopped at
+ * a NUL ("GET /metrics\0..." passed as "GET /metrics") and cut a long
+ * target, reading its tail as the version. */
+static int request_line(const char *p, size_t len, char method[16], char target[256])
+{
+    for (size_t i = 0; i < len; i++)
+        if (((unsigned char)p[i] < 0x21 && p[i] != ' ') || p[i] == 0x7f) return 400;
+    const char *sp1 = memchr(p, ' ', len);
+    const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', len - (size_t)(sp1 + 1 - p)) : NULL;
+    if (!sp2 || sp1 == p || sp2 == sp1 + 1) return 400;
+    size_t method_len = (size_t)(sp1 - p), target_len = (size_t)(sp2 - sp1 - 1);
+    const char *version = sp2 + 1;
+    size_t version_len = len - (size_t)(version - p);
+    if (version_len != 8 || memcmp(version, "HTTP/1.", 7) || version[7] < '0' || version[7] > '9')
+        return 400;
+    if (method_len >= 16) return 405;
+    if (target_len >= 256) return 414;
+    memcpy(method, p, method_len);
+    method[method_len] = 0;
+    memcpy(target, sp1 + 1, target_len);
+    target[target_len] = 0;
+    return 0;
+}
+
+/* The request line and the rest of the head, once it is all in. */
 static void handle(http_conn_t *c, const char *request, size_t len)
 {
-    char method[8], target[256], version[16], line[HTTP_MAX_HEAD + 1];
+    char method[16], target[256];
     const char *eol = memchr(request, '\r', len);
-    if (!eol || (size_t)(eol - request) >= sizeof line) {
-        respond(c, 400, "text/plain", NULL, false);
-        return;
-    }
-    memcpy(line, request, (size_t)(eol - request));
-    line[eol - request] = 0;
-    if (sscanf(line, "%7s %255s %15s", method, target, version) != 3 ||
-        strncmp(version, "HTTP/1.", 7)) {
-        respond(c, 400, "text/plain", NULL, false);
+    int refused = eol ? request_line(request, (size_t)(eol - request), method, target) : 400;
+    if (refused) {
+        respond(c, refused, "text/plain", NULL, false);
         return;
     }
     bool head = c->head_only = !strcmp(method, "HEAD");

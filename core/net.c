@@ -135,6 +135,27 @@ void net_addr_text(const struct sockaddr *sa, char *out, size_t outlen)
     if (!inet_ntop(sa->sa_family, a, out, (socklen_t)outlen)) snprintf(out, outlen, "unknown");
 }
 
+bool net_domain_valid(const char *name)
+{
+    size_t n = strlen(name), label = 0;
+    if (n == 0 || n > 253) return false;
+    for (size_t i = 0; i <= n; i++) {
+        char c = name[i];
+        if (c == '.' || c == 0) {
+            /* empty, too long, or a hyphen at either end */
+            if (label == 0 || label > 63 || name[i - label] == '-' || name[i - 1] == '-')
+                return false;
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '-') {
+            label++;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
 int net_listen(uv_tcp_t *tcp, const net_hostport_t *hp, int backlog, uv_connection_cb on_connection,
                char *err, size_t errlen)
 {

@@ -1,5 +1,6 @@
 #include "core/core.h"
 
+#include <limits.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,20 @@ void util_ascii_lower(char *s)
 {
     for (; *s; s++)
         if (*s >= 'A' && *s <= 'Z') *s = (char)(*s + 32);
+}
+
+int util_parse_decimal(const char *p, size_t len, unsigned long long *out)
+{
+    if (len == 0) return -1;
+    unsigned long long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        unsigned digit = (unsigned)(p[i] - '0');
+        if (v > (ULLONG_MAX - digit) / 10) return -1;
+        v = v * 10 + digit;
+    }
+    *out = v;
+    return 0;
 }
 
 int util_split_list(const char *text, int (*fn)(const char *item, void *arg), void *arg)

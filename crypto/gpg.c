@@ -185,6 +185,19 @@ static void info_free(crypto_key_info_t *info)
     free(info->armored);
 }
 
+/* Whether a user ID's address can be one of a key's addresses. A user ID
+ * is any octets, and GPGME hands back what gpg escaped ("\n" as a line
+ * feed): the directory keeps a key's addresses one to a line and looks them
+ * up as RCPT names them, so one with a control octet or a space in it
+ * would be read back as other addresses, or as none that mail could reach. */
+static bool uid_address_usable(const struct _gpgme_user_id *uid)
+{
+    if (uid->revoked || uid->invalid || !uid->email || !strchr(uid->email, '@')) return false;
+    for (const unsigned char *p = (const unsigned char *)uid->email; *p; p++)
+        if (*p <= ' ' || *p == 0x7f) return false;
+    return true;
+}
+
 static int key_describe(gpgme_ctx_t ctx, gpgme_key_t key, crypto_key_info_t *info)
 {
     snprintf(info->fpr, sizeof info->fpr, "%s", key->fpr ? key->fpr : "");
@@ -195,7 +208,7 @@ static int key_describe(gpgme_ctx_t ctx, gpgme_key_t key, crypto_key_info_t *inf
     info->addresses = calloc(n ? n : 1, sizeof *info->addresses);
     if (!info->addresses) return -1;
     for (gpgme_user_id_t uid = key->uids; uid; uid = uid->next) {
-        if (uid->revoked || uid->invalid || !uid->email || !strchr(uid->email, '@')) continue;
+        if (!uid_address_usable(uid)) continue;
         bool seen = false;
         for (unsigned i = 0; i < info->n_addresses && !seen; i++)
             seen = info->addresses[i] && !strcasecmp(info->addresses[i], uid->email);

@@ -103,28 +103,21 @@ static int hex_value(char c)
 }
 
 /* RFC 3461 §6.3 and RFC 3464 §2.2.1, §2.3.1: ENVID and ORCPT come back
- * decoded from xtext ("+2B" is "+"). Writes at most outlen - 1 octets. */
+ * decoded from xtext ("+2B" is "+"). A decoded value may hold any octet;
+ * it must stay one printable header line, and a "+00" must not end the C
+ * string early (the field would name a shorter envelope id or recipient),
+ * so every control octet comes out as '?'. Writes at most outlen - 1 octets. */
 static void xtext_decode(const char *in, char *out, size_t outlen)
 {
     size_t n = 0;
     for (; *in && n + 1 < outlen; n++) {
         int hi = in[0] == '+' ? hex_value(in[1]) : -1;
         int lo = hi >= 0 ? hex_value(in[2]) : -1;
-        if (lo >= 0) {
-            out[n] = (char)(hi * 16 + lo);
-            in += 3;
-        } else {
-            out[n] = *in++;
-        }
+        unsigned char c = lo >= 0 ? (unsigned char)(hi * 16 + lo) : (unsigned char)*in;
+        in += lo >= 0 ? 3 : 1;
+        out[n] = c < 32 || c == 127 ? '?' : (char)c;
     }
     out[n] = 0;
-}
-
-/* A decoded value may hold any octet: keep it to one printable header line. */
-static void printable(char *text)
-{
-    for (char *p = text; *p; p++)
-        if ((unsigned char)*p < 32 || *p == 127) *p = '?';
 }
 
 static void status_part(const bounce_report_t *r, buf_t *out)
@@ -133,7 +126,6 @@ static void status_part(const bounce_report_t *r, buf_t *out)
     rfc5322_date_of(r->job->received_ms, arrival, sizeof arrival);
     if (proto_param_find(r->job->mail_params, "ENVID", value, sizeof value)) {
         xtext_decode(value, decoded, sizeof decoded);
-        printable(decoded);
         buf_printf(out, "Original-Envelope-Id: %s\r\n", decoded);
     }
     buf_printf(out, "Reporting-MTA: dns; %s\r\nX-Sealpost-Queue-ID: %s\r\nArrival-Date: %s\r\n",
@@ -143,7 +135,6 @@ static void status_part(const bounce_report_t *r, buf_t *out)
         buf_append(out, "\r\n", 2);
         if (rc->params && proto_param_find(rc->params, "ORCPT", value, sizeof value)) {
             xtext_decode(value, decoded, sizeof decoded);
-            printable(decoded);
             buf_printf(out, "Original-Recipient: %s\r\n", decoded);
         }
         buf_printf(out, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n", rc->addr,

@@ -271,8 +271,12 @@ static void note_extension(client_t *c, const char *line, size_t len)
     if (n == 8 && !strncasecmp(kw, "SMTPUTF8", 8)) c->peer_smtputf8 = true;
     if (n == 3 && !strncasecmp(kw, "DSN", 3)) c->peer_dsn = true;
     if (n >= 4 && !strncasecmp(kw, "SIZE", 4) && (n == 4 || kw[4] == ' ')) {
-        c->peer_size_known = true;
-        c->peer_size = n > 5 ? strtoull(kw + 5, NULL, 10) : 0;
+        /* RFC 1870: "SIZE" or "SIZE <digits>". strtoull read "-1" as a huge
+         * limit and "x" as none; a value we cannot read says nothing, so
+         * the keyword counts as not offered. */
+        unsigned long long limit = 0;
+        c->peer_size_known = n == 4 || util_parse_decimal(kw + 5, n - 5, &limit) == 0;
+        c->peer_size = c->peer_size_known ? limit : 0;
     }
 }
 

@@ -412,6 +412,28 @@ static void add_host(mx_request_t *req, const char *name, unsigned short prefere
     h->tiebreak = util_random_below(UINT32_MAX);
 }
 
+/* Takes the MX targets that are host names; returns how many were not.
+ * c-ares writes an octet a name cannot hold as "\DDD" or "\." (a NUL as
+ * "\000"), so such a target would be looked up, shown in logs, sent as SNI
+ * and named in a bounce as something else than the DNS said, and cut to
+ * another name where the escapes pass 255 characters. Postfix skips such a
+ * record too ("malformed domain name in resource data of MX record"). */
+static unsigned add_mx_hosts(mx_request_t *req, const struct ares_mx_reply *mx)
+{
+    unsigned malformed = 0;
+    for (const struct ares_mx_reply *m = mx; m; m = m->next) {
+        if (!m->host[0] || !strcmp(m->host, ".")) continue;
+        if (net_domain_valid(m->host)) {
+            add_host(req, m->host, m->priority);
+            continue;
+        }
+        char safe[LOG_SAFE_MAX];
+        log_warn("event=mx_malformed domain=%s host=\"%s\"", req->domain, log_safe(m->host, safe));
+        malformed++;
+    }
+    return malformed;
+}
+
 static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     mx_request_t *req = arg;
@@ -443,9 +465,12 @@ static void on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int 
         finish(req, DNS_NULL_MX, "550 5.1.10 %s does not accept mail (null MX)", req->domain);
         return;
     }
-    for (struct ares_mx_reply *m = mx; m; m = m->next)
-        if (m->host[0] && strcmp(m->host, ".")) add_host(req, m->host, m->priority);
+    unsigned malformed = add_mx_hosts(req, mx);
     ares_free_data(mx);
+    if (req->n_hosts == 0 && malformed) {
+        finish(req, DNS_TEMPFAIL, "451 4.4.3 the MX records of %s name no valid host", req->domain);
+        return;
+    }
     if (req->n_hosts == 0) { /* only "." records: treat as null MX, or nothing ever finishes */
         finish(req, DNS_NULL_MX, "550 5.1.10 %s does not accept mail (null MX)", req->domain);
         return;

@@ -316,6 +316,26 @@ def test_pipelining_sends_the_envelope_in_one_go(stack):
     assert list(per_rcpt) == ["b@pipe.test"] and per_rcpt["b@pipe.test"]["Status"] == "5.1.1"
 
 
+def test_a_size_keyword_that_is_not_a_number_is_not_a_limit(stack):
+    """RFC 1870's SIZE takes digits only. "SIZE 10x" was read as a limit of
+    10 (so the message bounced 5.3.4) and "SIZE -1" as one of 2^64 - 1: a
+    value that cannot be read now counts as no SIZE offered."""
+    peers = [RawPeer(extensions=("PIPELINING", "8BITMIME", kw)) for kw in ("SIZE 10x", "SIZE -1")]
+    for peer in peers:
+        peer.start()
+    stack.ingress(extra="[ingress]\nrelay_domains = example.test ten.test minus.test\n")
+    stack.worker(extra=f"[routes]\nten.test = 127.0.0.1:{peers[0].port}\n"
+                       f"minus.test = 127.0.0.1:{peers[1].port}\n")
+    send(stack, ["a@ten.test", "b@minus.test"], "a body well over ten octets")
+    wait_for(lambda: all(peer.delivered for peer in peers), timeout=20,
+             what="delivery to both peers")
+    for peer in peers:
+        peer.stop()
+        mail = [c for c in peer.commands if c.upper().startswith("MAIL FROM")]
+        assert mail and "SIZE=" not in mail[0].upper(), mail
+    assert bounces(stack.sink) == []
+
+
 def test_pipelining_with_every_recipient_refused(stack):
     """All RCPTs refused in a pipelined batch: the DATA reply is read and the
     session ends; the recipients bounce, nothing is delivered."""

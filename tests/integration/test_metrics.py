@@ -209,6 +209,15 @@ def test_http_refuses_what_it_does_not_serve(stack):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"nonsense\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400 ")
+    # The request line is read from its octets, whole: a NUL (which sscanf
+    # stopped at, serving /metrics) or anything after the version is 400, a
+    # target too long to keep is 414, not cut.
+    for line, status in ((b"GET /metrics HTTP/1.1\0junk", b"400"), (b"GET /metrics\0/x HTTP/1.1", b"400"),
+                         (b"GET /metrics HTTP/1.1 extra", b"400"), (b"GET /metrics HTTP/2.0", b"400"),
+                         (b"GET /" + b"m" * 300 + b" HTTP/1.1", b"414")):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(line + b"\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 " + status + b" "), line
 
 
 def test_up_serves_both_sides_on_one_port(tmp_path, sink):

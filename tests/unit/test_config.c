@@ -53,15 +53,19 @@ static int config_teardown(void **state)
     return 0;
 }
 
-/* Writes text to a new file in /tmp; path gets its name. */
-static void write_temp(const char *text, char path[64])
+/* Writes len octets of text to a new file in /tmp; path gets its name. */
+static void write_temp_bytes(const char *text, size_t len, char path[64])
 {
     snprintf(path, 64, "/tmp/sealpost-test-XXXXXX");
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    size_t len = strlen(text);
     assert_int_equal(write(fd, text, len), (ssize_t)len);
     assert_int_equal(close(fd), 0);
+}
+
+static void write_temp(const char *text, char path[64])
+{
+    write_temp_bytes(text, strlen(text), path);
 }
 
 static void write_file(const char *path, const char *text)
@@ -206,6 +210,8 @@ static void test_config_bad_value(void **state)
         "[ingress]\nlisten = ::1\n",
         "[ingress]\ntrusted_networks = 10.0.0.0/33\n",
         "[ingress]\nrelay_domains = bad_domain.test\n",
+        "[ingress]\nrelay_domains = two..dots.test\n",
+        "[ingress]\nrelay_domains = -hyphen.test\n",
         "[up]\nredis_port = 70000\n",
         "[log]\nlevel = loud\n",
         "[redis]\nurl = redis://host:port\n",
@@ -236,6 +242,38 @@ static void test_config_syntax_error_line(void **state)
                      -1);
     assert_contains(err, path);
     assert_contains(err, ":3:");
+}
+
+/* inih and the setters read a line as a C string: a NUL would end it there
+ * and the rest would be dropped unseen, so the file is refused instead. */
+static void test_config_nul_byte_and_long_lines(void **state)
+{
+    (void)state;
+    config_t cfg;
+    char err[512], path[64];
+    static const char cut[] = "[worker]\nrelayhost = relay.test\0.other.test:25\n";
+    write_temp_bytes(cut, sizeof cut - 1, path);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), -1);
+    unlink(path);
+    assert_contains(err, ":2:");
+    assert_contains(err, "NUL");
+    static const char comment[] = "[worker]\n; a comment\0\nrelayhost = relay.test\n";
+    write_temp_bytes(comment, sizeof comment - 1, path);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), -1);
+    unlink(path);
+    assert_contains(err, ":2:");
+
+    /* a line longer than inih's buffer is refused, not read as two lines */
+    char text[400];
+    int n = snprintf(text, sizeof text, "[ingress]\nrelay_domains =");
+    while (n < 300)
+        n += snprintf(text + n, sizeof text - (size_t)n, " a.test");
+    snprintf(text + n, sizeof text - (size_t)n, "\n");
+    assert_int_equal(load_text(text, &cfg, err, sizeof err, path), -1);
+    assert_contains(err, ":2: line longer than");
+    /* one just short of it, without a final newline, is read whole */
+    assert_int_equal(load_text("[ingress]\nmax_recipients = 7", &cfg, err, sizeof err, path), 0);
+    assert_int_equal(cfg.ingress.max_recipients, 7);
 }
 
 static void test_config_missing_file(void **state)
@@ -456,6 +494,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_unknown_key, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_bad_value, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_syntax_error_line, config_setup,
+                                        config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_nul_byte_and_long_lines, config_setup,
                                         config_teardown),
         cmocka_unit_test_setup_teardown(test_config_missing_file, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_routes, config_setup, config_teardown),

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -257,6 +258,64 @@ static void test_sockaddr_from(void **state)
 }
 
 /* ------------------------------------------------------------------ buffer */
+
+static void test_domain_valid(void **state)
+{
+    (void)state;
+    char longest[254], label64[80];
+    memset(longest, 'a', sizeof longest - 1);
+    for (size_t i = 63; i < sizeof longest - 1; i += 64)
+        longest[i] = '.';
+    longest[sizeof longest - 1] = 0;
+    snprintf(label64, sizeof label64, "%064d.test", 0);
+    static const char *const good[] = {"example.test", "MX-1.Example.TEST", "a", "3com.test",
+                                       "xn--caf-dma.test"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (!net_domain_valid(good[i])) fail_msg("'%s' refused", good[i]);
+    assert_true(net_domain_valid(longest));
+    /* what c-ares writes for octets a host name cannot have ("\\000", "\\.") */
+    static const char *const bad[] = {"",          "mx\\000a.test",    "m\\.x.test", "m x.test",
+                                      "m\"x.test", "m\\195\\169.test", "a..test",    ".test",
+                                      "test.",     "-mx.test",         "mx-.test",   "mx_1.test",
+                                      "mx\r.test"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (net_domain_valid(bad[i])) fail_msg("'%s' accepted", bad[i]);
+    assert_false(net_domain_valid(label64));
+    char too_long[256];
+    snprintf(too_long, sizeof too_long, "%s.b", longest);
+    assert_false(net_domain_valid(too_long));
+}
+
+static void test_parse_decimal(void **state)
+{
+    (void)state;
+    unsigned long long v = 7;
+    assert_int_equal(util_parse_decimal("0", 1, &v), 0);
+    assert_true(v == 0);
+    assert_int_equal(util_parse_decimal("18446744073709551615", 20, &v), 0);
+    assert_true(v == ULLONG_MAX);
+    /* only the octets given count: "12" of "123" */
+    assert_int_equal(util_parse_decimal("123", 2, &v), 0);
+    assert_true(v == 12);
+    static const char *const bad[] = {"",
+                                      "-1",
+                                      "+1",
+                                      " 1",
+                                      "1 ",
+                                      "1x",
+                                      "0x10",
+                                      "18446744073709551616",
+                                      "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = 7;
+        if (util_parse_decimal(bad[i], strlen(bad[i]), &v) == 0) fail_msg("'%s' accepted", bad[i]);
+        assert_true(v == 7);
+    }
+    assert_int_equal(util_parse_decimal("1\0"
+                                        "2",
+                                        3, &v),
+                     -1); /* a NUL is no digit */
+}
 
 static void test_buf_append(void **state)
 {
@@ -563,6 +622,8 @@ int main(void)
         cmocka_unit_test(test_hostport_parse),
         cmocka_unit_test(test_hostport_parse_bad),
         cmocka_unit_test(test_sockaddr_from),
+        cmocka_unit_test(test_domain_valid),
+        cmocka_unit_test(test_parse_decimal),
         cmocka_unit_test(test_buf_append),
         cmocka_unit_test(test_buf_printf),
         cmocka_unit_test(test_buf_consume_reset),

@@ -7,9 +7,14 @@
 #include <cmocka.h>
 #include <sodium.h>
 #include <stdio.h>
+#include <spawn.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "crypto/crypto.h"
+
+extern char **environ;
 
 static void test_hash_and_verify(void **state)
 {
@@ -503,6 +508,74 @@ static void test_seal_keyring_errors(void **state)
 
 /* ---- the key directory cache and the decision ---- */
 
+static void collect_addresses(const crypto_key_info_t *key, void *arg)
+{
+    buf_t *out = arg;
+    for (unsigned i = 0; i < key->n_addresses; i++)
+        buf_printf(out, "[%s]", key->addresses[i]);
+}
+
+/* Runs argv; its exit status. */
+static int run(const char *const *argv)
+{
+    pid_t pid;
+    if (posix_spawnp(&pid, argv[0], NULL, NULL, (char *const *)argv, environ) != 0) return -1;
+    int status;
+    if (waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Runs gpg with args in the GnuPG home home; its exit status. */
+static int run_gpg(const char *home, const char *const *args)
+{
+    const char *argv[16] = {"gpg", "--homedir", home, "--batch", "--quiet", "--passphrase", ""};
+    size_t n = 7;
+    for (; *args && n + 1 < sizeof argv / sizeof argv[0]; args++)
+        argv[n++] = *args;
+    argv[n] = NULL;
+    return run(argv);
+}
+
+/* A user ID is any octets; gpg prints "\n" in one escaped and GPGME gives
+ * it back as a line feed. The key directory keeps a key's addresses one to
+ * a line and looks them up as RCPT gives them, so an address with a control
+ * octet or a space in it is not taken (it would turn into another one). */
+static void test_key_addresses_with_controls_are_not_taken(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/sealpost-gpg-XXXXXX", path[64];
+    assert_non_null(mkdtemp(home));
+    snprintf(path, sizeof path, "%s/key.asc", home);
+    const char *const make[] = {
+        "--quick-generate-key", "Eve <eve@evil.test>", "future-default", "default", "never", NULL};
+    const char *const lf[] = {"--quick-add-uid", "eve@evil.test",
+                              "Eve <x@evil.test\nceo@bank.test>", NULL};
+    const char *const space[] = {"--quick-add-uid", "eve@evil.test", "Eve <a b@evil.test>", NULL};
+    const char *const export[] = {"--armor", "--output", path, "--export", NULL};
+    assert_int_equal(run_gpg(home, make), 0);
+    assert_int_equal(run_gpg(home, lf), 0);
+    assert_int_equal(run_gpg(home, space), 0);
+    assert_int_equal(run_gpg(home, export), 0);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char armored[65536];
+    size_t len = fread(armored, 1, sizeof armored, f);
+    fclose(f);
+    assert_true(len > 0);
+    buf_t got;
+    buf_init(&got);
+    char err[256];
+    if (crypto_gpg_init(err, sizeof err) < 0) fail_msg("%s", err);
+    if (crypto_keys_inspect(armored, len, NULL, collect_addresses, &got, err, sizeof err) < 0)
+        fail_msg("%s", err);
+    buf_append(&got, "", 1);
+    assert_string_equal(got.data, "[eve@evil.test]");
+    buf_free(&got);
+    const char *const stop_agent[] = {"gpgconf", "--homedir", home, "--kill", "gpg-agent", NULL};
+    assert_int_equal(run(stop_agent), 0);
+    crypto_homes_remove(home);
+}
+
 static void test_addr_canon(void **state)
 {
     (void)state;
@@ -614,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_seal_round_trip_and_binding),
         cmocka_unit_test(test_seal_rotation_and_unknown_keys),
         cmocka_unit_test(test_seal_keyring_errors),
+        cmocka_unit_test(test_key_addresses_with_controls_are_not_taken),
         cmocka_unit_test(test_addr_canon),
         cmocka_unit_test(test_keydir_versions_and_decisions),
         cmocka_unit_test(test_gateway_without_keys_seals_the_original),

@@ -1,7 +1,8 @@
 /* Unit tests for the delivery/ pieces that need no network and no Redis:
  * the status code of a reply, the backoff between attempts, the fate of
  * each recipient of an attempt (classify), and the RFC 3464 notice built
- * for those the sender hears about. */
+ * for those the sender hears about; and the resolver's view of MX answers,
+ * from a DNS server on loopback run by the test's own loop. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +15,10 @@
 #include <strings.h>
 
 #include "delivery/bounce.h"
+#include "delivery/dns.h"
 #include "delivery/outcome.h"
+
+#include <uv.h>
 
 #define MAX_RCPTS 8
 #define BOUNCE_ID "fedcba9876543210fedcba9876543210"
@@ -664,6 +668,25 @@ static void test_bounce_with_ret_full_and_envid(void **state)
     fixture_free(f);
 }
 
+/* xtext can say "+00": decoded, a NUL would end the field's C string and
+ * the report would name a shorter envelope id or recipient than was given. */
+static void test_bounce_decoded_nul_is_not_a_cut(void **state)
+{
+    (void)state;
+    fixture_t *f = fixture_new(1);
+    char params[] = "ENVID=batch+00tail+0Dx";
+    f->job.mail_params = params;
+    char rcpt_params[] = "ORCPT=rfc822;a+00b@example.test";
+    f->job.rcpt_params[0] = rcpt_params;
+    answer(f, 0, 550, "550 5.1.1 no such user");
+    classify(f, false);
+    report_t *r = build_and_read(f);
+    assert_header(r->blocks[0], "Original-Envelope-Id", "batch?tail?x");
+    assert_header(r->blocks[1], "Original-Recipient", "rfc822;a?b@example.test");
+    report_free(r);
+    fixture_free(f);
+}
+
 static void test_delay_and_relay_notices(void **state)
 {
     (void)state;
@@ -754,6 +777,184 @@ static void test_no_notice_when_nobody_is_reported(void **state)
     fixture_free(f);
 }
 
+/* ------------------------------------------------- MX answers on loopback */
+
+/* An MX target in wire form (length-prefixed labels, a label may hold any
+ * octet), given with its length. */
+typedef struct wire_name {
+    const char *octets;
+    size_t len;
+} wire_name_t;
+
+/* the literal's own NUL is the root label */
+#define WIRE(lit)                                                                                  \
+    {                                                                                              \
+        (lit), sizeof(lit)                                                                         \
+    }
+
+typedef struct fake_dns {
+    uv_udp_t udp;
+    const wire_name_t *targets; /* every MX query's answer */
+    size_t n_targets;
+} fake_dns_t;
+
+typedef struct mx_outcome {
+    bool done;
+    dns_result_t result;
+} mx_outcome_t;
+
+static void put16(unsigned char *p, size_t *n, unsigned v)
+{
+    p[(*n)++] = (unsigned char)(v >> 8);
+    p[(*n)++] = (unsigned char)v;
+}
+
+/* A record's name (a pointer to the question), type, class IN, TTL 60. */
+static void put_rr_head(unsigned char *p, size_t *n, unsigned type)
+{
+    put16(p, n, 0xc00c);
+    put16(p, n, type);
+    put16(p, n, 1);
+    put16(p, n, 0);
+    put16(p, n, 60);
+}
+
+static void on_fake_sent(uv_udp_send_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* MX queries get the targets, A queries 127.0.0.1, anything else no data. */
+static void on_dns_query(uv_udp_t *udp, ssize_t nread, const uv_buf_t *buf,
+                         const struct sockaddr *from, unsigned flags)
+{
+    fake_dns_t *f = udp->data;
+    (void)flags;
+    const unsigned char *q = (const unsigned char *)buf->base;
+    size_t end = 12;
+    while (nread > 12 && end < (size_t)nread && q[end])
+        end += 1 + q[end];
+    end += 5; /* the root label, type and class */
+    if (nread <= 12 || !from || end > (size_t)nread) {
+        free(buf->base);
+        return;
+    }
+    unsigned type = (unsigned)(q[end - 4] << 8 | q[end - 3]);
+    struct {
+        uv_udp_send_t req;
+        unsigned char out[1500];
+    } *reply = calloc(1, sizeof *reply);
+    assert_non_null(reply);
+    unsigned char *p = reply->out;
+    memcpy(p, q, end);
+    p[2] = 0x81, p[3] = 0x80; /* a response, recursion available, no error */
+    unsigned answers = type == 15 ? (unsigned)f->n_targets : type == 1 ? 1 : 0;
+    p[6] = 0, p[7] = (unsigned char)answers;
+    memset(p + 8, 0, 4); /* no authority, no additional (the query's EDNS record is not echoed) */
+    size_t n = end;
+    for (size_t i = 0; type == 15 && i < f->n_targets; i++) {
+        put_rr_head(p, &n, 15);
+        put16(p, &n, (unsigned)(2 + f->targets[i].len));
+        put16(p, &n, 10);
+        memcpy(p + n, f->targets[i].octets, f->targets[i].len);
+        n += f->targets[i].len;
+    }
+    if (type == 1) {
+        put_rr_head(p, &n, 1);
+        put16(p, &n, 4);
+        memcpy(p + n, "\x7f\x00\x00\x01", 4);
+        n += 4;
+    }
+    free(buf->base);
+    uv_buf_t out = uv_buf_init((char *)reply->out, (unsigned)n);
+    if (uv_udp_send(&reply->req, udp, &out, 1, from, on_fake_sent) < 0) {
+        free(reply);
+        fail_msg("cannot answer a DNS query");
+    }
+}
+
+static void on_dns_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(size);
+    buf->len = buf->base ? size : 0;
+}
+
+static void on_mx_result(const dns_result_t *result, void *arg)
+{
+    mx_outcome_t *o = arg;
+    o->result = *result;
+    o->done = true;
+}
+
+/* Resolves example.test's MX through a server answering with targets. */
+static mx_outcome_t resolve_with(const wire_name_t *targets, size_t n_targets)
+{
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    fake_dns_t f = {.targets = targets, .n_targets = n_targets};
+    uv_udp_init(&loop, &f.udp);
+    f.udp.data = &f;
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", 0, &addr);
+    assert_int_equal(uv_udp_bind(&f.udp, (const struct sockaddr *)&addr, 0), 0);
+    int len = sizeof addr;
+    uv_udp_getsockname(&f.udp, (struct sockaddr *)&addr, &len);
+    assert_int_equal(uv_udp_recv_start(&f.udp, on_dns_alloc, on_dns_query), 0);
+    char servers[64], err[200];
+    snprintf(servers, sizeof servers, "127.0.0.1:%u", ntohs(addr.sin_port));
+    dns_t *dns = dns_new(&loop, servers, err, sizeof err);
+    assert_non_null(dns);
+    mx_outcome_t o = {0};
+    dns_resolve_mx(dns, "example.test", 25, on_mx_result, &o);
+    while (!o.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    dns_free(dns);
+    uv_close((uv_handle_t *)&f.udp, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    return o;
+}
+
+/* c-ares writes the octets a host name cannot hold as escapes ("\000" for a
+ * NUL): such a target is skipped, not looked up, logged or named as if it
+ * were the name the DNS gave. */
+static void test_mx_targets_that_are_not_host_names_are_skipped(void **state)
+{
+    (void)state;
+    static const wire_name_t mixed[] = {
+        WIRE("\x02mx\x07"
+             "example\x04test"),
+        WIRE("\x04mx\x00"
+             "a\x07"
+             "example\x04test"), /* a NUL inside a label */
+        WIRE("\x03m x\x07"
+             "example\x04test"),
+        WIRE("\x03m.x\x07"
+             "example\x04test"), /* a dot inside a label */
+        WIRE("\x04m\xc3\xa9x\x07"
+             "example\x04test"),
+    };
+    mx_outcome_t o = resolve_with(mixed, sizeof mixed / sizeof mixed[0]);
+    if (o.result.status != DNS_OK) fail_msg("status %d: %s", o.result.status, o.result.detail);
+    assert_int_equal(o.result.n_hops, 1);
+    assert_string_equal(o.result.hops[0].name, "mx.example.test");
+    assert_string_equal(o.result.hops[0].addr.host, "127.0.0.1");
+
+    static const wire_name_t none_valid[] = {
+        WIRE("\x04mx\x00"
+             "a\x07"
+             "example\x04test"),
+        WIRE("\x03m\"x\x07"
+             "example\x04test"),
+    };
+    o = resolve_with(none_valid, 2);
+    assert_int_equal(o.result.status, DNS_TEMPFAIL); /* not a null MX: nothing to bounce on */
+    assert_non_null(strstr(o.result.detail, "451 4.4.3"));
+    assert_int_equal(o.result.n_hops, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -773,10 +974,12 @@ int main(void)
         cmocka_unit_test(test_delay_warning_not_due),
         cmocka_unit_test(test_bounce_report_structure),
         cmocka_unit_test(test_bounce_with_ret_full_and_envid),
+        cmocka_unit_test(test_bounce_decoded_nul_is_not_a_cut),
         cmocka_unit_test(test_delay_and_relay_notices),
         cmocka_unit_test(test_local_decision_has_no_remote_mta),
         cmocka_unit_test(test_null_sender_is_never_bounced),
         cmocka_unit_test(test_no_notice_when_nobody_is_reported),
+        cmocka_unit_test(test_mx_targets_that_are_not_host_names_are_skipped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
