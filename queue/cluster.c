@@ -109,6 +109,8 @@ int cluster_slots_parse(const redisReply *r, const char *answered_by,
         long long from = range->element[0]->integer, to = range->element[1]->integer;
         long long port = master->element[1]->integer;
         if (from < 0 || to < from || to >= CLUSTER_SLOTS || port < 1 || port > 65535) return -1;
+        /* A NUL would cut the host into another name. */
+        if (memchr(master->element[0]->str, 0, master->element[0]->len)) return -1;
         /* An empty or "?" host means "the address you reached me at". */
         const char *host = master->element[0]->str;
         if (!host[0] || !strcmp(host, "?")) host = answered_by;

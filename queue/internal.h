@@ -86,6 +86,7 @@ int stats_add_shard(queue_stats_t *sum, const redisReply *r);
  * NULL. All take NULL. */
 long long reply_ll(const redisReply *r, long long fallback);
 const char *reply_str(const redisReply *r);
+bool reply_copy(const redisReply *r, char *out, size_t size);
 const redisReply *reply_field(const redisReply *flat, const char *name);
 /* The shard of a message id, out of shards. */
 unsigned queue_shard_for(const char *mid, unsigned shards);

@@ -401,11 +401,35 @@ int queue_enqueue(queue_t *q, const queue_message_t *m, queue_status_cb cb, void
 
 /* ---- claim ---- */
 
+/* A number Redis gave as an integer or as the whole of a string ("-12",
+ * never "12abc"): anything else is fallback, not a guess. */
 long long reply_ll(const redisReply *r, long long fallback)
 {
     if (r && r->type == REDIS_REPLY_INTEGER) return r->integer;
-    if (r && r->type == REDIS_REPLY_STRING) return strtoll(r->str, NULL, 10);
-    return fallback;
+    if (!r || r->type != REDIS_REPLY_STRING) return fallback;
+    bool minus = r->len > 0 && r->str[0] == '-';
+    unsigned long long v;
+    if (util_parse_decimal(r->str + minus, r->len - minus, &v) < 0 || v > LLONG_MAX)
+        return fallback;
+    return minus ? -(long long)v : (long long)v;
+}
+
+/* Copies a string reply whole into out, or fails: one with a NUL in it, or
+ * too long, would be cut into another value (a job id, a domain). */
+bool reply_copy(const redisReply *r, char *out, size_t size)
+{
+    if (!r || r->type != REDIS_REPLY_STRING || r->len >= size || memchr(r->str, 0, r->len))
+        return false;
+    memcpy(out, r->str, r->len);
+    out[r->len] = 0;
+    return true;
+}
+
+/* Equal to text, octet for octet. */
+static bool reply_is(const redisReply *r, const char *text)
+{
+    return r && r->type == REDIS_REPLY_STRING && r->len == strlen(text) &&
+           !memcmp(r->str, text, r->len);
 }
 
 const char *reply_str(const redisReply *r)
@@ -427,10 +451,8 @@ static void on_claim_reply(struct call *call, redisReply *reply, const char *err
         call->cb.claim(-1, "out of memory", -1, NULL, 0, call->arg);
         return;
     }
-    for (unsigned i = 0; i < n; i++) {
-        const redisReply *jid = list->element[(size_t)2 * i];
-        if (jid->type == REDIS_REPLY_STRING)
-            snprintf(jobs[i].jid, sizeof jobs[i].jid, "%s", jid->str);
+    for (unsigned i = 0; i < n; i++) { /* a job id that cannot be copied stays "": fetch fails it */
+        reply_copy(list->element[(size_t)2 * i], jobs[i].jid, sizeof jobs[i].jid);
         jobs[i].token = reply_ll(list->element[(size_t)2 * i + 1], -1);
     }
     call->cb.claim(0, NULL, reply_ll(reply->element[0], -1), jobs, n, call->arg);
@@ -458,15 +480,17 @@ const redisReply *reply_field(const redisReply *flat, const char *name)
 {
     if (!flat || flat->type != REDIS_REPLY_ARRAY) return NULL;
     for (size_t i = 0; i + 1 < flat->elements; i += 2)
-        if (flat->element[i]->type == REDIS_REPLY_STRING && !strcmp(flat->element[i]->str, name))
-            return flat->element[i + 1];
+        if (reply_is(flat->element[i], name)) return flat->element[i + 1];
     return NULL;
 }
 
+/* NULL, as for no memory, when the value holds a NUL: cut there, a sender
+ * or a recipient list would be another one. */
 static char *field_dup(const redisReply *flat, const char *name)
 {
     const redisReply *v = reply_field(flat, name);
     if (!v || v->type != REDIS_REPLY_STRING) return strdup("");
+    if (memchr(v->str, 0, v->len)) return NULL;
     return strndup(v->str, v->len);
 }
 
@@ -513,15 +537,17 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     memcpy(job->mid, id.mid, sizeof job->mid);
     job->variant = id.variant;
     const redisReply *v = reply_field(jf, "domain");
-    if (v && v->type == REDIS_REPLY_STRING) snprintf(job->domain, sizeof job->domain, "%s", v->str);
+    if (!reply_copy(v, job->domain, sizeof job->domain)) {
+        free(job);
+        return NULL;
+    }
     v = reply_field(jf, "attempts");
     job->attempts = v ? (unsigned)reply_ll(v, -1) : 0;
     job->warned = reply_field(jf, "warned") != NULL;
     const redisReply *flag = reply->element[3];
-    if (flag->type == REDIS_REPLY_STRING)
-        job->operator_flag = !strcmp(flag->str, "delete") ? QUEUE_OP_DELETE
-                             : !strcmp(flag->str, "hold") ? QUEUE_OP_HOLD
-                                                          : QUEUE_OP_NONE;
+    job->operator_flag = reply_is(flag, "delete") ? QUEUE_OP_DELETE
+                         : reply_is(flag, "hold") ? QUEUE_OP_HOLD
+                                                  : QUEUE_OP_NONE;
     v = reply_field(mf, "received");
     job->received_ms = v ? reply_ll(v, -1) : 0;
     job->sender = field_dup(mf, "sender");
@@ -675,12 +701,9 @@ static void on_wake_message(const char *payload, size_t len, void *arg)
 {
     queue_t *q = arg;
     if (!payload || !q->on_wake) return; /* dropped: on_watch_connect announces the rescan */
-    char text[16];
-    if (len == 0 || len >= sizeof text) return;
-    memcpy(text, payload, len);
-    text[len] = 0;
-    unsigned long shard = strtoul(text, NULL, 10);
-    if (shard < q->shards) q->on_wake((uint32_t)shard, q->on_wake_arg);
+    unsigned long long shard;
+    if (util_parse_decimal(payload, len, &shard) == 0 && shard < q->shards)
+        q->on_wake((uint32_t)shard, q->on_wake_arg);
 }
 
 static void on_watch_connect(rconn_t *conn, void *arg)

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "queue/cluster.h"
+#include "queue/internal.h"
 #include "queue/schema.h"
 
 static unsigned slot_of(const char *key)
@@ -179,6 +180,42 @@ static void test_slots_reply(void **state)
     assert_false(cluster_single_error("BUSY Redis is busy running a script"));
     assert_false(cluster_single_error("NOAUTH Authentication required."));
     assert_false(cluster_single_error("ERR max number of clients reached"));
+}
+
+/* A reply with n octets of s, NULs included. */
+static redisReply r_bytes(const char *s, size_t n)
+{
+    return (redisReply){.type = REDIS_REPLY_STRING, .str = (char *)s, .len = n};
+}
+
+/* What a hostile or broken Redis sends is refused, never cut into another
+ * value: a job id or domain with a NUL or too long, a number with junk. */
+static void test_replies_read_whole_or_not_at_all(void **state)
+{
+    (void)state;
+    char out[8];
+    redisReply r = r_bytes("abc", 3);
+    assert_true(reply_copy(&r, out, sizeof out));
+    assert_string_equal(out, "abc");
+    r = r_bytes("ab\0cd", 5);
+    assert_false(reply_copy(&r, out, sizeof out));
+    r = r_bytes("12345678", 8); /* no room for its NUL */
+    assert_false(reply_copy(&r, out, sizeof out));
+    assert_false(reply_copy(r_int(1), out, sizeof out));
+    assert_false(reply_copy(NULL, out, sizeof out));
+
+    assert_int_equal(reply_ll(r_str("42"), -1), 42);
+    assert_int_equal(reply_ll(r_str("-7"), 0), -7);
+    assert_int_equal(reply_ll(r_int(-3), 0), -3);
+    assert_int_equal(reply_ll(r_str("12abc"), -1), -1);
+    assert_int_equal(reply_ll(r_str(" 12"), -1), -1);
+    assert_int_equal(reply_ll(r_str(""), -1), -1);
+    assert_int_equal(reply_ll(r_str("-"), -1), -1);
+    assert_int_equal(reply_ll(r_str("99999999999999999999"), -1), -1);
+    r = r_bytes("1\0"
+                "2",
+                3);
+    assert_int_equal(reply_ll(&r, -1), -1);
 }
 
 /* ---- the schema against sealpost.lua ---- */
@@ -428,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_command_slots),
         cmocka_unit_test(test_redirects),
         cmocka_unit_test(test_slots_reply),
+        cmocka_unit_test(test_replies_read_whole_or_not_at_all),
         cmocka_unit_test(test_schema_matches_the_library),
         cmocka_unit_test(test_keys_text),
         cmocka_unit_test(test_call_keys),
