@@ -103,8 +103,8 @@ static const key_spec_t keys[] = {
     {"ingress", "stress_command_timeout", T_UINT, OFF(ingress.stress_command_timeout), 1, 86400,
      "10"},
     {"ingress", "stress_max_errors", T_UINT, OFF(ingress.stress_max_errors), 1, 1000, "1"},
-    /* NOOP, RSET, VRFY and HELP a session may send before each one counts
-     * as an error (Postfix's smtpd_junk_command_limit, ${stress?1}{100}). */
+    /* NOOP, RSET, VRFY, HELP and repeated HELO/EHLO a session may send
+     * before each one counts as an error (Postfix's smtpd_junk_command_limit, ${stress?1}{100}). */
     {"ingress", "junk_command_limit", T_UINT, OFF(ingress.junk_command_limit), 1, 100000, "100"},
     {"ingress", "postmaster", T_STRING, OFF(ingress.postmaster), 0, 0, ""},
     {"ingress", "auth_mechanisms", T_STRING, OFF(ingress.auth_mechanisms), 0, 0, "PLAIN LOGIN"},

@@ -227,8 +227,9 @@ typedef struct config {
         unsigned stress_threshold;               /* percent of max_connections; 0: never */
         unsigned stress_command_timeout;         /* command_timeout under stress */
         unsigned stress_max_errors;              /* max_errors under stress */
-        unsigned junk_command_limit; /* NOOP RSET VRFY HELP before each is an error; 1 under
-                                        stress */
+        /* NOOP RSET VRFY HELP, and HELO again, before each is an error;
+         * 1 under stress */
+        unsigned junk_command_limit;
     } ingress;
 
     struct {

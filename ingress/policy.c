@@ -234,17 +234,18 @@ enum refusal policy_admit(ingress_t *ingress, const char *peer, bool trusted, un
         snprintf(reply, len, "421 4.7.0 %s Error: too many connections from your address", host);
         return refuse(ingress, REFUSED_MAX_CONNECTIONS_PER_IP, peer);
     }
-    if (!rate_allows(ingress, peer, trusted)) {
-        snprintf(reply, len, "421 4.7.0 %s Error: too many connections from your address lately",
-                 host);
-        return refuse(ingress, REFUSED_CONNECTION_RATE, peer);
-    }
     if (!queue_ready(ingress->queue)) {
         /* Nothing could be stored: a client that retries elsewhere or later
          * does better than one that sends a message to get 451. */
         snprintf(reply, len,
                  "421 4.3.2 %s Service not available: queue unreachable, try again later", host);
         return refuse(ingress, REFUSED_NOT_READY, peer);
+    }
+    /* last: a connection refused for another reason spends no token */
+    if (!rate_allows(ingress, peer, trusted)) {
+        snprintf(reply, len, "421 4.7.0 %s Error: too many connections from your address lately",
+                 host);
+        return refuse(ingress, REFUSED_CONNECTION_RATE, peer);
     }
     return REFUSED_NONE;
 }

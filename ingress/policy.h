@@ -38,7 +38,8 @@ bool policy_stress_update(ingress_t *ingress);
 unsigned policy_command_timeout(const ingress_t *ingress);
 unsigned policy_data_timeout(const ingress_t *ingress);
 unsigned policy_max_errors(const ingress_t *ingress);
-/* NOOP, RSET, VRFY and HELP allowed before each counts as an error. */
+/* NOOP, RSET, VRFY, HELP and repeated HELO/EHLO allowed before each
+ * counts as an error. */
 unsigned policy_junk_limit(const ingress_t *ingress);
 /* The connection's limits and whether anything could be stored now:
  * REFUSED_NONE, or the refusal and its 421. from_peer counts the open

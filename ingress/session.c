@@ -144,6 +144,10 @@ static bool consume_chunk(session_t *s)
     }
     consume(s, n);
     s->clock.credit += n;
+    if (s->tx) {
+        if (!s->tx->chunks_since) s->tx->chunks_since = uv_now(s->ingress->loop);
+        s->tx->chunk_octets += n;
+    }
     s->chunk.left -= n;
     return s->chunk.left == 0;
 }
@@ -333,6 +337,21 @@ static unsigned clock_seconds(const session_t *s, enum session_clock kind)
     return policy_command_timeout(s->ingress);
 }
 
+/* BDAT's chunks, and the command lines between them. Each chunk would
+ * start with data_timeout in hand, so a client sending one octet per chunk,
+ * each BDAT line inside command_timeout, would never be cut: the chunks of
+ * a transaction are held to the rate together, from the first one's start,
+ * data_timeout plus what all their octets earned, and a new clock of any
+ * kind ends by then. */
+static uint64_t chunks_deadline(const session_t *s, uint64_t limit)
+{
+    const struct transaction *tx = s->tx;
+    if (!tx || !tx->chunks_since) return limit;
+    uint64_t all = tx->chunks_since + (uint64_t)policy_data_timeout(s->ingress) * 1000 +
+                   tx->chunk_octets * 1000 / s->cfg->ingress.min_data_rate;
+    return all < limit ? all : limit;
+}
+
 /* At the end of each pass: a new clock when the session moved on to
  * something else, else the content's earnings. */
 static void clock_update(session_t *s)
@@ -343,7 +362,7 @@ static void clock_update(session_t *s)
     if (kind != s->clock.kind) {
         s->clock.kind = kind;
         s->clock.start = now;
-        s->clock.at = limit;
+        s->clock.at = kind == CLOCK_WAIT ? limit : chunks_deadline(s, limit);
     } else if (kind == CLOCK_DATA && s->clock.credit) {
         uint64_t earned = s->clock.credit * 1000 / s->cfg->ingress.min_data_rate;
         s->clock.at = s->clock.at + earned < limit ? s->clock.at + earned : limit;
@@ -474,14 +493,16 @@ static void session_close(session_t *s)
     if (s->stream) stream_close(s->stream);
 }
 
-/* Open sessions from one address, not counting those still waiting for
- * their PROXY header. A scan, not a table: it runs once per connection, and
- * is cheap next to the accept itself at the counts max_connections allows. */
-static unsigned sessions_from(const ingress_t *ingress, const char *peer)
+/* Admitted sessions from the client's address (its /64 for IPv6, as the
+ * rate limit and the login counts have it), this one included; not those
+ * waiting for their PROXY header or only writing their refusal. A scan,
+ * not a table: it runs once per connection, and is cheap next to the
+ * accept itself at the counts max_connections allows. */
+static unsigned sessions_from(const session_t *self)
 {
-    unsigned n = 0;
-    for (const session_t *s = ingress->sessions; s; s = s->next)
-        n += s->state != STATE_PROXY && !strcmp(s->peer, peer);
+    unsigned n = 1;
+    for (const session_t *s = self->ingress->sessions; s; s = s->next)
+        n += s != self && s->admitted && !strcmp(s->peer_key, self->peer_key);
     return n;
 }
 
@@ -491,8 +512,9 @@ static void admit(session_t *s)
 {
     char text[POLICY_REPLY_MAX];
     s->state = STATE_COMMAND;
-    if (policy_admit(s->ingress, s->peer, s->trusted, sessions_from(s->ingress, s->peer), text,
-                     sizeof text) != REFUSED_NONE) {
+    policy_client_key(s->peer, s->peer_key);
+    if (policy_admit(s->ingress, s->peer, s->trusted, sessions_from(s), text, sizeof text) !=
+        REFUSED_NONE) {
         if (s->kind != LISTENER_SMTPS)
             session_reply(s, "%s", text); /* a TLS client would not read it */
         s->quitting = true;

@@ -45,6 +45,7 @@ struct session {
     enum listener_kind kind;
     enum session_state state;
     char peer[64];
+    char peer_key[64]; /* what limits count per: the address, an IPv6 /64 (policy_client_key) */
     bool trusted;
     bool esmtp;
     bool authenticated; /* as auth.login */

@@ -516,11 +516,13 @@ static const command_t commands[] = {
     {PROTO_BDAT, check_bdat, proceed_bdat},
 };
 
-/* NOOP, RSET, VRFY and HELP: see policy_junk_limit. */
+/* NOOP, RSET, VRFY and HELP, and a HELO or EHLO after one (but for the
+ * EHLO that STARTTLS asks for, which comes to a session that has none):
+ * see policy_junk_limit. */
 static void count_junk(session_t *s, enum proto_verb verb)
 {
-    bool junk =
-        verb == PROTO_NOOP || verb == PROTO_RSET || verb == PROTO_VRFY || verb == PROTO_HELP;
+    bool junk = verb == PROTO_NOOP || verb == PROTO_RSET || verb == PROTO_VRFY ||
+                verb == PROTO_HELP || ((verb == PROTO_HELO || verb == PROTO_EHLO) && s->helo[0]);
     if (junk && ++s->junk > policy_junk_limit(s->ingress)) s->errors++;
 }
 

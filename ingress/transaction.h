@@ -27,6 +27,10 @@ struct transaction {
     char sender[PROTO_PATH_MAX + 1];
     proto_mail_params_t params;
     bool chunking; /* the body comes in BDAT chunks (RFC 3030) */
+    /* For the content rate over all of BDAT's chunks (session.c's clocks):
+     * when the first began (uv_now, 0: none yet), and the octets since. */
+    uint64_t chunks_since;
+    uint64_t chunk_octets;
     struct rcpt *rcpts;
     unsigned n_rcpts;
     unsigned overshoot; /* RCPTs refused past max_recipients (smtp.c: refuse_overshoot) */

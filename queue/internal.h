@@ -76,6 +76,7 @@ struct call {
     router_origin_t origin; /* the connection that answered */
     queue_claimed_t claimed;
     uint64_t started; /* uv_hrtime when sent */
+    bool answered;    /* Redis replied, an error included: done's NULL reply is not silence */
 };
 
 struct call *call_new(queue_t *q, void *arg);

@@ -130,6 +130,7 @@ static void on_call_reply(redisReply *reply, const char *err, void *arg)
     queue_t *q = call->q;
     metric_observe(q->metrics.latency, (double)(uv_hrtime() - call->started) / 1e9);
     if (!reply) metric_add(q->metrics.errors[QUEUE_ERR_NO_REPLY], 1);
+    call->answered = reply != NULL;
     if (reply && reply->type == REDIS_REPLY_ERROR) {
         metric_add(q->metrics.errors[QUEUE_ERR_REPLY], 1);
         err = reply->str;
@@ -236,8 +237,8 @@ static void on_replicas(int status, const char *err, void *arg)
 static void on_enqueue_reply(struct call *call, redisReply *reply, const char *err)
 {
     queue_t *q = call->q;
-    if (!reply) {
-        call->cb.status(QUEUE_UNANSWERED, err, call->arg);
+    if (!reply) { /* an error reply is a refusal: the function writes nothing before its checks */
+        call->cb.status(call->answered ? -1 : QUEUE_UNANSWERED, err, call->arg);
         return;
     }
     if (reply->type == REDIS_REPLY_STRING && !strcmp(reply->str, "withdrawn")) {

