@@ -122,6 +122,10 @@ typedef struct metric metric_t;
  * thread only. */
 metric_t *metric_counter(const char *name, const char *help, const char *labels);
 metric_t *metric_gauge(const char *name, const char *help, const char *labels);
+/* A family of counters, one per value of one label: out[i] is
+ * name{label="values[i]"}. */
+void metric_counters(metric_t **out, const char *name, const char *help, const char *label,
+                     const char *const *values, unsigned n);
 /* A histogram with the given bucket upper bounds (ascending; the array must
  * outlive the process's use of it). */
 metric_t *metric_histogram(const char *name, const char *help, const char *labels,

@@ -56,6 +56,16 @@ metric_t *metric_gauge(const char *name, const char *help, const char *labels)
     return metric_new(name, help, labels, KIND_GAUGE);
 }
 
+void metric_counters(metric_t **out, const char *name, const char *help, const char *label,
+                     const char *const *values, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        char labels[128];
+        snprintf(labels, sizeof labels, "%s=\"%s\"", label, values[i]);
+        out[i] = metric_counter(name, help, labels);
+    }
+}
+
 metric_t *metric_histogram(const char *name, const char *help, const char *labels,
                            const double *bounds, unsigned n_bounds)
 {

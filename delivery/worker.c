@@ -191,13 +191,9 @@ static void on_wake(uint32_t shard, void *arg)
  * the same series for a second worker). */
 static void make_metrics(worker_t *w)
 {
-    char labels[64];
-    for (int k = 0; k < OUTCOMES; k++) {
-        snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[k]);
-        w->env.outcome.counts[k] =
-            metric_counter("sealpost_delivery_attempts_total",
-                           "Delivery attempts per recipient, by outcome.", labels);
-    }
+    metric_counters(w->env.outcome.counts, "sealpost_delivery_attempts_total",
+                    "Delivery attempts per recipient, by outcome.", "outcome", outcome_names,
+                    OUTCOMES);
     w->env.outcome.notices =
         metric_counter("sealpost_delivery_notifications_total",
                        "Delivery status notifications made: bounces and relay notices.", "");

@@ -49,21 +49,15 @@ void ingress_refused(ingress_t *ingress, enum refusal why)
 
 void ingress_register_metrics(struct ingress_metrics *m)
 {
-    char labels[96];
-    for (int k = 0; k < LISTENER_KINDS; k++) {
-        snprintf(labels, sizeof labels, "listener=\"%s\"", listener_names[k]);
-        m->connections[k] = metric_counter("sealpost_ingress_connections_total",
-                                           "SMTP connections accepted, by listener.", labels);
-    }
+    metric_counters(m->connections, "sealpost_ingress_connections_total",
+                    "SMTP connections accepted, by listener.", "listener", listener_names,
+                    LISTENER_KINDS);
     m->open = metric_gauge("sealpost_ingress_connections", "SMTP connections open now.", "");
     m->stress = metric_gauge("sealpost_ingress_stress",
                              "1 while the ingress is under stress (stress_threshold), else 0.", "");
-    for (int r = 0; r < REFUSALS; r++) {
-        snprintf(labels, sizeof labels, "reason=\"%s\"", refusal_names[r]);
-        m->refused[r] =
-            metric_counter("sealpost_ingress_refused_total",
-                           "Commands, messages and connections refused, by reason.", labels);
-    }
+    metric_counters(m->refused, "sealpost_ingress_refused_total",
+                    "Commands, messages and connections refused, by reason.", "reason",
+                    refusal_names, REFUSALS);
     m->accepted = metric_counter("sealpost_ingress_messages_accepted_total",
                                  "Messages stored in the queue and acknowledged with 250.", "");
     m->received_bytes = metric_counter("sealpost_ingress_received_bytes_total",
@@ -73,11 +67,8 @@ void ingress_register_metrics(struct ingress_metrics *m)
     m->enqueue_failed =
         metric_counter("sealpost_ingress_enqueue_failures_total",
                        "Messages answered 451 because Redis did not store them.", "");
-    for (int a = 0; a < AUTH_RESULTS; a++) {
-        snprintf(labels, sizeof labels, "result=\"%s\"", auth_result_names[a]);
-        m->auth[a] =
-            metric_counter("sealpost_ingress_auth_total", "SMTP AUTH attempts, by result.", labels);
-    }
+    metric_counters(m->auth, "sealpost_ingress_auth_total", "SMTP AUTH attempts, by result.",
+                    "result", auth_result_names, AUTH_RESULTS);
     m->tls[0] =
         metric_counter("sealpost_ingress_tls_handshakes_total",
                        "TLS handshakes (STARTTLS or implicit), by result.", "result=\"failed\"");

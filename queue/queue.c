@@ -24,16 +24,11 @@ const char *const withdraw_outcome_names[WITHDRAW_OUTCOMES] = {"withdrawn", "cla
 /* withdraw.c counts them; made here, so every series is there from the start. */
 static void register_withdrawals(queue_t *q)
 {
-    for (int o = 0; o < WITHDRAW_OUTCOMES; o++) {
-        char labels[48];
-        snprintf(labels, sizeof labels, "outcome=\"%s\"", withdraw_outcome_names[o]);
-        q->withdrawals.outcomes[o] = metric_counter(
-            "sealpost_queue_withdrawals_total",
-            "Messages whose enqueue was not acknowledged, taken back: withdrawn, claimed (too "
-            "late: a worker had it, it is delivered), gone (not stored: kept out, or delivered "
-            "in full already), abandoned (no verdict: it may be delivered).",
-            labels);
-    }
+    metric_counters(q->withdrawals.outcomes, "sealpost_queue_withdrawals_total",
+                    "Messages whose enqueue was not acknowledged, taken back: withdrawn, claimed "
+                    "(too late: a worker had it, it is delivered), gone (not stored: kept out, or "
+                    "delivered in full already), abandoned (no verdict: it may be delivered).",
+                    "outcome", withdraw_outcome_names, WITHDRAW_OUTCOMES);
 }
 
 queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
@@ -53,16 +48,11 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
                          seconds, sizeof seconds / sizeof seconds[0]);
     static const char *const kinds[QUEUE_ERRS] = {"unavailable", "no_reply", "error_reply",
                                                   "replicas"};
-    for (int k = 0; k < QUEUE_ERRS; k++) {
-        char labels[48];
-        snprintf(labels, sizeof labels, "kind=\"%s\"", kinds[k]);
-        q->metrics.errors[k] = metric_counter(
-            "sealpost_redis_errors_total",
-            "Redis calls that failed: not connected (unavailable), no reply in time or "
-            "connection lost (no_reply), an error reply, or an enqueue fewer replicas than "
-            "[queue] min_replicas acknowledged (replicas).",
-            labels);
-    }
+    metric_counters(q->metrics.errors, "sealpost_redis_errors_total",
+                    "Redis calls that failed: not connected (unavailable), no reply in time or "
+                    "connection lost (no_reply), an error reply, or an enqueue fewer replicas "
+                    "than [queue] min_replicas acknowledged (replicas).",
+                    "kind", kinds, QUEUE_ERRS);
     if (library_prepare(&q->library) < 0) {
         free(q);
         return NULL;

@@ -397,6 +397,16 @@ def stack(tmp_path, redis_server, sink):
     st.close()
 
 
+@pytest.fixture
+def clean_exit(stack):
+    """After the test: every sealpost process stops cleanly on SIGTERM, with no
+    sanitizer report in its log. A module asks for it with
+    pytestmark = pytest.mark.usefixtures("clean_exit")."""
+    yield
+    for p in stack.procs:
+        p.check_clean_exit()
+
+
 def pytest_configure(config):
     if not Path(BIN).exists():
         raise pytest.UsageError(f"sealpost binary not found at {BIN}; run `make` first")

@@ -12,11 +12,8 @@ from conftest import wait_for
 from smtpclient import connect, expect, strip_received
 
 
-@pytest.fixture(autouse=True)
-def clean_exit(stack):
-    yield
-    for p in stack.procs:
-        p.check_clean_exit()
+# After each test every sealpost process stops cleanly (conftest.py: clean_exit).
+pytestmark = pytest.mark.usefixtures("clean_exit")
 
 
 def bdat(c, chunk: bytes, last=False):

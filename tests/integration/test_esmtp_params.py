@@ -15,11 +15,8 @@ from smtpclient import Client, connect, expect
 UTF8_SENDER = "jörg@origin.test"
 
 
-@pytest.fixture(autouse=True)
-def clean_exit(stack):
-    yield
-    for p in stack.procs:
-        p.check_clean_exit()
+# After each test every sealpost process stops cleanly (conftest.py: clean_exit).
+pytestmark = pytest.mark.usefixtures("clean_exit")
 
 
 def submit(c, sender, rcpts, body, mail_params="", rcpt_params=""):

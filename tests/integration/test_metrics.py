@@ -17,11 +17,8 @@ from conftest import Sealpost, free_port, up_config, wait_for
 from smtpclient import Client, connect, expect, open_transaction
 
 
-@pytest.fixture(autouse=True)
-def clean_exit(stack):
-    yield
-    for p in stack.procs:
-        p.check_clean_exit()
+# After each test every sealpost process stops cleanly (conftest.py: clean_exit).
+pytestmark = pytest.mark.usefixtures("clean_exit")
 
 
 def get(port, path, method="GET"):

@@ -22,11 +22,8 @@ from test_ingress_tls import make_cert, tls_config
 GOOD_HOST = "127.0.0.2"
 
 
-@pytest.fixture(autouse=True)
-def clean_exit(stack):
-    yield
-    for p in stack.procs:
-        p.check_clean_exit()
+# After each test every sealpost process stops cleanly (conftest.py: clean_exit).
+pytestmark = pytest.mark.usefixtures("clean_exit")
 
 
 def enough_files(n):

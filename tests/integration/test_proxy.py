@@ -15,11 +15,8 @@ from smtpclient import Client, expect
 from test_ingress_tls import client_context, make_cert
 
 
-@pytest.fixture(autouse=True)
-def clean_exit(stack):
-    yield
-    for p in stack.procs:
-        p.check_clean_exit()
+# After each test every sealpost process stops cleanly (conftest.py: clean_exit).
+pytestmark = pytest.mark.usefixtures("clean_exit")
 
 
 def proxied(stack, header: bytes):
