@@ -157,6 +157,7 @@ static const key_spec_t keys[] = {
     {"crypto", "case_insensitive", T_BOOL, OFF(crypto.case_insensitive), 0, 0, "yes"},
     {"crypto", "strip_detail", T_BOOL, OFF(crypto.strip_detail), 0, 0, "no"},
     {"crypto", "hide_subject", T_BOOL, OFF(crypto.hide_subject), 0, 0, "yes"},
+    {"crypto", "legacy_display", T_BOOL, OFF(crypto.legacy_display), 0, 0, "yes"},
     {"crypto", "max_pending", T_UINT, OFF(crypto.max_pending), 1, 100000, "64"},
     {"crypto", "max_bcc_copies", T_UINT, OFF(crypto.max_bcc_copies), 1, 100000, "20"},
     {"crypto", "home_dir", T_STRING, OFF(crypto.home_dir), 0, 0, ""},

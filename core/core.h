@@ -277,6 +277,7 @@ typedef struct config {
         bool case_insensitive;          /* local parts of key addresses */
         bool strip_detail;              /* "user+detail@" finds the key of "user@" */
         bool hide_subject;              /* the outer Subject of encrypted mail is "[...]" */
+        bool legacy_display;            /* protected-headers="v1" and a legacy display element */
         unsigned max_pending;           /* messages being encrypted at once; then 451 4.3.2 */
         unsigned max_bcc_copies;        /* keyed Bcc copies of one message; then 552 5.5.3 */
         char home_dir[512];             /* where the per-thread GnuPG homes go; "": $TMPDIR */

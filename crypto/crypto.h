@@ -170,7 +170,8 @@ typedef struct gateway_job {
     gateway_rcpt_t *rcpts;
     unsigned n_rcpts;
     bool hide_subject, case_insensitive, strip_detail;
-    const char *homes; /* crypto_homes_create's */
+    bool legacy_display; /* protected-headers="v1" and a legacy display element */
+    const char *homes;   /* crypto_homes_create's */
     const seal_keyring_t *seal;
     unsigned max_bcc_copies; /* ciphertexts of their own for Bcc recipients; 0: no limit */
     bool too_many_copies;    /* out: failed for max_bcc_copies, which no retry changes */
@@ -201,23 +202,40 @@ enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now);
  * PGP: a body line that is exactly "-----BEGIN PGP MESSAGE-----". */
 bool pgpmime_is_encrypted(const char *msg, size_t len);
 
+/* Whether msg's header has a Bcc or Resent-Bcc field (any case). */
+bool pgpmime_has_blind(const char *msg, size_t len);
+/* Appends msg to out without its Bcc and Resent-Bcc fields (continuation
+ * lines included): every other octet as it is. The copy sent in clear names
+ * no blind recipient. 0, or -1 (out as it was) when memory runs out. */
+int pgpmime_without_blind(const char *msg, size_t len, buf_t *out);
+
+/* How the builders protect the header. */
+#define PGPMIME_HIDE_SUBJECT   1u /* the outer Subject is "[...]" */
+#define PGPMIME_LEGACY_DISPLAY 2u /* protected-headers="v1", and a legacy display element */
+
 /* Appends to out the plaintext to encrypt, the Cryptographic Payload of RFC
  * 9788: msg's header fields but the trace, structural, Bcc and Resent-Bcc
  * ones, copied as they are; one HP-Outer field for each non-trace field
  * pgpmime_outer puts outside (with "[...]" for a hidden Subject); msg's
  * Content-* fields, with hp="cipher" added to Content-Type (text/plain when
- * msg has none); an empty line; msg's body, untouched. Returns 0, or -1 (out
- * as it was) when memory runs out or msg has no header field at all. */
-int pgpmime_inner(const char *msg, size_t len, bool hide_subject, buf_t *out);
+ * msg has none); an empty line; msg's body, untouched. With
+ * PGPMIME_LEGACY_DISPLAY the Content-Type also gets protected-headers="v1";
+ * and when a field is hidden outside (Subject, Keywords, Comments) the
+ * payload is a multipart/mixed instead: a text/plain legacy display element
+ * repeating those fields, then msg's Content-* fields and body, untouched.
+ * Returns 0, or -1 (out as it was) when memory runs out or msg has no header
+ * field at all. */
+int pgpmime_inner(const char *msg, size_t len, unsigned flags, buf_t *out);
 
 /* Appends to out the message to send: msg's Received and Return-Path fields,
- * its From, To, Cc, Date, Message-ID, In-Reply-To and References, its Subject
- * (or "Subject: [...]" when hide_subject), MIME-Version and a
+ * its From, To, Cc, Date, Message-ID, In-Reply-To, References, Reply-To,
+ * Sender, Auto-Submitted, Precedence and List-* fields, its Subject (or
+ * "Subject: [...]" with PGPMIME_HIDE_SUBJECT), MIME-Version and a
  * multipart/encrypted Content-Type, then the two parts of RFC 3156 §4: the
  * version identification and armor (ASCII armor; LF line ends become CRLF).
  * Never a Bcc. Returns 0, or -1 (out as it was) when memory runs out or msg
  * has no header field at all. */
-int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len,
-                  bool hide_subject, buf_t *out);
+int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len, unsigned flags,
+                  buf_t *out);
 
 #endif

@@ -5,8 +5,9 @@
  * their keys (they see each other's addresses anyway). Each keyed
  * recipient who is only in the envelope (a Bcc) gets a ciphertext of their
  * own, so no key ID in anyone else's copy reveals them. Recipients without a
- * key share the original. A message that is already encrypted goes to
- * everyone as it is. Any failure fails the whole message: the client gets
+ * key share the original, and a message that is already encrypted goes to
+ * everyone as it came; but no copy, clear or encrypted, keeps a Bcc or
+ * Resent-Bcc field. Any failure fails the whole message: the client gets
  * 451 and tries again, and nothing is ever sent in clear instead. */
 #include "crypto/crypto.h"
 #include "proto/proto.h"
@@ -74,6 +75,28 @@ static int seal_variant(gateway_job_t *job, unsigned v, const char *data, size_t
     return 0;
 }
 
+/* The copy that goes as it came (to keyless recipients, or already
+ * encrypted by the sender), without the Bcc and Resent-Bcc fields a client
+ * may have left in: they would name, to everyone, the blind recipients. */
+static int seal_clear_variant(gateway_job_t *job, unsigned v)
+{
+    if (!pgpmime_has_blind(job->msg, job->len)) return seal_variant(job, v, job->msg, job->len);
+    buf_t clear;
+    buf_init(&clear);
+    int rc = pgpmime_without_blind(job->msg, job->len, &clear) < 0
+                 ? fail(job, "out of memory removing Bcc")
+                 : seal_variant(job, v, clear.data, clear.len);
+    if (clear.data) sodium_memzero(clear.data, clear.len);
+    buf_free(&clear);
+    return rc;
+}
+
+static unsigned header_flags(const gateway_job_t *job)
+{
+    return (job->hide_subject ? PGPMIME_HIDE_SUBJECT : 0) |
+           (job->legacy_display ? PGPMIME_LEGACY_DISPLAY : 0);
+}
+
 /* One encrypted variant: the inner entity encrypted to keys, wrapped in
  * PGP/MIME, sealed. */
 static int encrypted_variant(gateway_job_t *job, const buf_t *inner, const crypto_rcpt_key_t *keys,
@@ -85,7 +108,7 @@ static int encrypted_variant(gateway_job_t *job, const buf_t *inner, const crypt
     int rc = crypto_encrypt(job->homes, keys, n_keys, inner->data, inner->len, &armor, job->error,
                             sizeof job->error);
     if (rc == 0 &&
-        pgpmime_outer(job->msg, job->len, armor.data, armor.len, job->hide_subject, &outer) < 0)
+        pgpmime_outer(job->msg, job->len, armor.data, armor.len, header_flags(job), &outer) < 0)
         rc = -1;
     if (rc == 0) rc = seal_variant(job, v, outer.data, outer.len);
     buf_free(&armor);
@@ -164,7 +187,7 @@ static int encrypt_all(gateway_job_t *job)
     }
     buf_t inner;
     buf_init(&inner);
-    int rc = pgpmime_inner(job->msg, job->len, job->hide_subject, &inner) < 0
+    int rc = pgpmime_inner(job->msg, job->len, header_flags(job), &inner) < 0
                  ? fail(job, "the message has no header section to protect")
                  : shared_variant(job, &nm, &inner);
     for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
@@ -200,8 +223,7 @@ int gateway_run(gateway_job_t *job)
     job->outcome = !any_key ? GATEWAY_PLAIN : passthrough ? GATEWAY_PASSTHROUGH : GATEWAY_ENCRYPTED;
     unsigned plain = NO_VARIANT;
     if (any_plain || passthrough) {
-        if (add_variant(job, &plain) < 0 || seal_variant(job, plain, job->msg, job->len) < 0)
-            return -1;
+        if (add_variant(job, &plain) < 0 || seal_clear_variant(job, plain) < 0) return -1;
     }
     for (unsigned i = 0; i < job->n_rcpts && (passthrough || !any_key); i++)
         job->rcpts[i].variant = plain;

@@ -31,16 +31,36 @@ static const char *const transport_fields[] = {"DKIM-Signature",
 /* Never written anywhere: they name the blind recipients. */
 static const char *const blind_fields[] = {"Bcc", "Resent-Bcc", NULL};
 
-/* What the outer header shows besides trace and Subject, in this order: what
- * delivery, threading and a list view need. The rest is only inside. */
-static const char *const outer_fields[] = {"From",       "To",          "Cc",         "Date",
-                                           "Message-ID", "In-Reply-To", "References", NULL};
+/* What the outer header shows besides trace and Subject, in this order; every
+ * field is inside as well. RFC 9788's hcp_baseline keeps all but Subject
+ * (made "[...]") and the informational Keywords and Comments; ours keeps
+ * fewer: what delivery, threading and a list view need, and what software
+ * on the way acts on without decrypting. Reply-To and Sender, where a reply
+ * or a bounce goes (a vacation responder answers Reply-To); Auto-Submitted
+ * (RFC 3834) and Precedence, which stop auto-responders from answering
+ * automatic mail and looping; List-* (RFC 2369, RFC 2919, RFC 8058), which
+ * list views and one-click unsubscribe read, and which large receivers now
+ * require of bulk senders. The rest (Keywords, Comments, User-Agent, X-*...)
+ * is only inside. "List-*" is the prefix. */
+static const char *const outer_fields[] = {
+    "From",        "To",         "Cc",       "Date",   "Message-ID",
+    "In-Reply-To", "References", "Reply-To", "Sender", "Auto-Submitted",
+    "Precedence",  "List-*",     NULL};
+
+/* What a legacy display element repeats (RFC 9788 §4.5.3): the fields a
+ * reader that does not look inside misses. Subject when hidden; Keywords and
+ * Comments always, as they are never outside. */
+static const char *const informational_fields[] = {"Keywords", "Comments", NULL};
 
 static const char hidden_subject[] = "[...]";
 
+/* Whether f is called name (case-insensitive); a name ending in "-*" is a
+ * prefix: "List-*" is every field whose name starts "List-" and goes on. */
 static bool field_is(const proto_header_field_t *f, const char *name)
 {
     size_t n = strlen(name);
+    if (n > 2 && name[n - 1] == '*' && name[n - 2] == '-')
+        return f->name_len > n - 1 && !strncasecmp(f->name, name, n - 1);
     return f->name_len == n && !strncasecmp(f->name, name, n);
 }
 
@@ -139,6 +159,50 @@ static int rollback(buf_t *out, size_t len)
     out->len = len;
     if (out->data) out->data[len] = 0;
     return -1;
+}
+
+/* A boundary (RFC 2046 §5.1.1) that the text it will delimit does not hold. */
+static int make_boundary(const char *text, size_t text_len, char b[BOUNDARY_LEN + 1])
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    for (int tries = 0; tries < 8; tries++) {
+        for (size_t i = 0; i < BOUNDARY_LEN; i++)
+            b[i] = alnum[randombytes_uniform((uint32_t)(sizeof alnum - 1))];
+        b[BOUNDARY_LEN] = 0;
+        if (!memmem(text, text_len, b, BOUNDARY_LEN)) return 0;
+    }
+    return -1; /* only a broken random source gets here */
+}
+
+/* ---- the blind recipients ---- */
+
+bool pgpmime_has_blind(const char *msg, size_t len)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f))
+        if (field_in(&f, blind_fields)) return true;
+    return false;
+}
+
+/* Copies what lies between the blind fields as it is, lines that are no
+ * field included: only the blind fields' own octets (name, value and
+ * continuation lines) go. */
+int pgpmime_without_blind(const char *msg, size_t len, buf_t *out)
+{
+    size_t start = out->len, kept = 0;
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f)) {
+        if (!field_in(&f, blind_fields)) continue;
+        size_t at = (size_t)(f.raw - msg);
+        if (buf_append(out, msg + kept, at - kept) < 0) return rollback(out, start);
+        kept = at + f.raw_len;
+    }
+    if (buf_append(out, msg + kept, len - kept) < 0) return rollback(out, start);
+    return 0;
 }
 
 /* ---- already encrypted? ---- */
@@ -320,20 +384,31 @@ static int append_hp_outers(const char *msg, size_t len, bool hide_subject, buf_
     return each_named(msg, len, "Subject", append_hp_outer, out);
 }
 
-/* Content-Type with hp="cipher" (RFC 9788 §2.1) after its last parameter. */
-static int append_content_type(buf_t *out, const proto_header_field_t *f)
+/* The parameters the payload's Content-Type gets: hp="cipher" (RFC 9788
+ * §2.1), and for readers from before it, protected-headers="v1" (the
+ * Autocrypt draft's marker, which Thunderbird and notmuch look for). */
+static const char *payload_params(unsigned flags)
+{
+    return flags & PGPMIME_LEGACY_DISPLAY ? "hp=\"cipher\";\r\n protected-headers=\"v1\""
+                                          : "hp=\"cipher\"";
+}
+
+/* Content-Type with params after its last parameter. */
+static int append_content_type(buf_t *out, const proto_header_field_t *f, const char *params)
 {
     const char *end = f->value + f->value_len;
     while (end > f->value && is_fws(end[-1])) /* before trailing space */
         end--;
     if (end == f->value) /* empty: RFC 2045 §5.2's default */
-        return buf_printf(out, "Content-Type: text/plain; charset=us-ascii; hp=\"cipher\"\r\n");
+        return buf_printf(out, "Content-Type: text/plain; charset=us-ascii; %s\r\n", params);
     const char *sep = end[-1] == ';' ? " " : "; ";
     if (append_crlf(out, f->raw, (size_t)(end - f->raw)) < 0) return -1;
-    return buf_printf(out, "%shp=\"cipher\"\r\n", sep);
+    return buf_printf(out, "%s%s\r\n", sep, params);
 }
 
-static int append_structural(const char *msg, size_t len, buf_t *out)
+/* msg's Content-* fields; with params, the Content-Type marked with them
+ * (text/plain when msg has none). */
+static int append_structural(const char *msg, size_t len, const char *params, buf_t *out)
 {
     proto_header_iter_t it;
     proto_header_field_t f;
@@ -341,49 +416,118 @@ static int append_structural(const char *msg, size_t len, buf_t *out)
     proto_header_iter_init(&it, msg, len);
     while (proto_header_next(&it, &f)) {
         if (!is_content_field(&f)) continue;
-        bool type = field_is(&f, "Content-Type");
+        bool type = params && field_is(&f, "Content-Type");
         has_type |= type;
-        if ((type ? append_content_type(out, &f) : append_field(out, &f)) < 0) return -1;
+        if ((type ? append_content_type(out, &f, params) : append_field(out, &f)) < 0) return -1;
     }
-    if (has_type) return 0;
-    return buf_printf(out, "Content-Type: text/plain; charset=us-ascii; hp=\"cipher\"\r\n");
+    if (has_type || !params) return 0;
+    return buf_printf(out, "Content-Type: text/plain; charset=us-ascii; %s\r\n", params);
 }
 
-static int build_inner(const char *msg, size_t len, bool hide_subject, buf_t *out)
+static bool is_legacy_shown(const proto_header_field_t *f, bool hide_subject)
 {
+    return (hide_subject && field_is(f, "Subject")) || field_in(f, informational_fields);
+}
+
+static bool is_8bit(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] >= 0x80) return true;
+    return false;
+}
+
+/* Whether a legacy display element has anything to show, and whether what
+ * it shows is 8-bit (the fields as they came: SMTPUTF8 lets them be UTF-8). */
+static bool legacy_fields(const char *msg, size_t len, bool hide_subject, bool *eight_bit)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    bool any = false;
+    *eight_bit = false;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f)) {
+        if (!is_legacy_shown(&f, hide_subject)) continue;
+        any = true;
+        *eight_bit |= is_8bit(f.raw, f.raw_len);
+    }
+    return any;
+}
+
+/* The legacy display element (RFC 9788 §4.5.3, the text/plain form of its
+ * Appendix E) as a part of its own: the fields a legacy reader would miss,
+ * as they are, then an empty line (RFC 9788 readers hide the lines up to
+ * it). Marked hp-legacy-display="1", which RFC
+ * 9788 readers hide, and protected-headers="v1", which notmuch needs to hide
+ * it; text/plain (not the older text/rfc822-headers) because legacy readers
+ * show text/plain inline, which is the point of it. */
+static int append_legacy_part(const char *msg, size_t len, bool hide_subject, bool eight_bit,
+                              const char *boundary, buf_t *out)
+{
+    if (buf_printf(out,
+                   "--%s\r\n"
+                   "Content-Type: text/plain; charset=%s; hp-legacy-display=\"1\";\r\n"
+                   " protected-headers=\"v1\"\r\n"
+                   "%s"
+                   "Content-Disposition: inline\r\n"
+                   "\r\n",
+                   boundary, eight_bit ? "utf-8" : "us-ascii",
+                   eight_bit ? "Content-Transfer-Encoding: 8bit\r\n" : "") < 0)
+        return -1;
     proto_header_iter_t it;
     proto_header_field_t f;
     proto_header_iter_init(&it, msg, len);
     while (proto_header_next(&it, &f))
+        if (is_legacy_shown(&f, hide_subject) && append_field(out, &f) < 0) return -1;
+    return buf_append(out, "\r\n", 2);
+}
+
+/* With a legacy display element, the payload is a multipart/mixed of two:
+ * the element, then msg's body under its own Content-* fields, untouched (so
+ * no encoding of it is ever redone, whatever its structure). That is the
+ * shape notmuch recognizes and hides the element of. */
+static int append_legacy_body(const char *msg, size_t len, size_t body, bool hide_subject,
+                              bool eight_bit, buf_t *out)
+{
+    char boundary[BOUNDARY_LEN + 1];
+    if (make_boundary(msg, len, boundary) < 0 ||
+        buf_printf(out,
+                   "Content-Type: multipart/mixed; boundary=\"%s\";\r\n"
+                   " hp=\"cipher\"; protected-headers=\"v1\"\r\n\r\n",
+                   boundary) < 0 ||
+        append_legacy_part(msg, len, hide_subject, eight_bit, boundary, out) < 0 ||
+        buf_printf(out, "\r\n--%s\r\n", boundary) < 0 ||
+        append_structural(msg, len, NULL, out) < 0 || buf_append(out, "\r\n", 2) < 0 ||
+        buf_append(out, msg + body, len - body) < 0)
+        return -1;
+    /* the CRLF before the close belongs to the delimiter (RFC 2046 §5.1.1) */
+    return buf_printf(out, "\r\n--%s--\r\n", boundary);
+}
+
+static int build_inner(const char *msg, size_t len, unsigned flags, buf_t *out)
+{
+    proto_header_iter_t it;
+    proto_header_field_t f;
+    bool hide_subject = flags & PGPMIME_HIDE_SUBJECT, eight_bit;
+    proto_header_iter_init(&it, msg, len);
+    while (proto_header_next(&it, &f))
         if (is_protected_copy(&f) && append_field(out, &f) < 0) return -1;
-    if (append_hp_outers(msg, len, hide_subject, out) < 0 || append_structural(msg, len, out) < 0 ||
+    if (append_hp_outers(msg, len, hide_subject, out) < 0) return -1;
+    if (flags & PGPMIME_LEGACY_DISPLAY && legacy_fields(msg, len, hide_subject, &eight_bit))
+        return append_legacy_body(msg, len, it.body, hide_subject, eight_bit, out);
+    if (append_structural(msg, len, payload_params(flags), out) < 0 ||
         buf_append(out, "\r\n", 2) < 0)
         return -1;
     return buf_append(out, msg + it.body, len - it.body);
 }
 
-int pgpmime_inner(const char *msg, size_t len, bool hide_subject, buf_t *out)
+int pgpmime_inner(const char *msg, size_t len, unsigned flags, buf_t *out)
 {
     size_t start = out->len;
-    if (!has_fields(msg, len) || build_inner(msg, len, hide_subject, out) < 0)
-        return rollback(out, start);
+    if (!has_fields(msg, len) || build_inner(msg, len, flags, out) < 0) return rollback(out, start);
     return 0;
 }
 
 /* ---- the outer message ---- */
-
-/* A boundary (RFC 2046 §5.1.1) that the armor does not hold. */
-static int make_boundary(const char *armor, size_t armor_len, char b[BOUNDARY_LEN + 1])
-{
-    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    for (int tries = 0; tries < 8; tries++) {
-        for (size_t i = 0; i < BOUNDARY_LEN; i++)
-            b[i] = alnum[randombytes_uniform((uint32_t)(sizeof alnum - 1))];
-        b[BOUNDARY_LEN] = 0;
-        if (!memmem(armor, armor_len, b, BOUNDARY_LEN)) return 0;
-    }
-    return -1; /* only a broken random source gets here */
-}
 
 static int append_outer_header(const char *msg, size_t len, bool hide_subject, const char *boundary,
                                buf_t *out)
@@ -431,9 +575,10 @@ static int append_outer_body(const char *armor, size_t armor_len, const char *bo
     return buf_printf(out, "\r\n--%s--\r\n", boundary);
 }
 
-int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len,
-                  bool hide_subject, buf_t *out)
+int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len, unsigned flags,
+                  buf_t *out)
 {
+    bool hide_subject = flags & PGPMIME_HIDE_SUBJECT;
     size_t start = out->len;
     char boundary[BOUNDARY_LEN + 1];
     if (!has_fields(msg, len) || make_boundary(armor, armor_len, boundary) < 0 ||

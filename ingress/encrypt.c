@@ -286,6 +286,7 @@ static bool prepare(struct encryption *en, const struct transaction *tx)
                               .rcpts = en->rcpts,
                               .n_rcpts = tx->n_rcpts,
                               .hide_subject = cfg->crypto.hide_subject,
+                              .legacy_display = cfg->crypto.legacy_display,
                               .case_insensitive = cfg->crypto.case_insensitive,
                               .strip_detail = cfg->crypto.strip_detail,
                               .homes = en->e->homes,

@@ -1,7 +1,8 @@
 /* libFuzzer target: the PGP/MIME builders never read or write out of bounds,
- * never copy a Bcc, keep the body byte for byte in the inner entity, and
- * write CRLF lines whenever the header they were given had them. The first
- * input octet chooses hide_subject. */
+ * never copy a Bcc, keep the body byte for byte in the inner entity (at its
+ * end, under a legacy display element), and write CRLF lines whenever the
+ * header they were given had them; the clear copy keeps no Bcc and nothing
+ * else is lost from it. The first input octet chooses the flags. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,7 @@ static bool crlf(const char *p, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!size) return 0;
-    bool hide = data[0] & 1;
+    unsigned flags = data[0] & (PGPMIME_HIDE_SUBJECT | PGPMIME_LEGACY_DISPLAY);
     char *msg = malloc(size - 1 ? size - 1 : 1);
     memcpy(msg, data + 1, size - 1);
     size_t len = size - 1;
@@ -48,25 +49,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     buf_t b;
     buf_init(&b);
-    int r = pgpmime_inner(msg, len, hide, &b);
+    int r = pgpmime_inner(msg, len, flags, &b);
     CHECK((r == 0) == any);
     if (r == 0) {
-        size_t body;
+        size_t body, tail = len - it.body;
         no_bcc(b.data, b.len, &body);
-        CHECK(b.len - body == len - it.body &&
-              !memcmp(b.data + body, msg + it.body, len - it.body));
+        if (flags & PGPMIME_LEGACY_DISPLAY) /* the body, then the closing delimiter */
+            CHECK(b.len - body >= tail && memmem(b.data + body, b.len - body, msg + it.body, tail));
+        else
+            CHECK(b.len - body == tail && !memcmp(b.data + body, msg + it.body, tail));
         /* header is CRLF unless the input had lone CRs inside lines */
         if (!memchr(msg, '\r', it.body)) CHECK(crlf(b.data, body));
     }
     buf_reset(&b);
     static const char armor[] = "-----BEGIN PGP MESSAGE-----\n\nabc\n-----END PGP MESSAGE-----\n";
-    r = pgpmime_outer(msg, len, armor, sizeof armor - 1, hide, &b);
+    r = pgpmime_outer(msg, len, armor, sizeof armor - 1, flags, &b);
     CHECK((r == 0) == any);
     if (r == 0) {
         size_t body;
         no_bcc(b.data, b.len, &body);
         if (!memchr(msg, '\r', it.body)) CHECK(crlf(b.data, b.len));
     }
+    buf_reset(&b);
+    CHECK(pgpmime_without_blind(msg, len, &b) == 0);
+    size_t clear_body;
+    no_bcc(b.data, b.len, &clear_body);
+    CHECK(!pgpmime_has_blind(b.data, b.len));
+    CHECK(pgpmime_has_blind(msg, len) ? b.len < len : b.len == len && !memcmp(b.data, msg, len));
     buf_free(&b);
     free(msg);
     return 0;

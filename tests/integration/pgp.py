@@ -1,5 +1,6 @@
 """Real GnuPG for the gateway tests: recipients with their own homes and
-keys, and decryption with nothing but one recipient's secret key."""
+keys, and decryption with nothing but one recipient's secret key, by gpg
+and by implementations that are not GnuPG (Sequoia's sq, RNP's rnp)."""
 import re
 import subprocess
 from pathlib import Path
@@ -53,8 +54,29 @@ class Person:
     def decrypt(self, data: bytes) -> bytes:
         return gpg(self.home, "--decrypt", input=data).stdout
 
+    def secret_key_file(self) -> Path:
+        """The secret key, exported (it has no passphrase) for sq and rnp."""
+        path = self.home / "secret.asc"
+        if not path.exists():
+            path.write_bytes(gpg(self.home, "--armor", "--export-secret-keys", self.fpr).stdout)
+        return path
+
+    def decrypt_with_sq(self, data: bytes) -> bytes:
+        return _run(["sq", "decrypt", "--recipient-key", str(self.secret_key_file())], data)
+
+    def decrypt_with_rnp(self, data: bytes) -> bytes:
+        return _run(["rnp", "--homedir", str(self.home / "rnp"), "--keyfile",
+                     str(self.secret_key_file()), "--decrypt", "--output", "-"], data)
+
     def cannot_decrypt(self, data: bytes) -> bool:
         return gpg(self.home, "--decrypt", input=data, check=False).returncode != 0
+
+
+def _run(argv, data: bytes) -> bytes:
+    r = subprocess.run(argv, input=data, capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"{argv[0]}: {r.stderr.decode(errors='replace')}")
+    return r.stdout
 
 
 def recipient_key_ids(home: Path, data: bytes):

@@ -65,6 +65,7 @@ def by_rcpts(sink):
 def check_pgp_mime(content):
     """RFC 3156 as Python's email sees it; returns the armored part."""
     outer = email.message_from_bytes(strip_received(content), policy=email.policy.default)
+    no_defects(outer)
     assert outer.get_content_type() == "multipart/encrypted"
     assert outer.get_param("protocol") == "application/pgp-encrypted"
     assert "Content-Transfer-Encoding" not in outer
@@ -90,20 +91,55 @@ def check_pgp_mime_armor(content):
     return outer.get_payload()[1].get_payload(decode=True)
 
 
-def check_inner(plain, original):
-    """The decrypted entity: the original's Content-* fields (Content-Type
-    with hp="cipher" added) and body, byte for byte; no Bcc."""
+def no_defects(msg):
+    """Every entity of msg parses without a defect."""
+    for part in msg.walk():
+        assert not part.defects, (part.get_content_type(), part.defects)
+
+
+def content_lines(head):
+    return [f for f in head.split(b"\r\n") if f.lower().startswith(b"content-")]
+
+
+def check_inner(plain, original, subject="Quarterly figures", legacy=True, shown=""):
+    """The decrypted entity: the original's header (no Bcc) and, under its own
+    Content-* fields, its body byte for byte. With [crypto] legacy_display
+    (the default) a multipart/mixed marked hp="cipher" and
+    protected-headers="v1" holding first the legacy display element (the
+    hidden Subject, for readers that do not look inside), then the original;
+    without it, the original's Content-Type with hp="cipher" added."""
     head, _, body = plain.partition(b"\r\n\r\n")
     orig_head, _, orig_body = original.partition(b"\r\n\r\n")
-    assert body == orig_body
-    fields = [f for f in head.split(b"\r\n") if f.lower().startswith(b"content-")]
-    assert fields == [b'Content-Type: text/plain; charset=utf-8; hp="cipher"',
-                      b"Content-Transfer-Encoding: 8bit"]
     inner = email.message_from_bytes(plain, policy=email.policy.default)
-    assert inner["Subject"] == "Quarterly figures"
+    no_defects(inner)
+    assert inner["Subject"] == subject
     assert "Bcc" not in inner and b"carol@example.test" not in head
+    assert b"secret@x.test" not in plain
     assert inner.get_param("hp") == "cipher"
     assert any(v == "Subject: [...]" for v in inner.get_all("HP-Outer", []))
+    if not legacy:
+        assert body == orig_body
+        assert inner.get_param("protected-headers") is None
+        ct = [f + b'; hp="cipher"' if f.lower().startswith(b"content-type:") else f
+              for f in content_lines(orig_head)]
+        assert content_lines(head) == ct
+        return
+    assert inner.get_content_type() == "multipart/mixed"
+    assert inner.get_param("protected-headers") == "v1"
+    display, main = inner.get_payload()
+    assert display.get_content_type() == "text/plain"
+    assert display.get_param("hp-legacy-display") == "1"
+    assert display.get_param("protected-headers") == "v1"
+    assert display.get_content_disposition() == "inline"
+    assert display.get_content().replace("\r\n", "\n") == f"Subject: {subject}\n{shown}\n"
+    # the original part, octet for octet, between the delimiters
+    boundary = inner.get_boundary().encode()
+    raw = body.split(b"\r\n--" + boundary + b"\r\n")[1]
+    assert raw.endswith(b"\r\n--" + boundary + b"--\r\n")
+    part_head, _, part_body = raw[:-len(boundary) - 8].partition(b"\r\n\r\n")
+    assert content_lines(part_head + b"\r\n") == content_lines(orig_head)
+    assert part_body == orig_body
+    assert main.get_content_type() == "text/plain" and main.get_param("hp") is None
 
 
 def test_to_cc_share_a_copy_bcc_gets_its_own_keyless_gets_the_original(stack, people, tmp_path):
@@ -121,8 +157,8 @@ def test_to_cc_share_a_copy_bcc_gets_its_own_keyless_gets_the_original(stack, pe
     shared, bcc, plain = (got[("alice@example.test", "bob@example.test")],
                           got[("carol@example.test",)], got[("dave@example.test",)])
     assert len({shared, bcc, plain}) == 3
-    # The keyless recipient gets the message as it was sent.
-    assert strip_received(plain) == original
+    # The keyless recipient gets the message as it was sent, but its Bcc.
+    assert strip_received(plain) == original.replace(b"Bcc: carol@example.test\r\n", b"")
     # The shared copy opens with Alice's key alone, and with Bob's alone.
     armor = check_pgp_mime(shared)
     for who in ("alice", "bob"):
@@ -135,6 +171,87 @@ def test_to_cc_share_a_copy_bcc_gets_its_own_keyless_gets_the_original(stack, pe
     check_inner(people["carol"].decrypt(armor), original)
     assert recipient_key_ids(tmp_path, armor) == people["carol"].subkey_ids
     assert people["alice"].cannot_decrypt(armor)
+
+
+def header_of(content):
+    return strip_received(content).partition(b"\r\n\r\n")[0] + b"\r\n"
+
+
+def test_bcc_reaches_no_copy_clear_or_encrypted(stack, people, tmp_path):
+    """A Bcc left in the message by the client (folded, in any case) is in no
+    copy: not the clear one a keyless recipient gets, not outside nor inside
+    the encrypted ones, read by gpg, sq and rnp alike."""
+    import_keys(stack, people["alice"], people["carol"])
+    stack.ingress()
+    stack.worker()
+    original = (b"From: Sender <sender@origin.test>\r\nTo: alice@example.test, dave@example.test\r\n"
+                b"bcc: secret@x.test,\r\n\tcarol@example.test\r\n"
+                b"Subject: Quarterly figures\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+                b"Message-ID: <m1@origin.test>\r\nRESENT-BCC: secret@x.test\r\n"
+                b"MIME-Version: 1.0\r\n" + CONTENT_HEADERS + b"\r\n" + BODY)
+    rcpts = ["alice@example.test", "dave@example.test", "carol@example.test"]
+    code, msg = submit(stack.smtp_port, rcpts, original)
+    assert code == 250, msg
+    wait_for(lambda: stack.sink.count() == 3, what="three copies")
+    got = by_rcpts(stack.sink)
+    clear = got[("dave@example.test",)]
+    assert b"secret@x.test" not in clear and b"carol@" not in clear
+    parsed = email.message_from_bytes(strip_received(clear), policy=email.policy.default)
+    no_defects(parsed)
+    assert "Bcc" not in parsed and "Resent-Bcc" not in parsed
+    assert parsed["To"] == "alice@example.test, dave@example.test"
+    assert parsed.get_content() == BODY.decode()
+    for who, content in (("alice", got[("alice@example.test",)]),
+                         ("carol", got[("carol@example.test",)])):
+        assert b"secret@x.test" not in header_of(content)
+        armor = check_pgp_mime(content)
+        plain = people[who].decrypt(armor)
+        assert people[who].decrypt_with_sq(armor) == plain
+        assert people[who].decrypt_with_rnp(armor) == plain
+        check_inner(plain, original)
+        assert "Resent-Bcc" not in email.message_from_bytes(plain, policy=email.policy.default)
+
+
+LIST_FIELDS = (b"Reply-To: Help <help@list.example>\r\n"
+               b"Sender: bounces@list.example\r\n"
+               b"Auto-Submitted: auto-generated\r\n"
+               b"Precedence: bulk\r\n"
+               b"List-Id: Weekly news <weekly.list.example>\r\n"
+               b"List-Unsubscribe: <https://list.example/u/123>,\r\n"
+               b" <mailto:unsub@list.example?subject=123>\r\n"
+               b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy_display", "no_legacy_display"])
+def test_outer_keeps_what_responders_and_lists_need(stack, people, legacy):
+    """Auto-Submitted, Precedence, List-*, Reply-To and Sender stay outside,
+    verbatim, so that responders do not loop and one-click unsubscribe
+    works; inside they are protected as well, and HP-Outer says so."""
+    import_keys(stack, people["alice"])
+    stack.ingress("" if legacy else "[crypto]\nlegacy_display = no\n")
+    stack.worker()
+    original = message("alice@example.test", extra=LIST_FIELDS + b"Keywords: inside only\r\n")
+    code, msg = submit(stack.smtp_port, ["alice@example.test"], original)
+    assert code == 250, msg
+    wait_for(lambda: stack.sink.count() == 1, what="the message")
+    content = stack.sink.messages[0][2]
+    head = header_of(content)
+    assert LIST_FIELDS in head  # verbatim, folding and order kept
+    assert b"Keywords" not in head and b"\r\nSubject: [...]\r\n" in head
+    outer = email.message_from_bytes(strip_received(content), policy=email.policy.default)
+    assert outer["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert outer["Auto-Submitted"] == "auto-generated"
+    armor = check_pgp_mime(content)
+    plain = people["alice"].decrypt(armor)
+    assert people["alice"].decrypt_with_sq(armor) == plain
+    check_inner(plain, original, legacy=legacy, shown="Keywords: inside only\n")
+    inner = email.message_from_bytes(plain, policy=email.policy.default)
+    assert inner["Precedence"] == "bulk" and inner["Keywords"] == "inside only"
+    hp_outer = inner.get_all("HP-Outer")
+    for name in ("Reply-To", "Sender", "Auto-Submitted", "Precedence", "List-Id",
+                 "List-Unsubscribe", "List-Unsubscribe-Post"):
+        assert sum(v.startswith(name + ": ") for v in hp_outer) == 1, (name, hp_outer)
+    assert not any(v.startswith("Keywords") for v in hp_outer)
 
 
 def test_no_plaintext_at_rest_when_encrypted(stack, people):
@@ -261,7 +378,9 @@ def test_utf8_headers_and_8bit_body_survive(stack, people):
                                      policy=email.policy.default)
     armor = outer.get_payload()[1].get_payload(decode=True)
     plain = people["alice"].decrypt(armor)
-    assert plain.endswith(b"\r\n\r\n" + BODY)
+    # the body untouched, under the legacy display element
+    assert b"\r\n\r\n" + BODY + b"\r\n--" in plain
+    no_defects(email.message_from_bytes(plain, policy=email.policy.default))
     assert b"X-Note: \xc3\xa9t\xc3\xa9\r\n" in plain
     assert b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in plain
 

@@ -134,7 +134,8 @@ static void test_pgpmime_inner(void **state)
     for (int hide = 0; hide < 2; hide++) {
         buf_t b;
         buf_init(&b);
-        assert_int_equal(pgpmime_inner(sample, sizeof sample - 1, hide, &b), 0);
+        assert_int_equal(
+            pgpmime_inner(sample, sizeof sample - 1, hide ? PGPMIME_HIDE_SUBJECT : 0, &b), 0);
         size_t h = header_len(&b);
         assert_true(all_crlf(b.data, h));
         /* the body follows untouched, 8-bit octets and NUL included */
@@ -164,7 +165,7 @@ static void test_pgpmime_inner(void **state)
         assert_true(has_text(&b, "\r\nHP-Outer: In-Reply-To: <m0@example.org>\r\n"));
         assert_true(
             has_text(&b, "\r\nHP-Outer: References: <m-1@example.org>\r\n <m0@example.org>\r\n"));
-        assert_false(has_text(&b, "HP-Outer: Reply-To"));
+        assert_true(has_text(&b, "\r\nHP-Outer: Reply-To: r@example.org\r\n"));
         assert_false(has_text(&b, "HP-Outer: Keywords"));
         assert_false(has_text(&b, "HP-Outer: X-Custom"));
         if (hide) {
@@ -174,7 +175,7 @@ static void test_pgpmime_inner(void **state)
             assert_true(has_text(&b, "\r\nHP-Outer: Subject: a folded\r\n subject\r\n"));
             assert_false(has_text(&b, "[...]"));
         }
-        assert_int_equal(count_text(b.data, h, "HP-Outer:"), 8);
+        assert_int_equal(count_text(b.data, h, "HP-Outer:"), 9);
         /* the MIME fields, Content-Type marked */
         assert_true(has_text(&b, "\r\nContent-Type: text/plain;\r\n\tcharset=\"utf-8\"; "
                                  "hp=\"cipher\"\r\n"));
@@ -192,14 +193,14 @@ static void test_pgpmime_inner_content_type(void **state)
     buf_init(&b);
     /* none: text/plain, as RFC 2045 has it */
     const char *m = "From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
-    assert_int_equal(pgpmime_inner(m, strlen(m), false, &b), 0);
+    assert_int_equal(pgpmime_inner(m, strlen(m), 0, &b), 0);
     assert_true(has_text(&b, "\r\nContent-Type: text/plain; charset=us-ascii; hp=\"cipher\"\r\n"
                              "\r\nbody\r\n"));
     assert_true(all_crlf(b.data, b.len));
     buf_reset(&b);
     /* a trailing ';' or white space, and a header with no line end at all */
     m = "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"x\"; ";
-    assert_int_equal(pgpmime_inner(m, strlen(m), false, &b), 0);
+    assert_int_equal(pgpmime_inner(m, strlen(m), 0, &b), 0);
     assert_true(has_text(&b, "\r\nContent-Type: multipart/mixed; boundary=\"x\"; hp=\"cipher\"\r\n"
                              "\r\n"));
     assert_int_equal(b.data[b.len - 1], '\n');
@@ -207,7 +208,7 @@ static void test_pgpmime_inner_content_type(void **state)
     buf_reset(&b);
     /* bare LFs become CRLF in the header; the body is left alone */
     m = "From: a@example.org\nSubject: x\n y\n\nbare\nlf\n";
-    assert_int_equal(pgpmime_inner(m, strlen(m), false, &b), 0);
+    assert_int_equal(pgpmime_inner(m, strlen(m), 0, &b), 0);
     size_t h = header_len(&b);
     assert_true(all_crlf(b.data, h));
     assert_true(has_text(&b, "\r\nSubject: x\r\n y\r\n"));
@@ -221,10 +222,10 @@ static void test_pgpmime_no_header(void **state)
     buf_t b;
     buf_init(&b);
     assert_int_equal(buf_append(&b, "keep", 4), 0);
-    assert_int_equal(pgpmime_inner("", 0, false, &b), -1);
-    assert_int_equal(pgpmime_inner("\r\nbody\r\n", 8, false, &b), -1);
-    assert_int_equal(pgpmime_inner("no field here\r\n\r\nbody", 21, true, &b), -1);
-    assert_int_equal(pgpmime_outer("\r\nbody\r\n", 8, armor, sizeof armor - 1, false, &b), -1);
+    assert_int_equal(pgpmime_inner("", 0, 0, &b), -1);
+    assert_int_equal(pgpmime_inner("\r\nbody\r\n", 8, 0, &b), -1);
+    assert_int_equal(pgpmime_inner("no field here\r\n\r\nbody", 21, PGPMIME_HIDE_SUBJECT, &b), -1);
+    assert_int_equal(pgpmime_outer("\r\nbody\r\n", 8, armor, sizeof armor - 1, 0, &b), -1);
     assert_int_equal(b.len, 4); /* out as it was */
     assert_string_equal(b.data, "keep");
     buf_free(&b);
@@ -279,8 +280,9 @@ static void test_pgpmime_outer(void **state)
     for (int hide = 0; hide < 2; hide++) {
         buf_t b;
         buf_init(&b);
-        assert_int_equal(
-            pgpmime_outer(sample, sizeof sample - 1, armor, sizeof armor - 1, hide, &b), 0);
+        assert_int_equal(pgpmime_outer(sample, sizeof sample - 1, armor, sizeof armor - 1,
+                                       hide ? PGPMIME_HIDE_SUBJECT : 0, &b),
+                         0);
         assert_true(all_crlf(b.data, b.len));
         size_t h = header_len(&b);
         /* trace first, in its order, then the fields delivery and threading need */
@@ -293,7 +295,8 @@ static void test_pgpmime_outer(void **state)
             "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
             "Message-ID: <m1@example.org>\r\n"
             "In-Reply-To: <m0@example.org>\r\n"
-            "References: <m-1@example.org>\r\n <m0@example.org>\r\n";
+            "References: <m-1@example.org>\r\n <m0@example.org>\r\n"
+            "Reply-To: r@example.org\r\n";
         assert_memory_equal(b.data, want_start, strlen(want_start));
         const char *rest = b.data + strlen(want_start);
         const char *subject = hide ? "Subject: [...]\r\n" : "Subject: a folded\r\n subject\r\n";
@@ -329,21 +332,196 @@ static void test_pgpmime_outer_subject(void **state)
     buf_t b;
     buf_init(&b);
     /* no Subject: none outside, unless hiding (then nobody learns it was empty) */
-    assert_int_equal(pgpmime_outer(m, strlen(m), armor, sizeof armor - 1, false, &b), 0);
+    assert_int_equal(pgpmime_outer(m, strlen(m), armor, sizeof armor - 1, 0, &b), 0);
     assert_false(has_text(&b, "Subject"));
     buf_reset(&b);
-    assert_int_equal(pgpmime_outer(m, strlen(m), armor, sizeof armor - 1, true, &b), 0);
+    assert_int_equal(pgpmime_outer(m, strlen(m), armor, sizeof armor - 1, PGPMIME_HIDE_SUBJECT, &b),
+                     0);
     assert_true(has_text(&b, "\r\nSubject: [...]\r\n"));
     buf_reset(&b);
-    assert_int_equal(pgpmime_inner(m, strlen(m), true, &b), 0);
+    assert_int_equal(pgpmime_inner(m, strlen(m), PGPMIME_HIDE_SUBJECT, &b), 0);
     assert_true(has_text(&b, "\r\nHP-Outer: Subject: [...]\r\n"));
     assert_int_equal(count_text(b.data, b.len, "Subject"), 1);
     buf_reset(&b);
     /* an armor with CRLF already, or none at all, still ends in CRLF */
     const char crlf_armor[] = "-----BEGIN PGP MESSAGE-----\r\n\r\nx\r\n-----END PGP MESSAGE-----";
-    assert_int_equal(pgpmime_outer(m, strlen(m), crlf_armor, sizeof crlf_armor - 1, false, &b), 0);
+    assert_int_equal(pgpmime_outer(m, strlen(m), crlf_armor, sizeof crlf_armor - 1, 0, &b), 0);
     assert_true(all_crlf(b.data, b.len));
     assert_true(has_text(&b, "x\r\n-----END PGP MESSAGE-----\r\n\r\n--"));
+    buf_free(&b);
+}
+
+/* What software on the way acts on stays outside, verbatim and in its order;
+ * it is protected inside as well, and recorded in HP-Outer. */
+static void test_pgpmime_outer_keeps_what_mail_software_reads(void **state)
+{
+    (void)state;
+    const char m[] = "From: news@list.example\r\n"
+                     "To: a@example.org\r\n"
+                     "Subject: weekly\r\n"
+                     "List-Id: Weekly news <weekly.list.example>\r\n"
+                     "List-Unsubscribe: <https://list.example/u/123>,\r\n"
+                     " <mailto:unsub@list.example?subject=123>\r\n"
+                     "Sender: bounces@list.example\r\n"
+                     "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+                     "Auto-Submitted: auto-generated\r\n"
+                     "Precedence: bulk\r\n"
+                     "Reply-To: help@list.example\r\n"
+                     "Listed: stays inside\r\n"
+                     "List-: stays inside too\r\n"
+                     "Keywords: inside only\r\n"
+                     "\r\nbody\r\n";
+    buf_t b;
+    buf_init(&b);
+    assert_int_equal(
+        pgpmime_outer(m, sizeof m - 1, armor, sizeof armor - 1, PGPMIME_HIDE_SUBJECT, &b), 0);
+    size_t h = header_len(&b);
+    const char *want = "From: news@list.example\r\n"
+                       "To: a@example.org\r\n"
+                       "Reply-To: help@list.example\r\n"
+                       "Sender: bounces@list.example\r\n"
+                       "Auto-Submitted: auto-generated\r\n"
+                       "Precedence: bulk\r\n"
+                       "List-Id: Weekly news <weekly.list.example>\r\n"
+                       "List-Unsubscribe: <https://list.example/u/123>,\r\n"
+                       " <mailto:unsub@list.example?subject=123>\r\n"
+                       "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+                       "Subject: [...]\r\n"
+                       "MIME-Version: 1.0\r\n";
+    assert_true(h > strlen(want));
+    assert_memory_equal(b.data, want, strlen(want));
+    assert_null(memmem(b.data, h, "inside", 6));
+    buf_reset(&b);
+    assert_int_equal(pgpmime_inner(m, sizeof m - 1, PGPMIME_HIDE_SUBJECT, &b), 0);
+    h = header_len(&b);
+    assert_true(has_text(&b, "\r\nHP-Outer: List-Unsubscribe: <https://list.example/u/123>,\r\n"
+                             " <mailto:unsub@list.example?subject=123>\r\n"));
+    assert_true(has_text(&b, "\r\nHP-Outer: Precedence: bulk\r\n"));
+    assert_true(has_text(&b, "\r\nPrecedence: bulk\r\n"));
+    assert_true(has_text(&b, "\r\nListed: stays inside\r\n"));
+    assert_false(has_text(&b, "HP-Outer: Listed"));
+    assert_false(has_text(&b, "HP-Outer: List-:"));
+    assert_int_equal(count_text(b.data, h, "HP-Outer:"), 10);
+    buf_free(&b);
+}
+
+/* The boundary of a multipart Content-Type value that starts at p. */
+static void part_boundary(const char *p, size_t n, char *out, size_t outlen)
+{
+    const char *q = memmem(p, n, "boundary=\"", 10);
+    assert_non_null(q);
+    q += 10;
+    const char *end = memchr(q, '"', n - (size_t)(q - p));
+    assert_non_null(end);
+    assert_true((size_t)(end - q) < outlen);
+    memcpy(out, q, (size_t)(end - q));
+    out[end - q] = 0;
+}
+
+static void test_pgpmime_legacy_display(void **state)
+{
+    (void)state;
+    unsigned both = PGPMIME_HIDE_SUBJECT | PGPMIME_LEGACY_DISPLAY;
+    buf_t b;
+    buf_init(&b);
+    assert_int_equal(pgpmime_inner(sample, sizeof sample - 1, both, &b), 0);
+    size_t h = header_len(&b);
+    assert_true(all_crlf(b.data, h));
+    /* the payload: a multipart/mixed marked both ways */
+    const char *ct = memmem(b.data, h, "\r\nContent-Type: multipart/mixed; boundary=\"", 43);
+    assert_non_null(ct);
+    char boundary[64], want[2048];
+    part_boundary(ct, h - (size_t)(ct - b.data), boundary, sizeof boundary);
+    snprintf(want, sizeof want,
+             "\r\nContent-Type: multipart/mixed; boundary=\"%s\";\r\n"
+             " hp=\"cipher\"; protected-headers=\"v1\"\r\n\r\n",
+             boundary);
+    assert_int_equal(count_text(b.data, h, "Content-"), 1);
+    assert_memory_equal(b.data + h - strlen(want), want, strlen(want));
+    /* the legacy display element, then the original body under its own fields */
+    snprintf(want, sizeof want,
+             "--%s\r\n"
+             "Content-Type: text/plain; charset=us-ascii; hp-legacy-display=\"1\";\r\n"
+             " protected-headers=\"v1\"\r\n"
+             "Content-Disposition: inline\r\n"
+             "\r\n"
+             "Subject: a folded\r\n subject\r\n"
+             "Keywords: secret plans\r\n"
+             "\r\n"
+             "\r\n--%s\r\n"
+             "Content-Type: text/plain;\r\n\tcharset=\"utf-8\"\r\n"
+             "Content-Transfer-Encoding: 8bit\r\n"
+             "Content-Disposition: inline\r\n"
+             "\r\n",
+             boundary, boundary);
+    size_t wl = strlen(want);
+    assert_true(b.len - h > wl);
+    assert_memory_equal(b.data + h, want, wl);
+    assert_memory_equal(b.data + h + wl, SAMPLE_BODY, sizeof SAMPLE_BODY - 1);
+    snprintf(want, sizeof want, "\r\n--%s--\r\n", boundary);
+    assert_int_equal(b.len - h - wl - (sizeof SAMPLE_BODY - 1), strlen(want));
+    assert_memory_equal(b.data + b.len - strlen(want), want, strlen(want));
+    assert_false(has_text(&b, "hidden"));
+    buf_reset(&b);
+    /* nothing hidden outside: no element, only the marker */
+    const char m[] =
+        "From: a@example.org\r\nSubject: open\r\nContent-Type: text/plain\r\n\r\nbody\r\n";
+    assert_int_equal(pgpmime_inner(m, sizeof m - 1, PGPMIME_LEGACY_DISPLAY, &b), 0);
+    assert_true(has_text(&b, "\r\nContent-Type: text/plain; hp=\"cipher\";\r\n"
+                             " protected-headers=\"v1\"\r\n\r\nbody\r\n"));
+    assert_false(has_text(&b, "multipart"));
+    buf_reset(&b);
+    /* a UTF-8 Subject (SMTPUTF8) says so; no Content-Type gives the part none */
+    const char u[] = "From: a@example.org\r\nSubject: Gr\xc3\xbc\xc3\x9f"
+                     "e\r\n\r\nbody";
+    assert_int_equal(pgpmime_inner(u, sizeof u - 1, both, &b), 0);
+    assert_true(has_text(&b,
+                         "charset=utf-8; hp-legacy-display=\"1\";\r\n protected-headers=\"v1\"\r\n"
+                         "Content-Transfer-Encoding: 8bit\r\n"));
+    assert_true(has_text(&b, "\r\n\r\nSubject: Gr\xc3\xbc\xc3\x9f"
+                             "e\r\n\r\n\r\n--"));
+    part_boundary(b.data, b.len, boundary, sizeof boundary);
+    snprintf(want, sizeof want, "\r\n--%s\r\n\r\nbody\r\n--%s--\r\n", boundary, boundary);
+    assert_true(b.len > strlen(want));
+    assert_memory_equal(b.data + b.len - strlen(want), want, strlen(want));
+    buf_free(&b);
+}
+
+static void test_pgpmime_without_blind(void **state)
+{
+    (void)state;
+    const char m[] = "From: a@example.org\r\n"
+                     "Bcc: secret@x.test,\r\n"
+                     "\tother@x.test\r\n"
+                     "To: b@example.org\r\n"
+                     "bcc: lower@x.test\r\n"
+                     "no field line\r\n"
+                     "BCC : obsolete@x.test\r\n"
+                     "Resent-Bcc: resent@x.test\r\n"
+                     "Bcc-Note: not a Bcc\r\n"
+                     "Subject: s\r\n"
+                     "\r\n"
+                     "Bcc: in the body stays\r\n";
+    const char want[] = "From: a@example.org\r\n"
+                        "To: b@example.org\r\n"
+                        "no field line\r\n"
+                        "Bcc-Note: not a Bcc\r\n"
+                        "Subject: s\r\n"
+                        "\r\n"
+                        "Bcc: in the body stays\r\n";
+    assert_true(pgpmime_has_blind(m, sizeof m - 1));
+    buf_t b;
+    buf_init(&b);
+    assert_int_equal(pgpmime_without_blind(m, sizeof m - 1, &b), 0);
+    assert_int_equal(b.len, sizeof want - 1);
+    assert_memory_equal(b.data, want, sizeof want - 1);
+    assert_false(pgpmime_has_blind(b.data, b.len));
+    /* a Bcc last, with no line end and no body */
+    const char last[] = "To: b@example.org\r\nBcc: x@x.test";
+    buf_reset(&b);
+    assert_int_equal(pgpmime_without_blind(last, sizeof last - 1, &b), 0);
+    assert_string_equal(b.data, "To: b@example.org\r\n");
+    assert_false(pgpmime_has_blind(want, sizeof want - 1));
     buf_free(&b);
 }
 
@@ -645,13 +823,12 @@ static void test_keydir_versions_and_decisions(void **state)
     assert_int_equal(keydir_policy(NULL, "bogus", ENC_POLICY_NEVER), ENC_POLICY_NEVER);
 }
 
-/* Without any key, the gateway only seals: one variant, the original. */
-static void test_gateway_without_keys_seals_the_original(void **state)
+/* Runs the gateway over msg for two keyless recipients: it only seals, one
+ * variant for both, which must open to want. */
+static void check_clear_copy(const char *msg, const char *want)
 {
-    (void)state;
     char err[256];
     seal_keyring_t *k = seal_keyring_load(KEY_A, NULL, err, sizeof err);
-    const char msg[] = "To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n";
     gateway_rcpt_t rcpts[2] = {{.addr = "a@x.test"}, {.addr = "b@x.test"}};
     gateway_job_t job = {
         .mid = "m", .msg = msg, .len = strlen(msg), .rcpts = rcpts, .n_rcpts = 2, .seal = k};
@@ -664,10 +841,27 @@ static void test_gateway_without_keys_seals_the_original(void **state)
     buf_init(&plain);
     assert_int_equal(
         seal_open(k, "m:0", job.variants[0].data, job.variants[0].len, &plain, err, sizeof err), 0);
-    assert_memory_equal(plain.data, msg, strlen(msg));
+    assert_int_equal(plain.len, strlen(want));
+    assert_memory_equal(plain.data, want, strlen(want));
     buf_free(&plain);
     gateway_job_release(&job);
     seal_keyring_free(k);
+}
+
+/* Without any key, the gateway only seals: one variant, the original. */
+static void test_gateway_without_keys_seals_the_original(void **state)
+{
+    (void)state;
+    const char msg[] = "To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n";
+    check_clear_copy(msg, msg);
+}
+
+/* The clear copy keeps no Bcc: it would name the blind recipients to all. */
+static void test_gateway_clear_copy_has_no_bcc(void **state)
+{
+    (void)state;
+    check_clear_copy("To: a@x.test\r\nBcc: b@x.test,\r\n c@x.test\r\nSubject: s\r\n\r\nbody\r\n",
+                     "To: a@x.test\r\nSubject: s\r\n\r\nbody\r\n");
 }
 
 int main(void)
@@ -683,6 +877,9 @@ int main(void)
         cmocka_unit_test(test_pgpmime_no_header),
         cmocka_unit_test(test_pgpmime_outer),
         cmocka_unit_test(test_pgpmime_outer_subject),
+        cmocka_unit_test(test_pgpmime_outer_keeps_what_mail_software_reads),
+        cmocka_unit_test(test_pgpmime_legacy_display),
+        cmocka_unit_test(test_pgpmime_without_blind),
         cmocka_unit_test(test_pgpmime_is_encrypted),
         cmocka_unit_test(test_seal_round_trip_and_binding),
         cmocka_unit_test(test_seal_rotation_and_unknown_keys),
@@ -691,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_addr_canon),
         cmocka_unit_test(test_keydir_versions_and_decisions),
         cmocka_unit_test(test_gateway_without_keys_seals_the_original),
+        cmocka_unit_test(test_gateway_clear_copy_has_no_bcc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
