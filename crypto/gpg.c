@@ -280,13 +280,20 @@ out:
 
 /* Keys a thread has imported, by fingerprint and a digest of the data they
  * came from: a hit costs no gpg process (a lookup would cost one, as much as
- * the encryption itself); new data for a fingerprint is imported again. */
+ * the encryption itself); new data for a fingerprint is imported again.
+ *
+ * The thread's home holds exactly the keys its cache lists. gpg merges an
+ * import into the key the keyring already has, so new data for a
+ * fingerprint would keep every subkey of the old (one the operator dropped
+ * as compromised, say), and gpg encrypts to the newest of them: a warm
+ * thread would go on using what a fresh one never sees. So a key leaves the
+ * home before its new data comes in, and when its slot goes to another. */
 #define KEY_CACHE 64
 
 struct cached_key {
     char fpr[CRYPTO_FPR_MAX + 1];
     unsigned char digest[16];
-    gpgme_key_t key;
+    gpgme_key_t key; /* NULL: a free slot, nothing of it in the home */
 };
 
 struct gpg_thread {
@@ -316,33 +323,63 @@ static struct gpg_thread *thread_home(const char *parent, char *err, size_t errl
     return t;
 }
 
-/* The key with this fingerprint in the thread's home, imported from the
- * directory's copy the first time. */
-static void key_remember(struct gpg_thread *t, const char *fpr, const unsigned char digest[16],
-                         gpgme_key_t key)
+/* Whether the home still holds a key with this fingerprint. */
+static bool key_present(struct gpg_thread *t, const char *fpr)
 {
-    struct cached_key *c = &t->keys[t->next];
-    t->next = (t->next + 1) % KEY_CACHE;
-    if (c->key) gpgme_key_unref(c->key);
-    snprintf(c->fpr, sizeof c->fpr, "%s", fpr);
-    memcpy(c->digest, digest, sizeof c->digest);
-    gpgme_key_ref(key);
-    c->key = key;
+    gpgme_key_t key = NULL;
+    gpgme_error_t e = gpgme_get_key(t->ctx, fpr, &key, 0);
+    if (key) gpgme_key_unref(key);
+    return !e || gpgme_err_code(e) != GPG_ERR_EOF;
 }
 
+/* Takes the slot's key out of the home and frees the slot. */
+static int slot_clear(struct gpg_thread *t, struct cached_key *c, char *err, size_t errlen)
+{
+    if (!c->key) return 0;
+    gpgme_error_t e = gpgme_op_delete_ext(t->ctx, c->key, GPGME_DELETE_FORCE);
+    gpgme_key_unref(c->key);
+    c->key = NULL;
+    if (e && key_present(t, c->fpr)) {
+        snprintf(err, errlen, "key %s: cannot take it out of the GnuPG home: %s", c->fpr,
+                 gpgme_strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+/* The slot for a fingerprint: its own, else the next to reuse; *hit when
+ * the slot already holds this very data. */
+static struct cached_key *slot_for(struct gpg_thread *t, const char *fpr,
+                                   const unsigned char digest[16], bool *hit)
+{
+    for (unsigned i = 0; i < KEY_CACHE; i++) {
+        struct cached_key *c = &t->keys[i];
+        if (c->key && !strcmp(c->fpr, fpr)) {
+            *hit = !memcmp(c->digest, digest, sizeof c->digest);
+            return c;
+        }
+    }
+    *hit = false;
+    struct cached_key *c = &t->keys[t->next];
+    t->next = (t->next + 1) % KEY_CACHE;
+    return c;
+}
+
+/* The key with this fingerprint in the thread's home, imported from the
+ * directory's copy when the home has not got this very data. */
 static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k, char *err,
                                size_t errlen)
 {
     unsigned char digest[16];
     crypto_generichash(digest, sizeof digest, (const unsigned char *)k->armored, k->armored_len,
                        NULL, 0);
-    for (unsigned i = 0; i < KEY_CACHE; i++) {
-        struct cached_key *c = &t->keys[i];
-        if (c->key && !strcmp(c->fpr, k->fpr) && !memcmp(c->digest, digest, sizeof digest)) {
-            gpgme_key_ref(c->key);
-            return c->key;
-        }
+    bool hit;
+    struct cached_key *c = slot_for(t, k->fpr, digest, &hit);
+    if (hit) {
+        gpgme_key_ref(c->key);
+        return c->key;
     }
+    if (slot_clear(t, c, err, errlen) < 0) return NULL;
     gpgme_key_t key = NULL;
     gpgme_data_t in = NULL;
     gpgme_error_t e = gpgme_data_new_from_mem(&in, k->armored, k->armored_len, 0);
@@ -353,12 +390,17 @@ static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k,
         snprintf(err, errlen, "key %s: %s", k->fpr, e ? gpgme_strerror(e) : "not in its data");
         return NULL;
     }
-    if (key_unusable_now(key)) {
-        snprintf(err, errlen, "key %s: %s", k->fpr, key_unusable_now(key));
-        gpgme_key_unref(key);
+    snprintf(c->fpr, sizeof c->fpr, "%s", k->fpr);
+    memcpy(c->digest, digest, sizeof c->digest);
+    c->key = key; /* listed, so that it leaves the home with its slot */
+    const char *why = key_unusable_now(key);
+    if (why) {
+        snprintf(err, errlen, "key %s: %s", k->fpr, why);
+        char ignored[8];
+        slot_clear(t, c, ignored, sizeof ignored);
         return NULL;
     }
-    key_remember(t, k->fpr, digest, key);
+    gpgme_key_ref(key);
     return key;
 }
 
