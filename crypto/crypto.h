@@ -108,6 +108,14 @@ int crypto_keys_inspect(const char *data, size_t len, const char *parent,
  * parent (or $TMPDIR), and its removal with everything in it. */
 int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen);
 void crypto_homes_remove(const char *dir);
+/* Whether GnuPG homes can be made: dir (crypto_homes_create's, made again
+ * when it has vanished) is a directory of ours closed to others; with dir
+ * "" or NULL, whether parent (or $TMPDIR) takes a new one. -1 with why not.
+ * A few system calls: fine on an event loop. */
+int crypto_homes_check(const char *parent, const char *dir, char *err, size_t errlen);
+/* How often a thread's home has been made again since the start (it had
+ * vanished, or gpg left it in doubt). */
+unsigned crypto_homes_remade(void);
 
 /* A recipient key as the directory holds it. */
 typedef struct crypto_rcpt_key {
@@ -117,8 +125,9 @@ typedef struct crypto_rcpt_key {
 } crypto_rcpt_key_t;
 
 /* Appends plain encrypted to all the keys, ASCII-armored, to armor. Runs gpg
- * in the calling thread's own GnuPG home under homes (made on first use): call
- * it from thread-pool threads, never the event loop. */
+ * in the calling thread's own GnuPG home under homes (made on first use, and
+ * again, homes too, when it has vanished): call it from thread-pool threads,
+ * never the event loop. */
 int crypto_encrypt(const char *homes, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
                    size_t len, buf_t *armor, char *err, size_t errlen);
 

@@ -79,14 +79,46 @@ static gpgme_ctx_t context_for(const char *home, char *err, size_t errlen)
     return ctx;
 }
 
-int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen)
+static const char *homes_base(const char *parent)
 {
     const char *base = parent && parent[0] ? parent : getenv("TMPDIR");
-    if (!base || !base[0]) base = "/tmp";
+    return base && base[0] ? base : "/tmp";
+}
+
+int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen)
+{
+    const char *base = homes_base(parent);
     int n = snprintf(out, outlen, "%s/sealpost-gnupg-XXXXXX", base);
     if (n < 0 || (size_t)n >= outlen || !mkdtemp(out)) {
         snprintf(err, errlen, "cannot create a private directory under %s: %s", base,
                  strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The name is known (logs, ps), so what stands there after the directory
+ * vanished may be someone else's: only a directory of ours that nobody
+ * else may enter is used. */
+int crypto_homes_check(const char *parent, const char *dir, char *err, size_t errlen)
+{
+    if (!dir || !dir[0]) { /* none made yet: whether one can be */
+        const char *base = homes_base(parent);
+        if (access(base, W_OK | X_OK) < 0) {
+            snprintf(err, errlen, "cannot create GnuPG homes under %s: %s", base, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    struct stat st;
+    if (lstat(dir, &st) < 0 &&
+        (errno != ENOENT || (mkdir(dir, 0700) < 0 && errno != EEXIST) || lstat(dir, &st) < 0)) {
+        snprintf(err, errlen, "cannot re-create the GnuPG homes' directory %s: %s", dir,
+                 strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+        snprintf(err, errlen, "%s is not the GnuPG homes' private directory any more", dir);
         return -1;
     }
     return 0;
@@ -297,29 +329,75 @@ struct cached_key {
 };
 
 struct gpg_thread {
-    gpgme_ctx_t ctx;
+    gpgme_ctx_t ctx; /* NULL: the home is to be made (again) */
+    char parent[PATH_MAX];
     char home[PATH_MAX];
     struct cached_key keys[KEY_CACHE];
     unsigned next; /* the slot replaced next */
+    bool unlisted; /* the home may hold a key no slot lists: made again before use */
 };
 
 static _Thread_local struct gpg_thread *this_thread;
 static atomic_uint threads_made;
+static atomic_uint homes_remade;
 
+unsigned crypto_homes_remade(void)
+{
+    return atomic_load(&homes_remade);
+}
+
+/* Makes the thread's home afresh, its parent too when it has gone: the keys
+ * went with the old one, so the cache is emptied. */
+static int home_remake(struct gpg_thread *t, char *err, size_t errlen)
+{
+    if (t->ctx) {
+        gpgme_release(t->ctx);
+        t->ctx = NULL;
+        atomic_fetch_add(&homes_remade, 1);
+    }
+    for (unsigned i = 0; i < KEY_CACHE; i++) {
+        if (t->keys[i].key) gpgme_key_unref(t->keys[i].key);
+        t->keys[i].key = NULL;
+    }
+    t->unlisted = false;
+    crypto_homes_remove(t->home);
+    if (crypto_homes_check(NULL, t->parent, err, errlen) < 0 ||
+        home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen)))
+        return -1;
+    return 0;
+}
+
+/* Whether the home is still as made: a cleaner of temporary files may have
+ * removed it, its parent, or files in it. Two stat calls; a gpg process
+ * costs a thousand times more. */
+static bool home_intact(const struct gpg_thread *t)
+{
+    char path[PATH_MAX + 16];
+    struct stat st;
+    bool any_key = false;
+    for (unsigned i = 0; i < KEY_CACHE && !any_key; i++)
+        any_key = t->keys[i].key != NULL;
+    snprintf(path, sizeof path, "%s/gpg.conf", t->home);
+    if (!t->ctx || t->unlisted || stat(path, &st) < 0) return false;
+    snprintf(path, sizeof path, "%s/pubring.kbx", t->home);
+    return !any_key || stat(path, &st) == 0;
+}
+
+/* The calling thread's GnuPG home, made on first use and again whenever it
+ * is not intact. */
 static struct gpg_thread *thread_home(const char *parent, char *err, size_t errlen)
 {
-    if (this_thread) return this_thread;
-    struct gpg_thread *t = calloc(1, sizeof *t);
+    struct gpg_thread *t = this_thread;
     if (!t) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
+        if (!(t = calloc(1, sizeof *t))) {
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+        snprintf(t->parent, sizeof t->parent, "%s", parent);
+        snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
+        this_thread = t;
     }
-    snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
-    if (home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen))) {
-        free(t);
-        return NULL;
-    }
-    this_thread = t;
+    if (!home_intact(t) && home_remake(t, err, errlen) < 0) return NULL;
     return t;
 }
 
@@ -340,6 +418,7 @@ static int slot_clear(struct gpg_thread *t, struct cached_key *c, char *err, siz
     gpgme_key_unref(c->key);
     c->key = NULL;
     if (e && key_present(t, c->fpr)) {
+        t->unlisted = true;
         snprintf(err, errlen, "key %s: cannot take it out of the GnuPG home: %s", c->fpr,
                  gpgme_strerror(e));
         return -1;
@@ -404,11 +483,9 @@ static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k,
     return key;
 }
 
-int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
-                   size_t len, buf_t *armor, char *err, size_t errlen)
+static int encrypt_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *keys, unsigned n,
+                           const char *plain, size_t len, buf_t *armor, char *err, size_t errlen)
 {
-    struct gpg_thread *t = thread_home(parent, err, errlen);
-    if (!t) return -1;
     gpgme_key_t *list = calloc((size_t)n + 1, sizeof(gpgme_key_t)); /* NULL-terminated */
     if (!list) {
         snprintf(err, errlen, "out of memory");
@@ -441,5 +518,20 @@ int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n
     for (unsigned i = 0; i < got; i++)
         gpgme_key_unref(list[i]);
     free(list);
+    return rc;
+}
+
+/* A home that went while gpg used it is made again, and the encryption
+ * tried once more: the first failure was the home's, not the message's. */
+int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
+                   size_t len, buf_t *armor, char *err, size_t errlen)
+{
+    struct gpg_thread *t = thread_home(parent, err, errlen);
+    if (!t) return -1;
+    int rc = encrypt_in_home(t, keys, n, plain, len, armor, err, errlen);
+    if (rc < 0 && !home_intact(t)) {
+        if (home_remake(t, err, errlen) < 0) return -1;
+        rc = encrypt_in_home(t, keys, n, plain, len, armor, err, errlen);
+    }
     return rc;
 }

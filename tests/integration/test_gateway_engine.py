@@ -3,10 +3,14 @@ recipient's key replaced while the pool threads are warm, the GnuPG homes
 removed by a cleaner of temporary files, a gpg that hangs. Each copy is
 checked with gpg and with sq, with nothing but the recipient's secret key."""
 import concurrent.futures
+import shutil
+import smtplib
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 from pgp import Person, gpg, recipient_key_ids
 from test_gateway import check_pgp_mime, import_keys, keys, message, submit
 
@@ -47,8 +51,51 @@ def seen_version(stack, ingress):
              what=f"the ingress to see version {version} of the directory")
 
 
-def start(stack, monkeypatch, base, extra=""):
-    monkeypatch.setenv("UV_THREADPOOL_SIZE", str(THREADS))
+def readyz(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def send_one(stack, rcpt, subject):
+    """One message; (code, reply) of its end of data, 451 included."""
+    with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=60) as c:
+        c.ehlo()
+        c.mail("sender@origin.test", ["BODY=8BITMIME"])
+        code, msg = c.rcpt(rcpt)
+        assert code == 250, (code, msg)
+        try:
+            code, msg = c.data(message(rcpt, subject=subject))
+        except smtplib.SMTPDataError as e:
+            code, msg = e.smtp_code, e.smtp_error
+        return code, msg.decode()
+
+
+def delivered(stack, n):
+    """The n-th copy the next hop got (the Subject is hidden: send one at a
+    time and count)."""
+    wait_for(lambda: stack.sink.count() >= n, what=f"copy {n}")
+    assert stack.sink.count() == n
+    return stack.sink.messages[n - 1][2]
+
+
+def opens_for(person, key_file, content):
+    armor = check_pgp_mime(content)
+    return b"Subject:" in person.decrypt(armor) and sq_decrypts(key_file, armor)
+
+
+def start(stack, monkeypatch, base, extra="", threads=THREADS):
+    monkeypatch.setenv("UV_THREADPOOL_SIZE", str(threads))
     monkeypatch.setenv("SEALPOST_LOG_LEVEL", "debug")  # event=keys_changed
     ingress = stack.ingress(f"[crypto]\nhome_dir = {base}\n{extra}")
     stack.worker()
@@ -99,3 +146,54 @@ def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch):
         assert recipient_key_ids(tmp_path, armor) == sorted(bob_b.subkey_ids + [kept])
         assert bob_b.decrypt(armor) and sq_decrypts(key_b, armor)
         assert bob_a.cannot_decrypt(armor) and not sq_decrypts(key_a, armor)
+
+
+def test_vanished_homes_are_made_again_or_the_node_is_not_ready(stack, tmp_path, monkeypatch):
+    bob = Person(tmp_path / "people", "bob", "bob@example.test")
+    import_keys(stack, bob)
+    key_file = secret_key(bob, tmp_path / "bob.key")
+    base = tmp_path / "homes"
+    base.mkdir()
+    port = free_port()
+    # One thread: the message after the cleaner finds the home it made.
+    start(stack, monkeypatch, base, f"[metrics]\nlisten = 127.0.0.1:{port}\n", threads=1)
+    assert send_one(stack, "bob@example.test", "before")[0] == 250
+    assert opens_for(bob, key_file, delivered(stack, 1))
+    (parent,) = base.glob("sealpost-gnupg-*")
+    assert readyz(port)[0] == 200
+
+    # A cleaner of temporary files takes the homes: the next message is
+    # encrypted all the same, in homes made again.
+    shutil.rmtree(parent)
+    code, reply = send_one(stack, "bob@example.test", "after the cleaner")
+    assert code == 250, reply
+    assert opens_for(bob, key_file, delivered(stack, 2))
+    assert parent.is_dir() and homes(base)
+    wait_for(lambda: metric(port, "sealpost_ingress_gnupg_homes_remade_total") >= 1,
+             what="the home made again to be counted")
+
+    # Something else in the directory's place: no home can be made. The node
+    # says so, and mail to a keyed recipient gets 451, never clear text.
+    for _ in range(100):  # the ingress makes the directory again as soon as it sees it gone
+        shutil.rmtree(parent, ignore_errors=True)
+        try:
+            parent.write_text("not a directory")
+            break
+        except IsADirectoryError:
+            continue
+    wait_for(lambda: readyz(port)[0] == 503, what="/readyz to say not ready")
+    code, body = readyz(port)
+    assert str(parent) in body and "not ready" in body, body
+    code, reply = send_one(stack, "bob@example.test", "while broken")
+    assert code == 451 and reply.startswith("4.7.0"), (code, reply)
+    # Mail for a recipient without a key needs no home.
+    assert send_one(stack, "dave@example.test", "keyless")[0] == 250
+    delivered(stack, 3)
+
+    parent.unlink()
+    wait_for(lambda: readyz(port)[0] == 200, what="/readyz to recover")
+    code, reply = send_one(stack, "bob@example.test", "repaired")
+    assert code == 250, reply
+    assert opens_for(bob, key_file, delivered(stack, 4))
+    assert [rcpts for _, rcpts, _ in stack.sink.messages] == [["bob@example.test"]] * 2 + [
+        ["dave@example.test"], ["bob@example.test"]]
