@@ -77,8 +77,14 @@ int seal_key_new(const char *id, char *out, size_t outlen);
 
 #define CRYPTO_FPR_MAX 64 /* hex digits of a v5 fingerprint; v4 has 40 */
 
-/* Once, from the main thread, before any other call below. */
+/* Once, from the main thread, before any other call below. The gpg run is
+ * $SEALPOST_GPG_PROGRAM when set (tests, odd installs), else GPGME's. */
 int crypto_gpg_init(char *err, size_t errlen);
+/* How long one encryption's gpg may take ([crypto] engine_timeout, 10 s
+ * unless told): past it, gpg is killed and crypto_encrypt fails with
+ * CRYPTO_TIMED_OUT. Before the first crypto_encrypt. */
+void crypto_engine_timeout(unsigned seconds);
+#define CRYPTO_TIMED_OUT (-2)
 
 /* The canonical form of an address in the key directory: the domain in
  * lower case; the local part too when case_insensitive; "+detail" dropped
@@ -183,6 +189,7 @@ typedef struct gateway_job {
     const seal_keyring_t *seal;
     unsigned max_bcc_copies; /* ciphertexts of their own for Bcc recipients; 0: no limit */
     bool too_many_copies;    /* out: failed for max_bcc_copies, which no retry changes */
+    bool timed_out;          /* out: failed for gpg's deadline (crypto_engine_timeout) */
     buf_t *variants;         /* out: the sealed bodies, variant n at [n] */
     unsigned n_variants;
     enum gateway_outcome outcome;

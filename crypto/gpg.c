@@ -10,10 +10,14 @@
  * always-trust. */
 #include "crypto/crypto.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <gpgme.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,13 +35,20 @@ static const char gpg_conf[] = "auto-key-locate local\n"
                                "no-greeting\n"
                                "no-permission-warning\n";
 
+/* The gpg GPGME runs: $SEALPOST_GPG_PROGRAM, else GPGME's own choice (NULL). */
+static const char *gpg_program;
+
 int crypto_gpg_init(char *err, size_t errlen)
 {
     if (!gpgme_check_version(NULL)) {
         snprintf(err, errlen, "GPGME failed to initialise");
         return -1;
     }
-    gpgme_error_t e = gpgme_engine_check_version(GPGME_PROTOCOL_OpenPGP);
+    const char *program = getenv("SEALPOST_GPG_PROGRAM");
+    gpg_program = program && program[0] ? program : NULL;
+    gpgme_error_t e =
+        gpg_program ? gpgme_set_engine_info(GPGME_PROTOCOL_OpenPGP, gpg_program, NULL) : 0;
+    if (!e) e = gpgme_engine_check_version(GPGME_PROTOCOL_OpenPGP);
     if (e) {
         snprintf(err, errlen, "no usable gpg for GPGME: %s (install the gpg package)",
                  gpgme_strerror(e));
@@ -68,7 +79,7 @@ static gpgme_ctx_t context_for(const char *home, char *err, size_t errlen)
     gpgme_ctx_t ctx = NULL;
     gpgme_error_t e = gpgme_new(&ctx);
     if (!e) e = gpgme_set_protocol(ctx, GPGME_PROTOCOL_OpenPGP);
-    if (!e) e = gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, NULL, home);
+    if (!e) e = gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, gpg_program, home);
     if (e) {
         snprintf(err, errlen, "GPGME context: %s", gpgme_strerror(e));
         if (ctx) gpgme_release(ctx);
@@ -335,6 +346,11 @@ struct gpg_thread {
     struct cached_key keys[KEY_CACHE];
     unsigned next; /* the slot replaced next */
     bool unlisted; /* the home may hold a key no slot lists: made again before use */
+    /* the watchdog's, under watch_lock */
+    long long deadline; /* CLOCK_MONOTONIC ms; 0: no operation running */
+    bool expired;       /* the deadline passed and gpg was killed */
+    bool watched;
+    struct gpg_thread *watch_next;
 };
 
 static _Thread_local struct gpg_thread *this_thread;
@@ -508,8 +524,13 @@ static int encrypt_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *keys, 
             size_t olen = 0;
             char *data = gpgme_data_release_and_get_mem(out, &olen);
             out = NULL;
-            rc = data && buf_append(armor, data, olen) == 0 ? 0 : -1;
-            if (rc < 0) snprintf(err, errlen, "out of memory");
+            /* a gpg that died unasked ends the operation without an error */
+            if (!data || olen == 0)
+                snprintf(err, errlen, "gpg wrote no ciphertext");
+            else if (buf_append(armor, data, olen) < 0)
+                snprintf(err, errlen, "out of memory");
+            else
+                rc = 0;
             gpgme_free(data);
         }
     }
@@ -521,6 +542,163 @@ static int encrypt_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *keys, 
     return rc;
 }
 
+/* ---- the engine's deadline ----
+ *
+ * A gpg that hangs would hold a pool thread, and the session waiting for
+ * it, for ever. GPGME offers no deadline for a synchronous operation:
+ * gpgme_cancel works only on an event loop of the caller's
+ * (gpgme_set_io_cbs, which gpgme_get_key's inner context does not use),
+ * gpgme_cancel_async takes effect at the next I/O a stopped gpg never makes,
+ * and neither ends the process. So a watchdog thread kills the gpg of an
+ * operation past its deadline: its pipes close, the GPGME call returns
+ * at once, and the thread is free. GPGME starts gpg through a double fork,
+ * so it is no child of ours and GPGME names no pid; what names it is the
+ * home, which only one thread uses: "--homedir <home>" in its arguments. */
+static unsigned engine_timeout_ms = 10000;
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cond;
+static pthread_once_t watch_once = PTHREAD_ONCE_INIT;
+static bool watch_started;
+static struct gpg_thread *watched; /* every thread that has encrypted */
+
+void crypto_engine_timeout(unsigned seconds)
+{
+    engine_timeout_ms = seconds * 1000;
+}
+
+static long long monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool names_home(const char *args, size_t n, const char *home)
+{
+    for (const char *a = args; a < args + n; a += strlen(a) + 1) {
+        const char *value = a + strlen(a) + 1;
+        if (!strcmp(a, "--homedir") && value < args + n && !strcmp(value, home)) return true;
+    }
+    return false;
+}
+
+/* Kills every process of ours that runs gpg (or anything) in home. */
+static void kill_engine(const char *home)
+{
+    DIR *proc = opendir("/proc");
+    if (!proc) return;
+    for (struct dirent *de; (de = readdir(proc));) {
+        char *end, path[64], args[8192];
+        long pid = strtol(de->d_name, &end, 10);
+        struct stat st;
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n =
+            fstat(fd, &st) == 0 && st.st_uid == geteuid() ? read(fd, args, sizeof args - 1) : -1;
+        close(fd);
+        if (n <= 0) continue;
+        args[n] = 0;
+        if (names_home(args, (size_t)n, home)) kill((pid_t)pid, SIGKILL);
+    }
+    closedir(proc);
+}
+
+/* Kills under the lock, so that the thread, which takes the lock to learn
+ * that its deadline passed, never starts another gpg before the kill is
+ * done. */
+static void *watchdog(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&watch_lock);
+    for (;;) {
+        long long now = monotonic_ms(), next = 0;
+        for (struct gpg_thread *t = watched; t; t = t->watch_next) {
+            if (!t->deadline) continue;
+            if (t->deadline <= now) {
+                t->deadline = 0;
+                t->expired = true;
+                kill_engine(t->home);
+            } else if (!next || t->deadline < next) {
+                next = t->deadline;
+            }
+        }
+        if (!next) {
+            pthread_cond_wait(&watch_cond, &watch_lock);
+        } else {
+            struct timespec at = {.tv_sec = next / 1000, .tv_nsec = (next % 1000) * 1000000};
+            pthread_cond_timedwait(&watch_cond, &watch_lock, &at);
+        }
+    }
+    return NULL;
+}
+
+static void watch_start(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&watch_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_attr_t thread_attr;
+    pthread_t thread;
+    pthread_attr_init(&thread_attr);
+    pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
+    watch_started = pthread_create(&thread, &thread_attr, watchdog, NULL) == 0;
+    pthread_attr_destroy(&thread_attr);
+}
+
+/* -1 when there is no watchdog (no thread could be made): then gpg runs
+ * without a deadline, and the encryption is refused rather than risk it. */
+static int watch_arm(struct gpg_thread *t)
+{
+    pthread_once(&watch_once, watch_start);
+    if (!watch_started) return -1;
+    pthread_mutex_lock(&watch_lock);
+    if (!t->watched) {
+        t->watch_next = watched;
+        watched = t;
+        t->watched = true;
+    }
+    t->deadline = monotonic_ms() + engine_timeout_ms;
+    t->expired = false;
+    pthread_cond_signal(&watch_cond);
+    pthread_mutex_unlock(&watch_lock);
+    return 0;
+}
+
+/* Whether the deadline passed (and gpg was killed). */
+static bool watch_disarm(struct gpg_thread *t)
+{
+    pthread_mutex_lock(&watch_lock);
+    bool expired = t->expired;
+    t->deadline = 0;
+    t->expired = false;
+    pthread_mutex_unlock(&watch_lock);
+    return expired;
+}
+
+/* One try under the deadline. After a kill the home is in doubt (a lock
+ * left, a keyring half written): it is made again before its next use. */
+static int encrypt_watched(struct gpg_thread *t, const crypto_rcpt_key_t *keys, unsigned n,
+                           const char *plain, size_t len, buf_t *armor, char *err, size_t errlen)
+{
+    if (watch_arm(t) < 0) {
+        snprintf(err, errlen, "no watchdog thread for gpg's deadline");
+        return -1;
+    }
+    size_t before = armor->len;
+    int rc = encrypt_in_home(t, keys, n, plain, len, armor, err, errlen);
+    if (!watch_disarm(t)) return rc;
+    armor->len = before;
+    if (armor->data) armor->data[before] = 0;
+    t->unlisted = true;
+    snprintf(err, errlen, "gpg gave no answer within %u s ([crypto] engine_timeout): killed",
+             engine_timeout_ms / 1000);
+    return CRYPTO_TIMED_OUT;
+}
+
 /* A home that went while gpg used it is made again, and the encryption
  * tried once more: the first failure was the home's, not the message's. */
 int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
@@ -528,10 +706,10 @@ int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n
 {
     struct gpg_thread *t = thread_home(parent, err, errlen);
     if (!t) return -1;
-    int rc = encrypt_in_home(t, keys, n, plain, len, armor, err, errlen);
-    if (rc < 0 && !home_intact(t)) {
+    int rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);
+    if (rc == -1 && !home_intact(t)) {
         if (home_remake(t, err, errlen) < 0) return -1;
-        rc = encrypt_in_home(t, keys, n, plain, len, armor, err, errlen);
+        rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);
     }
     return rc;
 }

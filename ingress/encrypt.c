@@ -31,12 +31,17 @@ struct encrypt {
     unsigned homes_remade; /* crypto_homes_remade() when last counted */
     metric_t *decisions[DECISIONS];
     metric_t *outcomes[GATEWAY_OUTCOMES + 1]; /* the last: refused, busy */
+    metric_t *timeouts;                       /* outcome="timeout": failed for gpg's deadline */
     metric_t *pending;
     metric_t *remade;
 };
 
 static void register_metrics(encrypt_t *e)
 {
+    static const char outcomes_help[] =
+        "Messages through the encryption gateway, by outcome (busy: refused with 451 because "
+        "the encryption queue was full; timeout: gpg gave no answer within [crypto] "
+        "engine_timeout).";
     char labels[64];
     for (int d = 0; d < DECISIONS; d++) {
         snprintf(labels, sizeof labels, "decision=\"%s\"", decision_names[d]);
@@ -49,11 +54,10 @@ static void register_metrics(encrypt_t *e)
     for (int o = 0; o <= GATEWAY_OUTCOMES; o++) {
         snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[o]);
         e->outcomes[o] =
-            metric_counter("sealpost_ingress_encryptions_total",
-                           "Messages through the encryption gateway, by outcome (busy: refused "
-                           "with 451 because the encryption queue was full).",
-                           labels);
+            metric_counter("sealpost_ingress_encryptions_total", outcomes_help, labels);
     }
+    e->timeouts =
+        metric_counter("sealpost_ingress_encryptions_total", outcomes_help, "outcome=\"timeout\"");
     e->pending = metric_gauge("sealpost_ingress_encryptions_pending",
                               "Messages being encrypted or waiting for a thread.", "");
     e->remade = metric_counter("sealpost_ingress_gnupg_homes_remade_total",
@@ -131,6 +135,7 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
     register_metrics(e);
     e->homes_ok = true;
     check_homes(e);
+    crypto_engine_timeout(ingress->cfg->crypto.engine_timeout);
     uv_timer_init(ingress->loop, &e->poll);
     e->poll.data = e;
     uv_timer_start(&e->poll, on_poll_timer, 0, KEYS_POLL_MS);
@@ -279,7 +284,8 @@ static void encryption_free(struct encryption *en)
 
 static void finish(struct encryption *en)
 {
-    metric_add(en->e->outcomes[en->job.outcome], 1);
+    bool timeout = en->job.outcome == GATEWAY_FAILED && en->job.timed_out;
+    metric_add(timeout ? en->e->timeouts : en->e->outcomes[en->job.outcome], 1);
     if (en->job.outcome == GATEWAY_FAILED)
         log_error("event=encryption_failed mid=%s client=%s error=\"%s\"", en->job.mid, en->peer,
                   en->job.error);

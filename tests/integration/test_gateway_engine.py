@@ -3,6 +3,7 @@ recipient's key replaced while the pool threads are warm, the GnuPG homes
 removed by a cleaner of temporary files, a gpg that hangs. Each copy is
 checked with gpg and with sq, with nothing but the recipient's secret key."""
 import concurrent.futures
+import os
 import shutil
 import smtplib
 import subprocess
@@ -197,3 +198,64 @@ def test_vanished_homes_are_made_again_or_the_node_is_not_ready(stack, tmp_path,
     assert opens_for(bob, key_file, delivered(stack, 4))
     assert [rcpts for _, rcpts, _ in stack.sink.messages] == [["bob@example.test"]] * 2 + [
         ["dave@example.test"], ["bob@example.test"]]
+
+
+HANGING_GPG = """#!/bin/sh
+# gpg, but one that stops itself for good on an encryption while {flag} exists
+case " $* " in *" --encrypt "*) [ -e "{flag}" ] && kill -STOP $$ ;; esac
+exec gpg "$@"
+"""
+
+
+def processes_in(path):
+    """Processes whose arguments name something under path."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if str(path).encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_hung_gpg_is_killed_at_the_deadline(stack, tmp_path, monkeypatch):
+    bob = Person(tmp_path / "people", "bob", "bob@example.test")
+    import_keys(stack, bob)
+    key_file = secret_key(bob, tmp_path / "bob.key")
+    flag = tmp_path / "hang"
+    wrapper = tmp_path / "gpg-that-hangs"
+    wrapper.write_text(HANGING_GPG.format(flag=flag))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("SEALPOST_GPG_PROGRAM", str(wrapper))
+    base = tmp_path / "homes"
+    base.mkdir()
+    port = free_port()
+    timeout = 2
+    # One thread: what follows the hang can only be served if it was freed.
+    ingress = start(stack, monkeypatch, base,
+                    f"engine_timeout = {timeout}\n[metrics]\nlisten = 127.0.0.1:{port}\n",
+                    threads=1)
+    assert send_one(stack, "bob@example.test", "before")[0] == 250
+    assert opens_for(bob, key_file, delivered(stack, 1))
+    threads = len(os.listdir(f"/proc/{ingress.proc.pid}/task"))
+
+    flag.touch()
+    began = time.monotonic()
+    code, reply = send_one(stack, "bob@example.test", "hangs")
+    took = time.monotonic() - began
+    assert (code, reply) == (451, "4.7.0 Encryption timed out, message not accepted; try again "
+                             "later"), (code, reply)
+    assert timeout - 0.5 <= took < timeout + 10, took
+    assert processes_in(base) == []  # the stopped gpg is gone, not left behind
+    assert len(os.listdir(f"/proc/{ingress.proc.pid}/task")) == threads
+    assert metric(port, 'sealpost_ingress_encryptions_total{outcome="timeout"}') == 1
+    assert "event=encryption_failed" in ingress.read_log()
+
+    flag.unlink()
+    code, reply = send_one(stack, "bob@example.test", "after")
+    assert code == 250, reply
+    assert opens_for(bob, key_file, delivered(stack, 2))
+    assert stack.sink.count() == 2
