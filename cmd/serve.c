@@ -287,7 +287,8 @@ static int scrape_metrics(runtime_t *rt, http_request_t *req, buf_t *body)
 }
 
 /* GET /metrics, /healthz (the process runs its loop) and /readyz (it can
- * reach Redis, with the functions library loaded). */
+ * reach Redis, with the functions library loaded, and an ingress can
+ * encrypt). */
 static int on_http(http_request_t *req, const char *path, buf_t *body, const char **content_type,
                    void *arg)
 {
@@ -311,8 +312,15 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
     }
     if (!strcmp(path, "/readyz")) {
         bool ready = rt->queue && queue_ready(rt->queue) && rt->started && !rt->stopping;
-        buf_printf(body, "%s\n",
-                   ready ? "ready" : "not ready: redis unreachable, keys unchecked, or stopping");
+        const char *why = NULL;
+        if (!ready)
+            why = "redis unreachable, keys unchecked, or stopping";
+        else if (rt->ingress && !ingress_ready(rt->ingress, &why))
+            ready = false; /* encryption cannot work: why says what is in the way */
+        if (ready)
+            buf_printf(body, "ready\n");
+        else
+            buf_printf(body, "not ready: %s\n", why ? why : "encryption unavailable");
         return ready ? 200 : 503;
     }
     buf_printf(body, "not found; try /, /metrics, /healthz or /readyz\n");

@@ -161,6 +161,9 @@ static const key_spec_t keys[] = {
     {"crypto", "max_pending", T_UINT, OFF(crypto.max_pending), 1, 100000, "64"},
     {"crypto", "max_bcc_copies", T_UINT, OFF(crypto.max_bcc_copies), 1, 100000, "20"},
     {"crypto", "home_dir", T_STRING, OFF(crypto.home_dir), 0, 0, ""},
+    /* Seconds one gpg operation may take before it is killed and the
+     * message refused with 451 4.7.0. */
+    {"crypto", "engine_timeout", T_UINT, OFF(crypto.engine_timeout), 1, 3600, "10"},
 
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 

@@ -281,6 +281,7 @@ typedef struct config {
         unsigned max_pending;           /* messages being encrypted at once; then 451 4.3.2 */
         unsigned max_bcc_copies;        /* keyed Bcc copies of one message; then 552 5.5.3 */
         char home_dir[512];             /* where the per-thread GnuPG homes go; "": $TMPDIR */
+        unsigned engine_timeout;        /* seconds per gpg operation; then killed, 451 4.7.0 */
     } crypto;
 
     struct {

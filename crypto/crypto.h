@@ -77,8 +77,14 @@ int seal_key_new(const char *id, char *out, size_t outlen);
 
 #define CRYPTO_FPR_MAX 64 /* hex digits of a v5 fingerprint; v4 has 40 */
 
-/* Once, from the main thread, before any other call below. */
+/* Once, from the main thread, before any other call below. The gpg run is
+ * $SEALPOST_GPG_PROGRAM when set (tests, odd installs), else GPGME's. */
 int crypto_gpg_init(char *err, size_t errlen);
+/* How long one encryption's gpg may take ([crypto] engine_timeout, 10 s
+ * unless told): past it, gpg is killed and crypto_encrypt fails with
+ * CRYPTO_TIMED_OUT. Before the first crypto_encrypt. */
+void crypto_engine_timeout(unsigned seconds);
+#define CRYPTO_TIMED_OUT (-2)
 
 /* The canonical form of an address in the key directory: the domain in
  * lower case; the local part too when case_insensitive; "+detail" dropped
@@ -108,6 +114,14 @@ int crypto_keys_inspect(const char *data, size_t len, const char *parent,
  * parent (or $TMPDIR), and its removal with everything in it. */
 int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen);
 void crypto_homes_remove(const char *dir);
+/* Whether GnuPG homes can be made: dir (crypto_homes_create's, made again
+ * when it has vanished) is a directory of ours closed to others; with dir
+ * "" or NULL, whether parent (or $TMPDIR) takes a new one. -1 with why not.
+ * A few system calls: fine on an event loop. */
+int crypto_homes_check(const char *parent, const char *dir, char *err, size_t errlen);
+/* How often a thread's home has been made again since the start (it had
+ * vanished, or gpg left it in doubt). */
+unsigned crypto_homes_remade(void);
 
 /* A recipient key as the directory holds it. */
 typedef struct crypto_rcpt_key {
@@ -117,8 +131,9 @@ typedef struct crypto_rcpt_key {
 } crypto_rcpt_key_t;
 
 /* Appends plain encrypted to all the keys, ASCII-armored, to armor. Runs gpg
- * in the calling thread's own GnuPG home under homes (made on first use): call
- * it from thread-pool threads, never the event loop. */
+ * in the calling thread's own GnuPG home under homes (made on first use, and
+ * again, homes too, when it has vanished): call it from thread-pool threads,
+ * never the event loop. */
 int crypto_encrypt(const char *homes, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
                    size_t len, buf_t *armor, char *err, size_t errlen);
 
@@ -175,6 +190,7 @@ typedef struct gateway_job {
     const seal_keyring_t *seal;
     unsigned max_bcc_copies; /* ciphertexts of their own for Bcc recipients; 0: no limit */
     bool too_many_copies;    /* out: failed for max_bcc_copies, which no retry changes */
+    bool timed_out;          /* out: failed for gpg's deadline (crypto_engine_timeout) */
     buf_t *variants;         /* out: the sealed bodies, variant n at [n] */
     unsigned n_variants;
     enum gateway_outcome outcome;

@@ -107,6 +107,7 @@ static int encrypted_variant(gateway_job_t *job, const buf_t *inner, const crypt
     buf_init(&outer);
     int rc = crypto_encrypt(job->homes, keys, n_keys, inner->data, inner->len, &armor, job->error,
                             sizeof job->error);
+    if (rc == CRYPTO_TIMED_OUT) job->timed_out = true;
     if (rc == 0 &&
         pgpmime_outer(job->msg, job->len, armor.data, armor.len, header_flags(job), &outer) < 0)
         rc = -1;

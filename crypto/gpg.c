@@ -10,10 +10,14 @@
  * always-trust. */
 #include "crypto/crypto.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <gpgme.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,13 +35,20 @@ static const char gpg_conf[] = "auto-key-locate local\n"
                                "no-greeting\n"
                                "no-permission-warning\n";
 
+/* The gpg GPGME runs: $SEALPOST_GPG_PROGRAM, else GPGME's own choice (NULL). */
+static const char *gpg_program;
+
 int crypto_gpg_init(char *err, size_t errlen)
 {
     if (!gpgme_check_version(NULL)) {
         snprintf(err, errlen, "GPGME failed to initialise");
         return -1;
     }
-    gpgme_error_t e = gpgme_engine_check_version(GPGME_PROTOCOL_OpenPGP);
+    const char *program = getenv("SEALPOST_GPG_PROGRAM");
+    gpg_program = program && program[0] ? program : NULL;
+    gpgme_error_t e =
+        gpg_program ? gpgme_set_engine_info(GPGME_PROTOCOL_OpenPGP, gpg_program, NULL) : 0;
+    if (!e) e = gpgme_engine_check_version(GPGME_PROTOCOL_OpenPGP);
     if (e) {
         snprintf(err, errlen, "no usable gpg for GPGME: %s (install the gpg package)",
                  gpgme_strerror(e));
@@ -68,7 +79,7 @@ static gpgme_ctx_t context_for(const char *home, char *err, size_t errlen)
     gpgme_ctx_t ctx = NULL;
     gpgme_error_t e = gpgme_new(&ctx);
     if (!e) e = gpgme_set_protocol(ctx, GPGME_PROTOCOL_OpenPGP);
-    if (!e) e = gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, NULL, home);
+    if (!e) e = gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, gpg_program, home);
     if (e) {
         snprintf(err, errlen, "GPGME context: %s", gpgme_strerror(e));
         if (ctx) gpgme_release(ctx);
@@ -79,14 +90,46 @@ static gpgme_ctx_t context_for(const char *home, char *err, size_t errlen)
     return ctx;
 }
 
-int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen)
+static const char *homes_base(const char *parent)
 {
     const char *base = parent && parent[0] ? parent : getenv("TMPDIR");
-    if (!base || !base[0]) base = "/tmp";
+    return base && base[0] ? base : "/tmp";
+}
+
+int crypto_homes_create(const char *parent, char *out, size_t outlen, char *err, size_t errlen)
+{
+    const char *base = homes_base(parent);
     int n = snprintf(out, outlen, "%s/sealpost-gnupg-XXXXXX", base);
     if (n < 0 || (size_t)n >= outlen || !mkdtemp(out)) {
         snprintf(err, errlen, "cannot create a private directory under %s: %s", base,
                  strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The name is known (logs, ps), so what stands there after the directory
+ * vanished may be someone else's: only a directory of ours that nobody
+ * else may enter is used. */
+int crypto_homes_check(const char *parent, const char *dir, char *err, size_t errlen)
+{
+    if (!dir || !dir[0]) { /* none made yet: whether one can be */
+        const char *base = homes_base(parent);
+        if (access(base, W_OK | X_OK) < 0) {
+            snprintf(err, errlen, "cannot create GnuPG homes under %s: %s", base, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    struct stat st;
+    if (lstat(dir, &st) < 0 &&
+        (errno != ENOENT || (mkdir(dir, 0700) < 0 && errno != EEXIST) || lstat(dir, &st) < 0)) {
+        snprintf(err, errlen, "cannot re-create the GnuPG homes' directory %s: %s", dir,
+                 strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+        snprintf(err, errlen, "%s is not the GnuPG homes' private directory any more", dir);
         return -1;
     }
     return 0;
@@ -280,69 +323,158 @@ out:
 
 /* Keys a thread has imported, by fingerprint and a digest of the data they
  * came from: a hit costs no gpg process (a lookup would cost one, as much as
- * the encryption itself); new data for a fingerprint is imported again. */
+ * the encryption itself); new data for a fingerprint is imported again.
+ *
+ * The thread's home holds exactly the keys its cache lists. gpg merges an
+ * import into the key the keyring already has, so new data for a
+ * fingerprint would keep every subkey of the old (one the operator dropped
+ * as compromised, say), and gpg encrypts to the newest of them: a warm
+ * thread would go on using what a fresh one never sees. So a key leaves the
+ * home before its new data comes in, and when its slot goes to another. */
 #define KEY_CACHE 64
 
 struct cached_key {
     char fpr[CRYPTO_FPR_MAX + 1];
     unsigned char digest[16];
-    gpgme_key_t key;
+    gpgme_key_t key; /* NULL: a free slot, nothing of it in the home */
 };
 
 struct gpg_thread {
-    gpgme_ctx_t ctx;
+    gpgme_ctx_t ctx; /* NULL: the home is to be made (again) */
+    char parent[PATH_MAX];
     char home[PATH_MAX];
     struct cached_key keys[KEY_CACHE];
     unsigned next; /* the slot replaced next */
+    bool unlisted; /* the home may hold a key no slot lists: made again before use */
+    /* the watchdog's, under watch_lock */
+    long long deadline; /* CLOCK_MONOTONIC ms; 0: no operation running */
+    bool expired;       /* the deadline passed and gpg was killed */
+    bool watched;
+    struct gpg_thread *watch_next;
 };
 
 static _Thread_local struct gpg_thread *this_thread;
 static atomic_uint threads_made;
+static atomic_uint homes_remade;
 
+unsigned crypto_homes_remade(void)
+{
+    return atomic_load(&homes_remade);
+}
+
+/* Makes the thread's home afresh, its parent too when it has gone: the keys
+ * went with the old one, so the cache is emptied. */
+static int home_remake(struct gpg_thread *t, char *err, size_t errlen)
+{
+    if (t->ctx) {
+        gpgme_release(t->ctx);
+        t->ctx = NULL;
+        atomic_fetch_add(&homes_remade, 1);
+    }
+    for (unsigned i = 0; i < KEY_CACHE; i++) {
+        if (t->keys[i].key) gpgme_key_unref(t->keys[i].key);
+        t->keys[i].key = NULL;
+    }
+    t->unlisted = false;
+    crypto_homes_remove(t->home);
+    if (crypto_homes_check(NULL, t->parent, err, errlen) < 0 ||
+        home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen)))
+        return -1;
+    return 0;
+}
+
+/* Whether the home is still as made: a cleaner of temporary files may have
+ * removed it, its parent, or files in it. Two stat calls; a gpg process
+ * costs a thousand times more. */
+static bool home_intact(const struct gpg_thread *t)
+{
+    char path[PATH_MAX + 16];
+    struct stat st;
+    bool any_key = false;
+    for (unsigned i = 0; i < KEY_CACHE && !any_key; i++)
+        any_key = t->keys[i].key != NULL;
+    snprintf(path, sizeof path, "%s/gpg.conf", t->home);
+    if (!t->ctx || t->unlisted || stat(path, &st) < 0) return false;
+    snprintf(path, sizeof path, "%s/pubring.kbx", t->home);
+    return !any_key || stat(path, &st) == 0;
+}
+
+/* The calling thread's GnuPG home, made on first use and again whenever it
+ * is not intact. */
 static struct gpg_thread *thread_home(const char *parent, char *err, size_t errlen)
 {
-    if (this_thread) return this_thread;
-    struct gpg_thread *t = calloc(1, sizeof *t);
+    struct gpg_thread *t = this_thread;
     if (!t) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
+        if (!(t = calloc(1, sizeof *t))) {
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+        snprintf(t->parent, sizeof t->parent, "%s", parent);
+        snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
+        this_thread = t;
     }
-    snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
-    if (home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen))) {
-        free(t);
-        return NULL;
-    }
-    this_thread = t;
+    if (!home_intact(t) && home_remake(t, err, errlen) < 0) return NULL;
     return t;
 }
 
-/* The key with this fingerprint in the thread's home, imported from the
- * directory's copy the first time. */
-static void key_remember(struct gpg_thread *t, const char *fpr, const unsigned char digest[16],
-                         gpgme_key_t key)
+/* Whether the home still holds a key with this fingerprint. */
+static bool key_present(struct gpg_thread *t, const char *fpr)
 {
-    struct cached_key *c = &t->keys[t->next];
-    t->next = (t->next + 1) % KEY_CACHE;
-    if (c->key) gpgme_key_unref(c->key);
-    snprintf(c->fpr, sizeof c->fpr, "%s", fpr);
-    memcpy(c->digest, digest, sizeof c->digest);
-    gpgme_key_ref(key);
-    c->key = key;
+    gpgme_key_t key = NULL;
+    gpgme_error_t e = gpgme_get_key(t->ctx, fpr, &key, 0);
+    if (key) gpgme_key_unref(key);
+    return !e || gpgme_err_code(e) != GPG_ERR_EOF;
 }
 
+/* Takes the slot's key out of the home and frees the slot. */
+static int slot_clear(struct gpg_thread *t, struct cached_key *c, char *err, size_t errlen)
+{
+    if (!c->key) return 0;
+    gpgme_error_t e = gpgme_op_delete_ext(t->ctx, c->key, GPGME_DELETE_FORCE);
+    gpgme_key_unref(c->key);
+    c->key = NULL;
+    if (e && key_present(t, c->fpr)) {
+        t->unlisted = true;
+        snprintf(err, errlen, "key %s: cannot take it out of the GnuPG home: %s", c->fpr,
+                 gpgme_strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+/* The slot for a fingerprint: its own, else the next to reuse; *hit when
+ * the slot already holds this very data. */
+static struct cached_key *slot_for(struct gpg_thread *t, const char *fpr,
+                                   const unsigned char digest[16], bool *hit)
+{
+    for (unsigned i = 0; i < KEY_CACHE; i++) {
+        struct cached_key *c = &t->keys[i];
+        if (c->key && !strcmp(c->fpr, fpr)) {
+            *hit = !memcmp(c->digest, digest, sizeof c->digest);
+            return c;
+        }
+    }
+    *hit = false;
+    struct cached_key *c = &t->keys[t->next];
+    t->next = (t->next + 1) % KEY_CACHE;
+    return c;
+}
+
+/* The key with this fingerprint in the thread's home, imported from the
+ * directory's copy when the home has not got this very data. */
 static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k, char *err,
                                size_t errlen)
 {
     unsigned char digest[16];
     crypto_generichash(digest, sizeof digest, (const unsigned char *)k->armored, k->armored_len,
                        NULL, 0);
-    for (unsigned i = 0; i < KEY_CACHE; i++) {
-        struct cached_key *c = &t->keys[i];
-        if (c->key && !strcmp(c->fpr, k->fpr) && !memcmp(c->digest, digest, sizeof digest)) {
-            gpgme_key_ref(c->key);
-            return c->key;
-        }
+    bool hit;
+    struct cached_key *c = slot_for(t, k->fpr, digest, &hit);
+    if (hit) {
+        gpgme_key_ref(c->key);
+        return c->key;
     }
+    if (slot_clear(t, c, err, errlen) < 0) return NULL;
     gpgme_key_t key = NULL;
     gpgme_data_t in = NULL;
     gpgme_error_t e = gpgme_data_new_from_mem(&in, k->armored, k->armored_len, 0);
@@ -353,20 +485,23 @@ static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k,
         snprintf(err, errlen, "key %s: %s", k->fpr, e ? gpgme_strerror(e) : "not in its data");
         return NULL;
     }
-    if (key_unusable_now(key)) {
-        snprintf(err, errlen, "key %s: %s", k->fpr, key_unusable_now(key));
-        gpgme_key_unref(key);
+    snprintf(c->fpr, sizeof c->fpr, "%s", k->fpr);
+    memcpy(c->digest, digest, sizeof c->digest);
+    c->key = key; /* listed, so that it leaves the home with its slot */
+    const char *why = key_unusable_now(key);
+    if (why) {
+        snprintf(err, errlen, "key %s: %s", k->fpr, why);
+        char ignored[8];
+        slot_clear(t, c, ignored, sizeof ignored);
         return NULL;
     }
-    key_remember(t, k->fpr, digest, key);
+    gpgme_key_ref(key);
     return key;
 }
 
-int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
-                   size_t len, buf_t *armor, char *err, size_t errlen)
+static int encrypt_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *keys, unsigned n,
+                           const char *plain, size_t len, buf_t *armor, char *err, size_t errlen)
 {
-    struct gpg_thread *t = thread_home(parent, err, errlen);
-    if (!t) return -1;
     gpgme_key_t *list = calloc((size_t)n + 1, sizeof(gpgme_key_t)); /* NULL-terminated */
     if (!list) {
         snprintf(err, errlen, "out of memory");
@@ -389,8 +524,13 @@ int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n
             size_t olen = 0;
             char *data = gpgme_data_release_and_get_mem(out, &olen);
             out = NULL;
-            rc = data && buf_append(armor, data, olen) == 0 ? 0 : -1;
-            if (rc < 0) snprintf(err, errlen, "out of memory");
+            /* a gpg that died unasked ends the operation without an error */
+            if (!data || olen == 0)
+                snprintf(err, errlen, "gpg wrote no ciphertext");
+            else if (buf_append(armor, data, olen) < 0)
+                snprintf(err, errlen, "out of memory");
+            else
+                rc = 0;
             gpgme_free(data);
         }
     }
@@ -399,5 +539,177 @@ int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n
     for (unsigned i = 0; i < got; i++)
         gpgme_key_unref(list[i]);
     free(list);
+    return rc;
+}
+
+/* ---- the engine's deadline ----
+ *
+ * A gpg that hangs would hold a pool thread, and the session waiting for
+ * it, for ever. GPGME offers no deadline for a synchronous operation:
+ * gpgme_cancel works only on an event loop of the caller's
+ * (gpgme_set_io_cbs, which gpgme_get_key's inner context does not use),
+ * gpgme_cancel_async takes effect at the next I/O a stopped gpg never makes,
+ * and neither ends the process. So a watchdog thread kills the gpg of an
+ * operation past its deadline: its pipes close, the GPGME call returns
+ * at once, and the thread is free. GPGME starts gpg through a double fork,
+ * so it is no child of ours and GPGME names no pid; what names it is the
+ * home, which only one thread uses: "--homedir <home>" in its arguments. */
+static unsigned engine_timeout_ms = 10000;
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cond;
+static pthread_once_t watch_once = PTHREAD_ONCE_INIT;
+static bool watch_started;
+static struct gpg_thread *watched; /* every thread that has encrypted */
+
+void crypto_engine_timeout(unsigned seconds)
+{
+    engine_timeout_ms = seconds * 1000;
+}
+
+static long long monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool names_home(const char *args, size_t n, const char *home)
+{
+    for (const char *a = args; a < args + n; a += strlen(a) + 1) {
+        const char *value = a + strlen(a) + 1;
+        if (!strcmp(a, "--homedir") && value < args + n && !strcmp(value, home)) return true;
+    }
+    return false;
+}
+
+/* Kills every process of ours that runs gpg (or anything) in home. */
+static void kill_engine(const char *home)
+{
+    DIR *proc = opendir("/proc");
+    if (!proc) return;
+    for (struct dirent *de; (de = readdir(proc));) {
+        char *end, path[64], args[8192];
+        long pid = strtol(de->d_name, &end, 10);
+        struct stat st;
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n =
+            fstat(fd, &st) == 0 && st.st_uid == geteuid() ? read(fd, args, sizeof args - 1) : -1;
+        close(fd);
+        if (n <= 0) continue;
+        args[n] = 0;
+        if (names_home(args, (size_t)n, home)) kill((pid_t)pid, SIGKILL);
+    }
+    closedir(proc);
+}
+
+/* Kills under the lock, so that the thread, which takes the lock to learn
+ * that its deadline passed, never starts another gpg before the kill is
+ * done. */
+static void *watchdog(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&watch_lock);
+    for (;;) {
+        long long now = monotonic_ms(), next = 0;
+        for (struct gpg_thread *t = watched; t; t = t->watch_next) {
+            if (!t->deadline) continue;
+            if (t->deadline <= now) {
+                t->deadline = 0;
+                t->expired = true;
+                kill_engine(t->home);
+            } else if (!next || t->deadline < next) {
+                next = t->deadline;
+            }
+        }
+        if (!next) {
+            pthread_cond_wait(&watch_cond, &watch_lock);
+        } else {
+            struct timespec at = {.tv_sec = next / 1000, .tv_nsec = (next % 1000) * 1000000};
+            pthread_cond_timedwait(&watch_cond, &watch_lock, &at);
+        }
+    }
+    return NULL;
+}
+
+static void watch_start(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&watch_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_attr_t thread_attr;
+    pthread_t thread;
+    pthread_attr_init(&thread_attr);
+    pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
+    watch_started = pthread_create(&thread, &thread_attr, watchdog, NULL) == 0;
+    pthread_attr_destroy(&thread_attr);
+}
+
+/* -1 when there is no watchdog (no thread could be made): then gpg runs
+ * without a deadline, and the encryption is refused rather than risk it. */
+static int watch_arm(struct gpg_thread *t)
+{
+    pthread_once(&watch_once, watch_start);
+    if (!watch_started) return -1;
+    pthread_mutex_lock(&watch_lock);
+    if (!t->watched) {
+        t->watch_next = watched;
+        watched = t;
+        t->watched = true;
+    }
+    t->deadline = monotonic_ms() + engine_timeout_ms;
+    t->expired = false;
+    pthread_cond_signal(&watch_cond);
+    pthread_mutex_unlock(&watch_lock);
+    return 0;
+}
+
+/* Whether the deadline passed (and gpg was killed). */
+static bool watch_disarm(struct gpg_thread *t)
+{
+    pthread_mutex_lock(&watch_lock);
+    bool expired = t->expired;
+    t->deadline = 0;
+    t->expired = false;
+    pthread_mutex_unlock(&watch_lock);
+    return expired;
+}
+
+/* One try under the deadline. After a kill the home is in doubt (a lock
+ * left, a keyring half written): it is made again before its next use. */
+static int encrypt_watched(struct gpg_thread *t, const crypto_rcpt_key_t *keys, unsigned n,
+                           const char *plain, size_t len, buf_t *armor, char *err, size_t errlen)
+{
+    if (watch_arm(t) < 0) {
+        snprintf(err, errlen, "no watchdog thread for gpg's deadline");
+        return -1;
+    }
+    size_t before = armor->len;
+    int rc = encrypt_in_home(t, keys, n, plain, len, armor, err, errlen);
+    if (!watch_disarm(t)) return rc;
+    armor->len = before;
+    if (armor->data) armor->data[before] = 0;
+    t->unlisted = true;
+    snprintf(err, errlen, "gpg gave no answer within %u s ([crypto] engine_timeout): killed",
+             engine_timeout_ms / 1000);
+    return CRYPTO_TIMED_OUT;
+}
+
+/* A home that went while gpg used it is made again, and the encryption
+ * tried once more: the first failure was the home's, not the message's. */
+int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
+                   size_t len, buf_t *armor, char *err, size_t errlen)
+{
+    struct gpg_thread *t = thread_home(parent, err, errlen);
+    if (!t) return -1;
+    int rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);
+    if (rc == -1 && !home_intact(t)) {
+        if (home_remake(t, err, errlen) < 0) return -1;
+        rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);
+    }
     return rc;
 }

@@ -140,6 +140,8 @@ static void on_encrypted(void *arg, const gateway_job_t *job)
                  "send to fewer at once",
                  c->ingress->cfg->crypto.max_bcc_copies);
         finish(c, reply);
+    } else if (job->outcome == GATEWAY_FAILED && job->timed_out) {
+        finish(c, "451 4.7.0 Encryption timed out, message not accepted; try again later");
     } else if (job->outcome == GATEWAY_FAILED) {
         finish(c, "451 4.7.0 Encryption failed, message not accepted; try again later");
     } else if (*c->client.gone) { /* nobody to acknowledge: the client sends it again */

@@ -26,13 +26,22 @@ struct encrypt {
     bool poll_open;
     bool polling;     /* a version call is out */
     unsigned running; /* messages in the thread pool for encryption */
+    bool homes_ok;    /* GnuPG homes can be made: else why not */
+    char homes_problem[256];
+    unsigned homes_remade; /* crypto_homes_remade() when last counted */
     metric_t *decisions[DECISIONS];
     metric_t *outcomes[GATEWAY_OUTCOMES + 1]; /* the last: refused, busy */
+    metric_t *timeouts;                       /* outcome="timeout": failed for gpg's deadline */
     metric_t *pending;
+    metric_t *remade;
 };
 
 static void register_metrics(encrypt_t *e)
 {
+    static const char outcomes_help[] =
+        "Messages through the encryption gateway, by outcome (busy: refused with 451 because "
+        "the encryption queue was full; timeout: gpg gave no answer within [crypto] "
+        "engine_timeout).";
     char labels[64];
     for (int d = 0; d < DECISIONS; d++) {
         snprintf(labels, sizeof labels, "decision=\"%s\"", decision_names[d]);
@@ -45,13 +54,16 @@ static void register_metrics(encrypt_t *e)
     for (int o = 0; o <= GATEWAY_OUTCOMES; o++) {
         snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[o]);
         e->outcomes[o] =
-            metric_counter("sealpost_ingress_encryptions_total",
-                           "Messages through the encryption gateway, by outcome (busy: refused "
-                           "with 451 because the encryption queue was full).",
-                           labels);
+            metric_counter("sealpost_ingress_encryptions_total", outcomes_help, labels);
     }
+    e->timeouts =
+        metric_counter("sealpost_ingress_encryptions_total", outcomes_help, "outcome=\"timeout\"");
     e->pending = metric_gauge("sealpost_ingress_encryptions_pending",
                               "Messages being encrypted or waiting for a thread.", "");
+    e->remade = metric_counter("sealpost_ingress_gnupg_homes_remade_total",
+                               "GnuPG homes of the encryption threads made again because they "
+                               "had vanished (a cleaner of temporary files) or were in doubt.",
+                               "");
 }
 
 const char *encrypt_outcome_name(enum gateway_outcome outcome)
@@ -72,9 +84,38 @@ static void on_version(int status, const char *err, long long version, void *arg
     e->ingress->check_stopped(e->ingress);
 }
 
+/* Whether encryption can work, asked as often as the directory's version:
+ * a homes directory removed meanwhile is made again here, before a message
+ * waits for it; one that cannot be makes the node not ready (/readyz) until
+ * it can. The homes a thread made again are counted here, on the loop. */
+static void check_homes(encrypt_t *e)
+{
+    char why[sizeof e->homes_problem];
+    bool ok = crypto_homes_check(e->ingress->cfg->crypto.home_dir, e->homes, why, sizeof why) == 0;
+    if (!ok && (e->homes_ok || strcmp(why, e->homes_problem)))
+        log_error("event=encryption_unavailable error=\"%s\"", why);
+    else if (ok && !e->homes_ok)
+        log_info("event=encryption_available");
+    e->homes_ok = ok;
+    snprintf(e->homes_problem, sizeof e->homes_problem, "%s", ok ? "" : why);
+    unsigned remade = crypto_homes_remade();
+    if (remade != e->homes_remade) {
+        log_warn("event=gnupg_homes_remade count=%u", remade - e->homes_remade);
+        metric_add(e->remade, remade - e->homes_remade);
+        e->homes_remade = remade;
+    }
+}
+
+bool encrypt_ready(const encrypt_t *e, const char **why)
+{
+    *why = e->homes_ok ? NULL : e->homes_problem;
+    return e->homes_ok;
+}
+
 static void on_poll_timer(uv_timer_t *t)
 {
     encrypt_t *e = t->data;
+    check_homes(e);
     if (e->polling || !queue_ready(e->ingress->queue)) return;
     e->polling = true;
     if (queue_key_version(e->ingress->queue, on_version, e) < 0) e->polling = false;
@@ -92,6 +133,9 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
     }
     e->ingress = ingress;
     register_metrics(e);
+    e->homes_ok = true;
+    check_homes(e);
+    crypto_engine_timeout(ingress->cfg->crypto.engine_timeout);
     uv_timer_init(ingress->loop, &e->poll);
     e->poll.data = e;
     uv_timer_start(&e->poll, on_poll_timer, 0, KEYS_POLL_MS);
@@ -240,7 +284,8 @@ static void encryption_free(struct encryption *en)
 
 static void finish(struct encryption *en)
 {
-    metric_add(en->e->outcomes[en->job.outcome], 1);
+    bool timeout = en->job.outcome == GATEWAY_FAILED && en->job.timed_out;
+    metric_add(timeout ? en->e->timeouts : en->e->outcomes[en->job.outcome], 1);
     if (en->job.outcome == GATEWAY_FAILED)
         log_error("event=encryption_failed mid=%s client=%s error=\"%s\"", en->job.mid, en->peer,
                   en->job.error);

@@ -13,6 +13,9 @@
  * encrypt_stop has closed it (then ingress->check_stopped is called). */
 encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen);
 void encrypt_stop(encrypt_t *e);
+/* Whether encryption can work now (GnuPG homes can be made); else *why
+ * says what is in the way. */
+bool encrypt_ready(const encrypt_t *e, const char **why);
 /* Whether a handle or a call of the gateway is still open. */
 bool encrypt_busy(const encrypt_t *e);
 void encrypt_free(encrypt_t *e);

@@ -28,6 +28,10 @@ void ingress_reload_tls(ingress_t *ingress);
  * or on the submission port, from peer (NULL: unknown). The ingress owns fd
  * from then on. -1 when no session could be made. */
 int ingress_open_fd(ingress_t *ingress, int fd, bool submission, const struct sockaddr *peer);
+/* Whether the ingress can take every message it may be sent: false, with
+ * *why, while encryption cannot work (its GnuPG homes cannot be made), so
+ * that a balancer sends mail elsewhere; cheap, for /readyz. */
+bool ingress_ready(const ingress_t *ingress, const char **why);
 /* Stops accepting and closes every session; messages in flight to Redis get
  * their reply first. done runs once everything is closed. */
 void ingress_stop(ingress_t *ingress, void (*done)(void *arg), void *arg);

@@ -80,6 +80,12 @@ void ingress_reload_tls(ingress_t *ingress)
     log_info("event=tls_reloaded cert=%s", ingress->cfg->ingress.tls_cert);
 }
 
+bool ingress_ready(const ingress_t *ingress, const char **why)
+{
+    *why = NULL;
+    return !ingress->encrypt || encrypt_ready(ingress->encrypt, why);
+}
+
 /* Frees a stopping ingress once nothing refers to it any more: sessions,
  * listeners and the gateway's timer all call here when they go. */
 static void maybe_stopped(ingress_t *ingress)
