@@ -660,7 +660,7 @@ static void test_key_addresses_with_controls_are_not_taken(void **state)
     buf_init(&got);
     char err[256];
     if (crypto_gpg_init(err, sizeof err) < 0) fail_msg("%s", err);
-    if (crypto_keys_inspect(armored, len, NULL, collect_addresses, &got, err, sizeof err) < 0)
+    if (crypto_keys_inspect(armored, len, NULL, NULL, collect_addresses, &got, err, sizeof err) < 0)
         fail_msg("%s", err);
     buf_append(&got, "", 1);
     assert_string_equal(got.data, "[eve@evil.test]");
