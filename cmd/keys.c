@@ -1,7 +1,8 @@
 /* sealpost keys: the OpenPGP key directory and the encryption policy, both in
  * Redis, so every ingress node sees an import within a second. A key is
  * checked with gpg before it is stored: it must be able to take mail now
- * (a valid encryption subkey, not expired, not revoked). */
+ * (a valid encryption subkey, not expired, not revoked). A revocation,
+ * alone or with its key, removes the stored key it verifies against. */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
 #include "queue/admin.h"
@@ -23,7 +24,10 @@ static const char usage[] =
     "A key is filed under every e-mail address of its valid user IDs. Mail to an\n"
     "address is encrypted to its key when the policy (the address's, else its\n"
     "domain's, else [crypto] default_policy) is opportunistic or required; a\n"
-    "required recipient without a usable key is refused at RCPT TO.\n";
+    "required recipient without a usable key is refused at RCPT TO.\n"
+    "\n"
+    "Importing a key's revocation certificate (alone, or with the key) removes\n"
+    "the stored key it revokes.\n";
 
 #define KEY_INPUT_MAX (4 << 20)
 
@@ -47,27 +51,53 @@ static void print_expiry(long long expires)
     printf("%s", text);
 }
 
+/* A stored key's addresses (LF-separated), each after a space. */
+static void print_addresses(const buf_t *addresses)
+{
+    for (const char *p = addresses->data ? addresses->data : ""; *p;) {
+        size_t len = strcspn(p, "\n");
+        printf(" %.*s", (int)len, p);
+        p += len + (p[len] == '\n');
+    }
+}
+
+/* A revoked (or expired) key that is stored leaves the directory:
+ * importing its revocation is how an operator retires a key. Its addresses
+ * are then keyless, and their policy decides what becomes of their mail. */
+static bool retire(struct import *im, const crypto_key_info_t *key)
+{
+    char err[600];
+    queue_key_stored_t old;
+    int stored = queue_admin_key_get(im->admin, key->fpr, &old, err, sizeof err);
+    if (stored <= 0) {
+        printf("refused %s: %s, and %s\n", key->fpr, key->why_unusable,
+               stored < 0 ? err : "not in the directory");
+        return false;
+    }
+    bool removed = queue_admin_key_delete(im->admin, key->fpr, err, sizeof err) > 0;
+    if (removed) {
+        printf("%s: %s", key->why_unusable, key->fpr);
+        print_addresses(&old.addresses);
+        printf(", key removed\n");
+    } else {
+        printf("refused %s: %s, and not removed: %s\n", key->fpr, key->why_unusable, err);
+    }
+    buf_free(&old.addresses);
+    buf_free(&old.armored);
+    return removed;
+}
+
 static void import_one(const crypto_key_info_t *key, void *arg)
 {
     struct import *im = arg;
     char err[600];
     if (key->why_unusable) {
-        /* A stored key that is now revoked or expired leaves the directory:
-         * importing its revocation is how an operator says so. */
-        queue_key_stored_t old;
-        int stored = queue_admin_key_get(im->admin, key->fpr, &old, err, sizeof err);
-        if (stored > 0) {
-            buf_free(&old.addresses);
-            buf_free(&old.armored);
-            if (queue_admin_key_delete(im->admin, key->fpr, err, sizeof err) > 0) {
-                printf("removed %s: %s\n", key->fpr, key->why_unusable);
-                im->imported++;
-                return;
-            }
-        }
-        printf("refused %s: %s%s%s\n", key->fpr, key->why_unusable, stored < 0 ? "; " : "",
-               stored < 0 ? err : "");
-        im->refused++;
+        bool done = key->retired && retire(im, key);
+        if (!key->retired) printf("refused %s: %s\n", key->fpr, key->why_unusable);
+        if (done)
+            im->imported++;
+        else
+            im->refused++;
         return;
     }
     char canon[QUEUE_KEY_ADDRS_MAX][300];
@@ -118,6 +148,42 @@ static int read_input(const char *name, buf_t *out)
     return rc;
 }
 
+/* The stored key a revocation names: by fingerprint, or by the key ID
+ * that ends one (an old revocation may name no more than that). */
+struct find_id {
+    const char *id;
+    char fpr[CRYPTO_FPR_MAX + 1];
+};
+
+static void match_id(const queue_key_stored_t *key, void *arg)
+{
+    struct find_id *f = arg;
+    size_t n = strlen(key->fpr), id = strlen(f->id);
+    if (n >= id && !strcmp(key->fpr + n - id, f->id))
+        snprintf(f->fpr, sizeof f->fpr, "%s", key->fpr);
+}
+
+static int stored_key(const char *issuer, buf_t *out, void *arg, char *err, size_t errlen)
+{
+    struct import *im = arg;
+    struct find_id f = {issuer, ""};
+    if (strlen(issuer) == 16) {
+        if (queue_admin_key_list(im->admin, match_id, &f, err, errlen) < 0) return -1;
+        if (!f.fpr[0]) return 0;
+        issuer = f.fpr;
+    }
+    queue_key_stored_t key;
+    int found = queue_admin_key_get(im->admin, issuer, &key, err, errlen);
+    if (found <= 0) return found;
+    if (buf_append(out, key.armored.data, key.armored.len) < 0) {
+        snprintf(err, errlen, "out of memory");
+        found = -1;
+    }
+    buf_free(&key.addresses);
+    buf_free(&key.armored);
+    return found;
+}
+
 static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file)
 {
     buf_t data;
@@ -126,8 +192,8 @@ static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file)
     struct import im = {a, cfg, 0, 0};
     int rc = read_input(file, &data);
     if (rc == 0 && (crypto_gpg_init(err, sizeof err) < 0 ||
-                    crypto_keys_inspect(data.data, data.len, cfg->crypto.home_dir, import_one, &im,
-                                        err, sizeof err) < 0)) {
+                    crypto_keys_inspect(data.data, data.len, cfg->crypto.home_dir, stored_key,
+                                        import_one, &im, err, sizeof err) < 0)) {
         fprintf(stderr, "sealpost: %s\n", err);
         rc = -1;
     }
@@ -181,11 +247,7 @@ static void list_one(const queue_key_stored_t *key, void *arg)
     } else {
         printf("%s ", key->fpr);
         print_expiry(key->expires);
-        for (const char *p = key->addresses.data ? key->addresses.data : ""; *p;) {
-            size_t len = strcspn(p, "\n");
-            printf(" %.*s", (int)len, p);
-            p += len + (p[len] == '\n');
-        }
+        print_addresses(&key->addresses);
         printf("\n");
     }
     first = false;

@@ -96,6 +96,7 @@ int crypto_addr_canon(const char *addr, bool case_insensitive, bool strip_detail
 typedef struct crypto_key_info {
     char fpr[CRYPTO_FPR_MAX + 1];
     const char *why_unusable; /* NULL when it can take mail now: "revoked", "expired", ... */
+    bool retired;             /* revoked or expired: a stored copy is to go */
     long long expires;        /* when it stops being usable (Unix time); 0: never */
     char **addresses;         /* of its valid user IDs, as written there */
     unsigned n_addresses;
@@ -103,10 +104,22 @@ typedef struct crypto_key_info {
     size_t armored_len;
 } crypto_key_info_t;
 
+/* The directory's copy of the key a revocation names (a fingerprint, or a
+ * 16-digit key ID), appended to out: 1; 0 when there is none; -1 with err
+ * when the directory could not be asked. */
+typedef int (*crypto_stored_key_fn)(const char *issuer, buf_t *out, void *arg, char *err,
+                                    size_t errlen);
+
 /* Reads every public key in data (armored or binary) in a throw-away
  * GnuPG home made under parent ("" or NULL: $TMPDIR) and calls cb for each.
- * Blocking (it runs gpg): not on an event loop. */
+ * A key revocation certificate on its own (in any armor gpg, sq or rnp
+ * writes, gpg's ':'-guarded one too) is applied to its key in data, else to
+ * the copy stored() finds: that key is then reported revoked. One that
+ * names no key to be found, or does not verify against its key, is
+ * reported with why_unusable saying so and retired false. Blocking (it runs
+ * gpg): not on an event loop. */
 int crypto_keys_inspect(const char *data, size_t len, const char *parent,
+                        crypto_stored_key_fn stored,
                         void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
                         size_t errlen);
 

@@ -9,6 +9,7 @@
  * directory because it was validated when imported, so encryption uses
  * always-trust. */
 #include "crypto/crypto.h"
+#include "crypto/internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -245,6 +246,7 @@ static int key_describe(gpgme_ctx_t ctx, gpgme_key_t key, crypto_key_info_t *inf
 {
     snprintf(info->fpr, sizeof info->fpr, "%s", key->fpr ? key->fpr : "");
     info->why_unusable = key_unusable(key, &info->expires);
+    info->retired = key->revoked || key->expired;
     unsigned n = 0;
     for (gpgme_user_id_t uid = key->uids; uid; uid = uid->next)
         n++;
@@ -262,59 +264,180 @@ static int key_describe(gpgme_ctx_t ctx, gpgme_key_t key, crypto_key_info_t *inf
     return key_export(ctx, info->fpr, info);
 }
 
+/* The fingerprints an inspection reports, in the order found, once each. */
+struct fpr_list {
+    char (*fpr)[CRYPTO_FPR_MAX + 1];
+    unsigned n, cap;
+};
+
+static int fpr_add(struct fpr_list *l, const char *fpr)
+{
+    if (!fpr || strlen(fpr) > CRYPTO_FPR_MAX) return 0;
+    for (unsigned i = 0; i < l->n; i++)
+        if (!strcmp(l->fpr[i], fpr)) return 0;
+    if (l->n == l->cap) {
+        unsigned cap = l->cap ? 2 * l->cap : 8;
+        void *p = realloc(l->fpr, cap * sizeof *l->fpr);
+        if (!p) return -1;
+        l->fpr = p, l->cap = cap;
+    }
+    snprintf(l->fpr[l->n++], sizeof l->fpr[0], "%s", fpr);
+    return 0;
+}
+
+static gpgme_error_t import_mem(gpgme_ctx_t ctx, const void *data, size_t len)
+{
+    gpgme_data_t in = NULL;
+    gpgme_error_t e = gpgme_data_new_from_mem(&in, data, len, 0);
+    if (!e) e = gpgme_op_import(ctx, in);
+    if (in) gpgme_data_release(in);
+    return e;
+}
+
+/* What one inspection has found and is to report. */
+struct inspection {
+    gpgme_ctx_t ctx;
+    crypto_stored_key_fn stored;
+    void (*cb)(const crypto_key_info_t *key, void *arg);
+    void *arg;
+    struct fpr_list keys;
+    unsigned reported;
+    char *err;
+    size_t errlen;
+};
+
+static void report_problem(struct inspection *in, const char *issuer, const char *why)
+{
+    crypto_key_info_t info = {.why_unusable = why};
+    snprintf(info.fpr, sizeof info.fpr, "%s", issuer);
+    in->cb(&info, in->arg);
+    in->reported++;
+}
+
+/* The key a revocation names, in the home: from the input, else the
+ * directory's copy imported now. 1 with its fingerprint; 0 when neither has
+ * it; -1 on failure. */
+static int revoked_key(struct inspection *in, const char *issuer, char *fpr, size_t fprlen)
+{
+    gpgme_key_t key = NULL;
+    if (gpgme_get_key(in->ctx, issuer, &key, 0) || !key) {
+        buf_t copy;
+        buf_init(&copy);
+        int found = in->stored ? in->stored(issuer, &copy, in->arg, in->err, in->errlen) : 0;
+        if (found > 0 && import_mem(in->ctx, copy.data, copy.len)) found = 0;
+        buf_free(&copy);
+        if (found <= 0 || gpgme_get_key(in->ctx, issuer, &key, 0) || !key)
+            return found < 0 ? -1 : 0;
+    }
+    snprintf(fpr, fprlen, "%s", key->fpr ? key->fpr : "");
+    gpgme_key_unref(key);
+    return fpr[0] ? 1 : 0;
+}
+
+/* Applies one key revocation certificate: gpg imports it only into a home
+ * that holds its key, and checks its signature against that key there, so
+ * the key's revoked flag afterwards is the verdict. */
+static int apply_revocation(struct inspection *in, const openpgp_packet_t *p, const char *issuer)
+{
+    char fpr[CRYPTO_FPR_MAX + 1];
+    int found = revoked_key(in, issuer, fpr, sizeof fpr);
+    if (found < 0) return -1;
+    if (found == 0) {
+        report_problem(in, issuer, "a revocation of a key that is not in the directory");
+        return 0;
+    }
+    gpgme_key_t key = NULL;
+    bool revoked = !import_mem(in->ctx, p->raw, p->raw_len) &&
+                   !gpgme_get_key(in->ctx, fpr, &key, 0) && key && key->revoked;
+    if (key) gpgme_key_unref(key);
+    if (!revoked) {
+        report_problem(in, fpr, "a revocation that does not verify against the key");
+        return 0;
+    }
+    return fpr_add(&in->keys, fpr);
+}
+
+/* The key revocations at the head of one stream of packets, before any
+ * key: a bare certificate. One after a key is the key's own, which gpg has
+ * read with it. */
+static int revocations_in(const char *kind, size_t kind_len, const unsigned char *bin, size_t len,
+                          void *arg)
+{
+    (void)kind, (void)kind_len;
+    struct inspection *in = arg;
+    openpgp_packet_t p;
+    size_t pos = 0;
+    while (openpgp_packet_next(bin, len, &pos, &p) == 1 && p.tag == OPENPGP_TAG_SIGNATURE) {
+        unsigned type;
+        char issuer[OPENPGP_ISSUER_MAX];
+        if (openpgp_signature_issuer(&p, &type, issuer, sizeof issuer) == 0 &&
+            type == OPENPGP_SIG_KEY_REVOCATION && apply_revocation(in, &p, issuer) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static bool is_armored(const char *data, size_t len)
+{
+    return memmem(data, len, "-----BEGIN PGP ", 15) != NULL;
+}
+
+static int report_keys(struct inspection *in)
+{
+    for (unsigned i = 0; i < in->keys.n; i++) {
+        gpgme_key_t key = NULL;
+        if (gpgme_get_key(in->ctx, in->keys.fpr[i], &key, 0) || !key) continue;
+        crypto_key_info_t info = {0};
+        if (key_describe(in->ctx, key, &info) == 0) {
+            in->cb(&info, in->arg);
+            in->reported++;
+        }
+        info_free(&info);
+        gpgme_key_unref(key);
+    }
+    return 0;
+}
+
+static int inspect(struct inspection *in, const char *data, size_t len)
+{
+    gpgme_error_t e = import_mem(in->ctx, data, len);
+    if (e) {
+        snprintf(in->err, in->errlen, "gpg could not read the keys: %s", gpgme_strerror(e));
+        return -1;
+    }
+    /* The import result lives only until the next operation on ctx. */
+    gpgme_import_result_t result = gpgme_op_import_result(in->ctx);
+    for (gpgme_import_status_t st = result ? result->imports : NULL; st; st = st->next)
+        if (!st->result && fpr_add(&in->keys, st->fpr) < 0) goto oom;
+    int r = is_armored(data, len) ? openpgp_armor_each(data, len, revocations_in, in)
+                                  : revocations_in("", 0, (const unsigned char *)data, len, in);
+    if (r < 0) {
+        if (!in->err[0]) goto oom;
+        return -1;
+    }
+    return report_keys(in);
+oom:
+    snprintf(in->err, in->errlen, "out of memory");
+    return -1;
+}
+
 int crypto_keys_inspect(const char *data, size_t len, const char *parent,
+                        crypto_stored_key_fn stored,
                         void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
                         size_t errlen)
 {
     char home[PATH_MAX];
     if (crypto_homes_create(parent, home, sizeof home, err, errlen) < 0) return -1;
-    int rc = -1, found = 0;
-    gpgme_ctx_t ctx = NULL;
-    gpgme_data_t in = NULL;
-    if (home_make(home, err, errlen) < 0 || !(ctx = context_for(home, err, errlen))) goto out;
-    gpgme_error_t e = gpgme_data_new_from_mem(&in, data, len, 0);
-    if (!e) e = gpgme_op_import(ctx, in);
-    if (e) {
-        snprintf(err, errlen, "gpg could not read the keys: %s", gpgme_strerror(e));
-        goto out;
+    struct inspection in = {.stored = stored, .cb = cb, .arg = arg, .err = err, .errlen = errlen};
+    int rc = -1;
+    err[0] = 0;
+    if (home_make(home, err, errlen) == 0 && (in.ctx = context_for(home, err, errlen)) &&
+        inspect(&in, data, len) == 0) {
+        rc = in.reported ? 0 : -1;
+        if (rc < 0) snprintf(err, errlen, "no OpenPGP public key or key revocation in the input");
     }
-    /* The import result lives only until the next operation on ctx. */
-    char(*fprs)[CRYPTO_FPR_MAX + 1] = NULL;
-    unsigned n = 0;
-    gpgme_import_result_t result = gpgme_op_import_result(ctx);
-    for (gpgme_import_status_t st = result ? result->imports : NULL; st; st = st->next)
-        n++;
-    fprs = calloc(n ? n : 1, sizeof *fprs);
-    if (!fprs) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    n = 0;
-    for (gpgme_import_status_t st = result ? result->imports : NULL; st; st = st->next)
-        if (!st->result && st->fpr && strlen(st->fpr) <= CRYPTO_FPR_MAX)
-            snprintf(fprs[n++], sizeof fprs[0], "%s", st->fpr);
-    for (unsigned i = 0; i < n; i++) {
-        gpgme_key_t key = NULL;
-        bool seen = false;
-        for (unsigned j = 0; j < i && !seen; j++)
-            seen = !strcmp(fprs[i], fprs[j]);
-        if (seen || gpgme_get_key(ctx, fprs[i], &key, 0) || !key) continue;
-        crypto_key_info_t info = {0};
-        if (key_describe(ctx, key, &info) == 0) {
-            cb(&info, arg);
-            found++;
-        }
-        info_free(&info);
-        gpgme_key_unref(key);
-    }
-    free(fprs);
-    if (found == 0)
-        snprintf(err, errlen, "no OpenPGP public key found in the input");
-    else
-        rc = 0;
-out:
-    if (in) gpgme_data_release(in);
-    if (ctx) gpgme_release(ctx);
+    free(in.keys.fpr);
+    if (in.ctx) gpgme_release(in.ctx);
     crypto_homes_remove(home);
     return rc;
 }

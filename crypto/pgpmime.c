@@ -4,9 +4,11 @@
 #include "crypto/crypto.h"
 
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "crypto/internal.h"
 #include "proto/proto.h"
 
 #define BOUNDARY_LEN 32 /* 62^32: about 190 bits, never guessed nor met by chance */
@@ -241,18 +243,20 @@ static bool token_is(const char *p, size_t n, const char *want)
     return n == strlen(want) && !strncasecmp(p, want, n);
 }
 
-/* Whether the Content-Type value has parameter name with the value want
- * (case-insensitive, token or quoted-string, RFC 2045 §5.1). */
-static bool param_is(const char *v, size_t n, const char *name, const char *want)
+/* The next parameter called name in a Content-Type value from *i (RFC 2045
+ * §5.1): its value, token or quoted-string (the quotes not included, any
+ * backslash left in). */
+static bool param_next(const char *v, size_t n, size_t *i, const char *name, const char **val,
+                       size_t *val_len)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] == '"') { /* skip quoted strings: a ';' inside is no separator */
-            for (i++; i < n && v[i] != '"'; i++)
-                if (v[i] == '\\') i++;
+    for (; *i < n; (*i)++) {
+        if (v[*i] == '"') { /* skip quoted strings: a ';' inside is no separator */
+            for ((*i)++; *i < n && v[*i] != '"'; (*i)++)
+                if (v[*i] == '\\') (*i)++;
             continue;
         }
-        if (v[i] != ';') continue;
-        size_t j = proto_header_skip_cfws(v, n, i + 1), start = j;
+        if (v[*i] != ';') continue;
+        size_t j = proto_header_skip_cfws(v, n, *i + 1), start = j;
         while (j < n && is_token_char(v[j]))
             j++;
         if (!token_is(v + start, j - start, name)) continue;
@@ -265,12 +269,37 @@ static bool param_is(const char *v, size_t n, const char *name, const char *want
          * pgp-encrypted" without quotes is common, if not RFC 2045's. */
         for (j = start; j < n && (quoted ? v[j] != '"' : !strchr("; \t\r\n(", v[j])); j++)
             ;
-        if (token_is(v + start, j - start, want)) return true;
+        *val = v + start;
+        *val_len = j - start;
+        *i = j;
+        return true;
     }
     return false;
 }
 
-/* Lines of the body, without their line ends, for the armor checks. */
+/* Whether the Content-Type value has parameter name with the value want
+ * (case-insensitive). */
+static bool param_is(const char *v, size_t n, const char *name, const char *want)
+{
+    const char *val;
+    size_t val_len, i = 0;
+    while (param_next(v, n, &i, name, &val, &val_len))
+        if (token_is(val, val_len, want)) return true;
+    return false;
+}
+
+/* The one parameter called name, escapes and all; false when there are
+ * none or several, as readers would differ on which one counts. */
+static bool param_single(const char *v, size_t n, const char *name, const char **val,
+                         size_t *val_len)
+{
+    const char *other;
+    size_t other_len, i = 0;
+    return param_next(v, n, &i, name, val, val_len) &&
+           !param_next(v, n, &i, name, &other, &other_len);
+}
+
+/* Lines of the body, without their line ends. */
 static bool next_line(const char *body, size_t n, size_t *pos, const char **line, size_t *len)
 {
     if (*pos >= n) return false;
@@ -287,33 +316,156 @@ static bool line_is(const char *line, size_t len, const char *want)
     return len == strlen(want) && !memcmp(line, want, len);
 }
 
-#define PGP_BEGIN "-----BEGIN PGP MESSAGE-----"
-#define PGP_END   "-----END PGP MESSAGE-----"
+/* Whether text is one armored OpenPGP message (empty lines aside) whose
+ * packets are an encrypted message, so nothing in it or next to it is
+ * clear: the inline PGP of a text/plain body, and RFC 3156's second part. */
+static bool is_armored_encrypted(const char *text, size_t n)
+{
+    const char *kind;
+    size_t kind_len, bin_len;
+    unsigned char *bin = NULL;
+    if (openpgp_dearmor(text, n, &kind, &kind_len, &bin, &bin_len) <= 0) return false;
+    bool ok = token_is(kind, kind_len, "MESSAGE") && openpgp_is_encrypted_message(bin, bin_len);
+    free(bin);
+    return ok;
+}
 
-/* Whether some body line starts a PGP message. */
-static bool has_armor(const char *body, size_t n)
+/* The number of fields called name in the header of part (a message or a
+ * body part), the last one into *f, and where the part's body starts. */
+static unsigned fields_named(const char *part, size_t n, const char *name, proto_header_field_t *f,
+                             size_t *body)
+{
+    proto_header_iter_t it;
+    proto_header_field_t each;
+    unsigned count = 0;
+    proto_header_iter_init(&it, part, n);
+    while (proto_header_next(&it, &each))
+        if (field_is(&each, name)) *f = each, count++;
+    *body = it.body;
+    return count;
+}
+
+static bool type_is(const proto_header_field_t *f, const char *want_type, const char *want_sub)
+{
+    const char *type, *sub;
+    size_t type_len, sub_len;
+    return media_type(f->value, f->value_len, &type, &type_len, &sub, &sub_len) &&
+           token_is(type, type_len, want_type) && token_is(sub, sub_len, want_sub);
+}
+
+/* A Content-Transfer-Encoding value (RFC 2045 §6.1) is one token. */
+static bool encoding_is(const proto_header_field_t *f, const char *want)
+{
+    size_t i = proto_header_skip_cfws(f->value, f->value_len, 0), start = i;
+    while (i < f->value_len && is_token_char(f->value[i]))
+        i++;
+    return token_is(f->value + start, i - start, want) &&
+           proto_header_skip_cfws(f->value, f->value_len, i) == f->value_len;
+}
+
+/* A part's one Content-Type is type/sub, and its body starts at *body. */
+static bool part_type_is(const char *part, size_t n, const char *type, const char *sub,
+                         size_t *body)
+{
+    proto_header_field_t f;
+    return fields_named(part, n, "Content-Type", &f, body) == 1 && type_is(&f, type, sub);
+}
+
+typedef struct span {
+    const char *p;
+    size_t n;
+} span_t;
+
+static bool only_wsp(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t') return false;
+    return true;
+}
+
+/* The body parts of a multipart body (RFC 2046 §5.1.1): what lies between
+ * its delimiter lines "--boundary" (transport padding allowed) up to the
+ * close delimiter "--boundary--". The preamble and the epilogue, which
+ * readers do not show, are no parts. False when there is no close
+ * delimiter, or more than max parts. */
+static bool multipart_parts(const char *body, size_t n, const char *b, size_t b_len, span_t *parts,
+                            unsigned max, unsigned *count)
 {
     const char *line;
     size_t len, pos = 0;
-    while (next_line(body, n, &pos, &line, &len))
-        if (line_is(line, len, PGP_BEGIN)) return true;
+    *count = 0;
+    for (size_t at = 0; next_line(body, n, &pos, &line, &len); at = pos) {
+        if (len < b_len + 2 || memcmp(line, "--", 2) || memcmp(line + 2, b, b_len)) continue;
+        const char *rest = line + 2 + b_len;
+        size_t rest_len = len - 2 - b_len;
+        bool close = rest_len >= 2 && !memcmp(rest, "--", 2);
+        size_t dashes = close ? 2 : 0;
+        if (!only_wsp(rest + dashes, rest_len - dashes)) continue;
+        if (*count) parts[*count - 1].n = (size_t)(body + at - parts[*count - 1].p);
+        if (close) return *count > 0;
+        if (*count == max) return false;
+        parts[(*count)++] = (span_t){body + (pos < n ? pos : n), 0};
+    }
     return false;
 }
 
-/* Inline PGP: the body is one armored message and nothing else (blank
- * lines aside), so no text next to it would travel in clear. */
-static bool is_inline_pgp(const char *body, size_t n)
+/* RFC 3156 §4's first part: application/pgp-encrypted saying "Version: 1". */
+static bool is_version_part(span_t part)
 {
-    const char *line, *first = NULL, *last = NULL;
-    size_t len, first_len = 0, last_len = 0, pos = 0, begins = 0;
-    while (next_line(body, n, &pos, &line, &len)) {
-        if (len == 0) continue;
-        if (!first) first = line, first_len = len;
-        last = line, last_len = len;
-        begins += line_is(line, len, PGP_BEGIN);
-    }
-    return first && begins == 1 && line_is(first, first_len, PGP_BEGIN) &&
-           line_is(last, last_len, PGP_END);
+    size_t body, pos, len, seen = 0;
+    const char *line;
+    if (!part_type_is(part.p, part.n, "application", "pgp-encrypted", &body)) return false;
+    for (pos = body; next_line(part.p, part.n, &pos, &line, &len);)
+        if (len && (seen++ || !line_is(line, len, "Version: 1"))) return false;
+    return seen == 1;
+}
+
+/* The second: application/octet-stream holding the armored message, in no
+ * transfer encoding that would hide what it holds. */
+static bool is_encrypted_part(span_t part)
+{
+    proto_header_field_t cte;
+    size_t body;
+    if (!part_type_is(part.p, part.n, "application", "octet-stream", &body)) return false;
+    unsigned encodings = fields_named(part.p, part.n, "Content-Transfer-Encoding", &cte, &body);
+    if (encodings > 1 || (encodings && !encoding_is(&cte, "7bit") && !encoding_is(&cte, "8bit")))
+        return false;
+    return is_armored_encrypted(part.p + body, part.n - body);
+}
+
+/* PGP/MIME (RFC 3156 §4): exactly the two parts, the second encrypted. A
+ * third part, or any other part, would travel in clear. */
+static bool is_pgp_mime(const proto_header_field_t *type, const char *body, size_t n)
+{
+    const char *b;
+    size_t b_len;
+    span_t parts[2];
+    unsigned count;
+    if (!param_single(type->value, type->value_len, "boundary", &b, &b_len) || b_len == 0 ||
+        memchr(b, '\\', b_len))
+        return false;
+    return multipart_parts(body, n, b, b_len, parts, 2, &count) && count == 2 &&
+           is_version_part(parts[0]) && is_encrypted_part(parts[1]);
+}
+
+/* S/MIME (RFC 8551 §3.2.2): base64 of a CMS structure that is the
+ * enveloped data its label says, not signed data relabelled. */
+static bool is_smime_enveloped(const char *msg, size_t len, const proto_header_field_t *type)
+{
+    proto_header_field_t cte;
+    size_t body;
+    if (fields_named(msg, len, "Content-Transfer-Encoding", &cte, &body) != 1 ||
+        !encoding_is(&cte, "base64"))
+        return false;
+    size_t b64_len = len - body, der_len = 0;
+    unsigned char *der = malloc(b64_len / 4 * 3 + 3);
+    if (!der) return false;
+    bool auth = param_is(type->value, type->value_len, "smime-type", "authEnveloped-data");
+    bool ok = sodium_base642bin(der, b64_len / 4 * 3 + 3, msg + body, b64_len, " \t\r\n", &der_len,
+                                NULL, sodium_base64_VARIANT_ORIGINAL) == 0 &&
+              smime_is_enveloped(der, der_len, auth);
+    free(der);
+    return ok;
 }
 
 enum body_kind { BODY_CLEAR, BODY_PGP_MIME, BODY_SMIME, BODY_MAYBE_INLINE };
@@ -339,26 +491,29 @@ static enum body_kind content_kind(const proto_header_field_t *f)
     return BODY_CLEAR;
 }
 
+/* The label is where the check starts, not where it ends: it says which
+ * structure the body must have, and only a body that has it passes. */
 bool pgpmime_is_encrypted(const char *msg, size_t len)
 {
     proto_header_iter_t it;
-    proto_header_field_t f;
+    proto_header_field_t f, type = {0};
     proto_header_iter_init(&it, msg, len);
     /* With several Content-Type fields, readers differ on which counts; only
-     * when all say encrypted is nothing left in clear by passing it on. */
+     * when all say text/plain (or none is there) may the body be inline PGP,
+     * and a MIME structure is only believed with one field naming it. */
     size_t count[BODY_MAYBE_INLINE + 1] = {0}, types = 0;
     while (proto_header_next(&it, &f)) {
         if (!field_is(&f, "Content-Type")) continue;
         types++;
         count[content_kind(&f)]++;
+        type = f;
     }
     const char *body = msg + it.body;
     size_t body_len = len - it.body;
-    if (types && count[BODY_SMIME] == types) return true;
-    /* A PGP/MIME label on a body without a PGP message in it is no proof. */
-    if (types && count[BODY_PGP_MIME] == types) return has_armor(body, body_len);
+    if (types == 1 && count[BODY_SMIME]) return is_smime_enveloped(msg, len, &type);
+    if (types == 1 && count[BODY_PGP_MIME]) return is_pgp_mime(&type, body, body_len);
     /* No Content-Type is text/plain (RFC 2045 §5.2). */
-    if (count[BODY_MAYBE_INLINE] == types) return is_inline_pgp(body, body_len);
+    if (count[BODY_MAYBE_INLINE] == types) return is_armored_encrypted(body, body_len);
     return false;
 }
 

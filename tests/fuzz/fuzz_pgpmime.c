@@ -2,7 +2,10 @@
  * never copy a Bcc, keep the body byte for byte in the inner entity (at its
  * end, under a legacy display element), and write CRLF lines whenever the
  * header they were given had them; the clear copy keeps no Bcc and nothing
- * else is lost from it. The first input octet chooses the flags. */
+ * else is lost from it; the passthrough check never faults, takes the
+ * builders' own PGP/MIME output for encrypted when its armor holds an
+ * encrypted message, and not when the armor does not or a clear third part
+ * is added. The first input octet chooses the flags. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +36,29 @@ static bool crlf(const char *p, size_t n)
     }
     return true;
 }
+/* A PKESK and a SEIPD packet: the framing of an encrypted message. */
+static const char sealed[] =
+    "-----BEGIN PGP MESSAGE-----\n\nwQwDAQIDBAUGBwgBAAHSAwGquw==\n-----END PGP MESSAGE-----\n";
+
+/* Puts a clear part before the close delimiter, the last line of ours. */
+static void third_part(buf_t *b)
+{
+    const char *close = b->data + b->len - 2;
+    while (close > b->data && close[-1] != '\n')
+        close--;
+    size_t at = (size_t)(close - b->data);
+    buf_t out;
+    buf_init(&out);
+    CHECK(buf_append(&out, b->data, at) == 0);
+    /* "--<boundary>" without the closing "--" and the CRLF */
+    CHECK(buf_append(&out, close, b->len - at - 4) == 0);
+    CHECK(buf_printf(&out, "\r\nContent-Type: text/plain\r\n\r\nclear\r\n") == 0);
+    CHECK(buf_append(&out, close, b->len - at) == 0);
+    buf_reset(b);
+    CHECK(buf_append(b, out.data, out.len) == 0);
+    buf_free(&out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!size) return 0;
@@ -69,6 +95,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t body;
         no_bcc(b.data, b.len, &body);
         if (!memchr(msg, '\r', it.body)) CHECK(crlf(b.data, b.len));
+        CHECK(!pgpmime_is_encrypted(b.data, b.len));
+    }
+    buf_reset(&b);
+    r = pgpmime_outer(msg, len, sealed, sizeof sealed - 1, flags, &b);
+    if (r == 0) {
+        CHECK(pgpmime_is_encrypted(b.data, b.len));
+        third_part(&b);
+        CHECK(!pgpmime_is_encrypted(b.data, b.len));
     }
     buf_reset(&b);
     CHECK(pgpmime_without_blind(msg, len, &b) == 0);

@@ -303,7 +303,8 @@ def test_expired_or_revoked_key_counts_as_none(stack, tmp_path):
     # Revoked after it was imported: importing the revocation removes it.
     gone.revoke()
     r = keys(stack, "import", "-", input=gone.public())
-    assert r.returncode == 0 and f"removed {gone.fpr}: revoked".encode() in r.stdout, r.stdout
+    assert r.returncode == 0, r.stdout
+    assert r.stdout == f"revoked: {gone.fpr} gone@example.test, key removed\n".encode()
     assert gone.fpr.encode() not in keys(stack, "list").stdout
     time.sleep(0.6)
     with connect(stack) as c:
@@ -312,40 +313,88 @@ def test_expired_or_revoked_key_counts_as_none(stack, tmp_path):
         expect(c.cmd("RCPT TO:<gone@example.test>"), 550, "5.7.1")
 
 
-def test_already_encrypted_input_passes_unchanged(stack, people):
+def sq_decrypt(person, tmp_path, armor):
+    """Decrypts with Sequoia, a second implementation, from the person's
+    secret key as gpg exports it."""
+    from pgp import gpg
+    key = tmp_path / f"{person.email}.sec"
+    key.write_bytes(gpg(person.home, "--armor", "--export-secret-keys", person.fpr).stdout)
+    r = subprocess.run(["sq", "decrypt", "--recipient-key", str(key)], input=armor,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def smime_certificate(tmp_path):
+    key, cert = tmp_path / "bob.key", tmp_path / "bob.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                    "-subj", "/CN=Bob", "-keyout", str(key), "-out", str(cert),
+                    "-addext", "subjectAltName=email:bob@example.test"],
+                   check=True, capture_output=True, timeout=60)
+    return key, cert
+
+
+def openssl_cms(*args, input):
+    r = subprocess.run(["openssl", "cms", *args], input=input, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def pgp_mime(head, armored, extra_part=b""):
+    return (head + b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted;\r\n"
+            b" protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\r\n--b1\r\n"
+            b"Content-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b1\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + armored + extra_part
+            + b"--b1--\r\n")
+
+
+def test_already_encrypted_input_passes_unchanged(stack, people, tmp_path):
+    """Inline PGP and PGP/MIME made by gpg and by sq, S/MIME made by openssl:
+    each stored and delivered as it came."""
     import_keys(stack, people["alice"])
     stack.ingress()
     stack.worker()
     from pgp import gpg
     armored = gpg(people["alice"].home, "--armor", "--encrypt", "-r", people["alice"].fpr,
                   input=b"already encrypted by the sender").stdout.replace(b"\n", b"\r\n")
-    inline = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: inline\r\n\r\n"
-              + armored)
-    mime = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: mime\r\n"
-            b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted;\r\n"
-            b" protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\r\n--b1\r\n"
-            b"Content-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b1\r\n"
-            b"Content-Type: application/octet-stream\r\n\r\n" + armored + b"--b1--\r\n")
-    smime = (b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: smime\r\n"
-             b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data;"
-             b" name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n")
-    for data in (inline, mime, smime):
+    cert = tmp_path / "alice.pub"
+    cert.write_bytes(people["alice"].public())
+    by_sq = subprocess.run(["sq", "encrypt", "--recipient-cert", str(cert)],
+                           input=b"encrypted by sq", capture_output=True, timeout=60)
+    assert by_sq.returncode == 0, by_sq.stderr
+    head = b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: s\r\n"
+    inline = head + b"\r\n" + armored
+    mime = pgp_mime(head, armored)
+    mime_sq = pgp_mime(head, by_sq.stdout.replace(b"\n", b"\r\n"))
+    _, bob_cert = smime_certificate(tmp_path)
+    smime = head + openssl_cms("-encrypt", str(bob_cert), input=b"Content-Type: text/plain\r\n"
+                               b"\r\nencrypted by openssl\r\n")
+    assert b"smime-type=enveloped-data" in smime
+    sent = (inline, mime, mime_sq, smime)
+    for data in sent:
         code, _ = submit(stack.smtp_port, ["alice@example.test"], data)
         assert code == 250
-    wait_for(lambda: stack.sink.count() == 3, what="three messages")
+    wait_for(lambda: stack.sink.count() == len(sent), what="the messages")
     got = sorted(strip_received(c) for _, _, c in stack.sink.messages)
-    assert got == sorted((inline, mime, smime))
-    assert stack.procs[0].read_log().count("outcome=passthrough") == 3
+    assert got == sorted(sent)
+    assert stack.procs[0].read_log().count("outcome=passthrough") == len(sent)
 
 
-def test_what_only_looks_encrypted_is_encrypted(stack, people):
-    """Armor next to readable text, signed-only S/MIME, or a PGP/MIME label
-    on a readable body: none of these is encrypted, so the gateway is."""
+def test_what_only_looks_encrypted_is_encrypted(stack, people, tmp_path):
+    """Armor next to readable text, signed-only S/MIME (also when labelled
+    enveloped), a PGP/MIME label on a readable body or with a clear third
+    part: none of these is encrypted, so the gateway is."""
     import_keys(stack, people["alice"])
     stack.ingress()
     stack.worker()
+    from pgp import gpg
     head = b"From: sender@origin.test\r\nTo: alice@example.test\r\nSubject: s\r\n"
-    armor = b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEM\r\n-----END PGP MESSAGE-----\r\n"
+    armor = gpg(people["alice"].home, "--armor", "--encrypt", "-r", people["alice"].fpr,
+                input=b"encrypted part").stdout.replace(b"\n", b"\r\n")
+    bob_key, bob_cert = smime_certificate(tmp_path)
+    signed = openssl_cms("-sign", "-nodetach", "-signer", str(bob_cert), "-inkey", str(bob_key),
+                         input=b"Content-Type: text/plain\r\n\r\nSECRET-5\r\n")
+    assert b"smime-type=signed-data" in signed
     fakes = [
         head + b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nSECRET-1\r\n"
                b"--b\r\n\r\n" + armor + b"--b--\r\n",
@@ -354,15 +403,26 @@ def test_what_only_looks_encrypted_is_encrypted(stack, people):
                b"SECRET-3\r\n",
         head + b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";"
                b" boundary=b\r\n\r\nSECRET-4\r\n",
+        head + signed.replace(b"smime-type=signed-data", b"smime-type=enveloped-data"),
+        pgp_mime(head, armor, b"--b1\r\nContent-Type: text/plain\r\n\r\nSECRET-6\r\n"),
     ]
     for data in fakes:
         code, _ = submit(stack.smtp_port, ["alice@example.test"], data)
         assert code == 250
-    wait_for(lambda: stack.sink.count() == 4, what="four messages")
+    wait_for(lambda: stack.sink.count() == len(fakes), what="the messages")
+    # the signed text is inside the base64 of its SignedData
+    markers = [b"SECRET-1", b"SECRET-2", b"SECRET-3", b"SECRET-4",
+               signed.split(b"\r\n\r\n", 1)[1].split(b"\r\n")[0], b"SECRET-6"]
+    plains = []
     for _, _, content in stack.sink.messages:
-        assert b"SECRET-" not in content
-        plain = people["alice"].decrypt(check_pgp_mime_armor(content))
-        assert b"SECRET-" in plain
+        assert b"SECRET-" not in content and markers[4] not in content
+        armored = check_pgp_mime_armor(content)
+        plain = people["alice"].decrypt(armored)
+        assert sq_decrypt(people["alice"], tmp_path, armored) == plain
+        plains.append(plain)
+    for marker in markers:
+        assert sum(marker in p for p in plains) == 1, marker
+    assert "outcome=passthrough" not in stack.procs[0].read_log()
 
 
 def test_utf8_headers_and_8bit_body_survive(stack, people):

@@ -530,29 +530,77 @@ static bool encrypted(const char *msg)
     return pgpmime_is_encrypted(msg, strlen(msg));
 }
 
-#define ARMOR "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEM\r\n-----END PGP MESSAGE-----\r\n"
+/* Crafted OpenPGP messages: a PKESK (v3) and a SEIPD (v1), the packets of
+ * an encrypted message; the same with a literal data packet after it (clear
+ * text in the armor); a signature packet first; an SED after an SKESK; the
+ * SEIPD in partial body lengths; no session key at all; an unknown PKESK
+ * version. Only the framing is real: these are checks of the structure. */
+#define ARMOR_OF(b64)  "-----BEGIN PGP MESSAGE-----\r\n\r\n" b64 "\r\n-----END PGP MESSAGE-----\r\n"
+#define ARMOR          ARMOR_OF("wQwDAQIDBAUGBwgBAAHSAwGquw==")
+#define ARMOR_TRAILING ARMOR_OF("wQwDAQIDBAUGBwgBAAHSAwGqu8sFYgBhYlg=")
+#define ARMOR_SKESK    ARMOR_OF("wwQECQMAyQMBAgM=")
+#define ARMOR_PARTIAL  ARMOR_OF("wQwDAQIDBAUGBwgBAAHS4QFVAmZ3")
+#define ARMOR_NO_KEYS  ARMOR_OF("0gMBqrs=")
+#define ARMOR_V9       ARMOR_OF("wQwJAQIDBAUGBwgBAAHSAwGquw==")
+
+/* S/MIME made by `openssl cms` for a P-256 certificate: EnvelopedData
+ * (-encrypt), SignedData (-sign -nodetach), AuthEnvelopedData (-aes-128-gcm). */
+#define SMIME_ENV                                                                                  \
+    "MIIBDwYJKoZIhvcNAQcDoIIBADCB/QIBAjGBuaGBtgIBA6BRoU8wCQYHKoZIzj0CAQNCAAQJwcRY\r\n"             \
+    "YUFhBEYJYr2NfuajOJLOqF0NkfsVnGpe7F0KFd0RbCkrOSbkaig8WOpVXgWFmDRsaZp6N1C/2RF5\r\n"             \
+    "/c4RMBgGCSuBBRCGSD8AAjALBglghkgBZQMEAQUwRDBCMCYwDjEMMAoGA1UEAwwDQm9iAhRvjCka\r\n"             \
+    "SNC+2Vwby0Z04lPafZhjmwQYMn/EBA4tzQ0E9vSzg9G8YXgI5kYiMvttMDwGCSqGSIb3DQEHATAd\r\n"             \
+    "BglghkgBZQMEAQIEELhacltaUT02m8u8i3W3uySAEMwUC7gpDQK70OwamXu1FeM=\r\n"
+
+#define SMIME_SIG                                                                                  \
+    "MIIBsgYJKoZIhvcNAQcCoIIBozCCAZ8CAQExDTALBglghkgBZQMEAgEwEAYJKoZIhvcNAQcBoAME\r\n"             \
+    "AXgxggF3MIIBcwIBATAmMA4xDDAKBgNVBAMMA0JvYgIUb4wpGkjQvtlcG8tGdOJT2n2YY5swCwYJ\r\n"             \
+    "YIZIAWUDBAIBoIHkMBgGCSqGSIb3DQEJAzELBgkqhkiG9w0BBwEwHAYJKoZIhvcNAQkFMQ8XDTI2\r\n"             \
+    "MTIwMjAwMjkwMFowLwYJKoZIhvcNAQkEMSIEIC1xFkK3JrBEAWJ8qfusMvXIUw+xkDzE2wIlhxeS\r\n"             \
+    "GkiBMHkGCSqGSIb3DQEJDzFsMGowCwYJYIZIAWUDBAEqMAsGCWCGSAFlAwQBFjALBglghkgBZQME\r\n"             \
+    "AQIwCgYIKoZIhvcNAwcwDgYIKoZIhvcNAwICAgCAMA0GCCqGSIb3DQMCAgFAMAcGBSsOAwIHMA0G\r\n"             \
+    "CCqGSIb3DQMCAgEoMAoGCCqGSM49BAMCBEYwRAIgIcEcprIvXILToKSS3+jmSFaDPUwiILbQVW2a\r\n"             \
+    "eFIx/sMCIHRpiHGFCg/m/nYRV096/ESuTUsYBSmbOQ4ZBiKHZ072\r\n"
+
+#define SMIME_AUTH                                                                                 \
+    "MIIBFgYLKoZIhvcNAQkQARegggEFMIIBAQIBADGBuaGBtgIBA6BRoU8wCQYHKoZIzj0CAQNCAAQ0\r\n"             \
+    "VDcQsv5TOpoYm6YPjzxurSOFmSnp41fnmpKGLza7Fe6Aaiwg5V8tXj12Iy9bzR7ErsvMSVCPDfuU\r\n"             \
+    "HA9T9gY2MBgGCSuBBRCGSD8AAjALBglghkgBZQMEAQUwRDBCMCYwDjEMMAoGA1UEAwwDQm9iAhRv\r\n"             \
+    "jCkaSNC+2Vwby0Z04lPafZhjmwQYN/mRn9tieeYdcpBme0Ixy/SAkY3uLoSUMC4GCSqGSIb3DQEH\r\n"             \
+    "ATAeBglghkgBZQMEAQYwEQQMC0qg6Dp7l0u5QwxiAgEQgAFSBBDN+ybb+bMaTc9jfWD3BjVY\r\n"
+
+#define PGP_MIME_HEAD                                                                              \
+    "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; "                  \
+    "boundary=\"b\"\r\n\r\n"
+#define VERSION_PART     "--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n"
+#define DATA_PART(armor) "--b\r\nContent-Type: application/octet-stream\r\n\r\n" armor
+#define SMIME_HEAD(type)                                                                           \
+    "Content-Type: application/pkcs7-mime; smime-type=" type "; name=smime.p7m\r\n"                \
+    "Content-Transfer-Encoding: base64\r\n\r\n"
 
 static void test_pgpmime_is_encrypted(void **state)
 {
     (void)state;
-    /* PGP/MIME: the protocol named and a PGP message in the body */
-    assert_true(encrypted("Content-Type: multipart/encrypted; "
-                          "protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\n"
-                          "\r\nVersion: 1\r\n--x\r\n\r\n" ARMOR "--x--\r\n"));
+    /* PGP/MIME: the protocol named, the two parts, an encrypted message */
+    assert_true(encrypted(PGP_MIME_HEAD VERSION_PART DATA_PART(ARMOR) "--b--\r\n"));
     assert_true(encrypted("From: a@example.org\r\ncontent-type:\r\n\tMultipart/ENCRYPTED\r\n"
-                          " ; boundary=x; PROTOCOL=application/pgp-encrypted\r\n\r\n" ARMOR));
+                          " ; boundary=b; PROTOCOL=application/pgp-encrypted\r\n\r\n"
+                          "preamble\r\n" VERSION_PART DATA_PART(ARMOR_PARTIAL) "--b--  \r\n"
+                                                                               "epilogue\r\n"));
     assert_true(encrypted("Content-Type: (a comment) multipart / encrypted (more); "
-                          "protocol=\"application/pgp-encrypted\"\r\n\r\n" ARMOR));
-    /* S/MIME enveloped data */
-    assert_true(encrypted("Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
-                          "\r\nMIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n"));
-    assert_true(encrypted("Content-Type: application/x-pkcs7-mime; "
-                          "smime-type=\"authEnveloped-data\"\r\n\r\nMIAG\r\n"));
+                          "protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n" VERSION_PART
+                          "--b\r\nContent-Type: application/octet-stream; name=x.asc\r\n"
+                          "Content-Transfer-Encoding: 7bit\r\n\r\n" ARMOR_SKESK "\r\n--b--\r\n"));
+    /* S/MIME enveloped data, as labelled */
+    assert_true(encrypted(SMIME_HEAD("enveloped-data") SMIME_ENV));
+    assert_true(encrypted("Content-Type: application/x-pkcs7-mime;\r\n"
+                          " smime-type=\"authEnveloped-data\"\r\n"
+                          "Content-Transfer-Encoding: BASE64\r\n\r\n" SMIME_AUTH));
     /* inline PGP: the whole body is one armored message */
     assert_true(encrypted("Content-Type: text/plain\r\n\r\n" ARMOR));
     assert_true(encrypted("Subject: x\r\n\r\n\r\n" ARMOR "\r\n"));
-    assert_true(encrypted("Subject: x\n\n-----BEGIN PGP MESSAGE-----\nhQEM\n"
-                          "-----END PGP MESSAGE-----\n"));
+    assert_true(encrypted("Subject: x\n\n-----BEGIN PGP MESSAGE-----\nVersion: x\n\n"
+                          "wQwDAQIDBAUGBwgBAAHSAwGquw==\n=abcd\n-----END PGP MESSAGE-----\n"));
 
     assert_false(encrypted(""));
     assert_false(encrypted("Subject: x\r\n\r\nplain\r\n"));
@@ -566,17 +614,64 @@ static void test_pgpmime_is_encrypted(void **state)
     /* labelled encrypted, but nothing to prove it: readable text stays readable */
     assert_false(encrypted("Content-Type: multipart/encrypted; "
                            "protocol=\"application/pgp-encrypted\"\r\n\r\nsecret\r\n"));
-    assert_false(encrypted("Content-Type: multipart/encrypted; protocol=x\r\n\r\n" ARMOR));
-    assert_false(encrypted("Content-Type: multipart/encrypted; x=\"; protocol="
-                           "application/pgp-encrypted\"\r\n\r\n" ARMOR));
-    /* S/MIME that is only signed, or says nothing */
+    assert_false(encrypted(
+        "Content-Type: multipart/encrypted; protocol=x; boundary=b\r\n\r\n" VERSION_PART DATA_PART(
+            ARMOR) "--b--\r\n"));
+    assert_false(
+        encrypted("Content-Type: multipart/encrypted; x=\"; protocol="
+                  "application/pgp-encrypted\"; boundary=b\"\r\n\r\n" VERSION_PART DATA_PART(
+                      ARMOR) "--b--\r\n"));
+    /* PGP/MIME with a third part, one part, parts swapped or mislabelled */
+    assert_false(encrypted(PGP_MIME_HEAD VERSION_PART DATA_PART(
+        ARMOR) "--b\r\nContent-Type: text/plain\r\n\r\nSECRET\r\n--b--\r\n"));
+    assert_false(encrypted(PGP_MIME_HEAD DATA_PART(ARMOR) "--b--\r\n"));
+    assert_false(encrypted(PGP_MIME_HEAD DATA_PART(ARMOR) VERSION_PART "--b--\r\n"));
+    assert_false(encrypted(PGP_MIME_HEAD VERSION_PART
+                           "--b\r\nContent-Type: text/plain\r\n\r\n" ARMOR "--b--\r\n"));
+    assert_false(encrypted(PGP_MIME_HEAD "--b\r\nContent-Type: application/pgp-encrypted\r\n"
+                                         "\r\nVersion: 2\r\n" DATA_PART(ARMOR) "--b--\r\n"));
+    /* no close delimiter; two boundaries; text inside the second part */
+    assert_false(encrypted(PGP_MIME_HEAD VERSION_PART DATA_PART(ARMOR)));
+    assert_false(encrypted("Content-Type: multipart/encrypted; boundary=b; boundary=c; "
+                           "protocol=\"application/pgp-encrypted\"\r\n\r\n" VERSION_PART DATA_PART(
+                               ARMOR) "--b--\r\n"));
+    assert_false(encrypted(PGP_MIME_HEAD VERSION_PART DATA_PART("SECRET\r\n" ARMOR) "--b--\r\n"));
+    assert_false(encrypted(PGP_MIME_HEAD VERSION_PART
+                           "--b\r\nContent-Type: application/octet-stream\r\n"
+                           "Content-Transfer-Encoding: base64\r\n\r\n" ARMOR "--b--\r\n"));
+    /* armor that holds no encrypted message, or clear text besides it */
+    static const char *const not_encrypted[] = {ARMOR_TRAILING, ARMOR_NO_KEYS, ARMOR_V9,
+                                                ARMOR_OF("xsBNBF"), ARMOR_OF("wQwDAQ")};
+    for (size_t i = 0; i < sizeof not_encrypted / sizeof *not_encrypted; i++) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, PGP_MIME_HEAD VERSION_PART DATA_PART("%s") "--b--\r\n",
+                 not_encrypted[i]);
+        assert_false(encrypted(msg));
+        snprintf(msg, sizeof msg, "Subject: x\r\n\r\n%s", not_encrypted[i]);
+        assert_false(encrypted(msg));
+    }
+    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----\r\nSECRET: x\r\n\r\n"
+                           "wQwDAQIDBAUGBwgBAAHSAwGquw==\r\n-----END PGP MESSAGE-----\r\n"));
+    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nSECRET\r\n"
+                           ":" ARMOR "-----END PGP MESSAGE-----\r\n"));
+    /* S/MIME: signed data relabelled, the other enveloped kind, no base64, extra octets */
+    assert_false(encrypted(SMIME_HEAD("enveloped-data") SMIME_SIG));
+    assert_false(encrypted(SMIME_HEAD("enveloped-data") SMIME_AUTH));
+    assert_false(encrypted(SMIME_HEAD("authEnveloped-data") SMIME_ENV));
+    assert_false(encrypted(SMIME_HEAD("enveloped-data") SMIME_ENV "AAAA\r\n"));
+    assert_false(encrypted(SMIME_HEAD("enveloped-data") "MIAGCSqGSIb3DQEHA6CAMIACAQAx\r\n"));
+    assert_false(encrypted("Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+                           "\r\n" SMIME_ENV));
     assert_false(encrypted("Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n"
-                           "\r\nMIAG\r\n"));
+                           "Content-Transfer-Encoding: base64\r\n\r\n" SMIME_SIG));
     assert_false(encrypted("Content-Type: application/x-pkcs7-mime\r\n\r\n"));
-    /* two Content-Types that disagree: not surely encrypted */
+    /* two Content-Types, even when both agree: not surely encrypted */
     assert_false(encrypted("Content-Type: multipart/encrypted; "
                            "protocol=application/pgp-encrypted\r\n"
                            "Content-Type: text/plain\r\n\r\nsecret\r\n" ARMOR));
+    assert_false(
+        encrypted("Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n" SMIME_HEAD(
+            "enveloped-data") SMIME_ENV));
     /* inline armor with text around it, or in a multipart: the text is clear */
     assert_false(encrypted("Content-Type: text/plain\r\n\r\nHi,\r\n" ARMOR));
     assert_false(encrypted("Subject: x\r\n\r\n" ARMOR "-- \r\nsignature\r\n"));
@@ -586,7 +681,6 @@ static void test_pgpmime_is_encrypted(void **state)
     /* the markers only count as whole body lines */
     assert_false(encrypted("X-Armor: -----BEGIN PGP MESSAGE-----\r\n\r\nplain\r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n -----BEGIN PGP MESSAGE-----\r\n"));
-    assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE----- \r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n> -----BEGIN PGP MESSAGE-----\r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP SIGNED MESSAGE-----\r\n"));
     assert_false(encrypted("Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----"));
@@ -744,7 +838,7 @@ static void test_key_addresses_with_controls_are_not_taken(void **state)
     buf_init(&got);
     char err[256];
     if (crypto_gpg_init(err, sizeof err) < 0) fail_msg("%s", err);
-    if (crypto_keys_inspect(armored, len, NULL, collect_addresses, &got, err, sizeof err) < 0)
+    if (crypto_keys_inspect(armored, len, NULL, NULL, collect_addresses, &got, err, sizeof err) < 0)
         fail_msg("%s", err);
     buf_append(&got, "", 1);
     assert_string_equal(got.data, "[eve@evil.test]");
