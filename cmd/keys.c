@@ -74,6 +74,19 @@ static bool retire(struct import *im, const crypto_key_info_t *key)
                stored < 0 ? err : "not in the directory");
         return false;
     }
+    /* An old copy whose self-signature lapsed says nothing of the stored
+     * one, whose expiry may have been extended since: only a revocation, or
+     * a copy that expires no later than the stored one, retires it. */
+    if (strcmp(key->why_unusable, "revoked") != 0 &&
+        (old.expires == 0 || (key->expires != 0 && old.expires > key->expires))) {
+        printf("refused %s: %s, but the stored copy is newer (expires ", key->fpr,
+               key->why_unusable);
+        print_expiry(old.expires);
+        printf("): kept\n");
+        buf_free(&old.addresses);
+        buf_free(&old.armored);
+        return false;
+    }
     bool removed = queue_admin_key_delete(im->admin, key->fpr, err, sizeof err) > 0;
     if (removed) {
         printf("%s: %s", key->why_unusable, key->fpr);

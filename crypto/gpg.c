@@ -370,9 +370,12 @@ static int revocations_in(const char *kind, size_t kind_len, const unsigned char
     while (openpgp_packet_next(bin, len, &pos, &p) == 1 && p.tag == OPENPGP_TAG_SIGNATURE) {
         unsigned type;
         char issuer[OPENPGP_ISSUER_MAX];
-        if (openpgp_signature_issuer(&p, &type, issuer, sizeof issuer) == 0 &&
-            type == OPENPGP_SIG_KEY_REVOCATION && apply_revocation(in, &p, issuer) < 0)
-            return -1;
+        if (openpgp_signature_issuer(&p, &type, issuer, sizeof issuer) < 0) {
+            /* it may be a revocation: never ignored without a word */
+            report_problem(in, "", "a signature that cannot be read (no issuer found)");
+            continue;
+        }
+        if (type == OPENPGP_SIG_KEY_REVOCATION && apply_revocation(in, &p, issuer) < 0) return -1;
     }
     return 0;
 }
@@ -499,9 +502,11 @@ static int home_remake(struct gpg_thread *t, char *err, size_t errlen)
         t->keys[i].key = NULL;
     }
     t->unlisted = false;
+    /* The parent first: what stands at its known name is removed from only
+     * once it is ours again. */
+    if (crypto_homes_check(NULL, t->parent, err, errlen) < 0) return -1;
     crypto_homes_remove(t->home);
-    if (crypto_homes_check(NULL, t->parent, err, errlen) < 0 ||
-        home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen)))
+    if (home_make(t->home, err, errlen) < 0 || !(t->ctx = context_for(t->home, err, errlen)))
         return -1;
     return 0;
 }
@@ -605,6 +610,7 @@ static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k,
     if (in) gpgme_data_release(in);
     if (!e) e = gpgme_get_key(t->ctx, k->fpr, &key, 0);
     if (e || !key) {
+        t->unlisted = true; /* the import may have left it, in no slot: the home is made again */
         snprintf(err, errlen, "key %s: %s", k->fpr, e ? gpgme_strerror(e) : "not in its data");
         return NULL;
     }
@@ -728,9 +734,12 @@ static void kill_engine(const char *home)
     closedir(proc);
 }
 
-/* Kills under the lock, so that the thread, which takes the lock to learn
- * that its deadline passed, never starts another gpg before the kill is
- * done. */
+/* Kills under the lock, so that a thread that takes the lock to learn its
+ * deadline passed does so after the kill; and kills again while the
+ * thread is away, for the gpg it may start after one. (A gpg that exits
+ * between the reading of its cmdline and the kill, its pid reused at once,
+ * would have the new process killed: a window of microseconds that
+ * pidfd_open and pidfd_send_signal would close; not done yet.) */
 static void *watchdog(void *arg)
 {
     (void)arg;
@@ -740,7 +749,10 @@ static void *watchdog(void *arg)
         for (struct gpg_thread *t = watched; t; t = t->watch_next) {
             if (!t->deadline) continue;
             if (t->deadline <= now) {
-                t->deadline = 0;
+                /* Again every 200 ms until the thread is back: after a kill
+                 * it may start another gpg (a key lookup), and one caught
+                 * between fork and exec had no --homedir to be found by. */
+                t->deadline = now + 200;
                 t->expired = true;
                 kill_engine(t->home);
             } else if (!next || t->deadline < next) {

@@ -117,16 +117,35 @@ static void hex_upper(const unsigned char *p, size_t n, char *out, size_t outlen
     out[2 * i] = 0;
 }
 
+/* A subpacket's length (§5.2.3.7): one octet below 192, two from 192 to
+ * 254, five from 255; unlike a packet's, there are no partial lengths, and
+ * 224 to 254 start two-octet lengths too. */
+static int subpacket_length(const unsigned char *a, size_t n, size_t *pos, size_t *len)
+{
+    if (*pos >= n) return -1;
+    unsigned first = a[(*pos)++];
+    if (first < 192) {
+        *len = first;
+    } else if (first < 255) {
+        if (*pos >= n) return -1;
+        *len = ((size_t)(first - 192) << 8) + a[(*pos)++] + 192;
+    } else {
+        if (n - *pos < 4) return -1;
+        *len = (size_t)a[*pos] << 24 | (size_t)a[*pos + 1] << 16 | (size_t)a[*pos + 2] << 8 |
+               a[*pos + 3];
+        *pos += 4;
+    }
+    return 0;
+}
+
 /* Looks through one subpacket area (§5.2.3.7) for the issuer: a
- * fingerprint wins over a key ID, wherever either was found. */
-static void area_issuer(const unsigned char *a, size_t n, char *fpr, char *keyid, size_t outlen)
+ * fingerprint wins over a key ID, wherever either was found. False when
+ * the area is malformed. */
+static bool area_issuer(const unsigned char *a, size_t n, char *fpr, char *keyid, size_t outlen)
 {
     size_t pos = 0, len;
-    bool partial;
     while (pos < n) {
-        /* Subpacket lengths are the new format's, less the partial ones. */
-        if (new_length(a, n, &pos, &len, &partial) < 0 || partial || len == 0 || len > n - pos)
-            return;
+        if (subpacket_length(a, n, &pos, &len) < 0 || len == 0 || len > n - pos) return false;
         unsigned type = a[pos] & 0x7f;
         const unsigned char *d = a + pos + 1;
         size_t dlen = len - 1;
@@ -134,6 +153,7 @@ static void area_issuer(const unsigned char *a, size_t n, char *fpr, char *keyid
         if (type == 16 && dlen == 8) hex_upper(d, 8, keyid, outlen);
         pos += len;
     }
+    return true;
 }
 
 static size_t be(const unsigned char *p, size_t octets)
@@ -158,14 +178,14 @@ int openpgp_signature_issuer(const openpgp_packet_t *p, unsigned *type, char *is
     }
     if (b[0] != 4 && b[0] != 6) return -1;
     size_t octets = b[0] == 4 ? 2 : 4; /* of each subpacket area's length */
+    if (n < 4 + octets) return -1;     /* version, type, algorithms, then the first area */
     char fpr[OPENPGP_ISSUER_MAX] = "", keyid[OPENPGP_ISSUER_MAX] = "";
     size_t pos = 4;
     for (int area = 0; area < 2; area++) {
         if (n - pos < octets) return -1;
         size_t alen = be(b + pos, octets);
         pos += octets;
-        if (alen > n - pos) return -1;
-        area_issuer(b + pos, alen, fpr, keyid, sizeof fpr);
+        if (alen > n - pos || !area_issuer(b + pos, alen, fpr, keyid, sizeof fpr)) return -1;
         pos += alen;
     }
     *type = b[1];

@@ -376,18 +376,30 @@ typedef struct span {
     size_t n;
 } span_t;
 
-static bool only_wsp(const char *p, size_t n)
+/* Whether p[0..n) holds only octets of set (no NUL among them). */
+static bool only_of(const char *p, size_t n, const char *set)
 {
     for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t') return false;
+        if (!p[i] || !strchr(set, p[i])) return false;
     return true;
 }
+
+static bool only_wsp(const char *p, size_t n)
+{
+    return only_of(p, n, " \t");
+}
+
+/* Octets that readers do not show but that travel in clear all the same:
+ * a preamble of one line (Thunderbird writes "This is an OpenPGP/MIME
+ * encrypted message (RFC 4880 and 3156)"), and no epilogue but white space. */
+#define PREAMBLE_MAX 256
 
 /* The body parts of a multipart body (RFC 2046 §5.1.1): what lies between
  * its delimiter lines "--boundary" (transport padding allowed) up to the
  * close delimiter "--boundary--". The preamble and the epilogue, which
- * readers do not show, are no parts. False when there is no close
- * delimiter, or more than max parts. */
+ * readers do not show, are no parts, and may hold no more than a line and
+ * white space (PREAMBLE_MAX). False when there is no close delimiter, or
+ * more than max parts. */
 static bool multipart_parts(const char *body, size_t n, const char *b, size_t b_len, span_t *parts,
                             unsigned max, unsigned *count)
 {
@@ -401,8 +413,9 @@ static bool multipart_parts(const char *body, size_t n, const char *b, size_t b_
         bool close = rest_len >= 2 && !memcmp(rest, "--", 2);
         size_t dashes = close ? 2 : 0;
         if (!only_wsp(rest + dashes, rest_len - dashes)) continue;
+        if (*count == 0 && at > PREAMBLE_MAX) return false;
         if (*count) parts[*count - 1].n = (size_t)(body + at - parts[*count - 1].p);
-        if (close) return *count > 0;
+        if (close) return *count > 0 && only_of(body + pos, n - pos, " \t\r\n");
         if (*count == max) return false;
         parts[(*count)++] = (span_t){body + (pos < n ? pos : n), 0};
     }

@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import free_port, wait_for
 from pgp import Person, gpg, recipient_key_ids
 from test_gateway import check_pgp_mime, import_keys, keys, message, submit
@@ -182,6 +184,8 @@ def test_vanished_homes_are_made_again_or_the_node_is_not_ready(stack, tmp_path,
             break
         except IsADirectoryError:
             continue
+    else:
+        pytest.fail("the ingress made the directory again before a file could take its place")
     wait_for(lambda: readyz(port)[0] == 503, what="/readyz to say not ready")
     code, body = readyz(port)
     assert str(parent) in body and "not ready" in body, body

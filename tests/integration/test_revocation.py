@@ -6,7 +6,6 @@ required); a revocation of a key not in the directory, or one that does not
 verify against the stored key, changes nothing and exits non-zero."""
 import base64
 import subprocess
-import time
 
 import pytest
 
@@ -14,6 +13,13 @@ from pgp import Person, gpg
 from smtpclient import connect, expect, strip_received
 from test_gateway import keys, submit
 from conftest import wait_for
+
+
+
+def rcpt_code(stack, addr):
+    with connect(stack) as c:
+        expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
+        return c.cmd(f"RCPT TO:<{addr}>").code
 
 
 def run(*args, **kw):
@@ -97,14 +103,13 @@ def test_revocation_retires_the_stored_key(stack, tmp_path, tool, form):
 
     stack.ingress()
     stack.worker()
-    time.sleep(0.6)
     # required: refused at RCPT, with the code the policy has
     with connect(stack) as c:
         expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
         expect(c.cmd(f"RCPT TO:<{k.email}>"), 550, "5.7.1")
     # opportunistic: sent as it came, not to the revoked key
     assert keys(stack, "policy", "set", k.email, "opportunistic").returncode == 0
-    time.sleep(0.6)
+    wait_for(lambda: rcpt_code(stack, k.email) == 250, what="the ingress to see the new policy")
     msg = (f"From: s@origin.test\r\nTo: {k.email}\r\nSubject: after\r\n\r\nplain now\r\n"
            .encode())
     code, _ = submit(stack.smtp_port, [k.email], msg)
@@ -138,3 +143,19 @@ def test_revocation_that_does_not_verify_leaves_the_key(stack, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert b"does not verify" in r.stdout
     assert b.fpr in listed(stack)
+
+
+def test_an_old_expired_copy_does_not_retire_a_renewed_key(stack, tmp_path):
+    """The operator extended a key's expiry and imported it; then a stale
+    copy from before, whose self-signature has lapsed, is imported: the
+    stored key stays (an old copy says nothing of the expiry since)."""
+    p = Person(tmp_path, "renew", "renew@example.test", expire="1d",
+               faked_time="20200101T000000")
+    stale = p.public()
+    gpg(p.home, "--quick-set-expire", p.fpr, "0")
+    gpg(p.home, "--quick-set-expire", p.fpr, "0", "*")
+    r = import_data(stack, p.public())
+    assert r.returncode == 0 and b"imported " + p.fpr.encode() in r.stdout, r.stdout
+    r = import_data(stack, stale)
+    assert b"the stored copy is newer" in r.stdout and b"kept" in r.stdout, r.stdout
+    assert p.fpr in listed(stack)

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include "crypto/crypto.h"
+#include "crypto/internal.h"
 
 extern char **environ;
 
@@ -586,7 +587,15 @@ static void test_pgpmime_is_encrypted(void **state)
     assert_true(encrypted("From: a@example.org\r\ncontent-type:\r\n\tMultipart/ENCRYPTED\r\n"
                           " ; boundary=b; PROTOCOL=application/pgp-encrypted\r\n\r\n"
                           "preamble\r\n" VERSION_PART DATA_PART(ARMOR_PARTIAL) "--b--  \r\n"
-                                                                               "epilogue\r\n"));
+                                                                               "\r\n  \r\n"));
+    /* but not with text in clear after it, or a preamble of more than a line */
+    assert_false(encrypted(PGP_MIME_HEAD VERSION_PART DATA_PART(ARMOR) "--b--\r\nsecret\r\n"));
+    {
+        char big[4096];
+        snprintf(big, sizeof big, "%s%0300d\r\n%s%s--b--\r\n", PGP_MIME_HEAD, 0, VERSION_PART,
+                 DATA_PART(ARMOR));
+        assert_false(encrypted(big));
+    }
     assert_true(encrypted("Content-Type: (a comment) multipart / encrypted (more); "
                           "protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n" VERSION_PART
                           "--b\r\nContent-Type: application/octet-stream; name=x.asc\r\n"
@@ -848,6 +857,51 @@ static void test_key_addresses_with_controls_are_not_taken(void **state)
     crypto_homes_remove(home);
 }
 
+/* A signature's issuer, read from its subpacket areas: a packet too short
+ * for them, or an area whose lengths run past it, is refused, never read
+ * beyond; two-octet subpacket lengths from 224 up are lengths, not partial
+ * ones (RFC 9580 §5.2.3.7). Each packet is a malloc'd copy of its octets,
+ * so ASan sees a read past the end. */
+static int issuer_of(const unsigned char *bytes, size_t n, unsigned *type, char *issuer)
+{
+    unsigned char *copy = malloc(n);
+    memcpy(copy, bytes, n);
+    openpgp_packet_t p;
+    size_t pos = 0;
+    int rc = openpgp_packet_next(copy, n, &pos, &p) == 1
+                 ? openpgp_signature_issuer(&p, type, issuer, OPENPGP_ISSUER_MAX)
+                 : -2;
+    free(copy);
+    return rc;
+}
+
+static void test_signature_issuer_bounds(void **state)
+{
+    (void)state;
+    unsigned type;
+    char issuer[OPENPGP_ISSUER_MAX];
+    static const unsigned char short_v4[] = {0xc2, 0x02, 0x04, 0x20};
+    assert_int_equal(issuer_of(short_v4, sizeof short_v4, &type, issuer), -1);
+    static const unsigned char short_v6[] = {0xc2, 0x05, 0x06, 0x20, 0x01, 0x08, 0x00};
+    assert_int_equal(issuer_of(short_v6, sizeof short_v6, &type, issuer), -1);
+    /* v4 key revocation: hashed area with an issuer key ID subpacket (16) */
+    static const unsigned char v4[] = {0xc2, 0x12, 0x04, 0x20, 0x01, 0x08, 0x00, 0x0a, 0x09, 0x10,
+                                       1,    2,    3,    4,    5,    6,    7,    8,    0x00, 0x00};
+    assert_int_equal(issuer_of(v4, sizeof v4, &type, issuer), 0);
+    assert_int_equal(type, 0x20);
+    assert_string_equal(issuer, "0102030405060708");
+    /* a subpacket length that runs past its area */
+    unsigned char bad[sizeof v4];
+    memcpy(bad, v4, sizeof bad);
+    bad[8] = 0x0b;
+    assert_int_equal(issuer_of(bad, sizeof bad, &type, issuer), -1);
+    /* a two-octet subpacket length with a first octet of 224 (8,384 octets):
+     * read as such, it runs past this area, so the signature is refused
+     * rather than its issuer guessed */
+    bad[8] = 0xe0;
+    assert_int_equal(issuer_of(bad, sizeof bad, &type, issuer), -1);
+}
+
 static void test_addr_canon(void **state)
 {
     (void)state;
@@ -975,6 +1029,7 @@ int main(void)
         cmocka_unit_test(test_pgpmime_legacy_display),
         cmocka_unit_test(test_pgpmime_without_blind),
         cmocka_unit_test(test_pgpmime_is_encrypted),
+        cmocka_unit_test(test_signature_issuer_bounds),
         cmocka_unit_test(test_seal_round_trip_and_binding),
         cmocka_unit_test(test_seal_rotation_and_unknown_keys),
         cmocka_unit_test(test_seal_keyring_errors),
