@@ -878,8 +878,8 @@ static int issuer_of(const unsigned char *bytes, size_t n, unsigned *type, char 
 static void test_signature_issuer_bounds(void **state)
 {
     (void)state;
-    unsigned type;
-    char issuer[OPENPGP_ISSUER_MAX];
+    unsigned type = 0;
+    char issuer[OPENPGP_ISSUER_MAX] = "";
     static const unsigned char short_v4[] = {0xc2, 0x02, 0x04, 0x20};
     assert_int_equal(issuer_of(short_v4, sizeof short_v4, &type, issuer), -1);
     static const unsigned char short_v6[] = {0xc2, 0x05, 0x06, 0x20, 0x01, 0x08, 0x00};
