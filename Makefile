@@ -6,6 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 FUZZ_JOBS  ?= 2
+FUZZ_TARGETS ?= command data header pgpmime openpgp
 
 .PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench
 
@@ -40,7 +41,7 @@ $(FUZZ_BUILD)/Makefile:
 # a time, on a corpus that grows in the build tree from run to run.
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_command fuzz_data fuzz_header fuzz_pgpmime
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
 	$(PYTHON) tests/lint/layers.py . $(BUILD)
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(ASAN_BUILD) && ctest --output-on-failure
@@ -80,7 +81,6 @@ bench: build
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.
-FUZZ_TARGETS ?= command data header pgpmime
 FUZZ_SECONDS ?= 300
 fuzz: setup $(FUZZ_BUILD)/Makefile
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
