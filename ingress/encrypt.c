@@ -42,20 +42,12 @@ static void register_metrics(encrypt_t *e)
         "Messages through the encryption gateway, by outcome (busy: refused with 451 because "
         "the encryption queue was full; timeout: gpg gave no answer within [crypto] "
         "engine_timeout).";
-    char labels[64];
-    for (int d = 0; d < DECISIONS; d++) {
-        snprintf(labels, sizeof labels, "decision=\"%s\"", decision_names[d]);
-        e->decisions[d] = metric_counter(
-            "sealpost_ingress_recipient_decisions_total",
-            "Recipients by encryption decision at RCPT TO: plain, encrypt, or refused "
-            "(policy required, no usable key).",
-            labels);
-    }
-    for (int o = 0; o <= GATEWAY_OUTCOMES; o++) {
-        snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome_names[o]);
-        e->outcomes[o] =
-            metric_counter("sealpost_ingress_encryptions_total", outcomes_help, labels);
-    }
+    metric_counters(e->decisions, "sealpost_ingress_recipient_decisions_total",
+                    "Recipients by encryption decision at RCPT TO: plain, encrypt, or refused "
+                    "(policy required, no usable key).",
+                    "decision", decision_names, DECISIONS);
+    metric_counters(e->outcomes, "sealpost_ingress_encryptions_total", outcomes_help, "outcome",
+                    outcome_names, GATEWAY_OUTCOMES + 1);
     e->timeouts =
         metric_counter("sealpost_ingress_encryptions_total", outcomes_help, "outcome=\"timeout\"");
     e->pending = metric_gauge("sealpost_ingress_encryptions_pending",

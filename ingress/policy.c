@@ -194,13 +194,11 @@ static struct connection_rate *rate_slot(ingress_t *ingress, const char *key, do
  * even under stress: they are our own hosts, which may well open one
  * connection per message, and what they could take from others under
  * stress, slots, max_connections_per_trusted_ip bounds. */
-static bool rate_allows(ingress_t *ingress, const char *peer, bool trusted)
+static bool rate_allows(ingress_t *ingress, const char *peer_key, bool trusted)
 {
     unsigned per_minute = ingress->cfg->ingress.max_connection_rate;
     if (!per_minute || trusted) return true;
-    char key[64];
-    policy_client_key(peer, key);
-    struct connection_rate *r = rate_slot(ingress, key, per_minute);
+    struct connection_rate *r = rate_slot(ingress, peer_key, per_minute);
     uint64_t now = uv_now(ingress->loop);
     r->tokens += (double)(now - r->at) * per_minute / 60000.0;
     if (r->tokens > per_minute) r->tokens = per_minute;
@@ -221,8 +219,8 @@ static bool too_many_from(const ingress_t *ingress, bool trusted, unsigned from_
     return ingress->stressed && from_peer > cfg->ingress.max_connections_per_trusted_ip;
 }
 
-enum refusal policy_admit(ingress_t *ingress, const char *peer, bool trusted, unsigned from_peer,
-                          char *reply, size_t len)
+enum refusal policy_admit(ingress_t *ingress, const char *peer, const char *peer_key, bool trusted,
+                          unsigned from_peer, char *reply, size_t len)
 {
     const config_t *cfg = ingress->cfg;
     const char *host = cfg->ingress.hostname;
@@ -242,7 +240,7 @@ enum refusal policy_admit(ingress_t *ingress, const char *peer, bool trusted, un
         return refuse(ingress, REFUSED_NOT_READY, peer);
     }
     /* last: a connection refused for another reason spends no token */
-    if (!rate_allows(ingress, peer, trusted)) {
+    if (!rate_allows(ingress, peer_key, trusted)) {
         snprintf(reply, len, "421 4.7.0 %s Error: too many connections from your address lately",
                  host);
         return refuse(ingress, REFUSED_CONNECTION_RATE, peer);

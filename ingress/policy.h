@@ -42,11 +42,12 @@ unsigned policy_max_errors(const ingress_t *ingress);
  * counts as an error. */
 unsigned policy_junk_limit(const ingress_t *ingress);
 /* The connection's limits and whether anything could be stored now:
- * REFUSED_NONE, or the refusal and its 421. from_peer counts the open
- * sessions from the client's address, this one included: trusted networks
- * are limited only under stress, and never by max_connection_rate. */
-enum refusal policy_admit(ingress_t *ingress, const char *peer, bool trusted, unsigned from_peer,
-                          char *reply, size_t len);
+ * REFUSED_NONE, or the refusal and its 421. peer_key is policy_client_key
+ * of peer; from_peer counts the open sessions with that key, this one
+ * included: trusted networks are limited only under stress, and never by
+ * max_connection_rate. */
+enum refusal policy_admit(ingress_t *ingress, const char *peer, const char *peer_key, bool trusted,
+                          unsigned from_peer, char *reply, size_t len);
 /* Submission (RFC 6409 §4.3, RFC 8314): TLS first, then a login, before MAIL. */
 enum refusal policy_mail(ingress_t *ingress, enum listener_kind kind, bool secure,
                          bool authenticated, char *reply, size_t len);

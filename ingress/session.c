@@ -513,8 +513,8 @@ static void admit(session_t *s)
     char text[POLICY_REPLY_MAX];
     s->state = STATE_COMMAND;
     policy_client_key(s->peer, s->peer_key);
-    if (policy_admit(s->ingress, s->peer, s->trusted, sessions_from(s), text, sizeof text) !=
-        REFUSED_NONE) {
+    if (policy_admit(s->ingress, s->peer, s->peer_key, s->trusted, sessions_from(s), text,
+                     sizeof text) != REFUSED_NONE) {
         if (s->kind != LISTENER_SMTPS)
             session_reply(s, "%s", text); /* a TLS client would not read it */
         s->quitting = true;

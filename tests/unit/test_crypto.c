@@ -895,11 +895,26 @@ static void test_signature_issuer_bounds(void **state)
     memcpy(bad, v4, sizeof bad);
     bad[8] = 0x0b;
     assert_int_equal(issuer_of(bad, sizeof bad, &type, issuer), -1);
-    /* a two-octet subpacket length with a first octet of 224 (8,384 octets):
-     * read as such, it runs past this area, so the signature is refused
-     * rather than its issuer guessed */
-    bad[8] = 0xe0;
-    assert_int_equal(issuer_of(bad, sizeof bad, &type, issuer), -1);
+    /* A subpacket of 8,384 octets (two-octet length 0xe0 0x00, which a
+     * packet's length rules would take for a partial length) before the
+     * issuer: it is skipped whole and the issuer found behind it. */
+    enum { NOTE = 8384, AREA = 2 + NOTE + 10, BODY = 4 + 2 + AREA + 2 };
+    unsigned char *big = calloc(1, 6 + BODY);
+    unsigned char *b = big;
+    *b++ = 0xc2, *b++ = 0xff; /* tag 2, five-octet length */
+    *b++ = 0, *b++ = 0, *b++ = BODY >> 8, *b++ = BODY & 0xff;
+    *b++ = 4, *b++ = 0x20, *b++ = 1, *b++ = 8;
+    *b++ = AREA >> 8, *b++ = AREA & 0xff;
+    *b++ = 0xe0, *b++ = 0x00, *b++ = 20; /* notation data, its octets zero */
+    b += NOTE - 1;
+    *b++ = 9, *b++ = 16;
+    for (int i = 1; i <= 8; i++)
+        *b++ = (unsigned char)(0xa0 + i);
+    *b++ = 0, *b++ = 0;
+    assert_int_equal(b - big, 6 + BODY);
+    assert_int_equal(issuer_of(big, 6 + BODY, &type, issuer), 0);
+    assert_string_equal(issuer, "A1A2A3A4A5A6A7A8");
+    free(big);
 }
 
 static void test_addr_canon(void **state)
