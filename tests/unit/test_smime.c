@@ -664,6 +664,148 @@ static void test_gpgsm_decrypts_the_default(void **state)
     buf_free(&inner);
 }
 
+/* ---- the gateway: variants by method ---- */
+
+#define SEAL_KEY "a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+/* Variant v of job, unsealed, into file. */
+static void variant_to_file(const gateway_job_t *job, const seal_keyring_t *k, unsigned v,
+                            const char *file, buf_t *plain)
+{
+    char context[48], err[256];
+    snprintf(context, sizeof context, "%s:%u", job->mid, v);
+    buf_init(plain);
+    if (seal_open(k, context, job->variants[v].data, job->variants[v].len, plain, err, sizeof err) <
+        0)
+        fail_msg("%s", err);
+    assert_int_equal(spill(file, plain->data, plain->len), 0);
+}
+
+/* Whether name's key opens the S/MIME message in file. */
+static bool opens(const char *file, const char *name)
+{
+    return sh("openssl cms -decrypt -in %s -inkey %s.key -recip %s.pem -out /dev/null "
+              "2>/dev/null",
+              file, name, name) == 0;
+}
+
+/* How many RecipientInfos the S/MIME message in file has. */
+static int recipients_in(const char *file)
+{
+    return sh("exit $(openssl cms -cmsout -print -in %s | grep -cE '^ *d\\.(ktri|kari):')", file);
+}
+
+/* To: bob and ec (certificates) and alice (an OpenPGP key, made by gpg);
+ * Bcc: carol (a certificate), dan (an OpenPGP key) and eve (no key).
+ * Variants: the clear one for eve; one S/MIME copy for bob and ec; one
+ * PGP/MIME copy for alice; each Bcc its own, of its own method. */
+static void test_gateway_groups_by_method(void **state)
+{
+    (void)state;
+    configure(false, false, NULL, NULL);
+    assert_int_equal(
+        sh("set -e; mkdir -p -m 700 gpg; for u in alice dan; do gpg --homedir gpg --batch "
+           "--passphrase '' --quiet --quick-generate-key \"$u <$u@example.test>\" future-default "
+           "default never 2>/dev/null; gpg --homedir gpg --armor --export $u@example.test > $u.asc; "
+           "gpg --homedir gpg --with-colons --list-keys $u@example.test | awk -F: '/^fpr/ "
+           "{ printf \"%%s\", $10; exit }' > $u.fpr; done"),
+        0);
+    const char msg[] = "From: Zed <zed@example.test>\r\n"
+                       "To: bob@example.test, ec@example.test, alice@example.test\r\n"
+                       "Bcc: carol@example.test\r\n"
+                       "Subject: split\r\n"
+                       "\r\n"
+                       "body\r\n";
+    crypto_rcpt_key_t bob = recipient("bob"), ec = recipient("ec"), carol = recipient("carol");
+    crypto_rcpt_key_t pgp[2];
+    static const char *const pgp_names[] = {"alice", "dan"};
+    size_t len;
+    for (int i = 0; i < 2; i++) {
+        char file[32];
+        snprintf(file, sizeof file, "%s.fpr", pgp_names[i]);
+        char *fpr = slurp(file, &len);
+        snprintf(file, sizeof file, "%s.asc", pgp_names[i]);
+        char *armored = slurp(file, &len);
+        assert_non_null(fpr);
+        assert_non_null(armored);
+        assert_int_equal(strlen(fpr), 40);
+        pgp[i] = (crypto_rcpt_key_t){.fpr = fpr, .armored = armored, .armored_len = len};
+    }
+    gateway_rcpt_t rcpts[] = {
+        {.addr = "bob@example.test", .key = &bob},
+        {.addr = "alice@example.test", .key = &pgp[0]},
+        {.addr = "carol@example.test", .key = &carol},
+        {.addr = "ec@example.test", .key = &ec},
+        {.addr = "dan@example.test", .key = &pgp[1]},
+        {.addr = "eve@example.test"},
+    };
+    char err[256], homes[256];
+    seal_keyring_t *k = seal_keyring_load(SEAL_KEY, NULL, err, sizeof err);
+    assert_non_null(k);
+    assert_int_equal(crypto_homes_create(dir, homes, sizeof homes, err, sizeof err), 0);
+    gateway_job_t job = {.mid = "m",
+                         .msg = msg,
+                         .len = strlen(msg),
+                         .rcpts = rcpts,
+                         .n_rcpts = 6,
+                         .seal = k,
+                         .homes = homes,
+                         .hide_subject = true};
+    if (gateway_run(&job) < 0) fail_msg("%s", job.error);
+    assert_int_equal(job.outcome, GATEWAY_ENCRYPTED);
+    assert_int_equal(job.n_variants, 5); /* clear, S/MIME To, PGP/MIME To, carol, dan */
+    unsigned vb = rcpts[0].variant, va = rcpts[1].variant, vc = rcpts[2].variant;
+    unsigned ve = rcpts[3].variant, vd = rcpts[4].variant, vx = rcpts[5].variant;
+    assert_int_equal(vb, ve);
+    unsigned all[] = {vb, va, vc, vd, vx};
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            assert_int_not_equal(all[i], all[j]);
+    buf_t plain;
+    variant_to_file(&job, k, vb, "shared.eml", &plain);
+    assert_non_null(strstr(plain.data, "smime-type=enveloped-data"));
+    assert_null(strstr(plain.data, "Bcc"));
+    buf_free(&plain);
+    assert_true(opens("shared.eml", "bob"));
+    assert_true(opens("shared.eml", "ec"));
+    assert_false(opens("shared.eml", "carol"));
+    assert_int_equal(recipients_in("shared.eml"), 2);
+    variant_to_file(&job, k, vc, "carol.eml", &plain);
+    assert_non_null(strstr(plain.data, "application/pkcs7-mime"));
+    buf_free(&plain);
+    assert_true(opens("carol.eml", "carol"));
+    assert_false(opens("carol.eml", "bob"));
+    assert_int_equal(recipients_in("carol.eml"), 1);
+    /* the OpenPGP ones: PGP/MIME, alice's for her alone, dan's for him */
+    variant_to_file(&job, k, va, "alice.eml", &plain);
+    assert_non_null(strstr(plain.data, "multipart/encrypted"));
+    buf_free(&plain);
+    variant_to_file(&job, k, vd, "dan.eml", &plain);
+    assert_non_null(strstr(plain.data, "multipart/encrypted"));
+    buf_free(&plain);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(sh("gpg --homedir gpg --batch --quiet --list-packets %s.eml 2>/dev/null "
+                            "| grep -c '^:pubkey enc packet' | grep -qx 1",
+                            pgp_names[i]),
+                         0);
+    }
+    variant_to_file(&job, k, vx, "eve.eml", &plain);
+    assert_null(strstr(plain.data, "Bcc"));
+    assert_non_null(strstr(plain.data, "body\r\n"));
+    buf_free(&plain);
+    gateway_job_release(&job);
+    crypto_homes_remove(homes);
+    seal_keyring_free(k);
+    free((char *)bob.armored);
+    free((char *)ec.armored);
+    free((char *)carol.armored);
+    for (int i = 0; i < 2; i++) {
+        free((char *)pgp[i].fpr);
+        free((char *)pgp[i].armored);
+    }
+    sh("gpgconf --homedir gpg --kill gpg-agent 2>/dev/null || true");
+}
+
 int main(void)
 {
     if (sodium_init() < 0) return 1;
@@ -683,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_encrypt_ec_and_mixed),
         cmocka_unit_test(test_encrypt_refuses),
         cmocka_unit_test(test_gpgsm_decrypts_the_default),
+        cmocka_unit_test(test_gateway_groups_by_method),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
