@@ -221,14 +221,6 @@ static int key_export(gpgme_ctx_t ctx, const char *fpr, crypto_key_info_t *info)
     return rc;
 }
 
-static void info_free(crypto_key_info_t *info)
-{
-    for (unsigned i = 0; i < info->n_addresses; i++)
-        free(info->addresses[i]);
-    free(info->addresses);
-    free(info->armored);
-}
-
 /* Whether a user ID's address can be one of a key's addresses. A user ID
  * is any octets, and GPGME hands back what gpg escaped ("\n" as a line
  * feed): the directory keeps a key's addresses one to a line and looks them
@@ -395,7 +387,7 @@ static int report_keys(struct inspection *in)
             in->cb(&info, in->arg);
             in->reported++;
         }
-        info_free(&info);
+        crypto_key_info_free(&info);
         gpgme_key_unref(key);
     }
     return 0;

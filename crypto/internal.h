@@ -73,6 +73,10 @@ bool smime_is_enveloped(const unsigned char *der, size_t len, bool auth);
 
 struct crypto_key_info;
 
+/* Frees what a crypto_key_info_t of an inspection holds (addresses, the
+ * armored key or PEM, a certificate's names and serial), not itself. */
+void crypto_key_info_free(struct crypto_key_info *info);
+
 /* Reads the X.509 certificates in data (PEM CERTIFICATE, X509 CERTIFICATE
  * or PKCS7 blocks at the start of a line; or one DER certificate; or one
  * DER PKCS#7 bundle) and calls cb for each, once, with method CRYPTO_SMIME

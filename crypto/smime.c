@@ -394,7 +394,7 @@ static int cert_addresses(X509 *x, crypto_key_info_t *info)
     return rc;
 }
 
-static void info_free(crypto_key_info_t *info)
+void crypto_key_info_free(crypto_key_info_t *info)
 {
     for (unsigned i = 0; i < info->n_addresses; i++)
         free(info->addresses[i]);
@@ -458,7 +458,7 @@ static int report(struct cert_inspection *in, X509 *x)
         }
     }
     if (rc < 0) ssl_fail(in->err, in->errlen, "out of memory describing a certificate");
-    info_free(&info);
+    crypto_key_info_free(&info);
     return rc;
 }
 
