@@ -25,7 +25,8 @@ enum key_type {
     T_TLS_POLICY,
     T_BOOL,
     T_SECRET, /* a string that config_print never shows */
-    T_ENC_POLICY
+    T_ENC_POLICY,
+    T_CHOICE /* one of the spec's choices, stored as its index (unsigned) */
 };
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
@@ -57,13 +58,21 @@ const char *config_enc_policy_name(enum enc_policy p)
     return enc_policy_names[p];
 }
 
+/* The names a T_CHOICE key takes, NULL-terminated, each list in the order
+ * of its enum in core.h. */
+enum choice_list { CHOICE_SMIME_CIPHER, CHOICE_SMIME_RSA_PADDING };
+static const char *const *const choice_lists[] = {
+    [CHOICE_SMIME_CIPHER] = (const char *const[]){"aes256-cbc", "aes256-gcm", NULL},
+    [CHOICE_SMIME_RSA_PADDING] = (const char *const[]){"pkcs1", "oaep", NULL},
+};
+
 typedef struct key_spec {
     const char *section;
     const char *name;
     enum key_type type;
     size_t offset;
-    size_t size; /* for strings: the buffer size */
-    unsigned long long min, max;
+    size_t size;                 /* for strings: the buffer size */
+    unsigned long long min, max; /* T_CHOICE: min says which of choice_lists */
     const char *def;
 } key_spec_t;
 
@@ -164,6 +173,15 @@ static const key_spec_t keys[] = {
     /* Seconds one gpg operation may take before it is killed and the
      * message refused with 451 4.7.0. */
     {"crypto", "engine_timeout", T_UINT, OFF(crypto.engine_timeout), 1, 3600, "10"},
+    /* S/MIME: the content cipher and the RSA key transport (enum
+     * smime_cipher, enum smime_rsa_padding), the CA certificates that
+     * recipients' certificates must chain to, and CRLs of theirs. */
+    {"crypto", "smime_cipher", T_CHOICE, OFF(crypto.smime_cipher), CHOICE_SMIME_CIPHER, 0,
+     "aes256-cbc"},
+    {"crypto", "smime_rsa_padding", T_CHOICE, OFF(crypto.smime_rsa_padding),
+     CHOICE_SMIME_RSA_PADDING, 0, "pkcs1"},
+    {"crypto", "smime_ca_file", T_STRING, OFF(crypto.smime_ca_file), 0, 0, ""},
+    {"crypto", "smime_crl_file", T_STRING, OFF(crypto.smime_crl_file), 0, 0, ""},
 
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
@@ -217,6 +235,21 @@ static int add_list_item(const char *item, void *arg)
     }
     list->n++;
     return 0;
+}
+
+static int set_choice(const key_spec_t *spec, const char *value, unsigned *field, char *err,
+                      size_t errlen)
+{
+    const char *const *choices = choice_lists[spec->min];
+    for (unsigned i = 0; choices[i]; i++)
+        if (!strcasecmp(value, choices[i])) {
+            *field = i;
+            return 0;
+        }
+    int n = snprintf(err, errlen, "'%s' is not one of", value);
+    for (unsigned i = 0; choices[i] && n >= 0 && (size_t)n < errlen; i++)
+        n += snprintf(err + n, errlen - (size_t)n, "%s %s", i ? "," : "", choices[i]);
+    return -1;
 }
 
 /* Sets one key from its text form; a list value replaces the whole list
@@ -274,6 +307,8 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
         if (config_parse_enc_policy(value, (enum enc_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of never, opportunistic, required", value);
         return -1;
+    case T_CHOICE:
+        return set_choice(spec, value, (unsigned *)field, err, errlen);
     case T_TLS_POLICY:
         if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
@@ -564,6 +599,9 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
         break;
     case T_ENC_POLICY:
         buf_printf(out, "%s", enc_policy_names[*(const enum enc_policy *)field]);
+        break;
+    case T_CHOICE:
+        buf_printf(out, "%s", choice_lists[spec->min][*(const unsigned *)field]);
         break;
     case T_LOGLEVEL: {
         static const char *names[] = {"debug", "info", "warn", "error"};

@@ -1,8 +1,10 @@
 /* The encryption gateway: from one accepted message and its recipients'
  * decisions, the body variants to store, each sealed.
  *
- * Keyed recipients named in To or Cc share one ciphertext, encrypted to all
- * their keys (they see each other's addresses anyway). Each keyed
+ * Keyed recipients named in To or Cc share one ciphertext per method,
+ * encrypted to all their keys of that method (they see each other's
+ * addresses anyway): one PGP/MIME copy to their OpenPGP keys, one S/MIME
+ * copy to their certificates. Each keyed
  * recipient who is only in the envelope (a Bcc) gets a ciphertext of their
  * own, so no key ID in anyone else's copy reveals them. Recipients without a
  * key share the original, and a message that is already encrypted goes to
@@ -97,24 +99,43 @@ static unsigned header_flags(const gateway_job_t *job)
            (job->legacy_display ? PGPMIME_LEGACY_DISPLAY : 0);
 }
 
-/* One encrypted variant: the inner entity encrypted to keys, wrapped in
- * PGP/MIME, sealed. */
+/* The inner entity encrypted to keys (all of one method) and wrapped for
+ * it, into outer: PGP/MIME around the armor, or S/MIME around the DER. */
+static int encrypt_and_wrap(gateway_job_t *job, const buf_t *inner, const crypto_rcpt_key_t *keys,
+                            unsigned n_keys, buf_t *outer)
+{
+    buf_t cipher;
+    buf_init(&cipher);
+    int rc;
+    if (keys[0].method == CRYPTO_SMIME) {
+        rc = smime_encrypt(keys, n_keys, inner->data, inner->len, &cipher, job->error,
+                           sizeof job->error);
+        if (rc == 0 && smime_outer(job->msg, job->len, (const unsigned char *)cipher.data,
+                                   cipher.len, header_flags(job), outer) < 0)
+            rc = fail(job, "S/MIME assembly failed");
+    } else {
+        rc = crypto_encrypt(job->homes, keys, n_keys, inner->data, inner->len, &cipher, job->error,
+                            sizeof job->error);
+        if (rc == CRYPTO_TIMED_OUT) job->timed_out = true;
+        if (rc == 0 && pgpmime_outer(job->msg, job->len, cipher.data, cipher.len, header_flags(job),
+                                     outer) < 0)
+            rc = fail(job, "PGP/MIME assembly failed");
+    }
+    buf_free(&cipher);
+    return rc;
+}
+
+/* One encrypted variant: encrypted to keys, wrapped, sealed. */
 static int encrypted_variant(gateway_job_t *job, const buf_t *inner, const crypto_rcpt_key_t *keys,
                              unsigned n_keys, unsigned v)
 {
-    buf_t armor, outer;
-    buf_init(&armor);
+    buf_t outer;
     buf_init(&outer);
-    int rc = crypto_encrypt(job->homes, keys, n_keys, inner->data, inner->len, &armor, job->error,
-                            sizeof job->error);
-    if (rc == CRYPTO_TIMED_OUT) job->timed_out = true;
-    if (rc == 0 &&
-        pgpmime_outer(job->msg, job->len, armor.data, armor.len, header_flags(job), &outer) < 0)
-        rc = -1;
+    int rc = encrypt_and_wrap(job, inner, keys, n_keys, &outer);
     if (rc == 0) rc = seal_variant(job, v, outer.data, outer.len);
-    buf_free(&armor);
+    if (outer.data) sodium_memzero(outer.data, outer.len);
     buf_free(&outer);
-    return rc < 0 ? fail(job, "PGP/MIME assembly failed") : 0;
+    return rc < 0 ? fail(job, "encryption failed") : 0;
 }
 
 static bool key_listed(const crypto_rcpt_key_t *keys, unsigned n, const char *fpr)
@@ -124,21 +145,31 @@ static bool key_listed(const crypto_rcpt_key_t *keys, unsigned n, const char *fp
     return false;
 }
 
-/* The To/Cc variant: every keyed named recipient's key, once. */
-static int shared_variant(gateway_job_t *job, const struct named *nm, const buf_t *inner)
+/* A To/Cc variant: every keyed named recipient's key of method, once. */
+static int shared_variant(gateway_job_t *job, const struct named *nm, const buf_t *inner,
+                          enum crypto_method method, crypto_rcpt_key_t *keys)
 {
-    crypto_rcpt_key_t *keys = calloc(job->n_rcpts, sizeof *keys);
-    if (!keys) return fail(job, "out of memory");
     unsigned n = 0, v = NO_VARIANT;
     int rc = 0;
     for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
         gateway_rcpt_t *r = &job->rcpts[i];
-        if (!r->key || !is_named(nm, r->addr)) continue;
+        if (!r->key || r->key->method != method || !is_named(nm, r->addr)) continue;
         if (v == NO_VARIANT) rc = add_variant(job, &v);
         r->variant = v;
         if (!key_listed(keys, n, r->key->fpr)) keys[n++] = *r->key;
     }
     if (rc == 0 && n) rc = encrypted_variant(job, inner, keys, n, v);
+    return rc;
+}
+
+/* The To/Cc variants, one per method that any of them has a key of. */
+static int shared_variants(gateway_job_t *job, const struct named *nm, const buf_t *inner)
+{
+    crypto_rcpt_key_t *keys = calloc(job->n_rcpts, sizeof *keys);
+    if (!keys) return fail(job, "out of memory");
+    int rc = 0;
+    for (unsigned m = 0; m < CRYPTO_METHODS && rc == 0; m++)
+        rc = shared_variant(job, nm, inner, (enum crypto_method)m, keys);
     free(keys);
     return rc;
 }
@@ -149,11 +180,14 @@ static bool keyed_bcc(const gateway_rcpt_t *r, const struct named *nm)
 }
 
 /* Bcc recipients of one key share its copy (it reveals no one else): the
- * first one before rcpts[i] with the same key, or NULL. */
+ * first one before rcpts[i] with the same key, or NULL. A key and a
+ * certificate never have the same fpr (40 or 64 hex digits of a
+ * fingerprint; 64 of a SHA-256 over DER), and the method is compared too. */
 static const gateway_rcpt_t *bcc_twin(const gateway_job_t *job, const struct named *nm, unsigned i)
 {
     for (unsigned j = 0; j < i; j++)
         if (keyed_bcc(&job->rcpts[j], nm) &&
+            job->rcpts[j].key->method == job->rcpts[i].key->method &&
             !strcmp(job->rcpts[j].key->fpr, job->rcpts[i].key->fpr))
             return &job->rcpts[j];
     return NULL;
@@ -190,7 +224,7 @@ static int encrypt_all(gateway_job_t *job)
     buf_init(&inner);
     int rc = pgpmime_inner(job->msg, job->len, header_flags(job), &inner) < 0
                  ? fail(job, "the message has no header section to protect")
-                 : shared_variant(job, &nm, &inner);
+                 : shared_variants(job, &nm, &inner);
     for (unsigned i = 0; i < job->n_rcpts && rc == 0; i++) {
         gateway_rcpt_t *r = &job->rcpts[i];
         if (!r->key || r->variant != NO_VARIANT) continue;

@@ -221,14 +221,6 @@ static int key_export(gpgme_ctx_t ctx, const char *fpr, crypto_key_info_t *info)
     return rc;
 }
 
-static void info_free(crypto_key_info_t *info)
-{
-    for (unsigned i = 0; i < info->n_addresses; i++)
-        free(info->addresses[i]);
-    free(info->addresses);
-    free(info->armored);
-}
-
 /* Whether a user ID's address can be one of a key's addresses. A user ID
  * is any octets, and GPGME hands back what gpg escaped ("\n" as a line
  * feed): the directory keeps a key's addresses one to a line and looks them
@@ -395,7 +387,7 @@ static int report_keys(struct inspection *in)
             in->cb(&info, in->arg);
             in->reported++;
         }
-        info_free(&info);
+        crypto_key_info_free(&info);
         gpgme_key_unref(key);
     }
     return 0;
@@ -429,6 +421,10 @@ int crypto_keys_inspect(const char *data, size_t len, const char *parent,
                         void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
                         size_t errlen)
 {
+    /* X.509 is OpenSSL's to read; OpenPGP armor beside it still gpg's. */
+    int certs = smime_inspect(data, len, cb, arg, err, errlen);
+    if (certs < 0) return -1;
+    if (certs > 0 && !is_armored(data, len)) return 0;
     char home[PATH_MAX];
     if (crypto_homes_create(parent, home, sizeof home, err, errlen) < 0) return -1;
     struct inspection in = {.stored = stored, .cb = cb, .arg = arg, .err = err, .errlen = errlen};

@@ -312,7 +312,8 @@ static bool prepare(struct encryption *en, const struct transaction *tx)
         const struct rcpt_key *k = &tx->rcpts[i].key;
         en->rcpts[i].addr = k->addr;
         if (k->armored) {
-            en->keys[i] = (crypto_rcpt_key_t){k->fpr, k->armored, k->armored_len};
+            en->keys[i] = (crypto_rcpt_key_t){
+                .fpr = k->fpr, .armored = k->armored, .armored_len = k->armored_len};
             en->rcpts[i].key = &en->keys[i];
             any_key = true;
         }
