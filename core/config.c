@@ -25,7 +25,8 @@ enum key_type {
     T_TLS_POLICY,
     T_BOOL,
     T_SECRET, /* a string that config_print never shows */
-    T_ENC_POLICY
+    T_ENC_POLICY,
+    T_ENC_PREFER
 };
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
@@ -55,6 +56,23 @@ int config_parse_enc_policy(const char *value, enum enc_policy *out)
 const char *config_enc_policy_name(enum enc_policy p)
 {
     return enc_policy_names[p];
+}
+
+static const char *const enc_prefer_names[] = {"openpgp", "smime"};
+
+int config_parse_enc_prefer(const char *value, enum enc_prefer *out)
+{
+    for (int i = 0; i < 2; i++)
+        if (!strcasecmp(value, enc_prefer_names[i])) {
+            *out = (enum enc_prefer)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *config_enc_prefer_name(enum enc_prefer p)
+{
+    return enc_prefer_names[p];
 }
 
 typedef struct key_spec {
@@ -154,6 +172,7 @@ static const key_spec_t keys[] = {
     {"seal", "keys", T_SECRET, OFF(seal.keys), 0, 0, ""},
 
     {"crypto", "default_policy", T_ENC_POLICY, OFF(crypto.default_policy), 0, 0, "opportunistic"},
+    {"crypto", "prefer", T_ENC_PREFER, OFF(crypto.prefer), 0, 0, "openpgp"},
     {"crypto", "case_insensitive", T_BOOL, OFF(crypto.case_insensitive), 0, 0, "yes"},
     {"crypto", "strip_detail", T_BOOL, OFF(crypto.strip_detail), 0, 0, "no"},
     {"crypto", "hide_subject", T_BOOL, OFF(crypto.hide_subject), 0, 0, "yes"},
@@ -273,6 +292,10 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     case T_ENC_POLICY:
         if (config_parse_enc_policy(value, (enum enc_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of never, opportunistic, required", value);
+        return -1;
+    case T_ENC_PREFER:
+        if (config_parse_enc_prefer(value, (enum enc_prefer *)field) == 0) return 0;
+        snprintf(err, errlen, "'%s' is not openpgp or smime", value);
         return -1;
     case T_TLS_POLICY:
         if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
@@ -564,6 +587,9 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
         break;
     case T_ENC_POLICY:
         buf_printf(out, "%s", enc_policy_names[*(const enum enc_policy *)field]);
+        break;
+    case T_ENC_PREFER:
+        buf_printf(out, "%s", enc_prefer_names[*(const enum enc_prefer *)field]);
         break;
     case T_LOGLEVEL: {
         static const char *names[] = {"debug", "info", "warn", "error"};

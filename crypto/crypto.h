@@ -77,6 +77,18 @@ int seal_key_new(const char *id, char *out, size_t outlen);
 
 #define CRYPTO_FPR_MAX 64 /* hex digits of a v5 fingerprint; v4 has 40 */
 
+/* ---- issue 15's shared contract (as the brief gives it; h15-smlib's at merge) ---- */
+enum crypto_method { CRYPTO_OPENPGP, CRYPTO_SMIME, CRYPTO_METHODS };
+typedef struct crypto_smime_options {
+    bool gcm;
+    bool oaep;
+    const char *ca_file;
+    const char *crl_file;
+} crypto_smime_options_t;
+int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen);
+bool crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen);
+/* ---- end of the contract block ---- */
+
 /* Once, from the main thread, before any other call below. The gpg run is
  * $SEALPOST_GPG_PROGRAM when set (tests, odd installs), else GPGME's. */
 int crypto_gpg_init(char *err, size_t errlen);
@@ -94,6 +106,7 @@ int crypto_addr_canon(const char *addr, bool case_insensitive, bool strip_detail
 
 /* What a key offers, as read by gpg. */
 typedef struct crypto_key_info {
+    enum crypto_method method;
     char fpr[CRYPTO_FPR_MAX + 1];
     const char *why_unusable; /* NULL when it can take mail now: "revoked", "expired", ... */
     bool retired;             /* revoked or expired: a stored copy is to go */
@@ -102,6 +115,8 @@ typedef struct crypto_key_info {
     unsigned n_addresses;
     char *armored; /* the key, minimal and ASCII-armored, as stored */
     size_t armored_len;
+    char *subject, *issuer, *serial; /* a certificate's; NULL for an OpenPGP key */
+    long long not_before;            /* 0 when none */
 } crypto_key_info_t;
 
 /* The directory's copy of the key a revocation names (a fingerprint, or a
@@ -138,6 +153,7 @@ unsigned crypto_homes_remade(void);
 
 /* A recipient key as the directory holds it. */
 typedef struct crypto_rcpt_key {
+    enum crypto_method method;
     const char *fpr;
     const char *armored;
     size_t armored_len;
@@ -152,13 +168,20 @@ int crypto_encrypt(const char *homes, const crypto_rcpt_key_t *keys, unsigned n,
 
 /* ---- the node's cache of the key directory (keydir.c) ---- */
 
-/* What is known about one recipient address. */
-typedef struct keydir_entry {
-    enum enc_policy policy;       /* in effect: the address's, its domain's, or the default */
-    char fpr[CRYPTO_FPR_MAX + 1]; /* "" when it has no key */
+/* One method's key for an address, as the directory holds it. */
+typedef struct keydir_key {
+    char fpr[CRYPTO_FPR_MAX + 1]; /* "" when there is none */
     long long expires;            /* 0: never */
-    char *armored;                /* the key */
+    char *armored;                /* the OpenPGP key armored, the certificate as PEM */
     size_t armored_len;
+} keydir_key_t;
+
+/* What is known about one recipient address: an OpenPGP key, an S/MIME
+ * certificate, both or neither, and which one mail uses when both can. */
+typedef struct keydir_entry {
+    enum enc_policy policy;    /* in effect: the address's, its domain's, or the default */
+    enum crypto_method prefer; /* in effect, as policy */
+    keydir_key_t keys[CRYPTO_METHODS];
 } keydir_entry_t;
 
 /* What happens to mail for a recipient. */
@@ -173,7 +196,7 @@ bool keydir_version(keydir_t *d, long long version);
 /* The cached entry of a canonical address, or NULL. */
 const keydir_entry_t *keydir_get(const keydir_t *d, const char *addr);
 /* Caches what Redis said at version (a reply older than the cache's version
- * is dropped); the key data is copied. */
+ * is dropped); the keys' data is copied. */
 int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_entry_t *e);
 /* ---- the gateway: a message's body variants (gateway.c) ---- */
 
@@ -220,8 +243,17 @@ void gateway_job_release(gateway_job_t *job);
 /* The policy in effect, from Redis's settings (NULL: none) and the default. */
 enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy,
                               enum enc_policy fallback);
-/* never: plain; a key usable at now: encrypt; else plain, or refuse when required. */
-enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now);
+/* The preference in effect ("openpgp" or "smime" from Redis, NULL: none set). */
+enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_prefer,
+                                 enum enc_prefer fallback);
+/* never: plain. Else the preferred method's key when it is usable at now,
+ * else the other's: encrypt, with *method saying which; else plain, or
+ * refuse when required. A key is usable when it has data and has not
+ * expired; a certificate also when crypto_cert_check passes (dates, usage,
+ * key size, chain and CRL when configured). why (for the log) says what
+ * made each key there unusable, "none" when there is none. */
+enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
+                                   enum crypto_method *method, char *why, size_t whylen);
 
 /* ---- PGP/MIME (RFC 3156) with header protection (RFC 9788) ---- */
 
