@@ -297,9 +297,10 @@ static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file)
     char err[600];
     struct import im = {a, cfg, file, 0, 0};
     int rc = read_input(file, &data);
-    if (rc == 0 && (crypto_gpg_init(err, sizeof err) < 0 ||
-                    crypto_keys_inspect(data.data, data.len, cfg->crypto.home_dir, stored_key,
-                                        import_one, &im, err, sizeof err) < 0)) {
+    if (rc == 0 &&
+        (crypto_gpg_init(err, sizeof err) < 0 || keydir_smime_configure(cfg, err, sizeof err) < 0 ||
+         crypto_keys_inspect(data.data, data.len, cfg->crypto.home_dir, stored_key, import_one, &im,
+                             err, sizeof err) < 0)) {
         fprintf(stderr, "sealpost: %s\n", err);
         rc = -1;
     }

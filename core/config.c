@@ -26,7 +26,7 @@ enum key_type {
     T_BOOL,
     T_SECRET, /* a string that config_print never shows */
     T_ENC_POLICY,
-    T_ENC_PREFER
+    T_CHOICE /* one of the spec's choices, stored as its index (unsigned) */
 };
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
@@ -58,12 +58,20 @@ const char *config_enc_policy_name(enum enc_policy p)
     return enc_policy_names[p];
 }
 
-static const char *const enc_prefer_names[] = {"openpgp", "smime"};
+/* The names a T_CHOICE key takes, NULL-terminated, each list in the order
+ * of its enum in core.h. */
+enum choice_list { CHOICE_SMIME_CIPHER, CHOICE_SMIME_RSA_PADDING, CHOICE_ENC_PREFER };
+static const char *const *const choice_lists[] = {
+    [CHOICE_SMIME_CIPHER] = (const char *const[]){"aes256-cbc", "aes256-gcm", NULL},
+    [CHOICE_SMIME_RSA_PADDING] = (const char *const[]){"pkcs1", "oaep", NULL},
+    [CHOICE_ENC_PREFER] = (const char *const[]){"openpgp", "smime", NULL},
+};
 
 int config_parse_enc_prefer(const char *value, enum enc_prefer *out)
 {
-    for (int i = 0; i < 2; i++)
-        if (!strcasecmp(value, enc_prefer_names[i])) {
+    const char *const *names = choice_lists[CHOICE_ENC_PREFER];
+    for (int i = 0; names[i]; i++)
+        if (!strcasecmp(value, names[i])) {
             *out = (enum enc_prefer)i;
             return 0;
         }
@@ -72,7 +80,7 @@ int config_parse_enc_prefer(const char *value, enum enc_prefer *out)
 
 const char *config_enc_prefer_name(enum enc_prefer p)
 {
-    return enc_prefer_names[p];
+    return choice_lists[CHOICE_ENC_PREFER][p];
 }
 
 typedef struct key_spec {
@@ -80,8 +88,8 @@ typedef struct key_spec {
     const char *name;
     enum key_type type;
     size_t offset;
-    size_t size; /* for strings: the buffer size */
-    unsigned long long min, max;
+    size_t size;                 /* for strings: the buffer size */
+    unsigned long long min, max; /* T_CHOICE: min says which of choice_lists */
     const char *def;
 } key_spec_t;
 
@@ -172,7 +180,7 @@ static const key_spec_t keys[] = {
     {"seal", "keys", T_SECRET, OFF(seal.keys), 0, 0, ""},
 
     {"crypto", "default_policy", T_ENC_POLICY, OFF(crypto.default_policy), 0, 0, "opportunistic"},
-    {"crypto", "prefer", T_ENC_PREFER, OFF(crypto.prefer), 0, 0, "openpgp"},
+    {"crypto", "prefer", T_CHOICE, OFF(crypto.prefer), CHOICE_ENC_PREFER, 0, "openpgp"},
     {"crypto", "case_insensitive", T_BOOL, OFF(crypto.case_insensitive), 0, 0, "yes"},
     {"crypto", "strip_detail", T_BOOL, OFF(crypto.strip_detail), 0, 0, "no"},
     {"crypto", "hide_subject", T_BOOL, OFF(crypto.hide_subject), 0, 0, "yes"},
@@ -183,6 +191,15 @@ static const key_spec_t keys[] = {
     /* Seconds one gpg operation may take before it is killed and the
      * message refused with 451 4.7.0. */
     {"crypto", "engine_timeout", T_UINT, OFF(crypto.engine_timeout), 1, 3600, "10"},
+    /* S/MIME: the content cipher and the RSA key transport (enum
+     * smime_cipher, enum smime_rsa_padding), the CA certificates that
+     * recipients' certificates must chain to, and CRLs of theirs. */
+    {"crypto", "smime_cipher", T_CHOICE, OFF(crypto.smime_cipher), CHOICE_SMIME_CIPHER, 0,
+     "aes256-cbc"},
+    {"crypto", "smime_rsa_padding", T_CHOICE, OFF(crypto.smime_rsa_padding),
+     CHOICE_SMIME_RSA_PADDING, 0, "pkcs1"},
+    {"crypto", "smime_ca_file", T_STRING, OFF(crypto.smime_ca_file), 0, 0, ""},
+    {"crypto", "smime_crl_file", T_STRING, OFF(crypto.smime_crl_file), 0, 0, ""},
 
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
@@ -236,6 +253,21 @@ static int add_list_item(const char *item, void *arg)
     }
     list->n++;
     return 0;
+}
+
+static int set_choice(const key_spec_t *spec, const char *value, unsigned *field, char *err,
+                      size_t errlen)
+{
+    const char *const *choices = choice_lists[spec->min];
+    for (unsigned i = 0; choices[i]; i++)
+        if (!strcasecmp(value, choices[i])) {
+            *field = i;
+            return 0;
+        }
+    int n = snprintf(err, errlen, "'%s' is not one of", value);
+    for (unsigned i = 0; choices[i] && n >= 0 && (size_t)n < errlen; i++)
+        n += snprintf(err + n, errlen - (size_t)n, "%s %s", i ? "," : "", choices[i]);
+    return -1;
 }
 
 /* Sets one key from its text form; a list value replaces the whole list
@@ -293,10 +325,8 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
         if (config_parse_enc_policy(value, (enum enc_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of never, opportunistic, required", value);
         return -1;
-    case T_ENC_PREFER:
-        if (config_parse_enc_prefer(value, (enum enc_prefer *)field) == 0) return 0;
-        snprintf(err, errlen, "'%s' is not openpgp or smime", value);
-        return -1;
+    case T_CHOICE:
+        return set_choice(spec, value, (unsigned *)field, err, errlen);
     case T_TLS_POLICY:
         if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of none, opportunistic, verify", value);
@@ -588,8 +618,8 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
     case T_ENC_POLICY:
         buf_printf(out, "%s", enc_policy_names[*(const enum enc_policy *)field]);
         break;
-    case T_ENC_PREFER:
-        buf_printf(out, "%s", enc_prefer_names[*(const enum enc_prefer *)field]);
+    case T_CHOICE:
+        buf_printf(out, "%s", choice_lists[spec->min][*(const unsigned *)field]);
         break;
     case T_LOGLEVEL: {
         static const char *names[] = {"debug", "info", "warn", "error"};

@@ -162,6 +162,10 @@ enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY }
 
 /* Whether mail to a recipient is encrypted: never; when a usable key is
  * known; or always, refusing the recipient who has none. */
+/* [crypto] smime_cipher and smime_rsa_padding, in the order of their names. */
+enum smime_cipher { SMIME_AES256_CBC, SMIME_AES256_GCM };
+enum smime_rsa_padding { SMIME_RSA_PKCS1, SMIME_RSA_OAEP };
+
 enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRED };
 int config_parse_enc_policy(const char *value, enum enc_policy *out);
 const char *config_enc_policy_name(enum enc_policy p);
@@ -281,7 +285,7 @@ typedef struct config {
 
     struct {
         enum enc_policy default_policy; /* where Redis names none for address or domain */
-        enum enc_prefer prefer;         /* key or certificate, where Redis names none */
+        unsigned prefer;                /* enum enc_prefer: where Redis names none */
         bool case_insensitive;          /* local parts of key addresses */
         bool strip_detail;              /* "user+detail@" finds the key of "user@" */
         bool hide_subject;              /* the outer Subject of encrypted mail is "[...]" */
@@ -290,6 +294,10 @@ typedef struct config {
         unsigned max_bcc_copies;        /* keyed Bcc copies of one message; then 552 5.5.3 */
         char home_dir[512];             /* where the per-thread GnuPG homes go; "": $TMPDIR */
         unsigned engine_timeout;        /* seconds per gpg operation; then killed, 451 4.7.0 */
+        unsigned smime_cipher;          /* enum smime_cipher */
+        unsigned smime_rsa_padding;     /* enum smime_rsa_padding */
+        char smime_ca_file[512];        /* PEM CA certificates; "": chains not checked */
+        char smime_crl_file[512];       /* PEM CRLs of those CAs; "": none (README says why) */
     } crypto;
 
     struct {

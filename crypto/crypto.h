@@ -77,18 +77,6 @@ int seal_key_new(const char *id, char *out, size_t outlen);
 
 #define CRYPTO_FPR_MAX 64 /* hex digits of a v5 fingerprint; v4 has 40 */
 
-/* ---- issue 15's shared contract (as the brief gives it; h15-smlib's at merge) ---- */
-enum crypto_method { CRYPTO_OPENPGP, CRYPTO_SMIME, CRYPTO_METHODS };
-typedef struct crypto_smime_options {
-    bool gcm;
-    bool oaep;
-    const char *ca_file;
-    const char *crl_file;
-} crypto_smime_options_t;
-int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen);
-bool crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen);
-/* ---- end of the contract block ---- */
-
 /* Once, from the main thread, before any other call below. The gpg run is
  * $SEALPOST_GPG_PROGRAM when set (tests, odd installs), else GPGME's. */
 int crypto_gpg_init(char *err, size_t errlen);
@@ -104,7 +92,14 @@ void crypto_engine_timeout(unsigned seconds);
 int crypto_addr_canon(const char *addr, bool case_insensitive, bool strip_detail, char *out,
                       size_t outlen);
 
-/* What a key offers, as read by gpg. */
+/* How a recipient's mail is encrypted: to an OpenPGP key (PGP/MIME) or to
+ * an X.509 certificate (S/MIME). 0 is OpenPGP, so a zeroed key is one. */
+enum crypto_method { CRYPTO_OPENPGP, CRYPTO_SMIME, CRYPTO_METHODS };
+
+/* What a key offers, as read by gpg; or a certificate, as smime.c reads
+ * it (method CRYPTO_SMIME: fpr is the certificate's id, the upper-case hex
+ * SHA-256 of its DER; armored its PEM; addresses those of subjectAltName
+ * rfc822Name, else of the subject's emailAddress; expires its notAfter). */
 typedef struct crypto_key_info {
     enum crypto_method method;
     char fpr[CRYPTO_FPR_MAX + 1];
@@ -115,8 +110,10 @@ typedef struct crypto_key_info {
     unsigned n_addresses;
     char *armored; /* the key, minimal and ASCII-armored, as stored */
     size_t armored_len;
-    char *subject, *issuer, *serial; /* a certificate's; NULL for an OpenPGP key */
-    long long not_before;            /* 0 when none */
+    /* certificates only (NULL, 0 for OpenPGP keys): one-line RFC 2253 names,
+     * the serial number in hex, notBefore (0: none) */
+    char *subject, *issuer, *serial;
+    long long not_before;
 } crypto_key_info_t;
 
 /* The directory's copy of the key a revocation names (a fingerprint, or a
@@ -131,8 +128,12 @@ typedef int (*crypto_stored_key_fn)(const char *issuer, buf_t *out, void *arg, c
  * writes, gpg's ':'-guarded one too) is applied to its key in data, else to
  * the copy stored() finds: that key is then reported revoked. One that
  * names no key to be found, or does not verify against its key, is
- * reported with why_unusable saying so and retired false. Blocking (it runs
- * gpg): not on an event loop. */
+ * reported with why_unusable saying so and retired false. X.509 input
+ * (PEM CERTIFICATE or PKCS7 blocks, a DER certificate, a DER PKCS#7
+ * bundle) is read by OpenSSL instead, each certificate reported with
+ * method CRYPTO_SMIME and checked as crypto_cert_check does; one without an
+ * email address has why_unusable "no email address" (nothing to file it
+ * under). Blocking (it runs gpg): not on an event loop. */
 int crypto_keys_inspect(const char *data, size_t len, const char *parent,
                         crypto_stored_key_fn stored,
                         void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
@@ -151,7 +152,8 @@ int crypto_homes_check(const char *parent, const char *dir, char *err, size_t er
  * vanished, or gpg left it in doubt). */
 unsigned crypto_homes_remade(void);
 
-/* A recipient key as the directory holds it. */
+/* A recipient key as the directory holds it. For CRYPTO_SMIME, fpr is the
+ * certificate's id and armored its PEM. */
 typedef struct crypto_rcpt_key {
     enum crypto_method method;
     const char *fpr;
@@ -165,6 +167,46 @@ typedef struct crypto_rcpt_key {
  * never the event loop. */
 int crypto_encrypt(const char *homes, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
                    size_t len, buf_t *armor, char *err, size_t errlen);
+
+/* ---- S/MIME (RFC 8551) through OpenSSL's CMS, in-process (smime.c) ---- */
+
+/* The process's S/MIME settings ([crypto] smime_*). gcm: AuthEnvelopedData
+ * with AES-256-GCM (RFC 5083, RFC 5084) instead of EnvelopedData with
+ * AES-256-CBC; oaep: RSA recipients get RSAES-OAEP (RFC 8017, SHA-1 and
+ * MGF1-SHA-1, the defaults every reader takes) instead of PKCS#1 v1.5.
+ * ca_file: certificates must chain to one of its certificates (PEM; an
+ * intermediate there is an anchor too); crl_file: CRLs (PEM) the chain's
+ * leaf is checked against; "" or NULL: none. */
+typedef struct crypto_smime_options {
+    bool gcm;
+    bool oaep;
+    const char *ca_file;
+    const char *crl_file;
+} crypto_smime_options_t;
+
+/* Once per process (from the main thread, before any other S/MIME call):
+ * keeps the options, and loads the CA file and CRLs into one store that
+ * every thread then verifies against, read-only. -1 with err when a file
+ * cannot be read or holds nothing of its kind, or a CRL file comes without
+ * a CA file; the settings before stay then. */
+int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen);
+
+/* The check at each use of a stored certificate (pem, as the directory
+ * holds it) at time now: dates, key usage, extended key usage, the key's
+ * type and size, and with a CA file the chain (and the CRL). false with why
+ * (crypto_key_info_t's why_unusable wording). One signature check per
+ * certificate in the chain: fine on an event loop. */
+bool crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen);
+
+/* Appends to der the CMS ContentInfo of plain encrypted to every
+ * certificate (method CRYPTO_SMIME, armored the PEM): EnvelopedData with
+ * AES-256-CBC, or AuthEnvelopedData with AES-256-GCM when configured; RSA
+ * recipients by KeyTransRecipientInfo (PKCS#1 v1.5, or OAEP when
+ * configured), EC ones by KeyAgreeRecipientInfo (ECDH); each named by
+ * issuer and serial number. plain goes in as it is (CRLF lines: the
+ * caller's canonical MIME entity). Thread-safe; -1 with err. */
+int smime_encrypt(const crypto_rcpt_key_t *certs, unsigned n, const char *plain, size_t len,
+                  buf_t *der, char *err, size_t errlen);
 
 /* ---- the node's cache of the key directory (keydir.c) ---- */
 
@@ -243,6 +285,10 @@ void gateway_job_release(gateway_job_t *job);
 /* The policy in effect, from Redis's settings (NULL: none) and the default. */
 enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy,
                               enum enc_policy fallback);
+/* crypto_smime_configure with cfg's [crypto] smime_* settings: once per
+ * process, by the ingress and by the admin commands that check
+ * certificates, so both judge a certificate alike. */
+int keydir_smime_configure(const config_t *cfg, char *err, size_t errlen);
 /* The preference in effect ("openpgp" or "smime" from Redis, NULL: none set). */
 enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_prefer,
                                  enum enc_prefer fallback);
@@ -298,5 +344,14 @@ int pgpmime_inner(const char *msg, size_t len, unsigned flags, buf_t *out);
  * has no header field at all. */
 int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_len, unsigned flags,
                   buf_t *out);
+
+/* The same outer header as pgpmime_outer, then an S/MIME body (RFC 8551
+ * §3.2.2): application/pkcs7-mime; smime-type=enveloped-data (or
+ * authEnveloped-data, when der is AuthEnvelopedData); name="smime.p7m",
+ * as an attachment, der in base64 lines of 76. 0, or -1 (out as it was)
+ * when memory runs out, msg has no header field or der is no enveloped
+ * data. */
+int smime_outer(const char *msg, size_t len, const unsigned char *der, size_t der_len,
+                unsigned flags, buf_t *out);
 
 #endif

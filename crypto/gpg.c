@@ -429,6 +429,10 @@ int crypto_keys_inspect(const char *data, size_t len, const char *parent,
                         void (*cb)(const crypto_key_info_t *key, void *arg), void *arg, char *err,
                         size_t errlen)
 {
+    /* X.509 is OpenSSL's to read; OpenPGP armor beside it still gpg's. */
+    int certs = smime_inspect(data, len, cb, arg, err, errlen);
+    if (certs < 0) return -1;
+    if (certs > 0 && !is_armored(data, len)) return 0;
     char home[PATH_MAX];
     if (crypto_homes_create(parent, home, sizeof home, err, errlen) < 0) return -1;
     struct inspection in = {.stored = stored, .cb = cb, .arg = arg, .err = err, .errlen = errlen};

@@ -1,7 +1,7 @@
 /* crypto/'s private interfaces between its own files: OpenPGP's armor and
- * packets (openpgp.c) and S/MIME's structures (smime.c), read by the
- * passthrough check (pgpmime.c) and by key import (gpg.c). Nothing outside
- * crypto/ includes this. */
+ * packets (openpgp.c) and S/MIME's structures and certificates (smime.c),
+ * read by the passthrough check and the S/MIME builder (pgpmime.c) and by
+ * key import (gpg.c). Nothing outside crypto/ includes this. */
 #ifndef SEALPOST_CRYPTO_INTERNAL_H
 #define SEALPOST_CRYPTO_INTERNAL_H
 
@@ -70,5 +70,17 @@ int openpgp_dearmor(const char *text, size_t len, const char **kind, size_t *kin
  * EnvelopedData (or AuthEnvelopedData when auth) with its encrypted content
  * inside. */
 bool smime_is_enveloped(const unsigned char *der, size_t len, bool auth);
+
+struct crypto_key_info;
+
+/* Reads the X.509 certificates in data (PEM CERTIFICATE, X509 CERTIFICATE
+ * or PKCS7 blocks at the start of a line; or one DER certificate; or one
+ * DER PKCS#7 bundle) and calls cb for each, once, with method CRYPTO_SMIME
+ * and the checks of crypto_cert_check done at the present time. The number
+ * of certificates reported: 0 when data holds no X.509 at all (OpenPGP,
+ * then); -1 with err when a block is broken or memory ran out. */
+int smime_inspect(const char *data, size_t len,
+                  void (*cb)(const struct crypto_key_info *key, void *arg), void *arg, char *err,
+                  size_t errlen);
 
 #endif

@@ -142,6 +142,15 @@ enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy
     return fallback;
 }
 
+int keydir_smime_configure(const config_t *cfg, char *err, size_t errlen)
+{
+    crypto_smime_options_t o = {.gcm = cfg->crypto.smime_cipher == SMIME_AES256_GCM,
+                                .oaep = cfg->crypto.smime_rsa_padding == SMIME_RSA_OAEP,
+                                .ca_file = cfg->crypto.smime_ca_file,
+                                .crl_file = cfg->crypto.smime_crl_file};
+    return crypto_smime_configure(&o, err, errlen);
+}
+
 enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_prefer,
                                  enum enc_prefer fallback)
 {

@@ -115,7 +115,8 @@ static void on_poll_timer(uv_timer_t *t)
 
 encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
 {
-    if (crypto_gpg_init(err, errlen) < 0) return NULL;
+    if (crypto_gpg_init(err, errlen) < 0 || keydir_smime_configure(ingress->cfg, err, errlen) < 0)
+        return NULL;
     encrypt_t *e = calloc(1, sizeof *e);
     if (e) e->keydir = keydir_new(KEYDIR_CAPACITY);
     if (!e || !e->keydir) {
@@ -230,7 +231,8 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
         const config_t *cfg = e->ingress->cfg;
         keydir_entry_t entry = {
             .policy = keydir_policy(f->addr_policy, f->domain_policy, cfg->crypto.default_policy),
-            .prefer = keydir_prefer(f->addr_prefer, f->domain_prefer, cfg->crypto.prefer),
+            .prefer = keydir_prefer(f->addr_prefer, f->domain_prefer,
+                                    (enum enc_prefer)cfg->crypto.prefer),
             .keys = {[CRYPTO_OPENPGP] = entry_key(&f->keys[CRYPTO_OPENPGP]),
                      [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
         if (keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {

@@ -172,7 +172,7 @@ def message(to, cc="", bcc="", subject="Quarterly figures"):
     return (f"From: Sender <sender@origin.test>\r\nTo: {to}\r\n"
             + (f"Cc: {cc}\r\n" if cc else "") + (f"Bcc: {bcc}\r\n" if bcc else "")
             + f"Subject: {subject}\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
-            "Message-ID: <s1@origin.test>\r\nMIME-Version: 1.0\r\n"
+            "Message-ID: <m1@origin.test>\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
             "\r\n").encode() + BODY
 

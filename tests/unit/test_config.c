@@ -232,6 +232,31 @@ static void test_config_bad_value(void **state)
     assert_contains(err, ":2:"); /* the first error is the one reported */
 }
 
+/* A key that takes one of a list of names: each stored as its enum, any
+ * other refused with the list, and printed back by name. */
+static void test_config_choice(void **state)
+{
+    (void)state;
+    config_t cfg;
+    char err[512], path[64];
+    config_defaults(&cfg);
+    assert_int_equal(cfg.crypto.smime_cipher, SMIME_AES256_CBC);
+    assert_int_equal(cfg.crypto.smime_rsa_padding, SMIME_RSA_PKCS1);
+    assert_int_equal(load_text("[crypto]\nsmime_cipher = AES256-GCM\nsmime_rsa_padding = oaep\n",
+                               &cfg, err, sizeof err, path),
+                     0);
+    assert_int_equal(cfg.crypto.smime_cipher, SMIME_AES256_GCM);
+    assert_int_equal(cfg.crypto.smime_rsa_padding, SMIME_RSA_OAEP);
+    buf_t out;
+    buf_init(&out);
+    assert_int_equal(config_print(&cfg, &out), 0);
+    assert_contains(out.data, "smime_cipher = aes256-gcm\n");
+    assert_contains(out.data, "smime_rsa_padding = oaep\n");
+    buf_free(&out);
+    assert_int_equal(load_text("[crypto]\nsmime_cipher = des3\n", &cfg, err, sizeof err, path), -1);
+    assert_contains(err, "'des3' is not one of aes256-cbc, aes256-gcm");
+}
+
 static void test_config_syntax_error_line(void **state)
 {
     (void)state;
@@ -493,6 +518,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_good_file, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_unknown_key, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_bad_value, config_setup, config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_choice, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_syntax_error_line, config_setup,
                                         config_teardown),
         cmocka_unit_test_setup_teardown(test_config_nul_byte_and_long_lines, config_setup,
