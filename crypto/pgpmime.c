@@ -697,8 +697,11 @@ int pgpmime_inner(const char *msg, size_t len, unsigned flags, buf_t *out)
 
 /* ---- the outer message ---- */
 
-static int append_outer_header(const char *msg, size_t len, bool hide_subject, const char *boundary,
-                               buf_t *out)
+/* The outer header of every encrypted copy, PGP/MIME or S/MIME, but its
+ * MIME fields: trace, the fields each_outer names, the Subject (or
+ * "[...]"), then MIME-Version. The one place that chooses what an
+ * encrypted message shows outside. */
+static int append_outer_fields(const char *msg, size_t len, bool hide_subject, buf_t *out)
 {
     proto_header_iter_t it;
     proto_header_field_t f;
@@ -711,10 +714,16 @@ static int append_outer_header(const char *msg, size_t len, bool hide_subject, c
     } else if (each_named(msg, len, "Subject", append_field, out) < 0) {
         return -1;
     }
+    return buf_append(out, "MIME-Version: 1.0\r\n", 19);
+}
+
+static int append_outer_header(const char *msg, size_t len, bool hide_subject, const char *boundary,
+                               buf_t *out)
+{
+    if (append_outer_fields(msg, len, hide_subject, out) < 0) return -1;
     /* Folded so that the line stays under 78 octets (RFC 5322 §2.1.1). */
     return buf_printf(
         out,
-        "MIME-Version: 1.0\r\n"
         "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n"
         " boundary=\"%s\"\r\n"
         "\r\n",
@@ -752,6 +761,45 @@ int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_l
     if (!has_fields(msg, len) || make_boundary(armor, armor_len, boundary) < 0 ||
         append_outer_header(msg, len, hide_subject, boundary, out) < 0 ||
         append_outer_body(armor, armor_len, boundary, out) < 0)
+        return rollback(out, start);
+    return 0;
+}
+
+/* ---- the S/MIME message (RFC 8551 §3.2.2, §3.5) ---- */
+
+#define BASE64_LINE 76 /* RFC 2045 §6.8's longest line */
+
+/* der in base64, lines of 76 and CRLF. */
+static int append_base64_lines(buf_t *out, const unsigned char *der, size_t len)
+{
+    enum { CHUNK = BASE64_LINE / 4 * 3 };
+    char line[BASE64_LINE + 1];
+    for (size_t i = 0; i < len; i += CHUNK) {
+        size_t n = len - i < CHUNK ? len - i : CHUNK;
+        sodium_bin2base64(line, sizeof line, der + i, n, sodium_base64_VARIANT_ORIGINAL);
+        if (buf_append(out, line, strlen(line)) < 0 || buf_append(out, "\r\n", 2) < 0) return -1;
+    }
+    return 0;
+}
+
+int smime_outer(const char *msg, size_t len, const unsigned char *der, size_t der_len,
+                unsigned flags, buf_t *out)
+{
+    size_t start = out->len;
+    /* The label says what the structure is, as the passthrough check asks
+     * of what senders send (RFC 8551 §3.2.2; RFC 5083 §4 for GCM's). */
+    bool auth = smime_is_enveloped(der, der_len, true);
+    if (!auth && !smime_is_enveloped(der, der_len, false)) return -1;
+    if (!has_fields(msg, len) ||
+        append_outer_fields(msg, len, flags & PGPMIME_HIDE_SUBJECT, out) < 0 ||
+        buf_printf(out,
+                   "Content-Type: application/pkcs7-mime; smime-type=%s;\r\n"
+                   " name=\"smime.p7m\"\r\n"
+                   "Content-Disposition: attachment; filename=\"smime.p7m\"\r\n"
+                   "Content-Transfer-Encoding: base64\r\n"
+                   "\r\n",
+                   auth ? "authEnveloped-data" : "enveloped-data") < 0 ||
+        append_base64_lines(out, der, der_len) < 0)
         return rollback(out, start);
     return 0;
 }

@@ -19,6 +19,8 @@
 #include "crypto/crypto.h"
 #include "crypto/internal.h"
 
+#include <openssl/err.h>
+
 extern char **environ;
 
 static char dir[] = "/tmp/sealpost-smime-XXXXXX";
@@ -133,6 +135,7 @@ static int teardown(void **state)
 {
     (void)state;
     sh("gpgconf --homedir gpgsm --kill gpg-agent 2>/dev/null || true");
+    if (getenv("SEALPOST_TEST_KEEP")) return 0;
     return sh("cd / && rm -rf %s", dir) == 0 ? 0 : -1;
 }
 
@@ -408,6 +411,259 @@ static void test_ca_file_and_crl(void **state)
     configure(false, false, NULL, NULL);
 }
 
+static int spill(const char *name, const void *data, size_t len)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t put = fwrite(data, 1, len, f);
+    return fclose(f) == 0 && put == len ? 0 : -1;
+}
+
+/* ---- encrypting ---- */
+
+static const char message[] = "Received: from a.test by b.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                              "From: Alice <alice@example.test>\r\n"
+                              "To: Bob <bob@example.test>\r\n"
+                              "Bcc: hidden@example.test\r\n"
+                              "Subject: the plan\r\n"
+                              "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                              "Message-ID: <1@example.test>\r\n"
+                              "List-Id: <plans.example.test>\r\n"
+                              "Content-Type: text/plain; charset=utf-8\r\n"
+                              "\r\n"
+                              "Meet at noon.\r\n"
+                              "A second line.\r\n";
+
+/* A certificate of the test's directory as a recipient key. */
+static crypto_rcpt_key_t recipient(const char *name)
+{
+    char file[64];
+    snprintf(file, sizeof file, "%s.pem", name);
+    size_t len;
+    char *pem = slurp(file, &len);
+    assert_non_null(pem);
+    return (crypto_rcpt_key_t){
+        .method = CRYPTO_SMIME, .fpr = name, .armored = pem, .armored_len = len};
+}
+
+/* Encrypts message's inner payload to the certificates named (NULL-ended)
+ * and writes the outer message to msg.eml and the DER to msg.der; the
+ * inner payload into *inner. */
+static void make_message(const char *const *names, buf_t *inner)
+{
+    crypto_rcpt_key_t keys[4];
+    unsigned n = 0;
+    for (; names[n]; n++)
+        keys[n] = recipient(names[n]);
+    buf_init(inner);
+    assert_int_equal(pgpmime_inner(message, strlen(message), PGPMIME_HIDE_SUBJECT, inner), 0);
+    buf_t der, outer;
+    buf_init(&der);
+    buf_init(&outer);
+    char err[256];
+    if (smime_encrypt(keys, n, inner->data, inner->len, &der, err, sizeof err) < 0)
+        fail_msg("smime_encrypt: %s", err);
+    assert_int_equal(ERR_peek_error(), 0);
+    assert_int_equal(smime_outer(message, strlen(message), (unsigned char *)der.data, der.len,
+                                 PGPMIME_HIDE_SUBJECT, &outer),
+                     0);
+    assert_int_equal(spill("msg.eml", outer.data, outer.len), 0);
+    assert_int_equal(spill("msg.der", der.data, der.len), 0);
+    for (unsigned i = 0; i < n; i++)
+        free((char *)keys[i].armored);
+    buf_free(&der);
+    buf_free(&outer);
+}
+
+/* Whether file holds exactly want. */
+static void assert_file_is(const char *file, const buf_t *want)
+{
+    size_t len;
+    char *got = slurp(file, &len);
+    assert_non_null(got);
+    assert_int_equal(len, want->len);
+    assert_memory_equal(got, want->data, len);
+    free(got);
+}
+
+/* `openssl cms -decrypt` with name's key gives back the inner payload. */
+static void assert_openssl_decrypts(const char *name, const buf_t *inner)
+{
+    assert_int_equal(sh("rm -f out.txt; openssl cms -decrypt -in msg.eml -inkey %s.key -recip "
+                        "%s.pem -out out.txt",
+                        name, name),
+                     0);
+    assert_file_is("out.txt", inner);
+}
+
+/* What `openssl cms -cmsout -print` says of the structure contains each
+ * of want (NULL-ended) and none of unwanted. */
+static void assert_structure(const char *const *want, const char *unwanted)
+{
+    assert_int_equal(sh("openssl cms -cmsout -print -inform DER -in msg.der > print.txt"), 0);
+    size_t len;
+    char *text = slurp("print.txt", &len);
+    assert_non_null(text);
+    for (; *want; want++)
+        if (!strstr(text, *want)) fail_msg("the CMS structure has no '%s'", *want);
+    if (unwanted && strstr(text, unwanted)) fail_msg("the CMS structure has '%s'", unwanted);
+    free(text);
+}
+
+/* Python's email package reads the outer message without a defect: one
+ * application/pkcs7-mime part of the given smime-type whose base64 is the
+ * DER, no Bcc, lines of at most 78 octets ending in CRLF. */
+static void assert_python_parses(const char *smime_type)
+{
+    static const char script[] =
+        "import email, email.policy, sys\n"
+        "raw = open(sys.argv[1], 'rb').read()\n"
+        "m = email.message_from_bytes(raw, policy=email.policy.default)\n"
+        "assert not m.defects, m.defects\n"
+        "assert m.get_content_type() == 'application/pkcs7-mime', m.get_content_type()\n"
+        "assert m.get_param('smime-type') == sys.argv[3], m.get_param('smime-type')\n"
+        "assert m.get_param('name') == 'smime.p7m'\n"
+        "assert m.get_filename() == 'smime.p7m'\n"
+        "assert m.get_content_disposition() == 'attachment'\n"
+        "assert m['Bcc'] is None and m['Subject'] == '[...]'\n"
+        "assert m['List-Id'] == '<plans.example.test>'\n"
+        "assert m.get_content() == open(sys.argv[2], 'rb').read()\n"
+        "lines = raw.split(b'\\r\\n')\n"
+        "assert lines[-1] == b'' and all(b'\\n' not in l and len(l) <= 78 for l in lines)\n"
+        "body = raw.split(b'\\r\\n\\r\\n', 1)[1].split(b'\\r\\n')[:-1]\n"
+        "assert all(len(l) == 76 for l in body[:-1]) and 0 < len(body[-1]) <= 76\n";
+    assert_int_equal(spill("parse.py", script, strlen(script)), 0);
+    assert_int_equal(sh("/usr/bin/python3 parse.py msg.eml msg.der %s", smime_type), 0);
+}
+
+static void test_encrypt_rsa_cbc(void **state)
+{
+    (void)state;
+    configure(false, false, NULL, NULL);
+    static const char *const names[] = {"bob", NULL};
+    buf_t inner;
+    make_message(names, &inner);
+    assert_openssl_decrypts("bob", &inner);
+    static const char *const want[] = {"pkcs7-envelopedData", "aes-256-cbc",
+                                       "d.issuerAndSerialNumber", "rsaEncryption", NULL};
+    assert_structure(want, "subjectKeyIdentifier");
+    assert_python_parses("enveloped-data");
+    /* another key cannot */
+    assert_int_not_equal(sh("openssl cms -decrypt -in msg.eml -inkey selfbob.key -recip "
+                            "selfbob.pem -out /dev/null 2>/dev/null"),
+                         0);
+    buf_free(&inner);
+}
+
+static void test_encrypt_rsa_oaep_gcm(void **state)
+{
+    (void)state;
+    configure(true, true, NULL, NULL);
+    static const char *const names[] = {"bob", NULL};
+    buf_t inner;
+    make_message(names, &inner);
+    assert_openssl_decrypts("bob", &inner);
+    static const char *const want[] = {"id-smime-ct-authEnvelopedData", "aes-256-gcm",
+                                       "d.issuerAndSerialNumber", "rsaesOaep", NULL};
+    assert_structure(want, "rsaEncryption");
+    assert_python_parses("authEnveloped-data");
+    buf_free(&inner);
+    /* OAEP with CBC, PKCS#1 with GCM */
+    configure(false, true, NULL, NULL);
+    make_message(names, &inner);
+    assert_openssl_decrypts("bob", &inner);
+    static const char *const oaep_cbc[] = {"aes-256-cbc", "rsaesOaep", NULL};
+    assert_structure(oaep_cbc, "rsaEncryption");
+    buf_free(&inner);
+    configure(true, false, NULL, NULL);
+    make_message(names, &inner);
+    assert_openssl_decrypts("bob", &inner);
+    static const char *const pkcs1_gcm[] = {"aes-256-gcm", "rsaEncryption", NULL};
+    assert_structure(pkcs1_gcm, "rsaesOaep");
+    buf_free(&inner);
+    configure(false, false, NULL, NULL);
+}
+
+/* EC recipients by ECDH (KeyAgreeRecipientInfo): OpenSSL's defaults, the
+ * X9.63 KDF with SHA-1 (dhSinglePass-stdDH-sha1kdf-scheme) and AES-256 key
+ * wrap; with an RSA recipient in the same message, and with GCM. */
+static void test_encrypt_ec_and_mixed(void **state)
+{
+    (void)state;
+    configure(false, false, NULL, NULL);
+    static const char *const names[] = {"ec", "bob", "carol", NULL};
+    buf_t inner;
+    make_message(names, &inner);
+    assert_openssl_decrypts("ec", &inner);
+    assert_openssl_decrypts("bob", &inner);
+    assert_openssl_decrypts("carol", &inner);
+    static const char *const want[] = {"d.kari",         "dhSinglePass-stdDH-sha1kdf-scheme",
+                                       "id-aes256-wrap", "d.issuerAndSerialNumber",
+                                       "d.ktri",         NULL};
+    assert_structure(want, "subjectKeyIdentifier");
+    assert_python_parses("enveloped-data");
+    buf_free(&inner);
+    configure(true, false, NULL, NULL);
+    static const char *const ec_only[] = {"ec", NULL};
+    make_message(ec_only, &inner);
+    assert_openssl_decrypts("ec", &inner);
+    assert_python_parses("authEnveloped-data");
+    buf_free(&inner);
+    configure(false, false, NULL, NULL);
+}
+
+static void test_encrypt_refuses(void **state)
+{
+    (void)state;
+    char err[256];
+    buf_t der;
+    buf_init(&der);
+    assert_int_equal(smime_encrypt(NULL, 0, "x", 1, &der, err, sizeof err), -1);
+    crypto_rcpt_key_t junk = {
+        .method = CRYPTO_SMIME, .fpr = "J", .armored = "junk", .armored_len = 4};
+    assert_int_equal(smime_encrypt(&junk, 1, "x", 1, &der, err, sizeof err), -1);
+    assert_non_null(strstr(err, "recipient J"));
+    crypto_rcpt_key_t openpgp = recipient("bob");
+    openpgp.method = CRYPTO_OPENPGP;
+    assert_int_equal(smime_encrypt(&openpgp, 1, "x", 1, &der, err, sizeof err), -1);
+    free((char *)openpgp.armored);
+    assert_int_equal(der.len, 0);
+    assert_int_equal(ERR_peek_error(), 0);
+    /* smime_outer takes only enveloped data */
+    buf_t out;
+    buf_init(&out);
+    static const unsigned char not_cms[] = {0x30, 0x03, 0x02, 0x01, 0x01};
+    assert_int_equal(smime_outer(message, strlen(message), not_cms, sizeof not_cms, 0, &out), -1);
+    assert_int_equal(out.len, 0);
+}
+
+/* gpgsm, a second implementation, reads the default: RSA, PKCS#1 v1.5,
+ * AES-256-CBC. (gpgsm 2.2.40 reads neither AuthEnvelopedData, "error getting
+ * IV: Buffer too short", nor RSA-OAEP, "error getting encrypted session
+ * key", and crashes importing an EC key's PKCS#12.) */
+static void test_gpgsm_decrypts_the_default(void **state)
+{
+    (void)state;
+    configure(false, false, NULL, NULL);
+    static const char *const names[] = {"bob", "ec", NULL};
+    buf_t inner;
+    make_message(names, &inner);
+    assert_int_equal(
+        sh("set -e; mkdir -p -m 700 gpgsm; echo allow-loopback-pinentry > gpgsm/gpg-agent.conf;"
+           "echo disable-crl-checks > gpgsm/gpgsm.conf;"
+           "openssl pkcs12 -export -inkey bob.key -in bob.pem -out bob.p12 -passout pass:x"
+           " -keypbe PBE-SHA1-3DES -certpbe PBE-SHA1-3DES -macalg sha1;"
+           "echo x | gpgsm --homedir gpgsm --batch --pinentry-mode loopback --passphrase-fd 0"
+           " --import bob.p12 2>/dev/null;"
+           "echo x | gpgsm --homedir gpgsm --batch --pinentry-mode loopback --passphrase-fd 0"
+           " --output gpgsm.txt --decrypt msg.der 2>/dev/null"),
+        0);
+    assert_file_is("gpgsm.txt", &inner);
+    buf_free(&inner);
+}
+
 int main(void)
 {
     if (sodium_init() < 0) return 1;
@@ -422,6 +678,11 @@ int main(void)
         cmocka_unit_test(test_inspect_addresses),
         cmocka_unit_test(test_inspect_forms),
         cmocka_unit_test(test_ca_file_and_crl),
+        cmocka_unit_test(test_encrypt_rsa_cbc),
+        cmocka_unit_test(test_encrypt_rsa_oaep_gcm),
+        cmocka_unit_test(test_encrypt_ec_and_mixed),
+        cmocka_unit_test(test_encrypt_refuses),
+        cmocka_unit_test(test_gpgsm_decrypts_the_default),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
