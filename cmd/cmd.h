@@ -29,6 +29,10 @@ int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag
  * message printed and *exit_code set) when either fails. */
 struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_code);
 
+/* Prints s as a JSON string literal (octets of text that is not UTF-8 as
+ * the code points of the same numbers). */
+void cmd_json_string(const char *s);
+
 /* mkdir -p, with mode 0700 for what it creates. */
 int cmd_mkdir_p(const char *path);
 

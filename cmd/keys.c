@@ -1,8 +1,10 @@
-/* sealpost keys: the OpenPGP key directory and the encryption policy, both in
- * Redis, so every ingress node sees an import within a second. A key is
- * checked with gpg before it is stored: it must be able to take mail now
- * (a valid encryption subkey, not expired, not revoked). A revocation,
- * alone or with its key, removes the stored key it verifies against. */
+/* sealpost keys: the key directory (OpenPGP keys and S/MIME certificates)
+ * and the encryption policy, both in Redis, so every ingress node sees an
+ * import within a second. A key is checked with gpg before it is stored: it
+ * must be able to take mail now (a valid encryption subkey, not expired,
+ * not revoked); a certificate with OpenSSL (dates, key usage, key size, the
+ * configured CA and CRL). A revocation, alone or with its key, removes the
+ * stored key it verifies against. */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
 #include "queue/admin.h"
@@ -12,19 +14,27 @@
 #include <time.h>
 
 static const char usage[] =
-    "usage: sealpost keys import FILE|-          store the public keys in FILE (or stdin)\n"
-    "       sealpost keys list [--json]          every key: fingerprint, expiry, addresses\n"
-    "       sealpost keys show ADDRESS|FPR       one key, with its armored data\n"
-    "       sealpost keys delete ADDRESS|FPR     remove a key from every address it has\n"
+    "usage: sealpost keys import FILE|-          store the OpenPGP keys or X.509 certificates\n"
+    "                                            (PEM, DER, PKCS#7) in FILE (or stdin)\n"
+    "       sealpost keys list [--json]          every key and certificate: id, expiry,\n"
+    "                                            addresses; a certificate's subject, issuer,\n"
+    "                                            serial\n"
+    "       sealpost keys show ADDRESS|ID        one key or certificate, with its data\n"
+    "       sealpost keys delete ADDRESS|ID      remove one from every address it has\n"
     "       sealpost keys policy set ADDRESS|DOMAIN never|opportunistic|required\n"
-    "       sealpost keys policy delete ADDRESS|DOMAIN\n"
+    "       sealpost keys policy set ADDRESS|DOMAIN prefer openpgp|smime\n"
+    "       sealpost keys policy delete ADDRESS|DOMAIN [prefer]\n"
     "       sealpost keys policy list\n"
     "   (each with [-c FILE])\n"
     "\n"
-    "A key is filed under every e-mail address of its valid user IDs. Mail to an\n"
-    "address is encrypted to its key when the policy (the address's, else its\n"
-    "domain's, else [crypto] default_policy) is opportunistic or required; a\n"
-    "required recipient without a usable key is refused at RCPT TO.\n"
+    "A key is filed under every e-mail address of its valid user IDs, a\n"
+    "certificate under those of its subjectAltName (else its subject's\n"
+    "emailAddress). Mail to an address is encrypted to its key when the policy\n"
+    "(the address's, else its domain's, else [crypto] default_policy) is\n"
+    "opportunistic or required; a required recipient without a usable key is\n"
+    "refused at RCPT TO. An address may have an OpenPGP key and a certificate:\n"
+    "mail uses the one its preference names (else [crypto] prefer) while that\n"
+    "one is usable, else the other.\n"
     "\n"
     "Importing a key's revocation certificate (alone, or with the key) removes\n"
     "the stored key it revokes.\n";
@@ -34,8 +44,14 @@ static const char usage[] =
 struct import {
     queue_admin_t *admin;
     const config_t *cfg;
+    const char *file; /* as given; "-" is stdin */
     unsigned imported, refused;
 };
+
+static const char *input_name(const char *file)
+{
+    return strcmp(file, "-") ? file : "stdin";
+}
 
 static void print_expiry(long long expires)
 {
@@ -83,27 +99,109 @@ static bool retire(struct import *im, const crypto_key_info_t *key)
                key->why_unusable);
         print_expiry(old.expires);
         printf("): kept\n");
-        buf_free(&old.addresses);
-        buf_free(&old.armored);
+        queue_key_stored_free(&old);
         return false;
     }
     bool removed = queue_admin_key_delete(im->admin, key->fpr, err, sizeof err) > 0;
     if (removed) {
         printf("%s: %s", key->why_unusable, key->fpr);
         print_addresses(&old.addresses);
-        printf(", key removed\n");
+        printf(", %s removed\n", key->method == CRYPTO_SMIME ? "certificate" : "key");
     } else {
         printf("refused %s: %s, and not removed: %s\n", key->fpr, key->why_unusable, err);
     }
-    buf_free(&old.addresses);
-    buf_free(&old.armored);
+    queue_key_stored_free(&old);
     return removed;
+}
+
+/* A key's addresses in canonical form, each once. */
+struct addresses {
+    char canon[QUEUE_KEY_ADDRS_MAX][300];
+    const char *list[QUEUE_KEY_ADDRS_MAX];
+    unsigned n;
+};
+
+static void canonical_addresses(const config_t *cfg, const crypto_key_info_t *key,
+                                struct addresses *a)
+{
+    a->n = 0;
+    for (unsigned i = 0; i < key->n_addresses && a->n < QUEUE_KEY_ADDRS_MAX; i++) {
+        char *canon = a->canon[a->n];
+        if (crypto_addr_canon(key->addresses[i], cfg->crypto.case_insensitive,
+                              cfg->crypto.strip_detail, canon, sizeof a->canon[0]) < 0)
+            continue;
+        bool dup = false;
+        for (unsigned j = 0; j < a->n && !dup; j++)
+            dup = !strcmp(a->list[j], canon);
+        if (!dup) a->list[a->n++] = canon;
+    }
+}
+
+/* A certificate that cannot take mail, named by the file, its subject and its id. */
+static void refuse_certificate(struct import *im, const crypto_key_info_t *cert, const char *why)
+{
+    printf("refused %s: certificate %s (%s): %s\n", input_name(im->file),
+           cert->subject ? cert->subject : "", cert->fpr, why);
+    im->refused++;
+}
+
+/* A certificate is stored like a key, in its own fields of each address, so
+ * an address may have both. One that fails a check is refused saying which;
+ * an expired or CRL-revoked one that is stored leaves the directory. */
+static void import_certificate(struct import *im, const crypto_key_info_t *cert)
+{
+    char err[600];
+    if (cert->why_unusable) {
+        queue_key_stored_t old;
+        int stored =
+            cert->retired ? queue_admin_key_get(im->admin, cert->fpr, &old, err, sizeof err) : 0;
+        if (stored > 0) queue_key_stored_free(&old);
+        if (stored > 0 && retire(im, cert))
+            im->imported++;
+        else if (stored > 0)
+            im->refused++;
+        else
+            refuse_certificate(im, cert, stored < 0 ? err : cert->why_unusable);
+        return;
+    }
+    struct addresses a;
+    canonical_addresses(im->cfg, cert, &a);
+    if (a.n == 0) {
+        refuse_certificate(im, cert,
+                           "no e-mail address in its subjectAltName or subject emailAddress");
+        return;
+    }
+    queue_key_record_t rec = {.fpr = cert->fpr,
+                              .expires = cert->expires,
+                              .armored = cert->armored,
+                              .armored_len = cert->armored_len,
+                              .addresses = a.list,
+                              .n_addresses = a.n,
+                              .smime = true,
+                              .subject = cert->subject,
+                              .issuer = cert->issuer,
+                              .serial = cert->serial};
+    if (queue_admin_key_put(im->admin, &rec, err, sizeof err) < 0) {
+        refuse_certificate(im, cert, err);
+        return;
+    }
+    printf("imported: %s", cert->fpr);
+    for (unsigned i = 0; i < a.n; i++)
+        printf(" %s", a.list[i]);
+    printf(" (S/MIME, %s, expires ", cert->subject ? cert->subject : "");
+    print_expiry(cert->expires);
+    printf(")\n");
+    im->imported++;
 }
 
 static void import_one(const crypto_key_info_t *key, void *arg)
 {
     struct import *im = arg;
     char err[600];
+    if (key->method == CRYPTO_SMIME) {
+        import_certificate(im, key);
+        return;
+    }
     if (key->why_unusable) {
         bool done = key->retired && retire(im, key);
         if (!key->retired) printf("refused %s: %s\n", key->fpr, key->why_unusable);
@@ -113,23 +211,19 @@ static void import_one(const crypto_key_info_t *key, void *arg)
             im->refused++;
         return;
     }
-    char canon[QUEUE_KEY_ADDRS_MAX][300];
-    const char *addrs[QUEUE_KEY_ADDRS_MAX];
-    unsigned n = 0;
-    for (unsigned i = 0; i < key->n_addresses && n < QUEUE_KEY_ADDRS_MAX; i++)
-        if (crypto_addr_canon(key->addresses[i], im->cfg->crypto.case_insensitive,
-                              im->cfg->crypto.strip_detail, canon[n], sizeof canon[n]) == 0) {
-            bool dup = false;
-            for (unsigned j = 0; j < n && !dup; j++)
-                dup = !strcmp(canon[j], canon[n]);
-            if (!dup) addrs[n] = canon[n], n++;
-        }
-    if (n == 0) {
+    struct addresses a;
+    canonical_addresses(im->cfg, key, &a);
+    if (a.n == 0) {
         printf("refused %s: no e-mail address in its user IDs\n", key->fpr);
         im->refused++;
         return;
     }
-    queue_key_record_t rec = {key->fpr, key->expires, key->armored, key->armored_len, addrs, n};
+    queue_key_record_t rec = {.fpr = key->fpr,
+                              .expires = key->expires,
+                              .armored = key->armored,
+                              .armored_len = key->armored_len,
+                              .addresses = a.list,
+                              .n_addresses = a.n};
     if (queue_admin_key_put(im->admin, &rec, err, sizeof err) < 0) {
         printf("refused %s: %s\n", key->fpr, err);
         im->refused++;
@@ -137,8 +231,8 @@ static void import_one(const crypto_key_info_t *key, void *arg)
     }
     printf("imported %s expires ", key->fpr);
     print_expiry(key->expires);
-    for (unsigned i = 0; i < n; i++)
-        printf(" %s", addrs[i]);
+    for (unsigned i = 0; i < a.n; i++)
+        printf(" %s", a.list[i]);
     printf("\n");
     im->imported++;
 }
@@ -192,8 +286,7 @@ static int stored_key(const char *issuer, buf_t *out, void *arg, char *err, size
         snprintf(err, errlen, "out of memory");
         found = -1;
     }
-    buf_free(&key.addresses);
-    buf_free(&key.armored);
+    queue_key_stored_free(&key);
     return found;
 }
 
@@ -202,11 +295,12 @@ static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file)
     buf_t data;
     buf_init(&data);
     char err[600];
-    struct import im = {a, cfg, 0, 0};
+    struct import im = {a, cfg, file, 0, 0};
     int rc = read_input(file, &data);
-    if (rc == 0 && (crypto_gpg_init(err, sizeof err) < 0 ||
-                    crypto_keys_inspect(data.data, data.len, cfg->crypto.home_dir, stored_key,
-                                        import_one, &im, err, sizeof err) < 0)) {
+    if (rc == 0 &&
+        (crypto_gpg_init(err, sizeof err) < 0 || keydir_smime_configure(cfg, err, sizeof err) < 0 ||
+         crypto_keys_inspect(data.data, data.len, cfg->crypto.home_dir, stored_key, import_one, &im,
+                             err, sizeof err) < 0)) {
         fprintf(stderr, "sealpost: %s\n", err);
         rc = -1;
     }
@@ -215,14 +309,16 @@ static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file)
     return im.refused ? 1 : 0;
 }
 
-/* A fingerprint as given, or the one filed under an address. */
-static int resolve(queue_admin_t *a, const config_t *cfg, const char *what, char *fpr,
-                   size_t fprlen)
+/* What a command names: an id as given (in fprs[0]), or what is filed
+ * under an address (its key in fprs[0], its certificate in fprs[1]). */
+static int resolve(queue_admin_t *a, const config_t *cfg, const char *what,
+                   char fprs[QUEUE_KEY_METHODS][65])
 {
     char err[600], canon[300];
+    fprs[0][0] = fprs[1][0] = 0;
     if (!strchr(what, '@')) {
-        snprintf(fpr, fprlen, "%s", what);
-        for (char *p = fpr; *p; p++)
+        snprintf(fprs[0], 65, "%s", what);
+        for (char *p = fprs[0]; *p; p++)
             if (*p >= 'a' && *p <= 'f') *p -= 'a' - 'A';
         return 0;
     }
@@ -231,15 +327,28 @@ static int resolve(queue_admin_t *a, const config_t *cfg, const char *what, char
         fprintf(stderr, "sealpost: '%s' is not an address\n", what);
         return -1;
     }
-    if (queue_admin_key_find(a, canon, fpr, fprlen, err, sizeof err) < 0) {
+    if (queue_admin_key_find(a, canon, fprs, err, sizeof err) < 0) {
         fprintf(stderr, "sealpost: %s\n", err);
         return -1;
     }
-    if (!fpr[0]) {
+    if (!fprs[0][0] && !fprs[1][0]) {
         fprintf(stderr, "sealpost: no key for %s\n", canon);
         return -1;
     }
+    if (!fprs[0][0]) memmove(fprs[0], fprs[1], 65), fprs[1][0] = 0;
     return 0;
+}
+
+/* A stored key's addresses as JSON strings, each after a comma but the first. */
+static void print_addresses_json(const buf_t *addresses)
+{
+    const char *p = addresses->data ? addresses->data : "";
+    for (bool more = *p; more;) {
+        size_t len = strcspn(p, "\n");
+        printf("%s\"%.*s\"", p == addresses->data ? "" : ",", (int)len, p);
+        more = p[len] == '\n';
+        p += len + more;
+    }
 }
 
 static void list_one(const queue_key_stored_t *key, void *arg)
@@ -247,20 +356,28 @@ static void list_one(const queue_key_stored_t *key, void *arg)
     bool json = *(const bool *)arg;
     static bool first = true;
     if (json) {
-        printf("%s{\"fingerprint\":\"%s\",\"expires\":%lld,\"imported\":%lld,\"addresses\":[",
-               first ? "" : ",", key->fpr, key->expires, key->imported);
-        const char *p = key->addresses.data ? key->addresses.data : "";
-        for (bool more = *p; more;) {
-            size_t len = strcspn(p, "\n");
-            printf("%s\"%.*s\"", p == key->addresses.data ? "" : ",", (int)len, p);
-            more = p[len] == '\n';
-            p += len + more;
+        printf("%s{\"fingerprint\":\"%s\",\"method\":\"%s\",\"expires\":%lld,"
+               "\"imported\":%lld,\"addresses\":[",
+               first ? "" : ",", key->fpr, key->smime ? "smime" : "openpgp", key->expires,
+               key->imported);
+        print_addresses_json(&key->addresses);
+        printf("]");
+        if (key->smime) {
+            printf(",\"subject\":");
+            cmd_json_string(key->subject.data);
+            printf(",\"issuer\":");
+            cmd_json_string(key->issuer.data);
+            printf(",\"serial\":");
+            cmd_json_string(key->serial.data);
         }
-        printf("]}");
+        printf("}");
     } else {
         printf("%s ", key->fpr);
         print_expiry(key->expires);
         print_addresses(&key->addresses);
+        if (key->smime)
+            printf(" (S/MIME, subject %s, issuer %s, serial %s)", key->subject.data,
+                   key->issuer.data, key->serial.data);
         printf("\n");
     }
     first = false;
@@ -275,7 +392,12 @@ static int show_key(queue_admin_t *a, const char *fpr)
         fprintf(stderr, "sealpost: %s\n", found < 0 ? err : "no such key");
         return 1;
     }
-    printf("fingerprint: %s\nexpires: ", key.fpr);
+    printf("%s: %s\nmethod: %s\n", key.smime ? "id" : "fingerprint", key.fpr,
+           key.smime ? "S/MIME" : "OpenPGP");
+    if (key.smime)
+        printf("subject: %s\nissuer: %s\nserial: %s\n", key.subject.data, key.issuer.data,
+               key.serial.data);
+    printf("expires: ");
     print_expiry(key.expires);
     printf("\nimported: ");
     print_expiry(key.imported);
@@ -283,53 +405,109 @@ static int show_key(queue_admin_t *a, const char *fpr)
     for (const char *p = key.addresses.data ? key.addresses.data : ""; *p; p++)
         putchar(*p == '\n' ? ' ' : *p);
     printf("\n\n%.*s", (int)key.armored.len, key.armored.data);
-    buf_free(&key.addresses);
-    buf_free(&key.armored);
+    queue_key_stored_free(&key);
     return 0;
 }
 
-static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char **argv)
+/* show: what an address has, its key and its certificate, one after the other. */
+static int show_keys(queue_admin_t *a, const char fprs[QUEUE_KEY_METHODS][65])
+{
+    int rc = show_key(a, fprs[0]);
+    if (rc == 0 && fprs[1][0]) {
+        printf("\n");
+        rc = show_key(a, fprs[1]);
+    }
+    return rc;
+}
+
+/* delete: an address with both a key and a certificate says which to delete. */
+static int delete_key(queue_admin_t *a, const char *what, const char fprs[QUEUE_KEY_METHODS][65])
 {
     char err[600];
-    const char *action = argc > 0 ? argv[0] : "";
-    enum enc_policy p;
-    if (!strcmp(action, "list") && argc == 1) {
-        buf_t out;
-        buf_init(&out);
-        int rc = queue_admin_policy_list(a, &out, err, sizeof err);
-        if (rc == 0) fwrite(out.data ? out.data : "", 1, out.len, stdout);
-        buf_free(&out);
-        if (rc < 0) fprintf(stderr, "sealpost: %s\n", err);
-        return rc < 0 ? 1 : 0;
+    if (fprs[1][0]) {
+        fprintf(stderr,
+                "sealpost: %s has an OpenPGP key (%s) and a certificate (%s): delete one by "
+                "its id\n",
+                what, fprs[0], fprs[1]);
+        return 1;
     }
-    bool set = !strcmp(action, "set") && argc == 3, del = !strcmp(action, "delete") && argc == 2;
-    if (!set && !del) {
-        fputs(usage, stderr);
-        return 2;
-    }
-    if (set && config_parse_enc_policy(argv[2], &p) < 0) {
-        fprintf(stderr, "sealpost: '%s' is not never, opportunistic or required\n", argv[2]);
-        return 2;
-    }
-    char target[300];
-    snprintf(target, sizeof target, "%s", argv[1]);
+    int found = queue_admin_key_delete(a, fprs[0], err, sizeof err);
+    if (found < 0) fprintf(stderr, "sealpost: %s\n", err);
+    if (found > 0) printf("key %s deleted\n", fprs[0]);
+    if (found == 0) fprintf(stderr, "sealpost: no key %s\n", fprs[0]);
+    return found > 0 ? 0 : 1;
+}
+
+/* A policy's target as the directory files it: a canonical address, or a
+ * domain in lower case; "" when it is neither. */
+static void policy_target(const config_t *cfg, const char *what, char *target, size_t len)
+{
+    snprintf(target, len, "%s", what);
     if (strchr(target, '@')) {
-        if (crypto_addr_canon(argv[1], cfg->crypto.case_insensitive, cfg->crypto.strip_detail,
-                              target, sizeof target) < 0)
+        if (crypto_addr_canon(what, cfg->crypto.case_insensitive, cfg->crypto.strip_detail, target,
+                              len) < 0)
             target[0] = 0;
     } else {
         util_ascii_lower(target);
     }
-    if (!target[0] || strchr(target, ' ')) {
+    if (strchr(target, ' ')) target[0] = 0;
+}
+
+static int policy_list(queue_admin_t *a)
+{
+    char err[600];
+    buf_t out;
+    buf_init(&out);
+    int rc = queue_admin_policy_list(a, &out, err, sizeof err);
+    if (rc == 0) fwrite(out.data ? out.data : "", 1, out.len, stdout);
+    buf_free(&out);
+    if (rc < 0) fprintf(stderr, "sealpost: %s\n", err);
+    return rc < 0 ? 1 : 0;
+}
+
+/* policy set|delete TARGET [prefer] VALUE: the encryption policy, or which
+ * of a key and a certificate an address with both prefers. */
+static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char **argv)
+{
+    char err[600];
+    const char *action = argc > 0 ? argv[0] : "";
+    if (!strcmp(action, "list") && argc == 1) return policy_list(a);
+    bool prefer = argc >= 3 && !strcmp(argv[2], "prefer");
+    bool set = !strcmp(action, "set") && argc == 3 + prefer;
+    bool del = !strcmp(action, "delete") && argc == 2 + prefer;
+    if (!set && !del) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *value = NULL;
+    enum enc_policy p;
+    enum enc_prefer m;
+    if (set && prefer) {
+        if (config_parse_enc_prefer(argv[3], &m) < 0) {
+            fprintf(stderr, "sealpost: '%s' is not openpgp or smime\n", argv[3]);
+            return 2;
+        }
+        value = config_enc_prefer_name(m);
+    } else if (set) {
+        if (config_parse_enc_policy(argv[2], &p) < 0) {
+            fprintf(stderr, "sealpost: '%s' is not never, opportunistic or required\n", argv[2]);
+            return 2;
+        }
+        value = config_enc_policy_name(p);
+    }
+    char target[300];
+    policy_target(cfg, argv[1], target, sizeof target);
+    if (!target[0]) {
         fprintf(stderr, "sealpost: '%s' is not an address or a domain\n", argv[1]);
         return 2;
     }
-    if (queue_admin_policy_set(a, target, set ? config_enc_policy_name(p) : NULL, err, sizeof err) <
-        0) {
+    int rc = prefer ? queue_admin_prefer_set(a, target, value, err, sizeof err)
+                    : queue_admin_policy_set(a, target, value, err, sizeof err);
+    if (rc < 0) {
         fprintf(stderr, "sealpost: %s\n", err);
         return 1;
     }
-    printf("policy %s: %s\n", target, set ? config_enc_policy_name(p) : "(default)");
+    printf("%s %s: %s\n", prefer ? "prefer" : "policy", target, value ? value : "(default)");
     return 0;
 }
 
@@ -349,7 +527,7 @@ int cmd_keys(int argc, char **argv)
         return 2;
     }
     config_t cfg;
-    char err[600], fpr[128];
+    char err[600], fprs[QUEUE_KEY_METHODS][65];
     int rc = 0;
     queue_admin_t *a = cmd_admin_open(path, &cfg, &rc);
     if (!a) return rc;
@@ -362,16 +540,9 @@ int cmd_keys(int argc, char **argv)
         if (json) printf("]\n");
         if (rc) fprintf(stderr, "sealpost: %s\n", err);
     } else if (!strcmp(action, "show")) {
-        rc = resolve(a, &cfg, rest[0], fpr, sizeof fpr) < 0 ? 1 : show_key(a, fpr);
+        rc = resolve(a, &cfg, rest[0], fprs) < 0 ? 1 : show_keys(a, fprs);
     } else if (!strcmp(action, "delete")) {
-        int found = resolve(a, &cfg, rest[0], fpr, sizeof fpr) < 0
-                        ? 0
-                        : queue_admin_key_delete(a, fpr, err, sizeof err);
-        if (found < 0) fprintf(stderr, "sealpost: %s\n", err);
-        if (found > 0) printf("key %s deleted\n", fpr);
-        if (found == 0 && strchr(rest[0], '@') == NULL)
-            fprintf(stderr, "sealpost: no key %s\n", fpr);
-        rc = found > 0 ? 0 : 1;
+        rc = resolve(a, &cfg, rest[0], fprs) < 0 ? 1 : delete_key(a, rest[0], fprs);
     } else {
         rc = policy_command(a, &cfg, nargs, rest);
     }

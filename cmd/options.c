@@ -1,12 +1,15 @@
 /* What the subcommands share: their options, the configuration, the
- * administration commands' connection to Redis, and making the data dir. */
+ * administration commands' connection to Redis, making the data dir, and
+ * JSON strings. */
 #include "cmd/cmd.h"
+#include "proto/proto.h"
 #include "queue/admin.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
@@ -93,4 +96,22 @@ int cmd_mkdir_p(const char *path)
         *p = '/';
     }
     return (mkdir(tmp, 0700) < 0 && errno != EEXIST) ? -1 : 0;
+}
+
+/* A string as a JSON string literal. What a remote server said may not be
+ * UTF-8: then each octet above 127 is written as the code point of the
+ * same number (as Latin-1 would read it), so the output stays valid JSON. */
+void cmd_json_string(const char *s)
+{
+    bool utf8 = proto_utf8_valid(s, strlen(s));
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f || (*p >= 0x80 && !utf8))
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
 }

@@ -64,24 +64,6 @@ static int parse_options(int argc, char **argv, struct options *o)
     return -1;
 }
 
-/* A string as a JSON string literal. What a remote server said may not be
- * UTF-8: then each octet above 127 is written as the code point of the
- * same number (as Latin-1 would read it), so the output stays valid JSON. */
-static void json_string(const char *s)
-{
-    bool utf8 = proto_utf8_valid(s, strlen(s));
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f || (*p >= 0x80 && !utf8))
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
-
 /* The recipients of a job, addresses only, as a JSON array or "a, b". */
 static void print_rcpts(const char *rcpts, bool json)
 {
@@ -92,7 +74,7 @@ static void print_rcpts(const char *rcpts, bool json)
         snprintf(one, sizeof one, "%.*s", (int)(addr < sizeof one ? addr : sizeof one - 1), p);
         if (p != rcpts) fputs(json ? "," : ", ", stdout);
         if (json)
-            json_string(one);
+            cmd_json_string(one);
         else
             fputs(one, stdout);
         p += len + (p[len] == '\n');
@@ -115,7 +97,7 @@ static void print_job_json(const queue_job_info_t *j, long long now)
 {
     printf("{\"job\":\"%s\",\"message\":\"%s\",\"state\":\"%s\",\"domain\":", j->jid, j->mid,
            state_names[j->state]);
-    json_string(j->domain);
+    cmd_json_string(j->domain);
     printf(",\"attempts\":%u,\"age_seconds\":%.0f,\"%s\":%.3f,\"sender\":", j->attempts,
            age_s(now, j->received_ms),
            j->state == QUEUE_STATE_LEASED ? "lease_ends_in_seconds"
@@ -123,11 +105,11 @@ static void print_job_json(const queue_job_info_t *j, long long now)
                                           : "due_in_seconds",
            j->state == QUEUE_STATE_HELD ? age_s(now, j->when_ms)
                                         : (double)(j->when_ms - now) / 1000.0);
-    json_string(j->sender ? j->sender : "");
+    cmd_json_string(j->sender ? j->sender : "");
     printf(",\"recipients\":");
     print_rcpts(j->rcpts, true);
     printf(",\"last_error\":");
-    json_string(j->last_error);
+    cmd_json_string(j->last_error);
     putchar('}');
 }
 
@@ -214,7 +196,7 @@ static void print_top(struct top *t, long long now, bool json)
         const struct destination *d = &t->d[i];
         if (json) {
             printf("%s{\"domain\":", i ? ",\n " : "");
-            json_string(d->domain);
+            cmd_json_string(d->domain);
             printf(",\"jobs\":%u,\"recipients\":%u,\"due\":%u,\"scheduled\":%u,\"leased\":%u,"
                    "\"held\":%u,\"oldest_age_seconds\":%.0f}",
                    d->jobs, d->rcpts, d->states[0], d->states[1], d->states[2], d->states[3],
@@ -242,11 +224,11 @@ static int show(queue_admin_t *a, unsigned shards, const char *id, bool json)
     long long now = queue_admin_now_ms(a);
     if (json) {
         printf("{\"message\":\"%s\",\"sender\":", m.mid);
-        json_string(m.sender);
+        cmd_json_string(m.sender);
         printf(",\"parameters\":");
-        json_string(m.params);
+        cmd_json_string(m.params);
         printf(",\"info\":");
-        json_string(m.info);
+        cmd_json_string(m.info);
         printf(",\"age_seconds\":%.0f,\"bodies\":%u,\"jobs\":[", age_s(now, m.received_ms),
                m.bodies);
         for (unsigned i = 0; i < m.n_jobs; i++) {
@@ -286,13 +268,13 @@ static void trace_one(const queue_trace_entry_t *e, void *arg)
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
     if (t->json) {
         printf("%s{\"time\":\"%s.%03dZ\",\"job\":", t->n ? ",\n " : "[", when, (int)(e->ms % 1000));
-        json_string(e->job);
+        cmd_json_string(e->job);
         printf(",\"recipient\":");
-        json_string(e->rcpt);
+        cmd_json_string(e->rcpt);
         printf(",\"event\":");
-        json_string(e->event);
+        cmd_json_string(e->event);
         printf(",\"detail\":");
-        json_string(e->detail);
+        cmd_json_string(e->detail);
         putchar('}');
     } else {
         const char *job = strchr(e->job, '.'); /* the job within the message */

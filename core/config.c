@@ -60,11 +60,28 @@ const char *config_enc_policy_name(enum enc_policy p)
 
 /* The names a T_CHOICE key takes, NULL-terminated, each list in the order
  * of its enum in core.h. */
-enum choice_list { CHOICE_SMIME_CIPHER, CHOICE_SMIME_RSA_PADDING };
+enum choice_list { CHOICE_SMIME_CIPHER, CHOICE_SMIME_RSA_PADDING, CHOICE_ENC_PREFER };
 static const char *const *const choice_lists[] = {
     [CHOICE_SMIME_CIPHER] = (const char *const[]){"aes256-cbc", "aes256-gcm", NULL},
     [CHOICE_SMIME_RSA_PADDING] = (const char *const[]){"pkcs1", "oaep", NULL},
+    [CHOICE_ENC_PREFER] = (const char *const[]){"openpgp", "smime", NULL},
 };
+
+int config_parse_enc_prefer(const char *value, enum enc_prefer *out)
+{
+    const char *const *names = choice_lists[CHOICE_ENC_PREFER];
+    for (int i = 0; names[i]; i++)
+        if (!strcasecmp(value, names[i])) {
+            *out = (enum enc_prefer)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *config_enc_prefer_name(enum enc_prefer p)
+{
+    return choice_lists[CHOICE_ENC_PREFER][p];
+}
 
 typedef struct key_spec {
     const char *section;
@@ -163,6 +180,7 @@ static const key_spec_t keys[] = {
     {"seal", "keys", T_SECRET, OFF(seal.keys), 0, 0, ""},
 
     {"crypto", "default_policy", T_ENC_POLICY, OFF(crypto.default_policy), 0, 0, "opportunistic"},
+    {"crypto", "prefer", T_CHOICE, OFF(crypto.prefer), CHOICE_ENC_PREFER, 0, "openpgp"},
     {"crypto", "case_insensitive", T_BOOL, OFF(crypto.case_insensitive), 0, 0, "yes"},
     {"crypto", "strip_detail", T_BOOL, OFF(crypto.strip_detail), 0, 0, "no"},
     {"crypto", "hide_subject", T_BOOL, OFF(crypto.hide_subject), 0, 0, "yes"},

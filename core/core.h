@@ -170,6 +170,13 @@ enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRE
 int config_parse_enc_policy(const char *value, enum enc_policy *out);
 const char *config_enc_policy_name(enum enc_policy p);
 
+/* Which of an OpenPGP key and an S/MIME certificate mail to a recipient
+ * with both uses when both are usable ([crypto] prefer); crypto/'s enum
+ * crypto_method, in the same order. */
+enum enc_prefer { ENC_PREFER_OPENPGP, ENC_PREFER_SMIME };
+int config_parse_enc_prefer(const char *value, enum enc_prefer *out);
+const char *config_enc_prefer_name(enum enc_prefer p);
+
 typedef struct net_cidr_list {
     net_cidr_t items[CONFIG_MAX_LIST];
     unsigned n;
@@ -278,6 +285,7 @@ typedef struct config {
 
     struct {
         enum enc_policy default_policy; /* where Redis names none for address or domain */
+        unsigned prefer;                /* enum enc_prefer: where Redis names none */
         bool case_insensitive;          /* local parts of key addresses */
         bool strip_detail;              /* "user+detail@" finds the key of "user@" */
         bool hide_subject;              /* the outer Subject of encrypted mail is "[...]" */

@@ -210,13 +210,20 @@ int smime_encrypt(const crypto_rcpt_key_t *certs, unsigned n, const char *plain,
 
 /* ---- the node's cache of the key directory (keydir.c) ---- */
 
-/* What is known about one recipient address. */
-typedef struct keydir_entry {
-    enum enc_policy policy;       /* in effect: the address's, its domain's, or the default */
-    char fpr[CRYPTO_FPR_MAX + 1]; /* "" when it has no key */
+/* One method's key for an address, as the directory holds it. */
+typedef struct keydir_key {
+    char fpr[CRYPTO_FPR_MAX + 1]; /* "" when there is none */
     long long expires;            /* 0: never */
-    char *armored;                /* the key */
+    char *armored;                /* the OpenPGP key armored, the certificate as PEM */
     size_t armored_len;
+} keydir_key_t;
+
+/* What is known about one recipient address: an OpenPGP key, an S/MIME
+ * certificate, both or neither, and which one mail uses when both can. */
+typedef struct keydir_entry {
+    enum enc_policy policy;    /* in effect: the address's, its domain's, or the default */
+    enum crypto_method prefer; /* in effect, as policy */
+    keydir_key_t keys[CRYPTO_METHODS];
 } keydir_entry_t;
 
 /* What happens to mail for a recipient. */
@@ -231,7 +238,7 @@ bool keydir_version(keydir_t *d, long long version);
 /* The cached entry of a canonical address, or NULL. */
 const keydir_entry_t *keydir_get(const keydir_t *d, const char *addr);
 /* Caches what Redis said at version (a reply older than the cache's version
- * is dropped); the key data is copied. */
+ * is dropped); the keys' data is copied. */
 int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_entry_t *e);
 /* ---- the gateway: a message's body variants (gateway.c) ---- */
 
@@ -278,8 +285,21 @@ void gateway_job_release(gateway_job_t *job);
 /* The policy in effect, from Redis's settings (NULL: none) and the default. */
 enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy,
                               enum enc_policy fallback);
-/* never: plain; a key usable at now: encrypt; else plain, or refuse when required. */
-enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now);
+/* crypto_smime_configure with cfg's [crypto] smime_* settings: once per
+ * process, by the ingress and by the admin commands that check
+ * certificates, so both judge a certificate alike. */
+int keydir_smime_configure(const config_t *cfg, char *err, size_t errlen);
+/* The preference in effect ("openpgp" or "smime" from Redis, NULL: none set). */
+enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_prefer,
+                                 enum enc_prefer fallback);
+/* never: plain. Else the preferred method's key when it is usable at now,
+ * else the other's: encrypt, with *method saying which; else plain, or
+ * refuse when required. A key is usable when it has data and has not
+ * expired; a certificate also when crypto_cert_check passes (dates, usage,
+ * key size, chain and CRL when configured). why (for the log) says what
+ * made each key there unusable, "none" when there is none. */
+enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
+                                   enum crypto_method *method, char *why, size_t whylen);
 
 /* ---- PGP/MIME (RFC 3156) with header protection (RFC 9788) ---- */
 

@@ -1,13 +1,20 @@
 /* The node's cache of the key directory: what Redis said about each
- * recipient address lately. The whole cache is dropped when the
- * directory's version moves (any import, deletion or policy change), so a
- * change is seen within one poll of the version; a key's expiry is checked
- * at every use, so a key expires here when it expires in fact. */
+ * recipient address lately (its OpenPGP key, its S/MIME certificate, the
+ * policy and the preference). The whole cache is dropped when the
+ * directory's version moves (any import, deletion, policy or preference
+ * change), so a change is seen within one poll of the version; a key's
+ * expiry, and a certificate's checks, are run at every use, so a key
+ * expires here when it expires in fact. */
 #include "crypto/crypto.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+_Static_assert((int)CRYPTO_OPENPGP == (int)ENC_PREFER_OPENPGP &&
+                   (int)CRYPTO_SMIME == (int)ENC_PREFER_SMIME,
+               "[crypto] prefer names the methods in crypto_method's order");
 
 struct keydir_slot {
     char *addr; /* NULL: free */
@@ -38,7 +45,8 @@ static void keydir_clear(keydir_t *d)
 {
     for (unsigned i = 0; i < d->capacity; i++) {
         free(d->slots[i].addr);
-        free(d->slots[i].entry.armored);
+        for (int m = 0; m < CRYPTO_METHODS; m++)
+            free(d->slots[i].entry.keys[m].armored);
     }
     memset(d->slots, 0, d->capacity * sizeof *d->slots);
     d->used = 0;
@@ -85,6 +93,23 @@ const keydir_entry_t *keydir_get(const keydir_t *d, const char *addr)
     return s && s->addr ? &s->entry : NULL;
 }
 
+/* A copy of e's keys' data in out's keys (out a copy of e); -1 when memory ran out. */
+static int copy_keys(keydir_entry_t *out, const keydir_entry_t *e)
+{
+    *out = *e;
+    for (int m = 0; m < CRYPTO_METHODS; m++) {
+        out->keys[m].armored = NULL;
+        if (!e->keys[m].armored_len) continue;
+        if (!(out->keys[m].armored = malloc(e->keys[m].armored_len))) {
+            while (m-- > 0)
+                free(out->keys[m].armored);
+            return -1;
+        }
+        memcpy(out->keys[m].armored, e->keys[m].armored, e->keys[m].armored_len);
+    }
+    return 0;
+}
+
 int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_entry_t *e)
 {
     if (version < d->version) return 0; /* read before the change we already saw */
@@ -92,22 +117,19 @@ int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_en
     if (d->used * 2 >= d->capacity) keydir_clear(d); /* full: start over, Redis has it all */
     struct keydir_slot *s = find(d, addr);
     if (!s) return -1;
-    char *armored = NULL;
-    if (e->armored_len) {
-        armored = malloc(e->armored_len);
-        if (!armored) return -1;
-        memcpy(armored, e->armored, e->armored_len);
-    }
+    keydir_entry_t copy;
+    if (copy_keys(&copy, e) < 0) return -1;
     if (!s->addr) {
         if (!(s->addr = strdup(addr))) {
-            free(armored);
+            for (int m = 0; m < CRYPTO_METHODS; m++)
+                free(copy.keys[m].armored);
             return -1;
         }
         d->used++;
     }
-    free(s->entry.armored);
-    s->entry = *e;
-    s->entry.armored = armored;
+    for (int m = 0; m < CRYPTO_METHODS; m++)
+        free(s->entry.keys[m].armored);
+    s->entry = copy;
     return 0;
 }
 
@@ -120,10 +142,60 @@ enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy
     return fallback;
 }
 
-enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now)
+int keydir_smime_configure(const config_t *cfg, char *err, size_t errlen)
 {
-    bool usable = e->fpr[0] && e->armored_len && (e->expires == 0 || e->expires > now);
+    crypto_smime_options_t o = {.gcm = cfg->crypto.smime_cipher == SMIME_AES256_GCM,
+                                .oaep = cfg->crypto.smime_rsa_padding == SMIME_RSA_OAEP,
+                                .ca_file = cfg->crypto.smime_ca_file,
+                                .crl_file = cfg->crypto.smime_crl_file};
+    return crypto_smime_configure(&o, err, errlen);
+}
+
+enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_prefer,
+                                 enum enc_prefer fallback)
+{
+    enum enc_prefer p = fallback;
+    if (!(addr_prefer && config_parse_enc_prefer(addr_prefer, &p) == 0) && domain_prefer)
+        config_parse_enc_prefer(domain_prefer, &p);
+    return (enum crypto_method)p;
+}
+
+static const char *const method_names[CRYPTO_METHODS] = {"openpgp", "smime"};
+
+/* Whether method m's key can take mail at now; when it is there and cannot,
+ * why (appended to the text in why) says so. */
+static bool key_usable(const keydir_entry_t *e, enum crypto_method m, long long now, char *why,
+                       size_t whylen)
+{
+    const keydir_key_t *k = &e->keys[m];
+    if (!k->fpr[0]) return false;
+    char reason[256] = "";
+    if (!k->armored_len)
+        snprintf(reason, sizeof reason, "no data");
+    else if (k->expires != 0 && k->expires <= now)
+        snprintf(reason, sizeof reason, "expired");
+    else if (m != CRYPTO_SMIME ||
+             crypto_cert_check(k->armored, k->armored_len, now, reason, sizeof reason))
+        return true;
+    if (!reason[0]) snprintf(reason, sizeof reason, "failed its checks");
+    size_t used = whylen ? strlen(why) : 0;
+    if (used + 1 < whylen)
+        snprintf(why + used, whylen - used, "%s%s: %s", used ? "; " : "", method_names[m], reason);
+    return false;
+}
+
+enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
+                                   enum crypto_method *method, char *why, size_t whylen)
+{
+    if (whylen) why[0] = 0;
+    *method = e->prefer;
     if (e->policy == ENC_POLICY_NEVER) return DECIDE_PLAIN;
-    if (usable) return DECIDE_ENCRYPT;
+    enum crypto_method other = e->prefer == CRYPTO_OPENPGP ? CRYPTO_SMIME : CRYPTO_OPENPGP;
+    if (key_usable(e, e->prefer, now, why, whylen)) return DECIDE_ENCRYPT;
+    if (key_usable(e, other, now, why, whylen)) {
+        *method = other;
+        return DECIDE_ENCRYPT;
+    }
+    if (whylen && !why[0]) snprintf(why, whylen, "none");
     return e->policy == ENC_POLICY_REQUIRED ? DECIDE_REFUSE : DECIDE_PLAIN;
 }

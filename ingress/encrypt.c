@@ -115,7 +115,8 @@ static void on_poll_timer(uv_timer_t *t)
 
 encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
 {
-    if (crypto_gpg_init(err, errlen) < 0) return NULL;
+    if (crypto_gpg_init(err, errlen) < 0 || keydir_smime_configure(ingress->cfg, err, errlen) < 0)
+        return NULL;
     encrypt_t *e = calloc(1, sizeof *e);
     if (e) e->keydir = keydir_new(KEYDIR_CAPACITY);
     if (!e || !e->keydir) {
@@ -172,34 +173,52 @@ struct lookup {
     void *arg;
 };
 
-/* The verdict from what is known of the address: counted, and a refusal
- * logged. */
+/* The verdict from what is known of the address (keydir_decide: the
+ * preferred method's key, else the other's): counted, and a refusal logged
+ * with what made each key unusable. */
 static enum rcpt_verdict decide(encrypt_t *e, const char *addr, const char *peer,
                                 const keydir_entry_t *entry, struct rcpt_key *key)
 {
-    enum crypto_decision d = keydir_decide(entry, (long long)time(NULL));
+    enum crypto_method m;
+    char why[512];
+    enum crypto_decision d = keydir_decide(entry, (long long)time(NULL), &m, why, sizeof why);
     metric_add(e->decisions[d], 1);
     memset(key, 0, sizeof *key);
     snprintf(key->addr, sizeof key->addr, "%s", addr);
     if (d == DECIDE_REFUSE) {
         char safe[LOG_SAFE_MAX];
-        log_info("event=refused reason=encryption_required client=%s rcpt=<%s> key=%s", peer,
-                 log_addr(addr, safe), entry->fpr[0] ? "unusable" : "none");
+        bool any = entry->keys[CRYPTO_OPENPGP].fpr[0] || entry->keys[CRYPTO_SMIME].fpr[0];
+        log_info("event=refused reason=encryption_required client=%s rcpt=<%s> key=%s why=\"%s\"",
+                 peer, log_addr(addr, safe), any ? "unusable" : "none", why);
         ingress_refused(e->ingress, REFUSED_ENCRYPTION_REQUIRED);
         return RCPT_REFUSED;
     }
     if (d == DECIDE_PLAIN) return RCPT_PLAIN;
-    if (entry->armored_len == 0) { /* a fingerprint without its key: never fall back to clear */
-        char safe[LOG_SAFE_MAX];
-        log_warn("event=keys_entry_incomplete rcpt=<%s> fpr=%s", log_addr(addr, safe), entry->fpr);
-        return RCPT_UNAVAILABLE;
-    }
-    key->armored = malloc(entry->armored_len);
+    const keydir_key_t *chosen = &entry->keys[m];
+    key->armored = malloc(chosen->armored_len);
     if (!key->armored) return RCPT_NO_MEMORY;
-    memcpy(key->armored, entry->armored, entry->armored_len);
-    key->armored_len = entry->armored_len;
-    snprintf(key->fpr, sizeof key->fpr, "%s", entry->fpr);
+    memcpy(key->armored, chosen->armored, chosen->armored_len);
+    key->armored_len = chosen->armored_len;
+    key->method = m;
+    snprintf(key->fpr, sizeof key->fpr, "%s", chosen->fpr);
+    if (why[0]) { /* the preferred one could not serve: say so once per decision */
+        char safe[LOG_SAFE_MAX];
+        log_debug("event=encryption_fallback rcpt=<%s> method=%s why=\"%s\"", log_addr(addr, safe),
+                  m == CRYPTO_SMIME ? "smime" : "openpgp", why);
+    }
     return RCPT_ENCRYPT;
+}
+
+_Static_assert(QUEUE_KEY_METHODS == CRYPTO_METHODS, "queue_key_found_t's keys by crypto_method");
+
+/* What Redis said of one method's key, as the cache holds it (data not copied). */
+static keydir_key_t entry_key(const queue_found_key_t *f)
+{
+    keydir_key_t k = {.expires = f->expires,
+                      .armored = (char *)f->armored,
+                      .armored_len = f->armored ? f->armored_len : 0};
+    snprintf(k.fpr, sizeof k.fpr, "%s", f->fpr);
+    return k;
 }
 
 static void on_lookup(int status, const char *err, const queue_key_found_t *f, void *arg)
@@ -209,13 +228,13 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
     struct rcpt_key key = {0};
     enum rcpt_verdict v = RCPT_UNAVAILABLE;
     if (status == 0) {
-        keydir_entry_t entry = {0};
-        entry.policy =
-            keydir_policy(f->addr_policy, f->domain_policy, e->ingress->cfg->crypto.default_policy);
-        snprintf(entry.fpr, sizeof entry.fpr, "%s", f->fpr);
-        entry.expires = f->expires;
-        entry.armored = (char *)f->armored;
-        entry.armored_len = f->armored ? f->armored_len : 0;
+        const config_t *cfg = e->ingress->cfg;
+        keydir_entry_t entry = {
+            .policy = keydir_policy(f->addr_policy, f->domain_policy, cfg->crypto.default_policy),
+            .prefer = keydir_prefer(f->addr_prefer, f->domain_prefer,
+                                    (enum enc_prefer)cfg->crypto.prefer),
+            .keys = {[CRYPTO_OPENPGP] = entry_key(&f->keys[CRYPTO_OPENPGP]),
+                     [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
         if (keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
             char safe[LOG_SAFE_MAX];
             log_warn("event=keys_cache_failed rcpt=%s", log_addr(l->addr, safe));
@@ -312,8 +331,10 @@ static bool prepare(struct encryption *en, const struct transaction *tx)
         const struct rcpt_key *k = &tx->rcpts[i].key;
         en->rcpts[i].addr = k->addr;
         if (k->armored) {
-            en->keys[i] = (crypto_rcpt_key_t){
-                .fpr = k->fpr, .armored = k->armored, .armored_len = k->armored_len};
+            en->keys[i] = (crypto_rcpt_key_t){.method = k->method,
+                                              .fpr = k->fpr,
+                                              .armored = k->armored,
+                                              .armored_len = k->armored_len};
             en->rcpts[i].key = &en->keys[i];
             any_key = true;
         }

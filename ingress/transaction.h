@@ -8,9 +8,11 @@
 #include "ingress/internal.h"
 
 /* A recipient's address as the key directory files it, and the key its
- * mail is encrypted to (armored NULL: it gets the original). */
+ * mail is encrypted to (armored NULL: it gets the original): an OpenPGP key
+ * (armored) or an S/MIME certificate (PEM; fpr its id), as method says. */
 struct rcpt_key {
     char addr[PROTO_PATH_MAX + 1];
+    enum crypto_method method;
     char fpr[CRYPTO_FPR_MAX + 1];
     char *armored;
     size_t armored_len;

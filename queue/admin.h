@@ -28,43 +28,54 @@ int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, cha
 /* One line per user, sorted: "name" and " cram-md5" when it has that secret. */
 int queue_admin_user_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 
-/* A key to store in the directory, under each of its (canonical) addresses. */
+/* A key or certificate to store in the directory, under each of its
+ * (canonical) addresses. */
 #define QUEUE_KEY_ADDRS_MAX 64
 typedef struct queue_key_record {
-    const char *fpr;
+    const char *fpr; /* a fingerprint, or a certificate's id */
     long long expires;
     const char *armored;
     size_t armored_len;
     const char *const *addresses;
     unsigned n_addresses;
+    bool smime;                            /* a certificate: the fields below say what of */
+    const char *subject, *issuer, *serial; /* RFC 2253 one-line forms, serial in hex */
 } queue_key_record_t;
 
-/* A key as stored; the caller frees both buffers. */
+/* A key as stored; the caller frees the buffers. */
 typedef struct queue_key_stored {
     char fpr[65];
     long long expires, imported;
-    buf_t addresses; /* LF-separated */
-    buf_t armored;
+    bool smime;                    /* a certificate (else an OpenPGP key) */
+    buf_t addresses;               /* LF-separated */
+    buf_t armored;                 /* the OpenPGP key armored, or the certificate as PEM */
+    buf_t subject, issuer, serial; /* a certificate's, NUL-terminated; empty for a key */
 } queue_key_stored_t;
+void queue_key_stored_free(queue_key_stored_t *k);
 
 /* Stores (or replaces) a key; an address it had before and has no more
  * loses it. The directory's version moves, so nodes see it at once. */
 int queue_admin_key_put(queue_admin_t *a, const queue_key_record_t *key, char *err, size_t errlen);
 /* 1 when the key was there, 0 when not, -1 on error. */
 int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t errlen);
-/* The fingerprint filed under a canonical address ("" when none). */
-int queue_admin_key_find(queue_admin_t *a, const char *addr, char *fpr, size_t fprlen, char *err,
-                         size_t errlen);
+/* What is filed under a canonical address: the OpenPGP key's fingerprint in
+ * fprs[0], the certificate's id in fprs[1] ("" for none). */
+int queue_admin_key_find(queue_admin_t *a, const char *addr, char fprs[QUEUE_KEY_METHODS][65],
+                         char *err, size_t errlen);
 /* 1 and out filled when the key is there, 0 when not, -1 on error. */
 int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *out, char *err,
                         size_t errlen);
-/* Calls cb for every key, by fingerprint. */
+/* Calls cb for every key and certificate, by id. */
 int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *key, void *arg),
                          void *arg, char *err, size_t errlen);
 /* Sets the policy of an address or a domain; policy NULL removes it. */
 int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *policy, char *err,
                            size_t errlen);
-/* One line per setting: "target policy". */
+/* Sets which of an OpenPGP key and a certificate an address or a domain
+ * prefers ("openpgp" or "smime"); NULL removes it. */
+int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *method, char *err,
+                           size_t errlen);
+/* One line per setting: "target policy", then "target prefer method". */
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 
 /* ---- the operator's view and acts ---- */

@@ -43,21 +43,32 @@ static const char *reply_text(const redisReply *r, size_t *len)
     return r->str;
 }
 
+/* One method's key from the reply's elements at at (id), at + 1 (expires),
+ * at + 2 (data). */
+static void found_key(queue_found_key_t *k, redisReply **at)
+{
+    size_t len;
+    const char *v = reply_text(at[0], &len);
+    if (v && len < sizeof k->fpr) memcpy(k->fpr, v, len);
+    k->expires = reply_ll(at[1], 0);
+    k->armored = reply_text(at[2], &k->armored_len);
+}
+
 static void on_lookup_reply(struct call *call, redisReply *reply, const char *err)
 {
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 11) {
         call->cb.key(-1, reply ? "unexpected reply" : err, NULL, call->arg);
         return;
     }
     queue_key_found_t f = {0};
     size_t len;
     f.version = reply_ll(reply->element[0], 0);
-    const char *v = reply_text(reply->element[1], &len);
-    if (v && len < sizeof f.fpr) memcpy(f.fpr, v, len);
-    f.expires = reply_ll(reply->element[2], 0);
-    f.armored = reply_text(reply->element[3], &f.armored_len);
+    found_key(&f.keys[0], reply->element + 1);
     f.addr_policy = reply_text(reply->element[4], &len);
     f.domain_policy = reply_text(reply->element[5], &len);
+    found_key(&f.keys[1], reply->element + 6);
+    f.addr_prefer = reply_text(reply->element[9], &len);
+    f.domain_prefer = reply_text(reply->element[10], &len);
     call->cb.key(0, NULL, &f, call->arg);
 }
 
@@ -90,6 +101,25 @@ int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
 
 /* ---- administration of the key directory ---- */
 
+void queue_key_stored_free(queue_key_stored_t *k)
+{
+    buf_free(&k->addresses);
+    buf_free(&k->armored);
+    buf_free(&k->subject);
+    buf_free(&k->issuer);
+    buf_free(&k->serial);
+}
+
+/* Appends a reply's text and a NUL (not counted in len); -1 when memory ran out. */
+static int take_text(buf_t *b, const redisReply *r)
+{
+    size_t len;
+    const char *v = reply_text(r, &len);
+    if (buf_append(b, v ? v : "", len) < 0 || buf_append(b, "", 1) < 0) return -1;
+    b->len--;
+    return 0;
+}
+
 int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *out, char *err,
                         size_t errlen)
 {
@@ -97,21 +127,22 @@ int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *o
         queue_admin_call(a, FN_KEY_GET, &(key_ids_t){.fpr = fpr}, 0, NULL, NULL, err, errlen);
     if (!r) return -1;
     int rc = 0;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 8 &&
         r->element[3]->type == REDIS_REPLY_STRING) {
+        *out = (queue_key_stored_t){0};
         snprintf(out->fpr, sizeof out->fpr, "%s", fpr);
         out->expires = reply_ll(r->element[1], 0);
         out->imported = reply_ll(r->element[2], 0);
-        buf_init(&out->addresses);
-        buf_init(&out->armored);
-        const char *v = reply_str(r->element[0]);
-        rc = buf_append(&out->addresses, v, strlen(v)) < 0 ||
-                     buf_append(&out->armored, r->element[3]->str, r->element[3]->len) < 0
+        out->smime = !strcmp(reply_str(r->element[4]), "smime");
+        rc = take_text(&out->addresses, r->element[0]) < 0 ||
+                     buf_append(&out->armored, r->element[3]->str, r->element[3]->len) < 0 ||
+                     take_text(&out->subject, r->element[5]) < 0 ||
+                     take_text(&out->issuer, r->element[6]) < 0 ||
+                     take_text(&out->serial, r->element[7]) < 0
                  ? -1
                  : 1;
         if (rc < 0) {
-            buf_free(&out->addresses);
-            buf_free(&out->armored);
+            queue_key_stored_free(out);
             snprintf(err, errlen, "out of memory");
         }
     } else if (r->type != REDIS_REPLY_NIL) {
@@ -122,15 +153,16 @@ int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *o
     return rc;
 }
 
-int queue_admin_key_find(queue_admin_t *a, const char *addr, char *fpr, size_t fprlen, char *err,
-                         size_t errlen)
+int queue_admin_key_find(queue_admin_t *a, const char *addr, char fprs[QUEUE_KEY_METHODS][65],
+                         char *err, size_t errlen)
 {
     const char *args[] = {addr, ""};
     redisReply *r =
         queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL, err, errlen);
     if (!r) return -1;
-    bool ok = r->type == REDIS_REPLY_ARRAY && r->elements == 6;
-    snprintf(fpr, fprlen, "%s", ok ? reply_str(r->element[1]) : "");
+    bool ok = r->type == REDIS_REPLY_ARRAY && r->elements == 11;
+    snprintf(fprs[0], 65, "%s", ok ? reply_str(r->element[1]) : "");
+    snprintf(fprs[1], 65, "%s", ok ? reply_str(r->element[6]) : "");
     if (!ok) snprintf(err, errlen, "unexpected key_lookup reply");
     freeReplyObject(r);
     return ok ? 0 : -1;
@@ -167,8 +199,7 @@ int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *
         if (found < 0) rc = -1;
         if (found <= 0) continue;
         cb(&key, arg);
-        buf_free(&key.addresses);
-        buf_free(&key.armored);
+        queue_key_stored_free(&key);
     }
     freeReplyObject(r);
     return rc;
@@ -238,8 +269,9 @@ static int directory_read(queue_admin_t *a, struct directory_call *c, const char
     queue_key_stored_t old;
     int found = queue_admin_key_get(a, fpr, &old, err, errlen);
     if (found <= 0) return found;
-    buf_free(&old.armored);
     c->stored = (char *)old.addresses.data; /* NUL-terminated by key_get */
+    old.addresses = (buf_t){0};             /* c->stored owns it now */
+    queue_key_stored_free(&old);
     size_t n = 1;
     for (const char *p = c->stored; *p; p++)
         n += *p == '\n';
@@ -297,8 +329,16 @@ static int key_put_once(queue_admin_t *a, const queue_key_record_t *key, char *e
     snprintf(expires, sizeof expires, "%lld", key->expires);
     snprintf(c.counts[0], sizeof c.counts[0], "%u", key->n_addresses);
     snprintf(c.counts[1], sizeof c.counts[1], "%u", c.n_lost);
-    const char *head[] = {key->fpr, expires, key->armored, c.counts[0], c.counts[1]};
-    for (int i = 0; i < 5; i++)
+    const char *head[] = {key->fpr,
+                          expires,
+                          key->armored,
+                          c.counts[0],
+                          c.counts[1],
+                          key->smime ? "smime" : "openpgp",
+                          key->smime && key->subject ? key->subject : "",
+                          key->smime && key->issuer ? key->issuer : "",
+                          key->smime && key->serial ? key->serial : ""};
+    for (int i = 0; i < 9; i++)
         arg_add(&c, head[i], i == 2 ? key->armored_len : strlen(head[i]));
     for (unsigned i = 0; i < key->n_addresses; i++) {
         call_keys_add(&c.keys, KEY_PUT_ADDRESS, &(key_ids_t){.addr = key->addresses[i]});
@@ -371,18 +411,38 @@ int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *pol
     return r ? 0 : -1;
 }
 
+int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *method, char *err,
+                           size_t errlen)
+{
+    const char *args[] = {target, method};
+    redisReply *r = queue_admin_call(a, FN_PREFER_SET, &(key_ids_t){0}, method ? 2 : 1, args, NULL,
+                                     err, errlen);
+    freeReplyObject(r);
+    return r ? 0 : -1;
+}
+
+/* The lines of one hash's pairs: "field[ infix] value". */
+static int print_pairs(buf_t *out, const redisReply *pairs, const char *infix)
+{
+    int rc = 0;
+    for (size_t i = 0; i + 1 < pairs->elements && rc == 0; i += 2)
+        rc = buf_printf(out, "%s%s %s\n", reply_str(pairs->element[i]), infix,
+                        reply_str(pairs->element[i + 1]));
+    return rc;
+}
+
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)
 {
     redisReply *r =
         queue_admin_call(a, FN_POLICY_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY) {
         if (r) snprintf(err, errlen, "unexpected policy_list reply");
         freeReplyObject(r);
         return -1;
     }
-    int rc = 0;
-    for (size_t i = 0; i + 1 < r->elements && rc == 0; i += 2)
-        rc = buf_printf(out, "%s %s\n", reply_str(r->element[i]), reply_str(r->element[i + 1]));
+    int rc = print_pairs(out, r->element[0], "");
+    if (rc == 0) rc = print_pairs(out, r->element[1], " prefer");
     freeReplyObject(r);
     return rc;
 }

@@ -211,15 +211,23 @@ typedef void (*queue_blob_cb)(int status, const char *err, const char *data, siz
 int queue_seal_check(queue_t *q, const char *key_id, const void *check, size_t len,
                      queue_blob_cb cb, void *arg);
 
-/* The key directory: what Redis knows of one recipient address. */
+/* The key directory: what Redis knows of one recipient address. An address
+ * may have an OpenPGP key and an S/MIME certificate at once. */
+#define QUEUE_KEY_METHODS 2 /* [0] OpenPGP, [1] S/MIME: crypto/'s enum crypto_method */
+typedef struct queue_found_key {
+    char fpr[65];        /* "" when the address has none (CRYPTO_FPR_MAX + 1) */
+    long long expires;   /* Unix time it stops being usable; 0: never */
+    const char *armored; /* the OpenPGP key armored, the certificate as PEM */
+    size_t armored_len;
+} queue_found_key_t;
+
 typedef struct queue_key_found {
     long long version; /* of the directory when read: see queue_key_version */
-    char fpr[65];      /* "" when the address has no key (CRYPTO_FPR_MAX + 1) */
-    long long expires; /* Unix time the key stops being usable; 0: never */
-    const char *armored;
-    size_t armored_len;
+    queue_found_key_t keys[QUEUE_KEY_METHODS];
     const char *addr_policy;   /* "never", "opportunistic", "required", or NULL: none set */
     const char *domain_policy; /* the same for its domain */
+    const char *addr_prefer;   /* "openpgp", "smime", or NULL: none set */
+    const char *domain_prefer; /* the same for its domain */
 } queue_key_found_t;
 
 typedef void (*queue_key_cb)(int status, const char *err, const queue_key_found_t *found,

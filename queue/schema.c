@@ -40,6 +40,7 @@ static const struct {
     [KEY_KEYS] = {"keys", SCOPE_CRYPTO, ID_NONE},
     [KEY_POLICY] = {"policy", SCOPE_CRYPTO, ID_NONE},
     [KEY_VERSION] = {"version", SCOPE_CRYPTO, ID_NONE},
+    [KEY_PREFER] = {"prefer", SCOPE_CRYPTO, ID_NONE},
 };
 
 /* The id a kind's name ends with; NULL when it has none, or it is missing. */
@@ -156,7 +157,7 @@ static const struct {
     [FN_SEAL_CHECK] = {.name = "seal_check", .fixed = {KEY_SEALCHECK}},
     [FN_KEY_LOOKUP] = {.name = "key_lookup",
                        .read_only = true,
-                       .fixed = {KEY_ADDRESS, KEY_POLICY, KEY_VERSION}},
+                       .fixed = {KEY_ADDRESS, KEY_POLICY, KEY_PREFER, KEY_VERSION}},
     [FN_KEY_VERSION] = {.name = "key_version", .read_only = true, .fixed = {KEY_VERSION}},
     [FN_KEY_GET] = {.name = "key_get", .read_only = true, .fixed = {KEY_FPR}},
     [FN_KEY_FPRS] = {.name = "key_fprs", .read_only = true, .fixed = {KEY_KEYS}},
@@ -170,7 +171,10 @@ static const struct {
                        .parts = {[KEY_DELETE_ADDRESS] = {{KEY_ADDRESS}, false},
                                  [KEY_DELETE_OTHER] = {{KEY_FPR}, false}}},
     [FN_POLICY_SET] = {.name = "policy_set", .fixed = {KEY_POLICY, KEY_VERSION}},
-    [FN_POLICY_LIST] = {.name = "policy_list", .read_only = true, .fixed = {KEY_POLICY}},
+    [FN_POLICY_LIST] = {.name = "policy_list",
+                        .read_only = true,
+                        .fixed = {KEY_POLICY, KEY_PREFER}},
+    [FN_PREFER_SET] = {.name = "prefer_set", .fixed = {KEY_PREFER, KEY_VERSION}},
 };
 
 const char *schema_fn_name(enum queue_fn fn)

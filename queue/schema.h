@@ -41,6 +41,7 @@ enum key_kind {
     KEY_KEYS,
     KEY_POLICY,
     KEY_VERSION,
+    KEY_PREFER,
     KEY_KINDS
 };
 
@@ -88,6 +89,7 @@ enum queue_fn {
     FN_KEY_DELETE,
     FN_POLICY_SET,
     FN_POLICY_LIST,
+    FN_PREFER_SET,
     FNS
 };
 

@@ -30,7 +30,7 @@ SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
   {sealpost:auth}:fail:<client>  login attempts not taken back, expiring with the window
                                  (the client is its IPv4 address, or its IPv6 /64)
 
-The key directory (a:<address>, k:<fpr>, ...) and the sealing keys' checks,
+The key directory (a:<address>, k:<id>, ...) and the sealing keys' checks,
 under {sealpost:crypto}: see key_lookup and seal_check.
 
 Each function's KEYS are listed once, on its "-- KEYS:" line, by the names
@@ -561,21 +561,39 @@ local function seal_check(keys, args)
 end
 
 -- The key directory (queue/keys.c), all under {sealpost:crypto}:
---   a:<address> hash fpr, expires, data: the key that address's mail is encrypted to
---   k:<fpr>      hash addrs (LF-separated), expires, data, imported (Unix time)
---   keys         set of fingerprints;  policy  hash address or domain -> policy
+--   a:<address> hash fpr, expires, data: the OpenPGP key that address's mail is
+--                encrypted to; smime_fpr, smime_expires, smime_data: its S/MIME
+--                certificate. Either set, both or none: the node chooses
+--                (crypto/keydir.c) by the preference and by which is usable.
+--   k:<id>       hash addrs (LF-separated), expires, data, imported (Unix time),
+--                method ('smime' for a certificate; absent or 'openpgp': an
+--                OpenPGP key, as every key stored before certificates was), and
+--                for a certificate subject, issuer, serial (for `keys list`).
+--                id: an OpenPGP fingerprint, or a certificate's SHA-256.
+--   keys         set of ids;  policy  hash address or domain -> policy
+--   prefer       hash address or domain -> 'openpgp' or 'smime', for an address
+--                with both
 --   version      counter, raised by every change: nodes drop their caches when it moves
 -- Nodes read it with key_lookup and key_version; `sealpost keys` writes it
--- with key_put, key_delete and policy_set (below).
+-- with key_put, key_delete, policy_set and prefer_set (below).
 
--- KEYS: a, policy, version
+-- The fields of a:<address> that hold a key of method m.
+local function address_fields(m)
+  if m == 'smime' then return 'smime_fpr', 'smime_expires', 'smime_data' end
+  return 'fpr', 'expires', 'data'
+end
+
+-- KEYS: a, policy, prefer, version
 -- ARGV: address, domain.
--- Returns {version, fpr, expires, data, address policy, domain policy}.
+-- Returns {version, fpr, expires, data, address policy, domain policy,
+--          smime_fpr, smime_expires, smime_data, address prefer, domain prefer}.
 local function key_lookup(keys, args)
-  local k = redis.call('HMGET', keys[1], 'fpr', 'expires', 'data')
-  local version = redis.call('GET', keys[3]) or '0'
+  local k = redis.call('HMGET', keys[1], 'fpr', 'expires', 'data', 'smime_fpr',
+                       'smime_expires', 'smime_data')
+  local version = redis.call('GET', keys[4]) or '0'
   return {version, k[1], k[2], k[3], redis.call('HGET', keys[2], args[1]),
-          redis.call('HGET', keys[2], args[2])}
+          redis.call('HGET', keys[2], args[2]), k[4], k[5], k[6],
+          redis.call('HGET', keys[3], args[1]), redis.call('HGET', keys[3], args[2])}
 end
 
 -- KEYS: version
@@ -611,49 +629,57 @@ local function slice(t, from, to)
   return out
 end
 
--- A stored key's {addrs, expires, imported, data}, or nil when it has no data.
+-- A stored key's {addrs, expires, imported, data, method, subject, issuer,
+-- serial} (method 'openpgp' when the field is absent), or nil when it has no data.
 local function stored_key(k)
-  local f = redis.call('HMGET', k, 'addrs', 'expires', 'imported', 'data')
+  local f = redis.call('HMGET', k, 'addrs', 'expires', 'imported', 'data', 'method', 'subject',
+                       'issuer', 'serial')
   if not f[4] then return nil end
+  f[5] = f[5] or 'openpgp'
   return f
 end
 
 -- KEYS: k
--- Returns {addresses (LF-separated), expires, imported (Unix time), armored key}, or nil.
+-- Returns {addresses (LF-separated), expires, imported (Unix time), data, method,
+--          subject, issuer, serial} (the last three nil for an OpenPGP key), or nil.
 local function key_get(keys, args)
   return stored_key(keys[1])
 end
 
 -- KEYS: keys
--- Returns the fingerprint of every stored key.
+-- Returns the id of every stored key and certificate.
 local function key_fprs(keys, args)
   return redis.call('SMEMBERS', keys[1])
 end
 
--- Files address under the most recently imported of the other keys
--- (others, with their fingerprints fprs) that lists it, if any: with two
+-- Files address under the most recently imported of the other keys of
+-- method m (others, with their ids fprs) that lists it, if any: with two
 -- keys for one address, deleting the newer leaves the older in charge, as
--- `keys list` shows it.
-local function relink(akey, address, others, fprs)
+-- `keys list` shows it. A certificate never stands in for an OpenPGP key,
+-- nor the other way round: each method has its own fields.
+local function relink(akey, address, others, fprs, m)
   local best, best_fpr
   for i, k in ipairs(others) do
     local f = stored_key(k)
-    if f and as_set(lines(f[1]))[address]
+    if f and f[5] == m and as_set(lines(f[1]))[address]
        and (not best or (tonumber(f[3]) or 0) > (tonumber(best[3]) or 0)) then
       best, best_fpr = f, fprs[i]
     end
   end
   if best then
-    redis.call('HSET', akey, 'fpr', best_fpr, 'expires', best[2] or '0', 'data', best[4])
+    local ffpr, fexp, fdata = address_fields(m)
+    redis.call('HSET', akey, ffpr, best_fpr, fexp, best[2] or '0', fdata, best[4])
   end
 end
 
--- Drops address -> fpr when the address still points at fpr (a later import
--- of another key for it wins), and files it under another key that lists it.
-local function unlink(akey, address, fpr, others, fprs)
-  if redis.call('HGET', akey, 'fpr') == fpr then
-    redis.call('DEL', akey)
-    relink(akey, address, others, fprs)
+-- Drops address -> fpr (method m) when the address still points at fpr (a
+-- later import of another key for it wins), and files it under another key
+-- of m that lists it. The other method's fields stay.
+local function unlink(akey, address, fpr, others, fprs, m)
+  local ffpr, fexp, fdata = address_fields(m)
+  if redis.call('HGET', akey, ffpr) == fpr then
+    redis.call('HDEL', akey, ffpr, fexp, fdata)
+    relink(akey, address, others, fprs, m)
   end
 end
 
@@ -680,31 +706,39 @@ end
 -- KEYS: k, keys, version, a..., a..., k...
 --   (the key's own; a: one per address it has, then one per address it
 --   had before and has no more; k: when there are such, one per other stored key)
--- ARGV: fpr, expires, armored key, n (addresses), m (dropped addresses),
---       the n addresses, the m dropped ones, the other keys' fingerprints
--- Stores (or replaces) a key under each of its addresses; an address it
--- lost goes to another key that lists it. Returns 'ok', or 'changed' with
--- nothing written when the directory changed since the caller read it
--- (it reads again and retries). The version moves: nodes see it at once.
+-- ARGV: id, expires, data, n (addresses), m (dropped addresses), method
+--       ('openpgp' or 'smime'), subject, issuer, serial ('' for OpenPGP),
+--       the n addresses, the m dropped ones, the other keys' ids
+-- Stores (or replaces) a key or certificate under each of its addresses, in
+-- its method's fields; an address it lost goes to another of the same
+-- method that lists it. Returns 'ok', or 'changed' with nothing written
+-- when the directory changed since the caller read it (it reads again and
+-- retries). The version moves: nodes see it at once.
 local function key_put(keys, args)
   local n, m = tonumber(args[4]), tonumber(args[5])
-  local p = #args - 5 - (n or 0) - (m or 0)
-  if not n or not m or p < 0 or #keys ~= 3 + n + m + p or (m == 0 and p > 0) then
+  local p = #args - 9 - (n or 0) - (m or 0)
+  local method = args[6]
+  if not n or not m or p < 0 or #keys ~= 3 + n + m + p or (m == 0 and p > 0)
+     or (method ~= 'openpgp' and method ~= 'smime') then
     return mismatch('key_put')
   end
   local fpr = args[1]
-  local addresses, dropped = slice(args, 6, 5 + n), slice(args, 6 + n, 5 + n + m)
-  local fprs, others = slice(args, 6 + n + m, #args), slice(keys, 4 + n + m, #keys)
+  local addresses, dropped = slice(args, 10, 9 + n), slice(args, 10 + n, 9 + n + m)
+  local fprs, others = slice(args, 10 + n + m, #args), slice(keys, 4 + n + m, #keys)
   if not directory_as_read(keys, fpr, as_set(addresses), dropped, fprs) then
     return 'changed'
   end
   for i = 1, m do
-    unlink(keys[3 + n + i], dropped[i], fpr, others, fprs)
+    unlink(keys[3 + n + i], dropped[i], fpr, others, fprs, method)
   end
   redis.call('HSET', keys[1], 'addrs', table.concat(addresses, '\n'), 'expires', args[2],
-             'imported', redis.call('TIME')[1], 'data', args[3])
+             'imported', redis.call('TIME')[1], 'data', args[3], 'method', method)
+  if method == 'smime' then
+    redis.call('HSET', keys[1], 'subject', args[7], 'issuer', args[8], 'serial', args[9])
+  end
+  local ffpr, fexp, fdata = address_fields(method)
   for i = 1, n do
-    redis.call('HSET', keys[3 + i], 'fpr', fpr, 'expires', args[2], 'data', args[3])
+    redis.call('HSET', keys[3 + i], ffpr, fpr, fexp, args[2], fdata, args[3])
   end
   redis.call('SADD', keys[2], fpr)
   redis.call('INCR', keys[3])
@@ -714,10 +748,10 @@ end
 -- KEYS: k, keys, version, a..., k...
 --   (the key's own; a: one per address it is stored under; k: when it has
 --   any, one per other stored key)
--- ARGV: fpr, n (addresses), the n addresses, the other keys' fingerprints
--- Deletes a key; each of its addresses goes to the most recently imported
--- other key that lists it. Returns 1 when the key was there, 0 when not, or
--- 'changed' as key_put.
+-- ARGV: id, n (addresses), the n addresses, the other keys' ids
+-- Deletes a key or certificate; each of its addresses goes to the most
+-- recently imported other one of its method that lists it. Returns 1 when
+-- it was there, 0 when not, or 'changed' as key_put.
 local function key_delete(keys, args)
   local n = tonumber(args[2])
   local p = #args - 2 - (n or 0)
@@ -729,8 +763,9 @@ local function key_delete(keys, args)
   local fprs, others = slice(args, 3 + n, #args), slice(keys, 4 + n, #keys)
   if not directory_as_read(keys, fpr, {}, addresses, fprs) then return 'changed' end
   local found = redis.call('EXISTS', keys[1])
+  local method = redis.call('HGET', keys[1], 'method') or 'openpgp'
   for i = 1, n do
-    unlink(keys[3 + i], addresses[i], fpr, others, fprs)
+    unlink(keys[3 + i], addresses[i], fpr, others, fprs, method)
   end
   redis.call('DEL', keys[1])
   redis.call('SREM', keys[2], fpr)
@@ -738,22 +773,37 @@ local function key_delete(keys, args)
   return found
 end
 
--- KEYS: policy, version
--- ARGV: address or domain[, policy]: without one, its policy goes.
-local function policy_set(keys, args)
-  if args[2] then
-    redis.call('HSET', keys[1], args[1], args[2])
+-- Sets field of hash h (a policy or a preference) to value, or removes it
+-- when there is none; the version moves.
+local function setting_set(h, version, field, value)
+  if value then
+    redis.call('HSET', h, field, value)
   else
-    redis.call('HDEL', keys[1], args[1])
+    redis.call('HDEL', h, field)
   end
-  redis.call('INCR', keys[2])
+  redis.call('INCR', version)
   return 'ok'
 end
 
--- KEYS: policy
--- Returns {address or domain, policy, ...}.
+-- KEYS: policy, version
+-- ARGV: address or domain[, policy]: without one, its policy goes.
+local function policy_set(keys, args)
+  return setting_set(keys[1], keys[2], args[1], args[2])
+end
+
+-- KEYS: prefer, version
+-- ARGV: address or domain[, 'openpgp' or 'smime']: without one, its preference goes.
+local function prefer_set(keys, args)
+  if args[2] and args[2] ~= 'openpgp' and args[2] ~= 'smime' then
+    return redis.error_reply('ERR prefer_set: not openpgp or smime: ' .. args[2])
+  end
+  return setting_set(keys[1], keys[2], args[1], args[2])
+end
+
+-- KEYS: policy, prefer
+-- Returns {{address or domain, policy, ...}, {address or domain, preference, ...}}.
 local function policy_list(keys, args)
-  return redis.call('HGETALL', keys[1])
+  return {redis.call('HGETALL', keys[1]), redis.call('HGETALL', keys[2])}
 end
 
 redis.register_function('enqueue', enqueue)
@@ -785,5 +835,6 @@ redis.register_function{function_name = 'key_fprs', callback = key_fprs, flags =
 redis.register_function('key_put', key_put)
 redis.register_function('key_delete', key_delete)
 redis.register_function('policy_set', policy_set)
+redis.register_function('prefer_set', prefer_set)
 redis.register_function{function_name = 'policy_list', callback = policy_list,
                         flags = {'no-writes'}}

@@ -337,12 +337,14 @@ def version(r):
     return int(r.get(crypto("version")) or 0)
 
 
-def key_put(r, fpr, addresses, dropped=(), others=(), data=None, expires=0):
+def key_put(r, fpr, addresses, dropped=(), others=(), data=None, expires=0, smime=None):
+    """smime: (subject, issuer, serial) for a certificate."""
     keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version")]
     keys += [crypto(f"a:{a}") for a in (*addresses, *dropped)]
     keys += [crypto(f"k:{o}") for o in others]
-    args = [fpr, expires, data or f"key {fpr}", len(addresses), len(dropped), *addresses,
-            *dropped, *others]
+    method = ["smime", *smime] if smime else ["openpgp", "", "", ""]
+    args = [fpr, expires, data or f"key {fpr}", len(addresses), len(dropped), *method,
+            *addresses, *dropped, *others]
     return r.fcall("key_put", len(keys), *keys, *args)
 
 
@@ -442,8 +444,76 @@ def test_policy_set_and_remove_move_the_version(r):
     assert r.fcall("policy_set", 2, *keys, "example.test") == b"ok"
     assert r.hgetall(crypto("policy")) == {b"a@example.test": b"never"}
     assert version(r) == 3
-    assert r.fcall_ro("policy_list", 1, crypto("policy")) == [b"a@example.test", b"never"]
+    assert r.fcall_ro("policy_list", 2, crypto("policy"), crypto("prefer")) == [
+        [b"a@example.test", b"never"], []]
     # what a node reads for an address: the policies and the version
-    found = r.fcall_ro("key_lookup", 3, crypto("a:a@example.test"), crypto("policy"),
-                       crypto("version"), "a@example.test", "example.test")
-    assert found == [b"3", None, None, None, b"never", None]
+    found = lookup(r, "a@example.test")
+    assert found == [b"3", None, None, None, b"never", None, None, None, None, None, None]
+
+
+def lookup(r, address):
+    return r.fcall_ro("key_lookup", 4, crypto(f"a:{address}"), crypto("policy"),
+                      crypto("prefer"), crypto("version"), address, address.split("@")[1])
+
+
+CERT = ("CN=Bob", "CN=Test CA", "01AB")
+
+
+def test_an_address_has_a_key_and_a_certificate_side_by_side(r):
+    key_put(r, "AAAA", ["b@example.test"], expires=1999999999)
+    assert key_put(r, "C1", ["b@example.test"], data="pem C1", expires=1888888888,
+                   smime=CERT) == b"ok"
+    assert r.hgetall(crypto("a:b@example.test")) == {
+        b"fpr": b"AAAA", b"expires": b"1999999999", b"data": b"key AAAA",
+        b"smime_fpr": b"C1", b"smime_expires": b"1888888888", b"smime_data": b"pem C1"}
+    stored = r.hgetall(crypto("k:C1"))
+    assert stored[b"method"] == b"smime" and stored[b"subject"] == b"CN=Bob"
+    assert stored[b"issuer"] == b"CN=Test CA" and stored[b"serial"] == b"01AB"
+    got = r.fcall_ro("key_get", 1, crypto("k:C1"))
+    assert got[3:] == [b"pem C1", b"smime", b"CN=Bob", b"CN=Test CA", b"01AB"]
+    # a key stored before certificates existed has no method: it is OpenPGP
+    r.hdel(crypto("k:AAAA"), "method")
+    assert r.fcall_ro("key_get", 1, crypto("k:AAAA"))[4:] == [b"openpgp", None, None, None]
+    found = lookup(r, "b@example.test")
+    assert found[1:4] == [b"AAAA", b"1999999999", b"key AAAA"]
+    assert found[6:9] == [b"C1", b"1888888888", b"pem C1"]
+    # deleting the certificate leaves the key, and the other way round
+    assert key_delete(r, "C1", ["b@example.test"], others=["AAAA"]) == 1
+    assert r.hgetall(crypto("a:b@example.test")) == {
+        b"fpr": b"AAAA", b"expires": b"1999999999", b"data": b"key AAAA"}
+    key_put(r, "C1", ["b@example.test"], data="pem C1", smime=CERT)
+    assert key_delete(r, "AAAA", ["b@example.test"], others=["C1"]) == 1
+    assert r.hget(crypto("a:b@example.test"), "fpr") is None
+    assert r.hget(crypto("a:b@example.test"), "smime_fpr") == b"C1"
+
+
+def test_an_address_losing_a_certificate_goes_to_the_newest_other_certificate(r):
+    key_put(r, "OLDC", ["q@example.test"], data="pem OLDC", smime=CERT)
+    key_put(r, "KEY1", ["q@example.test"])  # a newer OpenPGP key: never a stand-in
+    key_put(r, "NEWC", ["q@example.test"], data="pem NEWC", smime=CERT)
+    r.hset(crypto("k:OLDC"), "imported", 1000)
+    r.hset(crypto("k:KEY1"), "imported", 3000)
+    r.hset(crypto("k:NEWC"), "imported", 2000)
+    assert key_delete(r, "NEWC", ["q@example.test"], others=["KEY1", "OLDC"]) == 1
+    a = r.hgetall(crypto("a:q@example.test"))
+    assert a[b"smime_fpr"] == b"OLDC" and a[b"smime_data"] == b"pem OLDC"
+    assert a[b"fpr"] == b"KEY1"
+    # and the key's address, lost, is never filed under a certificate
+    assert key_put(r, "KEY1", [], dropped=["q@example.test"], others=["OLDC"]) == b"ok"
+    assert r.hget(crypto("a:q@example.test"), "fpr") is None
+    assert r.hget(crypto("a:q@example.test"), "smime_fpr") == b"OLDC"
+
+
+def test_prefer_set_is_read_with_the_address_and_moves_the_version(r):
+    keys = [crypto("prefer"), crypto("version")]
+    assert r.fcall("prefer_set", 2, *keys, "example.test", "smime") == b"ok"
+    assert r.fcall("prefer_set", 2, *keys, "a@example.test", "openpgp") == b"ok"
+    assert version(r) == 2
+    found = lookup(r, "a@example.test")
+    assert found[0] == b"2" and found[9:] == [b"openpgp", b"smime"]
+    with pytest.raises(redis_py.ResponseError, match="not openpgp or smime"):
+        r.fcall("prefer_set", 2, *keys, "example.test", "pgp")
+    assert r.fcall("prefer_set", 2, *keys, "a@example.test") == b"ok"
+    assert lookup(r, "a@example.test")[9:] == [None, b"smime"]
+    assert r.fcall_ro("policy_list", 2, crypto("policy"), crypto("prefer")) == [
+        [], [b"example.test", b"smime"]]

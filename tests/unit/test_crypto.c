@@ -933,22 +933,29 @@ static void test_addr_canon(void **state)
     assert_int_equal(crypto_addr_canon("a@", true, true, out, sizeof out), -1);
 }
 
+/* keydir_decide with no interest in the method or the reason. */
+static enum crypto_decision decide_at(const keydir_entry_t *e, long long now)
+{
+    enum crypto_method m;
+    char why[256];
+    return keydir_decide(e, now, &m, why, sizeof why);
+}
+
 static void test_keydir_versions_and_decisions(void **state)
 {
     (void)state;
     keydir_t *d = keydir_new(16);
     assert_non_null(d);
-    keydir_entry_t e = {.policy = ENC_POLICY_OPPORTUNISTIC,
-                        .fpr = "ABCD",
-                        .expires = 0,
-                        .armored = (char *)"KEY",
-                        .armored_len = 3};
+    keydir_entry_t e = {
+        .policy = ENC_POLICY_OPPORTUNISTIC,
+        .keys[CRYPTO_OPENPGP] = {
+            .fpr = "ABCD", .expires = 0, .armored = (char *)"KEY", .armored_len = 3}};
     assert_int_equal(keydir_put(d, 5, "a@x.test", &e), 0);
     const keydir_entry_t *got = keydir_get(d, "a@x.test");
     assert_non_null(got);
-    assert_memory_equal(got->armored, "KEY", 3);
-    assert_ptr_not_equal(got->armored, e.armored); /* copied */
-    assert_int_equal(keydir_decide(got, 1000), DECIDE_ENCRYPT);
+    assert_memory_equal(got->keys[CRYPTO_OPENPGP].armored, "KEY", 3);
+    assert_ptr_not_equal(got->keys[CRYPTO_OPENPGP].armored, e.keys[CRYPTO_OPENPGP].armored);
+    assert_int_equal(decide_at(got, 1000), DECIDE_ENCRYPT);
     /* a reply older than what the cache knows is dropped */
     assert_int_equal(keydir_put(d, 4, "b@x.test", &e), 0);
     assert_null(keydir_get(d, "b@x.test"));
@@ -966,24 +973,70 @@ static void test_keydir_versions_and_decisions(void **state)
     keydir_free(d);
 
     /* expiry is checked at use */
-    e.expires = 2000;
-    assert_int_equal(keydir_decide(&e, 1999), DECIDE_ENCRYPT);
-    assert_int_equal(keydir_decide(&e, 2000), DECIDE_PLAIN);
+    e.keys[CRYPTO_OPENPGP].expires = 2000;
+    assert_int_equal(decide_at(&e, 1999), DECIDE_ENCRYPT);
+    assert_int_equal(decide_at(&e, 2000), DECIDE_PLAIN);
     e.policy = ENC_POLICY_REQUIRED;
-    assert_int_equal(keydir_decide(&e, 2000), DECIDE_REFUSE);
+    assert_int_equal(decide_at(&e, 2000), DECIDE_REFUSE);
     e.policy = ENC_POLICY_NEVER;
-    e.expires = 0;
-    assert_int_equal(keydir_decide(&e, 2000), DECIDE_PLAIN);
+    e.keys[CRYPTO_OPENPGP].expires = 0;
+    assert_int_equal(decide_at(&e, 2000), DECIDE_PLAIN);
     keydir_entry_t none = {.policy = ENC_POLICY_REQUIRED};
-    assert_int_equal(keydir_decide(&none, 0), DECIDE_REFUSE);
+    assert_int_equal(decide_at(&none, 0), DECIDE_REFUSE);
     none.policy = ENC_POLICY_OPPORTUNISTIC;
-    assert_int_equal(keydir_decide(&none, 0), DECIDE_PLAIN);
+    assert_int_equal(decide_at(&none, 0), DECIDE_PLAIN);
     /* the address's policy over the domain's over the default */
     assert_int_equal(keydir_policy("never", "required", ENC_POLICY_OPPORTUNISTIC),
                      ENC_POLICY_NEVER);
     assert_int_equal(keydir_policy(NULL, "required", ENC_POLICY_OPPORTUNISTIC),
                      ENC_POLICY_REQUIRED);
     assert_int_equal(keydir_policy(NULL, "bogus", ENC_POLICY_NEVER), ENC_POLICY_NEVER);
+    /* and so the preference */
+    assert_int_equal(keydir_prefer("smime", "openpgp", ENC_PREFER_OPENPGP), CRYPTO_SMIME);
+    assert_int_equal(keydir_prefer(NULL, "smime", ENC_PREFER_OPENPGP), CRYPTO_SMIME);
+    assert_int_equal(keydir_prefer("bogus", NULL, ENC_PREFER_SMIME), CRYPTO_SMIME);
+    assert_int_equal(keydir_prefer(NULL, NULL, ENC_PREFER_OPENPGP), CRYPTO_OPENPGP);
+}
+
+/* With a key and a certificate, the preferred one when it is usable, else
+ * the other; why names each that was not, by method. */
+static void test_keydir_chooses_by_preference(void **state)
+{
+    (void)state;
+    keydir_entry_t e = {
+        .policy = ENC_POLICY_REQUIRED,
+        .prefer = CRYPTO_SMIME,
+        .keys = {[CRYPTO_OPENPGP] = {.fpr = "ABCD", .armored = (char *)"KEY", .armored_len = 3},
+                 [CRYPTO_SMIME] = {.fpr = "EF01",
+                                   .expires = 2000,
+                                   .armored = (char *)"not a certificate",
+                                   .armored_len = 17}}};
+    enum crypto_method m;
+    char why[256];
+    /* expired: the OpenPGP key stands in */
+    assert_int_equal(keydir_decide(&e, 3000, &m, why, sizeof why), DECIDE_ENCRYPT);
+    assert_int_equal(m, CRYPTO_OPENPGP);
+    assert_string_equal(why, "smime: expired");
+    /* in date, but the certificate's own checks fail (it is none) */
+    assert_int_equal(keydir_decide(&e, 1000, &m, why, sizeof why), DECIDE_ENCRYPT);
+    assert_int_equal(m, CRYPTO_OPENPGP);
+    assert_true(!strncmp(why, "smime: ", 7) && strlen(why) > 7);
+    /* the other way round: OpenPGP preferred and usable, the certificate untouched */
+    e.prefer = CRYPTO_OPENPGP;
+    assert_int_equal(keydir_decide(&e, 3000, &m, why, sizeof why), DECIDE_ENCRYPT);
+    assert_int_equal(m, CRYPTO_OPENPGP);
+    assert_string_equal(why, "");
+    /* neither usable: required refuses, saying why for each */
+    e.keys[CRYPTO_OPENPGP].expires = 2500;
+    assert_int_equal(keydir_decide(&e, 3000, &m, why, sizeof why), DECIDE_REFUSE);
+    assert_string_equal(why, "openpgp: expired; smime: expired");
+    e.policy = ENC_POLICY_OPPORTUNISTIC;
+    assert_int_equal(keydir_decide(&e, 3000, &m, why, sizeof why), DECIDE_PLAIN);
+    /* a certificate alone, expired, under required */
+    keydir_entry_t cert = {.policy = ENC_POLICY_REQUIRED,
+                           .keys[CRYPTO_SMIME] = e.keys[CRYPTO_SMIME]};
+    assert_int_equal(keydir_decide(&cert, 3000, &m, why, sizeof why), DECIDE_REFUSE);
+    assert_string_equal(why, "smime: expired");
 }
 
 /* Runs the gateway over msg for two keyless recipients: it only seals, one
@@ -1051,6 +1104,7 @@ int main(void)
         cmocka_unit_test(test_key_addresses_with_controls_are_not_taken),
         cmocka_unit_test(test_addr_canon),
         cmocka_unit_test(test_keydir_versions_and_decisions),
+        cmocka_unit_test(test_keydir_chooses_by_preference),
         cmocka_unit_test(test_gateway_without_keys_seals_the_original),
         cmocka_unit_test(test_gateway_clear_copy_has_no_bcc),
     };
