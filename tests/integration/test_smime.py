@@ -311,12 +311,15 @@ def test_smime_mail_decrypts_with_openssl_and_gpgsm_and_bcc_gets_its_own(stack, 
     der = check_smime(shared)
     for who in (bob, erin):  # RSA and EC recipients of one ciphertext
         check_inner(who.decrypt(strip_received(shared)))
-        check_inner(who.decrypt_with_gpgsm(der))
+    # gpgsm 2.2.40 reads RSA recipients only: it crashes importing an EC
+    # key's PKCS#12, so Erin's copy has OpenSSL alone as its reader.
+    check_inner(bob.decrypt_with_gpgsm(der))
     assert carol.cannot_decrypt(strip_received(shared))
     assert recipient_serials(shared) == sorted([bob.serial, erin.serial])
     # the Bcc copy names Carol's certificate and no other
     check_smime(bcc)
     check_inner(carol.decrypt(strip_received(bcc)))
+    check_inner(carol.decrypt_with_gpgsm(check_smime(bcc)))
     assert recipient_serials(bcc) == [carol.serial]
     assert bob.cannot_decrypt(strip_received(bcc))
     assert b"marker-smime-77" not in shared + bcc
