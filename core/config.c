@@ -25,36 +25,49 @@ enum key_type {
     T_TLS_POLICY,
     T_BOOL,
     T_SECRET, /* a string that config_print never shows */
-    T_ENC_POLICY
+    T_ENC_POLICY,
+    T_OPENPGP_ENGINE
 };
+
+/* The index of value (any case) among the n names, or -1: the settings
+ * that take one of a few words. */
+static int name_index(const char *value, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcasecmp(value, names[i])) return i;
+    return -1;
+}
 
 static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
 
 static int parse_tls_policy(const char *value, enum tls_policy *out)
 {
-    for (int i = 0; i < 3; i++)
-        if (!strcasecmp(value, tls_policy_names[i])) {
-            *out = (enum tls_policy)i;
-            return 0;
-        }
-    return -1;
+    int i = name_index(value, tls_policy_names, 3);
+    if (i >= 0) *out = (enum tls_policy)i;
+    return i < 0 ? -1 : 0;
 }
 
 static const char *const enc_policy_names[] = {"never", "opportunistic", "required"};
 
 int config_parse_enc_policy(const char *value, enum enc_policy *out)
 {
-    for (int i = 0; i < 3; i++)
-        if (!strcasecmp(value, enc_policy_names[i])) {
-            *out = (enum enc_policy)i;
-            return 0;
-        }
-    return -1;
+    int i = name_index(value, enc_policy_names, 3);
+    if (i >= 0) *out = (enum enc_policy)i;
+    return i < 0 ? -1 : 0;
 }
 
 const char *config_enc_policy_name(enum enc_policy p)
 {
     return enc_policy_names[p];
+}
+
+static const char *const openpgp_engine_names[] = {"gpgme", "rnp"};
+
+static int parse_openpgp_engine(const char *value, enum config_openpgp_engine *out)
+{
+    int i = name_index(value, openpgp_engine_names, 2);
+    if (i >= 0) *out = (enum config_openpgp_engine)i;
+    return i < 0 ? -1 : 0;
 }
 
 typedef struct key_spec {
@@ -164,6 +177,9 @@ static const key_spec_t keys[] = {
     /* Seconds one gpg operation may take before it is killed and the
      * message refused with 451 4.7.0. */
     {"crypto", "engine_timeout", T_UINT, OFF(crypto.engine_timeout), 1, 3600, "10"},
+    /* gpgme: a gpg process per encryption; rnp: librnp in the thread,
+     * keys held in memory. */
+    {"crypto", "openpgp_engine", T_OPENPGP_ENGINE, OFF(crypto.openpgp_engine), 0, 0, "gpgme"},
 
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
@@ -273,6 +289,10 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     case T_ENC_POLICY:
         if (config_parse_enc_policy(value, (enum enc_policy *)field) == 0) return 0;
         snprintf(err, errlen, "'%s' is not one of never, opportunistic, required", value);
+        return -1;
+    case T_OPENPGP_ENGINE:
+        if (parse_openpgp_engine(value, (enum config_openpgp_engine *)field) == 0) return 0;
+        snprintf(err, errlen, "'%s' is not one of gpgme, rnp", value);
         return -1;
     case T_TLS_POLICY:
         if (parse_tls_policy(value, (enum tls_policy *)field) == 0) return 0;
@@ -564,6 +584,9 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
         break;
     case T_ENC_POLICY:
         buf_printf(out, "%s", enc_policy_names[*(const enum enc_policy *)field]);
+        break;
+    case T_OPENPGP_ENGINE:
+        buf_printf(out, "%s", openpgp_engine_names[*(const enum config_openpgp_engine *)field]);
         break;
     case T_LOGLEVEL: {
         static const char *names[] = {"debug", "info", "warn", "error"};

@@ -165,6 +165,8 @@ enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY }
 enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRED };
 int config_parse_enc_policy(const char *value, enum enc_policy *out);
 const char *config_enc_policy_name(enum enc_policy p);
+/* [crypto] openpgp_engine: who encrypts OpenPGP mail (crypto_openpgp_engine). */
+enum config_openpgp_engine { CONFIG_OPENPGP_GPGME, CONFIG_OPENPGP_RNP };
 
 typedef struct net_cidr_list {
     net_cidr_t items[CONFIG_MAX_LIST];
@@ -282,6 +284,7 @@ typedef struct config {
         unsigned max_bcc_copies;        /* keyed Bcc copies of one message; then 552 5.5.3 */
         char home_dir[512];             /* where the per-thread GnuPG homes go; "": $TMPDIR */
         unsigned engine_timeout;        /* seconds per gpg operation; then killed, 451 4.7.0 */
+        enum config_openpgp_engine openpgp_engine; /* GPGME (gpg processes), or librnp in-process */
     } crypto;
 
     struct {
