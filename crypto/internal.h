@@ -5,6 +5,8 @@
 #ifndef SEALPOST_CRYPTO_INTERNAL_H
 #define SEALPOST_CRYPTO_INTERNAL_H
 
+#include "crypto/crypto.h" /* crypto_rcpt_key_t, buf_t: rnp.c's block */
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -70,5 +72,12 @@ int openpgp_dearmor(const char *text, size_t len, const char **kind, size_t *kin
  * EnvelopedData (or AuthEnvelopedData when auth) with its encrypted content
  * inside. */
 bool smime_is_enveloped(const unsigned char *der, size_t len, bool auth);
+
+/* ---- OpenPGP encryption in-process (librnp; rnp.c) ---- */
+
+/* crypto_encrypt with ENGINE_RNP: the same contract, in the calling
+ * thread's own in-memory keyring. */
+int rnp_engine_encrypt(const crypto_rcpt_key_t *keys, unsigned n, const char *plain, size_t len,
+                       buf_t *armor, char *err, size_t errlen);
 
 #endif
