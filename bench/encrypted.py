@@ -1,17 +1,19 @@
 #!/usr/bin/python3
-"""Encrypted accept rate of the ingress against a bare GPGME loop, in one run.
+"""Encrypted accept rate of the ingress per OpenPGP engine ([crypto]
+openpgp_engine: gpgme, rnp) against a bare GPGME loop, in one run.
 
-Both encrypt the same 4 KB message to the same key (Curve25519), with the
-same number of threads, each with its own GnuPG home: the loop as fast as it
-can (bench/gpgme_loop.c), the ingress fed by SMTP clients over kept
-connections into Redis with appendfsync always (no worker). Meanwhile a
-probe measures whole plaintext SMTP sessions (connect to QUIT, to a keyless
-recipient): alone first, then while encryption is saturated.
+Each encrypts the same 4 KB message to the same key (Curve25519), with the
+same number of threads: the loop as fast as it can (bench/gpgme_loop.c, each
+thread with its own GnuPG home), one ingress per engine fed by SMTP clients
+over kept connections into Redis with appendfsync always (no worker).
+Meanwhile a probe measures whole plaintext SMTP sessions (connect to QUIT,
+to a keyless recipient): alone first, then while each engine is saturated.
 
 usage: bench/encrypted.py [--build DIR] [--seconds S] [--runs N] [--clients C]
-                          [--threads T] [--out FILE]
+                          [--threads T] [--engines gpgme,rnp] [--quick] [--out FILE]
 """
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -90,6 +92,48 @@ def encrypted_load(port, msg_file, sessions, count):
     return count - refused, refused, took
 
 
+SEAL = "b1:" + base64.b64encode(os.urandom(32)).decode()
+PILOT = 200  # messages that warm an engine and tell how many fill the seconds
+
+
+def start_ingress(build, tmp, redis_port, engine, threads):
+    """An ingress encrypting with engine; (process, its SMTP port)."""
+    smtp_port = free_port()
+    conf = tmp / f"{engine}.conf"
+    conf.write_text(f"""[redis]
+url = redis://127.0.0.1:{redis_port}
+[ingress]
+listen = 127.0.0.1:{smtp_port}
+hostname = bench.test
+relay_domains = example.test
+max_connections_per_ip = 1000
+[crypto]
+openpgp_engine = {engine}
+[seal]
+keys = {SEAL}
+[log]
+level = warn
+""")
+    env = dict(os.environ, UV_THREADPOOL_SIZE=str(threads), TMPDIR=str(tmp))
+    proc = subprocess.Popen([str(build / "sealpost"), "ingress", "-c", str(conf)], env=env,
+                            stderr=open(tmp / f"{engine}.log", "wb"))
+    wait_port(smtp_port)
+    return proc, smtp_port, conf
+
+
+def saturate(port, msg, msg_file, clients, seconds):
+    """The engine's rate: a pilot, then as many messages as fill the seconds,
+    with the plaintext probe running. (rate, refused, probe latencies)."""
+    accepted, busy, took = encrypted_load(port, msg_file, clients, PILOT)
+    count = max(PILOT, int(accepted / took * seconds))
+    probe = Probe(port, msg)
+    probe.start()
+    accepted, busy2, took = encrypted_load(port, msg_file, clients, count)
+    probe.stop.set()
+    probe.join()
+    return accepted / took, busy + busy2, probe.latencies
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=str(ROOT / "build"))
@@ -97,8 +141,13 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=8, help="smtp-source sessions")
     ap.add_argument("--threads", type=int, default=4, help="UV_THREADPOOL_SIZE and loop threads")
+    ap.add_argument("--engines", default="gpgme,rnp", help="[crypto] openpgp_engine values")
+    ap.add_argument("--quick", action="store_true", help="one run of 3 s")
     ap.add_argument("--out", help="append the table to this file")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.seconds = 1, 3
+    engines = args.engines.split(",")
     build = Path(args.build)
     tmp = Path(tempfile.mkdtemp(prefix="sealpost-bench-"))
     procs = []
@@ -109,61 +158,55 @@ def main():
         (tmp / "msg.eml").write_text(msg)  # for the loop, as the ingress stores it
         (tmp / "msg.lf").write_text(msg.replace("\r\n", "\n"))  # smtp-source adds the CRs
 
-        redis_port, smtp_port = free_port(), free_port()
+        redis_port = free_port()
         procs.append(subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(tmp),
              "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
             stdout=subprocess.DEVNULL))
         wait_port(redis_port)
-        conf = tmp / "sealpost.conf"
-        conf.write_text(f"""[redis]
-url = redis://127.0.0.1:{redis_port}
-[ingress]
-listen = 127.0.0.1:{smtp_port}
-hostname = bench.test
-relay_domains = example.test
-max_connections_per_ip = 1000
-[seal]
-keys = b1:{__import__('base64').b64encode(os.urandom(32)).decode()}
-[log]
-level = warn
-""")
-        env = dict(os.environ, UV_THREADPOOL_SIZE=str(args.threads), TMPDIR=str(tmp))
-        procs.append(subprocess.Popen([str(build / "sealpost"), "ingress", "-c", str(conf)],
-                                      env=env, stderr=open(tmp / "ingress.log", "wb")))
-        wait_port(smtp_port)
+        ports = {}
+        for engine in engines:
+            proc, ports[engine], conf = start_ingress(build, tmp, redis_port, engine, args.threads)
+            procs.append(proc)
         subprocess.run([str(build / "sealpost"), "keys", "import", str(tmp / "key.asc"), "-c",
                         str(conf)], check=True, capture_output=True)
         time.sleep(0.5)
 
-        idle = [probe_session(smtp_port, msg) for _ in range(100)]
-        loops, ingress, loaded, refused = [], [], [], 0
+        idle = [probe_session(ports[engines[0]], msg) for _ in range(100)]
+        loops, rates, loaded, refused = [], {e: [] for e in engines}, {e: [] for e in engines}, 0
         for _ in range(args.runs):
             loops.append(bare_loop(build, tmp / "key.asc", tmp / "msg.eml", args.threads,
-                                   args.seconds))
-            probe = Probe(smtp_port, msg)
-            probe.start()
-            count = int(loops[-1]["rate"] * args.seconds)
-            accepted, busy, took = encrypted_load(smtp_port, tmp / "msg.lf", args.clients, count)
-            probe.stop.set()
-            probe.join()
-            ingress.append(accepted / took)
-            refused += busy
-            loaded += probe.latencies
-        loop_rates = [r["rate"] for r in loops]
-        med_loop, med_ingress = statistics.median(loop_rates), statistics.median(ingress)
+                                   args.seconds)["rate"])
+            for engine in engines:
+                rate, busy, latencies = saturate(ports[engine], msg, tmp / "msg.lf",
+                                                 args.clients, args.seconds)
+                rates[engine].append(rate)
+                loaded[engine] += latencies
+                refused += busy
+        med_loop = statistics.median(loops)
+        med = {e: statistics.median(rates[e]) for e in engines}
+        rows = [f"| bare GPGME loop, encryptions/s | {med_loop:.0f} | {min(loops):.0f} | "
+                f"{max(loops):.0f} |"]
+        rows += [f"| ingress, `{e}` engine, encrypted messages accepted/s | {med[e]:.0f} | "
+                 f"{min(rates[e]):.0f} | {max(rates[e]):.0f} |" for e in engines]
+        if "gpgme" in med:
+            rows.append(f"| **ratio gpgme ingress / bare loop** | **{med['gpgme'] / med_loop:.2f}**"
+                        " | | |")
+            rows += [f"| **ratio {e} / gpgme** | **{med[e] / med['gpgme']:.2f}** | | |"
+                     for e in engines if e != "gpgme"]
+        lat = [f"| alone | {percentile(idle, 50):.1f} | {percentile(idle, 99):.1f} | {len(idle)} |"]
+        lat += [f"| while the `{e}` engine is saturated | {percentile(loaded[e], 50):.1f} | "
+                f"{percentile(loaded[e], 99):.1f} | {len(loaded[e])} |" for e in engines]
+        nl = "\n"
         table = f"""### encrypted ({datetime.date.today()}, {args.threads} threads, {args.clients} clients, 4 KB, {args.runs} runs of {args.seconds:g} s)
 
 | what | median | min | max |
 |---|---|---|---|
-| bare GPGME loop, encryptions/s | {med_loop:.0f} | {min(loop_rates):.0f} | {max(loop_rates):.0f} |
-| sealpost ingress, encrypted messages accepted/s | {med_ingress:.0f} | {min(ingress):.0f} | {max(ingress):.0f} |
-| **ratio ingress / bare loop** | **{med_ingress / med_loop:.2f}** | | |
+{nl.join(rows)}
 
 | plaintext session (connect to QUIT) | p50 ms | p99 ms | sessions |
 |---|---|---|---|
-| alone | {percentile(idle, 50):.1f} | {percentile(idle, 99):.1f} | {len(idle)} |
-| while encryption is saturated | {percentile(loaded, 50):.1f} | {percentile(loaded, 99):.1f} | {len(loaded)} |
+{nl.join(lat)}
 
 Encrypted messages refused (451) during the runs: {refused}.
 """

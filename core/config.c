@@ -29,28 +29,31 @@ enum key_type {
     T_CHOICE /* one of the spec's choices, stored as its index (unsigned) */
 };
 
-static const char *const tls_policy_names[] = {"none", "opportunistic", "verify"};
-
-static int parse_tls_policy(const char *value, enum tls_policy *out)
+/* The index of value (any case) among the n names, or -1: the settings
+ * that take one of a few words. */
+static int name_index(const char *value, const char *const *names)
 {
-    for (int i = 0; i < 3; i++)
-        if (!strcasecmp(value, tls_policy_names[i])) {
-            *out = (enum tls_policy)i;
-            return 0;
-        }
+    for (int i = 0; names[i]; i++)
+        if (!strcasecmp(value, names[i])) return i;
     return -1;
 }
 
-static const char *const enc_policy_names[] = {"never", "opportunistic", "required"};
+static const char *const tls_policy_names[] = {"none", "opportunistic", "verify", NULL};
+
+static int parse_tls_policy(const char *value, enum tls_policy *out)
+{
+    int i = name_index(value, tls_policy_names);
+    if (i >= 0) *out = (enum tls_policy)i;
+    return i < 0 ? -1 : 0;
+}
+
+static const char *const enc_policy_names[] = {"never", "opportunistic", "required", NULL};
 
 int config_parse_enc_policy(const char *value, enum enc_policy *out)
 {
-    for (int i = 0; i < 3; i++)
-        if (!strcasecmp(value, enc_policy_names[i])) {
-            *out = (enum enc_policy)i;
-            return 0;
-        }
-    return -1;
+    int i = name_index(value, enc_policy_names);
+    if (i >= 0) *out = (enum enc_policy)i;
+    return i < 0 ? -1 : 0;
 }
 
 const char *config_enc_policy_name(enum enc_policy p)
@@ -60,22 +63,24 @@ const char *config_enc_policy_name(enum enc_policy p)
 
 /* The names a T_CHOICE key takes, NULL-terminated, each list in the order
  * of its enum in core.h. */
-enum choice_list { CHOICE_SMIME_CIPHER, CHOICE_SMIME_RSA_PADDING, CHOICE_ENC_PREFER };
+enum choice_list {
+    CHOICE_SMIME_CIPHER,
+    CHOICE_SMIME_RSA_PADDING,
+    CHOICE_ENC_PREFER,
+    CHOICE_OPENPGP_ENGINE
+};
 static const char *const *const choice_lists[] = {
     [CHOICE_SMIME_CIPHER] = (const char *const[]){"aes256-cbc", "aes256-gcm", NULL},
     [CHOICE_SMIME_RSA_PADDING] = (const char *const[]){"pkcs1", "oaep", NULL},
     [CHOICE_ENC_PREFER] = (const char *const[]){"openpgp", "smime", NULL},
+    [CHOICE_OPENPGP_ENGINE] = (const char *const[]){"gpgme", "rnp", NULL},
 };
 
 int config_parse_enc_prefer(const char *value, enum enc_prefer *out)
 {
-    const char *const *names = choice_lists[CHOICE_ENC_PREFER];
-    for (int i = 0; names[i]; i++)
-        if (!strcasecmp(value, names[i])) {
-            *out = (enum enc_prefer)i;
-            return 0;
-        }
-    return -1;
+    int i = name_index(value, choice_lists[CHOICE_ENC_PREFER]);
+    if (i >= 0) *out = (enum enc_prefer)i;
+    return i < 0 ? -1 : 0;
 }
 
 const char *config_enc_prefer_name(enum enc_prefer p)
@@ -200,6 +205,10 @@ static const key_spec_t keys[] = {
      CHOICE_SMIME_RSA_PADDING, 0, "pkcs1"},
     {"crypto", "smime_ca_file", T_STRING, OFF(crypto.smime_ca_file), 0, 0, ""},
     {"crypto", "smime_crl_file", T_STRING, OFF(crypto.smime_crl_file), 0, 0, ""},
+    /* gpgme: a gpg process per encryption; rnp: librnp in the thread,
+     * keys held in memory. */
+    {"crypto", "openpgp_engine", T_CHOICE, OFF(crypto.openpgp_engine), CHOICE_OPENPGP_ENGINE, 0,
+     "gpgme"},
 
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
@@ -259,14 +268,14 @@ static int set_choice(const key_spec_t *spec, const char *value, unsigned *field
                       size_t errlen)
 {
     const char *const *choices = choice_lists[spec->min];
-    for (unsigned i = 0; choices[i]; i++)
-        if (!strcasecmp(value, choices[i])) {
-            *field = i;
-            return 0;
-        }
+    int i = name_index(value, choices);
+    if (i >= 0) {
+        *field = (unsigned)i;
+        return 0;
+    }
     int n = snprintf(err, errlen, "'%s' is not one of", value);
-    for (unsigned i = 0; choices[i] && n >= 0 && (size_t)n < errlen; i++)
-        n += snprintf(err + n, errlen - (size_t)n, "%s %s", i ? "," : "", choices[i]);
+    for (unsigned j = 0; choices[j] && n >= 0 && (size_t)n < errlen; j++)
+        n += snprintf(err + n, errlen - (size_t)n, "%s %s", j ? "," : "", choices[j]);
     return -1;
 }
 

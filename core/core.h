@@ -169,6 +169,8 @@ enum smime_rsa_padding { SMIME_RSA_PKCS1, SMIME_RSA_OAEP };
 enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRED };
 int config_parse_enc_policy(const char *value, enum enc_policy *out);
 const char *config_enc_policy_name(enum enc_policy p);
+/* [crypto] openpgp_engine: who encrypts OpenPGP mail (crypto_openpgp_engine). */
+enum config_openpgp_engine { CONFIG_OPENPGP_GPGME, CONFIG_OPENPGP_RNP };
 
 /* Which of an OpenPGP key and an S/MIME certificate mail to a recipient
  * with both uses when both are usable ([crypto] prefer); crypto/'s enum
@@ -298,6 +300,8 @@ typedef struct config {
         unsigned smime_rsa_padding;     /* enum smime_rsa_padding */
         char smime_ca_file[512];        /* PEM CA certificates; "": chains not checked */
         char smime_crl_file[512];       /* PEM CRLs of those CAs; "": none (README says why) */
+        unsigned
+            openpgp_engine; /* enum config_openpgp_engine: gpg processes, or librnp in-process */
     } crypto;
 
     struct {

@@ -161,10 +161,20 @@ typedef struct crypto_rcpt_key {
     size_t armored_len;
 } crypto_rcpt_key_t;
 
-/* Appends plain encrypted to all the keys, ASCII-armored, to armor. Runs gpg
- * in the calling thread's own GnuPG home under homes (made on first use, and
- * again, homes too, when it has vanished): call it from thread-pool threads,
- * never the event loop. */
+/* Who encrypts OpenPGP mail ([crypto] openpgp_engine): GPGME, a gpg process
+ * per encryption in a GnuPG home per thread; or librnp in the calling
+ * thread, its keys held in memory per thread (rnp.c): no files, no
+ * processes. Both write the same ASCII armor. Once, before the first
+ * crypto_encrypt; GPGME unless told. */
+enum crypto_openpgp_engine { ENGINE_GPGME, ENGINE_RNP };
+void crypto_openpgp_engine(enum crypto_openpgp_engine e);
+
+/* Appends plain encrypted to all the keys (each key's usable encryption
+ * subkey), ASCII-armored, to armor, with the engine chosen above. GPGME runs
+ * gpg in the calling thread's own GnuPG home under homes (made on first use,
+ * and again, homes too, when it has vanished); librnp needs no home and
+ * ignores homes. Either way: call it from thread-pool threads, never the
+ * event loop. */
 int crypto_encrypt(const char *homes, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
                    size_t len, buf_t *armor, char *err, size_t errlen);
 

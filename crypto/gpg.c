@@ -830,11 +830,23 @@ static int encrypt_watched(struct gpg_thread *t, const crypto_rcpt_key_t *keys, 
     return CRYPTO_TIMED_OUT;
 }
 
-/* A home that went while gpg used it is made again, and the encryption
- * tried once more: the first failure was the home's, not the message's. */
+/* ---- the engine that encrypts ---- */
+
+static enum crypto_openpgp_engine openpgp_engine = ENGINE_GPGME;
+
+void crypto_openpgp_engine(enum crypto_openpgp_engine e)
+{
+    openpgp_engine = e;
+}
+
+/* librnp needs no home (rnp.c). With GPGME, a home that went while gpg
+ * used it is made again, and the encryption tried once more: the first
+ * failure was the home's, not the message's. */
 int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
                    size_t len, buf_t *armor, char *err, size_t errlen)
 {
+    if (openpgp_engine == ENGINE_RNP)
+        return rnp_engine_encrypt(keys, n, plain, len, armor, err, errlen);
     struct gpg_thread *t = thread_home(parent, err, errlen);
     if (!t) return -1;
     int rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);

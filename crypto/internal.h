@@ -5,6 +5,8 @@
 #ifndef SEALPOST_CRYPTO_INTERNAL_H
 #define SEALPOST_CRYPTO_INTERNAL_H
 
+#include "crypto/crypto.h" /* crypto_rcpt_key_t, buf_t: rnp.c's block */
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -86,5 +88,12 @@ void crypto_key_info_free(struct crypto_key_info *info);
 int smime_inspect(const char *data, size_t len,
                   void (*cb)(const struct crypto_key_info *key, void *arg), void *arg, char *err,
                   size_t errlen);
+
+/* ---- OpenPGP encryption in-process (librnp; rnp.c) ---- */
+
+/* crypto_encrypt with ENGINE_RNP: the same contract, in the calling
+ * thread's own in-memory keyring. */
+int rnp_engine_encrypt(const crypto_rcpt_key_t *keys, unsigned n, const char *plain, size_t len,
+                       buf_t *armor, char *err, size_t errlen);
 
 #endif

@@ -115,8 +115,13 @@ static void on_poll_timer(uv_timer_t *t)
 
 encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
 {
-    if (crypto_gpg_init(err, errlen) < 0 || keydir_smime_configure(ingress->cfg, err, errlen) < 0)
-        return NULL;
+    /* librnp works in-process: neither gpg nor GPGME is needed then. The
+     * homes' directory is still made and checked (harmless, and unused). */
+    bool rnp = ingress->cfg->crypto.openpgp_engine == CONFIG_OPENPGP_RNP;
+    if (!rnp && crypto_gpg_init(err, errlen) < 0) return NULL;
+    if (keydir_smime_configure(ingress->cfg, err, errlen) < 0) return NULL;
+    crypto_openpgp_engine(rnp ? ENGINE_RNP : ENGINE_GPGME);
+    log_info("event=openpgp_engine engine=%s", rnp ? "rnp" : "gpgme");
     encrypt_t *e = calloc(1, sizeof *e);
     if (e) e->keydir = keydir_new(KEYDIR_CAPACITY);
     if (!e || !e->keydir) {

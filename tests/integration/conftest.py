@@ -366,8 +366,11 @@ class Stack:
         self.sink = sink
         self.smtp_port = free_port()
         self.procs = []
+        self.engine = None  # [crypto] openpgp_engine, when a test runs on each (openpgp_engine)
 
     def config(self, extra=""):
+        if self.engine:  # a second [crypto] section adds to the first
+            extra += f"\n[crypto]\nopenpgp_engine = {self.engine}\n"
         return base_config(self.redis.port, self.smtp_port, self.sink.port, extra)
 
     def ingress(self, extra="", name="ingress"):
@@ -395,6 +398,26 @@ def stack(tmp_path, redis_server, sink):
     st = Stack(tmp_path, redis_server, sink)
     yield st
     st.close()
+
+
+# ---- the OpenPGP engines ----
+
+ENGINES = ("gpgme", "rnp")
+
+
+@pytest.fixture(params=ENGINES)
+def openpgp_engine(request, stack):
+    """Runs a test once per OpenPGP engine: every node the stack starts has
+    [crypto] openpgp_engine set to it. With rnp, no encryption may have run
+    gpg: no per-thread GnuPG home was made anywhere under the test's folder
+    (the homes of `keys import` are throw-away ones, without a t* inside)."""
+    stack.engine = request.param
+    yield request.param
+    if request.param == "rnp":
+        assert not list(stack.tmp.rglob("sealpost-gnupg-*/t*")), "rnp engine ran gpg"
+        for p in stack.procs:
+            if p.command in ("ingress", "up"):
+                assert "event=openpgp_engine engine=rnp" in p.read_log()
 
 
 @pytest.fixture

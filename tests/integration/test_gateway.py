@@ -18,6 +18,12 @@ CONTENT_HEADERS = (b"Content-Type: text/plain; charset=utf-8\r\n"
 BODY = "Grüße aus Zürich — naïve café\r\n.leading dot line\r\nlast line\r\n".encode()
 
 
+# Each test that starts a node runs once per OpenPGP engine (conftest.py:
+# openpgp_engine); those that only use `sealpost keys` run once: keys are
+# read by gpg whichever engine encrypts.
+engines = pytest.mark.usefixtures("openpgp_engine")
+
+
 @pytest.fixture(scope="module")
 def people(tmp_path_factory):
     base = tmp_path_factory.mktemp("keys")
@@ -142,6 +148,7 @@ def check_inner(plain, original, subject="Quarterly figures", legacy=True, shown
     assert main.get_content_type() == "text/plain" and main.get_param("hp") is None
 
 
+@engines
 def test_to_cc_share_a_copy_bcc_gets_its_own_keyless_gets_the_original(stack, people, tmp_path):
     import_keys(stack, people["alice"], people["bob"], people["carol"])
     stack.ingress()
@@ -177,6 +184,7 @@ def header_of(content):
     return strip_received(content).partition(b"\r\n\r\n")[0] + b"\r\n"
 
 
+@engines
 def test_bcc_reaches_no_copy_clear_or_encrypted(stack, people, tmp_path):
     """A Bcc left in the message by the client (folded, in any case) is in no
     copy: not the clear one a keyless recipient gets, not outside nor inside
@@ -212,6 +220,70 @@ def test_bcc_reaches_no_copy_clear_or_encrypted(stack, people, tmp_path):
         assert "Resent-Bcc" not in email.message_from_bytes(plain, policy=email.policy.default)
 
 
+def key_made_by(tool, base, email):
+    """A key without a passphrase made by gpg, sq or rnp (each with its own
+    defaults: gpg and sq Curve25519, rnp RSA): (its certificate, the file
+    of its secret key)."""
+    if tool == "gpg":
+        p = Person(base, "gpg", email)
+        return p.public(), p.secret_key_file()
+    d = base / tool
+    d.mkdir(parents=True)
+    if tool == "sq":
+        run_tool("sq", "key", "generate", "--userid", f"S <{email}>", "--export", str(d / "k"))
+        return run_tool("sq", "key", "extract-cert", str(d / "k")), d / "k"
+    home = ["--homedir", str(d)]
+    run_tool("rnpkeys", *home, "--generate-key", "--userid", f"R <{email}>", "--password", "",
+             "--notty")
+    (d / "secret.asc").write_bytes(run_tool("rnpkeys", *home, "--export-key", "--secret", email))
+    return run_tool("rnpkeys", *home, "--export-key", email), d / "secret.asc"
+
+
+def run_tool(*argv, data=None):
+    r = subprocess.run(list(argv), input=data, capture_output=True, timeout=120,
+                       stdin=None if data is not None else subprocess.DEVNULL)
+    assert r.returncode == 0, (argv, r.stderr)
+    return r.stdout
+
+
+def decrypt_with(reader, secret, data, tmp):
+    """data decrypted by gpg, sq or rnp with nothing but the secret key file."""
+    if reader == "gpg":
+        from pgp import gpg
+        home = tmp / f"reader-{secret.parent.name}"
+        home.mkdir(mode=0o700, exist_ok=True)
+        gpg(home, "--import", str(secret))
+        return gpg(home, "--decrypt", input=data).stdout
+    if reader == "sq":
+        return run_tool("sq", "decrypt", "--recipient-key", str(secret), data=data)
+    return run_tool("rnp", "--homedir", str(tmp / "rnp-reader"), "--keyfile", str(secret),
+                    "--decrypt", "--output", "-", data=data)
+
+
+TOOLS = ("gpg", "sq", "rnp")
+
+
+@engines
+def test_keys_made_by_gpg_sq_and_rnp_each_open_with_gpg_sq_and_rnp(stack, tmp_path):
+    """One copy to three keys, made by gpg, sq and rnp: each of gpg, sq and
+    rnp opens it with any one of the three secret keys, to the same text."""
+    made = {tool: key_made_by(tool, tmp_path, f"{tool}@example.test") for tool in TOOLS}
+    r = keys(stack, "import", "-", input=b"".join(cert for cert, _ in made.values()))
+    assert r.returncode == 0, r.stdout + r.stderr
+    stack.ingress()
+    stack.worker()
+    rcpts = [f"{tool}@example.test" for tool in TOOLS]
+    original = message(", ".join(rcpts))
+    code, msg = submit(stack.smtp_port, rcpts, original)
+    assert code == 250, msg
+    wait_for(lambda: stack.sink.count() == 1, what="the shared copy")
+    armor = check_pgp_mime(stack.sink.messages[0][2])
+    plains = {(maker, reader): decrypt_with(reader, secret, armor, tmp_path)
+              for maker, (_, secret) in made.items() for reader in TOOLS}
+    assert len(set(plains.values())) == 1, plains.keys()
+    check_inner(plains["gpg", "gpg"], original)
+
+
 LIST_FIELDS = (b"Reply-To: Help <help@list.example>\r\n"
                b"Sender: bounces@list.example\r\n"
                b"Auto-Submitted: auto-generated\r\n"
@@ -222,6 +294,7 @@ LIST_FIELDS = (b"Reply-To: Help <help@list.example>\r\n"
                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
 
 
+@engines
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy_display", "no_legacy_display"])
 def test_outer_keeps_what_responders_and_lists_need(stack, people, legacy):
     """Auto-Submitted, Precedence, List-*, Reply-To and Sender stay outside,
@@ -254,6 +327,7 @@ def test_outer_keeps_what_responders_and_lists_need(stack, people, legacy):
     assert not any(v.startswith("Keywords") for v in hp_outer)
 
 
+@engines
 def test_no_plaintext_at_rest_when_encrypted(stack, people):
     import_keys(stack, people["alice"])
     stack.ingress()
@@ -272,6 +346,7 @@ def test_no_plaintext_at_rest_when_encrypted(stack, people):
     assert b"Subject: [...]" in stored
 
 
+@engines
 def test_required_without_key_is_refused_at_rcpt(stack, people):
     assert keys(stack, "policy", "set", "secure.example.test", "required").returncode == 0
     assert keys(stack, "policy", "set", "Vip@Example.test", "required").returncode == 0
@@ -291,6 +366,7 @@ def test_required_without_key_is_refused_at_rcpt(stack, people):
         expect(c.cmd("RCPT TO:<vip@example.test>"), 250)
 
 
+@engines
 def test_expired_or_revoked_key_counts_as_none(stack, tmp_path):
     old = Person(tmp_path, "old", "old@example.test", expire="1d", faked_time="20200101T000000")
     gone = Person(tmp_path, "gone", "gone@example.test")
@@ -348,6 +424,7 @@ def pgp_mime(head, armored, extra_part=b""):
             + b"--b1--\r\n")
 
 
+@engines
 def test_already_encrypted_input_passes_unchanged(stack, people, tmp_path):
     """Inline PGP and PGP/MIME made by gpg and by sq, S/MIME made by openssl:
     each stored and delivered as it came."""
@@ -380,6 +457,7 @@ def test_already_encrypted_input_passes_unchanged(stack, people, tmp_path):
     assert stack.procs[0].read_log().count("outcome=passthrough") == len(sent)
 
 
+@engines
 def test_what_only_looks_encrypted_is_encrypted(stack, people, tmp_path):
     """Armor next to readable text, signed-only S/MIME (also when labelled
     enveloped), a PGP/MIME label on a readable body or with a clear third
@@ -425,6 +503,7 @@ def test_what_only_looks_encrypted_is_encrypted(stack, people, tmp_path):
     assert "outcome=passthrough" not in stack.procs[0].read_log()
 
 
+@engines
 def test_utf8_headers_and_8bit_body_survive(stack, people):
     import_keys(stack, people["alice"])
     stack.ingress()
@@ -445,6 +524,7 @@ def test_utf8_headers_and_8bit_body_survive(stack, people):
     assert b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in plain
 
 
+@engines
 def test_corrupted_key_gives_451_never_cleartext(stack, people):
     import_keys(stack, people["alice"])
     r = stack.redis.client()
@@ -462,6 +542,7 @@ def test_corrupted_key_gives_451_never_cleartext(stack, people):
     assert "event=encryption_failed" in stack.procs[0].read_log()
 
 
+@engines
 def test_too_many_keyed_bcc_copies_is_552(stack, people):
     import_keys(stack, people["alice"], people["bob"], people["carol"])
     stack.ingress("[crypto]\nmax_bcc_copies = 2\n")
@@ -511,6 +592,7 @@ def test_keys_cli_round_trip(stack, people):
     assert bad.returncode == 1 and b"no OpenPGP public key" in bad.stderr
 
 
+@engines
 def test_full_encryption_queue_answers_451_4_3_2(stack, people):
     """Beyond [crypto] max_pending messages at once, new ones are refused
     with 451 4.3.2 at once (the client retries), and plaintext mail still

@@ -1,6 +1,7 @@
-"""The gateway's GPGME engine under what an operator and a host do to it: a
-recipient's key replaced while the pool threads are warm, the GnuPG homes
-removed by a cleaner of temporary files, a gpg that hangs. Each copy is
+"""The gateway's OpenPGP engines under what an operator and a host do to
+them: a recipient's key replaced while the pool threads are warm (GPGME and
+librnp alike), the GnuPG homes removed by a cleaner of temporary files, a gpg
+that hangs (GPGME only: librnp has no home and runs no process). Each copy is
 checked with gpg and with sq, with nothing but the recipient's secret key."""
 import concurrent.futures
 import os
@@ -105,7 +106,13 @@ def start(stack, monkeypatch, base, extra="", threads=THREADS):
     return ingress
 
 
-def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch):
+def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch, openpgp_engine):
+    """GPGME: every thread of the pool has a home with both keys before the
+    replacement (the homes show it). librnp keeps its keys in memory, where
+    nothing shows which thread has which: one thread, then, which the
+    first copies warmed."""
+    gpgme = openpgp_engine == "gpgme"
+    threads = THREADS if gpgme else 1
     people = tmp_path / "people"
     bob_a = Person(people, "bob-a", "bob@example.test")
     bob_b = Person(people, "bob-b", "bob@example.test")
@@ -116,15 +123,15 @@ def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch):
     import_keys(stack, bob_a, carol)
     base = tmp_path / "homes"
     base.mkdir()
-    ingress = start(stack, monkeypatch, base)
+    ingress = start(stack, monkeypatch, base, threads=threads)
     rcpts = ["bob@example.test", "carol@example.test"]
 
     # Warm every thread: each has imported both keys.
     sent = 0
-    while len(homes(base)) < THREADS and sent < 20 * THREADS:
-        assert all(code == 250 for code, _ in send_many(stack, rcpts, 2 * THREADS))
-        sent += 2 * THREADS
-    assert len(homes(base)) == THREADS
+    while (len(homes(base)) < threads or not sent) and sent < 20 * threads:
+        assert all(code == 250 for code, _ in send_many(stack, rcpts, 2 * threads))
+        sent += 2 * threads
+    assert len(homes(base)) == (threads if gpgme else 0)
     wait_for(lambda: stack.sink.count() == sent, what="the first copies")
     for _, _, content in stack.sink.messages:
         assert recipient_key_ids(tmp_path, check_pgp_mime(content)) == sorted(
@@ -139,10 +146,10 @@ def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stdout + r.stderr
     seen_version(stack, ingress)
 
-    n = 4 * THREADS
+    n = 4 * threads
     assert all(code == 250 for code, _ in send_many(stack, rcpts, n))
     wait_for(lambda: stack.sink.count() == sent + n, what="the later copies")
-    assert len(homes(base)) == THREADS  # the same, warm threads
+    assert len(homes(base)) == (threads if gpgme else 0)  # the same, warm threads
     key_b, key_a = secret_key(bob_b, tmp_path / "b.key"), secret_key(bob_a, tmp_path / "a.key")
     for _, _, content in stack.sink.messages[sent:]:
         armor = check_pgp_mime(content)
@@ -151,6 +158,9 @@ def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch):
         assert bob_a.cannot_decrypt(armor) and not sq_decrypts(key_a, armor)
 
 
+# GPGME only, from here on: GnuPG homes and gpg processes are GPGME's; the
+# librnp engine has neither (conftest.py: openpgp_engine checks that it made
+# no home and ran no gpg).
 def test_vanished_homes_are_made_again_or_the_node_is_not_ready(stack, tmp_path, monkeypatch):
     bob = Person(tmp_path / "people", "bob", "bob@example.test")
     import_keys(stack, bob)

@@ -11,7 +11,7 @@ import pytest
 
 from pgp import Person, gpg
 from smtpclient import connect, expect, strip_received
-from test_gateway import keys, submit
+from test_gateway import check_pgp_mime_armor, keys, submit
 from conftest import wait_for
 
 
@@ -83,6 +83,8 @@ def listed(stack):
     return keys(stack, "list").stdout.decode()
 
 
+# The tests below it read keys only (`sealpost keys`, always gpg): they run once.
+@pytest.mark.usefixtures("openpgp_engine")
 @pytest.mark.parametrize("form", ["bare", "merged"])
 @pytest.mark.parametrize("tool", ["gpg", "sq", "rnp"])
 def test_revocation_retires_the_stored_key(stack, tmp_path, tool, form):
@@ -92,6 +94,14 @@ def test_revocation_retires_the_stored_key(stack, tmp_path, tool, form):
     assert r.returncode == 0, r.stdout + r.stderr
     assert k.fpr in listed(stack)
     assert keys(stack, "policy", "set", k.email, "required").returncode == 0
+    # before: mail to it is encrypted (the engine's thread now holds the key)
+    stack.ingress()
+    stack.worker()
+    before = f"From: s@origin.test\r\nTo: {k.email}\r\nSubject: b\r\n\r\nsecret\r\n".encode()
+    assert submit(stack.smtp_port, [k.email], before)[0] == 250
+    wait_for(lambda: stack.sink.count() == 1, what="the encrypted message")
+    assert b"secret" not in stack.sink.messages[0][2]
+    check_pgp_mime_armor(stack.sink.messages[0][2])
 
     r = import_data(stack, getattr(k, form))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -101,9 +111,8 @@ def test_revocation_retires_the_stored_key(stack, tmp_path, tool, form):
     again = import_data(stack, getattr(k, form))
     assert again.returncode == 1 and k.fpr[-16:].encode() in again.stdout, again.stdout
 
-    stack.ingress()
-    stack.worker()
     # required: refused at RCPT, with the code the policy has
+    wait_for(lambda: rcpt_code(stack, k.email) == 550, what="the ingress to see the key gone")
     with connect(stack) as c:
         expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
         expect(c.cmd(f"RCPT TO:<{k.email}>"), 550, "5.7.1")
@@ -114,8 +123,8 @@ def test_revocation_retires_the_stored_key(stack, tmp_path, tool, form):
            .encode())
     code, _ = submit(stack.smtp_port, [k.email], msg)
     assert code == 250
-    wait_for(lambda: stack.sink.count() == 1, what="the message")
-    assert strip_received(stack.sink.messages[0][2]) == msg
+    wait_for(lambda: stack.sink.count() == 2, what="the message")
+    assert strip_received(stack.sink.messages[1][2]) == msg
 
 
 def test_revocation_of_a_key_not_in_the_directory_is_an_error(stack, tmp_path):

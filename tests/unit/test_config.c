@@ -511,6 +511,28 @@ static void test_config_print_roundtrip(void **state)
     buf_free(&second);
 }
 
+/* [crypto] openpgp_engine: gpgme unless told, rnp in any case, nothing
+ * else (check-config says which words it takes); printed as read. */
+static void test_config_openpgp_engine(void **state)
+{
+    (void)state;
+    config_t cfg;
+    char err[512], path[64];
+    config_defaults(&cfg);
+    assert_int_equal(cfg.crypto.openpgp_engine, CONFIG_OPENPGP_GPGME);
+    assert_int_equal(load_text("[crypto]\nopenpgp_engine = RNP\n", &cfg, err, sizeof err, path), 0);
+    assert_int_equal(cfg.crypto.openpgp_engine, CONFIG_OPENPGP_RNP);
+    buf_t out;
+    buf_init(&out);
+    assert_int_equal(config_print(&cfg, &out), 0);
+    assert_non_null(strstr(out.data, "openpgp_engine = rnp\n"));
+    buf_free(&out);
+    assert_int_equal(load_text("[crypto]\nopenpgp_engine = sequoia\n", &cfg, err, sizeof err, path),
+                     -1);
+    assert_contains(err, "openpgp_engine");
+    assert_contains(err, "gpgme, rnp");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -531,6 +553,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_env_bad, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_default_path, cwd_setup, cwd_teardown),
         cmocka_unit_test_setup_teardown(test_config_print_roundtrip, config_setup, config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_openpgp_engine, config_setup, config_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

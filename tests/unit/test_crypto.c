@@ -5,12 +5,14 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "crypto/crypto.h"
 #include "crypto/internal.h"
@@ -857,6 +859,136 @@ static void test_key_addresses_with_controls_are_not_taken(void **state)
     crypto_homes_remove(home);
 }
 
+/* ---- the librnp engine (rnp.c) ---- */
+
+/* The key IDs an armored message's PKESK packets name, as hex, one after
+ * the other; "" when it is no encrypted message. */
+static void pkesk_ids(const buf_t *ciphertext, char *out, size_t outlen)
+{
+    const char *kind;
+    size_t kind_len, bin_len, pos = 0, used = 0;
+    unsigned char *bin = NULL;
+    out[0] = 0;
+    assert_null(memchr(ciphertext->data, '\r', ciphertext->len)); /* LF line ends, as GPGME's */
+    assert_int_equal(
+        openpgp_dearmor(ciphertext->data, ciphertext->len, &kind, &kind_len, &bin, &bin_len), 1);
+    assert_true(kind_len == 7 && !memcmp(kind, "MESSAGE", 7));
+    assert_true(openpgp_is_encrypted_message(bin, bin_len));
+    openpgp_packet_t p;
+    while (openpgp_packet_next(bin, bin_len, &pos, &p) == 1)
+        if (p.tag == OPENPGP_TAG_PKESK && p.body_len > 9 && p.body[0] == 3)
+            for (int i = 1; i <= 8 && used + 3 <= outlen; i++)
+                used += (size_t)snprintf(out + used, outlen - used, "%02X", p.body[i]);
+    free(bin);
+}
+
+struct rnp_job {
+    const crypto_rcpt_key_t *key;
+    char ids[64];
+};
+
+static void rnp_encrypt_ids(const crypto_rcpt_key_t *key, char *ids, size_t idslen)
+{
+    buf_t ciphertext;
+    buf_init(&ciphertext);
+    char err[256];
+    static const char plain[] = "Subject: s\r\n\r\nbody\r\n";
+    if (rnp_engine_encrypt(key, 1, plain, sizeof plain - 1, &ciphertext, err, sizeof err) < 0)
+        fail_msg("%s", err);
+    pkesk_ids(&ciphertext, ids, idslen);
+    buf_free(&ciphertext);
+}
+
+static void *rnp_in_fresh_thread(void *arg)
+{
+    struct rnp_job *job = arg;
+    rnp_encrypt_ids(job->key, job->ids, sizeof job->ids);
+    return NULL;
+}
+
+static void read_file(const char *path, char *out, size_t cap, size_t *len)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    *len = fread(out, 1, cap, f);
+    fclose(f);
+    assert_true(*len > 0 && *len < cap);
+}
+
+static void take_fpr(const crypto_key_info_t *key, void *arg)
+{
+    snprintf(arg, CRYPTO_FPR_MAX + 1, "%s", key->fpr);
+}
+
+/* librnp, like gpg, merges an import into the key it holds: a warm thread
+ * given a key's new data (its newer encryption subkey dropped, say,
+ * because it was compromised) must encrypt as a fresh thread does, to
+ * what the new data has, never to what the old had. */
+static void test_rnp_replaced_key_is_not_used_again(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/sealpost-rnp-XXXXXX", old_path[64], new_path[64], fpr[CRYPTO_FPR_MAX + 1];
+    assert_non_null(mkdtemp(home));
+    snprintf(old_path, sizeof old_path, "%s/one-subkey.asc", home);
+    snprintf(new_path, sizeof new_path, "%s/two-subkeys.asc", home);
+    char earlier[32];
+    snprintf(earlier, sizeof earlier, "%lld", (long long)time(NULL) - 3600);
+    const char *const make[] = {"--faked-system-time",
+                                earlier,
+                                "--quick-generate-key",
+                                "Bob <bob@example.test>",
+                                "future-default",
+                                "default",
+                                "never",
+                                NULL};
+    const char *const export_one[] = {"--armor", "--output", old_path, "--export", NULL};
+    const char *const export_two[] = {"--armor", "--output", new_path, "--export", NULL};
+    assert_int_equal(run_gpg(home, make), 0);
+    assert_int_equal(run_gpg(home, export_one), 0);
+    char err[256];
+    if (crypto_gpg_init(err, sizeof err) < 0) fail_msg("%s", err);
+    static char one[16384], two[16384];
+    size_t one_len, two_len;
+    read_file(old_path, one, sizeof one, &one_len);
+    if (crypto_keys_inspect(one, one_len, NULL, NULL, take_fpr, fpr, err, sizeof err) < 0)
+        fail_msg("%s", err);
+    const char *const add[] = {"--quick-add-key", fpr, "cv25519", "encr", NULL};
+    assert_int_equal(run_gpg(home, add), 0);
+    assert_int_equal(run_gpg(home, export_two), 0);
+    read_file(new_path, two, sizeof two, &two_len);
+    crypto_rcpt_key_t with_one = {.fpr = fpr, .armored = one, .armored_len = one_len};
+    crypto_rcpt_key_t with_two = {.fpr = fpr, .armored = two, .armored_len = two_len};
+
+    struct rnp_job fresh = {.key = &with_one};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, rnp_in_fresh_thread, &fresh), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(strlen(fresh.ids), 16);
+
+    char ids[64];
+    rnp_encrypt_ids(&with_two, ids, sizeof ids);
+    assert_int_equal(strlen(ids), 16);
+    assert_string_not_equal(ids, fresh.ids); /* the newer subkey, as gpg picks */
+    rnp_encrypt_ids(&with_one, ids, sizeof ids);
+    assert_string_equal(ids, fresh.ids);         /* this warm thread forgot the newer one */
+    rnp_encrypt_ids(&with_one, ids, sizeof ids); /* and a hit keeps it so */
+    assert_string_equal(ids, fresh.ids);
+
+    /* data that holds another key than the fingerprint says is refused */
+    crypto_rcpt_key_t wrong = {
+        .fpr = "0123456789ABCDEF0123456789ABCDEF01234567", .armored = two, .armored_len = two_len};
+    buf_t ciphertext;
+    buf_init(&ciphertext);
+    assert_int_equal(rnp_engine_encrypt(&wrong, 1, "x", 1, &ciphertext, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not in its data"));
+    assert_int_equal(ciphertext.len, 0);
+    buf_free(&ciphertext);
+
+    const char *const stop_agent[] = {"gpgconf", "--homedir", home, "--kill", "gpg-agent", NULL};
+    assert_int_equal(run(stop_agent), 0);
+    crypto_homes_remove(home);
+}
+
 /* A signature's issuer, read from its subpacket areas: a packet too short
  * for them, or an area whose lengths run past it, is refused, never read
  * beyond; two-octet subpacket lengths from 224 up are lengths, not partial
@@ -1102,6 +1234,7 @@ int main(void)
         cmocka_unit_test(test_seal_rotation_and_unknown_keys),
         cmocka_unit_test(test_seal_keyring_errors),
         cmocka_unit_test(test_key_addresses_with_controls_are_not_taken),
+        cmocka_unit_test(test_rnp_replaced_key_is_not_used_again),
         cmocka_unit_test(test_addr_canon),
         cmocka_unit_test(test_keydir_versions_and_decisions),
         cmocka_unit_test(test_keydir_chooses_by_preference),
