@@ -26,7 +26,8 @@ struct encrypt {
     bool poll_open;
     bool polling;     /* a version call is out */
     unsigned running; /* messages in the thread pool for encryption */
-    bool homes_ok;    /* GnuPG homes can be made: else why not */
+    bool gnupg;       /* OpenPGP by gpg processes, which need GnuPG homes */
+    bool homes_ok;    /* GnuPG homes can be made (or none are needed): else why not */
     char homes_problem[256];
     unsigned homes_remade; /* crypto_homes_remade() when last counted */
     metric_t *decisions[DECISIONS];
@@ -82,6 +83,7 @@ static void on_version(int status, const char *err, long long version, void *arg
  * it can. The homes a thread made again are counted here, on the loop. */
 static void check_homes(encrypt_t *e)
 {
+    if (!e->gnupg) return;
     char why[sizeof e->homes_problem];
     bool ok = crypto_homes_check(e->ingress->cfg->crypto.home_dir, e->homes, why, sizeof why) == 0;
     if (!ok && (e->homes_ok || strcmp(why, e->homes_problem)))
@@ -115,8 +117,8 @@ static void on_poll_timer(uv_timer_t *t)
 
 encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
 {
-    /* librnp works in-process: neither gpg nor GPGME is needed then. The
-     * homes' directory is still made and checked (harmless, and unused). */
+    /* librnp works in-process: neither gpg, GPGME nor a GnuPG home is
+     * needed then, and S/MIME never needs them. */
     bool rnp = ingress->cfg->crypto.openpgp_engine == CONFIG_OPENPGP_RNP;
     if (!rnp && crypto_gpg_init(err, errlen) < 0) return NULL;
     if (keydir_smime_configure(ingress->cfg, err, errlen) < 0) return NULL;
@@ -130,6 +132,7 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
         return NULL;
     }
     e->ingress = ingress;
+    e->gnupg = !rnp;
     register_metrics(e);
     e->homes_ok = true;
     check_homes(e);
@@ -285,6 +288,7 @@ struct encryption {
     gateway_job_t job;
     gateway_rcpt_t *rcpts;
     crypto_rcpt_key_t *keys;
+    bool needs_homes; /* gpg encrypts some copy */
     char peer[64];
     encrypt_done_cb done;
     void *arg;
@@ -341,6 +345,7 @@ static bool prepare(struct encryption *en, const struct transaction *tx)
                                               .armored = k->armored,
                                               .armored_len = k->armored_len};
             en->rcpts[i].key = &en->keys[i];
+            en->needs_homes |= en->e->gnupg && k->method == CRYPTO_OPENPGP;
             any_key = true;
         }
     }
@@ -373,9 +378,10 @@ static void queue_encryption(struct encryption *en)
         return;
     }
     /* The GnuPG homes are made when first needed: a node that never
-     * encrypts leaves nothing behind, even when it is killed. */
-    if (!e->homes[0] && crypto_homes_create(cfg->crypto.home_dir, e->homes, sizeof e->homes,
-                                            en->job.error, sizeof en->job.error) < 0) {
+     * runs gpg leaves nothing behind, even when it is killed. */
+    if (en->needs_homes && !e->homes[0] &&
+        crypto_homes_create(cfg->crypto.home_dir, e->homes, sizeof e->homes, en->job.error,
+                            sizeof en->job.error) < 0) {
         e->homes[0] = 0;
         en->job.outcome = GATEWAY_FAILED;
         finish(en);

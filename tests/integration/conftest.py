@@ -409,12 +409,13 @@ ENGINES = ("gpgme", "rnp")
 def openpgp_engine(request, stack):
     """Runs a test once per OpenPGP engine: every node the stack starts has
     [crypto] openpgp_engine set to it. With rnp, no encryption may have run
-    gpg: no per-thread GnuPG home was made anywhere under the test's folder
-    (the homes of `keys import` are throw-away ones, without a t* inside)."""
+    gpg: no node made the per-thread GnuPG homes' parent anywhere under the
+    test's folder (`keys import` reads keys with gpg in a throw-away home of
+    another name)."""
     stack.engine = request.param
     yield request.param
     if request.param == "rnp":
-        assert not list(stack.tmp.rglob("sealpost-gnupg-*/t*")), "rnp engine ran gpg"
+        assert not list(stack.tmp.rglob("sealpost-gnupg-*")), "rnp engine made GnuPG homes"
         for p in stack.procs:
             if p.command in ("ingress", "up"):
                 assert "event=openpgp_engine engine=rnp" in p.read_log()
