@@ -203,10 +203,12 @@ int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t er
 
 /* The check at each use of a stored certificate (pem, as the directory
  * holds it) at time now: dates, key usage, extended key usage, the key's
- * type and size, and with a CA file the chain (and the CRL). false with why
- * (crypto_key_info_t's why_unusable wording). One signature check per
- * certificate in the chain: fine on an event loop. */
-bool crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen);
+ * type and size, and with a CA file the chain (and the CRL). 1 when it
+ * holds; 0 with why (crypto_key_info_t's why_unusable wording) when the
+ * certificate fails; -1 with why when it cannot be judged now (the stored
+ * data unreadable, a CRL missing or stale, no memory). One signature check
+ * per certificate in the chain: fine on an event loop. */
+int crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen);
 
 /* Appends to der the CMS ContentInfo of plain encrypted to every
  * certificate (method CRYPTO_SMIME, armored the PEM): EnvelopedData with
@@ -237,7 +239,9 @@ typedef struct keydir_entry {
 } keydir_entry_t;
 
 /* What happens to mail for a recipient. */
-enum crypto_decision { DECIDE_PLAIN, DECIDE_ENCRYPT, DECIDE_REFUSE, DECISIONS };
+/* DECIDE_UNKNOWN: a key or certificate is there but cannot be judged now:
+ * neither clear text nor a refusal may follow, only "try again". */
+enum crypto_decision { DECIDE_PLAIN, DECIDE_ENCRYPT, DECIDE_REFUSE, DECIDE_UNKNOWN, DECISIONS };
 
 typedef struct keydir keydir_t;
 keydir_t *keydir_new(unsigned capacity);
@@ -304,10 +308,12 @@ enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_pre
                                  enum enc_prefer fallback);
 /* never: plain. Else the preferred method's key when it is usable at now,
  * else the other's: encrypt, with *method saying which; else plain, or
- * refuse when required. A key is usable when it has data and has not
- * expired; a certificate also when crypto_cert_check passes (dates, usage,
- * key size, chain and CRL when configured). why (for the log) says what
- * made each key there unusable, "none" when there is none. */
+ * refuse when required; but DECIDE_UNKNOWN when neither is usable and one
+ * of them cannot be judged (no data, or crypto_cert_check's -1). A key is
+ * usable when it has data and has not expired; a certificate also when
+ * crypto_cert_check passes (dates, usage, key size, chain and CRL when
+ * configured). why (for the log) says what made each key there unusable,
+ * "none" when there is none. */
 enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
                                    enum crypto_method *method, char *why, size_t whylen);
 

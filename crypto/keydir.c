@@ -162,26 +162,34 @@ enum crypto_method keydir_prefer(const char *addr_prefer, const char *domain_pre
 
 static const char *const method_names[CRYPTO_METHODS] = {"openpgp", "smime"};
 
+enum usability { KEY_ABSENT, KEY_USABLE, KEY_UNUSABLE, KEY_IN_DOUBT };
+
 /* Whether method m's key can take mail at now; when it is there and cannot,
- * why (appended to the text in why) says so. */
-static bool key_usable(const keydir_entry_t *e, enum crypto_method m, long long now, char *why,
-                       size_t whylen)
+ * or cannot be judged, why (appended to the text in why) says so. */
+static enum usability key_usable(const keydir_entry_t *e, enum crypto_method m, long long now,
+                                 char *why, size_t whylen)
 {
     const keydir_key_t *k = &e->keys[m];
-    if (!k->fpr[0]) return false;
+    if (!k->fpr[0]) return KEY_ABSENT;
     char reason[256] = "";
-    if (!k->armored_len)
+    enum usability u = KEY_UNUSABLE;
+    if (!k->armored_len) { /* a fingerprint without its key: never clear text for that */
         snprintf(reason, sizeof reason, "no data");
-    else if (k->expires != 0 && k->expires <= now)
+        u = KEY_IN_DOUBT;
+    } else if (k->expires != 0 && k->expires <= now) {
         snprintf(reason, sizeof reason, "expired");
-    else if (m != CRYPTO_SMIME ||
-             crypto_cert_check(k->armored, k->armored_len, now, reason, sizeof reason))
-        return true;
+    } else if (m == CRYPTO_SMIME) {
+        int rc = crypto_cert_check(k->armored, k->armored_len, now, reason, sizeof reason);
+        if (rc > 0) return KEY_USABLE;
+        if (rc < 0) u = KEY_IN_DOUBT;
+    } else {
+        return KEY_USABLE;
+    }
     if (!reason[0]) snprintf(reason, sizeof reason, "failed its checks");
     size_t used = whylen ? strlen(why) : 0;
     if (used + 1 < whylen)
         snprintf(why + used, whylen - used, "%s%s: %s", used ? "; " : "", method_names[m], reason);
-    return false;
+    return u;
 }
 
 enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
@@ -191,11 +199,14 @@ enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
     *method = e->prefer;
     if (e->policy == ENC_POLICY_NEVER) return DECIDE_PLAIN;
     enum crypto_method other = e->prefer == CRYPTO_OPENPGP ? CRYPTO_SMIME : CRYPTO_OPENPGP;
-    if (key_usable(e, e->prefer, now, why, whylen)) return DECIDE_ENCRYPT;
-    if (key_usable(e, other, now, why, whylen)) {
+    enum usability preferred = key_usable(e, e->prefer, now, why, whylen);
+    if (preferred == KEY_USABLE) return DECIDE_ENCRYPT;
+    enum usability second = key_usable(e, other, now, why, whylen);
+    if (second == KEY_USABLE) {
         *method = other;
         return DECIDE_ENCRYPT;
     }
+    if (preferred == KEY_IN_DOUBT || second == KEY_IN_DOUBT) return DECIDE_UNKNOWN;
     if (whylen && !why[0]) snprintf(why, whylen, "none");
     return e->policy == ENC_POLICY_REQUIRED ? DECIDE_REFUSE : DECIDE_PLAIN;
 }

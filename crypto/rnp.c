@@ -27,6 +27,7 @@
 #include "crypto/crypto.h"
 #include "crypto/internal.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <rnp/rnp.h>
 #include <rnp/rnp_err.h>
@@ -35,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Keys a thread's keyring holds at most; a job with more recipients' keys
  * than this gets a keyring of its own for that job. */
@@ -47,8 +49,9 @@
 struct slot {
     char fpr[CRYPTO_FPR_MAX + 1]; /* "": free */
     unsigned char digest[16];
-    size_t n_keys;    /* the primary key and its subkeys, as the keyring counts them */
-    unsigned long op; /* the last job that used it: not reused within that job */
+    size_t n_keys;     /* the primary key and its subkeys, as the keyring counts them */
+    uint64_t stale_at; /* librnp judged validity at import: judged again from then on */
+    unsigned long op;  /* the last job that used it: not reused within that job */
 };
 
 struct keyring {
@@ -65,6 +68,7 @@ struct keyring {
 static pthread_key_t keyring_key;
 static pthread_once_t keyring_once = PTHREAD_ONCE_INIT;
 static bool keyring_key_made;
+static int devnull = -1; /* where librnp's own diagnostics go */
 
 static int fail(char *err, size_t errlen, const char *fpr, const char *what, rnp_result_t r)
 {
@@ -73,6 +77,20 @@ static int fail(char *err, size_t errlen, const char *fpr, const char *what, rnp
     else
         snprintf(err, errlen, "rnp: %s: %s", what, rnp_result_to_string(r));
     return -1;
+}
+
+/* A new ffi for the keyring. librnp writes its own diagnostics to stderr
+ * unless told otherwise: every failure reaches our log through the result
+ * code and the job's error instead, so they go nowhere. */
+static rnp_result_t keyring_open(struct keyring *kr)
+{
+    rnp_result_t r = rnp_ffi_create(&kr->ffi, "GPG", "GPG");
+    if (r != RNP_SUCCESS) {
+        kr->ffi = NULL;
+        return r;
+    }
+    if (devnull >= 0) rnp_ffi_set_log_fd(kr->ffi, devnull);
+    return RNP_SUCCESS;
 }
 
 /* Empties the keyring: the ffi goes, and every slot with it. */
@@ -109,6 +127,7 @@ static void keyring_free(void *arg)
 static void keyring_key_make(void)
 {
     keyring_key_made = pthread_key_create(&keyring_key, keyring_free) == 0;
+    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
 }
 
 /* The calling thread's keyring, made on first use; NULL when memory ran out. */
@@ -178,6 +197,24 @@ static void slot_drop(struct keyring *kr, struct slot *s)
     if (!gone || !keyring_as_listed(kr)) keyring_reset(kr);
 }
 
+/* When the earliest of the key's validities that held at import ends:
+ * librnp works out whether a key or subkey is valid when it imports it and
+ * keeps that answer, so a subkey expiring later would still look valid to
+ * this keyring, and still be encrypted to, while gpg moves to another. */
+static uint64_t first_expiry(rnp_key_handle_t key, size_t subkeys, uint64_t now)
+{
+    uint64_t first = UINT64_MAX, till = 0;
+    if (rnp_key_valid_till64(key, &till) == RNP_SUCCESS && till > now) first = till;
+    for (size_t i = 0; i < subkeys; i++) {
+        rnp_key_handle_t sub = NULL;
+        if (rnp_key_get_subkey_at(key, i, &sub) == RNP_SUCCESS && sub &&
+            rnp_key_valid_till64(sub, &till) == RNP_SUCCESS && till > now && till < first)
+            first = till;
+        if (sub) rnp_key_handle_destroy(sub);
+    }
+    return first;
+}
+
 /* Imports the first key of the directory's data into the slot. Only that
  * key may come in: data whose first key is another one, or that merges
  * into a key of another slot, leaves the keyring emptied and the job
@@ -198,6 +235,7 @@ static int slot_fill(struct keyring *kr, struct slot *s, const crypto_rcpt_key_t
     }
     r = rnp_locate_key(kr->ffi, "fingerprint", k->fpr, &key);
     if (r == RNP_SUCCESS && key) r = rnp_key_get_subkey_count(key, &subkeys);
+    if (r == RNP_SUCCESS && key) s->stale_at = first_expiry(key, subkeys, (uint64_t)time(NULL));
     if (key) rnp_key_handle_destroy(key);
     if (r != RNP_SUCCESS || !key) {
         keyring_reset(kr);
@@ -225,6 +263,7 @@ static int key_ready(struct keyring *kr, const crypto_rcpt_key_t *k, char *err, 
                        NULL, 0);
     bool hit;
     struct slot *s = slot_find(kr, k->fpr, digest, &hit);
+    if (hit && (uint64_t)time(NULL) >= s->stale_at) hit = false; /* judged again, from its data */
     if (!hit) {
         if (s) slot_drop(kr, s);
         if (!(s = slot_victim(kr))) {
@@ -232,19 +271,15 @@ static int key_ready(struct keyring *kr, const crypto_rcpt_key_t *k, char *err, 
             return -1;
         }
         slot_drop(kr, s);
-        rnp_result_t r = kr->ffi ? RNP_SUCCESS : rnp_ffi_create(&kr->ffi, "GPG", "GPG");
-        if (r != RNP_SUCCESS) {
-            kr->ffi = NULL;
-            return fail(err, errlen, NULL, "cannot make a keyring", r);
-        }
+        rnp_result_t r = kr->ffi ? RNP_SUCCESS : keyring_open(kr);
+        if (r != RNP_SUCCESS) return fail(err, errlen, NULL, "cannot make a keyring", r);
         if (slot_fill(kr, s, k, digest, err, errlen) < 0) return -1;
     }
     s->op = kr->op;
     return 0;
 }
 
-/* Why the key cannot take mail now, or NULL. The choice of its subkey is
- * librnp's, when the recipient is added. */
+/* Why the key cannot take mail now, or NULL. */
 static const char *key_unusable(rnp_key_handle_t key)
 {
     bool revoked = false, expired = false, valid = false;
@@ -261,8 +296,16 @@ static int add_recipients(struct keyring *kr, rnp_op_encrypt_t op, const crypto_
         rnp_key_handle_t key = NULL;
         rnp_result_t r = rnp_locate_key(kr->ffi, "fingerprint", keys[i].fpr, &key);
         const char *why = r != RNP_SUCCESS || !key ? "not in the keyring" : key_unusable(key);
-        if (!why && (r = rnp_op_encrypt_add_recipient(op, key)) != RNP_SUCCESS)
+        /* gpg encrypts to the newest valid encryption subkey even when the
+         * primary key could encrypt too; librnp would take the primary
+         * first. The primary only when no subkey can. */
+        rnp_key_handle_t to = NULL;
+        if (!why &&
+            rnp_key_get_default_key(key, "encrypt", RNP_KEY_SUBKEYS_ONLY, &to) != RNP_SUCCESS)
+            to = NULL;
+        if (!why && (r = rnp_op_encrypt_add_recipient(op, to ? to : key)) != RNP_SUCCESS)
             why = r == RNP_ERROR_NO_SUITABLE_KEY ? "no valid encryption subkey" : "refused";
+        if (to) rnp_key_handle_destroy(to);
         if (key) rnp_key_handle_destroy(key);
         if (why) {
             if (r != RNP_SUCCESS) return fail(err, errlen, keys[i].fpr, why, r);
@@ -349,6 +392,7 @@ int rnp_engine_encrypt(const crypto_rcpt_key_t *keys, unsigned n, const char *pl
         snprintf(err, errlen, "no recipient key");
         return -1;
     }
+    pthread_once(&keyring_once, keyring_key_make);
     if (n > KEY_CACHE) { /* more than the thread's keyring holds: one for this job */
         struct keyring *once = keyring_new(n);
         int rc = once ? encrypt_in(once, keys, n, plain, len, armor, err, errlen)

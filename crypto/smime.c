@@ -212,14 +212,19 @@ static bool is_crl_error(int e)
 }
 
 /* With a CA file: the chain to it, at now, for S/MIME encryption, and the
- * leaf against the CRLs when there are any. NULL when it holds. */
-static const char *chain_unusable(X509 *x, long long now, char *why, size_t whylen, bool *retired)
+ * leaf against the CRLs when there are any. NULL when it holds. in_doubt
+ * when what failed is not the certificate but our means of judging it (a
+ * CRL missing or past its nextUpdate, no memory): the answer may change
+ * without the certificate changing, so mail must wait, not go in clear. */
+static const char *chain_unusable(X509 *x, long long now, char *why, size_t whylen, bool *retired,
+                                  bool *in_doubt)
 {
     if (!settings.store) return NULL;
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     if (!ctx || !X509_STORE_CTX_init(ctx, settings.store, x, NULL)) {
         X509_STORE_CTX_free(ctx);
         ssl_fail(why, whylen, "the chain could not be checked");
+        *in_doubt = true;
         return why;
     }
     /* An intermediate in the CA file is an anchor too: the operator's
@@ -228,6 +233,9 @@ static const char *chain_unusable(X509 *x, long long now, char *why, size_t whyl
                                       (settings.crl ? X509_V_FLAG_CRL_CHECK : 0));
     X509_STORE_CTX_set_time(ctx, 0, (time_t)now);
     X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SMIME_ENCRYPT);
+    /* Level 2: no signature in the chain by SHA-1 or MD5, no CA key
+     * weaker than the 2048-bit RSA a recipient's own key must have. */
+    X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(ctx), 2);
     X509_STORE_CTX_set_verify_cb(ctx, waive_ec_leaf_purpose);
     int ok = X509_verify_cert(ctx), e = X509_STORE_CTX_get_error(ctx);
     X509_STORE_CTX_free(ctx);
@@ -237,17 +245,19 @@ static const char *chain_unusable(X509 *x, long long now, char *why, size_t whyl
         *retired = true;
         return "revoked (CRL)";
     }
+    *in_doubt = is_crl_error(e);
     snprintf(why, whylen, "%s: %s",
-             is_crl_error(e) ? "CRL check failed" : "not signed by the configured CA",
+             *in_doubt ? "CRL check failed" : "not signed by the configured CA",
              X509_verify_cert_error_string(e));
     return why;
 }
 
 /* The first check x fails at now, or NULL; retired for what no time
  * mends (expired, revoked). why is room for a reason made up here. */
-static const char *cert_unusable(X509 *x, long long now, char *why, size_t whylen, bool *retired)
+static const char *cert_unusable(X509 *x, long long now, char *why, size_t whylen, bool *retired,
+                                 bool *in_doubt)
 {
-    *retired = false;
+    *retired = *in_doubt = false;
     long long not_after = asn1_unix(X509_get0_notAfter(x));
     if (not_after != NO_WELL_DEFINED_EXPIRY && now > not_after) {
         *retired = true;
@@ -259,7 +269,7 @@ static const char *cert_unusable(X509 *x, long long now, char *why, size_t whyle
     if (!extended_key_usage_allows(x)) return "extended key usage does not allow email";
     const char *key = key_unusable(x);
     if (key) return key;
-    return chain_unusable(x, now, why, whylen, retired);
+    return chain_unusable(x, now, why, whylen, retired, in_doubt);
 }
 
 static X509 *cert_from_pem(const char *pem, size_t len)
@@ -271,20 +281,23 @@ static X509 *cert_from_pem(const char *pem, size_t len)
     return x;
 }
 
-bool crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen)
+int crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen)
 {
     X509 *x = cert_from_pem(pem, len);
     if (!x) {
         snprintf(why, whylen, "the stored certificate cannot be read");
         ERR_clear_error();
-        return false;
+        return -1;
     }
-    bool retired;
+    bool retired, in_doubt;
     char reason[300];
-    const char *bad = cert_unusable(x, now, reason, sizeof reason, &retired);
+    const char *bad = cert_unusable(x, now, reason, sizeof reason, &retired, &in_doubt);
     X509_free(x);
+    /* Caching extensions or reading a date can leave errors queued: this
+     * runs on the event loop, whose TLS reads the same queue. */
+    ERR_clear_error();
     if (bad) snprintf(why, whylen, "%s", bad);
-    return bad == NULL;
+    return !bad ? 1 : in_doubt ? -1 : 0;
 }
 
 /* ---- describing a certificate ---- */
@@ -295,7 +308,7 @@ static char *bio_text(BIO *b)
     long n = BIO_get_mem_data(b, &p);
     char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
     if (s) {
-        memcpy(s, p, (size_t)n);
+        if (n > 0) memcpy(s, p, (size_t)n);
         s[n] = 0;
     }
     return s;
@@ -415,7 +428,8 @@ static int describe(X509 *x, long long now, crypto_key_info_t *info, char *why, 
     long long not_after = asn1_unix(X509_get0_notAfter(x));
     info->expires = not_after == NO_WELL_DEFINED_EXPIRY ? 0 : not_after;
     info->not_before = asn1_unix(X509_get0_notBefore(x));
-    info->why_unusable = cert_unusable(x, now, why, whylen, &info->retired);
+    bool in_doubt; /* refused at import all the same: the operator sees why */
+    info->why_unusable = cert_unusable(x, now, why, whylen, &info->retired, &in_doubt);
     if (!info->n_addresses) {
         info->why_unusable = "no email address"; /* nothing to file it under */
         info->retired = false;
@@ -615,6 +629,7 @@ int smime_encrypt(const crypto_rcpt_key_t *certs, unsigned n, const char *plain,
         snprintf(err, errlen, n == 0 ? "no recipient certificate" : "message too large");
         return -1;
     }
+    ERR_clear_error(); /* so that a failure reports its own reason, not a stale one */
     /* GCM makes CMS_encrypt build AuthEnvelopedData (RFC 5083). */
     const EVP_CIPHER *cipher = settings.gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
     CMS_ContentInfo *cms = CMS_encrypt(NULL, NULL, cipher, CMS_BINARY | CMS_PARTIAL);

@@ -11,7 +11,7 @@
 #define KEYS_POLL_MS    250
 #define KEYDIR_CAPACITY 8192
 
-static const char *const decision_names[DECISIONS] = {"plain", "encrypt", "refused"};
+static const char *const decision_names[DECISIONS] = {"plain", "encrypt", "refused", "in_doubt"};
 static const char *const outcome_names[] = {[GATEWAY_PLAIN] = "plain",
                                             [GATEWAY_ENCRYPTED] = "encrypted",
                                             [GATEWAY_PASSTHROUGH] = "passthrough",
@@ -44,8 +44,9 @@ static void register_metrics(encrypt_t *e)
         "the encryption queue was full; timeout: gpg gave no answer within [crypto] "
         "engine_timeout).";
     metric_counters(e->decisions, "sealpost_ingress_recipient_decisions_total",
-                    "Recipients by encryption decision at RCPT TO: plain, encrypt, or refused "
-                    "(policy required, no usable key).",
+                    "Recipients by encryption decision at RCPT TO: plain, encrypt, refused "
+                    "(policy required, no usable key), or in_doubt (451: a key or certificate "
+                    "that cannot be judged now, e.g. for a stale CRL).",
                     "decision", decision_names, DECISIONS);
     metric_counters(e->outcomes, "sealpost_ingress_encryptions_total", outcomes_help, "outcome",
                     outcome_names, GATEWAY_OUTCOMES + 1);
@@ -200,6 +201,12 @@ static enum rcpt_verdict decide(encrypt_t *e, const char *addr, const char *peer
                  peer, log_addr(addr, safe), any ? "unusable" : "none", why);
         ingress_refused(e->ingress, REFUSED_ENCRYPTION_REQUIRED);
         return RCPT_REFUSED;
+    }
+    if (d == DECIDE_UNKNOWN) {
+        char safe[LOG_SAFE_MAX];
+        log_warn("event=key_in_doubt client=%s rcpt=<%s> why=\"%s\"", peer, log_addr(addr, safe),
+                 why);
+        return RCPT_IN_DOUBT;
     }
     if (d == DECIDE_PLAIN) return RCPT_PLAIN;
     const keydir_key_t *chosen = &entry->keys[m];

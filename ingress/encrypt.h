@@ -25,6 +25,7 @@ enum rcpt_verdict {
     RCPT_ENCRYPT,     /* ... encrypted to key */
     RCPT_REFUSED,     /* policy required and no usable key: counted and logged */
     RCPT_UNAVAILABLE, /* the directory could not be asked: logged */
+    RCPT_IN_DOUBT,    /* a key or certificate there cannot be judged now: logged */
     RCPT_NO_MEMORY,
     RCPT_PENDING /* being asked: the callback tells */
 };

@@ -278,6 +278,10 @@ static void rcpt_decided(session_t *s, enum rcpt_verdict verdict, struct rcpt_ke
         session_reply(s, "550 5.7.1 <%s>: Recipient requires encryption and no usable key is known",
                       s->pending_rcpt);
         break;
+    case RCPT_IN_DOUBT:
+        session_reply(s, "451 4.7.5 <%s>: Recipient's key cannot be checked now, try again later",
+                      s->pending_rcpt);
+        break;
     case RCPT_UNAVAILABLE:
         session_reply(s, "451 4.3.0 Recipient's encryption policy unavailable, try again later");
         break;

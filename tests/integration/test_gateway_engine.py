@@ -158,6 +158,43 @@ def test_a_replaced_key_is_never_used_again(stack, tmp_path, monkeypatch, openpg
         assert bob_a.cannot_decrypt(armor) and not sq_decrypts(key_a, armor)
 
 
+def test_each_engine_encrypts_to_the_subkey_gpg_picks(stack, tmp_path, monkeypatch,
+                                                     openpgp_engine):
+    """A key whose primary can encrypt too, with an encryption subkey that
+    expires while a warm thread holds the key: before, gpg encrypts to the
+    subkey (not the primary, which librnp would take first); after, to the
+    primary. Each copy is compared with what gpg itself does at that moment."""
+    dan = tmp_path / "dan"
+    dan.mkdir(mode=0o700)
+    gpg(dan, "--quick-gen-key", "Dan <dan@example.test>", "rsa2048", "sign,encr", "never")
+    fpr = next(line.split(":")[9] for line in gpg(dan, "--with-colons", "-k").stdout.decode()
+               .splitlines() if line.startswith("fpr:"))
+    lifetime = 20
+    gpg(dan, "--quick-add-key", fpr, "cv25519", "encr", f"seconds={lifetime}")
+    made = time.time()
+    r = keys(stack, "import", "-", input=gpg(dan, "--armor", "--export", fpr).stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    start(stack, monkeypatch, tmp_path, threads=1)
+
+    def gpg_picks():
+        armor = gpg(dan, "--encrypt", "--armor", "--trust-model", "always", "-r", fpr,
+                    input=b"x").stdout
+        return recipient_key_ids(tmp_path, armor)
+
+    for n in (1, 2):
+        assert send_one(stack, "dan@example.test", "Subkeys")[0] == 250
+        armor = check_pgp_mime(delivered(stack, n))
+        assert b"Subject: Subkeys" in gpg(dan, "--decrypt", input=armor).stdout
+        if n == 1:
+            assert time.time() < made + lifetime, "too slow to send before the subkey expired"
+            want = gpg_picks()
+            assert want != [fpr[-16:]], "gpg picks the subkey while it is valid"
+            assert recipient_key_ids(tmp_path, armor) == want
+            time.sleep(max(0.0, made + lifetime + 1 - time.time()))
+        else:
+            assert recipient_key_ids(tmp_path, armor) == gpg_picks() == [fpr[-16:]]
+
+
 # GPGME only, from here on: GnuPG homes and gpg processes are GPGME's; the
 # librnp engine has neither (conftest.py: openpgp_engine checks that it made
 # no home and ran no gpg).

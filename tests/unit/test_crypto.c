@@ -1169,6 +1169,22 @@ static void test_keydir_chooses_by_preference(void **state)
                            .keys[CRYPTO_SMIME] = e.keys[CRYPTO_SMIME]};
     assert_int_equal(keydir_decide(&cert, 3000, &m, why, sizeof why), DECIDE_REFUSE);
     assert_string_equal(why, "smime: expired");
+    /* in date but unreadable: in doubt, so neither clear text nor a refusal,
+     * under either policy; a usable other key still serves */
+    for (int p = ENC_POLICY_OPPORTUNISTIC; p <= ENC_POLICY_REQUIRED; p++) {
+        cert.policy = (enum enc_policy)p;
+        assert_int_equal(keydir_decide(&cert, 1000, &m, why, sizeof why), DECIDE_UNKNOWN);
+        assert_string_equal(why, "smime: the stored certificate cannot be read");
+    }
+    e.keys[CRYPTO_OPENPGP].expires = 0;
+    e.prefer = CRYPTO_SMIME;
+    assert_int_equal(keydir_decide(&e, 1000, &m, why, sizeof why), DECIDE_ENCRYPT);
+    assert_int_equal(m, CRYPTO_OPENPGP);
+    /* a fingerprint without its data: in doubt too, never clear text */
+    keydir_entry_t bare = {.policy = ENC_POLICY_OPPORTUNISTIC,
+                           .keys[CRYPTO_OPENPGP] = {.fpr = "AB"}};
+    assert_int_equal(keydir_decide(&bare, 1000, &m, why, sizeof why), DECIDE_UNKNOWN);
+    assert_string_equal(why, "openpgp: no data");
 }
 
 /* Runs the gateway over msg for two keyless recipients: it only seals, one
