@@ -452,22 +452,29 @@ int crypto_keys_inspect(const char *data, size_t len, const char *parent,
  * fingerprint would keep every subkey of the old (one the operator dropped
  * as compromised, say), and gpg encrypts to the newest of them: a warm
  * thread would go on using what a fresh one never sees. So a key leaves the
- * home before its new data comes in, and when its slot goes to another. */
+ * home before its new data comes in, and when its slot goes to another.
+ *
+ * A slot the current job uses is never given to another key of that job:
+ * its key would leave the home before gpg encrypts to it. A job with more
+ * keys than a thread's home holds gets a home of its own for that job. */
 #define KEY_CACHE 64
 
 struct cached_key {
     char fpr[CRYPTO_FPR_MAX + 1];
     unsigned char digest[16];
-    gpgme_key_t key; /* NULL: a free slot, nothing of it in the home */
+    gpgme_key_t key;  /* NULL: a free slot, nothing of it in the home */
+    unsigned long op; /* the last job that used it: not reused within that job */
 };
 
 struct gpg_thread {
     gpgme_ctx_t ctx; /* NULL: the home is to be made (again) */
     char parent[PATH_MAX];
     char home[PATH_MAX];
-    struct cached_key keys[KEY_CACHE];
-    unsigned next; /* the slot replaced next */
-    bool unlisted; /* the home may hold a key no slot lists: made again before use */
+    struct cached_key *keys;
+    unsigned cap;
+    unsigned next;    /* where the search for a slot to reuse starts */
+    unsigned long op; /* the current job */
+    bool unlisted;    /* the home may hold a key no slot lists: made again before use */
     /* the watchdog's, under watch_lock */
     long long deadline; /* CLOCK_MONOTONIC ms; 0: no operation running */
     bool expired;       /* the deadline passed and gpg was killed */
@@ -493,7 +500,7 @@ static int home_remake(struct gpg_thread *t, char *err, size_t errlen)
         t->ctx = NULL;
         atomic_fetch_add(&homes_remade, 1);
     }
-    for (unsigned i = 0; i < KEY_CACHE; i++) {
+    for (unsigned i = 0; i < t->cap; i++) {
         if (t->keys[i].key) gpgme_key_unref(t->keys[i].key);
         t->keys[i].key = NULL;
     }
@@ -515,7 +522,7 @@ static bool home_intact(const struct gpg_thread *t)
     char path[PATH_MAX + 16];
     struct stat st;
     bool any_key = false;
-    for (unsigned i = 0; i < KEY_CACHE && !any_key; i++)
+    for (unsigned i = 0; i < t->cap && !any_key; i++)
         any_key = t->keys[i].key != NULL;
     snprintf(path, sizeof path, "%s/gpg.conf", t->home);
     if (!t->ctx || t->unlisted || stat(path, &st) < 0) return false;
@@ -523,22 +530,31 @@ static bool home_intact(const struct gpg_thread *t)
     return !any_key || stat(path, &st) == 0;
 }
 
-/* The calling thread's GnuPG home, made on first use and again whenever it
- * is not intact. */
+/* A home of cap slots under parent, not made yet (its first use makes
+ * it); NULL when memory ran out. */
+static struct gpg_thread *home_new(const char *parent, unsigned cap, char *err, size_t errlen)
+{
+    struct gpg_thread *t = calloc(1, sizeof *t);
+    if (t && !(t->keys = calloc(cap, sizeof *t->keys))) {
+        free(t);
+        t = NULL;
+    }
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->cap = cap;
+    snprintf(t->parent, sizeof t->parent, "%s", parent);
+    snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
+    return t;
+}
+
+/* The calling thread's GnuPG home, made on first use (by encrypt_in, as
+ * again whenever it is not intact). */
 static struct gpg_thread *thread_home(const char *parent, char *err, size_t errlen)
 {
-    struct gpg_thread *t = this_thread;
-    if (!t) {
-        if (!(t = calloc(1, sizeof *t))) {
-            snprintf(err, errlen, "out of memory");
-            return NULL;
-        }
-        snprintf(t->parent, sizeof t->parent, "%s", parent);
-        snprintf(t->home, sizeof t->home, "%s/t%u", parent, atomic_fetch_add(&threads_made, 1));
-        this_thread = t;
-    }
-    if (!home_intact(t) && home_remake(t, err, errlen) < 0) return NULL;
-    return t;
+    if (!this_thread) this_thread = home_new(parent, KEY_CACHE, err, errlen);
+    return this_thread;
 }
 
 /* Whether the home still holds a key with this fingerprint. */
@@ -566,22 +582,31 @@ static int slot_clear(struct gpg_thread *t, struct cached_key *c, char *err, siz
     return 0;
 }
 
-/* The slot for a fingerprint: its own, else the next to reuse; *hit when
- * the slot already holds this very data. */
+/* The slot for a fingerprint: its own, else a free one, else the next in
+ * turn that the current job does not use; *hit when the slot already holds
+ * this very data. NULL when the job uses every slot (it has more keys than
+ * the home holds: crypto_encrypt gives such a job a home of its own). */
 static struct cached_key *slot_for(struct gpg_thread *t, const char *fpr,
                                    const unsigned char digest[16], bool *hit)
 {
-    for (unsigned i = 0; i < KEY_CACHE; i++) {
+    *hit = false;
+    for (unsigned i = 0; i < t->cap; i++) {
         struct cached_key *c = &t->keys[i];
         if (c->key && !strcmp(c->fpr, fpr)) {
             *hit = !memcmp(c->digest, digest, sizeof c->digest);
             return c;
         }
     }
-    *hit = false;
-    struct cached_key *c = &t->keys[t->next];
-    t->next = (t->next + 1) % KEY_CACHE;
-    return c;
+    for (unsigned i = 0; i < t->cap; i++)
+        if (!t->keys[i].key) return &t->keys[i];
+    for (unsigned i = 0; i < t->cap; i++) {
+        struct cached_key *c = &t->keys[(t->next + i) % t->cap];
+        if (c->op != t->op) {
+            t->next = (unsigned)(c - t->keys + 1) % t->cap;
+            return c;
+        }
+    }
+    return NULL;
 }
 
 /* The key with this fingerprint in the thread's home, imported from the
@@ -594,6 +619,11 @@ static gpgme_key_t key_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *k,
                        NULL, 0);
     bool hit;
     struct cached_key *c = slot_for(t, k->fpr, digest, &hit);
+    if (!c) {
+        snprintf(err, errlen, "key %s: no free key slot in the GnuPG home", k->fpr);
+        return NULL;
+    }
+    c->op = t->op;
     if (hit) {
         gpgme_key_ref(c->key);
         return c->key;
@@ -634,6 +664,7 @@ static int encrypt_in_home(struct gpg_thread *t, const crypto_rcpt_key_t *keys, 
     }
     int rc = -1;
     unsigned got = 0;
+    t->op++;
     while (got < n && (list[got] = key_in_home(t, &keys[got], err, errlen)))
         got++;
     gpgme_data_t in = NULL, out = NULL;
@@ -799,6 +830,19 @@ static int watch_arm(struct gpg_thread *t)
     return 0;
 }
 
+/* Takes a home that goes away out of the watchdog's list. */
+static void watch_forget(struct gpg_thread *t)
+{
+    pthread_mutex_lock(&watch_lock);
+    for (struct gpg_thread **p = &watched; *p; p = &(*p)->watch_next)
+        if (*p == t) {
+            *p = t->watch_next;
+            break;
+        }
+    t->watched = false;
+    pthread_mutex_unlock(&watch_lock);
+}
+
 /* Whether the deadline passed (and gpg was killed). */
 static bool watch_disarm(struct gpg_thread *t)
 {
@@ -839,20 +883,48 @@ void crypto_openpgp_engine(enum crypto_openpgp_engine e)
     openpgp_engine = e;
 }
 
-/* librnp needs no home (rnp.c). With GPGME, a home that went while gpg
- * used it is made again, and the encryption tried once more: the first
- * failure was the home's, not the message's. */
-int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
-                   size_t len, buf_t *armor, char *err, size_t errlen)
+/* A home that went while gpg used it is made again, and the encryption
+ * tried once more: the first failure was the home's, not the message's. */
+static int encrypt_in(struct gpg_thread *t, const crypto_rcpt_key_t *keys, unsigned n,
+                      const char *plain, size_t len, buf_t *armor, char *err, size_t errlen)
 {
-    if (openpgp_engine == ENGINE_RNP)
-        return rnp_engine_encrypt(keys, n, plain, len, armor, err, errlen);
-    struct gpg_thread *t = thread_home(parent, err, errlen);
-    if (!t) return -1;
+    if (!home_intact(t) && home_remake(t, err, errlen) < 0) return -1;
     int rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);
     if (rc == -1 && !home_intact(t)) {
         if (home_remake(t, err, errlen) < 0) return -1;
         rc = encrypt_watched(t, keys, n, plain, len, armor, err, errlen);
     }
     return rc;
+}
+
+/* A job with more keys than a thread's home holds: a home for it alone,
+ * removed after it. Rare (a message to more than KEY_CACHE keyed
+ * recipients), and each key costs an import then anyway. */
+static int encrypt_in_own_home(const char *parent, const crypto_rcpt_key_t *keys, unsigned n,
+                               const char *plain, size_t len, buf_t *armor, char *err,
+                               size_t errlen)
+{
+    struct gpg_thread *t = home_new(parent, n, err, errlen);
+    if (!t) return -1;
+    int rc = encrypt_in(t, keys, n, plain, len, armor, err, errlen);
+    if (t->watched) watch_forget(t);
+    if (t->ctx) gpgme_release(t->ctx);
+    for (unsigned i = 0; i < t->cap; i++)
+        if (t->keys[i].key) gpgme_key_unref(t->keys[i].key);
+    crypto_homes_remove(t->home);
+    free(t->keys);
+    free(t);
+    return rc;
+}
+
+/* librnp needs no home (rnp.c); GPGME encrypts in the thread's. */
+int crypto_encrypt(const char *parent, const crypto_rcpt_key_t *keys, unsigned n, const char *plain,
+                   size_t len, buf_t *armor, char *err, size_t errlen)
+{
+    if (openpgp_engine == ENGINE_RNP)
+        return rnp_engine_encrypt(keys, n, plain, len, armor, err, errlen);
+    if (n > KEY_CACHE) return encrypt_in_own_home(parent, keys, n, plain, len, armor, err, errlen);
+    struct gpg_thread *t = thread_home(parent, err, errlen);
+    if (!t) return -1;
+    return encrypt_in(t, keys, n, plain, len, armor, err, errlen);
 }

@@ -325,6 +325,7 @@ def test_smime_mail_decrypts_with_openssl_and_gpgsm_and_bcc_gets_its_own(stack, 
     assert b"marker-smime-77" not in shared + bcc
 
 
+@pytest.mark.usefixtures("openpgp_engine")  # the OpenPGP copies, from either engine
 def test_a_key_and_a_certificate_mail_goes_as_prefer_says(stack, tmp_path):
     ca = CA(tmp_path)
     frank_pgp = Person(tmp_path, "frank", "frank@example.test")

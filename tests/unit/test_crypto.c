@@ -989,6 +989,125 @@ static void test_rnp_replaced_key_is_not_used_again(void **state)
     crypto_homes_remove(home);
 }
 
+/* ---- the GPGME engine's per-thread key cache (gpg.c) ---- */
+
+/* More keys than a thread's GnuPG home holds (gpg.c's KEY_CACHE, 64). */
+#define MANY_KEYS 66
+
+struct many_keys {
+    crypto_rcpt_key_t keys[MANY_KEYS];
+    unsigned n;
+    int failures; /* the jobs that failed, in the thread below */
+    char err[256];
+};
+
+static void take_key(const crypto_key_info_t *key, void *arg)
+{
+    struct many_keys *m = arg;
+    if (m->n < MANY_KEYS)
+        m->keys[m->n] = (crypto_rcpt_key_t){.fpr = strdup(key->fpr),
+                                            .armored = strndup(key->armored, key->armored_len),
+                                            .armored_len = key->armored_len};
+    m->n++;
+}
+
+/* Encrypts to keys with the GPGME engine; the number of PKESK packets
+ * written, each to a key of its own, or -1 with m->err. */
+static int gpgme_recipients(const char *parent, const crypto_rcpt_key_t *keys, unsigned n,
+                            struct many_keys *m)
+{
+    static const char plain[] = "Subject: s\r\n\r\nbody\r\n";
+    buf_t ciphertext;
+    buf_init(&ciphertext);
+    int rc = crypto_encrypt(parent, keys, n, plain, sizeof plain - 1, &ciphertext, m->err,
+                            sizeof m->err);
+    char ids[MANY_KEYS * 16 + 1];
+    if (rc == 0) {
+        pkesk_ids(&ciphertext, ids, sizeof ids);
+        size_t found = strlen(ids) / 16;
+        rc = (int)found;
+        for (size_t i = 0; i < found; i++)
+            for (size_t j = i + 1; j < found; j++)
+                if (!memcmp(ids + 16 * i, ids + 16 * j, 16)) rc = -1; /* not the keys asked */
+    }
+    buf_free(&ciphertext);
+    return rc;
+}
+
+static void *gpgme_jobs_in_fresh_thread(void *arg)
+{
+    struct many_keys *m = arg;
+    char parent[256], err[256];
+    if (crypto_homes_create(NULL, parent, sizeof parent, err, sizeof err) < 0) {
+        snprintf(m->err, sizeof m->err, "%s", err);
+        m->failures = -1;
+        return NULL;
+    }
+    const crypto_rcpt_key_t pair[] = {m->keys[0], m->keys[64]};
+    /* the home full: 64 keys, the first in the slot to be reused next */
+    int fill = gpgme_recipients(parent, m->keys, 64, m);
+    /* a job that uses that slot's key and brings a new one */
+    int two = fill == 64 ? gpgme_recipients(parent, pair, 2, m) : -1;
+    /* a job with more keys than the home holds */
+    int all = two == 2 ? gpgme_recipients(parent, m->keys, MANY_KEYS, m) : -1;
+    /* and the thread's home serves on */
+    int one = all == MANY_KEYS ? gpgme_recipients(parent, &m->keys[1], 1, m) : -1;
+    m->failures = (fill != 64) + (two != 2) + (all != MANY_KEYS) + (one != 1);
+    crypto_homes_remove(parent);
+    return NULL;
+}
+
+/* A key already picked for a job stays in the thread's home until gpg has
+ * encrypted to it: a new key of the same job takes another slot, and a job
+ * with more keys than the home holds gets a home of its own. Before, the
+ * next slot in turn was reused whatever it held, and such a job failed
+ * (451) for want of a key deleted under it. */
+static void test_gpgme_keeps_the_keys_of_the_job(void **state)
+{
+    (void)state;
+    char home[] = "/tmp/sealpost-gpg-XXXXXX", params[64], path[64];
+    assert_non_null(mkdtemp(home));
+    snprintf(params, sizeof params, "%s/params", home);
+    snprintf(path, sizeof path, "%s/keys.asc", home);
+    FILE *f = fopen(params, "w");
+    assert_non_null(f);
+    fputs("%no-protection\n", f);
+    for (int i = 0; i < MANY_KEYS; i++)
+        fprintf(f,
+                "Key-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\nSubkey-Type: ecdh\n"
+                "Subkey-Curve: cv25519\nSubkey-Usage: encrypt\nName-Email: r%d@example.test\n"
+                "Expire-Date: 0\n%%commit\n",
+                i);
+    fclose(f);
+    const char *const make[] = {"--gen-key", params, NULL};
+    const char *const export[] = {"--armor", "--output", path, "--export", NULL};
+    assert_int_equal(run_gpg(home, make), 0);
+    assert_int_equal(run_gpg(home, export), 0);
+    static char armored[MANY_KEYS * 1024];
+    size_t len;
+    read_file(path, armored, sizeof armored, &len);
+    char err[256];
+    if (crypto_gpg_init(err, sizeof err) < 0) fail_msg("%s", err);
+    static struct many_keys m;
+    if (crypto_keys_inspect(armored, len, NULL, NULL, take_key, &m, err, sizeof err) < 0)
+        fail_msg("%s", err);
+    assert_int_equal(m.n, MANY_KEYS);
+
+    crypto_openpgp_engine(ENGINE_GPGME);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, gpgme_jobs_in_fresh_thread, &m), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (m.failures) fail_msg("%d jobs failed: %s", m.failures, m.err);
+
+    for (unsigned i = 0; i < MANY_KEYS; i++) {
+        free((char *)m.keys[i].fpr);
+        free((char *)m.keys[i].armored);
+    }
+    const char *const stop_agent[] = {"gpgconf", "--homedir", home, "--kill", "gpg-agent", NULL};
+    assert_int_equal(run(stop_agent), 0);
+    crypto_homes_remove(home);
+}
+
 /* A signature's issuer, read from its subpacket areas: a packet too short
  * for them, or an area whose lengths run past it, is refused, never read
  * beyond; two-octet subpacket lengths from 224 up are lengths, not partial
@@ -1251,6 +1370,7 @@ int main(void)
         cmocka_unit_test(test_seal_keyring_errors),
         cmocka_unit_test(test_key_addresses_with_controls_are_not_taken),
         cmocka_unit_test(test_rnp_replaced_key_is_not_used_again),
+        cmocka_unit_test(test_gpgme_keeps_the_keys_of_the_job),
         cmocka_unit_test(test_addr_canon),
         cmocka_unit_test(test_keydir_versions_and_decisions),
         cmocka_unit_test(test_keydir_chooses_by_preference),
