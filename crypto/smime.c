@@ -11,10 +11,15 @@
  * lazy directory look-up), and each verification has its own
  * X509_STORE_CTX and flags. Every failure clears the thread's error queue
  * after putting its reason into err, so that no stale error reaches the
- * next call on the same pool thread. */
+ * next call on the same pool thread.
+ *
+ * Beside them, a small cache of decoded certificates (see cert_decoded),
+ * which every thread shares under its own lock. */
 #include "crypto/internal.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <sodium.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/cms.h>
@@ -44,6 +49,24 @@ static struct smime_settings {
     X509_STORE *store; /* NULL: no CA file, chains are not checked */
     bool crl;          /* the store holds CRLs: the leaf is checked against them */
 } settings;
+
+/* Certificates decoded lately, by a digest of the PEM they came from.
+ * Decoding an RSA-3072 certificate costs OpenSSL 3 more than encrypting 4
+ * KB to it (its provider decoder: 100-150 us against 80), and each message
+ * needs it twice, at RCPT and in the pool thread. A decoded X509 is
+ * read-only to all its users and reference-counted, so one copy serves
+ * every thread. checked_at..ok_until: when crypto_cert_check last found it
+ * usable, and until when that stands (a minute at most, the notAfter at
+ * the latest; made void by crypto_smime_configure). */
+#define CERT_CACHE   64
+#define CERT_RECHECK 60
+static struct cached_cert {
+    unsigned char digest[16];
+    X509 *x; /* NULL: free */
+    long long checked_at, ok_until;
+} cert_cache[CERT_CACHE];
+static unsigned cert_cache_next;
+static pthread_mutex_t cert_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* err gets OpenSSL's last reason after what; the queue is emptied. */
 static int ssl_fail(char *err, size_t errlen, const char *what)
@@ -119,6 +142,10 @@ int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t er
     X509_STORE_free(settings.store);
     settings =
         (struct smime_settings){.gcm = o->gcm, .oaep = o->oaep, .store = store, .crl = has_crl};
+    pthread_mutex_lock(&cert_cache_lock);
+    for (unsigned i = 0; i < CERT_CACHE; i++) /* judged under the store before */
+        cert_cache[i].checked_at = cert_cache[i].ok_until = 0;
+    pthread_mutex_unlock(&cert_cache_lock);
     return 0;
 }
 
@@ -281,9 +308,67 @@ static X509 *cert_from_pem(const char *pem, size_t len)
     return x;
 }
 
+static void pem_digest(const char *pem, size_t len, unsigned char digest[16])
+{
+    crypto_generichash(digest, 16, (const unsigned char *)pem, len, NULL, 0);
+}
+
+/* The cache's entry for digest, or NULL; under cert_cache_lock. */
+static struct cached_cert *cache_find(const unsigned char digest[16])
+{
+    for (unsigned i = 0; i < CERT_CACHE; i++)
+        if (cert_cache[i].x && !memcmp(cert_cache[i].digest, digest, 16)) return &cert_cache[i];
+    return NULL;
+}
+
+/* The certificate in pem, decoded: a reference of the caller's own
+ * (X509_free it), from the cache when it was decoded lately. NULL when
+ * pem holds none. */
+static X509 *cert_decoded(const char *pem, size_t len)
+{
+    unsigned char digest[16];
+    pem_digest(pem, len, digest);
+    pthread_mutex_lock(&cert_cache_lock);
+    struct cached_cert *c = cache_find(digest);
+    X509 *x = c && X509_up_ref(c->x) ? c->x : NULL;
+    pthread_mutex_unlock(&cert_cache_lock);
+    if (x || !(x = cert_from_pem(pem, len))) return x;
+    pthread_mutex_lock(&cert_cache_lock);
+    if (!cache_find(digest) && X509_up_ref(x)) { /* another thread may have been quicker */
+        c = &cert_cache[cert_cache_next++ % CERT_CACHE];
+        X509_free(c->x);
+        *c = (struct cached_cert){.x = x};
+        memcpy(c->digest, digest, sizeof c->digest);
+    }
+    pthread_mutex_unlock(&cert_cache_lock);
+    return x;
+}
+
+/* Whether a check of pem found it usable at a time before now that still
+ * stands (within CERT_RECHECK, before its notAfter). With record, notes
+ * instead that a check has just found it usable at now. */
+static bool verdict_cached(const char *pem, size_t len, long long now, bool record,
+                           long long not_after)
+{
+    unsigned char digest[16];
+    pem_digest(pem, len, digest);
+    pthread_mutex_lock(&cert_cache_lock);
+    struct cached_cert *c = cache_find(digest);
+    bool hit = c && now >= c->checked_at && now < c->ok_until;
+    if (c && record) {
+        c->checked_at = now;
+        c->ok_until = now + CERT_RECHECK;
+        if (not_after != NO_WELL_DEFINED_EXPIRY && not_after + 1 < c->ok_until)
+            c->ok_until = not_after + 1;
+    }
+    pthread_mutex_unlock(&cert_cache_lock);
+    return hit;
+}
+
 int crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen)
 {
-    X509 *x = cert_from_pem(pem, len);
+    if (verdict_cached(pem, len, now, false, 0)) return 1;
+    X509 *x = cert_decoded(pem, len);
     if (!x) {
         snprintf(why, whylen, "the stored certificate cannot be read");
         ERR_clear_error();
@@ -292,6 +377,7 @@ int crypto_cert_check(const char *pem, size_t len, long long now, char *why, siz
     bool retired, in_doubt;
     char reason[300];
     const char *bad = cert_unusable(x, now, reason, sizeof reason, &retired, &in_doubt);
+    if (!bad) verdict_cached(pem, len, now, true, asn1_unix(X509_get0_notAfter(x)));
     X509_free(x);
     /* Caching extensions or reading a date can leave errors queued: this
      * runs on the event loop, whose TLS reads the same queue. */
@@ -585,7 +671,7 @@ int smime_inspect(const char *data, size_t len,
  * §2.3's choice, and what every reader finds its certificate by). */
 static int add_recipient(CMS_ContentInfo *cms, const crypto_rcpt_key_t *c, char *err, size_t errlen)
 {
-    X509 *x = c->method == CRYPTO_SMIME ? cert_from_pem(c->armored, c->armored_len) : NULL;
+    X509 *x = c->method == CRYPTO_SMIME ? cert_decoded(c->armored, c->armored_len) : NULL;
     if (!x) {
         snprintf(err, errlen, "recipient %s: no certificate", c->fpr ? c->fpr : "?");
         ERR_clear_error();
