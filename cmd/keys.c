@@ -7,6 +7,7 @@
  * stored key it verifies against. */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
+#include "proto/proto.h"
 #include "queue/admin.h"
 
 #include <stdio.h>
@@ -67,14 +68,28 @@ static void print_expiry(long long expires)
     printf("%s", text);
 }
 
-/* A stored key's addresses (LF-separated), each after a space. */
-static void print_addresses(const buf_t *addresses)
+/* A stored key's addresses (LF-separated), the first after lead, the
+ * others after sep; as JSON strings with json. */
+static void print_address_list(const buf_t *addresses, const char *lead, const char *sep, bool json)
 {
-    for (const char *p = addresses->data ? addresses->data : ""; *p;) {
+    const char *p = addresses->data ? addresses->data : "";
+    for (bool first = true; *p; first = false) {
         size_t len = strcspn(p, "\n");
-        printf(" %.*s", (int)len, p);
+        char one[PROTO_PATH_MAX + 1];
+        snprintf(one, sizeof one, "%.*s", (int)len, p);
+        fputs(first ? lead : sep, stdout);
+        if (json)
+            cmd_json_string(one);
+        else
+            fputs(one, stdout);
         p += len + (p[len] == '\n');
     }
+}
+
+/* Each after a space, for the one-line forms. */
+static void print_addresses(const buf_t *addresses)
+{
+    print_address_list(addresses, " ", " ", false);
 }
 
 /* A revoked (or expired) key that is stored leaves the directory:
@@ -92,8 +107,10 @@ static bool retire(struct import *im, const crypto_key_info_t *key)
     }
     /* An old copy whose self-signature lapsed says nothing of the stored
      * one, whose expiry may have been extended since: only a revocation, or
-     * a copy that expires no later than the stored one, retires it. */
-    if (strcmp(key->why_unusable, "revoked") != 0 &&
+     * a copy that expires no later than the stored one, retires it. A
+     * certificate's id is the digest of its DER: the stored one is this very
+     * certificate, and what retires it (expiry, a CRL) holds for both. */
+    if (key->method != CRYPTO_SMIME && strcmp(key->why_unusable, "revoked") != 0 &&
         (old.expires == 0 || (key->expires != 0 && old.expires > key->expires))) {
         printf("refused %s: %s, but the stored copy is newer (expires ", key->fpr,
                key->why_unusable);
@@ -339,18 +356,6 @@ static int resolve(queue_admin_t *a, const config_t *cfg, const char *what,
     return 0;
 }
 
-/* A stored key's addresses as JSON strings, each after a comma but the first. */
-static void print_addresses_json(const buf_t *addresses)
-{
-    const char *p = addresses->data ? addresses->data : "";
-    for (bool more = *p; more;) {
-        size_t len = strcspn(p, "\n");
-        printf("%s\"%.*s\"", p == addresses->data ? "" : ",", (int)len, p);
-        more = p[len] == '\n';
-        p += len + more;
-    }
-}
-
 static void list_one(const queue_key_stored_t *key, void *arg)
 {
     bool json = *(const bool *)arg;
@@ -360,7 +365,7 @@ static void list_one(const queue_key_stored_t *key, void *arg)
                "\"imported\":%lld,\"addresses\":[",
                first ? "" : ",", key->fpr, key->smime ? "smime" : "openpgp", key->expires,
                key->imported);
-        print_addresses_json(&key->addresses);
+        print_address_list(&key->addresses, "", ",", true);
         printf("]");
         if (key->smime) {
             printf(",\"subject\":");
@@ -402,8 +407,7 @@ static int show_key(queue_admin_t *a, const char *fpr)
     printf("\nimported: ");
     print_expiry(key.imported);
     printf("\naddresses: ");
-    for (const char *p = key.addresses.data ? key.addresses.data : ""; *p; p++)
-        putchar(*p == '\n' ? ' ' : *p);
+    print_address_list(&key.addresses, "", " ", false);
     printf("\n\n%.*s", (int)key.armored.len, key.armored.data);
     queue_key_stored_free(&key);
     return 0;

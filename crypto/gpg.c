@@ -432,7 +432,7 @@ int crypto_keys_inspect(const char *data, size_t len, const char *parent,
     err[0] = 0;
     if (home_make(home, err, errlen) == 0 && (in.ctx = context_for(home, err, errlen)) &&
         inspect(&in, data, len) == 0) {
-        rc = in.reported ? 0 : -1;
+        rc = in.reported || certs > 0 ? 0 : -1; /* the certificates were reported */
         if (rc < 0) snprintf(err, errlen, "no OpenPGP public key or key revocation in the input");
     }
     free(in.keys.fpr);

@@ -73,6 +73,11 @@ int openpgp_dearmor(const char *text, size_t len, const char **kind, size_t *kin
  * inside. */
 bool smime_is_enveloped(const unsigned char *der, size_t len, bool auth);
 
+/* What a ContentInfo holds, read from its contentType alone: for a
+ * structure smime_encrypt has just made, which needs no parse in full. */
+enum smime_structure { SMIME_OTHER, SMIME_ENVELOPED, SMIME_AUTH_ENVELOPED };
+enum smime_structure smime_structure(const unsigned char *der, size_t len);
+
 struct crypto_key_info;
 
 /* Frees what a crypto_key_info_t of an inspection holds (addresses, the

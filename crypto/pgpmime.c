@@ -788,8 +788,9 @@ int smime_outer(const char *msg, size_t len, const unsigned char *der, size_t de
     size_t start = out->len;
     /* The label says what the structure is, as the passthrough check asks
      * of what senders send (RFC 8551 §3.2.2; RFC 5083 §4 for GCM's). */
-    bool auth = smime_is_enveloped(der, der_len, true);
-    if (!auth && !smime_is_enveloped(der, der_len, false)) return -1;
+    enum smime_structure type = smime_structure(der, der_len);
+    bool auth = type == SMIME_AUTH_ENVELOPED;
+    if (type == SMIME_OTHER) return -1;
     if (!has_fields(msg, len) ||
         append_outer_fields(msg, len, flags & PGPMIME_HIDE_SUBJECT, out) < 0 ||
         buf_printf(out,

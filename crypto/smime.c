@@ -736,6 +736,26 @@ int smime_encrypt(const crypto_rcpt_key_t *certs, unsigned n, const char *plain,
 
 /* ---- what a sender says is encrypted ---- */
 
+enum smime_structure smime_structure(const unsigned char *der, size_t len)
+{
+    const unsigned char *p = der;
+    long body;
+    int tag, class;
+    /* ContentInfo ::= SEQUENCE { contentType OBJECT IDENTIFIER, ... } */
+    if (len == 0 || len > LONG_MAX ||
+        (ASN1_get_object(&p, &body, &tag, &class, (long)len) & 0x80) || tag != V_ASN1_SEQUENCE) {
+        ERR_clear_error();
+        return SMIME_OTHER;
+    }
+    ASN1_OBJECT *type = d2i_ASN1_OBJECT(NULL, &p, (long)(len - (size_t)(p - der)));
+    int nid = type ? OBJ_obj2nid(type) : NID_undef;
+    ASN1_OBJECT_free(type);
+    ERR_clear_error();
+    return nid == NID_pkcs7_enveloped                 ? SMIME_ENVELOPED
+           : nid == NID_id_smime_ct_authEnvelopedData ? SMIME_AUTH_ENVELOPED
+                                                      : SMIME_OTHER;
+}
+
 bool smime_is_enveloped(const unsigned char *der, size_t len, bool auth)
 {
     if (len == 0 || len > LONG_MAX) return false;
