@@ -72,6 +72,11 @@ typedef struct status_history {
     unsigned n, next;
 } status_history_t;
 
+/* The keys and certificates the page lists: those expiring within this
+ * many days, at most so many of them. */
+#define STATUS_EXPIRY_DAYS  30
+#define STATUS_EXPIRING_MAX 20
+
 void status_history_add(status_history_t *h, const queue_stats_t *st, int64_t now_ms);
 /* The page; r NULL (with err) when the report could not be read. */
 int status_render(buf_t *out, const char *host, const status_history_t *h, const queue_report_t *r,

@@ -267,7 +267,8 @@ static int status_page(runtime_t *rt, http_request_t *req, buf_t *body, const ch
     *content_type = PAGE_TYPE;
     if (!rt->status.reporting) {
         rt->status.reporting = true;
-        if (queue_report(rt->queue, 10, on_report, rt) < 0)
+        if (queue_report(rt->queue, 10, (long long)STATUS_EXPIRY_DAYS * 86400, STATUS_EXPIRING_MAX,
+                         on_report, rt) < 0)
             on_report(-1, "out of memory", NULL, rt);
     }
     return 0;

@@ -2,7 +2,9 @@
  * rendered here, no scripts and no external assets, that refreshes itself.
  * It shows the queue depth by state over the last minutes (sampled by this
  * process), the destinations with the most queued jobs and their oldest,
- * and the newest bounces. */
+ * the newest bounces, the share of the last ten minutes' recipients by the
+ * kind of copy they got (cluster-wide, counted in Redis), and the key
+ * directory: its size and what in it expires within STATUS_EXPIRY_DAYS. */
 #include "cmd/cmd.h"
 
 #include <stdio.h>
@@ -200,6 +202,101 @@ static void render_failures(buf_t *out, const queue_report_t *r)
     buf_printf(out, "</table>");
 }
 
+static const char *const copy_ids[QUEUE_COPY_KINDS] = {"openpgp", "smime", "passthrough", "plain"};
+static const char *const copy_names[QUEUE_COPY_KINDS] = {
+    "OpenPGP (PGP/MIME)", "S/MIME", "passthrough (encrypted by the sender)", "plain"};
+
+/* "50%", "33.3%": a share of total, to one decimal where it has one. */
+static void share_text(long long part, long long total, char *out, size_t len)
+{
+    long long tenths = total ? (part * 1000 + total / 2) / total : 0;
+    if (tenths % 10)
+        snprintf(out, len, "%lld.%lld%%", tenths / 10, tenths % 10);
+    else
+        snprintf(out, len, "%lld%%", tenths / 10);
+}
+
+static void render_copies(buf_t *out, const queue_report_t *r)
+{
+    long long total = 0;
+    for (int k = 0; r && k < QUEUE_COPY_KINDS; k++)
+        total += r->copies[k];
+    if (!total) {
+        buf_printf(out, "<p class=none>No mail stored in the last ten minutes.</p>");
+        return;
+    }
+    buf_printf(out, "<table id=copies><tr><th>copy</th><th>recipients</th><th>share</th></tr>");
+    for (int k = 0; k < QUEUE_COPY_KINDS; k++) {
+        char share[48];
+        share_text(r->copies[k], total, share, sizeof share);
+        buf_printf(out,
+                   "<tr><td>%s</td><td class=n id=copies_%s>%lld</td>"
+                   "<td class=n id=share_%s>%s</td></tr>",
+                   copy_names[k], copy_ids[k], r->copies[k], copy_ids[k], share);
+    }
+    buf_printf(out, "<tr><th>all</th><td class=n id=copies_all>%lld</td><td></td></tr></table>",
+               total);
+}
+
+static void render_directory(buf_t *out, const queue_key_summary_t *k)
+{
+    buf_printf(out,
+               "<section class=cards><div class=card><b id=keys_openpgp>%lld</b>"
+               "<span>OpenPGP keys</span></div><div class=card><b id=keys_smime>%lld</b>"
+               "<span>S/MIME certificates</span></div><div class=card><b id=keys_expired>%lld"
+               "</b><span>expired</span></div></section>",
+               k->indexed[0], k->indexed[1], k->expired);
+    long long unindexed = k->stored - k->indexed[0] - k->indexed[1];
+    if (unindexed > 0)
+        buf_printf(out,
+                   "<p class=none>%lld stored before the expiry index are being filed in it: "
+                   "counted once the next page is made.</p>",
+                   unindexed);
+}
+
+/* A key's addresses, LF-separated as stored, as a comma-separated list. */
+static void render_addresses(buf_t *out, const char *addrs)
+{
+    char copy[sizeof((queue_expiring_t *)0)->addresses];
+    snprintf(copy, sizeof copy, "%s", addrs);
+    const char *sep = "";
+    for (char *save = NULL, *a = strtok_r(copy, "\n", &save); a; a = strtok_r(NULL, "\n", &save)) {
+        char safe[LOG_SAFE_MAX];
+        buf_printf(out, "%s", sep);
+        html(out, log_redacting() ? log_addr(a, safe) : a);
+        sep = ", ";
+    }
+}
+
+static void render_expiring(buf_t *out, const queue_key_summary_t *k, int64_t now_ms)
+{
+    if (!k->n_soon) {
+        buf_printf(out, "<p class=none>Nothing expires within %d days.</p>", STATUS_EXPIRY_DAYS);
+        return;
+    }
+    buf_printf(out, "<table id=expiring><tr><th>expires (UTC)</th><th>in</th><th>method</th>"
+                    "<th>addresses</th><th>id</th></tr>");
+    for (unsigned i = 0; i < k->n_soon; i++) {
+        const queue_expiring_t *e = &k->soon[i];
+        time_t t = (time_t)e->expires;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        char date[32], left[32];
+        strftime(date, sizeof date, "%Y-%m-%d %H:%M", &tm);
+        age_text((double)e->expires - (double)now_ms / 1000.0, left, sizeof left);
+        buf_printf(out, "<tr><td>%s</td><td class=n>%s</td><td>%s</td><td>", date, left,
+                   e->smime ? "S/MIME" : "OpenPGP");
+        render_addresses(out, e->addresses);
+        buf_printf(out, "</td><td><code>");
+        html(out, e->id);
+        buf_printf(out, "</code></td></tr>");
+    }
+    buf_printf(out, "</table>");
+    if (k->expiring > k->n_soon)
+        buf_printf(out, "<p class=none>and %lld more: <code>sealpost keys list</code></p>",
+                   k->expiring - k->n_soon);
+}
+
 int status_render(buf_t *out, const char *host, const status_history_t *h, const queue_report_t *r,
                   const char *err, int64_t now_ms)
 {
@@ -228,6 +325,14 @@ int status_render(buf_t *out, const char *host, const status_history_t *h, const
     render_destinations(out, r, now_ms);
     buf_printf(out, "<h2>Recent bounces</h2>");
     render_failures(out, r);
+    buf_printf(out, "<h2>Recipients by copy, last ten minutes</h2>");
+    render_copies(out, r);
+    if (r) {
+        buf_printf(out, "<h2>Key directory</h2>");
+        render_directory(out, &r->keys);
+        buf_printf(out, "<h2>Expiring within %d days</h2>", STATUS_EXPIRY_DAYS);
+        render_expiring(out, &r->keys, now_ms);
+    }
     return buf_printf(out, "<p class=none>Metrics: <a href=\"/metrics\">/metrics</a> · "
                            "<a href=\"/readyz\">/readyz</a></p></body></html>\n");
 }

@@ -270,6 +270,16 @@ enum gateway_outcome {
     GATEWAY_OUTCOMES
 };
 
+/* One ciphertext the gateway made (one per encrypted variant): which
+ * method, how the engine call ended, and how long the engine call alone took
+ * (crypto_encrypt or smime_encrypt; not the MIME around it, nor sealing). */
+enum gateway_cipher_result { CIPHER_OK, CIPHER_FAILED, CIPHER_TIMED_OUT, CIPHER_RESULTS };
+typedef struct gateway_cipher {
+    enum crypto_method method;
+    enum gateway_cipher_result result;
+    double seconds;
+} gateway_cipher_t;
+
 typedef struct gateway_job {
     const char *mid; /* names each sealed variant: "<mid>:<n>" */
     const char *msg;
@@ -287,6 +297,10 @@ typedef struct gateway_job {
     unsigned n_variants;
     enum gateway_outcome outcome;
     char error[256]; /* when it failed */
+
+    /* out: each engine call, in order, for the metrics (counted on the loop) */
+    gateway_cipher_t *ciphers;
+    unsigned n_ciphers;
 } gateway_job_t;
 
 /* Groups the recipients, encrypts (running gpg: call it in a worker thread

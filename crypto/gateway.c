@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NO_VARIANT UINT32_MAX
 
@@ -99,6 +100,27 @@ static unsigned header_flags(const gateway_job_t *job)
            (job->legacy_display ? PGPMIME_LEGACY_DISPLAY : 0);
 }
 
+static double monotonic_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Notes an engine call for the metrics, which the loop thread counts: the
+ * registry is not for pool threads to write. Room for one per recipient
+ * and one more was made up front, as for the variants. */
+static void note_cipher(gateway_job_t *job, enum crypto_method method, int rc, double started)
+{
+    if (job->n_ciphers > job->n_rcpts) return;
+    job->ciphers[job->n_ciphers++] =
+        (gateway_cipher_t){.method = method,
+                           .result = rc == 0                  ? CIPHER_OK
+                                     : rc == CRYPTO_TIMED_OUT ? CIPHER_TIMED_OUT
+                                                              : CIPHER_FAILED,
+                           .seconds = monotonic_seconds() - started};
+}
+
 /* The inner entity encrypted to keys (all of one method) and wrapped for
  * it, into outer: PGP/MIME around the armor, or S/MIME around the DER. */
 static int encrypt_and_wrap(gateway_job_t *job, const buf_t *inner, const crypto_rcpt_key_t *keys,
@@ -107,15 +129,18 @@ static int encrypt_and_wrap(gateway_job_t *job, const buf_t *inner, const crypto
     buf_t cipher;
     buf_init(&cipher);
     int rc;
+    double started = monotonic_seconds();
     if (keys[0].method == CRYPTO_SMIME) {
         rc = smime_encrypt(keys, n_keys, inner->data, inner->len, &cipher, job->error,
                            sizeof job->error);
+        note_cipher(job, CRYPTO_SMIME, rc, started);
         if (rc == 0 && smime_outer(job->msg, job->len, (const unsigned char *)cipher.data,
                                    cipher.len, header_flags(job), outer) < 0)
             rc = fail(job, "S/MIME assembly failed");
     } else {
         rc = crypto_encrypt(job->homes, keys, n_keys, inner->data, inner->len, &cipher, job->error,
                             sizeof job->error);
+        note_cipher(job, CRYPTO_OPENPGP, rc, started);
         if (rc == CRYPTO_TIMED_OUT) job->timed_out = true;
         if (rc == 0 && pgpmime_outer(job->msg, job->len, cipher.data, cipher.len, header_flags(job),
                                      outer) < 0)
@@ -246,8 +271,10 @@ int gateway_run(gateway_job_t *job)
 {
     job->n_variants = 0;
     job->error[0] = 0;
+    job->n_ciphers = 0;
     job->variants = calloc((size_t)job->n_rcpts + 1, sizeof *job->variants);
-    if (!job->variants) return fail(job, "out of memory");
+    job->ciphers = calloc((size_t)job->n_rcpts + 1, sizeof *job->ciphers);
+    if (!job->variants || !job->ciphers) return fail(job, "out of memory");
     bool any_key = false, any_plain = false;
     for (unsigned i = 0; i < job->n_rcpts; i++) {
         job->rcpts[i].variant = NO_VARIANT;
@@ -275,4 +302,7 @@ void gateway_job_release(gateway_job_t *job)
     free(job->variants);
     job->variants = NULL;
     job->n_variants = 0;
+    free(job->ciphers);
+    job->ciphers = NULL;
+    job->n_ciphers = 0;
 }

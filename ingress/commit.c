@@ -84,6 +84,22 @@ static void on_enqueued(int status, const char *err, void *arg)
     finish(c, reply);
 }
 
+/* The kind of copy each recipient gets, counted for the status page: a
+ * keyed recipient of an encrypted message gets its method's, everyone else
+ * the message as it came (passthrough when the sender had encrypted it). */
+static enum queue_copy_kind copy_kind(const gateway_job_t *job, const crypto_rcpt_key_t *key)
+{
+    if (job->outcome == GATEWAY_PASSTHROUGH) return QUEUE_COPY_PASSTHROUGH;
+    if (job->outcome != GATEWAY_ENCRYPTED || !key) return QUEUE_COPY_PLAIN;
+    return key->method == CRYPTO_SMIME ? QUEUE_COPY_SMIME : QUEUE_COPY_OPENPGP;
+}
+
+static void count_copies(const gateway_job_t *job, unsigned copies[QUEUE_COPY_KINDS])
+{
+    for (unsigned i = 0; i < job->n_rcpts; i++)
+        copies[copy_kind(job, job->rcpts[i].key)]++;
+}
+
 /* Stores the envelope with the gateway's sealed variants in one call. */
 static void enqueue(struct commit *c, const gateway_job_t *job)
 {
@@ -115,6 +131,7 @@ static void enqueue(struct commit *c, const gateway_job_t *job)
         m.bodies = bodies;
         m.n_bodies = job->n_variants;
         m.rcpt_body = variant;
+        count_copies(job, m.copies);
         c->enqueue_start = uv_now(c->ingress->loop);
         if (queue_ready(c->ingress->queue))
             rc = queue_enqueue(c->ingress->queue, &m, on_enqueued, c);

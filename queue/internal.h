@@ -44,6 +44,7 @@ struct queue {
     rconn_t *watch_conn;
     unsigned min_replicas; /* WAIT for this many after each enqueue */
     unsigned replica_timeout_ms;
+    bool keys_indexing; /* the expiry index's backfill was started (keys.c) */
     void (*on_wake)(uint32_t shard, void *arg);
     void *on_wake_arg;
     struct {
@@ -80,6 +81,9 @@ struct call {
 };
 
 struct call *call_new(queue_t *q, void *arg);
+/* Files the keys stored before the directory's expiry index existed
+ * (keys.c), once per process: later calls do nothing. */
+void queue_key_index(queue_t *q);
 /* Adds one shard's reply of the stats function to sum; -1 when malformed. */
 int stats_add_shard(queue_stats_t *sum, const redisReply *r);
 /* Reading replies: an integer (or a number sent as a string), else

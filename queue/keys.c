@@ -99,6 +99,61 @@ int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
     return fcall_keys(call, FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
 }
 
+/* ---- the expiry index's backfill ---- */
+
+/* Ids filed per key_index call: each names its keys in KEYS. */
+#define INDEX_BATCH 256
+
+static void on_indexed(struct call *call, redisReply *reply, const char *err)
+{
+    if (!reply || reply->type != REDIS_REPLY_INTEGER)
+        log_warn("event=keys_index_failed error=\"%s\"", reply ? "unexpected reply" : err);
+    else
+        log_info("event=keys_indexed count=%lld", reply->integer);
+    (void)call;
+}
+
+static void index_batch(queue_t *q, redisReply *const *ids, size_t n)
+{
+    const char *args[INDEX_BATCH];
+    call_keys_t keys;
+    call_keys_init(&keys, FN_KEY_INDEX, &(key_ids_t){0});
+    for (size_t i = 0; i < n; i++) {
+        args[i] = reply_str(ids[i]);
+        call_keys_add(&keys, KEY_INDEX_KEY, &(key_ids_t){.fpr = args[i]});
+    }
+    struct call *call = call_new(q, NULL);
+    if (call) call->done = on_indexed;
+    if (fcall(call, &keys, (int)n, args, NULL) < 0)
+        log_warn("event=keys_index_failed error=\"redis not connected\"");
+    call_keys_free(&keys);
+}
+
+static void on_index_fprs(struct call *call, redisReply *reply, const char *err)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        log_warn("event=keys_index_failed error=\"%s\"", reply ? "unexpected reply" : err);
+        call->q->keys_indexing = false; /* the next report tries again */
+        return;
+    }
+    log_info("event=keys_indexing ids=%zu", reply->elements);
+    for (size_t at = 0; at < reply->elements; at += INDEX_BATCH) {
+        size_t n = reply->elements - at < INDEX_BATCH ? reply->elements - at : INDEX_BATCH;
+        index_batch(call->q, reply->element + at, n);
+    }
+}
+
+/* Every stored id is filed again (ZADD is idempotent, and a key stored
+ * meanwhile is filed by key_put alike): simpler than finding those
+ * missing, and done once per process. */
+void queue_key_index(queue_t *q)
+{
+    if (q->keys_indexing) return;
+    struct call *call = call_new(q, NULL);
+    if (call) call->done = on_index_fprs;
+    q->keys_indexing = fcall_keys(call, FN_KEY_FPRS, &(key_ids_t){0}, 0, NULL, NULL) == 0;
+}
+
 /* ---- administration of the key directory ---- */
 
 void queue_key_stored_free(queue_key_stored_t *k)

@@ -303,6 +303,7 @@ struct enqueue_argv {
     size_t *lens;
     size_t nargs;
     char shard[16], nbodies[16], njobs[16], deadline[24];
+    char copies[QUEUE_COPY_KINDS][16];
 };
 
 static void enqueue_argv_free(struct enqueue_argv *v)
@@ -320,7 +321,7 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
     unsigned nb = m->n_bodies;
     key_ids_t ids = {.shard = shard, .mid = m->id};
     call_keys_init(&v->keys, FN_ENQUEUE, &ids);
-    v->nargs = 7 + (size_t)nb + 4 * (size_t)n + 1;
+    v->nargs = 7 + (size_t)nb + 4 * (size_t)n + 1 + QUEUE_COPY_KINDS;
     v->jids = calloc(n, sizeof *v->jids);
     v->variants = calloc(n, sizeof *v->variants);
     v->args = calloc(v->nargs, sizeof *v->args);
@@ -353,8 +354,13 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
         for (int i = 0; i < 4; i++)
             v->args[a + i] = job[i], v->lens[a + i] = strlen(job[i]);
     }
+    size_t tail = v->nargs - 1 - QUEUE_COPY_KINDS;
     snprintf(v->deadline, sizeof v->deadline, "%lld", (long long)deadline_ms);
-    v->args[v->nargs - 1] = v->deadline, v->lens[v->nargs - 1] = strlen(v->deadline);
+    v->args[tail] = v->deadline, v->lens[tail] = strlen(v->deadline);
+    for (unsigned k = 0; k < QUEUE_COPY_KINDS; k++) {
+        snprintf(v->copies[k], sizeof v->copies[k], "%u", m->copies[k]);
+        v->args[tail + 1 + k] = v->copies[k], v->lens[tail + 1 + k] = strlen(v->copies[k]);
+    }
     return v->keys.failed ? -1 : 0;
 }
 

@@ -45,6 +45,15 @@ typedef struct queue_body {
     size_t len;
 } queue_body_t;
 
+/* The kinds of copy a recipient gets, as the status page counts them. */
+enum queue_copy_kind {
+    QUEUE_COPY_OPENPGP,
+    QUEUE_COPY_SMIME,
+    QUEUE_COPY_PASSTHROUGH, /* encrypted by the sender, stored as it came */
+    QUEUE_COPY_PLAIN,
+    QUEUE_COPY_KINDS
+};
+
 typedef struct queue_message {
     char id[33];              /* 128 random bits in hex: util_random_id */
     const char *sender;       /* "" for the null sender */
@@ -58,7 +67,8 @@ typedef struct queue_message {
     const char *mail_params;
     const queue_body_t *bodies; /* the variants: plain, shared ciphertext, one per Bcc */
     unsigned n_bodies;
-    const unsigned *rcpt_body; /* per recipient: its variant; NULL: variant 0 for all */
+    const unsigned *rcpt_body;         /* per recipient: its variant; NULL: variant 0 for all */
+    unsigned copies[QUEUE_COPY_KINDS]; /* recipients by the kind of copy they get */
 } queue_message_t;
 
 /* Stores the envelope, the bodies and one delivery job per recipient domain
@@ -256,8 +266,28 @@ typedef struct queue_failure {
     char detail[300];
 } queue_failure_t;
 
+/* A key or certificate that expires soon. */
+typedef struct queue_expiring {
+    char id[65];
+    bool smime;
+    long long expires;   /* Unix time */
+    char addresses[512]; /* LF-separated, as stored; cut at the end when longer */
+} queue_expiring_t;
+
+/* The key directory at a glance, from its expiry indexes. */
+typedef struct queue_key_summary {
+    long long stored;                     /* ids in the directory */
+    long long indexed[QUEUE_KEY_METHODS]; /* of them, OpenPGP keys and certificates */
+    long long expired;                    /* past their expiry already */
+    long long expiring;                   /* expiring within the horizon asked for */
+    queue_expiring_t *soon;               /* the first of them, soonest first */
+    unsigned n_soon;
+} queue_key_summary_t;
+
 typedef struct queue_report {
-    queue_stats_t stats;        /* as queue_stats gives them */
+    queue_stats_t stats;                /* as queue_stats gives them */
+    long long copies[QUEUE_COPY_KINDS]; /* recipients stored in the last ten minutes, by kind */
+    queue_key_summary_t keys;
     queue_destination_t *dests; /* most queued jobs first */
     unsigned n_dests;
     queue_failure_t *failures; /* newest first */
@@ -267,9 +297,14 @@ typedef struct queue_report {
 typedef void (*queue_report_cb)(int status, const char *err, const queue_report_t *report,
                                 void *arg);
 /* The queue-wide figures, destinations by queued jobs with their oldest
- * job, and the newest max_failures bounces and expiries, from every shard;
+ * job, the newest max_failures bounces and expiries, and the recipients of
+ * the last ten minutes by kind of copy, from every shard; with the key
+ * directory's size and the keys and certificates expiring within
+ * horizon_s (at most max_soon of them listed). A directory stored before
+ * its expiry index existed is indexed once, on the side (queue_key_index).
  * report lives until cb returns. */
-int queue_report(queue_t *q, unsigned max_failures, queue_report_cb cb, void *arg);
+int queue_report(queue_t *q, unsigned max_failures, long long horizon_s, unsigned max_soon,
+                 queue_report_cb cb, void *arg);
 
 /* Calls on_wake(shard) when something was enqueued into a shard, and
  * on_wake(UINT32_MAX) after (re)subscribing, when wake-ups may have been missed. */

@@ -1,6 +1,9 @@
 /* The status page's report: destinations with their queued jobs and oldest
- * job (the read-only "top" function), and the newest failures from the
- * trace logs ("recent"), gathered from every shard and merged. */
+ * job (the read-only "top" function), the newest failures from the trace
+ * logs ("recent"), and the recipients of the last ten minutes by kind of
+ * copy ("copy_shares"), gathered from every shard and merged; and the key
+ * directory's size with what in it expires soon ("key_summary", then
+ * "key_addresses" for those listed), from its expiry indexes. */
 #include "queue/internal.h"
 
 #include <stdio.h>
@@ -9,7 +12,8 @@
 
 struct report_call {
     queue_report_t report;
-    unsigned dests_cap, failures_cap, max_failures;
+    unsigned dests_cap, failures_cap, max_failures, max_soon;
+    long long horizon_s;
     unsigned pending;
     char err[160];
     queue_report_cb cb;
@@ -91,6 +95,7 @@ static int newest_first(const void *x, const void *y)
 static void report_done(struct report_call *rc)
 {
     if (--rc->pending > 0) return;
+    queue_key_summary_t *k = &rc->report.keys;
     queue_report_t *r = &rc->report;
     if (r->n_dests) qsort(r->dests, r->n_dests, sizeof *r->dests, by_jobs);
     if (r->n_failures) qsort(r->failures, r->n_failures, sizeof *r->failures, newest_first);
@@ -98,6 +103,7 @@ static void report_done(struct report_call *rc)
     rc->cb(rc->err[0] ? -1 : 0, rc->err[0] ? rc->err : NULL, r, rc->arg);
     free(r->dests);
     free(r->failures);
+    free(k->soon);
     free(rc);
 }
 
@@ -108,20 +114,31 @@ static void on_stats(struct call *call, redisReply *reply, const char *err)
         snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected stats reply" : err);
 }
 
-enum part { PART_TOP, PART_RECENT, PART_STATS, PARTS };
+static void on_shares(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != QUEUE_COPY_KINDS) {
+        snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected copy_shares reply" : err);
+        return;
+    }
+    for (unsigned k = 0; k < QUEUE_COPY_KINDS; k++)
+        rc->report.copies[k] += reply_ll(reply->element[k], 0);
+}
+
+enum part { PART_TOP, PART_RECENT, PART_STATS, PART_SHARES, PARTS };
 
 static void on_part(struct call *call, redisReply *reply, const char *err)
 {
     struct report_call *rc = call->arg;
     static void (*const handlers[PARTS])(struct call *, redisReply *,
-                                         const char *) = {on_top, on_recent, on_stats};
+                                         const char *) = {on_top, on_recent, on_stats, on_shares};
     handlers[call->shard](call, reply, err);
     report_done(rc);
 }
 
 static int ask_part(struct call *call, unsigned shard, enum part part, const char *count)
 {
-    static const enum queue_fn fns[PARTS] = {FN_TOP, FN_RECENT, FN_STATS};
+    static const enum queue_fn fns[PARTS] = {FN_TOP, FN_RECENT, FN_STATS, FN_COPY_SHARES};
     const char *args[] = {count};
     return fcall_keys(call, fns[part], &(key_ids_t){.shard = shard}, part == PART_RECENT ? 1 : 0,
                       args, NULL);
@@ -148,17 +165,106 @@ static void ask_shard(queue_t *q, struct report_call *rc, unsigned shard)
     }
 }
 
-int queue_report(queue_t *q, unsigned max_failures, queue_report_cb cb, void *arg)
+/* ---- the key directory ---- */
+
+static void on_addresses(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    queue_key_summary_t *k = &rc->report.keys;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != k->n_soon)
+        snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected key_addresses reply" : err);
+    for (unsigned i = 0; reply && i < k->n_soon && i < reply->elements; i++)
+        snprintf(k->soon[i].addresses, sizeof k->soon[i].addresses, "%s",
+                 reply_str(reply->element[i]));
+    report_done(rc);
+}
+
+/* The addresses of the keys listed, from the keys themselves. */
+static void ask_addresses(queue_t *q, struct report_call *rc)
+{
+    queue_key_summary_t *k = &rc->report.keys;
+    call_keys_t keys;
+    call_keys_init(&keys, FN_KEY_ADDRESSES, &(key_ids_t){0});
+    for (unsigned i = 0; i < k->n_soon; i++)
+        call_keys_add(&keys, KEY_ADDRESSES_KEY, &(key_ids_t){.fpr = k->soon[i].id});
+    struct call *call = call_new(q, rc);
+    if (call) call->done = on_addresses;
+    rc->pending++;
+    if (fcall(call, &keys, 0, NULL, NULL) < 0) {
+        snprintf(rc->err, sizeof rc->err, "redis not connected");
+        rc->pending--;
+    }
+    call_keys_free(&keys);
+}
+
+/* {stored, OpenPGP, S/MIME, expired, expiring, then id, method, expires ...} */
+static int take_summary(queue_key_summary_t *k, const redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 5 || (reply->elements - 5) % 3)
+        return -1;
+    k->stored = reply_ll(reply->element[0], 0);
+    k->indexed[0] = reply_ll(reply->element[1], 0);
+    k->indexed[1] = reply_ll(reply->element[2], 0);
+    k->expired = reply_ll(reply->element[3], 0);
+    k->expiring = reply_ll(reply->element[4], 0);
+    unsigned n = (unsigned)(reply->elements - 5) / 3;
+    if (n && !(k->soon = calloc(n, sizeof *k->soon))) return -1;
+    for (unsigned i = 0; i < n; i++) {
+        redisReply *const *e = reply->element + 5 + 3 * (size_t)i;
+        queue_expiring_t *s = &k->soon[k->n_soon];
+        if (!reply_copy(e[0], s->id, sizeof s->id)) continue;
+        s->smime = !strcmp(reply_str(e[1]), "smime");
+        s->expires = reply_ll(e[2], 0);
+        k->n_soon++;
+    }
+    return 0;
+}
+
+static void on_summary(struct call *call, redisReply *reply, const char *err)
+{
+    struct report_call *rc = call->arg;
+    queue_key_summary_t *k = &rc->report.keys;
+    if (!reply || take_summary(k, reply) < 0) {
+        snprintf(rc->err, sizeof rc->err, "%s", reply ? "unexpected key_summary reply" : err);
+    } else {
+        /* Keys stored before the index existed are missing from it: the
+         * first report that sees so has them filed, once per process. */
+        if (k->stored != k->indexed[0] + k->indexed[1]) queue_key_index(call->q);
+        if (k->n_soon) ask_addresses(call->q, rc);
+    }
+    report_done(rc);
+}
+
+static void ask_summary(queue_t *q, struct report_call *rc)
+{
+    char horizon[24], max[16];
+    snprintf(horizon, sizeof horizon, "%lld", rc->horizon_s);
+    snprintf(max, sizeof max, "%u", rc->max_soon);
+    const char *args[] = {horizon, max};
+    struct call *call = call_new(q, rc);
+    if (call) call->done = on_summary;
+    rc->pending++;
+    if (fcall_keys(call, FN_KEY_SUMMARY, &(key_ids_t){0}, 2, args, NULL) < 0) {
+        snprintf(rc->err, sizeof rc->err, "redis not connected");
+        rc->pending--;
+    }
+}
+
+int queue_report(queue_t *q, unsigned max_failures, long long horizon_s, unsigned max_soon,
+                 queue_report_cb cb, void *arg)
 {
     struct report_call *rc = calloc(1, sizeof *rc);
     if (!rc) return -1;
     rc->cb = cb;
     rc->arg = arg;
     rc->max_failures = max_failures;
+    rc->horizon_s = horizon_s;
+    rc->max_soon = max_soon;
     rc->report.stats.oldest_ms = -1;
     rc->pending = 1; /* held back until every call is sent */
     for (unsigned s = 0; s < q->shards; s++)
         ask_shard(q, rc, s);
+    ask_summary(q, rc);
     report_done(rc);
     return 0;
 }

@@ -31,6 +31,7 @@ static const struct {
     [KEY_BODY] = {"b", SCOPE_SHARD, ID_BODY},
     [KEY_JOB] = {"j", SCOPE_SHARD, ID_JID},
     [KEY_WITHDRAWN] = {"w", SCOPE_SHARD, ID_MID},
+    [KEY_ENC] = {"enc", SCOPE_SHARD, ID_NONE},
     [KEY_USERS] = {"users", SCOPE_AUTH, ID_NONE},
     [KEY_CRAM] = {"cram", SCOPE_AUTH, ID_NONE},
     [KEY_FAIL] = {"fail", SCOPE_AUTH, ID_CLIENT},
@@ -41,6 +42,8 @@ static const struct {
     [KEY_POLICY] = {"policy", SCOPE_CRYPTO, ID_NONE},
     [KEY_VERSION] = {"version", SCOPE_CRYPTO, ID_NONE},
     [KEY_PREFER] = {"prefer", SCOPE_CRYPTO, ID_NONE},
+    [KEY_EXPIRY_OPENPGP] = {"expiry_openpgp", SCOPE_CRYPTO, ID_NONE},
+    [KEY_EXPIRY_SMIME] = {"expiry_smime", SCOPE_CRYPTO, ID_NONE},
 };
 
 /* The id a kind's name ends with; NULL when it has none, or it is missing. */
@@ -124,7 +127,8 @@ static const struct {
 } functions[FNS] = {
     [FN_ENQUEUE] =
         {.name = "enqueue",
-         .fixed = {KEY_MESSAGE, KEY_DUE, KEY_ST, KEY_DOM, KEY_AGE, KEY_LOG, KEY_DQ, KEY_WITHDRAWN},
+         .fixed = {KEY_MESSAGE, KEY_DUE, KEY_ST, KEY_DOM, KEY_AGE, KEY_LOG, KEY_DQ, KEY_WITHDRAWN,
+                   KEY_ENC},
          .parts = {[ENQUEUE_BODY] = {{KEY_BODY}, false}, [ENQUEUE_JOB] = {{KEY_JOB}, false}}},
     [FN_WITHDRAW] =
         {.name = "withdraw",
@@ -162,12 +166,13 @@ static const struct {
     [FN_KEY_GET] = {.name = "key_get", .read_only = true, .fixed = {KEY_FPR}},
     [FN_KEY_FPRS] = {.name = "key_fprs", .read_only = true, .fixed = {KEY_KEYS}},
     [FN_KEY_PUT] = {.name = "key_put",
-                    .fixed = {KEY_FPR, KEY_KEYS, KEY_VERSION},
+                    .fixed = {KEY_FPR, KEY_KEYS, KEY_VERSION, KEY_EXPIRY_OPENPGP, KEY_EXPIRY_SMIME},
                     .parts = {[KEY_PUT_ADDRESS] = {{KEY_ADDRESS}, false},
                               [KEY_PUT_DROPPED] = {{KEY_ADDRESS}, false},
                               [KEY_PUT_OTHER] = {{KEY_FPR}, false}}},
     [FN_KEY_DELETE] = {.name = "key_delete",
-                       .fixed = {KEY_FPR, KEY_KEYS, KEY_VERSION},
+                       .fixed = {KEY_FPR, KEY_KEYS, KEY_VERSION, KEY_EXPIRY_OPENPGP,
+                                 KEY_EXPIRY_SMIME},
                        .parts = {[KEY_DELETE_ADDRESS] = {{KEY_ADDRESS}, false},
                                  [KEY_DELETE_OTHER] = {{KEY_FPR}, false}}},
     [FN_POLICY_SET] = {.name = "policy_set", .fixed = {KEY_POLICY, KEY_VERSION}},
@@ -175,6 +180,16 @@ static const struct {
                         .read_only = true,
                         .fixed = {KEY_POLICY, KEY_PREFER}},
     [FN_PREFER_SET] = {.name = "prefer_set", .fixed = {KEY_PREFER, KEY_VERSION}},
+    [FN_COPY_SHARES] = {.name = "copy_shares", .read_only = true, .fixed = {KEY_ENC}},
+    [FN_KEY_INDEX] = {.name = "key_index",
+                      .fixed = {KEY_EXPIRY_OPENPGP, KEY_EXPIRY_SMIME},
+                      .parts = {[KEY_INDEX_KEY] = {{KEY_FPR}, false}}},
+    [FN_KEY_SUMMARY] = {.name = "key_summary",
+                        .read_only = true,
+                        .fixed = {KEY_KEYS, KEY_EXPIRY_OPENPGP, KEY_EXPIRY_SMIME}},
+    [FN_KEY_ADDRESSES] = {.name = "key_addresses",
+                          .read_only = true,
+                          .parts = {[KEY_ADDRESSES_KEY] = {{KEY_FPR}, false}}},
 };
 
 const char *schema_fn_name(enum queue_fn fn)
@@ -205,7 +220,8 @@ int schema_keys_text(enum queue_fn fn, char *out, size_t len)
     bool ok = put_kinds(out, len, &pos, functions[fn].fixed, "");
     for (unsigned p = 0; ok && p < PARTS_MAX && functions[fn].parts[p].group[0] != KEY_END; p++) {
         bool optional = functions[fn].parts[p].optional;
-        ok = put(out, len, &pos, optional ? ", [" : ", ") &&
+        const char *open = optional ? ", [" : ", ";
+        ok = put(out, len, &pos, pos ? open : open + 2) && /* a function with no fixed keys */
              put_kinds(out, len, &pos, functions[fn].parts[p].group, optional ? "" : "...") &&
              (!optional || put(out, len, &pos, "]"));
     }

@@ -30,6 +30,7 @@ enum key_kind {
     KEY_BODY,      /* b:<mid>:<variant> */
     KEY_JOB,       /* j:<jid> */
     KEY_WITHDRAWN, /* w:<mid>, a withdrawal's tombstone */
+    KEY_ENC,       /* the recipients per minute by the kind of copy they got */
     /* SMTP users, {sealpost:auth}:<name> */
     KEY_USERS,
     KEY_CRAM,
@@ -42,6 +43,8 @@ enum key_kind {
     KEY_POLICY,
     KEY_VERSION,
     KEY_PREFER,
+    KEY_EXPIRY_OPENPGP, /* the expiry index of the OpenPGP keys */
+    KEY_EXPIRY_SMIME,   /* ... and of the certificates */
     KEY_KINDS
 };
 
@@ -90,6 +93,10 @@ enum queue_fn {
     FN_POLICY_SET,
     FN_POLICY_LIST,
     FN_PREFER_SET,
+    FN_COPY_SHARES,
+    FN_KEY_INDEX,
+    FN_KEY_SUMMARY,
+    FN_KEY_ADDRESSES,
     FNS
 };
 
@@ -100,6 +107,8 @@ enum { WITHDRAW_BODY, WITHDRAW_JOB };
 enum { COMPLETE_BOUNCE };
 enum { KEY_PUT_ADDRESS, KEY_PUT_DROPPED, KEY_PUT_OTHER };
 enum { KEY_DELETE_ADDRESS, KEY_DELETE_OTHER };
+enum { KEY_INDEX_KEY };
+enum { KEY_ADDRESSES_KEY };
 
 const char *schema_fn_name(enum queue_fn fn);
 /* Registered with the no-writes flag: called with FCALL_RO. */

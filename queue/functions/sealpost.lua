@@ -24,6 +24,7 @@ Keys of shard T = {mq:<s>}:
   T:age   zset  message id -> received time (ms), while it has open jobs
   T:dq    zset  each job by domain and age (see dq_member)
   T:w:<mid>  string a withdrawn message's tombstone, expiring: an enqueue of it is a no-op
+  T:enc   hash  recipients accepted per minute by the kind of copy they got (see count_copies)
 
 SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
   {sealpost:auth}:users  hash name -> argon2id;  :cram  hash name -> CRAM-MD5 secret
@@ -130,12 +131,51 @@ end
 -- A late enqueue's jobs wait this long before a worker may claim them.
 local LATE_GRACE_MS = 10000
 
--- KEYS: m, due, st, dom, age, log, dq, w, b..., j...
+-- T:enc counts, per minute of the server's clock, the recipients whose
+-- message was stored by the kind of copy they get, for the status page's
+-- shares of the last ten minutes. It is a ring of COPY_MINUTES slots: field
+-- '<slot>' holds the minute the slot counts, '<slot>:<kind>' its recipients;
+-- a later minute that takes a slot over clears it first. So the hash has a
+-- fixed size and needs no expiry, and one field per kind is raised per call.
+local COPY_KINDS = {'openpgp', 'smime', 'passthrough', 'plain'}
+local COPY_MINUTES = 10
+
+local function count_copies(enc, now, counts)
+  local minute = math.floor(now / 60000)
+  local slot = tostring(minute % COPY_MINUTES)
+  if tonumber(redis.call('HGET', enc, slot)) ~= minute then
+    local fields = {slot, minute}
+    for _, kind in ipairs(COPY_KINDS) do
+      fields[#fields + 1] = slot .. ':' .. kind
+      fields[#fields + 1] = 0
+    end
+    redis.call('HSET', enc, unpack(fields))
+  end
+  for i, kind in ipairs(COPY_KINDS) do
+    if counts[i] > 0 then redis.call('HINCRBY', enc, slot .. ':' .. kind, counts[i]) end
+  end
+end
+
+-- The four counts at the end of enqueue's ARGV, taken off it; nil when
+-- they are not counts.
+local function take_counts(args)
+  local counts = {}
+  for i = #COPY_KINDS, 1, -1 do
+    local c = tonumber(table.remove(args))
+    if not c or c < 0 or c ~= math.floor(c) then return nil end
+    counts[i] = c
+  end
+  return counts
+end
+
+-- KEYS: m, due, st, dom, age, log, dq, w, enc, b..., j...
 --   (b: one per body variant, 0 first; j: one per job)
 -- ARGV: mid, shard, sender, params, info, nb (bodies), n (jobs), the nb bodies,
---       then per job: jid, domain, rcpts, v (its body variant); last, the
+--       then per job: jid, domain, rcpts, v (its body variant); then the
 --       deadline: ms on the ingress's realtime clock after which it has given
---       up on the reply (its client got 451), or 0.
+--       up on the reply (its client got 451), or 0; last, how many
+--       recipients get an OpenPGP copy, an S/MIME copy, the message as the
+--       sender encrypted it (passthrough), and a plain one (see count_copies).
 -- 'duplicate' when the message is stored already; 'withdrawn', storing
 -- nothing, when the ingress withdrew it first (its withdraw overtook it on
 -- another connection: see withdraw). A call run after its deadline (Redis
@@ -145,8 +185,9 @@ local LATE_GRACE_MS = 10000
 -- worker is waiting: at worst, with clocks apart by more than the ingress's
 -- margin, a message is delivered that much later.
 local function enqueue(keys, args)
+  local counts = take_counts(args)
   local deadline = tonumber(table.remove(args))
-  if not deadline then return mismatch('enqueue') end
+  if not counts or not deadline then return mismatch('enqueue') end
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
   end
@@ -154,10 +195,12 @@ local function enqueue(keys, args)
     trace(keys[6], args[1], '', '', 'withdrawn', 'came after its withdrawal: not stored')
     return 'withdrawn'
   end
-  table.remove(keys, 8) -- store_message takes the keys without w
+  local enc = table.remove(keys, 9)
+  table.remove(keys, 8) -- store_message takes the keys without w and enc
   local now = now_ms()
   local late = deadline > 0 and now > deadline
   local stored = store_message(keys, args, now, late and now + LATE_GRACE_MS or now)
+  if stored == 'ok' then count_copies(enc, now, counts) end
   if late and stored == 'ok' then
     trace(keys[6], args[1], '', '', 'late', (now - deadline) .. ' ms after the ingress gave up: '
           .. 'held back ' .. LATE_GRACE_MS .. ' ms for its withdrawal')
@@ -482,6 +525,26 @@ local function recent(keys, args)
   return out
 end
 
+-- KEYS: enc
+-- Returns {openpgp, smime, passthrough, plain}: the recipients of the
+-- messages stored in this minute and the nine before it, by the kind of copy.
+local function copy_shares(keys, args)
+  local minute = math.floor(now_ms() / 60000)
+  local ring = redis.call('HGETALL', keys[1])
+  local f = {}
+  for i = 1, #ring, 2 do f[ring[i]] = ring[i + 1] end
+  local out = {0, 0, 0, 0}
+  for slot = 0, COPY_MINUTES - 1 do
+    local at = tonumber(f[tostring(slot)])
+    if at and at > minute - COPY_MINUTES and at <= minute then
+      for i, kind in ipairs(COPY_KINDS) do
+        out[i] = out[i] + (tonumber(f[slot .. ':' .. kind]) or 0)
+      end
+    end
+  end
+  return out
+end
+
 -- KEYS: due, lease, held, age
 -- Returns {due now, due later, leased, held, messages, oldest received ms or -1, now ms}
 local function stats(keys, args)
@@ -574,6 +637,9 @@ end
 --   prefer       hash address or domain -> 'openpgp' or 'smime', for an address
 --                with both
 --   version      counter, raised by every change: nodes drop their caches when it moves
+--   expiry_openpgp, expiry_smime  zset id -> expires (Unix time; +inf: never), every
+--                stored key of that method: the directory's size and what expires
+--                soon, for the status page, without reading every key
 -- Nodes read it with key_lookup and key_version; `sealpost keys` writes it
 -- with key_put, key_delete, policy_set and prefer_set (below).
 
@@ -637,6 +703,70 @@ local function stored_key(k)
   if not f[4] then return nil end
   f[5] = f[5] or 'openpgp'
   return f
+end
+
+-- Files id in the expiry index of its method (zsets: expiry_openpgp,
+-- expiry_smime), out of the other's.
+local function index_expiry(zsets, id, method, expires)
+  local own, other = zsets[1], zsets[2]
+  if method == 'smime' then own, other = other, own end
+  local e = tonumber(expires) or 0
+  redis.call('ZADD', own, e > 0 and e or '+inf', id)
+  redis.call('ZREM', other, id)
+end
+
+-- KEYS: expiry_openpgp, expiry_smime, k...
+-- ARGV: the ids of the k keys.
+-- Files the keys stored before the expiry index existed (the node that
+-- finds the index short calls it, see queue/keys.c); a key gone meanwhile is
+-- skipped. Returns how many were filed.
+local function key_index(keys, args)
+  if #keys ~= 2 + #args then return mismatch('key_index') end
+  local filed = 0
+  for i, id in ipairs(args) do
+    local f = redis.call('HMGET', keys[2 + i], 'expires', 'method', 'data')
+    if f[3] then
+      index_expiry(keys, id, f[2] or 'openpgp', f[1])
+      filed = filed + 1
+    end
+  end
+  return filed
+end
+
+-- KEYS: keys, expiry_openpgp, expiry_smime
+-- ARGV: horizon (s), max.
+-- Returns {stored ids, OpenPGP keys, certificates, expired already, expiring,
+--          then for up to max of those expiring within horizon, soonest
+--          first: id, method, expires}. Both indexes are read by score:
+-- O(log n) and the keys listed, however large the directory.
+local function key_summary(keys, args)
+  local horizon, max = tonumber(args[1]), tonumber(args[2])
+  if not horizon or not max then return mismatch('key_summary') end
+  local now = math.floor(now_ms() / 1000)
+  local soon = {}
+  local expired, expiring = 0, 0
+  for i, method in ipairs({'openpgp', 'smime'}) do
+    local z = keys[1 + i]
+    expired = expired + redis.call('ZCOUNT', z, '-inf', '(' .. now)
+    expiring = expiring + redis.call('ZCOUNT', z, now, now + horizon)
+    local got = redis.call('ZRANGEBYSCORE', z, now, now + horizon, 'WITHSCORES', 'LIMIT', 0, max)
+    for j = 1, #got, 2 do soon[#soon + 1] = {got[j], method, tonumber(got[j + 1])} end
+  end
+  table.sort(soon, function(x, y) return x[3] < y[3] or (x[3] == y[3] and x[1] < y[1]) end)
+  local out = {redis.call('SCARD', keys[1]), redis.call('ZCARD', keys[2]),
+               redis.call('ZCARD', keys[3]), expired, expiring}
+  for j = 1, math.min(#soon, max) do
+    for _, v in ipairs(soon[j]) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- KEYS: k...
+-- Returns each key's addresses (LF-separated; '' when it is gone).
+local function key_addresses(keys, args)
+  local out = {}
+  for i, k in ipairs(keys) do out[i] = redis.call('HGET', k, 'addrs') or '' end
+  return out
 end
 
 -- KEYS: k
@@ -703,7 +833,7 @@ local function directory_as_read(keys, fpr, kept, dropped, fprs)
   return same_set(now, fprs)
 end
 
--- KEYS: k, keys, version, a..., a..., k...
+-- KEYS: k, keys, version, expiry_openpgp, expiry_smime, a..., a..., k...
 --   (the key's own; a: one per address it has, then one per address it
 --   had before and has no more; k: when there are such, one per other stored key)
 -- ARGV: id, expires, data, n (addresses), m (dropped addresses), method
@@ -718,18 +848,18 @@ local function key_put(keys, args)
   local n, m = tonumber(args[4]), tonumber(args[5])
   local p = #args - 9 - (n or 0) - (m or 0)
   local method = args[6]
-  if not n or not m or p < 0 or #keys ~= 3 + n + m + p or (m == 0 and p > 0)
+  if not n or not m or p < 0 or #keys ~= 5 + n + m + p or (m == 0 and p > 0)
      or (method ~= 'openpgp' and method ~= 'smime') then
     return mismatch('key_put')
   end
   local fpr = args[1]
   local addresses, dropped = slice(args, 10, 9 + n), slice(args, 10 + n, 9 + n + m)
-  local fprs, others = slice(args, 10 + n + m, #args), slice(keys, 4 + n + m, #keys)
+  local fprs, others = slice(args, 10 + n + m, #args), slice(keys, 6 + n + m, #keys)
   if not directory_as_read(keys, fpr, as_set(addresses), dropped, fprs) then
     return 'changed'
   end
   for i = 1, m do
-    unlink(keys[3 + n + i], dropped[i], fpr, others, fprs, method)
+    unlink(keys[5 + n + i], dropped[i], fpr, others, fprs, method)
   end
   redis.call('HSET', keys[1], 'addrs', table.concat(addresses, '\n'), 'expires', args[2],
              'imported', redis.call('TIME')[1], 'data', args[3], 'method', method)
@@ -738,14 +868,15 @@ local function key_put(keys, args)
   end
   local ffpr, fexp, fdata = address_fields(method)
   for i = 1, n do
-    redis.call('HSET', keys[3 + i], ffpr, fpr, fexp, args[2], fdata, args[3])
+    redis.call('HSET', keys[5 + i], ffpr, fpr, fexp, args[2], fdata, args[3])
   end
   redis.call('SADD', keys[2], fpr)
+  index_expiry({keys[4], keys[5]}, fpr, method, args[2])
   redis.call('INCR', keys[3])
   return 'ok'
 end
 
--- KEYS: k, keys, version, a..., k...
+-- KEYS: k, keys, version, expiry_openpgp, expiry_smime, a..., k...
 --   (the key's own; a: one per address it is stored under; k: when it has
 --   any, one per other stored key)
 -- ARGV: id, n (addresses), the n addresses, the other keys' ids
@@ -755,20 +886,22 @@ end
 local function key_delete(keys, args)
   local n = tonumber(args[2])
   local p = #args - 2 - (n or 0)
-  if not n or p < 0 or #keys ~= 3 + n + p or (n == 0 and p > 0) then
+  if not n or p < 0 or #keys ~= 5 + n + p or (n == 0 and p > 0) then
     return mismatch('key_delete')
   end
   local fpr = args[1]
   local addresses = slice(args, 3, 2 + n)
-  local fprs, others = slice(args, 3 + n, #args), slice(keys, 4 + n, #keys)
+  local fprs, others = slice(args, 3 + n, #args), slice(keys, 6 + n, #keys)
   if not directory_as_read(keys, fpr, {}, addresses, fprs) then return 'changed' end
   local found = redis.call('EXISTS', keys[1])
   local method = redis.call('HGET', keys[1], 'method') or 'openpgp'
   for i = 1, n do
-    unlink(keys[3 + i], addresses[i], fpr, others, fprs, method)
+    unlink(keys[5 + i], addresses[i], fpr, others, fprs, method)
   end
   redis.call('DEL', keys[1])
   redis.call('SREM', keys[2], fpr)
+  redis.call('ZREM', keys[4], fpr)
+  redis.call('ZREM', keys[5], fpr)
   redis.call('INCR', keys[3])
   return found
 end
@@ -833,6 +966,13 @@ redis.register_function{function_name = 'key_version', callback = key_version,
 redis.register_function{function_name = 'key_get', callback = key_get, flags = {'no-writes'}}
 redis.register_function{function_name = 'key_fprs', callback = key_fprs, flags = {'no-writes'}}
 redis.register_function('key_put', key_put)
+redis.register_function('key_index', key_index)
+redis.register_function{function_name = 'key_summary', callback = key_summary,
+                        flags = {'no-writes'}}
+redis.register_function{function_name = 'key_addresses', callback = key_addresses,
+                        flags = {'no-writes'}}
+redis.register_function{function_name = 'copy_shares', callback = copy_shares,
+                        flags = {'no-writes'}}
 redis.register_function('key_delete', key_delete)
 redis.register_function('policy_set', policy_set)
 redis.register_function('prefer_set', prefer_set)

@@ -46,18 +46,19 @@ def snapshot(r):
 
 # ---- the queue ----
 
-def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None, deadline=0):
+def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None, deadline=0, copies=(0, 0, 0, 1)):
     """jobs: [(domain, rcpts, variant)]; deadline: the ingress's, in ms of
-    the realtime clock (0: none). Returns the reply and the job ids."""
+    the realtime clock (0: none); copies: the recipients by kind of copy
+    (OpenPGP, S/MIME, passthrough, plain). Returns the reply and the job ids."""
     jids = jids or [f"{mid}.{v}.{n}" for n, (_, _, v) in enumerate(jobs)]
     keys = [shard(f"m:{mid}"), shard("due"), shard("st"), shard("dom"), shard("age"),
-            shard("log"), shard("dq"), shard(f"w:{mid}")]
+            shard("log"), shard("dq"), shard(f"w:{mid}"), shard("enc")]
     keys += [shard(f"b:{mid}:{v}") for v in range(len(bodies))]
     keys += [shard(f"j:{jid}") for jid in jids]
     args = [mid, SHARD, "sender@origin.test", "", "a test", len(bodies), len(jobs), *bodies]
     for jid, (domain, rcpts, v) in zip(jids, jobs):
         args += [jid, domain, rcpts, v]
-    args.append(deadline)
+    args += [deadline, *copies]
     return r.fcall("enqueue", len(keys), *keys, *args), jids
 
 
@@ -221,12 +222,14 @@ def test_a_withdraw_before_any_claim_deletes_everything_and_leaves_a_tombstone(r
     assert not [f for f in r.hkeys(shard("meta")) if f.decode().startswith(MID)]
     assert counter(r, "withdrawn") == 1 and counter(r, "enqueued") == 2
     assert trace_events(r, MID) == ["accepted", "withdrawn"]
-    # a tombstone, expiring, and the other message untouched
+    # a tombstone, expiring, and the other message untouched; the counters,
+    # the trace and the recipients by kind of copy (a withdrawn message stays
+    # counted there, as it was stored: its client sends it again) aside
     assert 3500 < r.ttl(shard(f"w:{MID}")) <= 3600
+    counted = (shard("st").encode(), shard("log").encode(), shard("enc").encode())
     left = {k: v for k, v in snapshot(r).items()
-            if k not in (shard("st").encode(), shard("log").encode(), shard(f"w:{MID}").encode())}
-    assert left == {k: v for k, v in kept.items()
-                    if k not in (shard("st").encode(), shard("log").encode())}
+            if k not in (*counted, shard(f"w:{MID}").encode())}
+    assert left == {k: v for k, v in kept.items() if k not in counted}
     assert claim(r) == {other_jids[0]: 1}  # the workers find nothing of it
 
 
@@ -312,6 +315,70 @@ def test_a_tombstone_expires(r):
     assert enqueue(r, MID, [("example.test", "a@example.test", 0)])[0] == b"ok"
 
 
+# ---- the recipients by kind of copy (the status page's shares) ----
+
+def server_minute(r):
+    """The minute of the server's clock, not within two seconds of its end
+    (waited out), so that a test's enqueues all fall into it."""
+    while True:
+        secs, _ = r.time()
+        if secs % 60 < 58:
+            return secs // 60
+        time.sleep(0.5)
+
+
+def copy_shares(r):
+    return r.fcall_ro("copy_shares", 1, shard("enc"))
+
+
+def test_an_enqueue_counts_its_recipients_by_kind_of_copy(r):
+    minute = server_minute(r)
+    jobs = [("example.test", "a@example.test\nb@example.test\nc@example.test", 0),
+            ("origin.test", "d@origin.test", 1)]
+    assert enqueue(r, MID, jobs, bodies=(b"v0", b"v1"), copies=(2, 1, 0, 1))[0] == b"ok"
+    assert copy_shares(r) == [2, 1, 0, 1]
+    # a duplicate and a withdrawn one store nothing, and count nothing
+    assert enqueue(r, MID, jobs, bodies=(b"v0", b"v1"), copies=(2, 1, 0, 1))[0] == b"duplicate"
+    assert withdraw(r, OTHER_MID, [f"{OTHER_MID}.0.0"]) == b"gone"
+    assert enqueue(r, OTHER_MID, [("example.test", "e@example.test", 0)],
+                   copies=(0, 0, 1, 0))[0] == b"withdrawn"
+    assert copy_shares(r) == [2, 1, 0, 1]
+    slot = str(minute % 10)
+    assert r.hget(shard("enc"), slot) == str(minute).encode()
+    assert r.hget(shard("enc"), f"{slot}:openpgp") == b"2"
+
+
+def test_copy_shares_sum_the_last_ten_minutes_and_a_slot_is_cleared_when_reused(r):
+    minute = server_minute(r)
+    ring = {}
+    # slots by how many minutes back they count, and which minute they hold:
+    # 1 and 9 back are in the window; the slot of 2 back still holds the
+    # minute twelve back, and the current one's the minute ten back
+    for back, held, count in ((1, 1, 5), (9, 9, 7), (2, 12, 1000), (0, 10, 1000)):
+        slot = (minute - back) % 10
+        ring.update({str(slot): minute - held, f"{slot}:openpgp": 0, f"{slot}:smime": count,
+                     f"{slot}:passthrough": 0, f"{slot}:plain": 1000 if back == 0 else 0})
+    r.hset(shard("enc"), mapping=ring)
+    assert copy_shares(r) == [0, 5 + 7, 0, 0]
+    assert enqueue(r, MID, [("example.test", "a@example.test", 0)], copies=(0, 0, 0, 1))[0] == b"ok"
+    assert copy_shares(r) == [0, 5 + 7, 0, 1]  # the old minute's counts went
+    assert r.hget(shard("enc"), f"{minute % 10}:plain") == b"1"
+    assert r.hget(shard("enc"), f"{minute % 10}:smime") == b"0"
+
+
+def test_an_enqueue_without_its_counts_writes_nothing(r):
+    keys = [shard(f"m:{MID}"), shard("due"), shard("st"), shard("dom"), shard("age"),
+            shard("log"), shard("dq"), shard(f"w:{MID}"), shard("enc"), shard(f"b:{MID}:0"),
+            shard(f"j:{MID}.0.0")]
+    args = [MID, SHARD, "s@origin.test", "", "x", 1, 1, b"v0", f"{MID}.0.0", "example.test",
+            "a@example.test", 0, 0]  # the deadline, and no counts
+    with pytest.raises(redis_py.ResponseError, match="arguments do not match"):
+        r.fcall("enqueue", len(keys), *keys, *args)
+    with pytest.raises(redis_py.ResponseError, match="arguments do not match"):
+        r.fcall("enqueue", len(keys), *keys, *args, 1, 0, -1, 0)
+    assert snapshot(r) == {}
+
+
 # ---- users ----
 
 def test_user_set_and_delete(r):
@@ -339,7 +406,8 @@ def version(r):
 
 def key_put(r, fpr, addresses, dropped=(), others=(), data=None, expires=0, smime=None):
     """smime: (subject, issuer, serial) for a certificate."""
-    keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version")]
+    keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version"), crypto("expiry_openpgp"),
+            crypto("expiry_smime")]
     keys += [crypto(f"a:{a}") for a in (*addresses, *dropped)]
     keys += [crypto(f"k:{o}") for o in others]
     method = ["smime", *smime] if smime else ["openpgp", "", "", ""]
@@ -349,7 +417,8 @@ def key_put(r, fpr, addresses, dropped=(), others=(), data=None, expires=0, smim
 
 
 def key_delete(r, fpr, addresses, others=()):
-    keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version")]
+    keys = [crypto(f"k:{fpr}"), crypto("keys"), crypto("version"), crypto("expiry_openpgp"),
+            crypto("expiry_smime")]
     keys += [crypto(f"a:{a}") for a in addresses] + [crypto(f"k:{o}") for o in others]
     return r.fcall("key_delete", len(keys), *keys, fpr, len(addresses), *addresses, *others)
 
@@ -517,3 +586,56 @@ def test_prefer_set_is_read_with_the_address_and_moves_the_version(r):
     assert lookup(r, "a@example.test")[9:] == [None, b"smime"]
     assert r.fcall_ro("policy_list", 2, crypto("policy"), crypto("prefer")) == [
         [], [b"example.test", b"smime"]]
+
+
+# ---- the expiry index (the status page's key directory) ----
+
+EXPIRY = [crypto("expiry_openpgp"), crypto("expiry_smime")]
+
+
+def key_summary(r, horizon, most=20):
+    reply = r.fcall_ro("key_summary", 3, crypto("keys"), *EXPIRY, horizon, most)
+    return reply[:5], [(reply[i].decode(), reply[i + 1].decode(), int(reply[i + 2]))
+                       for i in range(5, len(reply), 3)]
+
+
+def test_key_put_and_delete_keep_the_expiry_index(r):
+    now = r.time()[0]
+    key_put(r, "AAAA", ["a@example.test"], expires=now + 10 * 86400)
+    key_put(r, "BBBB", ["b@example.test"])  # never expires
+    key_put(r, "C1", ["c@example.test"], data="pem C1", expires=now + 60 * 86400, smime=CERT)
+    key_put(r, "C2", ["c@example.test", "d@example.test"], data="pem C2",
+            expires=now + 3 * 86400, smime=CERT)
+    key_put(r, "OLD", ["e@example.test"], expires=now - 86400)
+    assert r.zscore(EXPIRY[0], "AAAA") == now + 10 * 86400
+    assert r.zscore(EXPIRY[0], "BBBB") == float("inf")
+    assert r.zrange(EXPIRY[1], 0, -1) == [b"C2", b"C1"]
+    counts, soon = key_summary(r, 30 * 86400)
+    assert counts == [5, 3, 2, 1, 2]  # stored, OpenPGP, S/MIME, expired, expiring
+    assert soon == [("C2", "smime", now + 3 * 86400), ("AAAA", "openpgp", now + 10 * 86400)]
+    assert key_summary(r, 30 * 86400, most=1)[1] == [("C2", "smime", now + 3 * 86400)]
+    assert r.fcall_ro("key_addresses", 2, crypto("k:C2"), crypto("k:GONE")) == [
+        b"c@example.test\nd@example.test", b""]
+    # a new expiry moves it; a deleted key leaves the index
+    key_put(r, "AAAA", ["a@example.test"], expires=now + 90 * 86400)
+    assert key_delete(r, "C2", ["c@example.test", "d@example.test"], others=["AAAA", "BBBB",
+                      "C1", "OLD"]) == 1
+    counts, soon = key_summary(r, 30 * 86400)
+    assert counts == [4, 3, 1, 1, 0] and soon == []
+    assert r.zscore(EXPIRY[1], "C2") is None
+
+
+def test_key_index_files_keys_stored_before_the_index(r):
+    now = r.time()[0]
+    key_put(r, "AAAA", ["a@example.test"], expires=now + 86400)
+    key_put(r, "C1", ["c@example.test"], data="pem C1", expires=now + 2 * 86400, smime=CERT)
+    r.delete(*EXPIRY)  # as a directory of the version before
+    r.hdel(crypto("k:AAAA"), "method")  # and older: no method at all
+    assert key_summary(r, 30 * 86400)[0] == [2, 0, 0, 0, 0]
+    ids = ["AAAA", "C1", "GONE"]
+    assert r.fcall("key_index", 5, *EXPIRY, *[crypto(f"k:{i}") for i in ids], *ids) == 2
+    counts, soon = key_summary(r, 30 * 86400)
+    assert counts == [2, 1, 1, 0, 2]
+    assert soon == [("AAAA", "openpgp", now + 86400), ("C1", "smime", now + 2 * 86400)]
+    with pytest.raises(redis_py.ResponseError, match="key_index"):
+        r.fcall("key_index", 3, *EXPIRY, crypto("k:AAAA"))

@@ -293,11 +293,14 @@ static void test_keys_text(void **state)
     assert_int_equal(schema_keys_text(FN_CLAIM, text, sizeof text), 0);
     assert_string_equal(text, "due, lease, meta, held, st");
     assert_int_equal(schema_keys_text(FN_ENQUEUE, text, sizeof text), 0);
-    assert_string_equal(text, "m, due, st, dom, age, log, dq, w, b..., j...");
+    assert_string_equal(text, "m, due, st, dom, age, log, dq, w, enc, b..., j...");
     assert_int_equal(schema_keys_text(FN_WITHDRAW, text, sizeof text), 0);
     assert_string_equal(text, "m, due, held, meta, st, dom, age, log, dq, w, b..., j...");
     assert_int_equal(schema_keys_text(FN_COMPLETE, text, sizeof text), 0);
     assert_string_equal(text, "due, lease, meta, st, dom, j, m, b, age, log, held, dq, [m, b, j]");
+    /* a function with no fixed keys starts with its run */
+    assert_int_equal(schema_keys_text(FN_KEY_ADDRESSES, text, sizeof text), 0);
+    assert_string_equal(text, "k...");
     char tiny[8];
     assert_int_equal(schema_keys_text(FN_CLAIM, tiny, sizeof tiny), -1);
 }
@@ -337,11 +340,12 @@ static void test_call_keys(void **state)
         call_keys_add(&keys, ENQUEUE_BODY, &(key_ids_t){.shard = 0, .mid = MID, .variant = v});
     call_keys_add(&keys, ENQUEUE_JOB, &(key_ids_t){.shard = 0, .jid = MID ".0.0"});
     assert_false(keys.failed);
-    assert_int_equal(keys.n, 8 + 40 + 1);
+    assert_int_equal(keys.n, 9 + 40 + 1);
     assert_string_equal(keys.list[0], "{mq:0}:m:" MID);
     assert_string_equal(keys.list[7], "{mq:0}:w:" MID); /* the tombstone a withdraw leaves */
-    assert_string_equal(keys.list[8 + 39], "{mq:0}:b:" MID ":39");
-    assert_string_equal(keys.list[48], "{mq:0}:j:" MID ".0.0");
+    assert_string_equal(keys.list[8], "{mq:0}:enc");    /* the status page's counts */
+    assert_string_equal(keys.list[9 + 39], "{mq:0}:b:" MID ":39");
+    assert_string_equal(keys.list[49], "{mq:0}:j:" MID ".0.0");
     call_keys_add(&keys, ENQUEUE_BODY, &(key_ids_t){.shard = 0, .mid = MID}); /* too late */
     assert_true(keys.failed);
     call_keys_free(&keys);
@@ -351,11 +355,15 @@ static void test_call_keys(void **state)
     call_keys_add(&keys, KEY_PUT_ADDRESS, &(key_ids_t){.addr = "a@example.test"});
     call_keys_add(&keys, KEY_PUT_OTHER, &(key_ids_t){.fpr = "EF01"});
     assert_false(keys.failed);
-    assert_int_equal(keys.n, 5);
+    assert_int_equal(keys.n, 7);
     assert_string_equal(keys.list[0], "{sealpost:crypto}:k:ABCD");
     assert_string_equal(keys.list[2], "{sealpost:crypto}:version");
-    assert_string_equal(keys.list[3], "{sealpost:crypto}:a:a@example.test");
-    assert_string_equal(keys.list[4], "{sealpost:crypto}:k:EF01");
+    assert_string_equal(keys.list[3], "{sealpost:crypto}:expiry_openpgp");
+    assert_string_equal(keys.list[4], "{sealpost:crypto}:expiry_smime");
+    assert_string_equal(keys.list[5], "{sealpost:crypto}:a:a@example.test");
+    assert_string_equal(keys.list[6], "{sealpost:crypto}:k:EF01");
+    for (unsigned i = 0; i < keys.n; i++)
+        assert_int_equal(slot_of(keys.list[i]), slot_of("sealpost:crypto"));
     call_keys_free(&keys);
     call_keys_init(&keys, FN_AUTH_BEGIN, &(key_ids_t){0}); /* no client */
     assert_true(keys.failed);
