@@ -338,12 +338,13 @@ static void register_process_metrics(void)
                (double)util_now_ms() / 1000.0);
 }
 
-/* SIGHUP: pick up a renewed certificate without dropping a connection. */
+/* SIGHUP: pick up a renewed certificate, and the S/MIME CA file and CRLs,
+ * without dropping a connection. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     runtime_t *rt = h->data;
     (void)signum;
-    if (rt->ingress && !rt->stopping) ingress_reload_tls(rt->ingress);
+    if (rt->ingress && !rt->stopping) ingress_reload(rt->ingress);
 }
 
 static void start_services(runtime_t *rt)

@@ -200,6 +200,11 @@ typedef struct crypto_smime_options {
  * cannot be read or holds nothing of its kind, or a CRL file comes without
  * a CA file; the settings before stay then. */
 int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen);
+/* Loads the CA file and CRLs again (an operator's fresh CRL, on SIGHUP):
+ * the part of crypto_smime_configure that may be done again, from the
+ * thread that calls crypto_cert_check (pool threads never read the
+ * store). The store before stays when a file cannot be read. */
+int crypto_smime_trust(const char *ca_file, const char *crl_file, char *err, size_t errlen);
 
 /* The check at each use of a stored certificate (pem, as the directory
  * holds it) at time now: dates, key usage, extended key usage, the key's

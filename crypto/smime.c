@@ -122,9 +122,9 @@ static int store_add_file(X509_STORE *store, const char *path, bool crl, char *e
     return n;
 }
 
-int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen)
+int crypto_smime_trust(const char *ca_file, const char *crl_file, char *err, size_t errlen)
 {
-    bool has_ca = o->ca_file && *o->ca_file, has_crl = o->crl_file && *o->crl_file;
+    bool has_ca = ca_file && *ca_file, has_crl = crl_file && *crl_file;
     if (has_crl && !has_ca) {
         snprintf(err, errlen, "smime_crl_file is set without smime_ca_file");
         return -1;
@@ -133,19 +133,27 @@ int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t er
     if (has_ca) {
         store = X509_STORE_new();
         if (!store) return ssl_fail(err, errlen, "out of memory");
-        if (store_add_file(store, o->ca_file, false, err, errlen) < 0 ||
-            (has_crl && store_add_file(store, o->crl_file, true, err, errlen) < 0)) {
+        if (store_add_file(store, ca_file, false, err, errlen) < 0 ||
+            (has_crl && store_add_file(store, crl_file, true, err, errlen) < 0)) {
             X509_STORE_free(store);
             return -1;
         }
     }
     X509_STORE_free(settings.store);
-    settings =
-        (struct smime_settings){.gcm = o->gcm, .oaep = o->oaep, .store = store, .crl = has_crl};
+    settings.store = store;
+    settings.crl = has_crl;
     pthread_mutex_lock(&cert_cache_lock);
     for (unsigned i = 0; i < CERT_CACHE; i++) /* judged under the store before */
         cert_cache[i].checked_at = cert_cache[i].ok_until = 0;
     pthread_mutex_unlock(&cert_cache_lock);
+    return 0;
+}
+
+int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen)
+{
+    if (crypto_smime_trust(o->ca_file, o->crl_file, err, errlen) < 0) return -1;
+    settings.gcm = o->gcm;
+    settings.oaep = o->oaep;
     return 0;
 }
 

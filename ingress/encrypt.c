@@ -155,6 +155,19 @@ static void check_homes(encrypt_t *e)
     }
 }
 
+void encrypt_reload(encrypt_t *e)
+{
+    const config_t *cfg = e->ingress->cfg;
+    char err[600];
+    if (!cfg->crypto.smime_ca_file[0]) return;
+    if (crypto_smime_trust(cfg->crypto.smime_ca_file, cfg->crypto.smime_crl_file, err, sizeof err) <
+        0)
+        log_error("event=smime_trust_reload_failed error=\"%s\"", err);
+    else
+        log_info("event=smime_trust_reloaded ca=%s crl=%s", cfg->crypto.smime_ca_file,
+                 cfg->crypto.smime_crl_file[0] ? cfg->crypto.smime_crl_file : "none");
+}
+
 bool encrypt_ready(const encrypt_t *e, const char **why)
 {
     *why = e->homes_ok ? NULL : e->homes_problem;

@@ -16,6 +16,9 @@ void encrypt_stop(encrypt_t *e);
 /* Whether encryption can work now (GnuPG homes can be made); else *why
  * says what is in the way. */
 bool encrypt_ready(const encrypt_t *e, const char **why);
+/* Reads [crypto] smime_ca_file and smime_crl_file again (SIGHUP), so that a
+ * CRL fetched anew counts without a restart; logged either way. */
+void encrypt_reload(encrypt_t *e);
 /* Whether a handle or a call of the gateway is still open. */
 bool encrypt_busy(const encrypt_t *e);
 void encrypt_free(encrypt_t *e);

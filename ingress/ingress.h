@@ -19,10 +19,11 @@ typedef struct ingress ingress_t;
  * body before it is stored) must outlive the ingress. */
 ingress_t *ingress_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
                          const seal_keyring_t *seal, char *err, size_t errlen);
-/* Loads the certificate and key again (SIGHUP): new sessions use them, open
- * ones keep what they started with. On failure the old ones stay, and the
- * error is logged. */
-void ingress_reload_tls(ingress_t *ingress);
+/* Loads again what comes from files (SIGHUP): the TLS certificate and key,
+ * which new sessions use while open ones keep what they started with, and
+ * the S/MIME CA file and CRLs. On failure the old ones stay, and the error
+ * is logged. */
+void ingress_reload(ingress_t *ingress);
 /* Runs an SMTP session over a socket already connected (socket activation;
  * tests, over one end of a socketpair), as if accepted on the relay port,
  * or on the submission port, from peer (NULL: unknown). The ingress owns fd

@@ -66,9 +66,10 @@ static int load_tls(const config_t *cfg, SSL_CTX **out, char *err, size_t errlen
     return *out ? 0 : -1;
 }
 
-void ingress_reload_tls(ingress_t *ingress)
+void ingress_reload(ingress_t *ingress)
 {
     char err[600];
+    if (ingress->encrypt) encrypt_reload(ingress->encrypt);
     SSL_CTX *fresh;
     if (load_tls(ingress->cfg, &fresh, err, sizeof err) < 0) {
         log_error("event=tls_reload_failed error=\"%s\"", err);

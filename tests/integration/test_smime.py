@@ -8,6 +8,7 @@ import email.policy
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -140,6 +141,13 @@ copy_extensions = copy
 commonName = supplied
 organizationName = optional
 """)
+
+    def crl(self, out, revoke=None):
+        """Writes the CA's CRL to out, revoking revoke (a certificate file) first."""
+        if revoke:
+            openssl("ca", "-batch", "-config", str(self.config), "-revoke", str(revoke))
+        openssl("ca", "-batch", "-config", str(self.config), "-gencrl", "-crldays", "30", "-out",
+                str(out))
 
     def sign(self, csr, out, start=None, end=None):
         dates = ["-startdate", start or utc(-3600), "-enddate", end or utc(30 * 86400)]
@@ -325,16 +333,26 @@ def test_smime_mail_decrypts_with_openssl_and_gpgsm_and_bcc_gets_its_own(stack, 
     assert b"marker-smime-77" not in shared + bcc
 
 
+def reload(ingress):
+    """SIGHUP, and the ingress saying it has read the CA file and CRLs again."""
+    before = ingress.read_log().count("event=smime_trust_reloaded")
+    ingress.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: ingress.read_log().count("event=smime_trust_reloaded") > before,
+             what="the S/MIME trust reloaded")
+
+
 @pytest.mark.usefixtures("openpgp_engine")  # the OpenPGP copies, from either engine
 def test_a_key_and_a_certificate_mail_goes_as_prefer_says(stack, tmp_path):
-    ca = CA(tmp_path)
+    ca, other = CA(tmp_path), CA(tmp_path, "Other CA")
     frank_pgp = Person(tmp_path, "frank", "frank@example.test")
-    frank = Holder(tmp_path, "frank", "frank@example.test", ca=ca, end=utc(8))
+    frank = Holder(tmp_path, "frank", "frank@example.test", ca=ca)
     imported(stack, frank_pgp.public())
     imported(stack, frank.pem_bytes())
     shown = keys(stack, "show", "frank@example.test").stdout.decode()
     assert frank_pgp.fpr in shown and frank.id in shown
-    stack.ingress()
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes(ca.pem.read_bytes())
+    ingress = stack.ingress(f"[crypto]\nsmime_ca_file = {trust}\n")
     stack.worker()
     # default: OpenPGP
     assert submit(stack.smtp_port, ["frank@example.test"], message("frank@example.test"))[0] == 250
@@ -349,8 +367,10 @@ def test_a_key_and_a_certificate_mail_goes_as_prefer_says(stack, tmp_path):
     content = stack.sink.messages[1][2]
     check_smime(content)
     check_inner(frank.decrypt(strip_received(content)))
-    # the certificate expires: the OpenPGP key stands in
-    wait_for(lambda: time.time() > not_after(frank) + 1, timeout=15, what="expiry")
+    # the certificate is no longer trusted (checked at each use): the
+    # OpenPGP key stands in
+    trust.write_bytes(other.pem.read_bytes())
+    reload(ingress)
     assert submit(stack.smtp_port, ["frank@example.test"], message("frank@example.test"))[0] == 250
     wait_for(lambda: stack.sink.count() == 3, what="the third copy")
     assert BODY in frank_pgp.decrypt(check_pgp_mime(stack.sink.messages[2][2]))
@@ -362,16 +382,59 @@ def not_after(holder):
     return when.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
+def rcpt_reply(stack, rcpt, code, enhanced=None):
+    with connect(stack) as c:
+        expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
+        expect(c.cmd(f"RCPT TO:<{rcpt}>"), code, enhanced)
+
+
+def test_each_use_checks_the_chain_and_crl_and_sighup_reads_them_again(stack, tmp_path):
+    """Imported while no CA file was set; a node whose CA file does not
+    sign it refuses it at RCPT (required), takes it once the CA file does
+    (SIGHUP, no restart), and refuses it again when a CRL revokes it."""
+    ca, other = CA(tmp_path), CA(tmp_path, "Other CA")
+    grace = Holder(tmp_path, "grace", "grace@example.test", ca=ca)
+    imported(stack, grace.pem_bytes())
+    assert keys(stack, "policy", "set", "grace@example.test", "required").returncode == 0
+    trust, crl = tmp_path / "trust.pem", tmp_path / "crl.pem"
+    trust.write_bytes(other.pem.read_bytes())
+    ca.crl(crl)
+    ingress = stack.ingress(f"[crypto]\nsmime_ca_file = {trust}\nsmime_crl_file = {crl}\n")
+    rcpt_reply(stack, "grace@example.test", 550, "5.7.1")
+    assert 'why="smime: not signed by the configured CA' in ingress.read_log()
+    trust.write_bytes(other.pem.read_bytes() + ca.pem.read_bytes())
+    reload(ingress)
+    rcpt_reply(stack, "grace@example.test", 250)
+    ca.crl(crl, revoke=grace.pem)
+    reload(ingress)
+    rcpt_reply(stack, "grace@example.test", 550, "5.7.1")
+    assert 'why="smime: revoked (CRL)"' in ingress.read_log()
+
+
+def test_a_stale_crl_makes_mail_wait_never_go_in_clear(stack, tmp_path):
+    """A CRL past its nextUpdate says nothing of the certificate: mail to it
+    waits (451 4.7.5) under opportunistic too, and nothing goes in clear."""
+    ca = CA(tmp_path)
+    hal = Holder(tmp_path, "hal", "hal@example.test", ca=ca)
+    imported(stack, hal.pem_bytes())
+    crl = tmp_path / "crl.pem"
+    openssl("ca", "-batch", "-config", str(ca.config), "-gencrl", "-crlsec", "1", "-out", str(crl))
+    time.sleep(2)  # its nextUpdate a second after it was made
+    ingress = stack.ingress(f"[crypto]\nsmime_ca_file = {ca.pem}\nsmime_crl_file = {crl}\n")
+    rcpt_reply(stack, "hal@example.test", 451, "4.7.5")
+    assert "event=key_in_doubt" in ingress.read_log() and "CRL check failed" in ingress.read_log()
+
+
 def test_required_with_an_expired_certificate_is_refused_at_rcpt(stack, tmp_path):
     ca = CA(tmp_path)
-    grace = Holder(tmp_path, "grace", "grace@example.test", ca=ca, end=utc(5))
+    grace = Holder(tmp_path, "grace", "grace@example.test", ca=ca, end=utc(12))
     imported(stack, grace.pem_bytes())
     assert keys(stack, "policy", "set", "grace@example.test", "required").returncode == 0
     stack.ingress()
     with connect(stack) as c:  # while it is valid: taken, and cached
         expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
         expect(c.cmd("RCPT TO:<grace@example.test>"), 250)
-    wait_for(lambda: time.time() > not_after(grace) + 1, timeout=15, what="expiry")
+    wait_for(lambda: time.time() > not_after(grace) + 1, timeout=20, what="expiry")
     with connect(stack) as c:
         expect(c.cmd("MAIL FROM:<sender@origin.test>"), 250)
         expect(c.cmd("RCPT TO:<grace@example.test>"), 550, "5.7.1")
