@@ -160,12 +160,12 @@ void http_stop(http_server_t *server);
  * required with a certificate valid for the host's name. */
 enum tls_policy { TLS_POLICY_NONE, TLS_POLICY_OPPORTUNISTIC, TLS_POLICY_VERIFY };
 
-/* Whether mail to a recipient is encrypted: never; when a usable key is
- * known; or always, refusing the recipient who has none. */
 /* [crypto] smime_cipher and smime_rsa_padding, in the order of their names. */
 enum smime_cipher { SMIME_AES256_CBC, SMIME_AES256_GCM };
 enum smime_rsa_padding { SMIME_RSA_PKCS1, SMIME_RSA_OAEP };
 
+/* Whether mail to a recipient is encrypted: never; when a usable key is
+ * known; or always, refusing the recipient who has none. */
 enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRED };
 int config_parse_enc_policy(const char *value, enum enc_policy *out);
 const char *config_enc_policy_name(enum enc_policy p);
@@ -300,8 +300,7 @@ typedef struct config {
         unsigned smime_rsa_padding;     /* enum smime_rsa_padding */
         char smime_ca_file[512];        /* PEM CA certificates; "": chains not checked */
         char smime_crl_file[512];       /* PEM CRLs of those CAs; "": none (README says why) */
-        unsigned
-            openpgp_engine; /* enum config_openpgp_engine: gpg processes, or librnp in-process */
+        unsigned openpgp_engine;        /* enum config_openpgp_engine: gpg, or librnp */
     } crypto;
 
     struct {

@@ -5,7 +5,7 @@
 #ifndef SEALPOST_CRYPTO_INTERNAL_H
 #define SEALPOST_CRYPTO_INTERNAL_H
 
-#include "crypto/crypto.h" /* crypto_rcpt_key_t, buf_t: rnp.c's block */
+#include "crypto/crypto.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -78,11 +78,9 @@ bool smime_is_enveloped(const unsigned char *der, size_t len, bool auth);
 enum smime_structure { SMIME_OTHER, SMIME_ENVELOPED, SMIME_AUTH_ENVELOPED };
 enum smime_structure smime_structure(const unsigned char *der, size_t len);
 
-struct crypto_key_info;
-
 /* Frees what a crypto_key_info_t of an inspection holds (addresses, the
  * armored key or PEM, a certificate's names and serial), not itself. */
-void crypto_key_info_free(struct crypto_key_info *info);
+void crypto_key_info_free(crypto_key_info_t *info);
 
 /* Reads the X.509 certificates in data (PEM CERTIFICATE, X509 CERTIFICATE
  * or PKCS7 blocks at the start of a line; or one DER certificate; or one
@@ -90,9 +88,8 @@ void crypto_key_info_free(struct crypto_key_info *info);
  * and the checks of crypto_cert_check done at the present time. The number
  * of certificates reported: 0 when data holds no X.509 at all (OpenPGP,
  * then); -1 with err when a block is broken or memory ran out. */
-int smime_inspect(const char *data, size_t len,
-                  void (*cb)(const struct crypto_key_info *key, void *arg), void *arg, char *err,
-                  size_t errlen);
+int smime_inspect(const char *data, size_t len, void (*cb)(const crypto_key_info_t *key, void *arg),
+                  void *arg, char *err, size_t errlen);
 
 /* ---- OpenPGP encryption in-process (librnp; rnp.c) ---- */
 

@@ -38,8 +38,6 @@
 #include <strings.h>
 #include <time.h>
 
-#include "crypto/crypto.h"
-
 #define MIN_RSA_BITS 2048
 /* RFC 5280 §4.1.2.5: a notAfter of 99991231235959Z means no expiry. */
 #define NO_WELL_DEFINED_EXPIRY 253402300799LL

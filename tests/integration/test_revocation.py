@@ -83,7 +83,8 @@ def listed(stack):
     return keys(stack, "list").stdout.decode()
 
 
-# The tests below it read keys only (`sealpost keys`, always gpg): they run once.
+# This one encrypts a message before the revocation: it runs on both engines.
+# The tests after it read keys only (`sealpost keys`, always gpg): they run once.
 @pytest.mark.usefixtures("openpgp_engine")
 @pytest.mark.parametrize("form", ["bare", "merged"])
 @pytest.mark.parametrize("tool", ["gpg", "sq", "rnp"])
