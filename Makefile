@@ -38,9 +38,12 @@ $(FUZZ_BUILD)/Makefile:
 # Unit tests run in the plain and the sanitizer build; the integration tests
 # drive the sanitizer build's binary, so a memory error in any path they reach
 # fails the run. The fuzz targets run for a fixed time each (a minute), two at
-# a time, on a corpus that grows in the build tree from run to run.
+# a time, on a corpus that grows in the build tree from run to run. The fuzz
+# tree is configured again first: a target added since it was made is not a
+# target its Makefile knows until then.
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cmake -S . -B $(FUZZ_BUILD) > /dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
 	$(PYTHON) tests/lint/layers.py . $(BUILD)
 	cd $(BUILD) && ctest --output-on-failure
@@ -83,6 +86,7 @@ bench: build
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.
 FUZZ_SECONDS ?= 300
 fuzz: setup $(FUZZ_BUILD)/Makefile
+	cmake -S . -B $(FUZZ_BUILD) > /dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
 	for t in $(FUZZ_TARGETS); do \
 		$(FUZZ_BUILD)/tests/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
@@ -92,6 +96,7 @@ fuzz: setup $(FUZZ_BUILD)/Makefile
 # Merges the build tree's grown corpus into tests/fuzz/corpus/<target>,
 # minimized by libFuzzer (-set_cover_merge=1), for a commit.
 fuzz-corpus: setup $(FUZZ_BUILD)/Makefile
+	cmake -S . -B $(FUZZ_BUILD) > /dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
 	sh tests/fuzz/merge_corpus.sh $(FUZZ_BUILD) $(FUZZ_TARGETS)
 
