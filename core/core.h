@@ -98,6 +98,9 @@ int net_listen(struct uv_tcp_s *tcp, const net_hostport_t *hp, int backlog,
 
 /* Milliseconds on the realtime clock. */
 int64_t util_now_ms(void);
+/* Microseconds on the monotonic clock: for durations and deadlines, which a
+ * change of the system's time must not move. */
+int64_t util_monotonic_us(void);
 /* 128 random bits as 32 lowercase hex characters plus NUL. */
 void util_random_id(char out[33]);
 /* Uniform random number in [0, bound). */

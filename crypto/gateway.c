@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define NO_VARIANT UINT32_MAX
 
@@ -102,9 +101,7 @@ static unsigned header_flags(const gateway_job_t *job)
 
 static double monotonic_seconds(void)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+    return (double)util_monotonic_us() / 1e6;
 }
 
 /* Notes an engine call for the metrics, which the loop thread counts: the

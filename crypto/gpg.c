@@ -724,9 +724,7 @@ void crypto_engine_timeout(unsigned seconds)
 
 static long long monotonic_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (long long)(util_monotonic_us() / 1000);
 }
 
 static bool names_home(const char *args, size_t n, const char *home)

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Keys a thread's keyring holds at most; a job with more recipients' keys
  * than this gets a keyring of its own for that job. */
@@ -81,7 +82,10 @@ static int fail(char *err, size_t errlen, const char *fpr, const char *what, rnp
 
 /* A new ffi for the keyring. librnp writes its own diagnostics to stderr
  * unless told otherwise: every failure reaches our log through the result
- * code and the job's error instead, so they go nowhere. */
+ * code and the job's error instead, so they go nowhere. The ffi takes the
+ * descriptor it is given for its own (fdopen) and closes it when destroyed:
+ * each gets a duplicate, never the one kept here, or a destroyed keyring
+ * would close a number the kernel has since given to a socket. */
 static rnp_result_t keyring_open(struct keyring *kr)
 {
     rnp_result_t r = rnp_ffi_create(&kr->ffi, "GPG", "GPG");
@@ -89,7 +93,8 @@ static rnp_result_t keyring_open(struct keyring *kr)
         kr->ffi = NULL;
         return r;
     }
-    if (devnull >= 0) rnp_ffi_set_log_fd(kr->ffi, devnull);
+    int fd = devnull >= 0 ? fcntl(devnull, F_DUPFD_CLOEXEC, 0) : -1;
+    if (fd >= 0 && rnp_ffi_set_log_fd(kr->ffi, fd) != RNP_SUCCESS) close(fd);
     return RNP_SUCCESS;
 }
 

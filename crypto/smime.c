@@ -3,18 +3,18 @@
  * (crypto_cert_check), encrypting (smime_encrypt), and whether a body the
  * sender labelled enveloped data really is (smime_is_enveloped).
  *
- * The only state is the process's settings, written once by
- * crypto_smime_configure before any thread uses them: the pool threads
- * then only read them. The X509_STORE is shared as SSL_CTX's store is
- * shared by all an SSL_CTX's connections: OpenSSL locks its object list
- * for look-ups, every certificate and CRL is loaded into it up front (no
- * lazy directory look-up), and each verification has its own
- * X509_STORE_CTX and flags. Every failure clears the thread's error queue
- * after putting its reason into err, so that no stale error reaches the
- * next call on the same pool thread.
- *
- * Beside them, a small cache of decoded certificates (see cert_decoded),
- * which every thread shares under its own lock. */
+ * Three pieces of state, each with its own rule:
+ * - the encryption options, written once by crypto_smime_configure before
+ *   any thread encrypts; pool threads only read them;
+ * - the trust (the X509_STORE of the CA file and CRLs), made by
+ *   crypto_smime_trust at start and again on SIGHUP, and read by checks:
+ *   all on the event loop (and in the admin CLI), never in a pool thread,
+ *   so that a reload needs no lock; every certificate and CRL is loaded up
+ *   front, and each verification has its own X509_STORE_CTX and flags;
+ * - a cache of decoded certificates and of passed checks (cert_decoded),
+ *   which every thread shares under its own lock.
+ * Every failure clears the thread's error queue after putting its reason
+ * into err, so that no stale error reaches the next call on that thread. */
 #include "crypto/internal.h"
 
 #include <limits.h>
@@ -42,11 +42,15 @@
 /* RFC 5280 §4.1.2.5: a notAfter of 99991231235959Z means no expiry. */
 #define NO_WELL_DEFINED_EXPIRY 253402300799LL
 
-static struct smime_settings {
+static struct smime_options {
     bool gcm, oaep;
-    X509_STORE *store; /* NULL: no CA file, chains are not checked */
-    bool crl;          /* the store holds CRLs: the leaf is checked against them */
-} settings;
+} options;
+
+static struct smime_trust {
+    X509_STORE *store;       /* NULL: no CA file, chains are not checked */
+    bool crl;                /* the store holds CRLs: the leaf is checked against them */
+    long long crls_stale_at; /* the earliest nextUpdate of those CRLs; 0: none */
+} trust;
 
 /* Certificates decoded lately, by a digest of the PEM they came from.
  * Decoding an RSA-3072 certificate costs OpenSSL 3 more than encrypting 4
@@ -54,8 +58,8 @@ static struct smime_settings {
  * needs it twice, at RCPT and in the pool thread. A decoded X509 is
  * read-only to all its users and reference-counted, so one copy serves
  * every thread. checked_at..ok_until: when crypto_cert_check last found it
- * usable, and until when that stands (a minute at most, the notAfter at
- * the latest; made void by crypto_smime_configure). */
+ * usable, and until when that stands (a minute at most, the notAfter and
+ * the CRLs' nextUpdate at the latest; made void by crypto_smime_trust). */
 #define CERT_CACHE   64
 #define CERT_RECHECK 60
 static struct cached_cert {
@@ -120,6 +124,27 @@ static int store_add_file(X509_STORE *store, const char *path, bool crl, char *e
     return n;
 }
 
+static long long asn1_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (!t || !ASN1_TIME_to_tm(t, &tm)) return 0;
+    return (long long)timegm(&tm);
+}
+
+/* When the first of the store's CRLs is past its nextUpdate (0: none has
+ * one): a passed check must not stand beyond it. */
+static long long crls_stale_at(X509_STORE *store)
+{
+    long long first = 0;
+    STACK_OF(X509_OBJECT) *objects = X509_STORE_get0_objects(store);
+    for (int i = 0; i < sk_X509_OBJECT_num(objects); i++) {
+        X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
+        long long next = crl ? asn1_unix(X509_CRL_get0_nextUpdate(crl)) : 0;
+        if (next > 0 && (first == 0 || next < first)) first = next;
+    }
+    return first;
+}
+
 int crypto_smime_trust(const char *ca_file, const char *crl_file, char *err, size_t errlen)
 {
     bool has_ca = ca_file && *ca_file, has_crl = crl_file && *crl_file;
@@ -137,9 +162,9 @@ int crypto_smime_trust(const char *ca_file, const char *crl_file, char *err, siz
             return -1;
         }
     }
-    X509_STORE_free(settings.store);
-    settings.store = store;
-    settings.crl = has_crl;
+    X509_STORE_free(trust.store);
+    trust = (struct smime_trust){
+        .store = store, .crl = has_crl, .crls_stale_at = store ? crls_stale_at(store) : 0};
     pthread_mutex_lock(&cert_cache_lock);
     for (unsigned i = 0; i < CERT_CACHE; i++) /* judged under the store before */
         cert_cache[i].checked_at = cert_cache[i].ok_until = 0;
@@ -150,19 +175,11 @@ int crypto_smime_trust(const char *ca_file, const char *crl_file, char *err, siz
 int crypto_smime_configure(const crypto_smime_options_t *o, char *err, size_t errlen)
 {
     if (crypto_smime_trust(o->ca_file, o->crl_file, err, errlen) < 0) return -1;
-    settings.gcm = o->gcm;
-    settings.oaep = o->oaep;
+    options = (struct smime_options){.gcm = o->gcm, .oaep = o->oaep};
     return 0;
 }
 
 /* ---- one certificate's checks ---- */
-
-static long long asn1_unix(const ASN1_TIME *t)
-{
-    struct tm tm;
-    if (!t || !ASN1_TIME_to_tm(t, &tm)) return 0;
-    return (long long)timegm(&tm);
-}
 
 static int key_type(const X509 *x)
 {
@@ -225,6 +242,7 @@ static int waive_ec_leaf_purpose(int ok, X509_STORE_CTX *ctx)
     return ok;
 }
 
+/* A CRL that cannot serve: missing, stale, unreadable. */
 static bool is_crl_error(int e)
 {
     switch (e) {
@@ -252,9 +270,9 @@ static bool is_crl_error(int e)
 static const char *chain_unusable(X509 *x, long long now, char *why, size_t whylen, bool *retired,
                                   bool *in_doubt)
 {
-    if (!settings.store) return NULL;
+    if (!trust.store) return NULL;
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
-    if (!ctx || !X509_STORE_CTX_init(ctx, settings.store, x, NULL)) {
+    if (!ctx || !X509_STORE_CTX_init(ctx, trust.store, x, NULL)) {
         X509_STORE_CTX_free(ctx);
         ssl_fail(why, whylen, "the chain could not be checked");
         *in_doubt = true;
@@ -262,8 +280,8 @@ static const char *chain_unusable(X509 *x, long long now, char *why, size_t whyl
     }
     /* An intermediate in the CA file is an anchor too: the operator's
      * choice of whom to trust, not necessarily a root. */
-    X509_STORE_CTX_set_flags(ctx, X509_V_FLAG_PARTIAL_CHAIN |
-                                      (settings.crl ? X509_V_FLAG_CRL_CHECK : 0));
+    X509_STORE_CTX_set_flags(ctx,
+                             X509_V_FLAG_PARTIAL_CHAIN | (trust.crl ? X509_V_FLAG_CRL_CHECK : 0));
     X509_STORE_CTX_set_time(ctx, 0, (time_t)now);
     X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SMIME_ENCRYPT);
     /* Level 2: no signature in the chain by SHA-1 or MD5, no CA key
@@ -278,9 +296,15 @@ static const char *chain_unusable(X509 *x, long long now, char *why, size_t whyl
         *retired = true;
         return "revoked (CRL)";
     }
-    *in_doubt = is_crl_error(e);
+    /* Errors that say nothing of the certificate: a CRL that cannot
+     * serve, or OpenSSL unable to finish the check. */
+    bool crl = is_crl_error(e);
+    *in_doubt = crl || ok < 0 || e == X509_V_ERR_OUT_OF_MEM || e == X509_V_ERR_UNSPECIFIED ||
+                e == X509_V_ERR_STORE_LOOKUP;
     snprintf(why, whylen, "%s: %s",
-             *in_doubt ? "CRL check failed" : "not signed by the configured CA",
+             crl         ? "CRL check failed"
+             : *in_doubt ? "the chain could not be checked"
+                         : "not signed by the configured CA",
              X509_verify_cert_error_string(e));
     return why;
 }
@@ -327,13 +351,11 @@ static struct cached_cert *cache_find(const unsigned char digest[16])
     return NULL;
 }
 
-/* The certificate in pem, decoded: a reference of the caller's own
- * (X509_free it), from the cache when it was decoded lately. NULL when
- * pem holds none. */
-static X509 *cert_decoded(const char *pem, size_t len)
+/* The certificate in pem (whose digest is given), decoded: a reference of
+ * the caller's own (X509_free it), from the cache when it was decoded
+ * lately. NULL when pem holds none. */
+static X509 *cert_decoded(const char *pem, size_t len, const unsigned char digest[16])
 {
-    unsigned char digest[16];
-    pem_digest(pem, len, digest);
     pthread_mutex_lock(&cert_cache_lock);
     struct cached_cert *c = cache_find(digest);
     X509 *x = c && X509_up_ref(c->x) ? c->x : NULL;
@@ -350,31 +372,40 @@ static X509 *cert_decoded(const char *pem, size_t len)
     return x;
 }
 
-/* Whether a check of pem found it usable at a time before now that still
- * stands (within CERT_RECHECK, before its notAfter). With record, notes
- * instead that a check has just found it usable at now. */
-static bool verdict_cached(const char *pem, size_t len, long long now, bool record,
-                           long long not_after)
+/* Whether a check found the certificate usable at a time before now that
+ * still stands. */
+static bool verdict_stands(const unsigned char digest[16], long long now)
 {
-    unsigned char digest[16];
-    pem_digest(pem, len, digest);
+    pthread_mutex_lock(&cert_cache_lock);
+    const struct cached_cert *c = cache_find(digest);
+    bool stands = c && now >= c->checked_at && now < c->ok_until;
+    pthread_mutex_unlock(&cert_cache_lock);
+    return stands;
+}
+
+/* Notes that a check has just found the certificate usable at now: it
+ * stands for CERT_RECHECK seconds, and never past its notAfter or the
+ * moment a CRL goes stale. */
+static void verdict_record(const unsigned char digest[16], long long now, long long not_after)
+{
+    long long until = now + CERT_RECHECK;
+    if (not_after != NO_WELL_DEFINED_EXPIRY && not_after + 1 < until) until = not_after + 1;
+    if (trust.crls_stale_at && trust.crls_stale_at < until) until = trust.crls_stale_at;
     pthread_mutex_lock(&cert_cache_lock);
     struct cached_cert *c = cache_find(digest);
-    bool hit = c && now >= c->checked_at && now < c->ok_until;
-    if (c && record) {
+    if (c) {
         c->checked_at = now;
-        c->ok_until = now + CERT_RECHECK;
-        if (not_after != NO_WELL_DEFINED_EXPIRY && not_after + 1 < c->ok_until)
-            c->ok_until = not_after + 1;
+        c->ok_until = until;
     }
     pthread_mutex_unlock(&cert_cache_lock);
-    return hit;
 }
 
 int crypto_cert_check(const char *pem, size_t len, long long now, char *why, size_t whylen)
 {
-    if (verdict_cached(pem, len, now, false, 0)) return 1;
-    X509 *x = cert_decoded(pem, len);
+    unsigned char digest[16];
+    pem_digest(pem, len, digest);
+    if (verdict_stands(digest, now)) return 1;
+    X509 *x = cert_decoded(pem, len, digest);
     if (!x) {
         snprintf(why, whylen, "the stored certificate cannot be read");
         ERR_clear_error();
@@ -383,7 +414,7 @@ int crypto_cert_check(const char *pem, size_t len, long long now, char *why, siz
     bool retired, in_doubt;
     char reason[300];
     const char *bad = cert_unusable(x, now, reason, sizeof reason, &retired, &in_doubt);
-    if (!bad) verdict_cached(pem, len, now, true, asn1_unix(X509_get0_notAfter(x)));
+    if (!bad) verdict_record(digest, now, asn1_unix(X509_get0_notAfter(x)));
     X509_free(x);
     /* Caching extensions or reading a date can leave errors queued: this
      * runs on the event loop, whose TLS reads the same queue. */
@@ -677,13 +708,15 @@ int smime_inspect(const char *data, size_t len,
  * §2.3's choice, and what every reader finds its certificate by). */
 static int add_recipient(CMS_ContentInfo *cms, const crypto_rcpt_key_t *c, char *err, size_t errlen)
 {
-    X509 *x = c->method == CRYPTO_SMIME ? cert_decoded(c->armored, c->armored_len) : NULL;
+    unsigned char digest[16];
+    pem_digest(c->armored, c->armored_len, digest);
+    X509 *x = c->method == CRYPTO_SMIME ? cert_decoded(c->armored, c->armored_len, digest) : NULL;
     if (!x) {
         snprintf(err, errlen, "recipient %s: no certificate", c->fpr ? c->fpr : "?");
         ERR_clear_error();
         return -1;
     }
-    bool oaep = settings.oaep && key_type(x) == EVP_PKEY_RSA;
+    bool oaep = options.oaep && key_type(x) == EVP_PKEY_RSA;
     /* CMS_KEY_PARAM keeps the key's context open for the padding. */
     CMS_RecipientInfo *ri =
         CMS_add1_recipient_cert(cms, x, CMS_PARTIAL | (oaep ? CMS_KEY_PARAM : 0));
@@ -723,7 +756,7 @@ int smime_encrypt(const crypto_rcpt_key_t *certs, unsigned n, const char *plain,
     }
     ERR_clear_error(); /* so that a failure reports its own reason, not a stale one */
     /* GCM makes CMS_encrypt build AuthEnvelopedData (RFC 5083). */
-    const EVP_CIPHER *cipher = settings.gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
+    const EVP_CIPHER *cipher = options.gcm ? EVP_aes_256_gcm() : EVP_aes_256_cbc();
     CMS_ContentInfo *cms = CMS_encrypt(NULL, NULL, cipher, CMS_BINARY | CMS_PARTIAL);
     if (!cms) return ssl_fail(err, errlen, "CMS structure not made");
     int rc = 0;

@@ -29,10 +29,11 @@ struct encrypt {
     char homes[4096]; /* the per-thread GnuPG homes' parent */
     uv_timer_t poll;  /* asks for the directory's version */
     bool poll_open;
-    bool polling;     /* a version call is out */
-    unsigned running; /* messages in the thread pool for encryption */
-    bool gnupg;       /* OpenPGP by gpg processes, which need GnuPG homes */
-    bool homes_ok;    /* GnuPG homes can be made (or none are needed): else why not */
+    bool polling;           /* a version call is out */
+    unsigned running;       /* messages in the thread pool for encryption */
+    bool gnupg;             /* OpenPGP by gpg processes, which need GnuPG homes */
+    long long doubt_warned; /* when a key in doubt was last logged at warn */
+    bool homes_ok;          /* GnuPG homes can be made (or none are needed): else why not */
     char homes_problem[256];
     unsigned homes_remade; /* crypto_homes_remade() when last counted */
     metric_t *decisions[DECISIONS];
@@ -270,9 +271,14 @@ static enum rcpt_verdict decide(encrypt_t *e, const char *addr, const char *peer
         return RCPT_REFUSED;
     }
     if (d == DECIDE_UNKNOWN) {
+        /* A stale CRL puts every recipient of its CA in doubt at once: a
+         * warning a minute says so, the rest go to debug. */
         char safe[LOG_SAFE_MAX];
-        log_warn("event=key_in_doubt client=%s rcpt=<%s> why=\"%s\"", peer, log_addr(addr, safe),
-                 why);
+        long long now = (long long)time(NULL);
+        bool warn = now - e->doubt_warned >= 60;
+        if (warn) e->doubt_warned = now;
+        log_write(warn ? LOG_WARN : LOG_DEBUG, "event=key_in_doubt client=%s rcpt=<%s> why=\"%s\"",
+                  peer, log_addr(addr, safe), why);
         return RCPT_IN_DOUBT;
     }
     if (d == DECIDE_PLAIN) return RCPT_PLAIN;

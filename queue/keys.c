@@ -106,11 +106,12 @@ int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
 
 static void on_indexed(struct call *call, redisReply *reply, const char *err)
 {
-    if (!reply || reply->type != REDIS_REPLY_INTEGER)
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
         log_warn("event=keys_index_failed error=\"%s\"", reply ? "unexpected reply" : err);
-    else
-        log_info("event=keys_indexed count=%lld", reply->integer);
-    (void)call;
+        call->q->keys_indexing = false; /* the next report files them all again */
+        return;
+    }
+    log_info("event=keys_indexed count=%lld", reply->integer);
 }
 
 static void index_batch(queue_t *q, redisReply *const *ids, size_t n)
@@ -124,8 +125,10 @@ static void index_batch(queue_t *q, redisReply *const *ids, size_t n)
     }
     struct call *call = call_new(q, NULL);
     if (call) call->done = on_indexed;
-    if (fcall(call, &keys, (int)n, args, NULL) < 0)
+    if (fcall(call, &keys, (int)n, args, NULL) < 0) {
         log_warn("event=keys_index_failed error=\"redis not connected\"");
+        q->keys_indexing = false;
+    }
     call_keys_free(&keys);
 }
 

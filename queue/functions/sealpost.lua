@@ -741,7 +741,10 @@ end
 -- O(log n) and the keys listed, however large the directory.
 local function key_summary(keys, args)
   local horizon, max = tonumber(args[1]), tonumber(args[2])
-  if not horizon or not max then return mismatch('key_summary') end
+  -- a negative LIMIT count would answer the whole index
+  if not horizon or not max or horizon < 0 or max < 0 or max > 1000 then
+    return mismatch('key_summary')
+  end
   local now = math.floor(now_ms() / 1000)
   local soon = {}
   local expired, expiring = 0, 0

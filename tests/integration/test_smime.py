@@ -413,16 +413,24 @@ def test_each_use_checks_the_chain_and_crl_and_sighup_reads_them_again(stack, tm
 
 def test_a_stale_crl_makes_mail_wait_never_go_in_clear(stack, tmp_path):
     """A CRL past its nextUpdate says nothing of the certificate: mail to it
-    waits (451 4.7.5) under opportunistic too, and nothing goes in clear."""
+    waits (451 4.7.5, not 550, not clear text) under either policy, until a
+    fresh CRL is read (SIGHUP)."""
     ca = CA(tmp_path)
     hal = Holder(tmp_path, "hal", "hal@example.test", ca=ca)
-    imported(stack, hal.pem_bytes())
+    ivy = Holder(tmp_path, "ivy", "ivy@example.test", ca=ca)
+    imported(stack, hal.pem_bytes() + ivy.pem_bytes())
+    assert keys(stack, "policy", "set", "ivy@example.test", "required").returncode == 0
     crl = tmp_path / "crl.pem"
     openssl("ca", "-batch", "-config", str(ca.config), "-gencrl", "-crlsec", "1", "-out", str(crl))
     time.sleep(2)  # its nextUpdate a second after it was made
     ingress = stack.ingress(f"[crypto]\nsmime_ca_file = {ca.pem}\nsmime_crl_file = {crl}\n")
-    rcpt_reply(stack, "hal@example.test", 451, "4.7.5")
+    for rcpt in ("hal@example.test", "ivy@example.test"):  # opportunistic, required
+        rcpt_reply(stack, rcpt, 451, "4.7.5")
     assert "event=key_in_doubt" in ingress.read_log() and "CRL check failed" in ingress.read_log()
+    ca.crl(crl)
+    reload(ingress)
+    for rcpt in ("hal@example.test", "ivy@example.test"):
+        rcpt_reply(stack, rcpt, 250)
 
 
 def test_required_with_an_expired_certificate_is_refused_at_rcpt(stack, tmp_path):

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <dirent.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -1053,6 +1054,16 @@ static void *gpgme_jobs_in_fresh_thread(void *arg)
     /* and the thread's home serves on */
     int one = all == MANY_KEYS ? gpgme_recipients(parent, &m->keys[1], 1, m) : -1;
     m->failures = (fill != 64) + (two != 2) + (all != MANY_KEYS) + (one != 1);
+    /* the big job's own home is gone: only the thread's is left */
+    unsigned entries = 0;
+    DIR *d = opendir(parent);
+    for (struct dirent *e; d && (e = readdir(d));)
+        entries += e->d_name[0] != '.';
+    if (d) closedir(d);
+    if (entries != 1) {
+        snprintf(m->err, sizeof m->err, "%u homes left, not the thread's alone", entries);
+        m->failures++;
+    }
     crypto_homes_remove(parent);
     return NULL;
 }

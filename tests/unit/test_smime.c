@@ -400,6 +400,10 @@ static void test_ca_file_and_crl(void **state)
     assert_int_equal(crypto_cert_check(bob, len, now, why, sizeof why), 1);
     assert_int_equal(crypto_cert_check(bob, len, now + 2LL * 86400, why, sizeof why), -1);
     assert_non_null(strstr(why, "CRL check failed"));
+    /* a pass stands until the trust changes: then bob is judged anew */
+    configure(false, false, "selfbob.pem", NULL);
+    assert_int_equal(crypto_cert_check(bob, len, now, why, sizeof why), 0);
+    assert_non_null(strstr(why, "not signed by the configured CA"));
     free(bob);
     configure(false, false, "ca.pem", "crl.pem");
     /* files that are not what they must be */
