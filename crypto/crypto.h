@@ -165,9 +165,10 @@ typedef struct crypto_rcpt_key {
  * per encryption in a GnuPG home per thread; or librnp in the calling
  * thread, its keys held in memory per thread (rnp.c): no files, no
  * processes. Both write the same ASCII armor. Once, before the first
- * crypto_encrypt; GPGME unless told. */
+ * crypto_encrypt; GPGME unless told. Choosing rnp loads librnp, which is
+ * not linked (see rnp.c): -1 with err when it cannot be. */
 enum crypto_openpgp_engine { ENGINE_GPGME, ENGINE_RNP };
-void crypto_openpgp_engine(enum crypto_openpgp_engine e);
+int crypto_openpgp_engine(enum crypto_openpgp_engine e, char *err, size_t errlen);
 
 /* Appends plain encrypted to all the keys (each key's usable encryption
  * subkey), ASCII-armored, to armor, with the engine chosen above. GPGME runs

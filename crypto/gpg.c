@@ -876,9 +876,11 @@ static int encrypt_watched(struct gpg_thread *t, const crypto_rcpt_key_t *keys, 
 
 static enum crypto_openpgp_engine openpgp_engine = ENGINE_GPGME;
 
-void crypto_openpgp_engine(enum crypto_openpgp_engine e)
+int crypto_openpgp_engine(enum crypto_openpgp_engine e, char *err, size_t errlen)
 {
+    if (e == ENGINE_RNP && rnp_engine_load(err, errlen) < 0) return -1;
     openpgp_engine = e;
+    return 0;
 }
 
 /* A home that went while gpg used it is made again, and the encryption

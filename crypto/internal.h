@@ -93,8 +93,11 @@ int smime_inspect(const char *data, size_t len, void (*cb)(const crypto_key_info
 
 /* ---- OpenPGP encryption in-process (librnp; rnp.c) ---- */
 
+/* Loads librnp (once; it is not linked: see rnp.c). -1 with err when it
+ * cannot be. */
+int rnp_engine_load(char *err, size_t errlen);
 /* crypto_encrypt with ENGINE_RNP: the same contract, in the calling
- * thread's own in-memory keyring. */
+ * thread's own in-memory keyring; librnp loaded first if need be. */
 int rnp_engine_encrypt(const crypto_rcpt_key_t *keys, unsigned n, const char *plain, size_t len,
                        buf_t *armor, char *err, size_t errlen);
 

@@ -191,7 +191,7 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
     bool rnp = ingress->cfg->crypto.openpgp_engine == CONFIG_OPENPGP_RNP;
     if (!rnp && crypto_gpg_init(err, errlen) < 0) return NULL;
     if (keydir_smime_configure(ingress->cfg, err, errlen) < 0) return NULL;
-    crypto_openpgp_engine(rnp ? ENGINE_RNP : ENGINE_GPGME);
+    if (crypto_openpgp_engine(rnp ? ENGINE_RNP : ENGINE_GPGME, err, errlen) < 0) return NULL;
     log_info("event=openpgp_engine engine=%s", rnp ? "rnp" : "gpgme");
     encrypt_t *e = calloc(1, sizeof *e);
     if (e) e->keydir = keydir_new(KEYDIR_CAPACITY);

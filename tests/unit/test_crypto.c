@@ -1104,7 +1104,8 @@ static void test_gpgme_keeps_the_keys_of_the_job(void **state)
         fail_msg("%s", err);
     assert_int_equal(m.n, MANY_KEYS);
 
-    crypto_openpgp_engine(ENGINE_GPGME);
+    char engine_err[256];
+    assert_int_equal(crypto_openpgp_engine(ENGINE_GPGME, engine_err, sizeof engine_err), 0);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, gpgme_jobs_in_fresh_thread, &m), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
