@@ -88,7 +88,8 @@
     X(rnp_output_to_memory)                                                                        \
     X(rnp_result_to_string)
 
-#define RNP_POINTER(f) __typeof__(f) *f;
+/* A member named as the function, of a pointer to its type. */
+#define RNP_POINTER(f) __typeof__(f) *(f);
 static struct {
     RNP_CALLS(RNP_POINTER)
 } lib;
