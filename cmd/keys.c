@@ -95,16 +95,10 @@ static void print_addresses(const buf_t *addresses)
 /* A revoked (or expired) key that is stored leaves the directory:
  * importing its revocation is how an operator retires a key. Its addresses
  * are then keyless, and their policy decides what becomes of their mail. */
-static bool retire(struct import *im, const crypto_key_info_t *key)
+static bool retire(struct import *im, const crypto_key_info_t *key, queue_key_stored_t *stored)
 {
     char err[600];
-    queue_key_stored_t old;
-    int stored = queue_admin_key_get(im->admin, key->fpr, &old, err, sizeof err);
-    if (stored <= 0) {
-        printf("refused %s: %s, and %s\n", key->fpr, key->why_unusable,
-               stored < 0 ? err : "not in the directory");
-        return false;
-    }
+    queue_key_stored_t old = *stored; /* ours to free */
     /* An old copy whose self-signature lapsed says nothing of the stored
      * one, whose expiry may have been extended since: only a revocation, or
      * a copy that expires no later than the stored one, retires it. A
@@ -172,13 +166,12 @@ static void import_certificate(struct import *im, const crypto_key_info_t *cert)
         queue_key_stored_t old;
         int stored =
             cert->retired ? queue_admin_key_get(im->admin, cert->fpr, &old, err, sizeof err) : 0;
-        if (stored > 0) queue_key_stored_free(&old);
-        if (stored > 0 && retire(im, cert))
-            im->imported++;
-        else if (stored > 0)
-            im->refused++;
-        else
+        if (stored <= 0)
             refuse_certificate(im, cert, stored < 0 ? err : cert->why_unusable);
+        else if (retire(im, cert, &old))
+            im->imported++;
+        else
+            im->refused++;
         return;
     }
     struct addresses a;
@@ -220,8 +213,15 @@ static void import_one(const crypto_key_info_t *key, void *arg)
         return;
     }
     if (key->why_unusable) {
-        bool done = key->retired && retire(im, key);
-        if (!key->retired) printf("refused %s: %s\n", key->fpr, key->why_unusable);
+        queue_key_stored_t old;
+        int stored =
+            key->retired ? queue_admin_key_get(im->admin, key->fpr, &old, err, sizeof err) : 0;
+        bool done = stored > 0 && retire(im, key, &old);
+        if (!key->retired)
+            printf("refused %s: %s\n", key->fpr, key->why_unusable);
+        else if (stored <= 0)
+            printf("refused %s: %s, and %s\n", key->fpr, key->why_unusable,
+                   stored < 0 ? err : "not in the directory");
         if (done)
             im->imported++;
         else

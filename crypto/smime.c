@@ -709,8 +709,11 @@ int smime_inspect(const char *data, size_t len,
 static int add_recipient(CMS_ContentInfo *cms, const crypto_rcpt_key_t *c, char *err, size_t errlen)
 {
     unsigned char digest[16];
-    pem_digest(c->armored, c->armored_len, digest);
-    X509 *x = c->method == CRYPTO_SMIME ? cert_decoded(c->armored, c->armored_len, digest) : NULL;
+    X509 *x = NULL;
+    if (c->method == CRYPTO_SMIME) {
+        pem_digest(c->armored, c->armored_len, digest);
+        x = cert_decoded(c->armored, c->armored_len, digest);
+    }
     if (!x) {
         snprintf(err, errlen, "recipient %s: no certificate", c->fpr ? c->fpr : "?");
         ERR_clear_error();

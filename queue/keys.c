@@ -459,24 +459,27 @@ int queue_admin_key_delete(queue_admin_t *a, const char *fpr, char *err, size_t 
 
 /* ---- policies ---- */
 
+/* policy_set and prefer_set: target's value, or with value NULL none. */
+static int setting_set(queue_admin_t *a, enum queue_fn fn, const char *target, const char *value,
+                       char *err, size_t errlen)
+{
+    const char *args[] = {target, value};
+    redisReply *r =
+        queue_admin_call(a, fn, &(key_ids_t){0}, value ? 2 : 1, args, NULL, err, errlen);
+    freeReplyObject(r);
+    return r ? 0 : -1;
+}
+
 int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *policy, char *err,
                            size_t errlen)
 {
-    const char *args[] = {target, policy};
-    redisReply *r = queue_admin_call(a, FN_POLICY_SET, &(key_ids_t){0}, policy ? 2 : 1, args, NULL,
-                                     err, errlen);
-    freeReplyObject(r);
-    return r ? 0 : -1;
+    return setting_set(a, FN_POLICY_SET, target, policy, err, errlen);
 }
 
 int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *method, char *err,
                            size_t errlen)
 {
-    const char *args[] = {target, method};
-    redisReply *r = queue_admin_call(a, FN_PREFER_SET, &(key_ids_t){0}, method ? 2 : 1, args, NULL,
-                                     err, errlen);
-    freeReplyObject(r);
-    return r ? 0 : -1;
+    return setting_set(a, FN_PREFER_SET, target, method, err, errlen);
 }
 
 /* The lines of one hash's pairs: "field[ infix] value". */
