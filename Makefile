@@ -81,6 +81,7 @@ bench: build
 	$(PYTHON) bench/relay.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/dkim.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.
