@@ -390,4 +390,76 @@ int pgpmime_outer(const char *msg, size_t len, const char *armor, size_t armor_l
 int smime_outer(const char *msg, size_t len, const unsigned char *der, size_t der_len,
                 unsigned flags, buf_t *out);
 
+/* ---- DKIM signing (RFC 6376, RFC 8463; dkim.c) ---- */
+
+/* The algorithms a DKIM key signs with: a=ed25519-sha256 (RFC 8463) and
+ * a=rsa-sha256 (RSASSA-PKCS1-v1_5 over SHA-256, keys of 2048..8192 bits). */
+enum dkim_algorithm { DKIM_ED25519, DKIM_RSA, DKIM_ALGORITHMS };
+/* "ed25519", "rsa": the names of the command line and the key store. */
+const char *dkim_algorithm_name(enum dkim_algorithm a);
+/* "ed25519-sha256", "rsa-sha256": the a= tag. */
+const char *dkim_algorithm_tag(enum dkim_algorithm a);
+/* name as dkim_algorithm_name gives it into *out: 0, or -1. */
+int dkim_algorithm_parse(const char *name, enum dkim_algorithm *out);
+
+typedef struct dkim_key dkim_key_t; /* a private key (an EVP_PKEY inside) */
+
+/* A new key as PEM (PKCS#8, "BEGIN PRIVATE KEY") appended to pem; bits for
+ * RSA only: 0 means 2048, else 2048..8192 (0 for ed25519). The caller wipes
+ * (sodium_memzero) and frees pem. 0, or -1 with err. */
+int dkim_keygen(enum dkim_algorithm a, unsigned bits, buf_t *pem, char *err, size_t errlen);
+/* Reads a private key from PEM (PKCS#8, or "RSA PRIVATE KEY"); refuses
+ * other key types, an encrypted key, and RSA under 2048 or over 8192 bits,
+ * saying why in err. */
+dkim_key_t *dkim_key_load(const char *pem, size_t len, char *err, size_t errlen);
+void dkim_key_free(dkim_key_t *k);
+enum dkim_algorithm dkim_key_algorithm(const dkim_key_t *k);
+unsigned dkim_key_bits(const dkim_key_t *k); /* 256 for ed25519 */
+/* The TXT record's text appended to out: "v=DKIM1; k=ed25519; p=<base64 of
+ * the 32 raw octets>" or "v=DKIM1; k=rsa; p=<base64 of the DER
+ * SubjectPublicKeyInfo>". 0, or -1 (out as it was). */
+int dkim_key_record(const dkim_key_t *k, buf_t *out);
+/* The zone-file line (no LF) appended to out:
+ * `S._domainkey.D. IN TXT "..." "..."`, the record split into strings of at
+ * most 255 octets each ('"' and '\\' escaped). -1 (out as it was) for an
+ * invalid domain or selector, or a record with an octet that is not
+ * printable ASCII. */
+int dkim_zone_line(const char *domain, const char *selector, const char *record, buf_t *out);
+/* Whether name is a valid selector (RFC 6376 §3.1: dot-separated labels of
+ * letters, digits and hyphens, 1..63 octets each, not starting or ending
+ * with a hyphen; at most 253 in all) and a valid signing domain (the same,
+ * with at least two labels). ASCII only; case-insensitive (callers
+ * lower-case first). */
+bool dkim_selector_valid(const char *name);
+bool dkim_domain_valid(const char *name);
+/* The domain of msg's From into out (lower-cased): 0, or -1 when there is
+ * none, the message has several From fields, its From holds not exactly one
+ * address, or the domain is no valid signing domain (a literal, UTF-8), or
+ * does not fit in size. */
+int dkim_from_domain(const char *msg, size_t len, char *out, size_t size);
+
+typedef struct dkim_signer {
+    const dkim_key_t *key;
+    const char *domain;   /* d= */
+    const char *selector; /* s= */
+} dkim_signer_t;
+
+#define DKIM_SIGNERS_MAX 8
+
+/* Signs msg (the whole message as it goes on the wire: header, empty line,
+ * body, CRLF line ends, NOT dot-stuffed) once per signer (1..DKIM_SIGNERS_MAX),
+ * relaxed/relaxed, t=now, x=now+expire_s when expire_s > 0. Signed fields
+ * (h=): From once more than it occurs (over-signed), and each of To, Cc,
+ * Subject, Date, Message-ID, MIME-Version, Content-Type,
+ * Content-Transfer-Encoding, In-Reply-To, References, Reply-To, Sender,
+ * List-* (every field whose name starts "List-" and is letters, digits and
+ * hyphens), Autocrypt, as many times as it occurs (RFC 6376 §5.4.2:
+ * instances taken bottom-up). The body hash is computed once for all
+ * signers. Appends the DKIM-Signature fields (folded to lines of at most 78
+ * octets where possible, each field ending CRLF; the first signer's field
+ * first) to out: the caller puts out before msg. 0, or -1 with err (out as
+ * it was). */
+int dkim_sign(const char *msg, size_t len, const dkim_signer_t *signers, unsigned n,
+              long long now, unsigned expire_s, buf_t *out, char *err, size_t errlen);
+
 #endif

@@ -101,4 +101,22 @@ int rnp_engine_load(char *err, size_t errlen);
 int rnp_engine_encrypt(const crypto_rcpt_key_t *keys, unsigned n, const char *plain, size_t len,
                        buf_t *armor, char *err, size_t errlen);
 
+/* ---- DKIM canonicalisation (RFC 6376 §3.4; dkim.c), for the tests and
+ * the fuzz target ---- */
+
+/* The relaxed canonical form of a message body (§3.4.4) appended to out:
+ * white space at the ends of lines dropped and runs of it made one SP,
+ * empty lines at the end dropped, a CRLF added to a last line without one;
+ * an empty body (or one of empty lines only) gives nothing. Only CRLF ends a
+ * line. 0, or -1 (out as it was) when memory runs out. */
+int dkim_canon_body(const char *body, size_t len, buf_t *out);
+/* The relaxed canonical form of one whole raw header field (name, colon,
+ * value, folds, final CRLF) appended to out (§3.4.2): the name lower-cased,
+ * the value unfolded (CRLF, and a bare LF as the header reader takes it),
+ * runs of white space made one SP, none around the colon nor at the end;
+ * "name:value" and CRLF. -1 (out as it was) when there is no colon, or the
+ * name before it (white space before the colon aside) is empty or not
+ * printable ASCII. */
+int dkim_canon_header(const char *field, size_t len, buf_t *out);
+
 #endif
