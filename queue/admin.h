@@ -78,6 +78,27 @@ int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *met
 /* One line per setting: "target policy", then "target prefer method". */
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 
+/* ---- DKIM signing keys (dkim.c) ---- */
+
+/* Stores k's selector (domain, selector, algorithm, record, sealed; created
+ * and active are not read: Redis's clock says when, and the rules below
+ * whether it signs). It becomes the active one of its algorithm when the
+ * domain has none, else it is stored inactive; *active says which. A
+ * selector stored already ("... exists") and a third of one algorithm
+ * ("... full ...") are refused with nothing written. */
+int queue_admin_dkim_put(queue_admin_t *a, const queue_dkim_key_t *k, bool *active, char *err,
+                         size_t errlen);
+/* 1 deleted, 0 no such selector, -1 on error. The active one deleted leaves
+ * its algorithm without an active key until one is activated. */
+int queue_admin_dkim_delete(queue_admin_t *a, const char *domain, const char *selector, char *err,
+                            size_t errlen);
+/* Makes the selector the active one of its algorithm: 1, 0 no such, -1. */
+int queue_admin_dkim_activate(queue_admin_t *a, const char *domain, const char *selector, char *err,
+                              size_t errlen);
+/* Calls cb for every stored key, by domain, then selector. */
+int queue_admin_dkim_list(queue_admin_t *a, void (*cb)(const queue_dkim_key_t *k, void *arg),
+                          void *arg, char *err, size_t errlen);
+
 /* ---- the operator's view and acts ---- */
 
 enum queue_job_state {

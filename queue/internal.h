@@ -139,5 +139,7 @@ int fcall_keys(struct call *call, enum queue_fn fn, const key_ids_t *ids, int na
                const char **args, const size_t *arg_lens);
 /* A call whose reply is a status word, for cb; NULL when out of memory. */
 struct call *call_status(queue_t *q, queue_status_cb cb, void *arg);
+/* A call whose reply is a version counter, for cb (keys.c); NULL when out of memory. */
+struct call *call_version(queue_t *q, queue_version_cb cb, void *arg);
 
 #endif

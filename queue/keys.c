@@ -90,13 +90,19 @@ static void on_version_reply(struct call *call, redisReply *reply, const char *e
         call->cb.version(0, NULL, reply_ll(reply, 0), call->arg);
 }
 
-int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
+struct call *call_version(queue_t *q, queue_version_cb cb, void *arg)
 {
     struct call *call = call_new(q, arg);
-    if (!call) return -1;
-    call->done = on_version_reply;
-    call->cb.version = cb;
-    return fcall_keys(call, FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
+    if (call) {
+        call->done = on_version_reply;
+        call->cb.version = cb;
+    }
+    return call;
+}
+
+int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
+{
+    return fcall_keys(call_version(q, cb, arg), FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
 }
 
 /* ---- the expiry index's backfill ---- */

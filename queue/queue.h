@@ -250,6 +250,33 @@ typedef void (*queue_version_cb)(int status, const char *err, long long version,
 /* The directory's version: it changes with every import, deletion or policy. */
 int queue_key_version(queue_t *q, queue_version_cb cb, void *arg);
 
+/* ---- DKIM signing keys (dkim.c), which the workers sign with ---- */
+
+/* One stored key of a domain's selector. queue/ does not include crypto/,
+ * so the algorithm is its name, as crypto/'s dkim_algorithm_name gives it. */
+typedef struct queue_dkim_key {
+    char domain[254];
+    char selector[254];
+    char algorithm[8]; /* "ed25519" | "rsa" */
+    long long created; /* Unix time it was stored (Redis's clock) */
+    bool active;       /* the selector that signs with its algorithm */
+    char *record;      /* the TXT record's text, NUL-terminated */
+    char *sealed;      /* the private key as PEM, sealed by seal_body under the cluster
+                          key with the context "dkim:<domain>:<selector>" */
+    size_t sealed_len;
+} queue_dkim_key_t;
+
+typedef void (*queue_dkim_keys_cb)(int status, const char *err, const queue_dkim_key_t *keys,
+                                   size_t n, void *arg);
+/* The DKIM keys' version, as queue_key_version gives the directory's: it
+ * moves with every key stored, deleted or activated. */
+int queue_dkim_version(queue_t *q, queue_version_cb cb, void *arg);
+/* Every stored DKIM key of every domain, by domain and then selector, in
+ * one callback once all have been read (n may be 0); the keys are freed
+ * when cb returns. One dkim_domains call, then one dkim_get per domain, all
+ * sent at once. */
+int queue_dkim_keys(queue_t *q, queue_dkim_keys_cb cb, void *arg);
+
 /* ---- the status page's report ---- */
 
 typedef struct queue_destination {

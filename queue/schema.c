@@ -9,9 +9,9 @@
 
 /* ---- keys ---- */
 
-enum key_scope { SCOPE_SHARD, SCOPE_AUTH, SCOPE_CRYPTO };
+enum key_scope { SCOPE_SHARD, SCOPE_AUTH, SCOPE_CRYPTO, SCOPE_DKIM };
 /* What a kind's name carries after the fixed part. */
-enum key_id { ID_NONE, ID_MID, ID_BODY, ID_JID, ID_CLIENT, ID_ADDR, ID_FPR };
+enum key_id { ID_NONE, ID_MID, ID_BODY, ID_JID, ID_CLIENT, ID_ADDR, ID_FPR, ID_DOMAIN };
 
 static const struct {
     const char *name; /* in the key and in sealpost.lua's KEYS lines */
@@ -44,6 +44,16 @@ static const struct {
     [KEY_PREFER] = {"prefer", SCOPE_CRYPTO, ID_NONE},
     [KEY_EXPIRY_OPENPGP] = {"expiry_openpgp", SCOPE_CRYPTO, ID_NONE},
     [KEY_EXPIRY_SMIME] = {"expiry_smime", SCOPE_CRYPTO, ID_NONE},
+    [KEY_DKIM_DOMAIN] = {"d", SCOPE_DKIM, ID_DOMAIN},
+    [KEY_DKIM_DOMAINS] = {"domains", SCOPE_DKIM, ID_NONE},
+    [KEY_DKIM_VERSION] = {"version", SCOPE_DKIM, ID_NONE},
+};
+
+/* Each scope's hash tag, with the colon that follows it (a shard's is built). */
+static const char *const scope_prefixes[] = {
+    [SCOPE_AUTH] = "{sealpost:auth}:",
+    [SCOPE_CRYPTO] = "{sealpost:crypto}:",
+    [SCOPE_DKIM] = "{sealpost:dkim}:",
 };
 
 /* The id a kind's name ends with; NULL when it has none, or it is missing. */
@@ -61,6 +71,8 @@ static const char *key_id_of(enum key_id id, const key_ids_t *ids)
         return ids->addr;
     case ID_FPR:
         return ids->fpr;
+    case ID_DOMAIN:
+        return ids->domain;
     case ID_NONE:
         break;
     }
@@ -97,12 +109,10 @@ int schema_key(key_t_ out, enum key_kind kind, const key_ids_t *ids)
     const char *id = key_id_of(which, ids);
     if (which != ID_NONE && !id) return -1;
     size_t pos = 0;
-    bool ok =
-        kinds[kind].scope == SCOPE_SHARD
-            ? put(out, KEY_MAX, &pos, "{mq:") && put_uint(out, KEY_MAX, &pos, ids->shard) &&
-                  put(out, KEY_MAX, &pos, "}:")
-            : put(out, KEY_MAX, &pos,
-                  kinds[kind].scope == SCOPE_AUTH ? "{sealpost:auth}:" : "{sealpost:crypto}:");
+    bool ok = kinds[kind].scope == SCOPE_SHARD
+                  ? put(out, KEY_MAX, &pos, "{mq:") && put_uint(out, KEY_MAX, &pos, ids->shard) &&
+                        put(out, KEY_MAX, &pos, "}:")
+                  : put(out, KEY_MAX, &pos, scope_prefixes[kinds[kind].scope]);
     ok = ok && put(out, KEY_MAX, &pos, kinds[kind].name);
     if (which != ID_NONE) ok = ok && put(out, KEY_MAX, &pos, ":") && put(out, KEY_MAX, &pos, id);
     if (which == ID_BODY)
@@ -190,6 +200,14 @@ static const struct {
     [FN_KEY_ADDRESSES] = {.name = "key_addresses",
                           .read_only = true,
                           .parts = {[KEY_ADDRESSES_KEY] = {{KEY_FPR}, false}}},
+    [FN_DKIM_PUT] = {.name = "dkim_put",
+                     .fixed = {KEY_DKIM_DOMAIN, KEY_DKIM_DOMAINS, KEY_DKIM_VERSION}},
+    [FN_DKIM_DELETE] = {.name = "dkim_delete",
+                        .fixed = {KEY_DKIM_DOMAIN, KEY_DKIM_DOMAINS, KEY_DKIM_VERSION}},
+    [FN_DKIM_ACTIVATE] = {.name = "dkim_activate", .fixed = {KEY_DKIM_DOMAIN, KEY_DKIM_VERSION}},
+    [FN_DKIM_DOMAINS] = {.name = "dkim_domains", .read_only = true, .fixed = {KEY_DKIM_DOMAINS}},
+    [FN_DKIM_GET] = {.name = "dkim_get", .read_only = true, .fixed = {KEY_DKIM_DOMAIN}},
+    [FN_DKIM_VERSION] = {.name = "dkim_version", .read_only = true, .fixed = {KEY_DKIM_VERSION}},
 };
 
 const char *schema_fn_name(enum queue_fn fn)

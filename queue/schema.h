@@ -45,6 +45,10 @@ enum key_kind {
     KEY_PREFER,
     KEY_EXPIRY_OPENPGP, /* the expiry index of the OpenPGP keys */
     KEY_EXPIRY_SMIME,   /* ... and of the certificates */
+    /* the DKIM signing keys, {sealpost:dkim}:<name> */
+    KEY_DKIM_DOMAIN, /* d:<domain>, its selectors */
+    KEY_DKIM_DOMAINS,
+    KEY_DKIM_VERSION,
     KEY_KINDS
 };
 
@@ -57,6 +61,7 @@ typedef struct key_ids {
     const char *client; /* KEY_FAIL */
     const char *addr;   /* KEY_ADDRESS */
     const char *fpr;    /* KEY_FPR */
+    const char *domain; /* KEY_DKIM_DOMAIN */
 } key_ids_t;
 
 #define KEY_MAX 320
@@ -97,6 +102,12 @@ enum queue_fn {
     FN_KEY_INDEX,
     FN_KEY_SUMMARY,
     FN_KEY_ADDRESSES,
+    FN_DKIM_PUT,
+    FN_DKIM_DELETE,
+    FN_DKIM_ACTIVATE,
+    FN_DKIM_DOMAINS,
+    FN_DKIM_GET,
+    FN_DKIM_VERSION,
     FNS
 };
 

@@ -3,9 +3,9 @@
 The queue's Redis Functions library, and the only place that knows how
 things are stored: the C side (queue/) passes keys and arguments and reads
 replies. Every key a function touches is passed in KEYS, and all of one
-call's keys carry one hash tag (a shard's {mq:<s>}, {sealpost:auth} or
-{sealpost:crypto}), so each call stays in one slot (Redis Cluster) and is
-atomic. Time comes from the server.
+call's keys carry one hash tag (a shard's {mq:<s>}, {sealpost:auth},
+{sealpost:crypto} or {sealpost:dkim}), so each call stays in one slot (Redis
+Cluster) and is atomic. Time comes from the server.
 
 Keys of shard T = {mq:<s>}:
   T:due   zset  job id -> due time (ms)
@@ -33,6 +33,9 @@ SMTP users (queue/users.c), all in the slot of {sealpost:auth}:
 
 The key directory (a:<address>, k:<id>, ...) and the sealing keys' checks,
 under {sealpost:crypto}: see key_lookup and seal_check.
+
+The DKIM signing keys (d:<domain>, domains, version), under {sealpost:dkim}:
+see dkim_put.
 
 Each function's KEYS are listed once, on its "-- KEYS:" line, by the names
 above (m, b, j, a, k: the keys named after a message, body, job, address or
@@ -942,6 +945,127 @@ local function policy_list(keys, args)
   return {redis.call('HGETALL', keys[1]), redis.call('HGETALL', keys[2])}
 end
 
+-- The DKIM signing keys (queue/dkim.c), all under {sealpost:dkim}:
+--   d:<domain>  hash per selector S: S:algorithm ('ed25519' or 'rsa'),
+--               S:created (Unix time), S:record (the TXT record's text),
+--               S:key (the private key as PEM, sealed by the command line
+--               under the cluster key: never in clear here); and
+--               active:<algorithm> -> the selector that signs with it
+--   domains     set of every domain with a key
+--   version     counter, raised by every change: workers reload when it moves
+-- `sealpost dkim` writes it with dkim_put, dkim_delete and dkim_activate;
+-- workers read it with dkim_version, dkim_domains and dkim_get.
+
+-- Selectors one domain may hold per algorithm: the old and the new of a rotation.
+local DKIM_PER_ALGORITHM = 2
+
+local function dkim_algorithm_known(a)
+  return a == 'ed25519' or a == 'rsa'
+end
+
+-- The selectors stored in hash d with their algorithms: {selector = algorithm}.
+local function dkim_selectors(d)
+  local out = {}
+  local flat = redis.call('HGETALL', d)
+  for i = 1, #flat, 2 do
+    local selector = string.match(flat[i], '^(.+):algorithm$')
+    if selector then out[selector] = flat[i + 1] end
+  end
+  return out
+end
+
+-- KEYS: d, domains, version
+-- ARGV: domain, selector, algorithm, record, sealed key
+-- Stores a new selector. It becomes the active one of its algorithm when
+-- the domain has none, else it waits, inactive, for dkim_activate. Returns
+-- 'active' or 'inactive', or with nothing written 'exists' (the selector is
+-- stored already) or 'full' (two of its algorithm are).
+local function dkim_put(keys, args)
+  if #args ~= 5 or not dkim_algorithm_known(args[3]) then return mismatch('dkim_put') end
+  local selector, algorithm = args[2], args[3]
+  local stored = dkim_selectors(keys[1])
+  if stored[selector] then return 'exists' end
+  local same = 0
+  for _, a in pairs(stored) do
+    if a == algorithm then same = same + 1 end
+  end
+  if same >= DKIM_PER_ALGORITHM then return 'full' end
+  redis.call('HSET', keys[1], selector .. ':algorithm', algorithm,
+             selector .. ':created', redis.call('TIME')[1], selector .. ':record', args[4],
+             selector .. ':key', args[5])
+  local active = redis.call('HSETNX', keys[1], 'active:' .. algorithm, selector) == 1
+  redis.call('SADD', keys[2], args[1])
+  redis.call('INCR', keys[3])
+  return active and 'active' or 'inactive'
+end
+
+-- KEYS: d, domains, version
+-- ARGV: domain, selector
+-- Deletes a selector; when it was the active one of its algorithm, the
+-- algorithm has none until dkim_activate names one (a key the operator has
+-- not published yet must not start signing by itself). The domain leaves
+-- domains with its last selector. Returns 1 when it was there, 0 when not.
+local function dkim_delete(keys, args)
+  if #args ~= 2 then return mismatch('dkim_delete') end
+  local selector = args[2]
+  local algorithm = redis.call('HGET', keys[1], selector .. ':algorithm')
+  if not algorithm then return 0 end
+  redis.call('HDEL', keys[1], selector .. ':algorithm', selector .. ':created',
+             selector .. ':record', selector .. ':key')
+  if redis.call('HGET', keys[1], 'active:' .. algorithm) == selector then
+    redis.call('HDEL', keys[1], 'active:' .. algorithm)
+  end
+  if redis.call('EXISTS', keys[1]) == 0 then redis.call('SREM', keys[2], args[1]) end
+  redis.call('INCR', keys[3])
+  return 1
+end
+
+-- KEYS: d, version
+-- ARGV: selector
+-- Makes a stored selector the active one of its algorithm (the other one
+-- of that algorithm stays stored, inactive). Returns 1, or 0 when there is
+-- no such selector; the version moves only when the active one changed.
+local function dkim_activate(keys, args)
+  if #args ~= 1 then return mismatch('dkim_activate') end
+  local algorithm = redis.call('HGET', keys[1], args[1] .. ':algorithm')
+  if not algorithm then return 0 end
+  if redis.call('HGET', keys[1], 'active:' .. algorithm) ~= args[1] then
+    redis.call('HSET', keys[1], 'active:' .. algorithm, args[1])
+    redis.call('INCR', keys[2])
+  end
+  return 1
+end
+
+-- KEYS: domains
+-- Returns every domain with a key, unsorted.
+local function dkim_domains(keys, args)
+  return redis.call('SMEMBERS', keys[1])
+end
+
+-- KEYS: d
+-- Returns {selector, algorithm, created, 1 when active else 0, record,
+--          sealed key, ...}, six per selector, unsorted; {} for a domain
+-- without keys.
+local function dkim_get(keys, args)
+  local out = {}
+  for selector, algorithm in pairs(dkim_selectors(keys[1])) do
+    local f = redis.call('HMGET', keys[1], selector .. ':created', selector .. ':record',
+                         selector .. ':key', 'active:' .. algorithm)
+    out[#out + 1] = selector
+    out[#out + 1] = algorithm
+    out[#out + 1] = f[1] or '0'
+    out[#out + 1] = f[4] == selector and 1 or 0
+    out[#out + 1] = f[2] or ''
+    out[#out + 1] = f[3] or ''
+  end
+  return out
+end
+
+-- KEYS: version
+local function dkim_version(keys, args)
+  return redis.call('GET', keys[1]) or '0'
+end
+
 redis.register_function('enqueue', enqueue)
 -- allow-oom: a Redis at maxmemory refuses every other write, and withdraw
 -- frees memory (or, before its enqueue, writes a tombstone that keeps out
@@ -980,4 +1104,12 @@ redis.register_function('key_delete', key_delete)
 redis.register_function('policy_set', policy_set)
 redis.register_function('prefer_set', prefer_set)
 redis.register_function{function_name = 'policy_list', callback = policy_list,
+                        flags = {'no-writes'}}
+redis.register_function('dkim_put', dkim_put)
+redis.register_function('dkim_delete', dkim_delete)
+redis.register_function('dkim_activate', dkim_activate)
+redis.register_function{function_name = 'dkim_domains', callback = dkim_domains,
+                        flags = {'no-writes'}}
+redis.register_function{function_name = 'dkim_get', callback = dkim_get, flags = {'no-writes'}}
+redis.register_function{function_name = 'dkim_version', callback = dkim_version,
                         flags = {'no-writes'}}

@@ -365,6 +365,19 @@ static void test_call_keys(void **state)
     for (unsigned i = 0; i < keys.n; i++)
         assert_int_equal(slot_of(keys.list[i]), slot_of("sealpost:crypto"));
     call_keys_free(&keys);
+    /* the DKIM keys share a tag of their own; a domain's hash needs its domain */
+    call_keys_init(&keys, FN_DKIM_PUT, &(key_ids_t){.domain = "example.test"});
+    assert_false(keys.failed);
+    assert_int_equal(keys.n, 3);
+    assert_string_equal(keys.list[0], "{sealpost:dkim}:d:example.test");
+    assert_string_equal(keys.list[1], "{sealpost:dkim}:domains");
+    assert_string_equal(keys.list[2], "{sealpost:dkim}:version");
+    for (unsigned i = 0; i < keys.n; i++)
+        assert_int_equal(slot_of(keys.list[i]), slot_of("sealpost:dkim"));
+    call_keys_free(&keys);
+    call_keys_init(&keys, FN_DKIM_GET, &(key_ids_t){0}); /* no domain */
+    assert_true(keys.failed);
+    call_keys_free(&keys);
     call_keys_init(&keys, FN_AUTH_BEGIN, &(key_ids_t){0}); /* no client */
     assert_true(keys.failed);
     call_keys_free(&keys);
