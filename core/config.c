@@ -26,7 +26,8 @@ enum key_type {
     T_BOOL,
     T_SECRET, /* a string that config_print never shows */
     T_ENC_POLICY,
-    T_CHOICE /* one of the spec's choices, stored as its index (unsigned) */
+    T_CHOICE, /* one of the spec's choices, stored as its index (unsigned) */
+    T_DOMAIN  /* one domain name, lower-cased, or "" for none */
 };
 
 /* The index of value (any case) among the n names, or -1: the settings
@@ -210,6 +211,10 @@ static const key_spec_t keys[] = {
     {"crypto", "openpgp_engine", T_CHOICE, OFF(crypto.openpgp_engine), CHOICE_OPENPGP_ENGINE, 0,
      "gpgme"},
 
+    /* DKIM signing in the workers (delivery/signer.c); the keys are in Redis. */
+    {"dkim", "default_domain", T_DOMAIN, OFF(dkim.default_domain), 0, 0, ""},
+    {"dkim", "expire", T_UINT, OFF(dkim.expire), 0, 31536000, "0"},
+
     {"metrics", "listen", T_HOSTPORT, OFF(metrics.listen), 0, 0, ""},
 
     {"log", "level", T_LOGLEVEL, OFF(log.level), 0, 0, "info"},
@@ -287,6 +292,14 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     char *field = (char *)cfg + spec->offset;
     unsigned long long v;
     switch (spec->type) {
+    case T_DOMAIN:
+        if (*value && (strlen(value) >= spec->size || !net_domain_valid(value))) {
+            snprintf(err, errlen, "'%s' is not a domain", value);
+            return -1;
+        }
+        memcpy(field, value, strlen(value) + 1);
+        util_ascii_lower(field);
+        return 0;
     case T_STRING:
     case T_SECRET:
         if (strlen(value) >= spec->size) {
@@ -601,6 +614,7 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
     const char *field = (const char *)cfg + spec->offset;
     switch (spec->type) {
     case T_STRING:
+    case T_DOMAIN:
         buf_printf(out, "%s", field);
         break;
     case T_UINT:

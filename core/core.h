@@ -307,6 +307,13 @@ typedef struct config {
     } crypto;
 
     struct {
+        /* The domain that signs a message whose From domain has no key, as
+         * an operator who signs everything with one domain wants; "": none. */
+        char default_domain[254];
+        unsigned expire; /* seconds a signature is valid (x=); 0: no x= tag */
+    } dkim;
+
+    struct {
         net_hostport_t listen; /* /metrics, /healthz, /readyz; host "": off */
     } metrics;
 

@@ -533,6 +533,37 @@ static void test_config_openpgp_engine(void **state)
     assert_contains(err, "gpgme, rnp");
 }
 
+/* [dkim]: no default domain and no x= unless told; the domain is
+ * lower-cased (the worker compares it with lower-cased From domains), a
+ * name that is no domain and an expiry past a year are refused. */
+static void test_config_dkim(void **state)
+{
+    (void)state;
+    config_t cfg;
+    char err[512], path[64];
+    config_defaults(&cfg);
+    assert_string_equal(cfg.dkim.default_domain, "");
+    assert_int_equal(cfg.dkim.expire, 0);
+    assert_int_equal(load_text("[dkim]\ndefault_domain = Mail.Example.TEST\nexpire = 604800\n",
+                               &cfg, err, sizeof err, path),
+                     0);
+    assert_string_equal(cfg.dkim.default_domain, "mail.example.test");
+    assert_int_equal(cfg.dkim.expire, 604800);
+    buf_t out;
+    buf_init(&out);
+    assert_int_equal(config_print(&cfg, &out), 0);
+    assert_non_null(
+        strstr(out.data, "[dkim]\ndefault_domain = mail.example.test\nexpire = 604800\n"));
+    buf_free(&out);
+    assert_int_equal(load_text("[dkim]\ndefault_domain =\n", &cfg, err, sizeof err, path), 0);
+    assert_string_equal(cfg.dkim.default_domain, "");
+    assert_int_equal(
+        load_text("[dkim]\ndefault_domain = a@example.test\n", &cfg, err, sizeof err, path), -1);
+    assert_contains(err, "default_domain");
+    assert_int_equal(load_text("[dkim]\nexpire = 31536001\n", &cfg, err, sizeof err, path), -1);
+    assert_contains(err, "expire");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -554,6 +585,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_default_path, cwd_setup, cwd_teardown),
         cmocka_unit_test_setup_teardown(test_config_print_roundtrip, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_openpgp_engine, config_setup, config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_dkim, config_setup, config_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
