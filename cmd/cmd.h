@@ -29,6 +29,12 @@ int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag
  * message printed and *exit_code set) when either fails. */
 struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_code);
 
+/* The cluster's sealing keys as the nodes load them: [seal] keys and
+ * key_file, else the key `sealpost up` keeps in [up] data_dir (made now,
+ * as its first start would, when it is missing). NULL (with a message
+ * printed and *exit_code set) when there is none that loads. */
+struct seal_keyring *cmd_seal_keyring(config_t *cfg, int *exit_code);
+
 /* Prints s as a JSON string literal (octets of text that is not UTF-8 as
  * the code points of the same numbers). */
 void cmd_json_string(const char *s);
@@ -90,6 +96,7 @@ int cmd_users(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
 int cmd_seal_key(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
+int cmd_dkim(int argc, char **argv);
 /* Points cfg at data_dir/seal.key, made on first start, when no sealing key
  * is configured (sealpost up). */
 int cmd_ensure_seal_key(config_t *cfg);

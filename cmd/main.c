@@ -22,6 +22,8 @@ static const char usage_text[] =
     "                (sealpost queue -h)\n"
     "  keys          the key directory (OpenPGP keys, S/MIME certificates) and the\n"
     "                encryption policy (sealpost keys -h)\n"
+    "  dkim          the DKIM signing keys: keygen, import, list, activate, delete\n"
+    "                (sealpost dkim -h)\n"
     "  seal-key new  print a new key for sealing bodies at rest\n"
     "  version       print the version\n"
     "\n"
@@ -51,6 +53,7 @@ int main(int argc, char **argv)
         {"queue", cmd_queue},
         {"seal-key", cmd_seal_key},
         {"keys", cmd_keys},
+        {"dkim", cmd_dkim},
     };
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("sealpost %s\n", SEALPOST_VERSION);
