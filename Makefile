@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 FUZZ_JOBS  ?= 2
-FUZZ_TARGETS ?= command data header pgpmime openpgp x509
+FUZZ_TARGETS ?= command data header pgpmime openpgp x509 dkim
 
 .PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench
 
@@ -81,6 +81,7 @@ bench: build
 	$(PYTHON) bench/relay.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/dkim.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.

@@ -449,6 +449,9 @@ int dkim_canon_header(const char *field, size_t len, buf_t *out)
     while (name_len > 0 && is_wsp(field[name_len - 1]))
         name_len--;
     if (name_len == 0) return -1;
+    for (size_t i = 0; i < name_len; i++)
+        if ((unsigned char)field[i] <= ' ' || (unsigned char)field[i] >= 0x7f)
+            return -1; /* RFC 5322 ftext */
     if (buf_reserve(out, len + 2) < 0) return -1;
     char *w = out->data + out->len;
     for (size_t i = 0; i < name_len; i++)

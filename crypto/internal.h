@@ -114,8 +114,9 @@ int dkim_canon_body(const char *body, size_t len, buf_t *out);
  * value, folds, final CRLF) appended to out (§3.4.2): the name lower-cased,
  * the value unfolded (CRLF, and a bare LF as the header reader takes it),
  * runs of white space made one SP, none around the colon nor at the end;
- * "name:value" and CRLF. -1 (out as it was) when there is no colon or no
- * name. */
+ * "name:value" and CRLF. -1 (out as it was) when there is no colon, or the
+ * name before it (white space before the colon aside) is empty or not
+ * printable ASCII. */
 int dkim_canon_header(const char *field, size_t len, buf_t *out);
 
 #endif

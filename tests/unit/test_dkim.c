@@ -67,12 +67,14 @@ static void test_canon_header_edges(void **state)
     CANON_CHECK(dkim_canon_header, "X-Long:  a\r\n \t b  \r\n\tc\r\n", "x-long:a b c\r\n");
     CANON_CHECK(dkim_canon_header, "To:a@b", "to:a@b\r\n");    /* no CRLF: one added */
     CANON_CHECK(dkim_canon_header, "K: a\n b\n", "k:a b\r\n"); /* bare LF as the header reader */
-    CANON_CHECK(dkim_canon_header, "S\xc3\xa9: \xc3\xa9  x\r\n", "s\xc3\xa9:\xc3\xa9 x\r\n");
+    CANON_CHECK(dkim_canon_header, "S: \xc3\xa9  x\r\n", "s:\xc3\xa9 x\r\n");
     buf_t out;
     buf_init(&out);
     assert_int_equal(dkim_canon_header("no colon\r\n", 10, &out), -1);
     assert_int_equal(dkim_canon_header(": value\r\n", 9, &out), -1);
     assert_int_equal(dkim_canon_header(" \t: value\r\n", 11, &out), -1);
+    assert_int_equal(dkim_canon_header("S\xc3\xa9: x\r\n", 9, &out), -1); /* no ftext */
+    assert_int_equal(dkim_canon_header("A B: x\r\n", 8, &out), -1);
     assert_int_equal(out.len, 0);
     buf_free(&out);
 }
