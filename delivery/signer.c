@@ -176,7 +176,7 @@ static int compare_stored(const void *a, const void *b)
 static int table_build(signer_t *s, const queue_dkim_key_t *keys, size_t n, struct table *out)
 {
     *out = (struct table){0};
-    const queue_dkim_key_t **active = calloc(n ? n : 1, sizeof *active);
+    const queue_dkim_key_t **active = calloc(n ? n : 1, sizeof(const queue_dkim_key_t *));
     out->domains = calloc(n ? n : 1, sizeof *out->domains);
     if (!active || !out->domains) {
         free(active);
@@ -187,7 +187,7 @@ static int table_build(signer_t *s, const queue_dkim_key_t *keys, size_t n, stru
     size_t n_active = 0;
     for (size_t i = 0; i < n; i++)
         if (keys[i].active) active[n_active++] = &keys[i];
-    qsort(active, n_active, sizeof *active, compare_stored);
+    qsort(active, n_active, sizeof(const queue_dkim_key_t *), compare_stored);
     for (size_t i = 0; i < n_active; i++) {
         char err[300];
         dkim_key_t *key = key_open(s, active[i], err, sizeof err);
@@ -351,24 +351,33 @@ static int prepend(queue_job_t *job, buf_t *head)
     return 0;
 }
 
-int signer_sign(signer_t *s, queue_job_t *job, char *err, size_t errlen)
+/* The signers of d's keys into signers (and the keys they count into
+ * used): how many. */
+static unsigned signers_of(const struct domain_keys *d, dkim_signer_t *signers,
+                           const struct signing_key **used)
 {
-    enum unsigned_reason reason;
-    const struct domain_keys *d = keys_for(s, job, &reason);
-    if (!d) {
-        metric_add(s->unsigned_count[reason], 1);
-        log_debug("event=dkim_unsigned mid=%s job=%s reason=%s", job->mid, job->jid,
-                  unsigned_names[reason]);
-        return 0;
-    }
-    dkim_signer_t signers[DKIM_ALGORITHMS];
-    const struct signing_key *used[DKIM_ALGORITHMS];
     unsigned n = 0;
     for (unsigned a = 0; a < DKIM_ALGORITHMS; a++)
         if (d->keys[a].key) {
             used[n] = &d->keys[a];
             signers[n++] = (dkim_signer_t){d->keys[a].key, d->domain, d->keys[a].selector};
         }
+    return n;
+}
+
+int signer_sign(signer_t *s, queue_job_t *job, char *err, size_t errlen)
+{
+    enum unsigned_reason reason;
+    const struct domain_keys *d = keys_for(s, job, &reason);
+    dkim_signer_t signers[DKIM_ALGORITHMS];
+    const struct signing_key *used[DKIM_ALGORITHMS];
+    unsigned n = d ? signers_of(d, signers, used) : 0;
+    if (n == 0) {
+        metric_add(s->unsigned_count[reason], 1);
+        log_debug("event=dkim_unsigned mid=%s job=%s reason=%s", job->mid, job->jid,
+                  unsigned_names[reason]);
+        return 0;
+    }
     int64_t started = util_monotonic_us();
     buf_t head;
     buf_init(&head);
@@ -390,9 +399,13 @@ int signer_sign(signer_t *s, queue_job_t *job, char *err, size_t errlen)
         return -1;
     }
     metric_observe(s->duration, (double)(util_monotonic_us() - started) / 1e6);
-    for (unsigned i = 0; i < n; i++)
+    char selectors[2 * 256] = "";
+    for (unsigned i = 0; i < n; i++) {
         metric_add(used[i]->signatures, 1);
-    log_debug("event=dkim_signed mid=%s job=%s domain=%s selector=%s%s%s", job->mid, job->jid,
-              d->domain, signers[0].selector, n > 1 ? "," : "", n > 1 ? signers[1].selector : "");
+        size_t at = strlen(selectors);
+        snprintf(selectors + at, sizeof selectors - at, "%s%s", i ? "," : "", used[i]->selector);
+    }
+    log_debug("event=dkim_signed mid=%s job=%s domain=%s selectors=%s", job->mid, job->jid,
+              d->domain, selectors);
     return 0;
 }
