@@ -44,7 +44,7 @@ struct dkim_args {
 };
 
 /* An imported key file's most; dkim_key_load reads no more either. */
-#define KEY_FILE_MAX (64 * 1024)
+#define KEY_FILE_MAX ((size_t)64 * 1024)
 
 /* -1 to go on, else the exit code. */
 static int parse_args(int argc, char **argv, struct dkim_args *da)
@@ -203,7 +203,7 @@ static int read_key_file(const char *file, buf_t *pem)
         pem->len += n;
     }
     if (rc == 0 && pem->len > KEY_FILE_MAX) {
-        fprintf(stderr, "sealpost: %s is over %d octets: not a key\n", file, KEY_FILE_MAX);
+        fprintf(stderr, "sealpost: %s is over %zu octets: not a key\n", file, KEY_FILE_MAX);
         rc = -1;
     } else if (rc < 0) {
         fprintf(stderr, "sealpost: cannot read %s\n", file);

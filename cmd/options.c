@@ -2,7 +2,6 @@
  * administration commands' connection to Redis, making the data dir, and
  * JSON strings. */
 #include "cmd/cmd.h"
-#include "crypto/crypto.h"
 #include "proto/proto.h"
 #include "queue/admin.h"
 
@@ -84,27 +83,6 @@ queue_admin_t *cmd_admin_open(const char *path, config_t *cfg, int *exit_code)
         *exit_code = 1;
     }
     return a;
-}
-
-/* The nodes seal with [seal] keys and key_file, and `sealpost up` with a
- * key of its own in [up] data_dir when neither is set: an administration
- * command must seal with the very key the nodes open with. */
-seal_keyring_t *cmd_seal_keyring(config_t *cfg, int *exit_code)
-{
-    char err[600];
-    bool configured = cfg->seal.keys[0] || cfg->seal.key_file[0];
-    if (!configured && cmd_ensure_seal_key(cfg) < 0) {
-        fprintf(stderr, "sealpost: no [seal] key, and none in [up] data_dir %s\n",
-                cfg->up.data_dir);
-        *exit_code = 1;
-        return NULL;
-    }
-    seal_keyring_t *k = seal_keyring_load(cfg->seal.keys, cfg->seal.key_file, err, sizeof err);
-    if (!k) {
-        fprintf(stderr, "sealpost: [seal]: %s\n", err);
-        *exit_code = 1;
-    }
-    return k;
 }
 
 int cmd_mkdir_p(const char *path)

@@ -1,4 +1,5 @@
-/* sealpost seal-key: the cluster's sealing keys (crypto/seal.c). */
+/* sealpost seal-key, and the cluster's sealing keys as the commands that seal
+ * load them (crypto/seal.c). */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
 
@@ -68,4 +69,24 @@ int cmd_ensure_seal_key(config_t *cfg)
     }
     snprintf(cfg->seal.key_file, sizeof cfg->seal.key_file, "%s", path);
     return 0;
+}
+
+/* The nodes seal with [seal] keys and key_file, and `sealpost up` with a
+ * key of its own in [up] data_dir when neither is set: an administration
+ * command must seal with the very key the nodes open with. */
+seal_keyring_t *cmd_seal_keyring(config_t *cfg, int *exit_code)
+{
+    char err[600];
+    if (cmd_ensure_seal_key(cfg) < 0) { /* nothing to do when [seal] names keys */
+        fprintf(stderr, "sealpost: no [seal] key, and none in [up] data_dir %s\n",
+                cfg->up.data_dir);
+        *exit_code = 1;
+        return NULL;
+    }
+    seal_keyring_t *k = seal_keyring_load(cfg->seal.keys, cfg->seal.key_file, err, sizeof err);
+    if (!k) {
+        fprintf(stderr, "sealpost: [seal]: %s\n", err);
+        *exit_code = 1;
+    }
+    return k;
 }

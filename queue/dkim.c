@@ -200,22 +200,22 @@ int queue_admin_dkim_put(queue_admin_t *a, const queue_dkim_key_t *k, bool *acti
     redisReply *r = queue_admin_call(a, FN_DKIM_PUT, &(key_ids_t){.domain = k->domain}, 5, args,
                                      lens, err, errlen);
     if (!r) return -1;
+    const char *said = r->type == REDIS_REPLY_STRING ? r->str : "";
     int rc = -1;
-    if (r->type != REDIS_REPLY_STRING)
-        snprintf(err, errlen, "unexpected dkim_put reply");
-    else if (!strcmp(r->str, "exists"))
+    if (!strcmp(said, "active") || !strcmp(said, "inactive")) {
+        *active = !strcmp(said, "active");
+        rc = 0;
+    } else if (!strcmp(said, "exists")) {
         snprintf(err, errlen, "selector %s of %s exists: delete it first, or choose another",
                  k->selector, k->domain);
-    else if (!strcmp(r->str, "full"))
+    } else if (!strcmp(said, "full")) {
         snprintf(err, errlen,
                  "%s is full: it has two %s selectors already (the old and the new of a "
                  "rotation); delete one first",
                  k->domain, k->algorithm);
-    else if (!strcmp(r->str, "active") || !strcmp(r->str, "inactive")) {
-        *active = !strcmp(r->str, "active");
-        rc = 0;
-    } else
+    } else {
         snprintf(err, errlen, "unexpected dkim_put reply");
+    }
     freeReplyObject(r);
     return rc;
 }

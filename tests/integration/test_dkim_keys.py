@@ -342,3 +342,19 @@ def test_sealed_under_the_cluster_key_a_node_opens_with(conf, redis_server, tmp_
     other = SEAL_KEY.split(":")[0] + ":" + base64.b64encode(bytes(32)).decode()  # same id
     with pytest.raises(Exception):
         unseal(blob, f"dkim:{DOMAIN}", "s1", key=other)
+
+
+def test_without_a_seal_key_it_seals_with_the_key_sealpost_up_uses(tmp_path, redis_server):
+    """No [seal] key: the key `sealpost up` keeps in [up] data_dir, made now
+    when up has not run yet, which up then finds and uses."""
+    conf = tmp_path / "up.conf"
+    conf.write_text(f"[redis]\nurl = redis://127.0.0.1:{redis_server.port}\n"
+                    f"[up]\ndata_dir = {tmp_path}/var\n")
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s1"))
+    key = (tmp_path / "var" / "seal.key").read_text().strip()
+    blob = redis_server.client().hget(f"{{sealpost:dkim}}:d:{DOMAIN}", "s1:key")
+    assert unseal(blob, f"dkim:{DOMAIN}", "s1", key=key).startswith(b"-----BEGIN PRIVATE KEY")
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s2"))  # the same key again, not a new one
+    assert (tmp_path / "var" / "seal.key").read_text().strip() == key
+    blob = redis_server.client().hget(f"{{sealpost:dkim}}:d:{DOMAIN}", "s2:key")
+    assert unseal(blob, f"dkim:{DOMAIN}", "s2", key=key)
