@@ -31,7 +31,7 @@
 #define ED25519_BITS     256
 #define ED25519_RAW      32
 /* An 8192-bit RSA key in PEM is about 6.4 KB: anything far larger is no key. */
-#define PEM_MAX        (64 * 1024)
+#define PEM_MAX        65536
 #define TXT_STRING_MAX 255
 
 struct dkim_key {

@@ -28,6 +28,14 @@ static int read_all(FILE *in, buf_t *b)
     return ferror(in) ? -1 : 0;
 }
 
+/* A whole decimal number, or -1. */
+static long long number(const char *text)
+{
+    char *end = NULL;
+    long long v = strtoll(text, &end, 10);
+    return end != text && *end == 0 && v >= 0 ? v : -1;
+}
+
 static int fail(const char *what, const char *why)
 {
     fprintf(stderr, "dkim_tool: %s: %s\n", what, why);
@@ -102,8 +110,10 @@ static int cmd_sign(int argc, char **argv, const buf_t *msg)
     }
     buf_t out;
     buf_init(&out);
+    long long now = number(argv[3]);
+    if (status == 0 && now < 0) status = fail("sign", "NOW is seconds since 1970");
     if (status == 0 &&
-        dkim_sign(msg->data, msg->len, signers, n, atoll(argv[3]), 0, &out, err, sizeof err) < 0)
+        dkim_sign(msg->data, msg->len, signers, n, now, 0, &out, err, sizeof err) < 0)
         status = fail("sign", err);
     if (status == 0) status = write_out(&out, msg);
     buf_free(&out);
@@ -162,7 +172,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "sign"))
         status = cmd_sign(argc - 2, argv + 2, &in);
     else if (!strcmp(cmd, "bench") && argc == 3)
-        status = cmd_bench(atol(argv[2]), &in);
+        status = cmd_bench((long)number(argv[2]), &in);
     else
         status = fail("usage", "canon-body|canon-header|record|sign|bench ...");
     buf_free(&in);
