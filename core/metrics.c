@@ -14,7 +14,7 @@ struct metric {
     const char *family;
     const char *help;
     enum metric_kind kind;
-    char labels[160];     /* 'reason="relay_denied"', or "" */
+    char labels[320];     /* 'reason="relay_denied"', or ""; room for a 253-octet domain */
     double value;         /* counters and gauges; a histogram's sum */
     const double *bounds; /* a histogram's bucket upper bounds, ascending */
     unsigned n_bounds;

@@ -1,14 +1,14 @@
 /* One delivery attempt, in the order it lives: fetch the claimed job (again
  * after a Redis hiccup, while the lease holds), carry out an operator's hold
- * or delete, unseal the body, find the next hops (a static route, or MX),
- * and run the transaction through the pool, moving on to the next MX host
- * when one fails before MAIL. Meanwhile the lease is renewed on a timer, and
+ * or delete, unseal the body, sign it (DKIM), find the next hops (a static
+ * route, or MX), and run the transaction through the pool, moving on to the
+ * next MX host when one fails before MAIL. Meanwhile the lease is renewed on a timer, and
  * once more right before the final dot (the gate). What came of it goes to
  * outcome.c; the attempt is freed once no reply is left to point at it.
  *
  * It sits between the worker's claim loop (worker.c), which it calls back
  * only through the attempt_env_t it was given, and the parts below it: the
- * pool, the resolver and the outcome. */
+ * pool, the resolver, the signer and the outcome. */
 #include "delivery/attempt.h"
 
 #include <sodium.h>
@@ -334,6 +334,15 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
         log_error("event=unseal_failed mid=%s job=%s error=\"%s\"", job->mid, job->jid, why);
         char text[300];
         snprintf(text, sizeof text, "451 4.7.0 cannot unseal the message: %s", why);
+        record_local(a, 451, text);
+        return;
+    }
+    if (signer_sign(env->signer, job, why, sizeof why) < 0) {
+        /* Never sent unsigned for want of a signature that should be there:
+         * the next attempt signs again. */
+        log_error("event=dkim_sign_failed mid=%s job=%s error=\"%s\"", job->mid, job->jid, why);
+        char text[300];
+        snprintf(text, sizeof text, "451 4.3.0 DKIM signing failed: %s", why);
         record_local(a, 451, text);
         return;
     }

@@ -8,6 +8,7 @@
 #include "delivery/dns.h"
 #include "delivery/outcome.h"
 #include "delivery/pool.h"
+#include "delivery/signer.h"
 #include "queue/queue.h"
 
 #include <stdbool.h>
@@ -23,6 +24,7 @@ typedef struct attempt_env {
     uv_loop_t *loop;
     dns_t *dns;
     pool_t *pool;
+    signer_t *signer;   /* DKIM: signs each body right after it is unsealed */
     metric_t *duration; /* of one SMTP transaction */
     bool stopping;      /* set by the worker's stop: a failed fetch is not tried again */
     attempt_t *active;  /* the attempts under way: attempt.c keeps the list */

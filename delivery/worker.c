@@ -9,8 +9,9 @@
  * Each claimed job becomes an attempt (attempt.c), which calls back here
  * only through the attempt_env_t it is given: when it has ended, and when the
  * recipients it left pending are due again. Below the attempts sit the
- * connection pool (pool.c), the SMTP client (client.c), the resolver (dns.c)
- * and the outcome (outcome.c, bounce.c); the worker owns them all. */
+ * connection pool (pool.c), the SMTP client (client.c), the resolver (dns.c),
+ * the DKIM signer (signer.c) and the outcome (outcome.c, bounce.c); the
+ * worker owns them all. */
 #include "delivery/delivery.h"
 
 #include "delivery/attempt.h"
@@ -18,6 +19,7 @@
 #include "delivery/dns.h"
 #include "delivery/outcome.h"
 #include "delivery/pool.h"
+#include "delivery/signer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +27,7 @@
 
 #define RESCAN_MS      30000
 #define REDIS_RETRY_MS 500
+#define SIGNER_WAIT_MS 20
 #define NEVER          UINT64_MAX
 
 struct worker {
@@ -54,6 +57,7 @@ static void on_worker_closed(uv_handle_t *h)
     worker_t *w = h->data;
     void (*done)(void *) = w->on_stopped;
     void *arg = w->on_stopped_arg;
+    signer_stop(w->env.signer); /* frees itself once its own handle is closed */
     dns_free(w->env.dns);
     pool_free(w->env.pool);
     SSL_CTX_free(w->tls);
@@ -167,6 +171,10 @@ static void tick(worker_t *w)
         uv_timer_start(&w->timer, on_timer, REDIS_RETRY_MS, 0);
         return;
     }
+    if (!signer_ready(w->env.signer)) { /* its first load is one round trip away */
+        uv_timer_start(&w->timer, on_timer, SIGNER_WAIT_MS, 0);
+        return;
+    }
     if (slots > 0 && claim_one(w, now, slots)) return;
     if (slots == 0) return; /* a finished delivery ticks again */
     uint64_t wake = w->next_rescan;
@@ -256,6 +264,10 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
     client_env_t client_env = {.loop = loop, .cfg = cfg, .tls = w->tls};
     if (!(w->env.pool = pool_new(&client_env, on_kept_closed, w))) {
         snprintf(err, errlen, "out of memory");
+        uv_close((uv_handle_t *)&w->timer, on_worker_closed);
+        return NULL;
+    }
+    if (!(w->env.signer = signer_start(loop, cfg, queue, seal, err, errlen))) {
         uv_close((uv_handle_t *)&w->timer, on_worker_closed);
         return NULL;
     }

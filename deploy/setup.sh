@@ -10,6 +10,7 @@ redis-server dnsmasq-base swaks prometheus chromium libnet-ssleay-perl libauthen
 python3 python3-pytest python3-redis python3-aiosmtpd python3-prometheus-client python3-gnupg python3-nacl clang-tidy cppcheck
 sq rnp
 clang-format
+python3-dkim opendkim-tools iproute2
 podman podman-compose runc netavark aardvark-dns catatonit iptables debootstrap docker-compose python3-jsonschema"
 
 missing=""
