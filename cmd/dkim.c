@@ -371,7 +371,7 @@ static int run(const struct dkim_args *da, struct store *st, enum dkim_algorithm
     char err[600];
     int rc = 0;
     if (!strcmp(da->action, "keygen") || !strcmp(da->action, "import")) {
-        seal_keyring_t *seal = cmd_seal_keyring(cfg, &rc);
+        seal_keyring_t *seal = cmd_seal_keyring(cfg, st->admin, &rc);
         if (!seal) return rc;
         st->seal = seal;
         rc = !strcmp(da->action, "keygen") ? keygen(st, algorithm, bits) : import(st, da->words[2]);
