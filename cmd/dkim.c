@@ -196,6 +196,9 @@ static int read_key_file(const char *file, buf_t *pem)
         fprintf(stderr, "sealpost: cannot open %s\n", file);
         return -1;
     }
+    /* Unbuffered: fread then reads straight into pem, and leaves no copy of
+     * the key in a stdio buffer that fclose frees unwiped. */
+    setvbuf(f, NULL, _IONBF, 0);
     int rc = buf_reserve(pem, KEY_FILE_MAX + 1) < 0 ? -1 : 0;
     while (rc == 0 && !feof(f) && pem->len <= KEY_FILE_MAX) {
         size_t n = fread(pem->data + pem->len, 1, KEY_FILE_MAX + 1 - pem->len, f);

@@ -331,6 +331,14 @@ int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
 
 /* ---- relaxed canonicalisation (RFC 6376 §3.4.2, §3.4.4) ---- */
 
+/* The canonical header values are the message's plaintext: wiped before
+ * the memory goes back to the allocator. */
+static void buf_wipe_free(buf_t *b)
+{
+    if (b->data) sodium_memzero(b->data, b->cap);
+    buf_free(b);
+}
+
 static bool is_wsp(char c)
 {
     return c == ' ' || c == '\t';
@@ -425,6 +433,7 @@ static int canon_body_to(const char *body, size_t len, canon_sink_fn sink, void 
         pos = eol < len ? eol + 2 : len;
     }
     canon_flush(&o);
+    sodium_memzero(o.pending, sizeof o.pending); /* the end of the plaintext body */
     return o.rc;
 }
 
@@ -559,6 +568,10 @@ static int collect_fields(const char *msg, size_t len, struct signed_part *sp, s
         list[n++] = f;
     }
     *body = it.body;
+    size_t room = 0; /* reserved at once: no realloc leaves a copy unwiped */
+    for (size_t i = 0; i < n; i++)
+        room += list[i].raw_len + 2;
+    if (rc == 0) rc = buf_reserve(&sp->fields, room);
     for (size_t i = n; rc == 0 && i-- > 0;) {
         for (size_t j = 0; j < list[i].name_len && rc == 0; j++) {
             char c = list[i].name[j];
@@ -711,6 +724,7 @@ static int sign_one(const dkim_signer_t *s, const struct signed_part *sp, long l
     fold_tag(&f, "bh=%s;", sp->bh);
     fold_tag(&f, "b=");
     int rc = f.rc;
+    if (rc == 0) rc = buf_reserve(&data, sp->fields.len + field.len + 2);
     if (rc == 0) rc = buf_append(&data, sp->fields.data, sp->fields.len);
     if (rc == 0) rc = dkim_canon_header(field.data, field.len, &data);
     size_t sig_len = (size_t)EVP_PKEY_get_size(s->key->pkey);
@@ -738,7 +752,7 @@ static int sign_one(const dkim_signer_t *s, const struct signed_part *sp, long l
     free(b64);
     free(sig);
     buf_free(&field);
-    buf_free(&data);
+    buf_wipe_free(&data);
     return rc;
 }
 
@@ -784,6 +798,6 @@ int dkim_sign(const char *msg, size_t len, const dkim_signer_t *signers, unsigne
         rc = sign_one(&signers[i], &sp, now, expire_s, out, err, errlen);
     if (rc < 0) restore(out, was);
     buf_free(&sp.names);
-    buf_free(&sp.fields);
+    buf_wipe_free(&sp.fields);
     return rc;
 }
