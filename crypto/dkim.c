@@ -221,40 +221,18 @@ int dkim_key_record(const dkim_key_t *k, buf_t *out)
     return rc;
 }
 
-/* Dot-separated labels of letters, digits and hyphens, 1..63 octets each,
- * not starting or ending with a hyphen; at most 253 octets. Counts the
- * labels into *labels. */
-static bool hostname_valid(const char *name, unsigned *labels)
-{
-    size_t len = name ? strlen(name) : 0;
-    if (len == 0 || len > 253) return false;
-    *labels = 0;
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        char c = name[i];
-        if (c == '.' || c == 0) {
-            size_t n = i - start;
-            if (n == 0 || n > 63 || name[start] == '-' || name[i - 1] == '-') return false;
-            (*labels)++;
-            start = i + 1;
-        } else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                     c == '-')) {
-            return false;
-        }
-    }
-    return true;
-}
-
+/* A selector and a signing domain follow the host name rules SMTP uses
+ * (net_domain_valid: the same labels, length and no trailing dot), so the
+ * configuration and the key store agree on what a domain is; a signing
+ * domain has two labels at least, as no key is published for a TLD. */
 bool dkim_selector_valid(const char *name)
 {
-    unsigned labels;
-    return hostname_valid(name, &labels);
+    return name && net_domain_valid(name);
 }
 
 bool dkim_domain_valid(const char *name)
 {
-    unsigned labels;
-    return hostname_valid(name, &labels) && labels >= 2;
+    return dkim_selector_valid(name) && strchr(name, '.');
 }
 
 /* A zone file's character-strings (RFC 1035 §5.1) hold at most 255 octets
