@@ -267,6 +267,7 @@ int dkim_zone_line(const char *domain, const char *selector, const char *record,
 
 struct from_count {
     size_t n;
+    bool not_ascii; /* the domain has octets over 127: UTF-8 (RFC 6532) */
     char domain[256];
 };
 
@@ -276,6 +277,8 @@ static void take_from_address(const char *addr, size_t len, void *arg)
     if (c->n++ > 0) return;
     const char *at = memrchr(addr, '@', len);
     size_t dlen = at ? len - (size_t)(at + 1 - addr) : 0;
+    for (size_t i = 0; i < dlen; i++)
+        if ((unsigned char)at[1 + i] > 0x7f) c->not_ascii = true;
     if (dlen == 0 || dlen >= sizeof c->domain) {
         c->domain[0] = 0;
         return;
@@ -286,7 +289,9 @@ static void take_from_address(const char *addr, size_t len, void *arg)
 
 /* One From field with one address (RFC 6376 §3.10 takes the domain DMARC
  * aligns with from it); a group in From (which RFC 5322 does not allow
- * there) counts by the addresses it holds. */
+ * there) counts by the addresses it holds. A UTF-8 domain is told apart
+ * (-2): signing it would need its A-label form (IDNA), which we do not
+ * make, and the worker counts it as a reason of its own. */
 int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
 {
     proto_header_iter_t it;
@@ -298,7 +303,9 @@ int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
     if (fields != 1) return -1;
     struct from_count c = {0};
     proto_header_addresses(msg, len, "From", take_from_address, &c);
-    if (c.n != 1 || !dkim_domain_valid(c.domain)) return -1;
+    if (c.n != 1) return -1;
+    if (c.not_ascii) return -2;
+    if (!dkim_domain_valid(c.domain)) return -1;
     size_t dlen = strlen(c.domain);
     if (dlen >= size) return -1;
     for (size_t i = 0; i <= dlen; i++)
