@@ -237,18 +237,39 @@ static void print_created(long long created)
     fputs(text, stdout);
 }
 
+/* What Redis holds is printed with every octet that is not printable ASCII
+ * (and the backslash) as \xHH, so a damaged or planted value cannot drive
+ * the terminal. */
+static void print_escaped(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p > 0x7e || *p == '\\')
+            printf("\\x%02x", *p);
+        else
+            putchar(*p);
+}
+
 static void print_key(const queue_dkim_key_t *k, void *arg)
 {
     (void)arg;
     buf_t line;
     buf_init(&line);
-    printf("%s %s %s ", k->domain, k->selector, k->algorithm);
+    bool printable = dkim_zone_line(k->domain, k->selector, k->record, &line) == 0;
+    const char *const fields[] = {k->domain, k->selector, k->algorithm};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        print_escaped(fields[i]);
+        putchar(' ');
+    }
     print_created(k->created);
-    if (dkim_zone_line(k->domain, k->selector, k->record, &line) < 0)
-        printf(" %s (record not printable: \"%s\")\n", k->active ? "active" : "inactive",
-               k->record);
-    else
-        printf(" %s %s\n", k->active ? "active" : "inactive", line.data);
+    printf(" %s ", k->active ? "active" : "inactive");
+    if (printable) {
+        fputs(line.data, stdout);
+    } else {
+        fputs("(record not printable: \"", stdout);
+        print_escaped(k->record);
+        fputs("\")", stdout);
+    }
+    putchar('\n');
     buf_free(&line);
 }
 

@@ -412,3 +412,15 @@ def test_another_seal_key_under_the_cluster_id_is_refused(conf, redis_server, tm
     assert dkim_values(r) == before
     assert r.hget("{sealpost:crypto}:sealcheck", SEAL_KEY.split(":")[0]) == check
     ok(dkim(wrong, "list"))  # reading needs no sealing key
+
+
+def test_list_escapes_what_redis_holds(conf, redis_server):
+    """A damaged or planted record is shown, but cannot drive the terminal:
+    octets that are not printable ASCII come out as \\xHH."""
+    r = redis_server.client()
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s1"))
+    r.hset(f"{{sealpost:dkim}}:d:{DOMAIN}", "s1:record", b"v=DKIM1; \x1b[2J\xc3\xa9\\")
+    out = ok(dkim(conf, "list")).stdout
+    assert b"\x1b" not in out and b"\xc3" not in out
+    assert out.decode("ascii").strip().endswith(
+        '(record not printable: "v=DKIM1; \\x1b[2J\\xc3\\xa9\\x5c")')
