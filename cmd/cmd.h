@@ -30,10 +30,12 @@ int cmd_admin_options(int argc, char **argv, const char *usage, const char *flag
 struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_code);
 
 /* The cluster's sealing keys as the nodes load them: [seal] keys and
- * key_file, else the key `sealpost up` keeps in [up] data_dir (made now,
- * as its first start would, when it is missing). NULL (with a message
- * printed and *exit_code set) when there is none that loads. */
-struct seal_keyring *cmd_seal_keyring(config_t *cfg, int *exit_code);
+ * key_file, else the key `sealpost up` keeps in [up] data_dir when it is
+ * there (never made here), its current key checked against the check value
+ * the cluster stores for its id (stored now when there is none, as a node
+ * does). NULL (with a message printed and *exit_code set) when there is
+ * none that loads, or it is not the cluster's. */
+struct seal_keyring *cmd_seal_keyring(config_t *cfg, struct queue_admin *admin, int *exit_code);
 
 /* Prints s as a JSON string literal (octets of text that is not UTF-8 as
  * the code points of the same numbers). */

@@ -196,6 +196,9 @@ static int read_key_file(const char *file, buf_t *pem)
         fprintf(stderr, "sealpost: cannot open %s\n", file);
         return -1;
     }
+    /* Unbuffered: fread then reads straight into pem, and leaves no copy of
+     * the key in a stdio buffer that fclose frees unwiped. */
+    setvbuf(f, NULL, _IONBF, 0);
     int rc = buf_reserve(pem, KEY_FILE_MAX + 1) < 0 ? -1 : 0;
     while (rc == 0 && !feof(f) && pem->len <= KEY_FILE_MAX) {
         size_t n = fread(pem->data + pem->len, 1, KEY_FILE_MAX + 1 - pem->len, f);
@@ -234,18 +237,39 @@ static void print_created(long long created)
     fputs(text, stdout);
 }
 
+/* What Redis holds is printed with every octet that is not printable ASCII
+ * (and the backslash) as \xHH, so a damaged or planted value cannot drive
+ * the terminal. */
+static void print_escaped(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p > 0x7e || *p == '\\')
+            printf("\\x%02x", *p);
+        else
+            putchar(*p);
+}
+
 static void print_key(const queue_dkim_key_t *k, void *arg)
 {
     (void)arg;
     buf_t line;
     buf_init(&line);
-    printf("%s %s %s ", k->domain, k->selector, k->algorithm);
+    bool printable = dkim_zone_line(k->domain, k->selector, k->record, &line) == 0;
+    const char *const fields[] = {k->domain, k->selector, k->algorithm};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        print_escaped(fields[i]);
+        putchar(' ');
+    }
     print_created(k->created);
-    if (dkim_zone_line(k->domain, k->selector, k->record, &line) < 0)
-        printf(" %s (record not printable: \"%s\")\n", k->active ? "active" : "inactive",
-               k->record);
-    else
-        printf(" %s %s\n", k->active ? "active" : "inactive", line.data);
+    printf(" %s ", k->active ? "active" : "inactive");
+    if (printable) {
+        fputs(line.data, stdout);
+    } else {
+        fputs("(record not printable: \"", stdout);
+        print_escaped(k->record);
+        fputs("\")", stdout);
+    }
+    putchar('\n');
     buf_free(&line);
 }
 
@@ -371,7 +395,7 @@ static int run(const struct dkim_args *da, struct store *st, enum dkim_algorithm
     char err[600];
     int rc = 0;
     if (!strcmp(da->action, "keygen") || !strcmp(da->action, "import")) {
-        seal_keyring_t *seal = cmd_seal_keyring(cfg, &rc);
+        seal_keyring_t *seal = cmd_seal_keyring(cfg, st->admin, &rc);
         if (!seal) return rc;
         st->seal = seal;
         rc = !strcmp(da->action, "keygen") ? keygen(st, algorithm, bits) : import(st, da->words[2]);

@@ -2,6 +2,7 @@
  * load them (crypto/seal.c). */
 #include "cmd/cmd.h"
 #include "crypto/crypto.h"
+#include "queue/admin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,22 +72,71 @@ int cmd_ensure_seal_key(config_t *cfg)
     return 0;
 }
 
+/* The key `sealpost up` keeps in [up] data_dir when no [seal] key is set,
+ * if it is there: a command never makes one, for a key made from the wrong
+ * directory would seal what no node can open. */
+static int existing_seal_key(config_t *cfg)
+{
+    if (cfg->seal.keys[0] || cfg->seal.key_file[0]) return 0;
+    char path[sizeof cfg->seal.key_file];
+    int n = snprintf(path, sizeof path, "%s/seal.key", cfg->up.data_dir);
+    if (n < 0 || (size_t)n >= sizeof path || access(path, F_OK) < 0) return -1;
+    snprintf(cfg->seal.key_file, sizeof cfg->seal.key_file, "%s", path);
+    return 0;
+}
+
+/* The check the nodes make at start-up (cmd/serve.c), made for the key
+ * that seals: the cluster's check value for its id must open with it, and
+ * when the cluster has none yet, ours is stored, as a node would store it. */
+static int check_current_key(queue_admin_t *admin, const seal_keyring_t *k)
+{
+    char err[600] = "out of memory";
+    buf_t check, stored;
+    buf_init(&check);
+    buf_init(&stored);
+    const char *id = seal_current_id(k);
+    int rc =
+        seal_check_make(k, 0, &check) < 0
+            ? -1
+            : queue_admin_seal_check(admin, id, check.data, check.len, &stored, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "sealpost: cannot check the sealing key '%s' with the cluster: %s\n", id,
+                err);
+    } else if (!seal_check_verify(k, stored.data, stored.len)) {
+        fprintf(stderr,
+                "sealpost: refused, nothing stored: this sealing key differs from the key the "
+                "cluster uses under the id '%s', so no worker could open what it seals: use the "
+                "nodes' [seal] key\n",
+                id);
+        rc = -1;
+    }
+    buf_free(&check);
+    buf_free(&stored);
+    return rc;
+}
+
 /* The nodes seal with [seal] keys and key_file, and `sealpost up` with a
  * key of its own in [up] data_dir when neither is set: an administration
- * command must seal with the very key the nodes open with. */
-seal_keyring_t *cmd_seal_keyring(config_t *cfg, int *exit_code)
+ * command must seal with the very key the nodes open with, so it takes one
+ * of those that exists and checks it against the cluster's check value. */
+seal_keyring_t *cmd_seal_keyring(config_t *cfg, queue_admin_t *admin, int *exit_code)
 {
     char err[600];
-    if (cmd_ensure_seal_key(cfg) < 0) { /* nothing to do when [seal] names keys */
-        fprintf(stderr, "sealpost: no [seal] key, and none in [up] data_dir %s\n",
-                cfg->up.data_dir);
-        *exit_code = 1;
+    *exit_code = 1;
+    if (existing_seal_key(cfg) < 0) {
+        fprintf(stderr, "sealpost: no sealing key: start the node once (sealpost up) or set "
+                        "[seal] key_file\n");
         return NULL;
     }
     seal_keyring_t *k = seal_keyring_load(cfg->seal.keys, cfg->seal.key_file, err, sizeof err);
     if (!k) {
         fprintf(stderr, "sealpost: [seal]: %s\n", err);
-        *exit_code = 1;
+        return NULL;
     }
+    if (check_current_key(admin, k) < 0) {
+        seal_keyring_free(k);
+        return NULL;
+    }
+    *exit_code = 0;
     return k;
 }

@@ -27,7 +27,7 @@ enum key_type {
     T_SECRET, /* a string that config_print never shows */
     T_ENC_POLICY,
     T_CHOICE, /* one of the spec's choices, stored as its index (unsigned) */
-    T_DOMAIN  /* one domain name, lower-cased, or "" for none */
+    T_DOMAIN  /* one signing domain (two labels at least), lower-cased, or "" for none */
 };
 
 /* The index of value (any case) among the n names, or -1: the settings
@@ -293,8 +293,17 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
     unsigned long long v;
     switch (spec->type) {
     case T_DOMAIN:
+        /* A DKIM key is published under a domain of two labels at least (no
+         * TLD, no "localhost"), as dkim_domain_valid has it: a one-label
+         * default would be accepted here and then never match a key. */
         if (*value && (strlen(value) >= spec->size || !net_domain_valid(value))) {
             snprintf(err, errlen, "'%s' is not a domain", value);
+            return -1;
+        }
+        if (*value && !strchr(value, '.')) {
+            snprintf(err, errlen,
+                     "'%s' is not a signing domain: it needs two labels or more (example.com)",
+                     value);
             return -1;
         }
         memcpy(field, value, strlen(value) + 1);

@@ -432,10 +432,12 @@ int dkim_zone_line(const char *domain, const char *selector, const char *record,
  * lower-case first). */
 bool dkim_selector_valid(const char *name);
 bool dkim_domain_valid(const char *name);
-/* The domain of msg's From into out (lower-cased): 0, or -1 when there is
- * none, the message has several From fields, its From holds not exactly one
- * address, or the domain is no valid signing domain (a literal, UTF-8), or
- * does not fit in size. */
+/* The domain of msg's From into out (lower-cased): 0; -2 when the From's
+ * one address has a domain that is not ASCII (UTF-8, RFC 6532: not signed,
+ * for no A-label is made, but told apart from a missing From); else -1 when
+ * there is none, the message has several From fields, its From holds not
+ * exactly one address, or the domain is no valid signing domain (a
+ * literal), or does not fit in size. */
 int dkim_from_domain(const char *msg, size_t len, char *out, size_t size);
 
 typedef struct dkim_signer {
@@ -459,7 +461,7 @@ typedef struct dkim_signer {
  * octets where possible, each field ending CRLF; the first signer's field
  * first) to out: the caller puts out before msg. 0, or -1 with err (out as
  * it was). */
-int dkim_sign(const char *msg, size_t len, const dkim_signer_t *signers, unsigned n,
-              long long now, unsigned expire_s, buf_t *out, char *err, size_t errlen);
+int dkim_sign(const char *msg, size_t len, const dkim_signer_t *signers, unsigned n, long long now,
+              unsigned expire_s, buf_t *out, char *err, size_t errlen);
 
 #endif

@@ -221,40 +221,18 @@ int dkim_key_record(const dkim_key_t *k, buf_t *out)
     return rc;
 }
 
-/* Dot-separated labels of letters, digits and hyphens, 1..63 octets each,
- * not starting or ending with a hyphen; at most 253 octets. Counts the
- * labels into *labels. */
-static bool hostname_valid(const char *name, unsigned *labels)
-{
-    size_t len = name ? strlen(name) : 0;
-    if (len == 0 || len > 253) return false;
-    *labels = 0;
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        char c = name[i];
-        if (c == '.' || c == 0) {
-            size_t n = i - start;
-            if (n == 0 || n > 63 || name[start] == '-' || name[i - 1] == '-') return false;
-            (*labels)++;
-            start = i + 1;
-        } else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                     c == '-')) {
-            return false;
-        }
-    }
-    return true;
-}
-
+/* A selector and a signing domain follow the host name rules SMTP uses
+ * (net_domain_valid: the same labels, length and no trailing dot), so the
+ * configuration and the key store agree on what a domain is; a signing
+ * domain has two labels at least, as no key is published for a TLD. */
 bool dkim_selector_valid(const char *name)
 {
-    unsigned labels;
-    return hostname_valid(name, &labels);
+    return name && net_domain_valid(name);
 }
 
 bool dkim_domain_valid(const char *name)
 {
-    unsigned labels;
-    return hostname_valid(name, &labels) && labels >= 2;
+    return dkim_selector_valid(name) && strchr(name, '.');
 }
 
 /* A zone file's character-strings (RFC 1035 §5.1) hold at most 255 octets
@@ -289,6 +267,7 @@ int dkim_zone_line(const char *domain, const char *selector, const char *record,
 
 struct from_count {
     size_t n;
+    bool not_ascii; /* the domain has octets over 127: UTF-8 (RFC 6532) */
     char domain[256];
 };
 
@@ -298,6 +277,8 @@ static void take_from_address(const char *addr, size_t len, void *arg)
     if (c->n++ > 0) return;
     const char *at = memrchr(addr, '@', len);
     size_t dlen = at ? len - (size_t)(at + 1 - addr) : 0;
+    for (size_t i = 0; i < dlen; i++)
+        if ((unsigned char)at[1 + i] > 0x7f) c->not_ascii = true;
     if (dlen == 0 || dlen >= sizeof c->domain) {
         c->domain[0] = 0;
         return;
@@ -308,7 +289,9 @@ static void take_from_address(const char *addr, size_t len, void *arg)
 
 /* One From field with one address (RFC 6376 §3.10 takes the domain DMARC
  * aligns with from it); a group in From (which RFC 5322 does not allow
- * there) counts by the addresses it holds. */
+ * there) counts by the addresses it holds. A UTF-8 domain is told apart
+ * (-2): signing it would need its A-label form (IDNA), which we do not
+ * make, and the worker counts it as a reason of its own. */
 int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
 {
     proto_header_iter_t it;
@@ -320,7 +303,9 @@ int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
     if (fields != 1) return -1;
     struct from_count c = {0};
     proto_header_addresses(msg, len, "From", take_from_address, &c);
-    if (c.n != 1 || !dkim_domain_valid(c.domain)) return -1;
+    if (c.n != 1) return -1;
+    if (c.not_ascii) return -2;
+    if (!dkim_domain_valid(c.domain)) return -1;
     size_t dlen = strlen(c.domain);
     if (dlen >= size) return -1;
     for (size_t i = 0; i <= dlen; i++)
@@ -330,6 +315,14 @@ int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
 }
 
 /* ---- relaxed canonicalisation (RFC 6376 §3.4.2, §3.4.4) ---- */
+
+/* The canonical header values are the message's plaintext: wiped before
+ * the memory goes back to the allocator. */
+static void buf_wipe_free(buf_t *b)
+{
+    if (b->data) sodium_memzero(b->data, b->cap);
+    buf_free(b);
+}
 
 static bool is_wsp(char c)
 {
@@ -425,6 +418,7 @@ static int canon_body_to(const char *body, size_t len, canon_sink_fn sink, void 
         pos = eol < len ? eol + 2 : len;
     }
     canon_flush(&o);
+    sodium_memzero(o.pending, sizeof o.pending); /* the end of the plaintext body */
     return o.rc;
 }
 
@@ -559,6 +553,10 @@ static int collect_fields(const char *msg, size_t len, struct signed_part *sp, s
         list[n++] = f;
     }
     *body = it.body;
+    size_t room = 0; /* reserved at once: no realloc leaves a copy unwiped */
+    for (size_t i = 0; i < n; i++)
+        room += list[i].raw_len + 2;
+    if (rc == 0) rc = buf_reserve(&sp->fields, room);
     for (size_t i = n; rc == 0 && i-- > 0;) {
         for (size_t j = 0; j < list[i].name_len && rc == 0; j++) {
             char c = list[i].name[j];
@@ -711,6 +709,7 @@ static int sign_one(const dkim_signer_t *s, const struct signed_part *sp, long l
     fold_tag(&f, "bh=%s;", sp->bh);
     fold_tag(&f, "b=");
     int rc = f.rc;
+    if (rc == 0) rc = buf_reserve(&data, sp->fields.len + field.len + 2);
     if (rc == 0) rc = buf_append(&data, sp->fields.data, sp->fields.len);
     if (rc == 0) rc = dkim_canon_header(field.data, field.len, &data);
     size_t sig_len = (size_t)EVP_PKEY_get_size(s->key->pkey);
@@ -738,7 +737,7 @@ static int sign_one(const dkim_signer_t *s, const struct signed_part *sp, long l
     free(b64);
     free(sig);
     buf_free(&field);
-    buf_free(&data);
+    buf_wipe_free(&data);
     return rc;
 }
 
@@ -784,6 +783,6 @@ int dkim_sign(const char *msg, size_t len, const dkim_signer_t *signers, unsigne
         rc = sign_one(&signers[i], &sp, now, expire_s, out, err, errlen);
     if (rc < 0) restore(out, was);
     buf_free(&sp.names);
-    buf_free(&sp.fields);
+    buf_wipe_free(&sp.fields);
     return rc;
 }

@@ -99,6 +99,13 @@ int queue_admin_dkim_activate(queue_admin_t *a, const char *domain, const char *
 int queue_admin_dkim_list(queue_admin_t *a, void (*cb)(const queue_dkim_key_t *k, void *arg),
                           void *arg, char *err, size_t errlen);
 
+/* ---- the sealing keys' check values (keys.c) ---- */
+
+/* As queue_seal_check: stores check for key_id unless one is stored
+ * already, and appends the one stored to out for the caller to verify. */
+int queue_admin_seal_check(queue_admin_t *a, const char *key_id, const void *check, size_t len,
+                           buf_t *out, char *err, size_t errlen);
+
 /* ---- the operator's view and acts ---- */
 
 enum queue_job_state {

@@ -31,6 +31,22 @@ int queue_seal_check(queue_t *q, const char *key_id, const void *check, size_t l
     return fcall_keys(call, FN_SEAL_CHECK, &(key_ids_t){0}, 2, args, lens);
 }
 
+/* The blocking twin of queue_seal_check, for the commands that seal
+ * (sealpost dkim): the same function, so a command stores the first check
+ * of a key id exactly as a node would. out receives the stored check. */
+int queue_admin_seal_check(queue_admin_t *a, const char *key_id, const void *check, size_t len,
+                           buf_t *out, char *err, size_t errlen)
+{
+    const char *args[] = {key_id, check};
+    size_t lens[] = {strlen(key_id), len};
+    redisReply *r = queue_admin_call(a, FN_SEAL_CHECK, &(key_ids_t){0}, 2, args, lens, err, errlen);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_STRING ? buf_append(out, r->str, r->len) : -1;
+    if (rc < 0) snprintf(err, errlen, "seal_check: unexpected reply");
+    freeReplyObject(r);
+    return rc;
+}
+
 /* ---- the key directory ---- */
 
 static const char *reply_text(const redisReply *r, size_t *len)

@@ -344,17 +344,83 @@ def test_sealed_under_the_cluster_key_a_node_opens_with(conf, redis_server, tmp_
         unseal(blob, f"dkim:{DOMAIN}", "s1", key=other)
 
 
-def test_without_a_seal_key_it_seals_with_the_key_sealpost_up_uses(tmp_path, redis_server):
-    """No [seal] key: the key `sealpost up` keeps in [up] data_dir, made now
-    when up has not run yet, which up then finds and uses."""
+def up_conf(tmp_path, redis_server):
     conf = tmp_path / "up.conf"
     conf.write_text(f"[redis]\nurl = redis://127.0.0.1:{redis_server.port}\n"
                     f"[up]\ndata_dir = {tmp_path}/var\n")
+    return conf
+
+
+def test_without_a_seal_key_it_refuses_and_makes_none(tmp_path, redis_server):
+    """No [seal] key and no key of `sealpost up` in [up] data_dir (a command
+    run from another directory, say): a key made now would be one no node
+    opens with, so none is made and nothing is stored."""
+    conf = up_conf(tmp_path, redis_server)
+    r = redis_server.client()
+    for args in (["keygen", DOMAIN, "--selector", "s1"],
+                 ["import", DOMAIN, "s1", str(genpkey(tmp_path, "k.pem", "-algorithm",
+                                                      "ED25519"))]):
+        refused(dkim(conf, *args), "no sealing key", "sealpost up", "[seal] key_file")
+    assert not (tmp_path / "var").exists()
+    assert dkim_keys(r) == []
+    assert r.exists("{sealpost:crypto}:sealcheck") == 0
+
+
+def test_it_seals_with_the_key_sealpost_up_keeps(tmp_path, redis_server):
+    """No [seal] key: the key `sealpost up` made in [up] data_dir, when it is
+    there, and the same one each time."""
+    conf = up_conf(tmp_path, redis_server)
+    (tmp_path / "var").mkdir()
+    key = "1:" + base64.b64encode(bytes(range(100, 132))).decode()  # as `up` writes it
+    (tmp_path / "var" / "seal.key").write_text(key + "\n")
     ok(dkim(conf, "keygen", DOMAIN, "--selector", "s1"))
-    key = (tmp_path / "var" / "seal.key").read_text().strip()
-    blob = redis_server.client().hget(f"{{sealpost:dkim}}:d:{DOMAIN}", "s1:key")
-    assert unseal(blob, f"dkim:{DOMAIN}", "s1", key=key).startswith(b"-----BEGIN PRIVATE KEY")
-    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s2"))  # the same key again, not a new one
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s2"))
     assert (tmp_path / "var" / "seal.key").read_text().strip() == key
-    blob = redis_server.client().hget(f"{{sealpost:dkim}}:d:{DOMAIN}", "s2:key")
-    assert unseal(blob, f"dkim:{DOMAIN}", "s2", key=key)
+    r = redis_server.client()
+    for selector in ("s1", "s2"):
+        blob = r.hget(f"{{sealpost:dkim}}:d:{DOMAIN}", f"{selector}:key")
+        assert unseal(blob, f"dkim:{DOMAIN}", selector, key=key).startswith(
+            b"-----BEGIN PRIVATE KEY")
+
+
+def test_the_first_seal_check_is_stored_as_a_node_stores_it(conf, redis_server):
+    """A cluster with no check value yet for the key id gets the command's,
+    which opens with the cluster key as a node's would."""
+    r = redis_server.client()
+    assert r.hget("{sealpost:crypto}:sealcheck", SEAL_KEY.split(":")[0]) is None
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s1"))
+    check = r.hget("{sealpost:crypto}:sealcheck", SEAL_KEY.split(":")[0])
+    assert unseal(check, "sealpost", "key-check") == b"sealpost"  # crypto/seal.c's check
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s2"))  # kept, not replaced
+    assert r.hget("{sealpost:crypto}:sealcheck", SEAL_KEY.split(":")[0]) == check
+
+
+def test_another_seal_key_under_the_cluster_id_is_refused(conf, redis_server, tmp_path):
+    """A command given a sealing key other than the cluster's under the same
+    id would seal keys no worker opens: refused before anything is stored."""
+    r = redis_server.client()
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s1"))
+    before = dkim_values(r)
+    check = r.hget("{sealpost:crypto}:sealcheck", SEAL_KEY.split(":")[0])
+    wrong = tmp_path / "wrong.conf"
+    other = SEAL_KEY.split(":")[0] + ":" + base64.b64encode(bytes(32)).decode()
+    wrong.write_text(f"[redis]\nurl = redis://127.0.0.1:{redis_server.port}\n"
+                     f"timeout_ms = 2000\n[seal]\nkeys = {other}\n")
+    pem = genpkey(tmp_path, "k.pem", "-algorithm", "ED25519")
+    refused(dkim(wrong, "keygen", DOMAIN, "--selector", "s2"), "differs", "nothing stored")
+    refused(dkim(wrong, "import", "other.test", "k", str(pem)), "differs", "nothing stored")
+    assert dkim_values(r) == before
+    assert r.hget("{sealpost:crypto}:sealcheck", SEAL_KEY.split(":")[0]) == check
+    ok(dkim(wrong, "list"))  # reading needs no sealing key
+
+
+def test_list_escapes_what_redis_holds(conf, redis_server):
+    """A damaged or planted record is shown, but cannot drive the terminal:
+    octets that are not printable ASCII come out as \\xHH."""
+    r = redis_server.client()
+    ok(dkim(conf, "keygen", DOMAIN, "--selector", "s1"))
+    r.hset(f"{{sealpost:dkim}}:d:{DOMAIN}", "s1:record", b"v=DKIM1; \x1b[2J\xc3\xa9\\")
+    out = ok(dkim(conf, "list")).stdout
+    assert b"\x1b" not in out and b"\xc3" not in out
+    assert out.decode("ascii").strip().endswith(
+        '(record not printable: "v=DKIM1; \\x1b[2J\\xc3\\xa9\\x5c")')

@@ -535,7 +535,8 @@ static void test_config_openpgp_engine(void **state)
 
 /* [dkim]: no default domain and no x= unless told; the domain is
  * lower-cased (the worker compares it with lower-cased From domains), a
- * name that is no domain and an expiry past a year are refused. */
+ * name that is no domain (or of one label) and an expiry past a year are
+ * refused. */
 static void test_config_dkim(void **state)
 {
     (void)state;
@@ -560,6 +561,16 @@ static void test_config_dkim(void **state)
     assert_int_equal(
         load_text("[dkim]\ndefault_domain = a@example.test\n", &cfg, err, sizeof err, path), -1);
     assert_contains(err, "default_domain");
+    /* One label is a host name but no signing domain: refused at load, not
+     * left to never match a key. */
+    assert_int_equal(load_text("[dkim]\ndefault_domain = localhost\n", &cfg, err, sizeof err, path),
+                     -1);
+    assert_contains(err, "default_domain");
+    assert_contains(err, "two labels");
+    assert_int_equal(
+        load_text("[dkim]\ndefault_domain = example.test.\n", &cfg, err, sizeof err, path), -1);
+    assert_int_equal(load_text("[dkim]\ndefault_domain = a.b\n", &cfg, err, sizeof err, path), 0);
+    assert_string_equal(cfg.dkim.default_domain, "a.b");
     assert_int_equal(load_text("[dkim]\nexpire = 31536001\n", &cfg, err, sizeof err, path), -1);
     assert_contains(err, "expire");
 }

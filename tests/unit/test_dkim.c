@@ -616,9 +616,21 @@ static void test_from_domain(void **state)
     assert_int_equal(from_domain("From: g: a@one.test, b@two.test;\r\n\r\n", d), -1);
     assert_int_equal(from_domain("From: not an address\r\n\r\n", d), -1);
     assert_int_equal(from_domain("From:\r\n\r\n", d), -1);
-    assert_int_equal(from_domain("From: a@[192.0.2.1]\r\n\r\n", d), -1);       /* a literal */
-    assert_int_equal(from_domain("From: a@localhost\r\n\r\n", d), -1);         /* one label */
-    assert_int_equal(from_domain("From: a@b\xc3\xbc.example\r\n\r\n", d), -1); /* UTF-8 */
+    assert_int_equal(from_domain("From: a@[192.0.2.1]\r\n\r\n", d), -1); /* a literal */
+    assert_int_equal(from_domain("From: a@localhost\r\n\r\n", d), -1);   /* one label */
+    /* A UTF-8 domain (RFC 6532) is told apart from a missing From: the
+     * worker counts it under a reason of its own; the local part alone in
+     * UTF-8 is signed as usual. */
+    d[0] = 'x';
+    assert_int_equal(from_domain("From: a@b\xc3\xbc.example\r\n\r\n", d), -2);
+    assert_int_equal(d[0], 'x'); /* nothing written */
+    assert_int_equal(from_domain("From: J\xc3\xb6rg <j\xc3\xb6rg@m\xc3\xbcnchen.test>\r\n\r\n", d),
+                     -2);
+    assert_int_equal(from_domain("From: j\xc3\xb6rg@M\xc3\xbcnchen\r\n\r\n", d), -2);
+    assert_int_equal(from_domain("From: j\xc3\xb6rg@Origin.test\r\n\r\n", d), 0);
+    assert_string_equal(d, "origin.test");
+    /* still -1 when there are several addresses, UTF-8 or not */
+    assert_int_equal(from_domain("From: a@b\xc3\xbc.example, c@d.test\r\n\r\n", d), -1);
     assert_int_equal(from_domain("", d), -1);
     /* a domain that does not fit out */
     const char msg[] = "From: a@origin.test\r\n\r\n";
