@@ -665,7 +665,6 @@ def body(cluster, args, timer, ports, maildir, run_id):
         took = time.monotonic() - t
         check("user bob@example.test saved" in out, f"users add said {out!r}")
         log(f"sealpostctl users add: {took:.2f}s")
-        check(took < 5, f"sealpostctl users add took {took:.1f}s")
         keyfile, fpr = make_public_key(cluster.workdir, f"key@{DEMO_DOMAIN}")
         out = cluster.ctl("keys", "import", keyfile)
         check(f"imported {fpr}" in out, f"keys import {keyfile} said {out!r}")
