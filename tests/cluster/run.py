@@ -1,30 +1,40 @@
 #!/usr/bin/python3
 """The compose cluster, run for real: deploy/docker-compose.yml under rootful
-podman + podman-compose (the recipe of the containers guide), with mail sent
-through haproxy's published port and counted where the demo MX files it.
+podman + podman-compose, driven through deploy/sealpostctl (the README's own
+commands: setup, build, up, users add, keys import, metrics, status, scale,
+down --volumes), with mail sent through haproxy's published ports and counted
+where the demo MX files it.
 
     /usr/bin/python3 tests/cluster/run.py [--context DIR] [--keep]
 
 What it checks:
   1. `docker-compose config -q` accepts the compose file;
-  2. `podman-compose up -d --build` brings up redis, haproxy, 2 ingress,
-     3 workers, the users one-shot and the demo MX; every sealpost replica
-     answers /readyz and the image's HEALTHCHECK passes; haproxy finds both
+  2. `sealpostctl up --demo` does podman's host set-up (in a containers.conf
+     of its own here), makes the seal key and the certificate, brings up
+     redis, haproxy, 2 ingress, 3 workers, Prometheus, the users one-shot and
+     the demo MX; every sealpost replica answers /readyz and the health
+     check passes (`sealpostctl status` says healthy); haproxy finds both
      ingress replicas through compose DNS;
-  3. TLS + AUTH through haproxy on 587 (STARTTLS) and 465 (implicit TLS) with
-     the user of the `users` secret, and no open relay on 25;
+  3. `sealpostctl users add` and `keys import FILE` with a host file; TLS +
+     AUTH through haproxy on 587 (STARTTLS, that user) and 465 (implicit TLS,
+     the user of the `users` secret), and no open relay on 25;
   4. batch 1: N messages (default 500) on 25 from several threads, each one
      answered 250, each Message-ID filed by the MX; the PROXY header made the
      ingress see the real client, not haproxy;
-  5. scaling to 4 workers: the new replica becomes ready and delivers;
+  5. the metrics of every node from the host: `sealpostctl metrics`, and
+     Prometheus on its loopback port with every replica as a target;
+     `sealpostctl scale worker 4`: the new replica becomes ready and delivers;
   6. batch 2: N more while one ingress and one worker are stopped (SIGTERM)
      and another worker is killed (SIGKILL): every message that got 250 is
      delivered (a client retries the others, as an MTA would; a message that
-     never got 250 is not counted as lost), the queue ends empty.
+     never got 250 is not counted as lost), the queue ends empty;
+  7. `sealpostctl scale worker 3`, then `sealpostctl down --volumes` leaves no
+     container, network or volume of the project.
 
 When podman cannot run here (not root, a tool missing, no container can be
 created) it prints "SKIP: ..." and exits 0. It always tears down what it
-started: containers, the network, the volumes; the images stay tagged
+started (down --volumes, then whatever that left, which fails the test):
+containers, the network, the volumes; the images stay tagged
 (localhost/sealpost-clustertest*) so the next run builds from cache, and the
 locally made debian:bookworm-slim base stays in podman's store.
 
@@ -142,30 +152,7 @@ def run(cmd, env=None, check_rc=True, timeout=900, logfile=None, input=None, mer
 # ---------------------------------------------------------------------------
 # Can podman run here?
 
-def containers_conf(path):
-    """The guide's two host quirks: no CAP_SYS_RESOURCE (keep the hard nofile
-    limit) and hybrid cgroups (runc, not crun)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1048576
-    text = (
-        "[containers]\n"
-        f'default_ulimits = ["nofile={hard}:{hard}", "nproc=32768:32768"]\n'
-        "[engine]\n"
-        'runtime = "runc"\n'
-        "[network]\n"
-        'network_backend = "netavark"\n'
-    )
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = open(path).read() if os.path.exists(path) else None
-    if old != text:
-        with open(path, "w") as f:
-            f.write(text)
-
-
-def preflight(env, cache_dir):
+def preflight(env, cache_dir, ctl):
     if os.geteuid() != 0:
         skip("not root: this recipe needs rootful podman (run as root)")
     tools = ["podman", "podman-compose", "docker-compose", "runc", "iptables", "openssl"]
@@ -174,6 +161,12 @@ def preflight(env, cache_dir):
         skip(f"missing {' '.join(missing)} (install the packages of deploy/setup.sh: podman "
              "podman-compose runc netavark aardvark-dns catatonit iptables debootstrap "
              "docker-compose python3-jsonschema)")
+    # podman's host set-up, as an operator's first `sealpostctl up` does it;
+    # here into the containers.conf of CONTAINERS_CONF (SEALPOST_PODMAN_CONF),
+    # not /etc.
+    rc, out = run([ctl, "setup"], env=env, check_rc=False, merge=True)
+    if rc != 0:
+        raise Failure(f"sealpostctl setup failed: {out}")
     rc, out = run(["podman", "info", "--format", "json"], env=env, check_rc=False, timeout=120)
     if rc != 0:
         skip(f"`podman info` fails: {out.strip()[-800:]}")
@@ -247,12 +240,20 @@ class Cluster:
         self.env = env
         self.workdir = workdir
         self.compose_file = os.path.join(context, "deploy", "docker-compose.yml")
+        self.sealpostctl = os.path.join(context, "deploy", "sealpostctl")
         self.log = os.path.join(workdir, "compose.log")
 
-    def compose(self, *args, check_rc=True, timeout=900, extra_env=None):
-        env = dict(self.env, **(extra_env or {}))
-        return run(["podman-compose", "-p", self.project, "-f", self.compose_file, *args],
-                   env=env, check_rc=check_rc, timeout=timeout, logfile=self.log)
+    def ctl(self, *args, check_rc=True, timeout=900, input=None, logfile=True):
+        """deploy/sealpostctl ARGS: its output (standard error too), also
+        appended to the compose log."""
+        started = time.monotonic()
+        rc, out = run([self.sealpostctl, *args], env=self.env, check_rc=False, timeout=timeout,
+                      input=input, merge=True)
+        with open(self.log, "a") as f:
+            f.write(f"\n$ sealpostctl {' '.join(args)}   ({time.monotonic() - started:.1f}s)\n{out}")
+        if check_rc and rc != 0:
+            raise Failure(f"sealpostctl {' '.join(args)} failed ({rc}):\n{out[-3000:]}")
+        return out
 
     def containers(self, all_states=False):
         cmd = ["podman", "ps", "--format", "json",
@@ -289,27 +290,30 @@ class Cluster:
                 subprocess.run(["podman", "logs", name], env=self.env, stdout=f,
                                stderr=subprocess.STDOUT)
 
-    def teardown(self, extra_env):
-        """down -t 2 -v, then whatever is left with the project's label, and
-        the network (down leaves it behind)."""
-        try:
-            self.compose("down", "-t", "2", "-v", check_rc=False, timeout=300,
-                         extra_env=extra_env)
-        except Exception as e:  # noqa: BLE001 - teardown goes on
-            log(f"compose down: {e}")
+    def leftovers(self):
+        """What of the project is still there: containers, networks, volumes."""
         label = f"label=io.podman.compose.project={self.project}"
-        for kind in ("container", "volume"):
-            ls = ["podman", "ps", "-a", "-q", "--filter", label] if kind == "container" else \
-                ["podman", "volume", "ls", "-q", "--filter", label]
-            p = subprocess.run(ls, env=self.env, capture_output=True, text=True)
-            ids = p.stdout.split()
-            if ids:
-                rm = ["podman", "rm", "-f", "-t", "0"] if kind == "container" else \
-                    ["podman", "volume", "rm", "-f"]
-                subprocess.run(rm + ids, env=self.env, capture_output=True)
-        for net in (f"{self.project}_default",):
-            subprocess.run(["podman", "network", "rm", "-f", net], env=self.env,
-                           capture_output=True)
+        left = []
+        for cmd in (["podman", "ps", "-a", "--format", "{{.Names}}", "--filter", label],
+                    ["podman", "network", "ls", "--format", "{{.Name}}", "--filter", label],
+                    ["podman", "volume", "ls", "--format", "{{.Name}}", "--filter", label]):
+            p = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+            left += [(cmd[1], name) for name in p.stdout.split()]
+        return left
+
+    def teardown(self):
+        """sealpostctl down --volumes; what it left behind is removed too,
+        and returned (a failure of the recipe)."""
+        try:
+            log(self.ctl("down", "--volumes", check_rc=False, timeout=300).strip())
+        except Exception as e:  # noqa: BLE001 - teardown goes on
+            log(f"sealpostctl down: {e}")
+        left = self.leftovers()
+        for kind, name in left:
+            rm = {"ps": ["podman", "rm", "-f", "-t", "0"], "network": ["podman", "network", "rm", "-f"],
+                  "volume": ["podman", "volume", "rm", "-f"]}[kind]
+            subprocess.run(rm + [name], env=self.env, capture_output=True)
+        return left
 
 
 def http_get(url, timeout=3):
@@ -462,25 +466,36 @@ class Maildir:
 
 # ---------------------------------------------------------------------------
 
-def make_secrets(cluster, directory, image):
+def make_secrets(directory):
+    """Only the `users` secret: `sealpostctl up` makes the seal key and the
+    certificate, as it does for an operator."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    # The sealing key, made by the image itself as the README says.
-    _, key = run(["podman", "run", "--rm", "--no-healthcheck", "--network", "none", image,
-                  "seal-key", "new",
-                  "clustertest"], env=cluster.env)
-    check(re.fullmatch(r"clustertest:[A-Za-z0-9+/=]{44}\n", key), f"seal-key new printed {key!r}")
-    files = {"seal.key": key, "users": "# name:password\nalice@example.test:cluster test pw\n"}
-    for name, text in files.items():
-        with open(os.path.join(directory, name), "w") as f:
-            f.write(text)
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=sealpost.example.test",
-         "-keyout", os.path.join(directory, "tls.key"),
-         "-out", os.path.join(directory, "tls.crt")], env=cluster.env)
-    # Files bind-mounted into the containers keep their modes; the directory
-    # (0700) keeps others on the host out.
-    for name in ("seal.key", "users", "tls.key", "tls.crt"):
-        os.chmod(os.path.join(directory, name), 0o644)
+    path = os.path.join(directory, "users")
+    with open(path, "w") as f:
+        f.write("# name:password\nalice@example.test:cluster test pw\n")
+    os.chmod(path, 0o644)
+
+
+def make_public_key(workdir, address):
+    """An OpenPGP public key for address, made with the host's gpg: the host
+    file `sealpostctl keys import` reads."""
+    home = os.path.join(workdir, "gnupg")
+    os.makedirs(home, mode=0o700)
+    env = dict(os.environ, GNUPGHOME=home)
+    gpg = ["gpg", "--batch", "--quiet", "--passphrase", ""]
+    subprocess.run(gpg + ["--quick-gen-key", f"Cluster <{address}>", "ed25519", "cert", "1y"],
+                   env=env, check=True, capture_output=True)
+    out = subprocess.run(["gpg", "--list-keys", "--with-colons", address], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    subprocess.run(gpg + ["--quick-add-key", fpr, "cv25519", "encr", "1y"], env=env, check=True,
+                   capture_output=True)
+    path = os.path.join(workdir, "key.asc")
+    with open(path, "wb") as f:
+        f.write(subprocess.run(["gpg", "--armor", "--export", address], env=env, check=True,
+                               capture_output=True).stdout)
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
+    return path, fpr
 
 
 def main():
@@ -508,27 +523,34 @@ def main():
     env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin"
     env["CONTAINERS_CONF"] = conf
     env["BUILDAH_FORMAT"] = "docker"  # keeps HEALTHCHECK and STOPSIGNAL in the images
-    if os.geteuid() == 0:
-        containers_conf(conf)
-    timer = Timer()
-    with timer("preflight (podman, base image)"):
-        preflight(env, args.cache)
-
     run_id = secrets.token_hex(4)
     project = f"spct{run_id}"
+    env["SEALPOST_ENGINE"] = "podman"
+    env["SEALPOST_PODMAN_CONF"] = conf  # sealpostctl setup writes it: the file CONTAINERS_CONF reads
+    env["COMPOSE_PROJECT_NAME"] = project
+    os.makedirs(args.cache, exist_ok=True)
+    ctl = os.path.join(context, "deploy", "sealpostctl")
+    timer = Timer()
+    with timer("preflight (sealpostctl setup, podman, base image)"):
+        try:
+            preflight(env, args.cache, ctl)
+        except Failure as e:
+            print(f"\nFAIL: {e}", flush=True)
+            return 1
     workdir = tempfile.mkdtemp(prefix=f"sealpost-cluster-{run_id}-")
     maildir = os.path.join(workdir, "maildir")
     os.makedirs(maildir)
     os.chmod(maildir, 0o777)  # the MX runs as an unprivileged user
-    ports = {name: free_port() for name in ("smtp", "submission", "smtps", "stats")}
+    ports = {name: free_port() for name in ("smtp", "submission", "smtps", "stats", "prometheus")}
     env.update({var: tag for var, (tag, _) in IMAGES.items()})
     env.update({
         "SEALPOST_SECRETS_DIR": os.path.join(workdir, "secrets"),
         "SEALPOST_DEMO_MAILDIR": maildir,
-        "SEALPOST_SMTP_PORT": f"127.0.0.1:{ports['smtp']}",
-        "SEALPOST_SUBMISSION_PORT": f"127.0.0.1:{ports['submission']}",
-        "SEALPOST_SMTPS_PORT": f"127.0.0.1:{ports['smtps']}",
-        "SEALPOST_HAPROXY_STATS_PORT": f"127.0.0.1:{ports['stats']}",
+        "SEALPOST_SMTP_PORT": str(ports["smtp"]),
+        "SEALPOST_SUBMISSION_PORT": str(ports["submission"]),
+        "SEALPOST_SMTPS_PORT": str(ports["smtps"]),
+        "SEALPOST_HAPROXY_STATS_PORT": str(ports["stats"]),
+        "SEALPOST_PROMETHEUS_PORT": str(ports["prometheus"]),
         "SEALPOST_INGRESSES": "2",
         "SEALPOST_WORKERS": "3",
         # Short enough for this test: a killed worker's lease runs out in
@@ -557,10 +579,13 @@ def main():
             log(f"container logs in {workdir}/logs, compose output in {cluster.log}")
         if args.keep:
             log(f"--keep: the cluster runs on; stop it with: CONTAINERS_CONF={conf} "
-                f"podman-compose -p {project} -f {cluster.compose_file} down -t 2 -v")
+                f"COMPOSE_PROJECT_NAME={project} {cluster.sealpostctl} down --volumes")
         else:
-            with timer("teardown"):
-                cluster.teardown({"SEALPOST_WORKERS": "4"})
+            with timer("sealpostctl down --volumes"):
+                left = cluster.teardown()
+            if left:
+                print(f"\nFAIL: sealpostctl down --volumes left {left} behind", flush=True)
+                ok = False
             if ok:
                 shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{'PASS' if ok else 'FAIL'}: cluster test in {time.monotonic() - T0:.1f}s")
@@ -582,18 +607,22 @@ def body(cluster, args, timer, ports, maildir, run_id):
         run(["podman", "build", "-f", os.path.join(cluster.context, "deploy", "Dockerfile"),
              "--target", BUILD_STAGE_IMAGE[1], "-t", BUILD_STAGE_IMAGE[0], cluster.context],
             env=env, logfile=cluster.log)
-        # podman-compose 1.0.3 knows no profiles: it builds and starts the
-        # demo MX with everything else, which is what this test wants.
-        cluster.compose("build")
+        cluster.ctl("build", timeout=1800)
         for tag, old in previous.items():  # the image a tag held before, now unused
             if old and old != image_id(tag, env):
                 subprocess.run(["podman", "rmi", old], env=env, capture_output=True)
 
-    with timer("secrets"):
-        make_secrets(cluster, env["SEALPOST_SECRETS_DIR"], IMAGES["SEALPOST_IMAGE"][0])
-
-    with timer("podman-compose up -d"):
-        cluster.compose("up", "-d")
+    secrets_dir = env["SEALPOST_SECRETS_DIR"]
+    make_secrets(secrets_dir)
+    with timer("sealpostctl up --demo"):
+        out = cluster.ctl("up", "--demo")
+        log(out.strip())
+        check("up: 2 ingress and 3 worker ready" in out, f"sealpostctl up said: {out!r}")
+        with open(os.path.join(secrets_dir, "seal.key")) as f:
+            key = f.read()
+        check(re.fullmatch(r"[^:\s]+:[A-Za-z0-9+/=]{44}\n", key), f"seal.key holds {key!r}")
+        check(not [n for n in os.listdir(secrets_dir) if ".tmp" in n],
+              f"temporary files left in {secrets_dir}: {os.listdir(secrets_dir)}")
 
     ingresses = [cluster.name("ingress", n) for n in (1, 2)]
     workers = [cluster.name("worker", n) for n in (1, 2, 3)]
@@ -604,9 +633,12 @@ def body(cluster, args, timer, ports, maildir, run_id):
         for c in ingresses + workers:
             wait_for(f"{c} /readyz", lambda c=c: http_get(f"http://{ips[c]}:9100/readyz")[0] == 200,
                      90)
-        # The image's HEALTHCHECK, run by hand (no systemd timers here).
-        for c in (ingresses[0], workers[0]):
-            run(["podman", "healthcheck", "run", c], env=env)
+        # The health checks: no systemd timers here, so sealpostctl status
+        # runs them once and shows the result.
+        status = cluster.ctl("status")
+        for c in ingresses + workers:
+            check(re.search(rf"^{c}\s+Up .*\(healthy\)", status, re.M),
+                  f"{c} is not healthy in sealpostctl status:\n{status}")
         stats_url = f"http://127.0.0.1:{ports['stats']}/;csv"
 
         def servers_up(backend="ingress_smtp"):
@@ -627,6 +659,19 @@ def body(cluster, args, timer, ports, maildir, run_id):
         _, out = run(["podman", "logs", cluster.name("users", 1)], env=env, merge=True)
         check("users: 1 stored" in out, f"users one-shot said: {out!r}")
 
+    with timer("sealpostctl users add, keys import FILE"):
+        t = time.monotonic()
+        out = cluster.ctl("users", "add", "bob@example.test", input="bob's pw\n")
+        took = time.monotonic() - t
+        check("user bob@example.test saved" in out, f"users add said {out!r}")
+        log(f"sealpostctl users add: {took:.2f}s")
+        keyfile, fpr = make_public_key(cluster.workdir, f"key@{DEMO_DOMAIN}")
+        out = cluster.ctl("keys", "import", keyfile)
+        check(f"imported {fpr}" in out, f"keys import {keyfile} said {out!r}")
+        check(fpr in cluster.ctl("keys", "list"), "the imported key is not in keys list")
+        out = cluster.ctl("keys", "import", keyfile + ".missing", check_rc=False)
+        check("no such readable file on this host" in out, f"a missing host file: {out!r}")
+
     sender = Sender(ports["smtp"], run_id, threads=args.threads)
     box = Maildir(maildir)
     with timer("TLS + AUTH on 587 and 465, relay refused on 25"):
@@ -643,9 +688,11 @@ def body(cluster, args, timer, ports, maildir, run_id):
                 s.ehlo("client.test")
                 s.starttls(context=ctx)
             s.ehlo("client.test")
-            s.login("alice@example.test", "cluster test pw")
-            s.sendmail("alice@example.test", [f"tls@{DEMO_DOMAIN}"],
-                       Sender.message(mid, 0, port_name))
+            # 587: the user of `sealpostctl users add`; 465: the secret's.
+            user, pw = ("bob@example.test", "bob's pw") if not implicit else \
+                ("alice@example.test", "cluster test pw")
+            s.login(user, pw)
+            s.sendmail(user, [f"tls@{DEMO_DOMAIN}"], Sender.message(mid, 0, port_name))
             s.quit()
             tls_ids.append(mid)
         s = smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30)
@@ -676,9 +723,32 @@ def body(cluster, args, timer, ports, maildir, run_id):
           f"ingress saw clients {clients}, haproxy is {haproxy_ip}: PROXY header not used?")
     log(f"ingress saw client(s) {sorted(clients)} through haproxy {haproxy_ip}")
 
-    with timer("scale workers to 4"):
-        cluster.compose("up", "-d", extra_env={"SEALPOST_WORKERS": "4"})
-        env["SEALPOST_WORKERS"] = "4"
+    with timer("metrics of every node from the host"):
+        out = cluster.ctl("metrics")
+        log("sealpostctl metrics:\n" + out.rstrip())
+        for c in ingresses + workers:
+            check(re.search(rf"^{c}\s+yes\s+\d+", out, re.M), f"no metrics of {c}:\n{out}")
+        accepted = sum(int(m) for m in re.findall(r"^\S+_ingress_\d+\s+yes\s+(\d+)", out, re.M))
+        check(accepted >= n, f"the ingress nodes count {accepted} accepted messages, sent {n}")
+        prom = f"http://127.0.0.1:{ports['prometheus']}/api/v1/targets?state=active"
+
+        def all_targets_up():
+            status, text = http_get(prom)
+            if status != 200:
+                return None
+            targets = json.loads(text)["data"]["activeTargets"]
+            up = sorted(t["labels"]["instance"] for t in targets if t["health"] == "up")
+            want_up = sorted(f"{ips[c]}:9100" for c in ingresses + workers)
+            return up if up == want_up else None
+
+        up = wait_for("Prometheus to scrape every ingress and worker", all_targets_up, 60)
+        log(f"Prometheus (127.0.0.1:{ports['prometheus']}) scrapes {len(up)} nodes: {up}")
+
+    with timer("sealpostctl scale worker 4"):
+        out = cluster.ctl("scale", "worker", "4")
+        log(out.strip())
+        check("worker: 3 -> 4 replicas" in out and "already in use" not in out,
+              f"scale said {out!r}")
         new_worker = cluster.name("worker", 4)
         ips[new_worker] = cluster.ip(new_worker)
         wait_for(f"{new_worker} /readyz",
@@ -785,6 +855,13 @@ def body(cluster, args, timer, ports, maildir, run_id):
 
         st = wait_for("an empty queue", empty, 60, interval=1)
         log(f"queue stats: {st}")
+
+    with timer("sealpostctl scale worker 3"):
+        out = cluster.ctl("scale", "worker", "3")
+        log(out.strip())
+        check(re.search(r"worker: \d -> 3 replicas", out), f"scale said {out!r}")
+        check(cluster.name("worker", 4) not in cluster.containers(all_states=True),
+              "worker 4 is still there")
 
     total_accepted = len(sender.accepted) + len(tls_ids)
     total_filed = len(set(box.scan()))
