@@ -10,6 +10,7 @@
 
 #include <sodium.h>
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,14 +20,22 @@
 #define POLL_MS 500
 /* Until the first load, more often: the worker claims nothing before it. */
 #define FIRST_POLL_MS 50
+/* ... but for no longer than this after the first poll could be sent:
+ * then mail goes unsigned (counted) until a load succeeds. */
+#define FIRST_LOAD_WAIT_MS 5000
 
 /* One active key of a domain. */
 struct signing_key {
-    dkim_key_t *key; /* NULL: the domain has no active key of this algorithm */
+    dkim_key_t *key; /* NULL: the domain has no usable active key of this algorithm */
     char selector[254];
+    /* Of the sealed octets key was read from: a reload that finds the same
+     * domain, selector and digest takes the loaded key over. */
+    unsigned char sealed_digest[crypto_generichash_BYTES];
     metric_t *signatures; /* sealpost_dkim_signatures_total{domain,algorithm} */
 };
 
+/* A domain of the store with an active key; one whose every active key is
+ * unusable is here too, without keys (see keys_for). */
 struct domain_keys {
     char domain[254];
     struct signing_key keys[DKIM_ALGORITHMS]; /* by enum dkim_algorithm */
@@ -38,8 +47,15 @@ struct table {
     unsigned n_keys;
 };
 
-enum unsigned_reason { UNSIGNED_NO_KEY, UNSIGNED_NO_FROM, UNSIGNED_REASONS };
-static const char *const unsigned_names[UNSIGNED_REASONS] = {"no_key", "no_from"};
+enum unsigned_reason {
+    UNSIGNED_NO_KEY,
+    UNSIGNED_NO_FROM,
+    UNSIGNED_KEY_UNUSABLE,
+    UNSIGNED_KEYS_UNAVAILABLE,
+    UNSIGNED_REASONS
+};
+static const char *const unsigned_names[UNSIGNED_REASONS] = {"no_key", "no_from", "key_unusable",
+                                                             "keys_unavailable"};
 
 struct signer {
     const config_t *cfg;
@@ -47,13 +63,16 @@ struct signer {
     const seal_keyring_t *seal;
     char default_domain[254]; /* lower-cased; "" for none */
     struct table table;
-    bool loaded;       /* the table has been read from the store once */
-    long long version; /* the store's version the table was read at */
-    long long reading; /* the version the reload under way was asked after */
-    bool busy;         /* a call to the queue is out: its reply points here */
-    bool failing;      /* the last reload failed: the next failure is logged at debug */
-    bool stopping;     /* signer_stop was called */
-    bool timer_closed; /* ... and the timer's close callback has run */
+    bool loaded;          /* the table has been read from the store once */
+    bool unavailable;     /* not loaded FIRST_LOAD_WAIT_MS after the first poll: ready anyway */
+    uint64_t first_poll;  /* uv_now when the first poll was sent; 0: not yet */
+    long long version;    /* the store's version the table was read at */
+    long long reading;    /* the version the reload under way was asked after */
+    bool busy;            /* a call to the queue is out: its reply points here */
+    bool failing;         /* polling fails: the next failure is logged at debug */
+    char last_error[160]; /* of the last failed poll, for dkim_keys_unavailable */
+    bool stopping;        /* signer_stop was called */
+    bool timer_closed;    /* ... and the timer's close callback has run */
     uv_timer_t timer;
     metric_t *unsigned_count[UNSIGNED_REASONS];
     metric_t *failures;
@@ -88,7 +107,7 @@ static int compare_domains(const void *a, const void *b)
     return strcmp(((const struct domain_keys *)a)->domain, ((const struct domain_keys *)b)->domain);
 }
 
-static const struct domain_keys *table_find(const struct table *t, const char *domain)
+static struct domain_keys *table_find(const struct table *t, const char *domain)
 {
     if (!t->n_domains || !domain[0]) return NULL;
     struct domain_keys probe;
@@ -98,18 +117,9 @@ static const struct domain_keys *table_find(const struct table *t, const char *d
 
 /* Unseals and loads one stored key: NULL with err when it will not. The
  * unsealed PEM is wiped before this returns. */
-static dkim_key_t *key_open(const signer_t *s, const queue_dkim_key_t *k, char *err, size_t errlen)
+static dkim_key_t *key_open(const signer_t *s, const queue_dkim_key_t *k,
+                            enum dkim_algorithm algorithm, char *err, size_t errlen)
 {
-    enum dkim_algorithm algorithm;
-    if (!dkim_domain_valid(k->domain) || !dkim_selector_valid(k->selector)) {
-        /* It would go into d= and s=, and into a metric's label. */
-        snprintf(err, errlen, "not a valid signing domain and selector");
-        return NULL;
-    }
-    if (dkim_algorithm_parse(k->algorithm, &algorithm) < 0) {
-        snprintf(err, errlen, "unknown algorithm %.20s", k->algorithm);
-        return NULL;
-    }
     char context[600];
     snprintf(context, sizeof context, "dkim:%s:%s", k->domain, k->selector);
     buf_t pem;
@@ -134,31 +144,81 @@ static dkim_key_t *key_open(const signer_t *s, const queue_dkim_key_t *k, char *
     return key;
 }
 
-/* Puts one loaded key into the table's last domain (or a new one after
- * it: keys come sorted by domain). The series it counts into is made here,
- * once per domain and algorithm in the life of the process. -1 when the
- * domain has an active key of that algorithm already, which the store
- * does not allow: the first stays. */
-static int table_add(struct table *t, const queue_dkim_key_t *k, dkim_key_t *key)
+/* The table's entry of domain: its last (keys come sorted by domain), or a
+ * new one after it. */
+static struct domain_keys *table_domain(struct table *t, const char *domain)
 {
     struct domain_keys *d = t->n_domains ? &t->domains[t->n_domains - 1] : NULL;
-    if (!d || strcmp(d->domain, k->domain) != 0) {
+    if (!d || strcmp(d->domain, domain) != 0) {
         d = &t->domains[t->n_domains++];
         *d = (struct domain_keys){0};
-        snprintf(d->domain, sizeof d->domain, "%s", k->domain);
+        snprintf(d->domain, sizeof d->domain, "%s", domain);
     }
-    enum dkim_algorithm a = dkim_key_algorithm(key);
-    struct signing_key *slot = &d->keys[a];
-    if (slot->key) return -1;
+    return d;
+}
+
+static metric_t *signatures_metric(const char *domain, enum dkim_algorithm a)
+{
     char labels[320];
-    snprintf(labels, sizeof labels, "domain=\"%s\",algorithm=\"%s\"", d->domain,
+    snprintf(labels, sizeof labels, "domain=\"%s\",algorithm=\"%s\"", domain,
              dkim_algorithm_name(a));
-    slot->key = key;
+    return metric_counter("sealpost_dkim_signatures_total",
+                          "DKIM signatures made, by signing domain and algorithm.", labels);
+}
+
+/* Puts one active stored key into the table being built, out: 0, or -1
+ * with err when it is unusable. The key and the series it counts into are
+ * taken over from the table in use when it has them (same domain,
+ * selector and sealed octets), so a reload unseals and parses only what
+ * changed and makes no series anew; what it takes it removes from there,
+ * so that freeing the old table leaves them be. A domain gets its entry
+ * even when its key is unusable. */
+static int table_put(signer_t *s, struct table *out, const queue_dkim_key_t *k, char *err,
+                     size_t errlen)
+{
+    enum dkim_algorithm a;
+    if (k->malformed) {
+        snprintf(err, errlen, "unreadable: %s", k->record);
+        /* Its domain, when it fits, is still one the operator gave a key. */
+        if (k->active && dkim_domain_valid(k->domain)) table_domain(out, k->domain);
+        return -1;
+    }
+    /* Both go into d= and s=, and the domain into a metric's label. */
+    if (!dkim_domain_valid(k->domain)) {
+        snprintf(err, errlen, "not a valid signing domain");
+        return -1;
+    }
+    struct domain_keys *d = table_domain(out, k->domain);
+    if (!dkim_selector_valid(k->selector)) {
+        snprintf(err, errlen, "not a valid selector");
+        return -1;
+    }
+    if (dkim_algorithm_parse(k->algorithm, &a) < 0) {
+        snprintf(err, errlen, "unknown algorithm %.20s", k->algorithm);
+        return -1;
+    }
+    struct signing_key *slot = &d->keys[a];
+    if (slot->key) { /* the store does not allow it: the first stays */
+        snprintf(err, errlen, "a second active %s key of the domain", k->algorithm);
+        return -1;
+    }
+    struct domain_keys *was = table_find(&s->table, k->domain);
+    struct signing_key *old = was ? &was->keys[a] : NULL;
+    unsigned char digest[crypto_generichash_BYTES];
+    crypto_generichash(digest, sizeof digest, (const unsigned char *)k->sealed, k->sealed_len, NULL,
+                       0);
+    if (old) slot->signatures = old->signatures; /* kept while the key is unusable too */
+    if (old && old->key && !strcmp(old->selector, k->selector) &&
+        !sodium_memcmp(old->sealed_digest, digest, sizeof digest)) {
+        slot->key = old->key;
+        old->key = NULL;
+    } else if (!(slot->key = key_open(s, k, a, err, errlen))) {
+        return -1;
+    }
     snprintf(slot->selector, sizeof slot->selector, "%s", k->selector);
-    slot->signatures =
-        metric_counter("sealpost_dkim_signatures_total",
-                       "DKIM signatures made, by signing domain and algorithm.", labels);
-    t->n_keys++;
+    memcpy(slot->sealed_digest, digest, sizeof digest);
+    if (!slot->signatures) slot->signatures = signatures_metric(d->domain, a);
+    out->n_keys++;
     return 0;
 }
 
@@ -171,8 +231,10 @@ static int compare_stored(const void *a, const void *b)
 }
 
 /* The table of the active keys among the n stored: 0, or -1 when there is
- * no memory. A key that will not unseal or load is logged, counted and left
- * out: the domain's other keys still sign. */
+ * no memory (before anything is taken from the table in use). A key that
+ * will not unseal or load, and an entry the store could not give whole
+ * (active or not: it may have been), is logged, counted and left out: the
+ * domain's other keys still sign. */
 static int table_build(signer_t *s, const queue_dkim_key_t *keys, size_t n, struct table *out)
 {
     *out = (struct table){0};
@@ -186,18 +248,11 @@ static int table_build(signer_t *s, const queue_dkim_key_t *keys, size_t n, stru
     }
     size_t n_active = 0;
     for (size_t i = 0; i < n; i++)
-        if (keys[i].active) active[n_active++] = &keys[i];
+        if (keys[i].active || keys[i].malformed) active[n_active++] = &keys[i];
     qsort(active, n_active, sizeof(const queue_dkim_key_t *), compare_stored);
     for (size_t i = 0; i < n_active; i++) {
         char err[300];
-        dkim_key_t *key = key_open(s, active[i], err, sizeof err);
-        if (key && table_add(out, active[i], key) < 0) {
-            snprintf(err, sizeof err, "a second active %s key of the domain",
-                     dkim_algorithm_name(dkim_key_algorithm(key)));
-            dkim_key_free(key);
-            key = NULL;
-        }
-        if (!key) {
+        if (table_put(s, out, active[i], err, sizeof err) < 0) {
             char domain[LOG_SAFE_MAX], selector[LOG_SAFE_MAX], why[LOG_SAFE_MAX];
             log_error("event=dkim_key_unusable domain=%s selector=%s error=\"%s\"",
                       log_safe(active[i]->domain, domain), log_safe(active[i]->selector, selector),
@@ -207,6 +262,27 @@ static int table_build(signer_t *s, const queue_dkim_key_t *keys, size_t n, stru
     }
     free(active);
     return 0;
+}
+
+/* A poll or a reload failed: logged at warn when polling starts failing,
+ * then at debug until it works again, so that a Redis gone for an hour
+ * logs one warning and not seven thousand. */
+static void poll_failed(signer_t *s, const char *event, const char *err)
+{
+    char text[LOG_SAFE_MAX];
+    snprintf(s->last_error, sizeof s->last_error, "%s", err ? err : "unknown");
+    if (!s->failing)
+        log_warn("event=%s error=\"%s\"", event, log_text(s->last_error, text));
+    else
+        log_debug("event=%s error=\"%s\"", event, log_text(s->last_error, text));
+    s->failing = true;
+}
+
+static void poll_recovered(signer_t *s)
+{
+    if (!s->failing) return;
+    s->failing = false;
+    log_info("event=dkim_poll_recovered version=%lld", s->version);
 }
 
 static void on_keys(int status, const char *err, const queue_dkim_key_t *keys, size_t n, void *arg)
@@ -224,11 +300,7 @@ static void on_keys(int status, const char *err, const queue_dkim_key_t *keys, s
     }
     if (status < 0) {
         /* The table it had stays: a Redis hiccup must not unsign the mail. */
-        if (!s->failing)
-            log_warn("event=dkim_reload_failed error=\"%s\"", err);
-        else
-            log_debug("event=dkim_reload_failed error=\"%s\"", err);
-        s->failing = true;
+        poll_failed(s, "dkim_reload_failed", err);
         return;
     }
     table_free(&s->table);
@@ -236,7 +308,7 @@ static void on_keys(int status, const char *err, const queue_dkim_key_t *keys, s
     s->version = s->reading;
     if (!s->loaded) uv_timer_set_repeat(&s->timer, POLL_MS);
     s->loaded = true;
-    s->failing = false;
+    poll_recovered(s);
     metric_set(s->keys_loaded, s->table.n_keys);
     log_info("event=dkim_keys_loaded version=%lld domains=%zu keys=%u", s->version,
              s->table.n_domains, s->table.n_keys);
@@ -251,21 +323,47 @@ static void on_version(int status, const char *err, long long version, void *arg
         return;
     }
     if (status < 0) {
-        log_debug("event=dkim_poll_failed error=\"%s\"", err);
+        poll_failed(s, "dkim_poll_failed", err);
         return;
     }
-    if (s->loaded && version == s->version) return;
+    if (s->loaded && version == s->version) {
+        poll_recovered(s);
+        return;
+    }
     /* Read after the version: a change in between moves the version again,
      * and the next poll reads the keys once more. */
     s->reading = version;
     s->busy = true;
-    if (queue_dkim_keys(s->queue, on_keys, s) < 0) s->busy = false;
+    if (queue_dkim_keys(s->queue, on_keys, s) < 0) {
+        s->busy = false;
+        poll_failed(s, "dkim_reload_failed", "out of memory, or redis not connected");
+    }
+}
+
+/* Stops waiting for the first load FIRST_LOAD_WAIT_MS after the first poll
+ * was sent. Waiting on would stop all mail for as long as the keys cannot
+ * be read (one entry the store cannot give, a Redis without the functions,
+ * no memory): mail then goes unsigned, counted as keys_unavailable, and
+ * polling goes on, so the first load that succeeds signs again. */
+static void first_load_overdue(signer_t *s, uint64_t now)
+{
+    if (s->loaded || s->unavailable || !s->first_poll || now - s->first_poll < FIRST_LOAD_WAIT_MS)
+        return;
+    s->unavailable = true;
+    uv_timer_set_repeat(&s->timer, POLL_MS);
+    char text[LOG_SAFE_MAX];
+    log_error("event=dkim_keys_unavailable waited_ms=%d error=\"%s\" "
+              "detail=\"sending unsigned until the keys load\"",
+              FIRST_LOAD_WAIT_MS, log_text(s->last_error[0] ? s->last_error : "no reply", text));
 }
 
 static void on_timer(uv_timer_t *t)
 {
     signer_t *s = t->data;
+    uint64_t now = uv_now(t->loop);
+    first_load_overdue(s, now);
     if (s->busy || !queue_ready(s->queue)) return;
+    if (!s->first_poll) s->first_poll = now ? now : 1;
     s->busy = true;
     if (queue_dkim_version(s->queue, on_version, s) < 0) s->busy = false;
 }
@@ -323,19 +421,27 @@ void signer_stop(signer_t *s)
 
 bool signer_ready(const signer_t *s)
 {
-    return s->loaded;
+    return s->loaded || s->unavailable;
 }
 
 /* The keys a message is signed with: its From domain's, else the default
- * domain's. NULL, with *reason, when there are none. */
+ * domain's; and *reason, for when they are none. A domain whose active
+ * keys are all unusable has an entry without keys, so it goes unsigned
+ * (key_unusable) rather than signed by default_domain: the operator gave
+ * it a key of its own, and a signature of another domain would hide that
+ * the key broke from anyone who checks d=. */
 static const struct domain_keys *keys_for(const signer_t *s, const queue_job_t *job,
                                           enum unsigned_reason *reason)
 {
+    if (!s->loaded) {
+        *reason = UNSIGNED_KEYS_UNAVAILABLE;
+        return NULL;
+    }
     char domain[254];
     bool from = dkim_from_domain(job->body, job->body_len, domain, sizeof domain) == 0;
     const struct domain_keys *d = from ? table_find(&s->table, domain) : NULL;
     if (!d) d = table_find(&s->table, s->default_domain);
-    *reason = from ? UNSIGNED_NO_KEY : UNSIGNED_NO_FROM;
+    *reason = d ? UNSIGNED_KEY_UNUSABLE : from ? UNSIGNED_NO_KEY : UNSIGNED_NO_FROM;
     return d;
 }
 

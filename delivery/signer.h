@@ -25,8 +25,11 @@ signer_t *signer_start(uv_loop_t *loop, const config_t *cfg, queue_t *q, const s
 /* Stops polling and frees the signer once its timer is closed and no reply
  * of the queue is due to it: it never holds up the caller's stop. */
 void signer_stop(signer_t *s);
-/* Whether the table has been loaded once: until then the worker claims
- * nothing, or a message sent just after a start would leave unsigned. */
+/* Whether the table has been loaded once, or 5 s have gone by since the
+ * first poll without a load (logged as dkim_keys_unavailable): until then
+ * the worker claims nothing, or a message sent just after a start would
+ * leave unsigned; after that, rather than stop all mail, it goes unsigned
+ * (counted as keys_unavailable) until a load succeeds. */
 bool signer_ready(const signer_t *s);
 /* Puts the DKIM-Signature fields before job->body when a key is loaded for
  * its From domain (or default_domain). 0 when signed or when there is

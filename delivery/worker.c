@@ -171,7 +171,7 @@ static void tick(worker_t *w)
         uv_timer_start(&w->timer, on_timer, REDIS_RETRY_MS, 0);
         return;
     }
-    if (!signer_ready(w->env.signer)) { /* its first load is one round trip away */
+    if (!signer_ready(w->env.signer)) { /* its first load: a round trip, 5 s at most */
         uv_timer_start(&w->timer, on_timer, SIGNER_WAIT_MS, 0);
         return;
     }

@@ -50,24 +50,69 @@ static bool dkim_set_room(struct dkim_set *s)
     return true;
 }
 
+/* What of a string reply fits in out, up to a NUL in it, and "..." after
+ * it when cut short (which makes it no valid name): the name of an entry
+ * too long to be read whole, for the log and the listing. */
+static void reply_prefix(const redisReply *r, char *out, size_t size)
+{
+    out[0] = 0;
+    if (r->type != REDIS_REPLY_STRING) return;
+    size_t n = strnlen(r->str, r->len < size ? r->len : size - 4);
+    memcpy(out, r->str, n);
+    snprintf(out + n, size - n, "%s", n < r->len ? "..." : "");
+}
+
+/* k, named already, becomes an unreadable entry saying why: -1 when there
+ * is no memory for that. */
+static int dkim_key_malformed(queue_dkim_key_t *k, const char *why)
+{
+    k->malformed = true;
+    k->record = strdup(why);
+    return k->record ? 0 : -1;
+}
+
 /* One selector from six elements of dkim_get's reply: selector, algorithm,
- * created, active (1 or 0), record, sealed key. */
+ * created, active (1 or 0), record, sealed key. One that cannot be read is
+ * taken as malformed (see queue.h); -1 only when memory ran out. */
 static int dkim_key_take(queue_dkim_key_t *k, const char *domain, redisReply *const *e)
 {
     *k = (queue_dkim_key_t){0};
-    if (strlen(domain) >= sizeof k->domain || !reply_copy(e[0], k->selector, sizeof k->selector) ||
-        !reply_copy(e[1], k->algorithm, sizeof k->algorithm) || e[4]->type != REDIS_REPLY_STRING ||
-        e[5]->type != REDIS_REPLY_STRING)
-        return -1;
-    memcpy(k->domain, domain, strlen(domain) + 1);
+    snprintf(k->domain, sizeof k->domain, "%s", domain); /* dkim_domain_take checked it */
     k->created = reply_ll(e[2], 0);
     k->active = reply_ll(e[3], 0) == 1;
+    const char *why = NULL;
+    if (!reply_copy(e[0], k->selector, sizeof k->selector))
+        why = "the selector is not a string of at most 253 octets";
+    else if (!reply_copy(e[1], k->algorithm, sizeof k->algorithm))
+        why = "the algorithm is not a string of at most 7 octets";
+    else if (e[4]->type != REDIS_REPLY_STRING || e[5]->type != REDIS_REPLY_STRING)
+        why = "the record or the key is not a string";
+    if (why) {
+        reply_prefix(e[0], k->selector, sizeof k->selector);
+        snprintf(k->algorithm, sizeof k->algorithm, "?");
+        return dkim_key_malformed(k, why);
+    }
     k->record = reply_dup(e[4], NULL);
     k->sealed = reply_dup(e[5], &k->sealed_len);
     if (k->record && k->sealed) return 0;
     free(k->record);
     free(k->sealed);
     return -1;
+}
+
+/* A domain of dkim_domains' reply into out; false, with an unreadable
+ * entry for it added to s, when it is not one (too long, or not a string):
+ * its keys are not asked for. -1 when memory ran out. */
+static int dkim_domain_take(struct dkim_set *s, const redisReply *r, char out[254])
+{
+    if (reply_copy(r, out, 254)) return 1;
+    if (!dkim_set_room(s)) return -1;
+    queue_dkim_key_t *k = &s->keys[s->n];
+    *k = (queue_dkim_key_t){0};
+    reply_prefix(r, k->domain, sizeof k->domain);
+    if (dkim_key_malformed(k, "the domain is not a string of at most 253 octets") < 0) return -1;
+    s->n++;
+    return 0;
 }
 
 /* Adds a domain's keys from its dkim_get reply; -1 when the reply is not
@@ -153,10 +198,11 @@ static void on_dkim_domains(struct call *call, redisReply *reply, const char *er
         return;
     }
     for (size_t i = 0; i < reply->elements && !rd->err[0]; i++) {
-        struct call *get = call_new(call->q, rd);
-        if (!get || !reply_copy(reply->element[i], rd->domains[i], sizeof rd->domains[i])) {
-            free(get);
-            snprintf(rd->err, sizeof rd->err, "unexpected dkim_domains reply, or out of memory");
+        int named = dkim_domain_take(&rd->set, reply->element[i], rd->domains[i]);
+        struct call *get = named > 0 ? call_new(call->q, rd) : NULL;
+        if (named == 0) continue;
+        if (!get) {
+            snprintf(rd->err, sizeof rd->err, "out of memory");
             break;
         }
         get->done = on_dkim_get;
@@ -256,7 +302,13 @@ static int dkim_read_all(queue_admin_t *a, struct dkim_set *s, char *err, size_t
     int rc = domains->type == REDIS_REPLY_ARRAY ? 0 : -1;
     if (rc < 0) snprintf(err, errlen, "unexpected dkim_domains reply");
     for (size_t i = 0; rc == 0 && i < domains->elements; i++) {
-        const char *domain = reply_str(domains->element[i]);
+        char domain[254];
+        int named = dkim_domain_take(s, domains->element[i], domain);
+        if (named < 0) {
+            snprintf(err, errlen, "out of memory");
+            rc = -1;
+        }
+        if (named <= 0) continue;
         redisReply *r = queue_admin_call(a, FN_DKIM_GET, &(key_ids_t){.domain = domain}, 0, NULL,
                                          NULL, err, errlen);
         if (!r) rc = -1;

@@ -264,6 +264,12 @@ typedef struct queue_dkim_key {
     char *sealed;      /* the private key as PEM, sealed by seal_body under the cluster
                           key with the context "dkim:<domain>:<selector>" */
     size_t sealed_len;
+    /* A stored entry that could not be read (a name too long or not a
+     * string, a field not a string): reported rather than failing the
+     * whole read, so one bad entry does not hide every good one. Then
+     * domain and selector hold what of them fits ("" for none), record
+     * says why, sealed is NULL, and active says what the store said. */
+    bool malformed;
 } queue_dkim_key_t;
 
 typedef void (*queue_dkim_keys_cb)(int status, const char *err, const queue_dkim_key_t *keys,

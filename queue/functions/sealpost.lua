@@ -974,15 +974,33 @@ local function dkim_selectors(d)
   return out
 end
 
+-- Whether a domain or a selector name is made of lower-case letters, digits,
+-- dots and hyphens only, 1..253 of them. The command line checks the whole
+-- syntax; this keeps out, whoever calls, a ':' (the hash's fields are
+-- "<selector>:<field>", and a selector "a:key" would read as another's
+-- field) and whatever would break a worker's log line or metric label.
+local function dkim_name_ok(name)
+  return #name >= 1 and #name <= 253 and string.find(name, '^[a-z0-9.-]+$') ~= nil
+end
+
 -- KEYS: d, domains, version
 -- ARGV: domain, selector, algorithm, record, sealed key
--- Stores a new selector. It becomes the active one of its algorithm when
+-- Stores a new selector; an error, with nothing written, when the domain or
+-- the selector is not a name (dkim_name_ok). It becomes the active one of its algorithm when
 -- the domain has none, else it waits, inactive, for dkim_activate. Returns
 -- 'active' or 'inactive', or with nothing written 'exists' (the selector is
 -- stored already) or 'full' (two of its algorithm are).
 local function dkim_put(keys, args)
   if #args ~= 5 or not dkim_algorithm_known(args[3]) then return mismatch('dkim_put') end
   local selector, algorithm = args[2], args[3]
+  if not dkim_name_ok(args[1]) then
+    return redis.error_reply('ERR dkim_put: the domain is not lower-case letters, digits, ' ..
+                             'dots and hyphens')
+  end
+  if not dkim_name_ok(selector) then
+    return redis.error_reply('ERR dkim_put: the selector is not lower-case letters, digits, ' ..
+                             'dots and hyphens')
+  end
   local stored = dkim_selectors(keys[1])
   if stored[selector] then return 'exists' end
   local same = 0

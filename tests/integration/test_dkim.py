@@ -17,6 +17,7 @@ import urllib.request
 
 import dkim
 import pytest
+import redis
 
 from conftest import BIN, free_port, wait_for
 from peers import RawPeer
@@ -177,7 +178,8 @@ def worker_with_metrics(stack, extra=""):
 
 
 def metric(port, name, **labels):
-    """One series' value from the worker's /metrics (0 when it is absent)."""
+    """One series' value from the worker's /metrics (None when it is absent:
+    a series that should be there and is not fails a comparison)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
@@ -188,7 +190,7 @@ def metric(port, name, **labels):
         got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
         if sname == name and got == want:
             return float(value)
-    return 0.0
+    return None
 
 
 def message(sender="a@origin.test", to="bob@example.test", subject="Quarterly figures",
@@ -241,7 +243,7 @@ def test_plain_and_encrypted_from_origin_test_verify_against_the_printed_record(
     alice = Person(tmp_path, "alice", "alice@example.test")
     import_keys(stack, alice)
     note = keygen(stack, zone, "origin.test", "s1", "ed25519")
-    assert "active" in note
+    assert "origin.test s1 (ed25519) stored and active:" in note, note
     stack.ingress()
     port = worker_with_metrics(stack)
     plain = message()
@@ -445,35 +447,70 @@ def test_a_domain_without_a_key_goes_unsigned_and_counted(stack, zone, tmp_path)
 
 # ---- keys that change while the stack runs ----
 
+MID = re.compile(rb"(?m)^Message-ID: <([^>]+)>")
+
+
+def selectors(content):
+    return [t[b"s"].decode() for t in signatures(content)]
+
+
+def first_changed(stack, changed_at, changed, within=1.2):
+    """After a key change whose command returned at changed_at
+    (time.monotonic()): a message every 100 ms until one arrives for which
+    changed(content) holds. That first one must have been sent within
+    `within` seconds of the change, and every message sent after it must
+    hold too (the worker never goes back to the keys before). Returns its
+    content."""
+    seen = stack.sink.count()
+    sent = {}  # Message-ID -> when it was sent
+
+    def arrived():
+        return [m[2] for m in stack.sink.messages[seen:]]
+
+    while not any(changed(c) for c in arrived()):
+        assert time.monotonic() - changed_at < 10, "no message shows the change"
+        data = message()
+        sent[MID.search(data).group(1)] = time.monotonic()
+        send(stack, data)
+        time.sleep(0.1)
+    wait_for(lambda: stack.sink.count() >= seen + len(sent), timeout=20, what="every message")
+    got = sorted((sent[MID.search(c).group(1)], c) for c in arrived())
+    first = next(i for i, (_, c) in enumerate(got) if changed(c))
+    assert got[first][0] - changed_at < within, got[first][0] - changed_at
+    assert all(changed(c) for _, c in got[first:])
+    return got[first][1]
+
+
 def test_keys_added_rotated_and_deleted_while_running(stack, zone, tmp_path):
-    """No restart: a key added signs the next message a second later; a
-    second selector is stored inactive, and activating it changes s=;
-    deleting the active one stops signing."""
+    """No restart: a key added signs within a second; a second selector is
+    stored inactive, and activating it changes s= within a second; deleting
+    the active one stops signing within a second."""
     stack.ingress()
     port = worker_with_metrics(stack)
     send(stack, message())
     assert unsigned(next_message(stack, 1))
     keygen(stack, zone, "origin.test", "s1")
-    time.sleep(1.0)
-    send(stack, message())
-    verify(next_message(stack, 2), zone, [("origin.test", "s1", "ed25519-sha256")])
+    content = first_changed(stack, time.monotonic(), lambda c: not unsigned(c))
+    verify(content, zone, [("origin.test", "s1", "ed25519-sha256")])
     note = keygen(stack, zone, "origin.test", "s2")
-    assert "inactive" in note or "activate" in note, note
-    time.sleep(1.0)
+    assert "origin.test s2 (ed25519) stored, inactive:" in note, note
+    time.sleep(1.0)  # it must not change: a second is twice what a change takes
     send(stack, message())
-    verify(next_message(stack, 3), zone, [("origin.test", "s1", "ed25519-sha256")])
+    verify(next_message(stack, stack.sink.count() + 1), zone,
+           [("origin.test", "s1", "ed25519-sha256")])
     r = dkim_cli(stack, "activate", "origin.test", "s2")
     assert r.returncode == 0, r.stderr
-    time.sleep(1.0)
-    send(stack, message())
-    verify(next_message(stack, 4), zone, [("origin.test", "s2", "ed25519-sha256")])
+    content = first_changed(stack, time.monotonic(), lambda c: selectors(c) == ["s2"])
+    verify(content, zone, [("origin.test", "s2", "ed25519-sha256")])
     r = dkim_cli(stack, "delete", "origin.test", "s2")
     assert r.returncode == 0, r.stderr
-    time.sleep(1.0)
-    send(stack, message())
-    assert unsigned(next_message(stack, 5))
-    assert metric(port, "sealpost_dkim_unsigned_total", reason="no_key") == 2
-    assert metric(port, "sealpost_dkim_keys") == 0
+    first_changed(stack, time.monotonic(), unsigned)
+    wait_for(lambda: metric(port, "sealpost_dkim_keys") == 0, timeout=5, what="no key loaded")
+    unsigned_at_sink = sum(unsigned(m[2]) for m in stack.sink.messages)
+    assert metric(port, "sealpost_dkim_unsigned_total", reason="no_key") == unsigned_at_sink
+    signed = stack.sink.count() - unsigned_at_sink
+    assert metric(port, "sealpost_dkim_signatures_total", domain="origin.test",
+                  algorithm="ed25519") == signed
     log = stack.procs[-1].read_log()
     assert log.count("event=dkim_keys_loaded") >= 4, log
 
@@ -495,3 +532,149 @@ def test_a_key_that_will_not_unseal_is_logged_and_left_out(stack, zone, tmp_path
     assert "event=dkim_key_unusable domain=origin.test selector=r1" in log, log
     assert metric(port, "sealpost_dkim_key_errors_total") == 1
     assert metric(port, "sealpost_dkim_keys") == 1
+
+
+def test_an_only_key_that_will_not_unseal_leaves_its_domain_unsigned(stack, zone, tmp_path):
+    """other.test's one key does not unseal: its mail goes unsigned, counted
+    as key_unusable, and not signed by default_domain (the operator gave
+    other.test a key of its own); a domain without any key still is."""
+    keygen(stack, zone, "origin.test", "s1")
+    keygen(stack, zone, "other.test", "s1")
+    r = stack.redis.client()
+    r.hset("{sealpost:dkim}:d:other.test", "s1:key",
+           r.hget("{sealpost:dkim}:d:origin.test", "s1:key"))  # sealed for origin.test
+    stack.ingress()
+    port = worker_with_metrics(stack, "[dkim]\ndefault_domain = origin.test\n")
+    send(stack, message(sender="x@other.test"), sender="x@other.test")
+    assert unsigned(next_message(stack, 1))
+    send(stack, message(sender="x@nokey.test"), sender="x@nokey.test")
+    verify(next_message(stack, 2), zone, [("origin.test", "s1", "ed25519-sha256")])
+    assert metric(port, "sealpost_dkim_unsigned_total", reason="key_unusable") == 1
+    assert metric(port, "sealpost_dkim_unsigned_total", reason="no_key") == 0
+    assert metric(port, "sealpost_dkim_key_errors_total") == 1
+    log = stack.procs[-1].read_log()
+    assert "event=dkim_key_unusable domain=other.test selector=s1" in log, log
+
+
+def test_entries_the_store_cannot_give_whole_are_skipped_not_fatal(stack, zone, tmp_path):
+    """Written with plain Redis commands, past the functions' checks: a
+    domain in the set over 253 octets, and an active selector over 253
+    octets of broken.test. Each is logged and counted as an unusable key;
+    origin.test still signs; broken.test goes unsigned (key_unusable), not
+    signed by default_domain; `sealpost dkim list` lists the good key and
+    says why the bad ones are unreadable."""
+    keygen(stack, zone, "origin.test", "s1")
+    r = stack.redis.client()
+    long_domain = ("a" * 60 + ".") * 5 + "test"  # 309 octets
+    long_selector = "s" * 300
+    r.sadd("{sealpost:dkim}:domains", long_domain, "broken.test")
+    r.hset("{sealpost:dkim}:d:broken.test", mapping={
+        f"{long_selector}:algorithm": "ed25519", f"{long_selector}:created": "1",
+        f"{long_selector}:record": "v=DKIM1; k=ed25519; p=x", f"{long_selector}:key": "x",
+        "active:ed25519": long_selector})
+    r.incr("{sealpost:dkim}:version")
+    stack.ingress()
+    port = worker_with_metrics(stack, "[dkim]\ndefault_domain = origin.test\n")
+    send(stack, message())
+    verify(next_message(stack, 1), zone, [("origin.test", "s1", "ed25519-sha256")])
+    send(stack, message(sender="x@broken.test"), sender="x@broken.test")
+    assert unsigned(next_message(stack, 2))
+    assert metric(port, "sealpost_dkim_unsigned_total", reason="key_unusable") == 1
+    assert metric(port, "sealpost_dkim_key_errors_total") == 2
+    assert metric(port, "sealpost_dkim_keys") == 1
+    log = stack.procs[-1].read_log()
+    assert "event=dkim_keys_unavailable" not in log
+    unusable = [line for line in log.splitlines() if "event=dkim_key_unusable" in line]
+    assert len(unusable) == 2, unusable
+    assert any("domain=broken.test" in line and "selector is not a string" in line
+               for line in unusable), unusable
+    assert any("domain is not a string" in line for line in unusable), unusable
+    listed = dkim_cli(stack, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.decode().splitlines()
+    assert len(lines) == 3, lines
+    assert any(line.startswith("origin.test s1 ed25519 ") for line in lines), lines
+    assert sum("not a string of at most 253 octets" in line for line in lines) == 2, lines
+
+
+def test_a_store_that_cannot_be_read_delays_mail_five_seconds_then_not(stack, zone, tmp_path):
+    """{sealpost:dkim}:domains made a string: every read of the keys fails
+    (WRONGTYPE), as against a Redis without the functions. The worker waits
+    for its first load 5 s, then delivers unsigned, counted as
+    keys_unavailable, logging dkim_keys_unavailable once and the failures
+    at warn once; once the store is mended, mail is signed again."""
+    keygen(stack, zone, "origin.test", "s1")
+    r = stack.redis.client()
+    domains = "{sealpost:dkim}:domains"
+    members = r.smembers(domains)
+    r.delete(domains)
+    r.set(domains, "not a set")
+    stack.ingress()
+    started = time.monotonic()
+    port = worker_with_metrics(stack)
+    send(stack, message())
+    content = next_message(stack, 1)
+    assert time.monotonic() - started >= 5.0
+    assert unsigned(content)
+    assert metric(port, "sealpost_dkim_unsigned_total", reason="keys_unavailable") == 1
+    time.sleep(1.5)  # failing polls go on
+    log = stack.procs[-1].read_log()
+    assert log.count("event=dkim_keys_unavailable") == 1, log
+    assert log.count("event=dkim_reload_failed") == 1, log  # at warn once, then at debug
+    assert "level=warn event=dkim_reload_failed" in log, log
+    r.delete(domains)
+    r.sadd(domains, *members)
+    r.incr("{sealpost:dkim}:version")
+    wait_for(lambda: "event=dkim_keys_loaded" in stack.procs[-1].read_log(), timeout=5,
+             what="the keys to load")
+    send(stack, message())
+    verify(next_message(stack, 2), zone, [("origin.test", "s1", "ed25519-sha256")])
+    assert metric(port, "sealpost_dkim_unsigned_total", reason="keys_unavailable") == 1
+    assert stack.procs[-1].read_log().count("event=dkim_poll_recovered") == 1
+
+
+def test_dkim_put_refuses_names_outside_the_selector_syntax(stack, zone, tmp_path):
+    """The function itself refuses what the command line would (defence in
+    depth: a ':' in a selector would read as another selector's field)."""
+    stack.ingress()  # loads the functions
+    r = stack.redis.client()
+    keys = ["{sealpost:dkim}:d:origin.test", "{sealpost:dkim}:domains", "{sealpost:dkim}:version"]
+    for domain, selector, what in (("origin.test", "a:key", "selector"),
+                                   ("origin.test", "S1", "selector"),
+                                   ("origin.test", "", "selector"),
+                                   ("origin.test", "s" * 254, "selector"),
+                                   ("Origin.test", "s1", "domain"),
+                                   ("origin.test x", "s1", "domain")):
+        with pytest.raises(redis.ResponseError, match=f"the {what} is not"):
+            r.fcall("dkim_put", 3, *keys, domain, selector, "ed25519", "v=DKIM1", "sealed")
+    assert r.hgetall(keys[0]) == {} and r.smembers(keys[1]) == set()
+    assert r.get(keys[2]) is None
+    assert r.fcall("dkim_put", 3, *keys, "origin.test", "s-1.a", "ed25519", "v=DKIM1",
+                   "sealed") == b"active"
+
+
+def test_expire_puts_x_that_many_seconds_after_t(stack, zone, tmp_path):
+    keygen(stack, zone, "origin.test", "s1")
+    stack.ingress()
+    stack.worker(extra="[dkim]\nexpire = 86400\n")
+    before = int(time.time())
+    send(stack, message())
+    tags = verify(next_message(stack, 1), zone, [("origin.test", "s1", "ed25519-sha256")])
+    t, x = int(tags[0][b"t"]), int(tags[0][b"x"])
+    assert before - 1 <= t <= int(time.time()) + 1, (before, t)
+    assert x == t + 86400, (t, x)
+
+
+def test_a_delay_notice_is_signed(stack, zone, tmp_path):
+    """The worker's own delay notice (delay_warning_time) goes out signed
+    with the reporting host's key, as bounces do."""
+    keygen(stack, zone, "mx.sealpost.test", "bounces")
+    stack.sink.rcpt_reply = lambda a: "451 4.3.2 try later" if a.startswith("slow") else None
+    stack.ingress()
+    stack.worker(extra="[worker]\ndelay_warning_time = 1\nmax_queue_lifetime = 60\n")
+    send(stack, message(to="slow@example.test"), rcpts=["slow@example.test"])
+    notice = next_message(stack, 1)
+    assert stack.sink.messages[0][0] in ("", "<>")
+    parsed = email.message_from_bytes(notice, policy=email.policy.compat32)
+    assert parsed["Subject"] == "Delayed Mail (still being retried)", parsed["Subject"]
+    both_verifiers(notice, zone, tmp_path, [("mx.sealpost.test", "bounces", "ed25519-sha256")])
