@@ -262,7 +262,10 @@ static void print_key(const queue_dkim_key_t *k, void *arg)
     }
     print_created(k->created);
     printf(" %s ", k->active ? "active" : "inactive");
-    if (printable) {
+    if (k->malformed) {
+        fputs("unreadable: ", stdout); /* record holds why */
+        print_escaped(k->record);
+    } else if (printable) {
         fputs(line.data, stdout);
     } else {
         fputs("(record not printable: \"", stdout);

@@ -52,10 +52,11 @@ enum unsigned_reason {
     UNSIGNED_NO_FROM,
     UNSIGNED_KEY_UNUSABLE,
     UNSIGNED_KEYS_UNAVAILABLE,
+    UNSIGNED_FROM_NOT_ASCII, /* a UTF-8 From domain: d= would need its A-label (RFC 8616) */
     UNSIGNED_REASONS
 };
 static const char *const unsigned_names[UNSIGNED_REASONS] = {"no_key", "no_from", "key_unusable",
-                                                             "keys_unavailable"};
+                                                             "keys_unavailable", "from_not_ascii"};
 
 struct signer {
     const config_t *cfg;
@@ -438,10 +439,13 @@ static const struct domain_keys *keys_for(const signer_t *s, const queue_job_t *
         return NULL;
     }
     char domain[254];
-    bool from = dkim_from_domain(job->body, job->body_len, domain, sizeof domain) == 0;
-    const struct domain_keys *d = from ? table_find(&s->table, domain) : NULL;
+    int from = dkim_from_domain(job->body, job->body_len, domain, sizeof domain);
+    const struct domain_keys *d = from == 0 ? table_find(&s->table, domain) : NULL;
     if (!d) d = table_find(&s->table, s->default_domain);
-    *reason = d ? UNSIGNED_KEY_UNUSABLE : from ? UNSIGNED_NO_KEY : UNSIGNED_NO_FROM;
+    *reason = d            ? UNSIGNED_KEY_UNUSABLE
+              : from == 0  ? UNSIGNED_NO_KEY
+              : from == -2 ? UNSIGNED_FROM_NOT_ASCII
+                           : UNSIGNED_NO_FROM;
     return d;
 }
 
