@@ -308,9 +308,7 @@ int dkim_from_domain(const char *msg, size_t len, char *out, size_t size)
     if (!dkim_domain_valid(c.domain)) return -1;
     size_t dlen = strlen(c.domain);
     if (dlen >= size) return -1;
-    for (size_t i = 0; i <= dlen; i++)
-        out[i] =
-            (c.domain[i] >= 'A' && c.domain[i] <= 'Z') ? (char)(c.domain[i] + 32) : c.domain[i];
+    memcpy(out, c.domain, dlen + 1); /* proto_header_addresses lower-cased it */
     return 0;
 }
 

@@ -103,6 +103,16 @@ static void record_local(attempt_t *a, int code, const char *text)
     free(r.replies);
 }
 
+/* A step before the transaction failed on this node (why): logged once as
+ * event, and every recipient deferred with reply ("451 4.x.x what"). */
+static void defer_local(attempt_t *a, const char *event, const char *reply, const char *why)
+{
+    log_error("event=%s mid=%s job=%s error=\"%s\"", event, a->job->mid, a->job->jid, why);
+    char text[300];
+    snprintf(text, sizeof text, "%s: %s", reply, why);
+    record_local(a, 451, text);
+}
+
 /* Starts the transaction to a->conn.hop; the pool's start callback. */
 static void start_client(void *arg)
 {
@@ -331,19 +341,13 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     if (unseal(env->outcome.seal, job, why, sizeof why) < 0) {
         /* A node without the key the body was sealed with: another node, or
          * this one with its key file fixed, can still send it. */
-        log_error("event=unseal_failed mid=%s job=%s error=\"%s\"", job->mid, job->jid, why);
-        char text[300];
-        snprintf(text, sizeof text, "451 4.7.0 cannot unseal the message: %s", why);
-        record_local(a, 451, text);
+        defer_local(a, "unseal_failed", "451 4.7.0 cannot unseal the message", why);
         return;
     }
     if (signer_sign(env->signer, job, why, sizeof why) < 0) {
         /* Never sent unsigned for want of a signature that should be there:
          * the next attempt signs again. */
-        log_error("event=dkim_sign_failed mid=%s job=%s error=\"%s\"", job->mid, job->jid, why);
-        char text[300];
-        snprintf(text, sizeof text, "451 4.3.0 DKIM signing failed: %s", why);
-        record_local(a, 451, text);
+        defer_local(a, "dkim_sign_failed", "451 4.3.0 DKIM signing failed", why);
         return;
     }
     find_hops(a);
