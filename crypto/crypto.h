@@ -70,6 +70,25 @@ bool seal_check_verify(const seal_keyring_t *k, const void *blob, size_t len);
  * key, so the cluster shares it without another secret to hand out. */
 void seal_derive(const seal_keyring_t *k, const char *context, unsigned char out[32]);
 
+/* Authentication tags over what a node stores in Redis and another trusts
+ * (a job's envelope, a key directory entry): BLAKE2b-256 keyed by a key
+ * derived from a sealing key for purpose, over the fields each prefixed with
+ * its length (8 octets, big-endian), so no two lists of fields give the same
+ * input. The tag is "id:64 hex digits" and names the sealing key it was made
+ * under, so tags made before a rotation verify while that key is listed. */
+#define SEAL_MAC_LEN (SEAL_ID_MAX + 1 + 64) /* the longest tag, without its NUL */
+typedef struct {
+    const void *data;
+    size_t len;
+} seal_field_t;
+/* Writes the tag under the current key to out (SEAL_MAC_LEN + 1 octets). */
+void seal_mac(const seal_keyring_t *k, const char *purpose, const seal_field_t *fields, size_t n,
+              char out[SEAL_MAC_LEN + 1]);
+/* 1 the tag verifies; 0 it does not (tampered, malformed, or made by another
+ * key under the same id); -1 it names a key id this node does not have. */
+int seal_mac_verify(const seal_keyring_t *k, const char *purpose, const seal_field_t *fields,
+                    size_t n, const char *tag, size_t tag_len);
+
 /* A new random key as "id:base64", for a key file. */
 int seal_key_new(const char *id, char *out, size_t outlen);
 

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +285,60 @@ void seal_derive(const seal_keyring_t *k, const char *context, unsigned char out
 {
     crypto_generichash(out, 32, (const unsigned char *)context, strlen(context), k->keys[0].key,
                        SEAL_KEY_BYTES);
+}
+
+static void mac_with(const struct seal_key *key, const char *purpose, const seal_field_t *fields,
+                     size_t n, unsigned char tag[32])
+{
+    unsigned char mac_key[32];
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, key->key, SEAL_KEY_BYTES, sizeof mac_key);
+    crypto_generichash_update(&st, (const unsigned char *)"sealpost mac:", 13);
+    crypto_generichash_update(&st, (const unsigned char *)purpose, strlen(purpose));
+    crypto_generichash_final(&st, mac_key, sizeof mac_key);
+    crypto_generichash_init(&st, mac_key, sizeof mac_key, 32);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char len[8];
+        uint64_t v = fields[i].len;
+        for (int b = 7; b >= 0; b--, v >>= 8)
+            len[b] = (unsigned char)(v & 0xff);
+        crypto_generichash_update(&st, len, sizeof len);
+        if (fields[i].len) crypto_generichash_update(&st, fields[i].data, fields[i].len);
+    }
+    crypto_generichash_final(&st, tag, 32);
+    sodium_memzero(mac_key, sizeof mac_key);
+    sodium_memzero(&st, sizeof st);
+}
+
+void seal_mac(const seal_keyring_t *k, const char *purpose, const seal_field_t *fields, size_t n,
+              char out[SEAL_MAC_LEN + 1])
+{
+    unsigned char tag[32];
+    mac_with(&k->keys[0], purpose, fields, n, tag);
+    size_t id_len = strlen(k->keys[0].id);
+    memcpy(out, k->keys[0].id, id_len);
+    out[id_len] = ':';
+    sodium_bin2hex(out + id_len + 1, 65, tag, sizeof tag);
+}
+
+int seal_mac_verify(const seal_keyring_t *k, const char *purpose, const seal_field_t *fields,
+                    size_t n, const char *tag, size_t tag_len)
+{
+    const char *colon = tag ? memchr(tag, ':', tag_len) : NULL;
+    if (!colon || tag_len - (size_t)(colon - tag) - 1 != 64) return 0;
+    size_t id_len = (size_t)(colon - tag);
+    const struct seal_key *key = NULL;
+    for (unsigned i = 0; i < k->n && !key; i++)
+        if (strlen(k->keys[i].id) == id_len && !memcmp(k->keys[i].id, tag, id_len))
+            key = &k->keys[i];
+    if (!key) return -1;
+    unsigned char want[32], got[32];
+    size_t got_len = 0;
+    if (sodium_hex2bin(got, sizeof got, colon + 1, 64, NULL, &got_len, NULL) != 0 ||
+        got_len != sizeof got)
+        return 0;
+    mac_with(key, purpose, fields, n, want);
+    return sodium_memcmp(want, got, sizeof want) == 0 ? 1 : 0;
 }
 
 int seal_key_new(const char *id, char *out, size_t outlen)

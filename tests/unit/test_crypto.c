@@ -770,6 +770,45 @@ static void test_seal_rotation_and_unknown_keys(void **state)
     seal_keyring_free(impostor);
 }
 
+static void test_seal_mac(void **state)
+{
+    (void)state;
+    char err[256], tag[SEAL_MAC_LEN + 1], other[SEAL_MAC_LEN + 1];
+    seal_keyring_t *old = seal_keyring_load(KEY_A, NULL, err, sizeof err);
+    seal_keyring_t *both = seal_keyring_load(KEY_B ", " KEY_A, NULL, err, sizeof err);
+    seal_keyring_t *only_b = seal_keyring_load(KEY_B, NULL, err, sizeof err);
+    seal_field_t f[] = {{"ab", 2}, {"c", 1}};
+    seal_mac(old, "job", f, 2, tag);
+    assert_memory_equal(tag, "a:", 2);
+    assert_int_equal(strlen(tag), 66);
+    assert_int_equal(seal_mac_verify(old, "job", f, 2, tag, strlen(tag)), 1);
+    /* a rotation: the old key still verifies what it made */
+    assert_int_equal(seal_mac_verify(both, "job", f, 2, tag, strlen(tag)), 1);
+    assert_int_equal(seal_mac_verify(only_b, "job", f, 2, tag, strlen(tag)), -1);
+    /* another purpose, other fields, a moved boundary: all fail */
+    assert_int_equal(seal_mac_verify(old, "key", f, 2, tag, strlen(tag)), 0);
+    seal_field_t moved[] = {{"a", 1}, {"bc", 2}};
+    assert_int_equal(seal_mac_verify(old, "job", moved, 2, tag, strlen(tag)), 0);
+    assert_int_equal(seal_mac_verify(old, "job", f, 1, tag, strlen(tag)), 0);
+    /* a flipped digit, a short tag, no tag */
+    memcpy(other, tag, sizeof other);
+    other[10] = other[10] == '0' ? '1' : '0';
+    assert_int_equal(seal_mac_verify(old, "job", f, 2, other, strlen(other)), 0);
+    assert_int_equal(seal_mac_verify(old, "job", f, 2, tag, strlen(tag) - 1), 0);
+    assert_int_equal(seal_mac_verify(old, "job", f, 2, "", 0), 0);
+    assert_int_equal(seal_mac_verify(old, "job", f, 2, NULL, 0), 0);
+    /* the current key makes the tag; a different key under the same id fails */
+    seal_mac(both, "job", f, 2, other);
+    assert_memory_equal(other, "b:", 2);
+    seal_keyring_t *impostor =
+        seal_keyring_load("a:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=", NULL, err, sizeof err);
+    assert_int_equal(seal_mac_verify(impostor, "job", f, 2, tag, strlen(tag)), 0);
+    seal_keyring_free(old);
+    seal_keyring_free(both);
+    seal_keyring_free(only_b);
+    seal_keyring_free(impostor);
+}
+
 static void test_seal_keyring_errors(void **state)
 {
     (void)state;
@@ -1379,6 +1418,7 @@ int main(void)
         cmocka_unit_test(test_signature_issuer_bounds),
         cmocka_unit_test(test_seal_round_trip_and_binding),
         cmocka_unit_test(test_seal_rotation_and_unknown_keys),
+        cmocka_unit_test(test_seal_mac),
         cmocka_unit_test(test_seal_keyring_errors),
         cmocka_unit_test(test_key_addresses_with_controls_are_not_taken),
         cmocka_unit_test(test_rnp_replaced_key_is_not_used_again),
