@@ -55,6 +55,7 @@ class Sender(threading.Thread):
     def attempt(self, token):
         msg = (f"From: s@origin.test\r\nTo: r@example.test\r\nSubject: {token}\r\n"
                f"Message-ID: <{token}@origin.test>\r\n\r\nbody of {token}\r\n").encode()
+        answer = None  # the last reply, kept when QUIT fails after it
         try:
             with smtplib.SMTP("127.0.0.1", self.port, timeout=15) as c:
                 c.ehlo("client.test")
@@ -63,11 +64,12 @@ class Sender(threading.Thread):
                     code, text = c.rcpt("r@example.test")
                 if code == 250:
                     code, text = c.data(msg)
-                return str(code), text.decode(errors="replace")
+                answer = str(code), text.decode(errors="replace")
+            return answer
         except smtplib.SMTPResponseException as e:  # a 421 greeting, among others
-            return str(e.smtp_code), e.smtp_error.decode(errors="replace")
+            return answer or (str(e.smtp_code), e.smtp_error.decode(errors="replace"))
         except (OSError, smtplib.SMTPException) as e:  # refused, dropped, timed out
-            return "noreply", repr(e)
+            return answer or ("noreply", repr(e))
 
     def run(self):
         i = 0
