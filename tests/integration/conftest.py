@@ -436,3 +436,110 @@ def pytest_configure(config):
         raise pytest.UsageError(f"sealpost binary not found at {BIN}; run `make` first")
     if not shutil.which("redis-server"):
         raise pytest.UsageError("redis-server not found; run `make setup`")
+
+
+# ---- Redis Cluster ----
+
+def cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and not port_open("127.0.0.1", port + 10000):
+            return port
+
+
+class RedisCluster:
+    """Cluster-enabled redis-servers (AOF, fsync always) on loopback, joined
+    with `redis-cli --cluster create`: `masters` masters, each with
+    `replicas` replicas. Any node can be SIGKILLed and started again on its
+    port, data and nodes.conf, as after a crash."""
+
+    def __init__(self, tmp, masters=3, replicas=0, node_timeout_ms=2000):
+        self.tmp = tmp
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [cluster_port() for _ in range(masters * (1 + replicas))]
+        self.procs = {}  # port -> Popen
+
+    def _launch(self, port):
+        d = self.tmp / f"redis-{port}"
+        d.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+             "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "yes",
+             "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
+             "--logfile", str(d / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open("127.0.0.1", port), what=f"redis {port}")
+
+    def start(self):
+        for port in self.ports:
+            self._launch(port)
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        for c in self.clients():
+            wait_for(lambda c=c: c.cluster("INFO")["cluster_state"] == "ok",
+                     what="cluster_state:ok")
+        for port in self.replica_ports():
+            wait_for(lambda p=port: self.link_up(p), what=f"replica {port} in sync")
+        return self
+
+    def alive(self, port):
+        return port in self.procs and self.procs[port].poll() is None
+
+    def clients(self):
+        return [redis_py.Redis(port=p) for p in self.ports if self.alive(p)]
+
+    def node_id(self, port):
+        return redis_py.Redis(port=port).execute_command("CLUSTER", "MYID").decode()
+
+    def owner(self, slot):
+        """The port of the master serving slot."""
+        via = next(p for p in self.ports if self.alive(p))
+        for start, end, master, *_ in redis_py.Redis(port=via).execute_command(
+                "CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise AssertionError(f"slot {slot} has no master")
+
+    def nodes(self, via=None):
+        """CLUSTER NODES as seen by via (else any live node): port ->
+        (flags, the master's port or None)."""
+        via = via or next(p for p in self.ports if self.alive(p))
+        text = redis_py.Redis(port=via).execute_command("CLUSTER", "NODES")
+        text = text.decode() if isinstance(text, bytes) else text
+        rows = [ln.split() for ln in text.splitlines() if ln.strip()]
+        port_of = {r[0]: int(r[1].split("@")[0].rsplit(":", 1)[1]) for r in rows}
+        return {port_of[r[0]]: (set(r[2].split(",")), port_of.get(r[3])) for r in rows}
+
+    def master_ports(self):
+        return sorted(p for p, (flags, _) in self.nodes().items()
+                      if "master" in flags and "fail" not in flags)
+
+    def replica_ports(self):
+        return sorted(p for p, (flags, _) in self.nodes().items() if "slave" in flags)
+
+    def link_up(self, port):
+        """A replica connected to its master and in sync."""
+        try:
+            info = redis_py.Redis(port=port, socket_timeout=1).info("replication")
+        except redis_py.RedisError:
+            return False
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    def kill(self, port):
+        self.procs[port].kill()
+        self.procs[port].wait(10)
+
+    def restart(self, port):
+        self._launch(port)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            p.wait(10)

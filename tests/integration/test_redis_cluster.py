@@ -12,67 +12,8 @@ import urllib.request
 import pytest
 import redis as redis_py
 
-from conftest import BIN, Sealpost, Sink, base_config, free_port, port_open, wait_for
-
-
-def cluster_port():
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 <= 65535 and not port_open("127.0.0.1", port + 10000):
-            return port
-
-
-class RedisCluster:
-    """Three cluster-enabled redis-servers (AOF, fsync always), joined with
-    `redis-cli --cluster create`."""
-
-    def __init__(self, tmp, masters=3):
-        self.tmp = tmp
-        self.ports = [cluster_port() for _ in range(masters)]
-        self.procs = []
-
-    def start(self):
-        for port in self.ports:
-            d = self.tmp / f"redis-{port}"
-            d.mkdir()
-            self.procs.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
-                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                 "--cluster-node-timeout", "2000", "--appendonly", "yes",
-                 "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
-                 "--logfile", str(d / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for port in self.ports:
-            wait_for(lambda p=port: port_open("127.0.0.1", p), what=f"redis {port}")
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *[f"127.0.0.1:{p}" for p in self.ports],
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
-        for c in self.clients():
-            wait_for(lambda c=c: c.cluster("INFO")["cluster_state"] == "ok",
-                     what="cluster_state:ok")
-        return self
-
-    def clients(self):
-        return [redis_py.Redis(port=p) for p in self.ports]
-
-    def node_id(self, port):
-        return redis_py.Redis(port=port).execute_command("CLUSTER", "MYID").decode()
-
-    def owner(self, slot):
-        """The port of the master serving slot."""
-        for start, end, master, *_ in redis_py.Redis(port=self.ports[0]).execute_command(
-                "CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return int(master[1])
-        raise AssertionError(f"slot {slot} has no master")
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            p.wait(10)
+from conftest import (BIN, RedisCluster, Sealpost, Sink, base_config, free_port, port_open,
+                      wait_for)
 
 
 @pytest.fixture
