@@ -78,6 +78,26 @@ int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *met
 /* One line per setting: "target policy", then "target prefer method". */
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 
+/* ---- the directory's authentication (issue 18) ---- */
+
+/* Calls cb with the index as key_directory reads it. */
+int queue_admin_key_directory(queue_admin_t *a, queue_key_directory_cb cb, void *arg, char *err,
+                              size_t errlen);
+/* What key_lookup reads for one canonical address (no domain), for cb. */
+int queue_admin_key_address(queue_admin_t *a, const char *addr, queue_key_cb cb, void *arg,
+                            char *err, size_t errlen);
+/* Calls cb for every policy (prefer false) and preference (prefer true). */
+int queue_admin_settings(queue_admin_t *a,
+                         void (*cb)(bool prefer, const char *name, const char *value, void *arg),
+                         void *arg, char *err, size_t errlen);
+/* Replaces the index (n entries, each with its tag) and its tag, sealed at
+ * sealed (>= version; above it the directory's version moves there): 1
+ * done, 0 the directory is no longer at version (nothing written: read it
+ * again), -1 on error. */
+int queue_admin_key_seal(queue_admin_t *a, long long version, long long sealed, const char *tag,
+                         const char *const *entries, const char *const *tags, size_t n, char *err,
+                         size_t errlen);
+
 /* ---- DKIM signing keys (dkim.c) ---- */
 
 /* Stores k's selector (domain, selector, algorithm, record, sealed; created

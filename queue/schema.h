@@ -45,6 +45,8 @@ enum key_kind {
     KEY_PREFER,
     KEY_EXPIRY_OPENPGP, /* the expiry index of the OpenPGP keys */
     KEY_EXPIRY_SMIME,   /* ... and of the certificates */
+    KEY_MACS,           /* the directory's index: entry -> tag */
+    KEY_DIRMAC,         /* the index's seal: version, tag */
     /* the DKIM signing keys, {sealpost:dkim}:<name> */
     KEY_DKIM_DOMAIN, /* d:<domain>, its selectors */
     KEY_DKIM_DOMAINS,
@@ -102,6 +104,8 @@ enum queue_fn {
     FN_KEY_INDEX,
     FN_KEY_SUMMARY,
     FN_KEY_ADDRESSES,
+    FN_KEY_DIRECTORY,
+    FN_KEY_SEAL,
     FN_DKIM_PUT,
     FN_DKIM_DELETE,
     FN_DKIM_ACTIVATE,

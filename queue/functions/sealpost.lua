@@ -945,6 +945,46 @@ local function policy_list(keys, args)
   return {redis.call('HGETALL', keys[1]), redis.call('HGETALL', keys[2])}
 end
 
+-- The directory's authentication (issue 18): the command line that writes
+-- it keeps an index of every entry nodes trust, and seals the index:
+--   macs    hash  entry -> tag: 'a:<address>:<method>' (the address's key of
+--           that method), 'k:<id>' (a stored key), 'p:<name>' (a policy),
+--           'r:<name>' (a preference); each tag a MAC over the entry's name
+--           and content, made by the command line under the sealing key
+--   dirmac  hash  version (the directory's version the index was sealed at),
+--           tag (a MAC over that version and the whole index, sorted)
+-- Redis cannot make or check a tag: nodes check them (crypto/keydir.c), and
+-- answer 451 when a tag, the index or its version does not hold.
+
+-- KEYS: version, macs, dirmac, keys, policy, prefer
+-- Returns {version, the version sealed at or '', the index's tag or '',
+--          entries stored (keys, policies and preferences), {entry, tag, ...}}.
+local function key_directory(keys, args)
+  local sealed = redis.call('HMGET', keys[3], 'version', 'tag')
+  local stored = redis.call('SCARD', keys[4]) + redis.call('HLEN', keys[5])
+                 + redis.call('HLEN', keys[6])
+  return {redis.call('GET', keys[1]) or '0', sealed[1] or '', sealed[2] or '', stored,
+          redis.call('HGETALL', keys[2])}
+end
+
+-- KEYS: version, macs, dirmac
+-- ARGV: the version the caller read the directory at, the version to seal
+--       it at (that one, or above it: `keys authenticate` moves it, so that
+--       every node reads the index again), the index's tag, then entry,
+--       tag, ... (the whole index)
+-- Replaces the index and its seal when the directory is still at the
+-- version read; else 'changed' with nothing written (the caller reads again).
+local function key_seal(keys, args)
+  local read, new = tonumber(args[1]), tonumber(args[2])
+  if #args % 2 ~= 1 or not read or not new or new < read then return mismatch('key_seal') end
+  if tonumber(redis.call('GET', keys[1]) or '0') ~= read then return 'changed' end
+  redis.call('DEL', keys[2])
+  for i = 4, #args, 2 do redis.call('HSET', keys[2], args[i], args[i + 1]) end
+  if new ~= read then redis.call('SET', keys[1], args[2]) end
+  redis.call('HSET', keys[3], 'version', args[2], 'tag', args[3])
+  return 'ok'
+end
+
 -- The DKIM signing keys (queue/dkim.c), all under {sealpost:dkim}:
 --   d:<domain>  hash per selector S: S:algorithm ('ed25519' or 'rsa'),
 --               S:created (Unix time), S:record (the TXT record's text),
@@ -1123,6 +1163,9 @@ redis.register_function('policy_set', policy_set)
 redis.register_function('prefer_set', prefer_set)
 redis.register_function{function_name = 'policy_list', callback = policy_list,
                         flags = {'no-writes'}}
+redis.register_function{function_name = 'key_directory', callback = key_directory,
+                        flags = {'no-writes'}}
+redis.register_function('key_seal', key_seal)
 redis.register_function('dkim_put', dkim_put)
 redis.register_function('dkim_delete', dkim_delete)
 redis.register_function('dkim_activate', dkim_activate)
