@@ -291,7 +291,9 @@ enum keydir_item_kind {
     KEYDIR_ITEM_ADDRESS, /* an address's key of one method: "a:<name>:<method>" */
     KEYDIR_ITEM_KEY,     /* a stored key or certificate: "k:<name>" */
     KEYDIR_ITEM_POLICY,  /* an address's or a domain's policy: "p:<name>" */
-    KEYDIR_ITEM_PREFER   /* ... and preference: "r:<name>" */
+    KEYDIR_ITEM_PREFER,  /* ... and preference: "r:<name>" */
+    KEYDIR_ITEM_USER,    /* an SMTP user's argon2id hash (data): "h:<name>" */
+    KEYDIR_ITEM_CRAM     /* ... and CRAM-MD5 secret: "c:<name>" */
 };
 typedef struct keydir_item {
     enum keydir_item_kind kind;

@@ -219,10 +219,9 @@ enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
 
 /* ---- the directory's authentication ---- */
 
-static const char *const item_prefix[] = {[KEYDIR_ITEM_ADDRESS] = "a",
-                                          [KEYDIR_ITEM_KEY] = "k",
-                                          [KEYDIR_ITEM_POLICY] = "p",
-                                          [KEYDIR_ITEM_PREFER] = "r"};
+static const char *const item_prefix[] = {
+    [KEYDIR_ITEM_ADDRESS] = "a", [KEYDIR_ITEM_KEY] = "k",  [KEYDIR_ITEM_POLICY] = "p",
+    [KEYDIR_ITEM_PREFER] = "r",  [KEYDIR_ITEM_USER] = "h", [KEYDIR_ITEM_CRAM] = "c"};
 
 int keydir_item_entry(const keydir_item_t *it, char *out, size_t outlen)
 {
@@ -238,13 +237,14 @@ static seal_field_t text_field(const char *s)
 }
 
 /* What an item's tag covers: its kind and name, and for a key its method,
- * id or addresses, expiry and data; for a setting its value. The data goes
+ * id or addresses, expiry and data; for a setting its value; for a user
+ * the hash, or the CRAM-MD5 secret. The data goes
  * in whole (the MAC is its digest): a key swapped under the same id fails. */
 static size_t item_fields(const keydir_item_t *it, char expires[24], seal_field_t f[6])
 {
     f[0] = text_field(item_prefix[it->kind]);
     f[1] = text_field(it->name);
-    if (it->kind == KEYDIR_ITEM_POLICY || it->kind == KEYDIR_ITEM_PREFER) {
+    if (it->kind != KEYDIR_ITEM_ADDRESS && it->kind != KEYDIR_ITEM_KEY) {
         f[2] = (seal_field_t){it->data ? it->data : "", it->data ? it->len : 0};
         return 3;
     }

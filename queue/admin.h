@@ -21,6 +21,17 @@ void queue_admin_close(queue_admin_t *a);
 /* Adds or replaces a user; cram NULL removes any CRAM-MD5 secret. */
 int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
                          char *err, size_t errlen);
+/* Stores the tags of a user's hash and CRAM-MD5 secret (NULL: none), made
+ * by the caller (crypto/keydir.c), when the user is still stored with
+ * them: 1 done, 0 changed meanwhile (nothing written), -1 on error. A user
+ * without a tag that holds cannot log in (issue 18). */
+int queue_admin_user_tag(queue_admin_t *a, const char *name, const char *hash, const char *hash_tag,
+                         const char *cram, const char *cram_tag, char *err, size_t errlen);
+/* Calls cb for every user as stored (cram NULL: none); a cb's -1 stops. */
+int queue_admin_user_records(queue_admin_t *a,
+                             int (*cb)(const char *name, const char *hash, const char *cram,
+                                       void *arg),
+                             void *arg, char *err, size_t errlen);
 /* 1 when the user was there, 0 when not, -1 on error. */
 int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen);
 int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, char *err,

@@ -179,6 +179,8 @@ typedef struct queue_user {
     char hash[128];            /* argon2id string; "" when there is no such user */
     char cram[QUEUE_CRAM_MAX]; /* the CRAM-MD5 secret, when asked for and the user has one */
     long long attempts;        /* from the client in the window, before this one */
+    char hash_tag[128];        /* the tag over name and hash (user_tag); "" when none */
+    char cram_tag[128];        /* ... over name and secret, when the secret was asked for */
 } queue_user_t;
 
 typedef struct queue_login {

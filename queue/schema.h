@@ -34,7 +34,8 @@ enum key_kind {
     /* SMTP users, {sealpost:auth}:<name> */
     KEY_USERS,
     KEY_CRAM,
-    KEY_FAIL, /* fail:<client> */
+    KEY_FAIL,      /* fail:<client> */
+    KEY_USER_MACS, /* the users' tags */
     /* the crypto side's, {sealpost:crypto}:<name> */
     KEY_SEALCHECK,
     KEY_ADDRESS, /* a:<address> */
@@ -90,6 +91,8 @@ enum queue_fn {
     FN_USER_SET,
     FN_USER_DELETE,
     FN_USER_LIST,
+    FN_USER_TAG,
+    FN_USER_RECORDS,
     FN_SEAL_CHECK,
     FN_KEY_LOOKUP,
     FN_KEY_VERSION,

@@ -559,9 +559,10 @@ local function stats(keys, args)
           tonumber(oldest[2] or -1), now}
 end
 
--- KEYS: users, cram, fail
+-- KEYS: users, cram, fail, macs
 -- ARGV: name, limit, window_s, want_cram ('1' or '0')
--- Returns {argon2id hash or '', CRAM-MD5 secret or '', attempts before this one}.
+-- Returns {argon2id hash or '', CRAM-MD5 secret or '', attempts before this one,
+--          the hash's tag or '', the secret's tag or ''} (the tags: user_tag).
 -- An attempt counts from its start, so parallel sessions cannot all guess
 -- before any failure is recorded, and a client that hangs up mid-check has
 -- still spent one; auth_uncount takes back one that succeeded, or that was
@@ -570,13 +571,17 @@ end
 -- fixed window from the first attempt.
 local function auth_begin(keys, args)
   local before = tonumber(redis.call('GET', keys[3]) or '0')
-  if before >= tonumber(args[2]) then return {'', '', before} end
+  if before >= tonumber(args[2]) then return {'', '', before, '', ''} end
   if redis.call('INCR', keys[3]) == 1 then
     redis.call('EXPIRE', keys[3], tonumber(args[3]))
   end
-  local cram = ''
-  if args[4] == '1' then cram = redis.call('HGET', keys[2], args[1]) or '' end
-  return {redis.call('HGET', keys[1], args[1]) or '', cram, before}
+  local cram, cram_tag = '', ''
+  if args[4] == '1' then
+    cram = redis.call('HGET', keys[2], args[1]) or ''
+    cram_tag = redis.call('HGET', keys[4], 'c:' .. args[1]) or ''
+  end
+  return {redis.call('HGET', keys[1], args[1]) or '', cram, before,
+          redis.call('HGET', keys[4], 'h:' .. args[1]) or '', cram_tag}
 end
 
 -- KEYS: fail
@@ -585,12 +590,15 @@ local function auth_uncount(keys, args)
   return 'ok'
 end
 
--- KEYS: users, cram
+-- KEYS: users, cram, macs
 -- ARGV: name, argon2id hash[, CRAM-MD5 secret]
 -- Adds or replaces a user. Without a secret any old one goes, in the same
--- call: a user is never seen with a new hash and an old secret.
+-- call: a user is never seen with a new hash and an old secret. The old
+-- tags go too (an old hash and its tag put back would log in): the user
+-- cannot log in until user_tag has tagged the new ones.
 local function user_set(keys, args)
   if #args ~= 2 and #args ~= 3 then return mismatch('user_set') end
+  redis.call('HDEL', keys[3], 'h:' .. args[1], 'c:' .. args[1])
   redis.call('HSET', keys[1], args[1], args[2])
   if args[3] then
     redis.call('HSET', keys[2], args[1], args[3])
@@ -600,9 +608,10 @@ local function user_set(keys, args)
   return 'ok'
 end
 
--- KEYS: users, cram
+-- KEYS: users, cram, macs
 -- ARGV: name.  Returns 1 when the user was there, 0 when not.
 local function user_delete(keys, args)
+  redis.call('HDEL', keys[3], 'h:' .. args[1], 'c:' .. args[1])
   redis.call('HDEL', keys[2], args[1])
   return redis.call('HDEL', keys[1], args[1])
 end
@@ -614,6 +623,40 @@ local function user_list(keys, args)
   local out = {}
   for _, name in ipairs(redis.call('HKEYS', keys[1])) do
     out[#out + 1] = {name, redis.call('HEXISTS', keys[2], name)}
+  end
+  return out
+end
+
+-- KEYS: users, cram, macs
+-- ARGV: name, hash, its tag, CRAM-MD5 secret ('' for none), its tag ('' for none)
+-- Stores the tags the command line made (seal_mac over the name and the
+-- hash, and over the name and the secret) in macs as h:<name> and c:<name>,
+-- when the user is still stored with that hash and secret; else 'changed'
+-- with nothing written. Nodes let no user log in whose tag does not hold.
+local function user_tag(keys, args)
+  if #args ~= 5 then return mismatch('user_tag') end
+  if (redis.call('HGET', keys[1], args[1]) or '') ~= args[2]
+     or (redis.call('HGET', keys[2], args[1]) or '') ~= args[4] then
+    return 'changed'
+  end
+  redis.call('HSET', keys[3], 'h:' .. args[1], args[3])
+  if args[4] ~= '' then
+    redis.call('HSET', keys[3], 'c:' .. args[1], args[5])
+  else
+    redis.call('HDEL', keys[3], 'c:' .. args[1])
+  end
+  return 'ok'
+end
+
+-- KEYS: users, cram
+-- Returns {name, hash, CRAM-MD5 secret or '', ...} for every user: what
+-- `sealpost users authenticate` tags.
+local function user_records(keys, args)
+  local out = {}
+  for _, name in ipairs(redis.call('HKEYS', keys[1])) do
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('HGET', keys[1], name)
+    out[#out + 1] = redis.call('HGET', keys[2], name) or ''
   end
   return out
 end
@@ -1143,6 +1186,9 @@ redis.register_function('auth_uncount', auth_uncount)
 redis.register_function('user_set', user_set)
 redis.register_function('user_delete', user_delete)
 redis.register_function{function_name = 'user_list', callback = user_list, flags = {'no-writes'}}
+redis.register_function('user_tag', user_tag)
+redis.register_function{function_name = 'user_records', callback = user_records,
+                        flags = {'no-writes'}}
 redis.register_function('seal_check', seal_check)
 redis.register_function{function_name = 'key_lookup', callback = key_lookup,
                         flags = {'no-writes'}}

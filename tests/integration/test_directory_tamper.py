@@ -219,3 +219,51 @@ def test_a_directory_from_before_needs_authenticate(stack, people):
     wait_for(lambda: "event=directory_verified" in ingress.read_log(), what="the new index")
     assert send(stack)[0] == 250
     encrypted_to(delivered(stack), alice)
+
+
+# ---- SMTP users: a login the attacker adds in Redis cannot log in ----
+
+from test_auth import PASSWORD, auth_stack, plain, tls_client, users  # noqa: E402,F401
+from test_auth import start as start_auth  # noqa: E402
+
+
+def attempt(stack, user, password):
+    c = tls_client(stack.submission_port)
+    reply = c.cmd("AUTH PLAIN " + plain(user, password), timeout=30)
+    c.close()
+    return reply.code, reply.enhanced or ""
+
+
+def test_a_user_added_by_hset_cannot_log_in(auth_stack):
+    """An argon2id hash of the attacker's own password, put in Redis by hand
+    under a new login and over alice's: 535 as for a wrong password, and
+    logged as tampering. A user added by `sealpost users add` logs in."""
+    import nacl.pwhash
+    own = nacl.pwhash.argon2id.str(b"attacker's password").decode()
+    r = auth_stack.redis.client()
+    r.hset("{sealpost:auth}:users", "mallory@origin.test", own)
+    start_auth(auth_stack)
+    ingress = auth_stack.procs[0]
+    code, text = attempt(auth_stack, "mallory@origin.test", "attacker's password")
+    assert (code, text) == (535, "5.7.8"), (code, text)
+    wait_for(lambda: "event=user_tampered" in ingress.read_log() and
+             "why=no_tag" in ingress.read_log(), what="user_tampered logged")
+    # alice's own hash replaced by the attacker's: her tag no longer holds
+    good = r.hget("{sealpost:auth}:users", "alice@origin.test")
+    r.hset("{sealpost:auth}:users", "alice@origin.test", own)
+    code, text = attempt(auth_stack, "alice@origin.test", "attacker's password")
+    assert (code, text) == (535, "5.7.8"), (code, text)
+    wait_for(lambda: "why=tag_bad" in ingress.read_log(), what="tag_bad logged")
+    # put back, alice logs in; a user added the proper way too
+    r.hset("{sealpost:auth}:users", "alice@origin.test", good)
+    assert attempt(auth_stack, "alice@origin.test", PASSWORD)[0] == 235
+    users(auth_stack, "add", "bob@origin.test", stdin="pw-of-bob\n")
+    assert attempt(auth_stack, "bob@origin.test", "pw-of-bob")[0] == 235
+    # users from before the tags: none logs in until `users authenticate`
+    # (which takes every user stored as the operator's: the stray one goes first)
+    r.hdel("{sealpost:auth}:users", "mallory@origin.test")
+    r.delete("{sealpost:auth}:macs")
+    assert attempt(auth_stack, "bob@origin.test", "pw-of-bob")[0] == 535
+    out = users(auth_stack, "authenticate")
+    assert "users authenticated: 2" in out.stdout, out.stdout
+    assert attempt(auth_stack, "bob@origin.test", "pw-of-bob")[0] == 235

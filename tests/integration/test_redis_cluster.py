@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 import redis as redis_py
 
-from conftest import BIN, Sealpost, Sink, base_config, free_port, port_open, wait_for
+from conftest import (BIN, SEAL_KEY, Sealpost, Sink, base_config, free_port, port_open,
+                      wait_for)
 
 
 def cluster_port():
@@ -285,7 +286,9 @@ def test_the_cli_writes_users_keys_and_policies_on_a_fresh_cluster(tmp_path, clu
     the slot of its hash tag."""
     from pgp import Person
     config = tmp_path / "cli.conf"
-    config.write_text(f"[redis]\nurl = redis://127.0.0.1:{cluster.ports[0]}\ntimeout_ms = 3000\n")
+    # the sealing key: `sealpost keys` tags and seals what it writes (issue 18)
+    config.write_text(f"[redis]\nurl = redis://127.0.0.1:{cluster.ports[0]}\ntimeout_ms = 3000\n"
+                      f"[seal]\nkeys = {SEAL_KEY}\n")
 
     def cli(*args, stdin=None):
         return subprocess.run([BIN, *args, "-c", str(config)], input=stdin, capture_output=True,
