@@ -324,6 +324,15 @@ int keydir_index_tag(const seal_keyring_t *k, long long version, const keydir_in
 /* As seal_mac_verify (-2 when memory ran out). */
 int keydir_index_verify(const seal_keyring_t *k, long long version, const keydir_index_t *x,
                         const char *tag);
+/* A DKIM key entry's tag (purpose "dkim-entry"): over the domain, the
+ * selector, the algorithm's name, the TXT record and the sealed key. */
+void keydir_dkim_tag(const seal_keyring_t *k, const char *domain, const char *selector,
+                     const char *algorithm, const char *record, const void *sealed, size_t len,
+                     char out[SEAL_MAC_LEN + 1]);
+/* As seal_mac_verify; 0 for no tag (""). */
+int keydir_dkim_verify(const seal_keyring_t *k, const char *domain, const char *selector,
+                       const char *algorithm, const char *record, const void *sealed, size_t len,
+                       const char *tag);
 /* Entry i's name and tag, for i < keydir_index_size (sorted by name). */
 const char *keydir_index_entry(const keydir_index_t *x, size_t i);
 const char *keydir_index_entry_tag(const keydir_index_t *x, size_t i);

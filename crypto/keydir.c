@@ -375,3 +375,31 @@ int keydir_index_verify(const seal_keyring_t *k, long long version, const keydir
     free(f);
     return rc;
 }
+
+static void dkim_fields(seal_field_t f[5], const char *domain, const char *selector,
+                        const char *algorithm, const char *record, const void *sealed, size_t len)
+{
+    f[0] = text_field(domain);
+    f[1] = text_field(selector);
+    f[2] = text_field(algorithm);
+    f[3] = text_field(record);
+    f[4] = (seal_field_t){sealed ? sealed : "", sealed ? len : 0};
+}
+
+void keydir_dkim_tag(const seal_keyring_t *k, const char *domain, const char *selector,
+                     const char *algorithm, const char *record, const void *sealed, size_t len,
+                     char out[SEAL_MAC_LEN + 1])
+{
+    seal_field_t f[5];
+    dkim_fields(f, domain, selector, algorithm, record, sealed, len);
+    seal_mac(k, "dkim-entry", f, 5, out);
+}
+
+int keydir_dkim_verify(const seal_keyring_t *k, const char *domain, const char *selector,
+                       const char *algorithm, const char *record, const void *sealed, size_t len,
+                       const char *tag)
+{
+    seal_field_t f[5];
+    dkim_fields(f, domain, selector, algorithm, record, sealed, len);
+    return seal_mac_verify(k, "dkim-entry", f, 5, tag, strlen(tag));
+}

@@ -111,7 +111,7 @@ int queue_admin_key_seal(queue_admin_t *a, long long version, long long sealed, 
 
 /* ---- DKIM signing keys (dkim.c) ---- */
 
-/* Stores k's selector (domain, selector, algorithm, record, sealed; created
+/* Stores k's selector (domain, selector, algorithm, record, sealed, tag; created
  * and active are not read: Redis's clock says when, and the rules below
  * whether it signs). It becomes the active one of its algorithm when the
  * domain has none, else it is stored inactive; *active says which. A
@@ -126,6 +126,10 @@ int queue_admin_dkim_delete(queue_admin_t *a, const char *domain, const char *se
 /* Makes the selector the active one of its algorithm: 1, 0 no such, -1. */
 int queue_admin_dkim_activate(queue_admin_t *a, const char *domain, const char *selector, char *err,
                               size_t errlen);
+/* Stores tag for k's selector (sealpost dkim authenticate) when its sealed
+ * key is still k's: 1, 0 changed meanwhile (nothing written), -1. */
+int queue_admin_dkim_tag(queue_admin_t *a, const queue_dkim_key_t *k, const char *tag, char *err,
+                         size_t errlen);
 /* Calls cb for every stored key, by domain, then selector. */
 int queue_admin_dkim_list(queue_admin_t *a, void (*cb)(const queue_dkim_key_t *k, void *arg),
                           void *arg, char *err, size_t errlen);

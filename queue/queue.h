@@ -291,6 +291,9 @@ typedef struct queue_dkim_key {
      * domain and selector hold what of them fits ("" for none), record
      * says why, sealed is NULL, and active says what the store said. */
     bool malformed;
+    /* The tag `sealpost dkim` made over domain, selector, algorithm, record
+     * and sealed key (issue 18); "" when the entry has none. */
+    char tag[128];
 } queue_dkim_key_t;
 
 typedef void (*queue_dkim_keys_cb)(int status, const char *err, const queue_dkim_key_t *keys,

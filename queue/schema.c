@@ -219,6 +219,7 @@ static const struct {
     [FN_DKIM_DOMAINS] = {.name = "dkim_domains", .read_only = true, .fixed = {KEY_DKIM_DOMAINS}},
     [FN_DKIM_GET] = {.name = "dkim_get", .read_only = true, .fixed = {KEY_DKIM_DOMAIN}},
     [FN_DKIM_VERSION] = {.name = "dkim_version", .read_only = true, .fixed = {KEY_DKIM_VERSION}},
+    [FN_DKIM_TAG] = {.name = "dkim_tag", .fixed = {KEY_DKIM_DOMAIN, KEY_DKIM_VERSION}},
 };
 
 const char *schema_fn_name(enum queue_fn fn)

@@ -115,6 +115,7 @@ enum queue_fn {
     FN_DKIM_DOMAINS,
     FN_DKIM_GET,
     FN_DKIM_VERSION,
+    FN_DKIM_TAG,
     FNS
 };
 

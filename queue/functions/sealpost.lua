@@ -1067,14 +1067,18 @@ local function dkim_name_ok(name)
 end
 
 -- KEYS: d, domains, version
--- ARGV: domain, selector, algorithm, record, sealed key
+-- ARGV: domain, selector, algorithm, record, sealed key[, tag]
+-- (the tag: seal_mac over the other five, made by the command line and kept
+-- as S:tag; workers use no key whose tag does not hold, issue 18)
 -- Stores a new selector; an error, with nothing written, when the domain or
 -- the selector is not a name (dkim_name_ok). It becomes the active one of its algorithm when
 -- the domain has none, else it waits, inactive, for dkim_activate. Returns
 -- 'active' or 'inactive', or with nothing written 'exists' (the selector is
 -- stored already) or 'full' (two of its algorithm are).
 local function dkim_put(keys, args)
-  if #args ~= 5 or not dkim_algorithm_known(args[3]) then return mismatch('dkim_put') end
+  if (#args ~= 5 and #args ~= 6) or not dkim_algorithm_known(args[3]) then
+    return mismatch('dkim_put')
+  end
   local selector, algorithm = args[2], args[3]
   if not dkim_name_ok(args[1]) then
     return redis.error_reply('ERR dkim_put: the domain is not lower-case letters, digits, ' ..
@@ -1094,6 +1098,7 @@ local function dkim_put(keys, args)
   redis.call('HSET', keys[1], selector .. ':algorithm', algorithm,
              selector .. ':created', redis.call('TIME')[1], selector .. ':record', args[4],
              selector .. ':key', args[5])
+  if args[6] then redis.call('HSET', keys[1], selector .. ':tag', args[6]) end
   local active = redis.call('HSETNX', keys[1], 'active:' .. algorithm, selector) == 1
   redis.call('SADD', keys[2], args[1])
   redis.call('INCR', keys[3])
@@ -1112,7 +1117,7 @@ local function dkim_delete(keys, args)
   local algorithm = redis.call('HGET', keys[1], selector .. ':algorithm')
   if not algorithm then return 0 end
   redis.call('HDEL', keys[1], selector .. ':algorithm', selector .. ':created',
-             selector .. ':record', selector .. ':key')
+             selector .. ':record', selector .. ':key', selector .. ':tag')
   if redis.call('HGET', keys[1], 'active:' .. algorithm) == selector then
     redis.call('HDEL', keys[1], 'active:' .. algorithm)
   end
@@ -1143,21 +1148,35 @@ local function dkim_domains(keys, args)
   return redis.call('SMEMBERS', keys[1])
 end
 
+-- KEYS: d, version
+-- ARGV: selector, sealed key as the caller read it, tag
+-- Stores the selector's tag (`sealpost dkim authenticate`) when its sealed
+-- key is still the one read, and moves the version so workers reload; 1, or
+-- 0 with nothing written.
+local function dkim_tag(keys, args)
+  if #args ~= 3 then return mismatch('dkim_tag') end
+  if redis.call('HGET', keys[1], args[1] .. ':key') ~= args[2] then return 0 end
+  redis.call('HSET', keys[1], args[1] .. ':tag', args[3])
+  redis.call('INCR', keys[2])
+  return 1
+end
+
 -- KEYS: d
 -- Returns {selector, algorithm, created, 1 when active else 0, record,
---          sealed key, ...}, six per selector, unsorted; {} for a domain
--- without keys.
+--          sealed key, tag or '', ...}, seven per selector, unsorted; {} for
+-- a domain without keys.
 local function dkim_get(keys, args)
   local out = {}
   for selector, algorithm in pairs(dkim_selectors(keys[1])) do
     local f = redis.call('HMGET', keys[1], selector .. ':created', selector .. ':record',
-                         selector .. ':key', 'active:' .. algorithm)
+                         selector .. ':key', 'active:' .. algorithm, selector .. ':tag')
     out[#out + 1] = selector
     out[#out + 1] = algorithm
     out[#out + 1] = f[1] or '0'
     out[#out + 1] = f[4] == selector and 1 or 0
     out[#out + 1] = f[2] or ''
     out[#out + 1] = f[3] or ''
+    out[#out + 1] = f[5] or ''
   end
   return out
 end
@@ -1215,6 +1234,7 @@ redis.register_function('key_seal', key_seal)
 redis.register_function('dkim_put', dkim_put)
 redis.register_function('dkim_delete', dkim_delete)
 redis.register_function('dkim_activate', dkim_activate)
+redis.register_function('dkim_tag', dkim_tag)
 redis.register_function{function_name = 'dkim_domains', callback = dkim_domains,
                         flags = {'no-writes'}}
 redis.register_function{function_name = 'dkim_get', callback = dkim_get, flags = {'no-writes'}}

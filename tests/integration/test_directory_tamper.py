@@ -267,3 +267,43 @@ def test_a_user_added_by_hset_cannot_log_in(auth_stack):
     out = users(auth_stack, "authenticate")
     assert "users authenticated: 2" in out.stdout, out.stdout
     assert attempt(auth_stack, "bob@origin.test", "pw-of-bob")[0] == 235
+
+
+# ---- DKIM keys: an entry changed in Redis does not sign ----
+
+from test_dkim import Zone, dkim_cli, keygen, next_message, unsigned, verify  # noqa: E402
+from test_dkim import message as dkim_message  # noqa: E402
+from test_dkim import send as dkim_send  # noqa: E402
+
+
+def test_a_dkim_entry_changed_in_redis_does_not_sign(stack):
+    """The record under a selector changed by HSET (the sealed key untouched,
+    so it would still unseal): the worker leaves the key out and the mail goes
+    unsigned (key_unusable), logged as tampered; `sealpost dkim authenticate`
+    takes the entry as it is again and mail is signed."""
+    zone = Zone()
+    keygen(stack, zone, "origin.test", "s1")
+    stack.ingress()
+    worker = stack.worker()
+    data = dkim_message()
+    dkim_send(stack, data)
+    verify(next_message(stack, 1), zone, [("origin.test", "s1", "ed25519-sha256")])
+    r = stack.redis.client()
+    r.hset("{sealpost:dkim}:d:origin.test", "s1:record", "v=DKIM1; k=ed25519; p=AAAA")
+    r.incr("{sealpost:dkim}:version")
+    wait_for(lambda: "tampered: its tag does not hold" in worker.read_log(),
+             what="the entry found tampered")
+    dkim_send(stack, dkim_message())
+    assert unsigned(next_message(stack, 2))
+    r.hdel("{sealpost:dkim}:d:origin.test", "s1:tag")
+    r.incr("{sealpost:dkim}:version")
+    wait_for(lambda: "tampered: no tag" in worker.read_log(), what="the untagged entry")
+    out = dkim_cli(stack, "authenticate")
+    assert out.returncode == 0 and b"DKIM keys authenticated: 1" in out.stdout, out
+    r.hset("{sealpost:dkim}:d:origin.test", "s1:record",
+           zone.records["s1._domainkey.origin.test."])
+    out = dkim_cli(stack, "authenticate")
+    assert out.returncode == 0, out
+    time.sleep(1.5)
+    dkim_send(stack, dkim_message())
+    verify(next_message(stack, 3), zone, [("origin.test", "s1", "ed25519-sha256")])
