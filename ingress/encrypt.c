@@ -17,6 +17,11 @@
  * (the change, then the seal: cmd/keys.c); one that stays so this long was
  * not ours, or its writer died: the directory counts as tampered with. */
 #define UNSEALED_GRACE_MS 10000
+/* Lookups that wait for the first index (just after a start), at most: past
+ * it, 451 at once. */
+#define WAITING_MAX 1024
+
+struct lookup;
 
 static const char *const decision_names[DECISIONS] = {"plain", "encrypt", "refused", "in_doubt"};
 static const char *const outcome_names[] = {[GATEWAY_PLAIN] = "plain",
@@ -65,6 +70,8 @@ struct encrypt {
     long long tamper_logged;  /* 1 + the version last logged as tampered; 0: none */
     uint64_t unsealed_since;  /* loop time the version first ran ahead of the seal; 0: not */
     metric_t *tampered_total; /* findings: an index or an entry that failed its check */
+    struct lookup *waiting;   /* for the first index: sent once it is read */
+    unsigned n_waiting;
 };
 
 /* One engine call takes from about 0.1 ms (OpenSSL's CMS, librnp to
@@ -199,6 +206,8 @@ static const char *judge_directory(encrypt_t *e, const queue_key_directory_t *di
     return now - e->unsealed_since >= UNSEALED_GRACE_MS ? "unsealed_change" : "";
 }
 
+static void release_waiting(encrypt_t *e);
+
 static void on_directory(int status, const char *err, const queue_key_directory_t *dir, void *arg)
 {
     encrypt_t *e = arg;
@@ -215,6 +224,7 @@ static void on_directory(int status, const char *err, const queue_key_directory_
             tamper(e, dir->version, why);
         if (why) keydir_index_free(x);
     }
+    release_waiting(e);
     e->ingress->check_stopped(e->ingress);
 }
 
@@ -224,13 +234,14 @@ static void on_version(int status, const char *err, long long version, void *arg
     e->polling = false;
     if (status < 0) {
         log_debug("event=keys_poll_failed error=\"%s\"", err);
-    } else if ((!e->index || version != e->index_version) && !e->reading &&
-               e->tamper_logged != version + 1) {
-        /* the version moved (or no index yet): the index is read and checked;
-         * one found bad at this very version is not read again */
-        e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
-    } else if (e->tamper_logged == version + 1 && !e->reading && e->unsealed_since) {
-        e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
+    } else {
+        /* The version moved (or there is no index yet), or a change not
+         * sealed yet is being watched: the index is read and checked. One
+         * found bad at this very version is not read again. */
+        bool found_bad = e->tamper_logged == version + 1;
+        bool moved = (!e->index || version != e->index_version) && !found_bad;
+        if ((moved || (found_bad && e->unsealed_since)) && !e->reading)
+            e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
     }
     e->ingress->check_stopped(e->ingress);
 }
@@ -333,7 +344,7 @@ void encrypt_stop(encrypt_t *e)
 
 bool encrypt_busy(const encrypt_t *e)
 {
-    return e->poll_open || e->polling;
+    return e->poll_open || e->polling || e->reading;
 }
 
 void encrypt_free(encrypt_t *e)
@@ -354,6 +365,8 @@ struct lookup {
     char peer[64];
     encrypt_rcpt_cb cb;
     void *arg;
+    struct lookup *next; /* waiting for an index */
+    bool again;          /* sent again once, after the index was read anew */
 };
 
 /* The verdict from what is known of the address (keydir_decide: the
@@ -474,10 +487,21 @@ static enum rcpt_verdict directory_in_doubt(encrypt_t *e, const char *addr, cons
     return RCPT_IN_DOUBT;
 }
 
+static enum rcpt_verdict wait_for_index(encrypt_t *e, struct lookup *l);
+
 static void on_lookup(int status, const char *err, const queue_key_found_t *f, void *arg)
 {
     struct lookup *l = arg;
     encrypt_t *e = l->e;
+    if (status == 0 && e->index && !e->tampered && f->version > e->index_version && !l->again) {
+        /* newer than the index: read it now (the poll may not have yet),
+         * then look up once more; a version still ahead of its seal then
+         * gets 451 */
+        l->again = true;
+        if (wait_for_index(e, l) == RCPT_PENDING) return;
+        l->cb(l->arg, RCPT_IN_DOUBT, &(struct rcpt_key){0});
+        return; /* wait_for_index freed it */
+    }
     struct rcpt_key key = {0};
     enum rcpt_verdict v = RCPT_UNAVAILABLE;
     const char *why = NULL;
@@ -513,6 +537,55 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
     free(l);
 }
 
+static int send_lookup(struct lookup *l)
+{
+    const char *at = strrchr(l->addr, '@');
+    return queue_key_lookup(l->e->ingress->queue, l->addr, at ? at + 1 : "", on_lookup, l);
+}
+
+/* The first index was read (or could not be): the lookups that waited for
+ * it go to Redis now, or get 451 when there is still none to trust. */
+static void release_waiting(encrypt_t *e)
+{
+    struct lookup *l = e->waiting;
+    e->waiting = NULL;
+    e->n_waiting = 0;
+    while (l) {
+        struct lookup *next = l->next;
+        struct rcpt_key key = {0};
+        if (!e->index || e->tampered) {
+            l->cb(l->arg,
+                  directory_in_doubt(e, l->addr, l->peer,
+                                     e->tampered ? e->tamper_why : "not read yet"),
+                  &key);
+            free(l);
+        } else if (send_lookup(l) < 0) {
+            log_warn("event=keys_lookup_failed client=%s error=\"redis not connected\"", l->peer);
+            l->cb(l->arg, RCPT_UNAVAILABLE, &key);
+            free(l);
+        }
+        l = next;
+    }
+}
+
+/* A lookup waits for the index to be read (the first one, just after a
+ * start; or a newer one); bounded. Else 451 at once, and l freed. */
+static enum rcpt_verdict wait_for_index(encrypt_t *e, struct lookup *l)
+{
+    if (!e->reading && e->n_waiting < WAITING_MAX && queue_ready(e->ingress->queue))
+        e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
+    if (!e->reading || e->n_waiting >= WAITING_MAX) {
+        enum rcpt_verdict v =
+            directory_in_doubt(e, l->addr, l->peer, e->index ? "changing" : "not read yet");
+        free(l);
+        return v;
+    }
+    l->next = e->waiting;
+    e->waiting = l;
+    e->n_waiting++;
+    return RCPT_PENDING;
+}
+
 enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
                                struct rcpt_key *key, encrypt_rcpt_cb cb, void *arg)
 {
@@ -521,17 +594,16 @@ enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
     if (crypto_addr_canon(addr, cfg->crypto.case_insensitive, cfg->crypto.strip_detail, canon,
                           sizeof canon) < 0)
         snprintf(canon, sizeof canon, "%s", addr);
-    if (!e->index || e->tampered)
-        return directory_in_doubt(e, canon, peer, e->tampered ? e->tamper_why : "not read yet");
-    const keydir_entry_t *cached = keydir_get(e->keydir, canon);
+    if (e->tampered) return directory_in_doubt(e, canon, peer, e->tamper_why);
+    const keydir_entry_t *cached = e->index ? keydir_get(e->keydir, canon) : NULL;
     if (cached) return decide(e, canon, peer, cached, key);
     struct lookup *l = calloc(1, sizeof *l);
     if (!l) return RCPT_NO_MEMORY;
     *l = (struct lookup){.e = e, .cb = cb, .arg = arg};
     memcpy(l->addr, canon, sizeof l->addr);
     snprintf(l->peer, sizeof l->peer, "%s", peer);
-    const char *at = strrchr(canon, '@');
-    if (queue_key_lookup(e->ingress->queue, canon, at ? at + 1 : "", on_lookup, l) < 0) {
+    if (!e->index) return wait_for_index(e, l);
+    if (send_lookup(l) < 0) {
         log_warn("event=keys_lookup_failed client=%s error=\"redis not connected\"", peer);
         free(l);
         return RCPT_UNAVAILABLE;
