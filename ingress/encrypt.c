@@ -498,9 +498,11 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
          * then look up once more; a version still ahead of its seal then
          * gets 451 */
         l->again = true;
-        if (wait_for_index(e, l) == RCPT_PENDING) return;
-        l->cb(l->arg, RCPT_IN_DOUBT, &(struct rcpt_key){0});
-        return; /* wait_for_index freed it */
+        encrypt_rcpt_cb cb = l->cb;
+        void *cb_arg = l->arg;
+        enum rcpt_verdict v = wait_for_index(e, l); /* which frees l unless pending */
+        if (v != RCPT_PENDING) cb(cb_arg, v, &(struct rcpt_key){0});
+        return;
     }
     struct rcpt_key key = {0};
     enum rcpt_verdict v = RCPT_UNAVAILABLE;
