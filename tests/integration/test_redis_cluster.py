@@ -12,8 +12,7 @@ import urllib.request
 import pytest
 import redis as redis_py
 
-from conftest import (BIN, SEAL_KEY, Sealpost, Sink, base_config, free_port, port_open,
-                      wait_for)
+from conftest import BIN, Sealpost, Sink, base_config, free_port, port_open, wait_for
 
 
 def cluster_port():
@@ -284,6 +283,7 @@ def test_the_cli_writes_users_keys_and_policies_on_a_fresh_cluster(tmp_path, clu
     command line loads it on the masters it writes to (those of
     {sealpost:auth} and {sealpost:crypto}), and each of its calls stays in
     the slot of its hash tag."""
+    from conftest import SEAL_KEY
     from pgp import Person
     config = tmp_path / "cli.conf"
     # the sealing key: `sealpost keys` tags and seals what it writes (issue 18)
