@@ -23,6 +23,8 @@ static const char usage[] =
     "                                         active or inactive, DNS record\n"
     "       sealpost dkim activate DOMAIN SELECTOR   make it the one that signs\n"
     "       sealpost dkim delete DOMAIN SELECTOR\n"
+    "       sealpost dkim authenticate        tag every stored key as it is (once after an\n"
+    "                                         upgrade): workers sign with tagged keys only\n"
     "   (each with [-c FILE])\n"
     "\n"
     "The workers sign each message with the active key of each algorithm of the\n"
@@ -79,7 +81,8 @@ static int parse_args(int argc, char **argv, struct dkim_args *da)
     static const struct {
         const char *name;
         int words;
-    } actions[] = {{"keygen", 1}, {"import", 3}, {"list", 0}, {"activate", 2}, {"delete", 2}};
+    } actions[] = {{"keygen", 1},   {"import", 3}, {"list", 0},
+                   {"activate", 2}, {"delete", 2}, {"authenticate", 0}};
     bool keygen = !strcmp(da->action, "keygen");
     for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++)
         if (!strcmp(da->action, actions[i].name) && da->n_words == actions[i].words &&
@@ -157,6 +160,9 @@ static int store_key(const struct store *st, const char *pem, size_t pem_len)
     snprintf(k.domain, sizeof k.domain, "%s", st->domain);
     snprintf(k.selector, sizeof k.selector, "%s", st->selector);
     snprintf(k.algorithm, sizeof k.algorithm, "%s", algorithm);
+    if (rc == 0) /* the workers sign with no key whose tag does not hold (issue 18) */
+        keydir_dkim_tag(st->seal, k.domain, k.selector, k.algorithm, k.record, k.sealed,
+                        k.sealed_len, k.tag);
     bool active = false;
     if (rc == 0) rc = queue_admin_dkim_put(st->admin, &k, &active, err, sizeof err);
     if (rc == 0) {
@@ -392,16 +398,63 @@ static bool take_names(const struct dkim_args *da, enum dkim_algorithm algorithm
     return true;
 }
 
+struct tagging {
+    const struct store *st;
+    unsigned tagged, skipped;
+    int failed;
+};
+
+static void tag_one(const queue_dkim_key_t *k, void *arg)
+{
+    struct tagging *t = arg;
+    char tag[SEAL_MAC_LEN + 1], err[600];
+    if (k->malformed) {
+        fprintf(stderr, "sealpost: %s %s: unreadable, not tagged: %s\n", k->domain, k->selector,
+                k->record);
+        t->skipped++;
+        return;
+    }
+    keydir_dkim_tag(t->st->seal, k->domain, k->selector, k->algorithm, k->record, k->sealed,
+                    k->sealed_len, tag);
+    int rc = queue_admin_dkim_tag(t->st->admin, k, tag, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        t->failed = 1;
+    } else if (rc == 0) {
+        fprintf(stderr, "sealpost: %s %s changed meanwhile: not tagged, run it again\n", k->domain,
+                k->selector);
+        t->skipped++;
+    } else {
+        t->tagged++;
+    }
+}
+
+/* dkim authenticate: every key as stored now is taken as the operator's. */
+static int authenticate(const struct store *st)
+{
+    struct tagging t = {.st = st};
+    char err[600];
+    if (queue_admin_dkim_list(st->admin, tag_one, &t, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        return 1;
+    }
+    printf("DKIM keys authenticated: %u\n", t.tagged);
+    return t.failed || t.skipped ? 1 : 0;
+}
+
 static int run(const struct dkim_args *da, struct store *st, enum dkim_algorithm algorithm,
                unsigned bits, config_t *cfg)
 {
     char err[600];
     int rc = 0;
-    if (!strcmp(da->action, "keygen") || !strcmp(da->action, "import")) {
+    if (!strcmp(da->action, "keygen") || !strcmp(da->action, "import") ||
+        !strcmp(da->action, "authenticate")) {
         seal_keyring_t *seal = cmd_seal_keyring(cfg, st->admin, &rc);
         if (!seal) return rc;
         st->seal = seal;
-        rc = !strcmp(da->action, "keygen") ? keygen(st, algorithm, bits) : import(st, da->words[2]);
+        rc = !strcmp(da->action, "keygen")   ? keygen(st, algorithm, bits)
+             : !strcmp(da->action, "import") ? import(st, da->words[2])
+                                             : authenticate(st);
         seal_keyring_free(seal);
     } else if (!strcmp(da->action, "list")) {
         rc = queue_admin_dkim_list(st->admin, print_key, NULL, err, sizeof err) < 0;

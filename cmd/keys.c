@@ -11,6 +11,7 @@
 #include "queue/admin.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -26,6 +27,9 @@ static const char usage[] =
     "       sealpost keys policy set ADDRESS|DOMAIN prefer openpgp|smime\n"
     "       sealpost keys policy delete ADDRESS|DOMAIN [prefer]\n"
     "       sealpost keys policy list\n"
+    "       sealpost keys verify                 check the directory against its authentication\n"
+    "       sealpost keys authenticate           tag and seal the directory as it is now (once\n"
+    "                                            after an upgrade; after checking it by hand)\n"
     "   (each with [-c FILE])\n"
     "\n"
     "A key is filed under every e-mail address of its valid user IDs, a\n"
@@ -515,6 +519,348 @@ static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char 
     return 0;
 }
 
+/* ---- the directory's authentication (issue 18) ----
+ *
+ * Every write here goes: read the whole directory and check it against its
+ * index (refused when it does not hold: a write must not seal what someone
+ * changed in Redis behind our back); make the change (key_put, key_delete,
+ * policy_set, prefer_set, which move the version); read it all again, tag
+ * every entry and seal the index at the new version (key_seal, only while
+ * the directory is still at that version). Nodes check lookups against the
+ * index; between the change and the seal they keep what they had. */
+
+#define DIRECTORY_READS 8
+
+struct directory {
+    const seal_keyring_t *seal;
+    long long version, sealed_version, stored;
+    char *tag;             /* the index's, NULL when never sealed */
+    keydir_index_t *index; /* as stored */
+    keydir_item_t *items;  /* every entry, as read; strings owned by the directory */
+    size_t n, cap;
+    char **addrs; /* every address some key lists, sorted and unique once read */
+    size_t n_addrs, cap_addrs;
+    char **owned;
+    size_t n_owned, cap_owned;
+    bool moved; /* read at another version than the index: read again */
+    bool failed;
+};
+
+static void directory_free(struct directory *d)
+{
+    for (size_t i = 0; i < d->n_owned; i++)
+        free(d->owned[i]);
+    free(d->owned);
+    free(d->items);
+    free(d->addrs);
+    free(d->tag);
+    keydir_index_free(d->index);
+    const seal_keyring_t *seal = d->seal;
+    *d = (struct directory){.seal = seal};
+}
+
+static bool grow(void **array, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap) return true;
+    size_t more = *cap ? 2 * *cap : 32;
+    void *p = realloc(*array, more * size);
+    if (!p) return false;
+    *array = p;
+    *cap = more;
+    return true;
+}
+
+/* A copy of len octets (and a NUL) that the directory frees. */
+static const char *own(struct directory *d, const char *s, size_t len)
+{
+    char *c = s ? malloc(len + 1) : NULL;
+    if (!s) return NULL;
+    if (!c || !grow((void **)&d->owned, &d->cap_owned, d->n_owned, sizeof *d->owned)) {
+        free(c);
+        d->failed = true;
+        return "";
+    }
+    memcpy(c, s, len);
+    c[len] = 0;
+    d->owned[d->n_owned++] = c;
+    return c;
+}
+
+static void add_item(struct directory *d, const keydir_item_t *it)
+{
+    if (!grow((void **)&d->items, &d->cap, d->n, sizeof *d->items)) {
+        d->failed = true;
+        return;
+    }
+    d->items[d->n++] = *it;
+}
+
+static void read_index(int status, const char *err, const queue_key_directory_t *dir, void *arg)
+{
+    (void)status, (void)err;
+    struct directory *d = arg;
+    d->version = dir->version;
+    d->sealed_version = dir->sealed_version;
+    d->stored = dir->stored;
+    d->tag = dir->tag ? strdup(dir->tag) : NULL;
+    d->index = keydir_index_new(dir->entries, dir->tags, dir->n);
+    if (!d->index || (dir->tag && !d->tag)) d->failed = true;
+}
+
+static void read_key(const queue_key_stored_t *key, void *arg)
+{
+    struct directory *d = arg;
+    const char *addrs = own(d, key->addresses.data ? key->addresses.data : "", key->addresses.len);
+    keydir_item_t it = {.kind = KEYDIR_ITEM_KEY,
+                        .name = own(d, key->fpr, strlen(key->fpr)),
+                        .method = key->smime ? "smime" : "openpgp",
+                        .addrs = addrs,
+                        .expires = key->expires,
+                        .data =
+                            own(d, key->armored.data ? key->armored.data : "", key->armored.len),
+                        .len = key->armored.len};
+    add_item(d, &it);
+    char *copy = (char *)own(d, addrs, strlen(addrs));
+    for (char *save = NULL, *a = strtok_r(copy, "\n", &save); a; a = strtok_r(NULL, "\n", &save)) {
+        if (!grow((void **)&d->addrs, &d->cap_addrs, d->n_addrs, sizeof *d->addrs)) {
+            d->failed = true;
+            return;
+        }
+        d->addrs[d->n_addrs++] = a;
+    }
+}
+
+struct address_read {
+    struct directory *d;
+    const char *addr;
+};
+
+static void read_address(int status, const char *err, const queue_key_found_t *f, void *arg)
+{
+    (void)status, (void)err;
+    struct address_read *r = arg;
+    static const char *const methods[QUEUE_KEY_METHODS] = {"openpgp", "smime"};
+    if (f->version != r->d->version) r->d->moved = true;
+    for (int m = 0; m < QUEUE_KEY_METHODS; m++) {
+        const queue_found_key_t *k = &f->keys[m];
+        if (!k->fpr[0]) continue;
+        size_t len = k->armored ? k->armored_len : 0;
+        keydir_item_t it = {.kind = KEYDIR_ITEM_ADDRESS,
+                            .name = r->addr,
+                            .method = methods[m],
+                            .fpr = own(r->d, k->fpr, strlen(k->fpr)),
+                            .expires = k->expires,
+                            .data = own(r->d, k->armored ? k->armored : "", len),
+                            .len = len};
+        add_item(r->d, &it);
+    }
+}
+
+static void read_setting(bool prefer, const char *name, const char *value, void *arg)
+{
+    struct directory *d = arg;
+    keydir_item_t it = {.kind = prefer ? KEYDIR_ITEM_PREFER : KEYDIR_ITEM_POLICY,
+                        .name = own(d, name, strlen(name)),
+                        .data = own(d, value, strlen(value)),
+                        .len = strlen(value)};
+    add_item(d, &it);
+}
+
+static int compare_strings(const void *x, const void *y)
+{
+    return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+static void check_version(int status, const char *err, const queue_key_directory_t *dir, void *arg)
+{
+    (void)status, (void)err;
+    struct directory *d = arg;
+    if (dir->version != d->version) d->moved = true;
+}
+
+/* One read of everything: the index, every key, the addresses they list,
+ * the policies and preferences; -1 on error, 0 read, 1 moved meanwhile. */
+static int directory_read_once(queue_admin_t *a, struct directory *d, char *err, size_t errlen)
+{
+    directory_free(d);
+    if (queue_admin_key_directory(a, read_index, d, err, errlen) < 0 ||
+        queue_admin_key_list(a, read_key, d, err, errlen) < 0)
+        return -1;
+    if (d->n_addrs) qsort(d->addrs, d->n_addrs, sizeof *d->addrs, compare_strings);
+    for (size_t i = 0; i < d->n_addrs; i++) {
+        if (i && !strcmp(d->addrs[i], d->addrs[i - 1])) continue;
+        struct address_read r = {d, d->addrs[i]};
+        if (queue_admin_key_address(a, d->addrs[i], read_address, &r, err, errlen) < 0) return -1;
+    }
+    if (queue_admin_settings(a, read_setting, d, err, errlen) < 0 ||
+        queue_admin_key_directory(a, check_version, d, err, errlen) < 0)
+        return -1;
+    if (d->failed) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return d->moved ? 1 : 0;
+}
+
+static int directory_read(queue_admin_t *a, struct directory *d, char *err, size_t errlen)
+{
+    for (int i = 0; i < DIRECTORY_READS; i++) {
+        int rc = directory_read_once(a, d, err, errlen);
+        if (rc <= 0) return rc;
+    }
+    snprintf(err, errlen, "the key directory kept changing; try again");
+    return -1;
+}
+
+static void say_problem(unsigned *problems, const char *entry, const char *why)
+{
+    if (++*problems <= 20) fprintf(stderr, "sealpost: key directory: %s: %s\n", entry, why);
+}
+
+/* The number of entries in the directory that disagree with its index (each
+ * said on stderr), of index entries with no entry, and 1 for an index whose
+ * own tag or version does not hold. */
+static unsigned directory_check(const struct directory *d)
+{
+    unsigned problems = 0;
+    if (d->sealed_version < 0) {
+        if (d->version == 0 && d->n == 0 && keydir_index_size(d->index) == 0 && d->stored == 0)
+            return 0; /* never written: nothing to check */
+        say_problem(&problems, "index",
+                    "none: the directory was written before it had one, or "
+                    "by hand");
+        return problems;
+    }
+    int v = keydir_index_verify(d->seal, d->sealed_version, d->index, d->tag);
+    if (v != 1)
+        say_problem(&problems, "index",
+                    v < 0 ? "its tag names a sealing key this node does not have"
+                          : "its tag does not hold (changed in Redis, or another sealing key)");
+    if (d->version != d->sealed_version) say_problem(&problems, "version", "not the one sealed");
+    const char **names = calloc(d->n ? d->n : 1, sizeof *names);
+    char **bufs = calloc(d->n ? d->n : 1, sizeof *bufs);
+    for (size_t i = 0; names && bufs && i < d->n; i++) {
+        char entry[1024];
+        keydir_item_entry(&d->items[i], entry, sizeof entry);
+        names[i] = bufs[i] = strdup(entry);
+        const char *tag = keydir_index_find(d->index, entry);
+        if (!tag)
+            say_problem(&problems, entry, "not in the index (added in Redis?)");
+        else if (keydir_item_verify(d->seal, &d->items[i], tag) != 1)
+            say_problem(&problems, entry, "its tag does not hold (changed in Redis?)");
+    }
+    keydir_index_t *present = names && bufs ? keydir_index_new(names, names, d->n) : NULL;
+    for (size_t i = 0; present && i < keydir_index_size(d->index); i++)
+        if (!keydir_index_find(present, keydir_index_entry(d->index, i)))
+            say_problem(&problems, keydir_index_entry(d->index, i),
+                        "in the index, not in the directory (deleted in Redis?)");
+    if (!present) say_problem(&problems, "index", "out of memory");
+    keydir_index_free(present);
+    for (size_t i = 0; bufs && i < d->n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(names);
+    return problems;
+}
+
+/* Tags every entry read, and seals the index at sealed; 1, 0 moved, -1. */
+static int directory_seal_once(queue_admin_t *a, const struct directory *d, long long sealed,
+                               char *err, size_t errlen)
+{
+    char **entries = calloc(d->n ? d->n : 1, sizeof *entries);
+    char **tags = calloc(d->n ? d->n : 1, sizeof *tags);
+    int rc = entries && tags ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < d->n; i++) {
+        char entry[1024];
+        entries[i] =
+            keydir_item_entry(&d->items[i], entry, sizeof entry) == 0 ? strdup(entry) : NULL;
+        tags[i] = malloc(SEAL_MAC_LEN + 1);
+        if (!entries[i] || !tags[i]) rc = -1;
+        if (tags[i]) keydir_item_tag(d->seal, &d->items[i], tags[i]);
+    }
+    keydir_index_t *x =
+        rc == 0 ? keydir_index_new((const char *const *)entries, (const char *const *)tags, d->n)
+                : NULL;
+    char tag[SEAL_MAC_LEN + 1];
+    if (!x || keydir_index_tag(d->seal, sealed, x, tag) < 0) {
+        snprintf(err, errlen, "out of memory, or an entry name too long");
+        rc = -1;
+    } else {
+        rc = queue_admin_key_seal(a, d->version, sealed, tag, (const char *const *)entries,
+                                  (const char *const *)tags, d->n, err, errlen);
+    }
+    keydir_index_free(x);
+    for (size_t i = 0; i < d->n && entries && tags; i++) {
+        free(entries[i]);
+        free(tags[i]);
+    }
+    free(entries);
+    free(tags);
+    return rc;
+}
+
+/* Reads the directory and seals it as it is now; move: at a version above
+ * the one read (`keys authenticate`: every node reads the index again). */
+static int directory_seal(queue_admin_t *a, struct directory *d, bool move, char *err,
+                          size_t errlen)
+{
+    for (int i = 0; i < DIRECTORY_READS; i++) {
+        if (directory_read(a, d, err, errlen) < 0) return -1;
+        int rc = directory_seal_once(a, d, d->version + move, err, errlen);
+        if (rc != 0) return rc < 0 ? -1 : 0;
+    }
+    snprintf(err, errlen, "the key directory kept changing; try again");
+    return -1;
+}
+
+/* Before a write: the directory as read must hold against its index. */
+static int directory_trusted(queue_admin_t *a, struct directory *d)
+{
+    char err[600];
+    if (directory_read(a, d, err, sizeof err) < 0) {
+        fprintf(stderr, "sealpost: %s\n", err);
+        return -1;
+    }
+    unsigned problems = directory_check(d);
+    if (!problems) return 0;
+    fprintf(stderr,
+            "sealpost: refused: the key directory in Redis does not match its authentication "
+            "(%u problem%s above): nodes answer 451 to its recipients. Check what is stored "
+            "(`sealpost keys list`, `keys policy list`), remove what is not yours, then "
+            "`sealpost keys authenticate`\n",
+            problems, problems == 1 ? "" : "s");
+    return -1;
+}
+
+/* After a write: sealed as it is now; -1 said. */
+static int directory_sealed(queue_admin_t *a, struct directory *d)
+{
+    char err[600];
+    if (directory_seal(a, d, false, err, sizeof err) == 0) return 0;
+    fprintf(stderr,
+            "sealpost: the change is stored but not sealed (%s): nodes answer 451 to its "
+            "recipients until `sealpost keys authenticate`\n",
+            err);
+    return -1;
+}
+
+/* keys verify: the check alone; keys authenticate: seal what is there. */
+static int directory_command(queue_admin_t *a, struct directory *d, bool authenticate)
+{
+    char err[600];
+    if (authenticate) {
+        if (directory_seal(a, d, true, err, sizeof err) < 0) {
+            fprintf(stderr, "sealpost: %s\n", err);
+            return 1;
+        }
+        printf("key directory authenticated: %zu entries, version %lld\n", d->n, d->version + 1);
+        return 0;
+    }
+    if (directory_trusted(a, d) < 0) return 1;
+    printf("key directory verified: %zu entries, version %lld\n", d->n, d->version);
+    return 0;
+}
+
 int cmd_keys(int argc, char **argv)
 {
     const char *path = NULL;
@@ -525,7 +871,8 @@ int cmd_keys(int argc, char **argv)
     int nargs = argc - optind - 1;
     bool ok = (!strcmp(action, "import") && nargs == 1) || (!strcmp(action, "list") && !nargs) ||
               ((!strcmp(action, "show") || !strcmp(action, "delete")) && nargs == 1) ||
-              (!strcmp(action, "policy") && nargs >= 1);
+              (!strcmp(action, "policy") && nargs >= 1) ||
+              ((!strcmp(action, "authenticate") || !strcmp(action, "verify")) && !nargs);
     if (!ok || (json && strcmp(action, "list"))) {
         fputs(usage, stderr);
         return 2;
@@ -536,7 +883,23 @@ int cmd_keys(int argc, char **argv)
     queue_admin_t *a = cmd_admin_open(path, &cfg, &rc);
     if (!a) return rc;
     char **rest = argv + optind + 1;
-    if (!strcmp(action, "import")) {
+    /* what writes, and keys verify, need the sealing key to check and seal */
+    bool writes = !strcmp(action, "import") || !strcmp(action, "delete") ||
+                  (!strcmp(action, "policy") && nargs >= 1 && strcmp(rest[0], "list"));
+    bool directory = writes || !strcmp(action, "authenticate") || !strcmp(action, "verify");
+    struct directory dir = {0};
+    seal_keyring_t *seal = directory ? cmd_seal_keyring(&cfg, a, &rc) : NULL;
+    dir.seal = seal;
+    if (directory && !seal) {
+        queue_admin_close(a);
+        return rc;
+    }
+    bool refused = writes && directory_trusted(a, &dir) < 0;
+    if (refused) {
+        rc = 1;
+    } else if (!strcmp(action, "authenticate") || !strcmp(action, "verify")) {
+        rc = directory_command(a, &dir, !strcmp(action, "authenticate"));
+    } else if (!strcmp(action, "import")) {
         rc = import_keys(a, &cfg, rest[0]);
     } else if (!strcmp(action, "list")) {
         if (json) printf("[");
@@ -550,6 +913,10 @@ int cmd_keys(int argc, char **argv)
     } else {
         rc = policy_command(a, &cfg, nargs, rest);
     }
+    /* sealed whatever the write came to: part of an import may be stored */
+    if (writes && !refused && directory_sealed(a, &dir) < 0) rc = 1;
+    directory_free(&dir);
+    seal_keyring_free(seal);
     queue_admin_close(a);
     return rc;
 }

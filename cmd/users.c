@@ -15,6 +15,8 @@ static const char usage[] =
     "usage: sealpost users add NAME [--cram-md5] [-c FILE]   (password on standard input)\n"
     "       sealpost users delete NAME [-c FILE]\n"
     "       sealpost users list [-c FILE]\n"
+    "       sealpost users authenticate [-c FILE]   tag every user as stored (once after an\n"
+    "                                             upgrade): only tagged users can log in\n"
     "\n"
     "NAME is the login, usually the user's address. --cram-md5 also stores the\n"
     "password itself, which CRAM-MD5 needs on the server: only with that mechanism on.\n";
@@ -52,7 +54,55 @@ static bool valid_name(const char *name)
     return true;
 }
 
-static int add_user(queue_admin_t *a, const char *name, bool cram)
+/* Tags the user's hash and secret (NULL: none) as stored (issue 18): every
+ * ingress lets a user log in only with a tag that holds, so a user added or
+ * changed in Redis by hand cannot. 1 tagged, 0 changed meanwhile, -1. */
+static int tag_user(queue_admin_t *a, const seal_keyring_t *seal, const char *name,
+                    const char *hash, const char *cram, char *err, size_t errlen)
+{
+    char hash_tag[SEAL_MAC_LEN + 1], cram_tag[SEAL_MAC_LEN + 1] = "";
+    keydir_item_t it = {.kind = KEYDIR_ITEM_USER, .name = name, .data = hash, .len = strlen(hash)};
+    keydir_item_tag(seal, &it, hash_tag);
+    if (cram) {
+        it = (keydir_item_t){
+            .kind = KEYDIR_ITEM_CRAM, .name = name, .data = cram, .len = strlen(cram)};
+        keydir_item_tag(seal, &it, cram_tag);
+    }
+    return queue_admin_user_tag(a, name, hash, hash_tag, cram, cram_tag, err, errlen);
+}
+
+struct tagging {
+    queue_admin_t *admin;
+    const seal_keyring_t *seal;
+    unsigned tagged, changed;
+    char err[600];
+};
+
+static int tag_one(const char *name, const char *hash, const char *cram, void *arg)
+{
+    struct tagging *t = arg;
+    int rc = tag_user(t->admin, t->seal, name, hash, cram, t->err, sizeof t->err);
+    if (rc > 0) t->tagged++;
+    if (rc == 0) {
+        t->changed++;
+        fprintf(stderr, "sealpost: user %s changed meanwhile: not tagged, run it again\n", name);
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+/* users authenticate: every user as stored now is taken as the operator's. */
+static int authenticate_users(queue_admin_t *a, const seal_keyring_t *seal)
+{
+    struct tagging t = {.admin = a, .seal = seal};
+    if (queue_admin_user_records(a, tag_one, &t, t.err, sizeof t.err) < 0) {
+        fprintf(stderr, "sealpost: %s\n", t.err);
+        return 1;
+    }
+    printf("users authenticated: %u\n", t.tagged);
+    return t.changed ? 1 : 0;
+}
+
+static int add_user(queue_admin_t *a, const seal_keyring_t *seal, const char *name, bool cram)
 {
     char password[PASSWORD_MAX], hash[PASSWORD_HASH_MAX], err[600];
     if (read_password(password, sizeof password) < 0) {
@@ -69,6 +119,11 @@ static int add_user(queue_admin_t *a, const char *name, bool cram)
         snprintf(err, sizeof err, "cannot hash the password (out of memory?)");
     else
         rc = queue_admin_user_set(a, name, hash, cram ? password : NULL, err, sizeof err);
+    int tagged =
+        rc == 0 ? tag_user(a, seal, name, hash, cram ? password : NULL, err, sizeof err) : 1;
+    if (tagged == 0) /* changed by another writer between the two calls */
+        snprintf(err, sizeof err, "user %s changed meanwhile: not tagged, add it again", name);
+    if (tagged <= 0) rc = -1;
     sodium_memzero(password, sizeof password);
     if (rc < 0) {
         fprintf(stderr, "sealpost: %s\n", err);
@@ -87,7 +142,7 @@ int cmd_users(int argc, char **argv)
     const char *action = optind < argc ? argv[optind] : "";
     const char *name = optind + 1 < argc ? argv[optind + 1] : NULL;
     bool wants_name = !strcmp(action, "add") || !strcmp(action, "delete");
-    bool known = wants_name || !strcmp(action, "list");
+    bool known = wants_name || !strcmp(action, "list") || !strcmp(action, "authenticate");
     if (!known || (wants_name != (name != NULL)) || optind + 1 + wants_name != argc ||
         (cram && strcmp(action, "add"))) {
         fputs(usage, stderr);
@@ -102,8 +157,16 @@ int cmd_users(int argc, char **argv)
     int rc = 0;
     queue_admin_t *a = cmd_admin_open(path, &cfg, &rc);
     if (!a) return rc;
+    seal_keyring_t *seal = NULL;
+    if ((!strcmp(action, "add") || !strcmp(action, "authenticate")) &&
+        !(seal = cmd_seal_keyring(&cfg, a, &rc))) {
+        queue_admin_close(a);
+        return rc;
+    }
     if (!strcmp(action, "add")) {
-        rc = add_user(a, name, cram);
+        rc = add_user(a, seal, name, cram);
+    } else if (!strcmp(action, "authenticate")) {
+        rc = authenticate_users(a, seal);
     } else if (!strcmp(action, "delete")) {
         int found = queue_admin_user_delete(a, name, err, sizeof err);
         if (found < 0) fprintf(stderr, "sealpost: %s\n", err);
@@ -120,6 +183,7 @@ int cmd_users(int argc, char **argv)
             fwrite(out.data ? out.data : "", 1, out.len, stdout);
         buf_free(&out);
     }
+    seal_keyring_free(seal);
     queue_admin_close(a);
     return rc;
 }

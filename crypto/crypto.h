@@ -274,11 +274,69 @@ void keydir_free(keydir_t *d);
 /* Tells the cache the directory's current version; true (and the cache
  * emptied) when it moved. */
 bool keydir_version(keydir_t *d, long long version);
+/* Empties the cache whatever its version: nothing in it is to be used. */
+void keydir_drop(keydir_t *d);
 /* The cached entry of a canonical address, or NULL. */
 const keydir_entry_t *keydir_get(const keydir_t *d, const char *addr);
 /* Caches what Redis said at version (a reply older than the cache's version
  * is dropped); the keys' data is copied. */
 int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_entry_t *e);
+
+/* The directory's authentication (issue 18). Every entry a node trusts has
+ * a tag (seal_mac, purpose "keydir-entry") over its name and content, kept
+ * in an index; the index itself has a tag (purpose "keydir-index") over the
+ * version it was sealed at and every entry name and tag, sorted by name.
+ * The command line that writes the directory makes them; nodes check them. */
+enum keydir_item_kind {
+    KEYDIR_ITEM_ADDRESS, /* an address's key of one method: "a:<name>:<method>" */
+    KEYDIR_ITEM_KEY,     /* a stored key or certificate: "k:<name>" */
+    KEYDIR_ITEM_POLICY,  /* an address's or a domain's policy: "p:<name>" */
+    KEYDIR_ITEM_PREFER,  /* ... and preference: "r:<name>" */
+    KEYDIR_ITEM_USER,    /* an SMTP user's argon2id hash (data): "h:<name>" */
+    KEYDIR_ITEM_CRAM     /* ... and CRAM-MD5 secret: "c:<name>" */
+};
+typedef struct keydir_item {
+    enum keydir_item_kind kind;
+    const char *name;   /* the address, the key's id, the address or domain */
+    const char *method; /* "openpgp" or "smime" (ADDRESS, KEY) */
+    const char *fpr;    /* ADDRESS: the key's id */
+    const char *addrs;  /* KEY: its addresses, LF-separated, as stored */
+    long long expires;  /* ADDRESS, KEY */
+    const char *data;   /* the key's data; a setting's value */
+    size_t len;
+} keydir_item_t;
+/* The item's name in the index; -1 when out is too small. */
+int keydir_item_entry(const keydir_item_t *it, char *out, size_t outlen);
+void keydir_item_tag(const seal_keyring_t *k, const keydir_item_t *it, char out[SEAL_MAC_LEN + 1]);
+/* As seal_mac_verify. */
+int keydir_item_verify(const seal_keyring_t *k, const keydir_item_t *it, const char *tag);
+
+/* An index: entry names and their tags, copied and sorted. */
+typedef struct keydir_index keydir_index_t;
+keydir_index_t *keydir_index_new(const char *const *entries, const char *const *tags, size_t n);
+void keydir_index_free(keydir_index_t *x);
+size_t keydir_index_size(const keydir_index_t *x);
+/* The tag of entry, or NULL when the index has none. */
+const char *keydir_index_find(const keydir_index_t *x, const char *entry);
+/* The index's own tag, sealed at version; -1 when memory ran out. */
+int keydir_index_tag(const seal_keyring_t *k, long long version, const keydir_index_t *x,
+                     char out[SEAL_MAC_LEN + 1]);
+/* As seal_mac_verify (-2 when memory ran out). */
+int keydir_index_verify(const seal_keyring_t *k, long long version, const keydir_index_t *x,
+                        const char *tag);
+/* A DKIM key entry's tag (purpose "dkim-entry"): over the domain, the
+ * selector, the algorithm's name, the TXT record and the sealed key. */
+void keydir_dkim_tag(const seal_keyring_t *k, const char *domain, const char *selector,
+                     const char *algorithm, const char *record, const void *sealed, size_t len,
+                     char out[SEAL_MAC_LEN + 1]);
+/* As seal_mac_verify; 0 for no tag (""). */
+int keydir_dkim_verify(const seal_keyring_t *k, const char *domain, const char *selector,
+                       const char *algorithm, const char *record, const void *sealed, size_t len,
+                       const char *tag);
+/* Entry i's name and tag, for i < keydir_index_size (sorted by name). */
+const char *keydir_index_entry(const keydir_index_t *x, size_t i);
+const char *keydir_index_entry_tag(const keydir_index_t *x, size_t i);
+
 /* ---- the gateway: a message's body variants (gateway.c) ---- */
 
 typedef struct gateway_rcpt {

@@ -68,6 +68,12 @@ bool keydir_version(keydir_t *d, long long version)
     return true;
 }
 
+void keydir_drop(keydir_t *d)
+{
+    keydir_clear(d);
+    d->version = -1;
+}
+
 /* FNV-1a: the addresses are ours to hash, no attacker picks the table size. */
 static unsigned slot_of(const keydir_t *d, const char *addr)
 {
@@ -209,4 +215,191 @@ enum crypto_decision keydir_decide(const keydir_entry_t *e, long long now,
     if (preferred == KEY_IN_DOUBT || second == KEY_IN_DOUBT) return DECIDE_UNKNOWN;
     if (whylen && !why[0]) snprintf(why, whylen, "none");
     return e->policy == ENC_POLICY_REQUIRED ? DECIDE_REFUSE : DECIDE_PLAIN;
+}
+
+/* ---- the directory's authentication ---- */
+
+static const char *const item_prefix[] = {
+    [KEYDIR_ITEM_ADDRESS] = "a", [KEYDIR_ITEM_KEY] = "k",  [KEYDIR_ITEM_POLICY] = "p",
+    [KEYDIR_ITEM_PREFER] = "r",  [KEYDIR_ITEM_USER] = "h", [KEYDIR_ITEM_CRAM] = "c"};
+
+int keydir_item_entry(const keydir_item_t *it, char *out, size_t outlen)
+{
+    int n = it->kind == KEYDIR_ITEM_ADDRESS
+                ? snprintf(out, outlen, "a:%s:%s", it->name, it->method)
+                : snprintf(out, outlen, "%s:%s", item_prefix[it->kind], it->name);
+    return n > 0 && (size_t)n < outlen ? 0 : -1;
+}
+
+static seal_field_t text_field(const char *s)
+{
+    return (seal_field_t){s ? s : "", s ? strlen(s) : 0};
+}
+
+/* What an item's tag covers: its kind and name, and for a key its method,
+ * id or addresses, expiry and data; for a setting its value; for a user
+ * the hash, or the CRAM-MD5 secret. The data goes
+ * in whole (the MAC is its digest): a key swapped under the same id fails. */
+static size_t item_fields(const keydir_item_t *it, char expires[24], seal_field_t f[6])
+{
+    f[0] = text_field(item_prefix[it->kind]);
+    f[1] = text_field(it->name);
+    if (it->kind != KEYDIR_ITEM_ADDRESS && it->kind != KEYDIR_ITEM_KEY) {
+        f[2] = (seal_field_t){it->data ? it->data : "", it->data ? it->len : 0};
+        return 3;
+    }
+    snprintf(expires, 24, "%lld", it->expires);
+    f[2] = text_field(it->method);
+    f[3] = text_field(it->kind == KEYDIR_ITEM_ADDRESS ? it->fpr : it->addrs);
+    f[4] = text_field(expires);
+    f[5] = (seal_field_t){it->data ? it->data : "", it->data ? it->len : 0};
+    return 6;
+}
+
+void keydir_item_tag(const seal_keyring_t *k, const keydir_item_t *it, char out[SEAL_MAC_LEN + 1])
+{
+    char expires[24];
+    seal_field_t f[6];
+    seal_mac(k, "keydir-entry", f, item_fields(it, expires, f), out);
+}
+
+int keydir_item_verify(const seal_keyring_t *k, const keydir_item_t *it, const char *tag)
+{
+    char expires[24];
+    seal_field_t f[6];
+    size_t n = item_fields(it, expires, f);
+    return seal_mac_verify(k, "keydir-entry", f, n, tag, strlen(tag));
+}
+
+struct keydir_pair {
+    char *entry, *tag;
+};
+
+struct keydir_index {
+    struct keydir_pair *pairs;
+    size_t n;
+};
+
+static int compare_pairs(const void *x, const void *y)
+{
+    return strcmp(((const struct keydir_pair *)x)->entry, ((const struct keydir_pair *)y)->entry);
+}
+
+keydir_index_t *keydir_index_new(const char *const *entries, const char *const *tags, size_t n)
+{
+    keydir_index_t *x = calloc(1, sizeof *x);
+    if (!x || (n && !(x->pairs = calloc(n, sizeof *x->pairs)))) {
+        free(x);
+        return NULL;
+    }
+    for (; x->n < n; x->n++) {
+        struct keydir_pair *p = &x->pairs[x->n];
+        p->entry = strdup(entries[x->n]);
+        p->tag = strdup(tags[x->n]);
+        if (!p->entry || !p->tag) {
+            x->n++;
+            keydir_index_free(x);
+            return NULL;
+        }
+    }
+    if (n) qsort(x->pairs, n, sizeof *x->pairs, compare_pairs);
+    return x;
+}
+
+void keydir_index_free(keydir_index_t *x)
+{
+    if (!x) return;
+    for (size_t i = 0; i < x->n; i++) {
+        free(x->pairs[i].entry);
+        free(x->pairs[i].tag);
+    }
+    free(x->pairs);
+    free(x);
+}
+
+size_t keydir_index_size(const keydir_index_t *x)
+{
+    return x->n;
+}
+
+const char *keydir_index_entry(const keydir_index_t *x, size_t i)
+{
+    return x->pairs[i].entry;
+}
+
+const char *keydir_index_entry_tag(const keydir_index_t *x, size_t i)
+{
+    return x->pairs[i].tag;
+}
+
+const char *keydir_index_find(const keydir_index_t *x, const char *entry)
+{
+    if (!x->n) return NULL;
+    struct keydir_pair key = {.entry = (char *)entry};
+    const struct keydir_pair *p = bsearch(&key, x->pairs, x->n, sizeof *x->pairs, compare_pairs);
+    return p ? p->tag : NULL;
+}
+
+/* The index as fields: the version, then each entry and its tag, sorted. */
+static seal_field_t *index_fields(long long version, const keydir_index_t *x, char v[24])
+{
+    seal_field_t *f = calloc(1 + 2 * x->n, sizeof *f);
+    if (!f) return NULL;
+    snprintf(v, 24, "%lld", version);
+    f[0] = text_field(v);
+    for (size_t i = 0; i < x->n; i++) {
+        f[1 + 2 * i] = text_field(x->pairs[i].entry);
+        f[2 + 2 * i] = text_field(x->pairs[i].tag);
+    }
+    return f;
+}
+
+int keydir_index_tag(const seal_keyring_t *k, long long version, const keydir_index_t *x,
+                     char out[SEAL_MAC_LEN + 1])
+{
+    char v[24];
+    seal_field_t *f = index_fields(version, x, v);
+    if (!f) return -1;
+    seal_mac(k, "keydir-index", f, 1 + 2 * x->n, out);
+    free(f);
+    return 0;
+}
+
+int keydir_index_verify(const seal_keyring_t *k, long long version, const keydir_index_t *x,
+                        const char *tag)
+{
+    char v[24];
+    seal_field_t *f = index_fields(version, x, v);
+    if (!f) return -2;
+    int rc = seal_mac_verify(k, "keydir-index", f, 1 + 2 * x->n, tag, strlen(tag));
+    free(f);
+    return rc;
+}
+
+static void dkim_fields(seal_field_t f[5], const char *domain, const char *selector,
+                        const char *algorithm, const char *record, const void *sealed, size_t len)
+{
+    f[0] = text_field(domain);
+    f[1] = text_field(selector);
+    f[2] = text_field(algorithm);
+    f[3] = text_field(record);
+    f[4] = (seal_field_t){sealed ? sealed : "", sealed ? len : 0};
+}
+
+void keydir_dkim_tag(const seal_keyring_t *k, const char *domain, const char *selector,
+                     const char *algorithm, const char *record, const void *sealed, size_t len,
+                     char out[SEAL_MAC_LEN + 1])
+{
+    seal_field_t f[5];
+    dkim_fields(f, domain, selector, algorithm, record, sealed, len);
+    seal_mac(k, "dkim-entry", f, 5, out);
+}
+
+int keydir_dkim_verify(const seal_keyring_t *k, const char *domain, const char *selector,
+                       const char *algorithm, const char *record, const void *sealed, size_t len,
+                       const char *tag)
+{
+    seal_field_t f[5];
+    dkim_fields(f, domain, selector, algorithm, record, sealed, len);
+    return seal_mac_verify(k, "dkim-entry", f, 5, tag, strlen(tag));
 }

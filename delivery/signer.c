@@ -198,6 +198,17 @@ static int table_put(signer_t *s, struct table *out, const queue_dkim_key_t *k, 
         snprintf(err, errlen, "unknown algorithm %.20s", k->algorithm);
         return -1;
     }
+    /* Before the old table's key is taken over: a record or algorithm
+     * changed in Redis leaves the sealed octets as they were (issue 18). */
+    int tag = keydir_dkim_verify(s->seal, k->domain, k->selector, k->algorithm, k->record,
+                                 k->sealed, k->sealed_len, k->tag);
+    if (tag != 1) {
+        snprintf(err, errlen, "tampered: %s; `sealpost dkim authenticate` once it is checked",
+                 !k->tag[0] ? "no tag"
+                 : tag == 0 ? "its tag does not hold"
+                            : "its tag names a sealing key this worker does not have");
+        return -1;
+    }
     struct signing_key *slot = &d->keys[a];
     if (slot->key) { /* the store does not allow it: the first stays */
         snprintf(err, errlen, "a second active %s key of the domain", k->algorithm);

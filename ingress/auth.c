@@ -107,6 +107,7 @@ struct attempt {
     size_t secret_len;
     bool cram;
     bool ok;
+    bool tampered; /* the user's tag did not hold: checked against no hash at all */
 };
 
 static void attempt_free(struct attempt *at)
@@ -153,15 +154,40 @@ static void after_verify(uv_work_t *work, int status)
 {
     struct attempt *at = work->data;
     auth_exchange_t *a = at->a;
-    bool ok = status == 0 && at->ok;
+    bool ok = status == 0 && at->ok && !at->tampered;
+    bool tampered = at->tampered;
     attempt_free(at);
     a->ingress->verifying--;
-    finish(a, ok ? AUTH_OK : AUTH_FAILED, NULL);
+    finish(a, ok ? AUTH_OK : AUTH_FAILED, tampered ? "tampered" : NULL);
+}
+
+/* Whether the stored secret (the hash, or with cram the CRAM-MD5 secret) of
+ * a user who exists carries the tag `sealpost users` made (issue 18): a user
+ * added or changed in Redis by hand has none that holds, and logs in as an
+ * unknown one would not. Logged once per attempt. */
+static bool user_tampered(const auth_exchange_t *a, const queue_user_t *user, bool cram)
+{
+    const char *secret = cram ? user->cram : user->hash;
+    if (!secret[0]) return false; /* no such user, or no secret: fails as it is */
+    keydir_item_t it = {.kind = cram ? KEYDIR_ITEM_CRAM : KEYDIR_ITEM_USER,
+                        .name = a->login,
+                        .data = secret,
+                        .len = strlen(secret)};
+    const char *tag = cram ? user->cram_tag : user->hash_tag;
+    int v = tag[0] ? keydir_item_verify(a->ingress->seal, &it, tag) : 0;
+    if (v == 1) return false;
+    char safe[LOG_SAFE_MAX];
+    log_warn("event=user_tampered client=%s user=%s why=%s", a->peer, log_addr(a->login, safe),
+             !tag[0]  ? "no_tag"
+             : v == 0 ? "tag_bad"
+                      : "tag_key_unknown");
+    return true;
 }
 
 /* The user's record is in: the CRAM-MD5 digest is checked here (an HMAC is
  * cheap), a password in the thread pool. An unknown user is checked against
- * a hash nobody matches, so the reply takes as long as for a known one. */
+ * a hash nobody matches, so the reply takes as long as for a known one; so
+ * is a user whose record fails its tag. */
 static void on_user(int status, const char *err, const queue_user_t *user, void *arg)
 {
     struct attempt *at = arg;
@@ -177,18 +203,22 @@ static void on_user(int status, const char *err, const queue_user_t *user, void 
         why = "rate_limited";
     } else if (at->cram) {
         char expected[33];
+        bool tampered = user_tampered(a, user, true);
         password_cram_md5(user->cram, strlen(user->cram), a->challenge, strlen(a->challenge),
                           expected);
-        result = user->cram[0] && expected[0] && password_equal(expected, at->secret) ? AUTH_OK
-                                                                                      : AUTH_FAILED;
+        result = !tampered && user->cram[0] && expected[0] && password_equal(expected, at->secret)
+                     ? AUTH_OK
+                     : AUTH_FAILED;
+        if (tampered) why = "tampered";
     } else if (ingress->verifying >= AUTH_MAX_VERIFYING) {
         /* Each check holds 64 MiB and a pool thread for tens of ms: past a
          * few at once, more would only queue up and starve the others. */
         uncount(a);
         why = "busy";
     } else {
+        at->tampered = user_tampered(a, user, false);
         snprintf(at->hash, sizeof at->hash, "%s",
-                 user->hash[0] ? user->hash : password_dummy_hash());
+                 user->hash[0] && !at->tampered ? user->hash : password_dummy_hash());
         at->work.data = at;
         if (uv_queue_work(ingress->loop, &at->work, verify_in_thread, after_verify) == 0) {
             ingress->verifying++;

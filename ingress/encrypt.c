@@ -13,6 +13,15 @@
  * on every node within about this long. */
 #define KEYS_POLL_MS    250
 #define KEYDIR_CAPACITY 8192
+/* A version ahead of the index's seal is a write between its two steps
+ * (the change, then the seal: cmd/keys.c); one that stays so this long was
+ * not ours, or its writer died: the directory counts as tampered with. */
+#define UNSEALED_GRACE_MS 10000
+/* Lookups that wait for the first index (just after a start), at most: past
+ * it, 451 at once. */
+#define WAITING_MAX 1024
+
+struct lookup;
 
 static const char *const decision_names[DECISIONS] = {"plain", "encrypt", "refused", "in_doubt"};
 static const char *const outcome_names[] = {[GATEWAY_PLAIN] = "plain",
@@ -48,6 +57,21 @@ struct encrypt {
      * the engine call's time. */
     metric_t *ciphers[CIPHER_ENGINES][CIPHER_RESULTS];
     metric_t *cipher_seconds[CIPHER_ENGINES];
+
+    /* The directory's authentication (issue 18): the last index whose tag
+     * held, and what a failed check found. Until an index is taken, and
+     * while the directory counts as tampered with, every recipient gets 451. */
+    keydir_index_t *index;
+    long long index_version; /* the version it was sealed at */
+    long long highest;       /* the highest version taken: none below it is */
+    bool reading;            /* a key_directory call is out */
+    bool tampered;
+    char tamper_why[64];
+    long long tamper_logged;  /* 1 + the version last logged as tampered; 0: none */
+    uint64_t unsealed_since;  /* loop time the version first ran ahead of the seal; 0: not */
+    metric_t *tampered_total; /* findings: an index or an entry that failed its check */
+    struct lookup *waiting;   /* for the first index: sent once it is read */
+    unsigned n_waiting;
 };
 
 /* One engine call takes from about 0.1 ms (OpenSSL's CMS, librnp to
@@ -112,6 +136,12 @@ static void register_metrics(encrypt_t *e)
     e->pending = metric_gauge("sealpost_ingress_encryptions_pending",
                               "Messages being encrypted or waiting for a thread.", "");
     register_cipher_metrics(e);
+    e->tampered_total = metric_counter(
+        "sealpost_directory_tampered_total",
+        "Times the key directory in Redis failed its checks (an index whose tag does not hold, "
+        "a version gone back, an entry whose tag does not hold or that the index does not "
+        "list): each time, every recipient gets 451 until an authenticated version follows.",
+        "");
     e->remade = metric_counter("sealpost_ingress_gnupg_homes_remade_total",
                                "GnuPG homes of the encryption threads made again because they "
                                "had vanished (a cleaner of temporary files) or were in doubt.",
@@ -125,14 +155,94 @@ const char *encrypt_outcome_name(enum gateway_outcome outcome)
 
 /* ---- the directory's version ---- */
 
+/* The directory failed a check at version: nothing cached is used, every
+ * recipient gets 451 until an index at another version holds. Logged and
+ * counted once per version. */
+static void tamper(encrypt_t *e, long long version, const char *why)
+{
+    e->tampered = true;
+    snprintf(e->tamper_why, sizeof e->tamper_why, "%s", why);
+    keydir_drop(e->keydir);
+    if (e->tamper_logged == version + 1) return;
+    e->tamper_logged = version + 1;
+    metric_add(e->tampered_total, 1);
+    log_error("event=directory_tampered why=%s version=%lld highest=%lld", why, version,
+              e->highest);
+}
+
+/* Takes x (sealed at version) as the index every lookup is checked against. */
+static void take_index(encrypt_t *e, keydir_index_t *x, long long version)
+{
+    if (e->tampered) log_info("event=directory_verified version=%lld", version);
+    keydir_index_free(e->index);
+    e->index = x;
+    e->index_version = version;
+    if (version > e->highest) e->highest = version;
+    e->tampered = false;
+    e->unsealed_since = 0;
+    keydir_drop(e->keydir);
+    keydir_version(e->keydir, version);
+    log_debug("event=keys_changed version=%lld entries=%zu", version, keydir_index_size(x));
+}
+
+/* Why dir's index cannot be taken (NULL: it can; "" not yet: a write is
+ * between its change and its seal). A directory never written (version 0,
+ * nothing stored, no index) needs no seal: a fresh Redis just works. */
+static const char *judge_directory(encrypt_t *e, const queue_key_directory_t *dir,
+                                   const keydir_index_t *x)
+{
+    if (dir->sealed_version < 0)
+        return dir->version == 0 && dir->stored == 0 && dir->n == 0
+                   ? (e->highest > 0 ? "rollback" : NULL)
+                   : "unauthenticated";
+    int v = keydir_index_verify(e->ingress->seal, dir->sealed_version, x, dir->tag);
+    if (v == -2) return "";
+    if (v != 1) return v == 0 ? "index_tag_bad" : "index_key_unknown";
+    if (dir->sealed_version < e->highest) return "rollback";
+    if (dir->version < dir->sealed_version) return "version_behind_seal";
+    if (dir->version == dir->sealed_version) return NULL;
+    uint64_t now = uv_now(e->ingress->loop);
+    if (!e->unsealed_since) e->unsealed_since = now;
+    return now - e->unsealed_since >= UNSEALED_GRACE_MS ? "unsealed_change" : "";
+}
+
+static void release_waiting(encrypt_t *e);
+
+static void on_directory(int status, const char *err, const queue_key_directory_t *dir, void *arg)
+{
+    encrypt_t *e = arg;
+    e->reading = false;
+    if (status < 0) {
+        log_debug("event=keys_poll_failed error=\"%s\"", err);
+    } else {
+        keydir_index_t *x = keydir_index_new(dir->entries, dir->tags, dir->n);
+        const char *why = x ? judge_directory(e, dir, x) : "";
+        long long version = dir->sealed_version < 0 ? 0 : dir->sealed_version;
+        if (!why)
+            take_index(e, x, version);
+        else if (why[0])
+            tamper(e, dir->version, why);
+        if (why) keydir_index_free(x);
+    }
+    release_waiting(e);
+    e->ingress->check_stopped(e->ingress);
+}
+
 static void on_version(int status, const char *err, long long version, void *arg)
 {
     encrypt_t *e = arg;
     e->polling = false;
-    if (status == 0 && keydir_version(e->keydir, version))
-        log_debug("event=keys_changed version=%lld", version);
-    else if (status < 0)
+    if (status < 0) {
         log_debug("event=keys_poll_failed error=\"%s\"", err);
+    } else {
+        /* The version moved (or there is no index yet), or a change not
+         * sealed yet is being watched: the index is read and checked. One
+         * found bad at this very version is not read again. */
+        bool found_bad = e->tamper_logged == version + 1;
+        bool moved = (!e->index || version != e->index_version) && !found_bad;
+        if ((moved || (found_bad && e->unsealed_since)) && !e->reading)
+            e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
+    }
     e->ingress->check_stopped(e->ingress);
 }
 
@@ -174,8 +284,10 @@ void encrypt_reload(encrypt_t *e)
 
 bool encrypt_ready(const encrypt_t *e, const char **why)
 {
-    *why = e->homes_ok ? NULL : e->homes_problem;
-    return e->homes_ok;
+    *why = !e->homes_ok  ? e->homes_problem
+           : e->tampered ? "the key directory failed its checks (event=directory_tampered)"
+                         : NULL;
+    return !*why;
 }
 
 static void on_poll_timer(uv_timer_t *t)
@@ -205,6 +317,7 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
     }
     e->ingress = ingress;
     e->gnupg = !rnp;
+    e->highest = -1;
     register_metrics(e);
     e->homes_ok = true;
     check_homes(e);
@@ -231,13 +344,14 @@ void encrypt_stop(encrypt_t *e)
 
 bool encrypt_busy(const encrypt_t *e)
 {
-    return e->poll_open || e->polling;
+    return e->poll_open || e->polling || e->reading;
 }
 
 void encrypt_free(encrypt_t *e)
 {
     if (!e) return;
     keydir_free(e->keydir);
+    keydir_index_free(e->index);
     crypto_homes_remove(e->homes);
     free(e);
 }
@@ -251,6 +365,8 @@ struct lookup {
     char peer[64];
     encrypt_rcpt_cb cb;
     void *arg;
+    struct lookup *next; /* waiting for an index */
+    bool again;          /* sent again once, after the index was read anew */
 };
 
 /* The verdict from what is known of the address (keydir_decide: the
@@ -312,13 +428,97 @@ static keydir_key_t entry_key(const queue_found_key_t *f)
     return k;
 }
 
+/* Why an entry (present or not in Redis) disagrees with the index; NULL
+ * when it agrees: listed with a tag that holds, or neither there nor listed. */
+static const char *check_item(const encrypt_t *e, const keydir_item_t *it, bool present)
+{
+    char entry[PROTO_PATH_MAX + 32];
+    if (keydir_item_entry(it, entry, sizeof entry) < 0) return "entry_name_too_long";
+    const char *tag = keydir_index_find(e->index, entry);
+    if (!present) return tag ? "entry_missing" : NULL;
+    if (!tag) return "entry_not_listed";
+    int v = keydir_item_verify(e->ingress->seal, it, tag);
+    return v == 1 ? NULL : v == 0 ? "entry_tag_bad" : "entry_key_unknown";
+}
+
+static const char *check_setting(const encrypt_t *e, enum keydir_item_kind kind, const char *name,
+                                 const char *value)
+{
+    keydir_item_t it = {
+        .kind = kind, .name = name, .data = value, .len = value ? strlen(value) : 0};
+    return name[0] ? check_item(e, &it, value != NULL) : NULL;
+}
+
+/* What Redis said of addr, checked against the index: NULL when every part
+ * holds (the keys of both methods, the address's and its domain's policy
+ * and preference), else why not. */
+static const char *check_found(const encrypt_t *e, const char *addr, const queue_key_found_t *f)
+{
+    static const char *const methods[QUEUE_KEY_METHODS] = {"openpgp", "smime"};
+    const char *at = strrchr(addr, '@');
+    const char *domain = at ? at + 1 : "";
+    const char *why = NULL;
+    for (int m = 0; m < QUEUE_KEY_METHODS && !why; m++) {
+        const queue_found_key_t *k = &f->keys[m];
+        keydir_item_t it = {.kind = KEYDIR_ITEM_ADDRESS,
+                            .name = addr,
+                            .method = methods[m],
+                            .fpr = k->fpr,
+                            .expires = k->expires,
+                            .data = k->armored,
+                            .len = k->armored ? k->armored_len : 0};
+        why = check_item(e, &it, k->fpr[0] != 0);
+    }
+    if (!why) why = check_setting(e, KEYDIR_ITEM_POLICY, addr, f->addr_policy);
+    if (!why) why = check_setting(e, KEYDIR_ITEM_POLICY, domain, f->domain_policy);
+    if (!why) why = check_setting(e, KEYDIR_ITEM_PREFER, addr, f->addr_prefer);
+    if (!why) why = check_setting(e, KEYDIR_ITEM_PREFER, domain, f->domain_prefer);
+    return why;
+}
+
+/* The verdict while no index can be trusted: 451, never clear text. */
+static enum rcpt_verdict directory_in_doubt(encrypt_t *e, const char *addr, const char *peer,
+                                            const char *why)
+{
+    char safe[LOG_SAFE_MAX];
+    metric_add(e->decisions[DECIDE_UNKNOWN], 1);
+    log_debug("event=key_in_doubt client=%s rcpt=<%s> why=\"directory %s\"", peer,
+              log_addr(addr, safe), why);
+    return RCPT_IN_DOUBT;
+}
+
+static enum rcpt_verdict wait_for_index(encrypt_t *e, struct lookup *l);
+
 static void on_lookup(int status, const char *err, const queue_key_found_t *f, void *arg)
 {
     struct lookup *l = arg;
     encrypt_t *e = l->e;
+    if (status == 0 && e->index && !e->tampered && f->version > e->index_version && !l->again) {
+        /* newer than the index: read it now (the poll may not have yet),
+         * then look up once more; a version still ahead of its seal then
+         * gets 451 */
+        l->again = true;
+        encrypt_rcpt_cb cb = l->cb;
+        void *cb_arg = l->arg;
+        enum rcpt_verdict v = wait_for_index(e, l); /* which frees l unless pending */
+        if (v != RCPT_PENDING) cb(cb_arg, v, &(struct rcpt_key){0});
+        return;
+    }
     struct rcpt_key key = {0};
     enum rcpt_verdict v = RCPT_UNAVAILABLE;
-    if (status == 0) {
+    const char *why = NULL;
+    if (status == 0 && (!e->index || e->tampered)) {
+        v = directory_in_doubt(e, l->addr, l->peer, e->tampered ? e->tamper_why : "not read yet");
+    } else if (status == 0 && f->version != e->index_version) {
+        /* read at another version than the index's: being changed now */
+        v = directory_in_doubt(e, l->addr, l->peer, "changing");
+    } else if (status == 0 && (why = check_found(e, l->addr, f))) {
+        tamper(e, f->version, why);
+        char safe[LOG_SAFE_MAX];
+        log_warn("event=directory_entry_rejected rcpt=<%s> why=%s version=%lld",
+                 log_addr(l->addr, safe), why, f->version);
+        v = directory_in_doubt(e, l->addr, l->peer, why);
+    } else if (status == 0) {
         const config_t *cfg = e->ingress->cfg;
         keydir_entry_t entry = {
             .policy = keydir_policy(f->addr_policy, f->domain_policy, cfg->crypto.default_policy),
@@ -339,6 +539,55 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
     free(l);
 }
 
+static int send_lookup(struct lookup *l)
+{
+    const char *at = strrchr(l->addr, '@');
+    return queue_key_lookup(l->e->ingress->queue, l->addr, at ? at + 1 : "", on_lookup, l);
+}
+
+/* The first index was read (or could not be): the lookups that waited for
+ * it go to Redis now, or get 451 when there is still none to trust. */
+static void release_waiting(encrypt_t *e)
+{
+    struct lookup *l = e->waiting;
+    e->waiting = NULL;
+    e->n_waiting = 0;
+    while (l) {
+        struct lookup *next = l->next;
+        struct rcpt_key key = {0};
+        if (!e->index || e->tampered) {
+            l->cb(l->arg,
+                  directory_in_doubt(e, l->addr, l->peer,
+                                     e->tampered ? e->tamper_why : "not read yet"),
+                  &key);
+            free(l);
+        } else if (send_lookup(l) < 0) {
+            log_warn("event=keys_lookup_failed client=%s error=\"redis not connected\"", l->peer);
+            l->cb(l->arg, RCPT_UNAVAILABLE, &key);
+            free(l);
+        }
+        l = next;
+    }
+}
+
+/* A lookup waits for the index to be read (the first one, just after a
+ * start; or a newer one); bounded. Else 451 at once, and l freed. */
+static enum rcpt_verdict wait_for_index(encrypt_t *e, struct lookup *l)
+{
+    if (!e->reading && e->n_waiting < WAITING_MAX && queue_ready(e->ingress->queue))
+        e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
+    if (!e->reading || e->n_waiting >= WAITING_MAX) {
+        enum rcpt_verdict v =
+            directory_in_doubt(e, l->addr, l->peer, e->index ? "changing" : "not read yet");
+        free(l);
+        return v;
+    }
+    l->next = e->waiting;
+    e->waiting = l;
+    e->n_waiting++;
+    return RCPT_PENDING;
+}
+
 enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
                                struct rcpt_key *key, encrypt_rcpt_cb cb, void *arg)
 {
@@ -347,15 +596,16 @@ enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
     if (crypto_addr_canon(addr, cfg->crypto.case_insensitive, cfg->crypto.strip_detail, canon,
                           sizeof canon) < 0)
         snprintf(canon, sizeof canon, "%s", addr);
-    const keydir_entry_t *cached = keydir_get(e->keydir, canon);
+    if (e->tampered) return directory_in_doubt(e, canon, peer, e->tamper_why);
+    const keydir_entry_t *cached = e->index ? keydir_get(e->keydir, canon) : NULL;
     if (cached) return decide(e, canon, peer, cached, key);
     struct lookup *l = calloc(1, sizeof *l);
     if (!l) return RCPT_NO_MEMORY;
     *l = (struct lookup){.e = e, .cb = cb, .arg = arg};
     memcpy(l->addr, canon, sizeof l->addr);
     snprintf(l->peer, sizeof l->peer, "%s", peer);
-    const char *at = strrchr(canon, '@');
-    if (queue_key_lookup(e->ingress->queue, canon, at ? at + 1 : "", on_lookup, l) < 0) {
+    if (!e->index) return wait_for_index(e, l);
+    if (send_lookup(l) < 0) {
         log_warn("event=keys_lookup_failed client=%s error=\"redis not connected\"", peer);
         free(l);
         return RCPT_UNAVAILABLE;

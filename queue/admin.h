@@ -21,6 +21,17 @@ void queue_admin_close(queue_admin_t *a);
 /* Adds or replaces a user; cram NULL removes any CRAM-MD5 secret. */
 int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, const char *cram,
                          char *err, size_t errlen);
+/* Stores the tags of a user's hash and CRAM-MD5 secret (NULL: none), made
+ * by the caller (crypto/keydir.c), when the user is still stored with
+ * them: 1 done, 0 changed meanwhile (nothing written), -1 on error. A user
+ * without a tag that holds cannot log in (issue 18). */
+int queue_admin_user_tag(queue_admin_t *a, const char *name, const char *hash, const char *hash_tag,
+                         const char *cram, const char *cram_tag, char *err, size_t errlen);
+/* Calls cb for every user as stored (cram NULL: none); a cb's -1 stops. */
+int queue_admin_user_records(queue_admin_t *a,
+                             int (*cb)(const char *name, const char *hash, const char *cram,
+                                       void *arg),
+                             void *arg, char *err, size_t errlen);
 /* 1 when the user was there, 0 when not, -1 on error. */
 int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen);
 int queue_admin_stats(queue_admin_t *a, unsigned shards, queue_stats_t *out, char *err,
@@ -78,9 +89,29 @@ int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *met
 /* One line per setting: "target policy", then "target prefer method". */
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen);
 
+/* ---- the directory's authentication (issue 18) ---- */
+
+/* Calls cb with the index as key_directory reads it. */
+int queue_admin_key_directory(queue_admin_t *a, queue_key_directory_cb cb, void *arg, char *err,
+                              size_t errlen);
+/* What key_lookup reads for one canonical address (no domain), for cb. */
+int queue_admin_key_address(queue_admin_t *a, const char *addr, queue_key_cb cb, void *arg,
+                            char *err, size_t errlen);
+/* Calls cb for every policy (prefer false) and preference (prefer true). */
+int queue_admin_settings(queue_admin_t *a,
+                         void (*cb)(bool prefer, const char *name, const char *value, void *arg),
+                         void *arg, char *err, size_t errlen);
+/* Replaces the index (n entries, each with its tag) and its tag, sealed at
+ * sealed (>= version; above it the directory's version moves there): 1
+ * done, 0 the directory is no longer at version (nothing written: read it
+ * again), -1 on error. */
+int queue_admin_key_seal(queue_admin_t *a, long long version, long long sealed, const char *tag,
+                         const char *const *entries, const char *const *tags, size_t n, char *err,
+                         size_t errlen);
+
 /* ---- DKIM signing keys (dkim.c) ---- */
 
-/* Stores k's selector (domain, selector, algorithm, record, sealed; created
+/* Stores k's selector (domain, selector, algorithm, record, sealed, tag; created
  * and active are not read: Redis's clock says when, and the rules below
  * whether it signs). It becomes the active one of its algorithm when the
  * domain has none, else it is stored inactive; *active says which. A
@@ -95,6 +126,10 @@ int queue_admin_dkim_delete(queue_admin_t *a, const char *domain, const char *se
 /* Makes the selector the active one of its algorithm: 1, 0 no such, -1. */
 int queue_admin_dkim_activate(queue_admin_t *a, const char *domain, const char *selector, char *err,
                               size_t errlen);
+/* Stores tag for k's selector (sealpost dkim authenticate) when its sealed
+ * key is still k's: 1, 0 changed meanwhile (nothing written), -1. */
+int queue_admin_dkim_tag(queue_admin_t *a, const queue_dkim_key_t *k, const char *tag, char *err,
+                         size_t errlen);
 /* Calls cb for every stored key, by domain, then selector. */
 int queue_admin_dkim_list(queue_admin_t *a, void (*cb)(const queue_dkim_key_t *k, void *arg),
                           void *arg, char *err, size_t errlen);

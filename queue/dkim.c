@@ -71,8 +71,8 @@ static int dkim_key_malformed(queue_dkim_key_t *k, const char *why)
     return k->record ? 0 : -1;
 }
 
-/* One selector from six elements of dkim_get's reply: selector, algorithm,
- * created, active (1 or 0), record, sealed key. One that cannot be read is
+/* One selector from seven elements of dkim_get's reply: selector, algorithm,
+ * created, active (1 or 0), record, sealed key, tag. One that cannot be read is
  * taken as malformed (see queue.h); -1 only when memory ran out. */
 static int dkim_key_take(queue_dkim_key_t *k, const char *domain, redisReply *const *e)
 {
@@ -92,6 +92,7 @@ static int dkim_key_take(queue_dkim_key_t *k, const char *domain, redisReply *co
         snprintf(k->algorithm, sizeof k->algorithm, "?");
         return dkim_key_malformed(k, why);
     }
+    if (!reply_copy(e[6], k->tag, sizeof k->tag)) k->tag[0] = 0; /* too long: fails as none */
     k->record = reply_dup(e[4], NULL);
     k->sealed = reply_dup(e[5], &k->sealed_len);
     if (k->record && k->sealed) return 0;
@@ -119,8 +120,8 @@ static int dkim_domain_take(struct dkim_set *s, const redisReply *r, char out[25
  * one, or memory ran out. */
 static int dkim_set_take(struct dkim_set *s, const char *domain, const redisReply *r)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements % 6) return -1;
-    for (size_t i = 0; i < r->elements; i += 6) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 7) return -1;
+    for (size_t i = 0; i < r->elements; i += 7) {
         if (!dkim_set_room(s) || dkim_key_take(&s->keys[s->n], domain, r->element + i) < 0)
             return -1;
         s->n++;
@@ -240,10 +241,10 @@ int queue_dkim_keys(queue_t *q, queue_dkim_keys_cb cb, void *arg)
 int queue_admin_dkim_put(queue_admin_t *a, const queue_dkim_key_t *k, bool *active, char *err,
                          size_t errlen)
 {
-    const char *args[] = {k->domain, k->selector, k->algorithm, k->record, k->sealed};
+    const char *args[] = {k->domain, k->selector, k->algorithm, k->record, k->sealed, k->tag};
     size_t lens[] = {strlen(k->domain), strlen(k->selector), strlen(k->algorithm),
-                     strlen(k->record), k->sealed_len};
-    redisReply *r = queue_admin_call(a, FN_DKIM_PUT, &(key_ids_t){.domain = k->domain}, 5, args,
+                     strlen(k->record), k->sealed_len,       strlen(k->tag)};
+    redisReply *r = queue_admin_call(a, FN_DKIM_PUT, &(key_ids_t){.domain = k->domain}, 6, args,
                                      lens, err, errlen);
     if (!r) return -1;
     const char *said = r->type == REDIS_REPLY_STRING ? r->str : "";
@@ -319,6 +320,20 @@ static int dkim_read_all(queue_admin_t *a, struct dkim_set *s, char *err, size_t
         freeReplyObject(r);
     }
     freeReplyObject(domains);
+    return rc;
+}
+
+int queue_admin_dkim_tag(queue_admin_t *a, const queue_dkim_key_t *k, const char *tag, char *err,
+                         size_t errlen)
+{
+    const char *args[] = {k->selector, k->sealed, tag};
+    size_t lens[] = {strlen(k->selector), k->sealed_len, strlen(tag)};
+    redisReply *r = queue_admin_call(a, FN_DKIM_TAG, &(key_ids_t){.domain = k->domain}, 3, args,
+                                     lens, err, errlen);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+    if (rc < 0) snprintf(err, errlen, "unexpected dkim_tag reply");
+    freeReplyObject(r);
     return rc;
 }
 

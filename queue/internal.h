@@ -71,6 +71,7 @@ struct call {
         queue_blob_cb blob;
         queue_key_cb key;
         queue_version_cb version;
+        queue_key_directory_cb directory;
     } cb;
     void *arg;
     unsigned shard;
@@ -141,5 +142,8 @@ int fcall_keys(struct call *call, enum queue_fn fn, const key_ids_t *ids, int na
 struct call *call_status(queue_t *q, queue_status_cb cb, void *arg);
 /* A call whose reply is a version counter, for cb (keys.c); NULL when out of memory. */
 struct call *call_version(queue_t *q, queue_version_cb cb, void *arg);
+/* The index of a key_directory reply, its arrays for the caller to free;
+ * -1 when the reply is malformed or memory ran out (keys.c). */
+int key_directory_parse(const redisReply *r, queue_key_directory_t *out);
 
 #endif

@@ -5,6 +5,7 @@
  * stored how, the functions library alone knows. */
 #include "queue/internal.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,21 +71,29 @@ static void found_key(queue_found_key_t *k, redisReply **at)
     k->armored = reply_text(at[2], &k->armored_len);
 }
 
+/* key_lookup's reply as f (pointing into it); false when malformed. */
+static bool parse_found(const redisReply *reply, queue_key_found_t *f)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 11) return false;
+    *f = (queue_key_found_t){0};
+    size_t len;
+    f->version = reply_ll(reply->element[0], 0);
+    found_key(&f->keys[0], reply->element + 1);
+    f->addr_policy = reply_text(reply->element[4], &len);
+    f->domain_policy = reply_text(reply->element[5], &len);
+    found_key(&f->keys[1], reply->element + 6);
+    f->addr_prefer = reply_text(reply->element[9], &len);
+    f->domain_prefer = reply_text(reply->element[10], &len);
+    return true;
+}
+
 static void on_lookup_reply(struct call *call, redisReply *reply, const char *err)
 {
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 11) {
+    queue_key_found_t f;
+    if (!parse_found(reply, &f)) {
         call->cb.key(-1, reply ? "unexpected reply" : err, NULL, call->arg);
         return;
     }
-    queue_key_found_t f = {0};
-    size_t len;
-    f.version = reply_ll(reply->element[0], 0);
-    found_key(&f.keys[0], reply->element + 1);
-    f.addr_policy = reply_text(reply->element[4], &len);
-    f.domain_policy = reply_text(reply->element[5], &len);
-    found_key(&f.keys[1], reply->element + 6);
-    f.addr_prefer = reply_text(reply->element[9], &len);
-    f.domain_prefer = reply_text(reply->element[10], &len);
     call->cb.key(0, NULL, &f, call->arg);
 }
 
@@ -119,6 +128,132 @@ struct call *call_version(queue_t *q, queue_version_cb cb, void *arg)
 int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
 {
     return fcall_keys(call_version(q, cb, arg), FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
+}
+
+/* ---- the directory's index (issue 18) ---- */
+
+int key_directory_parse(const redisReply *r, queue_key_directory_t *out)
+{
+    *out = (queue_key_directory_t){.sealed_version = -1};
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[4]->type != REDIS_REPLY_ARRAY || r->element[4]->elements % 2)
+        return -1;
+    out->version = reply_ll(r->element[0], 0);
+    const char *sealed = reply_str(r->element[1]);
+    if (sealed[0]) {
+        out->sealed_version = reply_ll(r->element[1], -1);
+        out->tag = reply_str(r->element[2]);
+    }
+    out->stored = reply_ll(r->element[3], 0);
+    const redisReply *pairs = r->element[4];
+    out->n = pairs->elements / 2;
+    if (!out->n) return 0;
+    out->entries = calloc(out->n, sizeof *out->entries);
+    out->tags = calloc(out->n, sizeof *out->tags);
+    if (!out->entries || !out->tags) {
+        free(out->entries);
+        free(out->tags);
+        return -1;
+    }
+    for (size_t i = 0; i < out->n; i++) {
+        out->entries[i] = reply_str(pairs->element[2 * i]);
+        out->tags[i] = reply_str(pairs->element[2 * i + 1]);
+    }
+    return 0;
+}
+
+static void on_directory_reply(struct call *call, redisReply *reply, const char *err)
+{
+    queue_key_directory_t dir;
+    if (!reply || key_directory_parse(reply, &dir) < 0) {
+        call->cb.directory(-1, reply ? "unexpected reply" : err, NULL, call->arg);
+        return;
+    }
+    call->cb.directory(0, NULL, &dir, call->arg);
+    free(dir.entries);
+    free(dir.tags);
+}
+
+int queue_key_directory(queue_t *q, queue_key_directory_cb cb, void *arg)
+{
+    struct call *call = call_new(q, arg);
+    if (call) {
+        call->done = on_directory_reply;
+        call->cb.directory = cb;
+    }
+    return fcall_keys(call, FN_KEY_DIRECTORY, &(key_ids_t){0}, 0, NULL, NULL);
+}
+
+int queue_admin_key_directory(queue_admin_t *a, queue_key_directory_cb cb, void *arg, char *err,
+                              size_t errlen)
+{
+    redisReply *r =
+        queue_admin_call(a, FN_KEY_DIRECTORY, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (!r) return -1;
+    queue_key_directory_t dir;
+    int rc = key_directory_parse(r, &dir);
+    if (rc < 0)
+        snprintf(err, errlen, "unexpected key_directory reply");
+    else
+        cb(0, NULL, &dir, arg);
+    if (rc == 0) {
+        free(dir.entries);
+        free(dir.tags);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int queue_admin_key_address(queue_admin_t *a, const char *addr, queue_key_cb cb, void *arg,
+                            char *err, size_t errlen)
+{
+    const char *args[] = {addr, ""};
+    redisReply *r =
+        queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL, err, errlen);
+    if (!r) return -1;
+    queue_key_found_t f;
+    bool ok = parse_found(r, &f);
+    if (ok)
+        cb(0, NULL, &f, arg);
+    else
+        snprintf(err, errlen, "unexpected key_lookup reply");
+    freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+int queue_admin_key_seal(queue_admin_t *a, long long version, long long sealed, const char *tag,
+                         const char *const *entries, const char *const *tags, size_t n, char *err,
+                         size_t errlen)
+{
+    if (n > ((size_t)INT_MAX - 3) / 2) {
+        snprintf(err, errlen, "the index is too large");
+        return -1;
+    }
+    const char **args = calloc(3 + 2 * n, sizeof *args);
+    if (!args) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    char v[24], sv[24];
+    snprintf(v, sizeof v, "%lld", version);
+    snprintf(sv, sizeof sv, "%lld", sealed);
+    args[0] = v;
+    args[1] = sv;
+    args[2] = tag;
+    for (size_t i = 0; i < n; i++) {
+        args[3 + 2 * i] = entries[i];
+        args[4 + 2 * i] = tags[i];
+    }
+    redisReply *r = queue_admin_call(a, FN_KEY_SEAL, &(key_ids_t){0}, (int)(3 + 2 * n), args, NULL,
+                                     err, errlen);
+    free(args);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_STRING && !strcmp(r->str, "ok")        ? 1
+             : r->type == REDIS_REPLY_STRING && !strcmp(r->str, "changed") ? 0
+                                                                           : -1;
+    if (rc < 0) snprintf(err, errlen, "unexpected key_seal reply");
+    freeReplyObject(r);
+    return rc;
 }
 
 /* ---- the expiry index's backfill ---- */
@@ -502,6 +637,26 @@ int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *met
                            size_t errlen)
 {
     return setting_set(a, FN_PREFER_SET, target, method, err, errlen);
+}
+
+int queue_admin_settings(queue_admin_t *a,
+                         void (*cb)(bool prefer, const char *name, const char *value, void *arg),
+                         void *arg, char *err, size_t errlen)
+{
+    redisReply *r =
+        queue_admin_call(a, FN_POLICY_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY) {
+        if (r) snprintf(err, errlen, "unexpected policy_list reply");
+        freeReplyObject(r);
+        return -1;
+    }
+    for (int h = 0; h < 2; h++)
+        for (size_t i = 0; i + 1 < r->element[h]->elements; i += 2)
+            cb(h == 1, reply_str(r->element[h]->element[i]),
+               reply_str(r->element[h]->element[i + 1]), arg);
+    freeReplyObject(r);
+    return 0;
 }
 
 /* The lines of one hash's pairs: "field[ infix] value". */

@@ -179,6 +179,8 @@ typedef struct queue_user {
     char hash[128];            /* argon2id string; "" when there is no such user */
     char cram[QUEUE_CRAM_MAX]; /* the CRAM-MD5 secret, when asked for and the user has one */
     long long attempts;        /* from the client in the window, before this one */
+    char hash_tag[128];        /* the tag over name and hash (user_tag); "" when none */
+    char cram_tag[128];        /* ... over name and secret, when the secret was asked for */
 } queue_user_t;
 
 typedef struct queue_login {
@@ -250,6 +252,25 @@ typedef void (*queue_version_cb)(int status, const char *err, long long version,
 /* The directory's version: it changes with every import, deletion or policy. */
 int queue_key_version(queue_t *q, queue_version_cb cb, void *arg);
 
+/* The directory's index as Redis holds it (issue 18): every entry a node
+ * trusts, named ("a:<address>:<method>", "k:<id>", "p:<name>", "r:<name>"),
+ * with its tag, and the tag over the index and the version it was sealed
+ * at. queue/ only carries them: crypto/keydir.c makes and checks tags. */
+typedef struct queue_key_directory {
+    long long version;        /* the directory's version now */
+    long long sealed_version; /* the version the index was sealed at; -1: never sealed */
+    const char *tag;          /* the index's tag; NULL when never sealed */
+    long long stored;         /* keys, policies and preferences stored */
+    const char **entries;     /* n entry names, and their tags in tags */
+    const char **tags;
+    size_t n;
+} queue_key_directory_t;
+
+typedef void (*queue_key_directory_cb)(int status, const char *err,
+                                       const queue_key_directory_t *dir, void *arg);
+/* Reads the index in one call (key_directory); dir lives until cb returns. */
+int queue_key_directory(queue_t *q, queue_key_directory_cb cb, void *arg);
+
 /* ---- DKIM signing keys (dkim.c), which the workers sign with ---- */
 
 /* One stored key of a domain's selector. queue/ does not include crypto/,
@@ -270,6 +291,9 @@ typedef struct queue_dkim_key {
      * domain and selector hold what of them fits ("" for none), record
      * says why, sealed is NULL, and active says what the store said. */
     bool malformed;
+    /* The tag `sealpost dkim` made over domain, selector, algorithm, record
+     * and sealed key (issue 18); "" when the entry has none. */
+    char tag[128];
 } queue_dkim_key_t;
 
 typedef void (*queue_dkim_keys_cb)(int status, const char *err, const queue_dkim_key_t *keys,

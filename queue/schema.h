@@ -34,7 +34,8 @@ enum key_kind {
     /* SMTP users, {sealpost:auth}:<name> */
     KEY_USERS,
     KEY_CRAM,
-    KEY_FAIL, /* fail:<client> */
+    KEY_FAIL,      /* fail:<client> */
+    KEY_USER_MACS, /* the users' tags */
     /* the crypto side's, {sealpost:crypto}:<name> */
     KEY_SEALCHECK,
     KEY_ADDRESS, /* a:<address> */
@@ -45,6 +46,8 @@ enum key_kind {
     KEY_PREFER,
     KEY_EXPIRY_OPENPGP, /* the expiry index of the OpenPGP keys */
     KEY_EXPIRY_SMIME,   /* ... and of the certificates */
+    KEY_MACS,           /* the directory's index: entry -> tag */
+    KEY_DIRMAC,         /* the index's seal: version, tag */
     /* the DKIM signing keys, {sealpost:dkim}:<name> */
     KEY_DKIM_DOMAIN, /* d:<domain>, its selectors */
     KEY_DKIM_DOMAINS,
@@ -88,6 +91,8 @@ enum queue_fn {
     FN_USER_SET,
     FN_USER_DELETE,
     FN_USER_LIST,
+    FN_USER_TAG,
+    FN_USER_RECORDS,
     FN_SEAL_CHECK,
     FN_KEY_LOOKUP,
     FN_KEY_VERSION,
@@ -102,12 +107,15 @@ enum queue_fn {
     FN_KEY_INDEX,
     FN_KEY_SUMMARY,
     FN_KEY_ADDRESSES,
+    FN_KEY_DIRECTORY,
+    FN_KEY_SEAL,
     FN_DKIM_PUT,
     FN_DKIM_DELETE,
     FN_DKIM_ACTIVATE,
     FN_DKIM_DOMAINS,
     FN_DKIM_GET,
     FN_DKIM_VERSION,
+    FN_DKIM_TAG,
     FNS
 };
 

@@ -22,10 +22,12 @@ static void report_user(struct call *call, redisReply *reply, const char *err, q
 {
     if (!reply) {
         call->cb.user(-1, err, NULL, call->arg);
-    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5 ||
                !copy_field(reply->element[0], user->hash, sizeof user->hash) ||
                !copy_field(reply->element[1], user->cram, sizeof user->cram) ||
-               reply->element[2]->type != REDIS_REPLY_INTEGER) {
+               reply->element[2]->type != REDIS_REPLY_INTEGER ||
+               !copy_field(reply->element[3], user->hash_tag, sizeof user->hash_tag) ||
+               !copy_field(reply->element[4], user->cram_tag, sizeof user->cram_tag)) {
         call->cb.user(-1, "unexpected reply", NULL, call->arg);
     } else {
         user->attempts = reply->element[2]->integer;
@@ -69,6 +71,41 @@ int queue_admin_user_set(queue_admin_t *a, const char *name, const char *hash, c
         queue_admin_call(a, FN_USER_SET, &(key_ids_t){0}, cram ? 3 : 2, args, NULL, err, errlen);
     freeReplyObject(r);
     return r ? 0 : -1;
+}
+
+int queue_admin_user_tag(queue_admin_t *a, const char *name, const char *hash, const char *hash_tag,
+                         const char *cram, const char *cram_tag, char *err, size_t errlen)
+{
+    const char *args[] = {name, hash, hash_tag, cram ? cram : "", cram ? cram_tag : ""};
+    redisReply *r = queue_admin_call(a, FN_USER_TAG, &(key_ids_t){0}, 5, args, NULL, err, errlen);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_STRING && !strcmp(r->str, "ok")        ? 1
+             : r->type == REDIS_REPLY_STRING && !strcmp(r->str, "changed") ? 0
+                                                                           : -1;
+    if (rc < 0) snprintf(err, errlen, "unexpected user_tag reply");
+    freeReplyObject(r);
+    return rc;
+}
+
+int queue_admin_user_records(queue_admin_t *a,
+                             int (*cb)(const char *name, const char *hash, const char *cram,
+                                       void *arg),
+                             void *arg, char *err, size_t errlen)
+{
+    redisReply *r =
+        queue_admin_call(a, FN_USER_RECORDS, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_ARRAY && r->elements % 3 == 0 ? 0 : -1;
+    if (rc < 0) snprintf(err, errlen, "unexpected user_records reply");
+    for (size_t i = 0; rc == 0 && i < r->elements; i += 3) {
+        const char *cram = reply_str(r->element[i + 2]);
+        rc = cb(reply_str(r->element[i]), reply_str(r->element[i + 1]), cram[0] ? cram : NULL, arg);
+    }
+    for (size_t i = 2; i < r->elements; i += 3) /* the secrets: not left in freed memory */
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            sodium_memzero(r->element[i]->str, r->element[i]->len);
+    freeReplyObject(r);
+    return rc;
 }
 
 int queue_admin_user_delete(queue_admin_t *a, const char *name, char *err, size_t errlen)

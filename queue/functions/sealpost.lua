@@ -559,9 +559,10 @@ local function stats(keys, args)
           tonumber(oldest[2] or -1), now}
 end
 
--- KEYS: users, cram, fail
+-- KEYS: users, cram, fail, macs
 -- ARGV: name, limit, window_s, want_cram ('1' or '0')
--- Returns {argon2id hash or '', CRAM-MD5 secret or '', attempts before this one}.
+-- Returns {argon2id hash or '', CRAM-MD5 secret or '', attempts before this one,
+--          the hash's tag or '', the secret's tag or ''} (the tags: user_tag).
 -- An attempt counts from its start, so parallel sessions cannot all guess
 -- before any failure is recorded, and a client that hangs up mid-check has
 -- still spent one; auth_uncount takes back one that succeeded, or that was
@@ -570,13 +571,17 @@ end
 -- fixed window from the first attempt.
 local function auth_begin(keys, args)
   local before = tonumber(redis.call('GET', keys[3]) or '0')
-  if before >= tonumber(args[2]) then return {'', '', before} end
+  if before >= tonumber(args[2]) then return {'', '', before, '', ''} end
   if redis.call('INCR', keys[3]) == 1 then
     redis.call('EXPIRE', keys[3], tonumber(args[3]))
   end
-  local cram = ''
-  if args[4] == '1' then cram = redis.call('HGET', keys[2], args[1]) or '' end
-  return {redis.call('HGET', keys[1], args[1]) or '', cram, before}
+  local cram, cram_tag = '', ''
+  if args[4] == '1' then
+    cram = redis.call('HGET', keys[2], args[1]) or ''
+    cram_tag = redis.call('HGET', keys[4], 'c:' .. args[1]) or ''
+  end
+  return {redis.call('HGET', keys[1], args[1]) or '', cram, before,
+          redis.call('HGET', keys[4], 'h:' .. args[1]) or '', cram_tag}
 end
 
 -- KEYS: fail
@@ -585,12 +590,15 @@ local function auth_uncount(keys, args)
   return 'ok'
 end
 
--- KEYS: users, cram
+-- KEYS: users, cram, macs
 -- ARGV: name, argon2id hash[, CRAM-MD5 secret]
 -- Adds or replaces a user. Without a secret any old one goes, in the same
--- call: a user is never seen with a new hash and an old secret.
+-- call: a user is never seen with a new hash and an old secret. The old
+-- tags go too (an old hash and its tag put back would log in): the user
+-- cannot log in until user_tag has tagged the new ones.
 local function user_set(keys, args)
   if #args ~= 2 and #args ~= 3 then return mismatch('user_set') end
+  redis.call('HDEL', keys[3], 'h:' .. args[1], 'c:' .. args[1])
   redis.call('HSET', keys[1], args[1], args[2])
   if args[3] then
     redis.call('HSET', keys[2], args[1], args[3])
@@ -600,9 +608,10 @@ local function user_set(keys, args)
   return 'ok'
 end
 
--- KEYS: users, cram
+-- KEYS: users, cram, macs
 -- ARGV: name.  Returns 1 when the user was there, 0 when not.
 local function user_delete(keys, args)
+  redis.call('HDEL', keys[3], 'h:' .. args[1], 'c:' .. args[1])
   redis.call('HDEL', keys[2], args[1])
   return redis.call('HDEL', keys[1], args[1])
 end
@@ -614,6 +623,40 @@ local function user_list(keys, args)
   local out = {}
   for _, name in ipairs(redis.call('HKEYS', keys[1])) do
     out[#out + 1] = {name, redis.call('HEXISTS', keys[2], name)}
+  end
+  return out
+end
+
+-- KEYS: users, cram, macs
+-- ARGV: name, hash, its tag, CRAM-MD5 secret ('' for none), its tag ('' for none)
+-- Stores the tags the command line made (seal_mac over the name and the
+-- hash, and over the name and the secret) in macs as h:<name> and c:<name>,
+-- when the user is still stored with that hash and secret; else 'changed'
+-- with nothing written. Nodes let no user log in whose tag does not hold.
+local function user_tag(keys, args)
+  if #args ~= 5 then return mismatch('user_tag') end
+  if (redis.call('HGET', keys[1], args[1]) or '') ~= args[2]
+     or (redis.call('HGET', keys[2], args[1]) or '') ~= args[4] then
+    return 'changed'
+  end
+  redis.call('HSET', keys[3], 'h:' .. args[1], args[3])
+  if args[4] ~= '' then
+    redis.call('HSET', keys[3], 'c:' .. args[1], args[5])
+  else
+    redis.call('HDEL', keys[3], 'c:' .. args[1])
+  end
+  return 'ok'
+end
+
+-- KEYS: users, cram
+-- Returns {name, hash, CRAM-MD5 secret or '', ...} for every user: what
+-- `sealpost users authenticate` tags.
+local function user_records(keys, args)
+  local out = {}
+  for _, name in ipairs(redis.call('HKEYS', keys[1])) do
+    out[#out + 1] = name
+    out[#out + 1] = redis.call('HGET', keys[1], name)
+    out[#out + 1] = redis.call('HGET', keys[2], name) or ''
   end
   return out
 end
@@ -945,6 +988,46 @@ local function policy_list(keys, args)
   return {redis.call('HGETALL', keys[1]), redis.call('HGETALL', keys[2])}
 end
 
+-- The directory's authentication (issue 18): the command line that writes
+-- it keeps an index of every entry nodes trust, and seals the index:
+--   macs    hash  entry -> tag: 'a:<address>:<method>' (the address's key of
+--           that method), 'k:<id>' (a stored key), 'p:<name>' (a policy),
+--           'r:<name>' (a preference); each tag a MAC over the entry's name
+--           and content, made by the command line under the sealing key
+--   dirmac  hash  version (the directory's version the index was sealed at),
+--           tag (a MAC over that version and the whole index, sorted)
+-- Redis cannot make or check a tag: nodes check them (crypto/keydir.c), and
+-- answer 451 when a tag, the index or its version does not hold.
+
+-- KEYS: version, macs, dirmac, keys, policy, prefer
+-- Returns {version, the version sealed at or '', the index's tag or '',
+--          entries stored (keys, policies and preferences), {entry, tag, ...}}.
+local function key_directory(keys, args)
+  local sealed = redis.call('HMGET', keys[3], 'version', 'tag')
+  local stored = redis.call('SCARD', keys[4]) + redis.call('HLEN', keys[5])
+                 + redis.call('HLEN', keys[6])
+  return {redis.call('GET', keys[1]) or '0', sealed[1] or '', sealed[2] or '', stored,
+          redis.call('HGETALL', keys[2])}
+end
+
+-- KEYS: version, macs, dirmac
+-- ARGV: the version the caller read the directory at, the version to seal
+--       it at (that one, or above it: `keys authenticate` moves it, so that
+--       every node reads the index again), the index's tag, then entry,
+--       tag, ... (the whole index)
+-- Replaces the index and its seal when the directory is still at the
+-- version read; else 'changed' with nothing written (the caller reads again).
+local function key_seal(keys, args)
+  local read, new = tonumber(args[1]), tonumber(args[2])
+  if #args % 2 ~= 1 or not read or not new or new < read then return mismatch('key_seal') end
+  if tonumber(redis.call('GET', keys[1]) or '0') ~= read then return 'changed' end
+  redis.call('DEL', keys[2])
+  for i = 4, #args, 2 do redis.call('HSET', keys[2], args[i], args[i + 1]) end
+  if new ~= read then redis.call('SET', keys[1], args[2]) end
+  redis.call('HSET', keys[3], 'version', args[2], 'tag', args[3])
+  return 'ok'
+end
+
 -- The DKIM signing keys (queue/dkim.c), all under {sealpost:dkim}:
 --   d:<domain>  hash per selector S: S:algorithm ('ed25519' or 'rsa'),
 --               S:created (Unix time), S:record (the TXT record's text),
@@ -984,14 +1067,18 @@ local function dkim_name_ok(name)
 end
 
 -- KEYS: d, domains, version
--- ARGV: domain, selector, algorithm, record, sealed key
+-- ARGV: domain, selector, algorithm, record, sealed key[, tag]
+-- (the tag: seal_mac over the other five, made by the command line and kept
+-- as S:tag; workers use no key whose tag does not hold, issue 18)
 -- Stores a new selector; an error, with nothing written, when the domain or
 -- the selector is not a name (dkim_name_ok). It becomes the active one of its algorithm when
 -- the domain has none, else it waits, inactive, for dkim_activate. Returns
 -- 'active' or 'inactive', or with nothing written 'exists' (the selector is
 -- stored already) or 'full' (two of its algorithm are).
 local function dkim_put(keys, args)
-  if #args ~= 5 or not dkim_algorithm_known(args[3]) then return mismatch('dkim_put') end
+  if (#args ~= 5 and #args ~= 6) or not dkim_algorithm_known(args[3]) then
+    return mismatch('dkim_put')
+  end
   local selector, algorithm = args[2], args[3]
   if not dkim_name_ok(args[1]) then
     return redis.error_reply('ERR dkim_put: the domain is not lower-case letters, digits, ' ..
@@ -1011,6 +1098,7 @@ local function dkim_put(keys, args)
   redis.call('HSET', keys[1], selector .. ':algorithm', algorithm,
              selector .. ':created', redis.call('TIME')[1], selector .. ':record', args[4],
              selector .. ':key', args[5])
+  if args[6] then redis.call('HSET', keys[1], selector .. ':tag', args[6]) end
   local active = redis.call('HSETNX', keys[1], 'active:' .. algorithm, selector) == 1
   redis.call('SADD', keys[2], args[1])
   redis.call('INCR', keys[3])
@@ -1029,7 +1117,7 @@ local function dkim_delete(keys, args)
   local algorithm = redis.call('HGET', keys[1], selector .. ':algorithm')
   if not algorithm then return 0 end
   redis.call('HDEL', keys[1], selector .. ':algorithm', selector .. ':created',
-             selector .. ':record', selector .. ':key')
+             selector .. ':record', selector .. ':key', selector .. ':tag')
   if redis.call('HGET', keys[1], 'active:' .. algorithm) == selector then
     redis.call('HDEL', keys[1], 'active:' .. algorithm)
   end
@@ -1060,21 +1148,35 @@ local function dkim_domains(keys, args)
   return redis.call('SMEMBERS', keys[1])
 end
 
+-- KEYS: d, version
+-- ARGV: selector, sealed key as the caller read it, tag
+-- Stores the selector's tag (`sealpost dkim authenticate`) when its sealed
+-- key is still the one read, and moves the version so workers reload; 1, or
+-- 0 with nothing written.
+local function dkim_tag(keys, args)
+  if #args ~= 3 then return mismatch('dkim_tag') end
+  if redis.call('HGET', keys[1], args[1] .. ':key') ~= args[2] then return 0 end
+  redis.call('HSET', keys[1], args[1] .. ':tag', args[3])
+  redis.call('INCR', keys[2])
+  return 1
+end
+
 -- KEYS: d
 -- Returns {selector, algorithm, created, 1 when active else 0, record,
---          sealed key, ...}, six per selector, unsorted; {} for a domain
--- without keys.
+--          sealed key, tag or '', ...}, seven per selector, unsorted; {} for
+-- a domain without keys.
 local function dkim_get(keys, args)
   local out = {}
   for selector, algorithm in pairs(dkim_selectors(keys[1])) do
     local f = redis.call('HMGET', keys[1], selector .. ':created', selector .. ':record',
-                         selector .. ':key', 'active:' .. algorithm)
+                         selector .. ':key', 'active:' .. algorithm, selector .. ':tag')
     out[#out + 1] = selector
     out[#out + 1] = algorithm
     out[#out + 1] = f[1] or '0'
     out[#out + 1] = f[4] == selector and 1 or 0
     out[#out + 1] = f[2] or ''
     out[#out + 1] = f[3] or ''
+    out[#out + 1] = f[5] or ''
   end
   return out
 end
@@ -1103,6 +1205,9 @@ redis.register_function('auth_uncount', auth_uncount)
 redis.register_function('user_set', user_set)
 redis.register_function('user_delete', user_delete)
 redis.register_function{function_name = 'user_list', callback = user_list, flags = {'no-writes'}}
+redis.register_function('user_tag', user_tag)
+redis.register_function{function_name = 'user_records', callback = user_records,
+                        flags = {'no-writes'}}
 redis.register_function('seal_check', seal_check)
 redis.register_function{function_name = 'key_lookup', callback = key_lookup,
                         flags = {'no-writes'}}
@@ -1123,9 +1228,13 @@ redis.register_function('policy_set', policy_set)
 redis.register_function('prefer_set', prefer_set)
 redis.register_function{function_name = 'policy_list', callback = policy_list,
                         flags = {'no-writes'}}
+redis.register_function{function_name = 'key_directory', callback = key_directory,
+                        flags = {'no-writes'}}
+redis.register_function('key_seal', key_seal)
 redis.register_function('dkim_put', dkim_put)
 redis.register_function('dkim_delete', dkim_delete)
 redis.register_function('dkim_activate', dkim_activate)
+redis.register_function('dkim_tag', dkim_tag)
 redis.register_function{function_name = 'dkim_domains', callback = dkim_domains,
                         flags = {'no-writes'}}
 redis.register_function{function_name = 'dkim_get', callback = dkim_get, flags = {'no-writes'}}

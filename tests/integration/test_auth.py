@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, Sealpost, free_port, wait_for
+from conftest import BIN, SEAL_KEY, Sealpost, free_port, wait_for
 from smtpclient import Client, connect, expect
 from test_ingress_tls import make_cert, wrap
 
@@ -37,7 +37,9 @@ def auth_stack(stack, tmp_path):
 
 def users(stack, *args, stdin=None, check=True):
     conf = stack.tmp / "users.conf"
-    conf.write_text(f"[redis]\nurl = redis://127.0.0.1:{stack.redis.port}\n")
+    # the sealing key: `users add` tags what it stores (issue 18)
+    conf.write_text(f"[redis]\nurl = redis://127.0.0.1:{stack.redis.port}\n"
+                    f"[seal]\nkeys = {SEAL_KEY}\n")
     out = subprocess.run([BIN, "users", *args, "-c", str(conf)], input=stdin, text=True,
                          capture_output=True, timeout=30)
     if check:

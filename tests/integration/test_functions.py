@@ -26,7 +26,7 @@ def crypto(name):
     return f"{{sealpost:crypto}}:{name}"
 
 
-AUTH_KEYS = ["{sealpost:auth}:users", "{sealpost:auth}:cram"]
+AUTH_KEYS = ["{sealpost:auth}:users", "{sealpost:auth}:cram", "{sealpost:auth}:macs"]
 
 
 @pytest.fixture
@@ -382,20 +382,43 @@ def test_an_enqueue_without_its_counts_writes_nothing(r):
 # ---- users ----
 
 def test_user_set_and_delete(r):
-    assert r.fcall("user_set", 2, *AUTH_KEYS, "u@origin.test", "$argon2id$one", "secret") == b"ok"
+    assert r.fcall("user_set", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$one", "secret") == b"ok"
     assert r.hgetall(AUTH_KEYS[0]) == {b"u@origin.test": b"$argon2id$one"}
     assert r.hgetall(AUTH_KEYS[1]) == {b"u@origin.test": b"secret"}
-    r.fcall("user_set", 2, *AUTH_KEYS, "v@origin.test", "$argon2id$v")
+    r.fcall("user_set", 3, *AUTH_KEYS, "v@origin.test", "$argon2id$v")
     # replaced without a secret: the old secret goes with the old hash
-    r.fcall("user_set", 2, *AUTH_KEYS, "u@origin.test", "$argon2id$two")
+    r.fcall("user_set", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$two")
     assert r.hget(AUTH_KEYS[0], "u@origin.test") == b"$argon2id$two"
     assert r.hgetall(AUTH_KEYS[1]) == {}
-    r.fcall("user_set", 2, *AUTH_KEYS, "v@origin.test", "$argon2id$v", "vs")
-    listed = sorted((name, flag) for name, flag in r.fcall_ro("user_list", 2, *AUTH_KEYS))
+    r.fcall("user_set", 3, *AUTH_KEYS, "v@origin.test", "$argon2id$v", "vs")
+    listed = sorted((name, flag) for name, flag in r.fcall_ro("user_list", 2, *AUTH_KEYS[:2]))
     assert listed == [(b"u@origin.test", 0), (b"v@origin.test", 1)]
-    assert r.fcall("user_delete", 2, *AUTH_KEYS, "v@origin.test") == 1
-    assert r.fcall("user_delete", 2, *AUTH_KEYS, "v@origin.test") == 0
+    assert r.fcall("user_delete", 3, *AUTH_KEYS, "v@origin.test") == 1
+    assert r.fcall("user_delete", 3, *AUTH_KEYS, "v@origin.test") == 0
     assert r.hkeys(AUTH_KEYS[0]) == [b"u@origin.test"] and r.hgetall(AUTH_KEYS[1]) == {}
+
+
+def test_user_tag_only_over_what_is_stored(r):
+    """user_tag writes the tags only for the hash and secret still stored;
+    user_set and user_delete drop a user's old tags, so an old hash put back
+    with its old tag cannot log in (issue 18)."""
+    r.fcall("user_set", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$one", "secret")
+    assert r.fcall("user_tag", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$other", "t1",
+                   "secret", "t2") == b"changed"
+    assert r.hgetall(AUTH_KEYS[2]) == {}
+    assert r.fcall("user_tag", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$one", "t1",
+                   "secret", "t2") == b"ok"
+    assert r.hgetall(AUTH_KEYS[2]) == {b"h:u@origin.test": b"t1", b"c:u@origin.test": b"t2"}
+    assert r.fcall_ro("user_records", 2, *AUTH_KEYS[:2]) == [b"u@origin.test", b"$argon2id$one",
+                                                             b"secret"]
+    reply = r.fcall("auth_begin", 4, AUTH_KEYS[0], AUTH_KEYS[1], "{sealpost:auth}:fail:c",
+                    AUTH_KEYS[2], "u@origin.test", 5, 60, "1")
+    assert reply == [b"$argon2id$one", b"secret", 0, b"t1", b"t2"]
+    r.fcall("user_set", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$two")
+    assert r.hgetall(AUTH_KEYS[2]) == {}
+    r.fcall("user_tag", 3, *AUTH_KEYS, "u@origin.test", "$argon2id$two", "t3", "", "")
+    assert r.fcall("user_delete", 3, *AUTH_KEYS, "u@origin.test") == 1
+    assert r.hgetall(AUTH_KEYS[2]) == {}
 
 
 # ---- the key directory ----

@@ -224,9 +224,12 @@ def test_the_cli_writes_users_keys_and_policies_on_a_fresh_cluster(tmp_path, clu
     command line loads it on the masters it writes to (those of
     {sealpost:auth} and {sealpost:crypto}), and each of its calls stays in
     the slot of its hash tag."""
+    from conftest import SEAL_KEY
     from pgp import Person
     config = tmp_path / "cli.conf"
-    config.write_text(f"[redis]\nurl = redis://127.0.0.1:{cluster.ports[0]}\ntimeout_ms = 3000\n")
+    # the sealing key: `sealpost keys` tags and seals what it writes (issue 18)
+    config.write_text(f"[redis]\nurl = redis://127.0.0.1:{cluster.ports[0]}\ntimeout_ms = 3000\n"
+                      f"[seal]\nkeys = {SEAL_KEY}\n")
 
     def cli(*args, stdin=None):
         return subprocess.run([BIN, *args, "-c", str(config)], input=stdin, capture_output=True,

@@ -154,10 +154,17 @@ static bool start_redis(const char *program)
     return h.redis_ctx != NULL;
 }
 
+/* Stored as `sealpost users add` stores it: with its tag (issue 18). */
 static void put_user(void)
 {
-    char err[300];
-    if (queue_admin_user_set(h.admin, TEST_USER, h.user_hash, NULL, err, sizeof err) < 0)
+    char err[300], tag[SEAL_MAC_LEN + 1];
+    keydir_item_t it = {.kind = KEYDIR_ITEM_USER,
+                        .name = TEST_USER,
+                        .data = h.user_hash,
+                        .len = strlen(h.user_hash)};
+    keydir_item_tag(h.seal, &it, tag);
+    if (queue_admin_user_set(h.admin, TEST_USER, h.user_hash, NULL, err, sizeof err) < 0 ||
+        queue_admin_user_tag(h.admin, TEST_USER, h.user_hash, tag, NULL, NULL, err, sizeof err) < 1)
         fail_msg("adding the test user: %s", err);
 }
 
@@ -329,11 +336,58 @@ void server_stop_at(const char *file, int line)
     fail_at(file, line);
 }
 
+/* The directory's index over its policies (these tests store no keys), as
+ * `sealpost keys` seals it after each write (issue 18). */
+struct settings {
+    char entries[16][320], tags[16][SEAL_MAC_LEN + 1];
+    const char *entry_of[16], *tag_of[16];
+    size_t n;
+    long long version;
+};
+
+static void add_setting(bool prefer, const char *name, const char *value, void *arg)
+{
+    struct settings *st = arg;
+    if (st->n == 16) return;
+    keydir_item_t it = {.kind = prefer ? KEYDIR_ITEM_PREFER : KEYDIR_ITEM_POLICY,
+                        .name = name,
+                        .data = value,
+                        .len = strlen(value)};
+    keydir_item_entry(&it, st->entries[st->n], sizeof st->entries[st->n]);
+    keydir_item_tag(h.seal, &it, st->tags[st->n]);
+    st->entry_of[st->n] = st->entries[st->n];
+    st->tag_of[st->n] = st->tags[st->n];
+    st->n++;
+}
+
+static void read_version(int status, const char *err, const queue_key_directory_t *dir, void *arg)
+{
+    (void)status, (void)err;
+    ((struct settings *)arg)->version = dir->version;
+}
+
+static void seal_settings(void)
+{
+    static struct settings st;
+    char err[300], tag[SEAL_MAC_LEN + 1];
+    st = (struct settings){0};
+    keydir_index_t *x = NULL;
+    if (queue_admin_key_directory(h.admin, read_version, &st, err, sizeof err) < 0 ||
+        queue_admin_settings(h.admin, add_setting, &st, err, sizeof err) < 0 ||
+        !(x = keydir_index_new(st.entry_of, st.tag_of, st.n)) ||
+        keydir_index_tag(h.seal, st.version, x, tag) < 0 ||
+        queue_admin_key_seal(h.admin, st.version, st.version, tag, st.entry_of, st.tag_of, st.n,
+                             err, sizeof err) < 1)
+        fail_msg("sealing the directory: %s", err);
+    keydir_index_free(x);
+}
+
 void server_set_policy(const char *target, const char *policy)
 {
     char err[300];
     if (queue_admin_policy_set(h.admin, target, policy, err, sizeof err) < 0)
         fail_msg("setting the policy of %s: %s", target, err);
+    seal_settings();
 }
 
 /* ---- the client ---- */

@@ -1243,6 +1243,91 @@ static enum crypto_decision decide_at(const keydir_entry_t *e, long long now)
     return keydir_decide(e, now, &m, why, sizeof why);
 }
 
+/* The directory's authentication: an entry's tag binds its name and
+ * content, so one moved onto another name, or changed, fails; the index's
+ * tag binds every entry and tag and the version it was sealed at. */
+static void test_keydir_item_tags(void **state)
+{
+    (void)state;
+    char err[256], tag[SEAL_MAC_LEN + 1], entry[128];
+    seal_keyring_t *k = seal_keyring_load(KEY_A, NULL, err, sizeof err);
+    keydir_item_t alice = {.kind = KEYDIR_ITEM_ADDRESS,
+                           .name = "alice@x.test",
+                           .method = "openpgp",
+                           .fpr = "AAAA",
+                           .expires = 0,
+                           .data = "key-a",
+                           .len = 5};
+    assert_int_equal(keydir_item_entry(&alice, entry, sizeof entry), 0);
+    assert_string_equal(entry, "a:alice@x.test:openpgp");
+    assert_int_equal(keydir_item_entry(&alice, entry, 8), -1);
+    keydir_item_tag(k, &alice, tag);
+    assert_int_equal(keydir_item_verify(k, &alice, tag), 1);
+    keydir_item_t moved = alice; /* mallory's entry renamed onto alice's */
+    moved.name = "mallory@x.test";
+    assert_int_equal(keydir_item_verify(k, &moved, tag), 0);
+    keydir_item_t swapped = alice;
+    swapped.data = "key-m";
+    assert_int_equal(keydir_item_verify(k, &swapped, tag), 0);
+    swapped = alice;
+    swapped.expires = 1;
+    assert_int_equal(keydir_item_verify(k, &swapped, tag), 0);
+    swapped = alice;
+    swapped.method = "smime";
+    assert_int_equal(keydir_item_verify(k, &swapped, tag), 0);
+    /* a policy's tag is for its value and its name */
+    keydir_item_t p = {
+        .kind = KEYDIR_ITEM_POLICY, .name = "alice@x.test", .data = "required", .len = 8};
+    keydir_item_tag(k, &p, tag);
+    assert_int_equal(keydir_item_verify(k, &p, tag), 1);
+    p.data = "never";
+    p.len = 5;
+    assert_int_equal(keydir_item_verify(k, &p, tag), 0);
+    p.kind = KEYDIR_ITEM_PREFER; /* the same text as another kind */
+    assert_int_equal(keydir_item_verify(k, &p, tag), 0);
+    seal_keyring_free(k);
+}
+
+static void test_keydir_index(void **state)
+{
+    (void)state;
+    char err[256], tag[SEAL_MAC_LEN + 1];
+    seal_keyring_t *k = seal_keyring_load(KEY_A, NULL, err, sizeof err);
+    const char *entries[] = {"p:x.test", "a:b@x.test:openpgp", "k:F1"};
+    const char *tags[] = {"t1", "t2", "t3"};
+    keydir_index_t *x = keydir_index_new(entries, tags, 3);
+    assert_non_null(x);
+    assert_int_equal(keydir_index_size(x), 3);
+    assert_string_equal(keydir_index_entry(x, 0), "a:b@x.test:openpgp"); /* sorted */
+    assert_string_equal(keydir_index_find(x, "k:F1"), "t3");
+    assert_null(keydir_index_find(x, "k:F2"));
+    assert_int_equal(keydir_index_tag(k, 7, x, tag), 0);
+    assert_int_equal(keydir_index_verify(k, 7, x, tag), 1);
+    assert_int_equal(keydir_index_verify(k, 6, x, tag), 0); /* another version */
+    /* the same entries given in another order: the same index */
+    const char *e2[] = {"k:F1", "p:x.test", "a:b@x.test:openpgp"};
+    const char *t2[] = {"t3", "t1", "t2"};
+    keydir_index_t *y = keydir_index_new(e2, t2, 3);
+    assert_int_equal(keydir_index_verify(k, 7, y, tag), 1);
+    keydir_index_free(y);
+    /* one entry fewer (a deletion), or one tag changed: fails */
+    y = keydir_index_new(entries, tags, 2);
+    assert_int_equal(keydir_index_verify(k, 7, y, tag), 0);
+    keydir_index_free(y);
+    const char *t3[] = {"t1", "t2", "t4"};
+    y = keydir_index_new(entries, t3, 3);
+    assert_int_equal(keydir_index_verify(k, 7, y, tag), 0);
+    keydir_index_free(y);
+    /* the empty index has a tag too */
+    y = keydir_index_new(NULL, NULL, 0);
+    assert_null(keydir_index_find(y, "k:F1"));
+    assert_int_equal(keydir_index_tag(k, 0, y, tag), 0);
+    assert_int_equal(keydir_index_verify(k, 0, y, tag), 1);
+    keydir_index_free(y);
+    keydir_index_free(x);
+    seal_keyring_free(k);
+}
+
 static void test_keydir_versions_and_decisions(void **state)
 {
     (void)state;
@@ -1425,6 +1510,8 @@ int main(void)
         cmocka_unit_test(test_gpgme_keeps_the_keys_of_the_job),
         cmocka_unit_test(test_addr_canon),
         cmocka_unit_test(test_keydir_versions_and_decisions),
+        cmocka_unit_test(test_keydir_item_tags),
+        cmocka_unit_test(test_keydir_index),
         cmocka_unit_test(test_keydir_chooses_by_preference),
         cmocka_unit_test(test_gateway_without_keys_seals_the_original),
         cmocka_unit_test(test_gateway_clear_copy_has_no_bcc),
