@@ -175,6 +175,7 @@ static int load_redis(const char *redis_lines, config_t *cfg, redis_endpoint_t *
                       size_t errlen)
 {
     char text[2048], path[64];
+    memset(ep, 0, sizeof *ep);
     snprintf(text, sizeof text, "[redis]\n%s", redis_lines);
     if (load_text(text, cfg, err, errlen, path) < 0) return -1;
     return config_redis_endpoint(cfg, ep, err, errlen);
