@@ -244,12 +244,15 @@ static void start_tls(rconn_t *c)
     if (stream_start_tls(c->stream, c->tls_ctx, &how) < 0) drop(c, "TLS: cannot start");
 }
 
-static void on_auth_reply(redisReply *reply, const char *err, void *arg)
+/* The reply to AUTH, or to the PING that stands for it without a password:
+ * an error to AUTH (WRONGPASS, ERR) and NOAUTH to PING (Redis wants a
+ * password we do not have) end the attempt, with the reply as the reason. */
+static void on_login_reply(redisReply *reply, const char *err, void *arg)
 {
     rconn_t *c = arg;
     (void)err;
     if (!reply) return; /* the connection is being dropped: drop says why */
-    if (reply->type == REDIS_REPLY_ERROR) {
+    if (reply->type == REDIS_REPLY_ERROR && (c->ep.pass[0] || !strncmp(reply->str, "NOAUTH", 6))) {
         char why[256];
         snprintf(why, sizeof why, "AUTH: %s", reply->str);
         drop(c, why);
@@ -258,21 +261,23 @@ static void on_auth_reply(redisReply *reply, const char *err, void *arg)
     on_connected(c);
 }
 
-/* AUTH first, when there is a password: "AUTH user password" for an ACL
- * user, "AUTH password" for the default one. */
+/* AUTH first: "AUTH user password" for an ACL user, "AUTH password" for
+ * the default one; without a password a PING, so that a Redis asking for
+ * one says so now rather than to each later command. */
 static void log_in(rconn_t *c)
 {
-    if (!c->ep.pass[0]) {
-        on_connected(c);
-        return;
+    const char *argv[] = {"PING", NULL, NULL};
+    int argc = 1;
+    if (c->ep.pass[0]) {
+        argv[0] = "AUTH";
+        argv[1] = c->ep.user[0] ? c->ep.user : c->ep.pass;
+        argv[2] = c->ep.pass;
+        argc = c->ep.user[0] ? 3 : 2;
     }
-    const char *argv[] = {"AUTH", c->ep.user, c->ep.pass};
-    int argc = c->ep.user[0] ? 3 : 2;
-    if (argc == 2) argv[1] = c->ep.pass;
     char *cmd = NULL;
     int len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
     if (len < 0 || stream_write_owned(c->stream, cmd, (size_t)len) < 0 ||
-        expect_reply(c, on_auth_reply, c) < 0)
+        expect_reply(c, on_login_reply, c) < 0)
         drop(c, "out of memory");
 }
 

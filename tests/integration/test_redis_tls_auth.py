@@ -266,6 +266,17 @@ def test_a_wrong_password_is_said_once_and_the_node_is_not_ready(tls_redis, pki,
     assert_no_secret(nodes.logs(), stats.stdout, stats.stderr)
 
 
+def test_no_password_where_redis_wants_one(tls_redis, pki, make_nodes):
+    nodes = make_nodes(tls_redis, f"url = rediss://127.0.0.1:{tls_redis.port}\n"
+                                  f"tls_ca_file = {pki['ca']}\n")
+    ingress = nodes.start("ingress", "ingress", nodes.metrics_port)
+    wait_for(lambda: "NOAUTH" in ingress.read_log(), what="Redis asking for a login")
+    status, body = readyz(nodes.metrics_port)
+    assert status == 503 and "NOAUTH" in body, body
+    stats = nodes.cli("queue", "stats")
+    assert stats.returncode != 0 and "NOAUTH" in stats.stderr, stats.stderr
+
+
 def tls_redis_log_count(redis):
     """How many logins Redis refused (ACL LOG groups them, with a count)."""
     r = redis_py.Redis(port=redis.port, ssl=True, ssl_cert_reqs="none", username=USER,
