@@ -96,7 +96,8 @@ static int tcp_connect(const char *host, int port, const struct timeval *tv, cha
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, sizeof *tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, sizeof *tv); /* connect's too */
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-            snprintf(err, errlen, "%s", strerror(errno));
+            /* SO_SNDTIMEO ran out: the connect is given up, not in progress */
+            snprintf(err, errlen, "%s", errno == EINPROGRESS ? "timed out" : strerror(errno));
             close(fd);
             fd = -1;
         }
