@@ -168,6 +168,123 @@ static void test_config_good_file(void **state)
     assert_int_equal(hp.port, 7000);
 }
 
+/* ------------------------------------------------------------ redis login */
+
+/* Loads a configuration whose [redis] section is redis_lines and fills ep. */
+static int load_redis(const char *redis_lines, config_t *cfg, redis_endpoint_t *ep, char *err,
+                      size_t errlen)
+{
+    char text[2048], path[64];
+    memset(ep, 0, sizeof *ep);
+    snprintf(text, sizeof text, "[redis]\n%s", redis_lines);
+    if (load_text(text, cfg, err, errlen, path) < 0) return -1;
+    return config_redis_endpoint(cfg, ep, err, errlen);
+}
+
+static void test_config_redis_url_login(void **state)
+{
+    (void)state;
+    config_t cfg;
+    redis_endpoint_t ep;
+    char err[512];
+    assert_int_equal(
+        load_redis("url = redis://ingress:s%40cr%3At@10.0.0.5:6390\n", &cfg, &ep, err, sizeof err),
+        0);
+    assert_string_equal(ep.host, "10.0.0.5");
+    assert_int_equal(ep.port, 6390);
+    assert_string_equal(ep.user, "ingress");
+    assert_string_equal(ep.pass, "s@cr:t"); /* RFC 3986 userinfo, percent-decoded */
+    assert_false(ep.tls);
+
+    assert_int_equal(load_redis("url = rediss://:pw@redis.test/0\n", &cfg, &ep, err, sizeof err),
+                     0);
+    assert_true(ep.tls);
+    assert_string_equal(ep.host, "redis.test");
+    assert_int_equal(ep.port, 6379);
+    assert_string_equal(ep.user, "");
+    assert_string_equal(ep.pass, "pw");
+
+    assert_int_equal(load_redis("url = redis://[::1]:7000\n", &cfg, &ep, err, sizeof err), 0);
+    assert_string_equal(ep.host, "::1");
+    assert_string_equal(ep.pass, "");
+}
+
+static void test_config_redis_url_bad(void **state)
+{
+    (void)state;
+    config_t cfg;
+    redis_endpoint_t ep;
+    char err[512];
+    static const char *const bad[] = {
+        "url = http://h:1\n",
+        "url = redis://u:p%4@h:1\n",
+        "url = redis://u:p%00@h:1\n",
+        "url = redis://h:1/3\n",
+        "url = redis://u@h:1\n",
+        "url = redis://u:p@:1\n",
+        "url = redis://h:1\ntls_ca_file = /x\n",
+        "url = rediss://h:1\ntls_cert = /x\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (load_redis(bad[i], &cfg, &ep, err, sizeof err) == 0) fail_msg("accepted: %s", bad[i]);
+        assert_contains(err, "[redis]");
+    }
+}
+
+static void test_config_redis_password_file(void **state)
+{
+    (void)state;
+    config_t cfg;
+    redis_endpoint_t ep;
+    char err[512], pwfile[64], lines[256];
+    write_temp("hunter2\n", pwfile);
+    snprintf(lines, sizeof lines,
+             "url = rediss://127.0.0.1:6400\nusername = worker\n"
+             "password_file = %s\ntls_server_name = redis.test\n",
+             pwfile);
+    assert_int_equal(load_redis(lines, &cfg, &ep, err, sizeof err), 0);
+    assert_string_equal(ep.user, "worker");
+    assert_string_equal(ep.pass, "hunter2"); /* the trailing newline is not part of it */
+    assert_string_equal(ep.server_name, "redis.test");
+
+    /* check-config shows where the password is, never what it is */
+    buf_t out;
+    buf_init(&out);
+    config_print(&cfg, &out);
+    buf_append(&out, "", 1);
+    assert_null(strstr(out.data, "hunter2"));
+    assert_contains(out.data, pwfile);
+    buf_free(&out);
+    unlink(pwfile);
+
+    assert_int_equal(load_redis(lines, &cfg, &ep, err, sizeof err), -1);
+    assert_contains(err, "password_file");
+    assert_contains(err, pwfile);
+}
+
+static void test_config_redis_url_printed_without_password(void **state)
+{
+    (void)state;
+    config_t cfg;
+    redis_endpoint_t ep;
+    char err[512];
+    assert_int_equal(
+        load_redis("url = rediss://ingress:topsecret@127.0.0.1:6400\n", &cfg, &ep, err, sizeof err),
+        0);
+    buf_t out;
+    buf_init(&out);
+    config_print(&cfg, &out);
+    buf_append(&out, "", 1);
+    assert_null(strstr(out.data, "topsecret"));
+    assert_contains(out.data, "url = rediss://ingress:(set)@127.0.0.1:6400");
+    buf_free(&out);
+
+    assert_int_equal(setenv("SEALPOST_REDIS_URL", "redis://:envpw@127.0.0.2:6401", 1), 0);
+    assert_int_equal(load_redis("", &cfg, &ep, err, sizeof err), 0);
+    assert_string_equal(ep.host, "127.0.0.2");
+    assert_string_equal(ep.pass, "envpw");
+}
+
 static void test_config_unknown_key(void **state)
 {
     (void)state;
@@ -597,6 +714,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_print_roundtrip, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_openpgp_engine, config_setup, config_teardown),
         cmocka_unit_test_setup_teardown(test_config_dkim, config_setup, config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_redis_url_login, config_setup, config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_redis_url_bad, config_setup, config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_redis_password_file, config_setup,
+                                        config_teardown),
+        cmocka_unit_test_setup_teardown(test_config_redis_url_printed_without_password,
+                                        config_setup, config_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
