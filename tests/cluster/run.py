@@ -15,6 +15,10 @@ What it checks:
      the demo MX; every sealpost replica answers /readyz and the health
      check passes (`sealpostctl status` says healthy); haproxy finds both
      ingress replicas through compose DNS;
+  2b. the networks: haproxy on `front` alone, at its fixed address; the
+     ingress replicas on `front` and `back`, Redis and the workers on `back`;
+     haproxy cannot connect to Redis, by name or address; a PROXY header
+     from another container (a worker) is an unknown command, not a client;
   3. `sealpostctl users add` and `keys import FILE` with a host file; TLS +
      AUTH through haproxy on 587 (STARTTLS, that user) and 465 (implicit TLS,
      the user of the `users` secret), and no open relay on 25;
@@ -270,14 +274,21 @@ class Cluster:
     def name(self, service, n):
         return f"{self.project}_{service}_{n}"
 
-    def ip(self, container):
+    def networks(self, container):
+        """{network name without the project's prefix: address}"""
         _, out = run(["podman", "inspect", "--format", "{{json .NetworkSettings.Networks}}",
                       container], env=self.env)
-        nets = json.loads(out)
-        for net in nets.values():
-            if net.get("IPAddress"):
-                return net["IPAddress"]
-        raise Failure(f"{container} has no address")
+        prefix = self.project + "_"
+        return {name[len(prefix):] if name.startswith(prefix) else name: net.get("IPAddress")
+                for name, net in json.loads(out).items() if net.get("IPAddress")}
+
+    def ip(self, container, network="back"):
+        """The address on `back` (where Redis, the nodes and Prometheus
+        meet), or on the network named."""
+        nets = self.networks(container)
+        if network in nets:
+            return nets[network]
+        raise Failure(f"{container} has no address on {network}: {nets}")
 
     def exec(self, container, *cmd, check_rc=True):
         return run(["podman", "exec", container, *cmd], env=self.env, check_rc=check_rc,
@@ -466,6 +477,54 @@ class Maildir:
 
 # ---------------------------------------------------------------------------
 
+HAPROXY_ADDRESS = "172.28.0.2"  # the compose file's defaults
+FRONT_PREFIX, BACK_PREFIX = "172.28.0.", "172.28.1."
+
+
+def tcp_from(cluster, container, host, port, send=""):
+    """What a container gets connecting to host:port (bash's /dev/tcp: the
+    images have no other client), sending `send`; None when it cannot
+    connect."""
+    script = ('exec 3<>"/dev/tcp/$0/$1" || exit 7; printf "$2" >&3; '
+              'timeout 3 cat <&3; exit 0')
+    rc, out = cluster.exec(container, "timeout", "8", "bash", "-c", script, host, str(port),
+                           send, check_rc=False)
+    return None if rc != 0 else out
+
+
+def check_networks(cluster, ingresses, workers):
+    """haproxy on `front` alone at its fixed address; the nodes on theirs;
+    Redis unreachable from haproxy, by name or address; and a PROXY header
+    from any other container is not taken as one."""
+    haproxy = cluster.name("haproxy", 1)
+    nets = cluster.networks(haproxy)
+    check(nets == {"front": HAPROXY_ADDRESS}, f"haproxy's networks: {nets}")
+    for c in ingresses:
+        nets = cluster.networks(c)
+        check(set(nets) == {"front", "back"} and nets["front"].startswith(FRONT_PREFIX)
+              and nets["back"].startswith(BACK_PREFIX), f"{c}'s networks: {nets}")
+    redis = cluster.name("redis", 1)
+    for c in workers + [redis]:
+        nets = cluster.networks(c)
+        check(set(nets) == {"back"} and nets["back"].startswith(BACK_PREFIX),
+              f"{c}'s networks: {nets}")
+    redis_ip = cluster.ip(redis)
+    for target in ("redis", redis_ip):
+        got = tcp_from(cluster, haproxy, target, 6379)
+        check(got is None, f"haproxy reached Redis at {target}:6379: {got!r}")
+    # the same probe reaches what it may: an ingress's SMTP port
+    check(tcp_from(cluster, haproxy, "ingress", 2525) is not None,
+          "haproxy cannot connect to an ingress (the probe itself is broken?)")
+    # A worker is not haproxy: its PROXY header is an unknown command after
+    # the greeting, not a client address.
+    got = tcp_from(cluster, workers[0], "ingress", 2525,
+                   r"PROXY TCP4 198.51.100.7 172.28.1.1 4000 2525\r\nQUIT\r\n") or ""
+    check(re.match(r"220[ -]", got) and re.search(r"^5\d\d ", got, re.M),
+          f"a PROXY header from {workers[0]} got {got!r}")
+    log(f"haproxy {HAPROXY_ADDRESS} on front only, cannot reach Redis {redis_ip}; "
+        f"a worker's PROXY header is refused")
+
+
 def make_secrets(directory):
     """Only the `users` secret: `sealpostctl up` makes the seal key and the
     certificate, as it does for an operator."""
@@ -652,6 +711,9 @@ def body(cluster, args, timer, ports, maildir, run_id):
                        and r[1] not in ("FRONTEND", "BACKEND") and r[col["status"]] == "UP")
 
         wait_for("haproxy to see 2 ingress replicas up", lambda: servers_up() == 2, 60)
+
+    with timer("the networks: haproxy's fixed address, Redis out of its reach"):
+        check_networks(cluster, ingresses, workers)
         users = cluster.containers(all_states=True).get(cluster.name("users", 1))
         check(users is not None, "the users one-shot container is missing")
         _, code = run(["podman", "wait", cluster.name("users", 1)], env=env, timeout=120)
@@ -716,7 +778,7 @@ def body(cluster, args, timer, ports, maildir, run_id):
 
     # The PROXY v2 header: the ingress logs the client haproxy saw, which is
     # not haproxy's own address.
-    haproxy_ip = cluster.ip(cluster.name("haproxy", 1))
+    haproxy_ip = cluster.ip(cluster.name("haproxy", 1), "front")
     _, out = run(["podman", "logs", ingresses[0]], env=env, merge=True)
     clients = set(re.findall(r"event=accepted mid=\S+ client=(\S+)", out))
     check(clients and haproxy_ip not in clients,
