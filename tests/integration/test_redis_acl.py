@@ -6,22 +6,32 @@ read by the ingress, the key directory, DKIM keys and users written by a
 node, the library loaded by one), and that every call each role makes with
 real arguments passes."""
 
+import hashlib
 import os
 import re
+import smtplib
 import subprocess
+import types
 
 import pytest
 import redis as redis_py
 
-from conftest import ROOT, RedisServer, port_open, wait_for
+from conftest import (BIN, ROOT, RedisServer, Sealpost, Stack, free_port, port_open,
+                      wait_for)
 
 SEALPOSTCTL = ROOT / "deploy" / "sealpostctl"
 LIBRARY = (ROOT / "queue" / "functions" / "sealpost.lua").read_text()
 # What queue/schema.c: library_prepare appends, so the nodes' first call
 # (FCALL_RO library_digest) is tried as they make it.
-LIBRARY_AS_LOADED = LIBRARY + (
-    "\nredis.register_function{function_name='library_digest',\n"
-    "  callback=function() return 'test' end, flags={'no-writes'}}\n")
+def library_as_loaded(digest):
+    return LIBRARY + (
+        "\nredis.register_function{function_name='library_digest',\n"
+        f"  callback=function() return '{digest}' end, flags={{'no-writes'}}}}\n")
+
+
+LIBRARY_AS_LOADED = library_as_loaded("test")
+# The digest the nodes look for: BLAKE2b-128 of the library's text.
+NODES_DIGEST = hashlib.blake2b(LIBRARY.encode(), digest_size=16).hexdigest()
 
 MID = "0123456789abcdef0123456789abcdef"
 JID = f"{MID}.0.0"
@@ -48,16 +58,18 @@ class AclRedis(RedisServer):
     """The test fixtures' redis-server, but on a TLS port only, with the
     rendered ACL file, as deploy/docker-compose.yml runs it."""
 
-    def __init__(self, tmp, secrets):
+    def __init__(self, tmp, secrets, plain_port=0, acl_file=None):
         super().__init__(tmp)
         self.secrets = secrets
+        self.plain_port = plain_port
+        self.acl_file = acl_file or secrets / "redis-users.acl"
 
     def start(self):
         s = self.secrets
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--tls-port", str(self.port),
+            ["redis-server", "--port", str(self.plain_port), "--tls-port", str(self.port),
              "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--aclfile", str(s / "redis-users.acl"),
+             "--aclfile", str(self.acl_file),
              "--tls-cert-file", str(s / "redis.crt"), "--tls-key-file", str(s / "redis.key"),
              "--tls-ca-cert-file", str(s / "redis-ca.crt"), "--tls-auth-clients", "no",
              # so that only the ACL stands between a role and these
@@ -388,3 +400,67 @@ def test_each_roles_own_calls_pass(as_role):
     assert admin.zscore(shard("held"), JID) is not None
     assert admin.xrange(shard("log"), "-", "+")
     assert admin.fcall_ro("user_list", 2, *AUTH_KEYS) == [[b"u@origin.test", 0]]
+
+
+# ---- the real nodes under their role's rules ----
+
+def role_rules(acl_file, role):
+    """The rules of a user of the rendered file, as ACL SETUSER arguments:
+    a selector in parentheses is one argument."""
+    line = next(l for l in acl_file.read_text().splitlines() if l.startswith(f"user {role} "))
+    rules = line.split(" #", 1)[1].split(" ", 1)[1]
+    return re.findall(r"\([^)]*\)|\S+", rules)
+
+
+def test_the_nodes_run_under_their_roles_rules(tmp_path, secrets, sink):
+    """The ingress and the worker themselves, each under its role's rules
+    from the rendered file: the library loaded by admin (a node may not, and
+    waits), a message accepted, then delivered to the sink. The nodes cannot
+    log in yet ([redis] username and password_file are not on this branch),
+    so each runs as `default` given its role's rules, one after the other,
+    by a user only this test adds."""
+    acl = tmp_path / "test-users.acl"
+    acl.write_text((secrets / "redis-users.acl").read_text()
+                   + "user root on >root-of-the-test +@all ~* &*\n")
+    server = AclRedis(tmp_path, secrets, plain_port=free_port(), acl_file=acl).start()
+    stack = Stack(tmp_path, types.SimpleNamespace(port=server.plain_port), sink)
+    root = redis_py.Redis(port=server.plain_port, username="root", password="root-of-the-test")
+    admin = redis_py.Redis(port=server.plain_port, username="admin",
+                           password=server.password("admin"))
+    try:
+        root.execute_command("ACL", "SETUSER", "default", "reset", "on", "nopass",
+                             *role_rules(acl, "ingress"))
+        ingress = Sealpost(tmp_path, "ingress", stack.config(), "ingress").start()
+        stack.procs.append(ingress)
+        # its library load is refused: it waits, without listening, until
+        # admin loads the library
+        wait_for(lambda: "event=function_load_failed" in ingress.read_log(),
+                 what="the refused load")
+        assert "NOPERM" in ingress.read_log() and not port_open("127.0.0.1", stack.smtp_port)
+        assert admin.execute_command("FUNCTION", "LOAD", "REPLACE",
+                                     library_as_loaded(NODES_DIGEST)) == b"sealpost"
+        wait_for(lambda: port_open("127.0.0.1", stack.smtp_port), what="the ingress ready")
+        # the ingress's rules refuse what only admin may do
+        add = subprocess.run([BIN, "users", "add", "u@origin.test", "-c", str(ingress.path)],
+                             input="a password\n", capture_output=True, text=True)
+        assert add.returncode != 0, add
+        assert re.search(r"can.t (run|access)|no permissions", add.stderr), add.stderr
+        with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as c:
+            c.sendmail("sender@origin.test", ["rcpt@example.test"],
+                       b"Subject: under the ACL\r\n\r\nhello\r\n")
+        assert ingress.stop() == 0
+        root.execute_command("ACL", "SETUSER", "default", "reset", "on", "nopass",
+                             *role_rules(acl, "worker"))
+        worker = stack.worker()
+        wait_for(lambda: sink.count() == 1, what="the delivery")
+        assert b"Subject: under the ACL" in sink.messages[0][2]
+        assert sink.messages[0][1] == ["rcpt@example.test"]
+        assert worker.stop() == 0
+        for p in (ingress, worker):
+            log = p.read_log()
+            assert "NOPERM" not in log.split("event=queue_ready", 1)[1], log[-3000:]
+    finally:
+        stack.close()
+        for c in (root, admin):
+            c.close()
+        server.stop()
