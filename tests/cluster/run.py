@@ -19,6 +19,10 @@ What it checks:
      ingress replicas on `front` and `back`, Redis and the workers on `back`;
      haproxy cannot connect to Redis, by name or address; a PROXY header
      from another container (a worker) is an unknown command, not a client;
+  2c. Redis: TLS only, no anonymous login, and the ingress's user refused
+     FLUSHALL, CONFIG, KEYS, a body's GET, a policy's HSET and FUNCTION LOAD
+     (redis-cli inside the redis container), the worker's refused the users;
+     `queue stats` works as admin;
   3. `sealpostctl users add` and `keys import FILE` with a host file; TLS +
      AUTH through haproxy on 587 (STARTTLS, that user) and 465 (implicit TLS,
      the user of the `users` secret), and no open relay on 25;
@@ -525,6 +529,43 @@ def check_networks(cluster, ingresses, workers):
         f"a worker's PROXY header is refused")
 
 
+def check_redis_logins(cluster, secrets_dir):
+    """Inside the redis container (the one with redis-cli): no plain text,
+    no login without a name, and the ingress's user refused what it must
+    not do; the admin verbs work, as the user admin."""
+    redis = cluster.name("redis", 1)
+    _, out = run(["podman", "exec", redis, "timeout", "5", "redis-cli", "-h", "127.0.0.1",
+                  "-p", "6379", "PING"], env=cluster.env, check_rc=False, merge=True)
+    check("PONG" not in out, f"Redis answered PING in plain text: {out!r}")
+
+    def as_user(user, *command):
+        password = ""
+        if user:
+            with open(os.path.join(secrets_dir, f"redis-{user}.password")) as f:
+                password = f.read()
+        login = ["--user", user] if user else []
+        _, out = run(["podman", "exec", "-e", f"REDISCLI_AUTH={password}", redis, "timeout",
+                      "5", "redis-cli", "--tls", "--cacert", "/run/secrets/redis_ca", "-h",
+                      "127.0.0.1", "-p", "6379", *login, "--no-auth-warning", *command],
+                     env=cluster.env, check_rc=False, merge=True)
+        return out
+
+    out = as_user(None, "PING")
+    check("NOAUTH" in out or "WRONGPASS" in out, f"a login without a name: {out!r}")
+    for command in (["FLUSHALL"], ["CONFIG", "GET", "*"], ["KEYS", "*"],
+                    ["GET", "{mq:0}:b:00000000000000000000000000000000:0"],
+                    ["HSET", "{sealpost:crypto}:policy", "example.test", "never"],
+                    ["FUNCTION", "LOAD", "REPLACE", "#!lua name=x\n"]):
+        out = as_user("ingress", *command)
+        check("NOPERM" in out, f"the ingress user ran {command}: {out!r}")
+    out = as_user("worker", "HGETALL", "{sealpost:auth}:users")
+    check("NOPERM" in out, f"the worker user read the users: {out!r}")
+    out = cluster.ctl("queue", "stats")
+    check("NOPERM" not in out, f"queue stats as admin: {out!r}")
+    log("Redis: no plain text, no anonymous login; the ingress user may not FLUSHALL, "
+        "read a body, write a policy or load the library; the worker user may not read users")
+
+
 def make_secrets(directory):
     """Only the `users` secret: `sealpostctl up` makes the seal key and the
     certificate, as it does for an operator."""
@@ -695,7 +736,7 @@ def body(cluster, args, timer, ports, maildir, run_id):
         # The health checks: no systemd timers here, so sealpostctl status
         # runs them once and shows the result.
         status = cluster.ctl("status")
-        for c in ingresses + workers:
+        for c in ingresses + workers + [cluster.name("redis", 1)]:
             check(re.search(rf"^{c}\s+Up .*\(healthy\)", status, re.M),
                   f"{c} is not healthy in sealpostctl status:\n{status}")
         stats_url = f"http://127.0.0.1:{ports['stats']}/;csv"
@@ -733,6 +774,9 @@ def body(cluster, args, timer, ports, maildir, run_id):
         check(fpr in cluster.ctl("keys", "list"), "the imported key is not in keys list")
         out = cluster.ctl("keys", "import", keyfile + ".missing", check_rc=False)
         check("no such readable file on this host" in out, f"a missing host file: {out!r}")
+
+    with timer("Redis: TLS only, a login per role"):
+        check_redis_logins(cluster, secrets_dir)
 
     sender = Sender(ports["smtp"], run_id, threads=args.threads)
     box = Maildir(maildir)
