@@ -75,9 +75,14 @@ queue_admin_t *cmd_admin_open(const char *path, config_t *cfg, int *exit_code)
         *exit_code = 2;
         return NULL;
     }
-    net_hostport_t redis;
-    config_redis_address(cfg, &redis);
+    redis_endpoint_t redis;
+    if (config_redis_endpoint(cfg, &redis, err, sizeof err) < 0) { /* checked at load: a race */
+        fprintf(stderr, "sealpost: configuration error: %s\n", err);
+        *exit_code = 2;
+        return NULL;
+    }
     queue_admin_t *a = queue_admin_open(&redis, cfg->redis.timeout_ms, err, sizeof err);
+    config_redis_endpoint_clear(&redis);
     if (!a) {
         fprintf(stderr, "sealpost: %s\n", err);
         *exit_code = 1;

@@ -314,7 +314,9 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
     if (!strcmp(path, "/readyz")) {
         bool ready = rt->queue && queue_ready(rt->queue) && rt->started && !rt->stopping;
         const char *why = NULL;
-        if (!ready)
+        if (!ready && rt->queue && !queue_ready(rt->queue))
+            why = queue_not_ready_reason(rt->queue); /* a refused login, a TLS failure */
+        if (!ready && !why)
             why = "redis unreachable, keys unchecked, or stopping";
         else if (rt->ingress && !ingress_ready(rt->ingress, &why))
             ready = false; /* encryption cannot work: why says what is in the way */
@@ -451,8 +453,6 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
 {
     runtime_t rt = {.loop = uv_default_loop(), .cfg = cfg, .opts = opts};
     char err[600];
-    net_hostport_t redis;
-    config_redis_address(cfg, &redis);
     uv_signal_init(rt.loop, &rt.sigint);
     uv_signal_init(rt.loop, &rt.sigterm);
     uv_signal_init(rt.loop, &rt.sighup);
@@ -485,13 +485,21 @@ int cmd_serve(const config_t *cfg, serve_options_t opts)
         seal_keyring_free(rt.seal);
         return 1;
     }
+    redis_endpoint_t redis;
+    if (config_redis_endpoint(cfg, &redis, err, sizeof err) < 0) {
+        log_error("event=start_failed what=redis error=\"%s\"", err);
+        seal_keyring_free(rt.seal);
+        return 1;
+    }
     rt.queue = queue_open(rt.loop, &redis, cfg->redis.timeout_ms, cfg->redis.shards);
+    config_redis_endpoint_clear(&redis);
     if (!rt.queue) {
         log_error("event=start_failed what=queue error=\"out of memory\"");
         return 1;
     }
     queue_set_min_replicas(rt.queue, cfg->queue.min_replicas, cfg->queue.replica_timeout_ms);
-    log_info("event=starting version=%s redis=%s:%u", SEALPOST_VERSION, redis.host, redis.port);
+    log_info("event=starting version=%s redis=%s:%u tls=%s", SEALPOST_VERSION, redis.host,
+             redis.port, redis.tls ? "yes" : "no");
     register_process_metrics();
     register_queue_metrics(&rt.figures);
     if (cfg->metrics.listen.host[0]) {

@@ -25,6 +25,7 @@ enum key_type {
     T_TLS_POLICY,
     T_BOOL,
     T_SECRET, /* a string that config_print never shows */
+    T_URL,    /* a string whose password (user:password@) config_print never shows */
     T_ENC_POLICY,
     T_CHOICE, /* one of the spec's choices, stored as its index (unsigned) */
     T_DOMAIN  /* one signing domain (two labels at least), lower-cased, or "" for none */
@@ -102,9 +103,15 @@ typedef struct key_spec {
 #define OFF(field) offsetof(config_t, field), sizeof(((config_t *)0)->field)
 
 static const key_spec_t keys[] = {
-    {"redis", "url", T_STRING, OFF(redis.url), 0, 0, ""},
+    {"redis", "url", T_URL, OFF(redis.url), 0, 0, ""},
     {"redis", "shards", T_UINT, OFF(redis.shards), 1, 16384, "128"},
     {"redis", "timeout_ms", T_UINT, OFF(redis.timeout_ms), 10, 600000, "2000"},
+    {"redis", "username", T_STRING, OFF(redis.username), 0, 0, ""},
+    {"redis", "password_file", T_STRING, OFF(redis.password_file), 0, 0, ""},
+    {"redis", "tls_ca_file", T_STRING, OFF(redis.tls_ca_file), 0, 0, ""},
+    {"redis", "tls_cert", T_STRING, OFF(redis.tls_cert), 0, 0, ""},
+    {"redis", "tls_key", T_STRING, OFF(redis.tls_key), 0, 0, ""},
+    {"redis", "tls_server_name", T_STRING, OFF(redis.tls_server_name), 0, 0, ""},
 
     {"queue", "min_replicas", T_UINT, OFF(queue.min_replicas), 0, 16, "0"},
     {"queue", "replica_timeout_ms", T_UINT, OFF(queue.replica_timeout_ms), 1, 600000, "500"},
@@ -311,6 +318,7 @@ static int set_key(config_t *cfg, const key_spec_t *spec, const char *value, boo
         return 0;
     case T_STRING:
     case T_SECRET:
+    case T_URL:
         if (strlen(value) >= spec->size) {
             snprintf(err, errlen, "value longer than %zu characters", spec->size - 1);
             return -1;
@@ -608,14 +616,27 @@ int config_load(config_t *cfg, const char *path, char *err, size_t errlen)
                  cfg->queue.replica_timeout_ms, cfg->redis.timeout_ms);
         return -1;
     }
-    if (cfg->redis.url[0]) {
-        net_hostport_t hp;
-        if (config_redis_address(cfg, &hp) < 0) {
-            snprintf(err, errlen, "[redis] url: '%s' is not redis://host:port", cfg->redis.url);
-            return -1;
-        }
+    redis_endpoint_t ep;
+    int rc = config_redis_endpoint(cfg, &ep, err, errlen);
+    config_redis_endpoint_clear(&ep);
+    return rc;
+}
+
+/* The url with the password of its userinfo, if any, shown as "(set)". */
+static void print_url(const char *url, buf_t *out)
+{
+    const char *scheme = strstr(url, "://");
+    const char *auth = scheme ? scheme + 3 : url;
+    const char *end = auth + strcspn(auth, "/");
+    const char *at = NULL;
+    for (const char *p = auth; p < end; p++)
+        if (*p == '@') at = p;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (!colon) {
+        buf_printf(out, "%s", url);
+        return;
     }
-    return 0;
+    buf_printf(out, "%.*s(set)%s", (int)(colon + 1 - url), url, at);
 }
 
 static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
@@ -646,6 +667,9 @@ static void print_value(const config_t *cfg, const key_spec_t *spec, buf_t *out)
         break;
     case T_SECRET:
         if (*field) buf_printf(out, "(set, not shown)");
+        break;
+    case T_URL:
+        print_url(field, out);
         break;
     case T_ENC_POLICY:
         buf_printf(out, "%s", enc_policy_names[*(const enum enc_policy *)field]);
@@ -725,14 +749,182 @@ enum tls_policy config_tls_policy_for(const config_t *cfg, const char *domain)
     return d && d->has_tls_policy ? d->tls_policy : cfg->worker.tls_policy;
 }
 
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* RFC 3986 §2.1: %XX decoded; -1 for a bad escape, a NUL or no room. */
+static int percent_decode(const char *in, size_t len, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '%') {
+            if (i + 2 >= len || hex_value(in[i + 1]) < 0 || hex_value(in[i + 2]) < 0) return -1;
+            c = hex_value(in[i + 1]) * 16 + hex_value(in[i + 2]);
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= outlen) return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = 0;
+    return 0;
+}
+
+/* [redis://|rediss://][user[:password]@]host[:port][/[0]]: a database
+ * other than 0 is refused, as our functions and Redis Cluster use 0 only. */
+static int parse_redis_url(const char *url, redis_endpoint_t *out, char *err, size_t errlen)
+{
+    const char *p = url;
+    if (!strncmp(p, "rediss://", 9)) {
+        out->tls = true;
+        p += 9;
+    } else if (!strncmp(p, "redis://", 8)) {
+        p += 8;
+    } else if (strstr(p, "://")) {
+        snprintf(err, errlen, "[redis] url: the scheme is not redis:// or rediss://");
+        return -1;
+    }
+    size_t alen = strcspn(p, "/");
+    if (p[alen] && strcmp(p + alen, "/") && strcmp(p + alen, "/0")) {
+        snprintf(err, errlen, "[redis] url: only database 0 can be used (no path)");
+        return -1;
+    }
+    const char *at = NULL;
+    for (const char *q = p; q < p + alen; q++)
+        if (*q == '@') at = q;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *uend = colon ? colon : at;
+        if (percent_decode(p, (size_t)(uend - p), out->user, sizeof out->user) < 0 ||
+            (colon && percent_decode(colon + 1, (size_t)(at - colon - 1), out->pass,
+                                     sizeof out->pass) < 0)) {
+            snprintf(err, errlen, "[redis] url: bad percent-encoding or too long user or password");
+            return -1;
+        }
+        alen -= (size_t)(at + 1 - p);
+        p = at + 1;
+    }
+    char hostport[300];
+    net_hostport_t hp;
+    if (alen >= sizeof hostport) alen = sizeof hostport - 1;
+    memcpy(hostport, p, alen);
+    hostport[alen] = 0;
+    if (net_hostport_parse(hostport, 6379, &hp) < 0 || !hp.host[0]) {
+        snprintf(err, errlen, "[redis] url: '%s' is not host:port", hostport);
+        return -1;
+    }
+    memcpy(out->host, hp.host, sizeof out->host);
+    out->port = hp.port;
+    return 0;
+}
+
+/* The password file's first line: a trailing newline (LF or CRLF) is not
+ * part of the password. */
+static int read_password_file(const char *path, char *out, size_t outlen, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "[redis] password_file '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(out, 1, outlen - 1, f);
+    bool more = n == outlen - 1 && fgetc(f) != EOF;
+    bool failed = ferror(f);
+    fclose(f);
+    out[n] = 0;
+    if (failed || more || strlen(out) != n) {
+        explicit_bzero(out, outlen);
+        snprintf(err, errlen, "[redis] password_file '%s': %s", path,
+                 failed ? "cannot be read" : "not a password (too long, or a NUL in it)");
+        return -1;
+    }
+    while (n && (out[n - 1] == '\n' || out[n - 1] == '\r'))
+        out[--n] = 0;
+    return 0;
+}
+
+static int check_redis_tls_keys(const config_t *cfg, const redis_endpoint_t *ep, char *err,
+                                size_t errlen)
+{
+    const char *set = cfg->redis.tls_ca_file[0]       ? "tls_ca_file"
+                      : cfg->redis.tls_cert[0]        ? "tls_cert"
+                      : cfg->redis.tls_key[0]         ? "tls_key"
+                      : cfg->redis.tls_server_name[0] ? "tls_server_name"
+                                                      : NULL;
+    if (set && !ep->tls) {
+        snprintf(err, errlen, "[redis] %s is set but url is not rediss://", set);
+        return -1;
+    }
+    if (!cfg->redis.tls_cert[0] != !cfg->redis.tls_key[0]) {
+        snprintf(err, errlen, "[redis] tls_cert and tls_key go together: both or neither");
+        return -1;
+    }
+    return 0;
+}
+
+int config_redis_endpoint(const config_t *cfg, redis_endpoint_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (!cfg->redis.url[0]) {
+        snprintf(out->host, sizeof out->host, "127.0.0.1");
+        out->port = cfg->up.redis_port;
+    } else if (parse_redis_url(cfg->redis.url, out, err, errlen) < 0) {
+        return -1;
+    }
+    if (cfg->redis.username[0]) {
+        if (out->user[0] && strcmp(out->user, cfg->redis.username)) {
+            snprintf(err, errlen, "[redis] username and the user in url differ");
+            return -1;
+        }
+        snprintf(out->user, sizeof out->user, "%s", cfg->redis.username);
+    }
+    if (cfg->redis.password_file[0]) {
+        if (out->pass[0]) {
+            snprintf(err, errlen, "[redis] url has a password and password_file is set: one only");
+            return -1;
+        }
+        if (read_password_file(cfg->redis.password_file, out->pass, sizeof out->pass, err, errlen) <
+            0)
+            return -1;
+    }
+    if (out->user[0] && !out->pass[0]) {
+        snprintf(err, errlen, "[redis] the user '%s' has no password (url or password_file)",
+                 out->user);
+        return -1;
+    }
+    if (check_redis_tls_keys(cfg, out, err, errlen) < 0) return -1;
+    snprintf(out->ca_file, sizeof out->ca_file, "%s", cfg->redis.tls_ca_file);
+    snprintf(out->cert, sizeof out->cert, "%s", cfg->redis.tls_cert);
+    snprintf(out->key, sizeof out->key, "%s", cfg->redis.tls_key);
+    snprintf(out->server_name, sizeof out->server_name, "%s", cfg->redis.tls_server_name);
+    return 0;
+}
+
+void config_redis_endpoint_clear(redis_endpoint_t *ep)
+{
+    explicit_bzero(ep->pass, sizeof ep->pass);
+}
+
 int config_redis_address(const config_t *cfg, net_hostport_t *out)
 {
+    redis_endpoint_t ep;
+    char err[300];
+    memset(out, 0, sizeof *out);
     if (!cfg->redis.url[0]) {
         snprintf(out->host, sizeof out->host, "127.0.0.1");
         out->port = cfg->up.redis_port;
         return 0;
     }
-    const char *p = cfg->redis.url;
-    if (!strncmp(p, "redis://", 8)) p += 8;
-    return net_hostport_parse(p, 6379, out);
+    memset(&ep, 0, sizeof ep);
+    int rc = parse_redis_url(cfg->redis.url, &ep, err, sizeof err);
+    config_redis_endpoint_clear(&ep);
+    if (rc < 0) return -1;
+    memcpy(out->host, ep.host, sizeof out->host);
+    out->port = ep.port;
+    return 0;
 }

@@ -206,6 +206,12 @@ typedef struct config {
         char url[512]; /* empty: the private redis-server of "sealpost up" */
         unsigned shards;
         unsigned timeout_ms;
+        char username[128];      /* the ACL user, when the url names none */
+        char password_file[512]; /* read at start; never the password itself */
+        char tls_ca_file[512];   /* rediss://: the CAs trusted; "": the system's */
+        char tls_cert[512];      /* a client certificate and its key: both or neither */
+        char tls_key[512];
+        char tls_server_name[256]; /* the name checked in Redis's certificate; "": the url's host */
     } redis;
 
     struct {
@@ -337,5 +343,26 @@ const net_hostport_t *config_route_for(const config_t *cfg, const char *domain);
 enum tls_policy config_tls_policy_for(const config_t *cfg, const char *domain);
 /* The Redis host and port the configuration points at. */
 int config_redis_address(const config_t *cfg, net_hostport_t *out);
+
+/* Where Redis is and how to log in to it: [redis] url (redis:// or
+ * rediss://, with an optional percent-encoded user:password) and the keys
+ * beside it. The password lives here only, never in config_t's output. */
+typedef struct redis_endpoint {
+    char host[256];
+    uint16_t port;
+    char user[128]; /* "": AUTH with the password alone (the default user) */
+    char pass[512]; /* "": no AUTH */
+    bool tls;
+    char ca_file[512]; /* "": the system's trust store */
+    char cert[512], key[512];
+    char server_name[256]; /* "": the host connected to */
+} redis_endpoint_t;
+
+/* Fills out from the configuration, reading [redis] password_file. -1 with
+ * err (never showing the password) when the url or a key is wrong or the
+ * file cannot be read. */
+int config_redis_endpoint(const config_t *cfg, redis_endpoint_t *out, char *err, size_t errlen);
+/* Wipes the password. */
+void config_redis_endpoint_clear(redis_endpoint_t *ep);
 
 #endif

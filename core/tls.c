@@ -42,6 +42,37 @@ static void openssl_error(const char *what, const char *path, char *err, size_t 
     snprintf(err, errlen, "TLS: %s '%s'%s%s", what, path, reason[0] ? ": " : "", reason);
 }
 
+SSL_CTX *tls_redis_context(const char *ca_file, const char *cert_file, const char *key_file,
+                           char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "TLS: cannot create a context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    int ok = 1;
+    if (ca_file && *ca_file) {
+        if ((ok = SSL_CTX_load_verify_locations(ctx, ca_file, NULL)) != 1)
+            openssl_error("cannot load CA file", ca_file, err, errlen);
+    } else {
+        SSL_CTX_set_default_verify_paths(ctx);
+    }
+    if (ok == 1 && cert_file && *cert_file) {
+        if ((ok = SSL_CTX_use_certificate_chain_file(ctx, cert_file)) != 1)
+            openssl_error("cannot load certificate", cert_file, err, errlen);
+        else if ((ok = SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM)) != 1)
+            openssl_error("cannot load key", key_file, err, errlen);
+        else if ((ok = SSL_CTX_check_private_key(ctx)) != 1)
+            openssl_error("key does not match certificate", cert_file, err, errlen);
+    }
+    if (ok != 1) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 SSL_CTX *tls_server_context(const char *cert_file, const char *key_file, const char *ciphers,
                             char *err, size_t errlen)
 {

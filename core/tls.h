@@ -14,6 +14,13 @@
  * (may be NULL or ""). Returns NULL and writes err on failure. */
 SSL_CTX *tls_client_context(const char *ca_file, char *err, size_t errlen);
 
+/* A client context for Redis (rediss://): TLS 1.2 or later, trusting
+ * ca_file alone when given (a private CA is not the Web's), else the
+ * system's store, with a client certificate when cert_file and key_file
+ * are given. Peers are verified by the stream (stream_tls_t.verify). */
+SSL_CTX *tls_redis_context(const char *ca_file, const char *cert_file, const char *key_file,
+                           char *err, size_t errlen);
+
 /* A server context: TLS 1.2 or later, the certificate chain and key from
  * PEM files, TLS 1.2 ciphers from the list given (OpenSSL syntax; TLS 1.3
  * keeps its own, all of them sound), the server's cipher order. Returns NULL

@@ -15,7 +15,8 @@
 
 typedef struct queue_admin queue_admin_t;
 
-queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
+/* redis: where and how to log in (config_redis_endpoint), TLS included. */
+queue_admin_t *queue_admin_open(const redis_endpoint_t *redis, unsigned timeout_ms, char *err,
                                 size_t errlen);
 void queue_admin_close(queue_admin_t *a);
 /* Adds or replaces a user; cram NULL removes any CRAM-MD5 secret. */

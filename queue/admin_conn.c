@@ -1,4 +1,7 @@
-/* The administration connection: blocking hiredis, for the CLI. On Redis
+/* The administration connection: blocking, for the CLI, on our own socket
+ * (with TLS for rediss://, OpenSSL straight on it) and hiredis's formatter
+ * and reader, since hiredis 0.14's blocking context cannot speak TLS. Each
+ * connection logs in (AUTH) before anything else. On Redis
  * Cluster it reads the slot map once, connects to each master when first
  * needed, and follows MOVED, ASK, TRYAGAIN and CLUSTERDOWN like the
  * asynchronous router does (cluster.c). Writes are calls of the functions
@@ -6,22 +9,43 @@
  * command line may come before any node, as `sealpost users add` does). */
 #include "queue/internal.h"
 
+#include "core/tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define ADMIN_MAX_NODES 64
 #define ADMIN_MAX_TRIES 16
 
+/* One blocking connection: replies are read in the order the commands
+ * were appended, as hiredis's redisContext does. */
+typedef struct admin_link {
+    int fd;
+    SSL *ssl; /* rediss:// only */
+    redisReader *reader;
+    buf_t out; /* appended, not yet written */
+    char errstr[256];
+} admin_link_t;
+
 struct admin_node {
     char host[256];
     int port;
-    redisContext *ctx; /* NULL until first used */
+    admin_link_t *ctx; /* NULL until first used */
 };
 
 struct queue_admin {
     struct timeval tv;
+    redis_endpoint_t login; /* every node's: its host and port aside */
+    SSL_CTX *tls_ctx;
     struct admin_node nodes[ADMIN_MAX_NODES]; /* [0] is the address given */
     int n_nodes;
     int16_t *owner;    /* slot -> node; NULL on a single Redis */
@@ -40,20 +64,177 @@ static int admin_node_get(queue_admin_t *a, const char *host, int port)
     return a->n_nodes++;
 }
 
-static redisContext *admin_node_ctx(queue_admin_t *a, int i, char *err, size_t errlen)
+static void link_free(admin_link_t *l)
+{
+    if (!l) return;
+    if (l->ssl) {
+        SSL_shutdown(l->ssl);
+        SSL_free(l->ssl);
+    }
+    if (l->fd >= 0) close(l->fd);
+    redisReaderFree(l->reader);
+    buf_free(&l->out);
+    free(l);
+}
+
+/* A TCP connection with the timeout on connect, reads and writes. */
+static int tcp_connect(const char *host, int port, const struct timeval *tv, char *err,
+                       size_t errlen)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    char service[8];
+    snprintf(service, sizeof service, "%d", port);
+    int rc = getaddrinfo(host, service, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    for (const struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) continue;
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, sizeof *tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, sizeof *tv); /* connect's too */
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+            snprintf(err, errlen, "%s", strerror(errno));
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* The certificate must chain to the CA and name the server (tls_server_name,
+ * else the host), as the nodes check it (stream.c). */
+static int link_tls(admin_link_t *l, SSL_CTX *ctx, const char *name, char *err, size_t errlen)
+{
+    if (!(l->ssl = SSL_new(ctx)) || SSL_set_fd(l->ssl, l->fd) != 1) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return -1;
+    }
+    unsigned char ip[16];
+    bool is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+    if (!is_ip) SSL_set_tlsext_host_name(l->ssl, name);
+    SSL_set_verify(l->ssl, SSL_VERIFY_PEER, NULL);
+    if (is_ip)
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(l->ssl), name);
+    else
+        SSL_set1_host(l->ssl, name);
+    if (SSL_connect(l->ssl) == 1) return 0;
+    long verify = SSL_get_verify_result(l->ssl);
+    char reason[200] = "handshake failed";
+    unsigned long e = ERR_get_error();
+    if (verify != X509_V_OK)
+        snprintf(reason, sizeof reason, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(verify));
+    else if (e)
+        ERR_error_string_n(e, reason, sizeof reason);
+    ERR_clear_error();
+    snprintf(err, errlen, "TLS: %s", reason);
+    return -1;
+}
+
+static int link_append(admin_link_t *l, int argc, const char **argv, const size_t *lens)
+{
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    int rc = len < 0 ? -1 : buf_append(&l->out, cmd, (size_t)len);
+    free(cmd);
+    if (rc < 0) snprintf(l->errstr, sizeof l->errstr, "out of memory");
+    return rc;
+}
+
+static int link_flush(admin_link_t *l)
+{
+    while (l->out.len) {
+        ssize_t n = l->ssl ? SSL_write(l->ssl, l->out.data, (int)l->out.len)
+                           : send(l->fd, l->out.data, l->out.len, MSG_NOSIGNAL);
+        if (n <= 0) {
+            snprintf(l->errstr, sizeof l->errstr, "write failed: %s",
+                     errno == EAGAIN ? "timed out" : strerror(errno));
+            return -1;
+        }
+        buf_consume(&l->out, (size_t)n);
+    }
+    return 0;
+}
+
+/* The next reply, after writing what was appended: REDIS_OK or REDIS_ERR
+ * with errstr, as redisGetReply. */
+static int link_get_reply(admin_link_t *l, void **reply)
+{
+    *reply = NULL;
+    if (link_flush(l) < 0) return REDIS_ERR;
+    for (;;) {
+        if (redisReaderGetReply(l->reader, reply) != REDIS_OK) {
+            snprintf(l->errstr, sizeof l->errstr, "protocol error");
+            return REDIS_ERR;
+        }
+        if (*reply) return REDIS_OK;
+        char in[16384];
+        ssize_t n = l->ssl ? SSL_read(l->ssl, in, sizeof in) : recv(l->fd, in, sizeof in, 0);
+        if (n <= 0) {
+            snprintf(l->errstr, sizeof l->errstr, "%s",
+                     n == 0            ? "connection closed"
+                     : errno == EAGAIN ? "timed out"
+                                       : "read failed");
+            return REDIS_ERR;
+        }
+        if (redisReaderFeed(l->reader, in, (size_t)n) != REDIS_OK) {
+            snprintf(l->errstr, sizeof l->errstr, "out of memory");
+            return REDIS_ERR;
+        }
+    }
+}
+
+static redisReply *link_command(admin_link_t *l, int argc, const char **argv, const size_t *lens)
+{
+    void *r = NULL;
+    if (link_append(l, argc, argv, lens) < 0 || link_get_reply(l, &r) != REDIS_OK) return NULL;
+    return r;
+}
+
+/* AUTH user password, or AUTH password for the default user. */
+static int link_login(admin_link_t *l, const redis_endpoint_t *ep, char *err, size_t errlen)
+{
+    if (!ep->pass[0]) return 0;
+    const char *argv[] = {"AUTH", ep->user[0] ? ep->user : ep->pass, ep->pass};
+    redisReply *r = link_command(l, ep->user[0] ? 3 : 2, argv, NULL);
+    int rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
+    if (rc < 0) snprintf(err, errlen, "AUTH: %s", r ? r->str : l->errstr);
+    freeReplyObject(r);
+    return rc;
+}
+
+static admin_link_t *link_open(queue_admin_t *a, const char *host, int port, char *err,
+                               size_t errlen)
+{
+    admin_link_t *l = calloc(1, sizeof *l);
+    if (!l || !(l->reader = redisReaderCreate())) {
+        free(l);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    buf_init(&l->out);
+    const char *name = a->login.server_name[0] ? a->login.server_name : host;
+    if ((l->fd = tcp_connect(host, port, &a->tv, err, errlen)) < 0 ||
+        (a->tls_ctx && link_tls(l, a->tls_ctx, name, err, errlen) < 0) ||
+        link_login(l, &a->login, err, errlen) < 0) {
+        link_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static admin_link_t *admin_node_ctx(queue_admin_t *a, int i, char *err, size_t errlen)
 {
     struct admin_node *n = &a->nodes[i];
     if (n->ctx) return n->ctx;
-    redisContext *ctx = redisConnectWithTimeout(n->host, n->port, a->tv);
-    if (!ctx || ctx->err) {
-        snprintf(err, errlen, "cannot reach Redis at %s:%d: %s", n->host, n->port,
-                 ctx ? ctx->errstr : "out of memory");
-        redisFree(ctx);
-        return NULL;
-    }
-    redisSetTimeout(ctx, a->tv);
-    n->ctx = ctx;
-    return ctx;
+    char why[300];
+    n->ctx = link_open(a, n->host, n->port, why, sizeof why);
+    if (!n->ctx) snprintf(err, errlen, "cannot reach Redis at %s:%d: %s", n->host, n->port, why);
+    return n->ctx;
 }
 
 static int slots_assign(unsigned from, unsigned to, const char *host, int port, void *arg)
@@ -70,7 +251,8 @@ static int slots_assign(unsigned from, unsigned to, const char *host, int port, 
  * the map. */
 static int admin_read_slots(queue_admin_t *a, char *err, size_t errlen)
 {
-    redisReply *r = redisCommand(a->nodes[0].ctx, "CLUSTER SLOTS");
+    const char *argv[] = {"CLUSTER", "SLOTS"};
+    redisReply *r = link_command(a->nodes[0].ctx, 2, argv, NULL);
     if (!r) {
         snprintf(err, errlen, "redis: %s", a->nodes[0].ctx->errstr);
         return -1;
@@ -95,12 +277,19 @@ static int admin_read_slots(queue_admin_t *a, char *err, size_t errlen)
     return rc;
 }
 
-queue_admin_t *queue_admin_open(const net_hostport_t *redis, unsigned timeout_ms, char *err,
+queue_admin_t *queue_admin_open(const redis_endpoint_t *redis, unsigned timeout_ms, char *err,
                                 size_t errlen)
 {
+    signal(SIGPIPE, SIG_IGN); /* SSL_write on a connection Redis closed */
     queue_admin_t *a = calloc(1, sizeof *a);
     if (!a) {
         snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->login = *redis;
+    if (redis->tls &&
+        !(a->tls_ctx = tls_redis_context(redis->ca_file, redis->cert, redis->key, err, errlen))) {
+        queue_admin_close(a);
         return NULL;
     }
     a->tv = (struct timeval){.tv_sec = timeout_ms / 1000,
@@ -117,7 +306,9 @@ void queue_admin_close(queue_admin_t *a)
 {
     if (!a) return;
     for (int i = 0; i < a->n_nodes; i++)
-        redisFree(a->nodes[i].ctx);
+        link_free(a->nodes[i].ctx);
+    SSL_CTX_free(a->tls_ctx);
+    config_redis_endpoint_clear(&a->login);
     free(a->owner);
     library_free(&a->library);
     free(a);
@@ -139,13 +330,14 @@ static redisReply *admin_exec(queue_admin_t *a, char *err, size_t errlen, int ar
     int node = admin_route(a, argc, argv, lens);
     bool asking = false;
     for (int tries = 0;; tries++) {
-        redisContext *ctx = admin_node_ctx(a, node, err, errlen);
+        admin_link_t *ctx = admin_node_ctx(a, node, err, errlen);
         if (!ctx) return NULL;
-        if (asking) freeReplyObject(redisCommand(ctx, "ASKING"));
-        redisReply *r = redisCommandArgv(ctx, argc, argv, lens);
+        static const char *const ask[] = {"ASKING"};
+        if (asking) freeReplyObject(link_command(ctx, 1, (const char **)ask, NULL));
+        redisReply *r = link_command(ctx, argc, argv, lens);
         if (!r) {
             snprintf(err, errlen, "redis: %s", ctx->errstr);
-            redisFree(ctx); /* a broken context is not used again */
+            link_free(ctx); /* a broken connection is not used again */
             a->nodes[node].ctx = NULL;
             return NULL;
         }
@@ -197,17 +389,17 @@ static int admin_load_library(queue_admin_t *a, int node, char *err, size_t errl
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    redisContext *ctx = admin_node_ctx(a, node, err, errlen);
+    admin_link_t *ctx = admin_node_ctx(a, node, err, errlen);
     if (!ctx) return -1;
     const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", a->library.code.data};
     size_t lens[] = {8, 4, 7, a->library.code.len};
-    redisReply *r = redisCommandArgv(ctx, 4, argv, lens);
+    redisReply *r = link_command(ctx, 4, argv, lens);
     int rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
     if (rc < 0)
         snprintf(err, errlen, "redis: cannot load the functions library: %s",
                  r ? r->str : ctx->errstr);
     if (!r) {
-        redisFree(ctx);
+        link_free(ctx);
         a->nodes[node].ctx = NULL;
     }
     freeReplyObject(r);
@@ -253,16 +445,16 @@ redisReply *queue_admin_call(queue_admin_t *a, enum queue_fn fn, const key_ids_t
 static int admin_pipelined(queue_admin_t *a, int n, int argc[], const char **argv[],
                            redisReply *out[], char *err, size_t errlen)
 {
-    redisContext *ctx = admin_node_ctx(a, 0, err, errlen);
+    admin_link_t *ctx = admin_node_ctx(a, 0, err, errlen);
     if (!ctx) return 0;
     for (int i = 0; i < n; i++)
-        if (redisAppendCommandArgv(ctx, argc[i], argv[i], NULL) != REDIS_OK) {
+        if (link_append(ctx, argc[i], argv[i], NULL) < 0) {
             snprintf(err, errlen, "redis: %s", ctx->errstr);
             return 0;
         }
     for (int i = 0; i < n; i++) {
         void *r = NULL;
-        if (redisGetReply(ctx, &r) != REDIS_OK || !r) {
+        if (link_get_reply(ctx, &r) != REDIS_OK || !r) {
             snprintf(err, errlen, "redis: %s", ctx->errstr);
             return i;
         }

@@ -154,6 +154,7 @@ enum router_mode { MODE_UNKNOWN, MODE_SINGLE, MODE_CLUSTER };
 
 struct router {
     uv_loop_t *loop;
+    redis_endpoint_t login; /* the seed's; each node gets its host and port */
     unsigned timeout_ms;
     const router_library_t *lib;
     uint16_t needed[CLUSTER_SLOTS]; /* the slots router_ready looks at, each once */
@@ -275,7 +276,11 @@ static int node_get(router_t *r, const char *host, int port)
     if (!n) return -1;
     n->r = r;
     n->index = r->n_nodes;
-    n->conn = rconn_new(r->loop, host, port, r->timeout_ms, on_node_connect, n);
+    redis_endpoint_t ep = r->login;
+    snprintf(ep.host, sizeof ep.host, "%s", host);
+    ep.port = (uint16_t)port;
+    n->conn = rconn_new(r->loop, &ep, r->timeout_ms, on_node_connect, n);
+    config_redis_endpoint_clear(&ep);
     if (!n->conn) {
         free(n);
         return -1;
@@ -378,12 +383,13 @@ static void on_router_closed(uv_handle_t *handle)
     free(handle->data);
 }
 
-router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
+router_t *router_new(uv_loop_t *loop, const redis_endpoint_t *seed, unsigned timeout_ms,
                      const router_library_t *lib)
 {
     router_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->loop = loop;
+    r->login = *seed;
     r->timeout_ms = timeout_ms;
     r->lib = lib;
     memset(r->owner, 0xff, sizeof r->owner);
@@ -396,7 +402,8 @@ router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeo
             kinds[k]);
     uv_timer_init(loop, &r->refresh_timer);
     r->refresh_timer.data = r;
-    if (node_get(r, host, port) < 0) {
+    if (node_get(r, seed->host, seed->port) < 0) {
+        config_redis_endpoint_clear(&r->login);
         uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed); /* frees r */
         return NULL;
     }
@@ -433,6 +440,15 @@ bool router_ready(const router_t *r)
         if (i < 0 || !rconn_connected(r->nodes[i]->conn) || !r->nodes[i]->ready) return false;
     }
     return r->n_needed > 0;
+}
+
+const char *router_failure(const router_t *r)
+{
+    for (int i = 0; i < r->n_nodes; i++) {
+        const char *why = rconn_failure(r->nodes[i]->conn);
+        if (*why) return why;
+    }
+    return NULL;
 }
 
 /* ---- commands ---- */
@@ -723,5 +739,6 @@ void router_free(router_t *r)
         uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
     }
     uv_timer_stop(&r->refresh_timer);
+    config_redis_endpoint_clear(&r->login);
     uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
 }

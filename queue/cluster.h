@@ -59,14 +59,19 @@ typedef struct router_library {
     const char *digest;
 } router_library_t;
 
-/* lib is checked (and loaded if missing) on every master connection. */
-router_t *router_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
+/* seed says where to start and how to log in: every master, the ones
+ * CLUSTER SLOTS names too, gets the same login and TLS settings. lib is
+ * checked (and loaded if missing) on every master connection. */
+router_t *router_new(uv_loop_t *loop, const redis_endpoint_t *seed, unsigned timeout_ms,
                      const router_library_t *lib);
 void router_free(router_t *r);
 /* A key whose slot router_ready must find served. */
 void router_need_key(router_t *r, const char *key);
 /* True when every needed slot's master is connected and has the library. */
 bool router_ready(const router_t *r);
+/* Why a needed master cannot be connected to (a refused login, a TLS
+ * failure), or NULL when none says. */
+const char *router_failure(const router_t *r);
 /* Sends a command to its slot's master (the seed for a command without
  * keys). Returns -1 without calling cb when that master is not connected;
  * otherwise cb runs exactly once, later, after any redirects, and origin (if

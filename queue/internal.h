@@ -35,7 +35,7 @@ struct queue {
         metric_t *errors[QUEUE_ERRS];
     } metrics;
     uv_loop_t *loop;
-    net_hostport_t redis;
+    redis_endpoint_t redis;
     unsigned timeout_ms;
     unsigned shards;
     router_t *router;

@@ -31,7 +31,7 @@ static void register_withdrawals(queue_t *q)
                     "outcome", withdraw_outcome_names, WITHDRAW_OUTCOMES);
 }
 
-queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
+queue_t *queue_open(uv_loop_t *loop, const redis_endpoint_t *redis, unsigned timeout_ms,
                     unsigned shards)
 {
     queue_t *q = calloc(1, sizeof *q);
@@ -59,7 +59,7 @@ queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeo
     }
     q->lib = (router_library_t){q->library.code.data, q->library.code.len, LIBRARY_DIGEST_FUNCTION,
                                 q->library.digest};
-    q->router = router_new(loop, redis->host, redis->port, timeout_ms, &q->lib);
+    q->router = router_new(loop, redis, timeout_ms, &q->lib);
     if (!q->router) {
         library_free(&q->library);
         free(q);
@@ -78,12 +78,20 @@ void queue_close(queue_t *q)
     if (q->withdrawals.abandon_all) q->withdrawals.abandon_all(q);
     rconn_free(q->watch_conn);
     library_free(&q->library);
+    config_redis_endpoint_clear(&q->redis);
     free(q);
 }
 
 bool queue_ready(const queue_t *q)
 {
     return router_ready(q->router);
+}
+
+const char *queue_not_ready_reason(const queue_t *q)
+{
+    const char *why = router_failure(q->router);
+    if (!why && q->watch_conn && *rconn_failure(q->watch_conn)) why = rconn_failure(q->watch_conn);
+    return why;
 }
 
 unsigned queue_shards(const queue_t *q)
@@ -721,8 +729,7 @@ int queue_watch(queue_t *q, void (*on_wake)(uint32_t shard, void *arg), void *ar
 {
     q->on_wake = on_wake;
     q->on_wake_arg = arg;
-    q->watch_conn =
-        rconn_new(q->loop, q->redis.host, q->redis.port, q->timeout_ms, on_watch_connect, q);
+    q->watch_conn = rconn_new(q->loop, &q->redis, q->timeout_ms, on_watch_connect, q);
     if (!q->watch_conn) return -1;
     return rconn_subscribe(q->watch_conn, WAKE_CHANNEL, on_wake_message, q);
 }

@@ -24,12 +24,15 @@ typedef void (*queue_status_cb)(int status, const char *err, void *arg);
  * be stored, and be delivered, unless it is withdrawn (queue_withdraw). */
 #define QUEUE_UNANSWERED (-2)
 
-queue_t *queue_open(uv_loop_t *loop, const net_hostport_t *redis, unsigned timeout_ms,
+/* redis: where and how to log in (config_redis_endpoint); copied. */
+queue_t *queue_open(uv_loop_t *loop, const redis_endpoint_t *redis, unsigned timeout_ms,
                     unsigned shards);
 void queue_close(queue_t *q);
 /* The master of every shard (one Redis, or those of a cluster) is connected
  * and has our functions library. */
 bool queue_ready(const queue_t *q);
+/* When not ready, why, if Redis said ("AUTH: WRONGPASS ...", "TLS: ..."); else NULL. */
+const char *queue_not_ready_reason(const queue_t *q);
 /* From now on an enqueue is answered only after `replicas` replicas
  * acknowledged it (Redis WAIT, at most timeout_ms); fewer is an error. */
 void queue_set_min_replicas(queue_t *q, unsigned replicas, unsigned timeout_ms);

@@ -11,7 +11,12 @@
  * them: a request that times out drops the whole connection (a connection
  * that let one request time out is not to be trusted with the next), every
  * other request then gets "connection lost", and a new connection is made
- * from a timer with backoff. A connection is never reused after a drop. */
+ * from a timer with backoff. A connection is never reused after a drop.
+ *
+ * A connection counts as established only after its TLS handshake (for
+ * rediss://) and its AUTH: nothing else goes out before, so every command,
+ * on every reconnection, runs as the configured user. Failures of one kind
+ * in a row are logged once, with the address and never the password. */
 #include "queue/redis.h"
 
 #include "core/core.h"
@@ -36,6 +41,9 @@ struct rconn {
     uv_loop_t *loop;
     char host[256];
     int port;
+    redis_endpoint_t ep; /* the login and TLS settings */
+    SSL_CTX *tls_ctx;    /* rediss:// only */
+    char failure[256];   /* of the current streak of failed attempts */
     unsigned timeout_ms;
     rconn_connect_cb on_connect;
     void *on_connect_arg;
@@ -106,6 +114,20 @@ static void schedule_reconnect(rconn_t *c)
     c->backoff_ms = c->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff_ms * 2;
 }
 
+/* Logs a failed attempt when it is the first of its streak: a Redis that
+ * refuses our login is said once, not every backoff. */
+static void note_failure(rconn_t *c, const char *why)
+{
+    if (!strcmp(c->failure, why)) return;
+    snprintf(c->failure, sizeof c->failure, "%s", why);
+    bool refused = !strncmp(why, "AUTH", 4) || !strncmp(why, "TLS", 3);
+    if (refused)
+        log_error("event=redis_connect_failed redis=%s:%d user=%s error=\"%s\"", c->host, c->port,
+                  c->ep.user[0] ? c->ep.user : "default", why);
+    else
+        log_warn("event=redis_connect_failed redis=%s:%d error=\"%s\"", c->host, c->port, why);
+}
+
 /* Ends the current connection: its requests fail, a subscriber hears that
  * messages may have been missed, and a new connection follows. */
 static void drop(rconn_t *c, const char *why)
@@ -113,8 +135,8 @@ static void drop(rconn_t *c, const char *why)
     if (!c->stream) return;
     if (c->connected && !c->closing)
         log_warn("event=redis_disconnect redis=%s:%d reason=\"%s\"", c->host, c->port, why);
-    else if (!c->connected)
-        log_debug("event=redis_connect_failed redis=%s:%d error=\"%s\"", c->host, c->port, why);
+    else if (!c->connected && !c->closing)
+        note_failure(c, why);
     bool was_connected = c->connected;
     stream_abandon(c->stream);
     c->stream = NULL;
@@ -137,13 +159,16 @@ static int send_subscribe(rconn_t *c)
 static void on_connected(rconn_t *c)
 {
     c->connected = true;
+    c->failure[0] = 0;
     c->epoch++;
     c->backoff_ms = RECONNECT_MIN_MS;
     stream_set_timeout(c->stream, 0); /* the connect deadline */
     /* A peer that vanishes without a FIN (failover, partition) is noticed by
      * the request deadlines; keepalive covers the idle subscriber connection. */
     stream_keepalive(c->stream, KEEPALIVE_S);
-    log_info("event=redis_connected redis=%s:%d", c->host, c->port);
+    log_info("event=redis_connected redis=%s:%d tls=%s user=%s", c->host, c->port,
+             c->tls_ctx ? "yes" : "no",
+             c->ep.pass[0] ? (c->ep.user[0] ? c->ep.user : "default") : "none");
     if (c->channel[0] && send_subscribe(c) < 0) {
         drop(c, "cannot subscribe");
         return;
@@ -180,7 +205,7 @@ static void read_replies(rconn_t *c)
             return;
         }
         if (!reply) break;
-        if (c->channel[0]) {
+        if (c->channel[0] && c->connected) {
             deliver_message(c, reply);
         } else {
             struct pending *p = pop(c);
@@ -209,13 +234,61 @@ static void on_timeout(rconn_t *c)
     drop(c, "request timed out");
 }
 
+static int expect_reply(rconn_t *c, rconn_reply_cb cb, void *arg);
+
+/* The certificate must chain to the CA and name the server: tls_server_name,
+ * else the host connected to (an address is checked as one). */
+static void start_tls(rconn_t *c)
+{
+    stream_tls_t how = {.host = c->ep.server_name[0] ? c->ep.server_name : c->host, .verify = true};
+    if (stream_start_tls(c->stream, c->tls_ctx, &how) < 0) drop(c, "TLS: cannot start");
+}
+
+static void on_auth_reply(redisReply *reply, const char *err, void *arg)
+{
+    rconn_t *c = arg;
+    (void)err;
+    if (!reply) return; /* the connection is being dropped: drop says why */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        char why[256];
+        snprintf(why, sizeof why, "AUTH: %s", reply->str);
+        drop(c, why);
+        return;
+    }
+    on_connected(c);
+}
+
+/* AUTH first, when there is a password: "AUTH user password" for an ACL
+ * user, "AUTH password" for the default one. */
+static void log_in(rconn_t *c)
+{
+    if (!c->ep.pass[0]) {
+        on_connected(c);
+        return;
+    }
+    const char *argv[] = {"AUTH", c->ep.user, c->ep.pass};
+    int argc = c->ep.user[0] ? 3 : 2;
+    if (argc == 2) argv[1] = c->ep.pass;
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
+    if (len < 0 || stream_write_owned(c->stream, cmd, (size_t)len) < 0 ||
+        expect_reply(c, on_auth_reply, c) < 0)
+        drop(c, "out of memory");
+}
+
 static void on_stream(stream_t *stream, enum stream_event event, void *arg)
 {
     rconn_t *c = arg;
     if (stream != c->stream) return;
     switch (event) {
     case STREAM_CONNECTED:
-        on_connected(c);
+        if (c->tls_ctx)
+            start_tls(c);
+        else
+            log_in(c);
+        break;
+    case STREAM_TLS_READY:
+        log_in(c);
         break;
     case STREAM_DATA:
         read_replies(c);
@@ -227,10 +300,14 @@ static void on_stream(stream_t *stream, enum stream_event event, void *arg)
         drop(c, "closed");
         break;
     case STREAM_ERROR:
-    case STREAM_TLS_FAILED:
         drop(c, stream_error(stream));
         break;
-    case STREAM_TLS_READY:
+    case STREAM_TLS_FAILED: {
+        char why[256];
+        snprintf(why, sizeof why, "TLS: %s", stream_error(stream));
+        drop(c, why);
+        break;
+    }
     case STREAM_CLOSED:
         break;
     }
@@ -253,14 +330,25 @@ static void connect_now(rconn_t *c)
     stream_set_timeout(c->stream, c->timeout_ms);
 }
 
-rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
+rconn_t *rconn_new(uv_loop_t *loop, const redis_endpoint_t *ep, unsigned timeout_ms,
                    rconn_connect_cb on_connect, void *arg)
 {
     rconn_t *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->loop = loop;
-    snprintf(c->host, sizeof c->host, "%s", host);
-    c->port = port;
+    c->ep = *ep;
+    snprintf(c->host, sizeof c->host, "%s", ep->host);
+    c->port = ep->port;
+    if (ep->tls) {
+        char err[300];
+        c->tls_ctx = tls_redis_context(ep->ca_file, ep->cert, ep->key, err, sizeof err);
+        if (!c->tls_ctx) {
+            log_error("event=redis_tls_failed redis=%s:%d error=\"%s\"", c->host, c->port, err);
+            config_redis_endpoint_clear(&c->ep);
+            free(c);
+            return NULL;
+        }
+    }
     c->timeout_ms = timeout_ms;
     c->on_connect = on_connect;
     c->on_connect_arg = arg;
@@ -273,7 +361,10 @@ rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout
 
 static void on_rconn_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    rconn_t *c = handle->data;
+    SSL_CTX_free(c->tls_ctx);
+    config_redis_endpoint_clear(&c->ep);
+    free(c);
 }
 
 void rconn_free(rconn_t *c)
@@ -303,6 +394,11 @@ const char *rconn_host(const rconn_t *c)
 int rconn_port(const rconn_t *c)
 {
     return c->port;
+}
+
+const char *rconn_failure(const rconn_t *c)
+{
+    return c->connected ? "" : c->failure;
 }
 
 /* ---- requests ---- */

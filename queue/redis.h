@@ -4,6 +4,8 @@
 #ifndef SEALPOST_QUEUE_REDIS_H
 #define SEALPOST_QUEUE_REDIS_H
 
+#include "core/core.h"
+
 #include <hiredis/hiredis.h>
 #include <stdbool.h>
 #include <uv.h>
@@ -16,7 +18,10 @@ typedef void (*rconn_reply_cb)(redisReply *reply, const char *err, void *arg);
 /* Runs each time a connection is established, before queued requests are answered. */
 typedef void (*rconn_connect_cb)(rconn_t *conn, void *arg);
 
-rconn_t *rconn_new(uv_loop_t *loop, const char *host, int port, unsigned timeout_ms,
+/* Connects to ep's host and port, with TLS and AUTH as ep says, before
+ * anything else, on every connection. NULL (logged) when ep's TLS files
+ * cannot be loaded, or no memory. */
+rconn_t *rconn_new(uv_loop_t *loop, const redis_endpoint_t *ep, unsigned timeout_ms,
                    rconn_connect_cb on_connect, void *arg);
 /* Closes the connection; pending callbacks run with an error first. */
 void rconn_free(rconn_t *conn);
@@ -26,6 +31,9 @@ bool rconn_connected(const rconn_t *conn);
 unsigned rconn_epoch(const rconn_t *conn);
 const char *rconn_host(const rconn_t *conn);
 int rconn_port(const rconn_t *conn);
+/* Why the last attempts to connect failed ("AUTH: WRONGPASS ...", "TLS:
+ * certificate verify failed ..."), "" once connected. */
+const char *rconn_failure(const rconn_t *conn);
 
 /* Sends one command. Returns -1 without calling cb when there is no
  * connection to send it on; otherwise cb runs exactly once, later. */

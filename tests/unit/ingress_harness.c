@@ -50,7 +50,7 @@ static struct harness {
     bool expired;
     char dir[64];
     pid_t redis_pid;
-    net_hostport_t redis;
+    redis_endpoint_t redis;
     redisContext *redis_ctx; /* to empty Redis between tests */
     queue_admin_t *admin;
     queue_t *queue;
