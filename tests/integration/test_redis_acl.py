@@ -415,10 +415,10 @@ def role_rules(acl_file, role):
 def test_the_nodes_run_under_their_roles_rules(tmp_path, secrets, sink):
     """The ingress and the worker themselves, each under its role's rules
     from the rendered file: the library loaded by admin (a node may not, and
-    waits), a message accepted, then delivered to the sink. The nodes cannot
-    log in yet ([redis] username and password_file are not on this branch),
-    so each runs as `default` given its role's rules, one after the other,
-    by a user only this test adds."""
+    waits), a message accepted, then delivered to the sink. Each runs as
+    `default` given its role's rules, one after the other,
+    by a user only this test adds: what each role's rules allow, apart from
+    the login (the next test logs in)."""
     acl = tmp_path / "test-users.acl"
     acl.write_text((secrets / "redis-users.acl").read_text()
                    + "user root on >root-of-the-test +@all ~* &*\n")
@@ -464,3 +464,49 @@ def test_the_nodes_run_under_their_roles_rules(tmp_path, secrets, sink):
         for c in (root, admin):
             c.close()
         server.stop()
+
+
+# ---- the real stack, each part logged in as its role ----
+
+def login_config(server, role):
+    """The [redis] of a process logged in as role over TLS; a second [redis]
+    section overrides the url of the stack's first."""
+    return (f"\n[redis]\nurl = rediss://127.0.0.1:{server.port}\nusername = {role}\n"
+            f"password_file = {server.secrets / f'redis-{role}.password'}\n"
+            f"tls_ca_file = {server.secrets / 'redis-ca.crt'}\n")
+
+
+def test_the_stack_logged_in_as_its_roles_accepts_and_delivers(tmp_path, server, sink):
+    """The CLI as admin (on a Redis without the library: it loads it), then
+    the ingress and the worker as their users: a message accepted after
+    and delivered; the CLI's admin verbs work, and no password shows in a log."""
+    from pgp import Person
+    stack = Stack(tmp_path, types.SimpleNamespace(port=server.port), sink)
+    admin_conf = tmp_path / "admin.conf"
+    admin_conf.write_text(stack.config(login_config(server, "admin")))
+
+    def cli(*args, stdin=None):
+        return subprocess.run([BIN, *args, "-c", str(admin_conf)], input=stdin,
+                              capture_output=True, timeout=60)
+
+    try:
+        out = cli("users", "add", "u@origin.test", stdin=b"a password\n")
+        assert out.returncode == 0, out.stderr
+        person = Person(tmp_path, "erin", "erin@example.test")
+        out = cli("keys", "import", "-", stdin=person.public())
+        assert out.returncode == 0 and person.fpr.encode() in out.stdout, out.stderr
+        ingress = stack.ingress(login_config(server, "ingress"))
+        worker = stack.worker(login_config(server, "worker"))
+        with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as c:
+            c.sendmail("sender@origin.test", ["rcpt@example.test"],
+                       b"Subject: logged in\r\n\r\nhello\r\n")
+        wait_for(lambda: sink.count() == 1, what="the delivery")
+        assert b"Subject: logged in" in sink.messages[0][2]
+        out = cli("queue", "stats")
+        assert out.returncode == 0, out.stderr
+        assert cli("users", "list").stdout == b"u@origin.test\n"
+        for p in (ingress, worker):
+            assert "NOPERM" not in p.read_log(), p.read_log()[-3000:]
+            assert server.password(p.command) not in p.read_log()
+    finally:
+        stack.close()
