@@ -15,6 +15,14 @@ What it checks:
      the demo MX; every sealpost replica answers /readyz and the health
      check passes (`sealpostctl status` says healthy); haproxy finds both
      ingress replicas through compose DNS;
+  2b. the networks: haproxy on `front` alone, at its fixed address; the
+     ingress replicas on `front` and `back`, Redis and the workers on `back`;
+     haproxy cannot connect to Redis, by name or address; a PROXY header
+     from another container (a worker) is an unknown command, not a client;
+  2c. Redis: TLS only, no anonymous login, and the ingress's user refused
+     FLUSHALL, CONFIG, KEYS, a body's GET, a policy's HSET and FUNCTION LOAD
+     (redis-cli inside the redis container), the worker's refused the users;
+     `queue stats` works as admin;
   3. `sealpostctl users add` and `keys import FILE` with a host file; TLS +
      AUTH through haproxy on 587 (STARTTLS, that user) and 465 (implicit TLS,
      the user of the `users` secret), and no open relay on 25;
@@ -270,14 +278,21 @@ class Cluster:
     def name(self, service, n):
         return f"{self.project}_{service}_{n}"
 
-    def ip(self, container):
+    def networks(self, container):
+        """{network name without the project's prefix: address}"""
         _, out = run(["podman", "inspect", "--format", "{{json .NetworkSettings.Networks}}",
                       container], env=self.env)
-        nets = json.loads(out)
-        for net in nets.values():
-            if net.get("IPAddress"):
-                return net["IPAddress"]
-        raise Failure(f"{container} has no address")
+        prefix = self.project + "_"
+        return {name[len(prefix):] if name.startswith(prefix) else name: net.get("IPAddress")
+                for name, net in json.loads(out).items() if net.get("IPAddress")}
+
+    def ip(self, container, network="back"):
+        """The address on `back` (where Redis, the nodes and Prometheus
+        meet), or on the network named."""
+        nets = self.networks(container)
+        if network in nets:
+            return nets[network]
+        raise Failure(f"{container} has no address on {network}: {nets}")
 
     def exec(self, container, *cmd, check_rc=True):
         return run(["podman", "exec", container, *cmd], env=self.env, check_rc=check_rc,
@@ -466,6 +481,91 @@ class Maildir:
 
 # ---------------------------------------------------------------------------
 
+HAPROXY_ADDRESS = "172.28.0.2"  # the compose file's defaults
+FRONT_PREFIX, BACK_PREFIX = "172.28.0.", "172.28.1."
+
+
+def tcp_from(cluster, container, host, port, send=""):
+    """What a container gets connecting to host:port (bash's /dev/tcp: the
+    images have no other client), sending `send`; None when it cannot
+    connect."""
+    script = ('exec 3<>"/dev/tcp/$0/$1" || exit 7; printf "$2" >&3; '
+              'timeout 3 cat <&3; exit 0')
+    rc, out = cluster.exec(container, "timeout", "8", "bash", "-c", script, host, str(port),
+                           send, check_rc=False)
+    return None if rc != 0 else out
+
+
+def check_networks(cluster, ingresses, workers):
+    """haproxy on `front` alone at its fixed address; the nodes on theirs;
+    Redis unreachable from haproxy, by name or address; and a PROXY header
+    from any other container is not taken as one."""
+    haproxy = cluster.name("haproxy", 1)
+    nets = cluster.networks(haproxy)
+    check(nets == {"front": HAPROXY_ADDRESS}, f"haproxy's networks: {nets}")
+    for c in ingresses:
+        nets = cluster.networks(c)
+        check(set(nets) == {"front", "back"} and nets["front"].startswith(FRONT_PREFIX)
+              and nets["back"].startswith(BACK_PREFIX), f"{c}'s networks: {nets}")
+    redis = cluster.name("redis", 1)
+    for c in workers + [redis]:
+        nets = cluster.networks(c)
+        check(set(nets) == {"back"} and nets["back"].startswith(BACK_PREFIX),
+              f"{c}'s networks: {nets}")
+    redis_ip = cluster.ip(redis)
+    for target in ("redis", redis_ip):
+        got = tcp_from(cluster, haproxy, target, 6379)
+        check(got is None, f"haproxy reached Redis at {target}:6379: {got!r}")
+    # the same probe reaches what it may: an ingress's SMTP port
+    check(tcp_from(cluster, haproxy, "ingress", 2525) is not None,
+          "haproxy cannot connect to an ingress (the probe itself is broken?)")
+    # A worker is not haproxy: its PROXY header is an unknown command after
+    # the greeting, not a client address.
+    got = tcp_from(cluster, workers[0], "ingress", 2525,
+                   r"PROXY TCP4 198.51.100.7 172.28.1.1 4000 2525\r\nQUIT\r\n") or ""
+    check(re.match(r"220[ -]", got) and re.search(r"^5\d\d ", got, re.M),
+          f"a PROXY header from {workers[0]} got {got!r}")
+    log(f"haproxy {HAPROXY_ADDRESS} on front only, cannot reach Redis {redis_ip}; "
+        f"a worker's PROXY header is refused")
+
+
+def check_redis_logins(cluster, secrets_dir):
+    """Inside the redis container (the one with redis-cli): no plain text,
+    no login without a name, and the ingress's user refused what it must
+    not do; the admin verbs work, as the user admin."""
+    redis = cluster.name("redis", 1)
+    _, out = run(["podman", "exec", redis, "timeout", "5", "redis-cli", "-h", "127.0.0.1",
+                  "-p", "6379", "PING"], env=cluster.env, check_rc=False, merge=True)
+    check("PONG" not in out, f"Redis answered PING in plain text: {out!r}")
+
+    def as_user(user, *command):
+        password = ""
+        if user:
+            with open(os.path.join(secrets_dir, f"redis-{user}.password")) as f:
+                password = f.read()
+        login = ["--user", user] if user else []
+        _, out = run(["podman", "exec", "-e", f"REDISCLI_AUTH={password}", redis, "timeout",
+                      "5", "redis-cli", "--tls", "--cacert", "/run/secrets/redis_ca", "-h",
+                      "127.0.0.1", "-p", "6379", *login, "--no-auth-warning", *command],
+                     env=cluster.env, check_rc=False, merge=True)
+        return out
+
+    out = as_user(None, "PING")
+    check("NOAUTH" in out or "WRONGPASS" in out, f"a login without a name: {out!r}")
+    for command in (["FLUSHALL"], ["CONFIG", "GET", "*"], ["KEYS", "*"],
+                    ["GET", "{mq:0}:b:00000000000000000000000000000000:0"],
+                    ["HSET", "{sealpost:crypto}:policy", "example.test", "never"],
+                    ["FUNCTION", "LOAD", "REPLACE", "#!lua name=x\n"]):
+        out = as_user("ingress", *command)
+        check("NOPERM" in out, f"the ingress user ran {command}: {out!r}")
+    out = as_user("worker", "HGETALL", "{sealpost:auth}:users")
+    check("NOPERM" in out, f"the worker user read the users: {out!r}")
+    out = cluster.ctl("queue", "stats")
+    check("NOPERM" not in out, f"queue stats as admin: {out!r}")
+    log("Redis: no plain text, no anonymous login; the ingress user may not FLUSHALL, "
+        "read a body, write a policy or load the library; the worker user may not read users")
+
+
 def make_secrets(directory):
     """Only the `users` secret: `sealpostctl up` makes the seal key and the
     certificate, as it does for an operator."""
@@ -636,7 +736,7 @@ def body(cluster, args, timer, ports, maildir, run_id):
         # The health checks: no systemd timers here, so sealpostctl status
         # runs them once and shows the result.
         status = cluster.ctl("status")
-        for c in ingresses + workers:
+        for c in ingresses + workers + [cluster.name("redis", 1)]:
             check(re.search(rf"^{c}\s+Up .*\(healthy\)", status, re.M),
                   f"{c} is not healthy in sealpostctl status:\n{status}")
         stats_url = f"http://127.0.0.1:{ports['stats']}/;csv"
@@ -652,6 +752,9 @@ def body(cluster, args, timer, ports, maildir, run_id):
                        and r[1] not in ("FRONTEND", "BACKEND") and r[col["status"]] == "UP")
 
         wait_for("haproxy to see 2 ingress replicas up", lambda: servers_up() == 2, 60)
+
+    with timer("the networks: haproxy's fixed address, Redis out of its reach"):
+        check_networks(cluster, ingresses, workers)
         users = cluster.containers(all_states=True).get(cluster.name("users", 1))
         check(users is not None, "the users one-shot container is missing")
         _, code = run(["podman", "wait", cluster.name("users", 1)], env=env, timeout=120)
@@ -671,6 +774,9 @@ def body(cluster, args, timer, ports, maildir, run_id):
         check(fpr in cluster.ctl("keys", "list"), "the imported key is not in keys list")
         out = cluster.ctl("keys", "import", keyfile + ".missing", check_rc=False)
         check("no such readable file on this host" in out, f"a missing host file: {out!r}")
+
+    with timer("Redis: TLS only, a login per role"):
+        check_redis_logins(cluster, secrets_dir)
 
     sender = Sender(ports["smtp"], run_id, threads=args.threads)
     box = Maildir(maildir)
@@ -716,7 +822,7 @@ def body(cluster, args, timer, ports, maildir, run_id):
 
     # The PROXY v2 header: the ingress logs the client haproxy saw, which is
     # not haproxy's own address.
-    haproxy_ip = cluster.ip(cluster.name("haproxy", 1))
+    haproxy_ip = cluster.ip(cluster.name("haproxy", 1), "front")
     _, out = run(["podman", "logs", ingresses[0]], env=env, merge=True)
     clients = set(re.findall(r"event=accepted mid=\S+ client=(\S+)", out))
     check(clients and haproxy_ip not in clients,
