@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 FUZZ_JOBS  ?= 2
-FUZZ_TARGETS ?= command data header pgpmime openpgp x509 dkim
+FUZZ_TARGETS ?= command data header pgpmime openpgp x509 dkim resp smtp_reply
 
 .PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench
 
@@ -37,7 +37,7 @@ $(FUZZ_BUILD)/Makefile:
 
 # Unit tests run in the plain and the sanitizer build; the integration tests
 # drive the sanitizer build's binary, so a memory error in any path they reach
-# fails the run. The fuzz targets run for a fixed time each (a minute), two at
+# fails the run. The fuzz targets run for a fixed time each (45 s), two at
 # a time, on a corpus that grows in the build tree from run to run. The fuzz
 # tree is configured again first: a target added since it was made is not a
 # target its Makefile knows until then.

@@ -581,8 +581,10 @@ static void read_replies(client_t *c)
             fail(c, "malformed reply");
             return;
         }
+        /* The first line of an EHLO reply is the server's name, not a keyword. */
+        bool keyword_line = c->multiline_code != 0;
         c->multiline_code = last ? 0 : code;
-        if (c->step == STEP_EHLO && code / 100 == 2) note_extension(c, data, len);
+        if (c->step == STEP_EHLO && code / 100 == 2 && keyword_line) note_extension(c, data, len);
         char text[512];
         snprintf(text, sizeof text, "%.*s", (int)(len > 500 ? 500 : len), data);
         stream_consume(c->stream, (size_t)(lf - data) + 1);
