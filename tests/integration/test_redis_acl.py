@@ -590,3 +590,53 @@ def test_the_stack_logged_in_as_its_roles_accepts_and_delivers(tmp_path, server,
             assert server.password(p.command) not in p.read_log()
     finally:
         stack.close()
+
+
+def test_the_command_line_replaces_another_library_and_the_nodes_become_ready(
+        tmp_path, secrets, sink):
+    """After an upgrade Redis holds the old library, and a node may not
+    replace it (only admin may FUNCTION LOAD): it waits, unready. The first
+    call of the new command line, as admin, finds the digest not its own and
+    loads its library; the node then finds it its own and becomes ready."""
+    acl = tmp_path / "test-users.acl"
+    acl.write_text((secrets / "redis-users.acl").read_text()
+                   + "user root on >root-of-the-test +@all ~* &*\n")
+    server = AclRedis(tmp_path, secrets, plain_port=free_port(), acl_file=acl).start()
+    stack = Stack(tmp_path, types.SimpleNamespace(port=server.plain_port), sink)
+    root = redis_py.Redis(port=server.plain_port, username="root", password="root-of-the-test")
+    admin_conf = tmp_path / "admin.conf"
+    admin_conf.write_text(stack.config(
+        f"\n[redis]\nurl = redis://127.0.0.1:{server.plain_port}\nusername = admin\n"
+        f"password_file = {secrets / 'redis-admin.password'}\n"))
+    try:
+        # another version's library, with another digest and without user_records
+        older = re.sub(r"redis\.register_function\{function_name = 'user_records'.*?\}\n",
+                       "", library_as_loaded("an older version"), flags=re.S)
+        assert older != library_as_loaded("an older version")
+        assert root.execute_command("FUNCTION", "LOAD", "REPLACE", older) == b"sealpost"
+        root.execute_command("ACL", "SETUSER", "default", "reset", "on", "nopass",
+                             *role_rules(acl, "ingress"))
+        ingress = Sealpost(tmp_path, "ingress", stack.config(), "ingress").start()
+        stack.procs.append(ingress)
+        wait_for(lambda: "event=function_load_failed" in ingress.read_log(),
+                 what="the ingress's refused load")
+        assert "NOPERM" in ingress.read_log() and not port_open("127.0.0.1", stack.smtp_port)
+        # a read of the command line's is enough: it replaces the library first
+        out = subprocess.run([BIN, "users", "list", "-c", str(admin_conf)],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert root.fcall_ro("library_digest", 0) == NODES_DIGEST.encode()
+        assert root.fcall_ro("user_records", 2, *AUTH_KEYS) == []
+        wait_for(lambda: port_open("127.0.0.1", stack.smtp_port), what="the ingress ready")
+        assert "event=queue_ready" in ingress.read_log()
+        # with its own library there, the command line loads nothing again
+        before = root.info("commandstats").get("cmdstat_function|load", {}).get("calls", 0)
+        out = subprocess.run([BIN, "users", "list", "-c", str(admin_conf)],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert root.info("commandstats").get("cmdstat_function|load", {}).get("calls", 0) \
+            == before
+    finally:
+        stack.close()
+        root.close()
+        server.stop()
