@@ -5,8 +5,11 @@
  * Cluster it reads the slot map once, connects to each master when first
  * needed, and follows MOVED, ASK, TRYAGAIN and CLUSTERDOWN like the
  * asynchronous router does (cluster.c). Writes are calls of the functions
- * library, which it loads on a master that does not have it yet (the
- * command line may come before any node, as `sealpost users add` does). */
+ * library, which it loads on a master that has none or another version
+ * (asked with library_digest on each new connection, as the nodes ask): the
+ * command line may come before any node, as `sealpost users add` does, and
+ * under the ACL only admin may load it, so after an upgrade the nodes wait
+ * for the command line's first call. */
 #include "queue/internal.h"
 
 #include "core/tls.h"
@@ -40,6 +43,7 @@ struct admin_node {
     char host[256];
     int port;
     admin_link_t *ctx; /* NULL until first used */
+    bool library_ours; /* this connection found or loaded our library */
 };
 
 struct queue_admin {
@@ -233,6 +237,7 @@ static admin_link_t *admin_node_ctx(queue_admin_t *a, int i, char *err, size_t e
     struct admin_node *n = &a->nodes[i];
     if (n->ctx) return n->ctx;
     char why[300];
+    n->library_ours = false; /* a new connection may be to a Redis restarted empty */
     n->ctx = link_open(a, n->host, n->port, why, sizeof why);
     if (!n->ctx) snprintf(err, errlen, "cannot reach Redis at %s:%d: %s", n->host, n->port, why);
     return n->ctx;
@@ -323,16 +328,19 @@ static int admin_route(const queue_admin_t *a, int argc, const char **argv, cons
     return slot >= 0 && a->owner[slot] >= 0 ? a->owner[slot] : 0;
 }
 
+static int admin_library_check(queue_admin_t *a, int node, char *err, size_t errlen);
+
 /* Runs one command where it belongs, following redirects: the last reply
- * (an error reply too), or NULL with err set. */
-static redisReply *admin_exec(queue_admin_t *a, char *err, size_t errlen, int argc,
+ * (an error reply too), or NULL with err set. A call of our functions
+ * (library) first makes sure each node it goes to has our library. */
+static redisReply *admin_exec(queue_admin_t *a, bool library, char *err, size_t errlen, int argc,
                               const char **argv, const size_t *lens)
 {
     int node = admin_route(a, argc, argv, lens);
     bool asking = false;
     for (int tries = 0;; tries++) {
         admin_link_t *ctx = admin_node_ctx(a, node, err, errlen);
-        if (!ctx) return NULL;
+        if (!ctx || (library && admin_library_check(a, node, err, errlen) < 0)) return NULL;
         static const char *const ask[] = {"ASKING"};
         if (asking) freeReplyObject(link_command(ctx, 1, (const char **)ask, NULL));
         redisReply *r = link_command(ctx, argc, argv, lens);
@@ -379,7 +387,7 @@ static redisReply *admin_reply(redisReply *r, char *err, size_t errlen)
 redisReply *queue_admin_command(queue_admin_t *a, char *err, size_t errlen, int argc,
                                 const char **argv)
 {
-    return admin_reply(admin_exec(a, err, errlen, argc, argv, NULL), err, errlen);
+    return admin_reply(admin_exec(a, false, err, errlen, argc, argv, NULL), err, errlen);
 }
 
 /* FUNCTION LOAD REPLACE of the library as the nodes load it (same code, same
@@ -412,6 +420,39 @@ static bool function_missing(const redisReply *r)
     return r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "ERR Function not found", 22);
 }
 
+/* Asks a node which library it has (FCALL_RO library_digest, as the nodes
+ * do in cluster.c) and loads ours when it has none, an older one without
+ * the digest function, or another one: a call of the binary's functions on
+ * another version's code would run with other arities, or not at all, and
+ * nodes that may not load it (the ACL) would stay unready. Once per
+ * connection. */
+static int admin_library_check(queue_admin_t *a, int node, char *err, size_t errlen)
+{
+    struct admin_node *n = &a->nodes[node];
+    if (n->library_ours) return 0;
+    if (!a->library.code.data && library_prepare(&a->library) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    const char *argv[] = {"FCALL_RO", LIBRARY_DIGEST_FUNCTION, "0"};
+    redisReply *r = link_command(n->ctx, 3, argv, NULL);
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", n->ctx->errstr);
+        link_free(n->ctx);
+        n->ctx = NULL;
+        return -1;
+    }
+    bool ours = r->type == REDIS_REPLY_STRING && !strcmp(r->str, a->library.digest);
+    bool other = function_missing(r) || r->type == REDIS_REPLY_STRING;
+    if (!ours && !other)
+        snprintf(err, errlen, "redis: cannot check the functions library: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    if (!ours && (!other || admin_load_library(a, node, err, errlen) < 0)) return -1;
+    n->library_ours = true;
+    return 0;
+}
+
 redisReply *queue_admin_fcall(queue_admin_t *a, const call_keys_t *keys, int nargs,
                               const char **args, const size_t *arg_lens, char *err, size_t errlen)
 {
@@ -421,13 +462,7 @@ redisReply *queue_admin_fcall(queue_admin_t *a, const call_keys_t *keys, int nar
                  schema_fn_name(keys->fn));
         return NULL;
     }
-    redisReply *r = admin_exec(a, err, errlen, v.argc, v.argv, v.lens);
-    if (function_missing(r)) { /* where it was answered: redirects are followed by now */
-        freeReplyObject(r);
-        r = admin_load_library(a, admin_route(a, v.argc, v.argv, v.lens), err, errlen) == 0
-                ? admin_exec(a, err, errlen, v.argc, v.argv, v.lens)
-                : NULL;
-    }
+    redisReply *r = admin_exec(a, true, err, errlen, v.argc, v.argv, v.lens);
     fcall_argv_free(&v);
     return admin_reply(r, err, errlen);
 }
@@ -469,7 +504,8 @@ int queue_admin_pipeline(queue_admin_t *a, int n, int argc[], const char **argv[
 {
     int got = 0;
     if (a->owner) /* commands for several masters: one by one, each routed */
-        while (got < n && (out[got] = admin_exec(a, err, errlen, argc[got], argv[got], NULL)))
+        while (got < n &&
+               (out[got] = admin_exec(a, false, err, errlen, argc[got], argv[got], NULL)))
             got++;
     else
         got = admin_pipelined(a, n, argc, argv, out, err, errlen);

@@ -51,6 +51,7 @@ def dkim(name):
 
 
 AUTH_KEYS = ["{sealpost:auth}:users", "{sealpost:auth}:cram"]
+AUTH_MACS = "{sealpost:auth}:macs"
 FAIL_KEY = "{sealpost:auth}:fail:192.0.2.1"
 
 
@@ -115,11 +116,11 @@ def as_role(server):
         c.close()
 
 
-def refused(call, *args):
+def refused(call, *args, **kwargs):
     """Refused by the ACL: the command itself (NOPERM), or one that a
     function runs (then Redis words it as the script's error)."""
     with pytest.raises(redis_py.exceptions.ResponseError) as e:
-        call(*args)
+        call(*args, **kwargs)
     assert (isinstance(e.value, redis_py.exceptions.NoPermissionError)
             or re.search(r"can't access|can't run|no permissions", str(e.value))), e.value
     return True
@@ -129,8 +130,9 @@ def every_key(r):
     """The keys these tests write, with their values, read as admin (who
     may not SCAN nor ask a key's TYPE)."""
     hashes = [shard("meta"), shard("st"), shard("dom"), shard("enc"), shard(f"m:{MID}"),
-              shard(f"j:{JID}"), *AUTH_KEYS, crypto("policy"), crypto("prefer"),
-              crypto("k:AAAA"), crypto("a:x@example.test"), dkim("d:origin.test")]
+              shard(f"j:{JID}"), *AUTH_KEYS, AUTH_MACS, crypto("policy"), crypto("prefer"),
+              crypto("k:AAAA"), crypto("a:x@example.test"), crypto("macs"), crypto("dirmac"),
+              dkim("d:origin.test")]
     zsets = [shard(n) for n in ("due", "lease", "held", "age", "dq")]
     zsets += [crypto("expiry_openpgp"), crypto("expiry_smime")]
     strings = [shard(f"b:{MID}:0"), crypto("version"), dkim("version")]
@@ -227,7 +229,15 @@ def policy_set(r, target, *policy):
 
 def dkim_put(r, selector="s1"):
     return r.fcall("dkim_put", 3, dkim("d:origin.test"), dkim("domains"), dkim("version"),
-                   "origin.test", selector, "ed25519", "v=DKIM1; k=ed25519; p=x", "sealed")
+                   "origin.test", selector, "ed25519", "v=DKIM1; k=ed25519; p=x", "sealed",
+                   f"k1:{selector} tag")
+
+
+def dkim_tag(r, selector="s1", tag="k1:retagged"):
+    """What `sealpost dkim authenticate` stores: 1 when the sealed key is
+    still the one read."""
+    return r.fcall("dkim_tag", 2, dkim("d:origin.test"), dkim("version"), selector, "sealed",
+                   tag)
 
 
 def dkim_reads(r):
@@ -237,11 +247,37 @@ def dkim_reads(r):
 
 
 def user_set(r, name="u@origin.test"):
-    return r.fcall("user_set", 2, *AUTH_KEYS, name, "$argon2id$x")
+    return r.fcall("user_set", 3, *AUTH_KEYS, AUTH_MACS, name, "$argon2id$x")
+
+
+def user_tag(r, name="u@origin.test", tag="k1:hash tag"):
+    """What `sealpost users add` stores after user_set: the hash's tag (no
+    CRAM-MD5 secret)."""
+    return r.fcall("user_tag", 3, *AUTH_KEYS, AUTH_MACS, name, "$argon2id$x", tag, "", "")
+
+
+def user_records(r):
+    return r.fcall_ro("user_records", 2, *AUTH_KEYS)
 
 
 def auth_begin(r, name="u@origin.test"):
-    return r.fcall("auth_begin", 3, *AUTH_KEYS, FAIL_KEY, name, 10, 600, "1")
+    return r.fcall("auth_begin", 4, *AUTH_KEYS, FAIL_KEY, AUTH_MACS, name, 10, 600, "1")
+
+
+DIRECTORY_KEYS = [crypto("version"), crypto("macs"), crypto("dirmac"), crypto("keys"),
+                  crypto("policy"), crypto("prefer")]
+
+
+def key_directory(r):
+    """What the ingress reads when the version moves: {version, sealed at,
+    index tag, entries stored, {entry, tag, ...}}."""
+    return r.fcall_ro("key_directory", len(DIRECTORY_KEYS), *DIRECTORY_KEYS)
+
+
+def key_seal(r, read, new, *index):
+    """What every write of `sealpost keys` ends with: the index, sealed at
+    the version read (or a higher one)."""
+    return r.fcall("key_seal", 3, *DIRECTORY_KEYS[:3], read, new, "k1:index tag", *index)
 
 
 # ---- the tests ----
@@ -304,10 +340,21 @@ def test_the_ingress_cannot_read_a_body_it_stored(as_role):
     assert as_role["worker"].get(shard(f"b:{MID}:0")) == b"sealed secret"
 
 
+def admin_stores_a_directory_a_dkim_key_and_a_user(admin):
+    """What `sealpost keys import`, `keys policy`, `dkim import` and `users
+    add` leave: each entry with its tag, the directory's index sealed."""
+    assert key_put(admin) == b"ok" and policy_set(admin, "example.test", "required") == b"ok"
+    version = int(admin.get(crypto("version")))
+    assert key_seal(admin, version, version, "a:x@example.test:openpgp", "k1:a tag",
+                    "k:AAAA", "k1:k tag", "p:example.test", "k1:p tag") == b"ok"
+    assert dkim_put(admin) == b"active"
+    assert user_set(admin) == b"ok" and user_tag(admin) == b"ok"
+    return version
+
+
 def test_the_ingress_cannot_write_the_key_directory_dkim_keys_or_users(as_role):
     admin, ingress = as_role["admin"], as_role["ingress"]
-    assert key_put(admin) == b"ok" and policy_set(admin, "example.test", "required") == b"ok"
-    assert dkim_put(admin) == b"active" and user_set(admin) == b"ok"
+    version = admin_stores_a_directory_a_dkim_key_and_a_user(admin)
     before = every_key(admin)
     assert refused(policy_set, ingress, "example.test", "never")
     assert refused(policy_set, ingress, "example.test")
@@ -320,38 +367,63 @@ def test_the_ingress_cannot_write_the_key_directory_dkim_keys_or_users(as_role):
     assert refused(ingress.hset, crypto("a:x@example.test"), "fpr", "EVIL")
     assert refused(ingress.delete, crypto("k:AAAA"))
     assert refused(ingress.incr, crypto("version"))
+    # nor seal a directory of its own, nor tag a user or a DKIM key
+    assert refused(key_seal, ingress, version, version + 1, "k:EVIL", "k1:evil")
+    assert refused(ingress.hset, crypto("macs"), "k:EVIL", "k1:evil")
+    assert refused(ingress.hset, crypto("dirmac"), "version", version + 1)
+    assert refused(ingress.delete, crypto("macs"))
+    assert refused(user_tag, ingress, tag="k1:evil")
+    assert refused(ingress.hset, AUTH_MACS, "h:evil@origin.test", "k1:evil")
+    assert refused(ingress.hdel, AUTH_MACS, "h:u@origin.test")
+    assert refused(dkim_tag, ingress, tag="k1:evil")
     assert refused(dkim_put, ingress, "evil")
     assert refused(dkim_reads, ingress)
     assert refused(user_set, ingress, "evil@origin.test")
-    assert refused(ingress.fcall, "user_delete", 2, *AUTH_KEYS, "u@origin.test")
+    assert refused(ingress.fcall, "user_delete", 3, *AUTH_KEYS, AUTH_MACS, "u@origin.test")
     assert refused(ingress.hset, AUTH_KEYS[0], "evil@origin.test", "$argon2id$x")
+    # every user's hash at once is the command line's (`users authenticate`)
+    assert refused(user_records, ingress)
     assert every_key(admin) == before
 
 
 def test_the_worker_cannot_touch_users_nor_write_dkim_keys_or_the_directory(as_role):
     admin, worker = as_role["admin"], as_role["worker"]
-    assert user_set(admin) == b"ok" and dkim_put(admin) == b"active"
+    version = admin_stores_a_directory_a_dkim_key_and_a_user(admin)
     before = every_key(admin)
     assert refused(worker.hgetall, AUTH_KEYS[0])
     assert refused(worker.hget, AUTH_KEYS[0], "u@origin.test")
+    assert refused(worker.hgetall, AUTH_MACS)
     assert refused(worker.fcall_ro, "user_list", 2, *AUTH_KEYS)
+    assert refused(user_records, worker)
     assert refused(auth_begin, worker)
     assert refused(user_set, worker, "evil@origin.test")
+    assert refused(user_tag, worker, tag="k1:evil")
     assert refused(dkim_put, worker, "evil")
+    assert refused(dkim_tag, worker, tag="k1:evil")
+    assert refused(worker.hset, dkim("d:origin.test"), "s1:tag", "k1:evil")
     assert refused(worker.fcall, "dkim_activate", 2, dkim("d:origin.test"), dkim("version"),
                    "s1")
     assert refused(worker.hset, dkim("d:origin.test"), "active:ed25519", "evil")
     assert refused(policy_set, worker, "example.test", "never")
     assert refused(key_put, worker, "EVIL")
+    assert refused(key_seal, worker, version, version + 1, "k:EVIL", "k1:evil")
+    assert refused(worker.hset, crypto("macs"), "k:EVIL", "k1:evil")
     assert every_key(admin) == before
 
 
 def test_each_roles_own_calls_pass(as_role):
     admin, ingress, worker = as_role["admin"], as_role["ingress"], as_role["worker"]
-    # admin: what `sealpost users add`, `keys import`, `policy`, `dkim import` store
-    assert user_set(admin) == b"ok" and key_put(admin) == b"ok"
-    assert policy_set(admin, "example.test", "required") == b"ok"
-    assert dkim_put(admin) == b"active"
+    # admin: what `sealpost users add`, `keys import`, `policy`, `dkim import`
+    # store, with their tags and the directory's seal
+    version = admin_stores_a_directory_a_dkim_key_and_a_user(admin)
+    # ... and what `keys authenticate`, `users authenticate` and `dkim
+    # authenticate` read and write
+    assert key_directory(admin)[:4] == [str(version).encode(), str(version).encode(),
+                                        b"k1:index tag", 2]
+    assert key_seal(admin, version, version + 1, "k:AAAA", "k1:k tag") == b"ok"
+    assert user_records(admin) == [b"u@origin.test", b"$argon2id$x", b""]
+    assert user_tag(admin) == b"ok"
+    assert dkim_tag(admin) == 1
     # each node at start: the library's digest, its sealing key's check value
     for r in (ingress, worker):
         assert r.fcall_ro("library_digest", 0) == b"test"
@@ -360,12 +432,17 @@ def test_each_roles_own_calls_pass(as_role):
         with pytest.raises(redis_py.exceptions.ResponseError, match="cluster support disabled"):
             r.execute_command("CLUSTER", "SLOTS")
     # the ingress: SMTP AUTH, the recipient's key, the enqueue with WAIT
-    hashed, cram, before = auth_begin(ingress)
-    assert hashed == b"$argon2id$x" and before == 0
+    hashed, cram, before, hash_tag, cram_tag = auth_begin(ingress)
+    assert hashed == b"$argon2id$x" and before == 0 and hash_tag == b"k1:hash tag"
+    assert cram == b"" and cram_tag == b""
     assert ingress.fcall("auth_uncount", 1, FAIL_KEY) is not None
     found = key_lookup(ingress)
     assert found[1] == b"AAAA" and found[5] == b"required"
     assert ingress.fcall_ro("key_version", 1, crypto("version")) == found[0]
+    # the directory's index, checked before the lookup is trusted
+    sealed = str(version + 1).encode()
+    assert key_directory(ingress) == [found[0], sealed, b"k1:index tag", 2,
+                                      [b"k:AAAA", b"k1:k tag"]]
     assert enqueue(ingress) == b"ok"
     assert ingress.execute_command("WAIT", 0, 0) == 0
     status_page_reads(ingress)
@@ -376,7 +453,10 @@ def test_each_roles_own_calls_pass(as_role):
     other = worker.pubsub()
     other.subscribe("another:channel")
     assert refused(other.get_message, False, 5)
-    assert dkim_reads(worker)[1] == [b"origin.test"]
+    _, domains, selectors = dkim_reads(worker)
+    assert domains == [b"origin.test"]
+    # the selector with its tag, which the signer checks before it unseals the key
+    assert selectors[0] == b"s1" and selectors[5:] == [b"sealed", b"k1:retagged"]
     token = claim(worker)[JID]
     job, envelope, body, flag = fetch(worker)
     assert body == b"sealed body" and flag == b""
@@ -510,3 +590,53 @@ def test_the_stack_logged_in_as_its_roles_accepts_and_delivers(tmp_path, server,
             assert server.password(p.command) not in p.read_log()
     finally:
         stack.close()
+
+
+def test_the_command_line_replaces_another_library_and_the_nodes_become_ready(
+        tmp_path, secrets, sink):
+    """After an upgrade Redis holds the old library, and a node may not
+    replace it (only admin may FUNCTION LOAD): it waits, unready. The first
+    call of the new command line, as admin, finds the digest not its own and
+    loads its library; the node then finds it its own and becomes ready."""
+    acl = tmp_path / "test-users.acl"
+    acl.write_text((secrets / "redis-users.acl").read_text()
+                   + "user root on >root-of-the-test +@all ~* &*\n")
+    server = AclRedis(tmp_path, secrets, plain_port=free_port(), acl_file=acl).start()
+    stack = Stack(tmp_path, types.SimpleNamespace(port=server.plain_port), sink)
+    root = redis_py.Redis(port=server.plain_port, username="root", password="root-of-the-test")
+    admin_conf = tmp_path / "admin.conf"
+    admin_conf.write_text(stack.config(
+        f"\n[redis]\nurl = redis://127.0.0.1:{server.plain_port}\nusername = admin\n"
+        f"password_file = {secrets / 'redis-admin.password'}\n"))
+    try:
+        # another version's library, with another digest and without user_records
+        older = re.sub(r"redis\.register_function\{function_name = 'user_records'.*?\}\n",
+                       "", library_as_loaded("an older version"), flags=re.S)
+        assert older != library_as_loaded("an older version")
+        assert root.execute_command("FUNCTION", "LOAD", "REPLACE", older) == b"sealpost"
+        root.execute_command("ACL", "SETUSER", "default", "reset", "on", "nopass",
+                             *role_rules(acl, "ingress"))
+        ingress = Sealpost(tmp_path, "ingress", stack.config(), "ingress").start()
+        stack.procs.append(ingress)
+        wait_for(lambda: "event=function_load_failed" in ingress.read_log(),
+                 what="the ingress's refused load")
+        assert "NOPERM" in ingress.read_log() and not port_open("127.0.0.1", stack.smtp_port)
+        # a read of the command line's is enough: it replaces the library first
+        out = subprocess.run([BIN, "users", "list", "-c", str(admin_conf)],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert root.fcall_ro("library_digest", 0) == NODES_DIGEST.encode()
+        assert root.fcall_ro("user_records", 2, *AUTH_KEYS) == []
+        wait_for(lambda: port_open("127.0.0.1", stack.smtp_port), what="the ingress ready")
+        assert "event=queue_ready" in ingress.read_log()
+        # with its own library there, the command line loads nothing again
+        before = root.info("commandstats").get("cmdstat_function|load", {}).get("calls", 0)
+        out = subprocess.run([BIN, "users", "list", "-c", str(admin_conf)],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert root.info("commandstats").get("cmdstat_function|load", {}).get("calls", 0) \
+            == before
+    finally:
+        stack.close()
+        root.close()
+        server.stop()
