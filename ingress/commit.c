@@ -166,9 +166,10 @@ static void enqueue(struct commit *c, const gateway_job_t *job)
         m.rcpt_body = variant;
         count_copies(job, m.copies);
         m.mac = mac;
-        m.env = env.data;
         c->enqueue_start = uv_now(c->ingress->loop);
-        if (envelope_mac(c->ingress->seal, &m, &env, mac) == 0 && queue_ready(c->ingress->queue))
+        bool made = envelope_mac(c->ingress->seal, &m, &env, mac) == 0;
+        m.env = env.data; /* written by envelope_mac */
+        if (made && queue_ready(c->ingress->queue))
             rc = queue_enqueue(c->ingress->queue, &m, on_enqueued, c);
     }
     /* queue_enqueue copied what it needs into the request; a withdraw
