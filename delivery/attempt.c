@@ -293,6 +293,73 @@ static void find_hops(attempt_t *a)
     }
 }
 
+/* Is addr with variant v and params one line of the authenticated env? */
+static bool env_has(const char *env, const char *addr, unsigned v, const char *params)
+{
+    buf_t line;
+    buf_init(&line);
+    bool found = false;
+    if (queue_env_append(&line, addr, v, params) == 0) {
+        for (const char *p = env; *p && !found;) {
+            const char *nl = strchr(p, '\n');
+            size_t len = nl ? (size_t)(nl - p) + 1 : strlen(p);
+            found = len == line.len && memcmp(p, line.data, len) == 0;
+            p += len;
+        }
+    }
+    buf_free(&line);
+    return found;
+}
+
+/* The sealed length of variant v in lens ("n n ..."), or -1. */
+static long long variant_len(const char *lens, unsigned v)
+{
+    const char *p = lens;
+    for (unsigned i = 0; i < v && p; i++) {
+        p = strchr(p, ' ');
+        if (p) p++;
+    }
+    if (!p || *p < '0' || *p > '9') return -1;
+    return strtoll(p, NULL, 10);
+}
+
+/* Checks a fetched job against its envelope's MAC before anything is
+ * unsealed or sent: the MAC covers the message id (the job id's), sender,
+ * MAIL parameters, the variants' sealed lengths and every recipient with
+ * its variant and DSN parameters; each of the job's recipients must be
+ * among them with the job's variant, in the job's domain, and the body the
+ * length the writer sealed. NULL when it holds, else why not. */
+static const char *envelope_check(const attempt_env_t *env, const queue_job_t *job)
+{
+    if (!job->mac) return "no_mac"; /* fails closed: see the upgrade notes */
+    if (!job->env || !job->lens) return "incomplete";
+    seal_field_t f[] = {{job->mid, strlen(job->mid)},
+                        {job->sender, strlen(job->sender)},
+                        {job->mail_params, strlen(job->mail_params)},
+                        {job->lens, strlen(job->lens)},
+                        {job->env, strlen(job->env)}};
+    int ok = seal_mac_verify(env->outcome.seal, QUEUE_MAC_PURPOSE, f, sizeof f / sizeof f[0],
+                             job->mac, strlen(job->mac));
+    if (ok < 0) return "unknown_key";
+    if (ok == 0) return "bad_mac";
+    if (variant_len(job->lens, job->variant) != (long long)job->body_len) return "body_length";
+    for (unsigned i = 0; i < job->n_rcpts; i++) {
+        const char *at = strrchr(job->rcpts[i], '@');
+        if (!at || strcmp(at + 1, job->domain) != 0) return "rcpt_domain";
+        if (!env_has(job->env, job->rcpts[i], job->variant, job->rcpt_params[i]))
+            return "rcpt_not_in_envelope";
+    }
+    return NULL;
+}
+
+static void on_held_tampered(int status, const char *err, void *arg)
+{
+    attempt_t *a = arg;
+    if (status < 0)
+        log_warn("event=job_tampered_hold_failed job=%s error=\"%s\"", a->job->jid, err);
+    finish(a);
+}
+
 static void on_fetched(int status, const char *err, queue_job_t *job, void *arg);
 
 static void fetch(attempt_t *a)
@@ -335,6 +402,13 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     uv_timer_start(&a->lease_timer, on_lease_timer, renew, renew);
     if (job->operator_flag != QUEUE_OP_NONE) {
         operator_flagged(a);
+        return;
+    }
+    const char *bad = envelope_check(env, job);
+    if (bad) {
+        log_warn("event=job_tampered jid=%s why=%s", job->jid, bad);
+        metric_add(env->tampered, 1);
+        if (queue_job_tampered(env->outcome.queue, job, bad, on_held_tampered, a) < 0) finish(a);
         return;
     }
     char why[200];

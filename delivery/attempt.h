@@ -26,6 +26,7 @@ typedef struct attempt_env {
     pool_t *pool;
     signer_t *signer;   /* DKIM: signs each body right after it is unsealed */
     metric_t *duration; /* of one SMTP transaction */
+    metric_t *tampered; /* jobs held because their envelope failed its MAC */
     bool stopping;      /* set by the worker's stop: a failed fetch is not tried again */
     attempt_t *active;  /* the attempts under way: attempt.c keeps the list */
     /* Calls back up to the worker. An attempt left recipients of shard

@@ -181,10 +181,30 @@ int outcome_notice(const config_t *cfg, const queue_job_t *job, const client_res
     return bounce_build(&report, out) < 0 ? -1 : 1;
 }
 
-/* Builds and seals the notice into b (its body in body); false when none is
- * due, or it could not be made. */
+/* The notice's envelope MAC, as the ingress makes one for a message (see
+ * envelope_check in attempt.c): from the null sender, no MAIL parameters,
+ * one variant, one recipient (the original sender) without DSN parameters. */
+static int notice_mac(const outcome_env_t *env, queue_bounce_t *b, buf_t *envl,
+                      char mac[SEAL_MAC_LEN + 1])
+{
+    char lens[24];
+    int n = snprintf(lens, sizeof lens, "%zu", b->body_len);
+    if (queue_env_append(envl, b->rcpt, 0, "") < 0) return -1;
+    seal_field_t f[] = {
+        {b->id, strlen(b->id)}, {"", 0}, {"", 0}, {lens, (size_t)n}, {envl->data, envl->len}};
+    seal_mac(env->seal, QUEUE_MAC_PURPOSE, f, sizeof f / sizeof f[0], mac);
+    if (buf_append(envl, "", 1) < 0) return -1;
+    b->mac = mac;
+    b->env = envl->data;
+    return 0;
+}
+
+/* Builds and seals the notice into b (its body in body, its MAC's
+ * recipients in envl, the MAC in mac); false when none is due, or it could
+ * not be made. */
 static bool make_notice(const outcome_env_t *env, const queue_job_t *job, const client_result_t *r,
-                        const outcome_t *o, queue_bounce_t *b, buf_t *body)
+                        const outcome_t *o, queue_bounce_t *b, buf_t *body, buf_t *envl,
+                        char mac[SEAL_MAC_LEN + 1])
 {
     if (!notice_due(job, o)) return false;
     queue_bounce_id(env->queue, job->shard, b->id);
@@ -201,6 +221,7 @@ static bool make_notice(const outcome_env_t *env, const queue_job_t *job, const 
     b->body = body->data;
     b->body_len = body->len;
     b->delay_notice = o->delayed;
+    if (notice_mac(env, b, envl, mac) < 0) return false;
     char safe[LOG_SAFE_MAX];
     metric_add(env->notices, 1);
     log_info("event=bounce mid=%s bounce=%s to=<%s> rcpts=%u", job->mid, b->id,
@@ -215,16 +236,18 @@ int outcome_record(const outcome_env_t *env, const queue_job_t *job, const clien
                    bool releasing, uint64_t *retry_ms, queue_status_cb done, void *arg)
 {
     outcome_t o;
-    buf_t body;
+    buf_t body, envl;
     buf_init(&body);
+    buf_init(&envl);
     int rc = -1;
     *retry_ms = UINT64_MAX;
     if (outcome_init(&o, job->n_rcpts) == 0) {
         long long now_ms = util_now_ms();
         outcome_classify(env->cfg, job, r, now_ms, releasing, &o);
         count(env, job, r, &o, now_ms);
-        queue_bounce_t bounce;
-        bool bouncing = make_notice(env, job, r, &o, &bounce, &body);
+        queue_bounce_t bounce = {0};
+        char mac[SEAL_MAC_LEN + 1];
+        bool bouncing = make_notice(env, job, r, &o, &bounce, &body, &envl, mac);
         /* A job handed back by a stopping worker is due again at once. */
         uint64_t delay = releasing ? 0 : outcome_backoff_ms(env->cfg, job->attempts);
         if (o.n_pending) *retry_ms = delay;
@@ -234,5 +257,6 @@ int outcome_record(const outcome_env_t *env, const queue_job_t *job, const clien
     }
     outcome_free(&o);
     buf_free(&body);
+    buf_free(&envl);
     return rc;
 }

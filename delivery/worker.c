@@ -205,6 +205,9 @@ static void make_metrics(worker_t *w)
     w->env.outcome.notices =
         metric_counter("sealpost_delivery_notifications_total",
                        "Delivery status notifications made: bounces and relay notices.", "");
+    w->env.tampered =
+        metric_counter("sealpost_queue_tampered_total",
+                       "Jobs held unsent because their envelope did not match its MAC.", "");
     static const double seconds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
     static const double queued[] = {1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 432000};
     w->env.duration = metric_histogram("sealpost_delivery_duration_seconds",

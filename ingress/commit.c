@@ -100,6 +100,36 @@ static void count_copies(const gateway_job_t *job, unsigned copies[QUEUE_COPY_KI
         copies[copy_kind(job, job->rcpts[i].key)]++;
 }
 
+/* The envelope's MAC, over what a worker acts on: the message id, the
+ * sender, the MAIL parameters, the variants' sealed lengths, and each
+ * recipient with its variant and DSN parameters in order (env, which is
+ * stored beside it). A worker recomputes it before it unseals anything. */
+static int envelope_mac(const seal_keyring_t *seal, const queue_message_t *m, buf_t *env,
+                        char mac[SEAL_MAC_LEN + 1])
+{
+    buf_t lens;
+    buf_init(&lens);
+    for (unsigned v = 0; v < m->n_bodies; v++) {
+        char n[24];
+        int w = snprintf(n, sizeof n, v ? " %zu" : "%zu", m->bodies[v].len);
+        if (buf_append(&lens, n, (size_t)w) < 0) goto fail;
+    }
+    for (unsigned i = 0; i < m->n_rcpts; i++)
+        if (queue_env_append(env, m->rcpts[i], m->rcpt_body[i], m->rcpt_params[i]) < 0) goto fail;
+    const char *params = m->mail_params ? m->mail_params : "";
+    seal_field_t f[] = {{m->id, strlen(m->id)},
+                        {m->sender, strlen(m->sender)},
+                        {params, strlen(params)},
+                        {lens.data ? lens.data : "", lens.len},
+                        {env->data ? env->data : "", env->len}};
+    seal_mac(seal, QUEUE_MAC_PURPOSE, f, sizeof f / sizeof f[0], mac);
+    buf_free(&lens);
+    return buf_append(env, "", 1); /* NUL-terminated for the queue */
+fail:
+    buf_free(&lens);
+    return -1;
+}
+
 /* Stores the envelope with the gateway's sealed variants in one call. */
 static void enqueue(struct commit *c, const gateway_job_t *job)
 {
@@ -112,6 +142,9 @@ static void enqueue(struct commit *c, const gateway_job_t *job)
     queue_body_t *bodies = calloc(job->n_variants, sizeof *bodies);
     c->n_bodies = job->n_variants;
     int rc = -1;
+    buf_t env;
+    buf_init(&env);
+    char mac[SEAL_MAC_LEN + 1];
     if (addrs && dsn && variant && bodies) {
         for (unsigned i = 0; i < tx->n_rcpts; i++) {
             addrs[i] = tx->rcpts[i].addr;
@@ -132,14 +165,18 @@ static void enqueue(struct commit *c, const gateway_job_t *job)
         m.n_bodies = job->n_variants;
         m.rcpt_body = variant;
         count_copies(job, m.copies);
+        m.mac = mac;
         c->enqueue_start = uv_now(c->ingress->loop);
-        if (queue_ready(c->ingress->queue))
+        bool made = envelope_mac(c->ingress->seal, &m, &env, mac) == 0;
+        m.env = env.data; /* written by envelope_mac */
+        if (made && queue_ready(c->ingress->queue))
             rc = queue_enqueue(c->ingress->queue, &m, on_enqueued, c);
     }
     /* queue_enqueue copied what it needs into the request; a withdraw
      * needs addrs and variant again */
     free(dsn);
     free(bodies);
+    buf_free(&env);
     if (rc < 0) on_enqueued(-1, "redis not connected", c);
 }
 

@@ -262,6 +262,16 @@ static void on_enqueue_reply(struct call *call, redisReply *reply, const char *e
 /* A job's recipients are stored as lines "address" or "address<TAB>DSN
  * parameters": neither an address nor a parameter can hold a TAB or LF
  * (RFC 5321 §4.1.2, RFC 3461 §4). */
+int queue_env_append(buf_t *out, const char *addr, unsigned variant, const char *params)
+{
+    char v[16];
+    int n = snprintf(v, sizeof v, "\t%u\t", variant);
+    if (buf_append(out, addr, strlen(addr)) < 0 || buf_append(out, v, (size_t)n) < 0 ||
+        (params && buf_append(out, params, strlen(params)) < 0) || buf_append(out, "\n", 1) < 0)
+        return -1;
+    return 0;
+}
+
 static int rcpt_entry_append(buf_t *list, const char *addr, const char *params)
 {
     if (list->len && buf_append(list, "\n", 1) < 0) return -1;
@@ -329,7 +339,7 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
     unsigned nb = m->n_bodies;
     key_ids_t ids = {.shard = shard, .mid = m->id};
     call_keys_init(&v->keys, FN_ENQUEUE, &ids);
-    v->nargs = 7 + (size_t)nb + 4 * (size_t)n + 1 + QUEUE_COPY_KINDS;
+    v->nargs = 7 + (size_t)nb + 4 * (size_t)n + 3 + QUEUE_COPY_KINDS;
     v->jids = calloc(n, sizeof *v->jids);
     v->variants = calloc(n, sizeof *v->variants);
     v->args = calloc(v->nargs, sizeof *v->args);
@@ -363,6 +373,9 @@ static int enqueue_argv_build(struct enqueue_argv *v, unsigned shard, const queu
             v->args[a + i] = job[i], v->lens[a + i] = strlen(job[i]);
     }
     size_t tail = v->nargs - 1 - QUEUE_COPY_KINDS;
+    const char *mac = m->mac ? m->mac : "", *env = m->mac && m->env ? m->env : "";
+    v->args[tail - 2] = mac, v->lens[tail - 2] = strlen(mac);
+    v->args[tail - 1] = env, v->lens[tail - 1] = strlen(env);
     snprintf(v->deadline, sizeof v->deadline, "%lld", (long long)deadline_ms);
     v->args[tail] = v->deadline, v->lens[tail] = strlen(v->deadline);
     for (unsigned k = 0; k < QUEUE_COPY_KINDS; k++) {
@@ -557,6 +570,11 @@ static queue_job_t *job_from_reply(const struct call *call, const redisReply *re
     job->received_ms = v ? reply_ll(v, -1) : 0;
     job->sender = field_dup(mf, "sender");
     job->mail_params = field_dup(mf, "params");
+    if (reply_field(mf, "mac")) {
+        job->mac = field_dup(mf, "mac");
+        job->env = field_dup(mf, "env");
+        job->lens = field_dup(mf, "lens");
+    }
     char *rcpts = field_dup(jf, "rcpts");
     int rc = (job->sender && job->mail_params && rcpts) ? split_rcpts(job, rcpts) : -1;
     free(rcpts);
@@ -612,6 +630,9 @@ void queue_job_free(queue_job_t *job)
     free(job->sender);
     free(job->mail_params);
     free(job->body);
+    free(job->mac);
+    free(job->env);
+    free(job->lens);
     free(job);
 }
 
@@ -625,6 +646,16 @@ int queue_forget(queue_t *q, unsigned shard, const queue_claimed_t *claimed, que
     const char *args[] = {claimed->jid, token};
     return fcall_keys(call_status(q, cb, arg), FN_FORGET,
                       &(key_ids_t){.shard = shard, .jid = claimed->jid}, 2, args, NULL);
+}
+
+int queue_job_tampered(queue_t *q, const queue_job_t *job, const char *why, queue_status_cb cb,
+                       void *arg)
+{
+    char token[32];
+    snprintf(token, sizeof token, "%lld", job->token);
+    const char *args[] = {job->jid, token, why};
+    return fcall_keys(call_status(q, cb, arg), FN_JOB_TAMPERED,
+                      &(key_ids_t){.shard = job->shard, .jid = job->jid}, 3, args, NULL);
 }
 
 int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
@@ -681,17 +712,23 @@ int queue_complete(queue_t *q, const queue_job_t *job, const queue_outcome_t *o,
     snprintf(delay, sizeof delay, "%u", o->delay_ms);
     snprintf(shard, sizeof shard, "%u", job->shard);
     const char *at = bounce ? strrchr(bounce->rcpt, '@') : NULL;
-    const char *args[NARGS + 7] = {
+    const char *args[NARGS + 9] = {
         job->jid,    token, list.data ? list.data : "", delay, o->error ? o->error : "",
         job->domain, shard, o->trace ? o->trace : ""};
-    size_t lens[NARGS + 7];
+    size_t lens[NARGS + 9];
     if (bounce) {
-        const char *extra[] = {
-            bounce->id,   bounce->info ? bounce->info : "", bounce->body, bjid, at ? at + 1 : "",
-            bounce->rcpt, bounce->delay_notice ? "1" : "0"};
+        const char *extra[] = {bounce->id,
+                               bounce->info ? bounce->info : "",
+                               bounce->body,
+                               bjid,
+                               at ? at + 1 : "",
+                               bounce->rcpt,
+                               bounce->delay_notice ? "1" : "0",
+                               bounce->mac ? bounce->mac : "",
+                               bounce->mac && bounce->env ? bounce->env : ""};
         memcpy(args + NARGS, extra, sizeof extra);
     }
-    int nargs = bounce ? NARGS + 7 : NARGS;
+    int nargs = bounce ? NARGS + 9 : NARGS;
     for (int i = 0; i < nargs; i++) /* the bounce body is sealed, binary: its length is given */
         lens[i] = bounce && i == NARGS + 2 ? bounce->body_len : strlen(args[i]);
     int rc = fcall(call_status(q, cb, arg), &keys, nargs, args, lens);

@@ -72,7 +72,17 @@ typedef struct queue_message {
     unsigned n_bodies;
     const unsigned *rcpt_body;         /* per recipient: its variant; NULL: variant 0 for all */
     unsigned copies[QUEUE_COPY_KINDS]; /* recipients by the kind of copy they get */
+    /* The envelope's MAC, opaque here (the writer's seal_mac, purpose
+     * QUEUE_MAC_PURPOSE), and the recipients it covers as
+     * queue_env_append writes them; both stored in T:m:<mid>. NULL: none. */
+    const char *mac;
+    const char *env;
 } queue_message_t;
+
+#define QUEUE_MAC_PURPOSE "envelope"
+/* Appends one recipient line "addr TAB variant TAB params LF" of what an
+ * envelope MAC covers: writer and worker build the same text this way. */
+int queue_env_append(buf_t *out, const char *addr, unsigned variant, const char *params);
 
 /* Stores the envelope, the bodies and one delivery job per recipient domain
  * and body variant in one atomic call; idempotent on the message id, and a
@@ -130,7 +140,16 @@ typedef struct queue_job {
     long long received_ms;
     char *body;
     size_t body_len;
+    /* From the envelope, for the worker's check; NULL when not stored. */
+    char *mac;
+    char *env;  /* the authenticated recipients, as queue_env_append wrote them */
+    char *lens; /* the variants' sealed lengths as stored, space-separated */
 } queue_job_t;
+
+/* Holds a claimed job whose envelope failed its check, sending nothing;
+ * counted as tampered and traced with why. */
+int queue_job_tampered(queue_t *q, const queue_job_t *job, const char *why, queue_status_cb cb,
+                       void *arg);
 
 /* job is NULL when the job no longer exists (deleted); the callee owns it. */
 typedef void (*queue_fetch_cb)(int status, const char *err, queue_job_t *job, void *arg);
@@ -153,6 +172,8 @@ typedef struct queue_bounce {
     const char *body;
     size_t body_len;
     bool delay_notice; /* a warning, not a failure: the job is marked warned */
+    const char *mac;   /* as queue_message_t's; NULL: none */
+    const char *env;
 } queue_bounce_t;
 
 /* A fresh message id that hashes to the given shard. */

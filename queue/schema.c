@@ -158,6 +158,8 @@ static const struct {
                      .fixed = {KEY_DUE, KEY_LEASE, KEY_META, KEY_ST, KEY_DOM, KEY_JOB, KEY_MESSAGE,
                                KEY_BODY, KEY_AGE, KEY_LOG, KEY_HELD, KEY_DQ},
                      .parts = {[COMPLETE_BOUNCE] = {{KEY_MESSAGE, KEY_BODY, KEY_JOB}, true}}},
+    [FN_JOB_TAMPERED] = {.name = "job_tampered",
+                         .fixed = {KEY_LEASE, KEY_META, KEY_HELD, KEY_ST, KEY_LOG}},
     [FN_JOB_OP] = {.name = "job_op",
                    .fixed = {KEY_DUE, KEY_LEASE, KEY_HELD, KEY_META, KEY_ST, KEY_DOM, KEY_JOB,
                              KEY_MESSAGE, KEY_BODY, KEY_AGE, KEY_LOG, KEY_DQ}},

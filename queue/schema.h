@@ -82,6 +82,7 @@ enum queue_fn {
     FN_FORGET,
     FN_EXTEND,
     FN_COMPLETE,
+    FN_JOB_TAMPERED,
     FN_JOB_OP,
     FN_TOP,
     FN_RECENT,

@@ -86,7 +86,7 @@ end
 -- variant; the envelope counts open jobs in all ('open') and per variant
 -- ('open:<v>'), so a variant's body goes when its last job is done, and the
 -- envelope with the last. k and a: as enqueue's KEYS and ARGV.
-local function store_message(k, a, now, due)
+local function store_message(k, a, now, due, mac, env)
   due = due or now
   local nb, n = tonumber(a[6]), tonumber(a[7])
   if not nb or not n or nb < 1 or n < 1 or #k ~= 7 + nb + n or #a ~= 7 + nb + 4 * n then
@@ -109,8 +109,12 @@ local function store_message(k, a, now, due)
     jids[i] = a[at + 1]
     for _ in string.gmatch(a[at + 3], '[^\n]+') do count = count + 1 end
   end
+  local lens = {}
+  for v = 1, nb do lens[v] = tostring(#a[7 + v]) end
   redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
-             'bodies', nb, 'open', n, 'jobs', table.concat(jids, ' '))
+             'bodies', nb, 'open', n, 'jobs', table.concat(jids, ' '),
+             'lens', table.concat(lens, ' '))
+  if mac and mac ~= '' then redis.call('HSET', k[1], 'mac', mac, 'env', env) end
   for v = 1, nb do
     redis.call('SET', k[7 + v], a[7 + v])
   end
@@ -175,7 +179,8 @@ end
 --   (b: one per body variant, 0 first; j: one per job)
 -- ARGV: mid, shard, sender, params, info, nb (bodies), n (jobs), the nb bodies,
 --       then per job: jid, domain, rcpts, v (its body variant); then the
---       deadline: ms on the ingress's realtime clock after which it has given
+--       envelope's MAC and the recipients it covers (env: lines
+--       "addr TAB variant TAB params"; both '' for none); then the deadline: ms on the ingress's realtime clock after which it has given
 --       up on the reply (its client got 451), or 0; last, how many
 --       recipients get an OpenPGP copy, an S/MIME copy, the message as the
 --       sender encrypted it (passthrough), and a plain one (see count_copies).
@@ -190,7 +195,8 @@ end
 local function enqueue(keys, args)
   local counts = take_counts(args)
   local deadline = tonumber(table.remove(args))
-  if not counts or not deadline then return mismatch('enqueue') end
+  local env, mac = table.remove(args), table.remove(args)
+  if not counts or not deadline or not mac then return mismatch('enqueue') end
   if redis.call('EXISTS', keys[1]) == 1 then
     return 'duplicate'
   end
@@ -202,7 +208,7 @@ local function enqueue(keys, args)
   table.remove(keys, 8) -- store_message takes the keys without w and enc
   local now = now_ms()
   local late = deadline > 0 and now > deadline
-  local stored = store_message(keys, args, now, late and now + LATE_GRACE_MS or now)
+  local stored = store_message(keys, args, now, late and now + LATE_GRACE_MS or now, mac, env)
   if stored == 'ok' then count_copies(enc, now, counts) end
   if late and stored == 'ok' then
     trace(keys[6], args[1], '', '', 'late', (now - deadline) .. ' ms after the ingress gave up: '
@@ -323,13 +329,14 @@ end
 -- ARGV: jid, token, pending (LF-separated; empty: done), delay_ms, error, domain, shard,
 --       outcomes (lines "rcpt TAB event TAB reply", for the trace log)
 --       [, bounce mid, bounce info, bounce body, bounce jid, bounce domain, bounce rcpt,
---          delay notice ('1': the job is marked warned, so it warns once)]
+--          delay notice ('1': the job is marked warned, so it warns once),
+--          bounce MAC, bounce env (as enqueue's)]
 -- A bounce for the recipients that failed in this attempt is written in the
 -- same call, in this shard (its id was chosen to hash here), so a failure is
 -- never recorded without its bounce, nor bounced twice. An operator's hold
 -- or delete of the leased job takes effect here.
 local function complete(keys, args)
-  if (#keys ~= 12 or #args ~= 8) and (#keys ~= 15 or #args ~= 15) then
+  if (#keys ~= 12 or #args ~= 8) and (#keys ~= 15 or #args ~= 17) then
     return mismatch('complete')
   end
   local jid = args[1]
@@ -346,7 +353,8 @@ local function complete(keys, args)
   if #keys == 15 and not deleted then -- first: its checks fail before anything is written
     local stored = store_message(
       {keys[13], keys[1], keys[4], keys[5], keys[9], keys[10], keys[12], keys[14], keys[15]},
-      {args[9], args[7], '', '', args[10], 1, 1, args[11], args[12], args[13], args[14], 0}, now)
+      {args[9], args[7], '', '', args[10], 1, 1, args[11], args[12], args[13], args[14], 0}, now,
+      nil, args[16], args[17])
     if type(stored) == 'table' and stored.err then return stored end
     redis.call('HINCRBY', keys[4], 'bounced', 1)
   end
@@ -375,6 +383,28 @@ local function complete(keys, args)
            args[6], v)
   redis.call('HINCRBY', keys[4], deleted and 'deleted' or 'completed', 1)
   return 'done'
+end
+
+-- KEYS: lease, meta, held, st, log
+-- ARGV: jid, token, why
+-- A worker found the job's envelope or body does not match its MAC (or has
+-- none, or one under a sealing key it lacks): nothing was sent. The job is
+-- held, counted and logged; only fixing the data, then a release, sends it,
+-- since the next attempt checks again.
+local function job_tampered(keys, args)
+  if #keys ~= 5 or #args ~= 3 then return mismatch('job_tampered') end
+  local jid = args[1]
+  if redis.call('HGET', keys[2], jid .. ':tok') ~= args[2]
+     or not redis.call('ZSCORE', keys[1], jid) then
+    return 'stale'
+  end
+  local mid = job_id(jid) or ''
+  redis.call('ZREM', keys[1], jid)
+  redis.call('HDEL', keys[2], jid .. ':own', jid .. ':exp', jid .. ':hold')
+  redis.call('ZADD', keys[3], now_ms(), jid)
+  redis.call('HINCRBY', keys[4], 'tampered', 1)
+  trace(keys[5], mid, jid, '', 'tampered', 'held: ' .. args[3])
+  return 'held'
 end
 
 -- job_op's wish for a leased job, noted in T:meta (keys[4]) as <jid>:hold
@@ -1197,6 +1227,7 @@ redis.register_function('extend', extend)
 redis.register_function{function_name = 'stats', callback = stats, flags = {'no-writes'}}
 redis.register_function('forget', forget)
 redis.register_function('complete', complete)
+redis.register_function('job_tampered', job_tampered)
 redis.register_function('job_op', job_op)
 redis.register_function{function_name = 'top', callback = top, flags = {'no-writes'}}
 redis.register_function{function_name = 'recent', callback = recent, flags = {'no-writes'}}

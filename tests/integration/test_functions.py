@@ -58,7 +58,7 @@ def enqueue(r, mid, jobs, bodies=(b"sealed body 0",), jids=None, deadline=0, cop
     args = [mid, SHARD, "sender@origin.test", "", "a test", len(bodies), len(jobs), *bodies]
     for jid, (domain, rcpts, v) in zip(jids, jobs):
         args += [jid, domain, rcpts, v]
-    args += [deadline, *copies]
+    args += ["", "", deadline, *copies]  # no MAC, no env
     return r.fcall("enqueue", len(keys), *keys, *args), jids
 
 
