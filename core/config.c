@@ -182,6 +182,7 @@ static const key_spec_t keys[] = {
      "20"},
     {"worker", "connection_cache_time", T_UINT, OFF(worker.connection_cache_time), 0, 300, "2"},
     {"worker", "stop_grace", T_UINT, OFF(worker.stop_grace), 0, 3600, "10"},
+    {"worker", "accept_unauthenticated", T_BOOL, OFF(worker.accept_unauthenticated), 0, 0, "no"},
     {"worker", "tls_policy", T_TLS_POLICY, OFF(worker.tls_policy), 0, 0, "opportunistic"},
     {"worker", "tls_ca_file", T_STRING, OFF(worker.tls_ca_file), 0, 0, ""},
 

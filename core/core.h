@@ -277,6 +277,9 @@ typedef struct config {
         unsigned destination_concurrency; /* connections to one next hop at once */
         unsigned connection_cache_time;   /* seconds an idle connection waits for a job */
         unsigned stop_grace;              /* seconds a stopping worker lets deliveries finish */
+        /* Deliver jobs whose envelope has no MAC (stored by a version before
+         * issue 18) instead of holding them: a one-off to drain such a queue. */
+        bool accept_unauthenticated;
         char tls_ca_file[512]; /* extra trust anchors for verify; the system's are used too */
     } worker;
 

@@ -187,7 +187,7 @@ def test_a_completion_bounces_in_the_same_call(r):
             shard(f"j:{bounce_jid}")]
     args = [jid, token, "", 1000, "550 no", "example.test", SHARD,
             "a@example.test\tbounced\t550 no\n", OTHER_MID, "bounce", b"sealed bounce",
-            bounce_jid, "origin.test", "sender@origin.test", "0"]
+            bounce_jid, "origin.test", "sender@origin.test", "0", "", ""]
     assert r.fcall("complete", len(keys), *keys, *args) == b"done"
     assert r.exists(shard(f"j:{jid}")) == 0
     assert r.hget(shard(f"j:{bounce_jid}"), "rcpts") == b"sender@origin.test"

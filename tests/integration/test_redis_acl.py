@@ -151,7 +151,7 @@ def enqueue(r, body=b"sealed body"):
             shard("log"), shard("dq"), shard(f"w:{MID}"), shard("enc"), shard(f"b:{MID}:0"),
             shard(f"j:{JID}")]
     args = [MID, 0, "sender@origin.test", "", "a test", 1, 1, body,
-            JID, "example.test", "rcpt@example.test", 0, 0, 0, 0, 0, 1]
+            JID, "example.test", "rcpt@example.test", 0, "", "", 0, 0, 0, 0, 1]  # no MAC, no env
     return r.fcall("enqueue", len(keys), *keys, *args)
 
 

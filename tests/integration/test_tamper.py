@@ -84,3 +84,48 @@ def test_envelope_replayed_under_a_new_id_is_held(stack):
     w = stack.worker()
     wait_for(lambda: "why=bad_mac" in w.read_log(), what="the replay to be noticed")
     assert stack.sink.count() == 0
+
+
+def test_a_recipient_added_to_a_job_is_held(stack):
+    job = held_job(stack, "friend@example.test")
+    r = stack.redis.client()
+    [key] = list(r.scan_iter(match=f"*:j:{job['id']}"))
+    r.hset(key, "rcpts", "friend@example.test\nattacker@example.test")
+    w = stack.worker()
+    queue(stack, "retry", job["id"])
+    wait_for(lambda: "why=rcpt_not_in_envelope" in w.read_log(), what="the tamper to be noticed")
+    wait_for(lambda: [j["state"] for j in jobs(stack)] == ["held"], what="the job held")
+    assert stack.sink.count() == 0
+
+
+def test_another_messages_body_is_not_sent(stack):
+    a = held_job(stack, "friend@example.test")
+    send(stack, ["other@example.test"])
+    r = stack.redis.client()
+    other = [j for j in jobs(stack) if j["message"] != a["message"]][0]["message"]
+    [mine] = list(r.scan_iter(match=f"*:b:{a['message']}:0"))
+    [theirs] = list(r.scan_iter(match=f"*:b:{other}:0"))
+    r.set(mine, r.get(theirs))
+    w = stack.worker()
+    queue(stack, "retry", a["id"])
+    wait_for(lambda: stack.sink.count() == 1, what="the untouched message's delivery")
+    assert stack.sink.messages[0][1] == ["other@example.test"]
+    wait_for(lambda: "event=job_tampered" in w.read_log() or "unseal_failed" in w.read_log(),
+             what="the moved body to be refused")
+    assert stack.sink.count() == 1
+
+
+def test_an_envelope_without_a_mac_is_held_unless_the_operator_drains(stack):
+    job = held_job(stack, "friend@example.test")
+    r = stack.redis.client()
+    [key] = list(r.scan_iter(match=f"*:m:{job['message']}"))
+    r.hdel(key, "mac")
+    w = stack.worker()
+    queue(stack, "retry", job["id"])
+    wait_for(lambda: "why=no_mac" in w.read_log(), what="the missing MAC to be noticed")
+    assert stack.sink.count() == 0
+    w.stop()
+    w2 = stack.worker("[worker]\naccept_unauthenticated = yes\n")
+    queue(stack, "release", job["id"])
+    wait_for(lambda: stack.sink.count() == 1, what="the drained delivery")
+    assert f"event=job_unauthenticated jid={job['id']}" in w2.read_log()
