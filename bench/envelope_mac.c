@@ -22,7 +22,7 @@ int main(int argc, char **argv)
                *env = "bob@example.test\t0\t\ncarol@example.test\t0\tNOTIFY=FAILURE\n";
     seal_field_t f[] = {
         {mid, 32}, {snd, strlen(snd)}, {par, strlen(par)}, {lens, 4}, {env, strlen(env)}};
-    int n = argc > 1 ? atoi(argv[1]) : 200000;
+    int n = argc > 1 ? (int)strtol(argv[1], NULL, 10) : 200000;
     if (!k || n <= 0) return 1;
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
