@@ -739,22 +739,24 @@ static unsigned directory_check(const struct directory *d)
     if (d->version != d->sealed_version) say_problem(&problems, "version", "not the one sealed");
     const char **names = calloc(d->n ? d->n : 1, sizeof *names);
     char **bufs = calloc(d->n ? d->n : 1, sizeof *bufs);
-    for (size_t i = 0; names && bufs && i < d->n; i++) {
+    bool whole = names && bufs; /* every entry named: else no name is left NULL */
+    for (size_t i = 0; whole && i < d->n; i++) {
         char entry[1024];
-        keydir_item_entry(&d->items[i], entry, sizeof entry);
-        names[i] = bufs[i] = strdup(entry);
+        whole = keydir_item_entry(&d->items[i], entry, sizeof entry) == 0 &&
+                (names[i] = bufs[i] = strdup(entry)) != NULL;
+        if (!whole) break;
         const char *tag = keydir_index_find(d->index, entry);
         if (!tag)
             say_problem(&problems, entry, "not in the index (added in Redis?)");
         else if (keydir_item_verify(d->seal, &d->items[i], tag) != 1)
             say_problem(&problems, entry, "its tag does not hold (changed in Redis?)");
     }
-    keydir_index_t *present = names && bufs ? keydir_index_new(names, names, d->n) : NULL;
+    keydir_index_t *present = whole ? keydir_index_new(names, names, d->n) : NULL;
     for (size_t i = 0; present && i < keydir_index_size(d->index); i++)
         if (!keydir_index_find(present, keydir_index_entry(d->index, i)))
             say_problem(&problems, keydir_index_entry(d->index, i),
                         "in the index, not in the directory (deleted in Redis?)");
-    if (!present) say_problem(&problems, "index", "out of memory");
+    if (!present) say_problem(&problems, "index", "out of memory, or an entry name too long");
     keydir_index_free(present);
     for (size_t i = 0; bufs && i < d->n; i++)
         free(bufs[i]);
