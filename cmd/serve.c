@@ -288,8 +288,8 @@ static int scrape_metrics(runtime_t *rt, http_request_t *req, buf_t *body)
 }
 
 /* GET /metrics, /healthz (the process runs its loop) and /readyz (it can
- * reach Redis, with the functions library loaded, and an ingress can
- * encrypt). */
+ * reach Redis, with the functions library loaded and, with min_replicas,
+ * that many replicas on each master, and an ingress can encrypt). */
 static int on_http(http_request_t *req, const char *path, buf_t *body, const char **content_type,
                    void *arg)
 {
@@ -312,10 +312,9 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
         return 200;
     }
     if (!strcmp(path, "/readyz")) {
-        bool ready = rt->queue && queue_ready(rt->queue) && rt->started && !rt->stopping;
-        const char *why = NULL;
-        if (!ready && rt->queue && !queue_ready(rt->queue))
-            why = queue_not_ready_reason(rt->queue); /* a refused login, a TLS failure */
+        /* a refused login, a TLS failure, a master with too few replicas */
+        const char *why = queue_not_ready_reason(rt->queue);
+        bool ready = queue_ready(rt->queue) && !why && rt->started && !rt->stopping;
         if (!ready && !why)
             why = "redis unreachable, keys unchecked, or stopping";
         else if (rt->ingress && !ingress_ready(rt->ingress, &why))

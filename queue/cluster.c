@@ -13,11 +13,13 @@
 #define ROUTER_MAX_NODES  64
 #define MAX_REDIRECTS     8
 #define REFRESH_MS        5000
+#define REFRESH_DOWN_MS   1000 /* while a master we route to is disconnected */
 #define REFRESH_SOON_MS   100
 #define SLOTS_RETRY_MS    1000
 #define RETRY_MIN_MS      10
 #define INIT_RETRY_MS     250
 #define INIT_RETRY_MAX_MS 5000
+#define REPLICAS_CHECK_MS 2000
 
 /* ---- slots, redirects, slot maps ---- */
 
@@ -148,6 +150,9 @@ struct node {
     struct waiter *in_wait;   /* covered by the WAIT in flight */
     unsigned wait_replicas;   /* of the WAIT to send */
     unsigned wait_timeout_ms; /* of the WAIT to send */
+    bool role_in_flight;
+    int replicas;           /* connected, per its last ROLE; -1 not known */
+    char replicas_why[160]; /* why it is short of min_replicas, "" when not */
 };
 
 enum router_mode { MODE_UNKNOWN, MODE_SINGLE, MODE_CLUSTER };
@@ -167,7 +172,11 @@ struct router {
     struct rreq *retrying;  /* requests waiting for their retry timer */
     metric_t *redirects[3]; /* by enum cluster_redirect - 1 */
     bool refreshing;
-    uv_timer_t refresh_timer;
+    uv_timer_t refresh_timer; /* ticks every REFRESH_DOWN_MS */
+    uint64_t refresh_due;     /* uv_now ms of the next periodic refresh */
+    unsigned min_replicas;
+    uv_timer_t replicas_timer;
+    int open_timers; /* while closing */
 };
 
 static void router_refresh(router_t *r);
@@ -175,6 +184,7 @@ static void router_refresh_soon(router_t *r);
 static void on_refresh_timer(uv_timer_t *t);
 
 static void library_check(struct node *n);
+static void replicas_check(struct node *n);
 
 static void on_init_retry(uv_timer_t *t)
 {
@@ -249,6 +259,8 @@ static void on_node_connect(rconn_t *conn, void *arg)
     uv_timer_stop(&n->init_retry);
     n->init_backoff_ms = INIT_RETRY_MS;
     library_check(n);
+    n->replicas = -1; /* another connection, maybe another role: asked again */
+    if (n->r->min_replicas) replicas_check(n);
     if (n->r->mode == MODE_UNKNOWN)
         router_refresh(n->r);
     else if (n->r->mode == MODE_CLUSTER)
@@ -276,6 +288,7 @@ static int node_get(router_t *r, const char *host, int port)
     if (!n) return -1;
     n->r = r;
     n->index = r->n_nodes;
+    n->replicas = -1;
     redis_endpoint_t ep = r->login;
     snprintf(ep.host, sizeof ep.host, "%s", host);
     ep.port = (uint16_t)port;
@@ -320,7 +333,7 @@ static void on_slots(redisReply *reply, const char *err, void *arg)
         if (r->mode == MODE_CLUSTER || !cluster_single_error(reply->str)) {
             log_warn("event=redis_slots_failed redis=%s:%d error=\"%s\"", rconn_host(from->conn),
                      rconn_port(from->conn), reply->str);
-            uv_timer_start(&r->refresh_timer, on_refresh_timer, SLOTS_RETRY_MS, REFRESH_MS);
+            r->refresh_due = uv_now(r->loop) + SLOTS_RETRY_MS;
             return;
         }
         if (r->mode != MODE_SINGLE)
@@ -349,6 +362,7 @@ static void on_slots(redisReply *reply, const char *err, void *arg)
 static void router_refresh(router_t *r)
 {
     if (r->refreshing) return;
+    r->refresh_due = uv_now(r->loop) + REFRESH_MS;
     static const char *const argv[] = {"CLUSTER", "SLOTS"};
     for (int i = 0; i < r->n_nodes; i++) {
         struct node *n = r->nodes[i];
@@ -360,17 +374,34 @@ static void router_refresh(router_t *r)
     }
 }
 
+/* True when the master of a slot we use is not connected. A lost
+ * connection says nothing to the router, and a node that sends nothing
+ * (an ingress refusing sessions) meets no redirect: only the slot map
+ * names the replica promoted in its place. */
+static bool router_master_down(const router_t *r)
+{
+    for (unsigned k = 0; k < r->n_needed; k++) {
+        int i = r->owner[r->needed[k]];
+        if (i >= 0 && !rconn_connected(r->nodes[i]->conn)) return true;
+    }
+    return false;
+}
+
+/* The timer ticks every REFRESH_DOWN_MS; the map is read again every
+ * REFRESH_MS, or at every tick while a master we route to is down. */
 static void on_refresh_timer(uv_timer_t *t)
 {
     router_t *r = t->data;
-    if (r->mode != MODE_SINGLE) router_refresh(r);
+    if (r->mode == MODE_SINGLE) return;
+    if (uv_now(r->loop) >= r->refresh_due || router_master_down(r)) router_refresh(r);
 }
 
 static void router_refresh_soon(router_t *r)
 {
+    r->refresh_due = 0;
     if (!uv_is_active((uv_handle_t *)&r->refresh_timer) ||
         uv_timer_get_due_in(&r->refresh_timer) > REFRESH_SOON_MS)
-        uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_SOON_MS, REFRESH_MS);
+        uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_SOON_MS, REFRESH_DOWN_MS);
 }
 
 static void on_node_closed(uv_handle_t *handle)
@@ -378,9 +409,18 @@ static void on_node_closed(uv_handle_t *handle)
     free(handle->data);
 }
 
+/* The router is freed once both its timers are closed. */
 static void on_router_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    router_t *r = handle->data;
+    if (--r->open_timers == 0) free(r);
+}
+
+static void router_close_timers(router_t *r)
+{
+    r->open_timers = 2;
+    uv_close((uv_handle_t *)&r->replicas_timer, on_router_closed);
+    uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
 }
 
 router_t *router_new(uv_loop_t *loop, const redis_endpoint_t *seed, unsigned timeout_ms,
@@ -402,12 +442,15 @@ router_t *router_new(uv_loop_t *loop, const redis_endpoint_t *seed, unsigned tim
             kinds[k]);
     uv_timer_init(loop, &r->refresh_timer);
     r->refresh_timer.data = r;
+    uv_timer_init(loop, &r->replicas_timer);
+    r->replicas_timer.data = r;
     if (node_get(r, seed->host, seed->port) < 0) {
         config_redis_endpoint_clear(&r->login);
-        uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed); /* frees r */
+        router_close_timers(r); /* frees r */
         return NULL;
     }
-    uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_MS, REFRESH_MS);
+    r->refresh_due = uv_now(loop) + REFRESH_MS;
+    uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_DOWN_MS, REFRESH_DOWN_MS);
     return r;
 }
 
@@ -447,6 +490,106 @@ const char *router_failure(const router_t *r)
     for (int i = 0; i < r->n_nodes; i++) {
         const char *why = rconn_failure(r->nodes[i]->conn);
         if (*why) return why;
+    }
+    return NULL;
+}
+
+/* ---- replicas ---- */
+
+/* Whether a node is the master of a slot we use. */
+static bool node_routed(const router_t *r, int index)
+{
+    for (unsigned k = 0; k < r->n_needed; k++)
+        if (r->owner[r->needed[k]] == index) return true;
+    return false;
+}
+
+static void replicas_set(struct node *n, int replicas, const char *error)
+{
+    char why[sizeof n->replicas_why];
+    unsigned min = n->r->min_replicas;
+    if (error)
+        snprintf(why, sizeof why, "redis %s:%d: replicas not counted: %s", rconn_host(n->conn),
+                 rconn_port(n->conn), error);
+    else if (replicas < (int)min)
+        snprintf(why, sizeof why, "redis %s:%d has %d of %u replicas", rconn_host(n->conn),
+                 rconn_port(n->conn), replicas, min);
+    else
+        why[0] = 0;
+    if (strcmp(why, n->replicas_why)) {
+        if (why[0])
+            log_warn("event=redis_replicas_short redis=%s:%d replicas=%d min_replicas=%u "
+                     "error=\"%s\"",
+                     rconn_host(n->conn), rconn_port(n->conn), replicas, min, why);
+        else
+            log_info("event=redis_replicas_ok redis=%s:%d replicas=%d min_replicas=%u",
+                     rconn_host(n->conn), rconn_port(n->conn), replicas, min);
+        memcpy(n->replicas_why, why, sizeof why);
+    }
+    n->replicas = replicas;
+}
+
+/* ROLE on a master: "master", its offset, and one entry per connected
+ * replica. */
+static void on_role(redisReply *reply, const char *err, void *arg)
+{
+    struct node *n = arg;
+    n->role_in_flight = false;
+    if (n->r->closing) return;
+    if (!reply) return; /* the connection is gone: router_ready says so */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        replicas_set(n, -1, reply->str);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING || strcmp(reply->element[0]->str, "master") ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY) {
+        replicas_set(n, -1, "not a master");
+        return;
+    }
+    replicas_set(n, (int)reply->element[2]->elements, NULL);
+    (void)err;
+}
+
+/* Counts the node's connected replicas with ROLE. Not WAIT 0 0: it counts
+ * the replicas that acknowledged this connection's last write, and replicas
+ * acknowledge once a second, so on a connection that enqueues it would
+ * often say 0 of a healthy replica. */
+static void replicas_check(struct node *n)
+{
+    if (n->role_in_flight || !rconn_connected(n->conn)) return;
+    static const char *const argv[] = {"ROLE"};
+    if (rconn_command(n->conn, on_role, n, 1, (const char **)argv, NULL) == 0)
+        n->role_in_flight = true;
+}
+
+static void on_replicas_timer(uv_timer_t *t)
+{
+    router_t *r = t->data;
+    for (int i = 0; i < r->n_nodes; i++)
+        if (node_routed(r, i)) replicas_check(r->nodes[i]);
+}
+
+void router_check_replicas(router_t *r, unsigned min_replicas)
+{
+    r->min_replicas = min_replicas;
+    for (int i = 0; i < r->n_nodes; i++)
+        r->nodes[i]->replicas_why[0] = 0;
+    if (!min_replicas) {
+        uv_timer_stop(&r->replicas_timer);
+        return;
+    }
+    uv_timer_start(&r->replicas_timer, on_replicas_timer, 0, REPLICAS_CHECK_MS);
+}
+
+const char *router_replicas_short(const router_t *r)
+{
+    if (!r->min_replicas) return NULL;
+    for (int i = 0; i < r->n_nodes; i++) {
+        const struct node *n = r->nodes[i];
+        if (!node_routed(r, i)) continue;
+        if (n->replicas_why[0]) return n->replicas_why;
+        if (n->replicas < 0) return "replicas not counted yet";
     }
     return NULL;
 }
@@ -739,6 +882,7 @@ void router_free(router_t *r)
         uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
     }
     uv_timer_stop(&r->refresh_timer);
+    uv_timer_stop(&r->replicas_timer);
     config_redis_endpoint_clear(&r->login);
-    uv_close((uv_handle_t *)&r->refresh_timer, on_router_closed);
+    router_close_timers(r); /* frees r */
 }

@@ -72,6 +72,12 @@ bool router_ready(const router_t *r);
 /* Why a needed master cannot be connected to (a refused login, a TLS
  * failure), or NULL when none says. */
 const char *router_failure(const router_t *r);
+/* Counts, every 2 s, the connected replicas (ROLE) of each master of a
+ * slot we use, when min_replicas > 0; 0 stops. */
+void router_check_replicas(router_t *r, unsigned min_replicas);
+/* Why a master of a slot we use has fewer than min_replicas connected
+ * replicas ("redis 127.0.0.1:6379 has 0 of 1 replicas"), or NULL. */
+const char *router_replicas_short(const router_t *r);
 /* Sends a command to its slot's master (the seed for a command without
  * keys). Returns -1 without calling cb when that master is not connected;
  * otherwise cb runs exactly once, later, after any redirects, and origin (if

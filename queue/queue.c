@@ -87,8 +87,12 @@ bool queue_ready(const queue_t *q)
     return router_ready(q->router);
 }
 
+/* Reachable, but with too few replicas a node is not ready either: each
+ * enqueue would get 451. queue_ready stays true (the worker delivers,
+ * bounces aside, without replicas), so only /readyz asks this. */
 const char *queue_not_ready_reason(const queue_t *q)
 {
+    if (router_ready(q->router)) return router_replicas_short(q->router);
     const char *why = router_failure(q->router);
     if (!why && q->watch_conn && *rconn_failure(q->watch_conn)) why = rconn_failure(q->watch_conn);
     return why;
@@ -210,6 +214,7 @@ void queue_set_min_replicas(queue_t *q, unsigned replicas, unsigned timeout_ms)
 {
     q->min_replicas = replicas;
     q->replica_timeout_ms = timeout_ms;
+    router_check_replicas(q->router, replicas);
 }
 
 struct replica_wait {
