@@ -31,7 +31,10 @@ void queue_close(queue_t *q);
 /* The master of every shard (one Redis, or those of a cluster) is connected
  * and has our functions library. */
 bool queue_ready(const queue_t *q);
-/* When not ready, why, if Redis said ("AUTH: WRONGPASS ...", "TLS: ..."); else NULL. */
+/* Why the node should not be sent mail, or NULL: when not ready, what Redis
+ * said ("AUTH: WRONGPASS ...", "TLS: ..."); when ready but [queue]
+ * min_replicas is not met, which master is short ("redis H:P has 0 of 1
+ * replicas"). /readyz answers 503 with it either way. */
 const char *queue_not_ready_reason(const queue_t *q);
 /* From now on an enqueue is answered only after `replicas` replicas
  * acknowledged it (Redis WAIT, at most timeout_ms); fewer is an error. */
