@@ -1,7 +1,7 @@
 /* libFuzzer target: a hostile or broken Redis. The queue of the nodes
  * (queue_open, as a worker or an ingress opens it) talks to a fake Redis on
  * loopback in this process, on the same loop; the fake answers the start-up
- * (the library's digest, CLUSTER SLOTS: a single Redis) itself, and every
+ * (PING, the library's digest, CLUSTER SLOTS: a single Redis) itself, and every
  * later command only from the input, written in chunks of the size the
  * input's first octet says, the loop run between chunks, so hiredis's
  * reader gets the replies cut anywhere. The requests are the nodes' own:
@@ -210,6 +210,9 @@ static void on_command(const redisReply *cmd)
         snprintf(reply, sizeof reply, "$%zu\r\n%s\r\n", strlen(fz.lib.digest), fz.lib.digest);
         answer(reply);
         fz.handshakes++;
+    } else if (arg_is(cmd, 0, "PING")) { /* a connection without a password pings first */
+        answer("+PONG\r\n");
+        fz.handshakes++;
     } else if (arg_is(cmd, 0, "CLUSTER")) {
         answer("-ERR This instance has cluster support disabled\r\n");
         fz.handshakes++;
@@ -347,9 +350,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     memset(fz.t, 0, sizeof fz.t);
     fz.handshakes = fz.received = sent = 0;
-    net_hostport_t hp = {.port = fz.port};
-    snprintf(hp.host, sizeof hp.host, "127.0.0.1");
-    queue_t *q = queue_open(&fz.loop, &hp, 5000, SHARDS);
+    redis_endpoint_t ep = {.port = fz.port};
+    snprintf(ep.host, sizeof ep.host, "127.0.0.1");
+    queue_t *q = queue_open(&fz.loop, &ep, 5000, SHARDS);
     CHECK(q != NULL);
     current = q;
     if (replicas) queue_set_min_replicas(q, 1, 100);
