@@ -1,7 +1,7 @@
 /* libFuzzer target: a hostile or broken Redis. The queue of the nodes
  * (queue_open, as a worker or an ingress opens it) talks to a fake Redis on
  * loopback in this process, on the same loop; the fake answers the start-up
- * (PING, the library's digest, CLUSTER SLOTS: a single Redis) itself, and every
+ * (PING, the library's digest, ROLE, CLUSTER SLOTS: a single Redis) itself, and every
  * later command only from the input, written in chunks of the size the
  * input's first octet says, the loop run between chunks, so hiredis's
  * reader gets the replies cut anywhere. The requests are the nodes' own:
@@ -212,6 +212,12 @@ static void on_command(const redisReply *cmd)
         fz.handshakes++;
     } else if (arg_is(cmd, 0, "PING")) { /* a connection without a password pings first */
         answer("+PONG\r\n");
+        fz.handshakes++;
+    } else if (arg_is(cmd, 0, "ROLE")) {
+        /* The replica check's, sent ahead of CLUSTER SLOTS on a new
+         * connection: answered here, as replies keep the commands' order. */
+        answer(
+            "*3\r\n$6\r\nmaster\r\n:0\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$1\r\n0\r\n");
         fz.handshakes++;
     } else if (arg_is(cmd, 0, "CLUSTER")) {
         answer("-ERR This instance has cluster support disabled\r\n");
