@@ -639,18 +639,28 @@ int queue_admin_prefer_set(queue_admin_t *a, const char *target, const char *met
     return setting_set(a, FN_PREFER_SET, target, method, err, errlen);
 }
 
+/* policy_list's reply, the policies and the preferences as two arrays of
+ * pairs, or NULL with err. */
+static redisReply *policy_list(queue_admin_t *a, char *err, size_t errlen)
+{
+    redisReply *r =
+        queue_admin_call(a, FN_POLICY_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (r &&
+        (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+         r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY)) {
+        snprintf(err, errlen, "unexpected policy_list reply");
+        freeReplyObject(r);
+        r = NULL;
+    }
+    return r;
+}
+
 int queue_admin_settings(queue_admin_t *a,
                          void (*cb)(bool prefer, const char *name, const char *value, void *arg),
                          void *arg, char *err, size_t errlen)
 {
-    redisReply *r =
-        queue_admin_call(a, FN_POLICY_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY) {
-        if (r) snprintf(err, errlen, "unexpected policy_list reply");
-        freeReplyObject(r);
-        return -1;
-    }
+    redisReply *r = policy_list(a, err, errlen);
+    if (!r) return -1;
     for (int h = 0; h < 2; h++)
         for (size_t i = 0; i + 1 < r->element[h]->elements; i += 2)
             cb(h == 1, reply_str(r->element[h]->element[i]),
@@ -671,14 +681,8 @@ static int print_pairs(buf_t *out, const redisReply *pairs, const char *infix)
 
 int queue_admin_policy_list(queue_admin_t *a, buf_t *out, char *err, size_t errlen)
 {
-    redisReply *r =
-        queue_admin_call(a, FN_POLICY_LIST, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY) {
-        if (r) snprintf(err, errlen, "unexpected policy_list reply");
-        freeReplyObject(r);
-        return -1;
-    }
+    redisReply *r = policy_list(a, err, errlen);
+    if (!r) return -1;
     int rc = print_pairs(out, r->element[0], "");
     if (rc == 0) rc = print_pairs(out, r->element[1], " prefer");
     freeReplyObject(r);
