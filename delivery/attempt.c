@@ -407,6 +407,16 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
     }
     const char *bad = envelope_check(env, job);
     if (!bad && !job->mac) log_warn("event=job_unauthenticated jid=%s", job->jid);
+    if (bad && !strcmp(bad, "unknown_key")) {
+        /* As for a body sealed under a key this node lacks: another node, or
+         * this one with its key file fixed, can check it and send it. */
+        char why[128];
+        snprintf(why, sizeof why,
+                 "envelope tagged under key \"%.*s\", which this node does not have",
+                 (int)strcspn(job->mac, ":"), job->mac);
+        defer_local(a, "unseal_failed", "451 4.7.0 cannot verify the envelope", why);
+        return;
+    }
     if (bad) {
         log_warn("event=job_tampered jid=%s why=%s", job->jid, bad);
         metric_add(env->tampered, 1);

@@ -186,7 +186,7 @@ def test_withdrawals_reach_each_messages_master_in_a_cluster(tmp_path, sink):
     try:
         wait_for(lambda: ingress.read_log().count("event=queue_ready") >= 3,
                  what="the library on every master")
-        mids = stall_at_the_dot(stack, ingress, [p.pid for p in cluster.procs])
+        mids = stall_at_the_dot(stack, ingress, [p.pid for p in cluster.procs.values()])
         verdicts = outcomes(ingress, mids)
         assert set(verdicts.values()) <= {"withdrawn", "gone"}, verdicts
         left = [k for c in cluster.clients() for k in c.scan_iter(match="{mq:*}:m:*")]
@@ -197,6 +197,6 @@ def test_withdrawals_reach_each_messages_master_in_a_cluster(tmp_path, sink):
         ingress.check_clean_exit()
     finally:
         ingress.kill()
-        for p in cluster.procs:
+        for p in cluster.procs.values():
             p.send_signal(signal.SIGCONT)
         cluster.stop()
