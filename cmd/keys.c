@@ -10,6 +10,7 @@
 #include "proto/proto.h"
 #include "queue/admin.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +29,10 @@ static const char usage[] =
     "       sealpost keys policy delete ADDRESS|DOMAIN [prefer]\n"
     "       sealpost keys policy list\n"
     "       sealpost keys verify                 check the directory against its authentication\n"
-    "       sealpost keys authenticate           tag and seal the directory as it is now (once\n"
-    "                                            after an upgrade; after checking it by hand)\n"
+    "       sealpost keys authenticate [VERSION] tag and seal the directory as it is now (once\n"
+    "                                            after an upgrade; after checking it by hand),\n"
+    "                                            above VERSION when given: the highest= a node\n"
+    "                                            logged, to take back a restored directory\n"
     "   (each with [-c FILE])\n"
     "\n"
     "A key is filed under every e-mail address of its valid user IDs, a\n"
@@ -46,11 +49,217 @@ static const char usage[] =
 
 #define KEY_INPUT_MAX (4 << 20)
 
+/* ---- what a write may leave in the directory (issue 18) ----
+ *
+ * A write is checked against the directory as verified before it and sealed
+ * after it. Between the two, anyone with Redis write access could change an
+ * entry; sealing what is read back would bless that change. So each write
+ * here notes what it may leave: an entry with exactly the content written
+ * (by its tag, which under one key is a function of the content), an entry
+ * gone, or an address that lost its key and is now keyless or filed under
+ * another stored key that lists it (key_put and key_delete relink it in
+ * Lua). At the seal, every entry must be one of those or unchanged since
+ * the check; anything else is refused, and the directory left unsealed,
+ * which every node answers with 451. */
+
+enum expect_kind {
+    EXPECT_ITEM,   /* present, with the content written */
+    EXPECT_GONE,   /* deleted */
+    EXPECT_RELINK, /* an address's key of a method: gone, or another stored key's */
+};
+
+struct expect {
+    char *entry;
+    enum expect_kind kind;
+    char tag[SEAL_MAC_LEN + 1]; /* EXPECT_ITEM */
+    char *addrs;                /* a stored key's, as written: LF-separated */
+    const char *method;         /* a stored key's */
+};
+
+struct directory;
+
+struct change {
+    const seal_keyring_t *seal;
+    const struct directory *before; /* as checked before the first write */
+    struct expect *x;
+    size_t n, cap;
+    bool failed;
+};
+
+static const keydir_item_t *directory_key(const struct directory *d, const char *fpr);
+
+static struct expect *expected(const struct change *c, const char *entry)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (!strcmp(c->x[i].entry, entry)) return &c->x[i];
+    return NULL;
+}
+
+/* Notes what entry may be after this write; a later write of the same
+ * entry replaces what an earlier one noted. */
+static struct expect *expect(struct change *c, const char *entry, enum expect_kind kind)
+{
+    struct expect *x = expected(c, entry);
+    if (!x) {
+        if (c->n == c->cap) {
+            size_t more = c->cap ? 2 * c->cap : 16;
+            struct expect *p = realloc(c->x, more * sizeof *p);
+            if (!p) {
+                c->failed = true;
+                return NULL;
+            }
+            c->x = p;
+            c->cap = more;
+        }
+        x = &c->x[c->n];
+        *x = (struct expect){.entry = strdup(entry)};
+        if (!x->entry) {
+            c->failed = true;
+            return NULL;
+        }
+        c->n++;
+    }
+    free(x->addrs);
+    x->addrs = NULL;
+    x->kind = kind;
+    return x;
+}
+
+static void expect_item(struct change *c, const keydir_item_t *it)
+{
+    char entry[1024];
+    struct expect *x = keydir_item_entry(it, entry, sizeof entry) == 0
+                           ? expect(c, entry, EXPECT_ITEM)
+                           : (c->failed = true, NULL);
+    if (!x) return;
+    keydir_item_tag(c->seal, it, x->tag);
+    if (it->kind == KEYDIR_ITEM_KEY) {
+        x->method = it->method;
+        if (!(x->addrs = strdup(it->addrs))) c->failed = true;
+    }
+}
+
+static void expect_entry(struct change *c, enum keydir_item_kind kind, const char *name,
+                         const char *method, enum expect_kind what)
+{
+    keydir_item_t it = {.kind = kind, .name = name, .method = method};
+    char entry[1024];
+    if (keydir_item_entry(&it, entry, sizeof entry) < 0 || !expect(c, entry, what))
+        c->failed = true;
+}
+
+/* The addresses and method key fpr had before this write: as an earlier
+ * write of this command left it, else as checked; false when unknown. */
+static bool key_before(const struct change *c, const char *fpr, const char **addrs,
+                       const char **method)
+{
+    char entry[1024];
+    snprintf(entry, sizeof entry, "k:%s", fpr);
+    const struct expect *x = expected(c, entry);
+    if (x && x->kind == EXPECT_ITEM) {
+        *addrs = x->addrs, *method = x->method;
+        return true;
+    }
+    const keydir_item_t *it = x ? NULL : directory_key(c->before, fpr);
+    if (it) *addrs = it->addrs, *method = it->method;
+    return it != NULL;
+}
+
+static bool listed(const char *addrs, const char *addr)
+{
+    size_t n = strlen(addr);
+    for (const char *p = addrs; p && *p;) {
+        const char *end = strchr(p, '\n');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && !memcmp(p, addr, n)) return true;
+        p = end ? end + 1 : NULL;
+    }
+    return false;
+}
+
+/* Every address key fpr (method) had and keep does not list goes to
+ * another key of its method, or is left keyless. */
+static void expect_relinks(struct change *c, const char *fpr, const char *keep)
+{
+    const char *addrs, *method;
+    if (!key_before(c, fpr, &addrs, &method)) return;
+    char *copy = strdup(addrs);
+    if (!copy) c->failed = true;
+    for (char *save = NULL, *a = copy ? strtok_r(copy, "\n", &save) : NULL; a;
+         a = strtok_r(NULL, "\n", &save))
+        if (!listed(keep, a)) expect_entry(c, KEYDIR_ITEM_ADDRESS, a, method, EXPECT_RELINK);
+    free(copy);
+}
+
+/* key_put: the key under its id and each of its addresses, as in rec. */
+static void expect_key_put(struct change *c, const queue_key_record_t *rec)
+{
+    buf_t addrs;
+    buf_init(&addrs);
+    for (unsigned i = 0; i < rec->n_addresses; i++)
+        if ((i && buf_append(&addrs, "\n", 1) < 0) ||
+            buf_append(&addrs, rec->addresses[i], strlen(rec->addresses[i])) < 0)
+            c->failed = true;
+    if (buf_append(&addrs, "", 1) < 0) c->failed = true; /* NUL-terminated */
+    const char *list = addrs.data ? addrs.data : "";
+    expect_relinks(c, rec->fpr, list);
+    keydir_item_t it = {.kind = KEYDIR_ITEM_KEY,
+                        .name = rec->fpr,
+                        .method = rec->smime ? "smime" : "openpgp",
+                        .addrs = list,
+                        .expires = rec->expires,
+                        .data = rec->armored,
+                        .len = rec->armored_len};
+    expect_item(c, &it);
+    for (unsigned i = 0; i < rec->n_addresses; i++) {
+        keydir_item_t a = {.kind = KEYDIR_ITEM_ADDRESS,
+                           .name = rec->addresses[i],
+                           .method = it.method,
+                           .fpr = rec->fpr,
+                           .expires = rec->expires,
+                           .data = rec->armored,
+                           .len = rec->armored_len};
+        expect_item(c, &a);
+    }
+    buf_free(&addrs);
+}
+
+/* key_delete: the key gone, its addresses relinked. */
+static void expect_key_gone(struct change *c, const char *fpr)
+{
+    expect_relinks(c, fpr, "");
+    expect_entry(c, KEYDIR_ITEM_KEY, fpr, NULL, EXPECT_GONE);
+}
+
+/* policy_set, prefer_set: target's value, or none. */
+static void expect_setting(struct change *c, bool prefer, const char *target, const char *value)
+{
+    enum keydir_item_kind kind = prefer ? KEYDIR_ITEM_PREFER : KEYDIR_ITEM_POLICY;
+    if (!value) {
+        expect_entry(c, kind, target, NULL, EXPECT_GONE);
+        return;
+    }
+    keydir_item_t it = {.kind = kind, .name = target, .data = value, .len = strlen(value)};
+    expect_item(c, &it);
+}
+
+static void change_free(struct change *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        free(c->x[i].entry);
+        free(c->x[i].addrs);
+    }
+    free(c->x);
+    c->x = NULL;
+    c->n = c->cap = 0;
+}
+
 struct import {
     queue_admin_t *admin;
     const config_t *cfg;
     const char *file; /* as given; "-" is stdin */
     unsigned imported, refused;
+    struct change *change;
 };
 
 static const char *input_name(const char *file)
@@ -119,6 +328,7 @@ static bool retire(struct import *im, const crypto_key_info_t *key, queue_key_st
     }
     bool removed = queue_admin_key_delete(im->admin, key->fpr, err, sizeof err) > 0;
     if (removed) {
+        expect_key_gone(im->change, key->fpr);
         printf("%s: %s", key->why_unusable, key->fpr);
         print_addresses(&old.addresses);
         printf(", %s removed\n", key->method == CRYPTO_SMIME ? "certificate" : "key");
@@ -199,6 +409,7 @@ static void import_certificate(struct import *im, const crypto_key_info_t *cert)
         refuse_certificate(im, cert, err);
         return;
     }
+    expect_key_put(im->change, &rec);
     printf("imported: %s", cert->fpr);
     for (unsigned i = 0; i < a.n; i++)
         printf(" %s", a.list[i]);
@@ -250,6 +461,7 @@ static void import_one(const crypto_key_info_t *key, void *arg)
         im->refused++;
         return;
     }
+    expect_key_put(im->change, &rec);
     printf("imported %s expires ", key->fpr);
     print_expiry(key->expires);
     for (unsigned i = 0; i < a.n; i++)
@@ -311,12 +523,13 @@ static int stored_key(const char *issuer, buf_t *out, void *arg, char *err, size
     return found;
 }
 
-static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file)
+static int import_keys(queue_admin_t *a, const config_t *cfg, const char *file,
+                       struct change *change)
 {
     buf_t data;
     buf_init(&data);
     char err[600];
-    struct import im = {a, cfg, file, 0, 0};
+    struct import im = {a, cfg, file, 0, 0, change};
     int rc = read_input(file, &data);
     if (rc == 0 &&
         (crypto_gpg_init(err, sizeof err) < 0 || keydir_smime_configure(cfg, err, sizeof err) < 0 ||
@@ -429,7 +642,8 @@ static int show_keys(queue_admin_t *a, const char fprs[QUEUE_KEY_METHODS][65])
 }
 
 /* delete: an address with both a key and a certificate says which to delete. */
-static int delete_key(queue_admin_t *a, const char *what, const char fprs[QUEUE_KEY_METHODS][65])
+static int delete_key(queue_admin_t *a, const char *what, const char fprs[QUEUE_KEY_METHODS][65],
+                      struct change *change)
 {
     char err[600];
     if (fprs[1][0]) {
@@ -441,7 +655,10 @@ static int delete_key(queue_admin_t *a, const char *what, const char fprs[QUEUE_
     }
     int found = queue_admin_key_delete(a, fprs[0], err, sizeof err);
     if (found < 0) fprintf(stderr, "sealpost: %s\n", err);
-    if (found > 0) printf("key %s deleted\n", fprs[0]);
+    if (found > 0) {
+        expect_key_gone(change, fprs[0]);
+        printf("key %s deleted\n", fprs[0]);
+    }
     if (found == 0) fprintf(stderr, "sealpost: no key %s\n", fprs[0]);
     return found > 0 ? 0 : 1;
 }
@@ -475,7 +692,8 @@ static int policy_list(queue_admin_t *a)
 
 /* policy set|delete TARGET [prefer] VALUE: the encryption policy, or which
  * of a key and a certificate an address with both prefers. */
-static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char **argv)
+static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char **argv,
+                          struct change *change)
 {
     char err[600];
     const char *action = argc > 0 ? argv[0] : "";
@@ -515,6 +733,7 @@ static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char 
         fprintf(stderr, "sealpost: %s\n", err);
         return 1;
     }
+    expect_setting(change, prefer, target, value);
     printf("%s %s: %s\n", prefer ? "prefer" : "policy", target, value ? value : "(default)");
     return 0;
 }
@@ -524,10 +743,12 @@ static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char 
  * Every write here goes: read the whole directory and check it against its
  * index (refused when it does not hold: a write must not seal what someone
  * changed in Redis behind our back); make the change (key_put, key_delete,
- * policy_set, prefer_set, which move the version); read it all again, tag
- * every entry and seal the index at the new version (key_seal, only while
- * the directory is still at that version). Nodes check lookups against the
- * index; between the change and the seal they keep what they had. */
+ * policy_set, prefer_set, which move the version), noting what it may leave
+ * (struct change, above); read it all again, check every entry against
+ * what was checked and what was noted, tag every entry and seal the index
+ * at the new version (key_seal, only while the directory is still at that
+ * version). Nodes check lookups against the index; between the change and
+ * the seal they keep what they had. */
 
 #define DIRECTORY_READS 8
 
@@ -666,6 +887,15 @@ static void read_setting(bool prefer, const char *name, const char *value, void 
     add_item(d, &it);
 }
 
+/* The stored key fpr as read, or NULL. */
+static const keydir_item_t *directory_key(const struct directory *d, const char *fpr)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (d->items[i].kind == KEYDIR_ITEM_KEY && !strcmp(d->items[i].name, fpr))
+            return &d->items[i];
+    return NULL;
+}
+
 static int compare_strings(const void *x, const void *y)
 {
     return strcmp(*(const char *const *)x, *(const char *const *)y);
@@ -765,28 +995,94 @@ static unsigned directory_check(const struct directory *d)
     return problems;
 }
 
-/* Tags every entry read, and seals the index at sealed; 1, 0 moved, -1. */
+static const char *entry_verdict(const struct change *c, const struct directory *after,
+                                 const keydir_item_t *it, const char *entry, const char *tag);
+
+/* An address's entry for a method whose key this write deleted or took it
+ * from: filed now under another stored key, one that may be sealed itself,
+ * that lists the address, with that key's expiry and data. */
+static bool relinked(const struct change *c, const struct directory *after, const keydir_item_t *it)
+{
+    const keydir_item_t *k = it->kind == KEYDIR_ITEM_ADDRESS ? directory_key(after, it->fpr) : NULL;
+    char entry[1024], tag[SEAL_MAC_LEN + 1];
+    if (!k || strcmp(k->method, it->method) || !listed(k->addrs, it->name) ||
+        k->expires != it->expires || k->len != it->len ||
+        (k->len && memcmp(k->data, it->data, k->len)) ||
+        keydir_item_entry(k, entry, sizeof entry) < 0)
+        return false;
+    keydir_item_tag(c->seal, k, tag);
+    return entry_verdict(c, after, k, entry, tag) == NULL;
+}
+
+/* Why an entry read after this command's writes may not be sealed (NULL: it
+ * may): it must be as checked before them, or as they left it. */
+static const char *entry_verdict(const struct change *c, const struct directory *after,
+                                 const keydir_item_t *it, const char *entry, const char *tag)
+{
+    const struct expect *x = expected(c, entry);
+    if (!x) {
+        const char *old = keydir_index_find(c->before->index, entry);
+        if (!old) return "added in Redis during this write";
+        return keydir_item_verify(c->seal, it, old) == 1 ? NULL
+                                                         : "changed in Redis during this write";
+    }
+    if (x->kind == EXPECT_ITEM)
+        return strcmp(x->tag, tag) ? "not what this write stored (changed in Redis?)" : NULL;
+    if (x->kind == EXPECT_GONE) return "still there, though this write deleted it";
+    return relinked(c, after, it) ? NULL : "not filed under a stored key that lists it";
+}
+
+/* What a write's change may not leave: an entry gone that was checked, or
+ * that the write stored, unless the write deleted it. */
+static unsigned missing_problems(const struct change *c, const keydir_index_t *present)
+{
+    unsigned problems = 0;
+    const keydir_index_t *was = c->before->index;
+    for (size_t i = 0; i < keydir_index_size(was); i++) {
+        const char *entry = keydir_index_entry(was, i);
+        const struct expect *x = expected(c, entry);
+        if (!keydir_index_find(present, entry) && (!x || x->kind == EXPECT_ITEM))
+            say_problem(&problems, entry, "deleted in Redis during this write");
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (c->x[i].kind == EXPECT_ITEM && !keydir_index_find(present, c->x[i].entry))
+            say_problem(&problems, c->x[i].entry, "stored by this write, then deleted in Redis");
+    return problems;
+}
+
+/* Tags every entry read, and seals the index at sealed; 1, 0 moved, -1, or
+ * -2 when change (not NULL: what a write noted) does not explain what was
+ * read (each entry said on stderr). */
 static int directory_seal_once(queue_admin_t *a, const struct directory *d, long long sealed,
-                               char *err, size_t errlen)
+                               const struct change *change, char *err, size_t errlen)
 {
     char **entries = calloc(d->n ? d->n : 1, sizeof *entries);
     char **tags = calloc(d->n ? d->n : 1, sizeof *tags);
     int rc = entries && tags ? 0 : -1;
+    unsigned problems = 0;
     for (size_t i = 0; rc == 0 && i < d->n; i++) {
         char entry[1024];
         entries[i] =
             keydir_item_entry(&d->items[i], entry, sizeof entry) == 0 ? strdup(entry) : NULL;
         tags[i] = malloc(SEAL_MAC_LEN + 1);
         if (!entries[i] || !tags[i]) rc = -1;
-        if (tags[i]) keydir_item_tag(d->seal, &d->items[i], tags[i]);
+        if (rc < 0) break;
+        keydir_item_tag(d->seal, &d->items[i], tags[i]);
+        const char *why = change ? entry_verdict(change, d, &d->items[i], entry, tags[i]) : NULL;
+        if (why) say_problem(&problems, entry, why);
     }
     keydir_index_t *x =
         rc == 0 ? keydir_index_new((const char *const *)entries, (const char *const *)tags, d->n)
                 : NULL;
+    if (x && change) problems += missing_problems(change, x);
     char tag[SEAL_MAC_LEN + 1];
     if (!x || keydir_index_tag(d->seal, sealed, x, tag) < 0) {
         snprintf(err, errlen, "out of memory, or an entry name too long");
         rc = -1;
+    } else if (problems) {
+        snprintf(err, errlen, "%u entr%s changed in Redis while this command wrote (above)",
+                 problems, problems == 1 ? "y" : "ies");
+        rc = -2;
     } else {
         rc = queue_admin_key_seal(a, d->version, sealed, tag, (const char *const *)entries,
                                   (const char *const *)tags, d->n, err, errlen);
@@ -802,13 +1098,27 @@ static int directory_seal_once(queue_admin_t *a, const struct directory *d, long
 }
 
 /* Reads the directory and seals it as it is now; move: at a version above
- * the one read (`keys authenticate`: every node reads the index again). */
-static int directory_seal(queue_admin_t *a, struct directory *d, bool move, char *err,
-                          size_t errlen)
+ * the one read, and above `above` too (`keys authenticate`: every node
+ * reads the index again, and one that took a higher version than the
+ * directory has now takes it back); change: only when it explains what was
+ * read. */
+static int directory_seal(queue_admin_t *a, struct directory *d, bool move, long long above,
+                          const struct change *change, long long *at, char *err, size_t errlen)
 {
     for (int i = 0; i < DIRECTORY_READS; i++) {
         if (directory_read(a, d, err, errlen) < 0) return -1;
-        int rc = directory_seal_once(a, d, d->version + move, err, errlen);
+        /* INCR made neither: someone SET it (a negative one is sealed above 0) */
+        if (d->version >= LLONG_MAX - 1 || (d->version < 0 && !move)) {
+            snprintf(err, errlen,
+                     "the directory's version %lld was not made by sealpost: `sealpost keys "
+                     "authenticate VERSION` with the highest= a node logged%s",
+                     d->version, d->version < 0 ? "" : ", after setting it back with redis-cli");
+            return -1;
+        }
+        long long base = (d->version < 0 ? 0 : d->version) + move;
+        long long sealed = base > above ? base : above + 1;
+        int rc = directory_seal_once(a, d, sealed, change, err, errlen);
+        if (rc > 0 && at) *at = sealed;
         if (rc != 0) return rc < 0 ? -1 : 0;
     }
     snprintf(err, errlen, "the key directory kept changing; try again");
@@ -834,28 +1144,42 @@ static int directory_trusted(queue_admin_t *a, struct directory *d)
     return -1;
 }
 
-/* After a write: sealed as it is now; -1 said. */
-static int directory_sealed(queue_admin_t *a, struct directory *d)
+/* After a write: sealed as it is now, if the write's change explains it; -1 said. */
+static int directory_sealed(queue_admin_t *a, const struct change *change)
 {
     char err[600];
-    if (directory_seal(a, d, false, err, sizeof err) == 0) return 0;
+    struct directory after = {.seal = change->seal};
+    int rc =
+        change->failed ? -1 : directory_seal(a, &after, false, -1, change, NULL, err, sizeof err);
+    if (change->failed) snprintf(err, sizeof err, "out of memory");
+    directory_free(&after);
+    if (rc == 0) return 0;
     fprintf(stderr,
             "sealpost: the change is stored but not sealed (%s): nodes answer 451 to its "
-            "recipients until `sealpost keys authenticate`\n",
+            "recipients. Check what is stored (`sealpost keys verify`, `keys list`), remove what "
+            "is not yours, then `sealpost keys authenticate`\n",
             err);
     return -1;
 }
 
 /* keys verify: the check alone; keys authenticate: seal what is there. */
-static int directory_command(queue_admin_t *a, struct directory *d, bool authenticate)
+static int directory_command(queue_admin_t *a, struct directory *d, bool authenticate,
+                             const char *above)
 {
     char err[600];
+    unsigned long long floor = 0;
+    if (above && (util_parse_decimal(above, strlen(above), &floor) < 0 || floor >= LLONG_MAX - 1)) {
+        fprintf(stderr, "sealpost: '%s' is not a version\n", above);
+        return 2;
+    }
     if (authenticate) {
-        if (directory_seal(a, d, true, err, sizeof err) < 0) {
+        long long sealed = 0;
+        if (directory_seal(a, d, true, above ? (long long)floor : -1, NULL, &sealed, err,
+                           sizeof err) < 0) {
             fprintf(stderr, "sealpost: %s\n", err);
             return 1;
         }
-        printf("key directory authenticated: %zu entries, version %lld\n", d->n, d->version + 1);
+        printf("key directory authenticated: %zu entries, version %lld\n", d->n, sealed);
         return 0;
     }
     if (directory_trusted(a, d) < 0) return 1;
@@ -874,7 +1198,8 @@ int cmd_keys(int argc, char **argv)
     bool ok = (!strcmp(action, "import") && nargs == 1) || (!strcmp(action, "list") && !nargs) ||
               ((!strcmp(action, "show") || !strcmp(action, "delete")) && nargs == 1) ||
               (!strcmp(action, "policy") && nargs >= 1) ||
-              ((!strcmp(action, "authenticate") || !strcmp(action, "verify")) && !nargs);
+              (!strcmp(action, "authenticate") && nargs <= 1) ||
+              (!strcmp(action, "verify") && !nargs);
     if (!ok || (json && strcmp(action, "list"))) {
         fputs(usage, stderr);
         return 2;
@@ -892,6 +1217,7 @@ int cmd_keys(int argc, char **argv)
     struct directory dir = {0};
     seal_keyring_t *seal = directory ? cmd_seal_keyring(&cfg, a, &rc) : NULL;
     dir.seal = seal;
+    struct change change = {.seal = seal, .before = &dir};
     if (directory && !seal) {
         queue_admin_close(a);
         return rc;
@@ -900,9 +1226,9 @@ int cmd_keys(int argc, char **argv)
     if (refused) {
         rc = 1;
     } else if (!strcmp(action, "authenticate") || !strcmp(action, "verify")) {
-        rc = directory_command(a, &dir, !strcmp(action, "authenticate"));
+        rc = directory_command(a, &dir, !strcmp(action, "authenticate"), nargs ? rest[0] : NULL);
     } else if (!strcmp(action, "import")) {
-        rc = import_keys(a, &cfg, rest[0]);
+        rc = import_keys(a, &cfg, rest[0], &change);
     } else if (!strcmp(action, "list")) {
         if (json) printf("[");
         rc = queue_admin_key_list(a, list_one, &json, err, sizeof err) < 0 ? 1 : 0;
@@ -911,12 +1237,13 @@ int cmd_keys(int argc, char **argv)
     } else if (!strcmp(action, "show")) {
         rc = resolve(a, &cfg, rest[0], fprs) < 0 ? 1 : show_keys(a, fprs);
     } else if (!strcmp(action, "delete")) {
-        rc = resolve(a, &cfg, rest[0], fprs) < 0 ? 1 : delete_key(a, rest[0], fprs);
+        rc = resolve(a, &cfg, rest[0], fprs) < 0 ? 1 : delete_key(a, rest[0], fprs, &change);
     } else {
-        rc = policy_command(a, &cfg, nargs, rest);
+        rc = policy_command(a, &cfg, nargs, rest, &change);
     }
     /* sealed whatever the write came to: part of an import may be stored */
-    if (writes && !refused && directory_sealed(a, &dir) < 0) rc = 1;
+    if (writes && !refused && directory_sealed(a, &change) < 0) rc = 1;
+    change_free(&change);
     directory_free(&dir);
     seal_keyring_free(seal);
     queue_admin_close(a);

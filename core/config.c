@@ -214,6 +214,7 @@ static const key_spec_t keys[] = {
      CHOICE_SMIME_RSA_PADDING, 0, "pkcs1"},
     {"crypto", "smime_ca_file", T_STRING, OFF(crypto.smime_ca_file), 0, 0, ""},
     {"crypto", "smime_crl_file", T_STRING, OFF(crypto.smime_crl_file), 0, 0, ""},
+    {"crypto", "directory_state_file", T_STRING, OFF(crypto.directory_state_file), 0, 0, ""},
     /* gpgme: a gpg process per encryption; rnp: librnp in the thread,
      * keys held in memory. */
     {"crypto", "openpgp_engine", T_CHOICE, OFF(crypto.openpgp_engine), CHOICE_OPENPGP_ENGINE, 0,

@@ -313,6 +313,7 @@ typedef struct config {
         char smime_ca_file[512];        /* PEM CA certificates; "": chains not checked */
         char smime_crl_file[512];       /* PEM CRLs of those CAs; "": none (README says why) */
         unsigned openpgp_engine;        /* enum config_openpgp_engine: gpg, or librnp */
+        char directory_state_file[512]; /* the highest directory version taken; "": memory */
     } crypto;
 
     struct {

@@ -2,6 +2,8 @@
 #include "ingress/encrypt.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,10 +66,12 @@ struct encrypt {
     keydir_index_t *index;
     long long index_version; /* the version it was sealed at */
     long long highest;       /* the highest version taken: none below it is */
+    bool state_failed;       /* directory_state_file could not be written (logged) */
     bool reading;            /* a key_directory call is out */
     bool tampered;
     char tamper_why[64];
-    long long tamper_logged;  /* 1 + the version last logged as tampered; 0: none */
+    bool logged;              /* a version was logged as tampered: */
+    long long logged_version; /* ... this one */
     uint64_t unsealed_since;  /* loop time the version first ran ahead of the seal; 0: not */
     metric_t *tampered_total; /* findings: an index or an entry that failed its check */
     struct lookup *waiting;   /* for the first index: sent once it is read */
@@ -163,11 +167,58 @@ static void tamper(encrypt_t *e, long long version, const char *why)
     e->tampered = true;
     snprintf(e->tamper_why, sizeof e->tamper_why, "%s", why);
     keydir_drop(e->keydir);
-    if (e->tamper_logged == version + 1) return;
-    e->tamper_logged = version + 1;
+    if (e->logged && e->logged_version == version) return;
+    e->logged = true;
+    e->logged_version = version;
     metric_add(e->tampered_total, 1);
     log_error("event=directory_tampered why=%s version=%lld highest=%lld", why, version,
               e->highest);
+}
+
+/* [crypto] directory_state_file keeps the highest version this node took
+ * across its restarts, so that Redis's own history put back while the node
+ * was down (an older snapshot, a wiped directory) is still a rollback to it.
+ * The file holds the version in decimal and a newline; it is replaced
+ * whole (written beside it, synced, renamed), so a crash leaves the old or
+ * the new one. A node that cannot write it keeps the mark in memory. */
+static int state_read(const char *path, long long *highest, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0; /* first start: nothing taken yet */
+        snprintf(err, errlen, "[crypto] directory_state_file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[32];
+    size_t n = fread(line, 1, sizeof line, f);
+    fclose(f);
+    unsigned long long v;
+    if (n == 0 || n == sizeof line || line[n - 1] != '\n' ||
+        util_parse_decimal(line, n - 1, &v) < 0 || v >= LLONG_MAX) {
+        snprintf(err, errlen, "[crypto] directory_state_file %s: not a version", path);
+        return -1;
+    }
+    *highest = (long long)v;
+    return 0;
+}
+
+static void state_write(encrypt_t *e, long long version)
+{
+    const char *path = e->ingress->cfg->crypto.directory_state_file;
+    char tmp[sizeof e->ingress->cfg->crypto.directory_state_file + 8], line[32];
+    int n = snprintf(line, sizeof line, "%lld\n", version);
+    if (!path[0] || snprintf(tmp, sizeof tmp, "%s.new", path) >= (int)sizeof tmp) return;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    if (fd >= 0 && close(fd) < 0) ok = false;
+    if (ok && rename(tmp, path) == 0) {
+        e->state_failed = false;
+        return;
+    }
+    if (!e->state_failed)
+        log_error("event=directory_state_write_failed path=%s error=\"%s\"", path, strerror(errno));
+    e->state_failed = true;
+    if (fd >= 0) unlink(tmp);
 }
 
 /* Takes x (sealed at version) as the index every lookup is checked against. */
@@ -177,7 +228,10 @@ static void take_index(encrypt_t *e, keydir_index_t *x, long long version)
     keydir_index_free(e->index);
     e->index = x;
     e->index_version = version;
-    if (version > e->highest) e->highest = version;
+    if (version > e->highest) {
+        e->highest = version;
+        state_write(e, version);
+    }
     e->tampered = false;
     e->unsealed_since = 0;
     keydir_drop(e->keydir);
@@ -191,6 +245,8 @@ static void take_index(encrypt_t *e, keydir_index_t *x, long long version)
 static const char *judge_directory(encrypt_t *e, const queue_key_directory_t *dir,
                                    const keydir_index_t *x)
 {
+    /* INCR counts from 0 and stops short of LLONG_MAX: anything else was SET */
+    if (dir->version < 0 || dir->version == LLONG_MAX) return "version_bad";
     if (dir->sealed_version < 0)
         return dir->version == 0 && dir->stored == 0 && dir->n == 0
                    ? (e->highest > 0 ? "rollback" : NULL)
@@ -238,7 +294,7 @@ static void on_version(int status, const char *err, long long version, void *arg
         /* The version moved (or there is no index yet), or a change not
          * sealed yet is being watched: the index is read and checked. One
          * found bad at this very version is not read again. */
-        bool found_bad = e->tamper_logged == version + 1;
+        bool found_bad = e->logged && e->logged_version == version;
         bool moved = (!e->index || version != e->index_version) && !found_bad;
         if ((moved || (found_bad && e->unsealed_since)) && !e->reading)
             e->reading = queue_key_directory(e->ingress->queue, on_directory, e) == 0;
@@ -318,6 +374,13 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
     e->ingress = ingress;
     e->gnupg = !rnp;
     e->highest = -1;
+    if (ingress->cfg->crypto.directory_state_file[0] &&
+        state_read(ingress->cfg->crypto.directory_state_file, &e->highest, err, errlen) < 0) {
+        keydir_free(e->keydir);
+        free(e);
+        return NULL;
+    }
+    if (e->highest >= 0) log_info("event=directory_state version=%lld", e->highest);
     register_metrics(e);
     e->homes_ok = true;
     check_homes(e);
