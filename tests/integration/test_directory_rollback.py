@@ -6,14 +6,14 @@ The operator takes a restored directory back with `keys authenticate
 VERSION`, VERSION being the highest= the node logged."""
 import re
 import smtplib
-import subprocess
 
 import pytest
 import redis as redis_py
 
-from conftest import BIN, Sealpost, wait_for
+from conftest import Sealpost, wait_for
 from pgp import Person
 from smtpclient import HOST
+from test_directory_tamper import keys, ok
 
 A = "{sealpost:crypto}:"
 ALICE = "alice@example.test"
@@ -22,18 +22,6 @@ ALICE = "alice@example.test"
 @pytest.fixture(scope="module")
 def alice(tmp_path_factory):
     return Person(tmp_path_factory.mktemp("keys"), "alice", ALICE)
-
-
-def keys(stack, *args, input=None):
-    path = stack.tmp / "keys.conf"
-    path.write_text(stack.config())
-    return subprocess.run([BIN, "keys", *args, "-c", str(path)], input=input,
-                          capture_output=True, timeout=60)
-
-
-def ok(r):
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout.decode()
 
 
 def rcpt(stack, to=ALICE):

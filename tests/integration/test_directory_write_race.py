@@ -6,15 +6,14 @@ to seal what its own change does not explain, says which entry, and every
 node keeps answering 451 for the directory until the operator repairs it.
 Without the attacker, a write seals as before."""
 import smtplib
-import subprocess
 import threading
 
 import pytest
 import redis as redis_py
 
-from conftest import BIN
 from pgp import Person
 from smtpclient import HOST
+from test_directory_tamper import keys, ok
 
 A = "{sealpost:crypto}:"
 ALICE = "alice@example.test"
@@ -29,18 +28,6 @@ def people(tmp_path_factory):
     return {"alice": Person(base, "alice", ALICE),
             "lists": Person(base, "lists", MANY[0], extra_uids=MANY[1:]),
             "bob": Person(base, "bob", "bob@example.test")}
-
-
-def keys(stack, *args, input=None):
-    path = stack.tmp / "keys.conf"
-    path.write_text(stack.config())
-    return subprocess.run([BIN, "keys", *args, "-c", str(path)], input=input,
-                          capture_output=True, timeout=120)
-
-
-def ok(r):
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout.decode()
 
 
 class Attacker(threading.Thread):
