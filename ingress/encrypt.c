@@ -180,12 +180,44 @@ static void tamper(encrypt_t *e, long long version, const char *why)
  * was down (an older snapshot, a wiped directory) is still a rollback to it.
  * The file holds the version in decimal and a newline; it is replaced
  * whole (written beside it, synced, renamed), so a crash leaves the old or
- * the new one. A node that cannot write it keeps the mark in memory. */
+ * the new one. */
+
+/* Replaces the file at path by one holding version; 0, or -1 with errno. */
+static int state_store(const char *path, long long version)
+{
+    char tmp[PATH_MAX], line[32];
+    int n = snprintf(line, sizeof line, "%lld\n", version);
+    if (snprintf(tmp, sizeof tmp, "%s.new", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    /* not through a link someone else left in the state file's folder */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    ssize_t w = write(fd, line, (size_t)n);
+    int failed = w == n ? 0 : w < 0 ? errno : EIO;
+    if (!failed && fsync(fd) < 0) failed = errno;
+    if (close(fd) < 0 && !failed) failed = errno;
+    if (!failed && rename(tmp, path) < 0) failed = errno;
+    if (failed) {
+        unlink(tmp);
+        errno = failed;
+        return -1;
+    }
+    return 0;
+}
+
+/* At start: the mark kept, or a file made for it (first start: 0, nothing
+ * taken yet), so that a file that cannot be written stops the node now
+ * rather than leave it with a mark in memory only. */
 static int state_read(const char *path, long long *highest, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
+    if (!f && errno == ENOENT && state_store(path, 0) == 0) {
+        *highest = 0;
+        return 0;
+    }
     if (!f) {
-        if (errno == ENOENT) return 0; /* first start: nothing taken yet */
         snprintf(err, errlen, "[crypto] directory_state_file %s: %s", path, strerror(errno));
         return -1;
     }
@@ -202,23 +234,20 @@ static int state_read(const char *path, long long *highest, char *err, size_t er
     return 0;
 }
 
+/* The mark rose to version: kept in the file too, when there is one. On the
+ * loop, synced: it happens once per change of the directory, not per message. */
 static void state_write(encrypt_t *e, long long version)
 {
     const char *path = e->ingress->cfg->crypto.directory_state_file;
-    char tmp[sizeof e->ingress->cfg->crypto.directory_state_file + 8], line[32];
-    int n = snprintf(line, sizeof line, "%lld\n", version);
-    if (!path[0] || snprintf(tmp, sizeof tmp, "%s.new", path) >= (int)sizeof tmp) return;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    bool ok = fd >= 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0;
-    if (fd >= 0 && close(fd) < 0) ok = false;
-    if (ok && rename(tmp, path) == 0) {
+    if (!path[0]) return;
+    if (state_store(path, version) == 0) {
+        if (e->state_failed) log_info("event=directory_state_written path=%s", path);
         e->state_failed = false;
         return;
     }
     if (!e->state_failed)
         log_error("event=directory_state_write_failed path=%s error=\"%s\"", path, strerror(errno));
     e->state_failed = true;
-    if (fd >= 0) unlink(tmp);
 }
 
 /* Takes x (sealed at version) as the index every lookup is checked against. */

@@ -95,3 +95,11 @@ def test_a_state_file_that_is_not_a_version_stops_the_ingress(stack):
         f"[crypto]\ndirectory_state_file = {state}\n"), "ingress").start()
     assert p.proc.wait(30) != 0
     assert f"directory_state_file {state}: not a version" in p.read_log()
+
+
+def test_a_state_file_that_cannot_be_made_stops_the_ingress(stack):
+    state = stack.tmp / "no-such-folder" / "directory.state"
+    p = Sealpost(stack.tmp, "ingress", stack.config(
+        f"[crypto]\ndirectory_state_file = {state}\n"), "ingress").start()
+    assert p.proc.wait(30) != 0
+    assert f"directory_state_file {state}: No such file or directory" in p.read_log()
