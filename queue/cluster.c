@@ -142,6 +142,7 @@ struct waiter {
 struct node {
     router_t *r;
     int index;
+    unsigned id; /* never reused, unlike index */
     rconn_t *conn;
     bool ready;            /* has our library, on the current connection */
     uv_timer_t init_retry; /* after an error such as LOADING */
@@ -164,8 +165,11 @@ struct router {
     const router_library_t *lib;
     uint16_t needed[CLUSTER_SLOTS]; /* the slots router_ready looks at, each once */
     unsigned n_needed;
-    struct node *nodes[ROUTER_MAX_NODES]; /* [0] is the seed */
-    int n_nodes;
+    struct node *nodes[ROUTER_MAX_NODES]; /* [0] is the seed; NULL: retired */
+    int n_nodes;                          /* slots used, holes included */
+    unsigned next_id;
+    bool prune_due;               /* a new slot map: retire the nodes it no longer names */
+    metric_t *kept;               /* connections kept, the seed's included */
     int16_t owner[CLUSTER_SLOTS]; /* node index, -1 when unknown */
     enum router_mode mode;
     bool closing;
@@ -270,9 +274,17 @@ static void on_node_connect(rconn_t *conn, void *arg)
 static int node_find(router_t *r, const char *host, int port)
 {
     for (int i = 0; i < r->n_nodes; i++)
-        if (rconn_port(r->nodes[i]->conn) == port && !strcmp(rconn_host(r->nodes[i]->conn), host))
+        if (r->nodes[i] && rconn_port(r->nodes[i]->conn) == port &&
+            !strcmp(rconn_host(r->nodes[i]->conn), host))
             return i;
     return -1;
+}
+
+static int node_free_slot(const router_t *r)
+{
+    for (int i = 1; i < r->n_nodes; i++)
+        if (!r->nodes[i]) return i;
+    return r->n_nodes < ROUTER_MAX_NODES ? r->n_nodes : -1;
 }
 
 /* The node at host:port, connecting to it the first time it is named. */
@@ -280,14 +292,16 @@ static int node_get(router_t *r, const char *host, int port)
 {
     int i = node_find(r, host, port);
     if (i >= 0) return i;
-    if (r->n_nodes == ROUTER_MAX_NODES) {
+    i = node_free_slot(r);
+    if (i < 0) {
         log_error("event=redis_cluster_too_large nodes=%d", ROUTER_MAX_NODES);
         return -1;
     }
     struct node *n = calloc(1, sizeof *n);
     if (!n) return -1;
     n->r = r;
-    n->index = r->n_nodes;
+    n->index = i;
+    n->id = ++r->next_id;
     n->replicas = -1;
     redis_endpoint_t ep = r->login;
     snprintf(ep.host, sizeof ep.host, "%s", host);
@@ -300,8 +314,10 @@ static int node_get(router_t *r, const char *host, int port)
     }
     uv_timer_init(r->loop, &n->init_retry);
     n->init_retry.data = n;
-    r->nodes[r->n_nodes] = n;
-    return r->n_nodes++;
+    r->nodes[i] = n;
+    if (i == r->n_nodes) r->n_nodes++;
+    if (r->kept) metric_add(r->kept, 1);
+    return i;
 }
 
 struct slots_update {
@@ -354,6 +370,7 @@ static void on_slots(redisReply *reply, const char *err, void *arg)
         if (r->mode != MODE_CLUSTER) log_info("event=redis_mode mode=cluster");
         r->mode = MODE_CLUSTER;
         memcpy(r->owner, u->owner, sizeof r->owner);
+        r->prune_due = true;
     }
     free(u);
 }
@@ -366,7 +383,7 @@ static void router_refresh(router_t *r)
     static const char *const argv[] = {"CLUSTER", "SLOTS"};
     for (int i = 0; i < r->n_nodes; i++) {
         struct node *n = r->nodes[i];
-        if (rconn_connected(n->conn) &&
+        if (n && rconn_connected(n->conn) &&
             rconn_command(n->conn, on_slots, n, 2, (const char **)argv, NULL) == 0) {
             r->refreshing = true;
             return;
@@ -387,12 +404,52 @@ static bool router_master_down(const router_t *r)
     return false;
 }
 
+static void on_node_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static bool node_in_map(const router_t *r, int index)
+{
+    for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
+        if (r->owner[s] == index) return true;
+    return false;
+}
+
+static bool retrying_asks(const router_t *r, int index);
+
+/* A node no slot names any more (a master that moved to another address,
+ * as pods do, or was removed) is closed, so the table does not fill with
+ * addresses that will never answer. Only an idle one: nothing of it in
+ * flight (no reply, WAIT or ROLE pending) and no retry about to ASK it. The
+ * seed stays, for commands without a key. */
+static void router_prune(router_t *r)
+{
+    r->prune_due = false;
+    for (int i = 1; i < r->n_nodes; i++) {
+        struct node *n = r->nodes[i];
+        if (!n || !rconn_idle(n->conn) || n->waiting || node_in_map(r, i) || retrying_asks(r, i))
+            continue;
+        log_info("event=redis_node_retired redis=%s:%d reason=\"not in the slot map\"",
+                 rconn_host(n->conn), rconn_port(n->conn));
+        r->nodes[i] = NULL;
+        rconn_free(n->conn);
+        uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
+        metric_add(r->kept, -1);
+    }
+    while (r->n_nodes > 1 && !r->nodes[r->n_nodes - 1])
+        r->n_nodes--;
+}
+
 /* The timer ticks every REFRESH_DOWN_MS; the map is read again every
- * REFRESH_MS, or at every tick while a master we route to is down. */
+ * REFRESH_MS, or at every tick while a master we route to is down. Nodes
+ * are retired here, on a timer, never from inside a reply's callback, whose
+ * connection must outlive it. */
 static void on_refresh_timer(uv_timer_t *t)
 {
     router_t *r = t->data;
     if (r->mode == MODE_SINGLE) return;
+    if (r->prune_due) router_prune(r);
     if (uv_now(r->loop) >= r->refresh_due || router_master_down(r)) router_refresh(r);
 }
 
@@ -402,11 +459,6 @@ static void router_refresh_soon(router_t *r)
     if (!uv_is_active((uv_handle_t *)&r->refresh_timer) ||
         uv_timer_get_due_in(&r->refresh_timer) > REFRESH_SOON_MS)
         uv_timer_start(&r->refresh_timer, on_refresh_timer, REFRESH_SOON_MS, REFRESH_DOWN_MS);
-}
-
-static void on_node_closed(uv_handle_t *handle)
-{
-    free(handle->data);
 }
 
 /* The router is freed once both its timers are closed. */
@@ -444,6 +496,10 @@ router_t *router_new(uv_loop_t *loop, const redis_endpoint_t *seed, unsigned tim
     r->refresh_timer.data = r;
     uv_timer_init(loop, &r->replicas_timer);
     r->replicas_timer.data = r;
+    r->kept = metric_gauge("sealpost_redis_nodes",
+                           "Redis nodes this process keeps a connection to: the configured "
+                           "one, and each master in the cluster's slot map.",
+                           "");
     if (node_get(r, seed->host, seed->port) < 0) {
         config_redis_endpoint_clear(&r->login);
         router_close_timers(r); /* frees r */
@@ -488,7 +544,7 @@ bool router_ready(const router_t *r)
 const char *router_failure(const router_t *r)
 {
     for (int i = 0; i < r->n_nodes; i++) {
-        const char *why = rconn_failure(r->nodes[i]->conn);
+        const char *why = r->nodes[i] ? rconn_failure(r->nodes[i]->conn) : "";
         if (*why) return why;
     }
     return NULL;
@@ -574,7 +630,7 @@ void router_check_replicas(router_t *r, unsigned min_replicas)
 {
     r->min_replicas = min_replicas;
     for (int i = 0; i < r->n_nodes; i++)
-        r->nodes[i]->replicas_why[0] = 0;
+        if (r->nodes[i]) r->nodes[i]->replicas_why[0] = 0;
     if (!min_replicas) {
         uv_timer_stop(&r->replicas_timer);
         return;
@@ -631,11 +687,20 @@ static void rreq_free(struct rreq *req)
     free(req);
 }
 
+static bool retrying_asks(const router_t *r, int index)
+{
+    for (const struct rreq *req = r->retrying; req; req = req->next)
+        if (req->ask_node == index) return true;
+    return false;
+}
+
 static void rreq_finish(struct rreq *req, redisReply *reply, const char *err)
 {
     if (req->origin && req->node >= 0) {
+        const struct node *n = req->r->nodes[req->node];
         req->origin->node = req->node;
-        req->origin->epoch = rconn_epoch(req->r->nodes[req->node]->conn);
+        req->origin->id = n->id;
+        req->origin->epoch = rconn_epoch(n->conn);
     }
     req->cb(reply, err, req->arg);
     rreq_free(req);
@@ -845,6 +910,7 @@ int router_wait(router_t *r, const router_origin_t *origin, unsigned replicas, u
 {
     if (origin->node < 0 || origin->node >= r->n_nodes) return -1;
     struct node *n = r->nodes[origin->node];
+    if (!n || n->id != origin->id) return -1; /* retired since, its index maybe reused */
     if (!rconn_connected(n->conn) || rconn_epoch(n->conn) != origin->epoch) return -1;
     struct waiter *w = calloc(1, sizeof *w);
     if (!w) return -1;
@@ -877,9 +943,11 @@ void router_free(router_t *r)
     }
     for (int i = 0; i < r->n_nodes; i++) {
         struct node *n = r->nodes[i];
+        if (!n) continue;
         rconn_free(n->conn); /* runs pending callbacks, WAIT's included */
         answer_waiters(n->waiting, -1, "closing");
         uv_close((uv_handle_t *)&n->init_retry, on_node_closed);
+        metric_add(r->kept, -1);
     }
     uv_timer_stop(&r->refresh_timer);
     uv_timer_stop(&r->replicas_timer);

@@ -45,8 +45,9 @@ typedef struct router router_t;
 
 /* Where a reply came from, for a WAIT that must follow on that connection. */
 typedef struct router_origin {
-    int node;
-    unsigned epoch;
+    int node;       /* index in the router's table */
+    unsigned id;    /* the node's, which an index reused after a retired node is not */
+    unsigned epoch; /* the connection's */
 } router_origin_t;
 
 /* The functions library every master must have: its code, and a no-writes

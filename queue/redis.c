@@ -386,6 +386,11 @@ bool rconn_connected(const rconn_t *c)
     return c->connected;
 }
 
+bool rconn_idle(const rconn_t *c)
+{
+    return !c->head;
+}
+
 unsigned rconn_epoch(const rconn_t *c)
 {
     return c->epoch;

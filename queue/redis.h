@@ -26,6 +26,8 @@ rconn_t *rconn_new(uv_loop_t *loop, const redis_endpoint_t *ep, unsigned timeout
 /* Closes the connection; pending callbacks run with an error first. */
 void rconn_free(rconn_t *conn);
 bool rconn_connected(const rconn_t *conn);
+/* True when no reply is awaited: freeing it now calls nobody back. */
+bool rconn_idle(const rconn_t *conn);
 /* Counts the connections established so far: a reply and a later command
  * with the same epoch went over the same connection (the same Redis client). */
 unsigned rconn_epoch(const rconn_t *conn);

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,15 @@ def port_open(host, port):
             return True
     except OSError:
         return False
+
+
+def readyz(port):
+    """GET /readyz on a metrics port: (status, body), 503 included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 class RedisServer:
@@ -536,6 +547,21 @@ class RedisCluster:
 
     def restart(self, port):
         self._launch(port)
+
+    def move(self, port):
+        """Stops the node on port and starts it again, data and identity
+        kept, on a new port, as a pod comes back at a new address. The
+        others learn the address from its gossip. Returns the new port."""
+        new = cluster_port()
+        proc = self.procs.pop(port)
+        proc.terminate()
+        proc.wait(10)
+        old_dir, new_dir = self.tmp / f"redis-{port}", self.tmp / f"redis-{new}"
+        shutil.copytree(old_dir, new_dir)
+        (new_dir / f"nodes-{port}.conf").rename(new_dir / f"nodes-{new}.conf")
+        self.ports[self.ports.index(port)] = new
+        self._launch(new)
+        return new
 
     def stop(self):
         for p in self.procs.values():

@@ -9,12 +9,11 @@ import shutil
 import smtplib
 import subprocess
 import time
-import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import free_port, readyz, wait_for
 from pgp import Person, gpg, recipient_key_ids
 from test_gateway import check_pgp_mime, import_keys, keys, message, submit
 
@@ -53,14 +52,6 @@ def seen_version(stack, ingress):
     version = int(stack.redis.client().get("{sealpost:crypto}:version"))
     wait_for(lambda: f"event=keys_changed version={version}" in ingress.read_log(),
              what=f"the ingress to see version {version} of the directory")
-
-
-def readyz(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def metric(port, name):

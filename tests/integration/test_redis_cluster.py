@@ -259,3 +259,48 @@ def test_the_cli_writes_users_keys_and_policies_on_a_fresh_cluster(tmp_path, clu
     assert crypto.exists("{sealpost:crypto}:a:erin@example.test") == 0
     assert cli("users", "delete", "u@origin.test").returncode == 0
     assert cli("users", "list").stdout == b""
+
+
+def test_a_master_back_at_a_new_address_replaces_the_old_one(tmp_path, cluster):
+    """A master restarted at another address (a pod rescheduled) three
+    times: each old address leaves the slot map, and the processes close
+    their connection to it instead of keeping it for ever. Mail queued on
+    that master before the moves is delivered, and mail goes on."""
+    from test_metrics import scrape, value
+    sink = Sink().start()
+    sink.rcpt_reply = lambda addr: "451 4.3.0 not now"
+    nodes = Nodes(tmp_path, cluster, sink)
+    try:
+        seed = redis_py.Redis(port=cluster.ports[0])
+        assert value(scrape(nodes.metrics_port), "sealpost_redis_nodes") == 3
+        before = [f"m{i}" for i in range(30)]
+        for t in before:
+            assert send(nodes.smtp_port, t) == "250"
+        moving, gone = cluster.ports[1], []
+        assert redis_py.Redis(port=moving).dbsize() > 0  # it holds queued mail
+        for _ in range(3):
+            gone.append(moving)
+            moving = cluster.move(moving)
+            wait_for(lambda: any(int(master[1]) == moving for _, _, master, *_ in
+                                 seed.execute_command("CLUSTER", "SLOTS")),
+                     timeout=30, what=f"the slot map naming {moving}")
+            wait_for(lambda: seed.cluster("INFO")["cluster_state"] == "ok", what="cluster ok")
+            for p in (nodes.ingress, nodes.worker):  # each address is used before it goes
+                wait_for(lambda p=p: f"event=redis_connected redis=127.0.0.1:{moving} "
+                         in p.read_log(), timeout=30, what=f"{p.command} following to {moving}")
+        for p in (nodes.ingress, nodes.worker):
+            for old in gone:
+                wait_for(lambda p=p, old=old: f"event=redis_node_retired redis=127.0.0.1:{old} "
+                         in p.read_log(), timeout=30, what=f"{p.command} retiring {old}")
+        assert value(scrape(nodes.metrics_port), "sealpost_redis_nodes") == 3
+
+        sink.rcpt_reply = lambda addr: None
+        after = [f"n{i}" for i in range(30)]
+        for t in after:
+            assert send(nodes.smtp_port, t, retry_4xx=True) == "250"
+        wait_for(lambda: len(delivered_tokens(sink)) >= 60, timeout=90, what="delivery")
+        assert sorted(delivered_tokens(sink)) == sorted(before + after)
+        nodes.stop()
+    finally:
+        nodes.kill()
+        sink.stop()

@@ -5,14 +5,12 @@ certificate and its name, and never show the password."""
 
 import smtplib
 import subprocess
-import urllib.error
-import urllib.request
 from urllib.parse import quote
 
 import pytest
 import redis as redis_py
 
-from conftest import BIN, Sealpost, Sink, base_config, free_port, port_open, wait_for
+from conftest import BIN, Sealpost, Sink, base_config, free_port, port_open, readyz, wait_for
 
 USER = "ingress"
 # Characters a url must percent-encode, and a string no log may contain.
@@ -63,7 +61,7 @@ class AclRedis:
         self.dir.mkdir(exist_ok=True)
         self.port = free_port()
         self.tls = tls
-        lines = [f"bind 127.0.0.1", f"dir {self.dir}", "appendonly yes", 'save ""',
+        lines = ["bind 127.0.0.1", f"dir {self.dir}", "appendonly yes", 'save ""',
                  f"logfile {self.dir / 'redis.log'}", "user default off",
                  f"user {USER} on >{PASSWORD} ~* &* +@all"]
         if tls:
@@ -139,14 +137,6 @@ class Nodes:
     def close(self):
         for p in self.procs:
             p.kill()
-
-
-def readyz(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def send(nodes, subject):
