@@ -312,18 +312,20 @@ static int on_http(http_request_t *req, const char *path, buf_t *body, const cha
         return 200;
     }
     if (!strcmp(path, "/readyz")) {
-        /* a refused login, a TLS failure, a master with too few replicas */
+        /* The first reason found is the one given: a refused login, a TLS
+         * failure or a master with too few replicas; else Redis or the
+         * process as a whole; else what keeps encryption from working. */
         const char *why = queue_not_ready_reason(rt->queue);
-        bool ready = queue_ready(rt->queue) && !why && rt->started && !rt->stopping;
-        if (!ready && !why)
+        if (!why && !(queue_ready(rt->queue) && rt->started && !rt->stopping))
             why = "redis unreachable, keys unchecked, or stopping";
-        else if (rt->ingress && !ingress_ready(rt->ingress, &why))
-            ready = false; /* encryption cannot work: why says what is in the way */
-        if (ready)
+        if (!why && rt->ingress && !ingress_ready(rt->ingress, &why) && !why)
+            why = "encryption unavailable";
+        if (!why) {
             buf_printf(body, "ready\n");
-        else
-            buf_printf(body, "not ready: %s\n", why ? why : "encryption unavailable");
-        return ready ? 200 : 503;
+            return 200;
+        }
+        buf_printf(body, "not ready: %s\n", why);
+        return 503;
     }
     buf_printf(body, "not found; try /, /metrics, /healthz or /readyz\n");
     return 404;
