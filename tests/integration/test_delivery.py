@@ -182,7 +182,6 @@ def test_lost_lease_aborts_before_the_final_dot(stack):
 
 
 def _send_many(stack, count, domains):
-    import threading
     errors = []
 
     def client(first):

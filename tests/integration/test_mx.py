@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import SEAL_KEY, Sealpost, Sink, free_port, port_open, wait_for
+from conftest import SEAL_KEY, Sealpost, Sink, free_port, wait_for
 
 MX_HOSTS = {"127.0.0.2": "mx1", "127.0.0.3": "mx2", "127.0.0.4": "eq1", "127.0.0.5": "eq2",
             "127.0.0.6": "aonly"}
