@@ -89,6 +89,21 @@ void seal_mac(const seal_keyring_t *k, const char *purpose, const seal_field_t *
 int seal_mac_verify(const seal_keyring_t *k, const char *purpose, const seal_field_t *fields,
                     size_t n, const char *tag, size_t tag_len);
 
+/* What an envelope's tag covers, all NUL-terminated: the message id, the
+ * sender, the MAIL parameters passed on ("" for none), the variants' sealed
+ * lengths in order, space-separated (which also fixes how many there are),
+ * and every recipient's line as queue_env_append writes it. The ingress tags
+ * a message's envelope, the worker a notice's; a worker verifies both before
+ * it unseals or sends anything. One function each, so the writers and the
+ * reader cannot drift apart. */
+typedef struct {
+    const char *mid, *sender, *params, *lens, *rcpts;
+} seal_envelope_t;
+void seal_envelope_tag(const seal_keyring_t *k, const seal_envelope_t *e,
+                       char out[SEAL_MAC_LEN + 1]);
+/* As seal_mac_verify. */
+int seal_envelope_verify(const seal_keyring_t *k, const seal_envelope_t *e, const char *tag);
+
 /* A new random key as "id:base64", for a key file. */
 int seal_key_new(const char *id, char *out, size_t outlen);
 

@@ -341,6 +341,28 @@ int seal_mac_verify(const seal_keyring_t *k, const char *purpose, const seal_fie
     return sodium_memcmp(want, got, sizeof want) == 0 ? 1 : 0;
 }
 
+static void envelope_fields(const seal_envelope_t *e, seal_field_t f[5])
+{
+    const char *s[] = {e->mid, e->sender, e->params, e->lens, e->rcpts};
+    for (unsigned i = 0; i < 5; i++)
+        f[i] = (seal_field_t){s[i], strlen(s[i])};
+}
+
+void seal_envelope_tag(const seal_keyring_t *k, const seal_envelope_t *e,
+                       char out[SEAL_MAC_LEN + 1])
+{
+    seal_field_t f[5];
+    envelope_fields(e, f);
+    seal_mac(k, "envelope", f, 5, out);
+}
+
+int seal_envelope_verify(const seal_keyring_t *k, const seal_envelope_t *e, const char *tag)
+{
+    seal_field_t f[5];
+    envelope_fields(e, f);
+    return seal_mac_verify(k, "envelope", f, 5, tag, strlen(tag));
+}
+
 int seal_key_new(const char *id, char *out, size_t outlen)
 {
     if (sodium_init() < 0 || !valid_id(id, strlen(id))) return -1;

@@ -328,29 +328,43 @@ static long long variant_len(const char *lens, unsigned v)
  * MAIL parameters, the variants' sealed lengths and every recipient with
  * its variant and DSN parameters; each of the job's recipients must be
  * among them with the job's variant, in the job's domain, and the body the
- * length the writer sealed. NULL when it holds, else why not. */
-static const char *envelope_check(const attempt_env_t *env, const queue_job_t *job)
+ * length the writer sealed. *why says why not, for the log and the hold. */
+enum envelope_verdict {
+    ENVELOPE_OK,
+    ENVELOPE_UNKNOWN_KEY, /* tagged under a sealing key this node lacks: defer */
+    ENVELOPE_TAMPERED,    /* hold */
+};
+
+static enum envelope_verdict tampered(const char **why, const char *reason)
 {
+    *why = reason;
+    return ENVELOPE_TAMPERED;
+}
+
+static enum envelope_verdict envelope_check(const attempt_env_t *env, const queue_job_t *job,
+                                            const char **why)
+{
+    *why = NULL;
     if (!job->mac) /* fails closed unless an operator drains an old queue */
-        return env->outcome.cfg->worker.accept_unauthenticated ? NULL : "no_mac";
-    if (!job->env || !job->lens) return "incomplete";
-    seal_field_t f[] = {{job->mid, strlen(job->mid)},
-                        {job->sender, strlen(job->sender)},
-                        {job->mail_params, strlen(job->mail_params)},
-                        {job->lens, strlen(job->lens)},
-                        {job->env, strlen(job->env)}};
-    int ok = seal_mac_verify(env->outcome.seal, QUEUE_MAC_PURPOSE, f, sizeof f / sizeof f[0],
-                             job->mac, strlen(job->mac));
-    if (ok < 0) return "unknown_key";
-    if (ok == 0) return "bad_mac";
-    if (variant_len(job->lens, job->variant) != (long long)job->body_len) return "body_length";
+        return env->outcome.cfg->worker.accept_unauthenticated ? ENVELOPE_OK
+                                                               : tampered(why, "no_mac");
+    if (!job->env || !job->lens) return tampered(why, "incomplete");
+    seal_envelope_t e = {job->mid, job->sender, job->mail_params, job->lens, job->env};
+    int ok = seal_envelope_verify(env->outcome.seal, &e, job->mac);
+    if (ok < 0) {
+        *why = "unknown_key";
+        return ENVELOPE_UNKNOWN_KEY;
+    }
+    if (ok == 0) return tampered(why, "bad_mac");
+    if (variant_len(job->lens, job->variant) != (long long)job->body_len)
+        return tampered(why, "body_length");
     for (unsigned i = 0; i < job->n_rcpts; i++) {
         const char *at = strrchr(job->rcpts[i], '@');
-        if (!at || strcmp(at + 1, job->domain) != 0) return "rcpt_domain";
+        if (!at || strcmp(at + 1, job->domain) != 0) return tampered(why, "rcpt_domain");
         if (!env_has(job->env, job->rcpts[i], job->variant, job->rcpt_params[i]))
-            return "rcpt_not_in_envelope";
+            return tampered(why, "rcpt_not_in_envelope");
     }
-    return NULL;
+    return ENVELOPE_OK;
 }
 
 static void on_held_tampered(int status, const char *err, void *arg)
@@ -405,9 +419,10 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
         operator_flagged(a);
         return;
     }
-    const char *bad = envelope_check(env, job);
-    if (!bad && !job->mac) log_warn("event=job_unauthenticated jid=%s", job->jid);
-    if (bad && !strcmp(bad, "unknown_key")) {
+    const char *bad;
+    enum envelope_verdict verdict = envelope_check(env, job, &bad);
+    if (verdict == ENVELOPE_OK && !job->mac) log_warn("event=job_unauthenticated jid=%s", job->jid);
+    if (verdict == ENVELOPE_UNKNOWN_KEY) {
         /* As for a body sealed under a key this node lacks: another node, or
          * this one with its key file fixed, can check it and send it. */
         char why[128];
@@ -417,7 +432,7 @@ static void on_fetched(int status, const char *err, queue_job_t *job, void *arg)
         defer_local(a, "unseal_failed", "451 4.7.0 cannot verify the envelope", why);
         return;
     }
-    if (bad) {
+    if (verdict == ENVELOPE_TAMPERED) {
         log_warn("event=job_tampered jid=%s why=%s", job->jid, bad);
         metric_add(env->tampered, 1);
         if (queue_job_tampered(env->outcome.queue, job, bad, on_held_tampered, a) < 0) finish(a);

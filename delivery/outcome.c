@@ -188,12 +188,10 @@ static int notice_mac(const outcome_env_t *env, queue_bounce_t *b, buf_t *envl,
                       char mac[SEAL_MAC_LEN + 1])
 {
     char lens[24];
-    int n = snprintf(lens, sizeof lens, "%zu", b->body_len);
-    if (queue_env_append(envl, b->rcpt, 0, "") < 0) return -1;
-    seal_field_t f[] = {
-        {b->id, strlen(b->id)}, {"", 0}, {"", 0}, {lens, (size_t)n}, {envl->data, envl->len}};
-    seal_mac(env->seal, QUEUE_MAC_PURPOSE, f, sizeof f / sizeof f[0], mac);
-    if (buf_append(envl, "", 1) < 0) return -1;
+    snprintf(lens, sizeof lens, "%zu", b->body_len);
+    if (queue_env_append(envl, b->rcpt, 0, "") < 0 || buf_append(envl, "", 1) < 0) return -1;
+    seal_envelope_t e = {b->id, "", "", lens, envl->data};
+    seal_envelope_tag(env->seal, &e, mac);
     b->mac = mac;
     b->env = envl->data;
     return 0;

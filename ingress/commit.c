@@ -116,15 +116,12 @@ static int envelope_mac(const seal_keyring_t *seal, const queue_message_t *m, bu
     }
     for (unsigned i = 0; i < m->n_rcpts; i++)
         if (queue_env_append(env, m->rcpts[i], m->rcpt_body[i], m->rcpt_params[i]) < 0) goto fail;
-    const char *params = m->mail_params ? m->mail_params : "";
-    seal_field_t f[] = {{m->id, strlen(m->id)},
-                        {m->sender, strlen(m->sender)},
-                        {params, strlen(params)},
-                        {lens.data ? lens.data : "", lens.len},
-                        {env->data ? env->data : "", env->len}};
-    seal_mac(seal, QUEUE_MAC_PURPOSE, f, sizeof f / sizeof f[0], mac);
+    if (buf_append(&lens, "", 1) < 0 || buf_append(env, "", 1) < 0) goto fail;
+    seal_envelope_t e = {m->id, m->sender, m->mail_params ? m->mail_params : "", lens.data,
+                         env->data};
+    seal_envelope_tag(seal, &e, mac);
     buf_free(&lens);
-    return buf_append(env, "", 1); /* NUL-terminated for the queue */
+    return 0;
 fail:
     buf_free(&lens);
     return -1;

@@ -75,14 +75,13 @@ typedef struct queue_message {
     unsigned n_bodies;
     const unsigned *rcpt_body;         /* per recipient: its variant; NULL: variant 0 for all */
     unsigned copies[QUEUE_COPY_KINDS]; /* recipients by the kind of copy they get */
-    /* The envelope's MAC, opaque here (the writer's seal_mac, purpose
-     * QUEUE_MAC_PURPOSE), and the recipients it covers as
+    /* The envelope's MAC, opaque here (the writer's seal_envelope_tag),
+     * and the recipients it covers as
      * queue_env_append writes them; both stored in T:m:<mid>. NULL: none. */
     const char *mac;
     const char *env;
 } queue_message_t;
 
-#define QUEUE_MAC_PURPOSE "envelope"
 /* Appends one recipient line "addr TAB variant TAB params LF" of what an
  * envelope MAC covers: writer and worker build the same text this way. */
 int queue_env_append(buf_t *out, const char *addr, unsigned variant, const char *params);
