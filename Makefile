@@ -6,7 +6,7 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 PYTHON     ?= /usr/bin/python3
 FUZZ_JOBS  ?= 2
-FUZZ_TARGETS ?= command data header pgpmime openpgp x509 dkim resp smtp_reply
+FUZZ_TARGETS ?= command data header pgpmime openpgp x509 dkim resp smtp_reply http
 
 .PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench
 

@@ -37,9 +37,22 @@ struct queue_admin *cmd_admin_open(const char *path, config_t *cfg, int *exit_co
  * none that loads, or it is not the cluster's. */
 struct seal_keyring *cmd_seal_keyring(config_t *cfg, struct queue_admin *admin, int *exit_code);
 
+/* Prints a Unix time as 2026-12-03T09:30:00Z, 0 as "never". */
+void cmd_print_time(long long t);
+
 /* Prints s as a JSON string literal (octets of text that is not UTF-8 as
  * the code points of the same numbers). */
 void cmd_json_string(const char *s);
+
+/* ---- sealpost keys lookup, and the discovered keys in keys list (lookup.c) ---- */
+
+/* Runs discovery for address now and files the key it finds (not for an
+ * address with an operator's key, whose key it only prints). The exit code. */
+int cmd_keys_lookup(struct queue_admin *a, const config_t *cfg, const struct seal_keyring *seal,
+                    const char *address);
+/* Lists the discovered keys after the directory's: one line each, or JSON
+ * objects (each after a comma unless first). 0, or -1 with a message. */
+int cmd_keys_list_discovered(struct queue_admin *a, bool json, bool first);
 
 /* mkdir -p, with mode 0700 for what it creates. */
 int cmd_mkdir_p(const char *path);

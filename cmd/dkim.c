@@ -233,16 +233,6 @@ static int import(const struct store *st, const char *file)
 
 /* ---- list, activate, delete ---- */
 
-static void print_created(long long created)
-{
-    char text[32];
-    time_t t = (time_t)created;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fputs(text, stdout);
-}
-
 /* What Redis holds is printed with every octet that is not printable ASCII
  * (and the backslash) as \xHH, so a damaged or planted value cannot drive
  * the terminal. */
@@ -266,7 +256,7 @@ static void print_key(const queue_dkim_key_t *k, void *arg)
         print_escaped(fields[i]);
         putchar(' ');
     }
-    print_created(k->created);
+    cmd_print_time(k->created);
     printf(" %s ", k->active ? "active" : "inactive");
     if (k->malformed) {
         fputs("unreadable: ", stdout); /* record holds why */

@@ -24,6 +24,8 @@ static const char usage[] =
     "                                            serial\n"
     "       sealpost keys show ADDRESS|ID        one key or certificate, with its data\n"
     "       sealpost keys delete ADDRESS|ID      remove one from every address it has\n"
+    "       sealpost keys lookup ADDRESS         discover the address's OpenPGP key now (WKD,\n"
+    "                                            then [discovery] keyserver) and file it\n"
     "       sealpost keys policy set ADDRESS|DOMAIN never|opportunistic|required\n"
     "       sealpost keys policy set ADDRESS|DOMAIN prefer openpgp|smime\n"
     "       sealpost keys policy delete ADDRESS|DOMAIN [prefer]\n"
@@ -267,20 +269,6 @@ static const char *input_name(const char *file)
     return strcmp(file, "-") ? file : "stdin";
 }
 
-static void print_expiry(long long expires)
-{
-    if (expires == 0) {
-        printf("never");
-        return;
-    }
-    char text[32];
-    time_t t = (time_t)expires;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    printf("%s", text);
-}
-
 /* A stored key's addresses (LF-separated), the first after lead, the
  * others after sep; as JSON strings with json. */
 static void print_address_list(const buf_t *addresses, const char *lead, const char *sep, bool json)
@@ -321,7 +309,7 @@ static bool retire(struct import *im, const crypto_key_info_t *key, queue_key_st
         (old.expires == 0 || (key->expires != 0 && old.expires > key->expires))) {
         printf("refused %s: %s, but the stored copy is newer (expires ", key->fpr,
                key->why_unusable);
-        print_expiry(old.expires);
+        cmd_print_time(old.expires);
         printf("): kept\n");
         queue_key_stored_free(&old);
         return false;
@@ -414,7 +402,7 @@ static void import_certificate(struct import *im, const crypto_key_info_t *cert)
     for (unsigned i = 0; i < a.n; i++)
         printf(" %s", a.list[i]);
     printf(" (S/MIME, %s, expires ", cert->subject ? cert->subject : "");
-    print_expiry(cert->expires);
+    cmd_print_time(cert->expires);
     printf(")\n");
     im->imported++;
 }
@@ -463,7 +451,7 @@ static void import_one(const crypto_key_info_t *key, void *arg)
     }
     expect_key_put(im->change, &rec);
     printf("imported %s expires ", key->fpr);
-    print_expiry(key->expires);
+    cmd_print_time(key->expires);
     for (unsigned i = 0; i < a.n; i++)
         printf(" %s", a.list[i]);
     printf("\n");
@@ -573,13 +561,18 @@ static int resolve(queue_admin_t *a, const config_t *cfg, const char *what,
     return 0;
 }
 
+struct key_listing {
+    bool json, first;
+};
+
 static void list_one(const queue_key_stored_t *key, void *arg)
 {
-    bool json = *(const bool *)arg;
-    static bool first = true;
+    struct key_listing *l = arg;
+    bool json = l->json, first = l->first;
     if (json) {
         printf("%s{\"fingerprint\":\"%s\",\"method\":\"%s\",\"expires\":%lld,"
-               "\"imported\":%lld,\"addresses\":[",
+               "\"imported\":%lld,\"source\":\"operator\",\"trust\":\"imported\","
+               "\"addresses\":[",
                first ? "" : ",", key->fpr, key->smime ? "smime" : "openpgp", key->expires,
                key->imported);
         print_address_list(&key->addresses, "", ",", true);
@@ -595,14 +588,14 @@ static void list_one(const queue_key_stored_t *key, void *arg)
         printf("}");
     } else {
         printf("%s ", key->fpr);
-        print_expiry(key->expires);
+        cmd_print_time(key->expires);
         print_addresses(&key->addresses);
         if (key->smime)
             printf(" (S/MIME, subject %s, issuer %s, serial %s)", key->subject.data,
                    key->issuer.data, key->serial.data);
         printf("\n");
     }
-    first = false;
+    l->first = false;
 }
 
 static int show_key(queue_admin_t *a, const char *fpr)
@@ -620,9 +613,9 @@ static int show_key(queue_admin_t *a, const char *fpr)
         printf("subject: %s\nissuer: %s\nserial: %s\n", key.subject.data, key.issuer.data,
                key.serial.data);
     printf("expires: ");
-    print_expiry(key.expires);
+    cmd_print_time(key.expires);
     printf("\nimported: ");
-    print_expiry(key.imported);
+    cmd_print_time(key.imported);
     printf("\naddresses: ");
     print_address_list(&key.addresses, "", " ", false);
     printf("\n\n%.*s", (int)key.armored.len, key.armored.data);
@@ -1195,11 +1188,12 @@ int cmd_keys(int argc, char **argv)
     if (done >= 0) return done;
     const char *action = optind < argc ? argv[optind] : "";
     int nargs = argc - optind - 1;
-    bool ok = (!strcmp(action, "import") && nargs == 1) || (!strcmp(action, "list") && !nargs) ||
-              ((!strcmp(action, "show") || !strcmp(action, "delete")) && nargs == 1) ||
-              (!strcmp(action, "policy") && nargs >= 1) ||
-              (!strcmp(action, "authenticate") && nargs <= 1) ||
-              (!strcmp(action, "verify") && !nargs);
+    bool ok =
+        (!strcmp(action, "import") && nargs == 1) || (!strcmp(action, "list") && !nargs) ||
+        ((!strcmp(action, "show") || !strcmp(action, "delete") || !strcmp(action, "lookup")) &&
+         nargs == 1) ||
+        (!strcmp(action, "policy") && nargs >= 1) ||
+        (!strcmp(action, "authenticate") && nargs <= 1) || (!strcmp(action, "verify") && !nargs);
     if (!ok || (json && strcmp(action, "list"))) {
         fputs(usage, stderr);
         return 2;
@@ -1213,7 +1207,9 @@ int cmd_keys(int argc, char **argv)
     /* what writes, and keys verify, need the sealing key to check and seal */
     bool writes = !strcmp(action, "import") || !strcmp(action, "delete") ||
                   (!strcmp(action, "policy") && nargs >= 1 && strcmp(rest[0], "list"));
-    bool directory = writes || !strcmp(action, "authenticate") || !strcmp(action, "verify");
+    bool lookup = !strcmp(action, "lookup");
+    bool directory =
+        writes || lookup || !strcmp(action, "authenticate") || !strcmp(action, "verify");
     struct directory dir = {0};
     seal_keyring_t *seal = directory ? cmd_seal_keyring(&cfg, a, &rc) : NULL;
     dir.seal = seal;
@@ -1225,15 +1221,19 @@ int cmd_keys(int argc, char **argv)
     bool refused = writes && directory_trusted(a, &dir) < 0;
     if (refused) {
         rc = 1;
+    } else if (lookup) {
+        rc = cmd_keys_lookup(a, &cfg, seal, rest[0]);
     } else if (!strcmp(action, "authenticate") || !strcmp(action, "verify")) {
         rc = directory_command(a, &dir, !strcmp(action, "authenticate"), nargs ? rest[0] : NULL);
     } else if (!strcmp(action, "import")) {
         rc = import_keys(a, &cfg, rest[0], &change);
     } else if (!strcmp(action, "list")) {
         if (json) printf("[");
-        rc = queue_admin_key_list(a, list_one, &json, err, sizeof err) < 0 ? 1 : 0;
-        if (json) printf("]\n");
+        struct key_listing listing = {json, true};
+        rc = queue_admin_key_list(a, list_one, &listing, err, sizeof err) < 0 ? 1 : 0;
         if (rc) fprintf(stderr, "sealpost: %s\n", err);
+        if (!rc && cmd_keys_list_discovered(a, json, listing.first) < 0) rc = 1;
+        if (json) printf("]\n");
     } else if (!strcmp(action, "show")) {
         rc = resolve(a, &cfg, rest[0], fprs) < 0 ? 1 : show_keys(a, fprs);
     } else if (!strcmp(action, "delete")) {

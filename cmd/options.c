@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 
 void cmd_load_config(int argc, char **argv, const char *usage, config_t *cfg)
@@ -106,6 +107,20 @@ int cmd_mkdir_p(const char *path)
 /* A string as a JSON string literal. What a remote server said may not be
  * UTF-8: then each octet above 127 is written as the code point of the
  * same number (as Latin-1 would read it), so the output stays valid JSON. */
+void cmd_print_time(long long t)
+{
+    if (t == 0) {
+        fputs("never", stdout);
+        return;
+    }
+    char text[32];
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fputs(text, stdout);
+}
+
 void cmd_json_string(const char *s)
 {
     bool utf8 = proto_utf8_valid(s, strlen(s));

@@ -220,6 +220,13 @@ static const key_spec_t keys[] = {
     {"crypto", "openpgp_engine", T_CHOICE, OFF(crypto.openpgp_engine), CHOICE_OPENPGP_ENGINE, 0,
      "gpgme"},
 
+    /* Key discovery (discovery/): WKD, then a VKS keyserver when one is named. */
+    {"discovery", "timeout_ms", T_UINT, OFF(discovery.timeout_ms), 100, 60000, "2000"},
+    {"discovery", "dns_servers", T_STRING, OFF(discovery.dns_servers), 0, 0, ""},
+    {"discovery", "ca_file", T_STRING, OFF(discovery.ca_file), 0, 0, ""},
+    {"discovery", "keyserver", T_STRING, OFF(discovery.keyserver), 0, 0, ""},
+    {"discovery", "max_response", T_UINT, OFF(discovery.max_response), 4096, 16777216, "262144"},
+
     /* DKIM signing in the workers (delivery/signer.c); the keys are in Redis. */
     {"dkim", "default_domain", T_DOMAIN, OFF(dkim.default_domain), 0, 0, ""},
     {"dkim", "expire", T_UINT, OFF(dkim.expire), 0, 31536000, "0"},

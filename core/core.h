@@ -317,6 +317,14 @@ typedef struct config {
     } crypto;
 
     struct {
+        unsigned timeout_ms;   /* a whole look-up: every method, DNS and HTTPS */
+        char dns_servers[512]; /* "host:port ..."; empty: /etc/resolv.conf */
+        char ca_file[512];     /* PEM CAs HTTPS is checked against; "": the system's store */
+        char keyserver[256];   /* a VKS keyserver's https:// URL; "": none */
+        unsigned max_response; /* octets of one HTTP response */
+    } discovery;
+
+    struct {
         /* The domain that signs a message whose From domain has no key, as
          * an operator who signs everything with one domain wants; "": none. */
         char default_domain[254];

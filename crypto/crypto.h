@@ -348,6 +348,30 @@ void keydir_dkim_tag(const seal_keyring_t *k, const char *domain, const char *se
 int keydir_dkim_verify(const seal_keyring_t *k, const char *domain, const char *selector,
                        const char *algorithm, const char *record, const void *sealed, size_t len,
                        const char *tag);
+/* A discovered key (issue 16), as Redis holds it beside the directory:
+ * made by the node (or `sealpost keys lookup`) that found it and checked
+ * at every use, so a Redis writer can neither plant a key nor change where
+ * it came from. Its tag (purpose "keydir-discovered") covers every field
+ * but the URL, which is shown only. times are Unix times, as text. */
+typedef struct keydir_disc {
+    const char *address; /* canonical */
+    const char *fpr;
+    long long expires; /* 0: never */
+    const char *data;
+    size_t len;
+    const char *source; /* "wkd", "keyserver" */
+    long long found;    /* this fingerprint first filed */
+    long long checked;  /* last looked up */
+} keydir_disc_t;
+void keydir_disc_tag(const seal_keyring_t *k, const keydir_disc_t *d, char out[SEAL_MAC_LEN + 1]);
+/* As seal_mac_verify; 0 for no tag. */
+int keydir_disc_verify(const seal_keyring_t *k, const keydir_disc_t *d, const char *tag);
+/* A miss (nothing to be found for address until then): its tag, purpose
+ * "keydir-miss", over the address and until. */
+void keydir_miss_tag(const seal_keyring_t *k, const char *address, long long until,
+                     char out[SEAL_MAC_LEN + 1]);
+int keydir_miss_verify(const seal_keyring_t *k, const char *address, long long until,
+                       const char *tag);
 /* Entry i's name and tag, for i < keydir_index_size (sorted by name). */
 const char *keydir_index_entry(const keydir_index_t *x, size_t i);
 const char *keydir_index_entry_tag(const keydir_index_t *x, size_t i);

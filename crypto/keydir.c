@@ -403,3 +403,58 @@ int keydir_dkim_verify(const seal_keyring_t *k, const char *domain, const char *
     dkim_fields(f, domain, selector, algorithm, record, sealed, len);
     return seal_mac_verify(k, "dkim-entry", f, 5, tag, strlen(tag));
 }
+
+/* ---- discovered keys and misses (issue 16) ---- */
+
+struct disc_fields {
+    char expires[24], found[24], checked[24];
+    seal_field_t f[7];
+};
+
+static void disc_fields(struct disc_fields *x, const keydir_disc_t *d)
+{
+    snprintf(x->expires, sizeof x->expires, "%lld", d->expires);
+    snprintf(x->found, sizeof x->found, "%lld", d->found);
+    snprintf(x->checked, sizeof x->checked, "%lld", d->checked);
+    x->f[0] = text_field(d->address);
+    x->f[1] = text_field(d->fpr);
+    x->f[2] = text_field(x->expires);
+    x->f[3] = (seal_field_t){d->data ? d->data : "", d->data ? d->len : 0};
+    x->f[4] = text_field(d->source);
+    x->f[5] = text_field(x->found);
+    x->f[6] = text_field(x->checked);
+}
+
+void keydir_disc_tag(const seal_keyring_t *k, const keydir_disc_t *d, char out[SEAL_MAC_LEN + 1])
+{
+    struct disc_fields x = {0};
+    disc_fields(&x, d);
+    seal_mac(k, "keydir-discovered", x.f, 7, out);
+}
+
+int keydir_disc_verify(const seal_keyring_t *k, const keydir_disc_t *d, const char *tag)
+{
+    if (!tag || !tag[0]) return 0;
+    struct disc_fields x = {0};
+    disc_fields(&x, d);
+    return seal_mac_verify(k, "keydir-discovered", x.f, 7, tag, strlen(tag));
+}
+
+void keydir_miss_tag(const seal_keyring_t *k, const char *address, long long until,
+                     char out[SEAL_MAC_LEN + 1])
+{
+    char text[24];
+    snprintf(text, sizeof text, "%lld", until);
+    seal_field_t f[2] = {text_field(address), text_field(text)};
+    seal_mac(k, "keydir-miss", f, 2, out);
+}
+
+int keydir_miss_verify(const seal_keyring_t *k, const char *address, long long until,
+                       const char *tag)
+{
+    if (!tag || !tag[0]) return 0;
+    char text[24];
+    snprintf(text, sizeof text, "%lld", until);
+    seal_field_t f[2] = {text_field(address), text_field(text)};
+    return seal_mac_verify(k, "keydir-miss", f, 2, tag, strlen(tag));
+}

@@ -1,7 +1,8 @@
-/* MX resolution with c-ares, driven by the libuv loop: c-ares tells us which
- * sockets to watch (ARES_OPT_SOCK_STATE_CB) and when its next timeout is; a
- * uv_poll_t per socket and one timer call back into ares_process_fd. */
+/* MX resolution with c-ares on the worker's loop (core/resolver.c), with a
+ * cache of the answers for their TTL. */
 #include "delivery/dns.h"
+
+#include "core/resolver.h"
 
 #include <arpa/nameser.h>
 #include <ares.h>
@@ -13,138 +14,31 @@
 #define CACHE_MAX_TTL  3600 /* seconds: even a long TTL is looked at again hourly */
 #define CACHE_MAX      1000 /* entries */
 
-typedef struct sock_watch {
-    uv_poll_t poll;
-    ares_socket_t fd;
-    dns_t *dns;
-    struct sock_watch *next;
-} sock_watch_t;
-
 typedef struct cache_entry cache_entry_t;
 
 struct dns {
     uv_loop_t *loop;
+    resolver_t *resolver;
     ares_channel channel;
-    uv_timer_t timer;
-    sock_watch_t *socks;
     cache_entry_t *cache; /* answers by domain, until their TTL runs out */
     unsigned cached;
 };
 
-/* ---- the event loop glue ---- */
-
-static void schedule_timer(dns_t *dns);
-
-static void on_timer(uv_timer_t *t)
-{
-    dns_t *dns = t->data;
-    ares_process_fd(dns->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-    schedule_timer(dns);
-}
-
-static void schedule_timer(dns_t *dns)
-{
-    struct timeval tv;
-    if (!ares_timeout(dns->channel, NULL, &tv)) {
-        uv_timer_stop(&dns->timer);
-        return;
-    }
-    uint64_t ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000 + 1;
-    uv_timer_start(&dns->timer, on_timer, ms, 0);
-}
-
-static void on_sock_poll(uv_poll_t *h, int status, int events)
-{
-    sock_watch_t *w = h->data;
-    dns_t *dns = w->dns;
-    bool error = status < 0; /* let c-ares read the error */
-    ares_process_fd(dns->channel, (error || (events & UV_READABLE)) ? w->fd : ARES_SOCKET_BAD,
-                    (error || (events & UV_WRITABLE)) ? w->fd : ARES_SOCKET_BAD);
-    schedule_timer(dns);
-}
-
-static void on_watch_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
-{
-    dns_t *dns = data;
-    sock_watch_t **link = &dns->socks;
-    while (*link && (*link)->fd != fd)
-        link = &(*link)->next;
-    sock_watch_t *w = *link;
-    if (!readable && !writable) {
-        if (!w) return;
-        *link = w->next;
-        uv_poll_stop(&w->poll);
-        uv_close((uv_handle_t *)&w->poll, on_watch_closed);
-        return;
-    }
-    if (!w) {
-        w = calloc(1, sizeof *w);
-        if (!w || uv_poll_init_socket(dns->loop, &w->poll, fd) < 0) {
-            free(w);
-            log_error("event=dns_watch_failed fd=%d", (int)fd);
-            return; /* the query times out */
-        }
-        w->fd = fd;
-        w->dns = dns;
-        w->poll.data = w;
-        w->next = dns->socks;
-        dns->socks = w;
-    }
-    uv_poll_start(&w->poll, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0),
-                  on_sock_poll);
-}
-
 dns_t *dns_new(uv_loop_t *loop, const char *servers, char *err, size_t errlen)
 {
-    static int library = -1;
-    if (library < 0) library = ares_library_init(ARES_LIB_INIT_ALL);
     dns_t *dns = calloc(1, sizeof *dns);
-    if (!dns || library != ARES_SUCCESS) {
-        snprintf(err, errlen, "c-ares: cannot initialise");
-        free(dns);
+    if (!dns) {
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     dns->loop = loop;
-    struct ares_options opts = {0};
-    opts.sock_state_cb = on_sock_state;
-    opts.sock_state_cb_data = dns;
-    opts.lookups = (char *)"b"; /* DNS only: /etc/hosts says nothing about mail routing */
-    opts.timeout = 3000;
-    opts.tries = 2;
-    int rc = ares_init_options(&dns->channel, &opts,
-                               ARES_OPT_SOCK_STATE_CB | ARES_OPT_LOOKUPS | ARES_OPT_TIMEOUTMS |
-                                   ARES_OPT_TRIES);
-    if (rc != ARES_SUCCESS) {
-        snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
+    dns->resolver = resolver_new(loop, servers, "[worker] dns_servers", 3000, 2, err, errlen);
+    if (!dns->resolver) {
         free(dns);
         return NULL;
     }
-    if (servers && *servers) {
-        char csv[512];
-        snprintf(csv, sizeof csv, "%s", servers);
-        for (char *p = csv; *p; p++)
-            if (*p == ' ' || *p == '\t') *p = ',';
-        rc = ares_set_servers_ports_csv(dns->channel, csv);
-        if (rc != ARES_SUCCESS) {
-            snprintf(err, errlen, "[worker] dns_servers: '%s': %s", servers, ares_strerror(rc));
-            ares_destroy(dns->channel);
-            free(dns);
-            return NULL;
-        }
-    }
-    uv_timer_init(loop, &dns->timer);
-    dns->timer.data = dns;
+    dns->channel = resolver_channel(dns->resolver);
     return dns;
-}
-
-static void on_dns_closed(uv_handle_t *h)
-{
-    free(h->data);
 }
 
 static void cache_clear(dns_t *dns);
@@ -153,10 +47,8 @@ void dns_free(dns_t *dns)
 {
     if (!dns) return;
     cache_clear(dns);
-    ares_destroy(dns->channel); /* closes its sockets through on_sock_state */
-    while (dns->socks)
-        on_sock_state(dns, dns->socks->fd, 0, 0);
-    uv_close((uv_handle_t *)&dns->timer, on_dns_closed);
+    resolver_free(dns->resolver);
+    free(dns);
 }
 
 /* ---- MX resolution ---- */
@@ -516,7 +408,7 @@ void dns_resolve_mx(dns_t *dns, const char *domain, uint16_t port, dns_mx_cb cb,
         return;
     }
     ares_query(dns->channel, domain, ns_c_in, ns_t_mx, on_mx, req);
-    schedule_timer(dns);
+    resolver_kick(dns->resolver);
 }
 
 void dns_resolve_host(dns_t *dns, const char *host, uint16_t port, dns_mx_cb cb, void *arg)
@@ -526,5 +418,5 @@ void dns_resolve_host(dns_t *dns, const char *host, uint16_t port, dns_mx_cb cb,
     req->route = true;
     add_host(req, host, 0);
     resolve_hosts(req);
-    schedule_timer(dns);
+    resolver_kick(dns->resolver);
 }

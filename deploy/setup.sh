@@ -5,7 +5,7 @@
 set -eu
 
 packages="cmake make gcc clang pkg-config libuv1-dev libhiredis-dev libinih-dev
-libsodium-dev libssl-dev libgpgme-dev librnp-dev gpg gpg-agent gpgconf sq rnp libc-ares-dev libcmocka-dev libclang-rt-14-dev
+libsodium-dev libssl-dev libgpgme-dev librnp-dev gpg gpg-agent gpgconf gpg-wks-client sq rnp libc-ares-dev libcmocka-dev libclang-rt-14-dev
 redis-server dnsmasq-base swaks prometheus chromium libnet-ssleay-perl libauthen-sasl-perl openssl haproxy postfix
 python3 python3-pytest python3-redis python3-aiosmtpd python3-prometheus-client python3-gnupg python3-nacl clang-tidy cppcheck
 sq rnp

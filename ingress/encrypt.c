@@ -76,6 +76,10 @@ struct encrypt {
     metric_t *tampered_total; /* findings: an index or an entry that failed its check */
     struct lookup *waiting;   /* for the first index: sent once it is read */
     unsigned n_waiting;
+    /* The discovered keys' version (issue 16): the cache is dropped when it
+     * moves, and only replies read at it are cached. */
+    long long dversion;
+    metric_t *disc_rejected; /* discovered keys whose tag did not hold */
 };
 
 /* One engine call takes from about 0.1 ms (OpenSSL's CMS, librnp to
@@ -145,6 +149,11 @@ static void register_metrics(encrypt_t *e)
         "Times the key directory in Redis failed its checks (an index whose tag does not hold, "
         "a version gone back, an entry whose tag does not hold or that the index does not "
         "list): each time, every recipient gets 451 until an authenticated version follows.",
+        "");
+    e->disc_rejected = metric_counter(
+        "sealpost_discovered_keys_rejected_total",
+        "Discovered keys in Redis whose tag did not hold (written by someone without the "
+        "sealing key): ignored, as if there were none.",
         "");
     e->remade = metric_counter("sealpost_ingress_gnupg_homes_remade_total",
                                "GnuPG homes of the encryption threads made again because they "
@@ -313,10 +322,15 @@ static void on_directory(int status, const char *err, const queue_key_directory_
     e->ingress->check_stopped(e->ingress);
 }
 
-static void on_version(int status, const char *err, long long version, void *arg)
+static void on_version(int status, const char *err, long long version, long long dversion,
+                       void *arg)
 {
     encrypt_t *e = arg;
     e->polling = false;
+    if (status == 0 && dversion != e->dversion) {
+        e->dversion = dversion;
+        keydir_drop(e->keydir);
+    }
     if (status < 0) {
         log_debug("event=keys_poll_failed error=\"%s\"", err);
     } else {
@@ -403,6 +417,7 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
     e->ingress = ingress;
     e->gnupg = !rnp;
     e->highest = -1;
+    e->dversion = -1;
     if (ingress->cfg->crypto.directory_state_file[0] &&
         state_read(ingress->cfg->crypto.directory_state_file, &e->highest, err, errlen) < 0) {
         keydir_free(e->keydir);
@@ -520,6 +535,35 @@ static keydir_key_t entry_key(const queue_found_key_t *f)
     return k;
 }
 
+/* The address's discovered key, when its tag holds: an operator's key, of
+ * either method, is never replaced by one (the caller asks only without
+ * one). One whose tag fails was not written by a node: ignored, logged
+ * and counted, so the address is keyless (and a look-up finds the real key
+ * again), which is what deleting it would have done too. */
+static keydir_key_t discovered_key(encrypt_t *e, const char *addr, const queue_disc_t *d)
+{
+    keydir_key_t none = {0};
+    if (!d->fpr[0]) return none;
+    keydir_disc_t it = {.address = addr,
+                        .fpr = d->fpr,
+                        .expires = d->expires,
+                        .data = d->data,
+                        .len = d->data ? d->len : 0,
+                        .source = d->source ? d->source : "",
+                        .found = d->found,
+                        .checked = d->checked};
+    if (keydir_disc_verify(e->ingress->seal, &it, d->tag) != 1) {
+        char safe[LOG_SAFE_MAX];
+        log_warn("event=discovered_key_rejected rcpt=<%s> fpr=%s why=tag", log_addr(addr, safe),
+                 d->fpr);
+        metric_add(e->disc_rejected, 1);
+        return none;
+    }
+    keydir_key_t k = {.expires = d->expires, .armored = (char *)d->data, .armored_len = it.len};
+    snprintf(k.fpr, sizeof k.fpr, "%s", d->fpr);
+    return k;
+}
+
 /* Why an entry (present or not in Redis) disagrees with the index; NULL
  * when it agrees: listed with a tag that holds, or neither there nor listed. */
 static const char *check_item(const encrypt_t *e, const keydir_item_t *it, bool present)
@@ -618,7 +662,9 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
                                     (enum enc_prefer)cfg->crypto.prefer),
             .keys = {[CRYPTO_OPENPGP] = entry_key(&f->keys[CRYPTO_OPENPGP]),
                      [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
-        if (keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
+        if (!entry.keys[CRYPTO_OPENPGP].fpr[0] && !entry.keys[CRYPTO_SMIME].fpr[0])
+            entry.keys[CRYPTO_OPENPGP] = discovered_key(e, l->addr, &f->disc);
+        if (f->dversion == e->dversion && keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
             char safe[LOG_SAFE_MAX];
             log_warn("event=keys_cache_failed rcpt=%s", log_addr(l->addr, safe));
         }

@@ -80,6 +80,13 @@ int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *o
 /* Calls cb for every key and certificate, by id. */
 int queue_admin_key_list(queue_admin_t *a, void (*cb)(const queue_key_stored_t *key, void *arg),
                          void *arg, char *err, size_t errlen);
+/* The discovered keys (issue 16): filed as a node files them; every one,
+ * oldest check first (what d points at lives until cb returns); one
+ * address's forgotten (1 when it had a key or a miss, 0 when not). */
+int queue_admin_disc_put(queue_admin_t *a, const queue_disc_t *d, char *err, size_t errlen);
+int queue_admin_disc_list(queue_admin_t *a, void (*cb)(const queue_disc_t *d, void *arg), void *arg,
+                          char *err, size_t errlen);
+int queue_admin_disc_delete(queue_admin_t *a, const char *address, char *err, size_t errlen);
 /* Sets the policy of an address or a domain; policy NULL removes it. */
 int queue_admin_policy_set(queue_admin_t *a, const char *target, const char *policy, char *err,
                            size_t errlen);

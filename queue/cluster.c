@@ -156,6 +156,23 @@ struct node {
     char replicas_why[160]; /* why it is short of min_replicas, "" when not */
 };
 
+struct rreq {
+    router_t *r;
+    rconn_reply_cb cb;
+    void *arg;
+    router_origin_t *origin;
+    char *cmd; /* formatted once, sent again after a redirect */
+    size_t len;
+    int slot;     /* -1: no key, the seed */
+    int ask_node; /* send the next try to this node, after ASKING */
+    int node;     /* the try in flight */
+    unsigned redirects;
+    uint64_t deadline; /* for TRYAGAIN and CLUSTERDOWN, in uv_now ms */
+    unsigned retry_ms;
+    uv_timer_t *retry;
+    struct rreq *prev, *next; /* in the router's list while the retry timer runs */
+};
+
 enum router_mode { MODE_UNKNOWN, MODE_SINGLE, MODE_CLUSTER };
 
 struct router {
@@ -316,7 +333,7 @@ static int node_get(router_t *r, const char *host, int port)
     n->init_retry.data = n;
     r->nodes[i] = n;
     if (i == r->n_nodes) r->n_nodes++;
-    if (r->kept) metric_add(r->kept, 1);
+    metric_add(r->kept, 1);
     return i;
 }
 
@@ -409,14 +426,15 @@ static void on_node_closed(uv_handle_t *handle)
     free(handle->data);
 }
 
-static bool node_in_map(const router_t *r, int index)
+/* used[i]: node i owns a slot or a retry is about to ASK it. */
+static void router_nodes_in_use(const router_t *r, bool used[ROUTER_MAX_NODES])
 {
+    memset(used, 0, ROUTER_MAX_NODES * sizeof used[0]);
     for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
-        if (r->owner[s] == index) return true;
-    return false;
+        if (r->owner[s] >= 0) used[r->owner[s]] = true;
+    for (const struct rreq *req = r->retrying; req; req = req->next)
+        if (req->ask_node >= 0) used[req->ask_node] = true;
 }
-
-static bool retrying_asks(const router_t *r, int index);
 
 /* A node no slot names any more (a master that moved to another address,
  * as pods do, or was removed) is closed, so the table does not fill with
@@ -425,11 +443,12 @@ static bool retrying_asks(const router_t *r, int index);
  * seed stays, for commands without a key. */
 static void router_prune(router_t *r)
 {
+    bool used[ROUTER_MAX_NODES];
     r->prune_due = false;
+    router_nodes_in_use(r, used);
     for (int i = 1; i < r->n_nodes; i++) {
         struct node *n = r->nodes[i];
-        if (!n || !rconn_idle(n->conn) || n->waiting || node_in_map(r, i) || retrying_asks(r, i))
-            continue;
+        if (!n || used[i] || n->waiting || !rconn_idle(n->conn)) continue;
         log_info("event=redis_node_retired redis=%s:%d reason=\"not in the slot map\"",
                  rconn_host(n->conn), rconn_port(n->conn));
         r->nodes[i] = NULL;
@@ -652,23 +671,6 @@ const char *router_replicas_short(const router_t *r)
 
 /* ---- commands ---- */
 
-struct rreq {
-    router_t *r;
-    rconn_reply_cb cb;
-    void *arg;
-    router_origin_t *origin;
-    char *cmd; /* formatted once, sent again after a redirect */
-    size_t len;
-    int slot;     /* -1: no key, the seed */
-    int ask_node; /* send the next try to this node, after ASKING */
-    int node;     /* the try in flight */
-    unsigned redirects;
-    uint64_t deadline; /* for TRYAGAIN and CLUSTERDOWN, in uv_now ms */
-    unsigned retry_ms;
-    uv_timer_t *retry;
-    struct rreq *prev, *next; /* in the router's list while the retry timer runs */
-};
-
 static void on_retry_closed(uv_handle_t *handle)
 {
     struct rreq *req = handle->data;
@@ -685,13 +687,6 @@ static void rreq_free(struct rreq *req)
     }
     redisFreeCommand(req->cmd);
     free(req);
-}
-
-static bool retrying_asks(const router_t *r, int index)
-{
-    for (const struct rreq *req = r->retrying; req; req = req->next)
-        if (req->ask_node == index) return true;
-    return false;
 }
 
 static void rreq_finish(struct rreq *req, redisReply *reply, const char *err)

@@ -71,6 +71,7 @@ struct call {
         queue_blob_cb blob;
         queue_key_cb key;
         queue_version_cb version;
+        queue_versions_cb versions;
         queue_key_directory_cb directory;
     } cb;
     void *arg;

@@ -71,10 +71,39 @@ static void found_key(queue_found_key_t *k, redisReply **at)
     k->armored = reply_text(at[2], &k->armored_len);
 }
 
+/* A discovered key's fpr, expires, data, source, found, checked, tag from
+ * the reply's elements at at (url is not in key_lookup's reply). */
+static void disc_fields(queue_disc_t *d, redisReply **at, bool with_url)
+{
+    size_t len;
+    const char *v = reply_text(at[0], &len);
+    if (v && len < sizeof d->fpr) memcpy(d->fpr, v, len);
+    d->expires = reply_ll(at[1], 0);
+    d->data = reply_text(at[2], &d->len);
+    d->source = reply_text(at[3], &len);
+    if (with_url) d->url = reply_text(at++[4], &len);
+    d->found = reply_ll(at[4], 0);
+    d->checked = reply_ll(at[5], 0);
+    d->tag = reply_text(at[6], &len);
+}
+
+/* A miss as stored, "until tag". */
+static void miss_fields(queue_key_found_t *f, const redisReply *r)
+{
+    size_t len;
+    const char *v = reply_text(r, &len);
+    const char *space = v ? memchr(v, ' ', len) : NULL;
+    unsigned long long until;
+    if (!space || util_parse_decimal(v, (size_t)(space - v), &until) < 0 || until > LLONG_MAX)
+        return;
+    f->miss_until = (long long)until;
+    f->miss_tag = space + 1;
+}
+
 /* key_lookup's reply as f (pointing into it); false when malformed. */
 static bool parse_found(const redisReply *reply, queue_key_found_t *f)
 {
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 11) return false;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 20) return false;
     *f = (queue_key_found_t){0};
     size_t len;
     f->version = reply_ll(reply->element[0], 0);
@@ -84,6 +113,9 @@ static bool parse_found(const redisReply *reply, queue_key_found_t *f)
     found_key(&f->keys[1], reply->element + 6);
     f->addr_prefer = reply_text(reply->element[9], &len);
     f->domain_prefer = reply_text(reply->element[10], &len);
+    f->dversion = reply_ll(reply->element[11], 0);
+    disc_fields(&f->disc, reply->element + 12, false);
+    miss_fields(f, reply->element[19]);
     return true;
 }
 
@@ -125,9 +157,114 @@ struct call *call_version(queue_t *q, queue_version_cb cb, void *arg)
     return call;
 }
 
-int queue_key_version(queue_t *q, queue_version_cb cb, void *arg)
+static void on_versions_reply(struct call *call, redisReply *reply, const char *err)
 {
-    return fcall_keys(call_version(q, cb, arg), FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
+        call->cb.versions(-1, reply ? "unexpected reply" : err, 0, 0, call->arg);
+    else
+        call->cb.versions(0, NULL, reply_ll(reply->element[0], 0), reply_ll(reply->element[1], 0),
+                          call->arg);
+}
+
+int queue_key_version(queue_t *q, queue_versions_cb cb, void *arg)
+{
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_versions_reply;
+    call->cb.versions = cb;
+    return fcall_keys(call, FN_KEY_VERSION, &(key_ids_t){0}, 0, NULL, NULL);
+}
+
+/* ---- discovered keys (issue 16) ---- */
+
+/* disc_put's arguments, their text in nums. */
+static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[9], size_t lens[9])
+{
+    snprintf(nums[0], 24, "%lld", d->expires);
+    snprintf(nums[1], 24, "%lld", d->found);
+    snprintf(nums[2], 24, "%lld", d->checked);
+    const char *v[9] = {d->address,           d->fpr,  nums[0], d->data, d->source,
+                        d->url ? d->url : "", nums[1], nums[2], d->tag};
+    for (int i = 0; i < 9; i++) {
+        args[i] = v[i];
+        lens[i] = i == 3 ? d->len : strlen(v[i]);
+    }
+}
+
+int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *arg)
+{
+    char nums[3][24];
+    const char *args[9];
+    size_t lens[9];
+    disc_args(d, nums, args, lens);
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 9,
+                      args, lens);
+}
+
+int queue_disc_miss(queue_t *q, const char *address, long long until, const char *tag,
+                    queue_status_cb cb, void *arg)
+{
+    char text[24];
+    snprintf(text, sizeof text, "%lld", until);
+    const char *args[] = {text, tag};
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_MISS, &(key_ids_t){.addr = address}, 2, args,
+                      NULL);
+}
+
+int queue_admin_disc_put(queue_admin_t *a, const queue_disc_t *d, char *err, size_t errlen)
+{
+    char nums[3][24];
+    const char *args[9];
+    size_t lens[9];
+    disc_args(d, nums, args, lens);
+    redisReply *r = queue_admin_call(a, FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 9, args,
+                                     lens, err, errlen);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_STRING && !strcmp(r->str, "ok") ? 0 : -1;
+    if (rc < 0) snprintf(err, errlen, "disc_put: unexpected reply");
+    freeReplyObject(r);
+    return rc;
+}
+
+int queue_admin_disc_list(queue_admin_t *a, void (*cb)(const queue_disc_t *d, void *arg), void *arg,
+                          char *err, size_t errlen)
+{
+    redisReply *list =
+        queue_admin_call(a, FN_DISC_ADDRESSES, &(key_ids_t){0}, 0, NULL, NULL, err, errlen);
+    if (!list) return -1;
+    int rc = list->type == REDIS_REPLY_ARRAY ? 0 : -1;
+    if (rc < 0) snprintf(err, errlen, "disc_addresses: unexpected reply");
+    for (size_t i = 0; rc == 0 && i < list->elements; i++) {
+        const char *addr = list->element[i]->str;
+        if (list->element[i]->type != REDIS_REPLY_STRING) continue;
+        redisReply *r = queue_admin_call(a, FN_DISC_GET, &(key_ids_t){.addr = addr}, 0, NULL, NULL,
+                                         err, errlen);
+        if (!r) {
+            rc = -1;
+            break;
+        }
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 8 &&
+            r->element[0]->type == REDIS_REPLY_STRING) {
+            queue_disc_t d = {.address = addr};
+            disc_fields(&d, r->element, true);
+            cb(&d, arg);
+        }
+        freeReplyObject(r);
+    }
+    freeReplyObject(list);
+    return rc;
+}
+
+int queue_admin_disc_delete(queue_admin_t *a, const char *address, char *err, size_t errlen)
+{
+    const char *args[] = {address};
+    redisReply *r = queue_admin_call(a, FN_DISC_DELETE, &(key_ids_t){.addr = address}, 1, args,
+                                     NULL, err, errlen);
+    if (!r) return -1;
+    int rc = r->type == REDIS_REPLY_INTEGER ? (int)(r->integer > 0) : -1;
+    if (rc < 0) snprintf(err, errlen, "disc_delete: unexpected reply");
+    freeReplyObject(r);
+    return rc;
 }
 
 /* ---- the directory's index (issue 18) ---- */
@@ -375,9 +512,10 @@ int queue_admin_key_find(queue_admin_t *a, const char *addr, char fprs[QUEUE_KEY
     redisReply *r =
         queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL, err, errlen);
     if (!r) return -1;
-    bool ok = r->type == REDIS_REPLY_ARRAY && r->elements == 11;
-    snprintf(fprs[0], 65, "%s", ok ? reply_str(r->element[1]) : "");
-    snprintf(fprs[1], 65, "%s", ok ? reply_str(r->element[6]) : "");
+    queue_key_found_t f;
+    bool ok = parse_found(r, &f);
+    for (int m = 0; m < QUEUE_KEY_METHODS; m++)
+        snprintf(fprs[m], 65, "%s", ok ? f.keys[m].fpr : "");
     if (!ok) snprintf(err, errlen, "unexpected key_lookup reply");
     freeReplyObject(r);
     return ok ? 0 : -1;

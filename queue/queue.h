@@ -259,9 +259,26 @@ typedef struct queue_found_key {
     size_t armored_len;
 } queue_found_key_t;
 
+/* A discovered key (issue 16) as stored beside the directory, with its tag
+ * (crypto/keydir.c: keydir_disc_tag). In a lookup's reply, fpr is "" when
+ * there is none. */
+typedef struct queue_disc {
+    const char *address;
+    char fpr[65];
+    long long expires;
+    const char *data;
+    size_t len;
+    const char *source, *url, *tag;
+    long long found, checked;
+} queue_disc_t;
+
 typedef struct queue_key_found {
-    long long version; /* of the directory when read: see queue_key_version */
+    long long version;  /* of the directory when read: see queue_key_version */
+    long long dversion; /* of the discovered keys and misses */
     queue_found_key_t keys[QUEUE_KEY_METHODS];
+    queue_disc_t disc;    /* the address's discovered key, fpr "" when none */
+    long long miss_until; /* a miss filed for the address: none after then; 0: no miss */
+    const char *miss_tag;
     const char *addr_policy;   /* "never", "opportunistic", "required", or NULL: none set */
     const char *domain_policy; /* the same for its domain */
     const char *addr_prefer;   /* "openpgp", "smime", or NULL: none set */
@@ -275,8 +292,16 @@ typedef void (*queue_key_cb)(int status, const char *err, const queue_key_found_
 int queue_key_lookup(queue_t *q, const char *addr, const char *domain, queue_key_cb cb, void *arg);
 
 typedef void (*queue_version_cb)(int status, const char *err, long long version, void *arg);
-/* The directory's version: it changes with every import, deletion or policy. */
-int queue_key_version(queue_t *q, queue_version_cb cb, void *arg);
+typedef void (*queue_versions_cb)(int status, const char *err, long long version,
+                                  long long dversion, void *arg);
+/* The directory's version (it changes with every import, deletion or
+ * policy) and the discovered keys' (with every key or miss filed). */
+int queue_key_version(queue_t *q, queue_versions_cb cb, void *arg);
+
+/* Files a discovered key (d->tag made by the caller), or a miss until then. */
+int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *arg);
+int queue_disc_miss(queue_t *q, const char *address, long long until, const char *tag,
+                    queue_status_cb cb, void *arg);
 
 /* The directory's index as Redis holds it (issue 18): every entry a node
  * trusts, named ("a:<address>:<method>", "k:<id>", "p:<name>", "r:<name>"),

@@ -48,6 +48,10 @@ enum key_kind {
     KEY_EXPIRY_SMIME,   /* ... and of the certificates */
     KEY_MACS,           /* the directory's index: entry -> tag */
     KEY_DIRMAC,         /* the index's seal: version, tag */
+    KEY_DISC,           /* disc:<address>, a discovered key */
+    KEY_MISS,           /* miss:<address>, nothing discovered, for a while */
+    KEY_DVERSION,       /* raised by each of those */
+    KEY_DINDEX,         /* every address with a discovered key */
     /* the DKIM signing keys, {sealpost:dkim}:<name> */
     KEY_DKIM_DOMAIN, /* d:<domain>, its selectors */
     KEY_DKIM_DOMAINS,
@@ -117,6 +121,11 @@ enum queue_fn {
     FN_DKIM_GET,
     FN_DKIM_VERSION,
     FN_DKIM_TAG,
+    FN_DISC_PUT,
+    FN_DISC_MISS,
+    FN_DISC_DELETE,
+    FN_DISC_ADDRESSES,
+    FN_DISC_GET,
     FNS
 };
 

@@ -725,22 +725,85 @@ local function address_fields(m)
   return 'fpr', 'expires', 'data'
 end
 
--- KEYS: a, policy, prefer, version
+-- KEYS: a, policy, prefer, version, disc, miss, dversion
 -- ARGV: address, domain.
 -- Returns {version, fpr, expires, data, address policy, domain policy,
---          smime_fpr, smime_expires, smime_data, address prefer, domain prefer}.
+--          smime_fpr, smime_expires, smime_data, address prefer, domain prefer,
+--          dversion, the discovered key's fpr, expires, data, source, found,
+--          checked, tag, and the miss ('until tag') or false}.
 local function key_lookup(keys, args)
   local k = redis.call('HMGET', keys[1], 'fpr', 'expires', 'data', 'smime_fpr',
                        'smime_expires', 'smime_data')
   local version = redis.call('GET', keys[4]) or '0'
+  local d = redis.call('HMGET', keys[5], 'fpr', 'expires', 'data', 'source', 'found',
+                       'checked', 'tag')
   return {version, k[1], k[2], k[3], redis.call('HGET', keys[2], args[1]),
           redis.call('HGET', keys[2], args[2]), k[4], k[5], k[6],
-          redis.call('HGET', keys[3], args[1]), redis.call('HGET', keys[3], args[2])}
+          redis.call('HGET', keys[3], args[1]), redis.call('HGET', keys[3], args[2]),
+          redis.call('GET', keys[7]) or '0', d[1], d[2], d[3], d[4], d[5], d[6], d[7],
+          redis.call('GET', keys[6])}
 end
 
--- KEYS: version
+-- KEYS: version, dversion
+-- Returns {version, dversion}.
 local function key_version(keys, args)
-  return redis.call('GET', keys[1]) or '0'
+  return {redis.call('GET', keys[1]) or '0', redis.call('GET', keys[2]) or '0'}
+end
+
+-- Discovered keys (discovery/, issue 16), beside the operator's directory
+-- and never in its index: what a node or `sealpost keys lookup` found for an
+-- address by WKD or a keyserver, each entry with its own tag (made by the
+-- finder under the sealing key, checked at every use), and the misses:
+--   disc:<address> hash fpr, expires, data, source ('wkd', 'keyserver'),
+--                  url, found (Unix time this fingerprint was first filed),
+--                  checked (last looked up), tag
+--   miss:<address> 'until tag': nothing to be found, until then (expires then)
+--   dversion       counter, raised by every discovered key or miss filed
+--   dindex         zset address -> checked, every discovered key
+
+-- KEYS: disc, miss, dversion, dindex
+-- ARGV: address, fpr, expires, data, source, url, found, checked, tag.
+-- Files a discovered key, replacing the address's one and its miss.
+local function disc_put(keys, args)
+  redis.call('HSET', keys[1], 'fpr', args[2], 'expires', args[3], 'data', args[4],
+             'source', args[5], 'url', args[6], 'found', args[7], 'checked', args[8],
+             'tag', args[9])
+  redis.call('DEL', keys[2])
+  redis.call('ZADD', keys[4], args[8], args[1])
+  redis.call('INCR', keys[3])
+  return 'ok'
+end
+
+-- KEYS: miss, dversion
+-- ARGV: until (Unix time), tag.
+-- Files a miss, gone at until.
+local function disc_miss(keys, args)
+  redis.call('SET', keys[1], args[1] .. ' ' .. args[2], 'EXAT', args[1])
+  redis.call('INCR', keys[2])
+  return 'ok'
+end
+
+-- KEYS: disc, miss, dversion, dindex
+-- ARGV: address.
+-- Forgets what was discovered for an address: 1 when there was something.
+local function disc_delete(keys, args)
+  local n = redis.call('DEL', keys[1], keys[2])
+  redis.call('ZREM', keys[4], args[1])
+  if n > 0 then redis.call('INCR', keys[3]) end
+  return n > 0 and 1 or 0
+end
+
+-- KEYS: dindex
+-- Returns every address with a discovered key, oldest check first.
+local function disc_addresses(keys, args)
+  return redis.call('ZRANGE', keys[1], 0, -1)
+end
+
+-- KEYS: disc
+-- Returns {fpr, expires, data, source, url, found, checked, tag} of one.
+local function disc_get(keys, args)
+  return redis.call('HMGET', keys[1], 'fpr', 'expires', 'data', 'source', 'url', 'found',
+                    'checked', 'tag')
 end
 
 -- The lines of an LF-separated list (a stored key's addresses).
@@ -1242,6 +1305,12 @@ redis.register_function{function_name = 'user_records', callback = user_records,
 redis.register_function('seal_check', seal_check)
 redis.register_function{function_name = 'key_lookup', callback = key_lookup,
                         flags = {'no-writes'}}
+redis.register_function('disc_put', disc_put)
+redis.register_function('disc_miss', disc_miss)
+redis.register_function('disc_delete', disc_delete)
+redis.register_function{function_name = 'disc_addresses', callback = disc_addresses,
+                        flags = {'no-writes'}}
+redis.register_function{function_name = 'disc_get', callback = disc_get, flags = {'no-writes'}}
 redis.register_function{function_name = 'key_version', callback = key_version,
                         flags = {'no-writes'}}
 redis.register_function{function_name = 'key_get', callback = key_get, flags = {'no-writes'}}

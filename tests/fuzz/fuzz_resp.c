@@ -136,6 +136,14 @@ static void on_version(int status, const char *err, long long version, void *arg
     called(arg, status, err);
 }
 
+static void on_versions(int status, const char *err, long long version, long long dversion,
+                        void *arg)
+{
+    (void)version;
+    (void)dversion;
+    called(arg, status, err);
+}
+
 static void on_blob(int status, const char *err, const char *d, size_t len, void *arg)
 {
     called(arg, status, err);
@@ -334,7 +342,7 @@ static void send_requests(queue_t *q, queue_job_t *job)
     track(R_FORGET, queue_forget(q, 1, &claimed, on_status, &fz.t[R_FORGET]));
     track(R_KEY_LOOKUP,
           queue_key_lookup(q, "bob@example.test", "example.test", on_key, &fz.t[R_KEY_LOOKUP]));
-    track(R_KEY_VERSION, queue_key_version(q, on_version, &fz.t[R_KEY_VERSION]));
+    track(R_KEY_VERSION, queue_key_version(q, on_versions, &fz.t[R_KEY_VERSION]));
     track(R_SEAL_CHECK, queue_seal_check(q, "k1", "check", 5, on_blob, &fz.t[R_SEAL_CHECK]));
     queue_login_t login = {"alice", "192.0.2.1", 10, 600, true};
     track(R_AUTH, queue_auth_begin(q, &login, on_user, &fz.t[R_AUTH]));

@@ -449,6 +449,20 @@ def pytest_configure(config):
         raise pytest.UsageError("redis-server not found; run `make setup`")
 
 
+def start_dnsmasq(port, records):
+    """dnsmasq answering for *.test only (NXDOMAIN for the rest) on loopback."""
+    if not shutil.which("dnsmasq"):
+        pytest.fail("dnsmasq not installed; run `make setup`")
+    proc = subprocess.Popen(
+        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+         "--local=/test/", "--pid-file=", *records],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    assert proc.poll() is None, "dnsmasq did not start"
+    return proc
+
+
 # ---- Redis Cluster ----
 
 def cluster_port():
@@ -494,6 +508,11 @@ class RedisCluster:
         for c in self.clients():
             wait_for(lambda c=c: c.cluster("INFO")["cluster_state"] == "ok",
                      what="cluster_state:ok")
+        # each node's view names every replica (gossip may lag the create)
+        n_replicas = len(self.ports) // (1 + self.replicas) * self.replicas
+        for via in self.ports:
+            wait_for(lambda v=via: sum("slave" in f for f, _ in self.nodes(v).values())
+                     == n_replicas, what=f"node {via} to see {n_replicas} replicas")
         for port in self.replica_ports():
             wait_for(lambda p=port: self.link_up(p), what=f"replica {port} in sync")
         return self

@@ -540,12 +540,15 @@ def test_policy_set_and_remove_move_the_version(r):
         [b"a@example.test", b"never"], []]
     # what a node reads for an address: the policies and the version
     found = lookup(r, "a@example.test")
-    assert found == [b"3", None, None, None, b"never", None, None, None, None, None, None]
+    assert found == [b"3", None, None, None, b"never", None, None, None, None, None, None,
+                     b"0", None, None, None, None, None, None, None, None]
 
 
 def lookup(r, address):
-    return r.fcall_ro("key_lookup", 4, crypto(f"a:{address}"), crypto("policy"),
-                      crypto("prefer"), crypto("version"), address, address.split("@")[1])
+    return r.fcall_ro("key_lookup", 7, crypto(f"a:{address}"), crypto("policy"),
+                      crypto("prefer"), crypto("version"), crypto(f"disc:{address}"),
+                      crypto(f"miss:{address}"), crypto("dversion"), address,
+                      address.split("@")[1])
 
 
 CERT = ("CN=Bob", "CN=Test CA", "01AB")
@@ -602,11 +605,11 @@ def test_prefer_set_is_read_with_the_address_and_moves_the_version(r):
     assert r.fcall("prefer_set", 2, *keys, "a@example.test", "openpgp") == b"ok"
     assert version(r) == 2
     found = lookup(r, "a@example.test")
-    assert found[0] == b"2" and found[9:] == [b"openpgp", b"smime"]
+    assert found[0] == b"2" and found[9:11] == [b"openpgp", b"smime"]
     with pytest.raises(redis_py.ResponseError, match="not openpgp or smime"):
         r.fcall("prefer_set", 2, *keys, "example.test", "pgp")
     assert r.fcall("prefer_set", 2, *keys, "a@example.test") == b"ok"
-    assert lookup(r, "a@example.test")[9:] == [None, b"smime"]
+    assert lookup(r, "a@example.test")[9:11] == [None, b"smime"]
     assert r.fcall_ro("policy_list", 2, crypto("policy"), crypto("prefer")) == [
         [], [b"example.test", b"smime"]]
 

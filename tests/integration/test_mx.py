@@ -2,16 +2,14 @@
 sinks on 127.0.0.x, each address a different "MX host"."""
 
 import email
-import shutil
 import smtplib
 import socket
-import subprocess
 import time
 from collections import Counter
 
 import pytest
 
-from conftest import SEAL_KEY, Sealpost, Sink, free_port, wait_for
+from conftest import SEAL_KEY, Sealpost, Sink, free_port, start_dnsmasq, wait_for
 
 MX_HOSTS = {"127.0.0.2": "mx1", "127.0.0.3": "mx2", "127.0.0.4": "eq1", "127.0.0.5": "eq2",
             "127.0.0.6": "aonly"}
@@ -50,22 +48,8 @@ keys = {SEAL_KEY}
 {extra}"""
 
 
-def start_dnsmasq(port, records):
-    """dnsmasq answering for *.test only (NXDOMAIN for the rest) on loopback."""
-    proc = subprocess.Popen(
-        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
-         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-         "--local=/test/", "--pid-file=", *records],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    assert proc.poll() is None, "dnsmasq did not start"
-    return proc
-
-
 @pytest.fixture
 def dns(tmp_path):
-    if not shutil.which("dnsmasq"):
-        pytest.fail("dnsmasq not installed; run `make setup`")
     port = free_port()
     records = [
         "--mx-host=example.test,mx1.example.test,10",

@@ -11,6 +11,7 @@ import os
 import re
 import smtplib
 import subprocess
+import time
 import types
 
 import pytest
@@ -218,8 +219,17 @@ def key_delete(r, fpr="AAAA", address="x@example.test"):
 
 
 def key_lookup(r, address="x@example.test"):
-    return r.fcall_ro("key_lookup", 4, crypto(f"a:{address}"), crypto("policy"),
-                      crypto("prefer"), crypto("version"), address, address.split("@")[1])
+    return r.fcall_ro("key_lookup", 7, crypto(f"a:{address}"), crypto("policy"),
+                      crypto("prefer"), crypto("version"), crypto(f"disc:{address}"),
+                      crypto(f"miss:{address}"), crypto("dversion"), address,
+                      address.split("@")[1])
+
+
+def disc_put(r, address="d@example.test", fpr="DDDD"):
+    """A discovered key filed as `keys lookup` (and, later, a node) files it."""
+    return r.fcall("disc_put", 4, crypto(f"disc:{address}"), crypto(f"miss:{address}"),
+                   crypto("dversion"), crypto("dindex"), address, fpr, 0, "key data", "wkd",
+                   "https://openpgpkey.example.test/x", 1, 2, "k1:disc tag")
 
 
 def policy_set(r, target, *policy):
@@ -406,6 +416,7 @@ def test_the_worker_cannot_touch_users_nor_write_dkim_keys_or_the_directory(as_r
     assert refused(worker.hset, dkim("d:origin.test"), "active:ed25519", "evil")
     assert refused(policy_set, worker, "example.test", "never")
     assert refused(key_put, worker, "EVIL")
+    assert refused(disc_put, worker)
     assert refused(key_seal, worker, version, version + 1, "k:EVIL", "k1:evil")
     assert refused(worker.hset, crypto("macs"), "k:EVIL", "k1:evil")
     assert every_key(admin) == before
@@ -438,7 +449,8 @@ def test_each_roles_own_calls_pass(as_role):
     assert ingress.fcall("auth_uncount", 1, FAIL_KEY) is not None
     found = key_lookup(ingress)
     assert found[1] == b"AAAA" and found[5] == b"required"
-    assert ingress.fcall_ro("key_version", 1, crypto("version")) == found[0]
+    assert ingress.fcall_ro("key_version", 2, crypto("version"), crypto("dversion")) == [
+        found[0], found[11]]
     # the directory's index, checked before the lookup is trusted
     sealed = str(version + 1).encode()
     assert key_directory(ingress) == [found[0], sealed, b"k1:index tag", 2,
@@ -480,6 +492,20 @@ def test_each_roles_own_calls_pass(as_role):
     assert admin.zscore(shard("held"), JID) is not None
     assert admin.xrange(shard("log"), "-", "+")
     assert admin.fcall_ro("user_list", 2, *AUTH_KEYS) == [[b"u@origin.test", 0]]
+    # discovered keys: `keys lookup` files one, `keys list` reads them, the
+    # ingress finds it with the address's lookup
+    assert disc_put(admin) == b"ok"
+    assert admin.fcall_ro("disc_addresses", 1, crypto("dindex")) == [b"d@example.test"]
+    assert admin.fcall_ro("disc_get", 1, crypto("disc:d@example.test"))[:4] == [
+        b"DDDD", b"0", b"key data", b"wkd"]
+    assert key_lookup(ingress, "d@example.test")[12:19] == [
+        b"DDDD", b"0", b"key data", b"wkd", b"1", b"2", b"k1:disc tag"]
+    assert admin.fcall("disc_miss", 2, crypto("miss:e@example.test"), crypto("dversion"),
+                       int(time.time()) + 60, "k1:miss tag") == b"ok"
+    assert key_lookup(ingress, "e@example.test")[19].endswith(b" k1:miss tag")
+    assert admin.fcall("disc_delete", 4, crypto("disc:d@example.test"),
+                       crypto("miss:d@example.test"), crypto("dversion"), crypto("dindex"),
+                       "d@example.test") == 1
 
 
 # ---- the real nodes under their role's rules ----

@@ -16,9 +16,10 @@ import subprocess
 import sys
 
 FLOORS = {"proto": set(), "core": set(), "crypto": {"proto", "core"}, "queue": {"core"},
-          "ingress": {"proto", "core", "crypto", "queue"},
+          "discovery": {"core", "crypto"},
+          "ingress": {"proto", "core", "crypto", "queue", "discovery"},
           "delivery": {"proto", "core", "crypto", "queue"},
-          "cmd": {"proto", "core", "crypto", "queue", "ingress", "delivery"}}
+          "cmd": {"proto", "core", "crypto", "queue", "discovery", "ingress", "delivery"}}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z]+)/([a-z_]+)\.h"', re.M)
 
 

@@ -1,0 +1,210 @@
+"""Key discovery (issue 16) against real peers on loopback: a Web Key
+Directory and a VKS keyserver over HTTPS (Python's http.server, a test CA),
+dnsmasq naming the domains, keys made by gpg, mail decrypted by Sequoia.
+`sealpost keys lookup` files what it finds; the ingress encrypts to it."""
+import json
+import smtplib
+import subprocess
+import time
+
+import pytest
+import redis as redis_py
+
+from conftest import BIN, free_port, start_dnsmasq, wait_for
+from pgp import Person, gpg
+from test_gateway import check_pgp_mime, message
+from wkd import Pki, WebServer, wks_client_url
+
+WEB = "127.0.1.1"
+HOSTS = ["openpgpkey.example.test", "example.test", "direct.test", "nowkd.test", "keys.test"]
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory):
+    base = tmp_path_factory.mktemp("keys")
+    p = {name: Person(base, name, f"{name}@{domain}") for name, domain in
+         (("carol", "example.test"), ("dave", "direct.test"), ("erin", "example.test"),
+          ("mallory", "example.test"), ("frank", "nowkd.test"), ("grace", "example.test"))}
+    p["old"] = Person(base, "old", "old@example.test", expire="seconds=2")
+    p["revoked"] = Person(base, "revoked", "revoked@example.test")
+    p["revoked"].revoke()
+    return p
+
+
+def binary(person):
+    return gpg(person.home, "--export", person.fpr).stdout
+
+
+@pytest.fixture
+def web(tmp_path):
+    server = WebServer(WEB, Pki(tmp_path / "pki", HOSTS))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def dns():
+    port = free_port()
+    records = [f"--host-record={h},{WEB}" for h in HOSTS]
+    proc = start_dnsmasq(port, records)
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture
+def discovery(stack, web, dns):
+    """The stack's [discovery] pointed at the test DNS and CA."""
+    return f"""
+[discovery]
+dns_servers = 127.0.0.1:{dns}
+ca_file = {web.httpd and (stack.tmp / 'pki' / 'ca.pem')}
+timeout_ms = 2000
+"""
+
+
+def keys(stack, extra, *args):
+    path = stack.tmp / "keys.conf"
+    path.write_text(stack.config(extra))
+    return subprocess.run([BIN, "keys", *args, "-c", str(path)], capture_output=True,
+                          timeout=60, text=True)
+
+
+def listed(stack, extra):
+    r = keys(stack, extra, "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_lookup_files_a_key_published_only_by_wkd_and_mail_is_encrypted_to_it(
+        stack, web, discovery, people):
+    carol = people["carol"]
+    host, path = web.publish_wkd(carol.email, binary(carol))
+    # our URL is GnuPG's, letter for letter
+    assert wks_client_url(carol.email) == f"https://{host}{path}"
+    r = keys(stack, discovery, "lookup", carol.email)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{carol.email} {carol.fpr} source wkd trust discovered" in r.stdout
+    assert f"from https://{host}{path}: filed" in r.stdout
+    entry = [k for k in listed(stack, discovery) if k["fingerprint"] == carol.fpr]
+    assert len(entry) == 1, listed(stack, discovery)
+    assert entry[0]["source"] == "wkd" and entry[0]["trust"] == "discovered"
+    assert entry[0]["addresses"] == [carol.email]
+    assert abs(entry[0]["checked"] - time.time()) < 60
+    text = keys(stack, discovery, "list").stdout
+    assert f"{carol.fpr} never {carol.email} (source wkd, trust discovered" in text
+
+    stack.ingress()
+    stack.worker()
+    data = message(carol.email)
+    with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as c:
+        c.sendmail("sender@origin.test", [carol.email], data)
+    wait_for(lambda: stack.sink.messages, what="delivery")
+    armor = check_pgp_mime(stack.sink.messages[0][2])
+    plain = carol.decrypt_with_sq(armor)  # not GnuPG: Sequoia reads what we made
+    assert b"Quarterly figures" in plain
+
+
+def test_direct_method_when_there_is_no_openpgpkey_host(stack, web, discovery, people):
+    dave = people["dave"]
+    host, path = web.publish_wkd(dave.email, binary(dave), method="direct")
+    assert wks_client_url(dave.email).replace("openpgpkey.", "").replace(
+        "/direct.test/hu/", "/hu/") == f"https://{host}{path}"
+    r = keys(stack, discovery, "lookup", dave.email)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{dave.fpr} source wkd" in r.stdout and f"https://direct.test{path}" in r.stdout
+
+
+def test_a_domain_with_wkd_is_not_asked_by_the_direct_method(stack, web, discovery, people):
+    """openpgpkey.example.test exists: its 404 is the answer (draft §3.1)."""
+    erin = people["erin"]
+    web.publish_wkd(erin.email, binary(erin), method="direct")
+    r = keys(stack, discovery, "lookup", erin.email)
+    assert r.returncode == 1
+    assert "not_found" in r.stdout and "wkd advanced: HTTP 404" in r.stdout
+    assert all(host == "openpgpkey.example.test" for host, _ in web.key_requests())
+
+
+def test_a_key_without_the_address_in_a_user_id_is_refused(stack, web, discovery, people):
+    web.publish_wkd(people["grace"].email, binary(people["mallory"]))
+    r = keys(stack, discovery, "lookup", people["grace"].email)
+    assert r.returncode == 1
+    assert "refused" in r.stdout and "no valid user ID for the address" in r.stdout
+    assert listed(stack, discovery) == []
+
+
+@pytest.mark.parametrize("who,why", [("revoked", "revoked"), ("old", "expired")])
+def test_a_revoked_or_expired_key_is_refused(stack, web, discovery, people, who, why):
+    person = people[who]
+    if who == "old":
+        wait_for(lambda: time.time() > person_expiry(person), timeout=10, what="expiry")
+    web.publish_wkd(person.email, binary(person))
+    r = keys(stack, discovery, "lookup", person.email)
+    assert r.returncode == 1, r.stdout
+    assert f"is {why}" in r.stdout
+    assert listed(stack, discovery) == []
+
+
+def person_expiry(person):
+    out = gpg(person.home, "--with-colons", "--list-keys", person.fpr).stdout.decode()
+    return int(next(line.split(":")[6] for line in out.splitlines() if line.startswith("pub:")))
+
+
+def test_a_vks_keyserver_after_wkd(stack, web, discovery, people):
+    frank = people["frank"]
+    with web.lock:
+        web.files[("keys.test", "/vks/v1/by-email/frank%40nowkd.test")] = binary(frank)
+    extra = discovery + "keyserver = https://keys.test\n"
+    r = keys(stack, extra, "lookup", frank.email)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{frank.fpr} source keyserver" in r.stdout
+    hosts = [h for h, _ in web.key_requests()]
+    assert hosts == ["nowkd.test", "keys.test"]  # no openpgpkey.nowkd.test: direct, then VKS
+    assert [k["source"] for k in listed(stack, extra)] == ["keyserver"]
+
+
+def test_an_operator_key_is_never_replaced(stack, web, discovery, people):
+    carol, mallory = people["carol"], people["mallory"]
+    r = keys(stack, discovery, "import", "-")
+    path = stack.tmp / "carol.asc"
+    path.write_bytes(carol.public())
+    assert keys(stack, discovery, "import", str(path)).returncode == 0
+    web.publish_wkd(carol.email, binary(carol))
+    r = keys(stack, discovery, "lookup", carol.email)
+    assert r.returncode == 0
+    assert f"not filed, the directory has the operator's key {carol.fpr}" in r.stdout
+    assert all(k["trust"] == "imported" for k in listed(stack, discovery))
+    del mallory
+
+
+def test_a_slow_server_is_given_up_at_the_timeout(stack, web, discovery, people):
+    carol = people["carol"]
+    host, path = web.publish_wkd(carol.email, binary(carol))
+    with web.lock:
+        web.files[(host, path)] = (200, binary(carol), 5)
+    start = time.monotonic()
+    r = keys(stack, discovery.replace("timeout_ms = 2000", "timeout_ms = 700"), "lookup",
+             carol.email)
+    took = time.monotonic() - start
+    assert r.returncode == 1
+    assert "timeout" in r.stdout and "no answer within 700 ms" in r.stdout
+    assert took < 4, took  # the CLI's own start-up included
+
+
+def test_a_forged_discovered_key_is_not_used(stack, web, discovery, people):
+    """A Redis writer swaps the filed key for mallory's: its tag no longer
+    holds, so the ingress ignores it (mail goes as if there were no key)."""
+    carol, mallory = people["carol"], people["mallory"]
+    web.publish_wkd(carol.email, binary(carol))
+    assert keys(stack, discovery, "lookup", carol.email).returncode == 0
+    r = redis_py.Redis(port=stack.redis.port)
+    key = f"{{sealpost:crypto}}:disc:{carol.email}"
+    r.hset(key, mapping={"fpr": mallory.fpr, "data": mallory.public()})
+    ingress = stack.ingress()
+    stack.worker()
+    with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as c:
+        c.sendmail("sender@origin.test", [carol.email], message(carol.email))
+    wait_for(lambda: stack.sink.messages, what="delivery")
+    content = stack.sink.messages[0][2]
+    assert b"BEGIN PGP MESSAGE" not in content
+    assert "event=discovered_key_rejected" in ingress.read_log()
