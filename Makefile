@@ -37,7 +37,7 @@ $(FUZZ_BUILD)/Makefile:
 
 # Unit tests run in the plain and the sanitizer build; the integration tests
 # drive the sanitizer build's binary, so a memory error in any path they reach
-# fails the run. The fuzz targets run for a fixed time each (45 s), two at
+# fails the run. The fuzz targets run for a fixed time each (30 s), two at
 # a time, on a corpus that grows in the build tree from run to run. The fuzz
 # tree is configured again first: a target added since it was made is not a
 # target its Makefile knows until then.
@@ -46,8 +46,8 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake -S . -B $(FUZZ_BUILD) > /dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS:%=fuzz_%)
 	$(PYTHON) tests/lint/layers.py . $(BUILD)
-	cd $(BUILD) && ctest --output-on-failure
-	cd $(ASAN_BUILD) && ctest --output-on-failure
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_ -j $(FUZZ_JOBS)
 	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
@@ -82,6 +82,7 @@ bench: build
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/dkim.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/discovery.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.

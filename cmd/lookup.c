@@ -45,7 +45,7 @@ static int run_lookup(const config_t *cfg, const char *address, struct answer *a
         uv_loop_close(&loop);
         return -1;
     }
-    int rc = discovery_lookup(d, address, on_found, ans) ? 0 : -1;
+    int rc = discovery_lookup(d, address, true, on_found, ans) ? 0 : -1;
     if (rc < 0) fprintf(stderr, "sealpost: '%s' cannot be looked up\n", address);
     while (rc == 0 && !ans->done)
         uv_run(&loop, UV_RUN_ONCE);

@@ -226,6 +226,11 @@ static const key_spec_t keys[] = {
     {"discovery", "ca_file", T_STRING, OFF(discovery.ca_file), 0, 0, ""},
     {"discovery", "keyserver", T_STRING, OFF(discovery.keyserver), 0, 0, ""},
     {"discovery", "max_response", T_UINT, OFF(discovery.max_response), 4096, 16777216, "262144"},
+    {"discovery", "enabled", T_BOOL, OFF(discovery.enabled), 0, 0, "no"},
+    {"discovery", "negative_ttl", T_UINT, OFF(discovery.negative_ttl), 1, 2592000, "3600"},
+    {"discovery", "error_ttl", T_UINT, OFF(discovery.error_ttl), 1, 2592000, "300"},
+    {"discovery", "max_parallel", T_UINT, OFF(discovery.max_parallel), 1, 10000, "16"},
+    {"discovery", "skip_domains", T_STRING, OFF(discovery.skip_domains), 0, 0, ""},
 
     /* DKIM signing in the workers (delivery/signer.c); the keys are in Redis. */
     {"dkim", "default_domain", T_DOMAIN, OFF(dkim.default_domain), 0, 0, ""},

@@ -317,11 +317,16 @@ typedef struct config {
     } crypto;
 
     struct {
-        unsigned timeout_ms;   /* a whole look-up: every method, DNS and HTTPS */
-        char dns_servers[512]; /* "host:port ..."; empty: /etc/resolv.conf */
-        char ca_file[512];     /* PEM CAs HTTPS is checked against; "": the system's store */
-        char keyserver[256];   /* a VKS keyserver's https:// URL; "": none */
-        unsigned max_response; /* octets of one HTTP response */
+        unsigned timeout_ms;     /* a whole look-up: every method, DNS and HTTPS */
+        char dns_servers[512];   /* "host:port ..."; empty: /etc/resolv.conf */
+        char ca_file[512];       /* PEM CAs HTTPS is checked against; "": the system's store */
+        char keyserver[256];     /* a VKS keyserver's https:// URL; "": none */
+        unsigned max_response;   /* octets of one HTTP response */
+        bool enabled;            /* the ingress looks keys up at RCPT (keys lookup always can) */
+        unsigned negative_ttl;   /* seconds a "nothing found" is kept, cluster-wide */
+        unsigned error_ttl;      /* ... and a look-up that failed or timed out */
+        unsigned max_parallel;   /* look-ups under way per ingress; past it, keyless for now */
+        char skip_domains[1024]; /* never looked up: internal domains ("a.test b.test") */
     } discovery;
 
     struct {

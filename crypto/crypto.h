@@ -366,11 +366,11 @@ typedef struct keydir_disc {
 void keydir_disc_tag(const seal_keyring_t *k, const keydir_disc_t *d, char out[SEAL_MAC_LEN + 1]);
 /* As seal_mac_verify; 0 for no tag. */
 int keydir_disc_verify(const seal_keyring_t *k, const keydir_disc_t *d, const char *tag);
-/* A miss (nothing to be found for address until then): its tag, purpose
- * "keydir-miss", over the address and until. */
-void keydir_miss_tag(const seal_keyring_t *k, const char *address, long long until,
+/* A miss (nothing found for address, or the look-up failed, until then):
+ * its tag, purpose "keydir-miss", over the address, until and the kind. */
+void keydir_miss_tag(const seal_keyring_t *k, const char *address, long long until, bool failed,
                      char out[SEAL_MAC_LEN + 1]);
-int keydir_miss_verify(const seal_keyring_t *k, const char *address, long long until,
+int keydir_miss_verify(const seal_keyring_t *k, const char *address, long long until, bool failed,
                        const char *tag);
 /* Entry i's name and tag, for i < keydir_index_size (sorted by name). */
 const char *keydir_index_entry(const keydir_index_t *x, size_t i);

@@ -440,21 +440,31 @@ int keydir_disc_verify(const seal_keyring_t *k, const keydir_disc_t *d, const ch
     return seal_mac_verify(k, "keydir-discovered", x.f, 7, tag, strlen(tag));
 }
 
-void keydir_miss_tag(const seal_keyring_t *k, const char *address, long long until,
+/* The miss's fields, its time's text in text. */
+static void miss_fields(seal_field_t f[3], char text[24], const char *address, long long until,
+                        bool failed)
+{
+    snprintf(text, 24, "%lld", until);
+    f[0] = text_field(address);
+    f[1] = text_field(text);
+    f[2] = text_field(failed ? "error" : "none");
+}
+
+void keydir_miss_tag(const seal_keyring_t *k, const char *address, long long until, bool failed,
                      char out[SEAL_MAC_LEN + 1])
 {
     char text[24];
-    snprintf(text, sizeof text, "%lld", until);
-    seal_field_t f[2] = {text_field(address), text_field(text)};
-    seal_mac(k, "keydir-miss", f, 2, out);
+    seal_field_t f[3];
+    miss_fields(f, text, address, until, failed);
+    seal_mac(k, "keydir-miss", f, 3, out);
 }
 
-int keydir_miss_verify(const seal_keyring_t *k, const char *address, long long until,
+int keydir_miss_verify(const seal_keyring_t *k, const char *address, long long until, bool failed,
                        const char *tag)
 {
     if (!tag || !tag[0]) return 0;
     char text[24];
-    snprintf(text, sizeof text, "%lld", until);
-    seal_field_t f[2] = {text_field(address), text_field(text)};
-    return seal_mac_verify(k, "keydir-miss", f, 2, tag, strlen(tag));
+    seal_field_t f[3];
+    miss_fields(f, text, address, until, failed);
+    return seal_mac_verify(k, "keydir-miss", f, 3, tag, strlen(tag));
 }

@@ -27,14 +27,20 @@ struct discovery {
     discovery_lookup_t *lookups;
 };
 
-enum step { STEP_ADVANCED, STEP_DIRECT, STEP_KEYSERVER, STEP_DONE };
+/* STEP_POLICY: after the direct method's 404, whether the domain has a
+ * WKD at all (its policy file, draft §4.5), so that a miss can stand for
+ * the whole domain. */
+enum step { STEP_ADVANCED, STEP_DIRECT, STEP_POLICY, STEP_KEYSERVER, STEP_DONE };
 
 struct discovery_lookup {
     discovery_t *d;
     discovery_lookup_t *prev, *next;
     char address[320];
     enum step step;
-    bool errored; /* some source could not be asked: a miss is not sure */
+    bool errored;   /* some source could not be asked: a miss is not sure */
+    bool keyserver; /* the keyserver may be asked */
+    bool starting;  /* inside discovery_lookup: a failure now is its NULL, not a callback */
+    bool failed_to_start;
     unsigned redirects;
     char host[264];
     uint16_t port;
@@ -176,7 +182,7 @@ static void step_next(discovery_lookup_t *l)
     l->redirects = 0;
     if (l->step == STEP_ADVANCED)
         l->step = STEP_DIRECT;
-    else if (l->step == STEP_DIRECT && l->d->ks_host[0])
+    else if ((l->step == STEP_DIRECT || l->step == STEP_POLICY) && l->keyserver && l->d->ks_host[0])
         l->step = STEP_KEYSERVER;
     else
         l->step = STEP_DONE;
@@ -185,7 +191,10 @@ static void step_next(discovery_lookup_t *l)
 
 static const char *step_name(enum step s)
 {
-    return s == STEP_ADVANCED ? "wkd advanced" : s == STEP_DIRECT ? "wkd direct" : "keyserver";
+    return s == STEP_ADVANCED ? "wkd advanced"
+           : s == STEP_DIRECT ? "wkd direct"
+           : s == STEP_POLICY ? "wkd policy"
+                              : "keyserver";
 }
 
 static bool follow_redirect(discovery_lookup_t *l, const char *location)
@@ -201,6 +210,12 @@ static void on_response(int status, const char *body, size_t len, const char *er
 {
     discovery_lookup_t *l = arg;
     l->get = NULL;
+    if (l->step == STEP_POLICY && !(status >= 300 && status < 400)) {
+        l->result.no_wkd = status == 404 || status == 410;
+        note(l, "wkd policy: %s", l->result.no_wkd ? "none" : status ? "present" : "unknown");
+        step_next(l);
+        return;
+    }
     if (status == 200 && len) {
         l->result.outcome = DISCOVERY_FOUND;
         l->result.source = l->step == STEP_KEYSERVER ? SOURCE_KEYSERVER : SOURCE_WKD;
@@ -220,7 +235,14 @@ static void on_response(int status, const char *body, size_t len, const char *er
      * the direct method, a missing domain to the next source. Anything
      * else leaves the answer in doubt. */
     if (!(status == 404 || status == 410 || (status == 200 && !len) || no_host)) l->errored = true;
+    bool direct = l->step == STEP_DIRECT;
     if (l->step == STEP_ADVANCED && !no_host) l->step = STEP_DIRECT; /* the sub-domain exists */
+    if (direct && no_host) l->result.no_wkd = true;                  /* no host for it at all */
+    if (direct && (status == 404 || status == 410) && !l->redirects) {
+        l->step = STEP_POLICY;
+        step_start(l);
+        return;
+    }
     step_next(l);
 }
 
@@ -241,7 +263,8 @@ static void step_start(discovery_lookup_t *l)
             snprintf(l->path, sizeof l->path, "%s/vks/v1/by-email/%s", l->d->ks_prefix, enc);
         } else if (wkd_url(l->address, l->step == STEP_ADVANCED, &u) == 0) {
             snprintf(l->host, sizeof l->host, "%s", u.host);
-            snprintf(l->path, sizeof l->path, "%s", u.path);
+            snprintf(l->path, sizeof l->path, "%s",
+                     l->step == STEP_POLICY ? "/.well-known/openpgpkey/policy" : u.path);
             l->port = 443;
         }
     }
@@ -251,7 +274,8 @@ static void step_start(discovery_lookup_t *l)
     if (!l->get) {
         note(l, "out of memory");
         l->result.outcome = DISCOVERY_ERROR;
-        lookup_end(l, true);
+        l->failed_to_start = l->starting;
+        lookup_end(l, !l->starting);
     }
 }
 
@@ -263,8 +287,8 @@ static void on_deadline(uv_timer_t *t)
     lookup_end(l, true);
 }
 
-discovery_lookup_t *discovery_lookup(discovery_t *d, const char *address, discovery_cb cb,
-                                     void *arg)
+discovery_lookup_t *discovery_lookup(discovery_t *d, const char *address, bool keyserver,
+                                     discovery_cb cb, void *arg)
 {
     wkd_url_t check;
     if (wkd_url(address, true, &check) < 0) return NULL;
@@ -273,6 +297,7 @@ discovery_lookup_t *discovery_lookup(discovery_t *d, const char *address, discov
     l->d = d;
     l->cb = cb;
     l->arg = arg;
+    l->keyserver = keyserver;
     snprintf(l->address, sizeof l->address, "%s", address);
     uv_timer_init(d->loop, &l->deadline);
     l->deadline.data = l;
@@ -280,7 +305,10 @@ discovery_lookup_t *discovery_lookup(discovery_t *d, const char *address, discov
     l->next = d->lookups;
     if (l->next) l->next->prev = l;
     d->lookups = l;
+    l->starting = true;
     step_start(l);
+    if (l->failed_to_start) return NULL; /* ended, and freed once its timer closes */
+    l->starting = false;
     return l;
 }
 

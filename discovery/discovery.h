@@ -36,6 +36,7 @@ typedef struct discovery_result {
     size_t len;
     char url[1600];   /* FOUND: where; else the last URL asked */
     char detail[300]; /* what each source said, for the log and the CLI */
+    bool no_wkd;      /* NOT_FOUND: the domain has no WKD at all (no host, no policy file) */
 } discovery_result_t;
 
 typedef void (*discovery_cb)(const discovery_result_t *result, void *arg);
@@ -46,11 +47,11 @@ discovery_t *discovery_new(uv_loop_t *loop, const config_t *cfg, char *err, size
 /* Cancels every look-up (their callbacks do not run). */
 void discovery_free(discovery_t *d);
 
-/* Starts a look-up; cb runs exactly once, from the loop, unless cancelled.
- * NULL (and no callback) when memory ran out or the address has no
- * domain. */
-discovery_lookup_t *discovery_lookup(discovery_t *d, const char *address, discovery_cb cb,
-                                     void *arg);
+/* Starts a look-up: WKD, then, with keyserver and one configured, the
+ * keyserver. cb runs exactly once, from the loop, unless cancelled. NULL
+ * (and no callback) when memory ran out or the address has no domain. */
+discovery_lookup_t *discovery_lookup(discovery_t *d, const char *address, bool keyserver,
+                                     discovery_cb cb, void *arg);
 void discovery_cancel(discovery_lookup_t *l);
 
 /* The key kept from a response. */

@@ -1,6 +1,8 @@
 /* The ingress side of the encryption gateway: see encrypt.h. */
 #include "ingress/encrypt.h"
 
+#include "ingress/discover.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -80,6 +82,7 @@ struct encrypt {
      * moves, and only replies read at it are cached. */
     long long dversion;
     metric_t *disc_rejected; /* discovered keys whose tag did not hold */
+    discover_t *discover;    /* look-ups at RCPT; NULL: [discovery] enabled is off */
 };
 
 /* One engine call takes from about 0.1 ms (OpenSSL's CMS, librnp to
@@ -425,6 +428,11 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
         return NULL;
     }
     if (e->highest >= 0) log_info("event=directory_state version=%lld", e->highest);
+    if (ingress->cfg->discovery.enabled && !(e->discover = discover_new(ingress, err, errlen))) {
+        keydir_free(e->keydir);
+        free(e);
+        return NULL;
+    }
     register_metrics(e);
     e->homes_ok = true;
     check_homes(e);
@@ -445,13 +453,14 @@ static void on_poll_closed(uv_handle_t *h)
 
 void encrypt_stop(encrypt_t *e)
 {
+    if (e->discover) discover_stop(e->discover);
     if (e->poll_open && !uv_is_closing((uv_handle_t *)&e->poll))
         uv_close((uv_handle_t *)&e->poll, on_poll_closed);
 }
 
 bool encrypt_busy(const encrypt_t *e)
 {
-    return e->poll_open || e->polling || e->reading;
+    return e->poll_open || e->polling || e->reading || (e->discover && discover_busy(e->discover));
 }
 
 void encrypt_free(encrypt_t *e)
@@ -459,6 +468,7 @@ void encrypt_free(encrypt_t *e)
     if (!e) return;
     keydir_free(e->keydir);
     keydir_index_free(e->index);
+    discover_free(e->discover);
     crypto_homes_remove(e->homes);
     free(e);
 }
@@ -474,6 +484,9 @@ struct lookup {
     void *arg;
     struct lookup *next; /* waiting for an index */
     bool again;          /* sent again once, after the index was read anew */
+    bool may_discover;
+    enum enc_policy policy; /* while discovery looks: the address's policy and preference */
+    enum crypto_method prefer;
 };
 
 /* The verdict from what is known of the address (keydir_decide: the
@@ -509,6 +522,7 @@ static enum rcpt_verdict decide(encrypt_t *e, const char *addr, const char *peer
     }
     if (d == DECIDE_PLAIN) return RCPT_PLAIN;
     const keydir_key_t *chosen = &entry->keys[m];
+    if (!chosen->armored_len) return RCPT_IN_DOUBT; /* keydir_decide encrypts only to data */
     key->armored = malloc(chosen->armored_len);
     if (!key->armored) return RCPT_NO_MEMORY;
     memcpy(key->armored, chosen->armored, chosen->armored_len);
@@ -625,6 +639,69 @@ static enum rcpt_verdict directory_in_doubt(encrypt_t *e, const char *addr, cons
 
 static enum rcpt_verdict wait_for_index(encrypt_t *e, struct lookup *l);
 
+/* Discovery's answer for a keyless address: its key, nothing, or no answer
+ * in time, which under required is 451 4.7.1 (try later), never 550. */
+static enum rcpt_verdict discovered_verdict(encrypt_t *e, struct lookup *l, enum discover_result r,
+                                            const keydir_key_t *found, struct rcpt_key *key)
+{
+    keydir_entry_t entry = {.policy = l->policy, .prefer = l->prefer};
+    if (r == DISCOVER_FOUND) entry.keys[CRYPTO_OPENPGP] = *found;
+    if (r == DISCOVER_FAILED && l->policy == ENC_POLICY_REQUIRED) {
+        char safe[LOG_SAFE_MAX];
+        metric_add(e->decisions[DECIDE_UNKNOWN], 1);
+        log_info("event=key_lookup_in_doubt client=%s rcpt=<%s> policy=required", l->peer,
+                 log_addr(l->addr, safe));
+        return RCPT_LOOKUP_FAILED;
+    }
+    return decide(e, l->addr, l->peer, &entry, key);
+}
+
+static void on_discovered(void *arg, enum discover_result r, const keydir_key_t *found)
+{
+    struct lookup *l = arg;
+    struct rcpt_key key = {0};
+    enum rcpt_verdict v = discovered_verdict(l->e, l, r, found, &key);
+    l->cb(l->arg, v, &key);
+    rcpt_key_free(&key);
+    free(l);
+}
+
+/* A miss filed for name (an address, or "@domain") that has not run out and
+ * whose tag holds. One that fails its tag was not filed by a node: it is
+ * ignored, and a look-up made. */
+static bool miss_holds(const encrypt_t *e, const char *name, const queue_miss_t *m)
+{
+    return m->until > (long long)time(NULL) &&
+           keydir_miss_verify(e->ingress->seal, name, m->until, m->failed, m->tag) == 1;
+}
+
+/* A keyless address under discovery: a miss another look-up filed (its tag
+ * checked) decides now; else a look-up of its own, unless this RCPT may not
+ * make one (the null sender, a skipped domain, max_parallel reached), when
+ * it is keyless for now. RCPT_PENDING: on_discovered has l. */
+static enum rcpt_verdict keyless_verdict(encrypt_t *e, struct lookup *l, const queue_key_found_t *f,
+                                         const keydir_entry_t *entry, struct rcpt_key *key)
+{
+    l->policy = entry->policy;
+    l->prefer = entry->prefer;
+    const queue_miss_t *miss = NULL;
+    char domain[PROTO_PATH_MAX + 2];
+    const char *at = strrchr(l->addr, '@');
+    snprintf(domain, sizeof domain, "%s", at ? at : "@");
+    if (miss_holds(e, l->addr, &f->miss))
+        miss = &f->miss;
+    else if (miss_holds(e, domain, &f->domain_miss))
+        miss = &f->domain_miss;
+    if (miss) {
+        discover_count_cached(e->discover);
+        return discovered_verdict(e, l, miss->failed ? DISCOVER_FAILED : DISCOVER_NONE, NULL, key);
+    }
+    if (l->may_discover && discover_applies(e->discover, l->addr) &&
+        discover_start(e->discover, l->addr, on_discovered, l) == 0)
+        return RCPT_PENDING;
+    return decide(e, l->addr, l->peer, entry, key);
+}
+
 static void on_lookup(int status, const char *err, const queue_key_found_t *f, void *arg)
 {
     struct lookup *l = arg;
@@ -662,13 +739,23 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
                                     (enum enc_prefer)cfg->crypto.prefer),
             .keys = {[CRYPTO_OPENPGP] = entry_key(&f->keys[CRYPTO_OPENPGP]),
                      [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
-        if (!entry.keys[CRYPTO_OPENPGP].fpr[0] && !entry.keys[CRYPTO_SMIME].fpr[0])
-            entry.keys[CRYPTO_OPENPGP] = discovered_key(e, l->addr, &f->disc);
-        if (f->dversion == e->dversion && keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
+        bool keyless = !entry.keys[CRYPTO_OPENPGP].fpr[0] && !entry.keys[CRYPTO_SMIME].fpr[0];
+        if (keyless) entry.keys[CRYPTO_OPENPGP] = discovered_key(e, l->addr, &f->disc);
+        /* a keyless entry is not cached while discovery may change it: its
+         * miss, or its absence, is read from Redis at each RCPT */
+        bool discoverable = keyless && e->discover && entry.policy != ENC_POLICY_NEVER;
+        if (discoverable && entry.keys[CRYPTO_OPENPGP].fpr[0]) discover_count_cached(e->discover);
+        if (!(discoverable && !entry.keys[CRYPTO_OPENPGP].fpr[0]) && f->dversion == e->dversion &&
+            keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
             char safe[LOG_SAFE_MAX];
             log_warn("event=keys_cache_failed rcpt=%s", log_addr(l->addr, safe));
         }
-        v = decide(e, l->addr, l->peer, &entry, &key);
+        if (discoverable && !entry.keys[CRYPTO_OPENPGP].fpr[0]) {
+            v = keyless_verdict(e, l, f, &entry, &key);
+            if (v == RCPT_PENDING) return;
+        } else {
+            v = decide(e, l->addr, l->peer, &entry, &key);
+        }
     } else {
         log_warn("event=keys_lookup_failed client=%s error=\"%s\"", l->peer, err);
     }
@@ -726,7 +813,7 @@ static enum rcpt_verdict wait_for_index(encrypt_t *e, struct lookup *l)
     return RCPT_PENDING;
 }
 
-enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
+enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer, bool may_discover,
                                struct rcpt_key *key, encrypt_rcpt_cb cb, void *arg)
 {
     const config_t *cfg = e->ingress->cfg;
@@ -739,7 +826,7 @@ enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
     if (cached) return decide(e, canon, peer, cached, key);
     struct lookup *l = calloc(1, sizeof *l);
     if (!l) return RCPT_NO_MEMORY;
-    *l = (struct lookup){.e = e, .cb = cb, .arg = arg};
+    *l = (struct lookup){.e = e, .cb = cb, .arg = arg, .may_discover = may_discover};
     memcpy(l->addr, canon, sizeof l->addr);
     snprintf(l->peer, sizeof l->peer, "%s", peer);
     if (!e->index) return wait_for_index(e, l);

@@ -24,11 +24,12 @@ bool encrypt_busy(const encrypt_t *e);
 void encrypt_free(encrypt_t *e);
 
 enum rcpt_verdict {
-    RCPT_PLAIN,       /* the recipient gets the message as it came */
-    RCPT_ENCRYPT,     /* ... encrypted to key */
-    RCPT_REFUSED,     /* policy required and no usable key: counted and logged */
-    RCPT_UNAVAILABLE, /* the directory could not be asked: logged */
-    RCPT_IN_DOUBT,    /* a key or certificate there cannot be judged now: logged */
+    RCPT_PLAIN,         /* the recipient gets the message as it came */
+    RCPT_ENCRYPT,       /* ... encrypted to key */
+    RCPT_REFUSED,       /* policy required and no usable key: counted and logged */
+    RCPT_UNAVAILABLE,   /* the directory could not be asked: logged */
+    RCPT_IN_DOUBT,      /* a key or certificate there cannot be judged now: logged */
+    RCPT_LOOKUP_FAILED, /* required, and discovery could not say now: logged */
     RCPT_NO_MEMORY,
     RCPT_PENDING /* being asked: the callback tells */
 };
@@ -36,8 +37,9 @@ enum rcpt_verdict {
 typedef void (*encrypt_rcpt_cb)(void *arg, enum rcpt_verdict verdict, struct rcpt_key *key);
 /* The verdict for a recipient address: at once from the cache (key filled
  * for RCPT_ENCRYPT), or RCPT_PENDING and cb later, exactly once. peer names
- * the client in logs. */
-enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer,
+ * the client in logs. may_discover: the address's key may be looked up
+ * (discovery on, and not for the null sender's bounces). */
+enum rcpt_verdict encrypt_rcpt(encrypt_t *e, const char *addr, const char *peer, bool may_discover,
                                struct rcpt_key *key, encrypt_rcpt_cb cb, void *arg);
 
 /* The gateway's work on a message: job holds the sealed variants, or why

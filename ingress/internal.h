@@ -7,7 +7,8 @@
  *                                                            policy, transaction
  *   session.c      the connection: framing, replies, life -> policy, transaction
  *   commit.c       end of data to the reply               -> encrypt, transaction
- *   encrypt.c      recipients' keys, the encryption job   -> transaction
+ *   encrypt.c      recipients' keys, the encryption job   -> discover, transaction
+ *   discover.c     key discovery at RCPT (discovery/)
  *   auth.c         AUTH exchanges and their checks
  *   policy.c       admission, PROXY, relay and sender rules
  *   transaction.c  one mail transaction: envelope, recipients, body

@@ -282,6 +282,12 @@ static void rcpt_decided(session_t *s, enum rcpt_verdict verdict, struct rcpt_ke
         session_reply(s, "451 4.7.5 <%s>: Recipient's key cannot be checked now, try again later",
                       s->pending_rcpt);
         break;
+    case RCPT_LOOKUP_FAILED:
+        session_reply(s,
+                      "451 4.7.1 <%s>: Recipient's key could not be looked up now, try again "
+                      "later",
+                      s->pending_rcpt);
+        break;
     case RCPT_UNAVAILABLE:
         session_reply(s, "451 4.3.0 Recipient's encryption policy unavailable, try again later");
         break;
@@ -323,8 +329,8 @@ static void proceed_rcpt(session_t *s, const proto_command_t *cmd)
     snprintf(s->pending_rcpt, sizeof s->pending_rcpt, "%s", addr);
     struct rcpt_key key = {0};
     s->state = STATE_WAIT;
-    enum rcpt_verdict v =
-        encrypt_rcpt(s->ingress->encrypt, addr, s->peer, &key, on_rcpt_verdict, s);
+    enum rcpt_verdict v = encrypt_rcpt(s->ingress->encrypt, addr, s->peer, s->tx->sender[0] != 0,
+                                       &key, on_rcpt_verdict, s);
     if (v == RCPT_PENDING) return;
     s->state = STATE_COMMAND;
     rcpt_decided(s, v, &key);

@@ -87,8 +87,8 @@ static void disc_fields(queue_disc_t *d, redisReply **at, bool with_url)
     d->tag = reply_text(at[6], &len);
 }
 
-/* A miss as stored, "until tag". */
-static void miss_fields(queue_key_found_t *f, const redisReply *r)
+/* A miss as stored, "until kind tag" (kind "none" or "error"). */
+static void miss_fields(queue_miss_t *m, const redisReply *r)
 {
     size_t len;
     const char *v = reply_text(r, &len);
@@ -96,14 +96,18 @@ static void miss_fields(queue_key_found_t *f, const redisReply *r)
     unsigned long long until;
     if (!space || util_parse_decimal(v, (size_t)(space - v), &until) < 0 || until > LLONG_MAX)
         return;
-    f->miss_until = (long long)until;
-    f->miss_tag = space + 1;
+    const char *kind = space + 1, *end = v + len;
+    bool failed = end - kind > 6 && !memcmp(kind, "error ", 6);
+    if (!failed && !(end - kind > 5 && !memcmp(kind, "none ", 5))) return;
+    m->until = (long long)until;
+    m->failed = failed;
+    m->tag = kind + (failed ? 6 : 5);
 }
 
 /* key_lookup's reply as f (pointing into it); false when malformed. */
 static bool parse_found(const redisReply *reply, queue_key_found_t *f)
 {
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 20) return false;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 21) return false;
     *f = (queue_key_found_t){0};
     size_t len;
     f->version = reply_ll(reply->element[0], 0);
@@ -115,7 +119,8 @@ static bool parse_found(const redisReply *reply, queue_key_found_t *f)
     f->domain_prefer = reply_text(reply->element[10], &len);
     f->dversion = reply_ll(reply->element[11], 0);
     disc_fields(&f->disc, reply->element + 12, false);
-    miss_fields(f, reply->element[19]);
+    miss_fields(&f->miss, reply->element[19]);
+    miss_fields(&f->domain_miss, reply->element[20]);
     return true;
 }
 
@@ -136,7 +141,8 @@ int queue_key_lookup(queue_t *q, const char *addr, const char *domain, queue_key
     call->done = on_lookup_reply;
     call->cb.key = cb;
     const char *args[] = {addr, domain};
-    return fcall_keys(call, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL);
+    return fcall_keys(call, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr, .domain = domain}, 2, args,
+                      NULL);
 }
 
 static void on_version_reply(struct call *call, redisReply *reply, const char *err)
@@ -201,14 +207,24 @@ int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *
                       args, lens);
 }
 
-int queue_disc_miss(queue_t *q, const char *address, long long until, const char *tag,
+int queue_disc_miss(queue_t *q, const char *address, long long until, bool failed, const char *tag,
                     queue_status_cb cb, void *arg)
 {
     char text[24];
     snprintf(text, sizeof text, "%lld", until);
-    const char *args[] = {text, tag};
-    return fcall_keys(call_status(q, cb, arg), FN_DISC_MISS, &(key_ids_t){.addr = address}, 2, args,
+    const char *args[] = {text, failed ? "error" : "none", tag};
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_MISS, &(key_ids_t){.addr = address}, 3, args,
                       NULL);
+}
+
+int queue_disc_domain_miss(queue_t *q, const char *domain, long long until, const char *tag,
+                           queue_status_cb cb, void *arg)
+{
+    char text[24];
+    snprintf(text, sizeof text, "%lld", until);
+    const char *args[] = {text, "none", tag};
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_DOMAIN_MISS, &(key_ids_t){.domain = domain},
+                      3, args, NULL);
 }
 
 int queue_admin_disc_put(queue_admin_t *a, const queue_disc_t *d, char *err, size_t errlen)
@@ -344,9 +360,11 @@ int queue_admin_key_directory(queue_admin_t *a, queue_key_directory_cb cb, void 
 int queue_admin_key_address(queue_admin_t *a, const char *addr, queue_key_cb cb, void *arg,
                             char *err, size_t errlen)
 {
+    const char *at = strrchr(addr, '@');
     const char *args[] = {addr, ""};
     redisReply *r =
-        queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL, err, errlen);
+        queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr, .domain = at ? at + 1 : ""},
+                         2, args, NULL, err, errlen);
     if (!r) return -1;
     queue_key_found_t f;
     bool ok = parse_found(r, &f);
@@ -508,9 +526,11 @@ int queue_admin_key_get(queue_admin_t *a, const char *fpr, queue_key_stored_t *o
 int queue_admin_key_find(queue_admin_t *a, const char *addr, char fprs[QUEUE_KEY_METHODS][65],
                          char *err, size_t errlen)
 {
+    const char *at = strrchr(addr, '@');
     const char *args[] = {addr, ""};
     redisReply *r =
-        queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr}, 2, args, NULL, err, errlen);
+        queue_admin_call(a, FN_KEY_LOOKUP, &(key_ids_t){.addr = addr, .domain = at ? at + 1 : ""},
+                         2, args, NULL, err, errlen);
     if (!r) return -1;
     queue_key_found_t f;
     bool ok = parse_found(r, &f);

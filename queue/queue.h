@@ -272,13 +272,21 @@ typedef struct queue_disc {
     long long found, checked;
 } queue_disc_t;
 
+/* A miss filed by discovery: nothing found (or, failed, the look-up failed)
+ * until then; until 0: none. */
+typedef struct queue_miss {
+    long long until;
+    bool failed;
+    const char *tag;
+} queue_miss_t;
+
 typedef struct queue_key_found {
     long long version;  /* of the directory when read: see queue_key_version */
     long long dversion; /* of the discovered keys and misses */
     queue_found_key_t keys[QUEUE_KEY_METHODS];
-    queue_disc_t disc;    /* the address's discovered key, fpr "" when none */
-    long long miss_until; /* a miss filed for the address: none after then; 0: no miss */
-    const char *miss_tag;
+    queue_disc_t disc;         /* the address's discovered key, fpr "" when none */
+    queue_miss_t miss;         /* the address's */
+    queue_miss_t domain_miss;  /* its domain's: it has no WKD at all */
     const char *addr_policy;   /* "never", "opportunistic", "required", or NULL: none set */
     const char *domain_policy; /* the same for its domain */
     const char *addr_prefer;   /* "openpgp", "smime", or NULL: none set */
@@ -298,10 +306,14 @@ typedef void (*queue_versions_cb)(int status, const char *err, long long version
  * policy) and the discovered keys' (with every key or miss filed). */
 int queue_key_version(queue_t *q, queue_versions_cb cb, void *arg);
 
-/* Files a discovered key (d->tag made by the caller), or a miss until then. */
+/* Files a discovered key (d->tag made by the caller), or a miss until then
+ * (failed: the look-up failed, rather than found nothing). */
 int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *arg);
-int queue_disc_miss(queue_t *q, const char *address, long long until, const char *tag,
+int queue_disc_miss(queue_t *q, const char *address, long long until, bool failed, const char *tag,
                     queue_status_cb cb, void *arg);
+/* A miss for a whole domain that has no WKD. */
+int queue_disc_domain_miss(queue_t *q, const char *domain, long long until, const char *tag,
+                           queue_status_cb cb, void *arg);
 
 /* The directory's index as Redis holds it (issue 18): every entry a node
  * trusts, named ("a:<address>:<method>", "k:<id>", "p:<name>", "r:<name>"),

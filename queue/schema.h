@@ -50,6 +50,7 @@ enum key_kind {
     KEY_DIRMAC,         /* the index's seal: version, tag */
     KEY_DISC,           /* disc:<address>, a discovered key */
     KEY_MISS,           /* miss:<address>, nothing discovered, for a while */
+    KEY_DOMAIN_MISS,    /* dmiss:<domain>, a domain without WKD, for a while */
     KEY_DVERSION,       /* raised by each of those */
     KEY_DINDEX,         /* every address with a discovered key */
     /* the DKIM signing keys, {sealpost:dkim}:<name> */
@@ -123,6 +124,7 @@ enum queue_fn {
     FN_DKIM_TAG,
     FN_DISC_PUT,
     FN_DISC_MISS,
+    FN_DISC_DOMAIN_MISS,
     FN_DISC_DELETE,
     FN_DISC_ADDRESSES,
     FN_DISC_GET,

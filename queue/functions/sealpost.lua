@@ -725,12 +725,12 @@ local function address_fields(m)
   return 'fpr', 'expires', 'data'
 end
 
--- KEYS: a, policy, prefer, version, disc, miss, dversion
+-- KEYS: a, policy, prefer, version, disc, miss, dversion, dmiss
 -- ARGV: address, domain.
 -- Returns {version, fpr, expires, data, address policy, domain policy,
 --          smime_fpr, smime_expires, smime_data, address prefer, domain prefer,
 --          dversion, the discovered key's fpr, expires, data, source, found,
---          checked, tag, and the miss ('until tag') or false}.
+--          checked, tag, the miss ('until kind tag') or false, and the domain's}.
 local function key_lookup(keys, args)
   local k = redis.call('HMGET', keys[1], 'fpr', 'expires', 'data', 'smime_fpr',
                        'smime_expires', 'smime_data')
@@ -741,7 +741,7 @@ local function key_lookup(keys, args)
           redis.call('HGET', keys[2], args[2]), k[4], k[5], k[6],
           redis.call('HGET', keys[3], args[1]), redis.call('HGET', keys[3], args[2]),
           redis.call('GET', keys[7]) or '0', d[1], d[2], d[3], d[4], d[5], d[6], d[7],
-          redis.call('GET', keys[6])}
+          redis.call('GET', keys[6]), redis.call('GET', keys[8])}
 end
 
 -- KEYS: version, dversion
@@ -757,7 +757,9 @@ end
 --   disc:<address> hash fpr, expires, data, source ('wkd', 'keyserver'),
 --                  url, found (Unix time this fingerprint was first filed),
 --                  checked (last looked up), tag
---   miss:<address> 'until tag': nothing to be found, until then (expires then)
+--   miss:<address> 'until kind tag': nothing found ('none'), or the look-up
+--                  failed ('error'), until then (it expires then)
+--   dmiss:<domain> the same for a domain without WKD (no host, no policy file)
 --   dversion       counter, raised by every discovered key or miss filed
 --   dindex         zset address -> checked, every discovered key
 
@@ -775,12 +777,18 @@ local function disc_put(keys, args)
 end
 
 -- KEYS: miss, dversion
--- ARGV: until (Unix time), tag.
+-- ARGV: until (Unix time), kind ('none', 'error'), tag.
 -- Files a miss, gone at until.
 local function disc_miss(keys, args)
-  redis.call('SET', keys[1], args[1] .. ' ' .. args[2], 'EXAT', args[1])
+  redis.call('SET', keys[1], args[1] .. ' ' .. args[2] .. ' ' .. args[3], 'EXAT', args[1])
   redis.call('INCR', keys[2])
   return 'ok'
+end
+
+-- KEYS: dmiss, dversion
+-- ARGV: as disc_miss: a miss for a whole domain, which has no WKD at all.
+local function disc_domain_miss(keys, args)
+  return disc_miss(keys, args)
 end
 
 -- KEYS: disc, miss, dversion, dindex
@@ -1307,6 +1315,7 @@ redis.register_function{function_name = 'key_lookup', callback = key_lookup,
                         flags = {'no-writes'}}
 redis.register_function('disc_put', disc_put)
 redis.register_function('disc_miss', disc_miss)
+redis.register_function('disc_domain_miss', disc_domain_miss)
 redis.register_function('disc_delete', disc_delete)
 redis.register_function{function_name = 'disc_addresses', callback = disc_addresses,
                         flags = {'no-writes'}}

@@ -6,7 +6,7 @@
  * input's first octet says, the loop run between chunks, so hiredis's
  * reader gets the replies cut anywhere. The requests are the nodes' own:
  * enqueue (with WAIT when the second octet asks for replicas), claim,
- * fetch, extend, forget, key_lookup, key_version, seal_check, auth_begin,
+ * fetch, extend, forget, key_lookup, key_version, disc_put, disc_miss, seal_check, auth_begin,
  * dkim_version, dkim_keys, stats and the status report.
  *
  * Beyond "no crash, no leak, no out-of-bounds read" (ASan/UBSan, LSan),
@@ -45,6 +45,8 @@ enum req {
     R_FORGET,
     R_KEY_LOOKUP,
     R_KEY_VERSION,
+    R_DISC_PUT,
+    R_DISC_MISS,
     R_SEAL_CHECK,
     R_AUTH,
     R_DKIM_VERSION,
@@ -120,6 +122,10 @@ static void on_key(int status, const char *err, const queue_key_found_t *f, void
     called(arg, status, err);
     if (status < 0) return;
     CHECK(f != NULL);
+    CHECK(bounded(f->disc.fpr, sizeof f->disc.fpr));
+    CHECK(!f->disc.data || f->disc.len < 1 << 30);
+    CHECK(f->miss.until == 0 || f->miss.tag);
+    CHECK(f->domain_miss.until == 0 || f->domain_miss.tag);
     for (int m = 0; m < QUEUE_KEY_METHODS; m++) {
         const queue_found_key_t *k = &f->keys[m];
         CHECK(bounded(k->fpr, sizeof k->fpr));
@@ -340,6 +346,16 @@ static void send_requests(queue_t *q, queue_job_t *job)
     job->shard = 1;
     track(R_EXTEND, queue_extend(q, job, 30000, on_status, &fz.t[R_EXTEND]));
     track(R_FORGET, queue_forget(q, 1, &claimed, on_status, &fz.t[R_FORGET]));
+    queue_disc_t disc = {.address = "bob@example.test",
+                         .fpr = "AAAA",
+                         .data = "key",
+                         .len = 3,
+                         .source = "wkd",
+                         .url = "https://x.test/",
+                         .tag = "k1:t"};
+    track(R_DISC_PUT, queue_disc_put(q, &disc, on_status, &fz.t[R_DISC_PUT]));
+    track(R_DISC_MISS,
+          queue_disc_miss(q, "bob@example.test", 1, false, "k1:t", on_status, &fz.t[R_DISC_MISS]));
     track(R_KEY_LOOKUP,
           queue_key_lookup(q, "bob@example.test", "example.test", on_key, &fz.t[R_KEY_LOOKUP]));
     track(R_KEY_VERSION, queue_key_version(q, on_versions, &fz.t[R_KEY_VERSION]));

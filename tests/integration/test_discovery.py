@@ -10,10 +10,12 @@ import time
 import pytest
 import redis as redis_py
 
-from conftest import BIN, free_port, start_dnsmasq, wait_for
+import threading
+
+from conftest import BIN, Sealpost, base_config, free_port, start_dnsmasq, wait_for
 from pgp import Person, gpg
 from test_gateway import check_pgp_mime, message
-from wkd import Pki, WebServer, wks_client_url
+from wkd import Pki, WebServer, wkd_hash, wks_client_url
 
 WEB = "127.0.1.1"
 HOSTS = ["openpgpkey.example.test", "example.test", "direct.test", "nowkd.test", "keys.test"]
@@ -208,3 +210,154 @@ def test_a_forged_discovered_key_is_not_used(stack, web, discovery, people):
     content = stack.sink.messages[0][2]
     assert b"BEGIN PGP MESSAGE" not in content
     assert "event=discovered_key_rejected" in ingress.read_log()
+
+
+# ---- look-ups by the ingress at RCPT TO ----
+
+def at_rcpt(stack, discovery, extra=""):
+    """Discovery on in the ingress, with routes for the other test domains."""
+    return (discovery + "enabled = yes\n" + extra +
+            f"\n[routes]\nnowkd.test = 127.0.0.1:{stack.sink.port}\n")
+
+
+def rcpt_codes(port, rcpts, sender="sender@origin.test", data=None):
+    """Each RCPT's code (and the time it took), then the message sent when
+    every one was accepted."""
+    codes = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.ehlo()
+        c.mail(sender)
+        for r in rcpts:
+            start = time.monotonic()
+            code, text = c.rcpt(r)
+            codes.append((code, text.decode(), time.monotonic() - start))
+        if data and all(code == 250 for code, _, _ in codes):
+            assert c.data(data)[0] == 250
+    return codes
+
+
+def second_ingress(stack, extra):
+    port = free_port()
+    p = Sealpost(stack.tmp, "ingress2", base_config(stack.redis.port, port, stack.sink.port,
+                                                     extra), "ingress").start(port)
+    stack.procs.append(p)
+    wait_for(lambda: "event=queue_ready" in p.read_log(), what="the second ingress")
+    return p, port
+
+
+def test_rcpt_finds_the_key_and_another_ingress_uses_it_without_a_lookup(
+        stack, web, discovery, people):
+    carol = people["carol"]
+    web.publish_wkd(carol.email, binary(carol))
+    extra = at_rcpt(stack, discovery)
+    ingress = stack.ingress(extra)
+    stack.worker()
+    assert rcpt_codes(stack.smtp_port, [carol.email], data=message(carol.email))[0][0] == 250
+    wait_for(lambda: stack.sink.messages, what="delivery")
+    assert b"Quarterly figures" in carol.decrypt_with_sq(
+        check_pgp_mime(stack.sink.messages[0][2]))
+    assert len(web.key_requests()) == 1
+    assert "event=key_discovered" in ingress.read_log()
+    entry = listed(stack, discovery)
+    assert [(k["fingerprint"], k["source"], k["trust"]) for k in entry] == [
+        (carol.fpr, "wkd", "discovered")]
+    # a second ingress: the key filed by the first, no look-up of its own
+    _, port2 = second_ingress(stack, extra)
+    assert rcpt_codes(port2, [carol.email], data=message(carol.email))[0][0] == 250
+    wait_for(lambda: len(stack.sink.messages) == 2, what="the second delivery")
+    assert b"Quarterly figures" in carol.decrypt_with_sq(
+        check_pgp_mime(stack.sink.messages[1][2]))
+    assert len(web.key_requests()) == 1
+
+
+def test_a_burst_to_a_domain_without_wkd_costs_one_lookup(stack, web, discovery):
+    extra = at_rcpt(stack, discovery)
+    stack.ingress(extra)
+    stack.worker()
+    rcpts = [f"user{i}@nowkd.test" for i in range(6)]
+    for r in rcpts:  # one message each, one after the other
+        assert rcpt_codes(stack.smtp_port, [r], data=message(r))[0][0] == 250
+    wait_for(lambda: len(stack.sink.messages) == 6, what="six deliveries")
+    assert all(b"BEGIN PGP" not in m[2] for m in stack.sink.messages)
+    with web.lock:
+        asked = list(web.requests)
+    # the direct method (no openpgpkey.nowkd.test), its 404, the policy file's 404
+    assert asked == [("nowkd.test", f"/.well-known/openpgpkey/hu/{wkd_hash('user0')}?l=user0"),
+                     ("nowkd.test", "/.well-known/openpgpkey/policy")]
+    r = redis_py.Redis(port=stack.redis.port)
+    assert r.exists("{sealpost:crypto}:dmiss:nowkd.test")
+    assert 3500 < r.ttl("{sealpost:crypto}:dmiss:nowkd.test") <= 3600  # negative_ttl
+
+
+def test_a_404_is_cached_for_the_address(stack, web, discovery):
+    stack.ingress(at_rcpt(stack, discovery))
+    for _ in range(3):
+        assert rcpt_codes(stack.smtp_port, ["nobody@example.test"])[0][0] == 250
+    assert [h for h, _ in web.key_requests()] == ["openpgpkey.example.test"]
+    r = redis_py.Redis(port=stack.redis.port)
+    assert r.get("{sealpost:crypto}:miss:nobody@example.test").split()[1] == b"none"
+
+
+def test_parallel_rcpts_for_one_address_share_one_lookup(stack, web, discovery, people):
+    carol = people["carol"]
+    host, path = web.publish_wkd(carol.email, binary(carol))
+    with web.lock:
+        web.files[(host, path)] = (200, binary(carol), 0.5)
+    stack.ingress(at_rcpt(stack, discovery))
+    stack.worker()
+    results = []
+
+    def one():
+        results.append(rcpt_codes(stack.smtp_port, [carol.email], data=message(carol.email)))
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r[0][0] for r in results] == [250] * 5
+    wait_for(lambda: len(stack.sink.messages) == 5, what="five deliveries")
+    assert all(b"multipart/encrypted" in m[2] for m in stack.sink.messages)
+    assert len(web.key_requests()) == 1
+
+
+@pytest.mark.parametrize("policy", ["opportunistic", "required"])
+def test_a_slow_server_never_holds_the_rcpt_past_the_timeout(stack, web, discovery, people,
+                                                             policy):
+    carol = people["carol"]
+    host, path = web.publish_wkd(carol.email, binary(carol))
+    with web.lock:
+        web.files[(host, path)] = (200, binary(carol), 3)
+    extra = at_rcpt(stack, discovery.replace("timeout_ms = 2000", "timeout_ms = 600"))
+    stack.ingress(extra)
+    stack.worker()
+    if policy == "required":
+        assert keys(stack, extra, "policy", "set", "example.test", "required").returncode == 0
+        time.sleep(0.5)  # the nodes see the policy within one poll (250 ms)
+    (code, text, took), = rcpt_codes(stack.smtp_port, [carol.email], data=message(carol.email))
+    assert took < 0.6 + 0.5, took
+    if policy == "opportunistic":
+        assert code == 250
+        wait_for(lambda: stack.sink.messages, what="delivery")
+        assert b"BEGIN PGP" not in stack.sink.messages[0][2]  # plain: no key in time
+    else:
+        assert code == 451 and "4.7.1" in text, (code, text)
+        # the failed look-up is filed for error_ttl: the next RCPT is told at once
+        wait_for(lambda: redis_py.Redis(port=stack.redis.port).exists(
+            f"{{sealpost:crypto}}:miss:{carol.email}"), what="the miss")
+        (code, text, took), = rcpt_codes(stack.smtp_port, [carol.email])
+        assert code == 451 and "4.7.1" in text and took < 0.3
+        assert len(web.key_requests()) == 1
+
+
+def test_no_lookup_for_bounces_skipped_domains_or_policy_never(stack, web, discovery, people):
+    carol = people["carol"]
+    web.publish_wkd(carol.email, binary(carol))
+    extra = at_rcpt(stack, discovery)
+    stack.ingress(extra.replace("enabled = yes", "enabled = yes\nskip_domains = nowkd.test"))
+    assert rcpt_codes(stack.smtp_port, [carol.email], sender="")[0][0] == 250
+    assert rcpt_codes(stack.smtp_port, ["someone@nowkd.test"])[0][0] == 250
+    assert keys(stack, extra, "policy", "set", carol.email, "never").returncode == 0
+    time.sleep(0.5)
+    assert rcpt_codes(stack.smtp_port, [carol.email])[0][0] == 250
+    assert web.requests == []

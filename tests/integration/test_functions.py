@@ -541,13 +541,14 @@ def test_policy_set_and_remove_move_the_version(r):
     # what a node reads for an address: the policies and the version
     found = lookup(r, "a@example.test")
     assert found == [b"3", None, None, None, b"never", None, None, None, None, None, None,
-                     b"0", None, None, None, None, None, None, None, None]
+                     b"0", None, None, None, None, None, None, None, None, None]
 
 
 def lookup(r, address):
-    return r.fcall_ro("key_lookup", 7, crypto(f"a:{address}"), crypto("policy"),
+    return r.fcall_ro("key_lookup", 8, crypto(f"a:{address}"), crypto("policy"),
                       crypto("prefer"), crypto("version"), crypto(f"disc:{address}"),
-                      crypto(f"miss:{address}"), crypto("dversion"), address,
+                      crypto(f"miss:{address}"), crypto("dversion"),
+                      crypto(f"dmiss:{address.split('@')[1]}"), address,
                       address.split("@")[1])
 
 

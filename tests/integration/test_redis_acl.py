@@ -219,9 +219,10 @@ def key_delete(r, fpr="AAAA", address="x@example.test"):
 
 
 def key_lookup(r, address="x@example.test"):
-    return r.fcall_ro("key_lookup", 7, crypto(f"a:{address}"), crypto("policy"),
+    return r.fcall_ro("key_lookup", 8, crypto(f"a:{address}"), crypto("policy"),
                       crypto("prefer"), crypto("version"), crypto(f"disc:{address}"),
-                      crypto(f"miss:{address}"), crypto("dversion"), address,
+                      crypto(f"miss:{address}"), crypto("dversion"),
+                      crypto(f"dmiss:{address.split('@')[1]}"), address,
                       address.split("@")[1])
 
 
@@ -377,6 +378,12 @@ def test_the_ingress_cannot_write_the_key_directory_dkim_keys_or_users(as_role):
     assert refused(ingress.hset, crypto("a:x@example.test"), "fpr", "EVIL")
     assert refused(ingress.delete, crypto("k:AAAA"))
     assert refused(ingress.incr, crypto("version"))
+    # its discovered keys' function cannot be turned on the directory's keys
+    assert refused(ingress.fcall, "disc_put", 4, crypto("a:x@example.test"),
+                   crypto("miss:x@example.test"), crypto("dversion"), crypto("dindex"),
+                   "x@example.test", "EVIL", 0, "evil", "wkd", "", 1, 1, "k1:evil")
+    assert refused(ingress.fcall, "disc_miss", 2, crypto("policy"), crypto("dversion"),
+                   9999999999, "none", "k1:evil")
     # nor seal a directory of its own, nor tag a user or a DKIM key
     assert refused(key_seal, ingress, version, version + 1, "k:EVIL", "k1:evil")
     assert refused(ingress.hset, crypto("macs"), "k:EVIL", "k1:evil")
@@ -492,17 +499,18 @@ def test_each_roles_own_calls_pass(as_role):
     assert admin.zscore(shard("held"), JID) is not None
     assert admin.xrange(shard("log"), "-", "+")
     assert admin.fcall_ro("user_list", 2, *AUTH_KEYS) == [[b"u@origin.test", 0]]
-    # discovered keys: `keys lookup` files one, `keys list` reads them, the
-    # ingress finds it with the address's lookup
-    assert disc_put(admin) == b"ok"
-    assert admin.fcall_ro("disc_addresses", 1, crypto("dindex")) == [b"d@example.test"]
+    # discovered keys: the ingress (or `keys lookup`) files one and a miss,
+    # `keys list` reads them, the ingress finds them with the address's lookup
+    assert disc_put(ingress) == b"ok" and disc_put(admin, "c@example.test") == b"ok"
+    assert sorted(admin.fcall_ro("disc_addresses", 1, crypto("dindex"))) == [
+        b"c@example.test", b"d@example.test"]
     assert admin.fcall_ro("disc_get", 1, crypto("disc:d@example.test"))[:4] == [
         b"DDDD", b"0", b"key data", b"wkd"]
     assert key_lookup(ingress, "d@example.test")[12:19] == [
         b"DDDD", b"0", b"key data", b"wkd", b"1", b"2", b"k1:disc tag"]
-    assert admin.fcall("disc_miss", 2, crypto("miss:e@example.test"), crypto("dversion"),
-                       int(time.time()) + 60, "k1:miss tag") == b"ok"
-    assert key_lookup(ingress, "e@example.test")[19].endswith(b" k1:miss tag")
+    assert ingress.fcall("disc_miss", 2, crypto("miss:e@example.test"), crypto("dversion"),
+                       int(time.time()) + 60, "none", "k1:miss tag") == b"ok"
+    assert key_lookup(ingress, "e@example.test")[19].endswith(b" none k1:miss tag")
     assert admin.fcall("disc_delete", 4, crypto("disc:d@example.test"),
                        crypto("miss:d@example.test"), crypto("dversion"), crypto("dindex"),
                        "d@example.test") == 1
