@@ -183,6 +183,8 @@ static void list_one(const queue_disc_t *d, void *arg)
         printf(",\"trust\":\"discovered\",\"found\":%lld,\"checked\":%lld,\"url\":", d->found,
                d->checked);
         cmd_json_string(d->url ? d->url : "");
+        printf(",\"change\":");
+        cmd_json_string(d->change ? d->change : "");
         printf("}");
     } else {
         printf("%s ", d->fpr);
@@ -191,6 +193,7 @@ static void list_one(const queue_disc_t *d, void *arg)
         cmd_print_time(d->found);
         printf(", checked ");
         cmd_print_time(d->checked);
+        if (d->change && d->change[0]) printf(", changed %s", d->change);
         printf(")\n");
     }
     l->first = false;

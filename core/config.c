@@ -69,13 +69,17 @@ enum choice_list {
     CHOICE_SMIME_CIPHER,
     CHOICE_SMIME_RSA_PADDING,
     CHOICE_ENC_PREFER,
-    CHOICE_OPENPGP_ENGINE
+    CHOICE_OPENPGP_ENGINE,
+    CHOICE_KEY_CHANGE,
+    CHOICE_TRUST
 };
 static const char *const *const choice_lists[] = {
     [CHOICE_SMIME_CIPHER] = (const char *const[]){"aes256-cbc", "aes256-gcm", NULL},
     [CHOICE_SMIME_RSA_PADDING] = (const char *const[]){"pkcs1", "oaep", NULL},
     [CHOICE_ENC_PREFER] = (const char *const[]){"openpgp", "smime", NULL},
     [CHOICE_OPENPGP_ENGINE] = (const char *const[]){"gpgme", "rnp", NULL},
+    [CHOICE_KEY_CHANGE] = (const char *const[]){"accept", "keep-old", NULL},
+    [CHOICE_TRUST] = (const char *const[]){"discovered", "imported", NULL},
 };
 
 int config_parse_enc_prefer(const char *value, enum enc_prefer *out)
@@ -214,6 +218,7 @@ static const key_spec_t keys[] = {
      CHOICE_SMIME_RSA_PADDING, 0, "pkcs1"},
     {"crypto", "smime_ca_file", T_STRING, OFF(crypto.smime_ca_file), 0, 0, ""},
     {"crypto", "smime_crl_file", T_STRING, OFF(crypto.smime_crl_file), 0, 0, ""},
+    {"crypto", "min_trust", T_CHOICE, OFF(crypto.min_trust), CHOICE_TRUST, 0, "discovered"},
     {"crypto", "directory_state_file", T_STRING, OFF(crypto.directory_state_file), 0, 0, ""},
     /* gpgme: a gpg process per encryption; rnp: librnp in the thread,
      * keys held in memory. */
@@ -231,6 +236,9 @@ static const key_spec_t keys[] = {
     {"discovery", "error_ttl", T_UINT, OFF(discovery.error_ttl), 1, 2592000, "300"},
     {"discovery", "max_parallel", T_UINT, OFF(discovery.max_parallel), 1, 10000, "16"},
     {"discovery", "skip_domains", T_STRING, OFF(discovery.skip_domains), 0, 0, ""},
+    {"discovery", "refresh", T_UINT, OFF(discovery.refresh), 1, 31536000, "86400"},
+    {"discovery", "key_change", T_CHOICE, OFF(discovery.key_change), CHOICE_KEY_CHANGE, 0,
+     "accept"},
 
     /* DKIM signing in the workers (delivery/signer.c); the keys are in Redis. */
     {"dkim", "default_domain", T_DOMAIN, OFF(dkim.default_domain), 0, 0, ""},

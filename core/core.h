@@ -172,6 +172,11 @@ enum smime_rsa_padding { SMIME_RSA_PKCS1, SMIME_RSA_OAEP };
 enum enc_policy { ENC_POLICY_NEVER, ENC_POLICY_OPPORTUNISTIC, ENC_POLICY_REQUIRED };
 int config_parse_enc_policy(const char *value, enum enc_policy *out);
 const char *config_enc_policy_name(enum enc_policy p);
+/* [discovery] key_change: a discovered key whose fingerprint changed on
+ * refresh replaces the old one (accept), or the old one stays (keep-old). */
+enum config_key_change { KEY_CHANGE_ACCEPT, KEY_CHANGE_KEEP_OLD };
+/* [crypto] min_trust: discovered keys encrypt too, or only an operator's. */
+enum config_trust { TRUST_DISCOVERED, TRUST_IMPORTED };
 /* [crypto] openpgp_engine: who encrypts OpenPGP mail (crypto_openpgp_engine). */
 enum config_openpgp_engine { CONFIG_OPENPGP_GPGME, CONFIG_OPENPGP_RNP };
 
@@ -314,6 +319,7 @@ typedef struct config {
         char smime_crl_file[512];       /* PEM CRLs of those CAs; "": none (README says why) */
         unsigned openpgp_engine;        /* enum config_openpgp_engine: gpg, or librnp */
         char directory_state_file[512]; /* the highest directory version taken; "": memory */
+        unsigned min_trust;             /* enum config_trust: the least trusted key that encrypts */
     } crypto;
 
     struct {
@@ -327,6 +333,8 @@ typedef struct config {
         unsigned error_ttl;      /* ... and a look-up that failed or timed out */
         unsigned max_parallel;   /* look-ups under way per ingress; past it, keyless for now */
         char skip_domains[1024]; /* never looked up: internal domains ("a.test b.test") */
+        unsigned refresh;        /* seconds after which a discovered key is looked up again */
+        unsigned key_change;     /* enum config_key_change: a refreshed key of another fpr */
     } discovery;
 
     struct {

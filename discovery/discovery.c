@@ -1,8 +1,9 @@
 /* One look-up: WKD's advanced method, its direct method when the
  * openpgpkey sub-domain does not exist (draft §3.1: only then), then the
  * keyserver when one is configured and WKD found nothing. A domain that
- * answers by WKD speaks for its own users: its 404, or a key of its that
- * discovery_select refuses, is not overruled by a keyserver's copy. */
+ * has a WKD (its openpgpkey host, or a policy file at the direct one)
+ * speaks for its own users: its 404, or a key of its that discovery_select
+ * refuses, is not overruled by a keyserver's copy. */
 #include "discovery/discovery.h"
 
 #include "discovery/internal.h"
@@ -39,6 +40,7 @@ struct discovery_lookup {
     enum step step;
     bool errored;   /* some source could not be asked: a miss is not sure */
     bool keyserver; /* the keyserver may be asked */
+    bool wkd_none;  /* the domain's WKD answered that it has no key for the address */
     bool starting;  /* inside discovery_lookup: a failure now is its NULL, not a callback */
     bool failed_to_start;
     unsigned redirects;
@@ -182,7 +184,8 @@ static void step_next(discovery_lookup_t *l)
     l->redirects = 0;
     if (l->step == STEP_ADVANCED)
         l->step = STEP_DIRECT;
-    else if ((l->step == STEP_DIRECT || l->step == STEP_POLICY) && l->keyserver && l->d->ks_host[0])
+    else if ((l->step == STEP_DIRECT || l->step == STEP_POLICY) && l->keyserver &&
+             l->d->ks_host[0] && !l->wkd_none)
         l->step = STEP_KEYSERVER;
     else
         l->step = STEP_DONE;
@@ -212,6 +215,7 @@ static void on_response(int status, const char *body, size_t len, const char *er
     l->get = NULL;
     if (l->step == STEP_POLICY && !(status >= 300 && status < 400)) {
         l->result.no_wkd = status == 404 || status == 410;
+        l->wkd_none = status >= 200 && status < 300; /* a WKD, without the key */
         note(l, "wkd policy: %s", l->result.no_wkd ? "none" : status ? "present" : "unknown");
         step_next(l);
         return;
@@ -236,6 +240,8 @@ static void on_response(int status, const char *body, size_t len, const char *er
      * else leaves the answer in doubt. */
     if (!(status == 404 || status == 410 || (status == 200 && !len) || no_host)) l->errored = true;
     bool direct = l->step == STEP_DIRECT;
+    if (l->step == STEP_ADVANCED && (status == 404 || status == 410) && !l->redirects)
+        l->wkd_none = true;
     if (l->step == STEP_ADVANCED && !no_host) l->step = STEP_DIRECT; /* the sub-domain exists */
     if (direct && no_host) l->result.no_wkd = true;                  /* no host for it at all */
     if (direct && (status == 404 || status == 410) && !l->redirects) {

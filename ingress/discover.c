@@ -37,6 +37,12 @@ struct pending {
     discovery_key_t key;
     int picked;
     char why[300];
+    /* a refresh (no RCPT waits): the key filed before, as key_lookup read it */
+    bool refresh, reading_old;
+    char old_fpr[65];
+    long long old_expires, old_found;
+    char old_source[16];
+    buf_t old_data;
 };
 
 struct discover {
@@ -47,7 +53,12 @@ struct discover {
     bool stopping;
     metric_t *outcomes[COUNTS];
     metric_t *seconds;
+    metric_t *changes[2]; /* by enum config_key_change: accepted, kept */
+    uv_timer_t refresh;   /* asks for the keys due to be looked up again */
+    bool refresh_open, due_out;
 };
+
+static void on_refresh_tick(uv_timer_t *t);
 
 static const double lookup_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5};
 
@@ -74,6 +85,19 @@ discover_t *discover_new(ingress_t *ingress, char *err, size_t errlen)
                                   "Time of one look-up made at RCPT TO, DNS and HTTPS, until "
                                   "its answer (the RCPT waits at most [discovery] timeout_ms).",
                                   "", lookup_bounds, sizeof lookup_bounds / sizeof *lookup_bounds);
+    static const char *const actions[] = {"accepted", "kept"};
+    metric_counters(d->changes, "sealpost_discovery_key_changes_total",
+                    "Discovered keys whose fingerprint changed on refresh, by what was done "
+                    "([discovery] key_change): accepted (the new key replaced the old) or kept "
+                    "(the old one stays).",
+                    "action", actions, 2);
+    /* a quarter of the refresh interval, between 1 s and a minute */
+    uint64_t tick = ingress->cfg->discovery.refresh * 250ULL;
+    tick = tick < 1000 ? 1000 : tick > 60000 ? 60000 : tick;
+    uv_timer_init(ingress->loop, &d->refresh);
+    d->refresh.data = d;
+    uv_timer_start(&d->refresh, on_refresh_tick, tick, tick);
+    d->refresh_open = true;
     return d;
 }
 
@@ -120,6 +144,7 @@ static void on_pending_closed(uv_handle_t *h)
     struct pending *p = h->data;
     p->d->n--;
     buf_free(&p->data);
+    buf_free(&p->old_data);
     discovery_key_free(&p->key);
     free(p);
 }
@@ -161,34 +186,107 @@ static void file_miss(struct pending *p, bool failed, bool whole_domain)
     if (rc < 0) log_warn("event=discovery_file_failed what=miss error=\"redis not connected\"");
 }
 
-static void file_key(struct pending *p, keydir_key_t *out)
+/* What a look-up files for its address: the key it found, or the one it
+ * had (a refresh under keep-old). */
+struct filing {
+    const char *fpr;
+    long long expires;
+    const char *data;
+    size_t len;
+    const char *source;
+    long long found;
+    const char *change; /* "" */
+};
+
+static void file_entry(struct pending *p, const struct filing *f, keydir_key_t *out)
 {
     long long now = (long long)time(NULL);
-    const char *source = discovery_source_name(p->source);
     keydir_disc_t it = {.address = p->addr,
-                        .fpr = p->key.fpr,
-                        .expires = p->key.expires,
-                        .data = p->key.armored,
-                        .len = p->key.armored_len,
-                        .source = source,
-                        .found = now,
+                        .fpr = f->fpr,
+                        .expires = f->expires,
+                        .data = f->data,
+                        .len = f->len,
+                        .source = f->source,
+                        .found = f->found,
                         .checked = now};
     char tag[SEAL_MAC_LEN + 1];
     keydir_disc_tag(p->d->ingress->seal, &it, tag);
     queue_disc_t d = {.address = p->addr,
-                      .expires = it.expires,
-                      .data = it.data,
-                      .len = it.len,
-                      .source = source,
+                      .expires = f->expires,
+                      .data = f->data,
+                      .len = f->len,
+                      .source = f->source,
                       .url = p->url,
                       .tag = tag,
-                      .found = now,
+                      .change = f->change,
+                      .found = f->found,
                       .checked = now};
-    snprintf(d.fpr, sizeof d.fpr, "%s", p->key.fpr);
+    snprintf(d.fpr, sizeof d.fpr, "%s", f->fpr);
     if (queue_disc_put(p->d->ingress->queue, &d, on_filed, "key") < 0)
         log_warn("event=discovery_file_failed what=key error=\"redis not connected\"");
-    *out = (keydir_key_t){.expires = it.expires, .armored = p->key.armored, .armored_len = it.len};
-    snprintf(out->fpr, sizeof out->fpr, "%s", p->key.fpr);
+    if (!out) return;
+    *out = (keydir_key_t){.expires = f->expires, .armored = (char *)f->data, .armored_len = f->len};
+    snprintf(out->fpr, sizeof out->fpr, "%s", f->fpr);
+}
+
+static void file_key(struct pending *p, long long found, const char *change, keydir_key_t *out)
+{
+    struct filing f = {p->key.fpr,
+                       p->key.expires,
+                       p->key.armored,
+                       p->key.armored_len,
+                       discovery_source_name(p->source),
+                       found,
+                       change};
+    file_entry(p, &f, out);
+}
+
+/* A refresh found a key: the same one (perhaps with a new subkey or a
+ * later expiry) replaces its copy; another fingerprint is a change, never
+ * taken silently: logged, counted, noted for keys list, and taken or not
+ * as [discovery] key_change says. */
+static void refreshed(struct pending *p)
+{
+    char safe[LOG_SAFE_MAX];
+    long long now = (long long)time(NULL);
+    if (!p->old_fpr[0] || !strcmp(p->old_fpr, p->key.fpr)) {
+        file_key(p, p->old_found ? p->old_found : now, "", NULL);
+        log_debug("event=discovered_key_refreshed rcpt=<%s> fpr=%s", log_addr(p->addr, safe),
+                  p->key.fpr);
+        return;
+    }
+    unsigned action = p->d->ingress->cfg->discovery.key_change;
+    char when[32], change[240];
+    time_t t = (time_t)now;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(change, sizeof change, "%s %s -> %s %s", when, p->old_fpr, p->key.fpr,
+             action == KEY_CHANGE_ACCEPT ? "accepted" : "kept");
+    metric_add(p->d->changes[action == KEY_CHANGE_ACCEPT ? 0 : 1], 1);
+    log_warn("event=discovered_key_changed rcpt=<%s> old=%s new=%s action=%s",
+             log_addr(p->addr, safe), p->old_fpr, p->key.fpr,
+             action == KEY_CHANGE_ACCEPT ? "accepted" : "kept");
+    if (action == KEY_CHANGE_ACCEPT) {
+        file_key(p, now, change, NULL);
+        return;
+    }
+    struct filing old = {p->old_fpr,      p->old_expires, p->old_data.data,
+                         p->old_data.len, p->old_source,  p->old_found,
+                         change};
+    file_entry(p, &old, NULL);
+}
+
+/* A refresh found no usable key where there was one (revoked, expired, a
+ * 404): the copy goes, so no mail is encrypted to what its owner retired. */
+static void dropped(struct pending *p, const char *why)
+{
+    char safe[LOG_SAFE_MAX];
+    log_warn("event=discovered_key_dropped rcpt=<%s> fpr=%s why=\"%s\"", log_addr(p->addr, safe),
+             p->old_fpr, why);
+    if (queue_disc_delete(p->d->ingress->queue, p->addr, on_filed, "delete") < 0)
+        log_warn("event=discovery_file_failed what=delete error=\"redis not connected\"");
+    file_miss(p, false, false);
 }
 
 static void select_in_thread(uv_work_t *work)
@@ -208,9 +306,17 @@ static void after_select(uv_work_t *work, int status)
         pending_end(p);
         return;
     }
+    if (p->refresh) {
+        if (p->picked == 1)
+            refreshed(p);
+        else if (p->picked == 0)
+            dropped(p, p->why);
+        pending_end(p);
+        return;
+    }
     if (p->picked == 1) {
         keydir_key_t key;
-        file_key(p, &key);
+        file_key(p, (long long)time(NULL), "", &key);
         log_info("event=key_discovered rcpt=<%s> fpr=%s source=%s", log_addr(p->addr, safe),
                  p->key.fpr, discovery_source_name(p->source));
         release(p, DISCOVER_FOUND, &key);
@@ -248,6 +354,11 @@ static void on_answer(const discovery_result_t *r, void *arg)
         return;
     }
     bool failed = r->outcome != DISCOVERY_NOT_FOUND;
+    if (p->refresh) { /* a failure keeps the copy, and is tried at the next refresh */
+        if (!failed) dropped(p, r->detail);
+        pending_end(p);
+        return;
+    }
     if (failed)
         log_info("event=key_lookup_failed rcpt=<%s> outcome=%s detail=\"%s\"",
                  log_addr(p->addr, safe), discovery_outcome_name(r->outcome), r->detail);
@@ -269,6 +380,24 @@ static struct pending *pending_of(const discover_t *d, const char *addr)
     return NULL;
 }
 
+/* A pending look-up of addr, linked and counted; its wait timer idle. */
+static struct pending *pending_new(discover_t *d, const char *addr)
+{
+    struct pending *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->d = d;
+    snprintf(p->addr, sizeof p->addr, "%s", addr);
+    buf_init(&p->data);
+    buf_init(&p->old_data);
+    p->started = uv_hrtime();
+    uv_timer_init(d->ingress->loop, &p->wait);
+    p->wait.data = p;
+    p->next = d->pendings;
+    d->pendings = p;
+    d->n++;
+    return p;
+}
+
 int discover_start(discover_t *d, const char *addr, discover_cb cb, void *arg)
 {
     struct pending *p = pending_of(d, addr);
@@ -280,42 +409,111 @@ int discover_start(discover_t *d, const char *addr, discover_cb cb, void *arg)
     if (!w) return -1;
     *w = (struct waiter){cb, arg, NULL};
     if (!p) {
-        if (!(p = calloc(1, sizeof *p))) {
+        if (!(p = pending_new(d, addr))) {
             free(w);
             return -1;
         }
-        p->d = d;
-        snprintf(p->addr, sizeof p->addr, "%s", addr);
-        buf_init(&p->data);
-        p->started = uv_hrtime();
+        /* on_answer comes from the loop, never from discovery_lookup */
         if (!(p->lookup = discovery_lookup(d->engine, addr, false, on_answer, p))) {
-            free(p);
             free(w);
+            pending_end(p);
             return -1;
         }
-        uv_timer_init(d->ingress->loop, &p->wait);
-        p->wait.data = p;
-        uv_timer_start(&p->wait, on_wait_over, d->ingress->cfg->discovery.timeout_ms, 0);
-        p->next = d->pendings;
-        d->pendings = p;
-        d->n++; /* on_answer comes from the loop, never from discovery_lookup */
-    } else if (!p->waiters) {
-        uv_timer_start(&p->wait, on_wait_over, d->ingress->cfg->discovery.timeout_ms, 0);
     }
+    if (!p->waiters)
+        uv_timer_start(&p->wait, on_wait_over, d->ingress->cfg->discovery.timeout_ms, 0);
     w->next = p->waiters;
     p->waiters = w;
     return 0;
 }
 
+/* ---- refreshing what was found ---- */
+
+/* The copy filed before (its tag checked: one that fails is not ours, and
+ * the refresh then counts as a first look-up), then the look-up, keyserver
+ * included: no RCPT waits for it, and it tells no server more than that
+ * the address is still known. */
+static void on_old(int status, const char *err, const queue_key_found_t *f, void *arg)
+{
+    struct pending *p = arg;
+    p->reading_old = false;
+    if (status < 0 || p->d->stopping || !f->disc.fpr[0]) {
+        if (status < 0) log_debug("event=discovery_refresh_failed error=\"%s\"", err);
+        pending_end(p);
+        return;
+    }
+    keydir_disc_t it = {.address = p->addr,
+                        .fpr = f->disc.fpr,
+                        .expires = f->disc.expires,
+                        .data = f->disc.data,
+                        .len = f->disc.data ? f->disc.len : 0,
+                        .source = f->disc.source ? f->disc.source : "",
+                        .found = f->disc.found,
+                        .checked = f->disc.checked};
+    if (keydir_disc_verify(p->d->ingress->seal, &it, f->disc.tag) == 1 &&
+        buf_append(&p->old_data, it.data, it.len) == 0) {
+        snprintf(p->old_fpr, sizeof p->old_fpr, "%s", it.fpr);
+        snprintf(p->old_source, sizeof p->old_source, "%s", it.source);
+        p->old_expires = it.expires;
+        p->old_found = it.found;
+    }
+    if (!(p->lookup = discovery_lookup(p->d->engine, p->addr, true, on_answer, p))) pending_end(p);
+}
+
+static void refresh_start(discover_t *d, const char *addr)
+{
+    struct pending *p = pending_new(d, addr);
+    if (!p) return;
+    p->refresh = p->reading_old = true;
+    const char *at = strrchr(addr, '@');
+    if (queue_key_lookup(d->ingress->queue, p->addr, at ? at + 1 : "", on_old, p) < 0) {
+        p->reading_old = false;
+        pending_end(p);
+    }
+}
+
+static void on_due(int status, const char *err, const char *const *names, size_t n, void *arg)
+{
+    discover_t *d = arg;
+    d->due_out = false;
+    if (status < 0) {
+        log_debug("event=discovery_refresh_failed error=\"%s\"", err);
+        return;
+    }
+    for (size_t i = 0; i < n && !d->stopping; i++)
+        if (!pending_of(d, names[i])) refresh_start(d, names[i]);
+}
+
+/* Some node, not all: disc_due hands each address due to one caller. */
+static void on_refresh_tick(uv_timer_t *t)
+{
+    discover_t *d = t->data;
+    const config_t *cfg = d->ingress->cfg;
+    if (d->stopping || d->due_out || !queue_ready(d->ingress->queue) ||
+        d->n >= cfg->discovery.max_parallel)
+        return;
+    long long now = (long long)time(NULL);
+    d->due_out = queue_disc_due(d->ingress->queue, now - (long long)cfg->discovery.refresh, now,
+                                cfg->discovery.max_parallel - d->n, on_due, d) == 0;
+}
+
+static void on_refresh_closed(uv_handle_t *h)
+{
+    discover_t *d = h->data;
+    d->refresh_open = false;
+}
+
 void discover_stop(discover_t *d)
 {
     d->stopping = true;
+    if (d->refresh_open && !uv_is_closing((uv_handle_t *)&d->refresh))
+        uv_close((uv_handle_t *)&d->refresh, on_refresh_closed);
     for (struct pending *p = d->pendings, *next; p; p = next) {
         next = p->next;
         if (p->lookup) discovery_cancel(p->lookup);
         p->lookup = NULL;
         release(p, DISCOVER_FAILED, NULL);
-        if (!p->working) pending_end(p);
+        if (!p->working && !p->reading_old) pending_end(p); /* else their callbacks end them */
     }
     discovery_free(d->engine);
     d->engine = NULL;
@@ -323,7 +521,7 @@ void discover_stop(discover_t *d)
 
 bool discover_busy(const discover_t *d)
 {
-    return d->n > 0;
+    return d->n > 0 || d->refresh_open || d->due_out;
 }
 
 void discover_free(discover_t *d)

@@ -428,7 +428,10 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
         return NULL;
     }
     if (e->highest >= 0) log_info("event=directory_state version=%lld", e->highest);
-    if (ingress->cfg->discovery.enabled && !(e->discover = discover_new(ingress, err, errlen))) {
+    /* no look-up for keys that would not be used */
+    bool discover =
+        ingress->cfg->discovery.enabled && ingress->cfg->crypto.min_trust == TRUST_DISCOVERED;
+    if (discover && !(e->discover = discover_new(ingress, err, errlen))) {
         keydir_free(e->keydir);
         free(e);
         return NULL;
@@ -557,7 +560,7 @@ static keydir_key_t entry_key(const queue_found_key_t *f)
 static keydir_key_t discovered_key(encrypt_t *e, const char *addr, const queue_disc_t *d)
 {
     keydir_key_t none = {0};
-    if (!d->fpr[0]) return none;
+    if (!d->fpr[0] || e->ingress->cfg->crypto.min_trust > TRUST_DISCOVERED) return none;
     keydir_disc_t it = {.address = addr,
                         .fpr = d->fpr,
                         .expires = d->expires,

@@ -72,6 +72,7 @@ struct call {
         queue_key_cb key;
         queue_version_cb version;
         queue_versions_cb versions;
+        queue_names_cb names;
         queue_key_directory_cb directory;
     } cb;
     void *arg;

@@ -85,6 +85,7 @@ static void disc_fields(queue_disc_t *d, redisReply **at, bool with_url)
     d->found = reply_ll(at[4], 0);
     d->checked = reply_ll(at[5], 0);
     d->tag = reply_text(at[6], &len);
+    if (with_url) d->change = reply_text(at[7], &len);
 }
 
 /* A miss as stored, "until kind tag" (kind "none" or "error"). */
@@ -184,14 +185,16 @@ int queue_key_version(queue_t *q, queue_versions_cb cb, void *arg)
 /* ---- discovered keys (issue 16) ---- */
 
 /* disc_put's arguments, their text in nums. */
-static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[9], size_t lens[9])
+static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[10],
+                      size_t lens[10])
 {
     snprintf(nums[0], 24, "%lld", d->expires);
     snprintf(nums[1], 24, "%lld", d->found);
     snprintf(nums[2], 24, "%lld", d->checked);
-    const char *v[9] = {d->address,           d->fpr,  nums[0], d->data, d->source,
-                        d->url ? d->url : "", nums[1], nums[2], d->tag};
-    for (int i = 0; i < 9; i++) {
+    const char *v[10] = {
+        d->address,           d->fpr,  nums[0], d->data, d->source,
+        d->url ? d->url : "", nums[1], nums[2], d->tag,  d->change ? d->change : ""};
+    for (int i = 0; i < 10; i++) {
         args[i] = v[i];
         lens[i] = i == 3 ? d->len : strlen(v[i]);
     }
@@ -200,10 +203,10 @@ static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[
 int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *arg)
 {
     char nums[3][24];
-    const char *args[9];
-    size_t lens[9];
+    const char *args[10];
+    size_t lens[10];
     disc_args(d, nums, args, lens);
-    return fcall_keys(call_status(q, cb, arg), FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 9,
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 10,
                       args, lens);
 }
 
@@ -215,6 +218,45 @@ int queue_disc_miss(queue_t *q, const char *address, long long until, bool faile
     const char *args[] = {text, failed ? "error" : "none", tag};
     return fcall_keys(call_status(q, cb, arg), FN_DISC_MISS, &(key_ids_t){.addr = address}, 3, args,
                       NULL);
+}
+
+static void on_names_reply(struct call *call, redisReply *reply, const char *err)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        call->cb.names(-1, reply ? "unexpected reply" : err, NULL, 0, call->arg);
+        return;
+    }
+    const char **names = calloc(reply->elements ? reply->elements : 1, sizeof *names);
+    size_t n = 0;
+    for (size_t i = 0; names && i < reply->elements; i++)
+        if (reply->element[i]->type == REDIS_REPLY_STRING) names[n++] = reply->element[i]->str;
+    if (names)
+        call->cb.names(0, NULL, names, n, call->arg);
+    else
+        call->cb.names(-1, "out of memory", NULL, 0, call->arg);
+    free(names);
+}
+
+int queue_disc_due(queue_t *q, long long before, long long now, unsigned max, queue_names_cb cb,
+                   void *arg)
+{
+    struct call *call = call_new(q, arg);
+    if (!call) return -1;
+    call->done = on_names_reply;
+    call->cb.names = cb;
+    char t[3][24];
+    snprintf(t[0], sizeof t[0], "%lld", before);
+    snprintf(t[1], sizeof t[1], "%lld", now);
+    snprintf(t[2], sizeof t[2], "%u", max);
+    const char *args[] = {t[0], t[1], t[2]};
+    return fcall_keys(call, FN_DISC_DUE, &(key_ids_t){0}, 3, args, NULL);
+}
+
+int queue_disc_delete(queue_t *q, const char *address, queue_status_cb cb, void *arg)
+{
+    const char *args[] = {address};
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_DELETE, &(key_ids_t){.addr = address}, 1,
+                      args, NULL);
 }
 
 int queue_disc_domain_miss(queue_t *q, const char *domain, long long until, const char *tag,
@@ -230,10 +272,10 @@ int queue_disc_domain_miss(queue_t *q, const char *domain, long long until, cons
 int queue_admin_disc_put(queue_admin_t *a, const queue_disc_t *d, char *err, size_t errlen)
 {
     char nums[3][24];
-    const char *args[9];
-    size_t lens[9];
+    const char *args[10];
+    size_t lens[10];
     disc_args(d, nums, args, lens);
-    redisReply *r = queue_admin_call(a, FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 9, args,
+    redisReply *r = queue_admin_call(a, FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 10, args,
                                      lens, err, errlen);
     if (!r) return -1;
     int rc = r->type == REDIS_REPLY_STRING && !strcmp(r->str, "ok") ? 0 : -1;
@@ -259,7 +301,7 @@ int queue_admin_disc_list(queue_admin_t *a, void (*cb)(const queue_disc_t *d, vo
             rc = -1;
             break;
         }
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 8 &&
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 9 &&
             r->element[0]->type == REDIS_REPLY_STRING) {
             queue_disc_t d = {.address = addr};
             disc_fields(&d, r->element, true);

@@ -269,6 +269,7 @@ typedef struct queue_disc {
     const char *data;
     size_t len;
     const char *source, *url, *tag;
+    const char *change; /* the last refresh's finding of another key, for keys list; "" none */
     long long found, checked;
 } queue_disc_t;
 
@@ -311,6 +312,14 @@ int queue_key_version(queue_t *q, queue_versions_cb cb, void *arg);
 int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *arg);
 int queue_disc_miss(queue_t *q, const char *address, long long until, bool failed, const char *tag,
                     queue_status_cb cb, void *arg);
+/* Up to max addresses whose discovered key was checked at or before
+ * before, taken for this node to look up again (see disc_due). */
+typedef void (*queue_names_cb)(int status, const char *err, const char *const *names, size_t n,
+                               void *arg);
+int queue_disc_due(queue_t *q, long long before, long long now, unsigned max, queue_names_cb cb,
+                   void *arg);
+/* Forgets an address's discovered key and miss (a refresh found it revoked, or gone). */
+int queue_disc_delete(queue_t *q, const char *address, queue_status_cb cb, void *arg);
 /* A miss for a whole domain that has no WKD. */
 int queue_disc_domain_miss(queue_t *q, const char *domain, long long until, const char *tag,
                            queue_status_cb cb, void *arg);

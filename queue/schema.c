@@ -237,6 +237,7 @@ static const struct {
                         .fixed = {KEY_DISC, KEY_MISS, KEY_DVERSION, KEY_DINDEX}},
     [FN_DISC_ADDRESSES] = {.name = "disc_addresses", .read_only = true, .fixed = {KEY_DINDEX}},
     [FN_DISC_GET] = {.name = "disc_get", .read_only = true, .fixed = {KEY_DISC}},
+    [FN_DISC_DUE] = {.name = "disc_due", .fixed = {KEY_DINDEX}},
 };
 
 const char *schema_fn_name(enum queue_fn fn)

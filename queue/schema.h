@@ -128,6 +128,7 @@ enum queue_fn {
     FN_DISC_DELETE,
     FN_DISC_ADDRESSES,
     FN_DISC_GET,
+    FN_DISC_DUE,
     FNS
 };
 

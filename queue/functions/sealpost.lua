@@ -764,12 +764,14 @@ end
 --   dindex         zset address -> checked, every discovered key
 
 -- KEYS: disc, miss, dversion, dindex
--- ARGV: address, fpr, expires, data, source, url, found, checked, tag.
+-- ARGV: address, fpr, expires, data, source, url, found, checked, tag, change
+--       (what the last refresh found of another fingerprint, '' for nothing).
 -- Files a discovered key, replacing the address's one and its miss.
 local function disc_put(keys, args)
   redis.call('HSET', keys[1], 'fpr', args[2], 'expires', args[3], 'data', args[4],
              'source', args[5], 'url', args[6], 'found', args[7], 'checked', args[8],
              'tag', args[9])
+  if args[10] and args[10] ~= '' then redis.call('HSET', keys[1], 'change', args[10]) end
   redis.call('DEL', keys[2])
   redis.call('ZADD', keys[4], args[8], args[1])
   redis.call('INCR', keys[3])
@@ -808,10 +810,21 @@ local function disc_addresses(keys, args)
 end
 
 -- KEYS: disc
--- Returns {fpr, expires, data, source, url, found, checked, tag} of one.
+-- Returns {fpr, expires, data, source, url, found, checked, tag, change} of one.
 local function disc_get(keys, args)
   return redis.call('HMGET', keys[1], 'fpr', 'expires', 'data', 'source', 'url', 'found',
-                    'checked', 'tag')
+                    'checked', 'tag', 'change')
+end
+
+-- KEYS: dindex
+-- ARGV: before, now (Unix times), max.
+-- Takes up to max addresses whose key was last checked at or before
+-- before, for the calling node to look up again: their score becomes now,
+-- so no other node takes them meanwhile. Returns them.
+local function disc_due(keys, args)
+  local due = redis.call('ZRANGEBYSCORE', keys[1], '-inf', args[1], 'LIMIT', 0, args[3])
+  for _, a in ipairs(due) do redis.call('ZADD', keys[1], args[2], a) end
+  return due
 end
 
 -- The lines of an LF-separated list (a stored key's addresses).
@@ -1317,6 +1330,7 @@ redis.register_function('disc_put', disc_put)
 redis.register_function('disc_miss', disc_miss)
 redis.register_function('disc_domain_miss', disc_domain_miss)
 redis.register_function('disc_delete', disc_delete)
+redis.register_function('disc_due', disc_due)
 redis.register_function{function_name = 'disc_addresses', callback = disc_addresses,
                         flags = {'no-writes'}}
 redis.register_function{function_name = 'disc_get', callback = disc_get, flags = {'no-writes'}}

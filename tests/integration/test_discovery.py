@@ -6,6 +6,7 @@ import json
 import smtplib
 import subprocess
 import time
+import urllib.request
 
 import pytest
 import redis as redis_py
@@ -13,7 +14,7 @@ import redis as redis_py
 import threading
 
 from conftest import BIN, Sealpost, base_config, free_port, start_dnsmasq, wait_for
-from pgp import Person, gpg
+from pgp import Person, gpg, recipient_key_ids
 from test_gateway import check_pgp_mime, message
 from wkd import Pki, WebServer, wkd_hash, wks_client_url
 
@@ -361,3 +362,96 @@ def test_no_lookup_for_bounces_skipped_domains_or_policy_never(stack, web, disco
     time.sleep(0.5)
     assert rcpt_codes(stack.smtp_port, [carol.email])[0][0] == 250
     assert web.requests == []
+
+
+# ---- refresh, and a key that changes ----
+
+def disc_entry(stack, address):
+    return redis_py.Redis(port=stack.redis.port).hgetall(f"{{sealpost:crypto}}:disc:{address}")
+
+
+def test_refresh_picks_up_a_new_subkey(stack, web, discovery, people, tmp_path):
+    carol = Person(tmp_path, "carol-sub", "carol@example.test")
+    web.publish_wkd(carol.email, binary(carol))
+    ingress = stack.ingress(at_rcpt(stack, discovery, "refresh = 2\n"))
+    stack.worker()
+    assert rcpt_codes(stack.smtp_port, [carol.email])[0][0] == 250
+    wait_for(lambda: disc_entry(stack, carol.email), what="the key filed")
+    before = disc_entry(stack, carol.email)
+    gpg(carol.home, "--quick-add-key", carol.fpr, "cv25519", "encr", "never")
+    newest = carol.subkey_ids[-1]
+    web.publish_wkd(carol.email, binary(carol))
+    wait_for(lambda: disc_entry(stack, carol.email)[b"data"] != before[b"data"], timeout=20,
+             what="the refresh")
+    after = disc_entry(stack, carol.email)
+    assert after[b"fpr"] == before[b"fpr"] and after[b"found"] == before[b"found"]
+    assert int(after[b"checked"]) > int(before[b"checked"])
+
+    def sent_to_newest():
+        """A message now goes to the new subkey (gpg picks the newest), once
+        the ingress saw the key's version move (one poll, 250 ms)."""
+        n = len(stack.sink.messages)
+        assert rcpt_codes(stack.smtp_port, [carol.email], data=message(carol.email))[0][0] == 250
+        wait_for(lambda: len(stack.sink.messages) > n, what="delivery")
+        armor = check_pgp_mime(stack.sink.messages[n][2])
+        return recipient_key_ids(carol.home, armor) == [newest]
+
+    wait_for(sent_to_newest, timeout=10, interval=0.3, what="mail to the new subkey")
+    assert "event=discovered_key_changed" not in ingress.read_log()
+
+
+@pytest.mark.parametrize("key_change", ["accept", "keep-old"])
+def test_a_fingerprint_change_on_refresh_is_logged_counted_shown_and_handled(
+        stack, web, discovery, tmp_path, key_change):
+    old = Person(tmp_path, "carol-old", "carol@example.test")
+    new = Person(tmp_path, "carol-new", "carol@example.test")
+    web.publish_wkd(old.email, binary(old))
+    extra = at_rcpt(stack, discovery, f"refresh = 2\nkey_change = {key_change}\n")
+    metrics_port = free_port()
+    ingress = stack.ingress(extra + f"\n[metrics]\nlisten = 127.0.0.1:{metrics_port}\n")
+    assert rcpt_codes(stack.smtp_port, [old.email])[0][0] == 250
+    wait_for(lambda: disc_entry(stack, old.email), what="the key filed")
+    web.publish_wkd(new.email, binary(new))
+    wait_for(lambda: b"change" in disc_entry(stack, old.email), timeout=20, what="the refresh")
+    entry = disc_entry(stack, old.email)
+    kept = key_change == "keep-old"
+    assert entry[b"fpr"] == (old.fpr if kept else new.fpr).encode()
+    action = "kept" if kept else "accepted"
+    assert entry[b"change"].decode().endswith(f"{old.fpr} -> {new.fpr} {action}")
+    log = ingress.read_log()
+    assert "event=discovered_key_changed" in log and f"action={action}" in log
+    text = keys(stack, extra, "list").stdout
+    assert "changed " in text and f"-> {new.fpr} {action}" in text
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    assert f'sealpost_discovery_key_changes_total{{action="{action}"}} 1' in body
+
+
+def test_a_key_revoked_by_its_owner_leaves_at_the_refresh(stack, web, discovery, tmp_path):
+    carol = Person(tmp_path, "carol-rev", "carol@example.test")
+    web.publish_wkd(carol.email, binary(carol))
+    stack.ingress(at_rcpt(stack, discovery, "refresh = 2\n"))
+    assert rcpt_codes(stack.smtp_port, [carol.email])[0][0] == 250
+    wait_for(lambda: disc_entry(stack, carol.email), what="the key filed")
+    carol.revoke()
+    web.publish_wkd(carol.email, binary(carol))
+    wait_for(lambda: not disc_entry(stack, carol.email), timeout=20, what="the key dropped")
+    assert redis_py.Redis(port=stack.redis.port).exists(
+        f"{{sealpost:crypto}}:miss:{carol.email}")
+
+
+def test_min_trust_imported_encrypts_to_an_operators_key_only(stack, web, discovery, people):
+    carol = people["carol"]
+    web.publish_wkd(carol.email, binary(carol))
+    assert keys(stack, discovery, "lookup", carol.email).returncode == 0
+    extra = at_rcpt(stack, discovery, "\n[crypto]\nmin_trust = imported\n")
+    stack.ingress(extra)
+    stack.worker()
+    asked = len(web.key_requests())
+    assert rcpt_codes(stack.smtp_port, [carol.email], data=message(carol.email))[0][0] == 250
+    wait_for(lambda: stack.sink.messages, what="delivery")
+    assert b"BEGIN PGP" not in stack.sink.messages[0][2]
+    assert keys(stack, extra, "policy", "set", carol.email, "required").returncode == 0
+    time.sleep(0.5)
+    code, text, _ = rcpt_codes(stack.smtp_port, [carol.email])[0]
+    assert code == 550 and "5.7.1" in text
+    assert len(web.key_requests()) == asked  # no look-up for a key that would not be used

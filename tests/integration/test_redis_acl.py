@@ -227,7 +227,7 @@ def key_lookup(r, address="x@example.test"):
 
 
 def disc_put(r, address="d@example.test", fpr="DDDD"):
-    """A discovered key filed as `keys lookup` (and, later, a node) files it."""
+    """A discovered key filed as `keys lookup` and the ingress file it."""
     return r.fcall("disc_put", 4, crypto(f"disc:{address}"), crypto(f"miss:{address}"),
                    crypto("dversion"), crypto("dindex"), address, fpr, 0, "key data", "wkd",
                    "https://openpgpkey.example.test/x", 1, 2, "k1:disc tag")
@@ -511,6 +511,14 @@ def test_each_roles_own_calls_pass(as_role):
     assert ingress.fcall("disc_miss", 2, crypto("miss:e@example.test"), crypto("dversion"),
                        int(time.time()) + 60, "none", "k1:miss tag") == b"ok"
     assert key_lookup(ingress, "e@example.test")[19].endswith(b" none k1:miss tag")
+    # the refresh: the ingress takes what is due, and drops a revoked key
+    now = int(time.time())
+    assert ingress.fcall("disc_due", 1, crypto("dindex"), 5, now, 10) == [
+        b"c@example.test", b"d@example.test"]
+    assert ingress.fcall("disc_due", 1, crypto("dindex"), 5, now, 10) == []  # taken
+    assert ingress.fcall("disc_delete", 4, crypto("disc:c@example.test"),
+                         crypto("miss:c@example.test"), crypto("dversion"), crypto("dindex"),
+                         "c@example.test") == 1
     assert admin.fcall("disc_delete", 4, crypto("disc:d@example.test"),
                        crypto("miss:d@example.test"), crypto("dversion"), crypto("dindex"),
                        "d@example.test") == 1
