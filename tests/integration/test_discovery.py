@@ -378,6 +378,7 @@ def test_refresh_picks_up_a_new_subkey(stack, web, discovery, people, tmp_path):
     assert rcpt_codes(stack.smtp_port, [carol.email])[0][0] == 250
     wait_for(lambda: disc_entry(stack, carol.email), what="the key filed")
     before = disc_entry(stack, carol.email)
+    time.sleep(1.1)  # a creation time later than the first subkey's: gpg picks the newest
     gpg(carol.home, "--quick-add-key", carol.fpr, "cv25519", "encr", "never")
     newest = carol.subkey_ids[-1]
     web.publish_wkd(carol.email, binary(carol))
