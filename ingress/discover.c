@@ -101,6 +101,20 @@ discover_t *discover_new(ingress_t *ingress, char *err, size_t errlen)
     return d;
 }
 
+bool discover_entry_holds(const seal_keyring_t *seal, const char *addr, const queue_disc_t *d,
+                          keydir_disc_t *it)
+{
+    *it = (keydir_disc_t){.address = addr,
+                          .fpr = d->fpr,
+                          .expires = d->expires,
+                          .data = d->data,
+                          .len = d->data ? d->len : 0,
+                          .source = d->source ? d->source : "",
+                          .found = d->found,
+                          .checked = d->checked};
+    return keydir_disc_verify(seal, it, d->tag) == 1;
+}
+
 struct domain_match {
     const char *domain;
     bool found;
@@ -186,59 +200,41 @@ static void file_miss(struct pending *p, bool failed, bool whole_domain)
     if (rc < 0) log_warn("event=discovery_file_failed what=miss error=\"redis not connected\"");
 }
 
-/* What a look-up files for its address: the key it found, or the one it
- * had (a refresh under keep-old). */
-struct filing {
-    const char *fpr;
-    long long expires;
-    const char *data;
-    size_t len;
-    const char *source;
-    long long found;
-    const char *change; /* "" */
-};
-
-static void file_entry(struct pending *p, const struct filing *f, keydir_key_t *out)
+/* Files f (the key found, or under keep-old the one the address had) as
+ * checked now, with its tag; out, when given, the key as the cache holds it. */
+static void file_entry(struct pending *p, keydir_disc_t f, const char *change, keydir_key_t *out)
 {
-    long long now = (long long)time(NULL);
-    keydir_disc_t it = {.address = p->addr,
-                        .fpr = f->fpr,
-                        .expires = f->expires,
-                        .data = f->data,
-                        .len = f->len,
-                        .source = f->source,
-                        .found = f->found,
-                        .checked = now};
+    f.address = p->addr;
+    f.checked = (long long)time(NULL);
     char tag[SEAL_MAC_LEN + 1];
-    keydir_disc_tag(p->d->ingress->seal, &it, tag);
+    keydir_disc_tag(p->d->ingress->seal, &f, tag);
     queue_disc_t d = {.address = p->addr,
-                      .expires = f->expires,
-                      .data = f->data,
-                      .len = f->len,
-                      .source = f->source,
+                      .expires = f.expires,
+                      .data = f.data,
+                      .len = f.len,
+                      .source = f.source,
                       .url = p->url,
                       .tag = tag,
-                      .change = f->change,
-                      .found = f->found,
-                      .checked = now};
-    snprintf(d.fpr, sizeof d.fpr, "%s", f->fpr);
+                      .change = change,
+                      .found = f.found,
+                      .checked = f.checked};
+    snprintf(d.fpr, sizeof d.fpr, "%s", f.fpr);
     if (queue_disc_put(p->d->ingress->queue, &d, on_filed, "key") < 0)
         log_warn("event=discovery_file_failed what=key error=\"redis not connected\"");
     if (!out) return;
-    *out = (keydir_key_t){.expires = f->expires, .armored = (char *)f->data, .armored_len = f->len};
-    snprintf(out->fpr, sizeof out->fpr, "%s", f->fpr);
+    *out = (keydir_key_t){.expires = f.expires, .armored = (char *)f.data, .armored_len = f.len};
+    snprintf(out->fpr, sizeof out->fpr, "%s", f.fpr);
 }
 
 static void file_key(struct pending *p, long long found, const char *change, keydir_key_t *out)
 {
-    struct filing f = {p->key.fpr,
-                       p->key.expires,
-                       p->key.armored,
-                       p->key.armored_len,
-                       discovery_source_name(p->source),
-                       found,
-                       change};
-    file_entry(p, &f, out);
+    keydir_disc_t f = {.fpr = p->key.fpr,
+                       .expires = p->key.expires,
+                       .data = p->key.armored,
+                       .len = p->key.armored_len,
+                       .source = discovery_source_name(p->source),
+                       .found = found};
+    file_entry(p, f, change, out);
 }
 
 /* A refresh found a key: the same one (perhaps with a new subkey or a
@@ -271,10 +267,13 @@ static void refreshed(struct pending *p)
         file_key(p, now, change, NULL);
         return;
     }
-    struct filing old = {p->old_fpr,      p->old_expires, p->old_data.data,
-                         p->old_data.len, p->old_source,  p->old_found,
-                         change};
-    file_entry(p, &old, NULL);
+    keydir_disc_t old = {.fpr = p->old_fpr,
+                         .expires = p->old_expires,
+                         .data = p->old_data.data,
+                         .len = p->old_data.len,
+                         .source = p->old_source,
+                         .found = p->old_found};
+    file_entry(p, old, change, NULL);
 }
 
 /* A refresh found no usable key where there was one (revoked, expired, a
@@ -442,15 +441,8 @@ static void on_old(int status, const char *err, const queue_key_found_t *f, void
         pending_end(p);
         return;
     }
-    keydir_disc_t it = {.address = p->addr,
-                        .fpr = f->disc.fpr,
-                        .expires = f->disc.expires,
-                        .data = f->disc.data,
-                        .len = f->disc.data ? f->disc.len : 0,
-                        .source = f->disc.source ? f->disc.source : "",
-                        .found = f->disc.found,
-                        .checked = f->disc.checked};
-    if (keydir_disc_verify(p->d->ingress->seal, &it, f->disc.tag) == 1 &&
+    keydir_disc_t it;
+    if (discover_entry_holds(p->d->ingress->seal, p->addr, &f->disc, &it) &&
         buf_append(&p->old_data, it.data, it.len) == 0) {
         snprintf(p->old_fpr, sizeof p->old_fpr, "%s", it.fpr);
         snprintf(p->old_source, sizeof p->old_source, "%s", it.source);

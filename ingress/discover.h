@@ -25,6 +25,11 @@ enum discover_result {
 /* key (DISCOVER_FOUND only) lives during the call. */
 typedef void (*discover_cb)(void *arg, enum discover_result r, const keydir_key_t *key);
 
+/* A discovered key as Redis returned it for addr, in *it (pointing into
+ * d); true when its tag holds, i.e. a node or `keys lookup` filed it. */
+bool discover_entry_holds(const seal_keyring_t *seal, const char *addr, const queue_disc_t *d,
+                          keydir_disc_t *it);
+
 /* NULL with err when the engine cannot be made. */
 discover_t *discover_new(ingress_t *ingress, char *err, size_t errlen);
 /* Whether addr's domain may be asked ([discovery] skip_domains). */

@@ -561,15 +561,8 @@ static keydir_key_t discovered_key(encrypt_t *e, const char *addr, const queue_d
 {
     keydir_key_t none = {0};
     if (!d->fpr[0] || e->ingress->cfg->crypto.min_trust > TRUST_DISCOVERED) return none;
-    keydir_disc_t it = {.address = addr,
-                        .fpr = d->fpr,
-                        .expires = d->expires,
-                        .data = d->data,
-                        .len = d->data ? d->len : 0,
-                        .source = d->source ? d->source : "",
-                        .found = d->found,
-                        .checked = d->checked};
-    if (keydir_disc_verify(e->ingress->seal, &it, d->tag) != 1) {
+    keydir_disc_t it;
+    if (!discover_entry_holds(e->ingress->seal, addr, d, &it)) {
         char safe[LOG_SAFE_MAX];
         log_warn("event=discovered_key_rejected rcpt=<%s> fpr=%s why=tag", log_addr(addr, safe),
                  d->fpr);
@@ -744,21 +737,20 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
                      [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
         bool keyless = !entry.keys[CRYPTO_OPENPGP].fpr[0] && !entry.keys[CRYPTO_SMIME].fpr[0];
         if (keyless) entry.keys[CRYPTO_OPENPGP] = discovered_key(e, l->addr, &f->disc);
+        bool discoverable = keyless && e->discover && entry.policy != ENC_POLICY_NEVER;
+        bool found = entry.keys[CRYPTO_OPENPGP].fpr[0] != 0;
+        if (discoverable && found) discover_count_cached(e->discover);
         /* a keyless entry is not cached while discovery may change it: its
          * miss, or its absence, is read from Redis at each RCPT */
-        bool discoverable = keyless && e->discover && entry.policy != ENC_POLICY_NEVER;
-        if (discoverable && entry.keys[CRYPTO_OPENPGP].fpr[0]) discover_count_cached(e->discover);
-        if (!(discoverable && !entry.keys[CRYPTO_OPENPGP].fpr[0]) && f->dversion == e->dversion &&
+        bool undecided = discoverable && !found;
+        if (!undecided && f->dversion == e->dversion &&
             keydir_put(e->keydir, f->version, l->addr, &entry) < 0) {
             char safe[LOG_SAFE_MAX];
             log_warn("event=keys_cache_failed rcpt=%s", log_addr(l->addr, safe));
         }
-        if (discoverable && !entry.keys[CRYPTO_OPENPGP].fpr[0]) {
-            v = keyless_verdict(e, l, f, &entry, &key);
-            if (v == RCPT_PENDING) return;
-        } else {
-            v = decide(e, l->addr, l->peer, &entry, &key);
-        }
+        v = undecided ? keyless_verdict(e, l, f, &entry, &key)
+                      : decide(e, l->addr, l->peer, &entry, &key);
+        if (v == RCPT_PENDING) return;
     } else {
         log_warn("event=keys_lookup_failed client=%s error=\"%s\"", l->peer, err);
     }

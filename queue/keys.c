@@ -319,7 +319,7 @@ int queue_admin_disc_delete(queue_admin_t *a, const char *address, char *err, si
     redisReply *r = queue_admin_call(a, FN_DISC_DELETE, &(key_ids_t){.addr = address}, 1, args,
                                      NULL, err, errlen);
     if (!r) return -1;
-    int rc = r->type == REDIS_REPLY_INTEGER ? (int)(r->integer > 0) : -1;
+    int rc = r->type != REDIS_REPLY_STRING ? -1 : !strcmp(r->str, "deleted") ? 1 : 0;
     if (rc < 0) snprintf(err, errlen, "disc_delete: unexpected reply");
     freeReplyObject(r);
     return rc;

@@ -178,10 +178,8 @@ struct call *call_new(queue_t *q, void *arg)
     return call;
 }
 
-/* A word other than "stale", or a count (disc_delete's). */
 static bool status_ok(const redisReply *reply)
 {
-    if (reply && reply->type == REDIS_REPLY_INTEGER) return true;
     return reply && (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS) &&
            strcmp(reply->str, "stale") != 0;
 }

@@ -795,12 +795,13 @@ end
 
 -- KEYS: disc, miss, dversion, dindex
 -- ARGV: address.
--- Forgets what was discovered for an address: 1 when there was something.
+-- Forgets what was discovered for an address: 'deleted', or 'none' when
+-- there was nothing.
 local function disc_delete(keys, args)
   local n = redis.call('DEL', keys[1], keys[2])
   redis.call('ZREM', keys[4], args[1])
   if n > 0 then redis.call('INCR', keys[3]) end
-  return n > 0 and 1 or 0
+  return n > 0 and 'deleted' or 'none'
 end
 
 -- KEYS: dindex

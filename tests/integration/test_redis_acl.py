@@ -518,10 +518,10 @@ def test_each_roles_own_calls_pass(as_role):
     assert ingress.fcall("disc_due", 1, crypto("dindex"), 5, now, 10) == []  # taken
     assert ingress.fcall("disc_delete", 4, crypto("disc:c@example.test"),
                          crypto("miss:c@example.test"), crypto("dversion"), crypto("dindex"),
-                         "c@example.test") == 1
+                         "c@example.test") == b"deleted"
     assert admin.fcall("disc_delete", 4, crypto("disc:d@example.test"),
                        crypto("miss:d@example.test"), crypto("dversion"), crypto("dindex"),
-                       "d@example.test") == 1
+                       "d@example.test") == b"deleted"
 
 
 # ---- the real nodes under their role's rules ----

@@ -60,6 +60,7 @@ class WebServer:
 
     def __init__(self, addr, pki):
         self.addr = addr
+        self.ca = pki.ca
         self.files = {}
         self.requests = []
         self.lock = threading.Lock()
