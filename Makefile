@@ -40,7 +40,9 @@ $(FUZZ_BUILD)/Makefile:
 # fails the run. The fuzz targets run for a fixed time each (30 s), two at
 # a time, on a corpus that grows in the build tree from run to run. The fuzz
 # tree is configured again first: a target added since it was made is not a
-# target its Makefile knows until then.
+# target its Makefile knows until then. The integration tests run in a
+# network namespace of their own (tests/netns.sh): loopback only, every port
+# theirs, 443 for the WKD server among them.
 test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cmake -S . -B $(FUZZ_BUILD) > /dev/null
@@ -50,7 +52,7 @@ test: setup build $(ASAN_BUILD)/Makefile $(FUZZ_BUILD)/Makefile
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -R fuzz_ -j $(FUZZ_JOBS)
 	SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+		sh tests/netns.sh $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 	CHAOS_SECONDS=40 SEALPOST_BIN=$(abspath $(ASAN_BUILD))/sealpost \
 		SEALPOST_TEST_OUTPUT=$(abspath $(ASAN_BUILD))/test-output \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
@@ -82,7 +84,7 @@ bench: build
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/dkim.py --build $(BUILD) --out $(RESULTS)
-	$(PYTHON) bench/discovery.py --build $(BUILD) --out $(RESULTS)
+	sh tests/netns.sh $(PYTHON) bench/discovery.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.

@@ -6,7 +6,8 @@ filed in Redis (cached: a key, or a miss), and against an ingress without
 discovery, all in one run. The WKD server is Python's http.server over TLS
 (tests/integration/wkd.py) on 127.0.1.1:443, names come from dnsmasq, so
 the look-up's time is mostly that server's TLS handshake; a real one is
-slower by the network's round trips. Needs root (port 443).
+slower by the network's round trips. Port 443 must be ours, so `make bench`
+runs it in a network namespace of its own (tests/netns.sh).
 
 Cases, each over N recipients (one SMTP session, a transaction per RCPT):
   off        discovery off, keyless recipients: key_lookup in Redis alone

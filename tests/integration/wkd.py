@@ -93,7 +93,8 @@ class WebServer:
                 pass
 
         if not self._bindable():
-            pytest.fail(f"cannot listen on {addr}:443 (needs root, as `make test` runs)")
+            pytest.fail(f"cannot listen on {addr}:443: run the tests as `make test` does, "
+                        "in a network namespace of their own (sh tests/netns.sh pytest ...)")
         self.httpd = http.server.ThreadingHTTPServer((addr, 443), Handler)
         self.httpd.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
