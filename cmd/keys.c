@@ -26,7 +26,8 @@ static const char usage[] =
     "       sealpost keys delete ADDRESS|ID      remove one from every address it has\n"
     "       sealpost keys lookup ADDRESS         discover the address's OpenPGP key now (WKD,\n"
     "                                            then [discovery] keyserver) and file it\n"
-    "       sealpost keys policy set ADDRESS|DOMAIN never|opportunistic|required\n"
+    "       sealpost keys policy set ADDRESS|DOMAIN never|opportunistic|required "
+    "[discovered|imported]\n"
     "       sealpost keys policy set ADDRESS|DOMAIN prefer openpgp|smime\n"
     "       sealpost keys policy delete ADDRESS|DOMAIN [prefer]\n"
     "       sealpost keys policy list\n"
@@ -683,6 +684,25 @@ static int policy_list(queue_admin_t *a)
     return rc < 0 ? 1 : 0;
 }
 
+/* POLICY [TRUST] as the directory stores it ("required imported"), into
+ * out; -1 with the reason printed. */
+static int policy_value(int argc, char **argv, char *out, size_t len)
+{
+    enum enc_policy p;
+    int trust;
+    snprintf(out, len, "%s%s%s", argv[0], argc > 1 ? " " : "", argc > 1 ? argv[1] : "");
+    if (keydir_parse_policy(out, &p, &trust) < 0) {
+        fprintf(stderr,
+                "sealpost: '%s' is not a policy: never, opportunistic or required, "
+                "the last two optionally followed by discovered or imported\n",
+                out);
+        return -1;
+    }
+    snprintf(out, len, "%s%s%s", config_enc_policy_name(p), trust < 0 ? "" : " ",
+             trust < 0 ? "" : config_trust_name((enum config_trust)trust));
+    return 0;
+}
+
 /* policy set|delete TARGET [prefer] VALUE: the encryption policy, or which
  * of a key and a certificate an address with both prefers. */
 static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char **argv,
@@ -692,14 +712,14 @@ static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char 
     const char *action = argc > 0 ? argv[0] : "";
     if (!strcmp(action, "list") && argc == 1) return policy_list(a);
     bool prefer = argc >= 3 && !strcmp(argv[2], "prefer");
-    bool set = !strcmp(action, "set") && argc == 3 + prefer;
+    bool set = !strcmp(action, "set") && (argc == 3 + prefer || (!prefer && argc == 4));
     bool del = !strcmp(action, "delete") && argc == 2 + prefer;
     if (!set && !del) {
         fputs(usage, stderr);
         return 2;
     }
     const char *value = NULL;
-    enum enc_policy p;
+    char policy[64];
     enum enc_prefer m;
     if (set && prefer) {
         if (config_parse_enc_prefer(argv[3], &m) < 0) {
@@ -707,12 +727,10 @@ static int policy_command(queue_admin_t *a, const config_t *cfg, int argc, char 
             return 2;
         }
         value = config_enc_prefer_name(m);
+    } else if (set && policy_value(argc - 2, argv + 2, policy, sizeof policy) < 0) {
+        return 2;
     } else if (set) {
-        if (config_parse_enc_policy(argv[2], &p) < 0) {
-            fprintf(stderr, "sealpost: '%s' is not never, opportunistic or required\n", argv[2]);
-            return 2;
-        }
-        value = config_enc_policy_name(p);
+        value = policy;
     }
     char target[300];
     policy_target(cfg, argv[1], target, sizeof target);

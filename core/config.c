@@ -94,6 +94,18 @@ const char *config_enc_prefer_name(enum enc_prefer p)
     return choice_lists[CHOICE_ENC_PREFER][p];
 }
 
+int config_parse_trust(const char *value, enum config_trust *out)
+{
+    int i = name_index(value, choice_lists[CHOICE_TRUST]);
+    if (i >= 0) *out = (enum config_trust)i;
+    return i < 0 ? -1 : 0;
+}
+
+const char *config_trust_name(enum config_trust t)
+{
+    return choice_lists[CHOICE_TRUST][t];
+}
+
 typedef struct key_spec {
     const char *section;
     const char *name;

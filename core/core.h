@@ -177,6 +177,8 @@ const char *config_enc_policy_name(enum enc_policy p);
 enum config_key_change { KEY_CHANGE_ACCEPT, KEY_CHANGE_KEEP_OLD };
 /* [crypto] min_trust: discovered keys encrypt too, or only an operator's. */
 enum config_trust { TRUST_DISCOVERED, TRUST_IMPORTED };
+int config_parse_trust(const char *value, enum config_trust *out);
+const char *config_trust_name(enum config_trust t);
 /* [crypto] openpgp_engine: who encrypts OpenPGP mail (crypto_openpgp_engine). */
 enum config_openpgp_engine { CONFIG_OPENPGP_GPGME, CONFIG_OPENPGP_RNP };
 

@@ -274,6 +274,7 @@ typedef struct keydir_key {
  * certificate, both or neither, and which one mail uses when both can. */
 typedef struct keydir_entry {
     enum enc_policy policy;    /* in effect: the address's, its domain's, or the default */
+    enum config_trust trust;   /* the least a key needs: the policy's, or [crypto] min_trust */
     enum crypto_method prefer; /* in effect, as policy */
     keydir_key_t keys[CRYPTO_METHODS];
 } keydir_entry_t;
@@ -432,9 +433,16 @@ typedef struct gateway_job {
 int gateway_run(gateway_job_t *job);
 void gateway_job_release(gateway_job_t *job);
 
-/* The policy in effect, from Redis's settings (NULL: none) and the default. */
-enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy,
-                              enum enc_policy fallback);
+/* A policy as the directory stores it: never, opportunistic or required,
+ * the last two optionally followed by the least trust a key needs for
+ * the address or domain ("required imported"). *trust is -1 when the value
+ * names none. -1 when value is none of these. */
+int keydir_parse_policy(const char *value, enum enc_policy *policy, int *trust);
+/* e's policy and trust in effect, from Redis's settings (NULL: none): the
+ * address's setting, else its domain's, else the defaults; the trust is the
+ * setting's own when it names one. */
+void keydir_policy(keydir_entry_t *e, const char *addr_policy, const char *domain_policy,
+                   enum enc_policy fallback, enum config_trust min_trust);
 /* crypto_smime_configure with cfg's [crypto] smime_* settings: once per
  * process, by the ingress and by the admin commands that check
  * certificates, so both judge a certificate alike. */

@@ -139,13 +139,31 @@ int keydir_put(keydir_t *d, long long version, const char *addr, const keydir_en
     return 0;
 }
 
-enum enc_policy keydir_policy(const char *addr_policy, const char *domain_policy,
-                              enum enc_policy fallback)
+int keydir_parse_policy(const char *value, enum enc_policy *policy, int *trust)
 {
-    enum enc_policy p;
-    if (addr_policy && config_parse_enc_policy(addr_policy, &p) == 0) return p;
-    if (domain_policy && config_parse_enc_policy(domain_policy, &p) == 0) return p;
-    return fallback;
+    char name[16];
+    const char *space = strchr(value, ' ');
+    size_t n = space ? (size_t)(space - value) : strlen(value);
+    if (n >= sizeof name) return -1;
+    memcpy(name, value, n);
+    name[n] = 0;
+    if (config_parse_enc_policy(name, policy) < 0) return -1;
+    *trust = -1;
+    if (!space) return 0;
+    enum config_trust t;
+    if (*policy == ENC_POLICY_NEVER || config_parse_trust(space + 1, &t) < 0) return -1;
+    *trust = (int)t;
+    return 0;
+}
+
+void keydir_policy(keydir_entry_t *e, const char *addr_policy, const char *domain_policy,
+                   enum enc_policy fallback, enum config_trust min_trust)
+{
+    int trust = -1;
+    if (!(addr_policy && keydir_parse_policy(addr_policy, &e->policy, &trust) == 0) &&
+        !(domain_policy && keydir_parse_policy(domain_policy, &e->policy, &trust) == 0))
+        e->policy = fallback;
+    e->trust = trust < 0 ? min_trust : (enum config_trust)trust;
 }
 
 int keydir_smime_configure(const config_t *cfg, char *err, size_t errlen)

@@ -428,10 +428,9 @@ encrypt_t *encrypt_start(ingress_t *ingress, char *err, size_t errlen)
         return NULL;
     }
     if (e->highest >= 0) log_info("event=directory_state version=%lld", e->highest);
-    /* no look-up for keys that would not be used */
-    bool discover =
-        ingress->cfg->discovery.enabled && ingress->cfg->crypto.min_trust == TRUST_DISCOVERED;
-    if (discover && !(e->discover = discover_new(ingress, err, errlen))) {
+    /* on even under min_trust = imported: a policy may name discovered;
+     * no look-up is made where a discovered key would not be used */
+    if (ingress->cfg->discovery.enabled && !(e->discover = discover_new(ingress, err, errlen))) {
         keydir_free(e->keydir);
         free(e);
         return NULL;
@@ -560,7 +559,7 @@ static keydir_key_t entry_key(const queue_found_key_t *f)
 static keydir_key_t discovered_key(encrypt_t *e, const char *addr, const queue_disc_t *d)
 {
     keydir_key_t none = {0};
-    if (!d->fpr[0] || e->ingress->cfg->crypto.min_trust > TRUST_DISCOVERED) return none;
+    if (!d->fpr[0]) return none;
     keydir_disc_t it;
     if (!discover_entry_holds(e->ingress->seal, addr, d, &it)) {
         char safe[LOG_SAFE_MAX];
@@ -729,15 +728,17 @@ static void on_lookup(int status, const char *err, const queue_key_found_t *f, v
         v = directory_in_doubt(e, l->addr, l->peer, why);
     } else if (status == 0) {
         const config_t *cfg = e->ingress->cfg;
-        keydir_entry_t entry = {
-            .policy = keydir_policy(f->addr_policy, f->domain_policy, cfg->crypto.default_policy),
-            .prefer = keydir_prefer(f->addr_prefer, f->domain_prefer,
-                                    (enum enc_prefer)cfg->crypto.prefer),
-            .keys = {[CRYPTO_OPENPGP] = entry_key(&f->keys[CRYPTO_OPENPGP]),
-                     [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
+        keydir_entry_t entry = {.prefer = keydir_prefer(f->addr_prefer, f->domain_prefer,
+                                                        (enum enc_prefer)cfg->crypto.prefer),
+                                .keys = {[CRYPTO_OPENPGP] = entry_key(&f->keys[CRYPTO_OPENPGP]),
+                                         [CRYPTO_SMIME] = entry_key(&f->keys[CRYPTO_SMIME])}};
+        keydir_policy(&entry, f->addr_policy, f->domain_policy, cfg->crypto.default_policy,
+                      (enum config_trust)cfg->crypto.min_trust);
+        /* a discovered key, and a look-up for one, only where one may encrypt */
         bool keyless = !entry.keys[CRYPTO_OPENPGP].fpr[0] && !entry.keys[CRYPTO_SMIME].fpr[0];
-        if (keyless) entry.keys[CRYPTO_OPENPGP] = discovered_key(e, l->addr, &f->disc);
-        bool discoverable = keyless && e->discover && entry.policy != ENC_POLICY_NEVER;
+        bool takes_discovered = keyless && entry.trust == TRUST_DISCOVERED;
+        if (takes_discovered) entry.keys[CRYPTO_OPENPGP] = discovered_key(e, l->addr, &f->disc);
+        bool discoverable = takes_discovered && e->discover && entry.policy != ENC_POLICY_NEVER;
         bool found = entry.keys[CRYPTO_OPENPGP].fpr[0] != 0;
         if (discoverable && found) discover_count_cached(e->discover);
         /* a keyless entry is not cached while discovery may change it: its

@@ -458,3 +458,54 @@ def test_min_trust_imported_encrypts_to_an_operators_key_only(stack, web, discov
     code, text, _ = rcpt_codes(stack.smtp_port, [carol.email])[0]
     assert code == 550 and "5.7.1" in text
     assert len(web.key_requests()) == asked  # no look-up for a key that would not be used
+
+
+def test_a_policy_that_names_imported_takes_no_discovered_key(stack, web, discovery, people):
+    carol, grace = people["carol"], people["grace"]
+    web.publish_wkd(carol.email, binary(carol))
+    web.publish_wkd(grace.email, binary(grace))
+    assert keys(stack, discovery, "lookup", carol.email).returncode == 0
+    extra = at_rcpt(stack, discovery)
+    r = keys(stack, extra, "policy", "set", "example.test", "required", "imported")
+    assert r.returncode == 0, r.stderr
+    assert "policy example.test: required imported" in r.stdout
+    assert "example.test required imported" in keys(stack, extra, "policy", "list").stdout
+    stack.ingress(extra)
+    stack.worker()
+    asked = len(web.key_requests())
+    for who in (carol, grace):  # carol's key was discovered; grace's would be
+        code, text, _ = rcpt_codes(stack.smtp_port, [who.email])[0]
+        assert code == 550 and "5.7.1" in text, (who.email, code, text)
+    assert len(web.key_requests()) == asked  # no look-up for a key that would not be used
+    # an operator's key is what the policy asks for
+    path = stack.tmp / "grace.asc"
+    path.write_bytes(grace.public())
+    assert keys(stack, extra, "import", str(path)).returncode == 0
+    wait_for(lambda: rcpt_codes(stack.smtp_port, [grace.email])[0][0] == 250,
+             what="grace's imported key to be read")
+    assert rcpt_codes(stack.smtp_port, [grace.email], data=message(grace.email))[0][0] == 250
+    wait_for(lambda: stack.sink.messages, what="delivery")
+    assert b"Quarterly figures" in grace.decrypt_with_sq(check_pgp_mime(stack.sink.messages[0][2]))
+
+
+def test_a_policy_that_names_discovered_overrides_min_trust(stack, web, discovery, people):
+    carol = people["carol"]
+    web.publish_wkd(carol.email, binary(carol))
+    extra = at_rcpt(stack, discovery, "\n[crypto]\nmin_trust = imported\n")
+    r = keys(stack, extra, "policy", "set", carol.email, "required", "discovered")
+    assert r.returncode == 0, r.stderr
+    stack.ingress(extra)
+    stack.worker()
+    # the look-up is made at RCPT for this address alone, and its key used
+    assert rcpt_codes(stack.smtp_port, [carol.email], data=message(carol.email))[0][0] == 250
+    wait_for(lambda: stack.sink.messages, what="delivery")
+    assert b"Quarterly figures" in carol.decrypt_with_sq(check_pgp_mime(stack.sink.messages[0][2]))
+    assert [k["source"] for k in listed(stack, extra)] == ["wkd"]
+
+
+@pytest.mark.parametrize("args", [("never", "imported"), ("required", "trusted"),
+                                  ("required", "imported", "x"), ("sometimes",)])
+def test_a_policy_that_is_not_one_is_refused(stack, discovery, args):
+    r = keys(stack, discovery, "policy", "set", "example.test", *args)
+    assert r.returncode == 2, r.stdout
+    assert keys(stack, discovery, "policy", "list").stdout.strip() == ""

@@ -1373,11 +1373,35 @@ static void test_keydir_versions_and_decisions(void **state)
     none.policy = ENC_POLICY_OPPORTUNISTIC;
     assert_int_equal(decide_at(&none, 0), DECIDE_PLAIN);
     /* the address's policy over the domain's over the default */
-    assert_int_equal(keydir_policy("never", "required", ENC_POLICY_OPPORTUNISTIC),
-                     ENC_POLICY_NEVER);
-    assert_int_equal(keydir_policy(NULL, "required", ENC_POLICY_OPPORTUNISTIC),
-                     ENC_POLICY_REQUIRED);
-    assert_int_equal(keydir_policy(NULL, "bogus", ENC_POLICY_NEVER), ENC_POLICY_NEVER);
+    keydir_entry_t p = {0};
+    keydir_policy(&p, "never", "required", ENC_POLICY_OPPORTUNISTIC, TRUST_IMPORTED);
+    assert_int_equal(p.policy, ENC_POLICY_NEVER);
+    assert_int_equal(p.trust, TRUST_IMPORTED);
+    keydir_policy(&p, NULL, "required", ENC_POLICY_OPPORTUNISTIC, TRUST_DISCOVERED);
+    assert_int_equal(p.policy, ENC_POLICY_REQUIRED);
+    keydir_policy(&p, NULL, "bogus", ENC_POLICY_NEVER, TRUST_DISCOVERED);
+    assert_int_equal(p.policy, ENC_POLICY_NEVER);
+    /* a trust named by the setting that applies, else min_trust: the
+     * address's "required" does not take its domain's trust */
+    keydir_policy(&p, NULL, "required imported", ENC_POLICY_OPPORTUNISTIC, TRUST_DISCOVERED);
+    assert_int_equal(p.policy, ENC_POLICY_REQUIRED);
+    assert_int_equal(p.trust, TRUST_IMPORTED);
+    keydir_policy(&p, "opportunistic discovered", NULL, ENC_POLICY_NEVER, TRUST_IMPORTED);
+    assert_int_equal(p.policy, ENC_POLICY_OPPORTUNISTIC);
+    assert_int_equal(p.trust, TRUST_DISCOVERED);
+    keydir_policy(&p, "required", "required imported", ENC_POLICY_NEVER, TRUST_DISCOVERED);
+    assert_int_equal(p.trust, TRUST_DISCOVERED);
+    /* what is not a policy: the next setting applies */
+    static const char *const bad[] = {
+        "never imported", "required  imported", "required trusted",       "required imported x",
+        "required ",      "requiredimported",   "opportunistic-imported", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        enum enc_policy ep;
+        int trust;
+        assert_int_equal(keydir_parse_policy(bad[i], &ep, &trust), -1);
+        keydir_policy(&p, bad[i], "never", ENC_POLICY_REQUIRED, TRUST_DISCOVERED);
+        assert_int_equal(p.policy, ENC_POLICY_NEVER);
+    }
     /* and so the preference */
     assert_int_equal(keydir_prefer("smime", "openpgp", ENC_PREFER_OPENPGP), CRYPTO_SMIME);
     assert_int_equal(keydir_prefer(NULL, "smime", ENC_PREFER_OPENPGP), CRYPTO_SMIME);
