@@ -92,9 +92,10 @@ class WebServer:
             def log_message(self, *args):
                 pass
 
-        if not self._bindable():
-            pytest.fail(f"cannot listen on {addr}:443: run the tests as `make test` does, "
-                        "in a network namespace of their own (sh tests/netns.sh pytest ...)")
+        why = self._unbindable()
+        if why:
+            pytest.fail(f"cannot listen on {addr}:443 ({why}): run the tests as `make test` "
+                        "does, in a network namespace of their own (sh tests/netns.sh pytest ...)")
         self.httpd = http.server.ThreadingHTTPServer((addr, 443), Handler)
         self.httpd.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -103,14 +104,15 @@ class WebServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def _bindable(self):
+    def _unbindable(self):
+        """None when addr:443 can be had; else why not."""
         try:
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((self.addr, 443))
-            return True
-        except OSError:
-            return False
+            return None
+        except OSError as e:
+            return str(e)
 
     def publish_wkd(self, address, key, method="advanced"):
         """Serves key (binary) for address by one method, with its policy file."""
