@@ -8,7 +8,7 @@ PYTHON     ?= /usr/bin/python3
 FUZZ_JOBS  ?= 2
 FUZZ_TARGETS ?= command data header pgpmime openpgp x509 dkim resp smtp_reply http
 
-.PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench
+.PHONY: all setup build run sink test test-cluster chaos fuzz fuzz-corpus lint format clean bench bench-quick
 
 all: build
 
@@ -76,15 +76,26 @@ test-cluster: setup
 # Benchmarks against peers measured in the same run; the tables go to
 # bench/results/<date>.md with a description of the machine.
 RESULTS = bench/results/$(shell date -u +%Y-%m-%d).md
+MACHINE = $$(date -u '+%Y-%m-%d %H:%M UTC') on $$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), at $$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 bench: build
 	@mkdir -p bench/results
-	@{ echo "## $$(date -u '+%Y-%m-%d %H:%M UTC') on $$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"; echo; } >> $(RESULTS)
+	@{ echo "## $(MACHINE)"; echo; } >> $(RESULTS)
 	$(PYTHON) bench/accept.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/relay.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/dkim.py --build $(BUILD) --out $(RESULTS)
 	sh tests/netns.sh $(PYTHON) bench/discovery.py --build $(BUILD) --out $(RESULTS)
+
+# The goal cases of issue 19 alone, in a few minutes: accept (4 KB over 50
+# new connections, 100 KB over one kept), relay end to end with 1 and 2
+# workers against Postfix, idle connections and one 25 MiB message.
+bench-quick: build
+	@mkdir -p bench/results
+	@{ echo "## $(MACHINE) (bench-quick)"; echo; } >> $(RESULTS)
+	$(PYTHON) bench/accept.py --build $(BUILD) --quick --runs 5 --out $(RESULTS)
+	$(PYTHON) bench/relay.py --build $(BUILD) --peers postfix --runs 5 --count 1000 --seconds 5 --out $(RESULTS)
+	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.

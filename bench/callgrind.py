@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Instructions per message, counted by callgrind: what one accepted message
-costs the ingress and what one delivered message costs the worker, in
-user-space instructions (Ir) of the sealpost process alone, a figure that
+costs the ingress, what one delivered message costs the worker, and what
+each asks of Redis, in user-space instructions (Ir) of one process, a figure that
 does not drift with the machine's load as times do, so a refactor can be
 compared with the code before it.
 
@@ -12,7 +12,11 @@ messages of 4 KB over 10 sessions (a new connection per message unless
 stored through the ordinary ingress, which is then stopped, and the worker
 runs under callgrind, delivering to smtp-sink (the [routes] entry of
 example.test), until smtp-sink has them all and the queue is empty; then
-SIGTERM. Each is run with two counts, and
+SIGTERM. Redis: redis-server itself runs under callgrind, the ingress and
+the worker as they are; once while the ingress stores N messages
+("accepted"), once while it stores them and one worker delivers them all
+("accepted and delivered": the difference of the two is what a delivery
+asks of Redis). Each is run with two counts, and
 
     Ir per message = (Ir(N2) - Ir(N1)) / (N2 - N1)
 
@@ -26,10 +30,10 @@ second, and the table shows the figure with it taken out as well.
 Per function and per shared object, the same difference of the two runs'
 self (and inclusive) costs, read from the callgrind files, shows where the
 instructions of one message go. Only user space is counted: system calls,
-the kernel's network stack, fsync and Redis's own work are not in Ir.
+the kernel's network stack and fsync are not in Ir.
 
 usage: bench/callgrind.py [--build DIR] [--counts N1,N2] [--sessions S] [--size BYTES]
-                          [--kept] [--idle S1,S2] [--only ingress|worker] [--top K]
+                          [--kept] [--idle S1,S2] [--only ingress|worker|redis] [--top K]
                           [--keep DIR] [--out FILE]
 """
 import argparse
@@ -250,6 +254,51 @@ def run_worker(tmp, running, sink, args, count, idle=None):
     return profile, took
 
 
+def run_redis(tmp, running, sink, args, count, deliver, idle=None):
+    """Ir of redis-server (appendfsync always) while an ordinary ingress
+    stores count messages and, with deliver, a worker delivers them all (or,
+    with idle, that many seconds of an ingress and a worker with nothing to
+    do); and the seconds from the ingress's start to SIGTERM. Redis's
+    SIGTERM is its ordinary shutdown, after which callgrind writes."""
+    what = "delivered" if deliver else "accepted"
+    tag = f"redis-{what}-{count}" if idle is None else f"redis-{what}-idle-{idle}"
+    d = tmp / f"callgrind-{tag}"
+    d.mkdir()
+    prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/callgrind.out.%p",
+              f"--log-file={d}/valgrind.log"]
+    server = running[tag] = Sealpost(tmp, args.build, workers=1 if deliver else 0,
+                                     next_hop=sink.port, redis_prefix=prefix)
+    redis = server.procs[0]
+    base = sink.count()
+    t0 = time.monotonic()
+    if idle is None:
+        smtp_source(server.port, count, args.sessions, args.size, args.kept)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while deliver and (sink.count() < base + count or
+                           queue_stats(args.build, server.conf)["messages"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{sink.count() - base} of {count} delivered")
+            time.sleep(0.2)
+        stored = queue_stats(args.build, server.conf)["messages"]
+        if stored != (0 if deliver else count):
+            raise RuntimeError(f"redis holds {stored} messages after {count} {what}")
+    else:
+        time.sleep(idle)
+    took = time.monotonic() - t0
+    for p in server.procs[1:]:
+        p.terminate()
+        p.wait(30)
+    redis.terminate()
+    redis.wait(STARTUP_TIMEOUT)
+    server.procs = []
+    del running[tag]
+    profile = Profile(d / f"callgrind.out.{redis.pid}")
+    profile.warnings = []
+    if args.keep:
+        shutil.copytree(d, Path(args.keep) / tag, dirs_exist_ok=True)
+    return profile, took
+
+
 def keep(args, vg, tag):
     if args.keep:
         dest = Path(args.keep) / tag
@@ -327,7 +376,7 @@ def report(results, args, root):
                              text=True).stdout.strip()
     out = [f"### callgrind ({datetime.date.today()}, build {args.build}, {version}; {args.size} B "
            f"messages, smtp-source {args.sessions} sessions, {kind}; Ir = user-space instructions "
-           "of the sealpost process; per message = (Ir(N2) - Ir(N1)) / (N2 - N1))", ""]
+           "of the process named (the sealpost ingress or worker, or redis-server); per message = (Ir(N2) - Ir(N1)) / (N2 - N1))", ""]
     out.append("| process | N1 | N2 | Ir(N1) | Ir(N2) | run s (N1, N2) | Ir per message | "
                "idle Ir/s | Ir per message, idle work out |")
     out.append("|---|---|---|---|---|---|---|---|---|")
@@ -347,6 +396,11 @@ def report(results, args, root):
                 out.append(f"| {ir:,.0f} | {ir / m['per_msg']:.1%} | {Path(ob).name or '?'} |")
         out += ["", f"{m['label']}, top {args.top} functions per message, self cost:", "",
                 "| Ir / msg | function (object) |", "|---|---|"] + top(m["self"], args.top, root)
+        if m["label"].startswith("redis"):
+            out += ["", f"{m['label']}, top {args.top} functions per message, inclusive cost "
+                    "(below the event loop's trunk):", "", "| Ir / msg | function |", "|---|---|"]
+            out += top(m["incl"], args.top, root, lambda key: m["incl"][key] < trunk)
+            continue
         out += ["", f"{m['label']}, top {args.top} of our functions per message, inclusive cost "
                 "(below the event loop's trunk):", "", "| Ir / msg | function |", "|---|---|"]
         out += top(m["incl"], args.top, root, lambda key: ours(key) and m["incl"][key] < trunk)
@@ -376,7 +430,7 @@ def main():
                     help="S1,S2: seconds of the idle runs that measure work done by the clock "
                          "(0,0: none)")
     ap.add_argument("--top", type=int, default=10)
-    ap.add_argument("--only", choices=("ingress", "worker"))
+    ap.add_argument("--only", choices=("ingress", "worker", "redis"))
     ap.add_argument("--keep", help="copy the callgrind files into this folder")
     ap.add_argument("--out", help="append the table to this file")
     args = ap.parse_args()
@@ -390,14 +444,20 @@ def main():
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     results = []
     with workdir() as (tmp, running):
-        if args.only != "worker":
+        if args.only in (None, "ingress"):
             results.append(measure(
                 "ingress", lambda n, s=None: run_ingress(tmp, running, args, n, s), counts, idle))
-        if args.only != "ingress":
-            sink = running["sink"] = SmtpSink(tmp)
+        sink = running["sink"] = SmtpSink(tmp)
+        if args.only in (None, "worker"):
             results.append(measure(
                 "worker", lambda n, s=None: run_worker(tmp, running, sink, args, n, s), counts,
                 idle))
+        if args.only in (None, "redis"):
+            for deliver in (False, True):
+                results.append(measure(
+                    "redis, accepted" if not deliver else "redis, accepted and delivered",
+                    lambda n, s=None, dl=deliver: run_redis(tmp, running, sink, args, n, dl, s),
+                    counts, idle))
         emit(report(results, args, source_root(args.build)), args.out)
 
 

@@ -233,16 +233,18 @@ class SmtpSink(Server):
         return int(tail[1].split(b"\r")[0]) if len(tail) == 2 else 0
 
 
-def start_redis(tmp, fsync="always"):
+def start_redis(tmp, fsync="always", prefix=()):
+    """prefix: a command to run redis-server under (valgrind's, for
+    bench/callgrind.py), which also gives it longer to start."""
     port = free_port()
     d = tmp / f"redis-{port}"
     d.mkdir()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+        [*prefix, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
          "--appendonly", "yes", "--appendfsync", fsync, "--save", "",
          "--maxmemory-policy", "noeviction"],
         stdout=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, 180 if prefix else 30)
     return proc, port
 
 
@@ -256,9 +258,10 @@ class Sealpost(Server):
 
     name = "sealpost"
 
-    def __init__(self, tmp, build, workers=0, next_hop=None, routes=None, extra="", env=None):
+    def __init__(self, tmp, build, workers=0, next_hop=None, routes=None, extra="", env=None,
+                 redis_prefix=()):
         super().__init__()
-        redis, redis_port = start_redis(tmp)
+        redis, redis_port = start_redis(tmp, prefix=redis_prefix)
         self.procs.append(redis)
         self.port = free_port()
         routes = dict(routes or {})

@@ -6,7 +6,9 @@ queue/smtp_forward), in one run.
 
 Capacity: N messages (4 KB, 50 sessions, a new connection each), timed from
 the first connection until the last of them arrived at the next hop
-(smtp-sink's own counter); messages/s is the median of the runs.
+(smtp-sink's own counter); messages/s is the median of the runs, the
+servers (all started first) taking turns run by run, and the ratio to
+Postfix the median of the ratios of runs made side by side.
 
 Latency at half load: for some seconds, ten times a second a burst of a
 twentieth of the server's measured capacity (so half of it in all) goes to
@@ -25,11 +27,13 @@ shows that it was on. --quick: sealpost alone (no Postfix, no Haraka), one
 run of 1000 messages and a 3 s latency phase.
 
 usage: bench/relay.py [--build DIR] [--runs N] [--count N] [--seconds S] [--load RATE]
-                      [--dkim none|ed25519|rsa] [--quick] [--out FILE]
+                      [--dkim none|ed25519|rsa] [--quick] [--peers postfix,haraka]
+                      [--out FILE]
 """
 import argparse
 import datetime
 import smtplib
+import statistics
 import subprocess
 import sys
 import threading
@@ -76,19 +80,16 @@ def arrived(sink, count, timeout=300):
     raise RuntimeError(f"only {sink.count()} of {count} messages at the next hop")
 
 
-def capacity(server, sink, count, runs):
-    rates, cpu = [], []
-    for _ in range(runs):
-        meter = Meter(server.pids())
-        meter.start()
-        base = sink.count()
-        t0 = time.monotonic()
-        smtp_source(server.port, count, 50, 4096, False)
-        done = arrived(sink, base + count)
-        meter.stop()
-        rates.append(count / (done - t0))
-        cpu.append(meter.cpu / count * 1000)
-    return summary(rates), summary(cpu)[0]
+def capacity_once(server, sink, count):
+    """One run: (messages/s end to end, server CPU seconds per 1000 messages)."""
+    meter = Meter(server.pids())
+    meter.start()
+    base = sink.count()
+    t0 = time.monotonic()
+    smtp_source(server.port, count, 50, 4096, False)
+    done = arrived(sink, base + count)
+    meter.stop()
+    return count / (done - t0), meter.cpu / count * 1000
 
 
 def probe(port, stop, sent):
@@ -140,7 +141,7 @@ def dkim_key(server, build, algorithm):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=str(ROOT / "build"))
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=10, help="of the half-load phase")
     ap.add_argument("--load", type=float, help="msg/s in the latency phase (default: half "
@@ -149,6 +150,7 @@ def main():
                     help="sealpost signs every message with a key of this algorithm")
     ap.add_argument("--quick", action="store_true",
                     help="sealpost alone, one run of 1000 messages, a 3 s latency phase")
+    ap.add_argument("--peers", default="postfix,haraka", help="which of postfix,haraka")
     ap.add_argument("--out", help="append the table to this file")
     args = ap.parse_args()
     if args.quick:
@@ -164,38 +166,50 @@ def main():
             ("sealpost, 2 workers", lambda: Sealpost(tmp, args.build, workers=2, next_hop=sink.port,
                                                      routes=routes)),
         ]
+        peers = {"postfix": lambda: Postfix(tmp, next_hop=sink.port, routes=routes),
+                 "haraka": lambda: Haraka(tmp, nodes=2, next_hop=sink.port, routes=routes)}
         if not args.quick:
-            makers += [
-                ("postfix", lambda: Postfix(tmp, next_hop=sink.port, routes=routes)),
-                ("haraka", lambda: Haraka(tmp, nodes=2, next_hop=sink.port, routes=routes)),
-            ]
+            makers += [(name, peers[name]) for name in args.peers.split(",")]
+        servers = {}
         for label, make in makers:
-            server = make()
+            servers[label] = running[label] = make()
+            if isinstance(servers[label], Sealpost) and args.dkim != "none":
+                dkim_key(servers[label], args.build, args.dkim)
+        # the servers take turns run by run, so that a slow spell of the
+        # machine falls on each of them rather than on one
+        runs = {label: [] for label in servers}
+        for _ in range(args.runs):
+            for label, server in servers.items():
+                runs[label].append(capacity_once(server, sink, args.count))
+        for label, server in servers.items():
             signed_before = recorder.signed
-            try:
-                if isinstance(server, Sealpost) and args.dkim != "none":
-                    dkim_key(server, args.build, args.dkim)
-                (rate, lo, hi), cpu = capacity(server, sink, args.count, args.runs)
-                load = args.load or rate / 2
-                p50, p99, seen, sent = latency(server, sink, recorder, load, args.seconds)
-            finally:
-                server.stop()
+            (rate, lo, hi) = summary([r for r, _ in runs[label]])
+            cpu = statistics.median(c for _, c in runs[label])
+            load = args.load or rate / 2
+            p50, p99, seen, sent = latency(server, sink, recorder, load, args.seconds)
+            server.stop()
+            del running[label]
             rows.append((label, rate, lo, hi, cpu, p50, p99, seen, sent))
-            print(f"{label}: {rate:.0f} msg/s, 250 to arrival p50 {p50:.1f} ms p99 {p99:.1f} ms"
-                  f", probes signed {recorder.signed - signed_before}/{seen}", flush=True)
-        postfix_rate = next((r[1] for r in rows if r[0] == "postfix"), None)
+            print(f"{label}: {rate:.0f} msg/s, {cpu:.2f} CPU s / 1000, 250 to arrival p50 "
+                  f"{p50:.1f} ms p99 {p99:.1f} ms, probes signed {recorder.signed - signed_before}"
+                  f"/{seen}", flush=True)
+        postfix = next((r for r in rows if r[0] == "postfix"), None)
+        paired = {label: statistics.median(o / p for (o, _), (p, _) in zip(r, runs["postfix"]))
+                  for label, r in runs.items()} if postfix else {}
         phase = f"at {args.load:.0f} msg/s" if args.load else "half load"
         signing = "" if args.dkim == "none" else f"; sealpost signs with DKIM ({args.dkim})"
         text = [f"### relay ({datetime.date.today()}, 4 KB, smtp-source 50 sessions with a new "
                 f"connection each, {args.count} messages per run, {args.runs} runs; next hop "
                 f"smtp-sink{signing})", "",
                 "| server | msg/s end to end, median | min | max | CPU s / 1000 msg | "
-                f"250 → arrival p50 ms ({phase}) | p99 ms | probes arrived | ÷ Postfix |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                f"250 → arrival p50 ms ({phase}) | p99 ms | probes arrived | "
+                "msg/s ÷ Postfix (median of paired runs) | p99 ÷ Postfix's |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for label, rate, lo, hi, cpu, p50, p99, seen, sent in rows:
+            ratio = f"{paired[label]:.2f}" if postfix else "—"
+            tail = f"{p99 / postfix[6]:.2f}" if postfix and postfix[6] > 0 else "—"
             text.append(f"| {label} | {rate:.0f} | {lo:.0f} | {hi:.0f} | {cpu:.2f} | "
-                        f"{p50:.1f} | {p99:.1f} | {seen}/{sent} | "
-                        f"{f'{rate / postfix_rate:.2f}' if postfix_rate else '—'} |")
+                        f"{p50:.1f} | {p99:.1f} | {seen}/{sent} | {ratio} | {tail} |")
         out = "\n".join(text) + "\n"
         emit(out, args.out)
 
