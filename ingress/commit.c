@@ -14,6 +14,7 @@ struct commit {
     commit_done_cb done;
     void *arg;
     uint64_t enqueue_start; /* uv_now when the enqueue call went out */
+    size_t size;            /* the message's, as received: its body is freed at the enqueue */
     /* From the enqueue on, what names the message's keys, for a withdraw:
      * each recipient's address (in tx) and body variant, and how many bodies. */
     const char **addrs;
@@ -76,9 +77,9 @@ static void on_enqueued(int status, const char *err, void *arg)
     }
     char safe[LOG_SAFE_MAX], reply[64];
     log_info("event=accepted mid=%s client=%s from=<%s> rcpts=%u size=%zu", tx->mid, c->client.peer,
-             log_addr(tx->sender, safe), tx->n_rcpts, tx->body.len);
+             log_addr(tx->sender, safe), tx->n_rcpts, c->size);
     metric_add(m->accepted, 1);
-    metric_add(m->received_bytes, (double)tx->body.len);
+    metric_add(m->received_bytes, (double)c->size);
     metric_add(m->recipients, tx->n_rcpts);
     snprintf(reply, sizeof reply, "250 2.0.0 Ok: queued as %s", tx->mid);
     finish(c, reply);
@@ -202,6 +203,11 @@ static void on_encrypted(void *arg, const gateway_job_t *job)
         if (job->outcome != GATEWAY_PLAIN)
             log_info("event=encrypted mid=%s outcome=%s variants=%u", c->tx->mid,
                      encrypt_outcome_name(job->outcome), job->n_variants);
+        /* Every variant is sealed now, and the body as received is read no
+         * more: freed before the enqueue formats its command, so a large
+         * message is not held three times over at once. */
+        c->size = c->tx->body.len;
+        buf_free(&c->tx->body);
         enqueue(c, job);
     }
 }
