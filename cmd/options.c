@@ -113,11 +113,8 @@ void cmd_print_time(long long t)
         fputs("never", stdout);
         return;
     }
-    char text[32];
-    time_t tt = (time_t)t;
-    struct tm tm;
-    gmtime_r(&tt, &tm);
-    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char text[UTIL_ISO_TIME_LEN];
+    util_iso_time(t, text);
     fputs(text, stdout);
 }
 

@@ -107,6 +107,9 @@ void util_random_id(char out[33]);
 uint32_t util_random_below(uint32_t bound);
 /* RFC 5322 date-time for now, e.g. "Sat, 28 Nov 2026 16:41:52 +0000". */
 void util_rfc5322_date(char *out, size_t outlen);
+/* A Unix time as ISO 8601 in UTC, e.g. "2026-12-03T14:25:13Z". */
+#define UTIL_ISO_TIME_LEN 32
+void util_iso_time(long long t, char out[UTIL_ISO_TIME_LEN]);
 /* Lower-cases ASCII in place. */
 void util_ascii_lower(char *s);
 /* A decimal number that is all of p[0..len): digits only (no sign, no

@@ -41,6 +41,14 @@ void util_rfc5322_date(char *out, size_t outlen)
     strftime(out, outlen, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 }
 
+void util_iso_time(long long t, char out[UTIL_ISO_TIME_LEN])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(out, UTIL_ISO_TIME_LEN, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 void util_ascii_lower(char *s)
 {
     for (; *s; s++)

@@ -251,19 +251,15 @@ static void refreshed(struct pending *p)
                   p->key.fpr);
         return;
     }
-    unsigned action = p->d->ingress->cfg->discovery.key_change;
-    char when[32], change[240];
-    time_t t = (time_t)now;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    snprintf(change, sizeof change, "%s %s -> %s %s", when, p->old_fpr, p->key.fpr,
-             action == KEY_CHANGE_ACCEPT ? "accepted" : "kept");
-    metric_add(p->d->changes[action == KEY_CHANGE_ACCEPT ? 0 : 1], 1);
+    bool accept = p->d->ingress->cfg->discovery.key_change == KEY_CHANGE_ACCEPT;
+    const char *action = accept ? "accepted" : "kept";
+    char when[UTIL_ISO_TIME_LEN], change[240];
+    util_iso_time(now, when);
+    snprintf(change, sizeof change, "%s %s -> %s %s", when, p->old_fpr, p->key.fpr, action);
+    metric_add(p->d->changes[accept ? 0 : 1], 1);
     log_warn("event=discovered_key_changed rcpt=<%s> old=%s new=%s action=%s",
-             log_addr(p->addr, safe), p->old_fpr, p->key.fpr,
-             action == KEY_CHANGE_ACCEPT ? "accepted" : "kept");
-    if (action == KEY_CHANGE_ACCEPT) {
+             log_addr(p->addr, safe), p->old_fpr, p->key.fpr, action);
+    if (accept) {
         file_key(p, now, change, NULL);
         return;
     }

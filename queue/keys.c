@@ -184,17 +184,19 @@ int queue_key_version(queue_t *q, queue_versions_cb cb, void *arg)
 
 /* ---- discovered keys (issue 16) ---- */
 
+#define DISC_PUT_ARGS 10
+
 /* disc_put's arguments, their text in nums. */
-static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[10],
-                      size_t lens[10])
+static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[DISC_PUT_ARGS],
+                      size_t lens[DISC_PUT_ARGS])
 {
     snprintf(nums[0], 24, "%lld", d->expires);
     snprintf(nums[1], 24, "%lld", d->found);
     snprintf(nums[2], 24, "%lld", d->checked);
-    const char *v[10] = {
+    const char *v[DISC_PUT_ARGS] = {
         d->address,           d->fpr,  nums[0], d->data, d->source,
         d->url ? d->url : "", nums[1], nums[2], d->tag,  d->change ? d->change : ""};
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < DISC_PUT_ARGS; i++) {
         args[i] = v[i];
         lens[i] = i == 3 ? d->len : strlen(v[i]);
     }
@@ -203,11 +205,11 @@ static void disc_args(const queue_disc_t *d, char nums[3][24], const char *args[
 int queue_disc_put(queue_t *q, const queue_disc_t *d, queue_status_cb cb, void *arg)
 {
     char nums[3][24];
-    const char *args[10];
-    size_t lens[10];
+    const char *args[DISC_PUT_ARGS];
+    size_t lens[DISC_PUT_ARGS];
     disc_args(d, nums, args, lens);
-    return fcall_keys(call_status(q, cb, arg), FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 10,
-                      args, lens);
+    return fcall_keys(call_status(q, cb, arg), FN_DISC_PUT, &(key_ids_t){.addr = d->address},
+                      DISC_PUT_ARGS, args, lens);
 }
 
 int queue_disc_miss(queue_t *q, const char *address, long long until, bool failed, const char *tag,
@@ -272,11 +274,11 @@ int queue_disc_domain_miss(queue_t *q, const char *domain, long long until, cons
 int queue_admin_disc_put(queue_admin_t *a, const queue_disc_t *d, char *err, size_t errlen)
 {
     char nums[3][24];
-    const char *args[10];
-    size_t lens[10];
+    const char *args[DISC_PUT_ARGS];
+    size_t lens[DISC_PUT_ARGS];
     disc_args(d, nums, args, lens);
-    redisReply *r = queue_admin_call(a, FN_DISC_PUT, &(key_ids_t){.addr = d->address}, 10, args,
-                                     lens, err, errlen);
+    redisReply *r = queue_admin_call(a, FN_DISC_PUT, &(key_ids_t){.addr = d->address},
+                                     DISC_PUT_ARGS, args, lens, err, errlen);
     if (!r) return -1;
     int rc = r->type == REDIS_REPLY_STRING && !strcmp(r->str, "ok") ? 0 : -1;
     if (rc < 0) snprintf(err, errlen, "disc_put: unexpected reply");

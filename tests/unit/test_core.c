@@ -460,6 +460,16 @@ static void test_time_and_date(void **state)
     assert_int_equal(date[22], ':');
 }
 
+static void test_iso_time(void **state)
+{
+    (void)state;
+    char t[UTIL_ISO_TIME_LEN];
+    util_iso_time(0, t);
+    assert_string_equal(t, "1970-01-01T00:00:00Z");
+    util_iso_time(1796308513, t);
+    assert_string_equal(t, "2026-12-03T14:35:13Z");
+}
+
 static void test_ascii_lower(void **state)
 {
     (void)state;
@@ -630,6 +640,7 @@ int main(void)
         cmocka_unit_test(test_random_id),
         cmocka_unit_test(test_random_below),
         cmocka_unit_test(test_time_and_date),
+        cmocka_unit_test(test_iso_time),
         cmocka_unit_test(test_ascii_lower),
         cmocka_unit_test(test_log_parse_level),
         cmocka_unit_test(test_split_list),
