@@ -2,6 +2,7 @@
 Directory and a VKS keyserver over HTTPS (Python's http.server, a test CA),
 dnsmasq naming the domains, keys made by gpg, mail decrypted by Sequoia.
 `sealpost keys lookup` files what it finds; the ingress encrypts to it."""
+import itertools
 import json
 import smtplib
 import subprocess
@@ -18,7 +19,11 @@ from pgp import Person, gpg, recipient_key_ids
 from test_gateway import check_pgp_mime, message
 from wkd import Pki, WebServer, wkd_hash, wks_client_url
 
-WEB = "127.0.1.1"
+# Each test's WKD server listens on an address of its own, 127.0.1.1 to
+# 127.0.1.200 in turn: in two full runs out of four, a test found port 443
+# of the one shared address still taken (EADDRINUSE, SO_REUSEADDR set)
+# after the test before had closed its server, for the rest of the module.
+WEBS = itertools.cycle(f"127.0.1.{i}" for i in range(1, 201))
 HOSTS = ["openpgpkey.example.test", "example.test", "direct.test", "nowkd.test", "keys.test"]
 
 
@@ -40,15 +45,15 @@ def binary(person):
 
 @pytest.fixture
 def web(tmp_path):
-    server = WebServer(WEB, Pki(tmp_path / "pki", HOSTS))
+    server = WebServer(next(WEBS), Pki(tmp_path / "pki", HOSTS))
     yield server
     server.close()
 
 
 @pytest.fixture
-def dns():
+def dns(web):
     port = free_port()
-    records = [f"--host-record={h},{WEB}" for h in HOSTS]
+    records = [f"--host-record={h},{web.addr}" for h in HOSTS]
     proc = start_dnsmasq(port, records)
     yield port
     proc.terminate()
