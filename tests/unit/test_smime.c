@@ -773,7 +773,10 @@ static void test_gateway_groups_by_method(void **state)
     buf_t plain;
     variant_to_file(&job, k, vb, "shared.eml", &plain);
     assert_non_null(strstr(plain.data, "smime-type=enveloped-data"));
-    assert_null(strstr(plain.data, "Bcc"));
+    /* in its header section: the base64 below may spell "Bcc" by chance */
+    const char *body = strstr(plain.data, "\r\n\r\n");
+    assert_non_null(body);
+    assert_null(memmem(plain.data, (size_t)(body - plain.data), "Bcc", 3));
     buf_free(&plain);
     assert_true(opens("shared.eml", "bob"));
     assert_true(opens("shared.eml", "ec"));
