@@ -201,16 +201,18 @@ static void on_gate_extended(int status, const char *err, void *arg)
     client_finish_data(a->gate_client, status == 0);
 }
 
-/* Right before the final dot the lease is renewed once more: a worker that
- * lost its job (paused, partitioned) must not complete a delivery that
- * another worker is making too. */
+/* Right before the final dot the lease is checked, and renewed if past its
+ * half: a worker that lost its job (paused, partitioned) must not complete a
+ * delivery that another worker is making too. A young lease is only read,
+ * so the dot waits for no fsync of a renewal. */
 static void on_gate(client_t *client, void *arg)
 {
     attempt_t *a = arg;
     const config_t *cfg = a->env->outcome.cfg;
     a->gate_client = client;
-    if (a->lease_lost || queue_extend(a->env->outcome.queue, a->job,
-                                      cfg->worker.lease_seconds * 1000, on_gate_extended, a) < 0) {
+    unsigned lease_ms = cfg->worker.lease_seconds * 1000;
+    if (a->lease_lost || queue_extend(a->env->outcome.queue, a->job, lease_ms, lease_ms / 2,
+                                      on_gate_extended, a) < 0) {
         log_warn("event=aborted_before_dot mid=%s job=%s error=\"lease lost or redis down\"",
                  a->job->mid, a->job->jid);
         client_finish_data(client, false);
@@ -223,8 +225,8 @@ static void on_lease_timer(uv_timer_t *t)
 {
     attempt_t *a = t->data;
     const config_t *cfg = a->env->outcome.cfg;
-    if (queue_extend(a->env->outcome.queue, a->job, cfg->worker.lease_seconds * 1000, on_extended,
-                     a) < 0)
+    if (queue_extend(a->env->outcome.queue, a->job, cfg->worker.lease_seconds * 1000, 0,
+                     on_extended, a) < 0)
         log_warn("event=lease_extend_failed mid=%s error=\"redis not connected\"", a->job->mid);
     else
         a->replies_pending++;

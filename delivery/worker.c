@@ -29,6 +29,7 @@
 #define REDIS_RETRY_MS 500
 #define SIGNER_WAIT_MS 20
 #define NEVER          UINT64_MAX
+#define MAX_CLAIMS     16 /* claims out at once, each to a shard of its own */
 
 struct worker {
     uv_loop_t *loop;
@@ -39,12 +40,14 @@ struct worker {
     char owner[300];
     uint64_t *next_due; /* per shard, on uv_now's clock */
     uint32_t *wakes;    /* per shard, wake-ups received: one during a claim must not be lost */
+    bool *claiming;     /* per shard, a claim is out */
     unsigned n_shards;
     unsigned cursor;
     uint64_t next_rescan;
-    bool claiming;
-    unsigned active;  /* attempts started and not yet ended */
-    uv_timer_t timer; /* the next claim; after a stop, the grace period */
+    unsigned claims;   /* claims out */
+    unsigned reserved; /* the slots they may fill */
+    unsigned active;   /* attempts started and not yet ended */
+    uv_timer_t timer;  /* the next claim; after a stop, the grace period */
     bool closed;
     void (*on_stopped)(void *arg);
     void *on_stopped_arg;
@@ -63,13 +66,14 @@ static void on_worker_closed(uv_handle_t *h)
     SSL_CTX_free(w->tls);
     free(w->next_due);
     free(w->wakes);
+    free(w->claiming);
     free(w);
     if (done) done(arg);
 }
 
 static void maybe_stopped(worker_t *w)
 {
-    if (w->env.stopping && w->active == 0 && pool_kept(w->env.pool) == 0 && !w->claiming &&
+    if (w->env.stopping && w->active == 0 && pool_kept(w->env.pool) == 0 && w->claims == 0 &&
         !w->closed) {
         w->closed = true;
         uv_close((uv_handle_t *)&w->timer, on_worker_closed);
@@ -113,13 +117,16 @@ static void on_claimed(int status, const char *err, long long next_ms, const que
     struct claim_ctx *cc = arg;
     worker_t *w = cc->w;
     uint64_t now = uv_now(w->loop);
-    w->claiming = false;
+    w->claiming[cc->shard] = false;
+    w->claims--;
+    w->reserved -= cc->max;
     if (status < 0) {
         log_warn("event=claim_failed shard=%u error=\"%s\"", cc->shard, err);
         w->next_due[cc->shard] = now + REDIS_RETRY_MS;
-    } else if (n == cc->max || w->wakes[cc->shard] != cc->wakes) {
-        /* There may be more; or something was enqueued while the claim was
-         * out, and the claim may have looked before it was there. */
+    } else if ((n == cc->max && next_ms == 0) || w->wakes[cc->shard] != cc->wakes) {
+        /* More is due (next_ms is counted after the jobs taken); or
+         * something was enqueued while the claim was out, and the claim may
+         * have looked before it was there. */
         w->next_due[cc->shard] = now;
     } else {
         w->next_due[cc->shard] = next_ms < 0 ? NEVER : now + (uint64_t)next_ms;
@@ -136,37 +143,59 @@ static void on_timer(uv_timer_t *t)
     tick(t->data);
 }
 
-static bool claim_one(worker_t *w, uint64_t now, unsigned slots)
+static bool shard_due(const worker_t *w, unsigned s, uint64_t now)
 {
-    for (unsigned i = 0; i < w->n_shards; i++) {
-        unsigned s = (w->cursor + i) % w->n_shards;
-        if (w->next_due[s] > now) continue;
-        w->cursor = s + 1;
-        struct claim_ctx *cc = malloc(sizeof *cc);
-        if (!cc) return false;
-        *cc = (struct claim_ctx){w, s, slots, w->wakes[s]};
-        w->claiming = true;
-        if (queue_claim(w->queue, s, w->owner, slots, w->cfg->worker.lease_seconds * 1000,
-                        w->cfg->worker.max_lease_expiries, on_claimed, cc) < 0) {
-            w->claiming = false;
-            free(cc);
-            return false;
-        }
-        return true;
+    return !w->claiming[s] && w->next_due[s] <= now;
+}
+
+static int claim_shard(worker_t *w, unsigned s, unsigned max)
+{
+    struct claim_ctx *cc = malloc(sizeof *cc);
+    if (!cc) return -1;
+    *cc = (struct claim_ctx){w, s, max, w->wakes[s]};
+    if (queue_claim(w->queue, s, w->owner, max, w->cfg->worker.lease_seconds * 1000,
+                    w->cfg->worker.max_lease_expiries, on_claimed, cc) < 0) {
+        free(cc);
+        return -1;
     }
-    return false;
+    w->claiming[s] = true;
+    w->claims++;
+    w->reserved += max;
+    return 0;
+}
+
+/* Sends claims to the due shards, from the cursor on, up to MAX_CLAIMS out
+ * at once, and shares the free slots among them. Claims in flight together
+ * reach Redis in one read and are answered after one fsync: a burst spread
+ * over many shards waits for one round trip, not for one per shard. */
+static void claim_due(worker_t *w, uint64_t now, unsigned slots)
+{
+    unsigned due = 0;
+    for (unsigned s = 0; s < w->n_shards && due < MAX_CLAIMS; s++)
+        due += shard_due(w, s, now);
+    if (due > MAX_CLAIMS - w->claims) due = MAX_CLAIMS - w->claims;
+    for (unsigned i = 0; i < w->n_shards && slots > 0 && due > 0; i++) {
+        unsigned s = (w->cursor + i) % w->n_shards;
+        if (!shard_due(w, s, now)) continue;
+        unsigned max = slots / due > 0 ? slots / due : 1;
+        if (claim_shard(w, s, max) < 0) return;
+        w->cursor = s + 1;
+        slots -= max;
+        due--;
+    }
 }
 
 static void tick(worker_t *w)
 {
-    if (w->env.stopping || w->claiming) return;
+    if (w->env.stopping) return;
     uint64_t now = uv_now(w->loop);
     if (now >= w->next_rescan) {
         for (unsigned s = 0; s < w->n_shards; s++)
             w->next_due[s] = 0;
         w->next_rescan = now + RESCAN_MS;
     }
-    unsigned slots = w->cfg->worker.concurrency - w->active;
+    unsigned used = w->active + w->reserved;
+    unsigned slots = used < w->cfg->worker.concurrency ? w->cfg->worker.concurrency - used : 0;
     if (!queue_ready(w->queue)) {
         uv_timer_start(&w->timer, on_timer, REDIS_RETRY_MS, 0);
         return;
@@ -175,8 +204,8 @@ static void tick(worker_t *w)
         uv_timer_start(&w->timer, on_timer, SIGNER_WAIT_MS, 0);
         return;
     }
-    if (slots > 0 && claim_one(w, now, slots)) return;
-    if (slots == 0) return; /* a finished delivery ticks again */
+    if (slots > 0) claim_due(w, now, slots);
+    if (w->claims > 0 || slots == 0) return; /* a claim's reply or a finished delivery ticks */
     uint64_t wake = w->next_rescan;
     for (unsigned s = 0; s < w->n_shards; s++)
         if (w->next_due[s] < wake) wake = w->next_due[s];
@@ -239,10 +268,12 @@ worker_t *worker_start(uv_loop_t *loop, const config_t *cfg, queue_t *queue,
     worker_t *w = calloc(1, sizeof *w);
     if (w) w->next_due = calloc(queue_shards(queue), sizeof *w->next_due);
     if (w) w->wakes = calloc(queue_shards(queue), sizeof *w->wakes);
-    if (!w || !w->next_due || !w->wakes) {
+    if (w) w->claiming = calloc(queue_shards(queue), sizeof *w->claiming);
+    if (!w || !w->next_due || !w->wakes || !w->claiming) {
         if (w) {
             free(w->next_due);
             free(w->wakes);
+            free(w->claiming);
             free(w);
         }
         snprintf(err, errlen, "out of memory");

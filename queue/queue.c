@@ -663,14 +663,15 @@ int queue_job_tampered(queue_t *q, const queue_job_t *job, const char *why, queu
                       &(key_ids_t){.shard = job->shard, .jid = job->jid}, 3, args, NULL);
 }
 
-int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
-                 void *arg)
+int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, unsigned keep_ms,
+                 queue_status_cb cb, void *arg)
 {
-    char token[32], lease[16];
+    char token[32], lease[16], keep[16];
     snprintf(token, sizeof token, "%lld", job->token);
     snprintf(lease, sizeof lease, "%u", lease_ms);
-    const char *args[] = {job->jid, token, lease};
-    return fcall_keys(call_status(q, cb, arg), FN_EXTEND, &(key_ids_t){.shard = job->shard}, 3,
+    snprintf(keep, sizeof keep, "%u", keep_ms);
+    const char *args[] = {job->jid, token, lease, keep};
+    return fcall_keys(call_status(q, cb, arg), FN_EXTEND, &(key_ids_t){.shard = job->shard}, 4,
                       args, NULL);
 }
 

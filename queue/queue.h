@@ -162,9 +162,12 @@ void queue_job_free(queue_job_t *job);
 int queue_forget(queue_t *q, unsigned shard, const queue_claimed_t *claimed, queue_status_cb cb,
                  void *arg);
 
-/* Renews the lease; fails with err "stale" when the lease was lost. */
-int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, queue_status_cb cb,
-                 void *arg);
+/* Renews the lease to lease_ms from now, or only checks that it is still
+ * held while more than keep_ms of it is left (0: always renews): a check
+ * writes nothing, so it adds no fsync to the delivery it gates. Fails with
+ * err "stale" when the lease was lost. */
+int queue_extend(queue_t *q, const queue_job_t *job, unsigned lease_ms, unsigned keep_ms,
+                 queue_status_cb cb, void *arg);
 
 /* A bounce (delivery status notification) to enqueue with a completion. */
 typedef struct queue_bounce {

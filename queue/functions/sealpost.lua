@@ -261,6 +261,8 @@ local function claim(keys, args)
   return {next_ms, out}
 end
 
+-- The lease's deadline (a string, ms) when jid's lease is held with token;
+-- else false.
 local function lease_valid(keys, jid, token)
   return redis.call('HGET', keys[3], jid .. ':tok') == token
      and redis.call('ZSCORE', keys[2], jid)
@@ -296,10 +298,16 @@ local function forget(keys, args)
 end
 
 -- KEYS: due, lease, meta
--- ARGV: jid, token, lease_ms
+-- ARGV: jid, token, lease_ms[, keep_ms]
+-- With more than keep_ms of the lease left, only checks it (writing nothing,
+-- so the reply waits for no fsync of this call's own): the check before a
+-- delivery's final dot, which renews only a lease past its half.
 local function extend(keys, args)
-  if not lease_valid(keys, args[1], args[2]) then return 'stale' end
-  redis.call('ZADD', keys[2], 'XX', now_ms() + tonumber(args[3]), args[1])
+  local deadline = lease_valid(keys, args[1], args[2])
+  if not deadline then return 'stale' end
+  local now, keep = now_ms(), tonumber(args[4]) or 0
+  if keep > 0 and tonumber(deadline) - now > keep then return 'ok' end
+  redis.call('ZADD', keys[2], 'XX', now + tonumber(args[3]), args[1])
   return 'ok'
 end
 

@@ -344,7 +344,7 @@ static void send_requests(queue_t *q, queue_job_t *job)
     memcpy(job->jid, claimed.jid, sizeof job->jid);
     job->token = 7;
     job->shard = 1;
-    track(R_EXTEND, queue_extend(q, job, 30000, on_status, &fz.t[R_EXTEND]));
+    track(R_EXTEND, queue_extend(q, job, 30000, 0, on_status, &fz.t[R_EXTEND]));
     track(R_FORGET, queue_forget(q, 1, &claimed, on_status, &fz.t[R_FORGET]));
     queue_disc_t disc = {.address = "bob@example.test",
                          .fpr = "AAAA",

@@ -163,6 +163,29 @@ def test_a_completion_with_a_stale_fencing_token_is_refused(r):
     assert counter(r, "completed") == 1
 
 
+def test_extend_only_checks_a_young_lease_and_renews_one_past_keep(r):
+    """The check before a delivery's dot: a lease with more than keep_ms left
+    is read, not written (no write for the AOF to fsync); one with less is
+    renewed; a lost one is stale either way."""
+    _, (jid,) = enqueue(r, MID, [("example.test", "a@example.test", 0)])
+    token = claim(r, owner="w1", lease_ms=1000)[jid]
+    lease = [shard("due"), shard("lease"), shard("meta")]
+    deadline = r.zscore(shard("lease"), jid)
+    writes = r.info("persistence")["rdb_changes_since_last_save"]
+    assert r.fcall("extend", 3, *lease, jid, token, 1000, 500) == b"ok"
+    assert r.info("persistence")["rdb_changes_since_last_save"] == writes, "a check writes nothing"
+    assert r.zscore(shard("lease"), jid) == deadline
+    time.sleep(0.6)  # less than keep_ms left now: renewed
+    assert r.fcall("extend", 3, *lease, jid, token, 1000, 500) == b"ok"
+    assert r.zscore(shard("lease"), jid) >= deadline + 500
+    assert r.fcall("extend", 3, *lease, jid, token + 1, 1000, 500) == b"stale"
+    # without keep_ms (an older node's call), every extend renews
+    deadline = r.zscore(shard("lease"), jid)
+    time.sleep(0.01)
+    assert r.fcall("extend", 3, *lease, jid, token, 1000) == b"ok"
+    assert r.zscore(shard("lease"), jid) > deadline
+
+
 def test_a_completion_naming_another_variant_than_the_jobs_body_is_refused(r):
     jobs = [("example.test", "a@example.test", 0), ("example.test", "b@example.test", 1)]
     _, (jid0, jid1) = enqueue(r, MID, jobs, bodies=(b"v0", b"v1"))
