@@ -86,16 +86,20 @@ bench: build
 	$(PYTHON) bench/encrypted.py --build $(BUILD) --out $(RESULTS)
 	$(PYTHON) bench/dkim.py --build $(BUILD) --out $(RESULTS)
 	sh tests/netns.sh $(PYTHON) bench/discovery.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/redis_calls.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/callgrind.py --build $(BUILD) --out $(RESULTS)
 
 # The goal cases of issue 19 alone, in a few minutes: accept (4 KB over 50
 # new connections, 100 KB over one kept), relay end to end with 1 and 2
-# workers against Postfix, idle connections and one 25 MiB message.
+# workers against Postfix, idle connections and one 25 MiB message, and
+# what Redis spends per message on each call.
 bench-quick: build
 	@mkdir -p bench/results
 	@{ echo "## $(MACHINE) (bench-quick)"; echo; } >> $(RESULTS)
 	$(PYTHON) bench/accept.py --build $(BUILD) --quick --runs 5 --out $(RESULTS)
 	$(PYTHON) bench/relay.py --build $(BUILD) --peers postfix --runs 5 --count 1000 --seconds 5 --out $(RESULTS)
 	$(PYTHON) bench/connections.py --build $(BUILD) --out $(RESULTS)
+	$(PYTHON) bench/redis_calls.py --build $(BUILD) --out $(RESULTS)
 
 # Longer fuzzing runs, by hand: FUZZ_SECONDS each, one target at a time, into
 # the build tree's corpus; then `make fuzz-corpus` to keep what they found.

@@ -30,6 +30,7 @@
 #define SIGNER_WAIT_MS 20
 #define NEVER          UINT64_MAX
 #define MAX_CLAIMS     16 /* claims out at once, each to a shard of its own */
+#define BATCH_WAIT_MS  5  /* the longest a busy worker holds its claims back */
 
 struct worker {
     uv_loop_t *loop;
@@ -46,8 +47,10 @@ struct worker {
     uint64_t next_rescan;
     unsigned claims;   /* claims out */
     unsigned reserved; /* the slots they may fill */
-    unsigned active;   /* attempts started and not yet ended */
-    uv_timer_t timer;  /* the next claim; after a stop, the grace period */
+    bool holding;      /* claims held back since held_since */
+    uint64_t held_since;
+    unsigned active;  /* attempts started and not yet ended */
+    uv_timer_t timer; /* the next claim; after a stop, the grace period */
     bool closed;
     void (*on_stopped)(void *arg);
     void *on_stopped_arg;
@@ -164,25 +167,53 @@ static int claim_shard(worker_t *w, unsigned s, unsigned max)
     return 0;
 }
 
+/* A claim's smallest share of the free slots, but for the last ones. */
+static unsigned claim_batch(const worker_t *w)
+{
+    unsigned batch = w->cfg->worker.concurrency / 8;
+    return batch ? batch : 1;
+}
+
 /* Sends claims to the due shards, from the cursor on, up to MAX_CLAIMS out
- * at once, and shares the free slots among them. Claims in flight together
- * reach Redis in one read and are answered after one fsync: a burst spread
- * over many shards waits for one round trip, not for one per shard. */
+ * at once, and shares the free slots among them, claim_batch at least each.
+ * Claims in flight together reach Redis in one read and are answered after
+ * one fsync: a burst spread over many shards waits for one round trip, not
+ * for one per shard; and a worker with few free slots sends one claim for
+ * them, not one per slot to as many shards. */
 static void claim_due(worker_t *w, uint64_t now, unsigned slots)
 {
-    unsigned due = 0;
-    for (unsigned s = 0; s < w->n_shards && due < MAX_CLAIMS; s++)
-        due += shard_due(w, s, now);
-    if (due > MAX_CLAIMS - w->claims) due = MAX_CLAIMS - w->claims;
-    for (unsigned i = 0; i < w->n_shards && slots > 0 && due > 0; i++) {
+    unsigned due[MAX_CLAIMS], n = 0, most = slots / claim_batch(w);
+    if (most == 0) most = 1;
+    for (unsigned i = 0; i < w->n_shards && n < MAX_CLAIMS - w->claims && n < most; i++) {
         unsigned s = (w->cursor + i) % w->n_shards;
-        if (!shard_due(w, s, now)) continue;
-        unsigned max = slots / due > 0 ? slots / due : 1;
-        if (claim_shard(w, s, max) < 0) return;
-        w->cursor = s + 1;
-        slots -= max;
-        due--;
+        if (shard_due(w, s, now)) due[n++] = s;
     }
+    for (unsigned i = 0; i < n; i++) {
+        unsigned max = slots / (n - i); /* what is left, among the shards left: at least 1 */
+        if (claim_shard(w, due[i], max) < 0) return;
+        w->cursor = due[i] + 1;
+        slots -= max;
+    }
+}
+
+/* A busy worker lets claim_batch slots free before it claims, for
+ * BATCH_WAIT_MS at most: under load its claims then come in batches, one
+ * claim and its round trip for several jobs, while a worker with room
+ * claims at once. (Claiming each slot as it freed, each to a shard of its
+ * own, made three times the claims per job of one claim at a time.) */
+static bool hold_claims(worker_t *w, uint64_t now, unsigned slots)
+{
+    if (slots >= claim_batch(w) || w->active + w->reserved == 0 ||
+        (w->holding && now - w->held_since >= BATCH_WAIT_MS)) {
+        w->holding = false;
+        return false;
+    }
+    if (!w->holding) {
+        w->holding = true;
+        w->held_since = now;
+    }
+    uv_timer_start(&w->timer, on_timer, BATCH_WAIT_MS - (now - w->held_since), 0);
+    return true;
 }
 
 static void tick(worker_t *w)
@@ -204,6 +235,7 @@ static void tick(worker_t *w)
         uv_timer_start(&w->timer, on_timer, SIGNER_WAIT_MS, 0);
         return;
     }
+    if (slots > 0 && hold_claims(w, now, slots)) return;
     if (slots > 0) claim_due(w, now, slots);
     if (w->claims > 0 || slots == 0) return; /* a claim's reply or a finished delivery ticks */
     uint64_t wake = w->next_rescan;

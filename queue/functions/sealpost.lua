@@ -47,8 +47,11 @@ and tests/unit/test_queue.c checks that the two agree.
 local WAKE_CHANNEL = 'sealpost:wake'
 
 -- Entries kept in each shard's trace log (T:log), for `queue trace`.
-local LOG_MAX = 10000
+local LOG_MAX = '10000'
 
+-- (Numbers given to redis.call are formatted with %.14g on every call, which
+-- costs more than many a command: the constants and times the hot paths
+-- pass are strings already, LOG_MAX among them.)
 local function trace(log, mid, jid, rcpt, event, detail)
   redis.call('XADD', log, 'MAXLEN', '~', LOG_MAX, '*', 'mid', mid, 'job', jid, 'rcpt', rcpt,
              'event', event, 'detail', detail)
@@ -76,9 +79,12 @@ local function mismatch(name)
   return redis.error_reply('ERR ' .. name .. ': arguments do not match this library')
 end
 
+-- The server's time in ms, as a number and as its decimal string, made
+-- from TIME's strings (seconds, microseconds) without formatting a number.
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local s = t[1] .. string.sub('00000' .. t[2], -6, -4)
+  return tonumber(s), s
 end
 
 -- Writes one message: envelope, sealed body variants, and its jobs, due at
@@ -103,34 +109,43 @@ local function store_message(k, a, now, due, mac, env)
       return redis.error_reply('ERR job id does not name its message and variant')
     end
   end
-  local jids, count = {}, 0
+  local jids, count, open = {}, 0, {}
   for i = 1, n do
     local at = 7 + nb + 4 * (i - 1)
+    local v = tonumber(a[at + 4])
     jids[i] = a[at + 1]
+    open[v] = (open[v] or 0) + 1
     for _ in string.gmatch(a[at + 3], '[^\n]+') do count = count + 1 end
   end
   local lens = {}
   for v = 1, nb do lens[v] = tostring(#a[7 + v]) end
-  redis.call('HSET', k[1], 'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
-             'bodies', nb, 'open', n, 'jobs', table.concat(jids, ' '),
-             'lens', table.concat(lens, ' '))
-  if mac and mac ~= '' then redis.call('HSET', k[1], 'mac', mac, 'env', env) end
+  -- the envelope in one write: its fields, its MAC, and the open jobs per variant
+  local fields = {'sender', a[3], 'params', a[4], 'received', now, 'info', a[5],
+                  'bodies', a[6], 'open', a[7], 'jobs', table.concat(jids, ' '),
+                  'lens', table.concat(lens, ' ')}
+  if mac and mac ~= '' then
+    fields[#fields + 1], fields[#fields + 2] = 'mac', mac
+    fields[#fields + 3], fields[#fields + 4] = 'env', env
+  end
+  for v, c in pairs(open) do
+    fields[#fields + 1], fields[#fields + 2] = 'open:' .. v, tostring(c)
+  end
+  redis.call('HSET', k[1], unpack(fields))
   for v = 1, nb do
     redis.call('SET', k[7 + v], a[7 + v])
   end
   for i = 1, n do
     local at = 7 + nb + 4 * (i - 1)
-    local jid, domain, rcpts, v = a[at + 1], a[at + 2], a[at + 3], tonumber(a[at + 4])
+    local jid, domain, rcpts = a[at + 1], a[at + 2], a[at + 3]
     redis.call('HSET', k[7 + nb + i], 'mid', a[1], 'domain', domain, 'rcpts', rcpts,
-               'attempts', 0, 'body', v)
-    redis.call('ZADD', k[7], 0, dq_member(domain, now, jid))
-    redis.call('HINCRBY', k[1], 'open:' .. v, 1)
+               'attempts', '0', 'body', a[at + 4])
+    redis.call('ZADD', k[7], '0', dq_member(domain, now, jid))
     redis.call('ZADD', k[2], due, jid)
-    redis.call('HINCRBY', k[4], domain, 1)
+    redis.call('HINCRBY', k[4], domain, '1')
   end
   redis.call('ZADD', k[5], now, a[1])
   trace(k[6], a[1], '', '', 'accepted', count .. ' recipients, ' .. nb .. ' bodies; ' .. a[5])
-  redis.call('HINCRBY', k[3], 'enqueued', 1)
+  redis.call('HINCRBY', k[3], 'enqueued', '1')
   redis.call('PUBLISH', WAKE_CHANNEL, a[2])
   return 'ok'
 end
@@ -197,18 +212,16 @@ local function enqueue(keys, args)
   local deadline = tonumber(table.remove(args))
   local env, mac = table.remove(args), table.remove(args)
   if not counts or not deadline or not mac then return mismatch('enqueue') end
-  if redis.call('EXISTS', keys[1]) == 1 then
-    return 'duplicate'
-  end
-  if redis.call('EXISTS', keys[8]) == 1 then
+  if redis.call('EXISTS', keys[1], keys[8]) > 0 then -- one call for the common case: neither
+    if redis.call('EXISTS', keys[1]) == 1 then return 'duplicate' end
     trace(keys[6], args[1], '', '', 'withdrawn', 'came after its withdrawal: not stored')
     return 'withdrawn'
   end
   local enc = table.remove(keys, 9)
   table.remove(keys, 8) -- store_message takes the keys without w and enc
-  local now = now_ms()
+  local now, now_s = now_ms()
   local late = deadline > 0 and now > deadline
-  local stored = store_message(keys, args, now, late and now + LATE_GRACE_MS or now, mac, env)
+  local stored = store_message(keys, args, now_s, late and now + LATE_GRACE_MS or now_s, mac, env)
   if stored == 'ok' then count_copies(enc, now, counts) end
   if late and stored == 'ok' then
     trace(keys[6], args[1], '', '', 'late', (now - deadline) .. ' ms after the ingress gave up: '
