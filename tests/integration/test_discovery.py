@@ -353,9 +353,13 @@ def test_a_slow_server_never_holds_the_rcpt_past_the_timeout(stack, web, discove
         # the failed look-up is filed for error_ttl: the next RCPT is told at once
         wait_for(lambda: redis_py.Redis(port=stack.redis.port).exists(
             f"{{sealpost:crypto}}:miss:{carol.email}"), what="the miss")
+        # one request, or none when the deadline fell before the GET reached
+        # the server (a handshake slowed by a loaded machine); never a second
+        asked = len(web.key_requests())
+        assert asked <= 1
         (code, text, took), = rcpt_codes(stack.smtp_port, [carol.email])
         assert code == 451 and "4.7.1" in text and took < 0.3
-        assert len(web.key_requests()) == 1
+        assert len(web.key_requests()) == asked
 
 
 def test_no_lookup_for_bounces_skipped_domains_or_policy_never(stack, web, discovery, people):
