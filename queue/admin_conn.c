@@ -35,7 +35,8 @@ typedef struct admin_link {
     int fd;
     SSL *ssl; /* rediss:// only */
     redisReader *reader;
-    buf_t out; /* appended, not yet written */
+    size_t announced; /* the reader's count of the reply it reads */
+    buf_t out;        /* appended, not yet written */
     char errstr[256];
 } admin_link_t;
 
@@ -216,7 +217,7 @@ static admin_link_t *link_open(queue_admin_t *a, const char *host, int port, cha
                                size_t errlen)
 {
     admin_link_t *l = calloc(1, sizeof *l);
-    if (!l || !(l->reader = redisReaderCreate())) {
+    if (!l || !(l->reader = rconn_reader_new(&l->announced))) {
         free(l);
         snprintf(err, errlen, "out of memory");
         return NULL;

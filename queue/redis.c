@@ -22,6 +22,7 @@
 #include "core/core.h"
 #include "core/stream.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +50,7 @@ struct rconn {
     void *on_connect_arg;
     stream_t *stream; /* the current connection, or NULL */
     redisReader *reader;
+    size_t announced; /* the reader's count of the reply it reads */
     bool connected;
     bool closing;
     unsigned epoch; /* counts established connections */
@@ -186,6 +188,44 @@ static void deliver_message(rconn_t *c, const redisReply *r)
         c->on_message(r->element[2]->str, r->element[2]->len, c->on_message_arg);
 }
 
+/* ---- the reader ---- */
+
+#define REPLY_MAX_ELEMENTS (1u << 24)
+
+static redisReplyObjectFunctions bounded_functions;
+static void *(*hiredis_create_array)(const redisReadTask *, int);
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+
+static void *create_array_bounded(const redisReadTask *task, int elements)
+{
+    size_t *announced = task->privdata;
+    if (!task->parent) *announced = 0; /* a new reply */
+    if (elements < 0 || (size_t)elements > REPLY_MAX_ELEMENTS - *announced) return NULL;
+    *announced += (size_t)elements;
+    return hiredis_create_array(task, elements);
+}
+
+static void bounded_init(void)
+{
+    redisReader *r = redisReaderCreate();
+    if (!r) return;
+    bounded_functions = *r->fn;
+    hiredis_create_array = bounded_functions.createArray;
+    bounded_functions.createArray = create_array_bounded;
+    redisReaderFree(r);
+}
+
+redisReader *rconn_reader_new(size_t *announced)
+{
+    pthread_once(&bounded_once, bounded_init);
+    if (!hiredis_create_array) return NULL;
+    redisReader *r = redisReaderCreateWithFunctions(&bounded_functions);
+    if (r) r->privdata = announced; /* (redisReaderSetPrivdata casts it to int) */
+    return r;
+}
+
+/* ---- replies ---- */
+
 /* Feeds what came to the reader and answers each complete reply; a
  * callback may drop the connection (or send more) in between. */
 static void read_replies(rconn_t *c)
@@ -321,7 +361,7 @@ static void on_stream(stream_t *stream, enum stream_event event, void *arg)
 static void connect_now(rconn_t *c)
 {
     if (c->closing || c->stream) return;
-    c->reader = redisReaderCreate();
+    c->reader = rconn_reader_new(&c->announced);
     c->stream =
         c->reader ? stream_connect(c->loop, c->host, (uint16_t)c->port, on_stream, c) : NULL;
     if (!c->stream) {

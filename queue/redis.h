@@ -55,4 +55,12 @@ int rconn_send_owned(rconn_t *conn, rconn_reply_cb cb, void *arg, char *cmd, siz
 int rconn_subscribe(rconn_t *conn, const char *channel,
                     void (*cb)(const char *payload, size_t len, void *arg), void *arg);
 
+/* A reply reader (hiredis's) that refuses a reply whose arrays announce
+ * more than 16 Mi elements in all: hiredis allocates an array's element
+ * pointers when it reads its header, so "*600000000" from a server, or
+ * from anything posing as one, would ask for 4.8 GB before one element
+ * came. *announced is the count of the reply being read: it must live as
+ * long as the reader. */
+redisReader *rconn_reader_new(size_t *announced);
+
 #endif
