@@ -263,6 +263,7 @@ class Sealpost(Server):
         super().__init__()
         redis, redis_port = start_redis(tmp, prefix=redis_prefix)
         self.procs.append(redis)
+        self.redis_port = redis_port
         self.port = free_port()
         routes = dict(routes or {})
         if next_hop:

@@ -199,12 +199,12 @@ static void claim_due(worker_t *w, uint64_t now, unsigned slots)
 /* A busy worker lets claim_batch slots free before it claims, for
  * BATCH_WAIT_MS at most: under load its claims then come in batches, one
  * claim and its round trip for several jobs, while a worker with room
- * claims at once. (Claiming each slot as it freed, each to a shard of its
- * own, made three times the claims per job of one claim at a time.) */
+ * claims at once (an idle one has every slot, never fewer than a batch). (Claiming each slot as it
+ * freed, each to a shard of its own, made three times the claims per job of one claim at a time.)
+ */
 static bool hold_claims(worker_t *w, uint64_t now, unsigned slots)
 {
-    if (slots >= claim_batch(w) || w->active + w->reserved == 0 ||
-        (w->holding && now - w->held_since >= BATCH_WAIT_MS)) {
+    if (slots >= claim_batch(w) || (w->holding && now - w->held_since >= BATCH_WAIT_MS)) {
         w->holding = false;
         return false;
     }
@@ -235,8 +235,10 @@ static void tick(worker_t *w)
         uv_timer_start(&w->timer, on_timer, SIGNER_WAIT_MS, 0);
         return;
     }
-    if (slots > 0 && hold_claims(w, now, slots)) return;
-    if (slots > 0) claim_due(w, now, slots);
+    if (slots > 0) {
+        if (hold_claims(w, now, slots)) return;
+        claim_due(w, now, slots);
+    }
     if (w->claims > 0 || slots == 0) return; /* a claim's reply or a finished delivery ticks */
     uint64_t wake = w->next_rescan;
     for (unsigned s = 0; s < w->n_shards; s++)

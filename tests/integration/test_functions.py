@@ -168,22 +168,21 @@ def test_extend_only_checks_a_young_lease_and_renews_one_past_keep(r):
     is read, not written (no write for the AOF to fsync); one with less is
     renewed; a lost one is stale either way."""
     _, (jid,) = enqueue(r, MID, [("example.test", "a@example.test", 0)])
-    token = claim(r, owner="w1", lease_ms=1000)[jid]
+    token = claim(r, owner="w1", lease_ms=60000)[jid]
     lease = [shard("due"), shard("lease"), shard("meta")]
     deadline = r.zscore(shard("lease"), jid)
     writes = r.info("persistence")["rdb_changes_since_last_save"]
-    assert r.fcall("extend", 3, *lease, jid, token, 1000, 500) == b"ok"
+    assert r.fcall("extend", 3, *lease, jid, token, 60000, 30000) == b"ok"
     assert r.info("persistence")["rdb_changes_since_last_save"] == writes, "a check writes nothing"
     assert r.zscore(shard("lease"), jid) == deadline
-    time.sleep(0.6)  # less than keep_ms left now: renewed
-    assert r.fcall("extend", 3, *lease, jid, token, 1000, 500) == b"ok"
-    assert r.zscore(shard("lease"), jid) >= deadline + 500
-    assert r.fcall("extend", 3, *lease, jid, token + 1, 1000, 500) == b"stale"
+    # less than keep_ms left (60 s of 90): renewed, to 120 s from now
+    assert r.fcall("extend", 3, *lease, jid, token, 120000, 90000) == b"ok"
+    assert r.zscore(shard("lease"), jid) >= deadline + 59000
+    assert r.fcall("extend", 3, *lease, jid, token + 1, 120000, 90000) == b"stale"
     # without keep_ms (an older node's call), every extend renews
     deadline = r.zscore(shard("lease"), jid)
-    time.sleep(0.01)
-    assert r.fcall("extend", 3, *lease, jid, token, 1000) == b"ok"
-    assert r.zscore(shard("lease"), jid) > deadline
+    assert r.fcall("extend", 3, *lease, jid, token, 180000) == b"ok"
+    assert r.zscore(shard("lease"), jid) >= deadline + 59000
 
 
 def test_a_completion_naming_another_variant_than_the_jobs_body_is_refused(r):

@@ -479,6 +479,36 @@ static void test_library_digest(void **state)
     library_free(&b);
 }
 
+/* One reply fed to a bounded reader: REDIS_OK with the reply, or the error. */
+static int read_one(const char *wire, redisReply **reply)
+{
+    size_t announced = 0;
+    redisReader *r = rconn_reader_new(&announced);
+    assert_non_null(r);
+    assert_int_equal(redisReaderFeed(r, wire, strlen(wire)), REDIS_OK);
+    *reply = NULL;
+    int rc = redisReaderGetReply(r, (void **)reply);
+    redisReaderFree(r);
+    return rc;
+}
+
+static void test_reader_bounds_the_elements_a_reply_announces(void **state)
+{
+    (void)state;
+    redisReply *reply;
+    assert_int_equal(read_one("*2\r\n$1\r\na\r\n*1\r\n:5\r\n", &reply), REDIS_OK);
+    assert_non_null(reply);
+    assert_int_equal(reply->elements, 2);
+    assert_int_equal(reply->element[1]->element[0]->integer, 5);
+    freeReplyObject(reply);
+    /* what fuzz_resp found: 4.8 GB of element pointers asked for at the header */
+    assert_int_equal(read_one("*600000000\r\n", &reply), REDIS_ERR);
+    assert_null(reply);
+    /* the bound is on the reply: 2 + 16 Mi - 1 nested is one too many */
+    assert_int_equal(read_one("*2\r\n*16777215\r\n", &reply), REDIS_ERR);
+    assert_null(reply);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -493,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_fcall_argv),
         cmocka_unit_test(test_job_ids),
         cmocka_unit_test(test_library_digest),
+        cmocka_unit_test(test_reader_bounds_the_elements_a_reply_announces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
