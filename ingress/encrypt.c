@@ -280,27 +280,41 @@ static void take_index(encrypt_t *e, keydir_index_t *x, long long version)
     log_debug("event=keys_changed version=%lld entries=%zu", version, keydir_index_size(x));
 }
 
+/* A directory ahead of its seal: "" while that may be a write between its
+ * change and its seal, why once it has stayed so UNSEALED_GRACE_MS. */
+static const char *unsealed(encrypt_t *e, const char *why)
+{
+    uint64_t now = uv_now(e->ingress->loop);
+    if (!e->unsealed_since) e->unsealed_since = now;
+    return now - e->unsealed_since >= UNSEALED_GRACE_MS ? why : "";
+}
+
 /* Why dir's index cannot be taken (NULL: it can; "" not yet: a write is
  * between its change and its seal). A directory never written (version 0,
- * nothing stored, no index) needs no seal: a fresh Redis just works. */
+ * nothing stored, no index) needs no seal: a fresh Redis just works. One
+ * with entries and no seal at all is the first write to a fresh directory
+ * before its first seal, or one from before the index: the first gets the
+ * grace of any write (a node that read it in between stayed at 451 for
+ * good, since the seal does not move the version), the second is found
+ * when the grace is over; to a node that took a sealed index before, it is
+ * an index removed, at once. */
 static const char *judge_directory(encrypt_t *e, const queue_key_directory_t *dir,
                                    const keydir_index_t *x)
 {
     /* INCR counts from 0 and stops short of LLONG_MAX: anything else was SET */
     if (dir->version < 0 || dir->version == LLONG_MAX) return "version_bad";
-    if (dir->sealed_version < 0)
-        return dir->version == 0 && dir->stored == 0 && dir->n == 0
-                   ? (e->highest > 0 ? "rollback" : NULL)
-                   : "unauthenticated";
+    if (dir->sealed_version < 0) {
+        if (dir->version == 0 && dir->stored == 0 && dir->n == 0)
+            return e->highest > 0 ? "rollback" : NULL;
+        return e->highest > 0 ? "unauthenticated" : unsealed(e, "unauthenticated");
+    }
     int v = keydir_index_verify(e->ingress->seal, dir->sealed_version, x, dir->tag);
     if (v == -2) return "";
     if (v != 1) return v == 0 ? "index_tag_bad" : "index_key_unknown";
     if (dir->sealed_version < e->highest) return "rollback";
     if (dir->version < dir->sealed_version) return "version_behind_seal";
     if (dir->version == dir->sealed_version) return NULL;
-    uint64_t now = uv_now(e->ingress->loop);
-    if (!e->unsealed_since) e->unsealed_since = now;
-    return now - e->unsealed_since >= UNSEALED_GRACE_MS ? "unsealed_change" : "";
+    return unsealed(e, "unsealed_change");
 }
 
 static void release_waiting(encrypt_t *e);

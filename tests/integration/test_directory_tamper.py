@@ -204,6 +204,29 @@ def test_legit_changes_keep_working(stack, people):
     assert "event=directory_tampered" not in ingress.read_log()
 
 
+def test_the_first_write_read_before_its_seal_is_taken_once_sealed(stack, people):
+    """A node that reads a fresh directory's first write between its change
+    and its seal (the cluster's first `keys import`, polled in between) sees
+    entries and no seal at all: it waits for the seal, as for any write, and
+    takes the index once the seal lands, rather than stay at 451 (the seal
+    does not move the version, so nothing would make it look again)."""
+    alice = people["alice"]
+    ok(keys(stack, "import", "-", input=alice.public()))
+    r = stack.redis.client()
+    seal = {k: r.dump(k) for k in (A + "macs", A + "dirmac")}
+    r.delete(*seal)  # the directory as it is between the change and the seal
+    ingress, port = start(stack)
+    wait_for(lambda: "event=queue_ready" in ingress.read_log(), what="the ingress ready")
+    time.sleep(1.0)  # several polls (250 ms) of the unsealed directory
+    code, msg = send(stack)
+    assert (code, msg[:5]) == (451, b"4.7.5"), (code, msg)  # changing: not yet
+    for k, blob in seal.items():
+        r.restore(k, 0, blob, replace=True)  # the seal lands
+    wait_for(lambda: send(stack)[0] == 250, timeout=5, what="the index taken once sealed")
+    encrypted_to(delivered(stack), alice)
+    assert "event=directory_tampered" not in ingress.read_log()
+
+
 def test_a_directory_from_before_needs_authenticate(stack, people):
     """A directory written before the index (here: its index removed) is
     unauthenticated: 451 until the operator runs `sealpost keys authenticate`."""
